@@ -1,0 +1,130 @@
+//! Command-line arguments (clap derive) and the dispatch to one file per command.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Error;
+use crate::output::Verbosity;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runbook",
+    version,
+    about = "Deployment runbooks as Rhai scripts: run, check, and operate a fleet",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Inventory file (default: runbook.toml in this directory or a parent)
+    #[arg(short, long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More output (-v); `RUST_LOG` controls diagnostics further
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors, warnings and the final result
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Global {
+    pub fn verbosity(&self) -> Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (false, 0) => Verbosity::Normal,
+            _ => Verbosity::Verbose,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a script against an environment
+    Run(RunArgs),
+    /// Compile scripts and validate the inventory; touches no host
+    Check(CheckArgs),
+    /// Show the resolved hosts of an environment
+    Hosts(HostsArgs),
+    /// Print the script API: every module and function
+    Doc(DocArgs),
+    /// Interactive shell with the script API and the inventory at hand
+    Repl(ReplArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A script path, or a name resolved as scripts/<name>.rhai
+    pub script: String,
+    /// Script arguments as KEY=VALUE (reach the script as the map `args`)
+    #[arg(value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// Show what would run; execute nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Confirm a protected environment without a prompt (CI)
+    #[arg(long)]
+    pub yes: bool,
+    /// Why this run happens (required by emergency scripts; recorded)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// One JSON event per line on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Scripts to check (default: every script in scripts/ and the stdlib)
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HostsArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// Only hosts of this role
+    #[arg(long)]
+    pub role: Option<String>,
+    /// JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DocArgs {
+    /// Markdown instead of plain text
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// Start with dry-run on
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn dispatch(cli: Cli) -> Result<(), Error> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Run(args) => crate::commands::run::run(global, args),
+        Command::Check(args) => crate::commands::check::run(global, &args),
+        Command::Hosts(args) => crate::commands::hosts::run(global, &args),
+        Command::Doc(args) => crate::commands::doc::run(&args),
+        Command::Repl(args) => crate::commands::repl::run(global, &args),
+    }
+}

@@ -1,0 +1,141 @@
+//! `runbook doc`: the script API, generated from the engine itself and the embedded stdlib
+//! — never maintained by hand, so it cannot drift from what scripts can actually call.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::{SessionConfig, runtime, session};
+use crate::cli::DocArgs;
+use crate::engine::{self, Mode, RunInfo};
+use crate::error::Error;
+use crate::output::Verbosity;
+
+struct Entry {
+    signature: String,
+    doc: Vec<String>,
+}
+
+pub fn run(args: &DocArgs) -> Result<(), Error> {
+    print!("{}", render(args.markdown)?);
+    Ok(())
+}
+
+pub fn render(markdown: bool) -> Result<String, Error> {
+    let rt = runtime()?;
+    let session = session(
+        &rt,
+        SessionConfig {
+            inventory: None,
+            env: None,
+            info: RunInfo::default(),
+            verbosity: Verbosity::Quiet,
+            json: false,
+        },
+    );
+    let engine = engine::build(&session, Mode::Check, None);
+    let json = engine
+        .gen_fn_metadata_to_json(false)
+        .unwrap_or_else(|_| "{}".into());
+    let meta: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+
+    let mut sections: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    let collect = |fns: &serde_json::Value,
+                   module: &str,
+                   sections: &mut BTreeMap<String, Vec<Entry>>| {
+        for f in fns.as_array().into_iter().flatten() {
+            let name = f["name"].as_str().unwrap_or("");
+            // Operators and property accessors are listed with their types below.
+            if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                continue;
+            }
+            let signature = f["signature"].as_str().unwrap_or(name).to_owned();
+            let signature = if module.is_empty() || signature.starts_with(&format!("{module}::")) {
+                signature
+            } else {
+                format!("{module}::{signature}")
+            };
+            let doc = f["docComments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str())
+                .flat_map(|c| c.lines())
+                .map(|l| l.trim_start_matches("///").trim().to_owned())
+                .collect();
+            sections
+                .entry(module.to_owned())
+                .or_default()
+                .push(Entry { signature, doc });
+        }
+    };
+    collect(&meta["functions"], "", &mut sections);
+    if let Some(modules) = meta["modules"].as_object() {
+        for (name, module) in modules {
+            collect(&module["functions"], name, &mut sections);
+        }
+    }
+
+    for (path, text) in engine::stdlib::FILES {
+        let Ok(ast) = engine.compile(text) else {
+            continue;
+        };
+        let entries = ast
+            .iter_functions()
+            .filter(|f| !f.name.starts_with('_'))
+            .map(|f| Entry {
+                signature: format!("{}({})", f.name, f.params.join(", ")),
+                doc: f
+                    .comments
+                    .iter()
+                    .flat_map(|c| c.lines())
+                    .map(|l| l.trim_start_matches("///").trim().to_owned())
+                    .collect(),
+            })
+            .collect();
+        sections.insert(format!("import \"{path}\""), entries);
+    }
+
+    let mut out = String::new();
+    let title = |out: &mut String, s: &str| {
+        if markdown {
+            let _ = writeln!(out, "\n## {s}\n");
+        } else {
+            let _ = writeln!(out, "\n{s}\n{}", "=".repeat(s.len()));
+        }
+    };
+    if markdown {
+        out.push_str("# runbook script API\n");
+    }
+    title(&mut out, "Context");
+    out.push_str(
+        "Constants: `args` (KEY=VALUE from the command line), `env` (name, url, protected, deploy_path, backup_dir, php, composer, health, vars), `app` (name, repository, keep_releases, shared_dirs, shared_files, writable_dirs, root), `run` (id, script, reason, actor, dry_run).\n\
+         Types: `Host` (name, address, port, user, transport, roles) and `HostSet` (len, names, is_empty(), indexing, `for h in set`).\n\
+         A script may define `fn on_failure(err)`: it runs after any failure or interrupt with `#{ message, location, interrupted }`.\n",
+    );
+    for (module, mut entries) in sections {
+        entries.sort_by(|a, b| a.signature.cmp(&b.signature));
+        let heading = if module.is_empty() {
+            "Global functions".to_owned()
+        } else if module.starts_with("import") {
+            format!("stdlib: {module}")
+        } else {
+            format!("module {module}")
+        };
+        title(&mut out, &heading);
+        for e in entries {
+            if markdown {
+                let _ = writeln!(out, "### `{}`\n", e.signature);
+                for l in &e.doc {
+                    let _ = writeln!(out, "{l}");
+                }
+                out.push('\n');
+            } else {
+                let _ = writeln!(out, "{}", e.signature);
+                for l in &e.doc {
+                    let _ = writeln!(out, "    {l}");
+                }
+            }
+        }
+    }
+    Ok(out)
+}

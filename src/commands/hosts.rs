@@ -1,0 +1,71 @@
+//! `runbook hosts`: the resolved inventory of an environment.
+
+use crate::cli::{Global, HostsArgs};
+use crate::error::Error;
+use crate::project::Project;
+
+pub fn run(global: &Global, args: &HostsArgs) -> Result<(), Error> {
+    let project = Project::load(global.config.as_deref())?;
+    let env = project.env(args.env.as_deref())?;
+    let hosts = env.select(args.role.as_deref()).map_err(|message| {
+        Error::Inventory(crate::error::InventoryError::Invalid {
+            path: project.inventory.path.clone(),
+            key: format!("env.{}.roles", env.name),
+            message,
+        })
+    })?;
+    if args.json {
+        let rows: Vec<serde_json::Value> = hosts
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "name": h.name,
+                    "address": h.address,
+                    "port": h.port,
+                    "user": h.user,
+                    "transport": h.transport.as_str(),
+                    "roles": h.roles,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "env": env.name, "protected": env.protected, "hosts": rows });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(());
+    }
+    let rows: Vec<[String; 6]> = hosts
+        .iter()
+        .map(|h| {
+            [
+                h.name.clone(),
+                h.address.clone(),
+                h.port.to_string(),
+                h.user.clone().unwrap_or_else(|| "-".into()),
+                h.transport.as_str().to_owned(),
+                h.roles.join(","),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "ADDRESS", "PORT", "USER", "TRANSPORT", "ROLES"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |row: &[String; 6]| {
+        row.iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let protected = if env.protected { " (protected)" } else { "" };
+    println!("environment {}{protected}: {} hosts", env.name, rows.len());
+    println!("{}", line(&header));
+    for row in &rows {
+        println!("{}", line(row));
+    }
+    Ok(())
+}

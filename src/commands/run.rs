@@ -1,0 +1,169 @@
+//! `runbook run`: compile, confirm, execute, and always finish with a result event.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Instant;
+
+use rhai::{Dynamic, EvalAltResult, Map};
+
+use super::{SessionConfig, actor, parse_args, run_id, runtime, session};
+use crate::cli::{Global, RunArgs};
+use crate::engine::{self, Diagnostic, Mode, RunInfo};
+use crate::error::Error;
+use crate::output::{Event, Kind, Outcome};
+use crate::project::Project;
+
+pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
+    let project = Project::load(global.config.as_deref())?;
+    let env = project.env(args.env.as_deref())?;
+    let path = project.resolve_script(&args.script)?;
+    let script_args = parse_args(&args.args)?;
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let name = engine::source_name(&path, Some(project.root()));
+
+    let rt = runtime()?;
+    let session = session(
+        &rt,
+        SessionConfig {
+            inventory: Some(project.inventory.clone()),
+            env: Some(env.clone()),
+            info: RunInfo {
+                id: run_id(),
+                script: name.clone(),
+                reason: args.reason.clone().filter(|r| !r.trim().is_empty()),
+                actor: actor(),
+                dry_run: args.dry_run,
+                args: script_args.clone(),
+            },
+            verbosity: global.verbosity(),
+            json: args.json,
+        },
+    );
+    let engine = engine::build(&session, Mode::Run, path.parent());
+    let mut scope = engine::scope(&session);
+    // A script that does not compile runs nothing, anywhere.
+    let ast = engine::compile(&engine, &scope, &name, &text, &session.sources)
+        .map_err(|d| Error::Script(Box::new(d)))?;
+
+    if env.protected && !args.dry_run && !args.yes {
+        confirm(&env.name, &name)?;
+    }
+
+    let output = session.effects.output().clone();
+    crate::signal::install(
+        rt.handle(),
+        session.effects.interrupt().clone(),
+        output.clone(),
+    );
+    let mut started = Event::new(Kind::RunStarted)
+        .message(format!("runbook: {name} on {}", env.name))
+        .data("script", name.clone())
+        .data("env", env.name.clone())
+        .data("dry_run", args.dry_run)
+        .data("actor", session.info.actor.clone())
+        .data(
+            "args",
+            serde_json::to_value(&script_args).unwrap_or_default(),
+        );
+    if let Some(reason) = &session.info.reason {
+        started = started.data("reason", reason.clone());
+    }
+    output.emit(started);
+    let clock = Instant::now();
+
+    let result = engine.run_ast_with_scope(&mut scope, &ast);
+    let interrupt = session.effects.interrupt();
+    let failure = result.err().map(|err| {
+        let interrupted =
+            interrupt.ever() || matches!(err.unwrap_inner(), EvalAltResult::ErrorTerminated(..));
+        let diagnostic = Diagnostic::from_eval(&err, &name, &session.sources);
+        (diagnostic, interrupted)
+    });
+
+    if let Some((diagnostic, interrupted)) = &failure
+        && ast
+            .iter_functions()
+            .any(|f| f.name == "on_failure" && f.params.len() == 1)
+    {
+        // The failure path may need to run commands (release a lock, switch back).
+        interrupt.acknowledge();
+        let mut err = Map::new();
+        err.insert("message".into(), diagnostic.message.clone().into());
+        err.insert(
+            "location".into(),
+            diagnostic.location().map_or(Dynamic::UNIT, Dynamic::from),
+        );
+        err.insert("interrupted".into(), (*interrupted).into());
+        let options = rhai::CallFnOptions::new().eval_ast(false);
+        if let Err(e) =
+            engine.call_fn_with_options::<Dynamic>(options, &mut scope, &ast, "on_failure", (err,))
+        {
+            let d = Diagnostic::from_eval(&e, &name, &session.sources);
+            output.log(
+                crate::output::Level::Warn,
+                format!("on_failure itself failed:\n{d}"),
+            );
+        }
+    }
+
+    let (outcome, message) = match &failure {
+        None if args.dry_run => (
+            Outcome::DryRun,
+            format!("{name} dry run finished on {}", env.name),
+        ),
+        None => (Outcome::Ok, format!("{name} succeeded on {}", env.name)),
+        Some((_, true)) => (
+            Outcome::Aborted,
+            format!("{name} was interrupted on {}", env.name),
+        ),
+        Some((_, false)) => (Outcome::Failed, format!("{name} failed on {}", env.name)),
+    };
+    let mut finished = Event::new(Kind::RunFinished)
+        .result(outcome)
+        .duration(clock.elapsed())
+        .message(message);
+    if let Some((d, _)) = &failure {
+        finished = finished.data("error", d.to_string());
+        if let Some(at) = d.location() {
+            finished = finished.data("location", at);
+        }
+    }
+    output.emit(finished);
+
+    match failure {
+        None => Ok(()),
+        Some((d, true)) => Err(Error::Interrupted {
+            diagnostic: Some(Box::new(d)),
+        }),
+        Some((d, false)) => Err(Error::Script(Box::new(d))),
+    }
+}
+
+/// Asks on the terminal before touching a protected environment.
+fn confirm(env: &str, script: &str) -> Result<(), Error> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty");
+    let interactive = std::io::stdin().is_terminal();
+    let (Ok(mut tty), true) = (tty, interactive) else {
+        return Err(Error::NotConfirmed {
+            env: env.to_owned(),
+        });
+    };
+    let _ = write!(
+        tty,
+        "`{env}` is a protected environment. Type its name to run {script} on it: "
+    );
+    let _ = tty.flush();
+    let mut answer = String::new();
+    let mut reader = std::io::BufReader::new(&mut tty);
+    if reader.read_line(&mut answer).is_err() || answer.trim() != env {
+        return Err(Error::Declined {
+            env: env.to_owned(),
+        });
+    }
+    Ok(())
+}

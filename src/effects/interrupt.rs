@@ -1,0 +1,101 @@
+//! Ctrl-C / SIGTERM as a value the whole run can observe.
+//!
+//! A signal never kills the process outright: it increments a counter. Running commands
+//! watch the counter and kill their child; the script watches it (through the engine's
+//! progress hook) and stops; the script's `on_failure` path then runs with the current
+//! count as its new baseline, so cleanup (releasing a lock, switching back) can still run
+//! commands — and a second signal interrupts that cleanup too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct Interrupt {
+    tx: Arc<watch::Sender<u32>>,
+    /// Signals at or below this count have already been handled by the script.
+    baseline: Arc<AtomicU32>,
+}
+
+impl Default for Interrupt {
+    fn default() -> Self {
+        Interrupt::new()
+    }
+}
+
+impl Interrupt {
+    pub fn new() -> Interrupt {
+        let (tx, _rx) = watch::channel(0);
+        Interrupt {
+            tx: Arc::new(tx),
+            baseline: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Records one signal.
+    pub fn raise(&self) {
+        self.tx.send_modify(|n| *n += 1);
+    }
+
+    pub fn count(&self) -> u32 {
+        *self.tx.borrow()
+    }
+
+    /// Has a signal arrived that the script has not yet handled?
+    pub fn pending(&self) -> bool {
+        self.count() > self.baseline.load(Ordering::SeqCst)
+    }
+
+    /// Was any signal received during this run?
+    pub fn ever(&self) -> bool {
+        self.count() > 0
+    }
+
+    /// Marks every signal so far as handled (the failure path is about to run).
+    pub fn acknowledge(&self) {
+        self.baseline.store(self.count(), Ordering::SeqCst);
+    }
+
+    /// Resolves when a signal arrives after `since` (a value of [`Interrupt::count`]).
+    pub async fn after(&self, since: u32) {
+        let mut rx = self.tx.subscribe();
+        // The sender lives as long as `self`, so `wait_for` only ends on a new signal.
+        let _ = rx.wait_for(|n| *n > since).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledged_signals_are_no_longer_pending() {
+        let i = Interrupt::new();
+        assert!(!i.pending());
+        i.raise();
+        assert!(i.pending() && i.ever());
+        i.acknowledge();
+        assert!(!i.pending());
+        i.raise();
+        assert!(i.pending());
+    }
+
+    #[tokio::test]
+    async fn after_wakes_on_a_new_signal_only() {
+        let i = Interrupt::new();
+        i.raise();
+        let seen = i.count();
+        let waiter = {
+            let i = i.clone();
+            tokio::spawn(async move { i.after(seen).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        i.raise();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
+    }
+}

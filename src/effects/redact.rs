@@ -1,0 +1,79 @@
+//! Secret redaction. Every string that leaves the process (events, human output, error
+//! messages, the audit log) passes through [`Redactor::redact`] in the output layer.
+
+use std::borrow::Cow;
+use std::sync::RwLock;
+
+/// What a secret is replaced with.
+pub const MASK: &str = "***";
+
+#[derive(Debug, Default)]
+pub struct Redactor {
+    secrets: RwLock<Vec<String>>,
+}
+
+impl Redactor {
+    pub fn new() -> Redactor {
+        Redactor::default()
+    }
+
+    /// Registers a secret value; empty values are ignored (they would match everywhere).
+    pub fn add(&self, value: &str) {
+        if value.is_empty() {
+            return;
+        }
+        let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
+        if !secrets.iter().any(|s| s == value) {
+            secrets.push(value.to_owned());
+            // Longest first, so a secret that contains another is masked whole.
+            secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Does `text` contain any secret value?
+    pub fn contains_secret(&self, text: &str) -> bool {
+        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        secrets.iter().any(|s| text.contains(s.as_str()))
+    }
+
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Cow::Borrowed(text);
+        for secret in secrets.iter() {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), MASK));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_every_occurrence_and_the_longest_secret_first() {
+        let r = Redactor::new();
+        r.add("abc");
+        r.add("abcdef");
+        r.add("");
+        assert_eq!(r.redact("x abcdef y abc z"), "x *** y *** z");
+        assert!(r.contains_secret("..abc.."));
+        assert!(!r.contains_secret("ab"));
+    }
+
+    #[test]
+    fn leaves_text_without_secrets_borrowed() {
+        let r = Redactor::new();
+        r.add("s3cret");
+        assert!(matches!(r.redact("plain"), Cow::Borrowed(_)));
+    }
+}

@@ -1,0 +1,142 @@
+//! The one engine factory, shared by `run`, `check`, `repl` and `doc`.
+//!
+//! It sets the safety limits, routes `print`/`debug` into the output layer, stops a script
+//! on Ctrl-C through the progress hook, installs the module resolvers and registers every
+//! script-facing module. Nothing here is global: two sessions never share state.
+
+pub mod diagnostic;
+mod resolver;
+pub mod sources;
+pub mod stdlib;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection};
+use rhai::{AST, Dynamic, Engine, Map, Scope};
+
+use crate::effects::Effects;
+use crate::inventory::{Environment, Inventory};
+use crate::output::Level;
+pub use diagnostic::Diagnostic;
+pub use resolver::StdlibResolver;
+use sources::SourceMap;
+
+/// Operations a script may perform before it is stopped as a runaway.
+pub const MAX_OPERATIONS: u64 = 50_000_000;
+
+/// Facts about this run that scripts see as the `run` map.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    pub id: String,
+    pub script: String,
+    pub reason: Option<String>,
+    pub actor: String,
+    pub dry_run: bool,
+    pub args: BTreeMap<String, String>,
+}
+
+/// Everything a script's host functions can reach.
+pub struct Session {
+    pub effects: Arc<Effects>,
+    pub inventory: Option<Arc<Inventory>>,
+    pub env: Option<Arc<Environment>>,
+    pub info: RunInfo,
+    pub sources: Arc<SourceMap>,
+}
+
+/// The session, stored as the engine's tag so plugin functions can reach it.
+#[derive(Clone)]
+pub struct SessionRef(pub Arc<Session>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Run,
+    /// Compile only, with strict variables.
+    Check,
+}
+
+pub fn build(session: &Arc<Session>, mode: Mode, script_dir: Option<&Path>) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(MAX_OPERATIONS)
+        .set_max_call_levels(64)
+        .set_max_expr_depths(128, 64)
+        .set_max_string_size(64 * 1024 * 1024)
+        .set_max_array_size(1_000_000)
+        .set_max_map_size(100_000)
+        .set_max_modules(256)
+        .set_strict_variables(mode == Mode::Check)
+        .set_fail_on_invalid_map_property(true);
+
+    let output = session.effects.output().clone();
+    engine.on_print(move |s| output.log(Level::Print, s));
+    let output = session.effects.output().clone();
+    engine.on_debug(move |s, src, pos| {
+        let at = match (src, pos.line()) {
+            (Some(src), Some(line)) => format!("{src}:{line}: "),
+            _ => String::new(),
+        };
+        output.log(Level::Debug, format!("{at}{s}"));
+    });
+    let interrupt = session.effects.interrupt().clone();
+    engine.on_progress(move |_| interrupt.pending().then(|| Dynamic::from("interrupted")));
+
+    let project_stdlib = session
+        .inventory
+        .as_ref()
+        .map(|inv| inv.root.join("stdlib"));
+    let mut resolvers = ModuleResolversCollection::new();
+    resolvers.push(StdlibResolver::new(project_stdlib, session.sources.clone()));
+    let mut files = FileModuleResolver::new();
+    if let Some(dir) = script_dir {
+        files.set_base_path(dir);
+    }
+    resolvers.push(files);
+    engine.set_module_resolver(resolvers);
+
+    engine.set_default_tag(Dynamic::from(SessionRef(session.clone())));
+    crate::modules::register(&mut engine);
+    engine
+}
+
+/// The constants every script sees: `args`, `env`, `app`, `run`.
+pub fn scope(session: &Session) -> Scope<'static> {
+    let mut scope = Scope::new();
+    let context = crate::modules::context::context_map(session);
+    for key in ["args", "env", "app", "run"] {
+        let value = context
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| Dynamic::from(Map::new()));
+        scope.push_constant(key, value);
+    }
+    scope
+}
+
+/// Compiles a script file, recording its text for error snippets.
+pub fn compile(
+    engine: &Engine,
+    scope: &Scope,
+    name: &str,
+    text: &str,
+    sources: &SourceMap,
+) -> Result<AST, Diagnostic> {
+    sources.insert(name, text);
+    let mut ast = engine
+        .compile_with_scope(scope, text)
+        .map_err(|e| Diagnostic::from_parse(&e, name, sources))?;
+    ast.set_source(name);
+    Ok(ast)
+}
+
+/// The name a script is shown under: relative to the project root when inside it.
+pub fn source_name(path: &Path, root: Option<&Path>) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    root.and_then(|r| abs.strip_prefix(r).ok())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(path))
+        .to_string_lossy()
+        .into_owned()
+}

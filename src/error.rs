@@ -1,0 +1,111 @@
+//! Every way a run can fail, as data. Prose lives in the `Display` impls here and nowhere
+//! else; `main` renders an error once and exits with [`Error::code`].
+
+use std::path::PathBuf;
+
+use crate::engine::diagnostic::Diagnostic;
+
+/// Documented exit codes (see README "Exit codes").
+pub mod exit {
+    pub const SUCCESS: i32 = 0;
+    pub const FAILURE: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const INTERRUPTED: i32 = 130;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+
+    #[error(
+        "no {} found in {} or any parent directory\n  hint: create one (see README \"Inventory\") or pass --config PATH",
+        crate::inventory::FILE_NAME,
+        dir.display()
+    )]
+    NoConfig { dir: PathBuf },
+
+    #[error("no environment selected\n  hint: pass --env NAME or set RUNBOOK_ENV (environments: {})", known.join(", "))]
+    NoEnv { known: Vec<String> },
+
+    #[error("script `{name}` not found (looked for {})\n  available scripts: {}", searched.display(), if available.is_empty() { "none".to_owned() } else { available.join(", ") })]
+    ScriptNotFound {
+        name: String,
+        searched: PathBuf,
+        available: Vec<String>,
+    },
+
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Script(Box<Diagnostic>),
+
+    #[error("{count} script(s) failed the check")]
+    CheckFailed { count: usize },
+
+    #[error(
+        "environment `{env}` is protected and this run was not confirmed\n  hint: run it from a terminal to confirm, or pass --yes (CI)"
+    )]
+    NotConfirmed { env: String },
+
+    #[error("confirmation declined: nothing was done on `{env}`")]
+    Declined { env: String },
+
+    #[error("invalid argument `{arg}`: expected KEY=VALUE (e.g. ref=v1.2.3)")]
+    BadArg { arg: String },
+
+    #[error("interrupted")]
+    Interrupted { diagnostic: Option<Box<Diagnostic>> },
+
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl Error {
+    /// The process exit status for this error.
+    pub fn code(&self) -> i32 {
+        match self {
+            Error::Script(_) | Error::CheckFailed { .. } | Error::Declined { .. } => exit::FAILURE,
+            Error::Interrupted { .. } => exit::INTERRUPTED,
+            Error::Runtime(_) => exit::FAILURE,
+            Error::Inventory(_)
+            | Error::NoConfig { .. }
+            | Error::NoEnv { .. }
+            | Error::ScriptNotFound { .. }
+            | Error::Read { .. }
+            | Error::NotConfirmed { .. }
+            | Error::BadArg { .. } => exit::USAGE,
+        }
+    }
+}
+
+/// Problems with `runbook.toml`: always name the file, and the key when there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+
+    #[error("{}: `{key}`: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+
+    #[error("{}: no environment `{name}` (environments: {})", path.display(), if known.is_empty() { "none defined".to_owned() } else { known.join(", ") })]
+    UnknownEnv {
+        path: PathBuf,
+        name: String,
+        known: Vec<String>,
+    },
+}

@@ -1,0 +1,618 @@
+//! The inventory: `runbook.toml` parsed, validated and resolved.
+//!
+//! Everything a script may touch (hosts, roles, paths) comes from here, so a mistake in
+//! the file must stop the run before any connection is made, with an error that names the
+//! file and the key. Secrets are only *named* here (`{ env = "NAME" }`); their values are
+//! read from the process environment when used, and never stored in this structure.
+
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use model::{HostKeyCheck, SecretRef, Setting, TransportKind};
+use model::{RawEnvironment, RawHost, RawInventory, RawSsh};
+
+use crate::error::InventoryError;
+
+/// The file name looked for in the current directory and its parents.
+pub const FILE_NAME: &str = "runbook.toml";
+
+#[derive(Debug)]
+pub struct Inventory {
+    /// The file this was read from.
+    pub path: PathBuf,
+    /// The directory holding the file: the project root.
+    pub root: PathBuf,
+    pub app: model::RawApp,
+    pub notify: model::RawNotify,
+    pub envs: BTreeMap<String, Arc<Environment>>,
+}
+
+/// One environment with every host fully resolved.
+#[derive(Debug)]
+pub struct Environment {
+    pub name: String,
+    pub url: Option<String>,
+    pub protected: bool,
+    pub deploy_path: String,
+    pub backup_dir: String,
+    pub php: String,
+    pub composer: String,
+    pub health: Vec<String>,
+    pub vars: toml::Table,
+    /// Hosts in file order of their names (sorted), so every listing is deterministic.
+    pub hosts: Vec<Arc<Host>>,
+    pub roles: BTreeMap<String, Vec<String>>,
+    pub max_concurrency: usize,
+}
+
+/// A host as the runtime uses it: every setting resolved from host → env → `[ssh]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub identity_file: Option<String>,
+    pub jump_host: Option<String>,
+    pub transport: TransportKind,
+    pub roles: Vec<String>,
+    pub ssh: SshOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshOptions {
+    pub known_hosts: Option<String>,
+    pub host_key_check: HostKeyCheck,
+    pub connect_timeout: Duration,
+    pub keepalive: Duration,
+    pub config_file: Option<String>,
+}
+
+impl Inventory {
+    /// Reads and validates an inventory file.
+    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Inventory::parse(path, &text)
+    }
+
+    /// Parses inventory text; `path` is used for messages and to resolve relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
+        let raw: RawInventory = toml::from_str(text).map_err(|e| InventoryError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let root = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let root = std::path::absolute(&root).unwrap_or(root);
+        let invalid = |key: String, message: String| InventoryError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+
+        if raw.app.name.trim().is_empty() {
+            return Err(invalid("app.name".into(), "must not be empty".into()));
+        }
+        if raw.app.deploy_path.trim().is_empty() {
+            return Err(invalid(
+                "app.deploy_path".into(),
+                "must not be empty: where releases/, shared/ and current live on the hosts".into(),
+            ));
+        }
+        check_secrets(&raw, &invalid)?;
+        let defaults = &raw.ssh;
+        let mut envs = BTreeMap::new();
+        for (name, env) in &raw.env {
+            if !is_identifier(name) {
+                return Err(invalid(
+                    format!("env.{name}"),
+                    "environment names may contain only letters, digits, `_` and `-`".into(),
+                ));
+            }
+            let resolved = resolve_env(&root, &raw, defaults, name, env, &invalid)?;
+            envs.insert(name.clone(), Arc::new(resolved));
+        }
+        Ok(Inventory {
+            path: path.to_owned(),
+            root,
+            app: raw.app,
+            notify: raw.notify,
+            envs,
+        })
+    }
+
+    /// Looks up an environment, with an error that lists the ones that exist.
+    pub fn env(&self, name: &str) -> Result<Arc<Environment>, InventoryError> {
+        self.envs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| InventoryError::UnknownEnv {
+                path: self.path.clone(),
+                name: name.to_owned(),
+                known: self.envs.keys().cloned().collect(),
+            })
+    }
+
+    /// Every environment-variable name the file refers to for a secret.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if let Some(slack) = &self.notify.slack {
+            names.push(slack.webhook.env.clone());
+        }
+        if let Some(email) = &self.notify.email {
+            for setting in [Some(&email.host), email.username.as_ref(), Some(&email.to)]
+                .into_iter()
+                .flatten()
+            {
+                if let Setting::Env(r) = setting {
+                    names.push(r.env.clone());
+                }
+            }
+            if let Some(p) = &email.password {
+                names.push(p.env.clone());
+            }
+        }
+        if let Some(pd) = &self.notify.pagerduty {
+            names.push(pd.routing_key.env.clone());
+        }
+        names
+    }
+}
+
+impl Environment {
+    /// The hosts of a role (or all hosts for `None`), in a stable order.
+    pub fn select(&self, role: Option<&str>) -> Result<Vec<Arc<Host>>, String> {
+        match role {
+            None | Some("all") => Ok(self.hosts.clone()),
+            Some(role) => {
+                let Some(names) = self.roles.get(role) else {
+                    let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
+                    return Err(format!(
+                        "environment `{}` has no role `{role}` (roles: {})",
+                        self.name,
+                        if known.is_empty() {
+                            "none defined".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ));
+                };
+                Ok(names
+                    .iter()
+                    .filter_map(|n| self.host(n))
+                    .collect::<Vec<_>>())
+            }
+        }
+    }
+
+    pub fn host(&self, name: &str) -> Option<Arc<Host>> {
+        self.hosts.iter().find(|h| h.name == name).cloned()
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn is_env_var_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_secrets(
+    raw: &RawInventory,
+    invalid: &impl Fn(String, String) -> InventoryError,
+) -> Result<(), InventoryError> {
+    let mut refs: Vec<(&str, &str)> = Vec::new();
+    if let Some(s) = &raw.notify.slack {
+        refs.push(("notify.slack.webhook.env", &s.webhook.env));
+    }
+    if let Some(p) = &raw.notify.pagerduty {
+        refs.push(("notify.pagerduty.routing_key.env", &p.routing_key.env));
+    }
+    if let Some(e) = &raw.notify.email {
+        if let Some(p) = &e.password {
+            refs.push(("notify.email.password.env", &p.env));
+        }
+        for (key, setting) in [
+            ("notify.email.host.env", Some(&e.host)),
+            ("notify.email.to.env", Some(&e.to)),
+            ("notify.email.username.env", e.username.as_ref()),
+            ("notify.email.port.env", e.port.as_ref()),
+            ("notify.email.from.env", e.from.as_ref()),
+        ] {
+            if let Some(Setting::Env(r)) = setting {
+                refs.push((key, &r.env));
+            }
+        }
+    }
+    for (key, name) in refs {
+        if !is_env_var_name(name) {
+            return Err(invalid(
+                key.into(),
+                format!("`{name}` is not an environment variable name (letters, digits, `_`)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_duration(
+    key: String,
+    value: Option<&str>,
+    default: Duration,
+    invalid: &impl Fn(String, String) -> InventoryError,
+) -> Result<Duration, InventoryError> {
+    match value {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(v).map_err(|e| {
+            invalid(
+                key,
+                format!("`{v}` is not a duration ({e}); write e.g. \"10s\", \"500ms\", \"2m\""),
+            )
+        }),
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]:port` into address and optional port.
+fn split_address(s: &str) -> Result<(String, Option<u16>), String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("the address is empty".into());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((addr, tail)) = rest.split_once(']') else {
+            return Err(format!("`{s}`: missing `]` after an IPv6 address"));
+        };
+        return match tail.strip_prefix(':') {
+            None if tail.is_empty() => Ok((addr.to_owned(), None)),
+            Some(port) => parse_port(s, port).map(|p| (addr.to_owned(), Some(p))),
+            None => Err(format!("`{s}`: unexpected text after `]`")),
+        };
+    }
+    match s.matches(':').count() {
+        0 => Ok((s.to_owned(), None)),
+        1 => {
+            let (addr, port) = s.split_once(':').unwrap_or((s, ""));
+            parse_port(s, port).map(|p| (addr.to_owned(), Some(p)))
+        }
+        // A bare IPv6 address without a port.
+        _ => Ok((s.to_owned(), None)),
+    }
+}
+
+fn parse_port(whole: &str, port: &str) -> Result<u16, String> {
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("`{whole}`: `{port}` is not a port number (1-65535)"))
+}
+
+fn resolve_env(
+    root: &Path,
+    raw: &RawInventory,
+    defaults: &RawSsh,
+    name: &str,
+    env: &RawEnvironment,
+    invalid: &impl Fn(String, String) -> InventoryError,
+) -> Result<Environment, InventoryError> {
+    let key = |k: &str| format!("env.{name}.{k}");
+    let env_transport = env.transport.unwrap_or_default();
+    let ssh = merge_ssh(defaults, &env.ssh);
+    let ssh_options = SshOptions {
+        known_hosts: ssh.known_hosts.clone(),
+        host_key_check: ssh.host_key_check.unwrap_or(HostKeyCheck::Strict),
+        connect_timeout: parse_duration(
+            key("ssh.connect_timeout"),
+            ssh.connect_timeout.as_deref(),
+            Duration::from_secs(10),
+            invalid,
+        )?,
+        keepalive: parse_duration(
+            key("ssh.keepalive"),
+            ssh.keepalive.as_deref(),
+            Duration::from_secs(5),
+            invalid,
+        )?,
+        config_file: ssh.config_file.clone(),
+    };
+    if env.hosts.is_empty() {
+        return Err(invalid(
+            key("hosts"),
+            "an environment needs at least one host, e.g. hosts = { web1 = \"10.0.0.11\" }".into(),
+        ));
+    }
+
+    let mut hosts = Vec::new();
+    for (host_name, spec) in &env.hosts {
+        let hkey = key(&format!("hosts.{host_name}"));
+        if !is_identifier(host_name) {
+            return Err(invalid(
+                hkey,
+                "host names may contain only letters, digits, `_` and `-`".into(),
+            ));
+        }
+        let (address, port, user, identity, transport, jump) = match spec {
+            RawHost::Address(a) => {
+                let (addr, port) = split_address(a).map_err(|m| invalid(hkey.clone(), m))?;
+                (addr, port, None, None, None, None)
+            }
+            RawHost::Table(t) => {
+                let (addr, port) = match &t.address {
+                    Some(a) => split_address(a).map_err(|m| invalid(hkey.clone(), m))?,
+                    None => (host_name.clone(), None),
+                };
+                (
+                    addr,
+                    t.port.or(port),
+                    t.user.clone(),
+                    t.identity_file.clone(),
+                    t.transport,
+                    t.jump_host.clone(),
+                )
+            }
+        };
+        let roles = env
+            .roles
+            .iter()
+            .filter(|(_, members)| members.contains(host_name))
+            .map(|(r, _)| r.clone())
+            .collect();
+        hosts.push(Arc::new(Host {
+            name: host_name.clone(),
+            address,
+            port: port.or(ssh.port).unwrap_or(22),
+            user: user
+                .or_else(|| env.user.clone())
+                .or_else(|| ssh.user.clone()),
+            identity_file: identity.or_else(|| ssh.identity_file.clone()),
+            jump_host: jump.or_else(|| ssh.jump_host.clone()),
+            transport: transport.unwrap_or(env_transport),
+            roles,
+            ssh: ssh_options.clone(),
+        }));
+    }
+
+    for (role, members) in &env.roles {
+        if role == "all" {
+            return Err(invalid(
+                key("roles.all"),
+                "`all` is reserved: hosts() and hosts(\"all\") already mean every host".into(),
+            ));
+        }
+        for member in members {
+            if !env.hosts.contains_key(member) {
+                let known: Vec<&str> = env.hosts.keys().map(String::as_str).collect();
+                return Err(invalid(
+                    key(&format!("roles.{role}")),
+                    format!(
+                        "host `{member}` is not defined in env.{name}.hosts (defined: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+
+    let deploy_path = env
+        .deploy_path
+        .clone()
+        .unwrap_or_else(|| raw.app.deploy_path.clone());
+    let any_ssh = hosts.iter().any(|h| h.transport == TransportKind::Ssh);
+    let deploy_path = if Path::new(&deploy_path).is_absolute() {
+        deploy_path
+    } else if any_ssh {
+        return Err(invalid(
+            if env.deploy_path.is_some() {
+                key("deploy_path")
+            } else {
+                "app.deploy_path".into()
+            },
+            format!("`{deploy_path}` must be an absolute path for SSH hosts"),
+        ));
+    } else {
+        root.join(&deploy_path).to_string_lossy().into_owned()
+    };
+    let backup_dir = env
+        .backup_dir
+        .clone()
+        .or_else(|| raw.app.backup_dir.clone())
+        .unwrap_or_else(|| format!("/var/backups/{}", raw.app.name));
+    let backup_dir = if Path::new(&backup_dir).is_absolute() || any_ssh {
+        backup_dir
+    } else {
+        root.join(&backup_dir).to_string_lossy().into_owned()
+    };
+
+    Ok(Environment {
+        name: name.to_owned(),
+        url: env.url.clone(),
+        protected: env.protected,
+        deploy_path,
+        backup_dir,
+        php: env.php.clone().unwrap_or_else(|| raw.app.php.clone()),
+        composer: env
+            .composer
+            .clone()
+            .unwrap_or_else(|| raw.app.composer.clone()),
+        health: env.health.clone(),
+        vars: env.vars.clone(),
+        hosts,
+        roles: env.roles.clone(),
+        max_concurrency: ssh.max_concurrency.unwrap_or(32).max(1) as usize,
+    })
+}
+
+fn merge_ssh(base: &RawSsh, over: &RawSsh) -> RawSsh {
+    RawSsh {
+        user: over.user.clone().or_else(|| base.user.clone()),
+        port: over.port.or(base.port),
+        identity_file: over
+            .identity_file
+            .clone()
+            .or_else(|| base.identity_file.clone()),
+        known_hosts: over
+            .known_hosts
+            .clone()
+            .or_else(|| base.known_hosts.clone()),
+        host_key_check: over.host_key_check.or(base.host_key_check),
+        connect_timeout: over
+            .connect_timeout
+            .clone()
+            .or_else(|| base.connect_timeout.clone()),
+        keepalive: over.keepalive.clone().or_else(|| base.keepalive.clone()),
+        config_file: over
+            .config_file
+            .clone()
+            .or_else(|| base.config_file.clone()),
+        jump_host: over.jump_host.clone().or_else(|| base.jump_host.clone()),
+        max_concurrency: over.max_concurrency.or(base.max_concurrency),
+    }
+}
+
+/// Looks for `runbook.toml` in `start` and its parents.
+pub fn discover(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|dir| dir.join(FILE_NAME))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Inventory, InventoryError> {
+        Inventory::parse(Path::new("/project/runbook.toml"), text)
+    }
+
+    const BASE: &str = r#"
+[app]
+name = "shop"
+deploy_path = "/var/www/shop"
+"#;
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let err = parse(&format!(
+            "{BASE}\n[env.prod]\nhots = {{ a = \"1.2.3.4\" }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `hots`"), "{err}");
+        assert!(err.contains("/project/runbook.toml"), "{err}");
+    }
+
+    #[test]
+    fn role_naming_an_undefined_host_is_rejected() {
+        let err = parse(&format!(
+            "{BASE}\n[env.prod]\nhosts = {{ web1 = \"10.0.0.1\" }}\nroles = {{ web = [\"web1\", \"web3\"] }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("env.prod.roles.web"), "{err}");
+        assert!(err.contains("`web3`"), "{err}");
+        assert!(err.contains("defined: web1"), "{err}");
+    }
+
+    #[test]
+    fn host_settings_resolve_from_host_then_env_then_defaults() {
+        let inv = parse(&format!(
+            "{BASE}\n[ssh]\nuser = \"deploy\"\nport = 2200\n[env.prod]\nuser = \"ops\"\nhosts = {{ a = \"10.0.0.1\", b = \"10.0.0.2:2222\", c = {{ address = \"10.0.0.3\", user = \"root\" }} }}\n"
+        ))
+        .unwrap();
+        let env = inv.env("prod").unwrap();
+        let a = env.host("a").unwrap();
+        assert_eq!((a.port, a.user.as_deref()), (2200, Some("ops")));
+        let b = env.host("b").unwrap();
+        assert_eq!((b.address.as_str(), b.port), ("10.0.0.2", 2222));
+        assert_eq!(env.host("c").unwrap().user.as_deref(), Some("root"));
+        assert_eq!(a.ssh.host_key_check, HostKeyCheck::Strict);
+    }
+
+    #[test]
+    fn host_key_check_off_is_not_accepted() {
+        let err = parse(&format!(
+            "{BASE}\n[ssh]\nhost_key_check = \"off\"\n[env.p]\nhosts = {{ a = \"h\" }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("host_key_check"), "{err}");
+    }
+
+    #[test]
+    fn relative_deploy_path_is_refused_for_ssh_hosts() {
+        let err =
+            parse("[app]\nname = \"x\"\ndeploy_path = \"rel\"\n[env.p]\nhosts = { a = \"h\" }\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("app.deploy_path"), "{err}");
+        assert!(err.contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn relative_deploy_path_is_resolved_against_the_file_for_local_hosts() {
+        let inv = parse(
+            "[app]\nname = \"x\"\ndeploy_path = \"target/demo\"\n[env.demo]\ntransport = \"local\"\nhosts = { box = \"localhost\" }\n",
+        )
+        .unwrap();
+        assert_eq!(inv.env("demo").unwrap().deploy_path, "/project/target/demo");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let err = parse(&format!(
+            "{BASE}\n[ssh]\nconnect_timeout = \"ten\"\n[env.p]\nhosts = {{ a = \"h\" }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("env.p.ssh.connect_timeout"), "{err}");
+    }
+
+    #[test]
+    fn secrets_must_be_named_by_environment_variable() {
+        let err = parse(&format!(
+            "{BASE}\n[notify.slack]\nwebhook = \"https://hooks.example/abc\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("webhook"), "{err}");
+        let inv = parse(&format!(
+            "{BASE}\n[notify.slack]\nwebhook = {{ env = \"SLACK_WEBHOOK_URL\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(inv.secret_names(), vec!["SLACK_WEBHOOK_URL".to_owned()]);
+    }
+
+    #[test]
+    fn unknown_env_lists_known_ones() {
+        let inv = parse(&format!("{BASE}\n[env.staging]\nhosts = {{ a = \"h\" }}\n")).unwrap();
+        let err = inv.env("prod").unwrap_err().to_string();
+        assert!(err.contains("staging"), "{err}");
+    }
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        assert_eq!(split_address("h:22").unwrap(), ("h".into(), Some(22)));
+        assert_eq!(
+            split_address("[::1]:2222").unwrap(),
+            ("::1".into(), Some(2222))
+        );
+        assert_eq!(split_address("::1").unwrap(), ("::1".into(), None));
+        assert!(split_address("h:http").is_err());
+        assert!(split_address("h:0").is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! The raw shape of `runbook.toml`, exactly as users write it.
+//!
+//! These types are a user-facing contract: keys are added, never renamed without a
+//! migration note in the README. Every struct denies unknown keys so that a typo
+//! (`hots = …`) is an error that names the key instead of a setting silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInventory {
+    pub app: RawApp,
+    #[serde(default)]
+    pub ssh: RawSsh,
+    #[serde(default)]
+    pub env: BTreeMap<String, RawEnvironment>,
+    #[serde(default)]
+    pub notify: RawNotify,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub name: String,
+    pub deploy_path: String,
+    pub repository: Option<String>,
+    #[serde(default = "default_keep_releases")]
+    pub keep_releases: u32,
+    pub backup_dir: Option<String>,
+    #[serde(default = "default_shared_dirs")]
+    pub shared_dirs: Vec<String>,
+    #[serde(default = "default_shared_files")]
+    pub shared_files: Vec<String>,
+    #[serde(default = "default_writable_dirs")]
+    pub writable_dirs: Vec<String>,
+    #[serde(default = "default_php")]
+    pub php: String,
+    #[serde(default = "default_composer")]
+    pub composer: String,
+}
+
+fn default_keep_releases() -> u32 {
+    5
+}
+fn default_shared_dirs() -> Vec<String> {
+    vec!["storage".into()]
+}
+fn default_shared_files() -> Vec<String> {
+    vec![".env".into()]
+}
+fn default_writable_dirs() -> Vec<String> {
+    vec!["bootstrap/cache".into(), "storage".into()]
+}
+fn default_php() -> String {
+    "php".into()
+}
+fn default_composer() -> String {
+    "composer".into()
+}
+
+/// SSH settings; `[ssh]` holds the defaults, an environment or a host may override any.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSsh {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity_file: Option<String>,
+    pub known_hosts: Option<String>,
+    pub host_key_check: Option<HostKeyCheck>,
+    pub connect_timeout: Option<String>,
+    pub keepalive: Option<String>,
+    pub config_file: Option<String>,
+    pub jump_host: Option<String>,
+    pub max_concurrency: Option<u32>,
+}
+
+/// How unknown host keys are treated. There is deliberately no "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyCheck {
+    Strict,
+    AcceptNew,
+}
+
+/// How commands reach a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    #[default]
+    Ssh,
+    Local,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Ssh => "ssh",
+            TransportKind::Local => "local",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub url: Option<String>,
+    #[serde(default)]
+    pub protected: bool,
+    pub transport: Option<TransportKind>,
+    pub user: Option<String>,
+    pub deploy_path: Option<String>,
+    pub backup_dir: Option<String>,
+    pub php: Option<String>,
+    pub composer: Option<String>,
+    #[serde(default)]
+    pub health: Vec<String>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, RawHost>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub vars: toml::Table,
+    #[serde(default)]
+    pub ssh: RawSsh,
+}
+
+/// A host is either `"10.0.0.11"` / `"10.0.0.11:2222"` or a table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawHost {
+    Address(String),
+    Table(RawHostTable),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHostTable {
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub identity_file: Option<String>,
+    pub transport: Option<TransportKind>,
+    pub jump_host: Option<String>,
+}
+
+/// A value that may be written inline or named by environment variable.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Setting {
+    Literal(String),
+    Env(SecretRef),
+}
+
+/// A secret: only ever named by environment variable, never written in the file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    pub env: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub slack: Option<RawSlack>,
+    pub email: Option<RawEmail>,
+    pub pagerduty: Option<RawPagerDuty>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlack {
+    pub webhook: SecretRef,
+    pub channel: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmail {
+    pub host: Setting,
+    pub port: Option<Setting>,
+    pub username: Option<Setting>,
+    pub password: Option<SecretRef>,
+    pub from: Option<Setting>,
+    pub to: Setting,
+    pub tls: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagerDuty {
+    pub routing_key: SecretRef,
+    pub url: Option<String>,
+}

@@ -1,0 +1,67 @@
+//! runbook: deployment runbooks as Rhai scripts.
+//!
+//! The binary is a thin wrapper around [`run`]; everything lives in this library.
+
+pub mod cli;
+pub mod commands;
+pub mod effects;
+pub mod engine;
+pub mod error;
+pub mod inventory;
+pub mod modules;
+pub mod output;
+pub mod project;
+pub mod quote;
+pub mod signal;
+pub mod transport;
+
+use std::ffi::OsString;
+
+use clap::Parser;
+
+pub use error::Error;
+
+/// Parses `args` (including the program name), runs the command, and returns the exit
+/// status. Errors are rendered here, once.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                error::exit::USAGE
+            } else {
+                error::exit::SUCCESS
+            };
+        }
+    };
+    init_tracing(cli.global.verbose);
+    match cli::dispatch(cli) {
+        Ok(()) => error::exit::SUCCESS,
+        Err(e) => {
+            match &e {
+                Error::Script(d) => eprintln!("{d}"),
+                Error::Interrupted {
+                    diagnostic: Some(d),
+                } => eprintln!("{d}"),
+                other => eprintln!("error: {other}"),
+            }
+            e.code()
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 | 1 => "warn",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}

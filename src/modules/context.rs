@@ -1,0 +1,313 @@
+//! What a script knows about where it runs: `hosts()`, `host()`, the `env`/`app`/`args`/
+//! `run` maps, `step()`, `secret()`, time helpers. Hosts are opaque values that only the
+//! inventory can create, so a script cannot aim a command at an address it made up.
+
+use std::sync::Arc;
+
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
+
+use crate::engine::Session;
+use crate::inventory::Host;
+
+/// One host of the inventory.
+#[derive(Debug, Clone)]
+pub struct HostRef(pub Arc<Host>);
+
+/// An ordered set of hosts (a role, or all hosts of the environment).
+#[derive(Debug, Clone, Default)]
+pub struct HostSet(pub Vec<Arc<Host>>);
+
+impl IntoIterator for HostSet {
+    type Item = HostRef;
+    type IntoIter = std::iter::Map<std::vec::IntoIter<Arc<Host>>, fn(Arc<Host>) -> HostRef>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().map(HostRef as fn(Arc<Host>) -> HostRef)
+    }
+}
+
+pub fn register_types(engine: &mut Engine) {
+    engine
+        .register_type_with_name::<HostRef>("Host")
+        .register_get("name", |h: &mut HostRef| h.0.name.clone())
+        .register_get("address", |h: &mut HostRef| h.0.address.clone())
+        .register_get("port", |h: &mut HostRef| i64::from(h.0.port))
+        .register_get("user", |h: &mut HostRef| {
+            h.0.user.clone().map_or(Dynamic::UNIT, Dynamic::from)
+        })
+        .register_get("transport", |h: &mut HostRef| {
+            h.0.transport.as_str().to_owned()
+        })
+        .register_get("roles", |h: &mut HostRef| {
+            h.0.roles
+                .iter()
+                .cloned()
+                .map(Dynamic::from)
+                .collect::<Array>()
+        })
+        .register_fn("to_string", |h: &mut HostRef| h.0.name.clone())
+        .register_fn("to_debug", |h: &mut HostRef| {
+            format!("host({:?})", h.0.name)
+        });
+    engine
+        .register_type_with_name::<HostSet>("HostSet")
+        .register_iterator::<HostSet>()
+        .register_get("len", |s: &mut HostSet| s.0.len() as i64)
+        .register_fn("len", |s: &mut HostSet| s.0.len() as i64)
+        .register_fn("is_empty", |s: &mut HostSet| s.0.is_empty())
+        .register_get("names", |s: &mut HostSet| {
+            s.0.iter()
+                .map(|h| Dynamic::from(h.name.clone()))
+                .collect::<Array>()
+        })
+        .register_indexer_get(
+            |s: &mut HostSet, i: i64| -> Result<HostRef, Box<EvalAltResult>> {
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| s.0.get(i))
+                    .map(|h| HostRef(h.clone()))
+                    .ok_or_else(|| {
+                        super::error(format!(
+                            "host index {i} out of range: the set has {} hosts",
+                            s.0.len()
+                        ))
+                    })
+            },
+        )
+        .register_fn("to_string", |s: &mut HostSet| {
+            s.0.iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .register_fn("to_debug", |s: &mut HostSet| {
+            let names: Vec<&str> = s.0.iter().map(|h| h.name.as_str()).collect();
+            format!("hosts({names:?})")
+        });
+}
+
+/// The `env`, `app`, `args` and `run` maps, as one map keyed by those names.
+pub fn context_map(session: &Session) -> Map {
+    let mut out = Map::new();
+    let args: Map = session
+        .info
+        .args
+        .iter()
+        .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
+        .collect();
+    out.insert("args".into(), args.into());
+
+    let mut env = Map::new();
+    if let Some(e) = &session.env {
+        env.insert("name".into(), e.name.clone().into());
+        env.insert(
+            "url".into(),
+            e.url.clone().map_or(Dynamic::UNIT, Dynamic::from),
+        );
+        env.insert("protected".into(), e.protected.into());
+        env.insert("deploy_path".into(), e.deploy_path.clone().into());
+        env.insert("backup_dir".into(), e.backup_dir.clone().into());
+        env.insert("php".into(), e.php.clone().into());
+        env.insert("composer".into(), e.composer.clone().into());
+        env.insert("health".into(), strings(&e.health));
+        let vars = rhai::serde::to_dynamic(&e.vars).unwrap_or_else(|_| Map::new().into());
+        env.insert("vars".into(), vars);
+    }
+    out.insert("env".into(), env.into());
+
+    let mut app = Map::new();
+    if let Some(inv) = &session.inventory {
+        let a = &inv.app;
+        app.insert("name".into(), a.name.clone().into());
+        app.insert(
+            "repository".into(),
+            a.repository.clone().map_or(Dynamic::UNIT, Dynamic::from),
+        );
+        app.insert("keep_releases".into(), i64::from(a.keep_releases).into());
+        app.insert("shared_dirs".into(), strings(&a.shared_dirs));
+        app.insert("shared_files".into(), strings(&a.shared_files));
+        app.insert("writable_dirs".into(), strings(&a.writable_dirs));
+        app.insert(
+            "root".into(),
+            inv.root.to_string_lossy().into_owned().into(),
+        );
+    }
+    out.insert("app".into(), app.into());
+
+    let i = &session.info;
+    let mut run = Map::new();
+    run.insert("id".into(), i.id.clone().into());
+    run.insert("script".into(), i.script.clone().into());
+    run.insert(
+        "reason".into(),
+        i.reason.clone().map_or(Dynamic::UNIT, Dynamic::from),
+    );
+    run.insert("actor".into(), i.actor.clone().into());
+    run.insert("dry_run".into(), i.dry_run.into());
+    out.insert("run".into(), run.into());
+    out
+}
+
+fn strings(v: &[String]) -> Dynamic {
+    v.iter()
+        .cloned()
+        .map(Dynamic::from)
+        .collect::<Array>()
+        .into()
+}
+
+/// Parses `"5s"`, `"500ms"`, `2` (seconds) or `0.5` (seconds).
+pub fn duration_arg(value: &Dynamic) -> Result<std::time::Duration, Box<EvalAltResult>> {
+    if let Ok(i) = value.as_int() {
+        return u64::try_from(i)
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| super::error(format!("duration must not be negative, got {i}")));
+    }
+    if let Ok(f) = value.as_float() {
+        return std::time::Duration::try_from_secs_f64(f)
+            .map_err(|_| super::error(format!("`{f}` is not a duration in seconds")));
+    }
+    if let Ok(s) = value.clone().into_string() {
+        return humantime::parse_duration(&s).map_err(|e| {
+            super::error(format!(
+                "`{s}` is not a duration ({e}); write e.g. \"10s\", \"500ms\""
+            ))
+        });
+    }
+    Err(super::error(format!(
+        "expected a duration (\"10s\" or seconds), got {}",
+        value.type_name()
+    )))
+}
+
+fn hosts_of(ctx: &NativeCallContext, role: Option<&str>) -> Result<HostSet, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let env = session
+        .env
+        .as_ref()
+        .ok_or_else(|| super::error("no environment selected: pass --env NAME"))?;
+    env.select(role).map(HostSet).map_err(super::error)
+}
+
+#[export_module]
+pub mod core_api {
+    use crate::output::{Event, Kind, Outcome};
+    use rhai::FnPtr;
+    use std::time::Instant;
+
+    /// Every host of the current environment.
+    #[rhai_fn(name = "hosts", return_raw)]
+    pub fn hosts_all(ctx: NativeCallContext) -> Result<HostSet, Box<EvalAltResult>> {
+        super::hosts_of(&ctx, None)
+    }
+
+    /// The hosts of a role of the current environment (`"all"` means every host).
+    #[rhai_fn(name = "hosts", return_raw)]
+    pub fn hosts_role(ctx: NativeCallContext, role: &str) -> Result<HostSet, Box<EvalAltResult>> {
+        super::hosts_of(&ctx, Some(role))
+    }
+
+    /// One host of the current environment, by name.
+    #[rhai_fn(return_raw)]
+    pub fn host(ctx: NativeCallContext, name: &str) -> Result<HostRef, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let env = session
+            .env
+            .as_ref()
+            .ok_or_else(|| super::super::error("no environment selected: pass --env NAME"))?;
+        env.host(name).map(HostRef).ok_or_else(|| {
+            let known: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
+            super::super::error(format!(
+                "environment `{}` has no host `{name}` (hosts: {})",
+                env.name,
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// The run's context as one map: `#{ env, app, args, run }`. Scripts also see these
+    /// as constants; stdlib modules (which cannot see the script's scope) call this.
+    #[rhai_fn(name = "context", return_raw)]
+    pub fn run_context(ctx: NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        Ok(super::context_map(&session))
+    }
+
+    /// Runs `body` as a named step: shown with progress, timed, and reported in the
+    /// summary and as `step_started`/`step_finished` events. Returns what `body` returns.
+    #[rhai_fn(return_raw)]
+    pub fn step(
+        ctx: NativeCallContext,
+        name: &str,
+        body: FnPtr,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let output = session.effects.output().clone();
+        output.emit(Event::new(Kind::StepStarted).step(name));
+        let started = Instant::now();
+        let result = body.call_within_context::<Dynamic>(&ctx, ());
+        let outcome = match &result {
+            Ok(_) if session.info.dry_run => Outcome::DryRun,
+            Ok(_) => Outcome::Ok,
+            Err(e) if matches!(e.unwrap_inner(), EvalAltResult::ErrorTerminated(..)) => {
+                Outcome::Aborted
+            }
+            Err(_) => Outcome::Failed,
+        };
+        output.emit(
+            Event::new(Kind::StepFinished)
+                .step(name)
+                .result(outcome)
+                .duration(started.elapsed()),
+        );
+        result
+    }
+
+    /// Reads a secret from the process environment and registers its value for redaction
+    /// in every output. Fails, naming the variable, when it is not set.
+    #[rhai_fn(return_raw)]
+    pub fn secret(ctx: NativeCallContext, name: &str) -> Result<String, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => {
+                session.effects.output().redactor().add(&v);
+                Ok(v)
+            }
+            _ => Err(super::super::error(format!(
+                "secret `{name}` is not set: export {name}=… in the environment (in CI: add it to the job's secrets)"
+            ))),
+        }
+    }
+
+    /// The current UTC time as a compact, sortable stamp: `20261127T013300Z`.
+    pub fn timestamp() -> String {
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
+    }
+
+    /// Milliseconds since the Unix epoch (for measuring durations in scripts).
+    pub fn now_ms() -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+
+    /// Waits, e.g. `sleep("5s")` or `sleep(2)`; Ctrl-C ends the wait.
+    #[rhai_fn(return_raw)]
+    pub fn sleep(ctx: NativeCallContext, duration: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        let d = super::duration_arg(&duration)?;
+        let session = super::super::session(&ctx)?;
+        if session.info.dry_run {
+            return Ok(());
+        }
+        let interrupt = session.effects.interrupt();
+        let since = interrupt.count();
+        let interrupted = session.effects.runtime().block_on(async {
+            tokio::select! {
+                () = tokio::time::sleep(d) => false,
+                () = interrupt.after(since) => true,
+            }
+        });
+        if interrupted || interrupt.pending() {
+            return Err(super::super::interrupted());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,41 @@
+//! Script-facing modules. Each is a thin adapter: convert Rhai values, call the plain Rust
+//! API (effects, inventory), convert the result back. Doc comments on the exported
+//! functions are the API reference (`runbook doc`).
+
+pub mod context;
+mod exec;
+mod log;
+
+use std::sync::Arc;
+
+use rhai::{Dynamic, Engine, EvalAltResult, NativeCallContext, Position, exported_module};
+
+use crate::engine::{Session, SessionRef};
+
+pub type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+pub fn register(engine: &mut Engine) {
+    context::register_types(engine);
+    engine.register_global_module(exported_module!(context::core_api).into());
+    engine.register_static_module("local", exported_module!(exec::local_api).into());
+    engine.register_static_module("ssh", exported_module!(exec::ssh_api).into());
+    engine.register_static_module("log", exported_module!(log::log_api).into());
+}
+
+/// The session behind a native call.
+pub fn session(ctx: &NativeCallContext) -> RhaiResult<Arc<Session>> {
+    ctx.tag()
+        .and_then(|t| t.clone().try_cast::<SessionRef>())
+        .map(|s| s.0)
+        .ok_or_else(|| error("internal: no session attached to the engine"))
+}
+
+/// A runtime error carrying a message; Rhai fills in the call position.
+pub fn error(message: impl Into<String>) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(Dynamic::from(message.into()), Position::NONE).into()
+}
+
+/// The error that stops a script on Ctrl-C / SIGTERM.
+pub fn interrupted() -> Box<EvalAltResult> {
+    EvalAltResult::ErrorTerminated(Dynamic::from("interrupted"), Position::NONE).into()
+}

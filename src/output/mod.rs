@@ -1,0 +1,142 @@
+//! The output layer: the only place that writes to the terminal.
+//!
+//! Modules never print. They emit [`Event`]s through [`Output::emit`], which stamps the
+//! time and run id, redacts every secret value, and hands the event to each sink (human
+//! text on the terminal, JSON lines on stdout, later the audit log).
+
+pub mod event;
+mod human;
+
+use std::io::Write;
+use std::sync::Arc;
+
+pub use event::{Event, Kind, Level, Outcome, Stream};
+pub use human::Human;
+
+use crate::effects::redact::Redactor;
+
+/// How much the human sink says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+pub trait Sink: Send + Sync {
+    fn event(&self, event: &Event);
+}
+
+pub struct Output {
+    run_id: String,
+    redactor: Arc<Redactor>,
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl Output {
+    pub fn new(run_id: String, redactor: Arc<Redactor>) -> Output {
+        Output {
+            run_id,
+            redactor,
+            sinks: Vec::new(),
+        }
+    }
+
+    pub fn with_sink(mut self, sink: impl Sink + 'static) -> Output {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn redactor(&self) -> &Arc<Redactor> {
+        &self.redactor
+    }
+
+    pub fn emit(&self, mut event: Event) {
+        event.ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        event.run.clone_from(&self.run_id);
+        if !self.redactor.is_empty() {
+            let redactor = &self.redactor;
+            event.map_strings(&|s| match redactor.redact(s) {
+                std::borrow::Cow::Owned(new) => Some(new),
+                std::borrow::Cow::Borrowed(_) => None,
+            });
+        }
+        for sink in &self.sinks {
+            sink.event(&event);
+        }
+    }
+
+    /// A script's `print`, a log line, a warning.
+    pub fn log(&self, level: Level, message: impl Into<String>) {
+        let kind = if level == Level::Warn {
+            Kind::Warning
+        } else {
+            Kind::Log
+        };
+        self.emit(Event::new(kind).level(level).message(message));
+    }
+}
+
+/// One JSON object per line on stdout.
+pub struct JsonLines;
+
+impl Sink for JsonLines {
+    fn event(&self, event: &Event) {
+        let Ok(line) = serde_json::to_string(event) else {
+            return;
+        };
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (`| head`) must not abort a deploy half-way.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Keeps every event in memory (tests, summaries built after the fact).
+#[derive(Default, Clone)]
+pub struct Memory(pub Arc<std::sync::Mutex<Vec<Event>>>);
+
+impl Sink for Memory {
+    fn event(&self, event: &Event) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event.clone());
+    }
+}
+
+/// Whether to colour stderr: only on a terminal, and never with `NO_COLOR` set.
+pub fn color_enabled() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emit_redacts_every_field_before_any_sink_sees_it() {
+        let redactor = Arc::new(Redactor::new());
+        redactor.add("hunter2");
+        let memory = Memory::default();
+        let output = Output::new("r1".into(), redactor).with_sink(memory.clone());
+        output.emit(
+            Event::new(Kind::CommandStarted)
+                .host("web1")
+                .argv(vec!["echo".into(), "pw=hunter2".into()])
+                .message("hunter2 here")
+                .data("reason", "because hunter2"),
+        );
+        let events = memory.0.lock().unwrap();
+        let json = serde_json::to_string(&events[0]).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        assert!(json.contains("pw=***"), "{json}");
+        assert_eq!(events[0].run, "r1");
+        assert!(!events[0].ts.is_empty());
+    }
+}

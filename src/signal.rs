@@ -1,0 +1,38 @@
+//! Ctrl-C and SIGTERM during a run.
+//!
+//! The first signal asks the run to stop: the running command's process group is killed,
+//! the script stops at its next operation, and its `on_failure` path runs. A second signal
+//! interrupts that cleanup. A third exits at once — the engineer is in charge.
+
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::effects::interrupt::Interrupt;
+use crate::error::exit;
+use crate::output::{Level, Output};
+
+pub fn install(runtime: &Handle, interrupt: Interrupt, output: Arc<Output>) {
+    runtime.spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            output.log(Level::Warn, "cannot install signal handlers; Ctrl-C will end runbook abruptly");
+            return;
+        };
+        loop {
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            interrupt.raise();
+            match interrupt.count() {
+                1 => output.log(
+                    Level::Warn,
+                    format!("{name} received: stopping the running command, then running the script's failure path (signal again to skip it)"),
+                ),
+                2 => output.log(Level::Warn, format!("{name} received again: interrupting the failure path (a third signal exits immediately)")),
+                _ => std::process::exit(exit::INTERRUPTED),
+            }
+        }
+    });
+}

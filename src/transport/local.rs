@@ -1,0 +1,255 @@
+//! The local transport: commands run on this machine as tokio child processes.
+//!
+//! Each child runs in its own process group so that cancelling it (Ctrl-C, timeout) ends
+//! everything it started, not just the shell.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use super::{CommandSpec, ExecError, Finished, LineSink, MAX_CAPTURE, Program};
+use crate::effects::interrupt::Interrupt;
+use crate::output::Stream;
+
+/// How long a process group gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(3);
+
+pub async fn exec(
+    spec: &CommandSpec,
+    interrupt: &Interrupt,
+    on_line: LineSink<'_>,
+) -> Result<Finished, ExecError> {
+    let since = interrupt.count();
+    let mut cmd = match &spec.program {
+        Program::Argv(argv) => {
+            let Some((program, args)) = argv.split_first() else {
+                return Err(ExecError::Unsupported(
+                    "empty command: argv has no program".into(),
+                ));
+            };
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        }
+        Program::Shell(script) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(script);
+            c
+        }
+    };
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+
+    let started = Instant::now();
+    let program_name = spec
+        .program
+        .display_argv()
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        program: program_name,
+        source,
+    })?;
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+
+    if let (Some(input), Some(mut stdin)) = (&spec.stdin, child.stdin.take()) {
+        let input = input.clone();
+        tokio::spawn(async move {
+            let _ = stdin.write_all(input.as_bytes()).await;
+        });
+    }
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let mut out_buf = String::new();
+    let mut err_buf = String::new();
+    let quiet = spec.quiet;
+    let reading = async {
+        tokio::join!(
+            pump(stdout, Stream::Stdout, &mut out_buf, on_line, quiet),
+            pump(stderr, Stream::Stderr, &mut err_buf, on_line, quiet)
+        );
+        child.wait().await
+    };
+
+    let deadline = async {
+        match spec.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+
+    enum End {
+        Exited(std::io::Result<std::process::ExitStatus>),
+        Timeout,
+        Interrupted,
+    }
+    let end = tokio::select! {
+        status = reading => End::Exited(status),
+        () = deadline => End::Timeout,
+        () = interrupt.after(since) => End::Interrupted,
+    };
+    let finished = |out: String, err: String| Finished {
+        code: None,
+        stdout: out,
+        stderr: err,
+        duration: started.elapsed(),
+    };
+    match end {
+        End::Exited(status) => {
+            let status = status?;
+            Ok(Finished {
+                code: status.code(),
+                ..finished(out_buf, err_buf)
+            })
+        }
+        End::Timeout => {
+            terminate(pgid).await;
+            Err(ExecError::Timeout {
+                after: spec.timeout.unwrap_or_default(),
+                partial: finished(out_buf, err_buf),
+            })
+        }
+        End::Interrupted => {
+            terminate(pgid).await;
+            Err(ExecError::Interrupted {
+                partial: finished(out_buf, err_buf),
+            })
+        }
+    }
+}
+
+/// SIGTERM to the whole group, then SIGKILL if anything is still there after [`GRACE`].
+async fn terminate(pgid: Option<Pid>) {
+    let Some(pgid) = pgid else { return };
+    if killpg(pgid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < GRACE {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Signal 0 probes whether any process of the group is left.
+        if killpg(pgid, None).is_err() {
+            return;
+        }
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+async fn pump(
+    reader: Option<impl AsyncRead + Unpin>,
+    stream: Stream,
+    buf: &mut String,
+    on_line: LineSink<'_>,
+    quiet: bool,
+) {
+    let Some(reader) = reader else { return };
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                if !quiet {
+                    on_line(stream, text.trim_end_matches(['\n', '\r']));
+                }
+                buf.push_str(&text);
+                if buf.len() > MAX_CAPTURE {
+                    let cut = buf.len() - MAX_CAPTURE / 2;
+                    let cut = (cut..buf.len())
+                        .find(|i| buf.is_char_boundary(*i))
+                        .unwrap_or(buf.len());
+                    buf.drain(..cut);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(p: Program) -> CommandSpec {
+        CommandSpec::new(p)
+    }
+
+    #[tokio::test]
+    async fn captures_both_streams_and_the_exit_code() {
+        let s = spec(Program::Shell("echo out; echo err >&2; exit 3".into()));
+        let f = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap();
+        assert_eq!(
+            (f.code, f.stdout.as_str(), f.stderr.as_str()),
+            (Some(3), "out\n", "err\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn argv_is_not_interpreted_by_a_shell() {
+        let s = spec(Program::Argv(vec!["echo".into(), "$HOME;".into()]));
+        let f = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap();
+        assert_eq!(f.stdout, "$HOME;\n");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let mut s = spec(Program::Shell(format!(
+            "(sleep 2; touch {}) & sleep 30",
+            marker.display()
+        )));
+        s.timeout = Some(Duration::from_millis(200));
+        let err = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!marker.exists(), "a grandchild outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn an_interrupt_ends_the_running_command() {
+        let interrupt = Interrupt::new();
+        let s = spec(Program::Argv(vec!["sleep".into(), "30".into()]));
+        let trigger = interrupt.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            trigger.raise();
+        });
+        let start = Instant::now();
+        let err = exec(&s, &interrupt, &|_, _| {}).await.unwrap_err();
+        assert!(matches!(err, ExecError::Interrupted { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn stdin_cwd_and_env_reach_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(Program::Shell("cat; pwd; echo $RB_TEST".into()));
+        s.stdin = Some("in\n".into());
+        s.cwd = Some(dir.path().to_string_lossy().into_owned());
+        s.env = vec![("RB_TEST".into(), "v".into())];
+        let f = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap();
+        let canonical = dir.path().canonicalize().unwrap();
+        assert_eq!(f.stdout, format!("in\n{}\nv\n", canonical.display()));
+    }
+}
