@@ -48,12 +48,26 @@ pub fn render(markdown: bool) -> Result<String, Error> {
             if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
                 continue;
             }
-            let signature = f["signature"].as_str().unwrap_or(name).to_owned();
-            let signature = if module.is_empty() || signature.starts_with(&format!("{module}::")) {
-                signature
-            } else {
-                format!("{module}::{signature}")
-            };
+            // Methods of our own types are described in the "Context" section.
+            let first_type = f["params"][0]["type"].as_str().unwrap_or("");
+            if matches!(script_type(first_type).as_str(), "Host" | "HostSet") {
+                continue;
+            }
+            let params: Vec<String> = f["params"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let ty = script_type(p["type"].as_str().unwrap_or("?"));
+                    match p["name"].as_str() {
+                        Some(n) if n != "_" => format!("{n}: {ty}"),
+                        _ => ty,
+                    }
+                })
+                .collect();
+            let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
+            let prefix = if module.is_empty() { String::new() } else { format!("{module}::") };
+            let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
             let doc = f["docComments"]
                 .as_array()
                 .into_iter()
@@ -81,7 +95,7 @@ pub fn render(markdown: bool) -> Result<String, Error> {
         };
         let entries = ast
             .iter_functions()
-            .filter(|f| !f.name.starts_with('_'))
+            .filter(|f| !f.name.starts_with('_') && !f.name.starts_with("anon$"))
             .map(|f| Entry {
                 signature: format!("{}({})", f.name, f.params.join(", ")),
                 doc: f
@@ -138,4 +152,49 @@ pub fn render(markdown: bool) -> Result<String, Error> {
         }
     }
     Ok(out)
+}
+
+/// Rust type names from the engine's metadata, as a script author reads them.
+fn script_type(rust: &str) -> String {
+    let t = rust.trim();
+    let t = t
+        .strip_prefix("Result<")
+        .and_then(|r| r.rsplit_once(", Box<EvalAltResult>>").map(|(ok, _)| ok))
+        .unwrap_or(t);
+    let t = t.trim_start_matches("&mut ").trim_start_matches('&');
+    match t {
+        "str" | "String" | "ImmutableString" | "string" => "string",
+        "i64" | "INT" => "int",
+        "f64" | "FLOAT" => "float",
+        "bool" => "bool",
+        "Map" => "map",
+        "Array" => "array",
+        "Dynamic" => "any",
+        "FnPtr" => "Fn",
+        "HostRef" | "Host" => "Host",
+        "HostSet" => "HostSet",
+        "()" | "" => "()",
+        other => other,
+    }
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rust_types_are_shown_as_script_types() {
+        assert_eq!(super::script_type("Result<Map, Box<EvalAltResult>>"), "map");
+        assert_eq!(super::script_type("&str"), "string");
+        assert_eq!(super::script_type("&mut HostSet"), "HostSet");
+    }
+
+    #[test]
+    fn doc_lists_every_module_with_documented_functions() {
+        let text = super::render(false).unwrap();
+        for needle in ["module ssh", "ssh::run(target: any, argv: array) -> any", "module local", "module log", "step(name: string, body: Fn)", "stdlib: import \"laravel\"", "down(hosts)"] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        assert!(!text.contains("EvalAltResult"), "{text}");
+        assert!(!text.contains("anon$"), "{text}");
+    }
 }
