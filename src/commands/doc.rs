@@ -39,49 +39,52 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     let meta: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
 
     let mut sections: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-    let collect = |fns: &serde_json::Value,
-                   module: &str,
-                   sections: &mut BTreeMap<String, Vec<Entry>>| {
-        for f in fns.as_array().into_iter().flatten() {
-            let name = f["name"].as_str().unwrap_or("");
-            // Operators and property accessors are listed with their types below.
-            if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                continue;
+    let collect =
+        |fns: &serde_json::Value, module: &str, sections: &mut BTreeMap<String, Vec<Entry>>| {
+            for f in fns.as_array().into_iter().flatten() {
+                let name = f["name"].as_str().unwrap_or("");
+                // Operators and property accessors are listed with their types below.
+                if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                    continue;
+                }
+                // Methods of our own types are described in the "Context" section.
+                let first_type = f["params"][0]["type"].as_str().unwrap_or("");
+                if matches!(script_type(first_type).as_str(), "Host" | "HostSet") {
+                    continue;
+                }
+                let params: Vec<String> = f["params"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        let ty = script_type(p["type"].as_str().unwrap_or("?"));
+                        match p["name"].as_str() {
+                            Some(n) if n != "_" => format!("{n}: {ty}"),
+                            _ => ty,
+                        }
+                    })
+                    .collect();
+                let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
+                let prefix = if module.is_empty() {
+                    String::new()
+                } else {
+                    format!("{module}::")
+                };
+                let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
+                let doc = f["docComments"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str())
+                    .flat_map(|c| c.lines())
+                    .map(|l| l.trim_start_matches("///").trim().to_owned())
+                    .collect();
+                sections
+                    .entry(module.to_owned())
+                    .or_default()
+                    .push(Entry { signature, doc });
             }
-            // Methods of our own types are described in the "Context" section.
-            let first_type = f["params"][0]["type"].as_str().unwrap_or("");
-            if matches!(script_type(first_type).as_str(), "Host" | "HostSet") {
-                continue;
-            }
-            let params: Vec<String> = f["params"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    let ty = script_type(p["type"].as_str().unwrap_or("?"));
-                    match p["name"].as_str() {
-                        Some(n) if n != "_" => format!("{n}: {ty}"),
-                        _ => ty,
-                    }
-                })
-                .collect();
-            let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
-            let prefix = if module.is_empty() { String::new() } else { format!("{module}::") };
-            let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
-            let doc = f["docComments"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str())
-                .flat_map(|c| c.lines())
-                .map(|l| l.trim_start_matches("///").trim().to_owned())
-                .collect();
-            sections
-                .entry(module.to_owned())
-                .or_default()
-                .push(Entry { signature, doc });
-        }
-    };
+        };
     collect(&meta["functions"], "", &mut sections);
     if let Some(modules) = meta["modules"].as_object() {
         for (name, module) in modules {
@@ -191,7 +194,15 @@ mod tests {
     #[test]
     fn doc_lists_every_module_with_documented_functions() {
         let text = super::render(false).unwrap();
-        for needle in ["module ssh", "ssh::run(target: any, argv: array) -> any", "module local", "module log", "step(name: string, body: Fn)", "stdlib: import \"laravel\"", "down(hosts)"] {
+        for needle in [
+            "module ssh",
+            "ssh::run(target: any, argv: array) -> any",
+            "module local",
+            "module log",
+            "step(name: string, body: Fn)",
+            "stdlib: import \"laravel\"",
+            "down(hosts)",
+        ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
         assert!(!text.contains("EvalAltResult"), "{text}");

@@ -23,8 +23,17 @@ pub use diagnostic::Diagnostic;
 pub use resolver::StdlibResolver;
 use sources::SourceMap;
 
-/// Operations a script may perform before it is stopped as a runaway.
+/// Operations a script may perform before it is stopped as a runaway; the environment
+/// variable `RUNBOOK_MAX_OPERATIONS` overrides it (README "Limits").
 pub const MAX_OPERATIONS: u64 = 50_000_000;
+
+fn max_operations() -> u64 {
+    std::env::var("RUNBOOK_MAX_OPERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(MAX_OPERATIONS)
+}
 
 /// Facts about this run that scripts see as the `run` map.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +69,7 @@ pub enum Mode {
 pub fn build(session: &Arc<Session>, mode: Mode, script_dir: Option<&Path>) -> Engine {
     let mut engine = Engine::new();
     engine
-        .set_max_operations(MAX_OPERATIONS)
+        .set_max_operations(max_operations())
         .set_max_call_levels(64)
         .set_max_expr_depths(128, 64)
         .set_max_string_size(64 * 1024 * 1024)

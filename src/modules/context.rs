@@ -198,13 +198,13 @@ pub mod core_api {
     /// Every host of the current environment.
     #[rhai_fn(name = "hosts", return_raw)]
     pub fn hosts_all(ctx: NativeCallContext) -> Result<HostSet, Box<EvalAltResult>> {
-        super::hosts_of(&ctx, None)
+        super::super::located(&ctx, super::hosts_of(&ctx, None))
     }
 
     /// The hosts of a role of the current environment (`"all"` means every host).
     #[rhai_fn(name = "hosts", return_raw)]
     pub fn hosts_role(ctx: NativeCallContext, role: &str) -> Result<HostSet, Box<EvalAltResult>> {
-        super::hosts_of(&ctx, Some(role))
+        super::super::located(&ctx, super::hosts_of(&ctx, Some(role)))
     }
 
     /// One host of the current environment, by name.
@@ -215,14 +215,15 @@ pub mod core_api {
             .env
             .as_ref()
             .ok_or_else(|| super::super::error("no environment selected: pass --env NAME"))?;
-        env.host(name).map(HostRef).ok_or_else(|| {
+        let found = env.host(name).map(HostRef).ok_or_else(|| {
             let known: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
             super::super::error(format!(
                 "environment `{}` has no host `{name}` (hosts: {})",
                 env.name,
                 known.join(", ")
             ))
-        })
+        });
+        super::super::located(&ctx, found)
     }
 
     /// The run's context as one map: `#{ env, app, args, run }`. Scripts also see these
@@ -268,7 +269,7 @@ pub mod core_api {
     #[rhai_fn(return_raw)]
     pub fn secret(ctx: NativeCallContext, name: &str) -> Result<String, Box<EvalAltResult>> {
         let session = super::super::session(&ctx)?;
-        match std::env::var(name) {
+        let value = match std::env::var(name) {
             Ok(v) if !v.is_empty() => {
                 session.effects.output().redactor().add(&v);
                 Ok(v)
@@ -276,7 +277,8 @@ pub mod core_api {
             _ => Err(super::super::error(format!(
                 "secret `{name}` is not set: export {name}=… in the environment (in CI: add it to the job's secrets)"
             ))),
-        }
+        };
+        super::super::located(&ctx, value)
     }
 
     /// The current UTC time as a compact, sortable stamp: `20261127T013300Z`.

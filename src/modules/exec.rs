@@ -142,6 +142,15 @@ pub fn run_on(
     program: Program,
     opts: &Map,
 ) -> Result<Dynamic, Box<EvalAltResult>> {
+    super::located(ctx, run_on_targets(ctx, target, program, opts))
+}
+
+fn run_on_targets(
+    ctx: &NativeCallContext,
+    target: &Dynamic,
+    program: Program,
+    opts: &Map,
+) -> Result<Dynamic, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
     let (targets, single) = targets(target)?;
     let call = call(program, opts)?;
@@ -176,13 +185,15 @@ fn run_local(
     program: Program,
     opts: &Map,
 ) -> Result<Map, Box<EvalAltResult>> {
-    let session = super::session(ctx)?;
-    let call = call(program, opts)?;
-    session
-        .effects
-        .run(&Target::Local, &call.spec)
-        .map(|r| result_map(&r))
-        .map_err(to_rhai)
+    let result = super::session(ctx).and_then(|session| {
+        let call = call(program, opts)?;
+        session
+            .effects
+            .run(&Target::Local, &call.spec)
+            .map(|r| result_map(&r))
+            .map_err(to_rhai)
+    });
+    super::located(ctx, result)
 }
 
 #[export_module]

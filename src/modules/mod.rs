@@ -39,3 +39,14 @@ pub fn error(message: impl Into<String>) -> Box<EvalAltResult> {
 pub fn interrupted() -> Box<EvalAltResult> {
     EvalAltResult::ErrorTerminated(Dynamic::from("interrupted"), Position::NONE).into()
 }
+
+/// Gives an error raised by a native function the position of the call, when Rhai did not
+/// (it does not for namespaced calls such as `ssh::run`), so the error shows the line.
+pub fn located<T>(ctx: &NativeCallContext, result: RhaiResult<T>) -> RhaiResult<T> {
+    result.map_err(|mut e| {
+        if e.position().is_none() {
+            e.set_position(ctx.call_position());
+        }
+        e
+    })
+}
