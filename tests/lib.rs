@@ -1,0 +1,10 @@
+//! Integration tests through the real binary. One test binary; one file per feature.
+
+mod harness;
+
+mod check;
+mod errors;
+mod inventory;
+mod readme;
+mod run;
+mod signals;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs runbook's whole test suite. Installs the Debian packages the tests need when they
+# are missing (as root, or through sudo), then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# command the tests use -> Debian package that provides it
+required=(
+  "sh:dash"
+  "mktemp:coreutils"
+  "pgrep:procps"
+)
+
+missing=()
+for pair in "${required[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+
+if ((${#missing[@]})); then
+  echo "tests/run.sh: installing missing packages: ${missing[*]}" >&2
+  if [ "$(id -u)" = 0 ]; then
+    sudo=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo -n)
+  else
+    echo "tests/run.sh: cannot install ${missing[*]}: run as root, or install them with" >&2
+    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    exit 2
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "tests/run.sh: no apt-get here; install ${missing[*]} with your package manager" >&2
+    exit 2
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
+fi
+
+cargo test --locked "$@"
