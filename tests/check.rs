@@ -5,15 +5,29 @@ use crate::harness::Test;
 #[test]
 fn the_shipped_project_checks_clean() {
     let out = Test::bare()
-        .args(&["-c", concat!(env!("CARGO_MANIFEST_DIR"), "/runbook.toml"), "check"])
+        .args(&[
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/runbook.toml"),
+            "check",
+        ])
         .run();
-    out.code(0).stderr_has("scripts/deploy.rhai").stderr_has("stdlib/laravel.rhai").stderr_has("all ok");
+    out.code(0)
+        .stderr_has("scripts/deploy.rhai")
+        .stderr_has("stdlib/laravel.rhai")
+        .stderr_has("all ok");
 }
 
 #[test]
 fn the_example_inventory_checks_clean() {
     Test::bare()
-        .args(&["-c", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/askproai/runbook.toml"), "check"])
+        .args(&[
+            "-c",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/askproai/runbook.toml"
+            ),
+            "check",
+        ])
         .run()
         .code(0);
 }
@@ -22,11 +36,14 @@ fn the_example_inventory_checks_clean() {
 fn an_undefined_variable_fails_the_check_with_its_location_and_runs_nothing() {
     let t = Test::new()
         .file("scripts/good.rhai", "print(args);\n")
-        .file("scripts/bad.rhai", "local::run([\"touch\", \"ran\"]);\nprint(relase);\n")
+        .file(
+            "scripts/bad.rhai",
+            "local::run([\"touch\", \"ran\"]);\nprint(relase);\n",
+        )
         .args(&["check"]);
     let out = t.run();
     out.code(1)
-        .stderr_has("error: syntax error: Unknown variable: relase")
+        .stderr_has("error: syntax error: Undefined variable: relase")
         .stderr_has(" --> scripts/bad.rhai:2:7")
         .stderr_has("1 script(s) failed the check");
     assert!(!t.path().join("ran").exists());

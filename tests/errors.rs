@@ -3,7 +3,9 @@
 use crate::harness::Test;
 
 fn stderr_tail(stderr: &str, from: &str) -> String {
-    let start = stderr.find(from).unwrap_or_else(|| panic!("no {from:?} in:\n{stderr}"));
+    let start = stderr
+        .find(from)
+        .unwrap_or_else(|| panic!("no {from:?} in:\n{stderr}"));
     stderr[start..].to_owned()
 }
 
@@ -23,7 +25,7 @@ fn a_failed_command_inside_a_stdlib_function_shows_every_frame() {
     out.code(1);
     assert_eq!(
         stderr_tail(&out.stderr, "error:"),
-        r#"error: command failed on `a`: `sh -c 'echo '"'"'SQLSTATE[HY000] no such table'"'"' >&2; exit 3'` exited with code 3
+        r#"error: command failed on `a`: `sh -c "echo 'SQLSTATE[HY000] no such table' >&2; exit 3"` exited with code 3
   stderr (last lines):
   | SQLSTATE[HY000] no such table
  --> stdlib/tasks.rhai:2:10
@@ -40,18 +42,22 @@ fn a_failed_command_inside_a_stdlib_function_shows_every_frame() {
 
 #[test]
 fn a_syntax_error_points_at_the_token_and_runs_nothing() {
-    let t = Test::new().file(
-        "scripts/bad.rhai",
-        "local::run([\"touch\", \"ran\"]);\nlet x = ;\n",
-    )
-    .args(&["run", "bad", "-e", "dev"]);
+    let t = Test::new()
+        .file(
+            "scripts/bad.rhai",
+            "local::run([\"touch\", \"ran\"]);\nlet x = ;\n",
+        )
+        .args(&["run", "bad", "-e", "dev"]);
     let out = t.run();
     out.code(1);
     assert_eq!(
         out.stderr,
-        "error: syntax error: Expecting expression, but found ';'\n --> scripts/bad.rhai:2:9\n  |\n2 | let x = ;\n  |         ^\n"
+        "error: syntax error: Unexpected ';'\n --> scripts/bad.rhai:2:9\n  |\n2 | let x = ;\n  |         ^\n"
     );
-    assert!(!t.path().join("ran").exists(), "a command ran before a syntax error");
+    assert!(
+        !t.path().join("ran").exists(),
+        "a command ran before a syntax error"
+    );
 }
 
 #[test]
@@ -64,7 +70,7 @@ fn a_runaway_loop_is_stopped_with_a_clear_message() {
     out.code(1);
     assert_eq!(
         stderr_tail(&out.stderr, "error:"),
-        "error: the script exceeded its operation limit and was stopped\n --> scripts/spin.rhai:2:8\n  |\n2 | loop { n += 1; }\n  |        ^\n  = hint: look for a loop that never ends\n"
+        "error: the script exceeded its operation limit and was stopped\n --> scripts/spin.rhai:2:13\n  |\n2 | loop { n += 1; }\n  |             ^\n  = hint: look for a loop that never ends\n"
     );
 }
 
@@ -104,7 +110,10 @@ fn a_bad_option_key_lists_the_valid_ones() {
 #[test]
 fn a_timeout_kills_the_command_and_says_so() {
     Test::new()
-        .file("scripts/t.rhai", "local::run([\"sleep\", \"20\"], #{ timeout: \"300ms\" });\n")
+        .file(
+            "scripts/t.rhai",
+            "local::run([\"sleep\", \"20\"], #{ timeout: \"300ms\" });\n",
+        )
         .args(&["run", "t", "-e", "dev"])
         .run()
         .code(1)

@@ -36,18 +36,31 @@ fn the_inventory_is_found_from_a_subdirectory() {
         .code(0);
     let t = Test::new().file("deep/er/.keep", "");
     let mut cmd = t.command();
-    cmd.current_dir(t.path().join("deep/er")).args(["hosts", "-e", "dev"]);
+    cmd.current_dir(t.path().join("deep/er"))
+        .args(["hosts", "-e", "dev"]);
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn hosts_prints_a_table_and_json() {
-    let out = Test::new().args(&["hosts", "-e", "dev", "--role", "web"]).run();
+    let out = Test::new()
+        .args(&["hosts", "-e", "dev", "--role", "web"])
+        .run();
     out.code(0).stdout_has("environment dev: 2 hosts");
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["NAME", "ADDRESS", "PORT", "USER", "TRANSPORT", "ROLES"]);
-    assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["a", "localhost", "22", "-", "local", "one,web"]);
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "ADDRESS", "PORT", "USER", "TRANSPORT", "ROLES"]
+    );
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        ["a", "localhost", "22", "-", "local", "one,web"]
+    );
 
     let out = Test::new().args(&["hosts", "-e", "prod", "--json"]).run();
     let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();

@@ -4,7 +4,8 @@ use crate::harness::Test;
 
 #[test]
 fn every_rhai_block_in_the_readme_checks() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
     for line in readme.lines() {

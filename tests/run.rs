@@ -5,7 +5,10 @@ use crate::harness::Test;
 #[test]
 fn a_script_name_resolves_under_scripts_and_receives_its_arguments() {
     Test::new()
-        .file("scripts/hello.rhai", r#"print(`${env.vars.greeting} ${args.ref} ${args.skip_tests}`);"#)
+        .file(
+            "scripts/hello.rhai",
+            r#"print(`${env.vars.greeting} ${args.ref} ${args.skip_tests}`);"#,
+        )
         .args(&["run", "hello", "-e", "dev", "ref=v1.2.3", "skip_tests=true"])
         .run()
         .code(0)
@@ -88,17 +91,30 @@ fn commands_run_on_every_host_of_a_role_at_the_same_time() {
 #[test]
 fn dry_run_executes_nothing_and_says_what_would_run() {
     let script = r#"let r = ssh::run(hosts("one"), ["touch", app.root + "/marker"]); print(`dry=${r[0].dry_run}`);"#;
-    let t = Test::new()
-        .file("scripts/touch.rhai", script)
-        .args(&["run", "touch", "-e", "dev", "--dry-run"]);
-    t.run().code(0).stderr_has("would run: touch").stdout_has("dry=true");
-    assert!(!t.path().join("marker").exists(), "dry run created the file");
+    let t = Test::new().file("scripts/touch.rhai", script).args(&[
+        "run",
+        "touch",
+        "-e",
+        "dev",
+        "--dry-run",
+    ]);
+    t.run()
+        .code(0)
+        .stderr_has("would run: touch")
+        .stdout_has("dry=true");
+    assert!(
+        !t.path().join("marker").exists(),
+        "dry run created the file"
+    );
 
     let t = Test::new()
         .file("scripts/touch.rhai", script)
         .args(&["run", "touch", "-e", "dev"]);
     t.run().code(0).stdout_has("dry=false");
-    assert!(t.path().join("marker").exists(), "a real run must create the file");
+    assert!(
+        t.path().join("marker").exists(),
+        "a real run must create the file"
+    );
 }
 
 #[test]
@@ -112,7 +128,10 @@ fn json_events_parse_line_by_line_with_stable_fields() {
         .run();
     out.code(0);
     let events = out.events();
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -127,7 +146,11 @@ fn json_events_parse_line_by_line_with_stable_fields() {
         ]
     );
     let run_id = events[0]["run"].as_str().unwrap();
-    assert!(events.iter().all(|e| e["run"] == run_id && e["ts"].as_str().is_some_and(|t| t.ends_with('Z'))));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["run"] == run_id && e["ts"].as_str().is_some_and(|t| t.ends_with('Z')))
+    );
     assert_eq!(events[0]["data"]["reason"], "test run");
     assert_eq!(events[2]["argv"], serde_json::json!(["echo", "hi"]));
     assert_eq!(events[3]["message"], "hi");
@@ -150,8 +173,16 @@ fn secrets_are_redacted_from_output_events_and_errors() {
         .env("RB_TEST_TOKEN", "hunter2-secret")
         .run();
     out.code(1);
-    assert!(!out.stdout.contains("hunter2"), "stdout leaks:\n{}", out.stdout);
-    assert!(!out.stderr.contains("hunter2"), "stderr leaks:\n{}", out.stderr);
+    assert!(
+        !out.stdout.contains("hunter2"),
+        "stdout leaks:\n{}",
+        out.stdout
+    );
+    assert!(
+        !out.stderr.contains("hunter2"),
+        "stderr leaks:\n{}",
+        out.stderr
+    );
     out.stdout_has("token=***");
 }
 
@@ -174,7 +205,10 @@ fn inventory_secrets_are_masked_even_when_only_a_shell_prints_them() {
 #[test]
 fn a_missing_secret_names_the_variable_only_when_used() {
     Test::new()
-        .file("scripts/s.rhai", r#"print("before"); secret("RB_NOT_SET_ANYWHERE");"#)
+        .file(
+            "scripts/s.rhai",
+            r#"print("before"); secret("RB_NOT_SET_ANYWHERE");"#,
+        )
         .args(&["run", "s", "-e", "dev"])
         .run()
         .code(1)
@@ -184,9 +218,15 @@ fn a_missing_secret_names_the_variable_only_when_used() {
 
 #[test]
 fn a_protected_environment_needs_confirmation_or_yes() {
-    let t = Test::new().file("scripts/p.rhai", r#"local::run(["touch", app.root + "/ran"]);"#);
+    let t = Test::new().file(
+        "scripts/p.rhai",
+        r#"local::run(["touch", app.root + "/ran"]);"#,
+    );
     let t = t.args(&["run", "p", "-e", "prod"]);
-    t.run().code(2).stderr_has("`prod` is protected").stderr_has("--yes");
+    t.run()
+        .code(2)
+        .stderr_has("`prod` is protected")
+        .stderr_has("--yes");
     assert!(!t.path().join("ran").exists());
     let t = t.args(&["--yes"]);
     t.run().code(0);
@@ -217,7 +257,8 @@ local::run(["false"]);
 fn the_demo_rollout_switches_current_atomically_and_keeps_releases_bounded() {
     let t = Test::new().file("app/public/index.html", "v1").file(
         "scripts/deploy.rhai",
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/deploy.rhai")).unwrap(),
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/deploy.rhai"))
+            .unwrap(),
     );
     let t = t
         .file(
@@ -229,14 +270,24 @@ fn the_demo_rollout_switches_current_atomically_and_keeps_releases_bounded() {
         t.run().code(0).stderr_has("succeeded");
     }
     let deploy = t.path().join("deploy");
-    let releases: Vec<_> = std::fs::read_dir(deploy.join("releases")).unwrap().collect();
+    let releases: Vec<_> = std::fs::read_dir(deploy.join("releases"))
+        .unwrap()
+        .collect();
     assert_eq!(releases.len(), 2, "keep_releases = 2");
     let current = std::fs::read_link(deploy.join("current")).unwrap();
     assert!(current.starts_with("releases/"), "{current:?}");
     let revision = std::fs::read_to_string(deploy.join("current/REVISION")).unwrap();
     assert!(revision.contains("ref=v9"), "{revision}");
-    assert_eq!(std::fs::read_to_string(deploy.join("current/public/index.html")).unwrap(), "v1");
-    assert!(std::fs::symlink_metadata(deploy.join("current/.env")).unwrap().file_type().is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(deploy.join("current/public/index.html")).unwrap(),
+        "v1"
+    );
+    assert!(
+        std::fs::symlink_metadata(deploy.join("current/.env"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]
@@ -246,8 +297,17 @@ fn the_library_entry_point_can_run_twice_in_one_process() {
     let script = t.path().join("scripts/x.rhai");
     for _ in 0..2 {
         let code = runbook::run(
-            ["runbook", "-q", "-c", cfg.to_str().unwrap(), "run", script.to_str().unwrap(), "-e", "dev"]
-                .map(std::ffi::OsString::from),
+            [
+                "runbook",
+                "-q",
+                "-c",
+                cfg.to_str().unwrap(),
+                "run",
+                script.to_str().unwrap(),
+                "-e",
+                "dev",
+            ]
+            .map(std::ffi::OsString::from),
         );
         assert_eq!(code, 0);
     }

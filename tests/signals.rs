@@ -32,11 +32,17 @@ local::run(["touch", "after"]);
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let line = lines.next().expect("events until the command starts").unwrap();
-        if line.contains("command_started") && t.path().join("child.pid").exists() {
+        let line = lines
+            .next()
+            .expect("events until the command starts")
+            .unwrap();
+        if line.contains("command_started") {
             break;
         }
+    }
+    while !t.path().join("child.pid").exists() {
         assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
     }
     let pid = i32::try_from(child.id()).unwrap();
     kill(Pid::from_raw(pid), signal).unwrap();
@@ -44,10 +50,23 @@ local::run(["touch", "after"]);
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
 
     assert_eq!(status.code(), Some(130), "exit status after {signal:?}");
-    assert_eq!(std::fs::read_to_string(t.path().join("cleaned")).unwrap(), "true\n");
-    assert!(!t.path().join("after").exists(), "the script went on after the signal");
-    let sleeper: i32 = std::fs::read_to_string(t.path().join("child.pid")).unwrap().trim().parse().unwrap();
-    assert!(kill(Pid::from_raw(sleeper), None).is_err(), "the remote command survived");
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("cleaned")).unwrap(),
+        "true\n"
+    );
+    assert!(
+        !t.path().join("after").exists(),
+        "the script went on after the signal"
+    );
+    let sleeper: i32 = std::fs::read_to_string(t.path().join("child.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        kill(Pid::from_raw(sleeper), None).is_err(),
+        "the remote command survived"
+    );
     let last: serde_json::Value = serde_json::from_str(rest.last().unwrap()).unwrap();
     assert_eq!(last["event"], "run_finished");
     assert_eq!(last["result"], "aborted");

@@ -78,7 +78,8 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     let failure = result.err().map(|err| {
         let interrupted =
             interrupt.ever() || matches!(err.unwrap_inner(), EvalAltResult::ErrorTerminated(..));
-        let diagnostic = Diagnostic::from_eval(&err, &name, &session.sources);
+        let diagnostic =
+            Diagnostic::from_eval(&err, &name, &session.sources).redacted(output.redactor());
         (diagnostic, interrupted)
     });
 
@@ -100,7 +101,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         if let Err(e) =
             engine.call_fn_with_options::<Dynamic>(options, &mut scope, &ast, "on_failure", (err,))
         {
-            let d = Diagnostic::from_eval(&e, &name, &session.sources);
+            let d = Diagnostic::from_eval(&e, &name, &session.sources).redacted(output.redactor());
             output.log(
                 crate::output::Level::Warn,
                 format!("on_failure itself failed:\n{d}"),

@@ -96,6 +96,19 @@ impl Diagnostic {
         }
     }
 
+    /// A copy with every secret value masked (messages and source lines alike).
+    pub fn redacted(&self, redactor: &crate::effects::redact::Redactor) -> Diagnostic {
+        let mut d = self.clone();
+        d.message = redactor.redact(&d.message).into_owned();
+        for f in &mut d.frames {
+            if let Some(t) = &f.text {
+                f.text = Some(redactor.redact(t).into_owned());
+            }
+        }
+        d.hint = d.hint.map(|h| redactor.redact(&h).into_owned());
+        d
+    }
+
     /// The innermost location as `file:line:col`.
     pub fn location(&self) -> Option<String> {
         self.frames

@@ -104,7 +104,8 @@ pub fn context_map(session: &Session) -> Map {
             "url".into(),
             e.url.clone().map_or(Dynamic::UNIT, Dynamic::from),
         );
-        env.insert("protected".into(), e.protected.into());
+        // `protected` is reserved in Rhai (`env.protected` does not parse), hence `is_protected`.
+        env.insert("is_protected".into(), e.protected.into());
         env.insert("deploy_path".into(), e.deploy_path.clone().into());
         env.insert("backup_dir".into(), e.backup_dir.clone().into());
         env.insert("php".into(), e.php.clone().into());

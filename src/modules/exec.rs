@@ -169,7 +169,7 @@ fn run_on_targets(
     match failures.len() {
         0 if single => Ok(results.pop().unwrap_or_default()),
         0 => Ok(results.into()),
-        1 if single => Err(to_rhai(failures.remove(0))),
+        1 if targets.len() == 1 => Err(to_rhai(failures.remove(0))),
         n => {
             let mut msg = format!("{n} of {} hosts failed:", targets.len());
             for f in &failures {
