@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Startup benchmark: wall time of `runbook run` on a trivial script (the whole stdlib is
+# embedded in the binary) and on a script that imports the stdlib, each the median of N
+# runs, next to `bash -c true` for scale. Prints one line per case and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-30}
+cargo build --release --locked -q
+bin=$PWD/target/release/runbook
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/scripts"
+cat > "$work/runbook.toml" <<'TOML'
+[app]
+name = "bench"
+deploy_path = "deploy"
+[env.bench]
+transport = "local"
+hosts = { a = "localhost" }
+TOML
+echo 'let x = 1 + 1;' > "$work/scripts/trivial.rhai"
+printf 'import "laravel" as laravel;\nimport "deploy/release" as release;\nlet p = release::paths();\n' > "$work/scripts/stdlib.rhai"
+
+# median wall time in microseconds of "$@" over $runs runs
+median_us() {
+  local times=() i start end
+  for ((i = 0; i < runs; i++)); do
+    start=$(date +%s%N)
+    "$@" >/dev/null 2>&1
+    end=$(date +%s%N)
+    times+=($(((end - start) / 1000)))
+  done
+  printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'
+}
+
+cd "$work"
+base=$(median_us bash -c true)
+trivial=$(median_us "$bin" run trivial -e bench -q)
+stdlib=$(median_us "$bin" run stdlib -e bench -q)
+check=$(median_us "$bin" check -q)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; }
+printf '%-34s %8s  %s\n' "case (median of $runs runs)" "ms" "x bash -c true"
+printf '%-34s %8.2f  %s\n' "bash -c true" "$(awk -v t="$base" 'BEGIN{print t/1000}')" "1.0"
+printf '%-34s %8.2f  %s\n' "runbook run trivial" "$(awk -v t="$trivial" 'BEGIN{print t/1000}')" "$(ratio "$trivial" "$base")"
+printf '%-34s %8.2f  %s\n' "runbook run (imports the stdlib)" "$(awk -v t="$stdlib" 'BEGIN{print t/1000}')" "$(ratio "$stdlib" "$base")"
+printf '%-34s %8.2f  %s\n' "runbook check (all scripts)" "$(awk -v t="$check" 'BEGIN{print t/1000}')" "$(ratio "$check" "$base")"
