@@ -109,6 +109,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         }
     }
 
+    session.effects.close();
     let (outcome, message) = match &failure {
         None if args.dry_run => (
             Outcome::DryRun,

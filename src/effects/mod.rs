@@ -15,6 +15,7 @@ use tokio::runtime::Handle;
 
 use crate::inventory::{Host, TransportKind};
 use crate::output::{Event, Kind, Level, Outcome, Output};
+use crate::transport::ssh::SshPool;
 use crate::transport::{self, CommandSpec, ExecError, Finished};
 use interrupt::Interrupt;
 
@@ -91,7 +92,7 @@ pub enum CommandError {
     },
     #[error("command on `{host}` was interrupted: `{command}`")]
     Interrupted { host: String, command: String },
-    #[error("cannot run `{command}` on `{host}`: {message}")]
+    #[error("{message}\n  (while running `{command}` on `{host}`)")]
     Unavailable {
         host: String,
         command: String,
@@ -137,6 +138,7 @@ fn stderr_tail(stderr: &str) -> Vec<String> {
 
 pub struct Effects {
     runtime: Handle,
+    ssh: std::sync::OnceLock<Result<SshPool, String>>,
     output: Arc<Output>,
     interrupt: Interrupt,
     dry_run: bool,
@@ -153,6 +155,7 @@ impl Effects {
     ) -> Effects {
         Effects {
             runtime,
+            ssh: std::sync::OnceLock::new(),
             output,
             interrupt,
             dry_run,
@@ -171,6 +174,28 @@ impl Effects {
     }
     pub fn runtime(&self) -> &Handle {
         &self.runtime
+    }
+
+    /// The SSH connection pool, created on first use.
+    pub fn ssh_pool(&self) -> Result<&SshPool, String> {
+        self.ssh
+            .get_or_init(|| {
+                SshPool::new().map_err(|e| format!("cannot create the ssh control directory: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Master connections opened so far (each host is connected to at most once).
+    pub fn ssh_connections(&self) -> usize {
+        self.ssh.get().and_then(|p| p.as_ref().ok()).map_or(0, SshPool::opened)
+    }
+
+    /// Closes every connection. Called once at the end of a run, whatever its outcome.
+    pub fn close(&self) {
+        if let Some(Ok(pool)) = self.ssh.get() {
+            self.runtime.block_on(pool.close());
+        }
     }
 
     /// Runs one command on one target, blocking the (script) thread until it ends.
@@ -243,10 +268,13 @@ impl Effects {
         };
         let outcome = match target.transport() {
             TransportKind::Local => transport::local::exec(spec, &self.interrupt, &on_line).await,
-            TransportKind::Ssh => Err(ExecError::Unsupported(
-                "this build has no SSH transport yet; use transport = \"local\" for this host"
-                    .into(),
-            )),
+            TransportKind::Ssh => match (self.ssh_pool(), target) {
+                (Ok(pool), Target::Host(h)) => pool.exec(h, spec, &self.interrupt, &on_line).await,
+                (Err(e), _) => Err(ExecError::Unsupported(e)),
+                (Ok(_), Target::Local) => {
+                    transport::local::exec(spec, &self.interrupt, &on_line).await
+                }
+            },
         };
         self.finish(host, argv, command, spec, outcome)
     }
@@ -332,6 +360,14 @@ impl Effects {
             Err(ExecError::Interrupted { partial }) => {
                 emit(Outcome::Aborted, None, partial.duration, None);
                 Err(CommandError::Interrupted { host, command })
+            }
+            Err(ExecError::Disconnected { message, partial }) => {
+                emit(Outcome::Failed, None, partial.duration, Some(message.clone()));
+                Err(CommandError::Unavailable {
+                    host,
+                    command,
+                    message,
+                })
             }
             Err(other) => {
                 let message = other.to_string();

@@ -58,7 +58,16 @@ fn call(program: Program, opts: &Map) -> Result<Call, Box<EvalAltResult>> {
         };
         match key.as_str() {
             "cwd" => spec.cwd = Some(value.clone().into_string().map_err(|_| bad("a string"))?),
-            "stdin" => spec.stdin = Some(value.clone().into_string().map_err(|_| bad("a string"))?),
+            "stdin" => {
+                spec.stdin = Some(value.clone().into_string().map_err(|_| bad("a string"))?.into_bytes());
+            }
+            "sudo" => {
+                spec.sudo = if let Ok(b) = value.as_bool() {
+                    b.then(String::new)
+                } else {
+                    Some(value.clone().into_string().map_err(|_| bad("true or a user name"))?)
+                };
+            }
             "tolerate" => spec.tolerate = value.as_bool().map_err(|_| bad("true or false"))?,
             "quiet" => spec.quiet = value.as_bool().map_err(|_| bad("true or false"))?,
             "timeout" => spec.timeout = Some(duration_arg(value)?),

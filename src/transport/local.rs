@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::{CommandSpec, ExecError, Finished, LineSink, MAX_CAPTURE, Program};
+use super::{CommandSpec, ExecError, Finished, LineSink, pump};
+#[cfg(test)]
+use super::Program;
 use crate::effects::interrupt::Interrupt;
 use crate::output::Stream;
 
@@ -24,23 +26,12 @@ pub async fn exec(
     on_line: LineSink<'_>,
 ) -> Result<Finished, ExecError> {
     let since = interrupt.count();
-    let mut cmd = match &spec.program {
-        Program::Argv(argv) => {
-            let Some((program, args)) = argv.split_first() else {
-                return Err(ExecError::Unsupported(
-                    "empty command: argv has no program".into(),
-                ));
-            };
-            let mut c = Command::new(program);
-            c.args(args);
-            c
-        }
-        Program::Shell(script) => {
-            let mut c = Command::new("sh");
-            c.arg("-c").arg(script);
-            c
-        }
+    let argv = spec.program.argv_with_sudo(spec.sudo.as_deref());
+    let Some((program, args)) = argv.split_first() else {
+        return Err(ExecError::Unsupported("empty command: argv has no program".into()));
     };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
@@ -74,7 +65,7 @@ pub async fn exec(
     if let (Some(input), Some(mut stdin)) = (&spec.stdin, child.stdin.take()) {
         let input = input.clone();
         tokio::spawn(async move {
-            let _ = stdin.write_all(input.as_bytes()).await;
+            let _ = stdin.write_all(&input).await;
         });
     }
     let stdout = child.stdout.take();
@@ -154,38 +145,6 @@ async fn terminate(pgid: Option<Pid>) {
     let _ = killpg(pgid, Signal::SIGKILL);
 }
 
-async fn pump(
-    reader: Option<impl AsyncRead + Unpin>,
-    stream: Stream,
-    buf: &mut String,
-    on_line: LineSink<'_>,
-    quiet: bool,
-) {
-    let Some(reader) = reader else { return };
-    let mut reader = BufReader::new(reader);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                if !quiet {
-                    on_line(stream, text.trim_end_matches(['\n', '\r']));
-                }
-                buf.push_str(&text);
-                if buf.len() > MAX_CAPTURE {
-                    let cut = buf.len() - MAX_CAPTURE / 2;
-                    let cut = (cut..buf.len())
-                        .find(|i| buf.is_char_boundary(*i))
-                        .unwrap_or(buf.len());
-                    buf.drain(..cut);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,7 +204,7 @@ mod tests {
     async fn stdin_cwd_and_env_reach_the_process() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = spec(Program::Shell("cat; pwd; echo $RB_TEST".into()));
-        s.stdin = Some("in\n".into());
+        s.stdin = Some(b"in\n".to_vec());
         s.cwd = Some(dir.path().to_string_lossy().into_owned());
         s.env = vec![("RB_TEST".into(), "v".into())];
         let f = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap();

@@ -2,6 +2,9 @@
 //! events or policy, which live in the effect layer (`effects`).
 
 pub mod local;
+pub mod ssh;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use std::time::Duration;
 
@@ -15,6 +18,27 @@ pub enum Program {
 }
 
 impl Program {
+    /// The argument vector to execute, with `sudo -n [-u USER] --` in front when asked.
+    pub fn argv_with_sudo(&self, sudo: Option<&str>) -> Vec<String> {
+        let base = match self {
+            Program::Argv(argv) => argv.clone(),
+            Program::Shell(script) => vec!["sh".into(), "-c".into(), script.clone()],
+        };
+        match sudo {
+            None => base,
+            Some(user) => {
+                let mut v = vec!["sudo".to_owned(), "-n".to_owned()];
+                if !user.is_empty() {
+                    v.push("-u".into());
+                    v.push(user.to_owned());
+                }
+                v.push("--".into());
+                v.extend(base);
+                v
+            }
+        }
+    }
+
     /// The words shown in events and error messages.
     pub fn display_argv(&self) -> Vec<String> {
         match self {
@@ -29,7 +53,9 @@ pub struct CommandSpec {
     pub program: Program,
     pub cwd: Option<String>,
     pub env: Vec<(String, String)>,
-    pub stdin: Option<String>,
+    pub stdin: Option<Vec<u8>>,
+    /// Run through `sudo -n` (never prompts); `Some("")` means root.
+    pub sudo: Option<String>,
     pub timeout: Option<Duration>,
     /// A non-zero exit is a result, not an error.
     pub tolerate: bool,
@@ -44,6 +70,7 @@ impl CommandSpec {
             cwd: None,
             env: Vec::new(),
             stdin: None,
+            sudo: None,
             timeout: None,
             tolerate: false,
             quiet: false,
@@ -77,6 +104,10 @@ pub enum ExecError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{message}")]
+    Connect { message: String },
+    #[error("the connection to the host was lost: {message}")]
+    Disconnected { message: String, partial: Finished },
 }
 
 /// Where each output line goes while a command runs.
@@ -84,3 +115,38 @@ pub type LineSink<'a> = &'a (dyn Fn(crate::output::Stream, &str) + Send + Sync);
 
 /// The most output kept per stream; older output is dropped (the tail matters most).
 pub const MAX_CAPTURE: usize = 8 * 1024 * 1024;
+
+/// Reads `reader` line by line into `buf` (keeping at most [`MAX_CAPTURE`] bytes, the
+/// newest), handing each line to `on_line` unless `quiet`.
+pub(crate) async fn pump(
+    reader: Option<impl AsyncRead + Unpin>,
+    stream: crate::output::Stream,
+    buf: &mut String,
+    on_line: LineSink<'_>,
+    quiet: bool,
+) {
+    let Some(reader) = reader else { return };
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                if !quiet {
+                    on_line(stream, text.trim_end_matches(['\n', '\r']));
+                }
+                buf.push_str(&text);
+                if buf.len() > MAX_CAPTURE {
+                    let cut = buf.len() - MAX_CAPTURE / 2;
+                    let cut = (cut..buf.len())
+                        .find(|i| buf.is_char_boundary(*i))
+                        .unwrap_or(buf.len());
+                    buf.drain(..cut);
+                }
+            }
+        }
+    }
+}
+

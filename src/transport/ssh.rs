@@ -1,0 +1,485 @@
+//! The SSH transport: one multiplexed master connection per host (the `openssh` crate,
+//! native mux), opened on first use, reused by every command of the run, and closed
+//! explicitly at the end.
+//!
+//! Every remote command is sent as `exec sh -c '<inner>'`, where `<inner>` first reports
+//! its process-group id on stderr and then `exec`s the quoted argument vector. sshd puts
+//! each session in its own session and process group, so that id is what a timeout or a
+//! Ctrl-C kills on the remote side: nothing is left running there.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::{CommandSpec, ExecError, Finished, LineSink, Program, pump};
+use crate::effects::interrupt::Interrupt;
+use crate::inventory::{Host, HostKeyCheck};
+use crate::output::Stream;
+use crate::quote;
+
+/// sshd's default `MaxSessions`: channels one connection may carry at once.
+pub const MAX_CHANNELS: usize = 10;
+/// Keep-alive probes missed before a host counts as dead (with `keepalive = "5s"`, a
+/// dead host is noticed within about ten seconds).
+const ALIVE_COUNT_MAX: u32 = 2;
+const PGID_MARKER: &str = "__runbook_pgid ";
+
+struct Conn {
+    session: Arc<Session>,
+    channels: Semaphore,
+}
+
+type Slot = Arc<OnceCell<Result<Arc<Conn>, String>>>;
+
+pub struct SshPool {
+    dir: tempfile::TempDir,
+    conns: Mutex<HashMap<String, Slot>>,
+    opened: std::sync::atomic::AtomicUsize,
+}
+
+impl SshPool {
+    pub fn new() -> std::io::Result<SshPool> {
+        // Control sockets need a short path (sun_path is ~108 bytes).
+        let dir = tempfile::Builder::new().prefix("rb-ssh-").tempdir_in("/tmp")?;
+        Ok(SshPool {
+            dir,
+            conns: Mutex::new(HashMap::new()),
+            opened: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// How many master connections this pool has opened.
+    pub fn opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn slot(&self, host: &Host) -> Slot {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.name.clone())
+            .or_default()
+            .clone()
+    }
+
+    async fn conn(&self, host: &Host) -> Result<Arc<Conn>, ExecError> {
+        let slot = self.slot(host);
+        let result = slot
+            .get_or_init(|| async {
+                let conn = self.connect(host).await?;
+                self.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(Arc::new(conn))
+            })
+            .await;
+        result
+            .clone()
+            .map_err(|message| ExecError::Connect { message })
+    }
+
+    async fn connect(&self, host: &Host) -> Result<Conn, String> {
+        let config = self.write_config(host).map_err(|e| {
+            format!("cannot write the ssh configuration for `{}`: {e}", host.name)
+        })?;
+        let mut b = SessionBuilder::default();
+        b.port(host.port)
+            .known_hosts_check(match host.ssh.host_key_check {
+                HostKeyCheck::Strict => KnownHosts::Strict,
+                HostKeyCheck::AcceptNew => KnownHosts::Add,
+            })
+            .connect_timeout(host.ssh.connect_timeout)
+            .server_alive_interval(host.ssh.keepalive)
+            .control_directory(self.dir.path())
+            .config_file(&config);
+        if let Some(user) = &host.user {
+            b.user(user.clone());
+        }
+        if let Some(key) = &host.identity_file {
+            b.keyfile(expand_home(key));
+        }
+        if let Some(kh) = &host.ssh.known_hosts {
+            b.user_known_hosts_file(expand_home(kh));
+        }
+        if let Some(jump) = &host.jump_host {
+            b.jump_hosts([jump.as_str()]);
+        }
+        let deadline = host.ssh.connect_timeout + Duration::from_secs(5);
+        let session = match tokio::time::timeout(deadline, b.connect_mux(&host.address)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(explain_connect_error(host, &e)),
+            Err(_) => {
+                return Err(format!(
+                    "cannot connect to `{}` ({}:{}): no answer within {}",
+                    host.name,
+                    host.address,
+                    host.port,
+                    humantime::format_duration(deadline)
+                ));
+            }
+        };
+        Ok(Conn {
+            session: Arc::new(session),
+            channels: Semaphore::new(MAX_CHANNELS),
+        })
+    }
+
+    /// An ssh_config for this host: the user's own configuration first (it still applies),
+    /// then the keep-alive policy.
+    fn write_config(&self, host: &Host) -> std::io::Result<PathBuf> {
+        let mut text = String::new();
+        if let Some(home) = std::env::var_os("HOME") {
+            let user = Path::new(&home).join(".ssh/config");
+            if user.is_file() {
+                text.push_str(&format!("Include \"{}\"\n", user.display()));
+            }
+        }
+        if let Some(extra) = &host.ssh.config_file {
+            text.push_str(&format!("Include \"{}\"\n", expand_home(extra).display()));
+        }
+        text.push_str(&format!("ServerAliveCountMax {ALIVE_COUNT_MAX}\n"));
+        let path = self.dir.path().join(format!("config-{}", host.name));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    pub async fn exec(
+        &self,
+        host: &Host,
+        spec: &CommandSpec,
+        interrupt: &Interrupt,
+        on_line: LineSink<'_>,
+    ) -> Result<Finished, ExecError> {
+        let since = interrupt.count();
+        let line = remote_line(spec)?;
+        let conn = self.conn(host).await?;
+        let _channel = conn.channels.acquire().await;
+        let started = Instant::now();
+        let mut cmd = Session::to_raw_command(conn.session.clone(), &line);
+        cmd.stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().await.map_err(|e| disconnected(&e, Finished::default()))?;
+        if let (Some(input), Some(mut stdin)) = (spec.stdin.clone(), child.stdin().take()) {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        let stdout = child.stdout().take();
+        let stderr = child.stderr().take();
+        let pgid: Arc<Mutex<Option<i64>>> = Arc::default();
+        let mut out_buf = String::new();
+        let mut err_buf = String::new();
+        let quiet = spec.quiet;
+        let reading = async {
+            let err_reader = async {
+                let Some(stderr) = stderr else { return };
+                let mut reader = BufReader::new(stderr);
+                let mut first = String::new();
+                if reader.read_line(&mut first).await.unwrap_or(0) > 0 {
+                    match first.trim_end().strip_prefix(PGID_MARKER) {
+                        Some(id) => {
+                            *pgid.lock().unwrap_or_else(|e| e.into_inner()) = id.parse().ok();
+                        }
+                        None => {
+                            if !quiet {
+                                on_line(Stream::Stderr, first.trim_end_matches(['\n', '\r']));
+                            }
+                            err_buf.push_str(&first);
+                        }
+                    }
+                }
+                pump(Some(reader), Stream::Stderr, &mut err_buf, on_line, quiet).await;
+            };
+            tokio::join!(
+                pump(stdout, Stream::Stdout, &mut out_buf, on_line, quiet),
+                err_reader
+            );
+            child.wait().await
+        };
+        let deadline = async {
+            match spec.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        enum End {
+            Exited(Result<std::process::ExitStatus, openssh::Error>),
+            Timeout,
+            Interrupted,
+        }
+        let end = tokio::select! {
+            status = reading => End::Exited(status),
+            () = deadline => End::Timeout,
+            () = interrupt.after(since) => End::Interrupted,
+        };
+        let partial = |out: String, err: String| Finished {
+            code: None,
+            stdout: out,
+            stderr: err,
+            duration: started.elapsed(),
+        };
+        match end {
+            End::Exited(Ok(status)) => Ok(Finished {
+                code: status.code(),
+                ..partial(out_buf, err_buf)
+            }),
+            // The mux protocol cannot tell "killed by a signal" from "connection lost":
+            // ask the master whether it is still alive.
+            End::Exited(Err(openssh::Error::RemoteProcessTerminated)) => {
+                match conn.session.check().await {
+                    Ok(()) => Ok(partial(out_buf, err_buf)),
+                    Err(e) => Err(disconnected(&e, partial(out_buf, err_buf))),
+                }
+            }
+            End::Exited(Err(e)) => Err(disconnected(&e, partial(out_buf, err_buf))),
+            End::Timeout | End::Interrupted => {
+                let id = *pgid.lock().unwrap_or_else(|e| e.into_inner());
+                tracing::debug!(?id, "ending the remote process group");
+                if let Some(id) = id {
+                    self.kill_group(&conn, id, spec.sudo.as_deref()).await;
+                }
+                let partial = partial(out_buf, err_buf);
+                if matches!(end, End::Timeout) {
+                    Err(ExecError::Timeout {
+                        after: spec.timeout.unwrap_or_default(),
+                        partial,
+                    })
+                } else {
+                    Err(ExecError::Interrupted { partial })
+                }
+            }
+        }
+    }
+
+    /// Ends a remote process group: SIGTERM, a grace second, then SIGKILL.
+    async fn kill_group(&self, conn: &Conn, pgid: i64, sudo: Option<&str>) {
+        if pgid <= 1 {
+            return;
+        }
+        let prefix = if sudo.is_some() { "sudo -n " } else { "" };
+        let script = format!(
+            "{prefix}kill -TERM -{pgid} 2>/dev/null; i=0; while [ $i -lt 20 ] && {prefix}kill -0 -{pgid} 2>/dev/null; do sleep 0.1; i=$((i+1)); done; {prefix}kill -KILL -{pgid} 2>/dev/null; true"
+        );
+        let line = format!("exec sh -c {}", quote::join(&[script]));
+        let run = async {
+            let _ = Session::to_raw_command(conn.session.clone(), &line)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+    }
+
+    /// Runs a shell line and returns raw stdout bytes (file transfers).
+    pub async fn exec_bytes(
+        &self,
+        host: &Host,
+        script: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<(Option<i32>, Vec<u8>, String), ExecError> {
+        let conn = self.conn(host).await?;
+        let _channel = conn.channels.acquire().await;
+        let line = format!("exec sh -c {}", quote::join(&[script.to_owned()]));
+        let mut cmd = Session::to_raw_command(conn.session.clone(), &line);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().await.map_err(|e| disconnected(&e, Finished::default()))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin().take()) {
+            tokio::spawn(async move {
+                let _ = pipe.write_all(&input).await;
+                let _ = pipe.shutdown().await;
+            });
+        }
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let (mut so, mut se) = (child.stdout().take(), child.stderr().take());
+        let read_out = async {
+            if let Some(s) = so.as_mut() {
+                let _ = s.read_to_end(&mut out).await;
+            }
+        };
+        let read_err = async {
+            if let Some(s) = se.as_mut() {
+                let _ = s.read_to_end(&mut err).await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| disconnected(&e, Finished::default()))?;
+        Ok((status.code(), out, String::from_utf8_lossy(&err).into_owned()))
+    }
+
+    /// Closes every master connection (also called on failure and after Ctrl-C).
+    pub async fn close(&self) {
+        let slots: Vec<Slot> = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for slot in slots {
+            let Ok(slot) = Arc::try_unwrap(slot) else { continue };
+            if let Some(Ok(conn)) = slot.into_inner()
+                && let Ok(conn) = Arc::try_unwrap(conn)
+                && let Ok(session) = Arc::try_unwrap(conn.session)
+            {
+                let _ = session.close().await;
+            }
+        }
+    }
+}
+
+fn disconnected(e: &openssh::Error, partial: Finished) -> ExecError {
+    ExecError::Disconnected {
+        message: error_chain(e),
+        partial,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !text.is_empty() && !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}
+
+/// Turns ssh's connect failure into a sentence that says what to do.
+fn explain_connect_error(host: &Host, e: &openssh::Error) -> String {
+    let full = error_chain(e);
+    let lower = full.to_lowercase();
+    // ssh's banners are long; the last meaningful line says what happened.
+    let detail = full
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('@'))
+        .filter(|l| !l.contains("Host key verification failed"))
+        .next_back()
+        .unwrap_or("")
+        .trim_end_matches(')')
+        .trim_start_matches("failed to connect to the remote host: ")
+        .to_owned();
+    let at = format!("`{}` ({}:{})", host.name, host.address, host.port);
+    let known = host
+        .ssh
+        .known_hosts
+        .clone()
+        .unwrap_or_else(|| "~/.ssh/known_hosts".into());
+    if lower.contains("identification has changed") {
+        format!(
+            "cannot connect to {at}: its host key CHANGED ({detail})\n  hint: the server was reinstalled or someone is intercepting the connection; find out which before you remove the old key from {known} (ssh-keygen -f {known} -R {addr})",
+            addr = host.address
+        )
+    } else if lower.contains("host key verification failed") || lower.contains("host key for") {
+        format!(
+            "cannot connect to {at}: its host key is not in {known} ({detail})\n  hint: verify the host's key and add it (ssh-keyscan -p {port} {addr} >> {known}), or set host_key_check = \"accept-new\" for this environment",
+            port = host.port,
+            addr = host.address
+        )
+    } else if lower.contains("connection refused") {
+        format!("cannot connect to {at}: connection refused — is sshd running and listening on port {}?", host.port)
+    } else if lower.contains("permission denied") {
+        format!(
+            "cannot connect to {at}: authentication failed as `{}` ({detail})\n  hint: check identity_file and that its public key is in the user's authorized_keys",
+            host.user.as_deref().unwrap_or("(ssh default user)")
+        )
+    } else if lower.contains("timed out") {
+        format!(
+            "cannot connect to {at}: no answer within {} ({detail})",
+            humantime::format_duration(host.ssh.connect_timeout)
+        )
+    } else {
+        format!("cannot connect to {at}: {detail}")
+    }
+}
+
+/// The command line sent to the remote login shell. Every value is quoted.
+pub fn remote_line(spec: &CommandSpec) -> Result<String, ExecError> {
+    let quote_one = |s: &str| {
+        quote::command_line(&[s.to_owned()]).map_err(ExecError::Unsupported)
+    };
+    let mut inner = format!("printf '{PGID_MARKER}%s\\n' \"$$\" >&2; ");
+    if let Some(cwd) = &spec.cwd {
+        inner.push_str(&format!("cd -- {} || exit 1; ", quote_one(cwd)?));
+    }
+    for (k, v) in &spec.env {
+        let valid = !k.is_empty()
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !k.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(ExecError::Unsupported(format!(
+                "`{k}` is not a valid environment variable name"
+            )));
+        }
+        inner.push_str(&format!("export {k}={}; ", quote_one(v)?));
+    }
+    let argv = spec.program.argv_with_sudo(spec.sudo.as_deref());
+    if argv.is_empty() || matches!(&spec.program, Program::Argv(a) if a.is_empty()) {
+        return Err(ExecError::Unsupported("empty command: argv has no program".into()));
+    }
+    inner.push_str("exec ");
+    inner.push_str(&quote::command_line(&argv).map_err(ExecError::Unsupported)?);
+    Ok(format!("exec sh -c {}", quote_one(&inner)?))
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remote_line_quotes_every_value_and_reports_the_group() {
+        let mut spec = CommandSpec::new(Program::Argv(vec!["echo".into(), "a b; $(x)".into()]));
+        spec.cwd = Some("/srv/my app".into());
+        spec.env = vec![("APP_ENV".into(), "prod'uction".into())];
+        let line = remote_line(&spec).unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
+        // Run locally, `cd` fails: the marker came first, then the refusal.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with(PGID_MARKER), "{stderr}");
+        assert_eq!(out.status.code(), Some(1));
+
+        spec.cwd = None;
+        let line = remote_line(&spec).unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a b; $(x)\n");
+    }
+
+    #[test]
+    fn bad_environment_names_are_refused() {
+        let mut spec = CommandSpec::new(Program::Argv(vec!["true".into()]));
+        spec.env = vec![("A;rm".into(), "x".into())];
+        assert!(remote_line(&spec).is_err());
+    }
+}
