@@ -8,6 +8,7 @@
 pub mod interrupt;
 pub mod redact;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio::runtime::Handle;
 use crate::inventory::{Host, TransportKind};
 use crate::output::{Event, Kind, Level, Outcome, Output};
 use crate::transport::ssh::SshPool;
-use crate::transport::{self, CommandSpec, ExecError, Finished};
+use crate::transport::{self, CommandSpec, ExecError, Finished, transfer};
 use interrupt::Interrupt;
 
 /// How many stderr lines a failure message carries.
@@ -43,6 +44,73 @@ impl Target {
             Target::Host(h) => h.transport,
         }
     }
+}
+
+/// How a command fans out over a host set.
+#[derive(Debug, Clone, Default)]
+pub struct FanOut {
+    /// Hosts in flight at once (default: the inventory's `max_concurrency`).
+    pub concurrency: Option<usize>,
+    /// Rolling batches; the last size repeats. Empty: one batch of every host.
+    pub batches: Vec<BatchSize>,
+    /// Failures tolerated, as a percentage of the whole set (not per batch).
+    pub max_fail_percent: f64,
+    /// Stop starting hosts once failures pass `max_fail_percent` (otherwise run all).
+    pub fail_fast: bool,
+    /// Wait between batches.
+    pub pause: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BatchSize {
+    Count(usize),
+    Percent(f64),
+}
+
+impl FanOut {
+    pub fn new() -> FanOut {
+        FanOut {
+            fail_fast: true,
+            ..FanOut::default()
+        }
+    }
+
+    /// How many failed hosts are tolerated out of `n`.
+    pub fn threshold(&self, n: usize) -> usize {
+        ((self.max_fail_percent / 100.0) * n as f64).floor() as usize
+    }
+
+    /// The batch sizes for `n` hosts: each at least 1, the last size repeating.
+    pub fn batch_sizes(&self, n: usize) -> Vec<usize> {
+        if self.batches.is_empty() || n == 0 {
+            return vec![n];
+        }
+        let size_of = |b: &BatchSize| match *b {
+            BatchSize::Count(c) => c.max(1),
+            BatchSize::Percent(p) => ((p / 100.0 * n as f64).ceil() as usize).max(1),
+        };
+        let mut sizes = Vec::new();
+        let mut left = n;
+        let mut spec = self.batches.iter();
+        let mut last = 1;
+        while left > 0 {
+            if let Some(b) = spec.next() {
+                last = size_of(b);
+            }
+            let take = last.min(left);
+            sizes.push(take);
+            left -= take;
+        }
+        sizes
+    }
+}
+
+/// What happened on one host of a fan-out.
+#[derive(Debug)]
+pub enum HostOutcome {
+    Done(Result<CommandResult, CommandError>),
+    /// Not started: an earlier failure stopped the rollout, or Ctrl-C.
+    Skipped,
 }
 
 /// A command that ran (or, in dry-run, would have run).
@@ -111,8 +179,24 @@ impl CommandError {
         }
     }
 
+    /// The exit code, when the command ran to an exit.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            CommandError::Failed { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
     pub fn is_interrupt(&self) -> bool {
         matches!(self, CommandError::Interrupted { .. })
+    }
+}
+
+fn check_code(code: Option<i32>, stderr: &str) -> Result<(), String> {
+    match code {
+        Some(0) => Ok(()),
+        Some(c) => Err(format!("tar exited with code {c}: {}", stderr.trim())),
+        None => Err(format!("tar was killed: {}", stderr.trim())),
     }
 }
 
@@ -188,7 +272,10 @@ impl Effects {
 
     /// Master connections opened so far (each host is connected to at most once).
     pub fn ssh_connections(&self) -> usize {
-        self.ssh.get().and_then(|p| p.as_ref().ok()).map_or(0, SshPool::opened)
+        self.ssh
+            .get()
+            .and_then(|p| p.as_ref().ok())
+            .map_or(0, SshPool::opened)
     }
 
     /// Closes every connection. Called once at the end of a run, whatever its outcome.
@@ -203,23 +290,213 @@ impl Effects {
         self.runtime.block_on(self.run_async(target, spec))
     }
 
-    /// Runs one command on every target at once (at most `limit` at a time, default from
-    /// the inventory), and returns one outcome per target, in the order given.
+    /// Runs one command on every target: batch by batch, each batch at once (at most
+    /// `concurrency` hosts in flight), stopping per the failure policy. Returns one
+    /// outcome per target, in the order given.
     pub fn run_many(
         &self,
         targets: &[Target],
         spec: &CommandSpec,
-        limit: Option<usize>,
-    ) -> Vec<Result<CommandResult, CommandError>> {
-        let limit = limit.unwrap_or(self.max_concurrency).max(1);
-        self.runtime.block_on(async {
+        fan: &FanOut,
+    ) -> Vec<HostOutcome> {
+        self.runtime
+            .block_on(self.run_many_async(targets, spec, fan))
+    }
+
+    async fn run_many_async(
+        &self,
+        targets: &[Target],
+        spec: &CommandSpec,
+        fan: &FanOut,
+    ) -> Vec<HostOutcome> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let n = targets.len();
+        let threshold = fan.threshold(n);
+        let limit = fan.concurrency.unwrap_or(self.max_concurrency).max(1);
+        let failures = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let mut outcomes: Vec<HostOutcome> = Vec::with_capacity(n);
+        let sizes = fan.batch_sizes(n);
+        let mut start = 0;
+        for (index, size) in sizes.iter().enumerate() {
+            let end = (start + size).min(n);
+            let batch = &targets[start..end];
+            if stop.load(Ordering::SeqCst) || self.interrupt.pending() {
+                outcomes.extend(batch.iter().map(|_| HostOutcome::Skipped));
+                start = end;
+                continue;
+            }
+            if sizes.len() > 1 {
+                let names: Vec<&str> = batch.iter().map(Target::name).collect();
+                self.output.log(
+                    Level::Info,
+                    format!("batch {}/{}: {}", index + 1, sizes.len(), names.join(", ")),
+                );
+            }
             let semaphore = tokio::sync::Semaphore::new(limit);
-            let jobs = targets.iter().map(|t| async {
+            let jobs = batch.iter().map(|t| async {
                 let _permit = semaphore.acquire().await;
-                self.run_async(t, spec).await
+                if stop.load(Ordering::SeqCst) {
+                    return HostOutcome::Skipped;
+                }
+                let result = self.run_async(t, spec).await;
+                if let Err(e) = &result {
+                    let failed = failures.fetch_add(1, Ordering::SeqCst) + 1;
+                    if e.is_interrupt() || (fan.fail_fast && failed > threshold) {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                HostOutcome::Done(result)
+            });
+            outcomes.extend(futures::future::join_all(jobs).await);
+            start = end;
+            let more = start < n && !stop.load(Ordering::SeqCst);
+            if let (Some(pause), true) = (fan.pause, more) {
+                let since = self.interrupt.count();
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = self.interrupt.after(since) => {}
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Copies a local file or directory to `remote` on every target (modes kept).
+    pub fn upload(
+        &self,
+        targets: &[Target],
+        local: &Path,
+        remote: &str,
+    ) -> Vec<Result<CommandResult, CommandError>> {
+        let argv = vec![
+            "upload".to_owned(),
+            local.display().to_string(),
+            remote.to_owned(),
+        ];
+        self.runtime.block_on(async {
+            let prepared = transfer::split(remote).and_then(|(parent, name)| {
+                let bytes = transfer::pack(local, &name)
+                    .map_err(|e| format!("cannot read {}: {e}", local.display()))?;
+                Ok((parent, bytes))
+            });
+            let jobs = targets.iter().map(|t| {
+                let argv = argv.clone();
+                let prepared = &prepared;
+                async move {
+                    let prepared = prepared.as_ref().map_err(Clone::clone);
+                    self.transfer(t, argv, async move {
+                        let (parent, bytes) = prepared?;
+                        match t {
+                            Target::Host(h) if h.transport == TransportKind::Ssh => {
+                                let line = transfer::remote_unpack(parent)?;
+                                let pool = self.ssh_pool()?;
+                                let (code, _, stderr) = pool
+                                    .exec_bytes(h, &line, Some(bytes.clone()))
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                                check_code(code, &stderr)
+                            }
+                            _ => transfer::unpack(bytes, Path::new(parent))
+                                .map_err(|e| e.to_string()),
+                        }
+                    })
+                    .await
+                }
             });
             futures::future::join_all(jobs).await
         })
+    }
+
+    /// Copies `remote` (a file or directory) from one target to `local`.
+    pub fn download(
+        &self,
+        target: &Target,
+        remote: &str,
+        local: &Path,
+    ) -> Result<CommandResult, CommandError> {
+        let argv = vec![
+            "download".to_owned(),
+            remote.to_owned(),
+            local.display().to_string(),
+        ];
+        self.runtime.block_on(self.transfer(target, argv, async {
+            let (parent, name) = transfer::split(remote)?;
+            let bytes = match target {
+                Target::Host(h) if h.transport == TransportKind::Ssh => {
+                    let line = transfer::remote_pack(&parent, &name)?;
+                    let (code, bytes, stderr) = self
+                        .ssh_pool()?
+                        .exec_bytes(h, &line, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    check_code(code, &stderr)?;
+                    bytes
+                }
+                _ => transfer::pack(&Path::new(&parent).join(&name), &name)
+                    .map_err(|e| format!("cannot read {remote}: {e}"))?,
+            };
+            // Unpack beside the destination, then move into place.
+            let local_parent = local
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::create_dir_all(local_parent).map_err(|e| e.to_string())?;
+            let staging = tempfile::Builder::new()
+                .prefix(".runbook-download-")
+                .tempdir_in(local_parent)
+                .map_err(|e| e.to_string())?;
+            transfer::unpack(&bytes, staging.path()).map_err(|e| e.to_string())?;
+            std::fs::rename(staging.path().join(&name), local)
+                .map_err(|e| format!("cannot move the download to {}: {e}", local.display()))
+        }))
+    }
+
+    /// Events, dry-run and error shape shared by uploads and downloads.
+    async fn transfer(
+        &self,
+        target: &Target,
+        argv: Vec<String>,
+        work: impl std::future::Future<Output = Result<(), String>>,
+    ) -> Result<CommandResult, CommandError> {
+        let host = target.name().to_owned();
+        let command = crate::quote::join(&argv);
+        self.output.emit(
+            Event::new(Kind::CommandStarted)
+                .host(&host)
+                .argv(argv.clone()),
+        );
+        let started = std::time::Instant::now();
+        let result = if self.dry_run { Ok(()) } else { work.await };
+        let outcome = match (&result, self.dry_run) {
+            (_, true) => Outcome::DryRun,
+            (Ok(()), _) => Outcome::Ok,
+            (Err(_), _) => Outcome::Failed,
+        };
+        let mut e = Event::new(Kind::CommandFinished)
+            .host(&host)
+            .result(outcome)
+            .duration(started.elapsed());
+        if let Err(m) = &result {
+            e = e.message(m.clone());
+        }
+        self.output.emit(e);
+        match result {
+            Ok(()) => Ok(CommandResult {
+                host,
+                argv,
+                code: 0,
+                stdout: String::new(),
+                stderr: String::new(),
+                duration: started.elapsed(),
+                dry_run: self.dry_run,
+            }),
+            Err(message) => Err(CommandError::Unavailable {
+                host,
+                command,
+                message,
+            }),
+        }
     }
 
     async fn run_async(
@@ -362,7 +639,12 @@ impl Effects {
                 Err(CommandError::Interrupted { host, command })
             }
             Err(ExecError::Disconnected { message, partial }) => {
-                emit(Outcome::Failed, None, partial.duration, Some(message.clone()));
+                emit(
+                    Outcome::Failed,
+                    None,
+                    partial.duration,
+                    Some(message.clone()),
+                );
                 Err(CommandError::Unavailable {
                     host,
                     command,
@@ -379,5 +661,35 @@ impl Effects {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_repeat_the_last_size_and_percentages_round_up() {
+        let mut f = FanOut::new();
+        assert_eq!(f.batch_sizes(5), vec![5]);
+        f.batches = vec![
+            BatchSize::Count(1),
+            BatchSize::Percent(10.0),
+            BatchSize::Percent(50.0),
+        ];
+        assert_eq!(f.batch_sizes(20), vec![1, 2, 10, 7]);
+        f.batches = vec![BatchSize::Percent(25.0)];
+        assert_eq!(f.batch_sizes(5), vec![2, 2, 1]);
+        f.batches = vec![BatchSize::Count(0)];
+        assert_eq!(f.batch_sizes(2), vec![1, 1]);
+    }
+
+    #[test]
+    fn max_fail_is_a_share_of_the_whole_set() {
+        let mut f = FanOut::new();
+        assert_eq!(f.threshold(20), 0);
+        f.max_fail_percent = 10.0;
+        assert_eq!(f.threshold(20), 2);
+        assert_eq!(f.threshold(5), 0);
     }
 }

@@ -7,7 +7,7 @@ use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
 use super::context::{HostRef, HostSet, duration_arg};
-use crate::effects::{CommandError, CommandResult, Target};
+use crate::effects::{BatchSize, CommandError, CommandResult, FanOut, HostOutcome, Target};
 use crate::transport::{CommandSpec, Program};
 
 const OPTION_KEYS: &[&str] = &[
@@ -18,11 +18,15 @@ const OPTION_KEYS: &[&str] = &[
     "stdin",
     "quiet",
     "concurrency",
+    "batch",
+    "max_fail",
+    "fail",
+    "pause",
 ];
 
 pub struct Call {
     pub spec: CommandSpec,
-    pub concurrency: Option<usize>,
+    pub fan: FanOut,
 }
 
 fn argv_of(argv: &Array) -> Result<Vec<String>, Box<EvalAltResult>> {
@@ -48,7 +52,7 @@ fn argv_of(argv: &Array) -> Result<Vec<String>, Box<EvalAltResult>> {
 
 fn call(program: Program, opts: &Map) -> Result<Call, Box<EvalAltResult>> {
     let mut spec = CommandSpec::new(program);
-    let mut concurrency = None;
+    let mut fan = FanOut::new();
     for (key, value) in opts {
         let bad = |what: &str| {
             super::error(format!(
@@ -59,13 +63,24 @@ fn call(program: Program, opts: &Map) -> Result<Call, Box<EvalAltResult>> {
         match key.as_str() {
             "cwd" => spec.cwd = Some(value.clone().into_string().map_err(|_| bad("a string"))?),
             "stdin" => {
-                spec.stdin = Some(value.clone().into_string().map_err(|_| bad("a string"))?.into_bytes());
+                spec.stdin = Some(
+                    value
+                        .clone()
+                        .into_string()
+                        .map_err(|_| bad("a string"))?
+                        .into_bytes(),
+                );
             }
             "sudo" => {
                 spec.sudo = if let Ok(b) = value.as_bool() {
                     b.then(String::new)
                 } else {
-                    Some(value.clone().into_string().map_err(|_| bad("true or a user name"))?)
+                    Some(
+                        value
+                            .clone()
+                            .into_string()
+                            .map_err(|_| bad("true or a user name"))?,
+                    )
                 };
             }
             "tolerate" => spec.tolerate = value.as_bool().map_err(|_| bad("true or false"))?,
@@ -73,13 +88,40 @@ fn call(program: Program, opts: &Map) -> Result<Call, Box<EvalAltResult>> {
             "timeout" => spec.timeout = Some(duration_arg(value)?),
             "concurrency" => {
                 let n = value.as_int().map_err(|_| bad("a number"))?;
-                concurrency = Some(
+                fan.concurrency = Some(
                     usize::try_from(n)
                         .ok()
                         .filter(|n| *n > 0)
                         .ok_or_else(|| bad("a positive number"))?,
                 );
             }
+            "batch" => {
+                let items = match value.clone().try_cast::<Array>() {
+                    Some(list) => list,
+                    None => vec![value.clone()],
+                };
+                fan.batches = items
+                    .iter()
+                    .map(|v| {
+                        batch_size(v).ok_or_else(|| {
+                            bad("a count, a percentage like \"25%\", or a list of them")
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "max_fail" => {
+                fan.max_fail_percent = percent(value)
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .ok_or_else(|| bad("a percentage like \"10%\""))?;
+            }
+            "fail" => {
+                fan.fail_fast = match value.clone().into_string().as_deref() {
+                    Ok("fast") => true,
+                    Ok("continue") => false,
+                    _ => return Err(bad("\"fast\" or \"continue\"")),
+                };
+            }
+            "pause" => fan.pause = Some(duration_arg(value)?),
             "env" => {
                 let map = value
                     .clone()
@@ -98,7 +140,31 @@ fn call(program: Program, opts: &Map) -> Result<Call, Box<EvalAltResult>> {
             }
         }
     }
-    Ok(Call { spec, concurrency })
+    Ok(Call { spec, fan })
+}
+
+fn batch_size(v: &Dynamic) -> Option<BatchSize> {
+    if let Ok(n) = v.as_int() {
+        return usize::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(BatchSize::Count);
+    }
+    percent(v)
+        .filter(|p| *p > 0.0 && *p <= 100.0)
+        .map(BatchSize::Percent)
+}
+
+/// `"25%"`, `25` or `2.5` as a percentage.
+fn percent(v: &Dynamic) -> Option<f64> {
+    if let Ok(n) = v.as_int() {
+        return Some(n as f64);
+    }
+    if let Ok(f) = v.as_float() {
+        return Some(f);
+    }
+    let s = v.clone().into_string().ok()?;
+    s.trim().strip_suffix('%').unwrap_or(&s).trim().parse().ok()
 }
 
 pub fn result_map(r: &CommandResult) -> Map {
@@ -116,6 +182,7 @@ pub fn result_map(r: &CommandResult) -> Map {
             .into(),
     );
     m.insert("dry_run".into(), r.dry_run.into());
+    m.insert("skipped".into(), false.into());
     m
 }
 
@@ -163,30 +230,69 @@ fn run_on_targets(
     let session = super::session(ctx)?;
     let (targets, single) = targets(target)?;
     let call = call(program, opts)?;
-    let outcomes = session
-        .effects
-        .run_many(&targets, &call.spec, call.concurrency);
+    let n = targets.len();
+    let threshold = call.fan.threshold(n);
+    let outcomes = session.effects.run_many(&targets, &call.spec, &call.fan);
     let mut results = Array::new();
     let mut failures = Vec::new();
-    for outcome in outcomes {
+    let mut skipped = Vec::new();
+    for (target, outcome) in targets.iter().zip(outcomes) {
         match outcome {
-            Ok(r) => results.push(result_map(&r).into()),
-            Err(e) if e.is_interrupt() => return Err(super::interrupted()),
-            Err(e) => failures.push(e),
-        }
-    }
-    match failures.len() {
-        0 if single => Ok(results.pop().unwrap_or_default()),
-        0 => Ok(results.into()),
-        1 if targets.len() == 1 => Err(to_rhai(failures.remove(0))),
-        n => {
-            let mut msg = format!("{n} of {} hosts failed:", targets.len());
-            for f in &failures {
-                msg.push_str(&format!("\n- {}", f.to_string().replace('\n', "\n  ")));
+            HostOutcome::Done(Ok(r)) => results.push(result_map(&r).into()),
+            HostOutcome::Done(Err(e)) if e.is_interrupt() => return Err(super::interrupted()),
+            HostOutcome::Done(Err(e)) => {
+                results.push(failed_map(&e).into());
+                failures.push(e);
             }
-            Err(super::error(msg))
+            HostOutcome::Skipped => {
+                results.push(skipped_map(target.name()).into());
+                skipped.push(target.name().to_owned());
+            }
         }
     }
+    if failures.len() > threshold || (!skipped.is_empty() && !failures.is_empty()) {
+        if n == 1 && failures.len() == 1 {
+            return Err(to_rhai(failures.remove(0)));
+        }
+        let mut msg = format!("{} of {n} hosts failed:", failures.len());
+        for f in &failures {
+            msg.push_str(&format!("\n- {}", f.to_string().replace('\n', "\n  ")));
+        }
+        if !skipped.is_empty() {
+            msg.push_str(&format!(
+                "\nnot started (stopped after the failure): {}",
+                skipped.join(", ")
+            ));
+        }
+        return Err(super::error(msg));
+    }
+    if single {
+        return Ok(results.pop().unwrap_or_default());
+    }
+    Ok(results.into())
+}
+
+fn failed_map(e: &CommandError) -> Map {
+    let mut m = Map::new();
+    m.insert("host".into(), e.host().to_owned().into());
+    m.insert("ok".into(), false.into());
+    m.insert("code".into(), i64::from(e.code().unwrap_or(-1)).into());
+    m.insert("error".into(), e.to_string().into());
+    m.insert("stdout".into(), "".into());
+    m.insert("stderr".into(), "".into());
+    m.insert("skipped".into(), false.into());
+    m
+}
+
+fn skipped_map(host: &str) -> Map {
+    let mut m = Map::new();
+    m.insert("host".into(), host.to_owned().into());
+    m.insert("ok".into(), false.into());
+    m.insert("code".into(), (-1_i64).into());
+    m.insert("skipped".into(), true.into());
+    m.insert("stdout".into(), "".into());
+    m.insert("stderr".into(), "".into());
+    m
 }
 
 fn run_local(
@@ -244,8 +350,87 @@ pub mod local_api {
     }
 }
 
+fn upload(
+    ctx: &NativeCallContext,
+    target: &Dynamic,
+    local: &str,
+    remote: &str,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    let result = super::session(ctx).and_then(|session| {
+        let (targets, single) = targets(target)?;
+        let local = resolve_local(&session, local);
+        let mut results = Array::new();
+        let mut failures = Vec::new();
+        for outcome in session.effects.upload(&targets, &local, remote) {
+            match outcome {
+                Ok(r) => results.push(result_map(&r).into()),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(super::error(failures.join("\n")));
+        }
+        Ok(if single {
+            results.pop().unwrap_or_default()
+        } else {
+            results.into()
+        })
+    });
+    super::located(ctx, result)
+}
+
+fn download(
+    ctx: &NativeCallContext,
+    host: HostRef,
+    remote: &str,
+    local: &str,
+) -> Result<Map, Box<EvalAltResult>> {
+    let result = super::session(ctx).and_then(|session| {
+        let local = resolve_local(&session, local);
+        session
+            .effects
+            .download(&Target::Host(host.0), remote, &local)
+            .map(|r| result_map(&r))
+            .map_err(to_rhai)
+    });
+    super::located(ctx, result)
+}
+
+/// Local paths in scripts are relative to the project root, like everything else.
+fn resolve_local(session: &crate::engine::Session, path: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(path);
+    match &session.inventory {
+        Some(inv) if p.is_relative() => inv.root.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
 #[export_module]
 pub mod ssh_api {
+    /// Copies a local file or directory (relative paths: from the project root) to
+    /// `remote` on a host or every host of a set, over the existing connection; modes
+    /// and symlinks are kept. A directory's contents land in `remote`.
+    #[rhai_fn(name = "upload", return_raw)]
+    pub fn upload(
+        ctx: NativeCallContext,
+        target: Dynamic,
+        local: &str,
+        remote: &str,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        super::upload(&ctx, &target, local, remote)
+    }
+
+    /// Copies `remote` (a file or directory) from one host to `local`.
+    #[rhai_fn(name = "download", return_raw)]
+    pub fn download(
+        ctx: NativeCallContext,
+        host: HostRef,
+        remote: &str,
+        local: &str,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        super::download(&ctx, host, remote, local)
+    }
+
     /// Runs a program from an argument list on a host or on every host of a set at once
     /// (each argument quoted for the remote shell). A host returns one result map, a set
     /// an array of them. Any failure throws, naming every failed host, unless

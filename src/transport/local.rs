@@ -11,9 +11,9 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::{CommandSpec, ExecError, Finished, LineSink, pump};
 #[cfg(test)]
 use super::Program;
+use super::{CommandSpec, ExecError, Finished, LineSink, pump};
 use crate::effects::interrupt::Interrupt;
 use crate::output::Stream;
 
@@ -28,7 +28,9 @@ pub async fn exec(
     let since = interrupt.count();
     let argv = spec.program.argv_with_sudo(spec.sudo.as_deref());
     let Some((program, args)) = argv.split_first() else {
-        return Err(ExecError::Unsupported("empty command: argv has no program".into()));
+        return Err(ExecError::Unsupported(
+            "empty command: argv has no program".into(),
+        ));
     };
     let mut cmd = Command::new(program);
     cmd.args(args);

@@ -3,6 +3,7 @@
 
 pub mod local;
 pub mod ssh;
+pub mod transfer;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -149,4 +150,3 @@ pub(crate) async fn pump(
         }
     }
 }
-

@@ -45,7 +45,9 @@ pub struct SshPool {
 impl SshPool {
     pub fn new() -> std::io::Result<SshPool> {
         // Control sockets need a short path (sun_path is ~108 bytes).
-        let dir = tempfile::Builder::new().prefix("rb-ssh-").tempdir_in("/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("rb-ssh-")
+            .tempdir_in("/tmp")?;
         Ok(SshPool {
             dir,
             conns: Mutex::new(HashMap::new()),
@@ -72,7 +74,8 @@ impl SshPool {
         let result = slot
             .get_or_init(|| async {
                 let conn = self.connect(host).await?;
-                self.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.opened
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Ok(Arc::new(conn))
             })
             .await;
@@ -83,7 +86,10 @@ impl SshPool {
 
     async fn connect(&self, host: &Host) -> Result<Conn, String> {
         let config = self.write_config(host).map_err(|e| {
-            format!("cannot write the ssh configuration for `{}`: {e}", host.name)
+            format!(
+                "cannot write the ssh configuration for `{}`: {e}",
+                host.name
+            )
         })?;
         let mut b = SessionBuilder::default();
         b.port(host.port)
@@ -166,7 +172,10 @@ impl SshPool {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-        let mut child = cmd.spawn().await.map_err(|e| disconnected(&e, Finished::default()))?;
+        let mut child = cmd
+            .spawn()
+            .await
+            .map_err(|e| disconnected(&e, Finished::default()))?;
         if let (Some(input), Some(mut stdin)) = (spec.stdin.clone(), child.stdin().take()) {
             tokio::spawn(async move {
                 let _ = stdin.write_all(&input).await;
@@ -299,7 +308,10 @@ impl SshPool {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-        let mut child = cmd.spawn().await.map_err(|e| disconnected(&e, Finished::default()))?;
+        let mut child = cmd
+            .spawn()
+            .await
+            .map_err(|e| disconnected(&e, Finished::default()))?;
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin().take()) {
             tokio::spawn(async move {
                 let _ = pipe.write_all(&input).await;
@@ -324,7 +336,11 @@ impl SshPool {
             .wait()
             .await
             .map_err(|e| disconnected(&e, Finished::default()))?;
-        Ok((status.code(), out, String::from_utf8_lossy(&err).into_owned()))
+        Ok((
+            status.code(),
+            out,
+            String::from_utf8_lossy(&err).into_owned(),
+        ))
     }
 
     /// Closes every master connection (also called on failure and after Ctrl-C).
@@ -337,7 +353,9 @@ impl SshPool {
             .map(|(_, s)| s)
             .collect();
         for slot in slots {
-            let Ok(slot) = Arc::try_unwrap(slot) else { continue };
+            let Ok(slot) = Arc::try_unwrap(slot) else {
+                continue;
+            };
             if let Some(Ok(conn)) = slot.into_inner()
                 && let Ok(conn) = Arc::try_unwrap(conn)
                 && let Ok(session) = Arc::try_unwrap(conn.session)
@@ -402,7 +420,10 @@ fn explain_connect_error(host: &Host, e: &openssh::Error) -> String {
             addr = host.address
         )
     } else if lower.contains("connection refused") {
-        format!("cannot connect to {at}: connection refused — is sshd running and listening on port {}?", host.port)
+        format!(
+            "cannot connect to {at}: connection refused — is sshd running and listening on port {}?",
+            host.port
+        )
     } else if lower.contains("permission denied") {
         format!(
             "cannot connect to {at}: authentication failed as `{}` ({detail})\n  hint: check identity_file and that its public key is in the user's authorized_keys",
@@ -420,9 +441,7 @@ fn explain_connect_error(host: &Host, e: &openssh::Error) -> String {
 
 /// The command line sent to the remote login shell. Every value is quoted.
 pub fn remote_line(spec: &CommandSpec) -> Result<String, ExecError> {
-    let quote_one = |s: &str| {
-        quote::command_line(&[s.to_owned()]).map_err(ExecError::Unsupported)
-    };
+    let quote_one = |s: &str| quote::command_line(&[s.to_owned()]).map_err(ExecError::Unsupported);
     let mut inner = format!("printf '{PGID_MARKER}%s\\n' \"$$\" >&2; ");
     if let Some(cwd) = &spec.cwd {
         inner.push_str(&format!("cd -- {} || exit 1; ", quote_one(cwd)?));
@@ -440,7 +459,9 @@ pub fn remote_line(spec: &CommandSpec) -> Result<String, ExecError> {
     }
     let argv = spec.program.argv_with_sudo(spec.sudo.as_deref());
     if argv.is_empty() || matches!(&spec.program, Program::Argv(a) if a.is_empty()) {
-        return Err(ExecError::Unsupported("empty command: argv has no program".into()));
+        return Err(ExecError::Unsupported(
+            "empty command: argv has no program".into(),
+        ));
     }
     inner.push_str("exec ");
     inner.push_str(&quote::command_line(&argv).map_err(ExecError::Unsupported)?);
@@ -464,7 +485,11 @@ mod tests {
         spec.cwd = Some("/srv/my app".into());
         spec.env = vec![("APP_ENV".into(), "prod'uction".into())];
         let line = remote_line(&spec).unwrap();
-        let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .unwrap();
         // Run locally, `cd` fails: the marker came first, then the refusal.
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.starts_with(PGID_MARKER), "{stderr}");
@@ -472,7 +497,11 @@ mod tests {
 
         spec.cwd = None;
         let line = remote_line(&spec).unwrap();
-        let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "a b; $(x)\n");
     }
 
