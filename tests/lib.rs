@@ -4,7 +4,9 @@ mod harness;
 
 mod check;
 mod errors;
+mod fleet;
 mod inventory;
 mod readme;
 mod run;
 mod signals;
+mod ssh;

@@ -9,6 +9,11 @@ required=(
   "sh:dash"
   "mktemp:coreutils"
   "pgrep:procps"
+  "/usr/sbin/sshd:openssh-server"
+  "ssh:openssh-client"
+  "ssh-keygen:openssh-client"
+  "useradd:passwd"
+  "tar:tar"
 )
 
 missing=()

@@ -11,8 +11,6 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-#[cfg(test)]
-use super::Program;
 use super::{CommandSpec, ExecError, Finished, LineSink, pump};
 use crate::effects::interrupt::Interrupt;
 use crate::output::Stream;
@@ -150,6 +148,7 @@ async fn terminate(pgid: Option<Pid>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::Program;
 
     fn spec(p: Program) -> CommandSpec {
         CommandSpec::new(p)

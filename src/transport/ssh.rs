@@ -395,9 +395,9 @@ fn explain_connect_error(host: &Host, e: &openssh::Error) -> String {
     let detail = full
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('@'))
-        .filter(|l| !l.contains("Host key verification failed"))
-        .next_back()
+        .rfind(|l| {
+            !l.is_empty() && !l.starts_with('@') && !l.contains("Host key verification failed")
+        })
         .unwrap_or("")
         .trim_end_matches(')')
         .trim_start_matches("failed to connect to the remote host: ")
