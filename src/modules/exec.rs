@@ -16,6 +16,7 @@ const OPTION_KEYS: &[&str] = &[
     "timeout",
     "tolerate",
     "stdin",
+    "sudo",
     "quiet",
     "concurrency",
     "batch",
