@@ -312,3 +312,17 @@ fn the_library_entry_point_can_run_twice_in_one_process() {
         assert_eq!(code, 0);
     }
 }
+
+#[test]
+fn without_a_terminal_each_hosts_output_stays_together() {
+    let out = Test::new()
+        .file(
+            "scripts/f.rhai",
+            r#"ssh::shell(hosts("web"), "echo first; sleep 0.3; echo second");"#,
+        )
+        .args(&["run", "f", "-e", "dev"])
+        .run();
+    out.code(0)
+        .stderr_has("  [a] first\n  [a] second\n")
+        .stderr_has("  [b] first\n  [b] second\n");
+}

@@ -17,6 +17,9 @@ pub struct Human {
     /// `print()` goes to stdout unless stdout carries JSON.
     print_to_stdout: bool,
     spinners: bool,
+    /// Not a terminal (CI logs, files): a host's output is kept together as one block,
+    /// printed when its command ends, instead of interleaved line by line.
+    fold: bool,
     styles: Styles,
     state: Mutex<State>,
 }
@@ -36,6 +39,8 @@ struct State {
     depth: usize,
     steps: Vec<(String, Outcome, u64)>,
     spinner: Option<Arc<ProgressBar>>,
+    /// Folded output waiting for its command to end, per host.
+    pending: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Human {
@@ -45,6 +50,7 @@ impl Human {
             verbosity,
             print_to_stdout,
             spinners: color && std::io::stderr().is_terminal() && verbosity > Verbosity::Quiet,
+            fold: !std::io::stderr().is_terminal(),
             styles: Styles {
                 bold: style(Style::new().bold()),
                 dim: style(Style::new().dim()),
@@ -211,10 +217,17 @@ impl Sink for Human {
                     } else {
                         text.to_owned()
                     };
-                    self.line(&state, &format!("{indent}{}{text}", host(e)));
+                    let line = format!("{indent}{}{text}", host(e));
+                    match (&e.host, self.fold) {
+                        (Some(h), true) => state.pending.entry(h.clone()).or_default().push(line),
+                        _ => self.line(&state, &line),
+                    }
                 }
             }
             Kind::CommandFinished => {
+                if let Some(lines) = e.host.as_ref().and_then(|h| state.pending.remove(h)) {
+                    self.line(&state, &lines.join("\n"));
+                }
                 let ms = e.duration_ms.unwrap_or(0);
                 match e.result {
                     Some(Outcome::Failed) => {
@@ -285,6 +298,10 @@ impl Sink for Human {
                 }
             }
             Kind::RunFinished => {
+                let pending = std::mem::take(&mut state.pending);
+                for lines in pending.values() {
+                    self.line(&state, &lines.join("\n"));
+                }
                 if let Some(bar) = state.spinner.take() {
                     bar.finish_and_clear();
                 }
