@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Fan-out benchmark: `uptime` on 1, 10 and 50 real sshd hosts (loopback) with runbook,
+# parallel-ssh, ansible (-m raw and -m command) and plain ssh over open ControlMasters;
+# then a deploy-shaped sequence of 10 commands on 50 hosts: one runbook script against
+# an ansible playbook with the same 10 tasks. Medians of $RUNS runs, printed as Markdown.
+#
+# Needs root; installs openssh-server, pssh and ansible when missing. Every client uses
+# the same ssh binary and OpenSSH's default key exchange, so the comparison is fair.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-5}
+N=${N:-50}
+[ "$(id -u)" = 0 ] || { echo "fanout.sh: run as root (it starts sshd processes)" >&2; exit 2; }
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v parallel-ssh >/dev/null || need+=(pssh)
+command -v ansible >/dev/null || need+=(ansible)
+if ((${#need[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; fi
+cargo build --release --locked -q
+RB=$PWD/target/release/runbook
+SIZES=$(printf '%s\n' 1 10 "$N" | sort -nu | tr '\n' ' ')
+
+W=$(mktemp -d /tmp/rb-bench.XXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for s in "$W"/cm/*; do [ -S "$s" ] && ssh -o ControlPath="$s" -O exit x >/dev/null 2>&1 || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT
+
+# --- the fleet: one sshd per host on 127.0.3.i ---------------------------------------
+id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy
+usermod -p '*' deploy
+mkdir -p /run/sshd "$W/cm" ~deploy/.ssh
+ssh-keygen -q -t ed25519 -N '' -C bench -f "$W/id"
+cat "$W/id.pub" >> ~deploy/.ssh/authorized_keys
+chown -R deploy:deploy ~deploy/.ssh; chmod 700 ~deploy/.ssh; chmod 600 ~deploy/.ssh/authorized_keys
+: > "$W/known_hosts"; : > "$W/hosts"
+printf '[web]\n' > "$W/inventory.ini"
+for i in $(seq 1 "$N"); do
+  a=127.0.3.$i; d=$W/h$i; mkdir -p "$d"
+  ssh-keygen -q -t ed25519 -N '' -f "$d/key"
+  printf 'ListenAddress %s:22\nHostKey %s/key\nPidFile none\nAllowUsers deploy\nUsePAM no\nUseDNS no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPrintMotd no\nMaxStartups 200:30:400\nMaxSessions 100\nLogLevel ERROR\n' "$a" "$d" > "$d/cfg"
+  /usr/sbin/sshd -D -f "$d/cfg" -E "$d/log" </dev/null >/dev/null 2>&1 &
+  PIDS+=($!)
+  echo "$a $(cut -d' ' -f1,2 "$d/key.pub")" >> "$W/known_hosts"
+  echo "$a" >> "$W/hosts"
+  echo "h$i ansible_host=$a" >> "$W/inventory.ini"
+done
+for i in $(seq 1 "$N"); do
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.3.$i/22) 2>/dev/null && break; sleep 0.05; done
+done
+cat >> "$W/inventory.ini" <<INI
+[web:vars]
+ansible_user=deploy
+ansible_ssh_private_key_file=$W/id
+ansible_ssh_common_args=-o UserKnownHostsFile=$W/known_hosts -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o ControlMaster=auto -o ControlPersist=60s -o ControlPath=$W/cm/a-%C
+ansible_python_interpreter=/usr/bin/python3
+INI
+printf 'Host 127.0.3.*\n  User deploy\n  IdentityFile %s/id\n  IdentitiesOnly yes\n  UserKnownHostsFile %s/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n' "$W" "$W" > "$W/ssh_config"
+
+# runbook inventory: one environment per fleet size
+{
+  printf '[app]\nname = "bench"\ndeploy_path = "/home/deploy/app"\n[ssh]\nuser = "deploy"\nidentity_file = "%s/id"\nknown_hosts = "%s/known_hosts"\nmax_concurrency = 64\n' "$W" "$W"
+  for n in $SIZES; do
+    printf '[env.b%s]\nhosts = { ' "$n"
+    for i in $(seq 1 "$n"); do printf 'h%s = "127.0.3.%s"%s' "$i" "$i" "$([ "$i" = "$n" ] || echo ', ')"; done
+    printf ' }\n'
+  done
+} > "$W/runbook.toml"
+mkdir -p "$W/scripts"
+echo 'ssh::run(hosts(), ["uptime"], #{ quiet: true });' > "$W/scripts/uptime.rhai"
+cat > "$W/scripts/ten.rhai" <<'RHAI'
+let web = hosts();
+for i in 0..10 { ssh::run(web, ["sh", "-c", `echo step ${i} > /dev/null`], #{ quiet: true }); }
+RHAI
+cat > "$W/scripts/warm.rhai" <<'RHAI'
+let web = hosts();
+ssh::run(web, ["true"], #{ quiet: true });
+let t0 = now_ms();
+for i in 0..10 { ssh::run(web, ["true"], #{ quiet: true }); }
+print(`${(now_ms() - t0).to_float() / 10.0 / web.len().to_float()}`);
+RHAI
+{
+  echo '- hosts: web'
+  echo '  gather_facts: false'
+  echo '  tasks:'
+  for i in $(seq 0 9); do printf '    - name: step %s\n      ansible.builtin.command: sh -c "echo step %s > /dev/null"\n' "$i" "$i"; done
+} > "$W/playbook.yml"
+export ANSIBLE_HOST_KEY_CHECKING=True ANSIBLE_PIPELINING=True ANSIBLE_FORKS=50 ANSIBLE_STDOUT_CALLBACK=minimal ANSIBLE_LOCALHOST_WARNING=False ANSIBLE_INVENTORY_UNPARSED_WARNING=False
+
+median() { # command... -> median seconds over $RUNS runs
+  local t=() i _s _e
+  for ((i = 0; i < RUNS; i++)); do
+    _s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >&2; return 1; }; _e=$(date +%s%N)
+    t+=($(( (_e - _s) / 1000000 )))
+  done
+  printf '%s\n' "${t[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1000}'
+}
+ssh_cm_open() { local n=$1; for a in $(head -n "$n" "$W/hosts"); do ssh -F "$W/ssh_config" -o ControlMaster=yes -o ControlPath="$W/cm/p-$a" -o ControlPersist=300 -N -f "$a"; done; }
+ssh_cm_run() { local n=$1; for a in $(head -n "$n" "$W/hosts"); do ssh -F "$W/ssh_config" -o ControlPath="$W/cm/p-$a" "$a" uptime & done; wait; }
+ssh_one() { ssh -F "$W/ssh_config" "$(head -n 1 "$W/hosts")" uptime; }
+pssh_run() { local n=$1; head -n "$n" "$W/hosts" > "$W/hosts.$n"; parallel-ssh -p 50 -h "$W/hosts.$n" -x "-F $W/ssh_config" -t 60 uptime; }
+ansible_run() { local n=$1 m=$2; ansible "web[0:$((n - 1))]" -i "$W/inventory.ini" -m "$m" -a uptime -f 50; }
+ansible_close() { for s in "$W"/cm/a-*; do [ -S "$s" ] && ssh -o ControlPath="$s" -O exit x >/dev/null 2>&1 || true; done; }
+ansible_cold() { ansible_close; ansible_run "$@"; }
+
+cd "$W"
+echo "## uptime, cold (new connections each run), median of $RUNS, seconds"
+echo
+echo "| hosts | runbook | parallel-ssh -p 50 | ansible -m raw | ansible -m command | plain ssh (1 host) |"
+echo "|---:|---:|---:|---:|---:|---:|"
+declare -A R
+for n in $SIZES; do
+  R[rb$n]=$(median "$RB" run uptime -e "b$n" -q)
+  R[pssh$n]=$(median pssh_run "$n")
+  R[raw$n]=$(median ansible_cold "$n" raw)
+  R[cmd$n]=$(median ansible_cold "$n" command)
+  one=""; [ "$n" = 1 ] && one=$(median ssh_one)
+  echo "| $n | ${R[rb$n]} | ${R[pssh$n]} | ${R[raw$n]} | ${R[cmd$n]} | $one |"
+done
+ssh_cm_open "$N"
+cm=$(median ssh_cm_run "$N")
+echo
+echo "plain ssh over $N already-open ControlMasters: ${cm} s"
+seq_rb=$(median "$RB" run ten -e "b$N" -q)
+seq_an=$(median ansible-playbook -i "$W/inventory.ini" "$W/playbook.yml" -f 50)
+warm=$("$RB" run warm -e "b$N" -q 2>/dev/null)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; }
+echo
+echo "## deploy-shaped: 10 commands one after another on $N hosts"
+echo
+echo "| tool | seconds |"
+echo "|---|---:|"
+echo "| runbook (one script) | $seq_rb |"
+echo "| ansible-playbook, 10 tasks, -f 50, pipelining | $seq_an |"
+echo
+echo "## ratios"
+echo
+echo "- $N hosts cold: runbook / parallel-ssh = $(ratio "${R[rb$N]}" "${R[pssh$N]}") (target <= 1.0)"
+echo "- $N hosts cold: ansible -m command / runbook = $(ratio "${R[cmd$N]}" "${R[rb$N]}") x (target >= 3)"
+echo "- 10-command sequence: ansible-playbook / runbook = $(ratio "$seq_an" "$seq_rb") x (target >= 10)"
+echo "- once connected: $(printf '%.2f' "$warm") ms per host per command (plain ssh over open ControlMasters: $(awk -v c="$cm" -v n="$N" 'BEGIN {printf "%.2f", c * 1000 / n}') ms)"
