@@ -56,6 +56,8 @@ pub enum Command {
     Doc(DocArgs),
     /// Interactive shell with the script API and the inventory at hand
     Repl(ReplArgs),
+    /// Remove the deploy lock on every host of an environment
+    Unlock(UnlockArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +82,9 @@ pub struct RunArgs {
     /// One JSON event per line on stdout
     #[arg(long)]
     pub json: bool,
+    /// Wait this long for a deploy lock held by another run (e.g. 10m)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lock_wait: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +123,19 @@ pub struct ReplArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// Only remove a lock whose heartbeat is older than a minute (its run is gone)
+    #[arg(long)]
+    pub stale: bool,
+    /// Confirm removing a possibly live lock on a protected environment
+    #[arg(long)]
+    pub yes: bool,
+}
+
 pub fn dispatch(cli: Cli) -> Result<(), Error> {
     let global = &cli.global;
     match cli.command {
@@ -126,5 +144,6 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Hosts(args) => crate::commands::hosts::run(global, &args),
         Command::Doc(args) => crate::commands::doc::run(&args),
         Command::Repl(args) => crate::commands::repl::run(global, &args),
+        Command::Unlock(args) => crate::commands::unlock::run(global, &args),
     }
 }

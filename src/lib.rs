@@ -8,10 +8,12 @@ pub mod effects;
 pub mod engine;
 pub mod error;
 pub mod inventory;
+pub mod lock;
 pub mod modules;
 pub mod output;
 pub mod project;
 pub mod quote;
+pub mod release;
 pub mod signal;
 pub mod transport;
 

@@ -13,7 +13,13 @@ use crate::effects::interrupt::Interrupt;
 use crate::error::exit;
 use crate::output::{Level, Output};
 
-pub fn install(runtime: &Handle, interrupt: Interrupt, output: Arc<Output>) {
+/// `on_force_exit` runs before a third signal ends the process (closes SSH masters).
+pub fn install(
+    runtime: &Handle,
+    interrupt: Interrupt,
+    output: Arc<Output>,
+    on_force_exit: impl Fn() + Send + 'static,
+) {
     runtime.spawn(async move {
         let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
             output.log(Level::Warn, "cannot install signal handlers; Ctrl-C will end runbook abruptly");
@@ -31,7 +37,10 @@ pub fn install(runtime: &Handle, interrupt: Interrupt, output: Arc<Output>) {
                     format!("{name} received: stopping the running command, then running the script's failure path (signal again to skip it)"),
                 ),
                 2 => output.log(Level::Warn, format!("{name} received again: interrupting the failure path (a third signal exits immediately)")),
-                _ => std::process::exit(exit::INTERRUPTED),
+                _ => {
+                    on_force_exit();
+                    std::process::exit(exit::INTERRUPTED)
+                }
             }
         }
     });

@@ -265,7 +265,7 @@ fn the_demo_rollout_switches_current_atomically_and_keeps_releases_bounded() {
             "runbook.toml",
             "[app]\nname = \"t\"\ndeploy_path = \"deploy\"\nkeep_releases = 2\n[env.dev]\ntransport = \"local\"\nhosts = { a = \"localhost\" }\nroles = { web = [\"a\"] }\nvars = { laravel = false, source = \"app\" }\n",
         )
-        .args(&["run", "deploy", "-e", "dev", "ref=v9"]);
+        .args(&["run", "deploy", "-e", "dev", "--reason", "weekly release"]);
     for _ in 0..3 {
         t.run().code(0).stderr_has("succeeded");
     }
@@ -276,8 +276,12 @@ fn the_demo_rollout_switches_current_atomically_and_keeps_releases_bounded() {
     assert_eq!(releases.len(), 2, "keep_releases = 2");
     let current = std::fs::read_link(deploy.join("current")).unwrap();
     assert!(current.starts_with("releases/"), "{current:?}");
-    let revision = std::fs::read_to_string(deploy.join("current/REVISION")).unwrap();
-    assert!(revision.contains("ref=v9"), "{revision}");
+    let live = current.file_name().unwrap().to_str().unwrap().to_owned();
+    let meta = std::fs::read_to_string(deploy.join(format!(".runbook/releases/{live}.json"))).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["reason"], "weekly release");
+    assert!(meta["source"].as_str().unwrap().starts_with("artifact "), "{meta}");
+    assert!(!deploy.join(".runbook/lock").exists(), "the lock was released");
     assert_eq!(
         std::fs::read_to_string(deploy.join("current/public/index.html")).unwrap(),
         "v1"

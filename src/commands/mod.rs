@@ -5,6 +5,7 @@ pub mod doc;
 pub mod hosts;
 pub mod repl;
 pub mod run;
+pub mod unlock;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,12 +63,15 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
         config.info.dry_run,
         max,
     );
+    let effects = Arc::new(effects);
     Arc::new(Session {
-        effects: Arc::new(effects),
+        locks: crate::lock::Locks::new(effects.clone(), config.info.id.clone()),
+        effects,
         inventory: config.inventory,
         env: config.env,
         info: config.info,
         sources: Arc::new(SourceMap::default()),
+        activations: std::sync::Mutex::new(Vec::new()),
     })
 }
 

@@ -32,10 +32,12 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
             json: false,
         },
     );
+    let effects = session.effects.clone();
     crate::signal::install(
         rt.handle(),
         session.effects.interrupt().clone(),
         session.effects.output().clone(),
+        move || effects.kill_connections_now(),
     );
     let engine = engine::build(&session, Mode::Run, Some(project.root()));
     let mut scope = engine::scope(&session);
@@ -86,5 +88,6 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
         }
         functions += ast.clone_functions_only();
     }
+    session.effects.close();
     Ok(())
 }

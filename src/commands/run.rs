@@ -36,6 +36,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
                 actor: actor(),
                 dry_run: args.dry_run,
                 args: script_args.clone(),
+                lock_wait: args.lock_wait.unwrap_or_default(),
             },
             verbosity: global.verbosity(),
             json: args.json,
@@ -52,10 +53,12 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     }
 
     let output = session.effects.output().clone();
+    let effects = session.effects.clone();
     crate::signal::install(
         rt.handle(),
         session.effects.interrupt().clone(),
         output.clone(),
+        move || effects.kill_connections_now(),
     );
     let mut started = Event::new(Kind::RunStarted)
         .message(format!("runbook: {name} on {}", env.name))
@@ -109,6 +112,10 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         }
     }
 
+    // Whatever happened, this run's locks go (only ever its own), then the connections.
+    for host in session.locks.release_all() {
+        output.emit(Event::new(Kind::Lock).host(&host).message("lock released"));
+    }
     session.effects.close();
     let (outcome, message) = match &failure {
         None if args.dry_run => (

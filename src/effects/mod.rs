@@ -278,6 +278,13 @@ impl Effects {
             .map_or(0, SshPool::opened)
     }
 
+    /// Ends every SSH master immediately, without the async runtime (forced exit).
+    pub fn kill_connections_now(&self) {
+        if let Some(Ok(pool)) = self.ssh.get() {
+            pool.kill_masters_now();
+        }
+    }
+
     /// Closes every connection. Called once at the end of a run, whatever its outcome.
     pub fn close(&self) {
         if let Some(Ok(pool)) = self.ssh.get() {
@@ -299,14 +306,24 @@ impl Effects {
         spec: &CommandSpec,
         fan: &FanOut,
     ) -> Vec<HostOutcome> {
+        self.run_many_with(targets, &|_: &Target| spec.clone(), fan)
+    }
+
+    /// [`Effects::run_many`] with a command built per target (paths differ per host).
+    pub fn run_many_with(
+        &self,
+        targets: &[Target],
+        build: &dyn Fn(&Target) -> CommandSpec,
+        fan: &FanOut,
+    ) -> Vec<HostOutcome> {
         self.runtime
-            .block_on(self.run_many_async(targets, spec, fan))
+            .block_on(self.run_many_async(targets, build, fan))
     }
 
     async fn run_many_async(
         &self,
         targets: &[Target],
-        spec: &CommandSpec,
+        build: &dyn Fn(&Target) -> CommandSpec,
         fan: &FanOut,
     ) -> Vec<HostOutcome> {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -339,7 +356,7 @@ impl Effects {
                 if stop.load(Ordering::SeqCst) {
                     return HostOutcome::Skipped;
                 }
-                let result = self.run_async(t, spec).await;
+                let result = self.run_async(t, &build(t)).await;
                 if let Err(e) = &result {
                     let failed = failures.fetch_add(1, Ordering::SeqCst) + 1;
                     if e.is_interrupt() || (fan.fail_fast && failed > threshold) {
@@ -499,7 +516,7 @@ impl Effects {
         }
     }
 
-    async fn run_async(
+    pub async fn run_async(
         &self,
         target: &Target,
         spec: &CommandSpec,
@@ -507,21 +524,29 @@ impl Effects {
         let argv = spec.program.display_argv();
         let command = crate::quote::join(&argv);
         let host = target.name().to_owned();
+        let emit_events = !spec.silent;
         let mut started = Event::new(Kind::CommandStarted)
             .host(&host)
             .argv(argv.clone());
+        if let Some(label) = &spec.label {
+            started = started.message(label.clone());
+        }
         if spec.quiet {
             // Probes (`readlink current`, `test -e`) are detail: shown with -v only.
             started = started.level(Level::Debug);
         }
-        self.output.emit(started);
+        if emit_events {
+            self.output.emit(started);
+        }
         if self.dry_run {
-            self.output.emit(
-                Event::new(Kind::CommandFinished)
-                    .host(&host)
-                    .code(0)
-                    .result(Outcome::DryRun),
-            );
+            if emit_events {
+                self.output.emit(
+                    Event::new(Kind::CommandFinished)
+                        .host(&host)
+                        .code(0)
+                        .result(Outcome::DryRun),
+                );
+            }
             return Ok(CommandResult {
                 host,
                 argv,
@@ -536,6 +561,9 @@ impl Effects {
             return Err(CommandError::Interrupted { host, command });
         }
         let on_line = |stream, line: &str| {
+            if !emit_events {
+                return;
+            }
             self.output.emit(
                 Event::new(Kind::Output)
                     .host(target.name())
@@ -576,7 +604,9 @@ impl Effects {
                 if let Some(m) = message {
                     e = e.message(m);
                 }
-                self.output.emit(e);
+                if !spec.silent {
+                    self.output.emit(e);
+                }
             };
         match outcome {
             Ok(f) => {

@@ -44,6 +44,8 @@ pub struct RunInfo {
     pub actor: String,
     pub dry_run: bool,
     pub args: BTreeMap<String, String>,
+    /// How long `lock::acquire` waits for a lock held by another run.
+    pub lock_wait: std::time::Duration,
 }
 
 /// Everything a script's host functions can reach.
@@ -53,6 +55,10 @@ pub struct Session {
     pub env: Option<Arc<Environment>>,
     pub info: RunInfo,
     pub sources: Arc<SourceMap>,
+    /// Deploy locks this run holds.
+    pub locks: crate::lock::Locks,
+    /// Hosts this run switched to a new release, with the release they were on.
+    pub activations: std::sync::Mutex<Vec<(Arc<crate::inventory::Host>, String)>>,
 }
 
 /// The session, stored as the engine's tag so plugin functions can reach it.

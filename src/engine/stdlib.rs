@@ -4,8 +4,8 @@
 pub const FILES: &[(&str, &str)] = &[
     ("laravel", include_str!("../../stdlib/laravel.rhai")),
     (
-        "deploy/release",
-        include_str!("../../stdlib/deploy/release.rhai"),
+        "deploy/rolling",
+        include_str!("../../stdlib/deploy/rolling.rhai"),
     ),
 ];
 

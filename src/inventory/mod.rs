@@ -60,6 +60,8 @@ pub struct Host {
     pub jump_host: Option<String>,
     pub transport: TransportKind,
     pub roles: Vec<String>,
+    /// Where releases/, shared/ and current live on this host.
+    pub deploy_path: String,
     pub ssh: SshOptions,
 }
 
@@ -345,10 +347,10 @@ fn resolve_env(
                 "host names may contain only letters, digits, `_` and `-`".into(),
             ));
         }
-        let (address, port, user, identity, transport, jump) = match spec {
+        let (address, port, user, identity, transport, jump, host_path) = match spec {
             RawHost::Address(a) => {
                 let (addr, port) = split_address(a).map_err(|m| invalid(hkey.clone(), m))?;
-                (addr, port, None, None, None, None)
+                (addr, port, None, None, None, None, None)
             }
             RawHost::Table(t) => {
                 let (addr, port) = match &t.address {
@@ -362,6 +364,7 @@ fn resolve_env(
                     t.identity_file.clone(),
                     t.transport,
                     t.jump_host.clone(),
+                    t.deploy_path.clone(),
                 )
             }
         };
@@ -382,6 +385,7 @@ fn resolve_env(
             jump_host: jump.or_else(|| ssh.jump_host.clone()),
             transport: transport.unwrap_or(env_transport),
             roles,
+            deploy_path: host_path.unwrap_or_default(),
             ssh: ssh_options.clone(),
         }));
     }
@@ -426,6 +430,21 @@ fn resolve_env(
     } else {
         root.join(&deploy_path).to_string_lossy().into_owned()
     };
+    for host in &mut hosts {
+        let h = Arc::make_mut(host);
+        h.deploy_path = if h.deploy_path.is_empty() {
+            deploy_path.clone()
+        } else if Path::new(&h.deploy_path).is_absolute() {
+            h.deploy_path.clone()
+        } else if h.transport == TransportKind::Local {
+            root.join(&h.deploy_path).to_string_lossy().into_owned()
+        } else {
+            return Err(invalid(
+                key(&format!("hosts.{}.deploy_path", h.name)),
+                format!("`{}` must be an absolute path for SSH hosts", h.deploy_path),
+            ));
+        };
+    }
     let backup_dir = env
         .backup_dir
         .clone()

@@ -143,6 +143,8 @@ pub struct RawHostTable {
     pub identity_file: Option<String>,
     pub transport: Option<TransportKind>,
     pub jump_host: Option<String>,
+    /// Overrides the environment's `deploy_path` for this host.
+    pub deploy_path: Option<String>,
 }
 
 /// A value that may be written inline or named by environment variable.

@@ -51,7 +51,7 @@ fn argv_of(argv: &Array) -> Result<Vec<String>, Box<EvalAltResult>> {
         .collect()
 }
 
-fn call(program: Program, opts: &Map) -> Result<Call, Box<EvalAltResult>> {
+pub(crate) fn call(program: Program, opts: &Map) -> Result<Call, Box<EvalAltResult>> {
     let mut spec = CommandSpec::new(program);
     let mut fan = FanOut::new();
     for (key, value) in opts {
@@ -196,7 +196,7 @@ fn to_rhai(err: CommandError) -> Box<EvalAltResult> {
 }
 
 /// Resolves a `Host` or `HostSet` argument. `true` when a single host was given.
-fn targets(target: &Dynamic) -> Result<(Vec<Target>, bool), Box<EvalAltResult>> {
+pub(crate) fn targets(target: &Dynamic) -> Result<(Vec<Target>, bool), Box<EvalAltResult>> {
     if let Some(h) = target.clone().try_cast::<HostRef>() {
         return Ok((vec![Target::Host(h.0)], true));
     }
@@ -231,9 +231,28 @@ fn run_on_targets(
     let session = super::session(ctx)?;
     let (targets, single) = targets(target)?;
     let call = call(program, opts)?;
+    let spec = call.spec;
+    fan_out(
+        &session,
+        &targets,
+        single,
+        &|_: &Target| spec.clone(),
+        &call.fan,
+    )
+}
+
+/// Runs a per-host command over `targets` and turns the outcomes into the script's
+/// result value, or an error naming every failed and every skipped host.
+pub(crate) fn fan_out(
+    session: &crate::engine::Session,
+    targets: &[Target],
+    single: bool,
+    build: &dyn Fn(&Target) -> CommandSpec,
+    fan: &FanOut,
+) -> Result<Dynamic, Box<EvalAltResult>> {
     let n = targets.len();
-    let threshold = call.fan.threshold(n);
-    let outcomes = session.effects.run_many(&targets, &call.spec, &call.fan);
+    let threshold = fan.threshold(n);
+    let outcomes = session.effects.run_many_with(targets, build, fan);
     let mut results = Array::new();
     let mut failures = Vec::new();
     let mut skipped = Vec::new();

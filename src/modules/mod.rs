@@ -2,9 +2,12 @@
 //! API (effects, inventory), convert the result back. Doc comments on the exported
 //! functions are the API reference (`runbook doc`).
 
+mod artisan;
 pub mod context;
 mod exec;
+mod lock;
 mod log;
+mod release;
 
 use std::sync::Arc;
 
@@ -20,6 +23,9 @@ pub fn register(engine: &mut Engine) {
     engine.register_static_module("local", exported_module!(exec::local_api).into());
     engine.register_static_module("ssh", exported_module!(exec::ssh_api).into());
     engine.register_static_module("log", exported_module!(log::log_api).into());
+    engine.register_static_module("release", exported_module!(release::release_api).into());
+    engine.register_static_module("lock", exported_module!(lock::lock_api).into());
+    engine.register_static_module("artisan", exported_module!(artisan::artisan_api).into());
 }
 
 /// The session behind a native call.

@@ -198,7 +198,10 @@ impl Sink for Human {
             }
             Kind::CommandStarted => {
                 if normal && (verbose || e.level != Some(Level::Debug)) {
-                    let argv = e.argv.as_deref().map(display_argv).unwrap_or_default();
+                    let argv = match &e.message {
+                        Some(label) => label.clone(),
+                        None => e.argv.as_deref().map(display_argv).unwrap_or_default(),
+                    };
                     let verb = if state.dry_run { "would run:" } else { "$" };
                     let text = format!(
                         "{indent}{}{} {}",

@@ -62,6 +62,10 @@ pub struct CommandSpec {
     pub tolerate: bool,
     /// Do not stream output lines as events (they are still captured).
     pub quiet: bool,
+    /// Internal housekeeping (lock heartbeats): no events at all.
+    pub silent: bool,
+    /// What people read instead of the argument vector (for runbook's own scripts).
+    pub label: Option<String>,
 }
 
 impl CommandSpec {
@@ -75,6 +79,8 @@ impl CommandSpec {
             timeout: None,
             tolerate: false,
             quiet: false,
+            silent: false,
+            label: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -28,6 +28,9 @@ pub const MAX_CHANNELS: usize = 10;
 /// dead host is noticed within about ten seconds).
 const ALIVE_COUNT_MAX: u32 = 2;
 const PGID_MARKER: &str = "__runbook_pgid ";
+/// A master left behind by a killed runbook exits after this long without use; a live
+/// run whose master timed out reconnects on the next command.
+const MASTER_IDLE_SECS: usize = 600;
 
 struct Conn {
     session: Arc<Session>,
@@ -69,6 +72,61 @@ impl SshPool {
             .clone()
     }
 
+    /// Forgets a host's connection so that the next command connects again.
+    fn forget(&self, host: &Host) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host.name);
+    }
+
+    /// Spawns `line` on the host, reconnecting once if the master went away (idle
+    /// timeout, network blip) since the last command.
+    async fn spawn(
+        &self,
+        host: &Host,
+        line: &str,
+        stdin: bool,
+    ) -> Result<(Arc<Conn>, openssh::Child<Arc<Session>>), ExecError> {
+        let mut attempt = 0;
+        loop {
+            let conn = self.conn(host).await?;
+            let mut cmd = Session::to_raw_command(conn.session.clone(), line);
+            cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            match cmd.spawn().await {
+                Ok(child) => return Ok((conn, child)),
+                Err(e) if attempt == 0 && conn.session.check().await.is_err() => {
+                    tracing::debug!(host = %host.name, error = %e, "master gone; reconnecting");
+                    attempt += 1;
+                    self.forget(host);
+                }
+                Err(e) => return Err(disconnected(&e, Finished::default())),
+            }
+        }
+    }
+
+    /// Ends every master at once, without the runtime (a forced exit on a third Ctrl-C).
+    pub fn kill_masters_now(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            use std::os::unix::fs::FileTypeExt;
+            if entry.file_type().is_ok_and(|t| t.is_socket()) {
+                let _ = std::process::Command::new("ssh")
+                    .arg("-S")
+                    .arg(entry.path())
+                    .args(["-O", "exit", "runbook-master"])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+
     async fn conn(&self, host: &Host) -> Result<Arc<Conn>, ExecError> {
         let slot = self.slot(host);
         let result = slot
@@ -100,6 +158,10 @@ impl SshPool {
             .connect_timeout(host.ssh.connect_timeout)
             .server_alive_interval(host.ssh.keepalive)
             .control_directory(self.dir.path())
+            .control_persist(
+                std::num::NonZeroUsize::new(MASTER_IDLE_SECS)
+                    .map_or(ControlPersist::Forever, ControlPersist::IdleFor),
+            )
             .config_file(&config);
         if let Some(user) = &host.user {
             b.user(user.clone());
@@ -161,21 +223,10 @@ impl SshPool {
     ) -> Result<Finished, ExecError> {
         let since = interrupt.count();
         let line = remote_line(spec)?;
-        let conn = self.conn(host).await?;
-        let _channel = conn.channels.acquire().await;
+        let gate = self.conn(host).await?;
+        let _channel = gate.channels.acquire().await;
         let started = Instant::now();
-        let mut cmd = Session::to_raw_command(conn.session.clone(), &line);
-        cmd.stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .await
-            .map_err(|e| disconnected(&e, Finished::default()))?;
+        let (conn, mut child) = self.spawn(host, &line, spec.stdin.is_some()).await?;
         if let (Some(input), Some(mut stdin)) = (spec.stdin.clone(), child.stdin().take()) {
             tokio::spawn(async move {
                 let _ = stdin.write_all(&input).await;
@@ -297,21 +348,10 @@ impl SshPool {
         script: &str,
         stdin: Option<Vec<u8>>,
     ) -> Result<(Option<i32>, Vec<u8>, String), ExecError> {
-        let conn = self.conn(host).await?;
-        let _channel = conn.channels.acquire().await;
+        let gate = self.conn(host).await?;
+        let _channel = gate.channels.acquire().await;
         let line = format!("exec sh -c {}", quote::join(&[script.to_owned()]));
-        let mut cmd = Session::to_raw_command(conn.session.clone(), &line);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .await
-            .map_err(|e| disconnected(&e, Finished::default()))?;
+        let (_conn, mut child) = self.spawn(host, &line, stdin.is_some()).await?;
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin().take()) {
             tokio::spawn(async move {
                 let _ = pipe.write_all(&input).await;

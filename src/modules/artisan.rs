@@ -1,0 +1,83 @@
+//! `artisan::run` — Laravel's artisan on hosts, in the live release or a given one.
+
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, EvalAltResult, Map};
+
+use super::exec::{call, fan_out, targets};
+use crate::effects::Target;
+use crate::transport::Program;
+
+fn artisan(
+    ctx: &NativeCallContext,
+    target: &Dynamic,
+    command: &Dynamic,
+    opts: &Map,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let (targets, single) = targets(target)?;
+    let args: Vec<String> = if let Some(list) = command.clone().try_cast::<Array>() {
+        list.iter().map(ToString::to_string).collect()
+    } else {
+        let text = command
+            .clone()
+            .into_string()
+            .map_err(|_| super::error("the artisan command must be a string or an array"))?;
+        shlex::split(&text).ok_or_else(|| {
+            super::error(format!(
+                "cannot split `{text}` into arguments (unbalanced quotes?)"
+            ))
+        })?
+    };
+    if args.is_empty() {
+        return Err(super::error("empty artisan command"));
+    }
+    let mut opts = opts.clone();
+    let release = opts.remove("release").map(|v| v.to_string());
+    let php = session
+        .env
+        .as_ref()
+        .map_or_else(|| "php".to_owned(), |e| e.php.clone());
+    let mut argv = vec![php, "artisan".to_owned()];
+    argv.extend(args);
+    let base = call(Program::Argv(argv), &opts)?;
+    let build = |t: &Target| {
+        let mut spec = base.spec.clone();
+        if spec.cwd.is_none()
+            && let Target::Host(h) = t
+        {
+            spec.cwd = Some(match &release {
+                Some(r) => format!("{}/releases/{r}", h.deploy_path),
+                None => format!("{}/current", h.deploy_path),
+            });
+        }
+        spec
+    };
+    fan_out(&session, &targets, single, &build, &base.fan)
+}
+
+#[export_module]
+pub mod artisan_api {
+    /// Runs `php artisan <command>` on a host or host set, in the live release
+    /// (`<deploy_path>/current`). `command` is a string split like a shell would
+    /// (`"migrate --force"`) or an array of arguments; each is quoted on the host.
+    #[rhai_fn(name = "run", return_raw)]
+    pub fn call(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        command: Dynamic,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::artisan(&ctx, &hosts, &command, &Map::new()))
+    }
+
+    /// `artisan::run` with options: `release` (run in that release instead of the live
+    /// one) and every option of `ssh::run` (timeout, tolerate, batch …).
+    #[rhai_fn(name = "run", return_raw)]
+    pub fn call_opts(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        command: Dynamic,
+        opts: Map,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::artisan(&ctx, &hosts, &command, &opts))
+    }
+}

@@ -1,0 +1,140 @@
+//! `lock::*` — the deploy lock from scripts (plain core: `crate::lock`).
+
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, EvalAltResult, Map};
+
+use super::exec::targets;
+use crate::lock::{Acquired, Holder, LockError};
+use crate::output::{Event, Kind};
+
+pub fn holder(session: &crate::engine::Session) -> Holder {
+    let ci_run = match (
+        std::env::var("GITHUB_SERVER_URL"),
+        std::env::var("GITHUB_REPOSITORY"),
+        std::env::var("GITHUB_RUN_ID"),
+    ) {
+        (Ok(s), Ok(r), Ok(id)) => Some(format!("{s}/{r}/actions/runs/{id}")),
+        _ => None,
+    };
+    Holder {
+        run: session.info.id.clone(),
+        actor: session.info.actor.clone(),
+        machine: std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        pid: std::process::id(),
+        script: session.info.script.clone(),
+        reason: session.info.reason.clone(),
+        ci_run,
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }
+}
+
+fn acquire(
+    ctx: &NativeCallContext,
+    target: &Dynamic,
+    opts: &Map,
+) -> Result<Map, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let (targets, _) = targets(target)?;
+    let mut wait = session.info.lock_wait;
+    let mut take_stale = None;
+    for (k, v) in opts {
+        match k.as_str() {
+            "wait" => wait = super::context::duration_arg(v)?,
+            "take_stale" => {
+                take_stale = match v.as_bool() {
+                    Ok(true) => Some(crate::lock::DEFAULT_TTL),
+                    Ok(false) => None,
+                    Err(_) => Some(super::context::duration_arg(v)?),
+                }
+            }
+            other => {
+                return Err(super::error(format!(
+                    "unknown option `{other}` (options: wait, take_stale)"
+                )));
+            }
+        }
+    }
+    let holder = holder(&session);
+    let output = session.effects.output().clone();
+    match session.locks.acquire(&targets, &holder, wait, take_stale) {
+        Ok(results) => {
+            let mut out = Map::new();
+            for (host, how) in results {
+                let word = match &how {
+                    Acquired::New => "acquired".to_owned(),
+                    Acquired::Reentrant => "already held by this run".to_owned(),
+                    Acquired::TookOver { age, from } => {
+                        let who = from.as_ref().map_or("unknown".to_owned(), |h| {
+                            format!("{} (run {})", h.actor, h.run)
+                        });
+                        output.log(
+                            crate::output::Level::Warn,
+                            format!("{host}: took over a stale deploy lock of {who}, heartbeat {age} s old"),
+                        );
+                        format!("took over from {who}")
+                    }
+                };
+                output.emit(
+                    Event::new(Kind::Lock)
+                        .host(&host)
+                        .message(format!("lock {word}")),
+                );
+                out.insert(host.into(), word.into());
+            }
+            Ok(out)
+        }
+        Err(LockError::Interrupted) => Err(super::interrupted()),
+        Err(e) => Err(super::error(e.to_string())),
+    }
+}
+
+#[export_module]
+pub mod lock_api {
+    /// Takes the deploy lock on every host (atomic `mkdir`), with who/where/why recorded
+    /// and a heartbeat while the run lives. Re-entrant within a run; released
+    /// automatically when the run ends — on success, failure or Ctrl-C. A lock held by
+    /// another run fails with its holder's details (see `--lock-wait`).
+    #[rhai_fn(name = "acquire", return_raw)]
+    pub fn acquire(ctx: NativeCallContext, hosts: Dynamic) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::acquire(&ctx, &hosts, &Map::new()))
+    }
+
+    /// `lock::acquire` with options: `wait` ("5m": poll for a held lock), `take_stale`
+    /// (true, or a TTL like "2m": take over a lock whose heartbeat is older).
+    #[rhai_fn(name = "acquire", return_raw)]
+    pub fn acquire_opts(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        opts: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::acquire(&ctx, &hosts, &opts))
+    }
+
+    /// Releases every lock this run holds now (it would be released at the end anyway).
+    #[rhai_fn(return_raw)]
+    pub fn release(ctx: NativeCallContext) -> Result<Array, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let released = session.locks.release_all();
+        for h in &released {
+            session
+                .effects
+                .output()
+                .emit(Event::new(Kind::Lock).host(h).message("lock released"));
+        }
+        Ok(released.into_iter().map(Dynamic::from).collect())
+    }
+
+    /// The hosts this run holds the lock on.
+    #[rhai_fn(return_raw)]
+    pub fn held(ctx: NativeCallContext) -> Result<Array, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        Ok(session
+            .locks
+            .held()
+            .into_iter()
+            .map(Dynamic::from)
+            .collect())
+    }
+}

@@ -1,0 +1,341 @@
+//! `release::*` — the release layout from scripts (plain core: `crate::release`).
+
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, EvalAltResult, Map};
+
+use super::context::HostRef;
+use super::exec::targets;
+use crate::effects::Target;
+use crate::release::{self as core, Metadata, ReleaseError, Settings, Source};
+
+fn to_rhai(e: ReleaseError) -> Box<EvalAltResult> {
+    if e.interrupted {
+        super::interrupted()
+    } else {
+        super::error(e.message)
+    }
+}
+
+fn prepare(
+    ctx: &NativeCallContext,
+    target: &Dynamic,
+    opts: &Map,
+) -> Result<String, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let (targets, _) = targets(target)?;
+    let inv = session
+        .inventory
+        .as_ref()
+        .ok_or_else(|| super::error("no inventory: release::prepare needs runbook.toml"))?;
+    let env = session
+        .env
+        .as_ref()
+        .ok_or_else(|| super::error("no environment selected"))?;
+    for key in opts.keys() {
+        if !["ref", "repository", "artifact"].contains(&key.as_str()) {
+            return Err(super::error(format!(
+                "unknown option `{key}` (options: ref, repository, artifact)"
+            )));
+        }
+    }
+    let get = |k: &str| opts.get(k).and_then(|v| v.clone().into_string().ok());
+    let (source, described) = if let Some(artifact) = get("artifact") {
+        let path = std::path::Path::new(&artifact);
+        let path = if path.is_relative() {
+            inv.root.join(path)
+        } else {
+            path.to_path_buf()
+        };
+        if !path.exists() {
+            return Err(super::error(format!(
+                "artifact {} does not exist",
+                path.display()
+            )));
+        }
+        let d = format!("artifact {}", path.display());
+        (Source::Artifact { path }, d)
+    } else {
+        let repository = get("repository").or_else(|| inv.app.repository.clone()).ok_or_else(|| {
+            super::error("no repository: set app.repository in runbook.toml, or pass #{ repository: … } or #{ artifact: … }")
+        })?;
+        let git_ref = get("ref").unwrap_or_else(|| "HEAD".into());
+        let d = format!("{repository}@{git_ref}");
+        (
+            Source::Git {
+                repository,
+                git_ref,
+            },
+            d,
+        )
+    };
+    let settings = Settings {
+        shared_dirs: inv.app.shared_dirs.clone(),
+        shared_files: inv.app.shared_files.clone(),
+        writable_dirs: inv.app.writable_dirs.clone(),
+        composer: env.composer.clone(),
+    };
+    let meta = Metadata {
+        git_ref: get("ref").unwrap_or_default(),
+        source: described,
+        by: session.info.actor.clone(),
+        run: session.info.id.clone(),
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        reason: session.info.reason.clone(),
+        runbook: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Metadata::default()
+    };
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let name = core::choose_name(&session.effects, &targets, &now).map_err(to_rhai)?;
+    core::prepare(&session.effects, &targets, &name, &source, &settings, &meta).map_err(to_rhai)
+}
+
+fn activate(
+    ctx: &NativeCallContext,
+    target: &Dynamic,
+    name: &str,
+) -> Result<Map, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let (targets, _) = targets(target)?;
+    let previous = core::activate(&session.effects, &targets, name).map_err(to_rhai)?;
+    let mut record = session
+        .activations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for t in &targets {
+        if let Target::Host(h) = t
+            && !record.iter().any(|(r, _)| r.name == h.name)
+        {
+            record.push((
+                h.clone(),
+                previous.get(&h.name).cloned().unwrap_or_default(),
+            ));
+        }
+    }
+    Ok(previous
+        .into_iter()
+        .map(|(h, p)| (h.into(), p.into()))
+        .collect())
+}
+
+fn switched_map(m: std::collections::BTreeMap<String, (String, String)>) -> Map {
+    m.into_iter()
+        .map(|(h, (from, to))| {
+            let mut e = Map::new();
+            e.insert("from".into(), from.into());
+            e.insert("to".into(), to.into());
+            (h.into(), e.into())
+        })
+        .collect()
+}
+
+fn rollback(
+    ctx: &NativeCallContext,
+    target: &Dynamic,
+    to: Option<&str>,
+) -> Result<Map, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let (targets, _) = targets(target)?;
+    core::rollback(&session.effects, &targets, to)
+        .map(switched_map)
+        .map_err(to_rhai)
+}
+
+fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let record: Vec<_> = std::mem::take(
+        &mut *session
+            .activations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    let mut out = Map::new();
+    for (host, previous) in record {
+        if previous.is_empty() {
+            continue; // the first release on this host: nothing to go back to
+        }
+        let m = core::rollback(&session.effects, &[Target::Host(host)], Some(&previous))
+            .map_err(to_rhai)?;
+        out.extend(switched_map(m));
+    }
+    Ok(out)
+}
+
+fn one(host: &HostRef) -> Target {
+    Target::Host(host.0.clone())
+}
+
+#[export_module]
+pub mod release_api {
+    /// Creates a new release from git `ref` of `app.repository` on every host (a bare
+    /// mirror under `.runbook/repo.git`, then `git archive`; no clone per deploy), links
+    /// the shared dirs and files, makes writable dirs writable, runs composer when
+    /// composer.json exists. Returns the release name. On failure the half-made release
+    /// is removed everywhere and `current` is untouched.
+    #[rhai_fn(name = "prepare", return_raw)]
+    pub fn prepare_ref(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        git_ref: &str,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let mut opts = Map::new();
+        opts.insert("ref".into(), git_ref.into());
+        super::super::located(&ctx, super::prepare(&ctx, &hosts, &opts))
+    }
+
+    /// `release::prepare` with options: `ref`, `repository`, or `artifact` (a directory
+    /// or .tar.gz built here, uploaded over the existing connection).
+    #[rhai_fn(name = "prepare", return_raw)]
+    pub fn prepare_opts(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        opts: Map,
+    ) -> Result<String, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::prepare(&ctx, &hosts, &opts))
+    }
+
+    /// Switches `current` to release `name` on every host, atomically (a temporary
+    /// symlink renamed over `current`). Returns `#{ host: previous_release }`.
+    #[rhai_fn(return_raw)]
+    pub fn activate(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        name: &str,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::activate(&ctx, &hosts, name))
+    }
+
+    /// Switches back to the previous good release on every host; the release switched
+    /// away from is marked bad and skipped by later rollbacks. Returns `#{ host: #{ from, to } }`.
+    #[rhai_fn(name = "rollback", return_raw)]
+    pub fn rollback(ctx: NativeCallContext, hosts: Dynamic) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::rollback(&ctx, &hosts, None))
+    }
+
+    /// Switches to the named release on every host (marking the current one bad).
+    #[rhai_fn(name = "rollback", return_raw)]
+    pub fn rollback_to(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        target: &str,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::rollback(&ctx, &hosts, Some(target)))
+    }
+
+    /// Switches back every host this run activated a release on (for `on_failure`).
+    #[rhai_fn(return_raw)]
+    pub fn undo(ctx: NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::undo(&ctx))
+    }
+
+    /// The release `current` points at on a host ("" before the first deploy).
+    #[rhai_fn(return_raw)]
+    pub fn current(ctx: NativeCallContext, host: HostRef) -> Result<String, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let list =
+            crate::release::list(&session.effects, &super::one(&host)).map_err(super::to_rhai);
+        super::super::located(
+            &ctx,
+            list.map(|l| {
+                l.into_iter()
+                    .find(|r| r.live)
+                    .map(|r| r.name)
+                    .unwrap_or_default()
+            }),
+        )
+    }
+
+    /// The releases on a host, oldest first: `#{ name, state, bad, live, ref, commit, by, created_at }`.
+    #[rhai_fn(return_raw)]
+    pub fn list(ctx: NativeCallContext, host: HostRef) -> Result<Array, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let list =
+            crate::release::list(&session.effects, &super::one(&host)).map_err(super::to_rhai);
+        super::super::located(
+            &ctx,
+            list.map(|l| {
+                l.into_iter()
+                    .map(|r| {
+                        let mut m = Map::new();
+                        m.insert("name".into(), r.name.into());
+                        m.insert("state".into(), r.state.into());
+                        m.insert("bad".into(), r.bad.into());
+                        m.insert("live".into(), r.live.into());
+                        let meta = r.meta.unwrap_or_default();
+                        m.insert("ref".into(), meta.git_ref.into());
+                        m.insert("commit".into(), meta.commit.into());
+                        m.insert("by".into(), meta.by.into());
+                        m.insert("created_at".into(), meta.created_at.into());
+                        Dynamic::from(m)
+                    })
+                    .collect()
+            }),
+        )
+    }
+
+    /// Removes old releases, keeping `app.keep_releases` (the live one counts and is
+    /// never removed; releases being prepared are left alone). Returns `#{ host: [removed] }`.
+    #[rhai_fn(name = "cleanup", return_raw)]
+    pub fn cleanup(ctx: NativeCallContext, hosts: Dynamic) -> Result<Map, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let keep = session
+            .inventory
+            .as_ref()
+            .map_or(5, |i| i.app.keep_releases as i64);
+        cleanup_keep(ctx, hosts, keep)
+    }
+
+    /// `release::cleanup` keeping `keep` releases.
+    #[rhai_fn(name = "cleanup", return_raw)]
+    pub fn cleanup_keep(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        keep: i64,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let result = super::targets(&hosts).and_then(|(targets, _)| {
+            crate::release::cleanup(
+                &session.effects,
+                &targets,
+                usize::try_from(keep).unwrap_or(1),
+            )
+            .map_err(super::to_rhai)
+        });
+        super::super::located(
+            &ctx,
+            result.map(|m| {
+                m.into_iter()
+                    .map(|(h, removed)| {
+                        (
+                            h.into(),
+                            removed
+                                .into_iter()
+                                .map(Dynamic::from)
+                                .collect::<Array>()
+                                .into(),
+                        )
+                    })
+                    .collect()
+            }),
+        )
+    }
+
+    /// Migration files in release `to` that release `from` lacks, on one host — whether
+    /// a rollback from `to` to `from` leaves the database ahead of the code.
+    #[rhai_fn(return_raw)]
+    pub fn new_migrations(
+        ctx: NativeCallContext,
+        host: HostRef,
+        from: &str,
+        to: &str,
+    ) -> Result<Array, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let r = crate::release::new_migrations(&session.effects, &super::one(&host), from, to)
+            .map_err(super::to_rhai);
+        super::super::located(&ctx, r.map(|v| v.into_iter().map(Dynamic::from).collect()))
+    }
+
+    /// The directory of release `name` on a host.
+    pub fn dir(host: HostRef, name: &str) -> String {
+        format!("{}/releases/{name}", host.0.deploy_path)
+    }
+}

@@ -1,0 +1,666 @@
+//! Releases: the layout under `deploy_path`, and the operations on it.
+//!
+//! ```text
+//! <deploy_path>/releases/<name>/     one directory per release (names sort by time)
+//! <deploy_path>/shared/              storage/, .env … linked into every release
+//! <deploy_path>/current              -> releases/<name>   (switched by rename(2) only)
+//! <deploy_path>/.runbook/            repo.git (bare mirror), releases/<name>.json
+//!                                    (metadata), preparing/<name>, bad/<name>, lock/
+//! ```
+//!
+//! Every operation is a fixed POSIX shell script run through the effect layer; values
+//! reach it only as positional arguments (`sh -c SCRIPT sh "$1" "$2" …`), never spliced
+//! into the script text. The switch is always a temporary symlink renamed over `current`
+//! (`mv -T`), never `rm` + `ln`, so a request sees either the old or the new release.
+
+use std::collections::BTreeMap;
+
+use crate::effects::{CommandError, CommandResult, Effects, FanOut, HostOutcome, Target};
+use crate::transport::{CommandSpec, Program};
+
+/// Facts recorded with each release (`.runbook/releases/<name>.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub commit: String,
+    pub source: String,
+    pub by: String,
+    pub run: String,
+    pub created_at: String,
+    pub reason: Option<String>,
+    pub runbook: String,
+}
+
+/// Where a release's code comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A ref of the repository, fetched into a bare mirror on each host.
+    Git { repository: String, git_ref: String },
+    /// A directory or `.tar.gz` built where runbook runs, uploaded to each host.
+    Artifact { path: std::path::PathBuf },
+}
+
+/// What `prepare` needs besides the source.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub shared_dirs: Vec<String>,
+    pub shared_files: Vec<String>,
+    pub writable_dirs: Vec<String>,
+    /// e.g. `composer` — run as `<composer> install --no-dev …` when composer.json exists.
+    pub composer: String,
+}
+
+/// A failure on some hosts of a set.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ReleaseError {
+    pub message: String,
+    pub interrupted: bool,
+}
+
+impl ReleaseError {
+    fn new(message: impl Into<String>) -> ReleaseError {
+        ReleaseError {
+            message: message.into(),
+            interrupted: false,
+        }
+    }
+}
+
+const GIT_FETCH: &str = r#"set -eu
+root=$1 name=$2 repo=$3 ref=$4
+meta=$root/.runbook rel=$root/releases/$name
+mkdir -p "$root/releases" "$root/shared" "$meta/preparing" "$meta/bad" "$meta/releases"
+touch "$meta/preparing/$name"
+if [ -d "$meta/repo.git" ]; then
+  git -C "$meta/repo.git" remote set-url origin "$repo"
+  git -C "$meta/repo.git" fetch --quiet --prune --tags origin '+refs/heads/*:refs/heads/*'
+else
+  git clone --quiet --mirror "$repo" "$meta/repo.git"
+fi
+commit=$(git -C "$meta/repo.git" rev-parse --verify --quiet "$ref^{commit}") || {
+  echo "ref '$ref' does not exist in $repo" >&2; exit 3; }
+mkdir "$rel"
+git -C "$meta/repo.git" archive --format=tar "$commit" | tar -x -C "$rel"
+echo "$commit"
+"#;
+
+const ARTIFACT_START: &str = r#"set -eu
+root=$1 name=$2
+meta=$root/.runbook
+mkdir -p "$root/releases" "$root/shared" "$meta/preparing" "$meta/bad" "$meta/releases"
+touch "$meta/preparing/$name"
+mkdir "$root/releases/$name"
+"#;
+
+const ARTIFACT_UNPACK: &str = r#"set -eu
+root=$1 name=$2 archive=$3
+tar -xzf "$archive" -C "$root/releases/$name"
+rm -f "$archive"
+"#;
+
+/// Links shared paths, makes dirs writable, runs composer, records metadata; the release
+/// is complete (a rollback target) only once its metadata exists.
+const FINISH: &str = r#"set -eu
+root=$1 name=$2 dirs=$3 files=$4 writable=$5 composer=$6 meta_json=$7 commit=$8
+rel=$root/releases/$name shared=$root/shared
+printf '%s\n' "$dirs" | while IFS= read -r d; do
+  [ -n "$d" ] || continue
+  if [ ! -e "$shared/$d" ]; then
+    mkdir -p "$(dirname "$shared/$d")"
+    if [ -d "$rel/$d" ]; then cp -a "$rel/$d" "$shared/$d"; else mkdir -p "$shared/$d"; fi
+  fi
+  rm -rf "$rel/$d"
+  mkdir -p "$(dirname "$rel/$d")"
+  ln -s "$shared/$d" "$rel/$d"
+done
+printf '%s\n' "$files" | while IFS= read -r f; do
+  [ -n "$f" ] || continue
+  if [ ! -e "$shared/$f" ]; then
+    mkdir -p "$(dirname "$shared/$f")"
+    if [ -f "$rel/$f" ]; then cp -a "$rel/$f" "$shared/$f"; else : > "$shared/$f"; fi
+  fi
+  rm -f "$rel/$f"
+  mkdir -p "$(dirname "$rel/$f")"
+  ln -s "$shared/$f" "$rel/$f"
+done
+printf '%s\n' "$writable" | while IFS= read -r w; do
+  [ -n "$w" ] || continue
+  mkdir -p "$rel/$w"
+  chmod -R u+rwX,g+rwX "$rel/$w/"
+done
+if [ -f "$rel/composer.json" ] && [ -n "$composer" ]; then
+  if command -v "${composer%% *}" >/dev/null 2>&1; then
+    (cd "$rel" && $composer install --no-dev --optimize-autoloader --no-interaction --no-progress)
+  else
+    echo "skipped: composer.json is present but '${composer%% *}' is not installed" >&2
+  fi
+fi
+printf '%s\n' "$commit" > "$rel/REVISION"
+printf '%s\n' "$meta_json" > "$root/.runbook/releases/$name.json"
+rm -f "$root/.runbook/preparing/$name"
+"#;
+
+const ABANDON: &str = r#"root=$1 name=$2
+rm -rf "$root/releases/$name" "$root/.runbook/releases/$name.json"
+rm -f "$root/.runbook/preparing/$name"
+"#;
+
+const ACTIVATE: &str = r#"set -eu
+root=$1 name=$2
+[ -d "$root/releases/$name" ] || { echo "release $name does not exist on this host" >&2; exit 3; }
+[ ! -e "$root/.runbook/preparing/$name" ] || { echo "release $name is incomplete (still being prepared)" >&2; exit 3; }
+prev=$(readlink "$root/current" 2>/dev/null || true)
+tmp=$root/.current.$name.$$
+ln -s "releases/$name" "$tmp"
+mv -T "$tmp" "$root/current"
+echo "${prev##*/}"
+"#;
+
+const ROLLBACK: &str = r#"set -eu
+root=$1 target=$2
+cur=$(readlink "$root/current" 2>/dev/null || true); cur=${cur##*/}
+if [ -z "$target" ]; then
+  seen=0
+  [ -n "$cur" ] || seen=1
+  for r in $(ls -1 "$root/releases" | sort -r); do
+    if [ "$r" = "$cur" ]; then seen=1; continue; fi
+    [ "$seen" = 1 ] || continue
+    [ -e "$root/.runbook/bad/$r" ] && continue
+    [ -e "$root/.runbook/preparing/$r" ] && continue
+    [ -e "$root/.runbook/releases/$r.json" ] || continue
+    target=$r; break
+  done
+  [ -n "$target" ] || { echo "no earlier good release to roll back to (current: ${cur:-none})" >&2; exit 3; }
+fi
+[ -d "$root/releases/$target" ] || { echo "release $target does not exist on this host" >&2; exit 3; }
+[ -e "$root/.runbook/releases/$target.json" ] || { echo "release $target is incomplete" >&2; exit 3; }
+mkdir -p "$root/.runbook/bad"
+[ -z "$cur" ] || [ "$cur" = "$target" ] || touch "$root/.runbook/bad/$cur"
+rm -f "$root/.runbook/bad/$target"
+tmp=$root/.current.$target.$$
+ln -s "releases/$target" "$tmp"
+mv -T "$tmp" "$root/current"
+echo "$cur $target"
+"#;
+
+const LIST: &str = r#"root=$1
+cur=$(readlink "$root/current" 2>/dev/null || true); cur=${cur##*/}
+[ -d "$root/releases" ] || exit 0
+for r in $(ls -1 "$root/releases" | sort); do
+  state=complete
+  [ -e "$root/.runbook/releases/$r.json" ] || state=incomplete
+  [ -e "$root/.runbook/preparing/$r" ] && state=preparing
+  bad=no; [ -e "$root/.runbook/bad/$r" ] && bad=yes
+  live=no; [ "$r" = "$cur" ] && live=yes
+  meta=$(cat "$root/.runbook/releases/$r.json" 2>/dev/null | tr -d '\n' || true)
+  printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$state" "$bad" "$live" "$meta"
+done
+"#;
+
+/// Keeps the newest `keep` complete releases (the live one counts, and is never
+/// removed), removes half-created ones, and leaves releases being prepared alone
+/// unless their marker is a day old (a killed run).
+const CLEANUP: &str = r#"set -eu
+root=$1 keep=$2
+cur=$(readlink "$root/current" 2>/dev/null || true); cur=${cur##*/}
+[ -d "$root/releases" ] || exit 0
+n=0; [ -z "$cur" ] || n=1
+for r in $(ls -1 "$root/releases" | sort -r); do
+  [ "$r" = "$cur" ] && continue
+  if [ -e "$root/.runbook/preparing/$r" ]; then
+    [ -n "$(find "$root/.runbook/preparing/$r" -mmin +1440 2>/dev/null)" ] || continue
+  elif [ -e "$root/.runbook/releases/$r.json" ]; then
+    n=$((n + 1))
+    [ "$n" -gt "$keep" ] || continue
+  fi
+  rm -rf "$root/releases/$r"
+  rm -f "$root/.runbook/releases/$r.json" "$root/.runbook/bad/$r" "$root/.runbook/preparing/$r"
+  echo "$r"
+done
+"#;
+
+fn script(label: String, body: &str, args: &[&str]) -> CommandSpec {
+    let mut argv = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        body.to_owned(),
+        "sh".to_owned(),
+    ];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let mut spec = CommandSpec::new(Program::Argv(argv));
+    spec.label = Some(label);
+    spec
+}
+
+fn root(t: &Target) -> String {
+    match t {
+        Target::Host(h) => h.deploy_path.clone(),
+        Target::Local => String::new(),
+    }
+}
+
+/// Runs a per-host script on every target; all must succeed.
+fn on_all(
+    effects: &Effects,
+    targets: &[Target],
+    build: impl Fn(&Target) -> CommandSpec,
+) -> Result<Vec<CommandResult>, ReleaseError> {
+    let mut fan = FanOut::new();
+    fan.fail_fast = false;
+    let outcomes = effects.run_many_with(targets, &|t: &Target| build(t), &fan);
+    collect(targets, outcomes)
+}
+
+fn collect(
+    targets: &[Target],
+    outcomes: Vec<HostOutcome>,
+) -> Result<Vec<CommandResult>, ReleaseError> {
+    let mut ok = Vec::new();
+    let mut failed: Vec<CommandError> = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            HostOutcome::Done(Ok(r)) => ok.push(r),
+            HostOutcome::Done(Err(e)) => failed.push(e),
+            HostOutcome::Skipped => {}
+        }
+    }
+    if failed.is_empty() && ok.len() == targets.len() {
+        return Ok(ok);
+    }
+    let interrupted = failed.iter().any(CommandError::is_interrupt);
+    let mut message = format!("{} of {} hosts failed:", failed.len().max(1), targets.len());
+    for f in &failed {
+        message.push_str(&format!("\n- {}", f.to_string().replace('\n', "\n  ")));
+    }
+    Err(ReleaseError {
+        message,
+        interrupted,
+    })
+}
+
+/// A release name that sorts by time: `20261127T013300Z`, with `-2`, `-3` … when the
+/// second is taken on any host.
+pub fn choose_name(
+    effects: &Effects,
+    targets: &[Target],
+    now: &str,
+) -> Result<String, ReleaseError> {
+    let probe =
+        r#"root=$1; shift; for n in "$@"; do [ -e "$root/releases/$n" ] && echo "$n"; done; true"#;
+    let candidates: Vec<String> = std::iter::once(now.to_owned())
+        .chain((2..=20).map(|i| format!("{now}-{i}")))
+        .collect();
+    let probe_spec = |t: &Target| {
+        let r = root(t);
+        let mut args: Vec<&str> = vec![r.as_str()];
+        args.extend(candidates.iter().map(String::as_str));
+        let mut s = script("release: probe free release names".into(), probe, &args);
+        s.quiet = true;
+        s
+    };
+    let taken: Vec<String> = on_all(effects, targets, probe_spec)?
+        .iter()
+        .flat_map(|r| r.stdout.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    candidates
+        .into_iter()
+        .find(|c| !taken.contains(c))
+        .ok_or_else(|| {
+            ReleaseError::new(
+                "20 releases were created within one second: refusing to make another",
+            )
+        })
+}
+
+/// Creates a new release on every target; on any failure, removes it everywhere and
+/// leaves `current` untouched.
+pub fn prepare(
+    effects: &Effects,
+    targets: &[Target],
+    name: &str,
+    source: &Source,
+    settings: &Settings,
+    meta: &Metadata,
+) -> Result<String, ReleaseError> {
+    let result = prepare_inner(effects, targets, name, source, settings, meta);
+    if result.is_err() && !effects.dry_run() {
+        // Best effort: a half-created release must never become a rollback target.
+        let _ = on_all(effects, targets, |t| {
+            script(
+                format!("release: remove the unfinished release {name}"),
+                ABANDON,
+                &[&root(t), name],
+            )
+        });
+    }
+    result
+}
+
+fn prepare_inner(
+    effects: &Effects,
+    targets: &[Target],
+    name: &str,
+    source: &Source,
+    settings: &Settings,
+    meta: &Metadata,
+) -> Result<String, ReleaseError> {
+    let commit = match source {
+        Source::Git {
+            repository,
+            git_ref,
+        } => {
+            let results = on_all(effects, targets, |t| {
+                script(
+                    format!("release: fetch {git_ref} from {repository} into releases/{name}"),
+                    GIT_FETCH,
+                    &[&root(t), name, repository, git_ref],
+                )
+            })?;
+            let commits: Vec<String> = results.iter().map(|r| r.stdout.trim().to_owned()).collect();
+            if let Some(first) = commits.first()
+                && commits.iter().any(|c| c != first)
+            {
+                return Err(ReleaseError::new(format!(
+                    "hosts resolved `{git_ref}` to different commits ({}): is the repository the same everywhere?",
+                    commits.join(", ")
+                )));
+            }
+            commits.into_iter().next().unwrap_or_default()
+        }
+        Source::Artifact { path } => {
+            on_all(effects, targets, |t| {
+                script(
+                    format!("release: create releases/{name}"),
+                    ARTIFACT_START,
+                    &[&root(t), name],
+                )
+            })?;
+            let is_tarball = path.extension().is_some_and(|e| e == "gz" || e == "tgz");
+            if is_tarball {
+                // The tarball itself travels; it is unpacked into the release on the host.
+                let remote = |t: &Target| format!("{}/.runbook/artifact-{name}.tar.gz", root(t));
+                for t in targets {
+                    upload_all(effects, std::slice::from_ref(t), path, &remote(t))?;
+                }
+                on_all(effects, targets, |t| {
+                    script(
+                        format!("release: unpack the artifact into releases/{name}"),
+                        ARTIFACT_UNPACK,
+                        &[&root(t), name, &remote(t)],
+                    )
+                })?;
+            } else {
+                for t in targets {
+                    upload_all(
+                        effects,
+                        std::slice::from_ref(t),
+                        path,
+                        &format!("{}/releases/{name}", root(t)),
+                    )?;
+                }
+            }
+            "artifact".to_owned()
+        }
+    };
+    let mut meta = meta.clone();
+    meta.name = name.to_owned();
+    meta.commit.clone_from(&commit);
+    let meta_json = serde_json::to_string(&meta).unwrap_or_default();
+    let dirs = settings.shared_dirs.join("\n");
+    let files = settings.shared_files.join("\n");
+    let writable = settings.writable_dirs.join("\n");
+    on_all(effects, targets, |t| {
+        script(
+            format!("release: link shared paths, dependencies, metadata of {name}"),
+            FINISH,
+            &[
+                &root(t),
+                name,
+                &dirs,
+                &files,
+                &writable,
+                &settings.composer,
+                &meta_json,
+                &commit,
+            ],
+        )
+    })?;
+    Ok(name.to_owned())
+}
+
+fn upload_all(
+    effects: &Effects,
+    targets: &[Target],
+    local: &std::path::Path,
+    remote: &str,
+) -> Result<(), ReleaseError> {
+    for r in effects.upload(targets, local, remote) {
+        r.map_err(|e| ReleaseError::new(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Points `current` at `name` on every target. Returns the release each host was on.
+pub fn activate(
+    effects: &Effects,
+    targets: &[Target],
+    name: &str,
+) -> Result<BTreeMap<String, String>, ReleaseError> {
+    let results = on_all(effects, targets, |t| {
+        script(
+            format!("release: switch current to {name}"),
+            ACTIVATE,
+            &[&root(t), name],
+        )
+    })?;
+    Ok(results
+        .into_iter()
+        .map(|r| (r.host, r.stdout.trim().to_owned()))
+        .collect())
+}
+
+/// Switches back to the previous good release (or `target`) on every target, marking
+/// the release switched away from as bad. Returns `host -> (from, to)`.
+pub fn rollback(
+    effects: &Effects,
+    targets: &[Target],
+    target: Option<&str>,
+) -> Result<BTreeMap<String, (String, String)>, ReleaseError> {
+    let results = on_all(effects, targets, |t| {
+        script(
+            format!(
+                "release: roll back to {}",
+                target.unwrap_or("the previous good release")
+            ),
+            ROLLBACK,
+            &[&root(t), target.unwrap_or("")],
+        )
+    })?;
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            let mut parts = r.stdout.split_whitespace();
+            let from = parts.next().unwrap_or("").to_owned();
+            let to = parts.next().unwrap_or("").to_owned();
+            (r.host, (from, to))
+        })
+        .collect())
+}
+
+/// One release as seen on one host.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub state: String,
+    pub bad: bool,
+    pub live: bool,
+    pub meta: Option<Metadata>,
+}
+
+pub fn list(effects: &Effects, target: &Target) -> Result<Vec<Listed>, ReleaseError> {
+    let mut spec = script("release: list".into(), LIST, &[&root(target)]);
+    spec.quiet = true;
+    let r = effects.run(target, &spec).map_err(|e| ReleaseError {
+        interrupted: e.is_interrupt(),
+        message: e.to_string(),
+    })?;
+    Ok(r.stdout
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.splitn(5, '\t');
+            Some(Listed {
+                name: f.next()?.to_owned(),
+                state: f.next()?.to_owned(),
+                bad: f.next()? == "yes",
+                live: f.next()? == "yes",
+                meta: f.next().and_then(|m| serde_json::from_str(m).ok()),
+            })
+        })
+        .collect())
+}
+
+/// Prunes old releases on every target; returns `host -> removed names`.
+pub fn cleanup(
+    effects: &Effects,
+    targets: &[Target],
+    keep: usize,
+) -> Result<BTreeMap<String, Vec<String>>, ReleaseError> {
+    let keep = keep.max(1).to_string();
+    let results = on_all(effects, targets, |t| {
+        script(
+            format!("release: clean up (keep {keep})"),
+            CLEANUP,
+            &[&root(t), &keep],
+        )
+    })?;
+    Ok(results
+        .into_iter()
+        .map(|r| (r.host, r.stdout.lines().map(str::to_owned).collect()))
+        .collect())
+}
+
+/// Migration files present in release `to` but not in `from` on one host.
+pub fn new_migrations(
+    effects: &Effects,
+    target: &Target,
+    from: &str,
+    to: &str,
+) -> Result<Vec<String>, ReleaseError> {
+    let body = r#"root=$1 from=$2 to=$3
+ls -1 "$root/releases/$to/database/migrations" 2>/dev/null | sort > "${TMPDIR:-/tmp}/rb-mig-to.$$" || true
+ls -1 "$root/releases/$from/database/migrations" 2>/dev/null | sort > "${TMPDIR:-/tmp}/rb-mig-from.$$" || true
+comm -23 "${TMPDIR:-/tmp}/rb-mig-to.$$" "${TMPDIR:-/tmp}/rb-mig-from.$$"
+rm -f "${TMPDIR:-/tmp}/rb-mig-to.$$" "${TMPDIR:-/tmp}/rb-mig-from.$$"
+"#;
+    let mut spec = script(
+        format!("release: migrations in {to} but not in {from}"),
+        body,
+        &[&root(target), from, to],
+    );
+    spec.quiet = true;
+    let r = effects
+        .run(target, &spec)
+        .map_err(|e| ReleaseError::new(e.to_string()))?;
+    Ok(r.stdout.lines().map(str::to_owned).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a release script locally with `sh`, as a host would.
+    fn sh(body: &str, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(body)
+            .arg("sh")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn make_release(root: &str, name: &str) {
+        assert_eq!(sh(ARTIFACT_START, &[root, name]).0, 0);
+        let (code, _, err) = sh(
+            FINISH,
+            &[root, name, "storage", ".env", "storage", "", "{}", "abc"],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+
+    #[test]
+    fn activate_rollback_and_cleanup_keep_current_on_a_complete_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        for n in ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"] {
+            make_release(root, n);
+        }
+        let live = |()| std::fs::read_link(dir.path().join("current")).unwrap();
+        assert_eq!(sh(ACTIVATE, &[root, "20260103T000000Z"]).1, "\n");
+        assert_eq!(live(()), std::path::Path::new("releases/20260103T000000Z"));
+        // Shared paths are links into shared/.
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("releases/20260103T000000Z/.env"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+
+        let (code, out, _) = sh(ROLLBACK, &[root, ""]);
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "20260103T000000Z 20260102T000000Z\n")
+        );
+        assert!(dir.path().join(".runbook/bad/20260103T000000Z").exists());
+        // The bad release is skipped by the next rollback.
+        let (_, out, _) = sh(ROLLBACK, &[root, ""]);
+        assert_eq!(out, "20260102T000000Z 20260101T000000Z\n");
+        let (code, _, err) = sh(ROLLBACK, &[root, ""]);
+        assert_eq!(code, 3);
+        assert!(err.contains("no earlier good release"), "{err}");
+
+        // A half-created release is never a target and is cleaned up.
+        assert_eq!(sh(ARTIFACT_START, &[root, "20260104T000000Z"]).0, 0);
+        std::fs::remove_file(dir.path().join(".runbook/preparing/20260104T000000Z")).unwrap();
+        let (_, removed, _) = sh(CLEANUP, &[root, "1"]);
+        let removed: Vec<&str> = removed.lines().collect();
+        assert_eq!(
+            removed,
+            ["20260104T000000Z", "20260103T000000Z", "20260102T000000Z"]
+        );
+        assert_eq!(live(()), std::path::Path::new("releases/20260101T000000Z"));
+    }
+
+    #[test]
+    fn an_incomplete_release_cannot_be_activated() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        assert_eq!(sh(ARTIFACT_START, &[root, "r1"]).0, 0);
+        let (code, _, err) = sh(ACTIVATE, &[root, "r1"]);
+        assert_eq!(code, 3);
+        assert!(err.contains("incomplete"), "{err}");
+        assert!(!dir.path().join("current").exists());
+    }
+
+    #[test]
+    fn values_with_shell_syntax_stay_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a b; $(touch pwned)");
+        let root = root.to_str().unwrap();
+        make_release(root, "r1");
+        assert!(
+            std::path::Path::new(root)
+                .join("releases/r1/REVISION")
+                .exists()
+        );
+        assert!(!std::path::Path::new("pwned").exists());
+    }
+}
