@@ -277,11 +277,18 @@ fn the_demo_rollout_switches_current_atomically_and_keeps_releases_bounded() {
     let current = std::fs::read_link(deploy.join("current")).unwrap();
     assert!(current.starts_with("releases/"), "{current:?}");
     let live = current.file_name().unwrap().to_str().unwrap().to_owned();
-    let meta = std::fs::read_to_string(deploy.join(format!(".runbook/releases/{live}.json"))).unwrap();
+    let meta =
+        std::fs::read_to_string(deploy.join(format!(".runbook/releases/{live}.json"))).unwrap();
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
     assert_eq!(meta["reason"], "weekly release");
-    assert!(meta["source"].as_str().unwrap().starts_with("artifact "), "{meta}");
-    assert!(!deploy.join(".runbook/lock").exists(), "the lock was released");
+    assert!(
+        meta["source"].as_str().unwrap().starts_with("artifact "),
+        "{meta}"
+    );
+    assert!(
+        !deploy.join(".runbook/lock").exists(),
+        "the lock was released"
+    );
     assert_eq!(
         std::fs::read_to_string(deploy.join("current/public/index.html")).unwrap(),
         "v1"

@@ -81,3 +81,32 @@ fn sigint_kills_the_command_runs_on_failure_and_exits_130() {
 fn sigterm_is_handled_like_ctrl_c() {
     interrupt_during_a_long_command(Signal::SIGTERM);
 }
+
+#[test]
+fn ctrl_c_ends_a_sleep_at_once() {
+    let t = Test::new().file("scripts/wait.rhai", "print(\"waiting\");\nsleep(300);\n");
+    let mut child = t
+        .command()
+        .args(["run", "wait", "-e", "dev"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "waiting");
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    // Bounded wait: a sleep that ignored Ctrl-C would hold the run for five minutes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "Ctrl-C did not end sleep()");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+}

@@ -195,7 +195,7 @@ fn an_unknown_host_key_is_refused_by_default_and_accepted_with_accept_new() {
 
 fn remote_sleep_running(tag: &str) -> bool {
     std::process::Command::new("pgrep")
-        .args(["-f", &format!("sleep {tag}")])
+        .args(["-f", &format!("^sleep {tag}")])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())

@@ -86,13 +86,14 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         (diagnostic, interrupted)
     });
 
+    // The failure path and the clean-up below must be able to run commands (switch
+    // back, release the lock) after a Ctrl-C; a further signal interrupts them again.
+    interrupt.acknowledge();
     if let Some((diagnostic, interrupted)) = &failure
         && ast
             .iter_functions()
             .any(|f| f.name == "on_failure" && f.params.len() == 1)
     {
-        // The failure path may need to run commands (release a lock, switch back).
-        interrupt.acknowledge();
         let mut err = Map::new();
         err.insert("message".into(), diagnostic.message.clone().into());
         err.insert(

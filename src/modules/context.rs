@@ -190,6 +190,26 @@ fn hosts_of(ctx: &NativeCallContext, role: Option<&str>) -> Result<HostSet, Box<
     env.select(role).map(HostSet).map_err(super::error)
 }
 
+fn sleep_for(ctx: &NativeCallContext, duration: &Dynamic) -> Result<(), Box<EvalAltResult>> {
+    let d = duration_arg(duration)?;
+    let session = super::session(ctx)?;
+    if session.info.dry_run {
+        return Ok(());
+    }
+    let interrupt = session.effects.interrupt();
+    let since = interrupt.count();
+    let interrupted = session.effects.runtime().block_on(async {
+        tokio::select! {
+            () = tokio::time::sleep(d) => false,
+            () = interrupt.after(since) => true,
+        }
+    });
+    if interrupted || interrupt.pending() {
+        return Err(super::interrupted());
+    }
+    Ok(())
+}
+
 #[export_module]
 pub mod core_api {
     use crate::output::{Event, Kind, Outcome};
@@ -292,25 +312,21 @@ pub mod core_api {
         chrono::Utc::now().timestamp_millis()
     }
 
-    /// Waits, e.g. `sleep("5s")` or `sleep(2)`; Ctrl-C ends the wait.
-    #[rhai_fn(return_raw)]
-    pub fn sleep(ctx: NativeCallContext, duration: Dynamic) -> Result<(), Box<EvalAltResult>> {
-        let d = super::duration_arg(&duration)?;
-        let session = super::super::session(&ctx)?;
-        if session.info.dry_run {
-            return Ok(());
-        }
-        let interrupt = session.effects.interrupt();
-        let since = interrupt.count();
-        let interrupted = session.effects.runtime().block_on(async {
-            tokio::select! {
-                () = tokio::time::sleep(d) => false,
-                () = interrupt.after(since) => true,
-            }
-        });
-        if interrupted || interrupt.pending() {
-            return Err(super::super::interrupted());
-        }
-        Ok(())
+    /// Waits, e.g. `sleep("5s")`; Ctrl-C ends the wait (Rhai's own `sleep` would not).
+    #[rhai_fn(name = "sleep", return_raw)]
+    pub fn sleep_text(ctx: NativeCallContext, duration: &str) -> Result<(), Box<EvalAltResult>> {
+        super::sleep_for(&ctx, &Dynamic::from(duration.to_owned()))
+    }
+
+    /// Waits `seconds`; Ctrl-C ends the wait.
+    #[rhai_fn(name = "sleep", return_raw)]
+    pub fn sleep_int(ctx: NativeCallContext, seconds: i64) -> Result<(), Box<EvalAltResult>> {
+        super::sleep_for(&ctx, &Dynamic::from(seconds))
+    }
+
+    /// Waits `seconds` (fractional); Ctrl-C ends the wait.
+    #[rhai_fn(name = "sleep", return_raw)]
+    pub fn sleep_float(ctx: NativeCallContext, seconds: f64) -> Result<(), Box<EvalAltResult>> {
+        super::sleep_for(&ctx, &Dynamic::from(seconds))
     }
 }

@@ -28,6 +28,8 @@ pub const MAX_CHANNELS: usize = 10;
 /// dead host is noticed within about ten seconds).
 const ALIVE_COUNT_MAX: u32 = 2;
 const PGID_MARKER: &str = "__runbook_pgid ";
+/// How long a command may take to report its process group (a slow login shell).
+const MARKER_WAIT: Duration = Duration::from_secs(30);
 /// A master left behind by a killed runbook exits after this long without use; a live
 /// run whose master timed out reconnects on the next command.
 const MASTER_IDLE_SECS: usize = 600;
@@ -234,34 +236,39 @@ impl SshPool {
             });
         }
         let stdout = child.stdout().take();
-        let stderr = child.stderr().take();
-        let pgid: Arc<Mutex<Option<i64>>> = Arc::default();
+        // The wrapper's first stderr line is its process-group id: read it before
+        // anything else, so that a Ctrl-C or timeout a moment later can still kill it.
+        let mut err_reader = child.stderr().take().map(BufReader::new);
+        let mut pgid: Option<i64> = None;
+        let mut first_line: Option<String> = None;
+        if let Some(reader) = err_reader.as_mut() {
+            let wait = spec.timeout.unwrap_or(MARKER_WAIT).min(MARKER_WAIT);
+            let mut first = String::new();
+            if let Ok(Ok(n)) = tokio::time::timeout(wait, reader.read_line(&mut first)).await
+                && n > 0
+            {
+                match first.trim_end().strip_prefix(PGID_MARKER) {
+                    Some(id) => pgid = id.parse().ok(),
+                    None => first_line = Some(first),
+                }
+            }
+        }
         let mut out_buf = String::new();
         let mut err_buf = String::new();
         let quiet = spec.quiet;
         let reading = async {
-            let err_reader = async {
-                let Some(stderr) = stderr else { return };
-                let mut reader = BufReader::new(stderr);
-                let mut first = String::new();
-                if reader.read_line(&mut first).await.unwrap_or(0) > 0 {
-                    match first.trim_end().strip_prefix(PGID_MARKER) {
-                        Some(id) => {
-                            *pgid.lock().unwrap_or_else(|e| e.into_inner()) = id.parse().ok();
-                        }
-                        None => {
-                            if !quiet {
-                                on_line(Stream::Stderr, first.trim_end_matches(['\n', '\r']));
-                            }
-                            err_buf.push_str(&first);
-                        }
+            let err_pump = async {
+                if let Some(first) = &first_line {
+                    if !quiet {
+                        on_line(Stream::Stderr, first.trim_end_matches(['\n', '\r']));
                     }
+                    err_buf.push_str(first);
                 }
-                pump(Some(reader), Stream::Stderr, &mut err_buf, on_line, quiet).await;
+                pump(err_reader, Stream::Stderr, &mut err_buf, on_line, quiet).await;
             };
             tokio::join!(
                 pump(stdout, Stream::Stdout, &mut out_buf, on_line, quiet),
-                err_reader
+                err_pump
             );
             child.wait().await
         };
@@ -302,9 +309,8 @@ impl SshPool {
             }
             End::Exited(Err(e)) => Err(disconnected(&e, partial(out_buf, err_buf))),
             End::Timeout | End::Interrupted => {
-                let id = *pgid.lock().unwrap_or_else(|e| e.into_inner());
-                tracing::debug!(?id, "ending the remote process group");
-                if let Some(id) = id {
+                tracing::debug!(?pgid, "ending the remote process group");
+                if let Some(id) = pgid {
                     self.kill_group(&conn, id, spec.sudo.as_deref()).await;
                 }
                 let partial = partial(out_buf, err_buf);

@@ -1,0 +1,378 @@
+//! Releases, locks and artisan on the sshd fleet with a real Laravel app behind real
+//! nginx + php-fpm: what an on-call engineer sees through the browser after each step.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fleet::{Fleet, USER};
+use crate::harness::Test;
+use crate::web::WebStack;
+
+/// A bare git repository (owned by the deploy user, as on a real git server) holding the
+/// test app at tag v1 and, with a second migration, at tag v2.
+struct Repo {
+    path: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+impl Repo {
+    fn create(base: &Path) -> Repo {
+        let work = base.join("work");
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/laravel");
+        assert!(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&app)
+                .arg(&work)
+                .status()
+                .unwrap()
+                .success()
+        );
+        git(&work, &["init", "-q"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "v1"]);
+        git(&work, &["tag", "v1"]);
+        std::fs::write(
+            work.join("database/migrations/2026_02_01_000000_create_notes_table.php"),
+            "<?php\nuse Illuminate\\Database\\Migrations\\Migration;\nuse Illuminate\\Database\\Schema\\Blueprint;\nuse Illuminate\\Support\\Facades\\Schema;\nreturn new class extends Migration {\n    public function up() { Schema::create('notes', function (Blueprint $t) { $t->id(); }); }\n    public function down() { Schema::dropIfExists('notes'); }\n};\n",
+        )
+        .unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "v2"]);
+        git(&work, &["tag", "v2"]);
+        let path = base.join("app.git");
+        assert!(
+            Command::new("git")
+                .args(["clone", "-q", "--bare"])
+                .arg(&work)
+                .arg(&path)
+                .status()
+                .unwrap()
+                .success()
+        );
+        for p in [base, path.as_path()] {
+            Command::new("chmod").arg("755").arg(p).status().unwrap();
+        }
+        Command::new("chown")
+            .args(["-R", USER])
+            .arg(&path)
+            .status()
+            .unwrap();
+        Repo { path }
+    }
+}
+
+struct Site {
+    fleet: Fleet,
+    web: WebStack,
+    repo: Repo,
+    _repo_dir: tempfile::TempDir,
+    roots: Vec<(String, String)>,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        for (_, root) in &self.roots {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+}
+
+fn site(n: usize) -> Option<Site> {
+    let fleet = Fleet::start(n)?;
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        fleet.hosts[0].addr.replace('.', "-")
+    );
+    let roots: Vec<(String, String)> = fleet
+        .hosts
+        .iter()
+        .map(|h| (h.name.clone(), format!("/home/{USER}/rbt-{tag}/{}", h.name)))
+        .collect();
+    let web = WebStack::start(&roots)?;
+    let repo_dir = tempfile::tempdir().unwrap();
+    let repo = Repo::create(repo_dir.path());
+    Some(Site {
+        fleet,
+        web,
+        repo,
+        _repo_dir: repo_dir,
+        roots,
+    })
+}
+
+impl Site {
+    fn inventory(&self) -> String {
+        let hosts: Vec<String> = self
+            .fleet
+            .hosts
+            .iter()
+            .zip(&self.roots)
+            .map(|(h, (_, root))| {
+                format!(
+                    "{} = {{ address = \"{}\", port = {}, deploy_path = \"{root}\" }}",
+                    h.name, h.addr, h.port
+                )
+            })
+            .collect();
+        let names: Vec<String> = self
+            .fleet
+            .hosts
+            .iter()
+            .map(|h| format!("\"{}\"", h.name))
+            .collect();
+        format!(
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 2\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n[env.fleet]\nhosts = {{ {hosts} }}\nroles = {{ web = [{names}] }}\n",
+            repo = self.repo.path.display(),
+            key = self.fleet.client_key().display(),
+            kh = self.fleet.known_hosts.display(),
+            hosts = hosts.join(", "),
+            names = names.join(", ")
+        )
+    }
+
+    fn project(&self) -> Test {
+        let deploy =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/deploy.rhai"))
+                .unwrap();
+        Test::bare()
+            .file("runbook.toml", &self.inventory())
+            .file("scripts/deploy.rhai", &deploy)
+            .file(
+                "scripts/down.rhai",
+                "import \"laravel\" as laravel;\nlaravel::down(hosts(\"web\"));\n",
+            )
+            .file(
+                "scripts/up.rhai",
+                "import \"laravel\" as laravel;\nlaravel::up(hosts(\"web\"));\n",
+            )
+            .file(
+                "scripts/rollback.rhai",
+                "let r = release::rollback(hosts(\"web\"));\nprint(r);\n",
+            )
+            .file(
+                "scripts/hold.rhai",
+                "lock::acquire(hosts(\"web\"));\nprint(\"holding\");\nsleep(60);\n",
+            )
+    }
+
+    fn run(&self, args: &[&str]) -> crate::harness::Output {
+        self.project().args(args).run()
+    }
+
+    /// The release each host's nginx serves, from /api/health.
+    fn served(&self, host: &str) -> (u16, Option<String>, i64) {
+        let (status, body) = self.web.get(host, "/api/health");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        (
+            status,
+            json["release"].as_str().map(str::to_owned),
+            json["migrations"].as_i64().unwrap_or(-1),
+        )
+    }
+
+    fn current(&self, i: usize) -> String {
+        std::fs::read_link(Path::new(&self.roots[i].1).join("current"))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn releases(&self, i: usize) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(Path::new(&self.roots[i].1).join("releases"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn a_full_release_cycle_is_visible_through_nginx() {
+    let Some(site) = site(2) else { return };
+
+    // v1: first deploy from git.
+    site.run(&["run", "deploy", "-e", "fleet", "ref=v1", "-q"])
+        .code(0);
+    let v1 = site.current(0);
+    assert!(!v1.is_empty());
+    for (host, _) in &site.roots {
+        assert_eq!(
+            site.served(host),
+            (200, Some(v1.clone()), 1),
+            "{host} after v1"
+        );
+    }
+
+    // v2 brings a migration; nginx serves the new release on the next request.
+    std::thread::sleep(Duration::from_millis(1100)); // a new second: a new release name
+    site.run(&["run", "deploy", "-e", "fleet", "ref=v2", "-q"])
+        .code(0);
+    let v2 = site.current(0);
+    assert_ne!(v1, v2);
+    for (host, _) in &site.roots {
+        assert_eq!(
+            site.served(host),
+            (200, Some(v2.clone()), 2),
+            "{host} after v2"
+        );
+    }
+    let meta = std::fs::read_to_string(
+        Path::new(&site.roots[0].1).join(format!(".runbook/releases/{v2}.json")),
+    )
+    .unwrap();
+    assert!(meta.contains("\"ref\":\"v2\""), "{meta}");
+
+    // Maintenance mode, for real.
+    site.run(&["run", "down", "-e", "fleet", "-q"]).code(0);
+    assert_eq!(site.web.get("web1", "/api/health").0, 503);
+    site.run(&["run", "up", "-e", "fleet", "-q"]).code(0);
+    assert_eq!(site.web.get("web1", "/api/health").0, 200);
+
+    // A ref that does not exist: nothing changes, no half-release is left.
+    let before = site.releases(0);
+    site.run(&["run", "deploy", "-e", "fleet", "ref=no-such-tag", "-q"])
+        .code(1)
+        .stderr_has("ref 'no-such-tag' does not exist");
+    assert_eq!(site.releases(0), before);
+    assert_eq!(site.current(0), v2);
+    assert_eq!(site.served("web2").1, Some(v2.clone()));
+
+    // Rollback: back to v1, and v2 is marked bad.
+    site.run(&["run", "rollback", "-e", "fleet", "-q"]).code(0);
+    for (host, _) in &site.roots {
+        assert_eq!(
+            site.served(host).1,
+            Some(v1.clone()),
+            "{host} after rollback"
+        );
+    }
+    assert!(
+        Path::new(&site.roots[1].1)
+            .join(format!(".runbook/bad/{v2}"))
+            .exists()
+    );
+
+    // Cleanup keeps 2 (keep_releases), the live one among them.
+    std::thread::sleep(Duration::from_millis(1100));
+    site.run(&["run", "deploy", "-e", "fleet", "ref=v2", "-q"])
+        .code(0);
+    let releases = site.releases(0);
+    assert_eq!(releases.len(), 2, "{releases:?}");
+    assert!(releases.contains(&site.current(0)));
+}
+
+#[test]
+fn an_artifact_deploys_without_git_on_the_hosts() {
+    let Some(site) = site(1) else { return };
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/laravel");
+    let out = site.run(&[
+        "run",
+        "deploy",
+        "-e",
+        "fleet",
+        &format!("artifact={}", app.display()),
+        "-q",
+    ]);
+    out.code(0);
+    assert_eq!(site.served("web1"), (200, Some(site.current(0)), 1));
+}
+
+#[test]
+fn a_second_run_is_refused_while_the_lock_is_held_and_sigterm_releases_it() {
+    let Some(site) = site(2) else { return };
+    let holder = site
+        .project()
+        .args(&["run", "hold", "-e", "fleet", "--reason", "long migration"]);
+    let mut child = holder
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = Path::new(&site.roots[0].1).join(".runbook/lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lock.join("heartbeat").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first run never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = site.run(&["run", "deploy", "-e", "fleet", "ref=v1", "-q"]);
+    out.code(1)
+        .stderr_has("the deploy lock is held by another run")
+        .stderr_has("running `scripts/hold.rhai`")
+        .stderr_has("reason: long migration")
+        .stderr_has("--lock-wait");
+    assert!(
+        site.current(0).is_empty(),
+        "the refused run deployed anyway"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    for (_, root) in &site.roots {
+        assert!(
+            !Path::new(root).join(".runbook/lock").exists(),
+            "SIGTERM left the lock on {root}"
+        );
+    }
+    site.run(&["run", "deploy", "-e", "fleet", "ref=v1", "-q"])
+        .code(0);
+}
+
+#[test]
+fn only_a_stale_lock_is_removed_by_unlock_stale() {
+    let Some(site) = site(1) else { return };
+    let lock = Path::new(&site.roots[0].1).join(".runbook/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(lock.join("info"), r#"{"run":"dead-run","actor":"bob","machine":"ci-7","pid":1,"script":"scripts/deploy.rhai","reason":null,"ci_run":null,"started_at":"2026-11-27T00:00:00Z"}"#).unwrap();
+    std::fs::write(lock.join("heartbeat"), "").unwrap();
+    Command::new("chown")
+        .args(["-R", USER])
+        .arg(lock.parent().unwrap().parent().unwrap())
+        .status()
+        .unwrap();
+    site.run(&["unlock", "-e", "fleet", "--stale"])
+        .code(1)
+        .stderr_has("is live");
+    assert!(lock.exists());
+    Command::new("touch")
+        .args(["-d", "5 minutes ago"])
+        .arg(lock.join("heartbeat"))
+        .status()
+        .unwrap();
+    site.run(&["unlock", "-e", "fleet", "--stale"])
+        .code(0)
+        .stderr_has("removed the lock of bob (run dead-run");
+    assert!(!lock.exists());
+}
