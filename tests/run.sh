@@ -14,11 +14,23 @@ required=(
   "ssh-keygen:openssh-client"
   "useradd:passwd"
   "tar:tar"
+  "git:git"
+  "/usr/sbin/nginx:nginx"
+  "php:php-cli"
+  "/usr/share/php/Illuminate/autoload.php:php-laravel-framework"
+  "/usr/lib/php/*/sqlite3.so:php-sqlite3"
+  "/usr/sbin/php-fpm*:php-fpm"
 )
 
 missing=()
+have() { # a command name, or a path (glob) that must exist
+  case $1 in
+    /*) compgen -G "$1" >/dev/null ;;
+    *) command -v "$1" >/dev/null 2>&1 ;;
+  esac
+}
 for pair in "${required[@]}"; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  have "${pair%%:*}" || missing+=("${pair#*:}")
 done
 
 if ((${#missing[@]})); then
