@@ -246,6 +246,16 @@ fn a_full_release_cycle_is_visible_through_nginx() {
     )
     .unwrap();
     assert!(meta.contains("\"ref\":\"v2\""), "{meta}");
+    // What a rollback from v2 to v1 would leave the database ahead of.
+    site.project()
+        .file(
+            "scripts/mig.rhai",
+            &format!("print(release::new_migrations(host(\"web1\"), \"{v1}\", \"{v2}\"));"),
+        )
+        .args(&["run", "mig", "-e", "fleet", "-q"])
+        .run()
+        .code(0)
+        .stdout_has("[\"2026_02_01_000000_create_notes_table.php\"]");
 
     // Maintenance mode, for real.
     site.run(&["run", "down", "-e", "fleet", "-q"]).code(0);
@@ -334,20 +344,46 @@ fn a_second_run_is_refused_while_the_lock_is_held_and_sigterm_releases_it() {
         "the refused run deployed anyway"
     );
 
+    // A run that waits for the lock gets it once the holder is gone.
+    let waiter = site.project().args(&[
+        "run",
+        "deploy",
+        "-e",
+        "fleet",
+        "ref=v1",
+        "-q",
+        "--lock-wait",
+        "2m",
+    ]);
+    let waiting = waiter
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(130));
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the waiting deploy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !site.current(0).is_empty(),
+        "the waiting deploy did not deploy"
+    );
     for (_, root) in &site.roots {
         assert!(
             !Path::new(root).join(".runbook/lock").exists(),
-            "SIGTERM left the lock on {root}"
+            "a lock was left on {root}"
         );
     }
-    site.run(&["run", "deploy", "-e", "fleet", "ref=v1", "-q"])
-        .code(0);
 }
 
 #[test]
