@@ -7,14 +7,18 @@ pub mod commands;
 pub mod effects;
 pub mod engine;
 pub mod error;
+pub mod health;
 pub mod inventory;
 pub mod lock;
+pub mod metrics;
 pub mod modules;
+pub mod notify;
 pub mod output;
 pub mod project;
 pub mod quote;
 pub mod release;
 pub mod signal;
+pub mod tls;
 pub mod transport;
 
 use std::ffi::OsString;

@@ -28,6 +28,7 @@ pub struct Inventory {
     pub root: PathBuf,
     pub app: model::RawApp,
     pub notify: model::RawNotify,
+    pub metrics: model::RawMetrics,
     pub envs: BTreeMap<String, Arc<Environment>>,
 }
 
@@ -62,6 +63,8 @@ pub struct Host {
     pub roles: Vec<String>,
     /// Where releases/, shared/ and current live on this host.
     pub deploy_path: String,
+    /// This host's own base URL, if the inventory gives one.
+    pub url: Option<String>,
     pub ssh: SshOptions,
 }
 
@@ -129,6 +132,7 @@ impl Inventory {
             root,
             app: raw.app,
             notify: raw.notify,
+            metrics: raw.metrics,
             envs,
         })
     }
@@ -145,20 +149,16 @@ impl Inventory {
             })
     }
 
-    /// Every environment-variable name the file refers to for a secret.
+    /// Every environment-variable name the file refers to for a secret (credentials:
+    /// masked in all output from the start of a run). Hosts and addresses are not secret.
     pub fn secret_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         if let Some(slack) = &self.notify.slack {
             names.push(slack.webhook.env.clone());
         }
         if let Some(email) = &self.notify.email {
-            for setting in [Some(&email.host), email.username.as_ref(), Some(&email.to)]
-                .into_iter()
-                .flatten()
-            {
-                if let Setting::Env(r) = setting {
-                    names.push(r.env.clone());
-                }
+            if let Some(Setting::Env(r)) = &email.username {
+                names.push(r.env.clone());
             }
             if let Some(p) = &email.password {
                 names.push(p.env.clone());
@@ -168,6 +168,31 @@ impl Inventory {
             names.push(pd.routing_key.env.clone());
         }
         names
+    }
+}
+
+impl Setting {
+    /// The value: written inline, or read from the named environment variable now.
+    pub fn resolve(&self, key: &str) -> Result<String, String> {
+        match self {
+            Setting::Literal(v) => Ok(v.clone()),
+            Setting::Env(r) => r.resolve(key),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Reads the variable; the error names it and the inventory key that wants it.
+    pub fn resolve(&self, key: &str) -> Result<String, String> {
+        std::env::var(&self.env)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "{} is not set (runbook.toml `{key}` reads it): export it, or add it to the CI job's secrets",
+                    self.env
+                )
+            })
     }
 }
 
@@ -347,6 +372,10 @@ fn resolve_env(
                 "host names may contain only letters, digits, `_` and `-`".into(),
             ));
         }
+        let host_url = match spec {
+            RawHost::Table(t) => t.url.clone(),
+            RawHost::Address(_) => None,
+        };
         let (address, port, user, identity, transport, jump, host_path) = match spec {
             RawHost::Address(a) => {
                 let (addr, port) = split_address(a).map_err(|m| invalid(hkey.clone(), m))?;
@@ -386,6 +415,7 @@ fn resolve_env(
             transport: transport.unwrap_or(env_transport),
             roles,
             deploy_path: host_path.unwrap_or_default(),
+            url: host_url,
             ssh: ssh_options.clone(),
         }));
     }

@@ -18,6 +18,18 @@ pub struct RawInventory {
     pub env: BTreeMap<String, RawEnvironment>,
     #[serde(default)]
     pub notify: RawNotify,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// Where metrics go and come from.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Pushgateway base URL (e.g. `{ env = "METRICS_ENDPOINT" }`).
+    pub pushgateway: Option<Setting>,
+    /// Prometheus HTTP API base URL, for `metrics::query`.
+    pub prometheus: Option<Setting>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -145,6 +157,8 @@ pub struct RawHostTable {
     pub jump_host: Option<String>,
     /// Overrides the environment's `deploy_path` for this host.
     pub deploy_path: Option<String>,
+    /// This host's own base URL (to check one backend before traffic moves).
+    pub url: Option<String>,
 }
 
 /// A value that may be written inline or named by environment variable.
@@ -186,7 +200,10 @@ pub struct RawEmail {
     pub password: Option<SecretRef>,
     pub from: Option<Setting>,
     pub to: Setting,
+    /// `starttls` (default), `tls` (implicit TLS, port 465) or `none` (loopback only).
     pub tls: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the SMTP server.
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -38,6 +38,10 @@ pub fn register_types(engine: &mut Engine) {
         .register_get("transport", |h: &mut HostRef| {
             h.0.transport.as_str().to_owned()
         })
+        .register_get("url", |h: &mut HostRef| {
+            h.0.url.clone().map_or(Dynamic::UNIT, Dynamic::from)
+        })
+        .register_get("deploy_path", |h: &mut HostRef| h.0.deploy_path.clone())
         .register_get("roles", |h: &mut HostRef| {
             h.0.roles
                 .iter()
@@ -99,6 +103,7 @@ pub fn context_map(session: &Session) -> Map {
 
     let mut env = Map::new();
     if let Some(e) = &session.env {
+        // Always present, so scripts can test `env.url != ()`.
         env.insert("name".into(), e.name.clone().into());
         env.insert(
             "url".into(),

@@ -213,7 +213,7 @@ pub(crate) fn targets(target: &Dynamic) -> Result<(Vec<Target>, bool), Box<EvalA
 }
 
 /// Runs on every target; a single host returns one result map, a set returns an array.
-pub fn run_on(
+pub(crate) fn run_on(
     ctx: &NativeCallContext,
     target: &Dynamic,
     program: Program,

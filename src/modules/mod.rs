@@ -5,8 +5,10 @@
 mod artisan;
 pub mod context;
 mod exec;
+mod health;
 mod lock;
 mod log;
+mod notify;
 mod release;
 
 use std::sync::Arc;
@@ -26,6 +28,9 @@ pub fn register(engine: &mut Engine) {
     engine.register_static_module("release", exported_module!(release::release_api).into());
     engine.register_static_module("lock", exported_module!(lock::lock_api).into());
     engine.register_static_module("artisan", exported_module!(artisan::artisan_api).into());
+    engine.register_static_module("health", exported_module!(health::health_api).into());
+    engine.register_static_module("notify", exported_module!(notify::notify_api).into());
+    engine.register_static_module("metrics", exported_module!(notify::metrics_api).into());
 }
 
 /// The session behind a native call.

@@ -1,0 +1,499 @@
+//! `notify::*` and `metrics::*` — telling people and dashboards what happened
+//! (plain cores: `crate::notify`, `crate::metrics`).
+//!
+//! A failed notification is a warning event, never the reason a deploy fails — unless
+//! the call says `required: true`. In dry-run the payload is shown (redacted), not sent.
+
+use std::time::Duration;
+
+use rhai::plugin::*;
+use rhai::{Dynamic, EvalAltResult, Map};
+
+use super::health::block;
+use crate::engine::Session;
+use crate::notify::{self as core, Deployment, PagerEvent, Smtp};
+use crate::output::{Event, Kind, Level};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn text(opts: &Map, key: &str) -> Option<String> {
+    opts.get(key)
+        .filter(|v| !v.is_unit())
+        .map(ToString::to_string)
+}
+
+fn flag(opts: &Map, key: &str) -> bool {
+    opts.get(key)
+        .and_then(|v| v.as_bool().ok())
+        .unwrap_or(false)
+}
+
+fn check_keys(opts: &Map, allowed: &[&str], what: &str) -> Result<(), Box<EvalAltResult>> {
+    for k in opts.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(super::error(format!(
+                "unknown {what} option `{k}` (options: {})",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sends (or, in dry-run, shows) and turns the outcome into `#{ ok, sent, error }`.
+fn deliver(
+    session: &Session,
+    channel: &str,
+    required: bool,
+    preview: String,
+    send: impl std::future::Future<Output = Result<String, String>>,
+) -> Result<Map, Box<EvalAltResult>> {
+    let output = session.effects.output();
+    let mut m = Map::new();
+    if session.info.dry_run {
+        output.emit(
+            Event::new(Kind::Notification).message(format!("{channel}: would send {preview}")),
+        );
+        m.insert("ok".into(), true.into());
+        m.insert("sent".into(), false.into());
+        return Ok(m);
+    }
+    match block(session, send)? {
+        Ok(what) => {
+            output.emit(Event::new(Kind::Notification).message(format!("{channel}: {what}")));
+            m.insert("ok".into(), true.into());
+            m.insert("sent".into(), true.into());
+            Ok(m)
+        }
+        Err(e) => {
+            let message = format!("{channel} notification failed: {e}");
+            if required {
+                return Err(super::error(message));
+            }
+            output.log(Level::Warn, message.clone());
+            m.insert("ok".into(), false.into());
+            m.insert("sent".into(), false.into());
+            m.insert("error".into(), message.into());
+            Ok(m)
+        }
+    }
+}
+
+fn resolve(what: Result<String, String>) -> Result<String, Box<EvalAltResult>> {
+    what.map_err(super::error)
+}
+
+fn slack(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    check_keys(
+        opts,
+        &[
+            "status",
+            "success",
+            "title",
+            "version",
+            "environment",
+            "duration",
+            "deployed_by",
+            "reason",
+            "channel",
+            "required",
+        ],
+        "slack",
+    )?;
+    let config = session
+        .inventory
+        .as_ref()
+        .and_then(|i| i.notify.slack.clone());
+    let webhook = match &config {
+        Some(c) => resolve(c.webhook.resolve("notify.slack.webhook"))?,
+        None => resolve(
+            crate::inventory::SecretRef {
+                env: "SLACK_WEBHOOK_URL".into(),
+            }
+            .resolve("notify.slack"),
+        )?,
+    };
+    session.effects.output().redactor().add(&webhook);
+    let env_name = session
+        .env
+        .as_ref()
+        .map(|e| e.name.clone())
+        .unwrap_or_default();
+    let success = match (
+        opts.get("success").and_then(|v| v.as_bool().ok()),
+        text(opts, "status"),
+    ) {
+        (Some(b), _) => b,
+        (None, Some(s)) => matches!(s.as_str(), "success" | "ok" | "good"),
+        (None, None) => true,
+    };
+    let duration = match opts.get("duration") {
+        Some(d) if d.is_int() => {
+            let secs = d.as_int().unwrap_or(0) / 1000;
+            format!("{}m {:02}s", secs / 60, secs % 60)
+        }
+        Some(d) => d.to_string(),
+        None => String::new(),
+    };
+    let d = Deployment {
+        success,
+        title: text(opts, "title")
+            .unwrap_or_else(|| format!("{} Deployment", capitalise(&env_name))),
+        version: text(opts, "version")
+            .or_else(|| session.info.args.get("ref").cloned())
+            .unwrap_or_default(),
+        environment: text(opts, "environment").unwrap_or(env_name),
+        duration,
+        deployed_by: text(opts, "deployed_by").unwrap_or_else(|| session.info.actor.clone()),
+        reason: text(opts, "reason").or_else(|| session.info.reason.clone()),
+        channel: text(opts, "channel").or_else(|| config.as_ref().and_then(|c| c.channel.clone())),
+    };
+    let payload = core::slack_payload(&d);
+    let preview = payload.to_string();
+    deliver(
+        &session,
+        "slack",
+        flag(opts, "required"),
+        preview,
+        async move {
+            core::post_json(&webhook, &payload, TIMEOUT)
+                .await
+                .map(|s| format!("delivered ({s})"))
+                .map_err(|e| e.0)
+        },
+    )
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn email(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    check_keys(opts, &["subject", "body", "to", "required"], "email")?;
+    let cfg = session
+        .inventory
+        .as_ref()
+        .and_then(|i| i.notify.email.clone())
+        .ok_or_else(|| super::error("no [notify.email] in runbook.toml"))?;
+    let host = resolve(cfg.host.resolve("notify.email.host"))?;
+    let port = match &cfg.port {
+        Some(p) => resolve(p.resolve("notify.email.port"))?
+            .parse::<u16>()
+            .map_err(|_| super::error("notify.email.port is not a port number"))?,
+        None => 587,
+    };
+    let password = cfg
+        .password
+        .as_ref()
+        .map(|p| p.resolve("notify.email.password"))
+        .transpose()
+        .map_err(super::error)?;
+    if let Some(p) = &password {
+        session.effects.output().redactor().add(p);
+    }
+    let username = cfg
+        .username
+        .as_ref()
+        .map(|u| u.resolve("notify.email.username"))
+        .transpose()
+        .map_err(super::error)?;
+    let to = match text(opts, "to") {
+        Some(t) => t,
+        None => resolve(cfg.to.resolve("notify.email.to"))?,
+    };
+    let from = match &cfg.from {
+        Some(f) => resolve(f.resolve("notify.email.from"))?,
+        None => format!("runbook@{host}"),
+    };
+    let smtp = Smtp {
+        host,
+        port,
+        username,
+        password,
+        from,
+        to: to
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        tls: cfg.tls.clone().unwrap_or_else(|| "starttls".into()),
+        ca_file: cfg.ca_file.clone().map(Into::into),
+        timeout: TIMEOUT,
+    };
+    let subject =
+        text(opts, "subject").unwrap_or_else(|| format!("runbook: {}", session.info.script));
+    let body = text(opts, "body").unwrap_or_default();
+    let preview = format!("mail to {} — {subject}", smtp.to.join(", "));
+    deliver(
+        &session,
+        "email",
+        flag(opts, "required"),
+        preview,
+        async move {
+            core::send_mail(&smtp, &subject, &body)
+                .await
+                .map(|()| format!("mail sent to {}", smtp.to.join(", ")))
+                .map_err(|e| e.0)
+        },
+    )
+}
+
+fn pagerduty(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    check_keys(
+        opts,
+        &[
+            "action",
+            "summary",
+            "severity",
+            "source",
+            "dedup_key",
+            "details",
+            "required",
+        ],
+        "pagerduty",
+    )?;
+    let cfg = session
+        .inventory
+        .as_ref()
+        .and_then(|i| i.notify.pagerduty.clone());
+    let key = match &cfg {
+        Some(c) => resolve(c.routing_key.resolve("notify.pagerduty.routing_key"))?,
+        None => resolve(
+            crate::inventory::SecretRef {
+                env: "PAGERDUTY_ROUTING_KEY".into(),
+            }
+            .resolve("notify.pagerduty"),
+        )?,
+    };
+    session.effects.output().redactor().add(&key);
+    let url = cfg
+        .as_ref()
+        .and_then(|c| c.url.clone())
+        .unwrap_or_else(|| core::PAGERDUTY_URL.to_owned());
+    let app = session
+        .inventory
+        .as_ref()
+        .map(|i| i.app.name.clone())
+        .unwrap_or_default();
+    let env = session
+        .env
+        .as_ref()
+        .map(|e| e.name.clone())
+        .unwrap_or_default();
+    let action = text(opts, "action").unwrap_or_else(|| "trigger".into());
+    if action != "trigger" && action != "resolve" {
+        return Err(super::error(
+            "pagerduty `action` must be \"trigger\" or \"resolve\"",
+        ));
+    }
+    let severity = text(opts, "severity").unwrap_or_else(|| "critical".into());
+    if !["critical", "error", "warning", "info"].contains(&severity.as_str()) {
+        return Err(super::error(
+            "pagerduty `severity` must be critical, error, warning or info",
+        ));
+    }
+    let details = match opts.get("details") {
+        Some(d) => rhai::serde::from_dynamic::<serde_json::Value>(d).unwrap_or_default(),
+        None => {
+            serde_json::json!({ "run": session.info.id, "script": session.info.script, "actor": session.info.actor })
+        }
+    };
+    let event = PagerEvent {
+        routing_key: key,
+        action,
+        dedup_key: text(opts, "dedup_key")
+            .unwrap_or_else(|| format!("runbook-{app}-{env}-{}", session.info.id)),
+        summary: text(opts, "summary")
+            .unwrap_or_else(|| format!("{} failed on {env}", session.info.script)),
+        source: text(opts, "source").unwrap_or_else(|| format!("runbook {app}/{env}")),
+        severity,
+        details,
+    };
+    let payload = core::pagerduty_payload(&event);
+    let preview = payload.to_string();
+    deliver(
+        &session,
+        "pagerduty",
+        flag(opts, "required"),
+        preview,
+        async move {
+            core::post_json(&url, &payload, TIMEOUT)
+                .await
+                .map(|s| format!("event accepted ({s})"))
+                .map_err(|e| e.0)
+        },
+    )
+}
+
+fn webhook(
+    ctx: &NativeCallContext,
+    url: &str,
+    payload: &Dynamic,
+    opts: &Map,
+) -> Result<Map, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    check_keys(opts, &["required"], "webhook")?;
+    let body = rhai::serde::from_dynamic::<serde_json::Value>(payload)
+        .map_err(|e| super::error(format!("the payload is not JSON-like: {e}")))?;
+    let url = url.to_owned();
+    let preview = body.to_string();
+    deliver(
+        &session,
+        "webhook",
+        flag(opts, "required"),
+        preview,
+        async move {
+            core::post_json(&url, &body, TIMEOUT)
+                .await
+                .map(|s| format!("delivered ({s})"))
+                .map_err(|e| e.0)
+        },
+    )
+}
+
+fn endpoint(session: &Session, which: &str) -> Result<String, Box<EvalAltResult>> {
+    let m = session
+        .inventory
+        .as_ref()
+        .map(|i| i.metrics.clone())
+        .unwrap_or_default();
+    let (setting, fallback) = match which {
+        "pushgateway" => (m.pushgateway, "METRICS_ENDPOINT"),
+        _ => (m.prometheus, "PROMETHEUS_URL"),
+    };
+    match setting {
+        Some(s) => resolve(s.resolve(&format!("metrics.{which}"))),
+        None => resolve(
+            crate::inventory::SecretRef {
+                env: fallback.into(),
+            }
+            .resolve(&format!("metrics.{which}")),
+        ),
+    }
+}
+
+#[export_module]
+pub mod notify_api {
+    /// Posts the seed's deployment message to Slack (webhook from `[notify.slack]`, or
+    /// `SLACK_WEBHOOK_URL`). Options: `status` ("success"/"failure") or `success`,
+    /// `title`, `version` (default: the `ref` argument), `environment`, `duration`
+    /// (text, or milliseconds), `deployed_by` (default: the actor), `reason`, `channel`,
+    /// `required` (throw on failure). Returns `#{ ok, sent, error }`.
+    #[rhai_fn(return_raw)]
+    pub fn slack(ctx: NativeCallContext, opts: Map) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::slack(&ctx, &opts))
+    }
+
+    /// Sends a plain-text mail through `[notify.email]` (STARTTLS by default). Options:
+    /// `subject`, `body`, `to` (overrides), `required`.
+    #[rhai_fn(return_raw)]
+    pub fn email(ctx: NativeCallContext, opts: Map) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::email(&ctx, &opts))
+    }
+
+    /// Sends a PagerDuty Events v2 event. Options: `action` ("trigger"/"resolve"),
+    /// `summary`, `severity` (critical, error, warning, info), `source`, `dedup_key`
+    /// (default: one per run), `details` (map), `required`.
+    #[rhai_fn(return_raw)]
+    pub fn pagerduty(ctx: NativeCallContext, opts: Map) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::pagerduty(&ctx, &opts))
+    }
+
+    /// POSTs `payload` as JSON to `url`.
+    #[rhai_fn(name = "webhook", return_raw)]
+    pub fn webhook(
+        ctx: NativeCallContext,
+        url: &str,
+        payload: Dynamic,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::webhook(&ctx, url, &payload, &Map::new()))
+    }
+
+    /// `notify::webhook` with options: `required`.
+    #[rhai_fn(name = "webhook", return_raw)]
+    pub fn webhook_opts(
+        ctx: NativeCallContext,
+        url: &str,
+        payload: Dynamic,
+        opts: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::webhook(&ctx, url, &payload, &opts))
+    }
+}
+
+#[export_module]
+pub mod metrics_api {
+    /// Pushes deployment metrics (duration, success, timestamp; labels app, env, release)
+    /// to the Pushgateway (`[metrics] pushgateway`, or `METRICS_ENDPOINT`). Options:
+    /// `release`, `success`, `duration_ms`, `required`.
+    #[rhai_fn(return_raw)]
+    pub fn push(ctx: NativeCallContext, opts: Map) -> Result<Map, Box<EvalAltResult>> {
+        let result = (|| {
+            let session = super::super::session(&ctx)?;
+            super::check_keys(
+                &opts,
+                &["release", "success", "duration_ms", "required"],
+                "metrics",
+            )?;
+            let gateway = super::endpoint(&session, "pushgateway")?;
+            let m = crate::metrics::DeployMetrics {
+                app: session
+                    .inventory
+                    .as_ref()
+                    .map(|i| i.app.name.clone())
+                    .unwrap_or_default(),
+                environment: session
+                    .env
+                    .as_ref()
+                    .map(|e| e.name.clone())
+                    .unwrap_or_default(),
+                release: super::text(&opts, "release").unwrap_or_default(),
+                success: opts
+                    .get("success")
+                    .and_then(|v| v.as_bool().ok())
+                    .unwrap_or(true),
+                duration_seconds: opts
+                    .get("duration_ms")
+                    .and_then(|v| v.as_int().ok())
+                    .unwrap_or(0) as f64
+                    / 1000.0,
+                timestamp_seconds: chrono::Utc::now().timestamp(),
+            };
+            let preview = crate::metrics::exposition(&m);
+            super::deliver(
+                &session,
+                "metrics",
+                super::flag(&opts, "required"),
+                preview,
+                async move {
+                    crate::metrics::push(&gateway, &m, super::TIMEOUT)
+                        .await
+                        .map(|()| "pushed".to_owned())
+                },
+            )
+        })();
+        super::super::located(&ctx, result)
+    }
+
+    /// An instant PromQL query against `[metrics] prometheus` (or `PROMETHEUS_URL`):
+    /// exactly one number, or an error saying why not (no series, several series).
+    #[rhai_fn(return_raw)]
+    pub fn query(ctx: NativeCallContext, promql: &str) -> Result<f64, Box<EvalAltResult>> {
+        let result = (|| {
+            let session = super::super::session(&ctx)?;
+            let url = super::endpoint(&session, "prometheus")?;
+            super::block(
+                &session,
+                crate::metrics::query(&url, promql, super::TIMEOUT),
+            )?
+            .map_err(super::super::error)
+        })();
+        super::super::located(&ctx, result)
+    }
+}
