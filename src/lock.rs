@@ -420,10 +420,7 @@ mod tests {
         );
         let (code, out) = sh(ACQUIRE, &[root, "run-b", &b, "0"]);
         assert_eq!(code, HELD);
-        assert!(
-            out.starts_with("held\t") && out.contains("alice"),
-            "{out}"
-        );
+        assert!(out.starts_with("held\t") && out.contains("alice"), "{out}");
         // B cannot release A's lock.
         sh(RELEASE, &[root, "run-b"]);
         assert!(dir.path().join(".runbook/lock").exists());

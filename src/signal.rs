@@ -20,9 +20,21 @@ pub fn install(
     output: Arc<Output>,
     on_force_exit: impl Fn() + Send + 'static,
 ) {
+    // Register the handlers now, before the script starts: a signal that arrived before
+    // a lazily spawned task registered them would kill the process the default way.
+    let registered = {
+        let _context = runtime.enter();
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
     runtime.spawn(async move {
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-            output.log(Level::Warn, "cannot install signal handlers; Ctrl-C will end runbook abruptly");
+        let (Ok(mut int), Ok(mut term)) = registered else {
+            output.log(
+                Level::Warn,
+                "cannot install signal handlers; Ctrl-C will end runbook abruptly",
+            );
             return;
         };
         loop {
