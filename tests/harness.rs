@@ -90,6 +90,18 @@ impl Test {
         cmd
     }
 
+    /// Runs with extra arguments, keeping the builder for more runs.
+    pub fn run_with(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        let out = cmd.output().expect("runbook runs");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub fn run(&self) -> Output {
         let out = self.command().output().expect("runbook runs");
         Output {

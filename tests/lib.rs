@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod backup;
 mod check;
 mod errors;
 mod fleet;

@@ -20,6 +20,8 @@ required=(
   "/usr/share/php/Illuminate/autoload.php:php-laravel-framework"
   "/usr/lib/php/*/sqlite3.so:php-sqlite3"
   "/usr/sbin/php-fpm*:php-fpm"
+  "sqlite3:sqlite3"
+  "mount:mount"
 )
 
 missing=()

@@ -469,6 +469,22 @@ impl Effects {
         }))
     }
 
+    /// Runs in-process work (an archive, a transfer) as one command: the same events,
+    /// dry-run ("would run", nothing done) and error shape as a process.
+    pub fn task(
+        &self,
+        target: &Target,
+        argv: Vec<String>,
+        work: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> Result<CommandResult, CommandError> {
+        self.runtime
+            .block_on(self.transfer(target, argv, async move {
+                tokio::task::spawn_blocking(work)
+                    .await
+                    .map_err(|e| format!("the task stopped: {e}"))?
+            }))
+    }
+
     /// Events, dry-run and error shape shared by uploads and downloads.
     async fn transfer(
         &self,

@@ -1,0 +1,358 @@
+//! `backup::*` — backups from scripts (plain core: `crate::backup`).
+
+use std::path::PathBuf;
+
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, EvalAltResult, Map};
+
+use super::context::{HostRef, duration_arg};
+use crate::backup::{self as core, Database, Options, RestoreOptions, Summary};
+use crate::effects::Target;
+use crate::inventory::TransportKind;
+
+fn local_host(host: &HostRef) -> Result<(), Box<EvalAltResult>> {
+    if host.0.transport == TransportKind::Local {
+        Ok(())
+    } else {
+        Err(super::error(format!(
+            "backups run where the files are: `{}` is reached over SSH — run this script on the server (transport = \"local\" there)",
+            host.0.name
+        )))
+    }
+}
+
+fn backup_dir(session: &crate::engine::Session, opts: &Map) -> Result<PathBuf, Box<EvalAltResult>> {
+    if let Some(d) = opts.get("backup_dir") {
+        return Ok(PathBuf::from(d.to_string()));
+    }
+    session
+        .env
+        .as_ref()
+        .map(|e| PathBuf::from(&e.backup_dir))
+        .ok_or_else(|| super::error("no environment selected"))
+}
+
+pub(crate) fn database(
+    v: &Dynamic,
+    session: &crate::engine::Session,
+) -> Result<Database, Box<EvalAltResult>> {
+    let m = v
+        .clone()
+        .try_cast::<Map>()
+        .ok_or_else(|| super::error("`database` must be a map like #{ driver: \"mysql\", name: \"app\", user: \"app\", password_env: \"DB_PASSWORD\" }"))?;
+    let get = |k: &str| m.get(k).map(ToString::to_string);
+    match get("driver").as_deref() {
+        Some("sqlite") => Ok(Database::Sqlite {
+            path: get("path")
+                .ok_or_else(|| super::error("a sqlite database needs `path`"))?
+                .into(),
+        }),
+        Some("mysql") | Some("mariadb") => {
+            let password = match get("password_env") {
+                Some(var) => {
+                    let p = std::env::var(&var).map_err(|_| {
+                        super::error(format!("{var} (the database password) is not set"))
+                    })?;
+                    session.effects.output().redactor().add(&p);
+                    Some(p)
+                }
+                None => None,
+            };
+            Ok(Database::Mysql {
+                host: get("host").unwrap_or_else(|| "127.0.0.1".into()),
+                port: m
+                    .get("port")
+                    .and_then(|p| p.as_int().ok())
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(3306),
+                user: get("user").unwrap_or_else(|| "root".into()),
+                password,
+                name: get("name").ok_or_else(|| super::error("a mysql database needs `name`"))?,
+            })
+        }
+        other => Err(super::error(format!(
+            "database driver {other:?}: use \"mysql\" or \"sqlite\""
+        ))),
+    }
+}
+
+fn summary_map(s: &Summary) -> Map {
+    let mut m = Map::new();
+    m.insert("name".into(), s.name.clone().into());
+    m.insert(
+        "size".into(),
+        i64::try_from(s.size).unwrap_or(i64::MAX).into(),
+    );
+    m.insert("release".into(), s.release.clone().into());
+    m.insert("ref".into(), s.git_ref.clone().into());
+    m.insert("created_at".into(), s.created_at.clone().into());
+    m.insert("files".into(), i64::try_from(s.files).unwrap_or(0).into());
+    m.insert("database".into(), s.database.into());
+    m.insert("verified".into(), s.verified.into());
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&s.created_at) {
+        let age = chrono::Utc::now().signed_duration_since(t).num_seconds();
+        m.insert("age_s".into(), age.into());
+    }
+    m
+}
+
+fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Box<EvalAltResult>> {
+    local_host(host)?;
+    let session = super::session(ctx)?;
+    for k in opts.keys() {
+        if !["database", "storage", "exclude", "level", "backup_dir"].contains(&k.as_str()) {
+            return Err(super::error(format!(
+                "unknown backup option `{k}` (options: database, storage, exclude, level, backup_dir)"
+            )));
+        }
+    }
+    let dir = backup_dir(&session, opts)?;
+    let root = PathBuf::from(&host.0.deploy_path);
+    let o = Options {
+        shared_files: session
+            .inventory
+            .as_ref()
+            .map(|i| i.app.shared_files.clone())
+            .unwrap_or_default(),
+        include_storage: opts
+            .get("storage")
+            .and_then(|v| v.as_bool().ok())
+            .unwrap_or(false),
+        exclude: opts
+            .get("exclude")
+            .and_then(|v| v.clone().try_cast::<Array>())
+            .map(|a| a.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        database: opts
+            .get("database")
+            .map(|d| database(d, &session))
+            .transpose()?,
+        level: opts
+            .get("level")
+            .and_then(|v| v.as_int().ok())
+            .and_then(|l| u32::try_from(l).ok())
+            .unwrap_or(6),
+        git_ref: session.info.args.get("ref").cloned().unwrap_or_default(),
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = out.clone();
+    let argv = vec![
+        "backup".into(),
+        "create".into(),
+        root.display().to_string(),
+        dir.display().to_string(),
+    ];
+    session
+        .effects
+        .task(&Target::Host(host.0.clone()), argv, move || {
+            let s = core::create(&root, &dir, &o, threads).map_err(|e| e.to_string())?;
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+            Ok(())
+        })
+        .map_err(|e| super::error(e.to_string()))?;
+    let summary = out.lock().unwrap_or_else(|e| e.into_inner()).take();
+    Ok(summary
+        .map(|s| {
+            session.effects.output().log(
+                crate::output::Level::Info,
+                format!(
+                    "backup {} ({} files, {} bytes, release {})",
+                    s.name, s.files, s.size, s.release
+                ),
+            );
+            summary_map(&s)
+        })
+        .unwrap_or_else(|| {
+            let mut m = Map::new();
+            m.insert("dry_run".into(), true.into());
+            m
+        }))
+}
+
+fn restore(
+    ctx: &NativeCallContext,
+    host: &HostRef,
+    name: &str,
+    opts: &Map,
+) -> Result<String, Box<EvalAltResult>> {
+    local_host(host)?;
+    let session = super::session(ctx)?;
+    for k in opts.keys() {
+        if !["database", "shared", "backup_dir"].contains(&k.as_str()) {
+            return Err(super::error(format!(
+                "unknown restore option `{k}` (options: database, shared, backup_dir)"
+            )));
+        }
+    }
+    let database = opts
+        .get("database")
+        .map(|d| database(d, &session))
+        .transpose()?;
+    if database.is_some()
+        && session.env.as_ref().is_some_and(|e| e.protected)
+        && session.info.reason.is_none()
+    {
+        return Err(super::error(
+            "restoring a database on a protected environment needs a written reason: pass --reason \"…\"",
+        ));
+    }
+    let dir = backup_dir(&session, opts)?;
+    let archive = dir.join(name);
+    if !archive.is_file() {
+        return Err(super::error(format!(
+            "no backup {} (see backup::list)",
+            archive.display()
+        )));
+    }
+    let targets = [Target::Host(host.0.clone())];
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let release = crate::release::choose_name(&session.effects, &targets, &now)
+        .map_err(|e| super::error(e.message))?;
+    let root = PathBuf::from(&host.0.deploy_path);
+    let ro = RestoreOptions {
+        shared: opts
+            .get("shared")
+            .and_then(|v| v.as_bool().ok())
+            .unwrap_or(false),
+        database,
+    };
+    let meta = crate::release::Metadata {
+        name: release.clone(),
+        source: format!("backup {name}"),
+        by: session.info.actor.clone(),
+        run: session.info.id.clone(),
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        reason: session.info.reason.clone(),
+        runbook: env!("CARGO_PKG_VERSION").to_owned(),
+        ..crate::release::Metadata::default()
+    };
+    let (rel, root2) = (release.clone(), root.clone());
+    let argv = vec![
+        "backup".into(),
+        "restore".into(),
+        archive.display().to_string(),
+        format!("releases/{release}"),
+    ];
+    session
+        .effects
+        .task(&targets[0], argv, move || {
+            let manifest = core::restore(&archive, &root2, &rel, &ro).map_err(|e| e.to_string())?;
+            let mut meta = meta;
+            meta.git_ref = manifest.git_ref.clone();
+            meta.commit = format!("restored from release {}", manifest.release);
+            let dir = root2.join(".runbook/releases");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            std::fs::write(
+                dir.join(format!("{rel}.json")),
+                serde_json::to_vec(&meta).unwrap_or_default(),
+            )
+            .map_err(|e| e.to_string())
+        })
+        .map_err(|e| super::error(e.to_string()))?;
+    let previous = crate::release::activate(&session.effects, &targets, &release)
+        .map_err(|e| super::error(e.message))?;
+    session
+        .activations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((
+            host.0.clone(),
+            previous.values().next().cloned().unwrap_or_default(),
+        ));
+    Ok(release)
+}
+
+#[export_module]
+pub mod backup_api {
+    /// Backs up the live release (resolved), the shared files and, when asked, the
+    /// database into `backup_dir` as `backup-YYYYmmdd-HHMMSS.tar.gz` with a sha256
+    /// manifest; written under a temporary name, fsynced, read back and verified.
+    /// Options: `database` (#{ driver: "mysql", name, user, host, port, password_env } or
+    /// #{ driver: "sqlite", path }), `storage` (include shared/storage), `exclude`
+    /// (paths), `level` (gzip 1-9, default 6), `backup_dir`. Runs where the files are
+    /// (a host with `transport = "local"`).
+    #[rhai_fn(name = "create", return_raw)]
+    pub fn create(
+        ctx: NativeCallContext,
+        host: HostRef,
+        opts: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::create(&ctx, &host, &opts))
+    }
+
+    /// The backups of the environment, newest first: `#{ name, size, age_s, release, ref, files, database, verified }`.
+    #[rhai_fn(name = "list", return_raw)]
+    pub fn list(ctx: NativeCallContext) -> Result<Array, Box<EvalAltResult>> {
+        let result = (|| {
+            let session = super::super::session(&ctx)?;
+            let dir = super::backup_dir(&session, &Map::new())?;
+            let all = crate::backup::list(&dir).map_err(|e| super::super::error(e.to_string()))?;
+            Ok(all
+                .iter()
+                .map(|s| Dynamic::from(super::summary_map(s)))
+                .collect())
+        })();
+        super::super::located(&ctx, result)
+    }
+
+    /// Reads a whole backup and checks every checksum against its manifest; extracts
+    /// nothing. Throws, saying what is wrong, when it does not verify.
+    #[rhai_fn(name = "verify", return_raw)]
+    pub fn verify(ctx: NativeCallContext, name: &str) -> Result<Map, Box<EvalAltResult>> {
+        let result = (|| {
+            let session = super::super::session(&ctx)?;
+            let path = super::backup_dir(&session, &Map::new())?.join(name);
+            let file = std::fs::File::open(&path)
+                .map_err(|e| super::super::error(format!("{}: {e}", path.display())))?;
+            let m = crate::backup::archive::verify(file)
+                .map_err(|e| super::super::error(format!("{name}: {e}")))?;
+            let mut out = Map::new();
+            out.insert("ok".into(), true.into());
+            out.insert("release".into(), m.release.into());
+            out.insert(
+                "entries".into(),
+                i64::try_from(m.entries.len()).unwrap_or(0).into(),
+            );
+            Ok(out)
+        })();
+        super::super::located(&ctx, result)
+    }
+
+    /// Removes old backups: beyond `keep` (default 10) or older than `max_age` ("30d");
+    /// never the newest backup that verifies, never one being written.
+    #[rhai_fn(name = "prune", return_raw)]
+    pub fn prune(ctx: NativeCallContext, opts: Map) -> Result<Array, Box<EvalAltResult>> {
+        let result = (|| {
+            let session = super::super::session(&ctx)?;
+            let dir = super::backup_dir(&session, &opts)?;
+            let keep = opts
+                .get("keep")
+                .and_then(|v| v.as_int().ok())
+                .and_then(|k| usize::try_from(k).ok())
+                .unwrap_or(10);
+            let max_age = opts.get("max_age").map(super::duration_arg).transpose()?;
+            if session.info.dry_run {
+                return Ok(Array::new());
+            }
+            let removed = crate::backup::prune(&dir, keep, max_age)
+                .map_err(|e| super::super::error(e.to_string()))?;
+            Ok(removed.into_iter().map(Dynamic::from).collect())
+        })();
+        super::super::located(&ctx, result)
+    }
+
+    /// Restores a backup into a NEW release (verified first; never over a live one) and
+    /// switches to it atomically. Returns the new release's name. Options: `shared`
+    /// (also put the archived .env back), `database` (load the dump — only when asked;
+    /// on a protected environment only with --reason).
+    #[rhai_fn(name = "restore", return_raw)]
+    pub fn restore(
+        ctx: NativeCallContext,
+        host: HostRef,
+        name: &str,
+        opts: Map,
+    ) -> Result<String, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::restore(&ctx, &host, name, &opts))
+    }
+}
