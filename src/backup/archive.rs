@@ -471,12 +471,181 @@ pub fn verify(reader: impl Read) -> Result<Manifest, ArchiveError> {
             "no manifest: the archive is truncated or not a runbook backup".into(),
         )
     })?;
+    compare(&manifest, &seen)?;
+    Ok(manifest)
+}
+
+/// Verifies and extracts in ONE pass into `dest`, a new directory that nobody serves:
+/// every entry is checked for safety before it is written and hashed as it is written;
+/// if anything is wrong — an unsafe entry, a checksum, a truncation — `dest` is removed
+/// and the error returned, so the live tree is never touched. Directory mtimes are
+/// applied last, deepest first.
+pub fn verify_into(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveError> {
+    if dest.exists() {
+        return Err(ArchiveError::Unsafe {
+            path: dest.display().to_string(),
+            why: "the restore target already exists".into(),
+        });
+    }
+    std::fs::create_dir_all(dest)?;
+    let result = extract_checked(reader, dest);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(dest);
+    }
+    result
+}
+
+fn extract_checked(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(reader));
+    let mut seen: Vec<Entry> = Vec::new();
+    let mut manifest: Option<Manifest> = None;
+    let mut links: Vec<String> = Vec::new();
+    let corrupt = |e: io::Error| ArchiveError::Corrupt(e.to_string());
+    let mut buf = vec![0u8; 256 * 1024];
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let path = entry
+            .path()
+            .map_err(corrupt)?
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_owned();
+        check_path(&path)?;
+        if links.iter().any(|l| path.starts_with(&format!("{l}/"))) {
+            return Err(ArchiveError::Unsafe {
+                path,
+                why: "it would be written through a symlink".into(),
+            });
+        }
+        let header = entry.header().clone();
+        let mode = header.mode().map_err(corrupt)? & 0o7777;
+        let mtime = i64::try_from(header.mtime().map_err(corrupt)?).unwrap_or(0);
+        let out = dest.join(&path);
+        match header.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if path == MANIFEST {
+                    let mut json = Vec::new();
+                    entry.read_to_end(&mut json).map_err(corrupt)?;
+                    manifest =
+                        Some(serde_json::from_slice(&json).map_err(|e| {
+                            ArchiveError::Corrupt(format!("unreadable manifest: {e}"))
+                        })?);
+                    continue;
+                }
+                if let Some(parent) = out.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let mut file = io::BufWriter::with_capacity(256 * 1024, File::create(&out)?);
+                let mut hash = Sha256::new();
+                let mut size = 0u64;
+                loop {
+                    let n = entry.read(&mut buf).map_err(corrupt)?;
+                    if n == 0 {
+                        break;
+                    }
+                    size += n as u64;
+                    hash.update(&buf[..n]);
+                    file.write_all(&buf[..n])?;
+                }
+                file.flush()?;
+                drop(file);
+                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode))?;
+                filetime::set_file_mtime(&out, filetime::FileTime::from_unix_time(mtime, 0))?;
+                seen.push(Entry {
+                    path,
+                    kind: Kind::File,
+                    mode,
+                    size,
+                    mtime,
+                    sha256: Some(hex::encode(hash.finalize())),
+                    target: None,
+                });
+            }
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&out)?;
+                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode))?;
+                seen.push(Entry {
+                    path,
+                    kind: Kind::Dir,
+                    mode,
+                    size: 0,
+                    mtime,
+                    sha256: None,
+                    target: None,
+                });
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(corrupt)?
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if link_escapes(&path, &target) {
+                    return Err(ArchiveError::Unsafe {
+                        path,
+                        why: format!("the symlink points outside the archive ({target})"),
+                    });
+                }
+                if let Some(parent) = out.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::os::unix::fs::symlink(&target, &out)?;
+                let t = filetime::FileTime::from_unix_time(mtime, 0);
+                let _ = filetime::set_symlink_file_times(&out, t, t);
+                links.push(path.clone());
+                seen.push(Entry {
+                    path,
+                    kind: Kind::Symlink,
+                    mode,
+                    size: 0,
+                    mtime,
+                    sha256: None,
+                    target: Some(target),
+                });
+            }
+            tar::EntryType::Link => {
+                return Err(ArchiveError::Unsafe {
+                    path,
+                    why: "hard links are not accepted".into(),
+                });
+            }
+            other => {
+                return Err(ArchiveError::Unsafe {
+                    path,
+                    why: format!("entry type {other:?} (devices, FIFOs) is not accepted"),
+                });
+            }
+        }
+    }
+    let manifest = manifest.ok_or_else(|| {
+        ArchiveError::Corrupt(
+            "no manifest: the archive is truncated or not a runbook backup".into(),
+        )
+    })?;
+    compare(&manifest, &seen)?;
+    let mut dirs: Vec<&Entry> = manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir)
+        .collect();
+    dirs.sort_by_key(|e| std::cmp::Reverse(e.path.matches('/').count()));
+    for d in dirs {
+        filetime::set_file_mtime(
+            dest.join(&d.path),
+            filetime::FileTime::from_unix_time(d.mtime, 0),
+        )?;
+    }
+    Ok(manifest)
+}
+
+fn compare(manifest: &Manifest, seen: &[Entry]) -> Result<(), ArchiveError> {
     let mut expected: BTreeMap<&str, &Entry> = manifest
         .entries
         .iter()
         .map(|e| (e.path.as_str(), e))
         .collect();
-    for got in &seen {
+    for got in seen {
         let Some(want) = expected.remove(got.path.as_str()) else {
             return Err(ArchiveError::Mismatch(format!(
                 "`{}` is not in the manifest",
@@ -500,7 +669,7 @@ pub fn verify(reader: impl Read) -> Result<Manifest, ArchiveError> {
             "`{missing}` is in the manifest but not in the archive"
         )));
     }
-    Ok(manifest)
+    Ok(())
 }
 
 /// Extracts a verified archive into `dest` (which must not exist yet), then applies the

@@ -345,13 +345,13 @@ pub fn restore(
     name: &str,
     opts: &RestoreOptions,
 ) -> Result<Manifest, BackupError> {
-    let manifest = archive::verify(std::fs::File::open(archive_path)?)?;
     let staging = root.join(format!(".runbook/restore-{name}"));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
     let result = (|| {
-        archive::unpack(std::fs::File::open(archive_path)?, &staging, &manifest)?;
+        // One pass: verified while extracted into a directory nobody serves.
+        let manifest = archive::verify_into(std::fs::File::open(archive_path)?, &staging)?;
         let target = root.join("releases").join(name);
         if target.exists() {
             return Err(other(format!(
