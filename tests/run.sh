@@ -21,6 +21,8 @@ required=(
   "/usr/lib/php/*/sqlite3.so:php-sqlite3"
   "/usr/sbin/php-fpm*:php-fpm"
   "sqlite3:sqlite3"
+  "/usr/sbin/mariadbd:mariadb-server"
+  "mariadb:mariadb-client"
   "mount:mount"
 )
 

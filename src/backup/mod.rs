@@ -25,6 +25,8 @@ pub enum Database {
     Mysql {
         host: String,
         port: u16,
+        /// A unix socket instead of host/port.
+        socket: Option<String>,
         user: String,
         password: Option<String>,
         name: String,
@@ -111,6 +113,7 @@ pub fn dump(db: &Database, dir: &Path) -> Result<(), BackupError> {
         Database::Mysql {
             host,
             port,
+            socket,
             user,
             password,
             name,
@@ -122,19 +125,31 @@ pub fn dump(db: &Database, dir: &Path) -> Result<(), BackupError> {
                 "--routines",
                 "--triggers",
                 "--events",
-            ])
-            .arg(format!("--host={host}"))
-            .arg(format!("--port={port}"))
-            .arg(format!("--user={user}"))
-            .arg("--databases")
-            .arg(name)
-            .stdout(file);
+            ]);
+            connection(&mut cmd, host, *port, socket.as_deref(), user);
+            cmd.arg("--databases").arg(name).stdout(file);
             if let Some(p) = password {
                 cmd.env("MYSQL_PWD", p);
             }
             run(&mut cmd, "mysqldump")
         }
     }
+}
+
+fn connection(
+    cmd: &mut std::process::Command,
+    host: &str,
+    port: u16,
+    socket: Option<&str>,
+    user: &str,
+) {
+    match socket {
+        Some(s) => cmd.arg(format!("--socket={s}")),
+        None => cmd
+            .arg(format!("--host={host}"))
+            .arg(format!("--port={port}")),
+    };
+    cmd.arg(format!("--user={user}"));
 }
 
 /// Loads a dump made by [`dump`] back into the database.
@@ -150,16 +165,15 @@ pub fn load(db: &Database, dir: &Path) -> Result<(), BackupError> {
         Database::Mysql {
             host,
             port,
+            socket,
             user,
             password,
             ..
         } => {
             let file = std::fs::File::open(dir.join("mysql.sql"))?;
             let mut cmd = std::process::Command::new("mysql");
-            cmd.arg(format!("--host={host}"))
-                .arg(format!("--port={port}"))
-                .arg(format!("--user={user}"))
-                .stdin(file);
+            connection(&mut cmd, host, *port, socket.as_deref(), user);
+            cmd.stdin(file);
             if let Some(p) = password {
                 cmd.env("MYSQL_PWD", p);
             }

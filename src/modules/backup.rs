@@ -65,6 +65,7 @@ pub(crate) fn database(
                     .and_then(|p| p.as_int().ok())
                     .and_then(|p| u16::try_from(p).ok())
                     .unwrap_or(3306),
+                socket: get("socket"),
                 user: get("user").unwrap_or_else(|| "root".into()),
                 password,
                 name: get("name").ok_or_else(|| super::error("a mysql database needs `name`"))?,
@@ -268,7 +269,7 @@ pub mod backup_api {
     /// Backs up the live release (resolved), the shared files and, when asked, the
     /// database into `backup_dir` as `backup-YYYYmmdd-HHMMSS.tar.gz` with a sha256
     /// manifest; written under a temporary name, fsynced, read back and verified.
-    /// Options: `database` (#{ driver: "mysql", name, user, host, port, password_env } or
+    /// Options: `database` (#{ driver: "mysql", name, user, host, port or socket, password_env } or
     /// #{ driver: "sqlite", path }), `storage` (include shared/storage), `exclude`
     /// (paths), `level` (gzip 1-9, default 6), `backup_dir`. Runs where the files are
     /// (a host with `transport = "local"`).
