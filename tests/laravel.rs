@@ -143,13 +143,24 @@ impl Site {
             .map(|h| format!("\"{}\"", h.name))
             .collect();
         format!(
-            "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 2\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n[env.fleet]\nhosts = {{ {hosts} }}\nroles = {{ web = [{names}] }}\n",
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 2\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n[env.fleet]\nbackup_dir = \"{backups}\"\nhosts = {{ {hosts} }}\nroles = {{ web = [{names}] }}\n",
+            backups = self.backups(),
             repo = self.repo.path.display(),
             key = self.fleet.client_key().display(),
             kh = self.fleet.known_hosts.display(),
             hosts = hosts.join(", "),
             names = names.join(", ")
         )
+    }
+
+    /// The environment's backup_dir (on the hosts, which share this machine's disk).
+    fn backups(&self) -> String {
+        let root = Path::new(&self.roots[0].1);
+        root.parent()
+            .map(|p| p.join("backups"))
+            .unwrap_or_default()
+            .display()
+            .to_string()
     }
 
     fn project(&self) -> Test {
@@ -411,4 +422,61 @@ fn only_a_stale_lock_is_removed_by_unlock_stale() {
         .code(0)
         .stderr_has("removed the lock of bob (run dead-run");
     assert!(!lock.exists());
+}
+
+#[test]
+fn an_ssh_host_is_backed_up_and_restored_with_its_database() {
+    let Some(site) = site(1) else { return };
+    site.run(&["run", "deploy", "-e", "fleet", "ref=v1", "-q"])
+        .code(0);
+    let v1 = site.current(0);
+    let root = site.roots[0].1.clone();
+    let db = format!(
+        "#{{ database: #{{ driver: \"sqlite\", path: \"{root}/shared/storage/database.sqlite\" }} }}"
+    );
+    let out = site
+        .project()
+        .file(
+            "scripts/b.rhai",
+            &format!("let b = backup::create(host(\"web1\"), {db});\nprint(b.name);\nprint(backup::list(host(\"web1\")).len());\nprint(backup::verify(host(\"web1\"), b.name).ok);"),
+        )
+        .args(&["run", "b", "-e", "fleet", "-q"])
+        .run();
+    out.code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let name = lines[0].to_owned();
+    assert_eq!(&lines[1..], ["1", "true"]);
+    assert!(
+        Path::new(&site.backups()).join(&name).is_file(),
+        "the archive is stored on the host"
+    );
+
+    // v2 migrates the database; the restore brings back v1's code AND its database.
+    std::thread::sleep(Duration::from_millis(1100));
+    site.run(&["run", "deploy", "-e", "fleet", "ref=v2", "-q"])
+        .code(0);
+    assert_eq!(site.served("web1").2, 2);
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = site
+        .project()
+        .file(
+            "scripts/r.rhai",
+            &format!("print(backup::restore(host(\"web1\"), \"{name}\", {db}));"),
+        )
+        .args(&["run", "r", "-e", "fleet", "-q"])
+        .run();
+    out.code(0);
+    let restored = out.stdout.trim().to_owned();
+    assert_ne!(restored, v1);
+    assert_eq!(site.current(0), restored);
+    assert_eq!(
+        site.served("web1"),
+        (200, Some(restored.clone()), 1),
+        "restored code and database"
+    );
+    let same = |rel: &str| {
+        std::fs::read(Path::new(&root).join("releases").join(&v1).join(rel)).unwrap()
+            == std::fs::read(Path::new(&root).join("releases").join(&restored).join(rel)).unwrap()
+    };
+    assert!(same("routes/web.php") && same("artisan") && same("REVISION"));
 }

@@ -7,6 +7,7 @@
 //! temporary name and renamed only when complete, fsynced and read back.
 
 pub mod archive;
+pub mod remote;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -41,6 +42,8 @@ pub struct Options {
     pub database: Option<Database>,
     pub level: u32,
     pub git_ref: String,
+    /// A dump already made elsewhere (on an SSH host), archived as `database/`.
+    pub dumped: Option<PathBuf>,
 }
 
 /// The summary kept next to an archive.
@@ -236,6 +239,12 @@ pub fn create(
             path: dump_dir.path().to_path_buf(),
             exclude: vec![],
         });
+    } else if let Some(dir) = &opts.dumped {
+        sources.push(Source {
+            name: "database".into(),
+            path: dir.clone(),
+            exclude: vec![],
+        });
     }
     let now = chrono::Utc::now();
     let name = new_name(backup_dir, now);
@@ -266,7 +275,7 @@ pub fn create(
             .iter()
             .filter(|e| e.kind == archive::Kind::File)
             .count(),
-        database: opts.database.is_some(),
+        database: opts.database.is_some() || opts.dumped.is_some(),
         verified: true,
     };
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| other(e.to_string()))?;
@@ -346,6 +355,8 @@ pub fn prune(
 /// What a restore brings back besides the release.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
+    /// Keep the archive's `database/` dump here (to load it on a remote host).
+    pub keep_dump: Option<PathBuf>,
     /// Copy the archived shared files (.env) back over the live ones.
     pub shared: bool,
     pub database: Option<Database>,
@@ -393,6 +404,12 @@ pub fn restore(
                 return Err(other("the archive holds no database dump"));
             }
             load(db, &staging.join("database"))?;
+        }
+        if let Some(keep) = &opts.keep_dump {
+            if !staging.join("database").exists() {
+                return Err(other("the archive holds no database dump"));
+            }
+            std::fs::rename(staging.join("database"), keep)?;
         }
         Ok(manifest)
     })();

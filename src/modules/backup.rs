@@ -10,17 +10,6 @@ use crate::backup::{self as core, Database, Options, RestoreOptions, Summary};
 use crate::effects::Target;
 use crate::inventory::TransportKind;
 
-fn local_host(host: &HostRef) -> Result<(), Box<EvalAltResult>> {
-    if host.0.transport == TransportKind::Local {
-        Ok(())
-    } else {
-        Err(super::error(format!(
-            "backups run where the files are: `{}` is reached over SSH — run this script on the server (transport = \"local\" there)",
-            host.0.name
-        )))
-    }
-}
-
 fn backup_dir(session: &crate::engine::Session, opts: &Map) -> Result<PathBuf, Box<EvalAltResult>> {
     if let Some(d) = opts.get("backup_dir") {
         return Ok(PathBuf::from(d.to_string()));
@@ -98,7 +87,6 @@ fn summary_map(s: &Summary) -> Map {
 }
 
 fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Box<EvalAltResult>> {
-    local_host(host)?;
     let session = super::session(ctx)?;
     for k in opts.keys() {
         if !["database", "storage", "exclude", "level", "backup_dir"].contains(&k.as_str()) {
@@ -134,8 +122,39 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
             .and_then(|l| u32::try_from(l).ok())
             .unwrap_or(6),
         git_ref: session.info.args.get("ref").cloned().unwrap_or_default(),
+        dumped: None,
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    if host.0.transport != TransportKind::Local {
+        if session.info.dry_run {
+            session.effects.output().log(
+                crate::output::Level::Info,
+                format!("would back up {} into {}", host.0.name, dir.display()),
+            );
+            let mut m = Map::new();
+            m.insert("dry_run".into(), true.into());
+            return Ok(m);
+        }
+        let target = Target::Host(host.0.clone());
+        let db = o.database.clone();
+        let s = core::remote::create(
+            &session.effects,
+            &target,
+            &dir.display().to_string(),
+            &o,
+            db.as_ref(),
+            threads,
+        )
+        .map_err(super::error)?;
+        session.effects.output().log(
+            crate::output::Level::Info,
+            format!(
+                "backup {} on {} ({} files, {} bytes, release {})",
+                s.name, host.0.name, s.files, s.size, s.release
+            ),
+        );
+        return Ok(summary_map(&s));
+    }
     let out = std::sync::Arc::new(std::sync::Mutex::new(None));
     let slot = out.clone();
     let argv = vec![
@@ -177,7 +196,6 @@ fn restore(
     name: &str,
     opts: &Map,
 ) -> Result<String, Box<EvalAltResult>> {
-    local_host(host)?;
     let session = super::session(ctx)?;
     for k in opts.keys() {
         if !["database", "shared", "backup_dir"].contains(&k.as_str()) {
@@ -200,7 +218,8 @@ fn restore(
     }
     let dir = backup_dir(&session, opts)?;
     let archive = dir.join(name);
-    if !archive.is_file() {
+    let remote = host.0.transport != TransportKind::Local;
+    if !remote && !archive.is_file() {
         return Err(super::error(format!(
             "no backup {} (see backup::list)",
             archive.display()
@@ -217,6 +236,7 @@ fn restore(
             .and_then(|v| v.as_bool().ok())
             .unwrap_or(false),
         database,
+        keep_dump: None,
     };
     let meta = crate::release::Metadata {
         name: release.clone(),
@@ -228,29 +248,49 @@ fn restore(
         runbook: env!("CARGO_PKG_VERSION").to_owned(),
         ..crate::release::Metadata::default()
     };
-    let (rel, root2) = (release.clone(), root.clone());
-    let argv = vec![
-        "backup".into(),
-        "restore".into(),
-        archive.display().to_string(),
-        format!("releases/{release}"),
-    ];
-    session
-        .effects
-        .task(&targets[0], argv, move || {
-            let manifest = core::restore(&archive, &root2, &rel, &ro).map_err(|e| e.to_string())?;
-            let mut meta = meta;
-            meta.git_ref = manifest.git_ref.clone();
-            meta.commit = format!("restored from release {}", manifest.release);
-            let dir = root2.join(".runbook/releases");
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            std::fs::write(
-                dir.join(format!("{rel}.json")),
-                serde_json::to_vec(&meta).unwrap_or_default(),
+    if remote {
+        if !session.info.dry_run {
+            let meta_json = serde_json::to_string(&meta).unwrap_or_default();
+            core::remote::restore(
+                &session.effects,
+                &targets[0],
+                &core::remote::Restore {
+                    backup_dir: &dir.display().to_string(),
+                    name,
+                    release: &release,
+                    shared: ro.shared,
+                    db: ro.database.as_ref(),
+                    meta_json: &meta_json,
+                },
             )
-            .map_err(|e| e.to_string())
-        })
-        .map_err(|e| super::error(e.to_string()))?;
+            .map_err(super::error)?;
+        }
+    } else {
+        let (rel, root2) = (release.clone(), root.clone());
+        let argv = vec![
+            "backup".into(),
+            "restore".into(),
+            archive.display().to_string(),
+            format!("releases/{release}"),
+        ];
+        session
+            .effects
+            .task(&targets[0], argv, move || {
+                let manifest =
+                    core::restore(&archive, &root2, &rel, &ro).map_err(|e| e.to_string())?;
+                let mut meta = meta;
+                meta.git_ref = manifest.git_ref.clone();
+                meta.commit = format!("restored from release {}", manifest.release);
+                let dir = root2.join(".runbook/releases");
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                std::fs::write(
+                    dir.join(format!("{rel}.json")),
+                    serde_json::to_vec(&meta).unwrap_or_default(),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .map_err(|e| super::error(e.to_string()))?;
+    }
     let previous = crate::release::activate(&session.effects, &targets, &release)
         .map_err(|e| super::error(e.message))?;
     session
@@ -271,8 +311,9 @@ pub mod backup_api {
     /// manifest; written under a temporary name, fsynced, read back and verified.
     /// Options: `database` (#{ driver: "mysql", name, user, host, port or socket, password_env } or
     /// #{ driver: "sqlite", path }), `storage` (include shared/storage), `exclude`
-    /// (paths), `level` (gzip 1-9, default 6), `backup_dir`. Runs where the files are
-    /// (a host with `transport = "local"`).
+    /// (paths), `level` (gzip 1-9, default 6), `backup_dir`. For a host reached over SSH
+    /// the files (and a dump made on the host) stream to runbook, which builds and
+    /// verifies the archive and stores it in the host's `backup_dir`.
     #[rhai_fn(name = "create", return_raw)]
     pub fn create(
         ctx: NativeCallContext,
@@ -293,6 +334,69 @@ pub mod backup_api {
                 .iter()
                 .map(|s| Dynamic::from(super::summary_map(s)))
                 .collect())
+        })();
+        super::super::located(&ctx, result)
+    }
+
+    /// The backups on a host (over SSH, or the local backup_dir), newest first.
+    #[rhai_fn(name = "list", return_raw)]
+    pub fn list_host(ctx: NativeCallContext, host: HostRef) -> Result<Array, Box<EvalAltResult>> {
+        let result = (|| {
+            let session = super::super::session(&ctx)?;
+            let dir = super::backup_dir(&session, &Map::new())?;
+            let all = if host.0.transport == TransportKind::Local {
+                crate::backup::list(&dir).map_err(|e| super::super::error(e.to_string()))?
+            } else {
+                crate::backup::remote::list(
+                    &session.effects,
+                    &Target::Host(host.0.clone()),
+                    &dir.display().to_string(),
+                )
+                .map_err(super::super::error)?
+            };
+            Ok(all
+                .iter()
+                .map(|s| Dynamic::from(super::summary_map(s)))
+                .collect())
+        })();
+        super::super::located(&ctx, result)
+    }
+
+    /// Verifies a backup stored on a host: streamed to the runner, every checksum checked.
+    #[rhai_fn(name = "verify", return_raw)]
+    pub fn verify_host(
+        ctx: NativeCallContext,
+        host: HostRef,
+        name: &str,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        let result = (|| {
+            let session = super::super::session(&ctx)?;
+            let dir = super::backup_dir(&session, &Map::new())?;
+            let work = tempfile::tempdir().map_err(|e| super::super::error(e.to_string()))?;
+            let path = if host.0.transport == TransportKind::Local {
+                dir.join(name)
+            } else {
+                crate::backup::remote::fetch(
+                    &session.effects,
+                    &Target::Host(host.0.clone()),
+                    &dir.display().to_string(),
+                    name,
+                    work.path(),
+                )
+                .map_err(super::super::error)?
+            };
+            let file = std::fs::File::open(&path)
+                .map_err(|e| super::super::error(format!("{}: {e}", path.display())))?;
+            let m = crate::backup::archive::verify(file)
+                .map_err(|e| super::super::error(format!("{name}: {e}")))?;
+            let mut out = Map::new();
+            out.insert("ok".into(), true.into());
+            out.insert("release".into(), m.release.into());
+            out.insert(
+                "entries".into(),
+                i64::try_from(m.entries.len()).unwrap_or(0).into(),
+            );
+            Ok(out)
         })();
         super::super::located(&ctx, result)
     }

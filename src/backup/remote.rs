@@ -1,0 +1,364 @@
+//! Backups of hosts reached over SSH.
+//!
+//! The mechanism: runbook is the only thing that writes or reads the archive format. The
+//! live release, the shared files and (when asked) a database dump made ON the host are
+//! streamed to the runner as tar over the host's existing connection; the runner builds
+//! the archive (manifest, checksums, parallel gzip), reads it back, and uploads it to the
+//! host's `backup_dir` under a temporary name that is renamed only when complete. Verify
+//! and restore stream the archive back and check every checksum on the runner; a restore
+//! uploads the verified release into a NEW release directory and switches atomically.
+//! The hosts need only `tar`, `mv` and (for databases) `mysqldump`/`mysql` or `sqlite3`.
+
+use std::path::{Path, PathBuf};
+
+use super::{Database, Options, Summary};
+use crate::effects::{Effects, Target};
+use crate::transport::{CommandSpec, Program};
+
+fn sh(
+    effects: &Effects,
+    target: &Target,
+    label: &str,
+    body: &str,
+    args: &[&str],
+    stdin: Option<Vec<u8>>,
+) -> Result<String, String> {
+    let mut argv = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        body.to_owned(),
+        "sh".to_owned(),
+    ];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let mut spec = CommandSpec::new(Program::Argv(argv));
+    spec.label = Some(label.to_owned());
+    spec.stdin = stdin;
+    spec.quiet = true;
+    effects
+        .run(target, &spec)
+        .map(|r| r.stdout)
+        .map_err(|e| e.to_string())
+}
+
+fn root(target: &Target) -> String {
+    match target {
+        Target::Host(h) => h.deploy_path.clone(),
+        Target::Local => String::new(),
+    }
+}
+
+/// Dumps the database on the host into `dir` there. Passwords travel on stdin.
+fn dump_on_host(
+    effects: &Effects,
+    target: &Target,
+    db: &Database,
+    dir: &str,
+) -> Result<(), String> {
+    match db {
+        Database::Sqlite { path } => sh(
+            effects,
+            target,
+            "backup: sqlite3 .backup on the host",
+            r#"mkdir -p "$2" && sqlite3 "$1" ".backup '$2/database.sqlite'""#,
+            &[&path.display().to_string(), dir],
+            None,
+        )
+        .map(drop),
+        Database::Mysql {
+            host,
+            port,
+            socket,
+            user,
+            password,
+            name,
+        } => {
+            let conn = match socket {
+                Some(s) => format!("--socket={s}"),
+                None => format!("--host={host} --port={port}"),
+            };
+            sh(
+                effects,
+                target,
+                "backup: mysqldump --single-transaction on the host",
+                r#"IFS= read -r MYSQL_PWD || true; [ -n "$MYSQL_PWD" ] && export MYSQL_PWD || unset MYSQL_PWD
+mkdir -p "$1" && mysqldump --single-transaction --routines --triggers --events $2 --user="$3" --databases "$4" > "$1/mysql.sql""#,
+                &[dir, &conn, user, name],
+                Some(format!("{}\n", password.clone().unwrap_or_default()).into_bytes()),
+            )
+            .map(drop)
+        }
+    }
+}
+
+fn load_on_host(
+    effects: &Effects,
+    target: &Target,
+    db: &Database,
+    dir: &str,
+) -> Result<(), String> {
+    match db {
+        Database::Sqlite { path } => sh(
+            effects,
+            target,
+            "restore: the sqlite database on the host",
+            r#"cp "$2/database.sqlite" "$1.restoring" && mv -f "$1.restoring" "$1""#,
+            &[&path.display().to_string(), dir],
+            None,
+        )
+        .map(drop),
+        Database::Mysql {
+            host,
+            port,
+            socket,
+            user,
+            password,
+            ..
+        } => {
+            let conn = match socket {
+                Some(s) => format!("--socket={s}"),
+                None => format!("--host={host} --port={port}"),
+            };
+            sh(
+                effects,
+                target,
+                "restore: load the mysql dump on the host",
+                r#"IFS= read -r MYSQL_PWD || true; [ -n "$MYSQL_PWD" ] && export MYSQL_PWD || unset MYSQL_PWD
+mysql $2 --user="$3" < "$1/mysql.sql""#,
+                &[dir, &conn, user],
+                Some(format!("{}\n", password.clone().unwrap_or_default()).into_bytes()),
+            )
+            .map(drop)
+        }
+    }
+}
+
+fn live_release(effects: &Effects, target: &Target) -> Result<String, String> {
+    let list = crate::release::list(effects, target).map_err(|e| e.message)?;
+    list.into_iter()
+        .find(|r| r.live)
+        .map(|r| r.name)
+        .ok_or_else(|| {
+            format!(
+                "nothing is deployed on `{}` (no current release)",
+                target.name()
+            )
+        })
+}
+
+/// Creates a backup of an SSH host; the archive ends up in the host's `backup_dir`.
+pub fn create(
+    effects: &Effects,
+    target: &Target,
+    backup_dir: &str,
+    opts: &Options,
+    db: Option<&Database>,
+    threads: usize,
+) -> Result<Summary, String> {
+    let root = root(target);
+    let release = live_release(effects, target)?;
+    let work = tempfile::Builder::new()
+        .prefix("runbook-backup-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let local_root = work.path().join("deploy");
+    let dl = |remote: String, local: PathBuf| {
+        effects
+            .download(target, &remote, &local)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    std::fs::create_dir_all(local_root.join("releases")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(local_root.join("shared")).map_err(|e| e.to_string())?;
+    dl(
+        format!("{root}/releases/{release}"),
+        local_root.join("releases").join(&release),
+    )?;
+    for f in &opts.shared_files {
+        let present = sh(
+            effects,
+            target,
+            "backup: look for a shared file",
+            r#"[ -e "$1" ] && echo yes || true"#,
+            &[&format!("{root}/shared/{f}")],
+            None,
+        )?;
+        if present.trim() == "yes" {
+            let local = local_root.join("shared").join(f);
+            if let Some(p) = local.parent() {
+                std::fs::create_dir_all(p).map_err(|e| e.to_string())?;
+            }
+            dl(format!("{root}/shared/{f}"), local)?;
+        }
+    }
+    if opts.include_storage {
+        dl(
+            format!("{root}/shared/storage"),
+            local_root.join("shared/storage"),
+        )?;
+    }
+    let mut local_opts = opts.clone();
+    local_opts.database = None;
+    if let Some(db) = db {
+        let remote_dump = format!("{backup_dir}/.runbook-dump-{}", std::process::id());
+        let dumped = dump_on_host(effects, target, db, &remote_dump)
+            .and_then(|()| dl(remote_dump.clone(), work.path().join("dump")));
+        let _ = sh(
+            effects,
+            target,
+            "backup: remove the temporary dump",
+            r#"rm -rf "$1""#,
+            &[&remote_dump],
+            None,
+        );
+        dumped?;
+        local_opts.dumped = Some(work.path().join("dump"));
+    }
+    std::os::unix::fs::symlink(format!("releases/{release}"), local_root.join("current"))
+        .map_err(|e| e.to_string())?;
+    let out = work.path().join("out");
+    let summary =
+        super::create(&local_root, &out, &local_opts, threads).map_err(|e| e.to_string())?;
+    // Upload under temporary names, then rename both into place on the host.
+    let part = format!("{backup_dir}/.{}.part", summary.name);
+    let part_json = format!("{backup_dir}/.{}.json.part", summary.name);
+    for (local, remote) in [
+        (out.join(&summary.name), &part),
+        (out.join(format!("{}.json", summary.name)), &part_json),
+    ] {
+        for r in effects.upload(std::slice::from_ref(target), &local, remote) {
+            r.map_err(|e| e.to_string())?;
+        }
+    }
+    sh(
+        effects,
+        target,
+        "backup: move the verified archive into place",
+        r#"mv -T "$1" "$2/$3" && mv -T "$4" "$2/$3.json" && sync"#,
+        &[&part, backup_dir, &summary.name, &part_json],
+        None,
+    )?;
+    Ok(summary)
+}
+
+/// The backups on a host, newest first.
+pub fn list(effects: &Effects, target: &Target, backup_dir: &str) -> Result<Vec<Summary>, String> {
+    let out = sh(
+        effects,
+        target,
+        "backup: list",
+        r#"for f in "$1"/backup-*.tar.gz.json; do [ -f "$f" ] && tr -d '\n' < "$f" && echo; done; true"#,
+        &[backup_dir],
+        None,
+    )?;
+    let mut all: Vec<Summary> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    all.sort_by(|a, b| b.name.cmp(&a.name));
+    Ok(all)
+}
+
+/// Copies an archive from the host to `dir` on the runner; returns its local path.
+pub fn fetch(
+    effects: &Effects,
+    target: &Target,
+    backup_dir: &str,
+    name: &str,
+    dir: &Path,
+) -> Result<PathBuf, String> {
+    let local = dir.join(name);
+    effects
+        .download(target, &format!("{backup_dir}/{name}"), &local)
+        .map_err(|e| e.to_string())?;
+    Ok(local)
+}
+
+/// What to restore from which archive of a host.
+pub struct Restore<'a> {
+    pub backup_dir: &'a str,
+    /// The archive's file name.
+    pub name: &'a str,
+    /// The new release to create.
+    pub release: &'a str,
+    /// Put the archived shared files back too.
+    pub shared: bool,
+    pub db: Option<&'a Database>,
+    /// The release metadata to record.
+    pub meta_json: &'a str,
+}
+
+/// Restores an archive of the host into a new release there.
+pub fn restore(
+    effects: &Effects,
+    target: &Target,
+    r: &Restore<'_>,
+) -> Result<super::archive::Manifest, String> {
+    let Restore {
+        backup_dir,
+        name,
+        release,
+        shared,
+        db,
+        meta_json,
+    } = *r;
+    let root = root(target);
+    let work = tempfile::Builder::new()
+        .prefix("runbook-restore-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let archive = fetch(effects, target, backup_dir, name, work.path())?;
+    let local_root = work.path().join("deploy");
+    let ro = super::RestoreOptions {
+        shared,
+        database: None,
+        keep_dump: db.map(|_| work.path().join("dump")),
+    };
+    let manifest =
+        super::restore(&archive, &local_root, release, &ro).map_err(|e| e.to_string())?;
+    let up = |local: &Path, remote: String| -> Result<(), String> {
+        for r in effects.upload(std::slice::from_ref(target), local, &remote) {
+            r.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    up(
+        &local_root.join("releases").join(release),
+        format!("{root}/releases/{release}"),
+    )?;
+    sh(
+        effects,
+        target,
+        "restore: record the release",
+        r#"mkdir -p "$1/.runbook/releases" && cat > "$1/.runbook/releases/$2.json""#,
+        &[&root, release],
+        Some(meta_json.as_bytes().to_vec()),
+    )?;
+    if shared {
+        for e in manifest
+            .entries
+            .iter()
+            .filter(|e| e.path.starts_with("shared/") && e.kind == super::archive::Kind::File)
+        {
+            let rel = &e.path["shared/".len()..];
+            up(
+                &local_root.join("shared").join(rel),
+                format!("{root}/shared/{rel}"),
+            )?;
+        }
+    }
+    if let Some(db) = db {
+        let remote_dump = format!("{backup_dir}/.runbook-restore-{}", std::process::id());
+        let loaded = up(&work.path().join("dump"), remote_dump.clone())
+            .and_then(|()| load_on_host(effects, target, db, &remote_dump));
+        let _ = sh(
+            effects,
+            target,
+            "restore: remove the temporary dump",
+            r#"rm -rf "$1""#,
+            &[&remote_dump],
+            None,
+        );
+        loaded?;
+    }
+    Ok(manifest)
+}
