@@ -479,4 +479,21 @@ fn an_ssh_host_is_backed_up_and_restored_with_its_database() {
             == std::fs::read(Path::new(&root).join("releases").join(&restored).join(rel)).unwrap()
     };
     assert!(same("routes/web.php") && same("artisan") && same("REVISION"));
+
+    // A second backup; pruning to one keeps the newest that verifies.
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = site
+        .project()
+        .file("scripts/p.rhai", "let b = backup::create(host(\"web1\"), #{});\nprint(backup::prune(host(\"web1\"), #{ keep: 1 }));\nprint(backup::list(host(\"web1\")).map(|s| s.name));")
+        .args(&["run", "p", "-e", "fleet", "-q"])
+        .run();
+    out.code(0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("[\"{name}\"]"),
+        "the older backup was pruned"
+    );
+    assert!(!lines[1].contains(&name));
+    assert!(!Path::new(&site.backups()).join(&name).exists());
 }

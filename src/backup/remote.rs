@@ -362,3 +362,49 @@ pub fn restore(
     }
     Ok(manifest)
 }
+
+/// Prunes a host's backups like [`super::prune`]: beyond `keep` or older than `max_age`,
+/// never the newest backup that verifies (streamed to the runner and checked), never an
+/// archive being written (only finished archives have a summary).
+pub fn prune(
+    effects: &Effects,
+    target: &Target,
+    backup_dir: &str,
+    keep: usize,
+    max_age: Option<std::time::Duration>,
+) -> Result<Vec<String>, String> {
+    let all = list(effects, target, backup_dir)?;
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let protected = all
+        .iter()
+        .find(|s| {
+            fetch(effects, target, backup_dir, &s.name, work.path())
+                .ok()
+                .and_then(|p| std::fs::File::open(&p).ok())
+                .is_some_and(|f| super::archive::verify(f).is_ok())
+        })
+        .map(|s| s.name.clone());
+    let now = chrono::Utc::now();
+    let mut removed = Vec::new();
+    for (i, s) in all.iter().enumerate() {
+        if Some(&s.name) == protected.as_ref() {
+            continue;
+        }
+        let age = chrono::DateTime::parse_from_rfc3339(&s.created_at)
+            .ok()
+            .and_then(|t| now.signed_duration_since(t).to_std().ok())
+            .unwrap_or_default();
+        if i >= keep.max(1) || max_age.is_some_and(|m| age > m) {
+            sh(
+                effects,
+                target,
+                "backup: remove an old backup",
+                r#"rm -f "$1/$2" "$1/$2.json""#,
+                &[backup_dir, &s.name],
+                None,
+            )?;
+            removed.push(s.name.clone());
+        }
+    }
+    Ok(removed)
+}

@@ -447,6 +447,43 @@ pub mod backup_api {
         super::super::located(&ctx, result)
     }
 
+    /// `backup::prune` for a host's backup_dir (over SSH, or local).
+    #[rhai_fn(name = "prune", return_raw)]
+    pub fn prune_host(
+        ctx: NativeCallContext,
+        host: HostRef,
+        opts: Map,
+    ) -> Result<Array, Box<EvalAltResult>> {
+        let result = (|| {
+            let session = super::super::session(&ctx)?;
+            let dir = super::backup_dir(&session, &opts)?;
+            let keep = opts
+                .get("keep")
+                .and_then(|v| v.as_int().ok())
+                .and_then(|k| usize::try_from(k).ok())
+                .unwrap_or(10);
+            let max_age = opts.get("max_age").map(super::duration_arg).transpose()?;
+            if session.info.dry_run {
+                return Ok(Array::new());
+            }
+            let removed = if host.0.transport == TransportKind::Local {
+                crate::backup::prune(&dir, keep, max_age)
+                    .map_err(|e| super::super::error(e.to_string()))?
+            } else {
+                crate::backup::remote::prune(
+                    &session.effects,
+                    &Target::Host(host.0.clone()),
+                    &dir.display().to_string(),
+                    keep,
+                    max_age,
+                )
+                .map_err(super::super::error)?
+            };
+            Ok(removed.into_iter().map(Dynamic::from).collect())
+        })();
+        super::super::located(&ctx, result)
+    }
+
     /// Restores a backup into a NEW release (verified first; never over a live one) and
     /// switches to it atomically. Returns the new release's name. Options: `shared`
     /// (also put the archived .env back), `database` (load the dump — only when asked;
