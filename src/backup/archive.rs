@@ -365,114 +365,7 @@ fn link_escapes(path: &str, target: &str) -> bool {
 /// Reads the whole archive: every checksum against the manifest, every entry checked
 /// for safety. Extracts nothing. Returns the manifest.
 pub fn verify(reader: impl Read) -> Result<Manifest, ArchiveError> {
-    let mut archive = tar::Archive::new(MultiGzDecoder::new(reader));
-    let mut seen: Vec<Entry> = Vec::new();
-    let mut manifest: Option<Manifest> = None;
-    let mut links: Vec<String> = Vec::new();
-    let corrupt = |e: io::Error| ArchiveError::Corrupt(e.to_string());
-    for entry in archive.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
-        let path = entry
-            .path()
-            .map_err(corrupt)?
-            .to_string_lossy()
-            .trim_end_matches('/')
-            .to_owned();
-        check_path(&path)?;
-        if links.iter().any(|l| path.starts_with(&format!("{l}/"))) {
-            return Err(ArchiveError::Unsafe {
-                path,
-                why: "it would be written through a symlink".into(),
-            });
-        }
-        let header = entry.header().clone();
-        let mode = header.mode().map_err(corrupt)? & 0o7777;
-        let mtime = i64::try_from(header.mtime().map_err(corrupt)?).unwrap_or(0);
-        match header.entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut hash = Sha256::new();
-                let mut size = 0u64;
-                let mut buf = vec![0u8; 64 * 1024];
-                if path == MANIFEST {
-                    let mut json = Vec::new();
-                    entry.read_to_end(&mut json).map_err(corrupt)?;
-                    manifest =
-                        Some(serde_json::from_slice(&json).map_err(|e| {
-                            ArchiveError::Corrupt(format!("unreadable manifest: {e}"))
-                        })?);
-                    continue;
-                }
-                loop {
-                    let n = entry.read(&mut buf).map_err(corrupt)?;
-                    if n == 0 {
-                        break;
-                    }
-                    size += n as u64;
-                    hash.update(&buf[..n]);
-                }
-                seen.push(Entry {
-                    path,
-                    kind: Kind::File,
-                    mode,
-                    size,
-                    mtime,
-                    sha256: Some(hex::encode(hash.finalize())),
-                    target: None,
-                });
-            }
-            tar::EntryType::Directory => seen.push(Entry {
-                path,
-                kind: Kind::Dir,
-                mode,
-                size: 0,
-                mtime,
-                sha256: None,
-                target: None,
-            }),
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(corrupt)?
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if link_escapes(&path, &target) {
-                    return Err(ArchiveError::Unsafe {
-                        path,
-                        why: format!("the symlink points outside the archive ({target})"),
-                    });
-                }
-                links.push(path.clone());
-                seen.push(Entry {
-                    path,
-                    kind: Kind::Symlink,
-                    mode,
-                    size: 0,
-                    mtime,
-                    sha256: None,
-                    target: Some(target),
-                });
-            }
-            tar::EntryType::Link => {
-                return Err(ArchiveError::Unsafe {
-                    path,
-                    why: "hard links are not accepted".into(),
-                });
-            }
-            other => {
-                return Err(ArchiveError::Unsafe {
-                    path,
-                    why: format!("entry type {other:?} (devices, FIFOs) is not accepted"),
-                });
-            }
-        }
-    }
-    let manifest = manifest.ok_or_else(|| {
-        ArchiveError::Corrupt(
-            "no manifest: the archive is truncated or not a runbook backup".into(),
-        )
-    })?;
-    compare(&manifest, &seen)?;
-    Ok(manifest)
+    check_entries(reader, None)
 }
 
 /// Verifies and extracts in ONE pass into `dest`, a new directory that nobody serves:
@@ -488,14 +381,16 @@ pub fn verify_into(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
         });
     }
     std::fs::create_dir_all(dest)?;
-    let result = extract_checked(reader, dest);
+    let result = check_entries(reader, Some(dest));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dest);
     }
     result
 }
 
-fn extract_checked(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveError> {
+/// Walks every entry: safety first, then (with a `dest`) writes it while hashing, or only
+/// hashes it; finally compares everything with the manifest.
+fn check_entries(reader: impl Read, dest: Option<&Path>) -> Result<Manifest, ArchiveError> {
     use std::os::unix::fs::PermissionsExt;
     let mut archive = tar::Archive::new(MultiGzDecoder::new(reader));
     let mut seen: Vec<Entry> = Vec::new();
@@ -521,7 +416,7 @@ fn extract_checked(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
         let header = entry.header().clone();
         let mode = header.mode().map_err(corrupt)? & 0o7777;
         let mtime = i64::try_from(header.mtime().map_err(corrupt)?).unwrap_or(0);
-        let out = dest.join(&path);
+        let out = dest.map(|d| d.join(&path));
         match header.entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if path == MANIFEST {
@@ -533,10 +428,15 @@ fn extract_checked(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
                         })?);
                     continue;
                 }
-                if let Some(parent) = out.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                let mut file = io::BufWriter::with_capacity(256 * 1024, File::create(&out)?);
+                let mut file = match &out {
+                    Some(out) => {
+                        if let Some(parent) = out.parent() {
+                            std::fs::create_dir_all(parent)?;
+                        }
+                        Some(io::BufWriter::with_capacity(256 * 1024, File::create(out)?))
+                    }
+                    None => None,
+                };
                 let mut hash = Sha256::new();
                 let mut size = 0u64;
                 loop {
@@ -546,12 +446,16 @@ fn extract_checked(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
                     }
                     size += n as u64;
                     hash.update(&buf[..n]);
-                    file.write_all(&buf[..n])?;
+                    if let Some(f) = file.as_mut() {
+                        f.write_all(&buf[..n])?;
+                    }
                 }
-                file.flush()?;
-                drop(file);
-                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode))?;
-                filetime::set_file_mtime(&out, filetime::FileTime::from_unix_time(mtime, 0))?;
+                if let (Some(mut f), Some(out)) = (file, &out) {
+                    f.flush()?;
+                    drop(f);
+                    std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode))?;
+                    filetime::set_file_mtime(out, filetime::FileTime::from_unix_time(mtime, 0))?;
+                }
                 seen.push(Entry {
                     path,
                     kind: Kind::File,
@@ -563,8 +467,10 @@ fn extract_checked(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
                 });
             }
             tar::EntryType::Directory => {
-                std::fs::create_dir_all(&out)?;
-                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode))?;
+                if let Some(out) = &out {
+                    std::fs::create_dir_all(out)?;
+                    std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode))?;
+                }
                 seen.push(Entry {
                     path,
                     kind: Kind::Dir,
@@ -587,12 +493,14 @@ fn extract_checked(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
                         why: format!("the symlink points outside the archive ({target})"),
                     });
                 }
-                if let Some(parent) = out.parent() {
-                    std::fs::create_dir_all(parent)?;
+                if let Some(out) = &out {
+                    if let Some(parent) = out.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::os::unix::fs::symlink(&target, out)?;
+                    let t = filetime::FileTime::from_unix_time(mtime, 0);
+                    let _ = filetime::set_symlink_file_times(out, t, t);
                 }
-                std::os::unix::fs::symlink(&target, &out)?;
-                let t = filetime::FileTime::from_unix_time(mtime, 0);
-                let _ = filetime::set_symlink_file_times(&out, t, t);
                 links.push(path.clone());
                 seen.push(Entry {
                     path,
@@ -624,6 +532,9 @@ fn extract_checked(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
         )
     })?;
     compare(&manifest, &seen)?;
+    let Some(dest) = dest else {
+        return Ok(manifest);
+    };
     let mut dirs: Vec<&Entry> = manifest
         .entries
         .iter()

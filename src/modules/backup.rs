@@ -304,6 +304,85 @@ fn restore(
     Ok(release)
 }
 
+/// Where a host's backups are handled: on the runner (`None`) or over SSH.
+fn remote_target(host: Option<&HostRef>) -> Option<Target> {
+    host.filter(|h| h.0.transport != TransportKind::Local)
+        .map(|h| Target::Host(h.0.clone()))
+}
+
+fn list_of(ctx: &NativeCallContext, host: Option<&HostRef>) -> Result<Array, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let dir = backup_dir(&session, &Map::new())?;
+    let all = match remote_target(host) {
+        None => core::list(&dir).map_err(|e| super::error(e.to_string()))?,
+        Some(t) => core::remote::list(&session.effects, &t, &dir.display().to_string())
+            .map_err(super::error)?,
+    };
+    Ok(all.iter().map(|s| Dynamic::from(summary_map(s))).collect())
+}
+
+fn verify_of(
+    ctx: &NativeCallContext,
+    host: Option<&HostRef>,
+    name: &str,
+) -> Result<Map, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let dir = backup_dir(&session, &Map::new())?;
+    let work = tempfile::tempdir().map_err(|e| super::error(e.to_string()))?;
+    let path = match remote_target(host) {
+        None => dir.join(name),
+        Some(t) => core::remote::fetch(
+            &session.effects,
+            &t,
+            &dir.display().to_string(),
+            name,
+            work.path(),
+        )
+        .map_err(super::error)?,
+    };
+    let file =
+        std::fs::File::open(&path).map_err(|e| super::error(format!("{}: {e}", path.display())))?;
+    let m = core::archive::verify(file).map_err(|e| super::error(format!("{name}: {e}")))?;
+    let mut out = Map::new();
+    out.insert("ok".into(), true.into());
+    out.insert("release".into(), m.release.into());
+    out.insert(
+        "entries".into(),
+        i64::try_from(m.entries.len()).unwrap_or(0).into(),
+    );
+    Ok(out)
+}
+
+fn prune_of(
+    ctx: &NativeCallContext,
+    host: Option<&HostRef>,
+    opts: &Map,
+) -> Result<Array, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let dir = backup_dir(&session, opts)?;
+    let keep = opts
+        .get("keep")
+        .and_then(|v| v.as_int().ok())
+        .and_then(|k| usize::try_from(k).ok())
+        .unwrap_or(10);
+    let max_age = opts.get("max_age").map(duration_arg).transpose()?;
+    if session.info.dry_run {
+        return Ok(Array::new());
+    }
+    let removed = match remote_target(host) {
+        None => core::prune(&dir, keep, max_age).map_err(|e| super::error(e.to_string()))?,
+        Some(t) => core::remote::prune(
+            &session.effects,
+            &t,
+            &dir.display().to_string(),
+            keep,
+            max_age,
+        )
+        .map_err(super::error)?,
+    };
+    Ok(removed.into_iter().map(Dynamic::from).collect())
+}
+
 #[export_module]
 pub mod backup_api {
     /// Backs up the live release (resolved), the shared files and, when asked, the
@@ -326,40 +405,13 @@ pub mod backup_api {
     /// The backups of the environment, newest first: `#{ name, size, age_s, release, ref, files, database, verified }`.
     #[rhai_fn(name = "list", return_raw)]
     pub fn list(ctx: NativeCallContext) -> Result<Array, Box<EvalAltResult>> {
-        let result = (|| {
-            let session = super::super::session(&ctx)?;
-            let dir = super::backup_dir(&session, &Map::new())?;
-            let all = crate::backup::list(&dir).map_err(|e| super::super::error(e.to_string()))?;
-            Ok(all
-                .iter()
-                .map(|s| Dynamic::from(super::summary_map(s)))
-                .collect())
-        })();
-        super::super::located(&ctx, result)
+        super::super::located(&ctx, super::list_of(&ctx, None))
     }
 
     /// The backups on a host (over SSH, or the local backup_dir), newest first.
     #[rhai_fn(name = "list", return_raw)]
     pub fn list_host(ctx: NativeCallContext, host: HostRef) -> Result<Array, Box<EvalAltResult>> {
-        let result = (|| {
-            let session = super::super::session(&ctx)?;
-            let dir = super::backup_dir(&session, &Map::new())?;
-            let all = if host.0.transport == TransportKind::Local {
-                crate::backup::list(&dir).map_err(|e| super::super::error(e.to_string()))?
-            } else {
-                crate::backup::remote::list(
-                    &session.effects,
-                    &Target::Host(host.0.clone()),
-                    &dir.display().to_string(),
-                )
-                .map_err(super::super::error)?
-            };
-            Ok(all
-                .iter()
-                .map(|s| Dynamic::from(super::summary_map(s)))
-                .collect())
-        })();
-        super::super::located(&ctx, result)
+        super::super::located(&ctx, super::list_of(&ctx, Some(&host)))
     }
 
     /// Verifies a backup stored on a host: streamed to the runner, every checksum checked.
@@ -369,82 +421,21 @@ pub mod backup_api {
         host: HostRef,
         name: &str,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let result = (|| {
-            let session = super::super::session(&ctx)?;
-            let dir = super::backup_dir(&session, &Map::new())?;
-            let work = tempfile::tempdir().map_err(|e| super::super::error(e.to_string()))?;
-            let path = if host.0.transport == TransportKind::Local {
-                dir.join(name)
-            } else {
-                crate::backup::remote::fetch(
-                    &session.effects,
-                    &Target::Host(host.0.clone()),
-                    &dir.display().to_string(),
-                    name,
-                    work.path(),
-                )
-                .map_err(super::super::error)?
-            };
-            let file = std::fs::File::open(&path)
-                .map_err(|e| super::super::error(format!("{}: {e}", path.display())))?;
-            let m = crate::backup::archive::verify(file)
-                .map_err(|e| super::super::error(format!("{name}: {e}")))?;
-            let mut out = Map::new();
-            out.insert("ok".into(), true.into());
-            out.insert("release".into(), m.release.into());
-            out.insert(
-                "entries".into(),
-                i64::try_from(m.entries.len()).unwrap_or(0).into(),
-            );
-            Ok(out)
-        })();
-        super::super::located(&ctx, result)
+        super::super::located(&ctx, super::verify_of(&ctx, Some(&host), name))
     }
 
     /// Reads a whole backup and checks every checksum against its manifest; extracts
     /// nothing. Throws, saying what is wrong, when it does not verify.
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify(ctx: NativeCallContext, name: &str) -> Result<Map, Box<EvalAltResult>> {
-        let result = (|| {
-            let session = super::super::session(&ctx)?;
-            let path = super::backup_dir(&session, &Map::new())?.join(name);
-            let file = std::fs::File::open(&path)
-                .map_err(|e| super::super::error(format!("{}: {e}", path.display())))?;
-            let m = crate::backup::archive::verify(file)
-                .map_err(|e| super::super::error(format!("{name}: {e}")))?;
-            let mut out = Map::new();
-            out.insert("ok".into(), true.into());
-            out.insert("release".into(), m.release.into());
-            out.insert(
-                "entries".into(),
-                i64::try_from(m.entries.len()).unwrap_or(0).into(),
-            );
-            Ok(out)
-        })();
-        super::super::located(&ctx, result)
+        super::super::located(&ctx, super::verify_of(&ctx, None, name))
     }
 
     /// Removes old backups: beyond `keep` (default 10) or older than `max_age` ("30d");
     /// never the newest backup that verifies, never one being written.
     #[rhai_fn(name = "prune", return_raw)]
     pub fn prune(ctx: NativeCallContext, opts: Map) -> Result<Array, Box<EvalAltResult>> {
-        let result = (|| {
-            let session = super::super::session(&ctx)?;
-            let dir = super::backup_dir(&session, &opts)?;
-            let keep = opts
-                .get("keep")
-                .and_then(|v| v.as_int().ok())
-                .and_then(|k| usize::try_from(k).ok())
-                .unwrap_or(10);
-            let max_age = opts.get("max_age").map(super::duration_arg).transpose()?;
-            if session.info.dry_run {
-                return Ok(Array::new());
-            }
-            let removed = crate::backup::prune(&dir, keep, max_age)
-                .map_err(|e| super::super::error(e.to_string()))?;
-            Ok(removed.into_iter().map(Dynamic::from).collect())
-        })();
-        super::super::located(&ctx, result)
+        super::super::located(&ctx, super::prune_of(&ctx, None, &opts))
     }
 
     /// `backup::prune` for a host's backup_dir (over SSH, or local).
@@ -454,34 +445,7 @@ pub mod backup_api {
         host: HostRef,
         opts: Map,
     ) -> Result<Array, Box<EvalAltResult>> {
-        let result = (|| {
-            let session = super::super::session(&ctx)?;
-            let dir = super::backup_dir(&session, &opts)?;
-            let keep = opts
-                .get("keep")
-                .and_then(|v| v.as_int().ok())
-                .and_then(|k| usize::try_from(k).ok())
-                .unwrap_or(10);
-            let max_age = opts.get("max_age").map(super::duration_arg).transpose()?;
-            if session.info.dry_run {
-                return Ok(Array::new());
-            }
-            let removed = if host.0.transport == TransportKind::Local {
-                crate::backup::prune(&dir, keep, max_age)
-                    .map_err(|e| super::super::error(e.to_string()))?
-            } else {
-                crate::backup::remote::prune(
-                    &session.effects,
-                    &Target::Host(host.0.clone()),
-                    &dir.display().to_string(),
-                    keep,
-                    max_age,
-                )
-                .map_err(super::super::error)?
-            };
-            Ok(removed.into_iter().map(Dynamic::from).collect())
-        })();
-        super::super::located(&ctx, result)
+        super::super::located(&ctx, super::prune_of(&ctx, Some(&host), &opts))
     }
 
     /// Restores a backup into a NEW release (verified first; never over a live one) and
