@@ -64,30 +64,61 @@ fn dump_on_host(
             None,
         )
         .map(drop),
-        Database::Mysql {
-            host,
-            port,
-            socket,
-            user,
-            password,
-            name,
-        } => {
-            let conn = match socket {
-                Some(s) => format!("--socket={s}"),
-                None => format!("--host={host} --port={port}"),
-            };
-            sh(
-                effects,
-                target,
-                "backup: mysqldump --single-transaction on the host",
-                r#"IFS= read -r MYSQL_PWD || true; [ -n "$MYSQL_PWD" ] && export MYSQL_PWD || unset MYSQL_PWD
-mkdir -p "$1" && mysqldump --single-transaction --routines --triggers --events $2 --user="$3" --databases "$4" > "$1/mysql.sql""#,
-                &[dir, &conn, user, name],
-                Some(format!("{}\n", password.clone().unwrap_or_default()).into_bytes()),
-            )
-            .map(drop)
+        Database::Mysql { name, .. } => mysql_on_host(
+            effects,
+            target,
+            "backup: mysqldump --single-transaction on the host",
+            r#"dir=$1 name=$2; shift 2
+mkdir -p "$dir" && mysqldump --single-transaction --routines --triggers --events "$@" --databases "$name" > "$dir/mysql.sql""#,
+            db,
+            &[dir, name],
+        ),
+    }
+}
+
+/// Runs a mysql client `script` on the host: its own arguments first, then (after
+/// `shift`) the connection arguments in `"$@"`; the password arrives on stdin.
+fn mysql_on_host(
+    effects: &Effects,
+    target: &Target,
+    label: &str,
+    script: &str,
+    db: &Database,
+    first: &[&str],
+) -> Result<(), String> {
+    let Database::Mysql {
+        host,
+        port,
+        socket,
+        user,
+        password,
+        ..
+    } = db
+    else {
+        return Err("not a mysql database".into());
+    };
+    let mut args: Vec<String> = first.iter().map(|a| (*a).to_owned()).collect();
+    match socket {
+        Some(s) => args.push(format!("--socket={s}")),
+        None => {
+            args.push(format!("--host={host}"));
+            args.push(format!("--port={port}"));
         }
     }
+    args.push(format!("--user={user}"));
+    let body = format!(
+        "IFS= read -r MYSQL_PWD || true; if [ -n \"$MYSQL_PWD\" ]; then export MYSQL_PWD; else unset MYSQL_PWD; fi\n{script}"
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    sh(
+        effects,
+        target,
+        label,
+        &body,
+        &refs,
+        Some(format!("{}\n", password.clone().unwrap_or_default()).into_bytes()),
+    )
+    .map(drop)
 }
 
 fn load_on_host(
@@ -106,29 +137,15 @@ fn load_on_host(
             None,
         )
         .map(drop),
-        Database::Mysql {
-            host,
-            port,
-            socket,
-            user,
-            password,
-            ..
-        } => {
-            let conn = match socket {
-                Some(s) => format!("--socket={s}"),
-                None => format!("--host={host} --port={port}"),
-            };
-            sh(
-                effects,
-                target,
-                "restore: load the mysql dump on the host",
-                r#"IFS= read -r MYSQL_PWD || true; [ -n "$MYSQL_PWD" ] && export MYSQL_PWD || unset MYSQL_PWD
-mysql $2 --user="$3" < "$1/mysql.sql""#,
-                &[dir, &conn, user],
-                Some(format!("{}\n", password.clone().unwrap_or_default()).into_bytes()),
-            )
-            .map(drop)
-        }
+        Database::Mysql { .. } => mysql_on_host(
+            effects,
+            target,
+            "restore: load the mysql dump on the host",
+            r#"dir=$1; shift 1
+mysql "$@" < "$dir/mysql.sql""#,
+            db,
+            &[dir],
+        ),
     }
 }
 
