@@ -58,6 +58,36 @@ pub enum Command {
     Repl(ReplArgs),
     /// Remove the deploy lock on every host of an environment
     Unlock(UnlockArgs),
+    /// Query the audit log: who ran what, where, why, and how it ended
+    Audit(AuditArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+    /// Print the man page (roff)
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this environment
+    #[arg(short, long)]
+    pub env: Option<String>,
+    /// Only runs that touched this host
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only runs newer than this (e.g. 2d, 12h)
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// Only runs by this actor
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// One JSON record per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +112,12 @@ pub struct RunArgs {
     /// One JSON event per line on stdout
     #[arg(long)]
     pub json: bool,
+    /// Only hosts whose name matches (`*` and `?` wildcards), e.g. 'web*'
+    #[arg(long, value_name = "PATTERN")]
+    pub hosts: Option<String>,
+    /// Only shard I of N of the (sorted) hosts, e.g. 2/4 — for a CI matrix
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Wait this long for a deploy lock held by another run (e.g. 10m)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub lock_wait: Option<std::time::Duration>,
@@ -145,5 +181,20 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Doc(args) => crate::commands::doc::run(&args),
         Command::Repl(args) => crate::commands::repl::run(global, &args),
         Command::Unlock(args) => crate::commands::unlock::run(global, &args),
+        Command::Audit(args) => crate::commands::audit::run(&args),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "runbook", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::Read {
+                    path: "stdout".into(),
+                    source: e,
+                })
+        }
     }
 }

@@ -58,6 +58,9 @@ pub enum Error {
     #[error("invalid argument `{arg}`: expected KEY=VALUE (e.g. ref=v1.2.3)")]
     BadArg { arg: String },
 
+    #[error("{option}: {message}")]
+    BadOption { option: String, message: String },
+
     #[error("interrupted")]
     Interrupted { diagnostic: Option<Box<Diagnostic>> },
 
@@ -78,7 +81,8 @@ impl Error {
             | Error::ScriptNotFound { .. }
             | Error::Read { .. }
             | Error::NotConfirmed { .. }
-            | Error::BadArg { .. } => exit::USAGE,
+            | Error::BadArg { .. }
+            | Error::BadOption { .. } => exit::USAGE,
         }
     }
 }

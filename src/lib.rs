@@ -2,6 +2,7 @@
 //!
 //! The binary is a thin wrapper around [`run`]; everything lives in this library.
 
+pub mod audit;
 pub mod backup;
 pub mod cli;
 pub mod commands;

@@ -83,6 +83,8 @@ impl Test {
             .env_remove("RUNBOOK_ENV")
             .env_remove("GITHUB_ACTIONS")
             .env_remove("RUST_LOG")
+            .env_remove("GITHUB_STEP_SUMMARY")
+            .env("RUNBOOK_AUDIT_FILE", self.dir.path().join("audit.jsonl"))
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);

@@ -4,6 +4,7 @@ mod harness;
 
 mod backup;
 mod check;
+mod ci;
 mod errors;
 mod fleet;
 mod health;

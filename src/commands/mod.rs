@@ -1,5 +1,6 @@
 //! One file per CLI command; shared set-up (runtime, output, session) lives here.
 
+pub mod audit;
 pub mod check;
 pub mod doc;
 pub mod hosts;
@@ -46,6 +47,10 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
             }
         }
     }
+    let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    if github {
+        redactor.set_hook(crate::output::github::add_mask);
+    }
     let mut output = Output::new(config.info.id.clone(), redactor).with_sink(Human::new(
         config.verbosity,
         color_enabled(),
@@ -54,6 +59,11 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
     if config.json {
         output = output.with_sink(JsonLines);
     }
+    if github {
+        output = output.with_sink(crate::output::github::GitHub::new());
+    }
+    let audit = crate::audit::Collector::default();
+    output = output.with_sink(audit.clone());
     let output = Arc::new(output);
     let max = config.env.as_ref().map_or(32, |e| e.max_concurrency);
     let effects = Effects::new(
@@ -72,6 +82,8 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
         info: config.info,
         sources: Arc::new(SourceMap::default()),
         activations: std::sync::Mutex::new(Vec::new()),
+        switches: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        audit,
     })
 }
 

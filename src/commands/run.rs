@@ -15,6 +15,7 @@ use crate::project::Project;
 pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     let project = Project::load(global.config.as_deref())?;
     let env = project.env(args.env.as_deref())?;
+    let env = narrow(&env, args.hosts.as_deref(), args.shard.as_deref())?;
     let path = project.resolve_script(&args.script)?;
     let script_args = parse_args(&args.args)?;
     let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
@@ -48,8 +49,15 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     let ast = engine::compile(&engine, &scope, &name, &text, &session.sources)
         .map_err(|d| Error::Script(Box::new(d)))?;
 
-    if env.protected && !args.dry_run && !args.yes {
-        confirm(&env.name, &name)?;
+    if env.protected
+        && !args.dry_run
+        && !args.yes
+        && let Err(refused) = confirm(&env.name, &name)
+    {
+        let mut record = audit_record(&session, &name, &text, "refused", std::time::Duration::ZERO);
+        record.error = Some(refused.to_string());
+        write_audit(&session, &record, false);
+        return Err(refused);
     }
 
     let output = session.effects.output().clone();
@@ -117,6 +125,15 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     for host in session.locks.release_all() {
         output.emit(Event::new(Kind::Lock).host(&host).message("lock released"));
     }
+    let result_word = match &failure {
+        None if args.dry_run => "dry_run",
+        None => "success",
+        Some((_, true)) => "aborted",
+        Some((_, false)) => "failed",
+    };
+    let mut record = audit_record(&session, &name, &text, result_word, clock.elapsed());
+    record.error = failure.as_ref().map(|(d, _)| d.message.clone());
+    write_audit(&session, &record, !args.dry_run);
     session.effects.close();
     let (outcome, message) = match &failure {
         None if args.dry_run => (
@@ -134,6 +151,14 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         .result(outcome)
         .duration(clock.elapsed())
         .message(message);
+    if !record.releases.is_empty() {
+        let live: serde_json::Map<String, serde_json::Value> = record
+            .releases
+            .iter()
+            .map(|(h, s)| (h.clone(), serde_json::Value::from(s.after.clone())))
+            .collect();
+        finished = finished.data("releases", serde_json::Value::Object(live));
+    }
     if let Some((d, _)) = &failure {
         finished = finished.data("error", d.to_string());
         if let Some(at) = d.location() {
@@ -148,6 +173,166 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
             diagnostic: Some(Box::new(d)),
         }),
         Some((d, false)) => Err(Error::Script(Box::new(d))),
+    }
+}
+
+/// Applies `--hosts` and `--shard` to the environment.
+fn narrow(
+    env: &std::sync::Arc<crate::inventory::Environment>,
+    pattern: Option<&str>,
+    shard: Option<&str>,
+) -> Result<std::sync::Arc<crate::inventory::Environment>, Error> {
+    if pattern.is_none() && shard.is_none() {
+        return Ok(env.clone());
+    }
+    let shard = shard
+        .map(|s| {
+            let bad = || Error::BadOption {
+                option: format!("--shard {s}"),
+                message: "expected I/N with 1 <= I <= N, e.g. 2/4".into(),
+            };
+            let (i, n) = s.split_once('/').ok_or_else(bad)?;
+            let (i, n) = (
+                i.trim().parse::<usize>().map_err(|_| bad())?,
+                n.trim().parse::<usize>().map_err(|_| bad())?,
+            );
+            if i == 0 || n == 0 || i > n {
+                return Err(bad());
+            }
+            Ok((i, n))
+        })
+        .transpose()?;
+    let narrowed = env.subset(pattern, shard);
+    if narrowed.hosts.is_empty() {
+        return Err(Error::BadOption {
+            option: "--hosts/--shard".into(),
+            message: format!("no host of `{}` is selected", env.name),
+        });
+    }
+    Ok(std::sync::Arc::new(narrowed))
+}
+
+/// The audit record of this run (secrets redacted).
+fn audit_record(
+    session: &crate::engine::Session,
+    script: &str,
+    text: &str,
+    result: &str,
+    took: std::time::Duration,
+) -> crate::audit::Record {
+    use sha2::Digest;
+    let redact = |s: &str| session.effects.output().redactor().redact(s).into_owned();
+    let (steps, hosts) = session.audit.take();
+    let ci_run = match (
+        std::env::var("GITHUB_SERVER_URL"),
+        std::env::var("GITHUB_REPOSITORY"),
+        std::env::var("GITHUB_RUN_ID"),
+    ) {
+        (Ok(s), Ok(r), Ok(id)) => Some(format!("{s}/{r}/actions/runs/{id}")),
+        _ => None,
+    };
+    crate::audit::Record {
+        ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        run: session.info.id.clone(),
+        actor: session.info.actor.clone(),
+        ci_run,
+        env: session
+            .env
+            .as_ref()
+            .map(|e| e.name.clone())
+            .unwrap_or_default(),
+        script: script.to_owned(),
+        script_sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
+        args: session
+            .info
+            .args
+            .iter()
+            .map(|(k, v)| (k.clone(), redact(v)))
+            .collect(),
+        reason: session.info.reason.as_deref().map(redact),
+        hosts,
+        steps,
+        result: result.to_owned(),
+        error: None,
+        releases: session
+            .switches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(h, (b, a))| {
+                (
+                    h.clone(),
+                    crate::audit::Switch {
+                        before: b.clone(),
+                        after: a.clone(),
+                    },
+                )
+            })
+            .collect(),
+        duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Appends the record locally and (unless `local_only`) on every host the run touched.
+fn write_audit(session: &crate::engine::Session, record: &crate::audit::Record, on_hosts: bool) {
+    let output = session.effects.output();
+    let mut record = record.clone();
+    if let Some(e) = &record.error {
+        record.error = Some(output.redactor().redact(e).into_owned());
+    }
+    let path = crate::audit::local_path();
+    if let Err(e) = crate::audit::append(&path, &record) {
+        output.log(
+            crate::output::Level::Warn,
+            format!("cannot write the audit log {}: {e}", path.display()),
+        );
+    }
+    let Some(env) = &session.env else { return };
+    if !on_hosts {
+        return;
+    }
+    let targets: Vec<crate::effects::Target> = record
+        .hosts
+        .iter()
+        .filter_map(|h| env.host(h))
+        .map(crate::effects::Target::Host)
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    let line = format!("{}\n", serde_json::to_string(&record).unwrap_or_default());
+    let build = |t: &crate::effects::Target| {
+        let root = match t {
+            crate::effects::Target::Host(h) => h.deploy_path.clone(),
+            crate::effects::Target::Local => String::new(),
+        };
+        let mut spec = crate::transport::CommandSpec::new(crate::transport::Program::Argv(vec![
+            "sh".into(),
+            "-c".into(),
+            r#"mkdir -p "$1/.runbook" && cat >> "$1/.runbook/audit.jsonl""#.into(),
+            "sh".into(),
+            root,
+        ]));
+        spec.stdin = Some(line.clone().into_bytes());
+        spec.label = Some("audit: record this run on the host".into());
+        spec.quiet = true;
+        spec.tolerate = true;
+        spec
+    };
+    let fan = crate::effects::FanOut {
+        fail_fast: false,
+        ..crate::effects::FanOut::new()
+    };
+    for (t, o) in targets
+        .iter()
+        .zip(session.effects.run_many_with(&targets, &build, &fan))
+    {
+        if !matches!(o, crate::effects::HostOutcome::Done(Ok(ref r)) if r.ok()) {
+            output.log(
+                crate::output::Level::Warn,
+                format!("{}: could not append to the host's audit log", t.name()),
+            );
+        }
     }
 }
 

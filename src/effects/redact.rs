@@ -7,9 +7,23 @@ use std::sync::RwLock;
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
 
-#[derive(Debug, Default)]
+/// Called with each new secret value (GitHub Actions: `::add-mask::`).
+type Hook = Box<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Default)]
 pub struct Redactor {
     secrets: RwLock<Vec<String>>,
+    hook: std::sync::OnceLock<Hook>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Redactor({} secrets)",
+            self.secrets.read().map(|s| s.len()).unwrap_or(0)
+        )
+    }
 }
 
 impl Redactor {
@@ -24,10 +38,27 @@ impl Redactor {
         }
         let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
         if !secrets.iter().any(|s| s == value) {
+            // Announced before anything can print it.
+            if let Some(hook) = self.hook.get() {
+                hook(value);
+            }
             secrets.push(value.to_owned());
             // Longest first, so a secret that contains another is masked whole.
             secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         }
+    }
+
+    /// Sets the callback for new secrets (once), and calls it for the ones known so far.
+    pub fn set_hook(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        let known: Vec<String> = self
+            .secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for s in &known {
+            hook(s);
+        }
+        let _ = self.hook.set(Box::new(hook));
     }
 
     pub fn is_empty(&self) -> bool {

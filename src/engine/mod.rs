@@ -59,6 +59,21 @@ pub struct Session {
     pub locks: crate::lock::Locks,
     /// Hosts this run switched to a new release, with the release they were on.
     pub activations: std::sync::Mutex<Vec<(Arc<crate::inventory::Host>, String)>>,
+    /// Per host: the release before the run's first switch and after its last (audit).
+    pub switches: std::sync::Mutex<BTreeMap<String, (String, String)>>,
+    /// Steps and hosts of this run, for the audit record.
+    pub audit: crate::audit::Collector,
+}
+
+impl Session {
+    /// Records that `host` moved from `before` to `after` (for the audit log).
+    pub fn record_switch(&self, host: &str, before: &str, after: &str) {
+        let mut s = self.switches.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = s
+            .entry(host.to_owned())
+            .or_insert_with(|| (before.to_owned(), after.to_owned()));
+        entry.1 = after.to_owned();
+    }
 }
 
 /// The session, stored as the engine's tag so plugin functions can reach it.

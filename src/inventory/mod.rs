@@ -33,7 +33,7 @@ pub struct Inventory {
 }
 
 /// One environment with every host fully resolved.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Environment {
     pub name: String,
     pub url: Option<String>,
@@ -225,6 +225,63 @@ impl Environment {
     pub fn host(&self, name: &str) -> Option<Arc<Host>> {
         self.hosts.iter().find(|h| h.name == name).cloned()
     }
+
+    /// The environment narrowed to hosts matching `pattern` (wildcards `*`, `?`) and to
+    /// shard `index` of `count` (1-based) of the remaining hosts in name order — so a CI
+    /// matrix of `count` jobs covers every host exactly once.
+    pub fn subset(&self, pattern: Option<&str>, shard: Option<(usize, usize)>) -> Environment {
+        let mut hosts: Vec<Arc<Host>> = self
+            .hosts
+            .iter()
+            .filter(|h| pattern.is_none_or(|p| wildcard(p, &h.name)))
+            .cloned()
+            .collect();
+        if let Some((index, count)) = shard {
+            hosts = hosts
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| i % count == index - 1)
+                .map(|(_, h)| h)
+                .collect();
+        }
+        let keep: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+        let mut env = self.clone();
+        env.roles = self
+            .roles
+            .iter()
+            .map(|(r, m)| {
+                (
+                    r.clone(),
+                    m.iter().filter(|n| keep.contains(n)).cloned().collect(),
+                )
+            })
+            .collect();
+        env.hosts = hosts;
+        env
+    }
+}
+
+/// Shell-style wildcard match: `*` any run, `?` one character.
+pub fn wildcard(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -651,6 +708,35 @@ deploy_path = "/var/www/shop"
         let inv = parse(&format!("{BASE}\n[env.staging]\nhosts = {{ a = \"h\" }}\n")).unwrap();
         let err = inv.env("prod").unwrap_err().to_string();
         assert!(err.contains("staging"), "{err}");
+    }
+
+    #[test]
+    fn shards_cover_every_host_exactly_once_and_patterns_filter() {
+        let hosts: Vec<String> = (1..=10)
+            .map(|i| format!("h{i:02} = \"10.0.0.{i}\""))
+            .collect();
+        let inv = parse(&format!(
+            "{BASE}\n[env.p]\nhosts = {{ {} }}\nroles = {{ web = [\"h01\", \"h02\"] }}\n",
+            hosts.join(", ")
+        ))
+        .unwrap();
+        let env = inv.env("p").unwrap();
+        let mut seen = Vec::new();
+        for i in 1..=3 {
+            let shard = env.subset(None, Some((i, 3)));
+            let again = env.subset(None, Some((i, 3)));
+            assert_eq!(shard.hosts, again.hosts, "deterministic");
+            seen.extend(shard.hosts.iter().map(|h| h.name.clone()));
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            env.hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>()
+        );
+        let some = env.subset(Some("h0?"), None);
+        assert_eq!(some.hosts.len(), 9);
+        assert_eq!(some.subset(None, Some((2, 2))).roles["web"], ["h02"]);
+        assert!(wildcard("web*", "web12") && wildcard("*1", "web1") && !wildcard("web?", "web12"));
     }
 
     #[test]

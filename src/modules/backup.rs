@@ -293,6 +293,9 @@ fn restore(
     }
     let previous = crate::release::activate(&session.effects, &targets, &release)
         .map_err(|e| super::error(e.message))?;
+    for (h, before) in &previous {
+        session.record_switch(h, before, &release);
+    }
     session
         .activations
         .lock()

@@ -97,6 +97,9 @@ fn activate(
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     let previous = core::activate(&session.effects, &targets, name).map_err(to_rhai)?;
+    for (host, before) in &previous {
+        session.record_switch(host, before, name);
+    }
     let mut record = session
         .activations
         .lock()
@@ -117,7 +120,13 @@ fn activate(
         .collect())
 }
 
-fn switched_map(m: std::collections::BTreeMap<String, (String, String)>) -> Map {
+fn switched_map(
+    session: &crate::engine::Session,
+    m: std::collections::BTreeMap<String, (String, String)>,
+) -> Map {
+    for (host, (from, to)) in &m {
+        session.record_switch(host, from, to);
+    }
     m.into_iter()
         .map(|(h, (from, to))| {
             let mut e = Map::new();
@@ -136,7 +145,7 @@ fn rollback(
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     core::rollback(&session.effects, &targets, to)
-        .map(switched_map)
+        .map(|m| switched_map(&session, m))
         .map_err(to_rhai)
 }
 
@@ -155,7 +164,7 @@ fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
         }
         let m = core::rollback(&session.effects, &[Target::Host(host)], Some(&previous))
             .map_err(to_rhai)?;
-        out.extend(switched_map(m));
+        out.extend(switched_map(&session, m));
     }
     Ok(out)
 }

@@ -5,6 +5,7 @@
 //! text on the terminal, JSON lines on stdout, later the audit log).
 
 pub mod event;
+pub mod github;
 mod human;
 
 use std::io::Write;

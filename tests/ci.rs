@@ -1,0 +1,244 @@
+//! CI mode, the audit log, sharding, shell completions, and the shipped workflows.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::harness::Test;
+
+#[test]
+fn github_actions_gets_groups_masks_annotations_and_a_summary() {
+    let t = Test::new().file(
+        "scripts/x.rhai",
+        "let token = secret(\"RB_TOKEN\");\nstep(\"greet\", || local::run([\"echo\", \"token \" + token]));\nlocal::shell(\"echo broken >&2; exit 7\");\n",
+    );
+    let summary = t.path().join("summary.md");
+    let t = t
+        .args(&["run", "x", "-e", "dev", "--reason", "ci test"])
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", summary.to_str().unwrap())
+        .env("RB_TOKEN", "hunter2-token");
+    let out = t.run();
+    out.code(1);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    // The secret appears exactly once: in the mask command, before anything else.
+    assert_eq!(all.matches("hunter2-token").count(), 1, "{all}");
+    assert!(
+        out.stdout.starts_with("::add-mask::hunter2-token\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("::group::greet\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("::endgroup::\n"));
+    assert!(
+        out.stdout
+            .contains("::error file=scripts/x.rhai,line=3,col=8::command failed on `local`"),
+        "{}",
+        out.stdout
+    );
+    let md = std::fs::read_to_string(summary).unwrap();
+    assert!(
+        md.contains("## runbook: scripts/x.rhai on `dev` — ❌ failed"),
+        "{md}"
+    );
+    assert!(md.contains("| reason | ci test |"), "{md}");
+    assert!(md.contains("| greet | ✅ ok |"), "{md}");
+    assert!(!md.contains("hunter2"), "{md}");
+}
+
+#[test]
+fn every_run_is_audited_with_its_outcome_and_audit_filters_them() {
+    let t = Test::new()
+        .file(
+            "scripts/ok.rhai",
+            "step(\"one\", || local::run([\"true\"]));",
+        )
+        .file("scripts/bad.rhai", "ssh::run(hosts(\"one\"), [\"false\"]);")
+        .file("scripts/p.rhai", "local::run([\"true\"]);")
+        .file("scripts/wait.rhai", "print(\"waiting\");\nsleep(300);\n");
+    t.run_with(&["run", "ok", "-e", "dev", "--reason", "routine", "ref=v1"])
+        .code(0);
+    t.run_with(&["run", "bad", "-e", "dev"]).code(1);
+    t.run_with(&["run", "p", "-e", "prod"]).code(2);
+    let mut child = t
+        .command()
+        .args(["run", "wait", "-e", "dev"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "waiting");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "SIGTERM did not end the run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let out = t.run_with(&["audit", "--json"]);
+    out.code(0);
+    let records: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let results: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r["script"].as_str().unwrap(), r["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("scripts/ok.rhai", "success"),
+            ("scripts/bad.rhai", "failed"),
+            ("scripts/p.rhai", "refused"),
+            ("scripts/wait.rhai", "aborted")
+        ]
+    );
+    let ok = &records[0];
+    assert_eq!(ok["reason"], "routine");
+    assert_eq!(ok["args"]["ref"], "v1");
+    assert_eq!(ok["steps"][0]["name"], "one");
+    assert_eq!(ok["script_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(records[1]["hosts"], serde_json::json!(["a"]));
+    assert!(
+        records[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 1")
+    );
+    // The host the failed run touched has the record too.
+    let host_log = std::fs::read_to_string(t.path().join("deploy/.runbook/audit.jsonl")).unwrap();
+    assert!(host_log.contains("scripts/bad.rhai"), "{host_log}");
+
+    let prod = t.run_with(&["audit", "--json", "--env", "prod"]);
+    assert_eq!(prod.stdout.lines().count(), 1);
+    let by_host = t.run_with(&["audit", "--json", "--host", "a"]);
+    assert_eq!(by_host.stdout.lines().count(), 1);
+    let none = t.run_with(&["audit", "--json", "--actor", "nobody-at-all"]);
+    assert_eq!(none.stdout, "");
+    let table = t.run_with(&["audit", "--since", "1h"]);
+    table.code(0).stdout_has("scripts/wait.rhai");
+}
+
+#[test]
+fn shards_split_a_role_across_ci_jobs_exactly_once() {
+    let hosts: Vec<String> = (1..=7).map(|i| format!("w{i} = \"localhost\"")).collect();
+    let t = Test::bare()
+        .file(
+            "runbook.toml",
+            &format!("[app]\nname = \"t\"\ndeploy_path = \"d\"\n[env.dev]\ntransport = \"local\"\nhosts = {{ {} }}\n", hosts.join(", ")),
+        )
+        .file("scripts/h.rhai", "print(hosts().names);");
+    let mut seen: Vec<String> = Vec::new();
+    for i in 1..=3 {
+        let out = t.run_with(&["run", "h", "-e", "dev", "-q", "--shard", &format!("{i}/3")]);
+        out.code(0);
+        let names: Vec<String> = serde_json::from_str(out.stdout.trim()).unwrap();
+        seen.extend(names);
+    }
+    seen.sort();
+    assert_eq!(seen, ["w1", "w2", "w3", "w4", "w5", "w6", "w7"]);
+    let out = t.run_with(&[
+        "run", "h", "-e", "dev", "-q", "--hosts", "w[", "--shard", "4/3",
+    ]);
+    out.code(2).stderr_has("--shard 4/3: expected I/N");
+    let out = t.run_with(&["run", "h", "-e", "dev", "-q", "--hosts", "w?"]);
+    out.code(0);
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated_from_the_cli() {
+    let t = Test::bare();
+    let bash = t.run_with(&["completions", "bash"]);
+    bash.code(0)
+        .stdout_has("_runbook()")
+        .stdout_has("--dry-run");
+    t.run_with(&["completions", "zsh"])
+        .code(0)
+        .stdout_has("#compdef runbook");
+    let man = t.run_with(&["man"]);
+    man.code(0).stdout_has(".TH runbook").stdout_has("audit");
+}
+
+fn yaml(path: &str) -> yaml_rust2::Yaml {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap();
+    yaml_rust2::YamlLoader::load_from_str(&text)
+        .unwrap()
+        .remove(0)
+}
+
+#[test]
+fn the_example_deploy_workflow_has_the_seed_inputs_and_runs_runbook() {
+    let w = yaml("examples/github/deploy.yml");
+    let inputs = &w["on"]["workflow_dispatch"]["inputs"];
+    let options: Vec<&str> = inputs["environment"]["options"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.as_str())
+        .collect();
+    assert_eq!(options, ["staging", "production"]);
+    for key in ["ref", "skip_tests", "reason"] {
+        assert!(!inputs[key].is_badvalue(), "input {key} missing");
+    }
+    assert_eq!(inputs["skip_tests"]["type"].as_str(), Some("boolean"));
+    assert_eq!(
+        w["concurrency"]["group"].as_str(),
+        Some("deploy-${{ inputs.environment }}")
+    );
+    let steps = w["jobs"]["deploy"]["steps"].as_vec().unwrap();
+    let deploy = steps
+        .iter()
+        .find(|s| s["name"].as_str() == Some("Deploy"))
+        .unwrap();
+    let run = deploy["run"].as_str().unwrap();
+    assert!(
+        run.contains("runbook run")
+            && run.contains("--yes")
+            && run.contains("--reason")
+            && run.contains("ref="),
+        "{run}"
+    );
+    // Both scripts it can run are shipped.
+    for script in ["deploy", "emergency-deploy"] {
+        assert!(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("scripts/{script}.rhai"))
+                .exists()
+        );
+    }
+}
+
+#[test]
+fn this_repository_ci_runs_fmt_clippy_and_the_readme_test_command() {
+    let w = yaml(".github/workflows/ci.yml");
+    let runs: Vec<&str> = w["jobs"]["test"]["steps"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect();
+    assert!(
+        runs.iter()
+            .any(|r| r.contains("cargo fmt --all -- --check"))
+    );
+    assert!(
+        runs.iter()
+            .any(|r| r.contains("cargo clippy") && r.contains("-D warnings"))
+    );
+    assert!(runs.iter().any(|r| r.contains("bash tests/run.sh")));
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    assert!(
+        readme.contains("\nbash tests/run.sh\n"),
+        "the README's test command changed"
+    );
+}
