@@ -92,7 +92,11 @@ pub struct Collector(Arc<Mutex<Collected>>);
 pub struct Collected {
     pub steps: Vec<Step>,
     pub hosts: Vec<String>,
+    /// In a dry run: every effect, in order (the recorded plan).
+    pub plan: Vec<serde_json::Value>,
+    dry_run: bool,
     depth: usize,
+    step: Vec<String>,
 }
 
 impl Collector {
@@ -100,14 +104,68 @@ impl Collector {
         let c = self.0.lock().unwrap_or_else(|e| e.into_inner());
         (c.steps.clone(), c.hosts.clone())
     }
+
+    /// The recorded plan of a dry run.
+    pub fn plan(&self) -> Vec<serde_json::Value> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plan
+            .clone()
+    }
 }
 
 impl Sink for Collector {
     fn event(&self, e: &Event) {
         let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let step = c.step.last().cloned();
+        if c.dry_run
+            && matches!(
+                e.event,
+                Kind::CommandStarted | Kind::Notification | Kind::Lock
+            )
+        {
+            let kind = match e.event {
+                Kind::CommandStarted => "command",
+                Kind::Notification => "notification",
+                _ => "lock",
+            };
+            let mut action = serde_json::json!({
+                "n": c.plan.len() + 1,
+                "kind": kind,
+                "step": step,
+                "host": e.host,
+            });
+            if let Some(argv) = &e.argv {
+                action["argv"] = serde_json::json!(argv);
+                // A dry-run command "succeeds" with empty output: later values built on
+                // it are synthetic.
+                action["synthetic_result"] = serde_json::json!(true);
+            }
+            if let Some(m) = &e.message {
+                action[if kind == "command" {
+                    "label"
+                } else {
+                    "message"
+                }] = serde_json::json!(m);
+            }
+            c.plan.push(action);
+        }
         match e.event {
-            Kind::StepStarted => c.depth += 1,
+            Kind::RunStarted => {
+                c.dry_run = e
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("dry_run"))
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false);
+            }
+            Kind::StepStarted => {
+                c.depth += 1;
+                c.step.push(e.step.clone().unwrap_or_default());
+            }
             Kind::StepFinished => {
+                c.step.pop();
                 c.depth = c.depth.saturating_sub(1);
                 if c.depth == 0 {
                     c.steps.push(Step {

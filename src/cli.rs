@@ -10,7 +10,7 @@ use crate::output::Verbosity;
 #[derive(Debug, Parser)]
 #[command(
     name = "runbook",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RUNBOOK_COMMIT"), ")"),
     about = "Deployment runbooks as Rhai scripts: run, check, and operate a fleet",
     propagate_version = true
 )]
@@ -64,6 +64,16 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff)
     Man,
+    /// Write Rhai definition files (.d.rhai) of the script API for editors
+    Definitions(DefinitionsArgs),
+    /// Scaffold runbook.toml and the standard scripts into this project (never overwrites)
+    Init,
+}
+
+#[derive(Debug, Args)]
+pub struct DefinitionsArgs {
+    /// Directory to write into
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +128,9 @@ pub struct RunArgs {
     /// Only shard I of N of the (sorted) hosts, e.g. 2/4 — for a CI matrix
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
+    /// With --dry-run: write the recorded plan (every effect, in order) as JSON
+    #[arg(long, value_name = "FILE", requires = "dry_run")]
+    pub plan_out: Option<PathBuf>,
     /// Wait this long for a deploy lock held by another run (e.g. 10m)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub lock_wait: Option<std::time::Duration>,
@@ -187,6 +200,8 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(args.shell, &mut cmd, "runbook", &mut std::io::stdout());
             Ok(())
         }
+        Command::Definitions(args) => crate::commands::doc::definitions(&args.dir),
+        Command::Init => crate::commands::init::run(),
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd)

@@ -242,3 +242,43 @@ fn this_repository_ci_runs_fmt_clippy_and_the_readme_test_command() {
         "the README's test command changed"
     );
 }
+
+#[test]
+fn the_checked_in_api_reference_is_current() {
+    let out = Test::bare().run_with(&["doc", "--markdown"]);
+    out.code(0);
+    let checked_in =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+    assert!(
+        out.stdout == checked_in,
+        "docs/api.md is stale: regenerate it with `cargo run -- doc --markdown > docs/api.md`"
+    );
+}
+
+#[test]
+fn definitions_are_written_for_every_module() {
+    let t = Test::bare();
+    let dir = t.path().join("defs");
+    t.run_with(&["definitions", dir.to_str().unwrap()]).code(0);
+    for module in [
+        "ssh", "release", "lock", "backup", "health", "notify", "artisan",
+    ] {
+        let text = std::fs::read_to_string(dir.join(format!("{module}.d.rhai"))).unwrap();
+        assert!(text.contains("fn "), "{module}: {text}");
+    }
+}
+
+#[test]
+fn init_scaffolds_without_overwriting() {
+    let t = Test::bare().file("scripts/deploy.rhai", "// mine\n");
+    let out = t.run_with(&["init"]);
+    out.code(0)
+        .stderr_has("kept     scripts/deploy.rhai")
+        .stderr_has("created  runbook.toml");
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("scripts/deploy.rhai")).unwrap(),
+        "// mine\n"
+    );
+    assert!(t.path().join("scripts/health-check.rhai").exists());
+    t.run_with(&["check"]).code(0);
+}

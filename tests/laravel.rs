@@ -497,3 +497,76 @@ fn an_ssh_host_is_backed_up_and_restored_with_its_database() {
     assert!(!lines[1].contains(&name));
     assert!(!Path::new(&site.backups()).join(&name).exists());
 }
+
+#[test]
+fn a_dry_run_of_the_rolling_deploy_records_the_whole_plan_and_touches_no_host() {
+    let Some(site) = site(1) else { return };
+    let t = site.project();
+    let plan = t.path().join("plan.json");
+    t.run_with(&[
+        "run",
+        "deploy",
+        "-e",
+        "fleet",
+        "ref=v1",
+        "--dry-run",
+        "--plan-out",
+        plan.to_str().unwrap(),
+    ])
+    .code(0)
+    .stderr_has("nothing was executed");
+    assert!(
+        !Path::new(&site.roots[0].1).exists(),
+        "a dry run created the deploy path"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    assert_eq!(doc["format"], 1);
+    assert_eq!(doc["script"], "scripts/deploy.rhai");
+    assert_eq!(doc["hosts"], serde_json::json!(["web1"]));
+    let actions = doc["actions"].as_array().unwrap();
+    let labels: Vec<String> = actions
+        .iter()
+        .map(|a| {
+            a["label"]
+                .as_str()
+                .or(a["message"].as_str())
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    let position = |needle: &str| {
+        labels
+            .iter()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle} in {labels:#?}"))
+    };
+    // The seed's order, every effect recorded.
+    let order = [
+        position("lock: acquire"),
+        position("release: fetch v1"),
+        position("release: link shared paths"),
+        position("release: switch current to"),
+        position("release: clean up"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{labels:#?}");
+    let artisan: Vec<&serde_json::Value> = actions
+        .iter()
+        .filter(|a| a["argv"][1] == "artisan")
+        .collect();
+    let verbs: Vec<&str> = artisan
+        .iter()
+        .map(|a| a["argv"][2].as_str().unwrap())
+        .collect();
+    assert_eq!(verbs, ["migrate", "optimize", "queue:restart", "up"]);
+    assert!(
+        actions
+            .iter()
+            .all(|a| a["kind"] != "command" || a["synthetic_result"] == true)
+    );
+    assert!(
+        actions
+            .iter()
+            .all(|a| a["n"].as_u64().is_some() && a["host"] == "web1" || a["kind"] != "command")
+    );
+}

@@ -20,6 +20,36 @@ pub fn run(args: &DocArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `runbook definitions DIR`: Rhai's own `.d.rhai` files for every registered module.
+pub fn definitions(dir: &std::path::Path) -> Result<(), Error> {
+    let rt = runtime()?;
+    let session = session(
+        &rt,
+        SessionConfig {
+            inventory: None,
+            env: None,
+            info: RunInfo::default(),
+            verbosity: Verbosity::Quiet,
+            json: false,
+        },
+    );
+    let engine = engine::build(&session, Mode::Check, None);
+    std::fs::create_dir_all(dir).map_err(|source| Error::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    engine
+        .definitions()
+        .with_headers(true)
+        .write_to_dir(dir)
+        .map_err(|source| Error::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    eprintln!("wrote Rhai definitions to {}", dir.display());
+    Ok(())
+}
+
 pub fn render(markdown: bool) -> Result<String, Error> {
     let rt = runtime()?;
     let session = session(

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod check;
 pub mod doc;
 pub mod hosts;
+pub mod init;
 pub mod repl;
 pub mod run;
 pub mod unlock;

@@ -125,6 +125,41 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     for host in session.locks.release_all() {
         output.emit(Event::new(Kind::Lock).host(&host).message("lock released"));
     }
+    if args.dry_run {
+        let plan = session.audit.plan();
+        let (_, hosts) = session.audit.take();
+        output.log(
+            crate::output::Level::Info,
+            format!(
+                "plan: {} actions on {} — nothing was executed",
+                plan.len(),
+                if hosts.is_empty() {
+                    "this machine".to_owned()
+                } else {
+                    hosts.join(", ")
+                }
+            ),
+        );
+        if let Some(path) = &args.plan_out {
+            let doc = serde_json::json!({
+                "format": 1,
+                "run": session.info.id,
+                "script": name,
+                "env": env.name,
+                "args": session.info.args,
+                "hosts": hosts,
+                "actions": plan,
+            });
+            let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            let text = output.redactor().redact(&text).into_owned();
+            if let Err(e) = std::fs::write(path, text) {
+                output.log(
+                    crate::output::Level::Error,
+                    format!("cannot write the plan to {}: {e}", path.display()),
+                );
+            }
+        }
+    }
     let result_word = match &failure {
         None if args.dry_run => "dry_run",
         None => "success",
