@@ -105,6 +105,13 @@ impl Collector {
         (c.steps.clone(), c.hosts.clone())
     }
 
+    /// Starts a new record (the REPL audits each action on its own).
+    pub fn reset(&self) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        c.steps.clear();
+        c.hosts.clear();
+    }
+
     /// The recorded plan of a dry run.
     pub fn plan(&self) -> Vec<serde_json::Value> {
         self.0

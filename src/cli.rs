@@ -93,6 +93,9 @@ pub struct AuditArgs {
     /// One JSON record per line
     #[arg(long)]
     pub json: bool,
+    /// Also read the audit logs on the environment's hosts (needs --env) and merge them
+    #[arg(long, requires = "env")]
+    pub from_hosts: bool,
 }
 
 #[derive(Debug, Args)]
@@ -194,7 +197,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Doc(args) => crate::commands::doc::run(&args),
         Command::Repl(args) => crate::commands::repl::run(global, &args),
         Command::Unlock(args) => crate::commands::unlock::run(global, &args),
-        Command::Audit(args) => crate::commands::audit::run(&args),
+        Command::Audit(args) => crate::commands::audit::run(global, &args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut cmd, "runbook", &mut std::io::stdout());

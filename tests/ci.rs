@@ -282,3 +282,38 @@ fn init_scaffolds_without_overwriting() {
     assert!(t.path().join("scripts/health-check.rhai").exists());
     t.run_with(&["check"]).code(0);
 }
+
+#[test]
+fn repl_actions_are_audited_and_host_logs_can_be_merged() {
+    use std::io::Write;
+    let t = Test::new();
+    let mut child = t
+        .command()
+        .args(["repl", "-e", "dev"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"let n = 40 + 2;\nssh::run(hosts(\"one\"), [\"true\"]);\nprint(n);\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("42"));
+    let records = t.run_with(&["audit", "--json"]);
+    let lines: Vec<serde_json::Value> = records.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{}", records.stdout);
+    assert!(lines.iter().all(|r| r["script"] == "repl" && r["result"] == "success"));
+    assert_eq!(lines[1]["args"]["input"], "ssh::run(hosts(\"one\"), [\"true\"]);");
+    assert_eq!(lines[1]["hosts"], serde_json::json!(["a"]));
+    // Without the local log, the host's own log still tells the story.
+    std::fs::remove_file(t.path().join("audit.jsonl")).unwrap();
+    let merged = t.run_with(&["audit", "--json", "-e", "dev", "--from-hosts"]);
+    merged.code(0);
+    assert_eq!(merged.stdout.lines().count(), 1, "{}", merged.stdout);
+    assert!(merged.stdout.contains("ssh::run"));
+}

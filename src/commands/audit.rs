@@ -1,10 +1,77 @@
 //! `runbook audit`: the local audit log, filtered.
 
 use crate::audit;
-use crate::cli::AuditArgs;
+use crate::cli::{AuditArgs, Global};
 use crate::error::Error;
 
-pub fn run(args: &AuditArgs) -> Result<(), Error> {
+/// The records kept on the environment's hosts (over their usual transport).
+fn from_hosts(global: &Global, env_name: &str) -> Result<Vec<audit::Record>, Error> {
+    use super::{SessionConfig, actor, run_id, runtime, session};
+    let project = crate::project::Project::load(global.config.as_deref())?;
+    let env = project.env(Some(env_name))?;
+    let rt = runtime()?;
+    let session = session(
+        &rt,
+        SessionConfig {
+            inventory: Some(project.inventory.clone()),
+            env: Some(env.clone()),
+            info: crate::engine::RunInfo {
+                id: run_id(),
+                script: "audit".into(),
+                actor: actor(),
+                ..crate::engine::RunInfo::default()
+            },
+            verbosity: crate::output::Verbosity::Quiet,
+            json: false,
+        },
+    );
+    let targets: Vec<crate::effects::Target> = env
+        .hosts
+        .iter()
+        .cloned()
+        .map(crate::effects::Target::Host)
+        .collect();
+    let build = |t: &crate::effects::Target| {
+        let root = match t {
+            crate::effects::Target::Host(h) => h.deploy_path.clone(),
+            crate::effects::Target::Local => String::new(),
+        };
+        let mut spec = crate::transport::CommandSpec::new(crate::transport::Program::Argv(vec![
+            "sh".into(),
+            "-c".into(),
+            r#"cat "$1/.runbook/audit.jsonl" 2>/dev/null; true"#.into(),
+            "sh".into(),
+            root,
+        ]));
+        spec.quiet = true;
+        spec.label = Some("audit: read the host's log".into());
+        spec
+    };
+    let fan = crate::effects::FanOut {
+        fail_fast: false,
+        ..crate::effects::FanOut::new()
+    };
+    let mut out = Vec::new();
+    for (t, o) in targets
+        .iter()
+        .zip(session.effects.run_many_with(&targets, &build, &fan))
+    {
+        match o {
+            crate::effects::HostOutcome::Done(Ok(r)) => {
+                out.extend(
+                    r.stdout
+                        .lines()
+                        .filter_map(|l| serde_json::from_str::<audit::Record>(l).ok()),
+                );
+            }
+            _ => eprintln!("warning: could not read the audit log on `{}`", t.name()),
+        }
+    }
+    session.effects.close();
+    Ok(out)
+}
+
+pub fn run(global: &Global, args: &AuditArgs) -> Result<(), Error> {
     let path = audit::local_path();
     let since = args
         .since
@@ -15,7 +82,17 @@ pub fn run(args: &AuditArgs) -> Result<(), Error> {
             option: "--since".into(),
             message,
         })?;
-    let records: Vec<audit::Record> = audit::read(&path)
+    let mut all = audit::read(&path);
+    if args.from_hosts
+        && let Some(env) = &args.env
+    {
+        all.extend(from_hosts(global, env)?);
+        // The same run is on this machine and on each host it touched: keep one.
+        let mut seen = std::collections::HashSet::new();
+        all.retain(|r| seen.insert(r.run.clone()));
+        all.sort_by(|a, b| a.ts.cmp(&b.ts));
+    }
+    let records: Vec<audit::Record> = all
         .into_iter()
         .filter(|r| args.env.as_ref().is_none_or(|e| &r.env == e))
         .filter(|r| args.host.as_ref().is_none_or(|h| r.hosts.contains(h)))

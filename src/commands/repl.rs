@@ -80,12 +80,44 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
         buffer.clear();
         let combined = functions.merge(&ast);
         session.effects.interrupt().acknowledge();
-        match engine.eval_ast_with_scope::<rhai::Dynamic>(&mut scope, &combined) {
-            Ok(v) if !v.is_unit() => println!("{v:?}"),
-            Ok(_) => {}
-            Err(e) if matches!(*e, EvalAltResult::ErrorTerminated(..)) => eprintln!("interrupted"),
-            Err(e) => eprintln!("{}", Diagnostic::from_eval(&e, "repl", &session.sources)),
-        }
+        session.audit.reset();
+        let clock = std::time::Instant::now();
+        let (result, error) =
+            match engine.eval_ast_with_scope::<rhai::Dynamic>(&mut scope, &combined) {
+                Ok(v) => {
+                    if !v.is_unit() {
+                        println!("{v:?}");
+                    }
+                    ("success", None)
+                }
+                Err(e) if matches!(*e, EvalAltResult::ErrorTerminated(..)) => {
+                    eprintln!("interrupted");
+                    ("aborted", Some("interrupted".to_owned()))
+                }
+                Err(e) => {
+                    let d = Diagnostic::from_eval(&e, "repl", &session.sources);
+                    eprintln!("{d}");
+                    ("failed", Some(d.message))
+                }
+            };
+        // Every REPL action is audited like a run: the input (secrets masked) and outcome.
+        let source = session
+            .sources
+            .get("repl")
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let mut record = super::audit_record(&session, "repl", &source, result, clock.elapsed());
+        record.args.insert(
+            "input".into(),
+            session
+                .effects
+                .output()
+                .redactor()
+                .redact(source.trim_end())
+                .into_owned(),
+        );
+        record.error = error;
+        super::write_audit(&session, &record, !record.hosts.is_empty() && !args.dry_run);
         functions += ast.clone_functions_only();
     }
     session.effects.close();

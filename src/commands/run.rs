@@ -54,9 +54,10 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         && !args.yes
         && let Err(refused) = confirm(&env.name, &name)
     {
-        let mut record = audit_record(&session, &name, &text, "refused", std::time::Duration::ZERO);
+        let mut record =
+            super::audit_record(&session, &name, &text, "refused", std::time::Duration::ZERO);
         record.error = Some(refused.to_string());
-        write_audit(&session, &record, false);
+        super::write_audit(&session, &record, false);
         return Err(refused);
     }
 
@@ -166,9 +167,9 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         Some((_, true)) => "aborted",
         Some((_, false)) => "failed",
     };
-    let mut record = audit_record(&session, &name, &text, result_word, clock.elapsed());
+    let mut record = super::audit_record(&session, &name, &text, result_word, clock.elapsed());
     record.error = failure.as_ref().map(|(d, _)| d.message.clone());
-    write_audit(&session, &record, !args.dry_run);
+    super::write_audit(&session, &record, !args.dry_run);
     session.effects.close();
     let (outcome, message) = match &failure {
         None if args.dry_run => (
@@ -245,130 +246,6 @@ fn narrow(
         });
     }
     Ok(std::sync::Arc::new(narrowed))
-}
-
-/// The audit record of this run (secrets redacted).
-fn audit_record(
-    session: &crate::engine::Session,
-    script: &str,
-    text: &str,
-    result: &str,
-    took: std::time::Duration,
-) -> crate::audit::Record {
-    use sha2::Digest;
-    let redact = |s: &str| session.effects.output().redactor().redact(s).into_owned();
-    let (steps, hosts) = session.audit.take();
-    let ci_run = match (
-        std::env::var("GITHUB_SERVER_URL"),
-        std::env::var("GITHUB_REPOSITORY"),
-        std::env::var("GITHUB_RUN_ID"),
-    ) {
-        (Ok(s), Ok(r), Ok(id)) => Some(format!("{s}/{r}/actions/runs/{id}")),
-        _ => None,
-    };
-    crate::audit::Record {
-        ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        run: session.info.id.clone(),
-        actor: session.info.actor.clone(),
-        ci_run,
-        env: session
-            .env
-            .as_ref()
-            .map(|e| e.name.clone())
-            .unwrap_or_default(),
-        script: script.to_owned(),
-        script_sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
-        args: session
-            .info
-            .args
-            .iter()
-            .map(|(k, v)| (k.clone(), redact(v)))
-            .collect(),
-        reason: session.info.reason.as_deref().map(redact),
-        hosts,
-        steps,
-        result: result.to_owned(),
-        error: None,
-        releases: session
-            .switches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(h, (b, a))| {
-                (
-                    h.clone(),
-                    crate::audit::Switch {
-                        before: b.clone(),
-                        after: a.clone(),
-                    },
-                )
-            })
-            .collect(),
-        duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-    }
-}
-
-/// Appends the record locally and (unless `local_only`) on every host the run touched.
-fn write_audit(session: &crate::engine::Session, record: &crate::audit::Record, on_hosts: bool) {
-    let output = session.effects.output();
-    let mut record = record.clone();
-    if let Some(e) = &record.error {
-        record.error = Some(output.redactor().redact(e).into_owned());
-    }
-    let path = crate::audit::local_path();
-    if let Err(e) = crate::audit::append(&path, &record) {
-        output.log(
-            crate::output::Level::Warn,
-            format!("cannot write the audit log {}: {e}", path.display()),
-        );
-    }
-    let Some(env) = &session.env else { return };
-    if !on_hosts {
-        return;
-    }
-    let targets: Vec<crate::effects::Target> = record
-        .hosts
-        .iter()
-        .filter_map(|h| env.host(h))
-        .map(crate::effects::Target::Host)
-        .collect();
-    if targets.is_empty() {
-        return;
-    }
-    let line = format!("{}\n", serde_json::to_string(&record).unwrap_or_default());
-    let build = |t: &crate::effects::Target| {
-        let root = match t {
-            crate::effects::Target::Host(h) => h.deploy_path.clone(),
-            crate::effects::Target::Local => String::new(),
-        };
-        let mut spec = crate::transport::CommandSpec::new(crate::transport::Program::Argv(vec![
-            "sh".into(),
-            "-c".into(),
-            r#"mkdir -p "$1/.runbook" && cat >> "$1/.runbook/audit.jsonl""#.into(),
-            "sh".into(),
-            root,
-        ]));
-        spec.stdin = Some(line.clone().into_bytes());
-        spec.label = Some("audit: record this run on the host".into());
-        spec.quiet = true;
-        spec.tolerate = true;
-        spec
-    };
-    let fan = crate::effects::FanOut {
-        fail_fast: false,
-        ..crate::effects::FanOut::new()
-    };
-    for (t, o) in targets
-        .iter()
-        .zip(session.effects.run_many_with(&targets, &build, &fan))
-    {
-        if !matches!(o, crate::effects::HostOutcome::Done(Ok(ref r)) if r.ok()) {
-            output.log(
-                crate::output::Level::Warn,
-                format!("{}: could not append to the host's audit log", t.name()),
-            );
-        }
-    }
 }
 
 /// Asks on the terminal before touching a protected environment.
