@@ -22,6 +22,20 @@ pub struct Switch {
     pub after: String,
 }
 
+/// What kind of change a run made: the input of the delivery metrics.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Facts {
+    /// A new release was prepared (the run is a deployment).
+    #[serde(default)]
+    pub deploy: bool,
+    /// Hosts were switched back (rollback, undo, restore from a backup).
+    #[serde(default)]
+    pub rollback: bool,
+    /// Commit time of the deployed ref (unix seconds), when it came from git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<i64>,
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub ts: String,
@@ -47,6 +61,8 @@ pub struct Record {
     #[serde(default)]
     pub releases: BTreeMap<String, Switch>,
     pub duration_ms: u64,
+    #[serde(default, flatten)]
+    pub facts: Facts,
 }
 
 /// Where the local audit log lives: `RUNBOOK_AUDIT_FILE`, else the XDG state directory.
@@ -233,5 +249,201 @@ mod tests {
             all.iter().map(|r| r.run.as_str()).collect::<Vec<_>>(),
             ["r1", "r2"]
         );
+    }
+}
+
+/// Delivery metrics (DORA) of one environment over a window.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct EnvStats {
+    pub env: String,
+    /// Deployment attempts (a release was prepared), successful or not.
+    pub deploys: usize,
+    pub successful: usize,
+    /// Attempts that failed or were interrupted.
+    pub failed: usize,
+    /// Successful deploys switched back before the next deploy.
+    pub rolled_back: usize,
+    /// (failed + rolled back) / deploys, in percent.
+    pub change_failure_rate: f64,
+    /// Median seconds from commit to live, over successful deploys of a git ref.
+    pub lead_time_median_s: Option<i64>,
+    /// Mean seconds from a failure to the next successful deploy or rollback.
+    pub time_to_restore_mean_s: Option<i64>,
+    /// Successful deploys per week over the window.
+    pub per_week: f64,
+    /// ISO week (`2026-W48`) → (successful deploys, failures).
+    pub weeks: BTreeMap<String, (usize, usize)>,
+}
+
+fn epoch(ts: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(ts)
+        .ok()
+        .map(|t| t.timestamp())
+}
+
+/// Computes the metrics per environment from audit records, over `window_days` (or the
+/// span of the records).
+pub fn stats(records: &[Record], window_days: Option<f64>) -> Vec<EnvStats> {
+    use chrono::Datelike;
+    let mut by_env: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| r.result != "dry_run" && r.result != "refused")
+    {
+        by_env.entry(r.env.as_str()).or_default().push(r);
+    }
+    let mut out = Vec::new();
+    for (env, mut rs) in by_env {
+        rs.sort_by(|a, b| a.ts.cmp(&b.ts));
+        let mut s = EnvStats {
+            env: env.to_owned(),
+            ..EnvStats::default()
+        };
+        let mut lead_times = Vec::new();
+        let mut failures_at: Vec<(usize, i64)> = Vec::new();
+        for (i, r) in rs.iter().enumerate() {
+            if !r.facts.deploy {
+                continue;
+            }
+            let Some(t) = epoch(&r.ts) else { continue };
+            s.deploys += 1;
+            let week = chrono::DateTime::from_timestamp(t, 0)
+                .map(|d| format!("{}-W{:02}", d.iso_week().year(), d.iso_week().week()))
+                .unwrap_or_default();
+            let entry = s.weeks.entry(week).or_default();
+            if r.result == "success" {
+                s.successful += 1;
+                entry.0 += 1;
+                if let Some(c) = r.facts.commit_time {
+                    lead_times.push(t - c);
+                }
+                let next_deploy = rs[i + 1..]
+                    .iter()
+                    .position(|x| x.facts.deploy)
+                    .map_or(rs.len(), |p| i + 1 + p);
+                if rs[i + 1..next_deploy]
+                    .iter()
+                    .any(|x| x.facts.rollback && x.result == "success")
+                {
+                    s.rolled_back += 1;
+                    entry.1 += 1;
+                    failures_at.push((i, t));
+                }
+            } else {
+                s.failed += 1;
+                entry.1 += 1;
+                failures_at.push((i, t));
+            }
+        }
+        if s.deploys > 0 {
+            s.change_failure_rate =
+                ((s.failed + s.rolled_back) as f64 * 1000.0 / s.deploys as f64).round() / 10.0;
+        }
+        lead_times.sort_unstable();
+        if !lead_times.is_empty() {
+            s.lead_time_median_s = Some(lead_times[(lead_times.len() - 1) / 2]);
+        }
+        let restores: Vec<i64> = failures_at
+            .iter()
+            .filter_map(|(i, t)| {
+                rs[i + 1..]
+                    .iter()
+                    .find(|x| x.result == "success" && (x.facts.rollback || x.facts.deploy))
+                    .and_then(|x| epoch(&x.ts))
+                    .map(|end| end - t)
+            })
+            .collect();
+        if !restores.is_empty() {
+            s.time_to_restore_mean_s = Some(restores.iter().sum::<i64>() / restores.len() as i64);
+        }
+        let days = window_days.unwrap_or_else(|| {
+            let first = rs.first().and_then(|r| epoch(&r.ts)).unwrap_or(0);
+            let last = rs.last().and_then(|r| epoch(&r.ts)).unwrap_or(0);
+            ((last - first) as f64 / 86400.0).max(7.0)
+        });
+        s.per_week = (s.successful as f64 * 7.0 / days * 100.0).round() / 100.0;
+        out.push(s);
+    }
+    out
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    fn rec(
+        ts: &str,
+        result: &str,
+        deploy: bool,
+        rollback: bool,
+        commit_time: Option<&str>,
+    ) -> Record {
+        Record {
+            ts: ts.into(),
+            env: "production".into(),
+            result: result.into(),
+            facts: Facts {
+                deploy,
+                rollback,
+                commit_time: commit_time.and_then(epoch),
+            },
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn dora_figures_of_a_known_history_are_exact() {
+        let log = vec![
+            // Monday: a good deploy, committed two hours earlier.
+            rec(
+                "2026-11-16T10:00:00Z",
+                "success",
+                true,
+                false,
+                Some("2026-11-16T08:00:00Z"),
+            ),
+            // Tuesday: a deploy that fails; fixed by a deploy 30 minutes later.
+            rec("2026-11-17T10:00:00Z", "failed", true, false, None),
+            rec(
+                "2026-11-17T10:30:00Z",
+                "success",
+                true,
+                false,
+                Some("2026-11-17T10:20:00Z"),
+            ),
+            // Wednesday: a deploy rolled back 15 minutes later.
+            rec(
+                "2026-11-18T09:00:00Z",
+                "success",
+                true,
+                false,
+                Some("2026-11-18T06:00:00Z"),
+            ),
+            rec("2026-11-18T09:15:00Z", "success", false, true, None),
+            // A health check and a dry run do not count.
+            rec("2026-11-18T10:00:00Z", "success", false, false, None),
+            rec("2026-11-18T11:00:00Z", "dry_run", true, false, None),
+            // Next week: one more good deploy.
+            rec(
+                "2026-11-24T12:00:00Z",
+                "success",
+                true,
+                false,
+                Some("2026-11-24T11:00:00Z"),
+            ),
+        ];
+        let s = &stats(&log, Some(14.0))[0];
+        assert_eq!(
+            (s.deploys, s.successful, s.failed, s.rolled_back),
+            (5, 4, 1, 1)
+        );
+        assert_eq!(s.change_failure_rate, 40.0);
+        // Lead times 2h, 10m, 3h, 1h → median of [600, 3600, 7200, 10800] = 3600.
+        assert_eq!(s.lead_time_median_s, Some(3600));
+        // Restores: 30 min (fix deploy) and 15 min (rollback) → mean 1350 s.
+        assert_eq!(s.time_to_restore_mean_s, Some(1350));
+        assert_eq!(s.per_week, 2.0);
+        assert_eq!(s.weeks["2026-W47"], (3, 2));
+        assert_eq!(s.weeks["2026-W48"], (1, 0));
     }
 }

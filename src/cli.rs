@@ -93,6 +93,10 @@ pub struct AuditArgs {
     /// One JSON record per line
     #[arg(long)]
     pub json: bool,
+    /// Delivery metrics (DORA) per environment: deployment frequency, lead time,
+    /// change-failure rate, time to restore
+    #[arg(long)]
+    pub stats: bool,
     /// Also read the audit logs on the environment's hosts (needs --env) and merge them
     #[arg(long, requires = "env")]
     pub from_hosts: bool,
@@ -131,6 +135,9 @@ pub struct RunArgs {
     /// Only shard I of N of the (sorted) hosts, e.g. 2/4 — for a CI matrix
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
+    /// Act as this actor instead of $GITHUB_ACTOR/$USER (tests; refused on protected environments)
+    #[arg(long, value_name = "NAME")]
+    pub actor: Option<String>,
     /// With --dry-run: write the recorded plan (every effect, in order) as JSON
     #[arg(long, value_name = "FILE", requires = "dry_run")]
     pub plan_out: Option<PathBuf>,

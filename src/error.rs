@@ -10,6 +10,7 @@ pub mod exit {
     pub const SUCCESS: i32 = 0;
     pub const FAILURE: i32 = 1;
     pub const USAGE: i32 = 2;
+    pub const NOT_ALLOWED: i32 = 3;
     pub const INTERRUPTED: i32 = 130;
 }
 
@@ -61,6 +62,18 @@ pub enum Error {
     #[error("{option}: {message}")]
     BadOption { option: String, message: String },
 
+    #[error(
+        "`{actor}` may not run {what} on `{env}` (allowed: {})\n  hint: ask someone allowed to add you to env.{env}.{key} in runbook.toml (a reviewed change)",
+        allowed.join(", ")
+    )]
+    NotAllowed {
+        actor: String,
+        env: String,
+        what: String,
+        key: String,
+        allowed: Vec<String>,
+    },
+
     #[error("interrupted")]
     Interrupted { diagnostic: Option<Box<Diagnostic>> },
 
@@ -74,6 +87,7 @@ impl Error {
         match self {
             Error::Script(_) | Error::CheckFailed { .. } | Error::Declined { .. } => exit::FAILURE,
             Error::Interrupted { .. } => exit::INTERRUPTED,
+            Error::NotAllowed { .. } => exit::NOT_ALLOWED,
             Error::Runtime(_) => exit::FAILURE,
             Error::Inventory(_)
             | Error::NoConfig { .. }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod modules;
 pub mod notify;
 pub mod output;
+pub mod permissions;
 pub mod project;
 pub mod quote;
 pub mod release;

@@ -31,6 +31,9 @@ pub struct Metadata {
     pub created_at: String,
     pub reason: Option<String>,
     pub runbook: String,
+    /// When the deployed commit was made (unix seconds), for lead time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<i64>,
 }
 
 /// Where a release's code comes from.
@@ -84,7 +87,7 @@ commit=$(git -C "$meta/repo.git" rev-parse --verify --quiet "$ref^{commit}") || 
   echo "ref '$ref' does not exist in $repo" >&2; exit 3; }
 mkdir "$rel"
 git -C "$meta/repo.git" archive --format=tar "$commit" | tar -x -C "$rel"
-echo "$commit"
+echo "$commit $(git -C "$meta/repo.git" show -s --format=%ct "$commit")"
 "#;
 
 const ARTIFACT_START: &str = r#"set -eu
@@ -324,7 +327,7 @@ pub fn prepare(
     source: &Source,
     settings: &Settings,
     meta: &Metadata,
-) -> Result<String, ReleaseError> {
+) -> Result<Metadata, ReleaseError> {
     let result = prepare_inner(effects, targets, name, source, settings, meta);
     if result.is_err() && !effects.dry_run() {
         // Best effort: a half-created release must never become a rollback target.
@@ -346,7 +349,8 @@ fn prepare_inner(
     source: &Source,
     settings: &Settings,
     meta: &Metadata,
-) -> Result<String, ReleaseError> {
+) -> Result<Metadata, ReleaseError> {
+    let mut commit_time = None;
     let commit = match source {
         Source::Git {
             repository,
@@ -359,7 +363,18 @@ fn prepare_inner(
                     &[&root(t), name, repository, git_ref],
                 )
             })?;
-            let commits: Vec<String> = results.iter().map(|r| r.stdout.trim().to_owned()).collect();
+            let lines: Vec<(String, Option<i64>)> = results
+                .iter()
+                .map(|r| {
+                    let mut w = r.stdout.split_whitespace();
+                    (
+                        w.next().unwrap_or("").to_owned(),
+                        w.next().and_then(|t| t.parse().ok()),
+                    )
+                })
+                .collect();
+            commit_time = lines.first().and_then(|(_, t)| *t);
+            let commits: Vec<String> = lines.into_iter().map(|(c, _)| c).collect();
             if let Some(first) = commits.first()
                 && commits.iter().any(|c| c != first)
             {
@@ -408,6 +423,7 @@ fn prepare_inner(
     let mut meta = meta.clone();
     meta.name = name.to_owned();
     meta.commit.clone_from(&commit);
+    meta.commit_time = commit_time;
     let meta_json = serde_json::to_string(&meta).unwrap_or_default();
     let dirs = settings.shared_dirs.join("\n");
     let files = settings.shared_files.join("\n");
@@ -428,7 +444,7 @@ fn prepare_inner(
             ],
         )
     })?;
-    Ok(name.to_owned())
+    Ok(meta)
 }
 
 fn upload_all(

@@ -302,13 +302,28 @@ fn repl_actions_are_audited_and_host_logs_can_be_merged() {
         .write_all(b"let n = 40 + 2;\nssh::run(hosts(\"one\"), [\"true\"]);\nprint(n);\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("42"));
     let records = t.run_with(&["audit", "--json"]);
-    let lines: Vec<serde_json::Value> = records.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = records
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3, "{}", records.stdout);
-    assert!(lines.iter().all(|r| r["script"] == "repl" && r["result"] == "success"));
-    assert_eq!(lines[1]["args"]["input"], "ssh::run(hosts(\"one\"), [\"true\"]);");
+    assert!(
+        lines
+            .iter()
+            .all(|r| r["script"] == "repl" && r["result"] == "success")
+    );
+    assert_eq!(
+        lines[1]["args"]["input"],
+        "ssh::run(hosts(\"one\"), [\"true\"]);"
+    );
     assert_eq!(lines[1]["hosts"], serde_json::json!(["a"]));
     // Without the local log, the host's own log still tells the story.
     std::fs::remove_file(t.path().join("audit.jsonl")).unwrap();

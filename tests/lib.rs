@@ -7,6 +7,7 @@ mod check;
 mod ci;
 mod errors;
 mod fleet;
+mod governance;
 mod health;
 mod inventory;
 mod laravel;

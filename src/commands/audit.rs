@@ -101,6 +101,51 @@ pub fn run(global: &Global, args: &AuditArgs) -> Result<(), Error> {
             since.is_none_or(|s| chrono::DateTime::parse_from_rfc3339(&r.ts).is_ok_and(|t| t >= s))
         })
         .collect();
+    if args.stats {
+        let window = args
+            .since
+            .as_deref()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .map(|d| d.as_secs_f64() / 86400.0);
+        let stats = audit::stats(&records, window);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stats).unwrap_or_default()
+            );
+            return Ok(());
+        }
+        println!(
+            "{:<14} {:>7} {:>4} {:>6} {:>11} {:>13} {:>14} {:>16} {:>9}",
+            "env",
+            "deploys",
+            "ok",
+            "failed",
+            "rolled back",
+            "failure rate",
+            "lead time",
+            "time to restore",
+            "per week"
+        );
+        for s in &stats {
+            println!(
+                "{:<14} {:>7} {:>4} {:>6} {:>11} {:>12.1}% {:>14} {:>16} {:>9.2}",
+                s.env,
+                s.deploys,
+                s.successful,
+                s.failed,
+                s.rolled_back,
+                s.change_failure_rate,
+                s.lead_time_median_s.map_or("-".to_owned(), human),
+                s.time_to_restore_mean_s.map_or("-".to_owned(), human),
+                s.per_week
+            );
+            for (week, (ok, failures)) in &s.weeks {
+                println!("  {week}: {ok} deployed, {failures} failed or rolled back");
+            }
+        }
+        return Ok(());
+    }
     if args.json {
         for r in &records {
             println!("{}", serde_json::to_string(r).unwrap_or_default());
@@ -129,4 +174,15 @@ pub fn run(global: &Global, args: &AuditArgs) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// `3725` → `1h 02m`.
+fn human(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {:02}h", s / 86400, (s % 86400) / 3600),
+    }
 }

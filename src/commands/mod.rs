@@ -84,6 +84,7 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
         sources: Arc::new(SourceMap::default()),
         activations: std::sync::Mutex::new(Vec::new()),
         switches: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        facts: std::sync::Mutex::new(crate::audit::Facts::default()),
         audit,
     })
 }
@@ -146,6 +147,11 @@ pub(crate) fn audit_record(
             })
             .collect(),
         duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        facts: session
+            .facts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
     }
 }
 

@@ -34,7 +34,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
                 id: run_id(),
                 script: name.clone(),
                 reason: args.reason.clone().filter(|r| !r.trim().is_empty()),
-                actor: actor(),
+                actor: args.actor.clone().unwrap_or_else(actor),
                 dry_run: args.dry_run,
                 args: script_args.clone(),
                 lock_wait: args.lock_wait.unwrap_or_default(),
@@ -49,6 +49,44 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     let ast = engine::compile(&engine, &scope, &name, &text, &session.sources)
         .map_err(|d| Error::Script(Box::new(d)))?;
 
+    // Who may change this environment: decided before any connection is made.
+    let refusal = if args.actor.is_some() && env.protected {
+        Some(Error::BadOption {
+            option: "--actor".into(),
+            message: format!(
+                "`{}` is protected: the actor comes from the CI or the login, not a flag",
+                env.name
+            ),
+        })
+    } else {
+        let kind = crate::permissions::kind_of(&text);
+        crate::permissions::check(&env, kind, &session.info.actor)
+            .err()
+            .map(|allowed| Error::NotAllowed {
+                actor: session.info.actor.clone(),
+                env: env.name.clone(),
+                what: if kind == crate::permissions::ScriptKind::Emergency {
+                    format!("the emergency script {name}")
+                } else {
+                    name.clone()
+                },
+                key: if kind == crate::permissions::ScriptKind::Emergency
+                    && env.emergency_deployers.is_some()
+                {
+                    "emergency_deployers".into()
+                } else {
+                    "deployers".into()
+                },
+                allowed,
+            })
+    };
+    if let Some(refused) = refusal {
+        let mut record =
+            super::audit_record(&session, &name, &text, "refused", std::time::Duration::ZERO);
+        record.error = Some(refused.to_string());
+        super::write_audit(&session, &record, false);
+        return Err(refused);
+    }
     if env.protected
         && !args.dry_run
         && !args.yes

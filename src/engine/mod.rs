@@ -63,6 +63,8 @@ pub struct Session {
     pub switches: std::sync::Mutex<BTreeMap<String, (String, String)>>,
     /// Steps and hosts of this run, for the audit record.
     pub audit: crate::audit::Collector,
+    /// What kind of change this run made (for delivery metrics).
+    pub facts: std::sync::Mutex<crate::audit::Facts>,
 }
 
 impl Session {

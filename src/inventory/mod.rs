@@ -48,6 +48,8 @@ pub struct Environment {
     pub hosts: Vec<Arc<Host>>,
     pub roles: BTreeMap<String, Vec<String>>,
     pub max_concurrency: usize,
+    pub deployers: Option<Vec<String>>,
+    pub emergency_deployers: Option<Vec<String>>,
 }
 
 /// A host as the runtime uses it: every setting resolved from host → env → `[ssh]`.
@@ -559,6 +561,8 @@ fn resolve_env(
         hosts,
         roles: env.roles.clone(),
         max_concurrency: ssh.max_concurrency.unwrap_or(32).max(1) as usize,
+        deployers: env.deployers.clone(),
+        emergency_deployers: env.emergency_deployers.clone(),
     })
 }
 

@@ -136,6 +136,10 @@ pub struct RawEnvironment {
     pub vars: toml::Table,
     #[serde(default)]
     pub ssh: RawSsh,
+    /// Who may run scripts that change this environment (absent: anyone).
+    pub deployers: Option<Vec<String>>,
+    /// Who may run emergency scripts here (absent: the deployers).
+    pub emergency_deployers: Option<Vec<String>>,
 }
 
 /// A host is either `"10.0.0.11"` / `"10.0.0.11:2222"` or a table.

@@ -297,6 +297,11 @@ fn restore(
         session.record_switch(h, before, &release);
     }
     session
+        .facts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .rollback = true;
+    session
         .activations
         .lock()
         .unwrap_or_else(|e| e.into_inner())

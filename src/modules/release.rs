@@ -86,7 +86,18 @@ fn prepare(
     };
     let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let name = core::choose_name(&session.effects, &targets, &now).map_err(to_rhai)?;
-    core::prepare(&session.effects, &targets, &name, &source, &settings, &meta).map_err(to_rhai)
+    {
+        let mut facts = session.facts.lock().unwrap_or_else(|e| e.into_inner());
+        facts.deploy = true;
+    }
+    let made = core::prepare(&session.effects, &targets, &name, &source, &settings, &meta)
+        .map_err(to_rhai)?;
+    session
+        .facts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .commit_time = made.commit_time;
+    Ok(made.name)
 }
 
 fn activate(
@@ -126,6 +137,13 @@ fn switched_map(
 ) -> Map {
     for (host, (from, to)) in &m {
         session.record_switch(host, from, to);
+    }
+    if !m.is_empty() {
+        session
+            .facts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rollback = true;
     }
     m.into_iter()
         .map(|(h, (from, to))| {
