@@ -332,3 +332,40 @@ fn repl_actions_are_audited_and_host_logs_can_be_merged() {
     assert_eq!(merged.stdout.lines().count(), 1, "{}", merged.stdout);
     assert!(merged.stdout.contains("ssh::run"));
 }
+
+#[test]
+fn the_maintenance_workflow_schedules_the_seed_tasks_in_the_deploy_concurrency_group() {
+    let w = yaml("examples/github/maintenance.yml");
+    let crons: Vec<&str> = w["on"]["schedule"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["cron"].as_str())
+        .collect();
+    assert_eq!(crons.len(), 3);
+    assert_eq!(
+        w["concurrency"]["group"].as_str(),
+        Some("deploy-production")
+    );
+    let runs: Vec<&str> = w["jobs"]["maintenance"]["steps"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect();
+    for script in [
+        "maintenance/archive-logs",
+        "maintenance/weekly-report",
+        "maintenance/dr-test",
+    ] {
+        assert!(
+            runs.iter().any(|r| r.contains(script)),
+            "{script} is not scheduled"
+        );
+        assert!(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("scripts/{script}.rhai"))
+                .exists()
+        );
+    }
+}

@@ -125,3 +125,123 @@ fn audit_stats_report_the_delivery_metrics_of_the_log() {
         .stdout_has("prod")
         .stdout_has("66.7%");
 }
+
+#[test]
+fn archive_logs_compresses_old_logs_keeps_n_and_reports_the_space_freed() {
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/maintenance/archive-logs.rhai"
+    ))
+    .unwrap();
+    let t = Test::bare()
+        .file(
+            "runbook.toml",
+            "[app]\nname = \"t\"\ndeploy_path = \"deploy\"\n[env.dev]\ntransport = \"local\"\nhosts = { a = \"localhost\" }\n",
+        )
+        .file("scripts/maintenance/archive-logs.rhai", &script);
+    let logs = t.path().join("deploy/shared/storage/logs");
+    std::fs::create_dir_all(logs.join("archive")).unwrap();
+    let line = "[2026-11-01] production.ERROR: something failed for id 42\n".repeat(20000);
+    for (name, age) in [
+        ("old-1.log", "10 days ago"),
+        ("old-2.log", "9 days ago"),
+        ("today.log", "1 hour ago"),
+    ] {
+        std::fs::write(logs.join(name), &line).unwrap();
+        std::process::Command::new("touch")
+            .args(["-d", age])
+            .arg(logs.join(name))
+            .status()
+            .unwrap();
+    }
+    for i in 0..3 {
+        std::fs::write(logs.join(format!("archive/ancient-{i}.log.gz")), "x").unwrap();
+        std::process::Command::new("touch")
+            .args(["-d", &format!("{} days ago", 30 + i)])
+            .arg(logs.join(format!("archive/ancient-{i}.log.gz")))
+            .status()
+            .unwrap();
+    }
+    let out = t.run_with(&[
+        "run",
+        "maintenance/archive-logs",
+        "-e",
+        "dev",
+        "days=7",
+        "keep=3",
+        "-q",
+    ]);
+    out.code(0).stdout_has("freed");
+    assert!(logs.join("today.log").exists(), "a recent log was archived");
+    assert!(!logs.join("old-1.log").exists() && logs.join("archive/old-1.log.gz").exists());
+    let mut archive: Vec<String> = std::fs::read_dir(logs.join("archive"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    archive.sort();
+    assert_eq!(
+        archive,
+        ["ancient-0.log.gz", "old-1.log.gz", "old-2.log.gz"],
+        "keep = 3, the newest"
+    );
+    let freed: i64 = out
+        .stdout
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(freed > 1000, "{}", out.stdout);
+}
+
+#[test]
+fn the_weekly_report_sends_metrics_backups_and_anomalies() {
+    let slack = crate::receivers::Http::fixed(200, "ok");
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/maintenance/weekly-report.rhai"
+    ))
+    .unwrap();
+    let now = chrono::Utc::now();
+    let rec = |mins: i64, result: &str, deploy: bool| {
+        serde_json::json!({
+            "ts": (now - chrono::Duration::minutes(mins)).to_rfc3339(), "run": format!("r{mins}"), "actor": "bob",
+            "env": "dev", "script": "scripts/deploy.rhai", "script_sha256": "", "result": result,
+            "duration_ms": 1, "deploy": deploy
+        })
+        .to_string()
+    };
+    let log = [
+        rec(300, "success", true),
+        rec(200, "failed", true),
+        rec(100, "refused", false),
+    ]
+    .join("\n");
+    let t = Test::bare()
+        .file(
+            "runbook.toml",
+            "[app]\nname = \"shop\"\ndeploy_path = \"deploy\"\n[env.dev]\ntransport = \"local\"\nbackup_dir = \"backups\"\nhosts = { a = \"localhost\" }\n[notify.slack]\nwebhook = { env = \"RB_SLACK\" }\n",
+        )
+        .file("scripts/maintenance/weekly-report.rhai", &script)
+        .file("audit.jsonl", &format!("{log}\n"))
+        .env("RB_SLACK", &slack.url("/hook"));
+    let out = t.run_with(&["run", "maintenance/weekly-report", "-e", "dev", "-q"]);
+    out.code(0)
+        .stdout_has("dev: 1 deploys (2 attempts), change failure rate 50.0%")
+        .stdout_has("anomalies: 1 refused or aborted runs")
+        .stdout_has("a: NO BACKUP");
+    let got = slack.received();
+    assert_eq!(got.len(), 1);
+    let p: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert!(
+        p["text"]
+            .as_str()
+            .unwrap()
+            .contains("Weekly report for shop / dev"),
+        "{p}"
+    );
+}

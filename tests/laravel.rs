@@ -110,7 +110,14 @@ fn site(n: usize) -> Option<Site> {
         .iter()
         .map(|h| (h.name.clone(), format!("/home/{USER}/rbt-{tag}/{}", h.name)))
         .collect();
-    let web = WebStack::start(&roots)?;
+    // Each host's DR scratch layout gets a private port of its own.
+    let mut sites = roots.clone();
+    sites.extend(
+        roots
+            .iter()
+            .map(|(n, r)| (format!("{n}-dr"), format!("{r}/.runbook/dr"))),
+    );
+    let web = WebStack::start(&sites)?;
     let repo_dir = tempfile::tempdir().unwrap();
     let repo = Repo::create(repo_dir.path());
     Some(Site {
@@ -143,8 +150,9 @@ impl Site {
             .map(|h| format!("\"{}\"", h.name))
             .collect();
         format!(
-            "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 2\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n[env.fleet]\nbackup_dir = \"{backups}\"\nhosts = {{ {hosts} }}\nroles = {{ web = [{names}] }}\n",
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 2\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n[env.fleet]\nbackup_dir = \"{backups}\"\nvars = {{ dr_url = \"http://127.0.0.1:{dr}\" }}\nhosts = {{ {hosts} }}\nroles = {{ web = [{names}] }}\n",
             backups = self.backups(),
+            dr = self.web.port("web1-dr"),
             repo = self.repo.path.display(),
             key = self.fleet.client_key().display(),
             kh = self.fleet.known_hosts.display(),
@@ -569,4 +577,41 @@ fn a_dry_run_of_the_rolling_deploy_records_the_whole_plan_and_touches_no_host() 
             .iter()
             .all(|a| a["n"].as_u64().is_some() && a["host"] == "web1" || a["kind"] != "command")
     );
+}
+
+#[test]
+fn the_monthly_dr_test_restores_the_newest_backup_privately_and_health_checks_it() {
+    let Some(site) = site(1) else { return };
+    site.run(&["run", "deploy", "-e", "fleet", "ref=v1", "-q"])
+        .code(0);
+    let live = site.current(0);
+    site.project()
+        .file("scripts/b.rhai", "backup::create(host(\"web1\"), #{});")
+        .args(&["run", "b", "-e", "fleet", "-q"])
+        .run()
+        .code(0);
+    let dr = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/maintenance/dr-test.rhai"
+    ))
+    .unwrap();
+    let out = site
+        .project()
+        .file("scripts/maintenance/dr-test.rhai", &dr)
+        .args(&[
+            "run",
+            "maintenance/dr-test",
+            "-e",
+            "fleet",
+            "host=web1",
+            "-q",
+        ])
+        .run();
+    out.code(0)
+        .stdout_has("DR test passed: backup-")
+        .stdout_has("on web1, release ");
+    // The live site never moved, and the scratch layout is gone again.
+    assert_eq!(site.current(0), live);
+    assert_eq!(site.served("web1").1, Some(live.clone()));
+    assert!(!Path::new(&site.roots[0].1).join(".runbook/dr").exists());
 }

@@ -196,7 +196,31 @@ fn restore(
     name: &str,
     opts: &Map,
 ) -> Result<String, Box<EvalAltResult>> {
+    restore_into(ctx, host, name, opts, None)
+}
+
+/// Restores into `scratch` (a DR test's own layout: releases/ and current under it)
+/// instead of the live deploy path when given.
+fn restore_into(
+    ctx: &NativeCallContext,
+    host: &HostRef,
+    name: &str,
+    opts: &Map,
+    scratch: Option<String>,
+) -> Result<String, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
+    // A scratch restore is the same operation on a layout of its own: the host with its
+    // deploy path moved, so nothing can reach the live `current`.
+    let scratch_host;
+    let host = match &scratch {
+        Some(dir) => {
+            let mut h = (*host.0).clone();
+            h.deploy_path.clone_from(dir);
+            scratch_host = HostRef(std::sync::Arc::new(h));
+            &scratch_host
+        }
+        None => host,
+    };
     for k in opts.keys() {
         if !["database", "shared", "backup_dir"].contains(&k.as_str()) {
             return Err(super::error(format!(
@@ -293,6 +317,9 @@ fn restore(
     }
     let previous = crate::release::activate(&session.effects, &targets, &release)
         .map_err(|e| super::error(e.message))?;
+    if scratch.is_some() {
+        return Ok(release);
+    }
     for (h, before) in &previous {
         session.record_switch(h, before, &release);
     }
@@ -444,6 +471,23 @@ pub mod backup_api {
     #[rhai_fn(name = "prune", return_raw)]
     pub fn prune(ctx: NativeCallContext, opts: Map) -> Result<Array, Box<EvalAltResult>> {
         super::super::located(&ctx, super::prune_of(&ctx, None, &opts))
+    }
+
+    /// Restores a backup into a scratch layout under `dir` on the host (its own
+    /// `releases/` and `current`), for a disaster-recovery test: verified like any
+    /// restore, never near the live `current`. Returns the scratch release's name.
+    #[rhai_fn(name = "restore_scratch", return_raw)]
+    pub fn restore_scratch(
+        ctx: NativeCallContext,
+        host: HostRef,
+        name: &str,
+        dir: &str,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let scratch = Some(dir.to_owned());
+        super::super::located(
+            &ctx,
+            super::restore_into(&ctx, &host, name, &Map::new(), scratch),
+        )
     }
 
     /// `backup::prune` for a host's backup_dir (over SSH, or local).

@@ -3,6 +3,7 @@
 //! functions are the API reference (`runbook doc`).
 
 mod artisan;
+mod audit;
 mod backup;
 pub mod context;
 mod exec;
@@ -31,6 +32,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_static_module("artisan", exported_module!(artisan::artisan_api).into());
     engine.register_static_module("health", exported_module!(health::health_api).into());
     engine.register_static_module("backup", exported_module!(backup::backup_api).into());
+    engine.register_static_module("audit", exported_module!(audit::audit_api).into());
     engine.register_static_module("notify", exported_module!(notify::notify_api).into());
     engine.register_static_module("metrics", exported_module!(notify::metrics_api).into());
 }

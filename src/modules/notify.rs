@@ -98,6 +98,7 @@ fn slack(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
             "reason",
             "channel",
             "required",
+            "text",
         ],
         "slack",
     )?;
@@ -149,7 +150,14 @@ fn slack(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
         reason: text(opts, "reason").or_else(|| session.info.reason.clone()),
         channel: text(opts, "channel").or_else(|| config.as_ref().and_then(|c| c.channel.clone())),
     };
-    let payload = core::slack_payload(&d);
+    let mut payload = core::slack_payload(&d);
+    if let Some(text) = text(opts, "text") {
+        // A free-form message (reports) instead of the deployment card.
+        payload = serde_json::json!({ "text": text });
+        if let Some(c) = &d.channel {
+            payload["channel"] = serde_json::json!(c);
+        }
+    }
     let preview = payload.to_string();
     deliver(
         &session,

@@ -1,0 +1,39 @@
+//! `audit::*` — the local audit log from scripts (reports, anomalies).
+
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, EvalAltResult};
+
+fn recent(since: &str) -> Result<Vec<crate::audit::Record>, Box<EvalAltResult>> {
+    let from = crate::audit::since(since).map_err(super::error)?;
+    Ok(crate::audit::read(&crate::audit::local_path())
+        .into_iter()
+        .filter(|r| chrono::DateTime::parse_from_rfc3339(&r.ts).is_ok_and(|t| t >= from))
+        .collect())
+}
+
+#[export_module]
+pub mod audit_api {
+    /// The audit records of the last `since` ("7d"), oldest first, as maps.
+    #[rhai_fn(return_raw)]
+    pub fn records(since: &str) -> Result<Array, Box<EvalAltResult>> {
+        let all = super::recent(since)?;
+        all.iter()
+            .map(|r| rhai::serde::to_dynamic(r).map_err(|e| super::super::error(e.to_string())))
+            .collect()
+    }
+
+    /// Delivery metrics (DORA) per environment over the last `since` ("7d"): `deploys`,
+    /// `successful`, `failed`, `rolled_back`, `change_failure_rate`, `lead_time_median_s`,
+    /// `time_to_restore_mean_s`, `per_week`, `weeks`.
+    #[rhai_fn(return_raw)]
+    pub fn stats(since: &str) -> Result<Array, Box<EvalAltResult>> {
+        let window = humantime::parse_duration(since)
+            .map(|d| d.as_secs_f64() / 86400.0)
+            .ok();
+        let all = super::recent(since)?;
+        crate::audit::stats(&all, window)
+            .iter()
+            .map(|s| rhai::serde::to_dynamic(s).map_err(|e| super::super::error(e.to_string())))
+            .collect::<Result<Vec<Dynamic>, _>>()
+    }
+}
