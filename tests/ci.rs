@@ -369,3 +369,51 @@ fn the_maintenance_workflow_schedules_the_seed_tasks_in_the_deploy_concurrency_g
         );
     }
 }
+
+#[test]
+fn the_repl_keeps_the_last_result_answers_meta_commands_and_keeps_secrets_out_of_history() {
+    use std::io::Write;
+    let t = Test::new()
+        .env("RB_REPL_SECRET", "s3cr3t-value")
+        .env("HOME", "/nonexistent-home");
+    let mut child = t
+        .command()
+        .args(["repl", "-e", "dev"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"40 + 2\nlast + 1\n:hosts\n:help timestamp\nlet s = secret(\"RB_REPL_SECRET\");\nlet leak = \"s3cr3t-value\";\nlet x = 1;\n:quit\nprint(\"not reached\");\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("42\n43\n"), "{stdout}");
+    assert!(
+        stdout.contains("a ") && stdout.contains("local"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("timestamp() -> string"), "{stdout}");
+    assert!(!stdout.contains("not reached"));
+    // History sits next to the audit log (RUNBOOK_AUDIT_FILE's directory in tests).
+    let history = std::fs::read_to_string(t.path().join("history")).unwrap();
+    assert!(history.contains("let x = 1;"), "{history}");
+    assert!(history.contains("last + 1"));
+    assert!(
+        history.contains("secret(\"RB_REPL_SECRET\")"),
+        "naming a secret is fine: {history}"
+    );
+    assert!(
+        !history.contains("s3cr3t-value"),
+        "a secret value reached the history: {history}"
+    );
+}

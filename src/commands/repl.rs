@@ -1,6 +1,8 @@
-//! `runbook repl` (minimal): evaluate lines against the environment with a persistent
-//! scope and accumulated function definitions. Multi-line input continues while the
-//! parser reports an unexpected end of input.
+//! `runbook repl`: evaluate lines against the environment with a persistent scope and
+//! accumulated function definitions; `last` is the last result (`_` is reserved in Rhai). Multi-line input continues
+//! while the parser reports an unexpected end of input. Meta-commands: `:help [name]`,
+//! `:hosts`, `:audit`, `:quit`. History lives in the XDG state directory; a line that
+//! contains a secret value is never written to it.
 
 use rhai::{AST, EvalAltResult, ParseErrorType};
 use rustyline::DefaultEditor;
@@ -47,9 +49,20 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
             "cannot open the line editor",
         )));
     };
-    let prompt = format!("{}> ", env.name);
+    // Protected environments announce themselves in red.
+    let prompt = if env.protected && crate::output::color_enabled() {
+        format!("\x1b[1;31m{}\x1b[0m> ", env.name)
+    } else {
+        format!("{}> ", env.name)
+    };
+    let history = crate::audit::local_path().with_file_name("history");
+    let _ = editor.load_history(&history);
     let mut buffer = String::new();
-    eprintln!("runbook repl on `{}` — Ctrl-D to exit", env.name);
+    eprintln!(
+        "runbook repl on `{}`{} — :help, Ctrl-D to exit",
+        env.name,
+        if env.protected { " (protected)" } else { "" }
+    );
     loop {
         let line = match editor.readline(if buffer.is_empty() {
             prompt.as_str()
@@ -63,6 +76,13 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
             }
             Err(_) => break,
         };
+        if buffer.is_empty() && line.trim_start().starts_with(':') {
+            let _ = editor.add_history_entry(line.trim());
+            if meta(&line, &env) {
+                break;
+            }
+            continue;
+        }
         buffer.push_str(&line);
         buffer.push('\n');
         let ast = match engine.compile_with_scope(&scope, &buffer) {
@@ -75,7 +95,9 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
                 continue;
             }
         };
-        let _ = editor.add_history_entry(buffer.trim_end());
+        if !session.effects.output().redactor().contains_secret(&buffer) {
+            let _ = editor.add_history_entry(buffer.trim_end());
+        }
         session.sources.insert("repl", &buffer);
         buffer.clear();
         let combined = functions.merge(&ast);
@@ -87,6 +109,7 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
                 Ok(v) => {
                     if !v.is_unit() {
                         println!("{v:?}");
+                        scope.set_or_push("last", v);
                     }
                     ("success", None)
                 }
@@ -120,6 +143,65 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
         super::write_audit(&session, &record, !record.hosts.is_empty() && !args.dry_run);
         functions += ast.clone_functions_only();
     }
+    if let Some(dir) = history.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = editor.save_history(&history);
     session.effects.close();
     Ok(())
+}
+
+/// Runs a meta-command; `true` means quit.
+fn meta(line: &str, env: &crate::inventory::Environment) -> bool {
+    let mut words = line.trim().split_whitespace();
+    match (words.next().unwrap_or(""), words.next()) {
+        (":quit" | ":q" | ":exit", _) => return true,
+        (":hosts", _) => {
+            for h in &env.hosts {
+                println!(
+                    "{:<16} {:<24} {:<6} {:<10} {}",
+                    h.name,
+                    format!("{}:{}", h.address, h.port),
+                    h.transport.as_str(),
+                    h.user.as_deref().unwrap_or("-"),
+                    h.roles.join(",")
+                );
+            }
+        }
+        (":audit", _) => {
+            let all = crate::audit::read(&crate::audit::local_path());
+            for r in all.iter().rev().take(10).rev() {
+                println!("{} {} {} {} {}", r.ts, r.env, r.actor, r.script, r.result);
+            }
+        }
+        (":help", topic) => match super::doc::render(false) {
+            Ok(text) => match topic {
+                None => println!(
+                    "meta-commands: :help [name]  :hosts  :audit  :quit\nscript API: :help ssh, :help release, … (or `runbook doc`)"
+                ),
+                Some(t) => {
+                    let mut shown = false;
+                    let mut lines = text.lines().peekable();
+                    while let Some(l) = lines.next() {
+                        if !l.starts_with(' ') && l.contains(t) {
+                            println!("{l}");
+                            while let Some(d) = lines.peek().filter(|d| d.starts_with("    ")) {
+                                println!("{d}");
+                                lines.next();
+                            }
+                            shown = true;
+                        }
+                    }
+                    if !shown {
+                        println!("nothing matches `{t}`");
+                    }
+                }
+            },
+            Err(e) => eprintln!("{e}"),
+        },
+        (other, _) => {
+            eprintln!("unknown meta-command `{other}` (:help, :hosts, :audit, :quit)");
+        }
+    }
+    false
 }
