@@ -153,7 +153,7 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
 
 /// Runs a meta-command; `true` means quit.
 fn meta(line: &str, env: &crate::inventory::Environment) -> bool {
-    let mut words = line.trim().split_whitespace();
+    let mut words = line.split_whitespace();
     match (words.next().unwrap_or(""), words.next()) {
         (":quit" | ":q" | ":exit", _) => return true,
         (":hosts", _) => {
