@@ -417,3 +417,99 @@ fn the_repl_keeps_the_last_result_answers_meta_commands_and_keeps_secrets_out_of
         "a secret value reached the history: {history}"
     );
 }
+
+/// Drives the REPL in a real terminal (tmux), as an engineer would.
+#[test]
+fn in_a_terminal_the_repl_completes_hints_and_survives_ctrl_c() {
+    use std::process::Command;
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "tmux is missing under CI"
+        );
+        eprintln!("SKIPPED: tmux not installed");
+        return;
+    }
+    let t = Test::new();
+    let session = format!("rb-repl-{}", std::process::id());
+    let socket = t.path().join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cmd = format!(
+        "cd {} && NO_COLOR=1 RUNBOOK_AUDIT_FILE={} {} repl -e dev",
+        t.path().display(),
+        t.path().join("audit.jsonl").display(),
+        crate::harness::bin().display()
+    );
+    assert!(
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "120",
+            "-y",
+            "30",
+            &cmd
+        ])
+        .status
+        .success()
+    );
+    let screen = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = screen();
+            if s.contains(needle) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never saw {needle:?} on screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("dev>");
+    tmux(&["send-keys", "-t", &session, "ssh::sh", "Tab"]);
+    wait_for("dev> ssh::shell");
+    tmux(&["send-keys", "-t", &session, "("]);
+    wait_for("target: any, script: string");
+    // Ctrl-C clears the line; the REPL stays.
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    tmux(&["send-keys", "-t", &session, "1 + 1", "Enter"]);
+    wait_for("2\n");
+    // Ctrl-C during a running command cancels it and returns to the prompt.
+    tmux(&[
+        "send-keys",
+        "-l",
+        "-t",
+        &session,
+        "local::run([\"sleep\", \"30\"]);",
+    ]);
+    tmux(&["send-keys", "-t", &session, "Enter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    wait_for("interrupted");
+    tmux(&["send-keys", "-t", &session, "40 + 2", "Enter"]);
+    wait_for("42");
+    tmux(&["send-keys", "-t", &session, "C-d"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux(&["has-session", "-t", &session]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "Ctrl-D did not exit:\n{}",
+            screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -23,6 +23,7 @@ required=(
   "sqlite3:sqlite3"
   "/usr/sbin/mariadbd:mariadb-server"
   "mariadb:mariadb-client"
+  "tmux:tmux"
   "mount:mount"
 )
 

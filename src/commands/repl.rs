@@ -5,8 +5,11 @@
 //! contains a secret value is never written to it.
 
 use rhai::{AST, EvalAltResult, ParseErrorType};
-use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
+use rustyline::history::DefaultHistory;
+use rustyline::{Config, Editor};
+
+use super::repl_helper::ReplHelper;
 
 use super::{SessionConfig, actor, run_id, runtime, session};
 use crate::cli::{Global, ReplArgs};
@@ -44,11 +47,19 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
     let engine = engine::build(&session, Mode::Run, Some(project.root()));
     let mut scope = engine::scope(&session);
     let mut functions = AST::empty();
-    let Ok(mut editor) = DefaultEditor::new() else {
+    let config = Config::builder()
+        .auto_add_history(false)
+        .completion_type(rustyline::CompletionType::List)
+        .build();
+    let Ok(mut editor) = Editor::<ReplHelper, DefaultHistory>::with_config(config) else {
         return Err(Error::Runtime(std::io::Error::other(
             "cannot open the line editor",
         )));
     };
+    let doc = super::doc::render(false).unwrap_or_default();
+    let helper = ReplHelper::new(&doc, &env, crate::output::color_enabled());
+    let variables = helper.variables.clone();
+    editor.set_helper(Some(helper));
     // Protected environments announce themselves in red.
     let prompt = if env.protected && crate::output::color_enabled() {
         format!("\x1b[1;31m{}\x1b[0m> ", env.name)
@@ -142,6 +153,9 @@ pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
         record.error = error;
         super::write_audit(&session, &record, !record.hosts.is_empty() && !args.dry_run);
         functions += ast.clone_functions_only();
+        if let Ok(mut names) = variables.lock() {
+            *names = scope.iter().map(|(name, _, _)| name.to_owned()).collect();
+        }
     }
     if let Some(dir) = history.parent() {
         let _ = std::fs::create_dir_all(dir);
