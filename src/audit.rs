@@ -110,6 +110,8 @@ pub struct Collected {
     pub hosts: Vec<String>,
     /// In a dry run: every effect, in order (the recorded plan).
     pub plan: Vec<serde_json::Value>,
+    /// The output of the latest commands, per host (the REPL's `:last`).
+    pub last_output: BTreeMap<String, Vec<String>>,
     dry_run: bool,
     depth: usize,
     step: Vec<String>,
@@ -126,6 +128,16 @@ impl Collector {
         let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
         c.steps.clear();
         c.hosts.clear();
+        c.last_output.clear();
+    }
+
+    /// Output lines of the latest action's commands, per host.
+    pub fn last_output(&self) -> BTreeMap<String, Vec<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_output
+            .clone()
     }
 
     /// The recorded plan of a dry run.
@@ -173,6 +185,14 @@ impl Sink for Collector {
                 }] = serde_json::json!(m);
             }
             c.plan.push(action);
+        }
+        if e.event == Kind::Output
+            && let (Some(h), Some(m)) = (&e.host, &e.message)
+        {
+            let lines = c.last_output.entry(h.clone()).or_default();
+            if lines.len() < 10_000 {
+                lines.push(m.clone());
+            }
         }
         match e.event {
             Kind::RunStarted => {

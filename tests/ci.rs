@@ -513,3 +513,53 @@ fn in_a_terminal_the_repl_completes_hints_and_survives_ctrl_c() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn the_repl_switches_dry_run_environments_runs_scripts_and_keeps_imports() {
+    use std::io::Write;
+    let t = Test::new()
+        .file("stdlib/greet.rhai", "fn hi(who) { `hi ${who}` }\n")
+        .file("scripts/say.rhai", "print(`said ${args.word}`);\n");
+    let marker = t.path().join("made");
+    let input = format!(
+        ":dry on\nlocal::run([\"touch\", \"{m}\"]);\n:dry off\nlocal::run([\"echo\", \"hello from the last command\"]);\n:last\nimport \"greet\" as g;\ng::hi(\"there\")\n:run say word=ok\n:env prod\nprod\nprint(`now on ${{env.name}}`);\n",
+        m = marker.display()
+    );
+    let mut child = t
+        .command()
+        .args(["repl", "-e", "dev"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("dry run on: nothing will be executed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[local] hello from the last command"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"hi there\""),
+        "imports stay loaded: {stdout}"
+    );
+    assert!(stdout.contains("said ok"), "{stdout}");
+    assert!(stdout.contains("now on prod"), "{stdout}");
+    // The dry-run touch never ran.
+    assert!(!marker.exists(), "a command ran with :dry on");
+}

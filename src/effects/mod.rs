@@ -225,7 +225,8 @@ pub struct Effects {
     ssh: std::sync::OnceLock<Result<SshPool, String>>,
     output: Arc<Output>,
     interrupt: Interrupt,
-    dry_run: bool,
+    /// The one place dry-run is decided (the REPL's `:dry` switches it).
+    dry_run: std::sync::atomic::AtomicBool,
     max_concurrency: usize,
 }
 
@@ -242,7 +243,7 @@ impl Effects {
             ssh: std::sync::OnceLock::new(),
             output,
             interrupt,
-            dry_run,
+            dry_run: std::sync::atomic::AtomicBool::new(dry_run),
             max_concurrency: max_concurrency.max(1),
         }
     }
@@ -254,7 +255,12 @@ impl Effects {
         &self.interrupt
     }
     pub fn dry_run(&self) -> bool {
-        self.dry_run
+        self.dry_run.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Turns dry-run on or off for everything that follows.
+    pub fn set_dry_run(&self, on: bool) {
+        self.dry_run.store(on, std::sync::atomic::Ordering::SeqCst);
     }
     pub fn runtime(&self) -> &Handle {
         &self.runtime
@@ -500,8 +506,9 @@ impl Effects {
                 .argv(argv.clone()),
         );
         let started = std::time::Instant::now();
-        let result = if self.dry_run { Ok(()) } else { work.await };
-        let outcome = match (&result, self.dry_run) {
+        let dry = self.dry_run();
+        let result = if dry { Ok(()) } else { work.await };
+        let outcome = match (&result, dry) {
             (_, true) => Outcome::DryRun,
             (Ok(()), _) => Outcome::Ok,
             (Err(_), _) => Outcome::Failed,
@@ -522,7 +529,7 @@ impl Effects {
                 stdout: String::new(),
                 stderr: String::new(),
                 duration: started.elapsed(),
-                dry_run: self.dry_run,
+                dry_run: dry,
             }),
             Err(message) => Err(CommandError::Unavailable {
                 host,
@@ -554,7 +561,7 @@ impl Effects {
         if emit_events {
             self.output.emit(started);
         }
-        if self.dry_run {
+        if self.dry_run() {
             if emit_events {
                 self.output.emit(
                     Event::new(Kind::CommandFinished)

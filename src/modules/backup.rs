@@ -126,7 +126,7 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     if host.0.transport != TransportKind::Local {
-        if session.info.dry_run {
+        if session.effects.dry_run() {
             session.effects.output().log(
                 crate::output::Level::Info,
                 format!("would back up {} into {}", host.0.name, dir.display()),
@@ -273,7 +273,7 @@ fn restore_into(
         ..crate::release::Metadata::default()
     };
     if remote {
-        if !session.info.dry_run {
+        if !session.effects.dry_run() {
             let meta_json = serde_json::to_string(&meta).unwrap_or_default();
             core::remote::restore(
                 &session.effects,
@@ -401,7 +401,7 @@ fn prune_of(
         .and_then(|k| usize::try_from(k).ok())
         .unwrap_or(10);
     let max_age = opts.get("max_age").map(duration_arg).transpose()?;
-    if session.info.dry_run {
+    if session.effects.dry_run() {
         return Ok(Array::new());
     }
     let removed = match remote_target(host) {

@@ -149,7 +149,7 @@ pub fn context_map(session: &Session) -> Map {
         i.reason.clone().map_or(Dynamic::UNIT, Dynamic::from),
     );
     run.insert("actor".into(), i.actor.clone().into());
-    run.insert("dry_run".into(), i.dry_run.into());
+    run.insert("dry_run".into(), session.effects.dry_run().into());
     out.insert("run".into(), run.into());
     out
 }
@@ -198,7 +198,7 @@ fn hosts_of(ctx: &NativeCallContext, role: Option<&str>) -> Result<HostSet, Box<
 fn sleep_for(ctx: &NativeCallContext, duration: &Dynamic) -> Result<(), Box<EvalAltResult>> {
     let d = duration_arg(duration)?;
     let session = super::session(ctx)?;
-    if session.info.dry_run {
+    if session.effects.dry_run() {
         return Ok(());
     }
     let interrupt = session.effects.interrupt();
@@ -274,7 +274,7 @@ pub mod core_api {
         let started = Instant::now();
         let result = body.call_within_context::<Dynamic>(&ctx, ());
         let outcome = match &result {
-            Ok(_) if session.info.dry_run => Outcome::DryRun,
+            Ok(_) if session.effects.dry_run() => Outcome::DryRun,
             Ok(_) => Outcome::Ok,
             Err(e) if matches!(e.unwrap_inner(), EvalAltResult::ErrorTerminated(..)) => {
                 Outcome::Aborted

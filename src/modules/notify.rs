@@ -50,7 +50,7 @@ fn deliver(
 ) -> Result<Map, Box<EvalAltResult>> {
     let output = session.effects.output();
     let mut m = Map::new();
-    if session.info.dry_run {
+    if session.effects.dry_run() {
         output.emit(
             Event::new(Kind::Notification).message(format!("{channel}: would send {preview}")),
         );
