@@ -563,3 +563,53 @@ fn the_repl_switches_dry_run_environments_runs_scripts_and_keeps_imports() {
     // The dry-run touch never ran.
     assert!(!marker.exists(), "a command ran with :dry on");
 }
+
+#[test]
+fn the_repl_renders_per_host_rows_asks_before_changing_production_and_saves_a_script() {
+    use std::io::Write;
+    let t = Test::new();
+    let input = "ssh::run(hosts(\"web\"), [\"echo\", \"same\"])\nssh::shell(hosts(\"web\"), \"echo $$\")\nfn twice(x) {\n  x * 2\n}\ntwice(21)\nlet y = ;\n:save scripts/saved.rhai\n:env prod\nprod\nlock::acquire(hosts());\nn\n";
+    let mut child = t
+        .command()
+        .args(["repl", "-e", "dev"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("a..b: ok, same output: same"), "{stdout}");
+    assert!(
+        stdout.contains("a  exit 0") && stdout.contains("b  exit 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("42"), "multi-line fn then a call: {stdout}");
+    assert!(
+        stderr.contains("syntax error"),
+        "a syntax error is shown and the REPL goes on: {stderr}"
+    );
+    assert!(
+        stdout.contains("saved 4 statements to scripts/saved.rhai"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("not run"),
+        "a protected change needs a yes: {stdout}"
+    );
+    assert!(!t.path().join("deploy/.runbook/lock").exists());
+    t.run_with(&["check", "scripts/saved.rhai"]).code(0);
+    let saved = std::fs::read_to_string(t.path().join("scripts/saved.rhai")).unwrap();
+    assert!(
+        saved.contains("fn twice(x)") && !saved.contains("let y = ;"),
+        "{saved}"
+    );
+}

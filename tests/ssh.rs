@@ -356,3 +356,110 @@ fn max_fail_tolerates_a_share_of_the_whole_set() {
         .code(0)
         .stdout_has("ok=3 failed=[\"web1\"]");
 }
+
+/// The outage REPL in a real terminal against the fleet: a host name completes, and
+/// Ctrl-C during a remote `sleep` returns to the prompt with the remote process gone.
+#[test]
+fn in_the_repl_ctrl_c_stops_a_remote_command_and_host_names_complete() {
+    use std::process::Command;
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "tmux is missing under CI"
+        );
+        eprintln!("SKIPPED: tmux not installed");
+        return;
+    }
+    let Some(fleet) = Fleet::start(2) else { return };
+    let t = Test::bare().file("runbook.toml", &fleet.inventory(""));
+    let tag = format!("63.{}", std::process::id());
+    let session = format!("rb-fleet-repl-{}", std::process::id());
+    let socket = t.path().join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cmd = format!(
+        "cd {} && NO_COLOR=1 RUNBOOK_AUDIT_FILE={} {} repl -e fleet",
+        t.path().display(),
+        t.path().join("audit.jsonl").display(),
+        crate::harness::bin().display()
+    );
+    assert!(
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "150",
+            "-y",
+            "40",
+            &cmd
+        ])
+        .status
+        .success()
+    );
+    let screen = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    let wait_for = |needle: &str, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = screen();
+            if s.contains(needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never saw {needle:?}:\n{s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("fleet>", 15);
+    tmux(&["send-keys", "-l", "-t", &session, "host(\"web"]);
+    // Two candidates share the prefix: the second Tab lists them.
+    tmux(&["send-keys", "-t", &session, "Tab"]);
+    std::thread::sleep(Duration::from_millis(200));
+    tmux(&["send-keys", "-t", &session, "Tab"]);
+    wait_for("web2", 10);
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    tmux(&[
+        "send-keys",
+        "-l",
+        "-t",
+        &session,
+        &format!("ssh::run(hosts(), [\"sleep\", \"{tag}\"]);"),
+    ]);
+    tmux(&["send-keys", "-t", &session, "Enter"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !remote_sleep_running(&tag) {
+        assert!(
+            Instant::now() < deadline,
+            "the remote sleep never started:\n{}",
+            screen()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pressed = Instant::now();
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    wait_for("interrupted", 10);
+    let back = pressed.elapsed();
+    assert!(
+        back < Duration::from_secs(2),
+        "Ctrl-C took {back:?} to return to the prompt"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while remote_sleep_running(&tag) {
+        assert!(Instant::now() < deadline, "a remote sleep outlived Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tmux(&["send-keys", "-t", &session, "C-d"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux(&["has-session", "-t", &session]).status.success() {
+        assert!(Instant::now() < deadline, "Ctrl-D did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -2,7 +2,9 @@
 //! persistent scope, accumulated `fn` definitions and `import`ed modules that stay loaded;
 //! `last` is the last result (`_` is reserved in Rhai). Multi-line input continues while
 //! the parser reports an unexpected end of input. Meta-commands: `:help [name]`, `:hosts`,
-//! `:env NAME`, `:run SCRIPT [k=v …]`, `:dry on|off`, `:last`, `:audit`, `:quit`.
+//! `:env NAME`, `:run SCRIPT [k=v …]`, `:dry on|off`, `:last`, `:audit`, `:save FILE`,
+//! `:quit`. Results render as one row per host, collapsed when all hosts agree; calls that
+//! change a protected environment ask `y/N` first.
 //! History lives in the XDG state directory; a line that contains a secret value is never
 //! written to it. Every action is audited.
 
@@ -19,7 +21,7 @@ use crate::error::Error;
 use crate::inventory::Environment;
 use crate::project::Project;
 
-const META_HELP: &str = "meta-commands: :help [name]  :hosts  :env NAME  :run SCRIPT [k=v …]  :dry on|off  :last  :audit  :quit\nscript API: :help ssh, :help release, … (or `runbook doc`); Tab completes, Ctrl-C cancels, Ctrl-D exits";
+const META_HELP: &str = "meta-commands: :help [name]  :hosts  :env NAME  :run SCRIPT [k=v …]  :dry on|off  :last  :audit  :save FILE  :quit\nscript API: :help ssh, :help release, … (or `runbook doc`); Tab completes, Ctrl-C cancels, Ctrl-D exits";
 
 /// What the line loop of one environment ends with.
 enum Next {
@@ -102,6 +104,8 @@ fn shell(
         if *dry { ", dry run" } else { "" }
     );
     let mut buffer = String::new();
+    // The successful statements, for `:save`.
+    let mut saved: Vec<String> = Vec::new();
     let next = loop {
         let line = match editor.readline(if buffer.is_empty() {
             prompt.as_str()
@@ -117,6 +121,10 @@ fn shell(
         };
         if buffer.is_empty() && line.trim_start().starts_with(':') {
             let _ = editor.add_history_entry(line.trim());
+            if let Some(file) = line.trim().strip_prefix(":save") {
+                save(file.trim(), &saved, env);
+                continue;
+            }
             match meta(
                 &line,
                 &session,
@@ -135,7 +143,12 @@ fn shell(
         buffer.push('\n');
         let ast = match engine.compile_with_scope(&scope, &buffer) {
             Ok(ast) => ast,
-            Err(e) if matches!(e.err_type(), ParseErrorType::UnexpectedEOF) => continue,
+            Err(e)
+                if matches!(e.err_type(), ParseErrorType::UnexpectedEOF)
+                    || open_brackets(&buffer) =>
+            {
+                continue;
+            }
             Err(e) => {
                 session.sources.insert("repl", &buffer);
                 eprintln!("{}", Diagnostic::from_parse(&e, "repl", &session.sources));
@@ -147,11 +160,26 @@ fn shell(
             let _ = editor.add_history_entry(buffer.trim_end());
         }
         let source = std::mem::take(&mut buffer);
+        if env.protected
+            && let Some(danger) = DESTRUCTIVE.iter().find(|d| source.contains(*d))
+        {
+            let answer = editor
+                .readline(&format!(
+                    "{danger} changes `{}` (protected). Go ahead? [y/N] ",
+                    env.name
+                ))
+                .unwrap_or_default();
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                println!("not run");
+                continue;
+            }
+        }
         session.sources.insert("repl", &source);
         let combined = functions.merge(&ast);
         let outcome = evaluate(&session, &engine, &mut scope, &combined, "repl", &source);
         if outcome {
             keep_imports(&mut engine, &source);
+            saved.push(source.trim_end().to_owned());
         }
         functions += ast.clone_functions_only();
         if let Ok(mut names) = variables.lock() {
@@ -181,7 +209,7 @@ fn evaluate(
     let (result, error) = match engine.eval_ast_with_scope::<Dynamic>(scope, ast) {
         Ok(v) => {
             if !v.is_unit() {
-                println!("{v:?}");
+                println!("{}", render(&v));
                 scope.set_or_push("last", v);
             }
             ("success", None)
@@ -213,6 +241,105 @@ fn evaluate(
     result == "success"
 }
 
+/// Whether brackets are still open (outside strings and comments): keep reading lines.
+fn open_brackets(text: &str) -> bool {
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(_), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '`' | '\'') => quote = Some(c),
+            (None, '/') if chars.peek() == Some(&'/') => {
+                while chars.peek().is_some_and(|c| *c != '\n') {
+                    chars.next();
+                }
+            }
+            (None, '(' | '[' | '{') => depth += 1,
+            (None, ')' | ']' | '}') => depth -= 1,
+            _ => {}
+        }
+    }
+    depth > 0 || quote.is_some()
+}
+
+/// A command result map (`host`, `code`, `stdout` …), as the fields a table row needs.
+fn row(v: &Dynamic) -> Option<(String, i64, i64, String)> {
+    let m = v.clone().try_cast::<Map>()?;
+    let host = m.get("host")?.to_string();
+    let code = m.get("code")?.as_int().ok()?;
+    let ms = m
+        .get("duration_ms")
+        .and_then(|d| d.as_int().ok())
+        .unwrap_or(0);
+    let out = m
+        .get("stdout")
+        .map(ToString::to_string)
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| m.get("stderr").map(ToString::to_string))
+        .or_else(|| m.get("error").map(ToString::to_string))
+        .unwrap_or_default();
+    Some((host, code, ms, out.trim_end().to_owned()))
+}
+
+/// Results render for people: one row per host (host, exit code, duration, output),
+/// collapsed when every host said the same thing; anything else as Rhai shows it.
+fn render(v: &Dynamic) -> String {
+    let rows: Option<Vec<_>> = match v.clone().try_cast::<rhai::Array>() {
+        Some(items) if !items.is_empty() => items.iter().map(row).collect(),
+        Some(_) => None,
+        None => row(v).map(|r| vec![r]),
+    };
+    let Some(rows) = rows else {
+        return format!("{v:?}");
+    };
+    let first = &rows[0];
+    if rows.len() > 1 && rows.iter().all(|r| r.1 == first.1 && r.3 == first.3) {
+        let verdict = if first.1 == 0 {
+            "ok".to_owned()
+        } else {
+            format!("exit {}", first.1)
+        };
+        let line = first.3.lines().next().unwrap_or("");
+        return format!(
+            "{}..{}: {verdict}, same output: {line}",
+            first.0,
+            rows[rows.len() - 1].0
+        );
+    }
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4);
+    rows.iter()
+        .map(|(host, code, ms, out)| {
+            let mut lines = out.lines();
+            let mut s = format!(
+                "{host:<width$}  exit {code:<3} {ms:>6} ms  {}",
+                lines.next().unwrap_or("")
+            );
+            for l in lines {
+                s.push_str(&format!("\n{:<width$}  {:>21}{l}", "", ""));
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Names whose calls change a live environment: on a protected one, the REPL asks first.
+const DESTRUCTIVE: &[&str] = &[
+    "release::activate",
+    "release::rollback",
+    "release::undo",
+    "backup::restore",
+    "laravel::down",
+    "laravel::up",
+    "laravel::migrate",
+    "lock::acquire",
+];
+
 /// `import "path" as alias;` lines of a successful action stay loaded for later lines.
 fn keep_imports(engine: &mut rhai::Engine, source: &str) {
     for line in source.lines() {
@@ -231,6 +358,39 @@ fn keep_imports(engine: &mut rhai::Engine, source: &str) {
         {
             engine.register_static_module(alias, module);
         }
+    }
+}
+
+/// `:save FILE`: the session's successful statements as a script to review and commit.
+fn save(file: &str, saved: &[String], env: &Environment) {
+    if file.is_empty() {
+        println!("usage: :save FILE (e.g. scripts/fix-queue.rhai)");
+        return;
+    }
+    let text = format!(
+        "// Saved from `runbook repl` on `{}` at {}: review before committing.\n{}\n",
+        env.name,
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        saved
+            .iter()
+            .map(|stmt| {
+                // A REPL line may leave out the final `;`; a script may not.
+                if stmt.ends_with(';') || stmt.ends_with('}') {
+                    stmt.clone()
+                } else {
+                    format!("{stmt};")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let path = std::path::Path::new(file);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(path, text) {
+        Ok(()) => println!("saved {} statements to {file}", saved.len()),
+        Err(e) => eprintln!("cannot write {file}: {e}"),
     }
 }
 

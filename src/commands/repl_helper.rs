@@ -22,7 +22,9 @@ pub struct ReplHelper {
     color: bool,
 }
 
-const META: &[&str] = &[":help", ":hosts", ":audit", ":quit"];
+const META: &[&str] = &[
+    ":help", ":hosts", ":env", ":run", ":dry", ":last", ":audit", ":save", ":quit",
+];
 const KEYWORDS: &[&str] = &[
     "let", "const", "fn", "if", "else", "for", "in", "while", "loop", "return", "throw", "try",
     "catch", "import", "as", "true", "false", "break", "continue", "switch",
@@ -243,6 +245,7 @@ mod tests {
             ["ssh::run", "ssh::shell"]
         );
         assert_eq!(h.candidates(":h", 2).1, [":help", ":hosts"]);
+        assert_eq!(h.candidates(":s", 2).1, [":save"]);
         assert_eq!(
             h.candidates("host(\"we", 8),
             (6, vec!["web1".to_owned(), "web2".to_owned()])
