@@ -86,7 +86,12 @@ fn shell(
         )));
     };
     let doc = super::doc::render(false).unwrap_or_default();
-    let helper = ReplHelper::new(&doc, env, crate::output::color_enabled());
+    let helper = ReplHelper::new(
+        &doc,
+        env,
+        project.script_names(),
+        crate::output::color_enabled(),
+    );
     let variables = helper.variables.clone();
     editor.set_helper(Some(helper));
     // Protected environments announce themselves in red.
@@ -190,6 +195,8 @@ fn shell(
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = editor.save_history(&history);
+    // Leaving (or switching) releases this session's locks, then closes the connections.
+    session.locks.release_all();
     session.effects.close();
     Ok(next)
 }

@@ -17,6 +17,7 @@ pub struct ReplHelper {
     signatures: Vec<(String, String)>,
     hosts: Vec<String>,
     roles: Vec<String>,
+    scripts: Vec<String>,
     /// Variables in scope, refreshed after every line.
     pub variables: Arc<Mutex<Vec<String>>>,
     color: bool,
@@ -25,13 +26,55 @@ pub struct ReplHelper {
 const META: &[&str] = &[
     ":help", ":hosts", ":env", ":run", ":dry", ":last", ":audit", ":save", ":quit",
 ];
+/// Fields of the values functions return (command results, health reports, hosts,
+/// releases, backups), offered after a `.`.
+const FIELDS: &[&str] = &[
+    "host",
+    "code",
+    "ok",
+    "stdout",
+    "stderr",
+    "duration_ms",
+    "dry_run",
+    "skipped",
+    "error",
+    "command",
+    "status",
+    "latency_ms",
+    "body",
+    "json",
+    "attempts",
+    "address",
+    "url",
+    "name",
+    "port",
+    "user",
+    "transport",
+    "roles",
+    "deploy_path",
+    "len",
+    "names",
+    "release",
+    "size",
+    "age_s",
+    "state",
+    "live",
+    "bad",
+    "commit",
+];
+
 const KEYWORDS: &[&str] = &[
     "let", "const", "fn", "if", "else", "for", "in", "while", "loop", "return", "throw", "try",
     "catch", "import", "as", "true", "false", "break", "continue", "switch",
 ];
 
 impl ReplHelper {
-    pub fn new(doc: &str, env: &crate::inventory::Environment, color: bool) -> ReplHelper {
+    pub fn new(
+        doc: &str,
+        env: &crate::inventory::Environment,
+        scripts: Vec<String>,
+        color: bool,
+    ) -> ReplHelper {
         // The same metadata as `runbook doc`: lines that start with a signature.
         let signatures = doc
             .lines()
@@ -46,6 +89,7 @@ impl ReplHelper {
             signatures,
             hosts: env.hosts.iter().map(|h| h.name.clone()).collect(),
             roles: env.roles.keys().cloned().collect(),
+            scripts,
             variables: Arc::default(),
             color,
         }
@@ -53,6 +97,37 @@ impl ReplHelper {
 
     fn candidates(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
         let before = &line[..pos];
+        // `:run ` takes a script name.
+        if let Some(partial) = before.strip_prefix(":run ")
+            && !partial.contains(' ')
+        {
+            return (
+                5,
+                self.scripts
+                    .iter()
+                    .filter(|s| s.starts_with(partial))
+                    .cloned()
+                    .collect(),
+            );
+        }
+        // `value.` offers the fields of results (commands, health reports, releases).
+        if let Some(dot) = before.rfind('.')
+            && before[dot + 1..]
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_')
+            && before[..dot]
+                .ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ']' || c == ')')
+        {
+            let partial = &before[dot + 1..];
+            let mut fields: Vec<String> = FIELDS
+                .iter()
+                .filter(|f| f.starts_with(partial))
+                .map(|f| (*f).to_owned())
+                .collect();
+            fields.sort();
+            fields.dedup();
+            return (dot + 1, fields);
+        }
         // Inside a string argument of host("…") / hosts("…"): host and role names.
         if let Some(q) = before.rfind('"')
             && before[..q].ends_with("host(")
@@ -230,7 +305,12 @@ mod tests {
             "[app]\nname=\"t\"\ndeploy_path=\"/d\"\n[env.p]\nhosts = { web1 = \"h\", web2 = \"h\", db1 = \"h\" }\nroles = { web = [\"web1\", \"web2\"] }\n",
         )
         .unwrap();
-        ReplHelper::new(doc, &inv.env("p").unwrap(), false)
+        ReplHelper::new(
+            doc,
+            &inv.env("p").unwrap(),
+            vec!["deploy".into(), "maintenance/dr-test".into()],
+            false,
+        )
     }
 
     #[test]
@@ -246,6 +326,11 @@ mod tests {
         );
         assert_eq!(h.candidates(":h", 2).1, [":help", ":hosts"]);
         assert_eq!(h.candidates(":s", 2).1, [":save"]);
+        assert_eq!(
+            h.candidates(":run main", 9),
+            (5, vec!["maintenance/dr-test".to_owned()])
+        );
+        assert_eq!(h.candidates("r.stdo", 6), (2, vec!["stdout".to_owned()]));
         assert_eq!(
             h.candidates("host(\"we", 8),
             (6, vec!["web1".to_owned(), "web2".to_owned()])
