@@ -243,11 +243,10 @@ impl Locks {
             }
             pending = still;
             let interrupt = self.effects.interrupt().clone();
-            let since = interrupt.count();
             let interrupted = self.effects.runtime().block_on(async {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(2)) => false,
-                    () = interrupt.after(since) => true,
+                    () = interrupt.signalled() => true,
                 }
             });
             if interrupted {

@@ -285,23 +285,11 @@ fn init_scaffolds_without_overwriting() {
 
 #[test]
 fn repl_actions_are_audited_and_host_logs_can_be_merged() {
-    use std::io::Write;
     let t = Test::new();
-    let mut child = t
-        .command()
-        .args(["repl", "-e", "dev"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"let n = 40 + 2;\nssh::run(hosts(\"one\"), [\"true\"]);\nprint(n);\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = t.repl(
+        "dev",
+        "let n = 40 + 2;\nssh::run(hosts(\"one\"), [\"true\"]);\nprint(n);\n",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -372,25 +360,10 @@ fn the_maintenance_workflow_schedules_the_seed_tasks_in_the_deploy_concurrency_g
 
 #[test]
 fn the_repl_keeps_the_last_result_answers_meta_commands_and_keeps_secrets_out_of_history() {
-    use std::io::Write;
     let t = Test::new()
         .env("RB_REPL_SECRET", "s3cr3t-value")
         .env("HOME", "/nonexistent-home");
-    let mut child = t
-        .command()
-        .args(["repl", "-e", "dev"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"40 + 2\nlast + 1\n:hosts\n:help timestamp\nlet s = secret(\"RB_REPL_SECRET\");\nlet leak = \"s3cr3t-value\";\nlet x = 1;\n:quit\nprint(\"not reached\");\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = t.repl("dev", "40 + 2\nlast + 1\n:hosts\n:help timestamp\nlet s = secret(\"RB_REPL_SECRET\");\nlet leak = \"s3cr3t-value\";\nlet x = 1;\n:quit\nprint(\"not reached\");\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -421,169 +394,39 @@ fn the_repl_keeps_the_last_result_answers_meta_commands_and_keeps_secrets_out_of
 /// Drives the REPL in a real terminal (tmux), as an engineer would.
 #[test]
 fn in_a_terminal_the_repl_completes_hints_and_survives_ctrl_c() {
-    use std::process::Command;
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "tmux is missing under CI"
-        );
-        eprintln!("SKIPPED: tmux not installed");
-        return;
-    }
     let t = Test::new();
-    let session = format!("rb-repl-{}", std::process::id());
-    let socket = t.path().join("tmux.sock");
-    let tmux = |args: &[&str]| {
-        Command::new("tmux")
-            .arg("-S")
-            .arg(&socket)
-            .args(args)
-            .output()
-            .unwrap()
+    let Some(term) = t.repl_in_terminal("dev") else {
+        return;
     };
-    let cmd = format!(
-        "cd {} && NO_COLOR=1 RUNBOOK_AUDIT_FILE={} {} repl -e dev",
-        t.path().display(),
-        t.path().join("audit.jsonl").display(),
-        crate::harness::bin().display()
-    );
-    assert!(
-        tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "120",
-            "-y",
-            "30",
-            &cmd
-        ])
-        .status
-        .success()
-    );
-    let screen = || {
-        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
-    };
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let s = screen();
-            if s.contains(needle) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never saw {needle:?} on screen:\n{s}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait_for("dev>");
-    tmux(&["send-keys", "-t", &session, "ssh::sh", "Tab"]);
-    wait_for("dev> ssh::shell");
-    tmux(&["send-keys", "-t", &session, "("]);
-    wait_for("target: any, script: string");
+    term.wait_for("dev>", 15);
+    term.type_text("ssh::sh");
+    term.press("Tab");
+    term.wait_for("dev> ssh::shell", 10);
+    term.type_text("(");
+    term.wait_for("target: any, script: string", 10);
     // Ctrl-C clears the line; the REPL stays.
-    tmux(&["send-keys", "-t", &session, "C-c"]);
-    tmux(&["send-keys", "-t", &session, "1 + 1", "Enter"]);
-    wait_for("2\n");
+    term.press("C-c");
+    term.type_text("1 + 1");
+    term.press("Enter");
+    term.wait_for("2\n", 10);
     // Ctrl-C during a running command cancels it and returns to the prompt.
-    tmux(&[
-        "send-keys",
-        "-l",
-        "-t",
-        &session,
-        "local::run([\"sleep\", \"30\"]);",
-    ]);
-    tmux(&["send-keys", "-t", &session, "Enter"]);
+    term.type_text("local::run([\"sleep\", \"30\"]);");
+    term.press("Enter");
     std::thread::sleep(Duration::from_millis(500));
-    tmux(&["send-keys", "-t", &session, "C-c"]);
-    wait_for("interrupted");
-    tmux(&["send-keys", "-t", &session, "40 + 2", "Enter"]);
-    wait_for("42");
-    tmux(&["send-keys", "-t", &session, "C-d"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tmux(&["has-session", "-t", &session]).status.success() {
-        assert!(
-            Instant::now() < deadline,
-            "Ctrl-D did not exit:\n{}",
-            screen()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-#[test]
-fn the_repl_switches_dry_run_environments_runs_scripts_and_keeps_imports() {
-    use std::io::Write;
-    let t = Test::new()
-        .file("stdlib/greet.rhai", "fn hi(who) { `hi ${who}` }\n")
-        .file("scripts/say.rhai", "print(`said ${args.word}`);\n");
-    let marker = t.path().join("made");
-    let input = format!(
-        ":dry on\nlocal::run([\"touch\", \"{m}\"]);\n:dry off\nlocal::run([\"echo\", \"hello from the last command\"]);\n:last\nimport \"greet\" as g;\ng::hi(\"there\")\n:run say word=ok\n:env prod\nprod\nprint(`now on ${{env.name}}`);\n",
-        m = marker.display()
-    );
-    let mut child = t
-        .command()
-        .args(["repl", "-e", "dev"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("dry run on: nothing will be executed"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("[local] hello from the last command"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("\"hi there\""),
-        "imports stay loaded: {stdout}"
-    );
-    assert!(stdout.contains("said ok"), "{stdout}");
-    assert!(stdout.contains("now on prod"), "{stdout}");
-    // The dry-run touch never ran.
-    assert!(!marker.exists(), "a command ran with :dry on");
+    term.press("C-c");
+    term.wait_for("interrupted", 10);
+    term.type_text("40 + 2");
+    term.press("Enter");
+    term.wait_for("42", 10);
+    term.press("C-d");
+    term.wait_exit(10);
 }
 
 #[test]
 fn the_repl_renders_per_host_rows_asks_before_changing_production_and_saves_a_script() {
-    use std::io::Write;
     let t = Test::new();
     let input = "ssh::run(hosts(\"web\"), [\"echo\", \"same\"])\nssh::shell(hosts(\"web\"), \"echo $$\")\nfn twice(x) {\n  x * 2\n}\ntwice(21)\nlet y = ;\n:save scripts/saved.rhai\n:env prod\nprod\nlock::acquire(hosts());\nn\n";
-    let mut child = t
-        .command()
-        .args(["repl", "-e", "dev"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = t.repl("dev", input);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -612,4 +455,39 @@ fn the_repl_renders_per_host_rows_asks_before_changing_production_and_saves_a_sc
         saved.contains("fn twice(x)") && !saved.contains("let y = ;"),
         "{saved}"
     );
+}
+
+#[test]
+fn the_repl_switches_dry_run_environments_runs_scripts_and_keeps_imports() {
+    let t = Test::new()
+        .file("stdlib/greet.rhai", "fn hi(who) { `hi ${who}` }\n")
+        .file("scripts/say.rhai", "print(`said ${args.word}`);\n");
+    let marker = t.path().join("made");
+    let input = format!(
+        ":dry on\nlocal::run([\"touch\", \"{m}\"]);\n:dry off\nlocal::run([\"echo\", \"hello from the last command\"]);\n:last\nimport \"greet\" as g;\ng::hi(\"there\")\n:run say word=ok\n:env prod\nprod\nprint(`now on ${{env.name}}`);\n",
+        m = marker.display()
+    );
+    let out = t.repl("dev", &input);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("dry run on: nothing will be executed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[local] hello from the last command"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"hi there\""),
+        "imports stay loaded: {stdout}"
+    );
+    assert!(stdout.contains("said ok"), "{stdout}");
+    assert!(stdout.contains("now on prod"), "{stdout}");
+    // The dry-run touch never ran.
+    assert!(!marker.exists(), "a command ran with :dry on");
 }

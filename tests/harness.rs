@@ -155,3 +155,135 @@ impl Output {
             .collect()
     }
 }
+
+impl Test {
+    /// Runs `runbook repl -e ENV` with `input` on stdin (no terminal) to its end.
+    pub fn repl(&self, env: &str, input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(["repl", "-e", env])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("repl starts");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("input");
+        }
+        child.wait_with_output().expect("repl ends")
+    }
+
+    /// `runbook repl -e ENV` in a real terminal (tmux), or `None` when tmux is missing
+    /// (a failure under `CI=true`).
+    pub fn repl_in_terminal(&self, env: &str) -> Option<Tmux> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "tmux is missing under CI"
+            );
+            eprintln!("SKIPPED: tmux not installed");
+            return None;
+        }
+        let cmd = format!(
+            "cd {} && NO_COLOR=1 RUNBOOK_AUDIT_FILE={} {} repl -e {env}",
+            self.path().display(),
+            self.path().join("audit.jsonl").display(),
+            bin().display()
+        );
+        let tmux = Tmux {
+            socket: self.path().join("tmux.sock"),
+            session: format!("rb-repl-{}", std::process::id()),
+        };
+        let started = tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            &tmux.session,
+            "-x",
+            "150",
+            "-y",
+            "40",
+            &cmd,
+        ]);
+        assert!(started.status.success(), "tmux new-session");
+        Some(tmux)
+    }
+}
+
+/// A program in a tmux pane: keys in, screen out.
+pub struct Tmux {
+    socket: PathBuf,
+    session: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux runs")
+    }
+
+    /// Types text literally (no key names, `;` is not a tmux separator).
+    pub fn type_text(&self, text: &str) {
+        self.run(&["send-keys", "-l", "-t", &self.session, text]);
+    }
+
+    /// Presses keys by name: `Enter`, `Tab`, `C-c`, `C-d`.
+    pub fn press(&self, key: &str) {
+        self.run(&["send-keys", "-t", &self.session, key]);
+    }
+
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .run(&["capture-pane", "-p", "-t", &self.session])
+                .stdout,
+        )
+        .into_owned()
+    }
+
+    /// Waits (bounded) until `needle` is on the screen.
+    #[track_caller]
+    pub fn wait_for(&self, needle: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if s.contains(needle) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw {needle:?} on screen:\n{s}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (bounded) until the program in the pane has exited.
+    #[track_caller]
+    pub fn wait_exit(&self, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while self
+            .run(&["has-session", "-t", &self.session])
+            .status
+            .success()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the program did not exit:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}

@@ -122,6 +122,11 @@ fn shell(
                 buffer.clear();
                 continue;
             }
+            Err(ReadlineError::Eof) => break Next::Quit,
+            // A Ctrl-C that reached the process as a signal (the terminal was not in raw
+            // mode) can interrupt the read itself: that is not a request to leave.
+            Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(ReadlineError::Errno(e)) if e as i32 == libc_eintr() => continue,
             Err(_) => break Next::Quit,
         };
         if buffer.is_empty() && line.trim_start().starts_with(':') {
@@ -199,6 +204,11 @@ fn shell(
     session.locks.release_all();
     session.effects.close();
     Ok(next)
+}
+
+/// EINTR (the same number in every errno enum).
+fn libc_eintr() -> i32 {
+    nix::errno::Errno::EINTR as i32
 }
 
 /// Evaluates one action, prints its value, audits it. `true` when it succeeded.

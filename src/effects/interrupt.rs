@@ -57,6 +57,12 @@ impl Interrupt {
         self.baseline.store(self.count(), Ordering::SeqCst);
     }
 
+    /// Resolves as soon as there is a signal the script has not handled yet — at once if
+    /// one already arrived (a signal between two checks is never lost).
+    pub async fn signalled(&self) {
+        self.after(self.baseline.load(Ordering::SeqCst)).await;
+    }
+
     /// Resolves when a signal arrives after `since` (a value of [`Interrupt::count`]).
     pub async fn after(&self, since: u32) {
         let mut rx = self.tx.subscribe();
@@ -79,6 +85,27 @@ mod tests {
         assert!(!i.pending());
         i.raise();
         assert!(i.pending());
+    }
+
+    #[tokio::test]
+    async fn a_signal_that_came_before_the_wait_is_not_lost() {
+        let i = Interrupt::new();
+        i.raise();
+        tokio::time::timeout(std::time::Duration::from_secs(5), i.signalled())
+            .await
+            .expect("an unhandled signal wakes the waiter at once");
+        i.acknowledge();
+        let waiter = {
+            let i = i.clone();
+            tokio::spawn(async move { i.signalled().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a handled signal must not wake it");
+        i.raise();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
     }
 
     #[tokio::test]

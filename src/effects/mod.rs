@@ -294,7 +294,13 @@ impl Effects {
     /// Closes every connection. Called once at the end of a run, whatever its outcome.
     pub fn close(&self) {
         if let Some(Ok(pool)) = self.ssh.get() {
-            self.runtime.block_on(pool.close());
+            let closed = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), pool.close()).await
+            });
+            if closed.is_err() {
+                // A master that does not answer is ended the hard way.
+                pool.kill_masters_now();
+            }
         }
     }
 
@@ -375,10 +381,9 @@ impl Effects {
             start = end;
             let more = start < n && !stop.load(Ordering::SeqCst);
             if let (Some(pause), true) = (fan.pause, more) {
-                let since = self.interrupt.count();
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
-                    () = self.interrupt.after(since) => {}
+                    () = self.interrupt.signalled() => {}
                 }
             }
         }

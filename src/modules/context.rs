@@ -202,11 +202,10 @@ fn sleep_for(ctx: &NativeCallContext, duration: &Dynamic) -> Result<(), Box<Eval
         return Ok(());
     }
     let interrupt = session.effects.interrupt();
-    let since = interrupt.count();
     let interrupted = session.effects.runtime().block_on(async {
         tokio::select! {
             () = tokio::time::sleep(d) => false,
-            () = interrupt.after(since) => true,
+            () = interrupt.signalled() => true,
         }
     });
     if interrupted || interrupt.pending() {

@@ -153,11 +153,10 @@ pub(crate) fn block<T>(
     fut: impl std::future::Future<Output = T>,
 ) -> Result<T, Box<EvalAltResult>> {
     let interrupt = session.effects.interrupt();
-    let since = interrupt.count();
     session.effects.runtime().block_on(async {
         tokio::select! {
             v = fut => Ok(v),
-            () = interrupt.after(since) => Err(super::interrupted()),
+            () = interrupt.signalled() => Err(super::interrupted()),
         }
     })
 }

@@ -23,7 +23,6 @@ pub async fn exec(
     interrupt: &Interrupt,
     on_line: LineSink<'_>,
 ) -> Result<Finished, ExecError> {
-    let since = interrupt.count();
     let argv = spec.program.argv_with_sudo(spec.sudo.as_deref());
     let Some((program, args)) = argv.split_first() else {
         return Err(ExecError::Unsupported(
@@ -96,7 +95,7 @@ pub async fn exec(
     let end = tokio::select! {
         status = reading => End::Exited(status),
         () = deadline => End::Timeout,
-        () = interrupt.after(since) => End::Interrupted,
+        () = interrupt.signalled() => End::Interrupted,
     };
     let finished = |out: String, err: String| Finished {
         code: None,

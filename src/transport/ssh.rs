@@ -223,7 +223,6 @@ impl SshPool {
         interrupt: &Interrupt,
         on_line: LineSink<'_>,
     ) -> Result<Finished, ExecError> {
-        let since = interrupt.count();
         let line = remote_line(spec)?;
         let gate = self.conn(host).await?;
         let _channel = gate.channels.acquire().await;
@@ -286,7 +285,7 @@ impl SshPool {
         let end = tokio::select! {
             status = reading => End::Exited(status),
             () = deadline => End::Timeout,
-            () = interrupt.after(since) => End::Interrupted,
+            () = interrupt.signalled() => End::Interrupted,
         };
         let partial = |out: String, err: String| Finished {
             code: None,
