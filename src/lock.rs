@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::effects::{Effects, FanOut, HostOutcome, Target};
-use crate::transport::{CommandSpec, Program};
+use crate::transport::CommandSpec;
 
 /// How often a held lock's heartbeat is refreshed.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -80,21 +80,13 @@ printf 'removed\t%s\t%s\n' "$age" "$holder"
 "#;
 
 fn spec(body: &str, args: &[&str]) -> CommandSpec {
-    let mut argv = vec![
-        "sh".to_owned(),
-        "-c".to_owned(),
-        body.to_owned(),
-        "sh".to_owned(),
-    ];
-    argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let mut s = CommandSpec::new(Program::Argv(argv));
     let label = match body {
         ACQUIRE => "lock: acquire",
         RELEASE => "lock: release",
         BEAT => "lock: heartbeat",
         _ => "lock: remove",
     };
-    s.label = Some(label.to_owned());
+    let mut s = CommandSpec::script(label, body, args);
     s.quiet = true;
     s.tolerate = true;
     s

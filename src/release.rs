@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use crate::effects::{CommandError, CommandResult, Effects, FanOut, HostOutcome, Target};
-use crate::transport::{CommandSpec, Program};
+use crate::transport::CommandSpec;
 
 /// Facts recorded with each release (`.runbook/releases/<name>.json`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
@@ -226,16 +226,7 @@ done
 "#;
 
 fn script(label: String, body: &str, args: &[&str]) -> CommandSpec {
-    let mut argv = vec![
-        "sh".to_owned(),
-        "-c".to_owned(),
-        body.to_owned(),
-        "sh".to_owned(),
-    ];
-    argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let mut spec = CommandSpec::new(Program::Argv(argv));
-    spec.label = Some(label);
-    spec
+    CommandSpec::script(label, body, args)
 }
 
 fn root(t: &Target) -> String {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Database, Options, Summary};
 use crate::effects::{Effects, Target};
-use crate::transport::{CommandSpec, Program};
+use crate::transport::CommandSpec;
 
 fn sh(
     effects: &Effects,
@@ -23,15 +23,7 @@ fn sh(
     args: &[&str],
     stdin: Option<Vec<u8>>,
 ) -> Result<String, String> {
-    let mut argv = vec![
-        "sh".to_owned(),
-        "-c".to_owned(),
-        body.to_owned(),
-        "sh".to_owned(),
-    ];
-    argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let mut spec = CommandSpec::new(Program::Argv(argv));
-    spec.label = Some(label.to_owned());
+    let mut spec = CommandSpec::script(label, body, args);
     spec.stdin = stdin;
     spec.quiet = true;
     effects

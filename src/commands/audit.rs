@@ -36,15 +36,12 @@ fn from_hosts(global: &Global, env_name: &str) -> Result<Vec<audit::Record>, Err
             crate::effects::Target::Host(h) => h.deploy_path.clone(),
             crate::effects::Target::Local => String::new(),
         };
-        let mut spec = crate::transport::CommandSpec::new(crate::transport::Program::Argv(vec![
-            "sh".into(),
-            "-c".into(),
-            r#"cat "$1/.runbook/audit.jsonl" 2>/dev/null; true"#.into(),
-            "sh".into(),
-            root,
-        ]));
+        let mut spec = crate::transport::CommandSpec::script(
+            "audit: read the host's log",
+            r#"cat "$1/.runbook/audit.jsonl" 2>/dev/null; true"#,
+            &[&root],
+        );
         spec.quiet = true;
-        spec.label = Some("audit: read the host's log".into());
         spec
     };
     let fan = crate::effects::FanOut {

@@ -20,8 +20,9 @@ pub fn run(args: &DocArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `runbook definitions DIR`: Rhai's own `.d.rhai` files for every registered module.
-pub fn definitions(dir: &std::path::Path) -> Result<(), Error> {
+/// The engine with every module registered and no project: what the API is made of.
+/// (The runtime is returned so that it outlives the engine's session.)
+fn api_engine() -> Result<(tokio::runtime::Runtime, rhai::Engine), Error> {
     let rt = runtime()?;
     let session = session(
         &rt,
@@ -34,6 +35,12 @@ pub fn definitions(dir: &std::path::Path) -> Result<(), Error> {
         },
     );
     let engine = engine::build(&session, Mode::Check, None);
+    Ok((rt, engine))
+}
+
+/// `runbook definitions DIR`: Rhai's own `.d.rhai` files for every registered module.
+pub fn definitions(dir: &std::path::Path) -> Result<(), Error> {
+    let (_rt, engine) = api_engine()?;
     std::fs::create_dir_all(dir).map_err(|source| Error::Read {
         path: dir.to_path_buf(),
         source,
@@ -51,18 +58,7 @@ pub fn definitions(dir: &std::path::Path) -> Result<(), Error> {
 }
 
 pub fn render(markdown: bool) -> Result<String, Error> {
-    let rt = runtime()?;
-    let session = session(
-        &rt,
-        SessionConfig {
-            inventory: None,
-            env: None,
-            info: RunInfo::default(),
-            verbosity: Verbosity::Quiet,
-            json: false,
-        },
-    );
-    let engine = engine::build(&session, Mode::Check, None);
+    let (_rt, engine) = api_engine()?;
     let json = engine
         .gen_fn_metadata_to_json(false)
         .unwrap_or_else(|_| "{}".into());

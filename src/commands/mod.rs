@@ -193,15 +193,12 @@ pub(crate) fn write_audit(
             crate::effects::Target::Host(h) => h.deploy_path.clone(),
             crate::effects::Target::Local => String::new(),
         };
-        let mut spec = crate::transport::CommandSpec::new(crate::transport::Program::Argv(vec![
-            "sh".into(),
-            "-c".into(),
-            r#"mkdir -p "$1/.runbook" && cat >> "$1/.runbook/audit.jsonl""#.into(),
-            "sh".into(),
-            root,
-        ]));
+        let mut spec = crate::transport::CommandSpec::script(
+            "audit: record this run on the host",
+            r#"mkdir -p "$1/.runbook" && cat >> "$1/.runbook/audit.jsonl""#,
+            &[&root],
+        );
         spec.stdin = Some(line.clone().into_bytes());
-        spec.label = Some("audit: record this run on the host".into());
         spec.quiet = true;
         spec.tolerate = true;
         spec

@@ -69,6 +69,22 @@ pub struct CommandSpec {
 }
 
 impl CommandSpec {
+    /// One of runbook's own fixed shell scripts: values reach it only as positional
+    /// arguments (`sh -c BODY sh "$1" "$2" …`), never spliced into the text; people read
+    /// `label` instead of the script.
+    pub fn script(label: impl Into<String>, body: &str, args: &[&str]) -> CommandSpec {
+        let mut argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            body.to_owned(),
+            "sh".to_owned(),
+        ];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let mut spec = CommandSpec::new(Program::Argv(argv));
+        spec.label = Some(label.into());
+        spec
+    }
+
     pub fn new(program: Program) -> CommandSpec {
         CommandSpec {
             program,
