@@ -403,6 +403,6 @@ fn in_the_repl_ctrl_c_stops_a_remote_command_and_host_names_complete() {
     term.type_text("6 * 7");
     term.press("Enter");
     term.wait_for("42", 10);
-    // Leaving right after an interrupted SSH command can still stall (issue 8, open):
-    // the pane is torn down by the harness instead of asserting Ctrl-D here.
+    term.press("C-d");
+    term.wait_exit(10);
 }
