@@ -162,6 +162,28 @@ mv -T "$tmp" "$root/current"
 echo "${prev##*/}"
 "#;
 
+/// Points `next` (what a preview vhost or a canary pool serves) at a complete release,
+/// atomically; an empty name removes `next`.
+const STAGE: &str = r#"set -eu
+root=$1 name=$2
+if [ -z "$name" ]; then rm -f "$root/next"; exit 0; fi
+[ -d "$root/releases/$name" ] || { echo "release $name does not exist on this host" >&2; exit 3; }
+[ -e "$root/.runbook/releases/$name.json" ] || { echo "release $name is incomplete" >&2; exit 3; }
+tmp=$root/.next.$name.$$
+ln -s "releases/$name" "$tmp"
+mv -T "$tmp" "$root/next"
+"#;
+
+/// Marks a release bad (skipped by later rollbacks); never the live one.
+const MARK_BAD: &str = r#"set -eu
+root=$1 name=$2
+cur=$(readlink "$root/current" 2>/dev/null || true)
+[ "${cur##*/}" != "$name" ] || { echo "release $name is live: switch away from it first" >&2; exit 3; }
+[ -d "$root/releases/$name" ] || exit 0
+mkdir -p "$root/.runbook/bad"
+touch "$root/.runbook/bad/$name"
+"#;
+
 const ROLLBACK: &str = r#"set -eu
 root=$1 target=$2
 cur=$(readlink "$root/current" 2>/dev/null || true); cur=${cur##*/}
@@ -209,10 +231,12 @@ done
 const CLEANUP: &str = r#"set -eu
 root=$1 keep=$2
 cur=$(readlink "$root/current" 2>/dev/null || true); cur=${cur##*/}
+next=$(readlink "$root/next" 2>/dev/null || true); next=${next##*/}
 [ -d "$root/releases" ] || exit 0
 n=0; [ -z "$cur" ] || n=1
 for r in $(ls -1 "$root/releases" | sort -r); do
   [ "$r" = "$cur" ] && continue
+  [ "$r" = "$next" ] && continue
   if [ -e "$root/.runbook/preparing/$r" ]; then
     [ -n "$(find "$root/.runbook/preparing/$r" -mmin +1440 2>/dev/null)" ] || continue
   elif [ -e "$root/.runbook/releases/$r.json" ]; then
@@ -467,6 +491,26 @@ pub fn activate(
         .into_iter()
         .map(|r| (r.host, r.stdout.trim().to_owned()))
         .collect())
+}
+
+/// Points `next` at `name` on every target (`None`: removes `next`).
+pub fn stage(effects: &Effects, targets: &[Target], name: Option<&str>) -> Result<(), ReleaseError> {
+    on_all(effects, targets, |t| {
+        let label = match name {
+            Some(n) => format!("release: stage {n} as next"),
+            None => "release: remove next".to_owned(),
+        };
+        script(label, STAGE, &[&root(t), name.unwrap_or("")])
+    })?;
+    Ok(())
+}
+
+/// Marks release `name` bad on every target, so no rollback picks it.
+pub fn mark_bad(effects: &Effects, targets: &[Target], name: &str) -> Result<(), ReleaseError> {
+    on_all(effects, targets, |t| {
+        script(format!("release: mark {name} bad"), MARK_BAD, &[&root(t), name])
+    })?;
+    Ok(())
 }
 
 /// Switches back to the previous good release (or `target`) on every target, marking

@@ -62,8 +62,14 @@ fn an_allowed_actor_deploys_and_emergencies_have_their_own_list() {
         .stderr_has("may not run the emergency script scripts/fix.rhai")
         .stderr_has("env.prod.emergency_deployers");
     let carol = project().env("GITHUB_ACTOR", "carol");
+    // Allowed, but an emergency always needs its reason.
     carol
         .run_with(&["run", "fix", "-e", "prod", "--yes"])
+        .code(2)
+        .stderr_has("needs a written reason");
+    assert!(!carol.path().join("fixed").exists());
+    carol
+        .run_with(&["run", "fix", "-e", "prod", "--yes", "--reason", "CVE fix"])
         .code(0);
     assert!(carol.path().join("fixed").exists());
 }

@@ -17,4 +17,5 @@ mod receivers;
 mod run;
 mod signals;
 mod ssh;
+mod strategies;
 mod web;

@@ -1,4 +1,4 @@
-//! Real nginx + php-fpm on loopback, serving `<deploy_path>/current/public` of each test
+//! Real nginx + php-fpm on loopback, serving `<dir>/public` of each site (a host's `current` or `next`) of each test
 //! host with `$realpath_root` (so a switch is visible on the next request). The pool runs
 //! as the fleet's `deploy` user. Dropping the stack stops exactly what it started.
 
@@ -35,7 +35,7 @@ fn free_port() -> u16 {
 }
 
 impl WebStack {
-    /// `sites`: (host name, deploy_path). `None` (with a message) when nginx, php-fpm or
+    /// `sites`: (site name, the link it serves, e.g. `<deploy_path>/current`). `None` (with a message) when nginx, php-fpm or
     /// Debian's Laravel are missing — a failure under `CI=true`.
     pub fn start(sites: &[(String, String)]) -> Option<WebStack> {
         let missing = [
@@ -97,7 +97,7 @@ impl WebStack {
         for (name, root) in sites {
             let port = free_port();
             servers.push_str(&format!(
-                "  server {{\n    listen 127.0.0.1:{port};\n    root {root}/current/public;\n    index index.php;\n    location / {{ try_files $uri /index.php?$query_string; }}\n    location ~ \\.php$ {{\n      include /etc/nginx/fastcgi_params;\n      fastcgi_pass unix:{sock};\n      fastcgi_param SCRIPT_FILENAME $realpath_root$fastcgi_script_name;\n      fastcgi_param DOCUMENT_ROOT $realpath_root;\n    }}\n  }}\n",
+                "  server {{\n    listen 127.0.0.1:{port};\n    root {root}/public;\n    index index.php;\n    location / {{ try_files $uri /index.php?$query_string; }}\n    location ~ \\.php$ {{\n      include /etc/nginx/fastcgi_params;\n      fastcgi_pass unix:{sock};\n      fastcgi_param SCRIPT_FILENAME $realpath_root$fastcgi_script_name;\n      fastcgi_param DOCUMENT_ROOT $realpath_root;\n    }}\n  }}\n",
                 sock = sock.display()
             ));
             ports.push((name.clone(), port));

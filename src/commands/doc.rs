@@ -151,8 +151,8 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     }
     title(&mut out, "Context");
     out.push_str(
-        "Constants: `args` (KEY=VALUE from the command line), `env` (name, url, is_protected, deploy_path, backup_dir, php, composer, health, vars), `app` (name, repository, keep_releases, shared_dirs, shared_files, writable_dirs, root), `run` (id, script, reason, actor, dry_run).\n\
-         Types: `Host` (name, address, port, user, transport, roles, url, deploy_path) and `HostSet` (len, names, is_empty(), indexing, `for h in set`).\n\
+        "Constants: `args` (KEY=VALUE from the command line), `env` (name, url, is_protected, deploy_path, backup_dir, php, composer, health, roles, vars), `app` (name, repository, keep_releases, shared_dirs, shared_files, writable_dirs, root), `run` (id, script, reason, actor, dry_run).\n\
+         Types: `Host` (name, address, port, user, transport, roles, url, preview_url, deploy_path) and `HostSet` (len, names, is_empty(), indexing, `for h in set`).\n\
          A script may define `fn on_failure(err)`: it runs after any failure or interrupt with `#{ message, location, interrupted }`.\n",
     );
     for (module, mut entries) in sections {

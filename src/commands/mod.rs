@@ -86,6 +86,7 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
         activations: std::sync::Mutex::new(Vec::new()),
         switches: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         facts: std::sync::Mutex::new(crate::audit::Facts::default()),
+        started: std::time::Instant::now(),
         audit,
     })
 }

@@ -80,6 +80,18 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
                 allowed,
             })
     };
+    // An emergency skips the usual care: the reason is what the team reads later.
+    let refusal = refusal.or_else(|| {
+        (crate::permissions::kind_of(&text) == crate::permissions::ScriptKind::Emergency
+            && session.info.reason.is_none()
+            && !args.dry_run)
+            .then(|| Error::BadOption {
+                option: "--reason".into(),
+                message: format!(
+                    "{name} is an emergency script: it needs a written reason, which goes into the audit log and every notification; pass --reason \"…\""
+                ),
+            })
+    });
     if let Some(refused) = refusal {
         let mut record =
             super::audit_record(&session, &name, &text, "refused", std::time::Duration::ZERO);

@@ -65,6 +65,8 @@ pub struct Session {
     pub audit: crate::audit::Collector,
     /// What kind of change this run made (for delivery metrics).
     pub facts: std::sync::Mutex<crate::audit::Facts>,
+    /// When the session began (`run.elapsed_ms()`, deployment durations).
+    pub started: std::time::Instant,
 }
 
 impl Session {

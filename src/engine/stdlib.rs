@@ -3,9 +3,26 @@
 /// `(module path, source)`; the module path is what scripts write in `import "…"`.
 pub const FILES: &[(&str, &str)] = &[
     ("laravel", include_str!("../../stdlib/laravel.rhai")),
+    ("traffic", include_str!("../../stdlib/traffic.rhai")),
     (
-        "deploy/rolling",
-        include_str!("../../stdlib/deploy/rolling.rhai"),
+        "strategies/common",
+        include_str!("../../stdlib/strategies/common.rhai"),
+    ),
+    (
+        "strategies/rolling",
+        include_str!("../../stdlib/strategies/rolling.rhai"),
+    ),
+    (
+        "strategies/blue_green",
+        include_str!("../../stdlib/strategies/blue_green.rhai"),
+    ),
+    (
+        "strategies/canary",
+        include_str!("../../stdlib/strategies/canary.rhai"),
+    ),
+    (
+        "strategies/rollback",
+        include_str!("../../stdlib/strategies/rollback.rhai"),
     ),
 ];
 

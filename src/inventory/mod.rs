@@ -67,6 +67,8 @@ pub struct Host {
     pub deploy_path: String,
     /// This host's own base URL, if the inventory gives one.
     pub url: Option<String>,
+    /// Where this host serves the staged release (`next`), if the inventory gives one.
+    pub preview_url: Option<String>,
     pub ssh: SshOptions,
 }
 
@@ -431,9 +433,9 @@ fn resolve_env(
                 "host names may contain only letters, digits, `_` and `-`".into(),
             ));
         }
-        let host_url = match spec {
-            RawHost::Table(t) => t.url.clone(),
-            RawHost::Address(_) => None,
+        let (host_url, preview_url) = match spec {
+            RawHost::Table(t) => (t.url.clone(), t.preview_url.clone()),
+            RawHost::Address(_) => (None, None),
         };
         let (address, port, user, identity, transport, jump, host_path) = match spec {
             RawHost::Address(a) => {
@@ -475,6 +477,7 @@ fn resolve_env(
             roles,
             deploy_path: host_path.unwrap_or_default(),
             url: host_url,
+            preview_url,
             ssh: ssh_options.clone(),
         }));
     }

@@ -163,6 +163,9 @@ pub struct RawHostTable {
     pub deploy_path: Option<String>,
     /// This host's own base URL (to check one backend before traffic moves).
     pub url: Option<String>,
+    /// Where this host serves the staged release (`next`): a blue-green deploy checks
+    /// the new release here before any traffic moves; a canary pool sends traffic here.
+    pub preview_url: Option<String>,
 }
 
 /// A value that may be written inline or named by environment variable.

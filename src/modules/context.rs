@@ -41,6 +41,9 @@ pub fn register_types(engine: &mut Engine) {
         .register_get("url", |h: &mut HostRef| {
             h.0.url.clone().map_or(Dynamic::UNIT, Dynamic::from)
         })
+        .register_get("preview_url", |h: &mut HostRef| {
+            h.0.preview_url.clone().map_or(Dynamic::UNIT, Dynamic::from)
+        })
         .register_get("deploy_path", |h: &mut HostRef| h.0.deploy_path.clone())
         .register_get("roles", |h: &mut HostRef| {
             h.0.roles
@@ -87,7 +90,36 @@ pub fn register_types(engine: &mut Engine) {
         .register_fn("to_debug", |s: &mut HostSet| {
             let names: Vec<&str> = s.0.iter().map(|h| h.name.as_str()).collect();
             format!("hosts({names:?})")
+        })
+        // `hosts("web") + hosts("worker")`: every host once, in order of first appearance.
+        .register_fn("+", |a: HostSet, b: HostSet| {
+            let mut all = a.0;
+            for h in b.0 {
+                if !all.iter().any(|x| x.name == h.name) {
+                    all.push(h);
+                }
+            }
+            HostSet(all)
+        })
+        .register_fn("contains", |s: &mut HostSet, h: HostRef| {
+            s.0.iter().any(|x| x.name == h.0.name)
         });
+}
+
+fn host_named(ctx: &NativeCallContext, name: &str) -> Result<HostRef, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let env = session
+        .env
+        .as_ref()
+        .ok_or_else(|| super::error("no environment selected: pass --env NAME"))?;
+    env.host(name).map(HostRef).ok_or_else(|| {
+        let known: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
+        super::error(format!(
+            "environment `{}` has no host `{name}` (hosts: {})",
+            env.name,
+            known.join(", ")
+        ))
+    })
 }
 
 /// The `env`, `app`, `args` and `run` maps, as one map keyed by those names.
@@ -116,6 +148,12 @@ pub fn context_map(session: &Session) -> Map {
         env.insert("php".into(), e.php.clone().into());
         env.insert("composer".into(), e.composer.clone().into());
         env.insert("health".into(), strings(&e.health));
+        let roles: Map = e
+            .roles
+            .iter()
+            .map(|(r, members)| (r.as_str().into(), strings(members)))
+            .collect();
+        env.insert("roles".into(), roles.into());
         let vars = rhai::serde::to_dynamic(&e.vars).unwrap_or_else(|_| Map::new().into());
         env.insert("vars".into(), vars);
     }
@@ -232,23 +270,27 @@ pub mod core_api {
         super::super::located(&ctx, super::hosts_of(&ctx, Some(role)))
     }
 
+    /// The named hosts of the current environment, as a set (e.g. one batch of a
+    /// rolling deploy: `hosts(hosts("web").names.extract(0, 2))`).
+    #[rhai_fn(name = "hosts", return_raw)]
+    pub fn hosts_named(
+        ctx: NativeCallContext,
+        names: rhai::Array,
+    ) -> Result<HostSet, Box<EvalAltResult>> {
+        let mut set = Vec::new();
+        for n in names {
+            let name = n.into_string().map_err(|t| {
+                super::super::error(format!("hosts([…]) takes host names (strings), got {t}"))
+            })?;
+            set.push(super::super::located(&ctx, super::host_named(&ctx, &name))?.0);
+        }
+        Ok(HostSet(set))
+    }
+
     /// One host of the current environment, by name.
     #[rhai_fn(return_raw)]
     pub fn host(ctx: NativeCallContext, name: &str) -> Result<HostRef, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
-        let env = session
-            .env
-            .as_ref()
-            .ok_or_else(|| super::super::error("no environment selected: pass --env NAME"))?;
-        let found = env.host(name).map(HostRef).ok_or_else(|| {
-            let known: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
-            super::super::error(format!(
-                "environment `{}` has no host `{name}` (hosts: {})",
-                env.name,
-                known.join(", ")
-            ))
-        });
-        super::super::located(&ctx, found)
+        super::super::located(&ctx, super::host_named(&ctx, name))
     }
 
     /// The run's context as one map: `#{ env, app, args, run }`. Scripts also see these

@@ -135,6 +135,11 @@ fn slack(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
             format!("{}m {:02}s", secs / 60, secs % 60)
         }
         Some(d) => d.to_string(),
+        // A deployment card without a duration says how long this run has taken.
+        None if text(opts, "text").is_none() => {
+            let secs = session.started.elapsed().as_secs();
+            format!("{}m {:02}s", secs / 60, secs % 60)
+        }
         None => String::new(),
     };
     let d = Deployment {
@@ -396,6 +401,30 @@ pub mod notify_api {
     #[rhai_fn(return_raw)]
     pub fn slack(ctx: NativeCallContext, opts: Map) -> Result<Map, Box<EvalAltResult>> {
         super::super::located(&ctx, super::slack(&ctx, &opts))
+    }
+
+    /// Whether a channel ("slack", "email", "pagerduty") can send: configured in
+    /// runbook.toml with its secret present in the environment, or (Slack, PagerDuty)
+    /// the default variable set. Strategies notify only where this is true.
+    #[rhai_fn(return_raw)]
+    pub fn configured(ctx: NativeCallContext, channel: &str) -> Result<bool, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let notify = session.inventory.as_ref().map(|i| &i.notify);
+        let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty());
+        match channel {
+            "slack" => Ok(match notify.and_then(|n| n.slack.as_ref()) {
+                Some(c) => set(&c.webhook.env),
+                None => set("SLACK_WEBHOOK_URL"),
+            }),
+            "pagerduty" => Ok(match notify.and_then(|n| n.pagerduty.as_ref()) {
+                Some(c) => set(&c.routing_key.env),
+                None => set("PAGERDUTY_ROUTING_KEY"),
+            }),
+            "email" => Ok(notify.is_some_and(|n| n.email.is_some())),
+            other => Err(super::super::error(format!(
+                "unknown channel `{other}` (channels: slack, email, pagerduty)"
+            ))),
+        }
     }
 
     /// Sends a plain-text mail through `[notify.email]` (STARTTLS by default). Options:

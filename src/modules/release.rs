@@ -248,6 +248,47 @@ pub mod release_api {
         super::super::located(&ctx, super::rollback(&ctx, &hosts, Some(target)))
     }
 
+    /// Points `next` at release `name` on every host, atomically — what a preview vhost
+    /// or a canary pool serves while `current` keeps the live traffic. Cleanup never
+    /// removes the staged release.
+    #[rhai_fn(return_raw)]
+    pub fn stage(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        name: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let r = super::targets(&hosts).and_then(|(targets, _)| {
+            crate::release::stage(&session.effects, &targets, Some(name)).map_err(super::to_rhai)
+        });
+        super::super::located(&ctx, r)
+    }
+
+    /// Removes `next` on every host (after a promotion or an aborted canary).
+    #[rhai_fn(return_raw)]
+    pub fn unstage(ctx: NativeCallContext, hosts: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let r = super::targets(&hosts).and_then(|(targets, _)| {
+            crate::release::stage(&session.effects, &targets, None).map_err(super::to_rhai)
+        });
+        super::super::located(&ctx, r)
+    }
+
+    /// Marks release `name` bad on every host so that no rollback picks it (refused for
+    /// the live release: switch away from it first).
+    #[rhai_fn(return_raw)]
+    pub fn mark_bad(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        name: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let r = super::targets(&hosts).and_then(|(targets, _)| {
+            crate::release::mark_bad(&session.effects, &targets, name).map_err(super::to_rhai)
+        });
+        super::super::located(&ctx, r)
+    }
+
     /// Switches back every host this run activated a release on (for `on_failure`).
     #[rhai_fn(return_raw)]
     pub fn undo(ctx: NativeCallContext) -> Result<Map, Box<EvalAltResult>> {

@@ -4,12 +4,21 @@ use Illuminate\Support\Facades\DB;
 use Illuminate\Support\Facades\Route;
 
 // What a deploy checks: which release answered, and that the database works.
-Route::get('/api/health', fn () => response()->json([
-    'status' => 'ok',
-    'release' => basename(realpath(base_path())),
-    'laravel' => app()->version(),
-    'migrations' => DB::table('migrations')->count(),
-]));
+// A release can be made to fail on purpose (tests of canary gates and automatic
+// rollback): a FAIL_RATE file in it holds the percentage of answers that are 500.
+Route::get('/api/health', function () {
+    $failRate = (int) @file_get_contents(base_path('FAIL_RATE'));
+    $release = basename(realpath(base_path()));
+    if ($failRate > 0 && mt_rand(1, 100) <= $failRate) {
+        return response()->json(['status' => 'failing', 'release' => $release], 500);
+    }
+    return response()->json([
+        'status' => 'ok',
+        'release' => $release,
+        'laravel' => app()->version(),
+        'migrations' => DB::table('migrations')->count(),
+    ]);
+});
 
 Route::get('/api/health/database', fn () => response()->json([
     'status' => DB::select('select 1 as ok')[0]->ok === 1 ? 'ok' : 'failing',

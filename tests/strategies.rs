@@ -1,0 +1,650 @@
+//! The shipped strategies end to end, under load. Topology on loopback: two web hosts and
+//! a worker host (a real sshd each, sharing this machine's disk under their own deploy
+//! paths), nginx + php-fpm serving each web host's `current` (its `url`) and `next` (its
+//! `preview_url`), and an nginx load balancer in front — run as the deploy user, so that
+//! runbook steers it over SSH like a real one (`vars.traffic`). A load generator sends
+//! requests through the balancer during each deploy and counts what failed.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::fleet::{Fleet, USER};
+use crate::harness::{Output, Test};
+use crate::laravel::Repo;
+use crate::receivers::Http;
+use crate::web::{self, WebStack};
+
+/// nginx as a load balancer in front of the web hosts: upstream `stable` (their
+/// `current`) and `next` (their `next`), chosen per request by `$runbook_pool` from the
+/// traffic file runbook writes.
+struct Balancer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn id_of(flag: &str) -> u32 {
+    let out = Command::new("id").args([flag, USER]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+impl Balancer {
+    fn start(stable: &[u16], next: &[u16]) -> Result<Balancer, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let d = dir.path();
+        let servers = |ports: &[u16]| -> String {
+            ports
+                .iter()
+                .map(|p| format!("server 127.0.0.1:{p};"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let port = free_port();
+        std::fs::write(
+            d.join("nginx.conf"),
+            format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 512; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/t-body;\n  proxy_temp_path {d}/t-proxy;\n  fastcgi_temp_path {d}/t-fcgi;\n  uwsgi_temp_path {d}/t-uwsgi;\n  scgi_temp_path {d}/t-scgi;\n  upstream stable {{ {s} }}\n  upstream next {{ {n} }}\n  include {d}/traffic.conf;\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{ proxy_pass http://$runbook_pool; proxy_set_header Host $host; }}\n  }}\n}}\n",
+                d = d.display(),
+                s = servers(stable),
+                n = servers(next),
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(
+            d.join("traffic.conf"),
+            "split_clients \"$request_id\" $runbook_pool { * stable; }\n",
+        )
+        .map_err(|e| e.to_string())?;
+        Command::new("chown")
+            .args(["-R", USER])
+            .arg(d)
+            .status()
+            .map_err(|e| e.to_string())?;
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .uid(id_of("-u"))
+            .gid(id_of("-g"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("nginx (balancer): {e}"))?;
+        let lb = Balancer { dir, port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(lb.dir.path().join("error.log"))
+                    .unwrap_or_default();
+                return Err(format!("the balancer did not come up:\n{log}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(lb)
+    }
+
+    fn nginx(&self, args: &str) -> String {
+        let d = self.dir.path().display();
+        format!("[\"/usr/sbin/nginx\", \"-e\", \"{d}/error.log\", \"-c\", \"{d}/nginx.conf\", {args}]")
+    }
+
+    fn traffic(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("traffic.conf")).unwrap_or_default()
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One answer seen by the load generator.
+#[derive(Debug)]
+struct Hit {
+    at: Instant,
+    status: u16,
+    release: Option<String>,
+}
+
+/// Requests through the balancer, back to back on `threads` threads, until stopped
+/// (or five minutes at most).
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Hit>>>,
+}
+
+#[derive(Default)]
+struct Tally {
+    total: usize,
+    /// Non-2xx answers and requests that got no answer at all (status 0).
+    failed: usize,
+    by_status: BTreeMap<u16, usize>,
+    by_release: BTreeMap<String, usize>,
+    hits: Vec<Hit>,
+}
+
+impl Load {
+    fn start(port: u16, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(300);
+                    let mut hits = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        let (status, body) = web::get(port, "/api/health");
+                        let json: serde_json::Value =
+                            serde_json::from_str(&body).unwrap_or_default();
+                        hits.push(Hit {
+                            at: Instant::now(),
+                            status,
+                            release: json["release"].as_str().map(str::to_owned),
+                        });
+                    }
+                    hits
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut t = Tally::default();
+        for h in self.threads {
+            t.hits.extend(h.join().unwrap_or_default());
+        }
+        for h in &t.hits {
+            t.total += 1;
+            if !(200..300).contains(&h.status) {
+                t.failed += 1;
+            }
+            *t.by_status.entry(h.status).or_default() += 1;
+            if let Some(r) = &h.release {
+                *t.by_release.entry(r.clone()).or_default() += 1;
+            }
+        }
+        t
+    }
+}
+
+struct Stack {
+    fleet: Fleet,
+    web: WebStack,
+    lb: Balancer,
+    repo: Repo,
+    _repo_dir: tempfile::TempDir,
+    /// (host name, deploy_path): web, web, worker.
+    roots: Vec<(String, String)>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, root) in &self.roots {
+            let _ = std::fs::remove_dir_all(root);
+        }
+        if let Some(base) = Path::new(&self.roots[0].1).parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+fn stack() -> Option<Stack> {
+    let fleet = Fleet::start(3)?;
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        fleet.hosts[0].addr.replace('.', "-")
+    );
+    let roots: Vec<(String, String)> = fleet
+        .hosts
+        .iter()
+        .map(|h| (h.name.clone(), format!("/home/{USER}/rbs-{tag}/{}", h.name)))
+        .collect();
+    let mut sites = Vec::new();
+    for (name, root) in &roots[..2] {
+        sites.push((name.clone(), format!("{root}/current")));
+        sites.push((format!("{name}-next"), format!("{root}/next")));
+    }
+    let web = WebStack::start(&sites)?;
+    let stable: Vec<u16> = roots[..2].iter().map(|(n, _)| web.port(n)).collect();
+    let next: Vec<u16> = roots[..2]
+        .iter()
+        .map(|(n, _)| web.port(&format!("{n}-next")))
+        .collect();
+    let lb = match Balancer::start(&stable, &next) {
+        Ok(lb) => lb,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{why}"),
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+    };
+    let repo_dir = tempfile::tempdir().unwrap();
+    let repo = Repo::create(repo_dir.path());
+    Some(Stack {
+        fleet,
+        web,
+        lb,
+        repo,
+        _repo_dir: repo_dir,
+        roots,
+    })
+}
+
+const SCRIPTS: &[&str] = &[
+    "deploy",
+    "zero-downtime-deploy",
+    "canary",
+    "rollback",
+    "emergency-deploy",
+];
+
+impl Stack {
+    fn backups(&self) -> PathBuf {
+        Path::new(&self.roots[0].1)
+            .parent()
+            .map(|p| p.join("backups"))
+            .unwrap_or_default()
+    }
+
+    fn inventory(&self) -> String {
+        let mut hosts = Vec::new();
+        for (i, (h, (_, root))) in self.fleet.hosts.iter().zip(&self.roots).enumerate() {
+            let urls = if i < 2 {
+                format!(
+                    ", url = \"http://127.0.0.1:{}\", preview_url = \"http://127.0.0.1:{}\"",
+                    self.web.port(&h.name),
+                    self.web.port(&format!("{}-next", h.name))
+                )
+            } else {
+                String::new()
+            };
+            hosts.push(format!(
+                "{} = {{ address = \"{}\", port = {}, deploy_path = \"{root}\"{urls} }}",
+                h.name, h.addr, h.port
+            ));
+        }
+        let n = |i: usize| format!("\"{}\"", self.roots[i].0);
+        let d = self.lb.dir.path().display();
+        format!(
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 3\n\n\
+             [ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n\
+             [env.prod]\nurl = \"http://127.0.0.1:{lb}\"\nbackup_dir = \"{backups}\"\n\
+             health = [\"/api/health\", \"/api/health/database\"]\n\
+             hosts = {{ {hosts} }}\nroles = {{ web = [{w1}, {w2}], worker = [{w3}] }}\n\n\
+             [env.prod.vars]\ndatabase_per_host = true\nmonitor = \"3s\"\n\
+             backup = {{ database = {{ driver = \"sqlite\", path = \"shared/storage/database.sqlite\" }} }}\n\
+             canary = {{ window = \"4s\", checks = 2, rate = 50 }}\n\
+             traffic = {{ host = {w1}, file = \"{d}/traffic.conf\", test = {test}, reload = {reload} }}\n",
+            repo = self.repo.path.display(),
+            key = self.fleet.client_key().display(),
+            kh = self.fleet.known_hosts.display(),
+            lb = self.lb.port,
+            backups = self.backups().display(),
+            hosts = hosts.join(", "),
+            w1 = n(0),
+            w2 = n(1),
+            w3 = n(2),
+            test = self.lb.nginx("\"-t\", \"-q\""),
+            reload = self.lb.nginx("\"-s\", \"reload\""),
+        )
+    }
+
+    fn project(&self) -> Test {
+        let mut t = Test::bare().file("runbook.toml", &self.inventory());
+        for s in SCRIPTS {
+            let text = std::fs::read_to_string(format!(
+                "{}/scripts/{s}.rhai",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            t = t.file(&format!("scripts/{s}.rhai"), &text);
+        }
+        t
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["-e", "prod"]);
+        self.project().args(&full).run()
+    }
+
+    fn link(&self, i: usize, name: &str) -> String {
+        std::fs::read_link(Path::new(&self.roots[i].1).join(name))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn current(&self, i: usize) -> String {
+        self.link(i, "current")
+    }
+
+    /// (status, release, migrations) as a web host's own nginx serves it.
+    fn served(&self, i: usize) -> (u16, Option<String>, i64) {
+        let (status, body) = self.web.get(&self.roots[i].0, "/api/health");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        (
+            status,
+            json["release"].as_str().map(str::to_owned),
+            json["migrations"].as_i64().unwrap_or(-1),
+        )
+    }
+
+    /// The releases `n` requests through the balancer were answered by.
+    fn through_balancer(&self, n: usize) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let (status, body) = web::get(self.lb.port, "/api/health");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let r = json["release"].as_str().unwrap_or("?").to_owned();
+            *seen.entry(format!("{status} {r}")).or_default() += 1;
+        }
+        seen
+    }
+
+    fn is_bad(&self, i: usize, release: &str) -> bool {
+        Path::new(&self.roots[i].1)
+            .join(format!(".runbook/bad/{release}"))
+            .exists()
+    }
+
+    fn locked(&self) -> bool {
+        self.roots
+            .iter()
+            .any(|(_, r)| Path::new(r).join(".runbook/lock").exists())
+    }
+
+    fn sqlite(&self, i: usize, sql: &str) -> String {
+        let db = format!("{}/shared/storage/database.sqlite", self.roots[i].1);
+        let out = Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
+        assert!(out.status.success(), "sqlite3 {sql}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The first release: v1 through the rolling deploy, then a new second so the next
+    /// release gets a new name.
+    fn first_release(&self) -> String {
+        self.run(&["deploy", "ref=v1", "-q"]).code(0);
+        let v1 = self.current(0);
+        assert!(!v1.is_empty());
+        std::thread::sleep(Duration::from_millis(1100));
+        v1
+    }
+}
+
+fn print_tally(what: &str, t: &Tally) {
+    eprintln!(
+        "{what}: {} requests through the balancer, {} failed; by status {:?}; by release {:?}",
+        t.total, t.failed, t.by_status, t.by_release
+    );
+}
+
+#[test]
+fn rolling_deploy_under_load_shows_its_maintenance_window_and_ends_on_the_new_release() {
+    let Some(s) = stack() else { return };
+    let v1 = s.first_release();
+    let load = Load::start(s.lb.port, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = s.run(&["deploy", "ref=v2"]);
+    let t = load.finish();
+    out.code(0);
+    print_tally("rolling deploy", &t);
+    let v2 = s.current(0);
+    assert_ne!(v2, v1);
+    for i in 0..2 {
+        assert_eq!(s.served(i), (200, Some(v2.clone()), 2), "web host {i}");
+    }
+    // The worker host got the same release (its queue workers restart on it).
+    assert_eq!(s.current(2), v2);
+    assert!(out.stderr.contains("queue:restart"), "{}", out.stderr);
+    // The seed's maintenance window: 503s while the code changed, and nothing else failed.
+    assert!(
+        t.by_status.get(&503).copied().unwrap_or(0) > 0,
+        "no request saw maintenance mode: {:?}", t.by_status
+    );
+    let other: usize = t
+        .by_status
+        .iter()
+        .filter(|(s, _)| **s != 200 && **s != 503)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(other, 0, "failures besides maintenance mode: {:?}", t.by_status);
+    assert!(!s.locked());
+}
+
+#[test]
+fn zero_downtime_deploy_under_load_fails_no_request() {
+    let Some(s) = stack() else { return };
+    let v1 = s.first_release();
+    let load = Load::start(s.lb.port, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = s.run(&["zero-downtime-deploy", "ref=v2", "--json"]);
+    let t = load.finish();
+    print_tally("zero-downtime deploy", &t);
+    out.code(0);
+    let v2 = s.current(0);
+    assert_ne!(v2, v1);
+    assert_eq!(
+        t.failed, 0,
+        "requests failed during a zero-downtime deploy: {:?}",
+        t.by_status
+    );
+    assert!(t.total > 50, "too little load to prove anything: {}", t.total);
+    // The load saw the old release, then the new one.
+    assert!(t.by_release.contains_key(&v1) && t.by_release.contains_key(&v2),
+        "{:?}",
+        t.by_release);
+    for i in 0..2 {
+        assert_eq!(s.served(i), (200, Some(v2.clone()), 2), "web host {i}");
+        assert_eq!(s.link(i, "next"), v2);
+    }
+    assert_eq!(s.current(2), v2);
+    // The new release was checked on its own before traffic moved, and traffic is back
+    // on `current` (now the new release) at the end.
+    let steps: Vec<String> = out
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "step_finished")
+        .map(|e| e["step"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let pos = |name: &str| steps.iter().position(|s| s == name).unwrap_or(usize::MAX);
+    assert!(
+        pos("health check new release") < pos("switch load balancer")
+            && pos("switch load balancer") < pos("switch current")
+            && pos("switch current") < pos("monitor"),
+        "{steps:?}"
+    );
+    assert!(s.lb.traffic().contains("* stable;"), "{}", s.lb.traffic());
+    assert!(!s.locked());
+}
+
+#[test]
+fn a_canary_failing_five_percent_is_stopped_at_the_first_gate() {
+    let Some(s) = stack() else { return };
+    let stable = s.first_release();
+    let slack = Http::fixed(200, "ok");
+    let load = Load::start(s.lb.port, 1);
+    let out = s
+        .project()
+        .args(&["run", "canary", "-e", "prod", "ref=v3-flaky"])
+        .env("SLACK_WEBHOOK_URL", &slack.url("/services/T0/B0/canary"))
+        .run();
+    let ended = Instant::now();
+    let t = load.finish();
+    print_tally("canary of a 5%-failing release", &t);
+    out.code(1).stderr_has("canary gate failed at 10%");
+    assert!(
+        !out.stderr.contains("canary at 25%"),
+        "went past the first step:\n{}",
+        out.stderr
+    );
+    // Every request on stable again, the canary marked bad, nothing switched.
+    assert!(s.lb.traffic().contains("{ * stable; }"), "{}", s.lb.traffic());
+    let seen = s.through_balancer(40);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        vec![&format!("200 {stable}")],
+        "{seen:?}"
+    );
+    let canary = s.link(0, "next");
+    assert_ne!(canary, stable);
+    for i in 0..2 {
+        assert_eq!(s.current(i), stable);
+        assert!(s.is_bad(i, &canary), "the canary is not marked bad on host {i}");
+    }
+    // The canary took real traffic, and none after the gate failed.
+    let last_canary = t
+        .hits
+        .iter()
+        .filter(|h| h.release.as_deref() == Some(canary.as_str()))
+        .map(|h| h.at)
+        .max();
+    if let Some(last) = last_canary {
+        assert!(last <= ended, "canary traffic after runbook ended");
+    }
+    // The team heard about it: the seed's card, in red.
+    let got = slack.received();
+    let failure = got
+        .iter()
+        .find(|r| r.body.contains("danger"))
+        .unwrap_or_else(|| panic!("no failure card among {} messages", got.len()));
+    assert!(failure.body.contains("canary gate failed"), "{}", failure.body);
+    assert!(!s.locked());
+}
+
+#[test]
+fn a_release_failing_its_health_check_is_rolled_back_automatically() {
+    let Some(s) = stack() else { return };
+    let v1 = s.first_release();
+    let out = s.run(&["deploy", "ref=v4-broken", "--json"]);
+    out.code(1).stderr_has("health check failed after the switch");
+    for i in 0..3 {
+        assert_eq!(s.current(i), v1, "host {i} is not back on {v1}");
+    }
+    for i in 0..2 {
+        assert_eq!(s.served(i).1, Some(v1.clone()));
+    }
+    let seen = s.through_balancer(10);
+    assert_eq!(seen.get(&format!("200 {v1}")), Some(&10), "{seen:?}");
+    assert!(!s.locked(), "the lock outlived a failed deploy");
+    // The broken release is never a rollback target.
+    let bad: Vec<String> = std::fs::read_dir(Path::new(&s.roots[0].1).join(".runbook/bad"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    // Time from the failed health check to the previous release serving again.
+    let events = out.events();
+    let ts = |e: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(e["ts"].as_str().unwrap_or("")).ok()
+    };
+    let failed_at = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "verify")
+        .and_then(ts);
+    let back_at = events
+        .iter()
+        .filter(|e| {
+            e["event"] == "command_finished"
+                && e["message"].as_str().unwrap_or("").contains("roll back to")
+        })
+        .filter_map(ts)
+        .max();
+    if let (Some(a), Some(b)) = (failed_at, back_at) {
+        eprintln!(
+            "automatic rollback: previous release serving {} ms after the failed health check",
+            (b - a).num_milliseconds()
+        );
+    }
+}
+
+#[test]
+fn a_rollback_to_a_named_backup_restores_code_and_database() {
+    let Some(s) = stack() else { return };
+    let v1 = s.first_release();
+    s.sqlite(
+        0,
+        "insert into deploy_marks (release, created_at, updated_at) values ('before', datetime(), datetime())",
+    );
+    // v2 (a new migration): the deploy takes the pre-deploy backup, database included.
+    s.run(&["deploy", "ref=v2", "-q"]).code(0);
+    let v2 = s.current(0);
+    s.sqlite(
+        0,
+        "insert into deploy_marks (release, created_at, updated_at) values ('after', datetime(), datetime())",
+    );
+    let archive = std::fs::read_dir(s.backups())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("backup-") && n.ends_with(".tar.gz"))
+        .expect("the deploy made no pre-deploy backup");
+    let a = format!("archive={archive}");
+
+    // v2 added a migration that the backup's release lacks: a decision is needed first.
+    s.run(&["rollback", &a, "database=true"])
+        .code(1)
+        .stderr_has("migrations=rollback")
+        .stderr_has("2026_02_01_000000_create_notes_table.php");
+    assert_eq!(s.current(0), v2);
+    assert_eq!(s.served(0).0, 200, "a refused rollback left maintenance mode on");
+
+    std::thread::sleep(Duration::from_millis(1100));
+    s.run(&["rollback", &a, "database=true", "migrations=restore", "-q"])
+        .code(0);
+    let restored = s.current(0);
+    assert_ne!(restored, v2);
+    assert_ne!(restored, v1, "a backup is restored into a new release");
+    // The v1 code and the v1 database: one migration, the row from before, not after.
+    assert_eq!(s.served(0), (200, Some(restored.clone()), 1));
+    assert_eq!(s.sqlite(0, "select release from deploy_marks order by id"), "before");
+    assert!(!Path::new(&s.roots[0].1).join(format!("releases/{restored}/database/migrations/2026_02_01_000000_create_notes_table.php")).exists());
+    assert!(!s.locked());
+}
+
+#[test]
+fn an_emergency_deploy_without_a_reason_touches_nothing() {
+    let Some(s) = stack() else { return };
+    let v1 = s.first_release();
+    let logins: Vec<usize> = (0..3).map(|i| s.fleet.logins(i)).collect();
+    s.run(&["emergency-deploy", "ref=v2"])
+        .code(2)
+        .stderr_has("--reason");
+    assert_eq!(
+        (0..3).map(|i| s.fleet.logins(i)).collect::<Vec<_>>(),
+        logins,
+        "a refused emergency deploy connected to a host"
+    );
+    assert_eq!(s.current(0), v1);
+}
