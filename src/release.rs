@@ -299,6 +299,15 @@ fn collect(
     })
 }
 
+/// Whether `name` can be a release directory: no path separators, no leading dot or dash.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// A release name that sorts by time: `20261127T013300Z`, with `-2`, `-3` … when the
 /// second is taken on any host.
 pub fn choose_name(

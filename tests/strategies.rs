@@ -575,18 +575,18 @@ fn a_release_failing_its_health_check_is_rolled_back_automatically() {
         .and_then(ts);
     let back_at = events
         .iter()
-        .filter(|e| {
-            e["event"] == "command_finished"
-                && e["message"].as_str().unwrap_or("").contains("roll back to")
+        .find(|e| {
+            e["event"] == "warning"
+                && e["message"].as_str().unwrap_or("").contains("switched back from")
         })
-        .filter_map(ts)
-        .max();
-    if let (Some(a), Some(b)) = (failed_at, back_at) {
-        eprintln!(
+        .and_then(ts);
+    let (Some(a), Some(b)) = (failed_at, back_at) else {
+        panic!("no failed verify step or no switch back in the events:\n{}", out.stdout)
+    };
+    eprintln!(
             "automatic rollback: previous release serving {} ms after the failed health check",
-            (b - a).num_milliseconds()
-        );
-    }
+        (b - a).num_milliseconds()
+    );
 }
 
 #[test]

@@ -222,9 +222,9 @@ fn restore_into(
         None => host,
     };
     for k in opts.keys() {
-        if !["database", "shared", "backup_dir"].contains(&k.as_str()) {
+        if !["database", "shared", "backup_dir", "release"].contains(&k.as_str()) {
             return Err(super::error(format!(
-                "unknown restore option `{k}` (options: database, shared, backup_dir)"
+                "unknown restore option `{k}` (options: database, shared, backup_dir, release)"
             )));
         }
     }
@@ -251,8 +251,17 @@ fn restore_into(
     }
     let targets = [Target::Host(host.0.clone())];
     let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    let release = crate::release::choose_name(&session.effects, &targets, &now)
-        .map_err(|e| super::error(e.message))?;
+    // `release`: the name another host's restore chose, so every host agrees.
+    let release = match opts.get("release").and_then(|r| r.clone().into_string().ok()) {
+        Some(r) if crate::release::valid_name(&r) => r,
+        Some(r) => {
+            return Err(super::error(format!(
+                "`{r}` is not a release name (letters, digits, `-`, `_`, `.`)"
+            )));
+        }
+        None => crate::release::choose_name(&session.effects, &targets, &now)
+            .map_err(|e| super::error(e.message))?,
+    };
     let root = PathBuf::from(&host.0.deploy_path);
     let ro = RestoreOptions {
         shared: opts
@@ -503,7 +512,8 @@ pub mod backup_api {
     /// Restores a backup into a NEW release (verified first; never over a live one) and
     /// switches to it atomically. Returns the new release's name. Options: `shared`
     /// (also put the archived .env back), `database` (load the dump — only when asked;
-    /// on a protected environment only with --reason).
+    /// on a protected environment only with --reason), `release` (the new release's name,
+    /// e.g. the one the first host's restore returned, so that every host agrees).
     #[rhai_fn(name = "restore", return_raw)]
     pub fn restore(
         ctx: NativeCallContext,
