@@ -20,7 +20,7 @@ transport = "local"
 hosts = { a = "localhost" }
 TOML
 echo 'let x = 1 + 1;' > "$work/scripts/trivial.rhai"
-printf 'import "laravel" as laravel;\nimport "deploy/release" as release;\nlet p = release::paths();\n' > "$work/scripts/stdlib.rhai"
+printf 'import "laravel" as laravel;\nimport "strategies/rolling" as rolling;\nlet x = 1;\n' > "$work/scripts/stdlib.rhai"
 
 # median wall time in microseconds of "$@" over $runs runs
 median_us() {

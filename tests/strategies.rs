@@ -648,3 +648,115 @@ fn an_emergency_deploy_without_a_reason_touches_nothing() {
     );
     assert_eq!(s.current(0), v1);
 }
+
+/// A run's timeline from its events, in milliseconds: time with a remote command
+/// running, idle time that ended in a health check's answer (the check was in flight),
+/// and the rest — runbook's own work.
+fn split_timeline(events: &[serde_json::Value]) -> (i64, i64, i64) {
+    let ts = |e: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(e["ts"].as_str().unwrap_or(""))
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0)
+    };
+    let (mut remote, mut http, mut own) = (0, 0, 0);
+    let mut running = 0usize;
+    let mut prev: Option<i64> = None;
+    for e in events {
+        let now = ts(e);
+        if let Some(p) = prev {
+            let dt = (now - p).max(0);
+            if running > 0 {
+                remote += dt;
+            } else if e["message"].as_str().unwrap_or("").starts_with("health:") {
+                http += dt;
+            } else {
+                own += dt;
+            }
+        }
+        match e["event"].as_str() {
+            Some("command_started") => running += 1,
+            Some("command_finished") => running = running.saturating_sub(1),
+            _ => {}
+        }
+        prev = Some(now);
+    }
+    (remote, http, own)
+}
+
+/// Benchmark, not a test (`bash benches/strategies.sh`): zero-downtime deploys of the
+/// test app to two web hosts (plus the worker), wall time split into remote commands and
+/// everything else, and the time from a failed post-deploy health check to the previous
+/// release serving again.
+#[test]
+#[ignore = "benchmark: bash benches/strategies.sh"]
+fn bench_zero_downtime_deploy_and_automatic_rollback() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let Some(s) = stack() else { return };
+    s.first_release();
+    let (mut walls, mut remotes, mut https, mut owns) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        std::thread::sleep(Duration::from_millis(1100));
+        let started = Instant::now();
+        let out = s.run(&["zero-downtime-deploy", "ref=v2", "monitor=0s", "--json"]);
+        let wall = started.elapsed().as_millis() as i64;
+        out.code(0);
+        if let Ok(path) = std::env::var("BENCH_EVENTS") {
+            let _ = std::fs::write(path, &out.stdout); // for a closer look at the timeline
+        }
+        let (remote, http, own) = split_timeline(&out.events());
+        // Process start and exit (before the first event, after the last) are runbook's.
+        let own = own + (wall - remote - http - own).max(0);
+        eprintln!(
+            "zero-downtime deploy: wall {wall} ms = remote commands {remote} + health checks {http} + runbook {own} ({:.1}%)",
+            own as f64 * 100.0 / wall as f64
+        );
+        walls.push(wall);
+        remotes.push(remote);
+        https.push(http);
+        owns.push(own);
+    }
+    let mut backs = Vec::new();
+    for _ in 0..runs {
+        std::thread::sleep(Duration::from_millis(1100));
+        let out = s.run(&["deploy", "ref=v4-broken", "--json"]);
+        out.code(1);
+        let events = out.events();
+        let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+            events
+                .iter()
+                .find(|e| pred(e))
+                .and_then(|e| chrono::DateTime::parse_from_rfc3339(e["ts"].as_str()?).ok())
+        };
+        let failed = at(&|e| e["event"] == "step_finished" && e["step"] == "verify");
+        let back = at(&|e| {
+            e["event"] == "warning"
+                && e["message"].as_str().unwrap_or("").contains("switched back from")
+        });
+        if let (Some(a), Some(b)) = (failed, back) {
+            backs.push((b - a).num_milliseconds());
+        }
+    }
+    let median = |v: &mut Vec<i64>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    let (w, r, h, o) = (
+        median(&mut walls),
+        median(&mut remotes),
+        median(&mut https),
+        median(&mut owns),
+    );
+    println!(
+        "RESULT zero-downtime deploy to 2 web hosts + 1 worker (medians of {runs}): wall {w} ms = remote commands {r} ms + health checks in flight {h} ms + runbook's own {o} ms ({:.1}% of the wall time)",
+        o as f64 * 100.0 / w.max(1) as f64
+    );
+    println!(
+        "RESULT failed health check -> previous release serving (median of {}): {} ms",
+        backs.len(),
+        median(&mut backs)
+    );
+}
