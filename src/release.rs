@@ -503,7 +503,11 @@ pub fn activate(
 }
 
 /// Points `next` at `name` on every target (`None`: removes `next`).
-pub fn stage(effects: &Effects, targets: &[Target], name: Option<&str>) -> Result<(), ReleaseError> {
+pub fn stage(
+    effects: &Effects,
+    targets: &[Target],
+    name: Option<&str>,
+) -> Result<(), ReleaseError> {
     on_all(effects, targets, |t| {
         let label = match name {
             Some(n) => format!("release: stage {n} as next"),
@@ -517,7 +521,11 @@ pub fn stage(effects: &Effects, targets: &[Target], name: Option<&str>) -> Resul
 /// Marks release `name` bad on every target, so no rollback picks it.
 pub fn mark_bad(effects: &Effects, targets: &[Target], name: &str) -> Result<(), ReleaseError> {
     on_all(effects, targets, |t| {
-        script(format!("release: mark {name} bad"), MARK_BAD, &[&root(t), name])
+        script(
+            format!("release: mark {name} bad"),
+            MARK_BAD,
+            &[&root(t), name],
+        )
     })?;
     Ok(())
 }

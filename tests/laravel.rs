@@ -508,7 +508,11 @@ fn an_ssh_host_is_backed_up_and_restored_with_its_database() {
     out.code(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
     // The older ones go: this one and the v2 deploy's own pre-deploy backup.
-    assert!(lines[0].contains(&name), "the older backup was pruned: {}", lines[0]);
+    assert!(
+        lines[0].contains(&name),
+        "the older backup was pruned: {}",
+        lines[0]
+    );
     assert_eq!(lines[0].matches("backup-").count(), 2, "{}", lines[0]);
     assert!(!lines[1].contains(&name));
     assert!(!Path::new(&site.backups()).join(&name).exists());

@@ -89,8 +89,8 @@ impl Balancer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(lb.dir.path().join("error.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(lb.dir.path().join("error.log")).unwrap_or_default();
                 return Err(format!("the balancer did not come up:\n{log}"));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -100,7 +100,9 @@ impl Balancer {
 
     fn nginx(&self, args: &str) -> String {
         let d = self.dir.path().display();
-        format!("[\"/usr/sbin/nginx\", \"-e\", \"{d}/error.log\", \"-c\", \"{d}/nginx.conf\", {args}]")
+        format!(
+            "[\"/usr/sbin/nginx\", \"-e\", \"{d}/error.log\", \"-c\", \"{d}/nginx.conf\", {args}]"
+        )
     }
 
     fn traffic(&self) -> String {
@@ -264,6 +266,13 @@ const SCRIPTS: &[&str] = &[
     "canary",
     "rollback",
     "emergency-deploy",
+    "emergency/stop-everything",
+    "emergency/restart-everything",
+    "emergency/clear-caches",
+    "troubleshoot/fix-permissions",
+    "troubleshoot/restart-queue",
+    "troubleshoot/db-check",
+    "maintenance/daily-check",
 ];
 
 impl Stack {
@@ -299,7 +308,7 @@ impl Stack {
              [env.prod]\nurl = \"http://127.0.0.1:{lb}\"\nbackup_dir = \"{backups}\"\n\
              health = [\"/api/health\", \"/api/health/database\"]\n\
              hosts = {{ {hosts} }}\nroles = {{ web = [{w1}, {w2}], worker = [{w3}] }}\n\n\
-             [env.prod.vars]\ndatabase_per_host = true\nmonitor = \"3s\"\n\
+             [env.prod.vars]\ndatabase_per_host = true\nmonitor = \"3s\"\nweb_user = \"{USER}\"\n\
              backup = {{ database = {{ driver = \"sqlite\", path = \"shared/storage/database.sqlite\" }} }}\n\
              canary = {{ window = \"4s\", checks = 2, rate = 50 }}\n\
              traffic = {{ host = {w1}, file = \"{d}/traffic.conf\", test = {test}, reload = {reload} }}\n",
@@ -320,11 +329,9 @@ impl Stack {
     fn project(&self) -> Test {
         let mut t = Test::bare().file("runbook.toml", &self.inventory());
         for s in SCRIPTS {
-            let text = std::fs::read_to_string(format!(
-                "{}/scripts/{s}.rhai",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap();
+            let text =
+                std::fs::read_to_string(format!("{}/scripts/{s}.rhai", env!("CARGO_MANIFEST_DIR")))
+                    .unwrap();
             t = t.file(&format!("scripts/{s}.rhai"), &text);
         }
         t
@@ -428,7 +435,8 @@ fn rolling_deploy_under_load_shows_its_maintenance_window_and_ends_on_the_new_re
     // The seed's maintenance window: 503s while the code changed, and nothing else failed.
     assert!(
         t.by_status.get(&503).copied().unwrap_or(0) > 0,
-        "no request saw maintenance mode: {:?}", t.by_status
+        "no request saw maintenance mode: {:?}",
+        t.by_status
     );
     let other: usize = t
         .by_status
@@ -436,7 +444,11 @@ fn rolling_deploy_under_load_shows_its_maintenance_window_and_ends_on_the_new_re
         .filter(|(s, _)| **s != 200 && **s != 503)
         .map(|(_, n)| n)
         .sum();
-    assert_eq!(other, 0, "failures besides maintenance mode: {:?}", t.by_status);
+    assert_eq!(
+        other, 0,
+        "failures besides maintenance mode: {:?}",
+        t.by_status
+    );
     assert!(!s.locked());
 }
 
@@ -457,11 +469,17 @@ fn zero_downtime_deploy_under_load_fails_no_request() {
         "requests failed during a zero-downtime deploy: {:?}",
         t.by_status
     );
-    assert!(t.total > 50, "too little load to prove anything: {}", t.total);
+    assert!(
+        t.total > 50,
+        "too little load to prove anything: {}",
+        t.total
+    );
     // The load saw the old release, then the new one.
-    assert!(t.by_release.contains_key(&v1) && t.by_release.contains_key(&v2),
+    assert!(
+        t.by_release.contains_key(&v1) && t.by_release.contains_key(&v2),
         "{:?}",
-        t.by_release);
+        t.by_release
+    );
     for i in 0..2 {
         assert_eq!(s.served(i), (200, Some(v2.clone()), 2), "web host {i}");
         assert_eq!(s.link(i, "next"), v2);
@@ -507,7 +525,11 @@ fn a_canary_failing_five_percent_is_stopped_at_the_first_gate() {
         out.stderr
     );
     // Every request on stable again, the canary marked bad, nothing switched.
-    assert!(s.lb.traffic().contains("{ * stable; }"), "{}", s.lb.traffic());
+    assert!(
+        s.lb.traffic().contains("{ * stable; }"),
+        "{}",
+        s.lb.traffic()
+    );
     let seen = s.through_balancer(40);
     assert_eq!(
         seen.keys().collect::<Vec<_>>(),
@@ -518,7 +540,10 @@ fn a_canary_failing_five_percent_is_stopped_at_the_first_gate() {
     assert_ne!(canary, stable);
     for i in 0..2 {
         assert_eq!(s.current(i), stable);
-        assert!(s.is_bad(i, &canary), "the canary is not marked bad on host {i}");
+        assert!(
+            s.is_bad(i, &canary),
+            "the canary is not marked bad on host {i}"
+        );
     }
     // The canary took real traffic, and none after the gate failed.
     let last_canary = t
@@ -536,7 +561,11 @@ fn a_canary_failing_five_percent_is_stopped_at_the_first_gate() {
         .iter()
         .find(|r| r.body.contains("danger"))
         .unwrap_or_else(|| panic!("no failure card among {} messages", got.len()));
-    assert!(failure.body.contains("canary gate failed"), "{}", failure.body);
+    assert!(
+        failure.body.contains("canary gate failed"),
+        "{}",
+        failure.body
+    );
     assert!(!s.locked());
 }
 
@@ -545,7 +574,8 @@ fn a_release_failing_its_health_check_is_rolled_back_automatically() {
     let Some(s) = stack() else { return };
     let v1 = s.first_release();
     let out = s.run(&["deploy", "ref=v4-broken", "--json"]);
-    out.code(1).stderr_has("health check failed after the switch");
+    out.code(1)
+        .stderr_has("health check failed after the switch");
     for i in 0..3 {
         assert_eq!(s.current(i), v1, "host {i} is not back on {v1}");
     }
@@ -577,14 +607,20 @@ fn a_release_failing_its_health_check_is_rolled_back_automatically() {
         .iter()
         .find(|e| {
             e["event"] == "warning"
-                && e["message"].as_str().unwrap_or("").contains("switched back from")
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("switched back from")
         })
         .and_then(ts);
     let (Some(a), Some(b)) = (failed_at, back_at) else {
-        panic!("no failed verify step or no switch back in the events:\n{}", out.stdout)
+        panic!(
+            "no failed verify step or no switch back in the events:\n{}",
+            out.stdout
+        )
     };
     eprintln!(
-            "automatic rollback: previous release serving {} ms after the failed health check",
+        "automatic rollback: previous release serving {} ms after the failed health check",
         (b - a).num_milliseconds()
     );
 }
@@ -618,7 +654,11 @@ fn a_rollback_to_a_named_backup_restores_code_and_database() {
         .stderr_has("migrations=rollback")
         .stderr_has("2026_02_01_000000_create_notes_table.php");
     assert_eq!(s.current(0), v2);
-    assert_eq!(s.served(0).0, 200, "a refused rollback left maintenance mode on");
+    assert_eq!(
+        s.served(0).0,
+        200,
+        "a refused rollback left maintenance mode on"
+    );
 
     std::thread::sleep(Duration::from_millis(1100));
     s.run(&["rollback", &a, "database=true", "migrations=restore", "-q"])
@@ -628,8 +668,17 @@ fn a_rollback_to_a_named_backup_restores_code_and_database() {
     assert_ne!(restored, v1, "a backup is restored into a new release");
     // The v1 code and the v1 database: one migration, the row from before, not after.
     assert_eq!(s.served(0), (200, Some(restored.clone()), 1));
-    assert_eq!(s.sqlite(0, "select release from deploy_marks order by id"), "before");
-    assert!(!Path::new(&s.roots[0].1).join(format!("releases/{restored}/database/migrations/2026_02_01_000000_create_notes_table.php")).exists());
+    assert_eq!(
+        s.sqlite(0, "select release from deploy_marks order by id"),
+        "before"
+    );
+    assert!(
+        !Path::new(&s.roots[0].1)
+            .join(format!(
+                "releases/{restored}/database/migrations/2026_02_01_000000_create_notes_table.php"
+            ))
+            .exists()
+    );
     assert!(!s.locked());
 }
 
@@ -646,6 +695,136 @@ fn an_emergency_deploy_without_a_reason_touches_nothing() {
         logins,
         "a refused emergency deploy connected to a host"
     );
+    assert_eq!(s.current(0), v1);
+}
+
+#[test]
+fn a_canary_that_passes_its_gates_is_promoted_and_advisory_mode_only_reports() {
+    let Some(s) = stack() else { return };
+    let stable = s.first_release();
+    // Advisory: the flaky release fails its gate, which is reported, and it goes on.
+    let out = s.run(&[
+        "canary",
+        "ref=v3-flaky",
+        "steps=10",
+        "window=2s",
+        "advisory=true",
+    ]);
+    out.code(0)
+        .stderr_has("advisory canary: the gate at 10% failed");
+    let flaky = s.current(0);
+    assert_ne!(flaky, stable);
+    std::thread::sleep(Duration::from_millis(1100));
+    // A good release through every step: promoted, all traffic on `current` again.
+    let out = s.run(&["canary", "ref=v2", "steps=10,50", "window=2s", "--json"]);
+    out.code(0);
+    let good = s.current(0);
+    assert_ne!(good, flaky);
+    let steps: Vec<String> = out
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "step_finished" && e["result"] == "ok")
+        .map(|e| e["step"].as_str().unwrap_or("").to_owned())
+        .collect();
+    for step in ["canary at 10%", "canary at 50%", "promote", "verify"] {
+        assert!(steps.iter().any(|s| s == step), "no {step} in {steps:?}");
+    }
+    assert!(
+        s.lb.traffic().contains("{ * stable; }"),
+        "{}",
+        s.lb.traffic()
+    );
+    let seen = s.through_balancer(10);
+    assert_eq!(seen.get(&format!("200 {good}")), Some(&10), "{seen:?}");
+    assert_eq!(
+        s.current(2),
+        good,
+        "the worker host runs the promoted release"
+    );
+}
+
+#[test]
+fn a_batched_rolling_deploy_stops_at_the_first_failing_batch() {
+    let Some(s) = stack() else { return };
+    let v1 = s.first_release();
+    let out = s.run(&["deploy", "ref=v4-broken", "batch=1", "--json"]);
+    out.code(1).stderr_has("more than max_fail = 0");
+    for i in 0..3 {
+        assert_eq!(s.current(i), v1, "host {i}");
+    }
+    // The second web host was never switched: the first batch stopped the deploy.
+    let web2 = &s.roots[1].0;
+    let events = out.events();
+    let switches = |host: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["event"] == "command_started"
+                    && e["host"] == host
+                    && e["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("switch current")
+            })
+            .count()
+    };
+    assert_eq!(
+        switches(&s.roots[0].0),
+        1,
+        "the first batch was switched once"
+    );
+    let switched = switches(web2);
+    assert_eq!(switched, 0, "{web2} was switched");
+    assert!(!s.locked());
+}
+
+#[test]
+fn the_seeds_emergency_and_troubleshooting_runbooks_work_on_the_fleet() {
+    let Some(s) = stack() else { return };
+    let v1 = s.first_release();
+    // Stop everything: the site answers 503 (maintenance), the queue is told to stop.
+    s.run(&["emergency/stop-everything", "-q"]).code(0);
+    assert_eq!(web::get(s.lb.port, "/api/health").0, 503);
+    s.run(&["emergency/restart-everything"])
+        .code(0)
+        .stderr_has("/api/health/database");
+    assert_eq!(web::get(s.lb.port, "/api/health").0, 200);
+    // Clear caches: the compiled config and routes of the live release are gone.
+    let cache = Path::new(&s.roots[0].1).join("current/bootstrap/cache");
+    assert!(cache.join("config.php").exists(), "optimize cached nothing");
+    s.run(&["emergency/clear-caches", "-q"]).code(0);
+    assert!(!cache.join("config.php").exists() && !cache.join("routes-v7.php").exists());
+    assert_eq!(web::get(s.lb.port, "/api/health").0, 200);
+    // Troubleshooting.
+    let storage = Path::new(&s.roots[0].1).join("shared/storage/logs");
+    Command::new("chmod")
+        .arg("700")
+        .arg(&storage)
+        .status()
+        .unwrap();
+    s.run(&["troubleshoot/fix-permissions", "-q"]).code(0);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&storage).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+    s.run(&["troubleshoot/restart-queue"])
+        .code(0)
+        .stderr_has("queue:restart");
+    s.run(&["troubleshoot/db-check"])
+        .code(0)
+        .stdout_has("database reachable");
+    // The daily check reads the audit log, the error logs, the queue and a sample.
+    let out = s.run(&["maintenance/daily-check", "sample=2s"]);
+    out.code(0).stdout_has("all good");
+    assert!(out.stdout.contains("0 error line(s)"), "{}", out.stdout);
+    // An error in laravel.log needs a person.
+    std::fs::write(
+        Path::new(&s.roots[1].1).join("shared/storage/logs/laravel.log"),
+        "[2026-11-27 03:00:00] production.ERROR: SQLSTATE[HY000] disk I/O error\n",
+    )
+    .unwrap();
+    s.run(&["maintenance/daily-check", "sample=1s"])
+        .code(1)
+        .stderr_has("errors in laravel.log");
     assert_eq!(s.current(0), v1);
 }
 
@@ -734,7 +913,10 @@ fn bench_zero_downtime_deploy_and_automatic_rollback() {
         let failed = at(&|e| e["event"] == "step_finished" && e["step"] == "verify");
         let back = at(&|e| {
             e["event"] == "warning"
-                && e["message"].as_str().unwrap_or("").contains("switched back from")
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("switched back from")
         });
         if let (Some(a), Some(b)) = (failed, back) {
             backs.push((b - a).num_milliseconds());

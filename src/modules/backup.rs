@@ -252,7 +252,10 @@ fn restore_into(
     let targets = [Target::Host(host.0.clone())];
     let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     // `release`: the name another host's restore chose, so every host agrees.
-    let release = match opts.get("release").and_then(|r| r.clone().into_string().ok()) {
+    let release = match opts
+        .get("release")
+        .and_then(|r| r.clone().into_string().ok())
+    {
         Some(r) if crate::release::valid_name(&r) => r,
         Some(r) => {
             return Err(super::error(format!(

@@ -1,6 +1,7 @@
 <?php
 
 use Illuminate\Support\Facades\DB;
+use Illuminate\Support\Facades\Queue;
 use Illuminate\Support\Facades\Route;
 
 // What a deploy checks: which release answered, and that the database works.
@@ -22,4 +23,9 @@ Route::get('/api/health', function () {
 
 Route::get('/api/health/database', fn () => response()->json([
     'status' => DB::select('select 1 as ok')[0]->ok === 1 ? 'ok' : 'failing',
+]));
+
+Route::get('/api/health/queue', fn () => response()->json([
+    'status' => 'ok',
+    'size' => Queue::size(),
 ]));
