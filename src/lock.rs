@@ -35,20 +35,25 @@ pub struct Holder {
 const ACQUIRE: &str = r#"root=$1 run=$2 info=$3 stale=$4
 lock=$root/.runbook/lock
 mkdir -p "$root/.runbook" || exit 5
-if mkdir "$lock" 2>/dev/null; then
-  printf '%s\n' "$info" > "$lock/info"; touch "$lock/heartbeat"; echo acquired; exit 0
-fi
+# The lock appears complete or not at all: built beside it, holder inside, then renamed
+# into place (a rename onto an existing, non-empty lock fails).
+tmp=$root/.runbook/lock.new.$$
+rm -rf "$tmp"
+mkdir "$tmp" && printf '%s\n' "$info" > "$tmp/info" && touch "$tmp/heartbeat" || { rm -rf "$tmp"; exit 5; }
+if mv -T "$tmp" "$lock" 2>/dev/null; then echo acquired; exit 0; fi
+rm -rf "$tmp"
 holder=$(tr -d '\n' < "$lock/info" 2>/dev/null)
 case $holder in *"\"run\":\"$run\""*) echo reentrant; exit 0;; esac
 beat=$(stat -c %Y "$lock/heartbeat" 2>/dev/null || stat -c %Y "$lock" 2>/dev/null || date +%s)
 age=$(( $(date +%s) - beat ))
 if [ "$stale" -gt 0 ] && [ "$age" -gt "$stale" ]; then
-  if mv "$lock" "$lock.stale.$$" 2>/dev/null && mkdir "$lock" 2>/dev/null; then
-    printf '%s\n' "$info" > "$lock/info"; touch "$lock/heartbeat"
+  mkdir "$tmp" && printf '%s\n' "$info" > "$tmp/info" && touch "$tmp/heartbeat" || { rm -rf "$tmp"; exit 5; }
+  if mv "$lock" "$lock.stale.$$" 2>/dev/null && mv -T "$tmp" "$lock" 2>/dev/null; then
     rm -rf "$lock.stale.$$"
     printf 'took-over\t%s\t%s\n' "$age" "$holder"; exit 0
   fi
 fi
+rm -rf "$tmp"
 printf 'held\t%s\t%s\n' "$age" "$holder"
 exit 4
 "#;
@@ -142,7 +147,8 @@ pub enum Acquired {
 pub struct Locks {
     effects: Arc<Effects>,
     run: String,
-    held: Mutex<Vec<Target>>,
+    /// Shared with the heartbeat task, which beats for every lock held at each tick.
+    held: Arc<Mutex<Vec<Target>>>,
     heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -151,7 +157,7 @@ impl Locks {
         Locks {
             effects,
             run,
-            held: Mutex::new(Vec::new()),
+            held: Arc::new(Mutex::new(Vec::new())),
             heartbeat: Mutex::new(None),
         }
     }
@@ -168,16 +174,46 @@ impl Locks {
         let info = serde_json::to_string(holder).unwrap_or_default();
         let stale = take_stale.map_or(0, |d| d.as_secs().max(1)).to_string();
         let deadline = std::time::Instant::now() + wait;
-        let mut pending: Vec<Target> = targets.to_vec();
+        // Two runs starting at once must not each win some hosts and both give up: the
+        // host first by name decides who proceeds, then the rest are taken.
+        let mut ordered: Vec<Target> = targets.to_vec();
+        ordered.sort_by(|a, b| a.name().cmp(b.name()));
+        let rest = ordered.split_off(ordered.len().min(1));
+        let mut done = self.acquire_set(ordered, &info, &stale, deadline)?;
+        if !rest.is_empty() {
+            done.extend(self.acquire_set(rest, &info, &stale, deadline)?);
+        }
+        Ok(done)
+    }
+
+    fn acquire_set(
+        &self,
+        targets: Vec<Target>,
+        info: &str,
+        stale: &str,
+        deadline: std::time::Instant,
+    ) -> Result<Vec<(String, Acquired)>, LockError> {
+        let mut pending = targets;
         let mut done = Vec::new();
         loop {
+            // Counted as held before the attempt: if a signal cuts it short, the release
+            // at the end of the run still removes whatever lock this run created (the
+            // release only ever removes a lock whose holder is this run).
+            {
+                let mut mine = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                for t in &pending {
+                    if !mine.iter().any(|m| m.name() == t.name()) {
+                        mine.push(t.clone());
+                    }
+                }
+            }
             let fan = FanOut {
                 fail_fast: false,
                 ..FanOut::new()
             };
             let outcomes = self.effects.run_many_with(
                 &pending,
-                &|t: &Target| spec(ACQUIRE, &[&root(t), &self.run, &info, &stale]),
+                &|t: &Target| spec(ACQUIRE, &[&root(t), &self.run, info, stale]),
                 &fan,
             );
             let mut held = Vec::new();
@@ -215,17 +251,6 @@ impl Locks {
                     }
                 }
             }
-            {
-                let mut mine = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                for t in pending
-                    .iter()
-                    .filter(|t| !still.iter().any(|s| s.name() == t.name()))
-                {
-                    if !mine.iter().any(|m| m.name() == t.name()) {
-                        mine.push(t.clone());
-                    }
-                }
-            }
             self.start_heartbeat();
             if held.is_empty() {
                 return Ok(done);
@@ -254,15 +279,12 @@ impl Locks {
         }
         let effects = self.effects.clone();
         let run = self.run.clone();
-        let targets = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if targets.is_empty() {
-            return;
-        }
-        let held = Arc::new(targets);
+        let held = self.held.clone();
         *slot = Some(self.effects.runtime().spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
-                for t in held.iter() {
+                let targets = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for t in &targets {
                     let mut s = spec(BEAT, &[&root(t), &run]);
                     s.silent = true;
                     let _ = effects.run_async(t, &s).await;

@@ -114,7 +114,14 @@ pub async fn post_json(url: &str, payload: &Value, timeout: Duration) -> Result<
                     .collect();
                 return Err(SendError(format!("the receiver answered {status}: {body}")));
             }
-            Err(e) if e.is_timeout() => last = format!("no answer within {} s", timeout.as_secs()),
+            // A receiver that does not answer is not asked again: the deploy waits for
+            // a notification at most once its timeout.
+            Err(e) if e.is_timeout() => {
+                return Err(SendError(format!(
+                    "no answer within {} s",
+                    timeout.as_secs()
+                )));
+            }
             Err(e) => last = format!("cannot reach the receiver: {}", without_url(&e)),
         }
     }

@@ -196,14 +196,14 @@ impl Load {
     }
 }
 
-struct Stack {
+pub struct Stack {
     fleet: Fleet,
     web: WebStack,
     lb: Balancer,
     repo: Repo,
     _repo_dir: tempfile::TempDir,
     /// (host name, deploy_path): web, web, worker.
-    roots: Vec<(String, String)>,
+    pub roots: Vec<(String, String)>,
 }
 
 impl Drop for Stack {
@@ -217,7 +217,7 @@ impl Drop for Stack {
     }
 }
 
-fn stack() -> Option<Stack> {
+pub fn stack() -> Option<Stack> {
     let fleet = Fleet::start(3)?;
     let tag = format!(
         "{}-{}",
@@ -326,7 +326,7 @@ impl Stack {
         )
     }
 
-    fn project(&self) -> Test {
+    pub fn project(&self) -> Test {
         let mut t = Test::bare().file("runbook.toml", &self.inventory());
         for s in SCRIPTS {
             let text =
@@ -398,7 +398,7 @@ impl Stack {
 
     /// The first release: v1 through the rolling deploy, then a new second so the next
     /// release gets a new name.
-    fn first_release(&self) -> String {
+    pub fn first_release(&self) -> String {
         self.run(&["deploy", "ref=v1", "-q"]).code(0);
         let v1 = self.current(0);
         assert!(!v1.is_empty());

@@ -365,7 +365,37 @@ fn link_escapes(path: &str, target: &str) -> bool {
 /// Reads the whole archive: every checksum against the manifest, every entry checked
 /// for safety. Extracts nothing. Returns the manifest.
 pub fn verify(reader: impl Read) -> Result<Manifest, ArchiveError> {
-    check_entries(reader, None)
+    check_entries(reader, None, restore_limit())
+}
+
+/// How many bytes an archive may expand to (`RUNBOOK_RESTORE_LIMIT`, e.g. "500G";
+/// default 64 GiB): a tiny archive that expands past it (a gzip bomb) is refused at the
+/// first entry that would cross the line, before that entry is written.
+pub fn restore_limit() -> u64 {
+    std::env::var("RUNBOOK_RESTORE_LIMIT")
+        .ok()
+        .and_then(|v| parse_size(&v))
+        .unwrap_or(64 << 30)
+}
+
+fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = n.parse().ok()?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
 }
 
 /// Verifies and extracts in ONE pass into `dest`, a new directory that nobody serves:
@@ -381,7 +411,7 @@ pub fn verify_into(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
         });
     }
     std::fs::create_dir_all(dest)?;
-    let result = check_entries(reader, Some(dest));
+    let result = check_entries(reader, Some(dest), restore_limit());
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dest);
     }
@@ -390,12 +420,17 @@ pub fn verify_into(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
 
 /// Walks every entry: safety first, then (with a `dest`) writes it while hashing, or only
 /// hashes it; finally compares everything with the manifest.
-fn check_entries(reader: impl Read, dest: Option<&Path>) -> Result<Manifest, ArchiveError> {
+fn check_entries(
+    reader: impl Read,
+    dest: Option<&Path>,
+    limit: u64,
+) -> Result<Manifest, ArchiveError> {
     use std::os::unix::fs::PermissionsExt;
     let mut archive = tar::Archive::new(MultiGzDecoder::new(reader));
     let mut seen: Vec<Entry> = Vec::new();
     let mut manifest: Option<Manifest> = None;
     let mut links: Vec<String> = Vec::new();
+    let mut expanded = 0u64;
     let corrupt = |e: io::Error| ArchiveError::Corrupt(e.to_string());
     let mut buf = vec![0u8; 256 * 1024];
     for entry in archive.entries().map_err(corrupt)? {
@@ -414,6 +449,15 @@ fn check_entries(reader: impl Read, dest: Option<&Path>) -> Result<Manifest, Arc
             });
         }
         let header = entry.header().clone();
+        expanded = expanded.saturating_add(header.size().map_err(corrupt)?);
+        if expanded > limit {
+            return Err(ArchiveError::Unsafe {
+                path,
+                why: format!(
+                    "the archive expands past the restore limit of {limit} bytes (RUNBOOK_RESTORE_LIMIT): refusing what looks like a decompression bomb"
+                ),
+            });
+        }
         let mode = header.mode().map_err(corrupt)? & 0o7777;
         let mtime = i64::try_from(header.mtime().map_err(corrupt)?).unwrap_or(0);
         let out = dest.map(|d| d.join(&path));
@@ -806,5 +850,32 @@ mod tests {
                 && check_path("/etc/x").is_err()
                 && check_path("a/b").is_ok()
         );
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_the_entry_is_written() {
+        // 8 MiB of zeros gzip to a few KiB; the limit is 1 MiB.
+        let bomb = raw_archive(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(8 << 20);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, "release/zeros", io::repeat(0).take(8 << 20))
+                .unwrap();
+        });
+        assert!(bomb.len() * 50 < 8 << 20, "{} bytes", bomb.len());
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("restore");
+        std::fs::create_dir_all(&dest).unwrap();
+        let r = check_entries(bomb.as_slice(), Some(&dest), 1 << 20);
+        assert!(
+            matches!(&r, Err(ArchiveError::Unsafe { why, .. }) if why.contains("restore limit")),
+            "{r:?}"
+        );
+        assert!(!dest.join("release/zeros").exists());
+        assert_eq!(parse_size("500G"), Some(500 << 30));
+        assert_eq!(parse_size("2MiB"), Some(2 << 20));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("lots"), None);
     }
 }

@@ -226,7 +226,9 @@ fn evaluate(
     let (result, error) = match engine.eval_ast_with_scope::<Dynamic>(scope, ast) {
         Ok(v) => {
             if !v.is_unit() {
-                println!("{}", render(&v));
+                // A value read with secret() is shown masked, like in any other output.
+                let shown = render(&v);
+                println!("{}", session.effects.output().redactor().redact(&shown));
                 scope.set_or_push("last", v);
             }
             ("success", None)
@@ -453,6 +455,7 @@ fn meta(
             }
             for (host, lines) in last {
                 for l in lines {
+                    let l = session.effects.output().redactor().redact(&l).into_owned();
                     println!("[{host}] {l}");
                 }
             }

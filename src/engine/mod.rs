@@ -98,7 +98,10 @@ pub fn build(session: &Arc<Session>, mode: Mode, script_dir: Option<&Path>) -> E
         .set_max_call_levels(64)
         .set_max_expr_depths(128, 64)
         .set_max_string_size(64 * 1024 * 1024)
-        .set_max_array_size(1_000_000)
+        // Rhai re-measures an array after every change, so a loop that pushes slows down
+        // quadratically long before a large limit: 100k elements keep a runaway push
+        // loop to seconds.
+        .set_max_array_size(100_000)
         .set_max_map_size(100_000)
         .set_max_modules(256)
         .set_strict_variables(mode == Mode::Check)

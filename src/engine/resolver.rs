@@ -51,6 +51,23 @@ impl ModuleResolver for StdlibResolver {
         path: &str,
         pos: Position,
     ) -> Result<SharedModule, Box<EvalAltResult>> {
+        // Modules come from stdlib/ (project or embedded) or from beside the script:
+        // never from an absolute path or by climbing out with `..`.
+        let p = std::path::Path::new(path);
+        if p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            let why = EvalAltResult::ErrorRuntime(
+                format!(
+                    "import \"{path}\" reaches outside the project: modules are imported by a relative name from stdlib/ or beside the script (no absolute paths, no `..`)"
+                )
+                .into(),
+                Position::NONE,
+            );
+            // Rhai accepts only "not found" or "error in module" from a resolver.
+            return Err(EvalAltResult::ErrorInModule(path.to_owned(), why.into(), pos).into());
+        }
         if let Some(m) = self
             .cache
             .lock()

@@ -17,7 +17,9 @@ impl SourceMap {
             .insert(name.to_owned(), Arc::from(text));
     }
 
-    /// The text for a source name; files not compiled through us are read from disk.
+    /// The text for a source name; script files (`.rhai`) not compiled through us (the
+    /// modules beside a script) are read from disk — never any other file, so an error
+    /// naming an arbitrary path cannot print its content.
     pub fn get(&self, name: &str) -> Option<Arc<str>> {
         if let Some(t) = self
             .texts
@@ -26,6 +28,9 @@ impl SourceMap {
             .get(name)
         {
             return Some(t.clone());
+        }
+        if !name.ends_with(".rhai") {
+            return None;
         }
         std::fs::read_to_string(name).ok().map(Arc::from)
     }

@@ -445,7 +445,16 @@ fn resolve_env(
             RawHost::Table(t) => {
                 let (addr, port) = match &t.address {
                     Some(a) => split_address(a).map_err(|m| invalid(hkey.clone(), m))?,
-                    None => (host_name.clone(), None),
+                    // A host written as a table must say where it is; the name alone
+                    // is allowed only where the user wrote it as the address.
+                    None => {
+                        return Err(invalid(
+                            hkey,
+                            format!(
+                                "no address: add address = \"…\" (an IP, a DNS name, or an ~/.ssh/config alias such as \"{host_name}\")"
+                            ),
+                        ));
+                    }
                 };
                 (
                     addr,

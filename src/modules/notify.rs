@@ -40,6 +40,33 @@ fn check_keys(opts: &Map, allowed: &[&str], what: &str) -> Result<(), Box<EvalAl
     Ok(())
 }
 
+/// Masks every secret value in a payload's strings: a message never carries another
+/// channel's credential or a value read with `secret()`. `keep` names the fields that
+/// are this channel's own credential (PagerDuty's `routing_key`).
+fn redact_json(session: &Session, value: &mut serde_json::Value, keep: &[&str]) {
+    let redactor = session.effects.output().redactor();
+    match value {
+        serde_json::Value::String(s) => {
+            if let std::borrow::Cow::Owned(masked) = redactor.redact(s) {
+                *s = masked;
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                redact_json(session, v, keep);
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for (k, v) in fields.iter_mut() {
+                if !keep.contains(&k.as_str()) {
+                    redact_json(session, v, keep);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Sends (or, in dry-run, shows) and turns the outcome into `#{ ok, sent, error }`.
 fn deliver(
     session: &Session,
@@ -163,6 +190,7 @@ fn slack(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
             payload["channel"] = serde_json::json!(c);
         }
     }
+    redact_json(&session, &mut payload, &[]);
     let preview = payload.to_string();
     deliver(
         &session,
@@ -241,6 +269,11 @@ fn email(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
     let subject =
         text(opts, "subject").unwrap_or_else(|| format!("runbook: {}", session.info.script));
     let body = text(opts, "body").unwrap_or_default();
+    let redactor = session.effects.output().redactor();
+    let (subject, body) = (
+        redactor.redact(&subject).into_owned(),
+        redactor.redact(&body).into_owned(),
+    );
     let preview = format!("mail to {} — {subject}", smtp.to.join(", "));
     deliver(
         &session,
@@ -328,7 +361,8 @@ fn pagerduty(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResu
         severity,
         details,
     };
-    let payload = core::pagerduty_payload(&event);
+    let mut payload = core::pagerduty_payload(&event);
+    redact_json(&session, &mut payload, &["routing_key"]);
     let preview = payload.to_string();
     deliver(
         &session,
@@ -352,8 +386,9 @@ fn webhook(
 ) -> Result<Map, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
     check_keys(opts, &["required"], "webhook")?;
-    let body = rhai::serde::from_dynamic::<serde_json::Value>(payload)
+    let mut body = rhai::serde::from_dynamic::<serde_json::Value>(payload)
         .map_err(|e| super::error(format!("the payload is not JSON-like: {e}")))?;
+    redact_json(&session, &mut body, &[]);
     let url = url.to_owned();
     let preview = body.to_string();
     deliver(

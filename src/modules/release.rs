@@ -175,16 +175,30 @@ fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
             .lock()
             .unwrap_or_else(|e| e.into_inner()),
     );
+    // Every host is tried, even after one fails (a host that went away must not keep
+    // the reachable ones on the new release); the failures are reported together.
     let mut out = Map::new();
+    let mut failed = Vec::new();
     for (host, previous) in record {
         if previous.is_empty() {
             continue; // the first release on this host: nothing to go back to
         }
-        let m = core::rollback(&session.effects, &[Target::Host(host)], Some(&previous))
-            .map_err(to_rhai)?;
-        out.extend(switched_map(&session, m));
+        let name = host.name.clone();
+        match core::rollback(&session.effects, &[Target::Host(host)], Some(&previous)) {
+            Ok(m) => out.extend(switched_map(&session, m)),
+            Err(e) if e.interrupted => return Err(to_rhai(e)),
+            Err(e) => failed.push(format!("{name}: {}", e.message)),
+        }
     }
-    Ok(out)
+    if failed.is_empty() {
+        Ok(out)
+    } else {
+        Err(super::error(format!(
+            "could not switch back {} host(s) (the others were switched back):\n{}",
+            failed.len(),
+            failed.join("\n")
+        )))
+    }
 }
 
 fn one(host: &HostRef) -> Target {

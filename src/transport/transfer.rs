@@ -27,7 +27,16 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(GzDecoder::new(bytes));
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
-    archive.unpack(dir)
+    // tar's error says which file; its cause (e.g. "No space left on device") is the
+    // part an engineer needs, so both go into the message.
+    archive.unpack(dir).map_err(|e| {
+        // The innermost cause is the one that says what to do.
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        std::io::Error::new(e.kind(), format!("{e}: {cause}"))
+    })
 }
 
 /// Splits a remote path into (parent directory, last component).

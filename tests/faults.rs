@@ -1,0 +1,652 @@
+//! Faults and hostile input: what runbook does when things go wrong around it, and what
+//! is lost (nothing). Each test prints its figure. Randomised trials run `FAULT_TRIALS`
+//! times (a fixed number in CI; `bash benches/faults.sh` runs more).
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{INVENTORY, Test};
+
+fn trials(default: usize) -> usize {
+    std::env::var("FAULT_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A tiny deterministic generator (no dependency, reproducible from the seed printed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below.max(1)
+    }
+}
+
+#[test]
+fn two_deploys_started_at_the_same_moment_never_both_proceed() {
+    let n = trials(50);
+    let t = Test::new().file(
+        "scripts/hold.rhai",
+        "lock::acquire(hosts(\"web\"));\nprint(\"proceeded\");\nsleep(0.2);\n",
+    );
+    let mut refused = 0;
+    for trial in 0..n {
+        let spawn = || {
+            t.command()
+                .args(["run", "hold", "-e", "dev", "-q"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("runbook starts")
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let proceeded = outs
+            .iter()
+            .filter(|o| String::from_utf8_lossy(&o.stdout).contains("proceeded"))
+            .count();
+        assert_eq!(
+            proceeded, 1,
+            "trial {trial}: {proceeded} runs proceeded: {outs:?}"
+        );
+        let loser = outs
+            .iter()
+            .find(|o| !String::from_utf8_lossy(&o.stdout).contains("proceeded"))
+            .unwrap();
+        let err = String::from_utf8_lossy(&loser.stderr);
+        assert_eq!(loser.status.code(), Some(1), "trial {trial}: {err}");
+        assert!(
+            err.contains("the deploy lock is held by another run") && err.contains("pid"),
+            "trial {trial}: the refusal does not name the holder:\n{err}"
+        );
+        refused += 1;
+        assert!(!t.path().join("deploy/.runbook/lock").exists());
+    }
+    eprintln!(
+        "concurrent deploys: {n} trials, exactly one proceeded each time, {refused} refusals named the holder"
+    );
+}
+
+/// Values that break naive quoting: each must arrive on the other side byte for byte.
+const HOSTILE: &[&str] = &[
+    "plain",
+    "two words",
+    "semi;colon",
+    "a; rm -rf /tmp/nope",
+    "pipe|cat /etc/passwd",
+    "and&&true",
+    "or||true",
+    "back`id`tick",
+    "$(id)",
+    "${HOME}",
+    "$HOME",
+    "'single quotes'",
+    "\"double quotes\"",
+    "mixed 'a' \"b\" `c`",
+    "it's",
+    "new\nline",
+    "carriage\rreturn",
+    "tab\there",
+    "-rf",
+    "--force",
+    "-",
+    "*",
+    "?",
+    "[abc]",
+    "~root",
+    "a\\b\\\\c",
+    "redirect > /tmp/x",
+    "< /etc/shadow",
+    "#comment",
+    "!event",
+    "{a,b}",
+    "%s%n%x",
+    "\u{202e}override",
+    "zero\u{200b}width",
+    "e\u{301}combining",
+    "emoji 🚀 deploy",
+    "ﬁ ligature ı dotless",
+    " leading and trailing ",
+    "",
+];
+
+#[test]
+fn hostile_arguments_arrive_literally_over_ssh() {
+    let Some(fleet) = crate::fleet::Fleet::start(1) else {
+        return;
+    };
+    let t = Test::bare().file("runbook.toml", &fleet.inventory("")).file(
+        "scripts/echo.rhai",
+        // Each value goes out as one argument of printf, back as stdout, byte for byte.
+        "let n = parse_int(args.n);\nfor i in 0..n {\n    let v = args[`v${i}`];\n    let r = ssh::run(hosts()[0], [\"printf\", \"%s|\", v], #{ quiet: true });\n    print(`${i}=${r.stdout}`);\n}\n",
+    );
+    let mut cmd = t.command();
+    cmd.args(["run", "echo", "-e", "fleet", "-q", "--json"]);
+    cmd.arg(format!("n={}", HOSTILE.len()));
+    for (i, v) in HOSTILE.iter().enumerate() {
+        cmd.arg(format!("v{i}={v}"));
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Printed lines come back as JSON `output` events: decode them, then compare.
+    let printed: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "output" || e["event"] == "log")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    let all = printed.join("\n");
+    eprintln!("| # | value | arrived literally |\n|---|---|---|");
+    for (i, v) in HOSTILE.iter().enumerate() {
+        let expected = format!("{i}={v}|");
+        let ok = all.contains(&expected);
+        eprintln!("| {i} | {v:?} | {} |", if ok { "yes" } else { "NO" });
+        assert!(ok, "case {i} {v:?} did not arrive literally:\n{all}");
+    }
+    eprintln!("hostile arguments: {} cases, all literal", HOSTILE.len());
+}
+
+#[test]
+fn hostile_file_names_refs_and_reasons_stay_values() {
+    let Some(fleet) = crate::fleet::Fleet::start(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    Command::new("chmod")
+        .arg("777")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    let names: Vec<&str> = HOSTILE
+        .iter()
+        .copied()
+        .filter(|v| !v.is_empty() && !v.contains('/') && *v != "-")
+        .collect();
+    let mut script = format!("let d = \"{}\";\n", dir.path().display());
+    script.push_str("for k in args.keys() { if k.starts_with(\"f\") { ssh::run(hosts()[0], [\"touch\", d + \"/\" + args[k]], #{ quiet: true }); } }\n");
+    let mut t = Test::bare()
+        .file("runbook.toml", &fleet.inventory(""))
+        .file("scripts/touch.rhai", &script)
+        .file(
+            "scripts/prep.rhai",
+            "release::prepare(hosts(), #{ ref: args.r, repository: \"/nonexistent.git\" });",
+        );
+    t = t.args(&["run", "touch", "-e", "fleet", "-q"]);
+    let mut cmd = t.command();
+    for (i, v) in names.iter().enumerate() {
+        cmd.arg(format!("f{i}={v}"));
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut made: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    made.sort();
+    let mut want: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    assert_eq!(made, want, "file names did not arrive literally");
+    // A hostile ref and reason: the ref is looked up as a value (and not found), the
+    // reason is recorded as written; nothing runs that the value spells.
+    let canary = dir.path().join("pwned");
+    let r = format!("main; touch {}", canary.display());
+    let reason = format!(
+        "$(touch {})\n`touch {}`",
+        canary.display(),
+        canary.display()
+    );
+    let out = Test::bare()
+        .file("runbook.toml", &fleet.inventory(""))
+        .file(
+            "scripts/prep.rhai",
+            "release::prepare(hosts(), #{ ref: args.r, repository: \"/nonexistent.git\" });",
+        )
+        .args(&[
+            "run",
+            "prep",
+            "-e",
+            "fleet",
+            &format!("r={r}"),
+            "--reason",
+            &reason,
+        ])
+        .run();
+    out.code(1);
+    assert!(!canary.exists(), "a ref or reason was executed");
+    eprintln!(
+        "hostile file names: {} created exactly; a hostile ref and reason executed nothing",
+        names.len()
+    );
+}
+
+#[test]
+fn runaway_scripts_are_stopped_and_nothing_runs_after() {
+    let cases = [
+        ("recursion", "fn f(n) { f(n + 1) }\nf(0);\n", "call depth"),
+        ("string", "let s = \"x\";\nloop { s += s; }\n", "too large"),
+        ("array", "let a = [1];\nloop { a += a; }\n", "too large"),
+        (
+            "import",
+            "import \"../../../etc/passwd\" as p;\n",
+            "reaches outside the project",
+        ),
+        (
+            "absolute import",
+            "import \"/etc/hostname\" as p;\n",
+            "reaches outside the project",
+        ),
+    ];
+    for (what, body, message) in cases {
+        let t = Test::new().file(
+            "scripts/bad.rhai",
+            &format!("{body}\nlocal::run([\"touch\", \"after\"]);\n"),
+        );
+        let started = Instant::now();
+        let t = t.env("RUNBOOK_MAX_OPERATIONS", "5000000");
+        let out = t.run_with(&["run", "bad", "-e", "dev", "-q"]);
+        out.code(1);
+        assert!(
+            out.stderr.to_lowercase().contains(message),
+            "{what}: no `{message}` in:\n{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("scripts/bad.rhai:"),
+            "{what}: no location:\n{}",
+            out.stderr
+        );
+        assert!(
+            !t.path().join("after").exists(),
+            "{what}: the script went on"
+        );
+        eprintln!("runaway {what}: stopped in {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn a_bad_inventory_names_the_key() {
+    let cases = [
+        (
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/app\"\n[env.x\nhosts = {}\n",
+            "runbook.toml",
+            "line 4",
+        ),
+        (
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/app\"\n[env.x]\nhosts = { a = \"10.0.0.1\" }\nrole = { web = [\"a\"] }\n",
+            "unknown field `role`",
+            "line 6",
+        ),
+        (
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/app\"\n[env.x]\nhosts = { a = { port = 22 } }\n",
+            "env.x.hosts.a",
+            "address",
+        ),
+        (
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/app\"\n[env.x]\nhosts = { a = \"10.0.0.1\" }\nroles = { web = [\"a\", \"b\"] }\n",
+            "env.x.roles.web",
+            "`b`",
+        ),
+        (
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/app\"\n[env.x]\nhosts = { a = \"10.0.0.1\", a = \"10.0.0.2\" }\n",
+            "duplicate key",
+            "line 5",
+        ),
+    ];
+    for (toml, first, second) in cases {
+        let out = Test::bare()
+            .file("runbook.toml", toml)
+            .args(&["hosts", "-e", "x"])
+            .run();
+        out.code(2);
+        assert!(
+            out.stderr.contains(first) && out.stderr.contains(second),
+            "expected `{first}` and `{second}` in:\n{}",
+            out.stderr
+        );
+    }
+}
+
+/// A server that accepts connections and never answers (held for at most a minute).
+fn silent_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        let _ = l.set_nonblocking(true);
+        let mut held = Vec::new();
+        while Instant::now() < until {
+            if let Ok((s, _)) = l.accept() {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    port
+}
+
+/// An SMTP server that greets, then drops the connection at the first command.
+fn dropping_smtp() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(4).flatten() {
+            let mut s = s;
+            let _ = s.write_all(b"220 test ESMTP\r\n");
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            drop(s);
+        }
+    });
+    port
+}
+
+#[test]
+fn slow_and_dead_dependencies_are_bounded_and_never_hide_the_result() {
+    let hang = silent_server();
+    let smtp = dropping_smtp();
+    let script = format!(
+        "let t0 = now_ms();\n\
+         let h = health::check(\"http://127.0.0.1:{hang}/api/health\", #{{ timeout: \"1s\" }});\n\
+         print(`health ok=${{h.ok}} after ${{now_ms() - t0}} ms: ${{h.error}}`);\n\
+         let t1 = now_ms();\n\
+         let w = notify::webhook(\"http://127.0.0.1:{hang}/hook\", #{{ text: \"deployed\" }});\n\
+         print(`webhook ok=${{w.ok}} after ${{now_ms() - t1}} ms`);\n\
+         let t2 = now_ms();\n\
+         let m = notify::email(#{{ subject: \"deployed\", body: \"v1\" }});\n\
+         print(`email ok=${{m.ok}} after ${{now_ms() - t2}} ms`);\n\
+         print(\"deploy result: released\");\n"
+    );
+    let out = Test::bare()
+        .file(
+            "runbook.toml",
+            &format!(
+                "{INVENTORY}\n[notify.email]\nhost = \"127.0.0.1\"\nport = \"{smtp}\"\ntls = \"none\"\nfrom = \"runbook@example.test\"\nto = \"oncall@example.test\"\n"
+            ),
+        )
+        .file("scripts/d.rhai", &script)
+        .args(&["run", "d", "-e", "dev"])
+        .run();
+    out.code(0).stdout_has("deploy result: released");
+    for line in out.stdout.lines().filter(|l| l.contains(" after ")) {
+        eprintln!("dead dependency: {line}");
+        assert!(line.contains("ok=false"), "{line}");
+        let ms: u64 = line
+            .split(" after ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(ms < 15_000, "not bounded by its timeout: {line}");
+    }
+    assert!(
+        out.stderr.contains("webhook notification failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("email notification failed"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A small filesystem mounted for one test (tmpfs, root only); unmounted on drop.
+struct SmallFs {
+    path: PathBuf,
+}
+
+impl SmallFs {
+    fn mount(path: &Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(path).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true"),
+                "cannot mount a tmpfs under CI=true (root needed)"
+            );
+            eprintln!("SKIPPED: cannot mount a tmpfs (root needed)");
+            return None;
+        }
+        Some(SmallFs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// `len` bytes that do not compress.
+fn noise(len: usize) -> Vec<u8> {
+    let mut g = Lcg(42);
+    (0..len).map(|_| g.next(256) as u8).collect()
+}
+
+#[test]
+fn a_full_disk_during_a_backup_or_a_release_loses_nothing() {
+    let t = Test::bare()
+        .file(
+            "runbook.toml",
+            "[app]\nname = \"t\"\ndeploy_path = \"small/app\"\n\n[env.dev]\ntransport = \"local\"\nbackup_dir = \"tiny/backups\"\nhosts = { a = \"localhost\" }\nroles = { web = [\"a\"] }\n",
+        )
+        .file("build/index.html", "v1\n")
+        .file("big/index.html", "v2\n")
+        .file(
+            "scripts/release.rhai",
+            "let n = release::prepare(hosts(\"web\"), #{ artifact: args.dir });\nrelease::activate(hosts(\"web\"), n);\nprint(n);\n",
+        )
+        .file(
+            "scripts/backup.rhai",
+            "print(backup::create(hosts(\"web\")[0], #{}).name);\n",
+        )
+        .file("scripts/verify.rhai", "print(backup::verify(args.name).ok);\n");
+    let Some(small) = SmallFs::mount(&t.path().join("small"), "2m") else {
+        return;
+    };
+    let Some(tiny) = SmallFs::mount(&t.path().join("tiny"), "1m") else {
+        return;
+    };
+    std::fs::write(t.path().join("big/blob"), noise(3 << 20)).unwrap();
+
+    // v1 is live and backed up.
+    let v1 = t.run_with(&["run", "release", "-e", "dev", "-q", "dir=build"]);
+    v1.code(0);
+    let v1 = v1.stdout.trim().to_owned();
+    let b1 = t.run_with(&["run", "backup", "-e", "dev", "-q"]);
+    b1.code(0);
+    let b1 = b1.stdout.trim().to_owned();
+    let backups = tiny.path.join("backups");
+    let b1_bytes = std::fs::read(backups.join(&b1)).unwrap();
+
+    // The release does not fit: a clear error, v1 still live, no half release left.
+    let out = t.run_with(&["run", "release", "-e", "dev", "dir=big"]);
+    out.code(1).stderr_has("No space left on device");
+    let app = small.path.join("app");
+    assert_eq!(
+        std::fs::read_link(app.join("current")).unwrap(),
+        Path::new("releases").join(&v1)
+    );
+    assert_eq!(
+        std::fs::read_to_string(app.join("current/index.html")).unwrap(),
+        "v1\n"
+    );
+    let releases: Vec<_> = std::fs::read_dir(app.join("releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(releases.len(), 1, "{releases:?}");
+
+    // A backup that does not fit: a clear error, no archive under a final name, the
+    // older backup intact.
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&backups)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    std::fs::write(app.join("current/blob"), noise(1200 << 10)).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = t.run_with(&["run", "backup", "-e", "dev"]);
+    out.code(1).stderr_has("No space left on device");
+    assert_eq!(listing(), before, "a failed backup left something behind");
+    assert_eq!(std::fs::read(backups.join(&b1)).unwrap(), b1_bytes);
+    t.run_with(&["run", "verify", "-e", "dev", "-q", &format!("name={b1}")])
+        .code(0)
+        .stdout_has("true");
+    eprintln!("disk full: release refused with v1 live; backup refused, {b1} intact");
+}
+
+/// The processes running as the deploy user whose command line or working directory
+/// mentions `needle`.
+fn remote_processes(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let p = e.path();
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let cmd = std::fs::read(p.join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let cwd = std::fs::read_link(p.join("cwd"))
+            .map(|c| c.display().to_string())
+            .unwrap_or_default();
+        if (cmd.contains(needle) || cwd.starts_with(needle)) && !cmd.contains("nginx") {
+            found.push(format!("{cmd} (in {cwd})"));
+        }
+    }
+    found
+}
+
+#[test]
+fn signals_at_random_points_of_a_deploy_leave_every_host_consistent() {
+    let Some(s) = crate::strategies::stack() else {
+        return;
+    };
+    let n = trials(20);
+    let seed = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let mut rng = Lcg(seed);
+    s.first_release();
+    let project = s.project();
+    let base = Path::new(&s.roots[0].1)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for trial in 0..n {
+        std::thread::sleep(Duration::from_millis(1100)); // a new release name
+        let signal = if trial % 2 == 0 { "TERM" } else { "INT" };
+        let after = rng.next(3000);
+        let r = if trial % 2 == 0 { "ref=v2" } else { "ref=v1" };
+        let mut child = project
+            .command()
+            .args(["run", "deploy", "-e", "prod", r])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(after));
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trial {trial}: runbook did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        // Every host: `current` is a complete release, the lock is gone.
+        for (name, root) in &s.roots {
+            let root = Path::new(root);
+            let cur = std::fs::read_link(root.join("current")).unwrap();
+            let rel = cur.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                root.join(&cur).join("public/index.php").exists()
+                    && root.join(format!(".runbook/releases/{rel}.json")).exists()
+                    && !root.join(format!(".runbook/preparing/{rel}")).exists(),
+                "trial {trial} ({signal} after {after} ms): {name} current -> incomplete {rel}\n{err}"
+            );
+            assert!(
+                !root.join(".runbook/lock").exists(),
+                "trial {trial} ({signal} after {after} ms): {name} is still locked\n{err}"
+            );
+        }
+        // The audit says what happened.
+        let audit = std::fs::read_to_string(project.path().join("audit.jsonl")).unwrap_or_default();
+        let last: serde_json::Value = audit
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default();
+        let result = last["result"].as_str().unwrap_or("?").to_owned();
+        match status.code() {
+            Some(130) => assert_eq!(result, "aborted", "trial {trial}: {last}"),
+            Some(0) => assert_eq!(result, "success", "trial {trial}: {last}"),
+            other => panic!("trial {trial} ({signal} after {after} ms): exit {other:?}\n{err}"),
+        }
+        *outcomes.entry(result).or_default() += 1;
+        // No remote command outlives the run.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = remote_processes(&base);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trial {trial}: remote commands left running: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!(
+        "signals: {n} trials (seed {seed}): {outcomes:?}; every host on a complete release, no lock, no process left"
+    );
+}
