@@ -650,3 +650,236 @@ fn signals_at_random_points_of_a_deploy_leave_every_host_consistent() {
         "signals: {n} trials (seed {seed}): {outcomes:?}; every host on a complete release, no lock, no process left"
     );
 }
+
+/// The subnet of the namespaced test hosts. Before anything else the test makes it
+/// unreachable, so that once a host's link is down its traffic can never go anywhere.
+const NETNS_SUBNET: &str = "10.213.0.0/16";
+
+/// A network namespace holding one end of a veth pair (10.213.N.2), the other end
+/// (10.213.N.1) on this side: a host the test can cut off. Dropping removes it all.
+struct Netns {
+    name: String,
+    host_if: String,
+    addr: String,
+    route_added: bool,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    fn create() -> Result<Netns, String> {
+        let tag = std::process::id() % 200 + 20;
+        let mut ns = Netns {
+            name: format!("rbt{tag}"),
+            host_if: format!("rbh{tag}"),
+            addr: format!("10.213.{tag}.2"),
+            route_added: false,
+        };
+        ip(&["route", "add", "unreachable", NETNS_SUBNET])?;
+        ns.route_added = true;
+        let ns_if = format!("rbn{tag}");
+        ip(&["netns", "add", &ns.name])?;
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+        ])?;
+        ip(&["link", "set", &ns_if, "netns", &ns.name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.213.{tag}.1/30"),
+            "dev",
+            &ns.host_if,
+        ])?;
+        ip(&["link", "set", &ns.host_if, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut full = vec!["netns", "exec", ns.name.as_str(), "ip"];
+            full.extend_from_slice(args);
+            ip(&full)
+        };
+        inside(&["addr", "add", &format!("{}/30", ns.addr), "dev", &ns_if])?;
+        inside(&["link", "set", &ns_if, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Pulls the cable: the host side of the link goes down.
+    fn cut(&self) {
+        let _ = ip(&["link", "set", &self.host_if, "down"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+        if self.route_added {
+            let _ = ip(&["route", "del", "unreachable", NETNS_SUBNET]);
+        }
+    }
+}
+
+#[test]
+fn a_host_lost_mid_deploy_is_noticed_the_others_switch_back_and_unlock() {
+    let Some(mut fleet) = crate::fleet::Fleet::start(1) else {
+        return;
+    };
+    // Without the right to create namespaces (a container without CAP_NET_ADMIN) there
+    // is nothing to cut: say so and stop.
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot create a network namespace here: {why}");
+            return;
+        }
+    };
+    fleet.add_host("lost", &ns.addr, Some(&ns.name)).unwrap();
+    let base = tempfile::tempdir_in(format!("/home/{}", crate::fleet::USER)).unwrap();
+    Command::new("chown")
+        .args(["-R", crate::fleet::USER])
+        .arg(base.path())
+        .status()
+        .unwrap();
+    let root = |n: &str| base.path().join(n).display().to_string();
+    let hosts: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| {
+            format!(
+                "{} = {{ address = \"{}\", port = {}, deploy_path = \"{}\" }}",
+                h.name,
+                h.addr,
+                h.port,
+                root(&h.name)
+            )
+        })
+        .collect();
+    let inventory = format!(
+        "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\n\n[ssh]\nuser = \"{u}\"\nidentity_file = \"{k}\"\nknown_hosts = \"{kh}\"\nconnect_timeout = \"3s\"\nkeepalive = \"2s\"\n\n[env.fleet]\nhosts = {{ {h} }}\nroles = {{ web = [\"web1\", \"lost\"] }}\nvars = {{ laravel = false }}\n",
+        u = crate::fleet::USER,
+        k = fleet.client_key().display(),
+        kh = fleet.known_hosts.display(),
+        h = hosts.join(", ")
+    );
+    let t = Test::bare()
+        .file("runbook.toml", &inventory)
+        .file("build/index.html", "new\n")
+        .file(
+            "scripts/roll.rhai",
+            "fn on_failure(err) {\n    import \"strategies/rolling\" as rolling;\n    rolling::recover(hosts(\"web\"), err);\n}\nlock::acquire(hosts(\"web\"));\nlet n = release::prepare(hosts(\"web\"), #{ artifact: \"build\" });\nrelease::activate(hosts(\"web\"), n);\nprint(`switched ${n}`);\nssh::run(hosts(\"web\"), [\"sleep\", args.hold]);\n",
+        );
+    t.run_with(&["run", "roll", "-e", "fleet", "-q", "hold=0"])
+        .code(0);
+    let first = std::fs::read_link(Path::new(&root("web1")).join("current")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let mut child = t
+        .command()
+        .args(["run", "roll", "-e", "fleet", "--json", "hold=12"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lines
+        .iter()
+        .any(|(_, l): &(Instant, String)| l.contains("switched "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the deploy never switched: {lines:?}"
+        );
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let cut = Instant::now();
+    ns.cut();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        while let Ok(l) = rx.try_recv() {
+            lines.push(l);
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runbook did not end after losing a host"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let exited = cut.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    let mut stderr = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    let noticed = lines
+        .iter()
+        .find(|(_, l)| {
+            l.contains("\"event\":\"command_finished\"")
+                && l.contains("\"host\":\"lost\"")
+                && !l.contains("\"result\":\"ok\"")
+        })
+        .map(|(at, _)| at.saturating_duration_since(cut));
+    eprintln!(
+        "host lost mid-deploy: noticed after {noticed:?} (keepalive 2 s x 2 probes), runbook exited after {exited:?}"
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("lost"),
+        "the lost host is not named:\n{stderr}"
+    );
+    let noticed = noticed.expect("no failed command on the lost host was reported");
+    assert!(
+        noticed <= Duration::from_secs(10),
+        "the loss was noticed after {noticed:?}, past the keep-alive bound"
+    );
+    // The reachable host is back on its previous release and unlocked; the lost one is
+    // reported as not switched back.
+    let web1 = Path::new(&root("web1")).to_path_buf();
+    assert_eq!(std::fs::read_link(web1.join("current")).unwrap(), first);
+    assert!(
+        !web1.join(".runbook/lock").exists(),
+        "the reachable host is still locked"
+    );
+    assert!(
+        stderr.contains("could not switch back 1 host"),
+        "the lost host's state is not reported:\n{stderr}"
+    );
+}

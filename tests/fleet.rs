@@ -133,22 +133,7 @@ impl Fleet {
             hosts: Vec::new(),
             children: Vec::new(),
         };
-        let mut known = String::new();
         for i in 1..=n {
-            let name = format!("web{i}");
-            let hdir = fleet.dir.path().join(&name);
-            std::fs::create_dir_all(&hdir).map_err(|e| e.to_string())?;
-            let hkey = hdir.join("host_key");
-            run(Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", &name, "-f"])
-                .arg(&hkey))?;
-            let host_key_pub =
-                std::fs::read_to_string(hkey.with_extension("pub")).map_err(|e| e.to_string())?;
-            let host_key_pub: String = host_key_pub
-                .split_whitespace()
-                .take(2)
-                .collect::<Vec<_>>()
-                .join(" ");
             // 127.0.0.0/8 is all loopback: every host gets an address of its own.
             let addr = format!(
                 "127.{}.{}.{}",
@@ -156,70 +141,100 @@ impl Fleet {
                 (std::process::id() % 250) + 1,
                 i
             );
-            let mut started = None;
-            for port in [22, 2200 + i as u16] {
-                if listening(&addr, port) {
-                    continue;
-                }
-                let config = hdir.join("sshd_config");
-                let log = hdir.join("sshd.log");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "ListenAddress {addr}:{port}\nHostKey {}\nPidFile none\nAllowUsers {USER}\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\nMaxStartups 200:30:400\nLogLevel INFO\nSubsystem sftp internal-sftp\n",
-                        hkey.display()
-                    ),
-                )
-                .map_err(|e| e.to_string())?;
-                let child = Command::new(SSHD)
-                    .arg("-D")
-                    .arg("-f")
-                    .arg(&config)
-                    .arg("-E")
-                    .arg(&log)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map_err(|e| format!("{SSHD}: {e}"))?;
-                let mut child = child;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < deadline && !listening(&addr, port) {
-                    if child.try_wait().ok().flatten().is_some() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if listening(&addr, port) {
-                    started = Some((port, log, child));
-                    break;
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            let Some((port, log, child)) = started else {
-                return Err(format!(
-                    "sshd for {name} on {addr} did not start (see {})",
-                    hdir.display()
-                ));
-            };
-            if port == 22 {
-                known.push_str(&format!("{addr} {host_key_pub}\n"));
-            } else {
-                known.push_str(&format!("[{addr}]:{port} {host_key_pub}\n"));
-            }
-            fleet.children.push(Some(child));
-            fleet.hosts.push(FleetHost {
-                name,
-                addr,
-                port,
-                log,
-                host_key_pub,
-            });
+            fleet.add_host(&format!("web{i}"), &addr, None)?;
         }
-        std::fs::write(&fleet.known_hosts, known).map_err(|e| e.to_string())?;
         let _ = key;
         Ok(fleet)
+    }
+
+    /// Starts one more host: its own host key and sshd on `addr` (port 22, else 2200+),
+    /// inside network namespace `netns` when given, and adds it to known_hosts.
+    pub fn add_host(&mut self, name: &str, addr: &str, netns: Option<&str>) -> Result<(), String> {
+        let i = self.hosts.len() as u16 + 1;
+        let hdir = self.dir.path().join(name);
+        std::fs::create_dir_all(&hdir).map_err(|e| e.to_string())?;
+        let hkey = hdir.join("host_key");
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&hkey))?;
+        let host_key_pub =
+            std::fs::read_to_string(hkey.with_extension("pub")).map_err(|e| e.to_string())?;
+        let host_key_pub: String = host_key_pub
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut started = None;
+        for port in [22, 2200 + i] {
+            if listening(addr, port) {
+                continue;
+            }
+            let config = hdir.join("sshd_config");
+            let log = hdir.join("sshd.log");
+            std::fs::write(
+                &config,
+                format!(
+                    "ListenAddress {addr}:{port}\nHostKey {}\nPidFile none\nAllowUsers {USER}\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\nMaxStartups 200:30:400\nLogLevel INFO\nSubsystem sftp internal-sftp\n",
+                    hkey.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let mut cmd = match netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, SSHD]);
+                    c
+                }
+                None => Command::new(SSHD),
+            };
+            let mut child = cmd
+                .arg("-D")
+                .arg("-f")
+                .arg(&config)
+                .arg("-E")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("{SSHD}: {e}"))?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !listening(addr, port) {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if listening(addr, port) {
+                started = Some((port, log, child));
+                break;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let Some((port, log, child)) = started else {
+            return Err(format!(
+                "sshd for {name} on {addr} did not start (see {})",
+                hdir.display()
+            ));
+        };
+        let line = if port == 22 {
+            format!("{addr} {host_key_pub}\n")
+        } else {
+            format!("[{addr}]:{port} {host_key_pub}\n")
+        };
+        let mut known = std::fs::read_to_string(&self.known_hosts).unwrap_or_default();
+        known.push_str(&line);
+        std::fs::write(&self.known_hosts, known).map_err(|e| e.to_string())?;
+        self.children.push(Some(child));
+        self.hosts.push(FleetHost {
+            name: name.to_owned(),
+            addr: addr.to_owned(),
+            port,
+            log,
+            host_key_pub,
+        });
+        Ok(())
     }
 
     pub fn client_key(&self) -> PathBuf {
