@@ -696,6 +696,46 @@ fn an_emergency_deploy_without_a_reason_touches_nothing() {
         "a refused emergency deploy connected to a host"
     );
     assert_eq!(s.current(0), v1);
+    // With a reason: deployed, and the reason went to Slack (before and after) and to
+    // PagerDuty, and into the audit log.
+    std::thread::sleep(Duration::from_millis(1100));
+    let slack = Http::fixed(200, "ok");
+    let pagerduty = Http::fixed(202, "{\"status\":\"success\"}");
+    let reason = "CVE-2026-0001: session fixation";
+    let project = s
+        .project()
+        .args(&[
+            "run",
+            "emergency-deploy",
+            "-e",
+            "prod",
+            "ref=v2",
+            "--reason",
+            reason,
+        ])
+        .env("SLACK_WEBHOOK_URL", &slack.url("/services/T0/B0/x"))
+        .env("RB_PD", "R0UTING");
+    let inventory = format!(
+        "{}\n[notify.pagerduty]\nrouting_key = {{ env = \"RB_PD\" }}\nurl = \"{}\"\n",
+        s.inventory(),
+        pagerduty.url("/v2/enqueue")
+    );
+    std::fs::write(project.path().join("runbook.toml"), inventory).unwrap();
+    let out = project.run();
+    out.code(0).stderr_has("EMERGENCY deploy of v2");
+    assert_ne!(s.current(0), v1);
+    let got = slack.received();
+    assert_eq!(got.len(), 2, "start and success on Slack");
+    assert!(got.iter().all(|r| r.body.contains(reason)), "{got:?}");
+    assert!(got[1].body.contains("EMERGENCY deployment") && got[1].body.contains("good"));
+    let pd = pagerduty.received();
+    assert_eq!(pd.len(), 1);
+    assert!(pd[0].body.contains(reason), "{}", pd[0].body);
+    let audit = std::fs::read_to_string(project.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().last().unwrap_or("").contains(reason),
+        "{audit}"
+    );
 }
 
 #[test]

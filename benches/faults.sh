@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The randomised fault trials with more repetitions than CI runs (FAULT_TRIALS, default
+# 100; FAULT_SEED picks another sequence of signal timings). Needs what the tests need
+# (`bash tests/run.sh` installs it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FAULT_TRIALS=${FAULT_TRIALS:-100} cargo test --locked -q --test integration -- \
+  faults::two_deploys faults::signals --nocapture --test-threads=1 2>&1 |
+  grep -E '^(concurrent deploys|signals):|panicked|FAILED' || true
