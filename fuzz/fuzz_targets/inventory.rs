@@ -3,6 +3,7 @@
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = runbook::inventory::Inventory::parse(std::path::Path::new("/fuzz/runbook.toml"), text);
+        let _ =
+            runbook::inventory::Inventory::parse(std::path::Path::new("/fuzz/runbook.toml"), text);
     }
 });

@@ -2,7 +2,9 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let argv: Vec<String> = text.split('\u{1f}').map(str::to_owned).collect();
     match runbook::quote::command_line(&argv) {
         Ok(line) => {
