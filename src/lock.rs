@@ -308,13 +308,19 @@ impl Locks {
         if targets.is_empty() {
             return Vec::new();
         }
+        // Shielded: a signal arriving while the run ends must not leave a lock behind.
         let fan = FanOut {
             fail_fast: false,
+            shielded: true,
             ..FanOut::new()
         };
         let outcomes = self.effects.run_many_with(
             &targets,
-            &|t: &Target| spec(RELEASE, &[&root(t), &self.run]),
+            &|t: &Target| {
+                let mut s = spec(RELEASE, &[&root(t), &self.run]);
+                s.shielded = true;
+                s
+            },
             &fan,
         );
         targets

@@ -237,6 +237,25 @@ impl Fleet {
         Ok(())
     }
 
+    /// A deploy path per host under the deploy user's home, unique to this fleet:
+    /// `(host name, /home/deploy/<prefix>-<pid>-<address>/<host>)`.
+    pub fn deploy_roots(&self, prefix: &str) -> Vec<(String, String)> {
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            self.hosts[0].addr.replace('.', "-")
+        );
+        self.hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    format!("/home/{USER}/{prefix}-{tag}/{}", h.name),
+                )
+            })
+            .collect()
+    }
+
     pub fn client_key(&self) -> PathBuf {
         client_key().map(|k| k.path.clone()).unwrap_or_default()
     }

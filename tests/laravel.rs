@@ -107,16 +107,7 @@ impl Drop for Site {
 
 fn site(n: usize) -> Option<Site> {
     let fleet = Fleet::start(n)?;
-    let tag = format!(
-        "{}-{}",
-        std::process::id(),
-        fleet.hosts[0].addr.replace('.', "-")
-    );
-    let roots: Vec<(String, String)> = fleet
-        .hosts
-        .iter()
-        .map(|h| (h.name.clone(), format!("/home/{USER}/rbt-{tag}/{}", h.name)))
-        .collect();
+    let roots = fleet.deploy_roots("rbt");
     // Each host's DR scratch layout gets a private port of its own.
     let mut sites: Vec<(String, String)> = roots
         .iter()

@@ -25,6 +25,7 @@ required=(
   "mariadb:mariadb-client"
   "tmux:tmux"
   "mount:mount"
+  "ip:iproute2"
 )
 
 missing=()

@@ -219,16 +219,7 @@ impl Drop for Stack {
 
 pub fn stack() -> Option<Stack> {
     let fleet = Fleet::start(3)?;
-    let tag = format!(
-        "{}-{}",
-        std::process::id(),
-        fleet.hosts[0].addr.replace('.', "-")
-    );
-    let roots: Vec<(String, String)> = fleet
-        .hosts
-        .iter()
-        .map(|h| (h.name.clone(), format!("/home/{USER}/rbs-{tag}/{}", h.name)))
-        .collect();
+    let roots = fleet.deploy_roots("rbs");
     let mut sites = Vec::new();
     for (name, root) in &roots[..2] {
         sites.push((name.clone(), format!("{root}/current")));

@@ -202,10 +202,12 @@ pub(crate) fn write_audit(
         spec.stdin = Some(line.clone().into_bytes());
         spec.quiet = true;
         spec.tolerate = true;
+        spec.shielded = true;
         spec
     };
     let fan = crate::effects::FanOut {
         fail_fast: false,
+        shielded: true,
         ..crate::effects::FanOut::new()
     };
     for (t, o) in targets

@@ -59,6 +59,8 @@ pub struct FanOut {
     pub fail_fast: bool,
     /// Wait between batches.
     pub pause: Option<Duration>,
+    /// Start every batch even after a signal (shielded housekeeping only).
+    pub shielded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -225,6 +227,8 @@ pub struct Effects {
     ssh: std::sync::OnceLock<Result<SshPool, String>>,
     output: Arc<Output>,
     interrupt: Interrupt,
+    /// Never raised: what shielded housekeeping commands watch instead of `interrupt`.
+    calm: Interrupt,
     /// The one place dry-run is decided (the REPL's `:dry` switches it).
     dry_run: std::sync::atomic::AtomicBool,
     max_concurrency: usize,
@@ -243,6 +247,7 @@ impl Effects {
             ssh: std::sync::OnceLock::new(),
             output,
             interrupt,
+            calm: Interrupt::new(),
             dry_run: std::sync::atomic::AtomicBool::new(dry_run),
             max_concurrency: max_concurrency.max(1),
         }
@@ -350,7 +355,7 @@ impl Effects {
         for (index, size) in sizes.iter().enumerate() {
             let end = (start + size).min(n);
             let batch = &targets[start..end];
-            if stop.load(Ordering::SeqCst) || self.interrupt.pending() {
+            if stop.load(Ordering::SeqCst) || (self.interrupt.pending() && !fan.shielded) {
                 outcomes.extend(batch.iter().map(|_| HostOutcome::Skipped));
                 start = end;
                 continue;
@@ -585,9 +590,14 @@ impl Effects {
                 dry_run: true,
             });
         }
-        if self.interrupt.pending() {
+        if self.interrupt.pending() && !spec.shielded {
             return Err(CommandError::Interrupted { host, command });
         }
+        let interrupt = if spec.shielded {
+            &self.calm
+        } else {
+            &self.interrupt
+        };
         let on_line = |stream, line: &str| {
             if !emit_events {
                 return;
@@ -600,13 +610,11 @@ impl Effects {
             );
         };
         let outcome = match target.transport() {
-            TransportKind::Local => transport::local::exec(spec, &self.interrupt, &on_line).await,
+            TransportKind::Local => transport::local::exec(spec, interrupt, &on_line).await,
             TransportKind::Ssh => match (self.ssh_pool(), target) {
-                (Ok(pool), Target::Host(h)) => pool.exec(h, spec, &self.interrupt, &on_line).await,
+                (Ok(pool), Target::Host(h)) => pool.exec(h, spec, interrupt, &on_line).await,
                 (Err(e), _) => Err(ExecError::Unsupported(e)),
-                (Ok(_), Target::Local) => {
-                    transport::local::exec(spec, &self.interrupt, &on_line).await
-                }
+                (Ok(_), Target::Local) => transport::local::exec(spec, interrupt, &on_line).await,
             },
         };
         self.finish(host, argv, command, spec, outcome)

@@ -201,6 +201,17 @@ fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
     }
 }
 
+/// Runs a release operation on every host of `hosts` (a Host or a HostSet).
+fn on_hosts(
+    ctx: &NativeCallContext,
+    hosts: &Dynamic,
+    op: impl FnOnce(&crate::effects::Effects, &[Target]) -> Result<(), ReleaseError>,
+) -> Result<(), Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let r = targets(hosts).and_then(|(t, _)| op(&session.effects, &t).map_err(to_rhai));
+    super::located(ctx, r)
+}
+
 fn one(host: &HostRef) -> Target {
     Target::Host(host.0.clone())
 }
@@ -271,21 +282,13 @@ pub mod release_api {
         hosts: Dynamic,
         name: &str,
     ) -> Result<(), Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
-        let r = super::targets(&hosts).and_then(|(targets, _)| {
-            crate::release::stage(&session.effects, &targets, Some(name)).map_err(super::to_rhai)
-        });
-        super::super::located(&ctx, r)
+        super::on_hosts(&ctx, &hosts, |e, t| core::stage(e, t, Some(name)))
     }
 
     /// Removes `next` on every host (after a promotion or an aborted canary).
     #[rhai_fn(return_raw)]
     pub fn unstage(ctx: NativeCallContext, hosts: Dynamic) -> Result<(), Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
-        let r = super::targets(&hosts).and_then(|(targets, _)| {
-            crate::release::stage(&session.effects, &targets, None).map_err(super::to_rhai)
-        });
-        super::super::located(&ctx, r)
+        super::on_hosts(&ctx, &hosts, |e, t| core::stage(e, t, None))
     }
 
     /// Marks release `name` bad on every host so that no rollback picks it (refused for
@@ -296,11 +299,7 @@ pub mod release_api {
         hosts: Dynamic,
         name: &str,
     ) -> Result<(), Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
-        let r = super::targets(&hosts).and_then(|(targets, _)| {
-            crate::release::mark_bad(&session.effects, &targets, name).map_err(super::to_rhai)
-        });
-        super::super::located(&ctx, r)
+        super::on_hosts(&ctx, &hosts, |e, t| core::mark_bad(e, t, name))
     }
 
     /// Switches back every host this run activated a release on (for `on_failure`).

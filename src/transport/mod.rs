@@ -64,6 +64,10 @@ pub struct CommandSpec {
     pub quiet: bool,
     /// Internal housekeeping (lock heartbeats): no events at all.
     pub silent: bool,
+    /// End-of-run housekeeping (releasing locks, the host's audit line) that a first or
+    /// second signal must not cut short — a lock left behind blocks the next deploy.
+    /// Only the forced stop (third signal: connections closed) ends it.
+    pub shielded: bool,
     /// What people read instead of the argument vector (for runbook's own scripts).
     pub label: Option<String>,
 }
@@ -96,6 +100,7 @@ impl CommandSpec {
             tolerate: false,
             quiet: false,
             silent: false,
+            shielded: false,
             label: None,
         }
     }
