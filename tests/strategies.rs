@@ -775,6 +775,52 @@ fn a_canary_that_passes_its_gates_is_promoted_and_advisory_mode_only_reports() {
 }
 
 #[test]
+fn a_canary_gated_by_prometheus_stops_when_the_query_says_so() {
+    let Some(s) = stack() else { return };
+    let stable = s.first_release();
+    // Prometheus' HTTP API: the canary's success rate is 97%, below the 99.5% gate.
+    let prometheus = Http::start(Box::new(|_, r| {
+        let body = if r.path.starts_with("/api/v1/query") {
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"97.0"]}]}}"#
+        } else {
+            r#"{"status":"error","error":"unexpected"}"#
+        };
+        (200, body.into(), Duration::ZERO)
+    }));
+    let mut inventory = s.inventory().replace(
+        "canary = { window = \"4s\", checks = 2, rate = 50 }",
+        "canary = { window = \"2s\", checks = 2, query = \"canary_success_percent\" }",
+    );
+    inventory.push_str(&format!(
+        "\n[metrics]\nprometheus = \"{}\"\n",
+        prometheus.url("")
+    ));
+    let project = s
+        .project()
+        .file("runbook.toml", &inventory)
+        .args(&["run", "canary", "-e", "prod", "ref=v2"]);
+    let out = project.run();
+    out.code(1)
+        .stderr_has("canary gate failed at 10%: 97.0% success (Prometheus: canary_success_percent");
+    let queries = prometheus.received();
+    assert!(
+        queries
+            .iter()
+            .any(|r| r.path.contains("canary_success_percent")),
+        "the gate never asked Prometheus: {queries:?}"
+    );
+    assert!(
+        s.lb.traffic().contains("{ * stable; }"),
+        "{}",
+        s.lb.traffic()
+    );
+    let canary = s.link(0, "next");
+    assert_ne!(canary, stable);
+    assert!(s.is_bad(0, &canary) && s.is_bad(1, &canary));
+    assert_eq!(s.current(0), stable);
+}
+
+#[test]
 fn a_batched_rolling_deploy_stops_at_the_first_failing_batch() {
     let Some(s) = stack() else { return };
     let v1 = s.first_release();
