@@ -860,16 +860,24 @@ fn the_seeds_emergency_and_troubleshooting_runbooks_work_on_the_fleet() {
     let Some(s) = stack() else { return };
     let v1 = s.first_release();
     // Stop everything: the site answers 503 (maintenance), the queue is told to stop.
-    s.run(&["emergency/stop-everything", "-q"]).code(0);
+    // Emergency scripts want a reason first, and touch nothing without one.
+    s.run(&["emergency/stop-everything", "-q"])
+        .code(2)
+        .stderr_has("needs a written reason");
+    assert_eq!(web::get(s.lb.port, "/api/health").0, 200);
+    let why = ["--reason", "drill: stop everything"];
+    s.run(&["emergency/stop-everything", "-q", why[0], why[1]])
+        .code(0);
     assert_eq!(web::get(s.lb.port, "/api/health").0, 503);
-    s.run(&["emergency/restart-everything"])
+    s.run(&["emergency/restart-everything", why[0], why[1]])
         .code(0)
         .stderr_has("/api/health/database");
     assert_eq!(web::get(s.lb.port, "/api/health").0, 200);
     // Clear caches: the compiled config and routes of the live release are gone.
     let cache = Path::new(&s.roots[0].1).join("current/bootstrap/cache");
     assert!(cache.join("config.php").exists(), "optimize cached nothing");
-    s.run(&["emergency/clear-caches", "-q"]).code(0);
+    s.run(&["emergency/clear-caches", "-q", why[0], why[1]])
+        .code(0);
     assert!(!cache.join("config.php").exists() && !cache.join("routes-v7.php").exists());
     assert_eq!(web::get(s.lb.port, "/api/health").0, 200);
     // Troubleshooting.
