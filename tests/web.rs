@@ -203,20 +203,25 @@ pub fn get(port: u16, path: &str) -> (u16, String) {
 
 impl Drop for WebStack {
     fn drop(&mut self) {
-        // SIGTERM lets the masters stop their workers too; SIGKILL only if they hang.
-        for c in &mut self.children {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+        terminate(&mut self.children);
+    }
+}
+
+/// Stops server processes: SIGTERM lets masters stop their workers too; SIGKILL only if
+/// they hang for five seconds.
+pub fn terminate(children: &mut [Child]) {
+    for c in children.iter() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    for c in children.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        for c in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }

@@ -6,24 +6,18 @@ use crate::error::Error;
 
 /// The records kept on the environment's hosts (over their usual transport).
 fn from_hosts(global: &Global, env_name: &str) -> Result<Vec<audit::Record>, Error> {
-    use super::{SessionConfig, actor, run_id, runtime, session};
+    use super::{SessionConfig, runtime, session};
     let project = crate::project::Project::load(global.config.as_deref())?;
     let env = project.env(Some(env_name))?;
     let rt = runtime()?;
     let session = session(
         &rt,
-        SessionConfig {
-            inventory: Some(project.inventory.clone()),
-            env: Some(env.clone()),
-            info: crate::engine::RunInfo {
-                id: run_id(),
-                script: "audit".into(),
-                actor: actor(),
-                ..crate::engine::RunInfo::default()
-            },
-            verbosity: crate::output::Verbosity::Quiet,
-            json: false,
-        },
+        SessionConfig::for_env(
+            &project.inventory,
+            &env,
+            "audit",
+            crate::output::Verbosity::Quiet,
+        ),
     );
     let targets: Vec<crate::effects::Target> = env
         .hosts

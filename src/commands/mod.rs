@@ -37,6 +37,42 @@ pub struct SessionConfig {
     pub json: bool,
 }
 
+impl SessionConfig {
+    /// A session on `env` for `script` (a script name, or the command's own name), by
+    /// the current actor, with a fresh run id and every other setting at its default.
+    pub fn for_env(
+        inventory: &Arc<Inventory>,
+        env: &Arc<Environment>,
+        script: &str,
+        verbosity: Verbosity,
+    ) -> SessionConfig {
+        SessionConfig {
+            inventory: Some(inventory.clone()),
+            env: Some(env.clone()),
+            info: RunInfo {
+                id: run_id(),
+                script: script.to_owned(),
+                actor: actor(),
+                ..RunInfo::default()
+            },
+            verbosity,
+            json: false,
+        }
+    }
+}
+
+/// The URL of the CI run this process belongs to (GitHub Actions), if any.
+pub fn ci_run_url() -> Option<String> {
+    match (
+        std::env::var("GITHUB_SERVER_URL"),
+        std::env::var("GITHUB_REPOSITORY"),
+        std::env::var("GITHUB_RUN_ID"),
+    ) {
+        (Ok(s), Ok(r), Ok(id)) => Some(format!("{s}/{r}/actions/runs/{id}")),
+        _ => None,
+    }
+}
+
 /// Output with its sinks, effects, and the session a script sees.
 pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Session> {
     let redactor = Arc::new(Redactor::new());
@@ -102,19 +138,11 @@ pub(crate) fn audit_record(
     use sha2::Digest;
     let redact = |s: &str| session.effects.output().redactor().redact(s).into_owned();
     let (steps, hosts) = session.audit.take();
-    let ci_run = match (
-        std::env::var("GITHUB_SERVER_URL"),
-        std::env::var("GITHUB_REPOSITORY"),
-        std::env::var("GITHUB_RUN_ID"),
-    ) {
-        (Ok(s), Ok(r), Ok(id)) => Some(format!("{s}/{r}/actions/runs/{id}")),
-        _ => None,
-    };
     crate::audit::Record {
         ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         run: session.info.id.clone(),
         actor: session.info.actor.clone(),
-        ci_run,
+        ci_run: ci_run_url(),
         env: session
             .env
             .as_ref()

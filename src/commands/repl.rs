@@ -14,9 +14,9 @@ use rustyline::history::DefaultHistory;
 use rustyline::{Config, Editor};
 
 use super::repl_helper::ReplHelper;
-use super::{SessionConfig, actor, parse_args, run_id, runtime, session};
+use super::{SessionConfig, parse_args, runtime, session};
 use crate::cli::{Global, ReplArgs};
-use crate::engine::{self, Diagnostic, Mode, RunInfo, Session};
+use crate::engine::{self, Diagnostic, Mode, Session};
 use crate::error::Error;
 use crate::inventory::Environment;
 use crate::project::Project;
@@ -50,22 +50,9 @@ fn shell(
     dry: &mut bool,
 ) -> Result<Next, Error> {
     let rt = runtime()?;
-    let session = session(
-        &rt,
-        SessionConfig {
-            inventory: Some(project.inventory.clone()),
-            env: Some(env.clone()),
-            info: RunInfo {
-                id: run_id(),
-                script: "repl".into(),
-                actor: actor(),
-                dry_run: *dry,
-                ..RunInfo::default()
-            },
-            verbosity: global.verbosity(),
-            json: false,
-        },
-    );
+    let mut config = SessionConfig::for_env(&project.inventory, env, "repl", global.verbosity());
+    config.info.dry_run = *dry;
+    let session = session(&rt, config);
     let effects = session.effects.clone();
     crate::signal::install(
         rt.handle(),

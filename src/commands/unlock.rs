@@ -1,10 +1,9 @@
 //! `runbook unlock`: remove a deploy lock left behind by a run that died. With `--stale`
 //! (the safe default for people) a live lock — heartbeat within the TTL — is refused.
 
-use super::{SessionConfig, actor, run_id, runtime, session};
+use super::{SessionConfig, runtime, session};
 use crate::cli::{Global, UnlockArgs};
 use crate::effects::Target;
-use crate::engine::RunInfo;
 use crate::error::Error;
 use crate::output::{Event, Kind, Level};
 use crate::project::Project;
@@ -20,18 +19,7 @@ pub fn run(global: &Global, args: &UnlockArgs) -> Result<(), Error> {
     let rt = runtime()?;
     let session = session(
         &rt,
-        SessionConfig {
-            inventory: Some(project.inventory.clone()),
-            env: Some(env.clone()),
-            info: RunInfo {
-                id: run_id(),
-                script: "unlock".into(),
-                actor: actor(),
-                ..RunInfo::default()
-            },
-            verbosity: global.verbosity(),
-            json: false,
-        },
+        SessionConfig::for_env(&project.inventory, &env, "unlock", global.verbosity()),
     );
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
     let stale = args.stale.then_some(crate::lock::DEFAULT_TTL);

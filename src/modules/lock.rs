@@ -8,14 +8,6 @@ use crate::lock::{Acquired, Holder, LockError};
 use crate::output::{Event, Kind};
 
 pub fn holder(session: &crate::engine::Session) -> Holder {
-    let ci_run = match (
-        std::env::var("GITHUB_SERVER_URL"),
-        std::env::var("GITHUB_REPOSITORY"),
-        std::env::var("GITHUB_RUN_ID"),
-    ) {
-        (Ok(s), Ok(r), Ok(id)) => Some(format!("{s}/{r}/actions/runs/{id}")),
-        _ => None,
-    };
     Holder {
         run: session.info.id.clone(),
         actor: session.info.actor.clone(),
@@ -25,7 +17,7 @@ pub fn holder(session: &crate::engine::Session) -> Holder {
         pid: std::process::id(),
         script: session.info.script.clone(),
         reason: session.info.reason.clone(),
-        ci_run,
+        ci_run: crate::commands::ci_run_url(),
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
 }
