@@ -473,7 +473,11 @@ fn workflows_pass_inputs_through_env_pin_actions_and_read_only() {
     let steps = w["jobs"]["deploy"]["steps"].as_vec().unwrap();
     let cache = steps
         .iter()
-        .find(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("actions/cache@")))
+        .find(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("actions/cache@"))
+        })
         .expect("a cache step");
     let key = cache["with"]["key"].as_str().unwrap();
     assert!(
@@ -482,10 +486,16 @@ fn workflows_pass_inputs_through_env_pin_actions_and_read_only() {
     );
     let build = steps
         .iter()
-        .find(|s| s["run"].as_str().is_some_and(|r| r.contains("cargo install")))
+        .find(|s| {
+            s["run"]
+                .as_str()
+                .is_some_and(|r| r.contains("cargo install"))
+        })
         .expect("a build step");
     assert!(
-        build["if"].as_str().is_some_and(|c| c.contains("cache-hit")),
+        build["if"]
+            .as_str()
+            .is_some_and(|c| c.contains("cache-hit")),
         "the build must run only on a cache miss"
     );
     // Our own CI keeps CI=true through sudo, or every "fail under CI" guard skips.
