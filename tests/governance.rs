@@ -23,10 +23,7 @@ fn project() -> Test {
             "scripts/sneak.rhai",
             "// runbook: read-only\ntry {\n    release::activate(hosts(), \"r1\");\n} catch (e) {\n    print(\"caught\");\n}\nprint(\"switched\");\n",
         )
-        .file(
-            "scripts/sneak-lock.rhai",
-            "// runbook: read-only\nlock::acquire(hosts());\nprint(\"locked\");\n",
-        )
+
         .file(
             "scripts/change.rhai",
             "local::run([\"touch\", app.root + \"/changed\"]);",
@@ -89,12 +86,31 @@ fn a_read_only_script_that_switches_a_release_or_locks_is_stopped_and_audited() 
             .contains("release::activate"),
         "{last}"
     );
-    // A lock is a change too.
-    let out = t.run_with(&["run", "sneak-lock", "-e", "prod", "--yes"]);
-    out.stderr_has("refused: lock::acquire changes the environment");
-    assert!(!out.stdout.contains("locked"), "{}", out.stdout);
+    // Every other runbook-owned change is held to the same promise.
+    for (call, op) in [
+        ("lock::acquire(hosts())", "lock::acquire"),
+        ("release::rollback(hosts())", "release::rollback"),
+        ("release::cleanup(hosts(), 1)", "release::cleanup"),
+        ("backup::prune(#{ keep: 0 })", "backup::prune"),
+        ("artisan::run(hosts(), [\"down\"])", "artisan::run(down)"),
+    ] {
+        let t = as_github("bob").file(
+            "scripts/sneak.rhai",
+            &format!("// runbook: read-only\n{call};\nprint(\"done\");\n"),
+        );
+        let out = t.run_with(&["run", "sneak", "-e", "prod", "--yes"]);
+        out.stderr_has(&format!("refused: {op} changes the environment"));
+        assert!(!out.stdout.contains("done"), "{call}: {}", out.stdout);
+        assert_eq!(audit(&t).pop().unwrap()["result"], "refused", "{call}");
+    }
     assert!(!t.path().join("deploy/.runbook/lock").exists());
-    assert_eq!(audit(&t).pop().unwrap()["result"], "refused");
+    // An artisan command that only reads is not a change (it fails here: no Laravel app).
+    let t = as_github("bob").file(
+        "scripts/sneak.rhai",
+        "// runbook: read-only\nartisan::run(hosts(), [\"migrate:status\"]);\n",
+    );
+    let out = t.run_with(&["run", "sneak", "-e", "prod", "--yes"]);
+    assert!(!out.stderr.contains("refused"), "{}", out.stderr);
 }
 
 #[test]
