@@ -44,6 +44,9 @@ pub struct Record {
     pub ts: String,
     pub run: String,
     pub actor: String,
+    /// The OS account the run had (the actor may be a CI user on a shared runner account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci_run: Option<String>,
     pub env: String,

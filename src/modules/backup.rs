@@ -87,6 +87,7 @@ fn summary_map(s: &Summary) -> Map {
 }
 
 fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "backup::create")?;
     let session = super::session(ctx)?;
     for k in opts.keys() {
         if ![
@@ -218,6 +219,7 @@ fn restore_into(
     opts: &Map,
     scratch: Option<String>,
 ) -> Result<String, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "backup::restore")?;
     let session = super::session(ctx)?;
     // A scratch restore is the same operation on a layout of its own: the host with its
     // deploy path moved, so nothing can reach the live `current`.
@@ -456,6 +458,7 @@ fn prune_of(
     host: Option<&HostRef>,
     opts: &Map,
 ) -> Result<Array, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "backup::prune")?;
     let session = super::session(ctx)?;
     let dir = backup_dir(&session, opts)?;
     let keep = opts
