@@ -9,6 +9,7 @@ mod errors;
 mod faults;
 mod fleet;
 mod governance;
+mod hardening;
 mod health;
 mod inventory;
 mod laravel;

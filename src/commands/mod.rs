@@ -239,7 +239,7 @@ pub(crate) fn write_audit(
         };
         let mut spec = crate::transport::CommandSpec::script(
             "audit: record this run on the host",
-            r#"mkdir -p "$1/.runbook" && cat >> "$1/.runbook/audit.jsonl""#,
+            r#"umask 077; mkdir -p "$1/.runbook" && cat >> "$1/.runbook/audit.jsonl" && chmod 600 "$1/.runbook/audit.jsonl""#,
             &[&root],
         );
         spec.stdin = Some(line.clone().into_bytes());

@@ -10,7 +10,9 @@
 //! refused and audited); `:run` checks the deployers lists, asks an emergency script's
 //! reason and, on a protected environment, its name typed to confirm; `:env` starts the
 //! other environment's session under the same rules.
-//! History lives in the XDG state directory; a line that contains a secret value is never
+//! Results, errors and `:last` are shown with control characters neutralised (a host's
+//! output never drives the terminal). History lives in the XDG state directory; a line
+//! that contains a secret value is never
 //! written to it. Every action is audited.
 
 use rhai::{AST, Dynamic, EvalAltResult, Map, ParseErrorType, Scope};
@@ -24,6 +26,7 @@ use crate::cli::{Global, ReplArgs};
 use crate::engine::{self, Diagnostic, Mode, Session};
 use crate::error::Error;
 use crate::inventory::Environment;
+use crate::output::terminal::neutralise;
 use crate::project::Project;
 
 const META_HELP: &str = "meta-commands: :help [name]  :hosts  :env NAME  :run SCRIPT [k=v …]  :dry on|off  :last  :audit  :save FILE  :quit\nscript API: :help ssh, :help release, … (or `runbook doc`); Tab completes, Ctrl-C cancels, Ctrl-D exits";
@@ -241,7 +244,8 @@ fn evaluate(
             if !v.is_unit() {
                 // A value read with secret() is shown masked, like in any other output.
                 let shown = render(&v);
-                println!("{}", session.effects.output().redactor().redact(&shown));
+                let shown = session.effects.output().redactor().redact(&shown);
+                println!("{}", neutralise(&shown));
                 scope.set_or_push("last", v);
             }
             ("success", None)
@@ -252,7 +256,8 @@ fn evaluate(
         }
         Err(e) => {
             let d = Diagnostic::from_eval(&e, script, &session.sources);
-            eprintln!("{}", d.redacted(session.effects.output().redactor()));
+            let shown = d.redacted(session.effects.output().redactor()).to_string();
+            eprintln!("{}", neutralise(&shown));
             ("failed", Some(d.message))
         }
     };
@@ -533,7 +538,7 @@ fn meta(
             for (host, lines) in last {
                 for l in lines {
                     let l = session.effects.output().redactor().redact(&l).into_owned();
-                    println!("[{host}] {l}");
+                    println!("[{host}] {}", neutralise(&l));
                 }
             }
         }
