@@ -195,6 +195,10 @@ impl Site {
                 "scripts/hold.rhai",
                 "lock::acquire(hosts(\"web\"));\nprint(\"holding\");\nsleep(60);\n",
             )
+            .file(
+                "scripts/hold-down.rhai",
+                "lock::acquire(hosts(\"web\"));\nartisan::run(hosts(\"web\"), [\"down\"]);\nprint(\"holding\");\nsleep(60);\n",
+            )
     }
 
     fn run(&self, args: &[&str]) -> crate::harness::Output {
@@ -330,6 +334,54 @@ fn an_artifact_deploys_without_git_on_the_hosts() {
     ]);
     out.code(0);
     assert_eq!(site.served("web1"), (200, Some(site.current(0)), 1));
+}
+
+/// A deploy that loses the lock race touches nothing: before, its failure path ran
+/// `php artisan up` on the fleet and lifted the maintenance mode of the run holding it.
+#[test]
+fn a_deploy_refused_by_the_lock_leaves_the_holders_maintenance_mode_alone() {
+    let Some(site) = site(2) else { return };
+    site.run(&["run", "deploy", "-e", "fleet", "ref=v1", "-q"])
+        .code(0);
+    let live: Vec<String> = (0..2).map(|i| site.current(i)).collect();
+    let holding = site.project().args(&["run", "hold-down", "-e", "fleet"]);
+    let mut holder = holding
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while site.served("web2").0 != 503 {
+        if let Ok(Some(_)) = holder.try_wait() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut err);
+            panic!("the holder ended early: {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the holder never turned maintenance on"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = site.run(&["run", "deploy", "-e", "fleet", "ref=v2"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    out.code(1)
+        .stderr_has("the deploy lock is held by another run");
+    assert!(!out.stderr.contains("artisan up"), "{}", out.stderr);
+    for (i, host) in ["web1", "web2"].iter().enumerate() {
+        assert_eq!(
+            site.served(host).0,
+            503,
+            "{host}: the refused deploy lifted the holder's maintenance mode"
+        );
+        assert_eq!(
+            site.current(i),
+            live[i],
+            "{host}: the refused deploy switched"
+        );
+    }
 }
 
 #[test]

@@ -120,6 +120,7 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
         info: config.info,
         sources: Arc::new(SourceMap::default()),
         activations: std::sync::Mutex::new(Vec::new()),
+        maintenance: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         switches: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         facts: std::sync::Mutex::new(crate::audit::Facts::default()),
         started: std::time::Instant::now(),

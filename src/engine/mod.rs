@@ -57,6 +57,9 @@ pub struct Session {
     pub sources: Arc<SourceMap>,
     /// Deploy locks this run holds.
     pub locks: crate::lock::Locks,
+    /// Hosts this run put into maintenance mode (`artisan down`) and has not lifted it
+    /// from: the only ones its failure path may lift it on.
+    pub maintenance: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Hosts this run switched to a new release, with the release they were on.
     pub activations: std::sync::Mutex<Vec<(Arc<crate::inventory::Host>, String)>>,
     /// Per host: the release before the run's first switch and after its last (audit).

@@ -32,6 +32,19 @@ fn artisan(
         return Err(super::error("empty artisan command"));
     }
     crate::permissions::guard_artisan(ctx, &args)?;
+    let maintenance = match args[0].as_str() {
+        "down" => Some(true),
+        "up" => Some(false),
+        _ => None,
+    };
+    if maintenance == Some(true) && !session.effects.dry_run() {
+        // Counted before the attempt: a host where `down` half-ran must be lifted too.
+        let mut m = session
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        m.extend(targets.iter().map(|t| t.name().to_owned()));
+    }
     let mut opts = opts.clone();
     let release = opts.remove("release").map(|v| v.to_string());
     let php = session
@@ -53,7 +66,17 @@ fn artisan(
         }
         spec
     };
-    fan_out(&session, &targets, single, &build, &base.fan)
+    let result = fan_out(&session, &targets, single, &build, &base.fan)?;
+    if maintenance == Some(false) && !session.effects.dry_run() && !base.spec.tolerate {
+        let mut m = session
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for t in &targets {
+            m.remove(t.name());
+        }
+    }
+    Ok(result)
 }
 
 #[export_module]

@@ -192,6 +192,15 @@ pub fn context_map(session: &Session) -> Map {
     );
     run.insert("actor".into(), i.actor.clone().into());
     run.insert("dry_run".into(), session.effects.dry_run().into());
+    let down: rhai::Array = session
+        .maintenance
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .map(Dynamic::from)
+        .collect();
+    run.insert("maintenance".into(), down.into());
     out.insert("run".into(), run.into());
     out
 }
