@@ -1,8 +1,10 @@
-//! Ctrl-C and SIGTERM during a run.
+//! Ctrl-C, SIGTERM and SIGHUP (a dropped terminal or bastion) during a run.
 //!
 //! The first signal asks the run to stop: the running command's process group is killed,
 //! the script stops at its next operation, and its `on_failure` path runs. A second signal
 //! interrupts that cleanup. A third exits at once — the engineer is in charge.
+//! Once the run's change is complete and verified everywhere (`release::verified()`), the
+//! first signal is held back: the deploy stays, the run finishes its bookkeeping.
 
 use std::sync::Arc;
 
@@ -27,10 +29,11 @@ pub fn install(
         (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
         )
     };
     runtime.spawn(async move {
-        let (Ok(mut int), Ok(mut term)) = registered else {
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = registered else {
             output.log(
                 Level::Warn,
                 "cannot install signal handlers; Ctrl-C will end runbook abruptly",
@@ -41,7 +44,15 @@ pub fn install(
             let name = tokio::select! {
                 _ = int.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
             };
+            if interrupt.hold() {
+                output.log(
+                    Level::Warn,
+                    format!("{name} received after the deploy was verified everywhere: it stays; finishing the run's bookkeeping (signal again to stop now — the deploy still stays)"),
+                );
+                continue;
+            }
             interrupt.raise();
             match interrupt.count() {
                 1 => output.log(

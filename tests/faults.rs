@@ -553,6 +553,58 @@ fn remote_processes(needle: &str) -> Vec<String> {
     found
 }
 
+/// A signal that arrives once the deploy was verified everywhere (here: while the script
+/// waits after the strategy returned, as a slow final notification would) no longer
+/// undoes it. Before, the failure path switched every host back and the run exited 130.
+#[test]
+fn a_signal_after_the_deploy_was_verified_leaves_it_in_place() {
+    let Some(s) = crate::strategies::stack() else {
+        return;
+    };
+    let v1 = s.first_release();
+    let project = s.project().file(
+        "scripts/deploy-then-wait.rhai",
+        "import \"strategies/rolling\" as rolling;\nfn on_failure(err) {\n    import \"strategies/rolling\" as rolling;\n    rolling::recover(hosts(\"web\"), err);\n}\nrolling::deploy(hosts(\"web\"), #{ ref: args.ref });\nprint(\"deployed\");\nsleep(6);\n",
+    );
+    for signal in ["TERM", "HUP"] {
+        std::thread::sleep(Duration::from_millis(1100)); // a new release name
+        let before = s.current(0);
+        let mut child = project
+            .command()
+            .args(["run", "deploy-then-wait", "-e", "prod", "ref=v2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("deployed") {
+            let n = stdout.read(&mut buf).unwrap_or(0);
+            assert!(n > 0, "the deploy ended before it was verified");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "SIG{signal}: {err}");
+        assert!(err.contains("already complete"), "SIG{signal}: {err}");
+        let now = s.current(0);
+        assert_ne!(
+            now, before,
+            "SIG{signal}: the verified deploy was undone\n{err}"
+        );
+        assert_ne!(now, v1);
+        for i in 0..s.roots.len() {
+            assert_eq!(s.current(i), now, "SIG{signal}: host {i}");
+        }
+        assert!(!Path::new(&s.roots[0].1).join(".runbook/lock").exists());
+    }
+}
+
 #[test]
 fn signals_at_random_points_of_a_deploy_leave_every_host_consistent() {
     let Some(s) = crate::strategies::stack() else {
@@ -574,7 +626,8 @@ fn signals_at_random_points_of_a_deploy_leave_every_host_consistent() {
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for trial in 0..n {
         std::thread::sleep(Duration::from_millis(1100)); // a new release name
-        let signal = if trial % 2 == 0 { "TERM" } else { "INT" };
+        // SIGHUP (a dropped terminal or bastion) is handled like the other two.
+        let signal = ["TERM", "INT", "HUP"][trial % 3];
         let after = rng.next(3000);
         let r = if trial % 2 == 0 { "ref=v2" } else { "ref=v1" };
         let mut child = project
@@ -616,6 +669,19 @@ fn signals_at_random_points_of_a_deploy_leave_every_host_consistent() {
             assert!(
                 !root.join(".runbook/lock").exists(),
                 "trial {trial} ({signal} after {after} ms): {name} is still locked\n{err}"
+            );
+        }
+        // One release on every host, and no web host left in maintenance mode.
+        let live: Vec<String> = (0..s.roots.len()).map(|i| s.current(i)).collect();
+        assert!(
+            live.iter().all(|r| r == &live[0]),
+            "trial {trial} ({signal} after {after} ms): hosts serve different releases {live:?}\n{err}"
+        );
+        for i in 0..2 {
+            assert_ne!(
+                s.served(i).0,
+                503,
+                "trial {trial} ({signal} after {after} ms): web host {i} left in maintenance mode\n{err}"
             );
         }
         // The audit says what happened.

@@ -332,12 +332,12 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    fn current(&self, i: usize) -> String {
+    pub fn current(&self, i: usize) -> String {
         self.link(i, "current")
     }
 
     /// (status, release, migrations) as a web host's own nginx serves it.
-    fn served(&self, i: usize) -> (u16, Option<String>, i64) {
+    pub fn served(&self, i: usize) -> (u16, Option<String>, i64) {
         let (status, body) = self.web.get(&self.roots[i].0, "/api/health");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         (

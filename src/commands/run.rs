@@ -119,11 +119,33 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         }
         (diagnostic, interrupted)
     });
+    // Once the change was verified everywhere (`release::verified()`), nothing undoes it:
+    // a signal after that point ends the run as the success it is, and a later failure
+    // (cleanup, a notification) is reported without the failure path switching back.
+    let settled = interrupt.is_settled();
+    let already_complete = settled && (interrupt.held() > 0 || matches!(&failure, Some((_, true))));
+    let failure = if already_complete && matches!(&failure, Some((_, true))) {
+        None
+    } else {
+        failure
+    };
+    if already_complete {
+        output.log(
+            crate::output::Level::Warn,
+            "a signal arrived after the deploy was verified everywhere: the deploy was already complete and stays",
+        );
+    } else if settled && failure.is_some() {
+        output.log(
+            crate::output::Level::Warn,
+            "the deploy was already verified everywhere: it stays (the failure path is not run); see the error for the step that failed after it",
+        );
+    }
 
     // The failure path and the clean-up below must be able to run commands (switch
     // back, release the lock) after a Ctrl-C; a further signal interrupts them again.
     interrupt.acknowledge();
     if let Some((diagnostic, interrupted)) = &failure
+        && !settled
         && ast
             .iter_functions()
             .any(|f| f.name == "on_failure" && f.params.len() == 1)
@@ -210,6 +232,9 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
                 .unverified
                 .clone();
             let mut m = format!("{name} succeeded on {}", env.name);
+            if already_complete {
+                m.push_str(" — deploy was already complete when the signal arrived");
+            }
             if let Some(why) = unverified {
                 m.push_str(&format!(" — not verified: {why}"));
             }

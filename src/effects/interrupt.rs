@@ -7,7 +7,7 @@
 //! commands — and a second signal interrupts that cleanup too.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use tokio::sync::watch;
 
@@ -16,6 +16,10 @@ pub struct Interrupt {
     tx: Arc<watch::Sender<u32>>,
     /// Signals at or below this count have already been handled by the script.
     baseline: Arc<AtomicU32>,
+    /// The run's change is complete and verified: a signal no longer undoes it.
+    settled: Arc<AtomicBool>,
+    /// Signals that arrived once settled and were held back (not raised).
+    held: Arc<AtomicU32>,
 }
 
 impl Default for Interrupt {
@@ -30,7 +34,35 @@ impl Interrupt {
         Interrupt {
             tx: Arc::new(tx),
             baseline: Arc::new(AtomicU32::new(0)),
+            settled: Arc::new(AtomicBool::new(false)),
+            held: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// The run's change is complete and verified everywhere: from now on the first
+    /// signal is held back (the run finishes its bookkeeping), and even a raised one
+    /// must not undo the change.
+    pub fn settle(&self) {
+        self.settled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::SeqCst)
+    }
+
+    /// Holds back a signal that arrived once settled, when it is the first: returns
+    /// whether it was held (else it should be raised).
+    pub fn hold(&self) -> bool {
+        self.is_settled()
+            && self
+                .held
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    /// How many signals were held back.
+    pub fn held(&self) -> u32 {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Records one signal.

@@ -356,6 +356,16 @@ pub mod release_api {
         super::on_hosts(&ctx, &hosts, |e, t| core::mark_bad(e, t, name))
     }
 
+    /// Says that this run's change is complete and verified on every host: from now on a
+    /// signal (Ctrl-C, SIGTERM, SIGHUP) no longer undoes it — the run finishes its
+    /// bookkeeping and says "deploy was already complete" — and a later failure does not
+    /// run the failure path. Strategies call it right after their last verifying step.
+    pub fn verified(ctx: NativeCallContext) {
+        if let Ok(session) = super::super::session(&ctx) {
+            session.effects.interrupt().settle();
+        }
+    }
+
     /// Switches back every host this run activated a release on (for `on_failure`).
     #[rhai_fn(return_raw)]
     pub fn undo(ctx: NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
