@@ -58,6 +58,8 @@ pub enum Command {
     Repl(ReplArgs),
     /// Remove the deploy lock on every host of an environment
     Unlock(UnlockArgs),
+    /// Take over a server another tool deployed: its releases become rollback targets
+    Adopt(AdoptArgs),
     /// Query the audit log: who ran what, where, why, and how it ended
     Audit(AuditArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
@@ -195,6 +197,16 @@ pub struct UnlockArgs {
     pub yes: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// Confirm on a protected environment
+    #[arg(long)]
+    pub yes: bool,
+}
+
 pub fn dispatch(cli: Cli) -> Result<(), Error> {
     let global = &cli.global;
     match cli.command {
@@ -204,6 +216,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Doc(args) => crate::commands::doc::run(&args),
         Command::Repl(args) => crate::commands::repl::run(global, &args),
         Command::Unlock(args) => crate::commands::unlock::run(global, &args),
+        Command::Adopt(args) => crate::commands::adopt::run(global, &args),
         Command::Audit(args) => crate::commands::audit::run(global, &args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -79,6 +79,10 @@ pub enum Error {
 
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+
+    /// A command's own failure on hosts, already a full sentence.
+    #[error("{0}")]
+    Message(String),
 }
 
 impl Error {
@@ -88,7 +92,7 @@ impl Error {
             Error::Script(_) | Error::CheckFailed { .. } | Error::Declined { .. } => exit::FAILURE,
             Error::Interrupted { .. } => exit::INTERRUPTED,
             Error::NotAllowed { .. } => exit::NOT_ALLOWED,
-            Error::Runtime(_) => exit::FAILURE,
+            Error::Runtime(_) | Error::Message(_) => exit::FAILURE,
             Error::Inventory(_)
             | Error::NoConfig { .. }
             | Error::NoEnv { .. }

@@ -244,8 +244,8 @@ done
 
 /// Keeps the newest `keep` complete releases (the live one counts, and is never
 /// removed), and leaves releases being prepared alone unless their marker is a day old (a
-/// killed run). A release without runbook's metadata (another tool made it, or it was
-/// adopted by hand) is never removed: it may be the only way back.
+/// killed run). A release without runbook's metadata (another tool made it) or adopted
+/// from another tool (`runbook adopt`) is never removed: it may be the only way back.
 const CLEANUP: &str = r#"set -eu
 root=$1 keep=$2
 cur=$(readlink "$root/current" 2>/dev/null || true); cur=${cur##*/}
@@ -255,6 +255,7 @@ n=0; [ -z "$cur" ] || n=1
 for r in $(ls -1 "$root/releases" | sort -r); do
   [ "$r" = "$cur" ] && continue
   [ "$r" = "$next" ] && continue
+  [ -e "$root/.runbook/adopted/$r" ] && continue
   if [ -e "$root/.runbook/preparing/$r" ]; then
     [ -n "$(find "$root/.runbook/preparing/$r" -mmin +1440 2>/dev/null)" ] || continue
   elif [ -e "$root/.runbook/releases/$r.json" ]; then
@@ -266,6 +267,54 @@ for r in $(ls -1 "$root/releases" | sort -r); do
   rm -rf "$root/releases/$r"
   rm -f "$root/.runbook/releases/$r.json" "$root/.runbook/bad/$r" "$root/.runbook/preparing/$r"
   echo "$r"
+done
+"#;
+
+/// What another tool left that runbook must not touch before `runbook adopt`: a `current`
+/// that is a real directory, and releases with no runbook metadata. One line each.
+const LAYOUT: &str = r#"root=$1
+if [ -d "$root/current" ] && [ ! -L "$root/current" ]; then echo "current-dir"; fi
+[ -d "$root/releases" ] || exit 0
+for r in $(ls -1 "$root/releases"); do
+  [ -e "$root/.runbook/releases/$r.json" ] && continue
+  [ -e "$root/.runbook/preparing/$r" ] && continue
+  echo "foreign $r"
+done
+"#;
+
+/// Adopts another tool's layout: a `current` directory is copied into `releases/` as a
+/// release and replaced by a link to it (an atomic exchange where `mv --exchange` exists,
+/// else two renames microseconds apart); every release without metadata gets metadata
+/// (its mtime as its date) and an `adopted` mark (cleanup keeps it). Names that are not
+/// plain (letters, digits, `-`, `_`, `.`) are left alone and reported.
+const ADOPT: &str = r#"set -eu
+root=$1 now=$2 by=$3
+meta=$root/.runbook
+mkdir -p "$meta/releases" "$meta/adopted" "$meta/bad" "$root/releases" "$root/shared"
+if [ -d "$root/current" ] && [ ! -L "$root/current" ]; then
+  name=adopted-$now
+  [ ! -e "$root/releases/$name" ] || { echo "releases/$name already exists" >&2; exit 3; }
+  cp -a "$root/current" "$root/releases/.$name.tmp"
+  mv -T "$root/releases/.$name.tmp" "$root/releases/$name"
+  tmp=$root/.current.adopt.$$
+  ln -s "releases/$name" "$tmp"
+  if mv --exchange "$tmp" "$root/current" 2>/dev/null; then
+    rm -rf "$tmp"
+  else
+    mv -T "$root/current" "$root/.current.old.$$" && mv -T "$tmp" "$root/current"
+    rm -rf "$root/.current.old.$$"
+  fi
+  echo "current $name"
+fi
+for r in $(ls -1 "$root/releases"); do
+  [ -e "$meta/releases/$r.json" ] && continue
+  [ -e "$meta/preparing/$r" ] && continue
+  case $r in *[!A-Za-z0-9._-]*|.*) echo "skipped $r"; continue ;; esac
+  at=$(date -u -d "@$(stat -c %Y "$root/releases/$r")" +%Y-%m-%dT%H:%M:%SZ)
+  printf '{"name":"%s","ref":"","commit":"","source":"adopted","by":%s,"run":"","created_at":"%s","reason":null,"runbook":"adopt"}\n' "$r" "$by" "$at" > "$meta/releases/.$r.json.tmp"
+  mv -T "$meta/releases/.$r.json.tmp" "$meta/releases/$r.json"
+  : > "$meta/adopted/$r"
+  echo "adopted $r"
 done
 "#;
 
@@ -788,19 +837,32 @@ fn choose_target(lists: &[(String, Vec<Listed>)], target: Option<&str>) -> Resul
             lacking.join(", ")
         ));
     }
+    // Releases are ordered by when they were made (their metadata), then by name: an
+    // adopted release named `3` is older than runbook's `20261201T…`.
+    let key = |name: &str| -> (String, String) {
+        let at = lists
+            .iter()
+            .flat_map(|(_, l)| l.iter())
+            .find(|r| r.name == name)
+            .and_then(|r| r.meta.as_ref())
+            .map(|m| m.created_at.clone())
+            .unwrap_or_default();
+        (at, name.to_owned())
+    };
     let newest_live = lists
         .iter()
         .filter_map(|(_, l)| l.iter().find(|r| r.live).map(|r| r.name.clone()))
-        .max()
+        .max_by_key(|n| key(n))
         .ok_or_else(|| {
             "nothing is live on any host: there is no release to roll back from".to_owned()
         })?;
+    let live_key = key(&newest_live);
     let mut names: Vec<&str> = lists
         .iter()
         .flat_map(|(_, l)| l.iter().map(|r| r.name.as_str()))
-        .filter(|n| *n < newest_live.as_str())
+        .filter(|n| key(n) < live_key)
         .collect();
-    names.sort_unstable();
+    names.sort_by_key(|n| key(n));
     names.dedup();
     if let Some(name) = names
         .iter()
@@ -815,7 +877,7 @@ fn choose_target(lists: &[(String, Vec<Listed>)], target: Option<&str>) -> Resul
     for (host, l) in lists {
         let good: Vec<&str> = l
             .iter()
-            .filter(|r| r.state == "complete" && !r.bad && r.name < newest_live)
+            .filter(|r| r.state == "complete" && !r.bad && key(&r.name) < live_key)
             .map(|r| r.name.as_str())
             .collect();
         message.push_str(&format!(
@@ -829,6 +891,70 @@ fn choose_target(lists: &[(String, Vec<Listed>)], target: Option<&str>) -> Resul
     }
     message.push_str("\nPick one with to=NAME after copying it where it is missing, or restore a backup (archive=NAME).");
     Err(message)
+}
+
+/// Refuses, before anything changes, a fleet where another tool's layout is still
+/// unadopted: a `current` that is a directory, or releases runbook did not make — naming
+/// each host and the command that adopts it (`runbook adopt -e ENV`).
+pub fn check_layout(effects: &Effects, targets: &[Target]) -> Result<(), ReleaseError> {
+    if effects.dry_run() {
+        return Ok(());
+    }
+    let results = on_all(effects, targets, |t| {
+        let mut spec = script("release: check the layout".into(), LAYOUT, &[&root(t)]);
+        spec.quiet = true;
+        spec
+    })?;
+    let mut problems = Vec::new();
+    for r in &results {
+        let mut foreign = Vec::new();
+        for line in r.stdout.lines() {
+            if line == "current-dir" {
+                problems.push(format!(
+                    "{}: `current` is a directory, not a link runbook can switch (another tool deployed here)",
+                    r.host
+                ));
+            } else if let Some(name) = line.strip_prefix("foreign ") {
+                foreign.push(name.to_owned());
+            }
+        }
+        if !foreign.is_empty() {
+            problems.push(format!(
+                "{}: releases {} were not made by runbook (no metadata)",
+                r.host,
+                foreign.join(", ")
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ReleaseError::new(format!(
+        "this fleet holds a layout another tool made; nothing was changed:\n- {}\nAdopt it first: `runbook adopt -e ENV` records those releases as rollback targets (cleanup keeps them) and turns a `current` directory into a release behind a link, while the site keeps serving.",
+        problems.join("\n- ")
+    )))
+}
+
+/// Adopts another tool's layout on every target (see `ADOPT`); `by` is who adopts.
+/// Returns `host -> what was done` (lines like `adopted 3`, `current adopted-…`).
+pub fn adopt(
+    effects: &Effects,
+    targets: &[Target],
+    by: &str,
+) -> Result<BTreeMap<String, Vec<String>>, ReleaseError> {
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let by = serde_json::to_string(by).unwrap_or_else(|_| "\"\"".to_owned());
+    let results = on_all(effects, targets, |t| {
+        script(
+            "release: adopt the existing layout".into(),
+            ADOPT,
+            &[&root(t), &now, &by],
+        )
+    })?;
+    Ok(results
+        .into_iter()
+        .map(|r| (r.host, r.stdout.lines().map(str::to_owned).collect()))
+        .collect())
 }
 
 /// One release as seen on one host.
@@ -1061,6 +1187,80 @@ mod tests {
         assert_eq!(sh(SWITCH_BACK, &[root, ""]).0, 0);
         assert!(std::fs::symlink_metadata(dir.path().join("current")).is_err());
         assert_eq!(sh(LIVE, &[root]).1, "\n");
+    }
+
+    #[test]
+    fn another_tools_layout_is_refused_then_adopted_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let p = dir.path();
+        // Deployer-style: releases/1..3, current -> releases/3, no runbook metadata.
+        for r in ["1", "2", "3"] {
+            std::fs::create_dir_all(p.join(format!("releases/{r}/public"))).unwrap();
+        }
+        std::os::unix::fs::symlink("releases/3", p.join("current")).unwrap();
+        let (_, out, _) = sh(LAYOUT, &[root]);
+        assert_eq!(out, "foreign 1\nforeign 2\nforeign 3\n");
+        let (code, out, err) = sh(ADOPT, &[root, "20260101T000000Z", "\"ann\""]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "adopted 1\nadopted 2\nadopted 3\n");
+        assert_eq!(sh(LAYOUT, &[root]).1, "");
+        let meta: Metadata =
+            serde_json::from_slice(&std::fs::read(p.join(".runbook/releases/3.json")).unwrap())
+                .unwrap();
+        assert_eq!((meta.name.as_str(), meta.by.as_str()), ("3", "ann"));
+        // A runbook release on top; cleanup keeps every adopted one.
+        make_release(root, "20260102T000000Z");
+        assert_eq!(sh(ACTIVATE, &[root, "20260102T000000Z"]).0, 0);
+        assert_eq!(sh(CLEANUP, &[root, "1"]).1, "");
+        for r in ["1", "2", "3"] {
+            assert!(p.join(format!("releases/{r}")).is_dir());
+        }
+
+        // A `current` that is a real directory becomes a release behind a link.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        std::fs::create_dir_all(dir.path().join("current/public")).unwrap();
+        std::fs::write(dir.path().join("current/public/index.php"), "v0").unwrap();
+        assert_eq!(sh(LAYOUT, &[root]).1, "current-dir\n");
+        let (code, out, err) = sh(ADOPT, &[root, "20260101T000000Z", "\"ann\""]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.starts_with("current adopted-20260101T000000Z\n"),
+            "{out}"
+        );
+        let link = std::fs::read_link(dir.path().join("current")).unwrap();
+        assert_eq!(
+            link,
+            std::path::Path::new("releases/adopted-20260101T000000Z")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("current/public/index.php")).unwrap(),
+            "v0"
+        );
+        assert_eq!(sh(LAYOUT, &[root]).1, "");
+    }
+
+    #[test]
+    fn rollback_targets_follow_creation_time_not_names() {
+        let with_time = |name: &str, at: &str, live: bool| Listed {
+            name: name.into(),
+            state: "complete".into(),
+            bad: false,
+            live,
+            meta: Some(Metadata {
+                created_at: at.into(),
+                ..Metadata::default()
+            }),
+        };
+        // An adopted `3` (older) and runbook's `20261201T…` (live): back to `3`, not `2`.
+        let l = vec![
+            with_time("1", "2025-01-01T00:00:00Z", false),
+            with_time("2", "2025-02-01T00:00:00Z", false),
+            with_time("3", "2025-03-01T00:00:00Z", false),
+            with_time("20261201T000000Z", "2026-12-01T00:00:00Z", true),
+        ];
+        assert_eq!(choose_target(&[("web1".into(), l)], None).unwrap(), "3");
     }
 
     #[test]

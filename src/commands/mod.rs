@@ -1,5 +1,6 @@
 //! One file per CLI command; shared set-up (runtime, output, session) lives here.
 
+pub mod adopt;
 pub mod audit;
 pub mod check;
 pub mod doc;

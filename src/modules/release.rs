@@ -356,6 +356,14 @@ pub mod release_api {
         super::on_hosts(&ctx, &hosts, |e, t| core::mark_bad(e, t, name))
     }
 
+    /// Refuses, before anything changes, hosts holding a layout another tool made (a
+    /// `current` that is a directory, releases without runbook's metadata), naming each
+    /// and the command that adopts them (`runbook adopt -e ENV`). Strategies call it first.
+    #[rhai_fn(return_raw)]
+    pub fn check_layout(ctx: NativeCallContext, hosts: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        super::on_hosts(&ctx, &hosts, crate::release::check_layout)
+    }
+
     /// Says that this run's change is complete and verified on every host: from now on a
     /// signal (Ctrl-C, SIGTERM, SIGHUP) no longer undoes it — the run finishes its
     /// bookkeeping and says "deploy was already complete" — and a later failure does not
