@@ -1,6 +1,7 @@
 //! Integration tests through the real binary. One test binary; one file per feature.
 
 mod harness;
+mod support;
 
 mod backup;
 mod check;
@@ -13,6 +14,7 @@ mod health;
 mod inventory;
 mod laravel;
 mod notify;
+mod prod;
 mod readme;
 mod receivers;
 mod run;
