@@ -34,6 +34,9 @@ pub struct Facts {
     /// Commit time of the deployed ref (unix seconds), when it came from git.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_time: Option<i64>,
+    /// Why the switch could not be verified (nothing to check it against), when so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -406,6 +409,7 @@ mod stats_tests {
                 deploy,
                 rollback,
                 commit_time: commit_time.and_then(epoch),
+                ..Facts::default()
             },
             ..Record::default()
         }

@@ -61,6 +61,9 @@ pub struct Settings {
 pub struct ReleaseError {
     pub message: String,
     pub interrupted: bool,
+    /// Hosts a failed switch moved and could not move back: `(host, the release it was
+    /// on before)`, so that a later undo tries them again.
+    pub stranded: Vec<(String, String)>,
 }
 
 impl ReleaseError {
@@ -68,6 +71,7 @@ impl ReleaseError {
         ReleaseError {
             message: message.into(),
             interrupted: false,
+            stranded: Vec::new(),
         }
     }
 }
@@ -161,6 +165,19 @@ ln -s "releases/$name" "$tmp"
 mv -T "$tmp" "$root/current"
 echo "${prev##*/}"
 "#;
+
+/// Puts `current` back where a failed switch found it ("" — the host had none — removes
+/// it). Marks are left alone: this undoes a move, it judges no release.
+const SWITCH_BACK: &str = r#"set -eu
+root=$1 name=$2
+if [ -z "$name" ]; then rm -f "$root/current"; exit 0; fi
+tmp=$root/.current.$name.$$
+ln -s "releases/$name" "$tmp"
+mv -T "$tmp" "$root/current"
+"#;
+
+/// The release `current` points at ("" when none).
+const LIVE: &str = r#"cur=$(readlink "$1/current" 2>/dev/null || true); echo "${cur##*/}""#;
 
 /// Points `next` (what a preview vhost or a canary pool serves) at a complete release,
 /// atomically; an empty name removes `next`.
@@ -296,6 +313,7 @@ fn collect(
     Err(ReleaseError {
         message,
         interrupted,
+        stranded: Vec::new(),
     })
 }
 
@@ -483,13 +501,15 @@ fn upload_all(
     Ok(())
 }
 
-/// Points `current` at `name` on every target. Returns the release each host was on.
+/// Points `current` at `name` on every target, all or nothing: when any host fails to
+/// switch, every host that did is switched back before the error, which says what each
+/// host serves now. Returns the release each host was on.
 pub fn activate(
     effects: &Effects,
     targets: &[Target],
     name: &str,
 ) -> Result<BTreeMap<String, String>, ReleaseError> {
-    let results = on_all(effects, targets, |t| {
+    let results = switch_all(effects, targets, name, |t| {
         script(
             format!("release: switch current to {name}"),
             ACTIVATE,
@@ -500,6 +520,153 @@ pub fn activate(
         .into_iter()
         .map(|r| (r.host, r.stdout.trim().to_owned()))
         .collect())
+}
+
+/// The release a switch script reports the host was on: ACTIVATE prints it alone,
+/// ROLLBACK prints `from to`.
+fn was_on(r: &CommandResult) -> String {
+    r.stdout
+        .trim_end()
+        .split(' ')
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Runs a switch on every target; if any host fails, switches back (shielded from
+/// signals, like a lock release) every host that moved, then reports each host's state.
+fn switch_all(
+    effects: &Effects,
+    targets: &[Target],
+    goal: &str,
+    build: impl Fn(&Target) -> CommandSpec,
+) -> Result<Vec<CommandResult>, ReleaseError> {
+    let mut fan = FanOut::new();
+    fan.fail_fast = false;
+    let outcomes = effects.run_many_with(targets, &|t: &Target| build(t), &fan);
+    let mut moved = Vec::new();
+    let mut failed = Vec::new();
+    for (t, outcome) in targets.iter().zip(outcomes) {
+        match outcome {
+            HostOutcome::Done(Ok(r)) => moved.push((t, r)),
+            HostOutcome::Done(Err(e)) => failed.push((t.name().to_owned(), Some(e))),
+            HostOutcome::Skipped => failed.push((t.name().to_owned(), None)),
+        }
+    }
+    if failed.is_empty() {
+        return Ok(moved.into_iter().map(|(_, r)| r).collect());
+    }
+    let interrupted = failed
+        .iter()
+        .any(|(_, e)| e.as_ref().is_some_and(CommandError::is_interrupt));
+    // Back, host by host where they moved (each to where it was).
+    let mut back: Vec<(String, String, Result<(), String>)> = Vec::new();
+    let mut fan = FanOut::new();
+    fan.fail_fast = false;
+    fan.shielded = true;
+    let movers: Vec<Target> = moved.iter().map(|(t, _)| (*t).clone()).collect();
+    let previous: BTreeMap<String, String> = moved
+        .iter()
+        .map(|(t, r)| (t.name().to_owned(), was_on(r)))
+        .collect();
+    let outcomes = effects.run_many_with(
+        &movers,
+        &|t: &Target| {
+            let prev = previous.get(t.name()).cloned().unwrap_or_default();
+            let mut spec = script(
+                format!("release: switch back to {}", display(&prev)),
+                SWITCH_BACK,
+                &[&root(t), &prev],
+            );
+            spec.shielded = true;
+            spec
+        },
+        &fan,
+    );
+    for (t, outcome) in movers.iter().zip(outcomes) {
+        let prev = previous.get(t.name()).cloned().unwrap_or_default();
+        let result = match outcome {
+            HostOutcome::Done(Ok(_)) => Ok(()),
+            HostOutcome::Done(Err(e)) => Err(e.to_string()),
+            HostOutcome::Skipped => Err("not attempted".to_owned()),
+        };
+        back.push((t.name().to_owned(), prev, result));
+    }
+    let serving = serving(effects, targets);
+    let mut message = format!(
+        "switching to {goal} failed on {} of {} hosts; {}:",
+        failed.len(),
+        targets.len(),
+        if back.iter().all(|(_, _, r)| r.is_ok()) {
+            "every host that had switched was switched back"
+        } else {
+            "NOT every host could be switched back"
+        }
+    );
+    for (host, e) in &failed {
+        let why = e
+            .as_ref()
+            .map_or_else(|| "not attempted".to_owned(), ToString::to_string);
+        message.push_str(&format!("\n- {host}: {}", why.replace('\n', "\n  ")));
+    }
+    message.push_str("\nnow serving:");
+    let mut stranded = Vec::new();
+    for t in targets {
+        let host = t.name();
+        let now = serving
+            .get(host)
+            .map_or("unknown (unreachable)", String::as_str);
+        let note = match back.iter().find(|(h, _, _)| h == host) {
+            Some((_, prev, Ok(()))) => format!("switched back to {}", display(prev)),
+            Some((_, prev, Err(e))) => {
+                stranded.push((host.to_owned(), prev.clone()));
+                format!(
+                    "could NOT be switched back to {} ({e}): run `runbook run rollback -e ENV to={}` once it is reachable",
+                    display(prev),
+                    display(prev)
+                )
+            }
+            None => "unchanged".to_owned(),
+        };
+        message.push_str(&format!("\n  {host}: {} ({note})", display(now)));
+    }
+    Err(ReleaseError {
+        message,
+        interrupted,
+        stranded,
+    })
+}
+
+fn display(release: &str) -> &str {
+    if release.is_empty() {
+        "no release"
+    } else {
+        release
+    }
+}
+
+/// What `current` points at on each target that answers (a quiet, shielded probe).
+fn serving(effects: &Effects, targets: &[Target]) -> BTreeMap<String, String> {
+    let mut fan = FanOut::new();
+    fan.fail_fast = false;
+    fan.shielded = true;
+    let outcomes = effects.run_many_with(
+        targets,
+        &|t: &Target| {
+            let mut spec = script("release: what is live".into(), LIVE, &[&root(t)]);
+            spec.quiet = true;
+            spec.shielded = true;
+            spec
+        },
+        &fan,
+    );
+    outcomes
+        .into_iter()
+        .filter_map(|o| match o {
+            HostOutcome::Done(Ok(r)) => Some((r.host.clone(), r.stdout.trim().to_owned())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Points `next` at `name` on every target (`None`: removes `next`).
@@ -530,32 +697,135 @@ pub fn mark_bad(effects: &Effects, targets: &[Target], name: &str) -> Result<(),
     Ok(())
 }
 
-/// Switches back to the previous good release (or `target`) on every target, marking
-/// the release switched away from as bad. Returns `host -> (from, to)`.
+/// Switches every target to ONE release — `target`, or the newest release older than the
+/// newest live one that is complete and good on every host — checked on every host
+/// before any host changes, then all or nothing; the release each host leaves is marked
+/// bad. Returns `host -> (from, to)`.
 pub fn rollback(
     effects: &Effects,
     targets: &[Target],
     target: Option<&str>,
 ) -> Result<BTreeMap<String, (String, String)>, ReleaseError> {
-    let results = on_all(effects, targets, |t| {
-        script(
-            format!(
-                "release: roll back to {}",
-                target.unwrap_or("the previous good release")
-            ),
-            ROLLBACK,
-            &[&root(t), target.unwrap_or("")],
-        )
-    })?;
+    let chosen = if effects.dry_run() {
+        // Reads are synthetic in a dry run: the decision is the hosts' own, as written.
+        target.map(str::to_owned)
+    } else {
+        Some(rollback_target(effects, targets, target)?)
+    };
+    let results = switch_all(
+        effects,
+        targets,
+        chosen.as_deref().unwrap_or("the previous good release"),
+        |t| {
+            script(
+                format!(
+                    "release: roll back to {}",
+                    chosen.as_deref().unwrap_or("the previous good release")
+                ),
+                ROLLBACK,
+                &[&root(t), chosen.as_deref().unwrap_or("")],
+            )
+        },
+    )?;
     Ok(results
         .into_iter()
         .map(|r| {
-            let mut parts = r.stdout.split_whitespace();
+            let mut parts = r.stdout.trim_end().split(' ');
             let from = parts.next().unwrap_or("").to_owned();
             let to = parts.next().unwrap_or("").to_owned();
             (r.host, (from, to))
         })
         .collect())
+}
+
+/// The one release every target can be rolled back to (see [`rollback`]), read from
+/// every host's release list; refuses, naming the hosts that lack it.
+pub fn rollback_target(
+    effects: &Effects,
+    targets: &[Target],
+    target: Option<&str>,
+) -> Result<String, ReleaseError> {
+    let mut lists = Vec::new();
+    let mut unreachable = Vec::new();
+    for t in targets {
+        match list(effects, t) {
+            Ok(l) => lists.push((t.name().to_owned(), l)),
+            Err(e) if e.interrupted => return Err(e),
+            Err(e) => unreachable.push(format!("{}: {}", t.name(), e.message)),
+        }
+    }
+    if !unreachable.is_empty() {
+        return Err(ReleaseError::new(format!(
+            "cannot decide a rollback target: not every host answered (nothing was changed):\n- {}",
+            unreachable.join("\n- ")
+        )));
+    }
+    choose_target(&lists, target).map_err(ReleaseError::new)
+}
+
+/// The decision of [`rollback_target`] on the hosts' release lists.
+fn choose_target(lists: &[(String, Vec<Listed>)], target: Option<&str>) -> Result<String, String> {
+    let usable = |l: &[Listed], name: &str| {
+        l.iter()
+            .any(|r| r.name == name && r.state == "complete" && !r.bad)
+    };
+    let complete =
+        |l: &[Listed], name: &str| l.iter().any(|r| r.name == name && r.state == "complete");
+    if let Some(name) = target {
+        let lacking: Vec<&str> = lists
+            .iter()
+            .filter(|(_, l)| !complete(l, name))
+            .map(|(h, _)| h.as_str())
+            .collect();
+        if lacking.is_empty() {
+            return Ok(name.to_owned());
+        }
+        return Err(format!(
+            "release {name} is not complete on every host: missing on {}; nothing was changed (see `release::list`, or pick a release every host has)",
+            lacking.join(", ")
+        ));
+    }
+    let newest_live = lists
+        .iter()
+        .filter_map(|(_, l)| l.iter().find(|r| r.live).map(|r| r.name.clone()))
+        .max()
+        .ok_or_else(|| {
+            "nothing is live on any host: there is no release to roll back from".to_owned()
+        })?;
+    let mut names: Vec<&str> = lists
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|r| r.name.as_str()))
+        .filter(|n| *n < newest_live.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if let Some(name) = names
+        .iter()
+        .rev()
+        .find(|n| lists.iter().all(|(_, l)| usable(l, n)))
+    {
+        return Ok((*name).to_owned());
+    }
+    let mut message = format!(
+        "no release older than {newest_live} is complete and good on every host; nothing was changed. What each host has:"
+    );
+    for (host, l) in lists {
+        let good: Vec<&str> = l
+            .iter()
+            .filter(|r| r.state == "complete" && !r.bad && r.name < newest_live)
+            .map(|r| r.name.as_str())
+            .collect();
+        message.push_str(&format!(
+            "\n  {host}: {}",
+            if good.is_empty() {
+                "none".to_owned()
+            } else {
+                good.join(", ")
+            }
+        ));
+    }
+    message.push_str("\nPick one with to=NAME after copying it where it is missing, or restore a backup (archive=NAME).");
+    Err(message)
 }
 
 /// One release as seen on one host.
@@ -574,6 +844,7 @@ pub fn list(effects: &Effects, target: &Target) -> Result<Vec<Listed>, ReleaseEr
     let r = effects.run(target, &spec).map_err(|e| ReleaseError {
         interrupted: e.is_interrupt(),
         message: e.to_string(),
+        stranded: Vec::new(),
     })?;
     Ok(r.stdout
         .lines()
@@ -705,6 +976,90 @@ mod tests {
             ["20260104T000000Z", "20260103T000000Z", "20260102T000000Z"]
         );
         assert_eq!(live(()), std::path::Path::new("releases/20260101T000000Z"));
+    }
+
+    fn listed(spec: &str) -> Vec<Listed> {
+        // "a b* c! d?": * live, ! bad, ? incomplete
+        spec.split_whitespace()
+            .map(|w| Listed {
+                name: w.trim_end_matches(['*', '!', '?']).to_owned(),
+                state: if w.ends_with('?') {
+                    "incomplete"
+                } else {
+                    "complete"
+                }
+                .to_owned(),
+                bad: w.ends_with('!'),
+                live: w.ends_with('*'),
+                meta: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rollback_target_is_one_release_every_host_has_good() {
+        let fleet = |a: &str, b: &str| {
+            vec![
+                ("web1".to_owned(), listed(a)),
+                ("web2".to_owned(), listed(b)),
+            ]
+        };
+        // Same lists: the previous release.
+        assert_eq!(
+            choose_target(&fleet("r1 r2 r3*", "r1 r2 r3*"), None).unwrap(),
+            "r2"
+        );
+        // web2 never got r2: r1 is the newest both have.
+        assert_eq!(
+            choose_target(&fleet("r1 r2 r3*", "r1 r3*"), None).unwrap(),
+            "r1"
+        );
+        // r2 is bad on one host: skipped for all.
+        assert_eq!(
+            choose_target(&fleet("r1 r2! r3*", "r1 r2 r3*"), None).unwrap(),
+            "r1"
+        );
+        // A half-switched fleet: web2 still on r2 — both go to r2 (older than the newest live).
+        assert_eq!(
+            choose_target(&fleet("r1 r2 r3*", "r1 r2* r3"), None).unwrap(),
+            "r2"
+        );
+        // Nothing in common: refused, naming what each host has.
+        let err = choose_target(&fleet("r1 r3*", "r2 r3*"), None).unwrap_err();
+        assert!(
+            err.contains("web1: r1") && err.contains("web2: r2"),
+            "{err}"
+        );
+        assert!(err.contains("nothing was changed"), "{err}");
+        // A named target must be complete on every host.
+        let err = choose_target(&fleet("r1 r2 r3*", "r1 r2? r3*"), Some("r2")).unwrap_err();
+        assert!(err.contains("missing on web2"), "{err}");
+        assert_eq!(
+            choose_target(&fleet("r1 r2 r3*", "r1 r2 r3*"), Some("r1")).unwrap(),
+            "r1"
+        );
+        assert!(
+            choose_target(&fleet("r1", "r1"), None)
+                .unwrap_err()
+                .contains("nothing is live")
+        );
+    }
+
+    #[test]
+    fn a_switch_back_restores_where_the_host_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        for n in ["r1", "r2"] {
+            make_release(root, n);
+        }
+        assert_eq!(sh(ACTIVATE, &[root, "r1"]).0, 0);
+        assert_eq!(sh(ACTIVATE, &[root, "r2"]).1, "r1\n");
+        assert_eq!(sh(SWITCH_BACK, &[root, "r1"]).0, 0);
+        assert_eq!(sh(LIVE, &[root]).1, "r1\n");
+        // A host that had no release before goes back to having none.
+        assert_eq!(sh(SWITCH_BACK, &[root, ""]).0, 0);
+        assert!(std::fs::symlink_metadata(dir.path().join("current")).is_err());
+        assert_eq!(sh(LIVE, &[root]).1, "\n");
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl Site {
             .map(|h| format!("\"{}\"", h.name))
             .collect();
         format!(
-            "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 2\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n[env.fleet]\nbackup_dir = \"{backups}\"\nvars = {{ dr_url = \"http://127.0.0.1:{dr}\" }}\nhosts = {{ {hosts} }}\nroles = {{ web = [{names}] }}\n",
+            "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 2\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n[env.fleet]\nbackup_dir = \"{backups}\"\nvars = {{ dr_url = \"http://127.0.0.1:{dr}\", database_per_host = true }}\nhosts = {{ {hosts} }}\nroles = {{ web = [{names}] }}\n",
             backups = self.backups(),
             dr = self.web.port("web1-dr"),
             repo = self.repo.path.display(),

@@ -226,7 +226,19 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
             Outcome::DryRun,
             format!("{name} dry run finished on {}", env.name),
         ),
-        None => (Outcome::Ok, format!("{name} succeeded on {}", env.name)),
+        None => {
+            let unverified = session
+                .facts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unverified
+                .clone();
+            let mut m = format!("{name} succeeded on {}", env.name);
+            if let Some(why) = unverified {
+                m.push_str(&format!(" — not verified: {why}"));
+            }
+            (Outcome::Ok, m)
+        }
         Some((_, true)) => (
             Outcome::Aborted,
             format!("{name} was interrupted on {}", env.name),

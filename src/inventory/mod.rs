@@ -43,6 +43,9 @@ pub struct Environment {
     pub php: String,
     pub composer: String,
     pub health: Vec<String>,
+    /// The host that migrates the one shared database (`migrate_on`, a role resolved to
+    /// its first host); `None`: the first host of the release's set.
+    pub migrate_on: Option<String>,
     pub vars: toml::Table,
     /// Hosts in file order of their names (sorted), so every listing is deterministic.
     pub hosts: Vec<Arc<Host>>,
@@ -512,6 +515,29 @@ fn resolve_env(
         }
     }
 
+    let migrate_on = match &env.migrate_on {
+        None => None,
+        Some(m) if env.hosts.contains_key(m) => Some(m.clone()),
+        Some(m) => match env.roles.get(m).and_then(|r| r.first()) {
+            Some(first) => Some(first.clone()),
+            None => {
+                let known: Vec<&str> = env
+                    .hosts
+                    .keys()
+                    .chain(env.roles.keys())
+                    .map(String::as_str)
+                    .collect();
+                return Err(invalid(
+                    key("migrate_on"),
+                    format!(
+                        "`{m}` is neither a host nor a role with hosts (known: {}); name the host that runs the migrations",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+
     let deploy_path = env
         .deploy_path
         .clone()
@@ -569,6 +595,7 @@ fn resolve_env(
             .clone()
             .unwrap_or_else(|| raw.app.composer.clone()),
         health: env.health.clone(),
+        migrate_on,
         vars: env.vars.clone(),
         hosts,
         roles: env.roles.clone(),

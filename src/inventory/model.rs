@@ -128,6 +128,9 @@ pub struct RawEnvironment {
     pub composer: Option<String>,
     #[serde(default)]
     pub health: Vec<String>,
+    /// Which host runs the migrations of a deploy or rollback: a host name, or a role
+    /// (its first host). Absent: the first web host. Ignored when `vars.database_per_host`.
+    pub migrate_on: Option<String>,
     #[serde(default)]
     pub hosts: BTreeMap<String, RawHost>,
     #[serde(default)]

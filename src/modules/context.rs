@@ -148,6 +148,10 @@ pub fn context_map(session: &Session) -> Map {
         env.insert("php".into(), e.php.clone().into());
         env.insert("composer".into(), e.composer.clone().into());
         env.insert("health".into(), strings(&e.health));
+        env.insert(
+            "migrate_on".into(),
+            e.migrate_on.clone().map_or(Dynamic::UNIT, Dynamic::from),
+        );
         let roles: Map = e
             .roles
             .iter()

@@ -283,6 +283,24 @@ pub mod health_api {
         super::super::located(&ctx, result)
     }
 
+    /// Says out loud that a switch could not be verified and why (e.g. "no url"): a
+    /// warning now, and the run's last line says "not verified: WHY" instead of a bare
+    /// success. Strategies call it when the inventory gives nothing to check.
+    #[rhai_fn(return_raw)]
+    pub fn not_verified(ctx: NativeCallContext, why: &str) -> Result<(), Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        session
+            .effects
+            .output()
+            .log(crate::output::Level::Warn, format!("not verified: {why}"));
+        session
+            .facts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unverified = Some(why.to_owned());
+        Ok(())
+    }
+
     /// Waits until `url` is healthy, retrying with backoff for at most `deadline`.
     #[rhai_fn(name = "wait", return_raw)]
     pub fn wait(

@@ -107,7 +107,13 @@ fn activate(
 ) -> Result<Map, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
-    let previous = core::activate(&session.effects, &targets, name).map_err(to_rhai)?;
+    let previous = match core::activate(&session.effects, &targets, name) {
+        Ok(p) => p,
+        Err(e) => {
+            remember_stranded(&session, &targets, &e);
+            return Err(to_rhai(e));
+        }
+    };
     for (host, before) in &previous {
         session.record_switch(host, before, name);
     }
@@ -129,6 +135,23 @@ fn activate(
         .into_iter()
         .map(|(h, p)| (h.into(), p.into()))
         .collect())
+}
+
+/// Hosts a failed switch could not move back stay in the run's record, so that
+/// `release::undo()` (the failure path) tries them again.
+fn remember_stranded(session: &crate::engine::Session, targets: &[Target], e: &ReleaseError) {
+    let mut record = session
+        .activations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for (host, previous) in &e.stranded {
+        if record.iter().any(|(r, _)| &r.name == host) {
+            continue;
+        }
+        if let Some(Target::Host(h)) = targets.iter().find(|t| t.name() == host) {
+            record.push((h.clone(), previous.clone()));
+        }
+    }
 }
 
 fn switched_map(
@@ -162,9 +185,13 @@ fn rollback(
 ) -> Result<Map, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
-    core::rollback(&session.effects, &targets, to)
-        .map(|m| switched_map(&session, m))
-        .map_err(to_rhai)
+    match core::rollback(&session.effects, &targets, to) {
+        Ok(m) => Ok(switched_map(&session, m)),
+        Err(e) => {
+            remember_stranded(&session, &targets, &e);
+            Err(to_rhai(e))
+        }
+    }
 }
 
 fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
@@ -246,7 +273,9 @@ pub mod release_api {
     }
 
     /// Switches `current` to release `name` on every host, atomically (a temporary
-    /// symlink renamed over `current`). Returns `#{ host: previous_release }`.
+    /// symlink renamed over `current`), all or nothing: when one host fails, every host
+    /// that switched is switched back before the error, which says what each serves.
+    /// Returns `#{ host: previous_release }`.
     #[rhai_fn(return_raw)]
     pub fn activate(
         ctx: NativeCallContext,
@@ -256,14 +285,17 @@ pub mod release_api {
         super::super::located(&ctx, super::activate(&ctx, &hosts, name))
     }
 
-    /// Switches back to the previous good release on every host; the release switched
-    /// away from is marked bad and skipped by later rollbacks. Returns `#{ host: #{ from, to } }`.
+    /// Switches every host back to ONE release — the newest older than the newest live
+    /// one that is complete and good on every host — checked everywhere before any host
+    /// changes, all or nothing; the release switched away from is marked bad and skipped
+    /// by later rollbacks. Returns `#{ host: #{ from, to } }`.
     #[rhai_fn(name = "rollback", return_raw)]
     pub fn rollback(ctx: NativeCallContext, hosts: Dynamic) -> Result<Map, Box<EvalAltResult>> {
         super::super::located(&ctx, super::rollback(&ctx, &hosts, None))
     }
 
-    /// Switches to the named release on every host (marking the current one bad).
+    /// Switches every host to the named release (marking the one it leaves bad); refused
+    /// before any host changes when a host lacks it. All or nothing.
     #[rhai_fn(name = "rollback", return_raw)]
     pub fn rollback_to(
         ctx: NativeCallContext,
@@ -271,6 +303,21 @@ pub mod release_api {
         target: &str,
     ) -> Result<Map, Box<EvalAltResult>> {
         super::super::located(&ctx, super::rollback(&ctx, &hosts, Some(target)))
+    }
+
+    /// The ONE release a rollback of every host would go to: the newest release older
+    /// than the newest live one that is complete and not marked bad on every host.
+    /// Throws, naming what each host has, when there is none.
+    #[rhai_fn(return_raw)]
+    pub fn rollback_target(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let r = super::targets(&hosts).and_then(|(t, _)| {
+            crate::release::rollback_target(&session.effects, &t, None).map_err(super::to_rhai)
+        });
+        super::super::located(&ctx, r)
     }
 
     /// Points `next` at release `name` on every host, atomically — what a preview vhost
