@@ -235,10 +235,10 @@ impl NsHost {
     /// one of the host's own mounts).
     pub fn path(&self, inside: &str) -> PathBuf {
         for (dir, at) in MOUNTS {
-            if let Some(rest) = inside.strip_prefix(at) {
-                if rest.is_empty() || rest.starts_with('/') {
-                    return self.root.join(dir).join(rest.trim_start_matches('/'));
-                }
+            if let Some(rest) = inside.strip_prefix(at)
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                return self.root.join(dir).join(rest.trim_start_matches('/'));
             }
         }
         panic!("{inside} is not on one of the host's own disks ({MOUNTS:?})")
@@ -248,14 +248,12 @@ impl NsHost {
         let mut cmd = Command::new("/usr/bin/nsenter");
         cmd.arg(format!("--target={}", self.pid1))
             .args(["--mount", "--uts", "--pid", "--wdns=/"]);
-        if as_deploy {
-            if let Ok((u, g)) = deploy_ids() {
-                cmd.arg(format!("--setuid={u}"))
-                    .arg(format!("--setgid={g}"))
-                    .env("HOME", format!("/home/{USER}"))
-                    .env("USER", USER)
-                    .env("LOGNAME", USER);
-            }
+        if as_deploy && let Ok((u, g)) = deploy_ids() {
+            cmd.arg(format!("--setuid={u}"))
+                .arg(format!("--setgid={g}"))
+                .env("HOME", format!("/home/{USER}"))
+                .env("USER", USER)
+                .env("LOGNAME", USER);
         }
         cmd.arg("--");
         cmd
