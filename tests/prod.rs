@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::support::prod::{DB_NAME, DB_PASSWORD, ProdFleet};
 
-fn took(t0: Instant) {
-    eprintln!("wall time: {} ms", t0.elapsed().as_millis());
+fn took(test: &str, t0: Instant) {
+    eprintln!(
+        "{test}: {} ms from the fleet's start to the end of the test",
+        t0.elapsed().as_millis()
+    );
 }
 
 /// A new second, so that the next release gets a new name.
@@ -62,7 +65,7 @@ fn the_fleet_is_production_shaped() {
         (job.host.as_str(), job.release.as_str(), job.code.as_str()),
         ("worker1", v1.as_str(), "v1")
     );
-    took(t0);
+    took("the_fleet_is_production_shaped", t0);
 }
 
 #[test]
@@ -95,7 +98,10 @@ fn a_plain_deploy_puts_every_host_and_the_worker_on_the_new_release() {
         (job.release.as_str(), job.code.as_str()),
         (v2.as_str(), "v2")
     );
-    took(t0);
+    took(
+        "a_plain_deploy_puts_every_host_and_the_worker_on_the_new_release",
+        t0,
+    );
 }
 
 /// Every host's `current`, and what each web host and the balancer serve, all on
@@ -172,7 +178,7 @@ fn a_slow_migration_runs_once_on_the_shared_database() {
     assert_eq!(f.served("web2").code.as_deref(), Some("v5-slow-migration"));
     assert!(wall >= Duration::from_secs(3), "the migration sleeps 3 s");
     eprintln!("deploy with a 3 s migration: {} ms", wall.as_millis());
-    took(t0);
+    took("a_slow_migration_runs_once_on_the_shared_database", t0);
 }
 
 #[test]
@@ -195,7 +201,10 @@ fn a_host_that_cannot_switch_leaves_every_host_on_the_previous_release() {
     out.code(1).stderr_has("web2");
     all_on(&f, &v1);
     assert_eq!(f.served("web1").code.as_deref(), Some("v1"));
-    took(t0);
+    took(
+        "a_host_that_cannot_switch_leaves_every_host_on_the_previous_release",
+        t0,
+    );
 }
 
 #[test]
@@ -232,7 +241,10 @@ fn hosts_with_different_release_lists_roll_back_to_one_release_or_not_at_all() {
         all_on(&f, r3);
     }
     eprintln!("rollback across different release lists: {currents:?} (r1 {r1})");
-    took(t0);
+    took(
+        "hosts_with_different_release_lists_roll_back_to_one_release_or_not_at_all",
+        t0,
+    );
 }
 
 #[test]
@@ -307,7 +319,10 @@ fn a_restore_from_an_archive_with_separate_backup_dirs_lands_every_host_and_the_
             out = out.stderr
         );
     }
-    took(t0);
+    took(
+        "a_restore_from_an_archive_with_separate_backup_dirs_lands_every_host_and_the_database",
+        t0,
+    );
 }
 
 #[test]
@@ -325,7 +340,10 @@ fn a_failing_health_check_with_only_the_environment_url_fails_the_deploy() {
     out.code(1);
     assert!(!out.stderr.contains("verified"), "{}", out.stderr);
     all_on(&f, &v1);
-    took(t0);
+    took(
+        "a_failing_health_check_with_only_the_environment_url_fails_the_deploy",
+        t0,
+    );
 }
 
 #[test]
@@ -369,7 +387,10 @@ fn with_document_root_and_no_timestamp_checks_every_host_runs_the_new_code() {
         stale,
         "with $document_root and validate_timestamps=0 a bare switch took effect at once: the fleet does not reproduce stale code"
     );
-    took(t0);
+    took(
+        "with_document_root_and_no_timestamp_checks_every_host_runs_the_new_code",
+        t0,
+    );
 }
 
 #[test]
@@ -393,5 +414,8 @@ fn a_queued_job_runs_the_live_release_after_a_deploy_and_after_a_rollback() {
         (job.release.as_str(), job.code.as_str(), job.host.as_str()),
         (v1.as_str(), "v1", "worker1")
     );
-    took(t0);
+    took(
+        "a_queued_job_runs_the_live_release_after_a_deploy_and_after_a_rollback",
+        t0,
+    );
 }

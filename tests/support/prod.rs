@@ -457,3 +457,18 @@ impl ProdFleet {
         }
     }
 }
+
+impl Drop for ProdFleet {
+    fn drop(&mut self) {
+        // The hosts first (every process in their namespaces), then what they used; the
+        // rest goes with the fields.
+        let t0 = Instant::now();
+        for h in &mut self.hosts {
+            h.host.stop();
+        }
+        eprintln!(
+            "production-shaped fleet: hosts stopped in {} ms",
+            t0.elapsed().as_millis()
+        );
+    }
+}
