@@ -419,3 +419,47 @@ fn a_queued_job_runs_the_live_release_after_a_deploy_and_after_a_rollback() {
         t0,
     );
 }
+
+#[test]
+fn a_zero_downtime_deploy_under_load_fails_no_request_on_separate_hosts() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    next_second();
+    // The balancer is on lb1: runbook steers it there over SSH (vars.traffic).
+    let load = crate::strategies::Load::start(f.lb.port, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = f.run("zero-downtime-deploy", &["ref=v2"]);
+    let t = load.finish();
+    eprintln!(
+        "zero-downtime deploy on separate hosts: {} requests through the balancer, {} failed; by release {:?}",
+        t.total, t.failed, t.by_release
+    );
+    out.code(0);
+    let v2 = f.current("web1");
+    assert_ne!(v2, v1);
+    assert_eq!(t.failed, 0, "failed requests: {:?}", t.by_status);
+    assert!(
+        t.total > 50,
+        "too little load to prove anything: {}",
+        t.total
+    );
+    assert!(
+        t.by_release.contains_key(&v1) && t.by_release.contains_key(&v2),
+        "{:?}",
+        t.by_release
+    );
+    assert!(
+        f.lb.traffic().contains("{ * stable; }"),
+        "{}",
+        f.lb.traffic()
+    );
+    all_on(&f, &v2);
+    let job = f.queued_job("web2", "after-zero-downtime").unwrap();
+    assert_eq!(job.release, v2);
+    took(
+        "a_zero_downtime_deploy_under_load_fails_no_request_on_separate_hosts",
+        t0,
+    );
+}

@@ -21,31 +21,31 @@ use crate::web::{self, WebStack};
 
 /// One answer seen by the load generator.
 #[derive(Debug)]
-struct Hit {
-    at: Instant,
-    status: u16,
-    release: Option<String>,
+pub struct Hit {
+    pub at: Instant,
+    pub status: u16,
+    pub release: Option<String>,
 }
 
 /// Requests through the balancer, back to back on `threads` threads, until stopped
 /// (or five minutes at most).
-struct Load {
+pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Vec<Hit>>>,
 }
 
 #[derive(Default)]
-struct Tally {
-    total: usize,
+pub struct Tally {
+    pub total: usize,
     /// Non-2xx answers and requests that got no answer at all (status 0).
-    failed: usize,
-    by_status: BTreeMap<u16, usize>,
-    by_release: BTreeMap<String, usize>,
-    hits: Vec<Hit>,
+    pub failed: usize,
+    pub by_status: BTreeMap<u16, usize>,
+    pub by_release: BTreeMap<String, usize>,
+    pub hits: Vec<Hit>,
 }
 
 impl Load {
-    fn start(port: u16, threads: usize) -> Load {
+    pub fn start(port: u16, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
@@ -70,7 +70,7 @@ impl Load {
         Load { stop, threads }
     }
 
-    fn finish(self) -> Tally {
+    pub fn finish(self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         let mut t = Tally::default();
         for h in self.threads {
@@ -189,7 +189,7 @@ impl Stack {
             ));
         }
         let n = |i: usize| format!("\"{}\"", self.roots[i].0);
-        let d = self.lb.dir.path().display();
+        let d = self.lb.dir.display();
         format!(
             "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 3\n\n\
              [ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n\

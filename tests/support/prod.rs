@@ -4,7 +4,8 @@
 //! ONE MariaDB and ONE Redis shared by all of them (the app's database, cache and queue),
 //! php-fpm with production OPcache and nginx on each web host, supervisord keeping a
 //! queue worker alive on each worker host, and an nginx balancer in front of the web
-//! hosts. The test app's repository is the fleet's git server, seen as `/srv/app.git`.
+//! hosts on a host of its own (`lb1`, in no role; `vars.traffic` steers it). The test app's
+//! repository is the fleet's git server, seen as `/srv/app.git`.
 //!
 //! `ProdFleet::start` starts the parts in parallel where they do not depend on each
 //! other; dropping the fleet stops exactly what it started and removes its directories.
@@ -107,7 +108,10 @@ pub struct JobRun {
 pub struct ProdFleet {
     /// Web hosts first (web1, web2, …), then worker hosts (worker1, …).
     pub hosts: Vec<ProdHost>,
+    /// nginx in front of the web hosts, on a host of its own (`lb1`), steered by runbook
+    /// over SSH (`vars.traffic`).
     pub lb: Balancer,
+    pub lb_host: NsHost,
     pub db: MariaDb,
     /// The app's cache and queue.
     pub redis: Redis,
@@ -159,6 +163,7 @@ impl ProdFleet {
         let names: Vec<String> = (1..=options.web)
             .map(|i| format!("web{i}"))
             .chain((1..=options.workers).map(|i| format!("worker{i}")))
+            .chain(["lb1".to_owned()])
             .collect();
         // The database (5 s to initialise), Redis and the repository start while the
         // hosts boot.
@@ -191,9 +196,11 @@ impl ProdFleet {
                 .and_then(|mut h| {
                     let web = if i < options.web {
                         Some(web_host::start(&mut h, options.docroot)?)
-                    } else {
+                    } else if i < options.web + options.workers {
                         supervisor::start(&mut h)?;
                         None
+                    } else {
+                        None // the balancer's host: nginx starts once the web hosts are known
                     };
                     Ok(ProdHost { host: h, web })
                 });
@@ -213,7 +220,8 @@ impl ProdFleet {
                 booted.map(|()| hosts),
             )
         });
-        let (db, redis, repo, hosts) = (db?, redis?, repo?, hosts?);
+        let (db, redis, repo, mut hosts) = (db?, redis?, repo?, hosts?);
+        let mut lb_host = hosts.pop().ok_or("no balancer host")?.host;
         let port = db.port.unwrap_or(3306);
         let deploy = host::deploy_ids()?;
         for h in &hosts {
@@ -243,16 +251,19 @@ impl ProdFleet {
                 })
                 .collect()
         };
-        let lb = Balancer::start(&upstreams(false), &upstreams(true))?;
+        let lb = Balancer::start_on(&mut lb_host, &upstreams(false), &upstreams(true))?;
         let known_hosts = dir.path().join("known_hosts");
         let known: String = hosts
             .iter()
-            .map(|h| fleet::known_hosts_line(&h.host.addr, h.host.port, &h.host.host_key_pub))
+            .map(|h| &h.host)
+            .chain([&lb_host])
+            .map(|h| fleet::known_hosts_line(&h.addr, h.port, &h.host_key_pub))
             .collect();
         std::fs::write(&known_hosts, known).map_err(|e| e.to_string())?;
         let fleet = ProdFleet {
             hosts,
             lb,
+            lb_host,
             db,
             redis,
             _repo: repo,
@@ -294,6 +305,10 @@ impl ProdFleet {
                     h.host.name, h.host.addr, h.host.port
                 )
             })
+            .chain([format!(
+                "{} = {{ address = \"{}\", port = {} }}",
+                self.lb_host.name, self.lb_host.addr, self.lb_host.port
+            )])
             .collect();
         let role = |web: bool| -> String {
             self.hosts
@@ -309,6 +324,7 @@ impl ProdFleet {
              [env.prod]\nurl = \"{lb}\"\nbackup_dir = \"/var/backups/app\"\n\
              hosts = {{ {hosts} }}\nroles = {{ web = [{web}], worker = [{workers}] }}\n\n\
              [env.prod.vars]\nweb_user = \"{USER}\"\nmonitor = \"2s\"\nphp_fpm_reload = {reload}\n\
+             traffic = {{ host = \"{lb_host}\", file = \"{traffic}\", test = {test}, reload = {lb_reload} }}\n\
              backup = {{ database = {{ driver = \"mysql\", name = \"{DB_NAME}\", user = \"{DB_NAME}\", host = \"127.0.0.1\", port = {port}, password_env = \"RB_DB_PASSWORD\" }} }}\n\
              {vars}\n",
             key = self.client_key.display(),
@@ -318,6 +334,10 @@ impl ProdFleet {
             web = role(true),
             workers = role(false),
             reload = web_host::PHP_FPM_RELOAD,
+            lb_host = self.lb_host.name,
+            traffic = self.lb.traffic_file(),
+            test = self.lb.nginx("\"-t\", \"-q\""),
+            lb_reload = self.lb.nginx("\"-s\", \"reload\""),
             port = self.db.port.unwrap_or(3306),
         )
     }
@@ -389,7 +409,7 @@ impl ProdFleet {
     pub fn through_balancer(&self, n: usize) -> std::collections::BTreeMap<String, usize> {
         let mut seen = std::collections::BTreeMap::new();
         for _ in 0..n {
-            let (status, body) = support::get("127.0.0.1", self.lb.port, "/api/health");
+            let (status, body) = support::get(&self.lb.addr, self.lb.port, "/api/health");
             let r = Health::parse(status, &body)
                 .release
                 .unwrap_or_else(|| "?".into());
@@ -466,6 +486,7 @@ impl Drop for ProdFleet {
         for h in &mut self.hosts {
             h.host.stop();
         }
+        self.lb_host.stop();
         eprintln!(
             "production-shaped fleet: hosts stopped in {} ms",
             t0.elapsed().as_millis()
