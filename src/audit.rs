@@ -44,6 +44,9 @@ pub struct Record {
     pub ts: String,
     pub run: String,
     pub actor: String,
+    /// The OS account the run had (the actor may be a CI user on a shared runner account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci_run: Option<String>,
     pub env: String,
@@ -80,17 +83,41 @@ pub fn local_path() -> PathBuf {
     state.join("runbook/audit.jsonl")
 }
 
+/// The mode of the audit log: it holds REPL input and reasons, readable by its owner only.
+pub const FILE_MODE: u32 = 0o600;
+/// The mode of the directory runbook keeps it in (with the REPL history).
+pub const DIR_MODE: u32 = 0o700;
+
 /// Appends one line (a single `write` of a whole line, so concurrent runs interleave by line).
+///
+/// The file is created 0600 and an existing one is set to 0600; directories that have to
+/// be created are 0700, and runbook's own directory (the default location) is set to 0700
+/// even when it exists. A directory named by `RUNBOOK_AUDIT_FILE` that already exists is
+/// the user's (it may be a project directory) and keeps its mode.
 pub fn append(path: &std::path::Path, record: &Record) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)?;
+        if std::env::var_os("RUNBOOK_AUDIT_FILE").is_none() && path == local_path() {
+            // Not ours to change (another owner): the line is still written.
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE));
+        }
     }
     let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(FILE_MODE)
         .open(path)?;
+    // A log written by an older version (0644) is tightened the next time it is opened.
+    // (A shared log owned by someone else cannot be changed: the line is still written.)
+    if f.metadata()?.permissions().mode() & 0o777 != FILE_MODE {
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE));
+    }
     f.write_all(&line)
 }
 

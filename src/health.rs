@@ -3,6 +3,11 @@
 //! Plain Rust (no Rhai here). Every check is bounded: a per-request timeout, a number of
 //! attempts, an overall deadline. A failed check says what an on-call engineer needs:
 //! the status, the start of the body, the timing, the address that answered.
+//!
+//! A check answers for the URL it was given: a redirect to another host (a balancer, a
+//! login page) is not followed unless `follow_redirects` asks for it, and the report says
+//! where the answer came from. A body is streamed and only its start is kept
+//! ([`BODY_READ`]): a huge answer costs no memory.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,6 +16,11 @@ use serde_json::Value;
 
 /// How much of a response body a report keeps.
 const BODY_KEEP: usize = 2048;
+/// How much of a body is read at most (for the report and the `json` predicates); the
+/// rest is never downloaded.
+pub const BODY_READ: usize = 64 * 1024;
+/// Redirects followed at most.
+const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -34,6 +44,9 @@ pub struct CheckOptions {
     pub client_cert: Option<PathBuf>,
     /// Accept any certificate — only when asked for by name.
     pub insecure: bool,
+    /// Follow redirects to other hosts (and from https to http). Redirects on the same
+    /// host are always followed.
+    pub follow_redirects: bool,
 }
 
 impl Default for CheckOptions {
@@ -51,6 +64,7 @@ impl Default for CheckOptions {
             ca_file: None,
             client_cert: None,
             insecure: false,
+            follow_redirects: false,
         }
     }
 }
@@ -66,6 +80,8 @@ pub struct Report {
     pub error: Option<String>,
     pub attempts: u32,
     pub address: Option<String>,
+    /// The URL that answered, after the redirects that were followed.
+    pub final_url: Option<String>,
 }
 
 impl Report {
@@ -79,6 +95,9 @@ impl Report {
             "{verdict:<4} {status} {:>6} ms  {}",
             self.latency_ms, self.url
         );
+        if let Some(end) = self.final_url.as_ref().filter(|u| **u != self.url) {
+            s.push_str(&format!("  (answered by {end})"));
+        }
         if let Some(e) = &self.error {
             s.push_str(&format!("  ({e})"));
         }
@@ -96,7 +115,7 @@ pub fn client(opts: &CheckOptions) -> Result<reqwest::Client, ClientError> {
     let mut b = reqwest::Client::builder()
         .timeout(opts.timeout)
         .connect_timeout(opts.timeout)
-        .redirect(reqwest::redirect::Policy::limited(5))
+        .redirect(redirect_policy(opts.follow_redirects))
         .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &opts.ca_file {
         let pem = std::fs::read(ca)
@@ -123,6 +142,58 @@ pub fn client(opts: &CheckOptions) -> Result<reqwest::Client, ClientError> {
         .map_err(|e| ClientError(format!("cannot build the HTTP client: {e}")))
 }
 
+/// Whether a redirect from `from` to `to` stays with the same server: the same host and
+/// port, or the same host moving from http to https.
+fn same_host(from: &reqwest::Url, to: &reqwest::Url) -> bool {
+    let host = |u: &reqwest::Url| u.host_str().map(str::to_ascii_lowercase);
+    if host(from) != host(to) {
+        return false;
+    }
+    match (from.scheme(), to.scheme()) {
+        ("http", "https") => true,
+        (a, b) if a == b => from.port_or_known_default() == to.port_or_known_default(),
+        _ => false,
+    }
+}
+
+/// Same-host redirects are followed; others only with `follow_redirects` (else the
+/// redirect itself is the answer, judged and reported as such).
+fn redirect_policy(follow_any: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        let allowed = follow_any
+            || attempt
+                .previous()
+                .first()
+                .is_some_and(|first| same_host(first, attempt.url()));
+        if allowed {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
+/// Reads at most `limit` bytes of the body; the rest is never downloaded.
+async fn read_capped(resp: &mut reqwest::Response, limit: usize) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit.saturating_sub(body.len());
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    return (body, false);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) | Err(_) => return (body, true),
+        }
+    }
+}
+
 /// One request, judged against the options.
 async fn attempt(client: &reqwest::Client, url: &str, opts: &CheckOptions) -> Report {
     let started = Instant::now();
@@ -138,11 +209,23 @@ async fn attempt(client: &reqwest::Client, url: &str, opts: &CheckOptions) -> Re
         Err(e) => {
             report.error = Some(describe(&e, opts.timeout));
         }
-        Ok(resp) => {
+        Ok(mut resp) => {
             report.address = resp.remote_addr().map(|a| a.to_string());
+            report.final_url = Some(resp.url().to_string());
             let status = resp.status().as_u16();
             report.status = Some(status);
-            let body = resp.text().await.unwrap_or_default();
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(|l| {
+                    resp.url()
+                        .join(l)
+                        .map_or_else(|_| l.to_owned(), |u| u.to_string())
+                });
+            let (bytes, complete) = read_capped(&mut resp, BODY_READ).await;
+            drop(resp);
+            let body = String::from_utf8_lossy(&bytes);
             report.body = body.chars().take(BODY_KEEP).collect();
             let status_ok = if opts.expect.is_empty() {
                 (200..300).contains(&status)
@@ -155,7 +238,17 @@ async fn attempt(client: &reqwest::Client, url: &str, opts: &CheckOptions) -> Re
                 } else {
                     format!("{:?}", opts.expect)
                 };
-                report.error = Some(format!("status {status}, expected {expected}"));
+                report.error = Some(match location {
+                    Some(to) if (300..400).contains(&status) => format!(
+                        "status {status}, expected {expected}: a redirect to {to}, another host, not followed (pass follow_redirects: true to follow it)"
+                    ),
+                    _ => format!("status {status}, expected {expected}"),
+                });
+            } else if !complete && !opts.json.is_empty() {
+                report.error = Some(format!(
+                    "the body is larger than {} KiB: too large to judge as JSON",
+                    BODY_READ / 1024
+                ));
             } else if let Some(problem) = json_problem(&body, &opts.json) {
                 report.error = Some(problem);
             }
@@ -341,6 +434,16 @@ pub async fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_redirects_that_stay_on_the_host_are_the_same_host() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(same_host(&u("http://a:8080/x"), &u("http://A:8080/y")));
+        assert!(same_host(&u("http://a/x"), &u("https://a/x")));
+        assert!(!same_host(&u("http://a/x"), &u("http://b/x")));
+        assert!(!same_host(&u("http://a:8080/x"), &u("http://a:9090/x")));
+        assert!(!same_host(&u("https://a/x"), &u("http://a/x")));
+    }
 
     #[test]
     fn json_predicates_follow_dotted_paths() {

@@ -48,13 +48,15 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     match cli::dispatch(cli) {
         Ok(()) => error::exit::SUCCESS,
         Err(e) => {
-            match &e {
-                Error::Script(d) => eprintln!("{d}"),
+            // An error can carry a host's stderr: shown, never obeyed by the terminal.
+            let text = match &e {
+                Error::Script(d) => d.to_string(),
                 Error::Interrupted {
                     diagnostic: Some(d),
-                } => eprintln!("{d}"),
-                other => eprintln!("error: {other}"),
-            }
+                } => d.to_string(),
+                other => format!("error: {other}"),
+            };
+            eprintln!("{}", output::terminal::neutralise(&text));
             e.code()
         }
     }

@@ -143,6 +143,41 @@ fn without_url(e: &reqwest::Error) -> String {
     }
 }
 
+/// The values `notify.email.tls` may take.
+pub const TLS_MODES: &[&str] = &["starttls", "tls", "none"];
+
+/// Whether `host` is this machine: `localhost`, 127.0.0.0/8 or ::1 (also `[::1]` and
+/// ::ffff:127.x.x.x). The only hosts a mail may be sent to without TLS (`tls = "none"`):
+/// anywhere else the password and the mail would cross the network in clear.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim().trim_end_matches('.');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Why these TLS settings may not be used, if they may not (`None`: they may).
+pub fn tls_problem(host: &str, tls: &str) -> Option<String> {
+    if !TLS_MODES.contains(&tls) {
+        return Some(format!(
+            "`{tls}` is not a TLS mode (one of: {})",
+            TLS_MODES.join(", ")
+        ));
+    }
+    if tls == "none" && !is_loopback(host) {
+        return Some(format!(
+            "`none` (no TLS) is allowed only for a loopback host (localhost, 127.0.0.0/8, ::1), not `{host}`: the password and the mail would cross the network in clear; use `starttls` or `tls`"
+        ));
+    }
+    None
+}
+
 /// SMTP settings, resolved from the inventory and the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Smtp {
@@ -165,6 +200,9 @@ pub async fn send_mail(smtp: &Smtp, subject: &str, body: &str) -> Result<(), Sen
     use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
     crate::tls::init();
+    if let Some(problem) = tls_problem(&smtp.host, &smtp.tls) {
+        return Err(SendError(format!("notify.email.tls: {problem}")));
+    }
 
     let parse = |a: &str, what: &str| {
         a.parse::<Mailbox>()
@@ -223,6 +261,33 @@ pub async fn send_mail(smtp: &Smtp, subject: &str, body: &str) -> Result<(), Sen
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_hosts_may_go_without_tls() {
+        for host in [
+            "localhost",
+            "LOCALHOST.",
+            "127.0.0.1",
+            "127.3.2.1",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback(host), "{host}");
+            assert_eq!(tls_problem(host, "none"), None, "{host}");
+        }
+        for host in [
+            "192.0.2.10",
+            "mail.example.com",
+            "localhost.example.com",
+            "::2",
+            "0.0.0.0",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+            assert!(tls_problem(host, "none").is_some(), "{host}");
+            assert_eq!(tls_problem(host, "starttls"), None, "{host}");
+        }
+        assert!(tls_problem("127.0.0.1", "STARTTLS").is_some());
+    }
 
     #[test]
     fn the_slack_message_has_the_seed_fields() {

@@ -1,11 +1,26 @@
-//! Who may change an environment. Checked before any connection is made; the actor comes
-//! from the process environment (the CI actor, else the login user) and a script cannot
-//! change it.
+//! Who may change an environment, and the promise of a read-only script. Checked before
+//! any connection is made; the actor is the GitHub actor inside GitHub Actions, else the
+//! OS account (`commands::actor`), and a script cannot change it.
 //!
 //! A script declares what it is in its first lines: `// runbook: read-only` (health,
 //! status — open to everyone) or `// runbook: emergency` (checked against
 //! `emergency_deployers`). Any other script changes the environment.
+//!
+//! `read-only` is a claim the script makes about itself, so it is enforced: the session
+//! carries a [`ReadOnly`] gate and every runbook-owned operation that changes a host
+//! (release switches, locks, backups, artisan commands that are not known to only read)
+//! passes [`guard`] first. A refused call stops the script (not catchable by `try`) and
+//! the run is audited as `refused`. The REPL uses the same gate for an actor who may not
+//! change the environment, and [`admit`] is the one decision `run` and `:run` share.
+//! Commands a script runs itself (`ssh::run`, `local::run`) are not judged here: a shell
+//! line cannot be told apart as reading or writing.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rhai::{EvalAltResult, NativeCallContext};
+
+use crate::error::Error;
 use crate::inventory::Environment;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +60,194 @@ pub fn check(env: &Environment, kind: ScriptKind, actor: &str) -> Result<(), Vec
     }
 }
 
+/// What `run` and the REPL's `:run` ask before a script may start.
+pub struct Request<'a> {
+    pub env: &'a Environment,
+    /// The script's name as shown (`scripts/deploy.rhai`).
+    pub script: &'a str,
+    /// Its text (the leading comments say what kind it is).
+    pub text: &'a str,
+    pub actor: &'a str,
+    /// The actor was given with `--actor` (refused on protected environments).
+    pub actor_flag: bool,
+    pub reason: Option<&'a str>,
+    pub dry_run: bool,
+}
+
+/// The one permission decision: who may run this script here, and whether an emergency
+/// has its written reason. Returns the script's kind; confirmation is asked afterwards.
+pub fn admit(r: &Request) -> Result<ScriptKind, Error> {
+    if r.actor_flag && r.env.protected {
+        return Err(Error::BadOption {
+            option: "--actor".into(),
+            message: format!(
+                "`{}` is protected: the actor comes from the CI or the login, not a flag",
+                r.env.name
+            ),
+        });
+    }
+    let kind = kind_of(r.text);
+    let emergency = kind == ScriptKind::Emergency;
+    check(r.env, kind, r.actor).map_err(|allowed| Error::NotAllowed {
+        actor: r.actor.to_owned(),
+        env: r.env.name.clone(),
+        what: if emergency {
+            format!("the emergency script {}", r.script)
+        } else {
+            r.script.to_owned()
+        },
+        key: if emergency && r.env.emergency_deployers.is_some() {
+            "emergency_deployers".into()
+        } else {
+            "deployers".into()
+        },
+        allowed,
+    })?;
+    // An emergency skips the usual care: the reason is what the team reads later.
+    if emergency && r.reason.is_none_or(|t| t.trim().is_empty()) && !r.dry_run {
+        return Err(Error::BadOption {
+            option: "--reason".into(),
+            message: format!(
+                "{} is an emergency script: it needs a written reason, which goes into the audit log and every notification; pass --reason \"…\"",
+                r.script
+            ),
+        });
+    }
+    Ok(kind)
+}
+
+/// Whether a run must be confirmed by a person first (protected, not a dry run, no `--yes`).
+pub fn needs_confirmation(env: &Environment, dry_run: bool, yes: bool) -> bool {
+    env.protected && !dry_run && !yes
+}
+
+/// The session's read-only gate: off, or on with the reason it is on (the script's
+/// declaration, or an actor who may only read). The first refusal is kept for the audit.
+#[derive(Debug, Default)]
+pub struct ReadOnly {
+    on: AtomicBool,
+    state: Mutex<Gate>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Gate {
+    /// Why changes are refused ("scripts/look.rhai declares `// runbook: read-only`").
+    because: Option<String>,
+    /// What to do instead.
+    hint: String,
+    refused: Option<String>,
+}
+
+impl ReadOnly {
+    /// Turns the gate on (`Some((because, hint))`) or off; returns what it was, to restore.
+    pub fn set(&self, to: Option<(String, String)>) -> Option<(String, String)> {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let before = g.because.take().map(|b| (b, std::mem::take(&mut g.hint)));
+        self.on.store(to.is_some(), Ordering::SeqCst);
+        if let Some((because, hint)) = to {
+            g.because = Some(because);
+            g.hint = hint;
+        }
+        before
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::SeqCst)
+    }
+
+    /// `Err(message)` when `op` would change something while the gate is on.
+    pub fn check(&self, op: &str) -> Result<(), String> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let message = format!(
+            "refused: {op} changes the environment, but {}; nothing was changed\n  hint: {}",
+            g.because.as_deref().unwrap_or("this session is read-only"),
+            g.hint
+        );
+        g.refused.get_or_insert_with(|| message.clone());
+        Err(message)
+    }
+
+    /// The first refusal since the last call (for the audit record and the error shown).
+    pub fn take_refusal(&self) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refused
+            .take()
+    }
+}
+
+/// The gate for a script that declared itself read-only.
+pub fn declared(script: &str) -> (String, String) {
+    (
+        format!("{script} declares `// runbook: read-only`"),
+        "drop the call, or remove the `// runbook: read-only` line so the script is checked as a change (deployers, confirmation)".into(),
+    )
+}
+
+/// The gate for an actor who may not change `env` (not in its `deployers`): they may still
+/// look (read-only scripts, a read-only REPL), as under `run`. `None` when they may change it.
+pub fn reader_only(env: &Environment, actor: &str) -> Option<(String, String)> {
+    check(env, ScriptKind::Change, actor).err().map(|allowed| {
+        (
+            format!(
+                "`{actor}` may only read `{}` (allowed to change it: {})",
+                env.name,
+                allowed.join(", ")
+            ),
+            format!(
+                "ask someone allowed to add you to env.{}.deployers in runbook.toml (a reviewed change)",
+                env.name
+            ),
+        )
+    })
+}
+
+/// Called first by every runbook-owned operation that changes a host: stops the script
+/// (an error `try` cannot catch) when the session is read-only.
+pub fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>> {
+    let session = crate::modules::session(ctx)?;
+    session
+        .read_only
+        .check(op)
+        .map_err(|m| EvalAltResult::ErrorTerminated(m.into(), ctx.call_position()).into())
+}
+
+/// Artisan commands that only read (`migrate:status`, `about`, …) pass a read-only gate;
+/// any other artisan command is treated as a change.
+pub fn guard_artisan(ctx: &NativeCallContext, args: &[String]) -> Result<(), Box<EvalAltResult>> {
+    const READS: &[&str] = &[
+        "about",
+        "env",
+        "list",
+        "help",
+        "--version",
+        "-V",
+        "migrate:status",
+        "route:list",
+        "schedule:list",
+        "event:list",
+        "channel:list",
+        "config:show",
+        "db:show",
+        "db:table",
+        "db:monitor",
+        "model:show",
+        "queue:failed",
+        "queue:monitor",
+        "horizon:status",
+        "horizon:list",
+    ];
+    let command = args.first().map_or("", String::as_str);
+    if READS.contains(&command) {
+        return Ok(());
+    }
+    guard(ctx, &format!("artisan::run({command})"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +268,26 @@ mod tests {
             kind_of("let x = 1;\n// runbook: read-only\n"),
             ScriptKind::Change
         );
+    }
+
+    #[test]
+    fn a_read_only_gate_refuses_changes_and_keeps_the_first_refusal() {
+        let gate = ReadOnly::default();
+        assert!(gate.check("release::activate").is_ok());
+        assert!(gate.set(Some(declared("scripts/look.rhai"))).is_none());
+        let err = gate.check("release::activate").unwrap_err();
+        assert!(
+            err.contains("release::activate changes the environment")
+                && err.contains("scripts/look.rhai declares"),
+            "{err}"
+        );
+        assert!(gate.check("lock::acquire").is_err());
+        let first = gate.take_refusal().unwrap();
+        assert!(first.contains("release::activate"), "{first}");
+        assert!(gate.take_refusal().is_none());
+        // Restoring turns it off again.
+        let before = gate.set(None);
+        assert!(before.is_some_and(|(b, _)| b.contains("look.rhai")));
+        assert!(gate.check("lock::acquire").is_ok());
     }
 }

@@ -243,8 +243,9 @@ done
 "#;
 
 /// Keeps the newest `keep` complete releases (the live one counts, and is never
-/// removed), removes half-created ones, and leaves releases being prepared alone
-/// unless their marker is a day old (a killed run).
+/// removed), and leaves releases being prepared alone unless their marker is a day old (a
+/// killed run). A release without runbook's metadata (another tool made it, or it was
+/// adopted by hand) is never removed: it may be the only way back.
 const CLEANUP: &str = r#"set -eu
 root=$1 keep=$2
 cur=$(readlink "$root/current" 2>/dev/null || true); cur=${cur##*/}
@@ -259,6 +260,8 @@ for r in $(ls -1 "$root/releases" | sort -r); do
   elif [ -e "$root/.runbook/releases/$r.json" ]; then
     n=$((n + 1))
     [ "$n" -gt "$keep" ] || continue
+  else
+    continue
   fi
   rm -rf "$root/releases/$r"
   rm -f "$root/.runbook/releases/$r.json" "$root/.runbook/bad/$r" "$root/.runbook/preparing/$r"
@@ -966,15 +969,13 @@ mod tests {
         assert_eq!(code, 3);
         assert!(err.contains("no earlier good release"), "{err}");
 
-        // A half-created release is never a target and is cleaned up.
-        assert_eq!(sh(ARTIFACT_START, &[root, "20260104T000000Z"]).0, 0);
-        std::fs::remove_file(dir.path().join(".runbook/preparing/20260104T000000Z")).unwrap();
+        // A release without runbook's metadata (another tool's) is never a target and
+        // never cleaned up.
+        std::fs::create_dir_all(dir.path().join("releases/20260104T000000Z")).unwrap();
         let (_, removed, _) = sh(CLEANUP, &[root, "1"]);
         let removed: Vec<&str> = removed.lines().collect();
-        assert_eq!(
-            removed,
-            ["20260104T000000Z", "20260103T000000Z", "20260102T000000Z"]
-        );
+        assert_eq!(removed, ["20260103T000000Z", "20260102T000000Z"]);
+        assert!(dir.path().join("releases/20260104T000000Z").is_dir());
         assert_eq!(live(()), std::path::Path::new("releases/20260101T000000Z"));
     }
 

@@ -358,6 +358,163 @@ fn the_maintenance_workflow_schedules_the_seed_tasks_in_the_deploy_concurrency_g
     }
 }
 
+/// Every workflow file of the repository: ours and the ones we ship as examples.
+fn workflow_files() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = [".github/workflows", "examples/github"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(root.join(dir)).into_iter().flatten())
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A linter on PATH (tests/run.sh installs them), or `None` when it is missing (a
+/// failure under `CI=true`).
+fn linter(name: &str, version_flag: &str) -> Option<std::process::Command> {
+    let found = std::process::Command::new(name)
+        .arg(version_flag)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "{name} is missing under CI: tests/run.sh installs it with pip (a venv in target/ci-tools)"
+        );
+        eprintln!("SKIPPED: {name} not installed (bash tests/run.sh installs it)");
+        return None;
+    }
+    Some(std::process::Command::new(name))
+}
+
+#[test]
+fn every_workflow_passes_zizmor_and_actionlint() {
+    let files = workflow_files();
+    assert!(files.len() >= 3, "{files:?}");
+    if let Some(mut zizmor) = linter("zizmor", "--version") {
+        // Offline: no GitHub token, no network; every offline audit runs.
+        let out = zizmor
+            .arg("--offline")
+            .arg("--no-progress")
+            .args(&files)
+            .env_remove("GH_TOKEN")
+            .env_remove("GITHUB_TOKEN")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("zizmor runs");
+        assert!(
+            out.status.success(),
+            "zizmor found problems:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if let Some(mut actionlint) = linter("actionlint", "--version") {
+        let out = actionlint
+            .arg("-no-color")
+            .args(&files)
+            .output()
+            .expect("actionlint runs");
+        assert!(
+            out.status.success(),
+            "actionlint found problems:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn workflows_pass_inputs_through_env_pin_actions_and_read_only() {
+    for path in workflow_files() {
+        let rel = path
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let w = yaml(&rel);
+        assert_eq!(
+            w["permissions"]["contents"].as_str(),
+            Some("read"),
+            "{rel}: least permissions"
+        );
+        for (job, body) in w["jobs"].as_hash().unwrap() {
+            for step in body["steps"].as_vec().unwrap() {
+                if let Some(run) = step["run"].as_str() {
+                    assert!(
+                        !run.contains("${{"),
+                        "{rel} {job:?}: an expression spliced into shell text: {run}"
+                    );
+                    assert!(
+                        !run.contains("--git "),
+                        "{rel}: compiles runbook from a URL on every run: {run}"
+                    );
+                }
+                if let Some(uses) = step["uses"].as_str() {
+                    let pin = uses.split_once('@').map_or("", |(_, p)| p);
+                    assert!(
+                        pin.len() == 40 && pin.chars().all(|c| c.is_ascii_hexdigit()),
+                        "{rel}: {uses} is not pinned by commit"
+                    );
+                }
+            }
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("runbook-dev/runbook"),
+            "{rel}: names a placeholder repository"
+        );
+    }
+    // The deploy restores runbook from a cache keyed by its version and only builds on a miss.
+    let w = yaml("examples/github/deploy.yml");
+    let steps = w["jobs"]["deploy"]["steps"].as_vec().unwrap();
+    let cache = steps
+        .iter()
+        .find(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("actions/cache@"))
+        })
+        .expect("a cache step");
+    let key = cache["with"]["key"].as_str().unwrap();
+    assert!(
+        key.contains("RUNBOOK_VERSION") && key.contains("Cargo.lock"),
+        "{key}"
+    );
+    let build = steps
+        .iter()
+        .find(|s| {
+            s["run"]
+                .as_str()
+                .is_some_and(|r| r.contains("cargo install"))
+        })
+        .expect("a build step");
+    assert!(
+        build["if"]
+            .as_str()
+            .is_some_and(|c| c.contains("cache-hit")),
+        "the build must run only on a cache miss"
+    );
+    // Our own CI keeps CI=true through sudo, or every "fail under CI" guard skips.
+    let ci = yaml(".github/workflows/ci.yml");
+    let tests = ci["jobs"]["test"]["steps"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .find(|r| r.contains("tests/run.sh"))
+        .unwrap();
+    let keeps_ci = tests.contains("env CI=true")
+        || tests
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("--preserve-env="))
+            .any(|list| list.split(',').any(|v| v == "CI"));
+    assert!(keeps_ci, "sudo drops CI: {tests}");
+}
+
 #[test]
 fn the_repl_keeps_the_last_result_answers_meta_commands_and_keeps_secrets_out_of_history() {
     let t = Test::new()

@@ -18,6 +18,12 @@ hosts = { p = "localhost" }
 fn project() -> Test {
     Test::bare()
         .file("runbook.toml", INVENTORY)
+        .file("deploy/releases/r1/index.php", "r1")
+        .file(
+            "scripts/sneak.rhai",
+            "// runbook: read-only\ntry {\n    release::activate(hosts(), \"r1\");\n} catch (e) {\n    print(\"caught\");\n}\nprint(\"switched\");\n",
+        )
+
         .file(
             "scripts/change.rhai",
             "local::run([\"touch\", app.root + \"/changed\"]);",
@@ -32,9 +38,200 @@ fn project() -> Test {
         )
 }
 
+/// The project, run inside GitHub Actions by `actor` (the only place GITHUB_ACTOR counts).
+fn as_github(actor: &str) -> Test {
+    project()
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_ACTOR", actor)
+}
+
+fn os_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name
+}
+
+fn audit(t: &Test) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(t.path().join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_read_only_script_that_switches_a_release_or_locks_is_stopped_and_audited() {
+    let t = as_github("bob");
+    let out = t.run_with(&["run", "sneak", "-e", "prod", "--yes"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    out.stderr_has("refused: release::activate changes the environment, but scripts/sneak.rhai declares `// runbook: read-only`");
+    // Stopped where it was: not caught by `try`, nothing after it ran, nothing switched.
+    assert!(
+        !out.stdout.contains("caught") && !out.stdout.contains("switched"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        std::fs::symlink_metadata(t.path().join("deploy/current")).is_err(),
+        "a read-only script switched `current`"
+    );
+    let last = audit(&t).pop().unwrap();
+    assert_eq!(last["result"], "refused", "{last}");
+    assert_eq!(last["actor"], "bob");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("release::activate"),
+        "{last}"
+    );
+    // Every other runbook-owned change is held to the same promise.
+    for (call, op) in [
+        ("lock::acquire(hosts())", "lock::acquire"),
+        ("release::rollback(hosts())", "release::rollback"),
+        ("release::cleanup(hosts(), 1)", "release::cleanup"),
+        ("backup::prune(#{ keep: 0 })", "backup::prune"),
+        ("artisan::run(hosts(), [\"down\"])", "artisan::run(down)"),
+    ] {
+        let t = as_github("bob").file(
+            "scripts/sneak.rhai",
+            &format!("// runbook: read-only\n{call};\nprint(\"done\");\n"),
+        );
+        let out = t.run_with(&["run", "sneak", "-e", "prod", "--yes"]);
+        out.stderr_has(&format!("refused: {op} changes the environment"));
+        assert!(!out.stdout.contains("done"), "{call}: {}", out.stdout);
+        assert_eq!(audit(&t).pop().unwrap()["result"], "refused", "{call}");
+    }
+    assert!(!t.path().join("deploy/.runbook/lock").exists());
+    // An artisan command that only reads is not a change (it fails here: no Laravel app).
+    let t = as_github("bob").file(
+        "scripts/sneak.rhai",
+        "// runbook: read-only\nartisan::run(hosts(), [\"migrate:status\"]);\n",
+    );
+    let out = t.run_with(&["run", "sneak", "-e", "prod", "--yes"]);
+    assert!(!out.stderr.contains("refused"), "{}", out.stderr);
+}
+
+#[test]
+fn the_actor_is_the_github_actor_only_inside_actions_else_the_os_account() {
+    let me = os_user();
+    // Outside Actions, GITHUB_ACTOR and USER are anyone's to set: the OS account counts.
+    let t = project()
+        .env("GITHUB_ACTOR", "alice")
+        .env("USER", "alice")
+        .env("LOGNAME", "alice");
+    t.run_with(&["run", "change", "-e", "prod", "--yes"])
+        .code(3)
+        .stderr_has(&format!("`{me}` may not run scripts/change.rhai on `prod`"));
+    assert!(!t.path().join("changed").exists());
+    let refused = audit(&t).pop().unwrap();
+    assert_eq!(
+        (refused["actor"].as_str(), refused["os_user"].as_str()),
+        (Some(me.as_str()), Some(me.as_str())),
+        "{refused}"
+    );
+    // Inside Actions the GitHub actor counts, and the OS account is recorded beside it.
+    let t = as_github("alice");
+    t.run_with(&["run", "change", "-e", "prod", "--yes"])
+        .code(0);
+    let ok = audit(&t).pop().unwrap();
+    assert_eq!(
+        (ok["actor"].as_str(), ok["os_user"].as_str()),
+        (Some("alice"), Some(me.as_str())),
+        "{ok}"
+    );
+}
+
+#[test]
+fn the_repl_refuses_a_non_deployer_run_and_direct_changes() {
+    let t = as_github("bob");
+    // `:run` of a change script, then direct calls (answering yes to any y/N).
+    let out = t.repl(
+        "prod",
+        ":run change\nrelease::activate(hosts(), \"r1\")\ny\nlock::acquire(hosts())\ny\n:run look\nprod\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`bob` may not run scripts/change.rhai on `prod` (allowed: alice, carol)"),
+        "{stderr}"
+    );
+    assert!(!t.path().join("changed").exists(), "`:run` ran a change");
+    assert!(
+        stderr.contains(
+            "refused: release::activate changes the environment, but `bob` may only read `prod`"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::symlink_metadata(t.path().join("deploy/current")).is_err(),
+        "a direct release::activate switched `current`"
+    );
+    assert!(
+        stderr.contains("refused: lock::acquire")
+            && !t.path().join("deploy/.runbook/lock").exists(),
+        "{stderr}"
+    );
+    // Reading stays open, as under `run`.
+    assert!(stdout.contains("looked"), "{stdout}");
+    let results: Vec<String> = audit(&t)
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["script"].as_str().unwrap_or(""),
+                r["result"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            "scripts/change.rhai refused",
+            "repl refused",
+            "repl failed",
+            "repl refused",
+            "repl failed",
+            "scripts/look.rhai success"
+        ],
+        "the `y` answers were never asked for, so they ran as (failing) lines"
+    );
+}
+
+#[test]
+fn the_repl_asks_confirmation_and_an_emergency_reason_like_run() {
+    let alice = as_github("alice");
+    let out = alice.repl("prod", ":run change\nnope\n:run fix\n:run change\nprod\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stderr.contains("confirmation declined"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("may not run the emergency script scripts/fix.rhai")
+            && stderr.contains("env.prod.emergency_deployers"),
+        "{stderr}"
+    );
+    assert!(
+        alice.path().join("changed").exists(),
+        "confirmed with the name: {stderr}"
+    );
+    let carol = as_github("carol");
+    let out = carol.repl("prod", ":run fix\n\n:run fix\nCVE fix\nprod\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs a written reason"), "{stderr}");
+    assert!(carol.path().join("fixed").exists(), "{stderr}");
+    let records = audit(&carol);
+    let fixed = records.iter().find(|r| r["result"] == "success").unwrap();
+    assert_eq!(fixed["reason"], "CVE fix", "{fixed}");
+    assert_eq!(records[0]["result"], "refused", "{:?}", records[0]);
+}
+
 #[test]
 fn a_refused_actor_touches_nothing_and_is_told_who_may() {
-    let t = project().env("GITHUB_ACTOR", "bob");
+    let t = as_github("bob");
     let out = t.run_with(&["run", "change", "-e", "prod", "--yes"]);
     out.code(3)
         .stderr_has("`bob` may not run scripts/change.rhai on `prod` (allowed: alice, carol)")
@@ -53,7 +250,7 @@ fn a_refused_actor_touches_nothing_and_is_told_who_may() {
 
 #[test]
 fn an_allowed_actor_deploys_and_emergencies_have_their_own_list() {
-    let t = project().env("GITHUB_ACTOR", "alice");
+    let t = as_github("alice");
     t.run_with(&["run", "change", "-e", "prod", "--yes"])
         .code(0);
     assert!(t.path().join("changed").exists());
@@ -61,7 +258,7 @@ fn an_allowed_actor_deploys_and_emergencies_have_their_own_list() {
         .code(3)
         .stderr_has("may not run the emergency script scripts/fix.rhai")
         .stderr_has("env.prod.emergency_deployers");
-    let carol = project().env("GITHUB_ACTOR", "carol");
+    let carol = as_github("carol");
     // Allowed, but an emergency always needs its reason.
     carol
         .run_with(&["run", "fix", "-e", "prod", "--yes"])
@@ -76,7 +273,7 @@ fn an_allowed_actor_deploys_and_emergencies_have_their_own_list() {
 
 #[test]
 fn the_actor_flag_is_refused_on_a_protected_environment() {
-    let t = project().env("GITHUB_ACTOR", "bob");
+    let t = as_github("bob");
     t.run_with(&["run", "change", "-e", "prod", "--yes", "--actor", "alice"])
         .code(2)
         .stderr_has("--actor: `prod` is protected");

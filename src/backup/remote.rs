@@ -242,11 +242,69 @@ pub fn create(
         effects,
         target,
         "backup: move the verified archive into place",
-        r#"mv -T "$1" "$2/$3" && mv -T "$4" "$2/$3.json" && sync"#,
+        PLACE,
         &[&part, backup_dir, &summary.name, &part_json],
         None,
     )?;
     Ok(summary)
+}
+
+/// Moves an uploaded archive and its summary into place; never over an existing backup.
+const PLACE: &str = r#"if [ -e "$2/$3" ]; then rm -f "$1" "$4"; echo "a backup named $3 already exists in $2" >&2; exit 3; fi
+mv -T "$1" "$2/$3" && mv -T "$4" "$2/$3.json" && sync"#;
+
+/// Brings backup `name` from `from` (where it is) to every host of `to` that lacks it
+/// (separate disks: a rollback needs the archive where it restores), through the
+/// runner, under temporary names, moved into place only whole. Returns the hosts
+/// it was copied to.
+pub fn copy(
+    effects: &Effects,
+    from: &Target,
+    to: &[Target],
+    backup_dir: &str,
+    name: &str,
+) -> Result<Vec<String>, String> {
+    let work = tempfile::Builder::new()
+        .prefix("runbook-backup-copy-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let json = format!("{name}.json");
+    for n in [name, json.as_str()] {
+        effects
+            .download(from, &format!("{backup_dir}/{n}"), &work.path().join(n))
+            .map_err(|e| e.to_string())?;
+    }
+    let part = format!("{backup_dir}/.{name}.part");
+    let part_json = format!("{backup_dir}/.{name}.json.part");
+    for t in to {
+        sh(
+            effects,
+            t,
+            "backup: make the backup directory",
+            r#"mkdir -p "$1""#,
+            &[backup_dir],
+            None,
+        )?;
+    }
+    for (local, remote) in [
+        (work.path().join(name), &part),
+        (work.path().join(&json), &part_json),
+    ] {
+        for r in effects.upload(to, &local, remote) {
+            r.map_err(|e| e.to_string())?;
+        }
+    }
+    for t in to {
+        sh(
+            effects,
+            t,
+            "backup: move the copied archive into place",
+            PLACE,
+            &[&part, backup_dir, name, &part_json],
+            None,
+        )?;
+    }
+    Ok(to.iter().map(|t| t.name().to_owned()).collect())
 }
 
 /// The backups on a host, newest first.

@@ -124,6 +124,7 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
         facts: std::sync::Mutex::new(crate::audit::Facts::default()),
         started: std::time::Instant::now(),
         audit,
+        read_only: crate::permissions::ReadOnly::default(),
     })
 }
 
@@ -142,6 +143,7 @@ pub(crate) fn audit_record(
         ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         run: session.info.id.clone(),
         actor: session.info.actor.clone(),
+        os_user: Some(os_user()),
         ci_run: ci_run_url(),
         env: session
             .env
@@ -185,6 +187,19 @@ pub(crate) fn audit_record(
     }
 }
 
+/// Audits a run refused before it started (permissions, reason, confirmation): locally only,
+/// since no host was touched.
+pub(crate) fn audit_refusal(
+    session: &crate::engine::Session,
+    script: &str,
+    text: &str,
+    refused: &Error,
+) {
+    let mut record = audit_record(session, script, text, "refused", std::time::Duration::ZERO);
+    record.error = Some(refused.to_string());
+    write_audit(session, &record, false);
+}
+
 /// Appends the record locally and (unless `local_only`) on every host the run touched.
 pub(crate) fn write_audit(
     session: &crate::engine::Session,
@@ -224,7 +239,7 @@ pub(crate) fn write_audit(
         };
         let mut spec = crate::transport::CommandSpec::script(
             "audit: record this run on the host",
-            r#"mkdir -p "$1/.runbook" && cat >> "$1/.runbook/audit.jsonl""#,
+            r#"umask 077; mkdir -p "$1/.runbook" && cat >> "$1/.runbook/audit.jsonl" && chmod 600 "$1/.runbook/audit.jsonl""#,
             &[&root],
         );
         spec.stdin = Some(line.clone().into_bytes());
@@ -251,12 +266,24 @@ pub(crate) fn write_audit(
     }
 }
 
-/// Who is running this: the CI actor, else the login user.
+/// Who is running this: the GitHub actor inside GitHub Actions (`GITHUB_ACTIONS=true`),
+/// else the OS account of this process. `$USER`, `$LOGNAME` and a `GITHUB_ACTOR` set
+/// outside Actions are never believed: anyone can set them.
 pub fn actor() -> String {
-    ["GITHUB_ACTOR", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
+    let in_actions = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    match std::env::var("GITHUB_ACTOR") {
+        Ok(a) if in_actions && !a.trim().is_empty() => a,
+        _ => os_user(),
+    }
+}
+
+/// The OS account this process runs as (real uid → passwd), `uid N` when it has no entry.
+pub fn os_user() -> String {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid {uid}"),
+    }
 }
 
 /// A run id that sorts by time and is unique enough per machine.

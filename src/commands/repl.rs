@@ -5,7 +5,14 @@
 //! `:env NAME`, `:run SCRIPT [k=v …]`, `:dry on|off`, `:last`, `:audit`, `:save FILE`,
 //! `:quit`. Results render as one row per host, collapsed when all hosts agree; calls that
 //! change a protected environment ask `y/N` first.
-//! History lives in the XDG state directory; a line that contains a secret value is never
+//! The rules of `runbook run` hold here too (`permissions::admit`): an actor not in the
+//! environment's `deployers` gets a read-only session (every runbook-owned change is
+//! refused and audited); `:run` checks the deployers lists, asks an emergency script's
+//! reason and, on a protected environment, its name typed to confirm; `:env` starts the
+//! other environment's session under the same rules.
+//! Results, errors and `:last` are shown with control characters neutralised (a host's
+//! output never drives the terminal). History lives in the XDG state directory; a line
+//! that contains a secret value is never
 //! written to it. Every action is audited.
 
 use rhai::{AST, Dynamic, EvalAltResult, Map, ParseErrorType, Scope};
@@ -19,6 +26,7 @@ use crate::cli::{Global, ReplArgs};
 use crate::engine::{self, Diagnostic, Mode, Session};
 use crate::error::Error;
 use crate::inventory::Environment;
+use crate::output::terminal::neutralise;
 use crate::project::Project;
 
 const META_HELP: &str = "meta-commands: :help [name]  :hosts  :env NAME  :run SCRIPT [k=v …]  :dry on|off  :last  :audit  :save FILE  :quit\nscript API: :help ssh, :help release, … (or `runbook doc`); Tab completes, Ctrl-C cancels, Ctrl-D exits";
@@ -53,6 +61,12 @@ fn shell(
     let mut config = SessionConfig::for_env(&project.inventory, env, "repl", global.verbosity());
     config.info.dry_run = *dry;
     let session = session(&rt, config);
+    // The rules of `run`: an actor who may not change this environment may only read it.
+    let reader = crate::permissions::reader_only(env, &session.info.actor);
+    if let Some((because, hint)) = &reader {
+        eprintln!("read-only: {because}\n  hint: {hint}");
+    }
+    session.read_only.set(reader);
     let effects = session.effects.clone();
     crate::signal::install(
         rt.handle(),
@@ -157,7 +171,9 @@ fn shell(
             let _ = editor.add_history_entry(buffer.trim_end());
         }
         let source = std::mem::take(&mut buffer);
+        // (A read-only session refuses these calls itself: nothing to confirm.)
         if env.protected
+            && !session.read_only.is_on()
             && let Some(danger) = DESTRUCTIVE.iter().find(|d| source.contains(*d))
         {
             let answer = editor
@@ -173,7 +189,9 @@ fn shell(
         }
         session.sources.insert("repl", &source);
         let combined = functions.merge(&ast);
-        let outcome = evaluate(&session, &engine, &mut scope, &combined, "repl", &source);
+        let outcome = evaluate(
+            &session, &engine, &mut scope, &combined, "repl", &source, None,
+        );
         if outcome {
             keep_imports(&mut engine, &source);
             saved.push(source.trim_end().to_owned());
@@ -198,7 +216,8 @@ fn libc_eintr() -> i32 {
     nix::errno::Errno::EINTR as i32
 }
 
-/// Evaluates one action, prints its value, audits it. `true` when it succeeded.
+/// Evaluates one action, prints its value, audits it (with the emergency `reason` of a
+/// `:run`, if any). `true` when it succeeded.
 fn evaluate(
     session: &Session,
     engine: &rhai::Engine,
@@ -206,16 +225,27 @@ fn evaluate(
     ast: &AST,
     script: &str,
     source: &str,
+    reason: Option<&str>,
 ) -> bool {
     session.effects.interrupt().acknowledge();
     session.audit.reset();
+    session.read_only.take_refusal();
     let clock = std::time::Instant::now();
-    let (result, error) = match engine.eval_ast_with_scope::<Dynamic>(scope, ast) {
+    let evaluated = engine.eval_ast_with_scope::<Dynamic>(scope, ast);
+    let refusal = session.read_only.take_refusal();
+    let (result, error) = match evaluated {
+        // A change refused by the read-only gate (it stops the action like an interrupt).
+        Err(_) if refusal.is_some() => {
+            let message = refusal.unwrap_or_default();
+            eprintln!("error: {message}");
+            ("refused", Some(message))
+        }
         Ok(v) => {
             if !v.is_unit() {
                 // A value read with secret() is shown masked, like in any other output.
                 let shown = render(&v);
-                println!("{}", session.effects.output().redactor().redact(&shown));
+                let shown = session.effects.output().redactor().redact(&shown);
+                println!("{}", neutralise(&shown));
                 scope.set_or_push("last", v);
             }
             ("success", None)
@@ -226,7 +256,8 @@ fn evaluate(
         }
         Err(e) => {
             let d = Diagnostic::from_eval(&e, script, &session.sources);
-            eprintln!("{}", d.redacted(session.effects.output().redactor()));
+            let shown = d.redacted(session.effects.output().redactor()).to_string();
+            eprintln!("{}", neutralise(&shown));
             ("failed", Some(d.message))
         }
     };
@@ -242,6 +273,16 @@ fn evaluate(
             .into_owned(),
     );
     record.error = error;
+    if let Some(reason) = reason {
+        record.reason = Some(
+            session
+                .effects
+                .output()
+                .redactor()
+                .redact(reason)
+                .into_owned(),
+        );
+    }
     let on_hosts = !record.hosts.is_empty() && !session.effects.dry_run();
     super::write_audit(session, &record, on_hosts);
     result == "success"
@@ -336,10 +377,15 @@ fn render(v: &Dynamic) -> String {
 
 /// Names whose calls change a live environment: on a protected one, the REPL asks first.
 const DESTRUCTIVE: &[&str] = &[
+    "release::prepare",
     "release::activate",
     "release::rollback",
     "release::undo",
+    "release::stage",
+    "release::mark_bad",
+    "release::cleanup",
     "backup::restore",
+    "backup::prune",
     "laravel::down",
     "laravel::up",
     "laravel::migrate",
@@ -400,6 +446,55 @@ fn save(file: &str, saved: &[String], env: &Environment) {
     }
 }
 
+/// `:run`'s admission, the same decision as `runbook run` ([`crate::permissions::admit`]):
+/// the deployers lists first, then an emergency's written reason (asked here, as the REPL
+/// has no `--reason`), then, on a protected environment, its name typed to confirm.
+fn admit_run(
+    session: &Session,
+    env: &Environment,
+    name: &str,
+    text: &str,
+    editor: &mut Editor<ReplHelper, DefaultHistory>,
+    dry: bool,
+) -> Result<(crate::permissions::ScriptKind, Option<String>), Error> {
+    let request = |reason, dry_run| crate::permissions::Request {
+        env,
+        script: name,
+        text,
+        actor: &session.info.actor,
+        actor_flag: false,
+        reason,
+        dry_run,
+    };
+    // Who may, before anyone is asked for anything.
+    let kind = crate::permissions::admit(&request(None, true))?;
+    let reason = if kind == crate::permissions::ScriptKind::Emergency && !dry {
+        let answer = editor
+            .readline(&format!(
+                "{name} is an emergency script. Why (recorded in the audit log)? "
+            ))
+            .unwrap_or_default();
+        Some(answer.trim().to_owned()).filter(|r| !r.is_empty())
+    } else {
+        None
+    };
+    let kind = crate::permissions::admit(&request(reason.as_deref(), dry))?;
+    if crate::permissions::needs_confirmation(env, dry, false) {
+        let answer = editor
+            .readline(&format!(
+                "`{}` is a protected environment. Type its name to run {name} on it: ",
+                env.name
+            ))
+            .unwrap_or_default();
+        if answer.trim() != env.name {
+            return Err(Error::Declined {
+                env: env.name.clone(),
+            });
+        }
+    }
+    Ok((kind, reason))
+}
+
 /// Runs a meta-command; `Some` ends this environment's loop.
 #[allow(clippy::too_many_arguments)]
 fn meta(
@@ -443,7 +538,7 @@ fn meta(
             for (host, lines) in last {
                 for l in lines {
                     let l = session.effects.output().redactor().redact(&l).into_owned();
-                    println!("[{host}] {l}");
+                    println!("[{host}] {}", neutralise(&l));
                 }
             }
         }
@@ -513,6 +608,17 @@ fn meta(
                     Err(e) => eprintln!("error: {e}"),
                     Ok((path, args, text)) => {
                         let name = engine::source_name(&path, Some(project.root()));
+                        // The checks of `runbook run`: who may, an emergency's reason, and
+                        // a protected environment's confirmation.
+                        let (kind, reason) =
+                            match admit_run(session, env, &name, &text, editor, *dry) {
+                                Ok(admitted) => admitted,
+                                Err(refused) => {
+                                    eprintln!("error: {refused}");
+                                    super::audit_refusal(session, &name, &text, &refused);
+                                    return None;
+                                }
+                            };
                         // A fresh scope, like `runbook run`, with these arguments.
                         let mut run_scope = engine::scope(session);
                         let map: Map = args
@@ -520,11 +626,37 @@ fn meta(
                             .map(|(k, v)| (k.into(), Dynamic::from(v)))
                             .collect();
                         run_scope.push_constant("args", map);
+                        if let Some(reason) = &reason
+                            && let Some(run) =
+                                crate::modules::context::context_map(session).get("run")
+                            && let Some(mut run) = run.clone().try_cast::<Map>()
+                        {
+                            run.insert("reason".into(), reason.clone().into());
+                            run_scope.push_constant("run", run);
+                        }
+                        // A read-only script is held to it for as long as it runs.
+                        let before =
+                            (kind == crate::permissions::ScriptKind::ReadOnly).then(|| {
+                                session
+                                    .read_only
+                                    .set(Some(crate::permissions::declared(&name)))
+                            });
                         match engine::compile(engine, &run_scope, &name, &text, &session.sources) {
                             Err(d) => eprintln!("{d}"),
                             Ok(ast) => {
-                                evaluate(session, engine, &mut run_scope, &ast, &name, &text);
+                                evaluate(
+                                    session,
+                                    engine,
+                                    &mut run_scope,
+                                    &ast,
+                                    &name,
+                                    &text,
+                                    reason.as_deref(),
+                                );
                             }
+                        }
+                        if let Some(before) = before {
+                            session.read_only.set(before);
                         }
                     }
                 }

@@ -50,65 +50,33 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         .map_err(|d| Error::Script(Box::new(d)))?;
 
     // Who may change this environment: decided before any connection is made.
-    let refusal = if args.actor.is_some() && env.protected {
-        Some(Error::BadOption {
-            option: "--actor".into(),
-            message: format!(
-                "`{}` is protected: the actor comes from the CI or the login, not a flag",
-                env.name
-            ),
-        })
-    } else {
-        let kind = crate::permissions::kind_of(&text);
-        crate::permissions::check(&env, kind, &session.info.actor)
-            .err()
-            .map(|allowed| Error::NotAllowed {
-                actor: session.info.actor.clone(),
-                env: env.name.clone(),
-                what: if kind == crate::permissions::ScriptKind::Emergency {
-                    format!("the emergency script {name}")
-                } else {
-                    name.clone()
-                },
-                key: if kind == crate::permissions::ScriptKind::Emergency
-                    && env.emergency_deployers.is_some()
-                {
-                    "emergency_deployers".into()
-                } else {
-                    "deployers".into()
-                },
-                allowed,
-            })
-    };
-    // An emergency skips the usual care: the reason is what the team reads later.
-    let refusal = refusal.or_else(|| {
-        (crate::permissions::kind_of(&text) == crate::permissions::ScriptKind::Emergency
-            && session.info.reason.is_none()
-            && !args.dry_run)
-            .then(|| Error::BadOption {
-                option: "--reason".into(),
-                message: format!(
-                    "{name} is an emergency script: it needs a written reason, which goes into the audit log and every notification; pass --reason \"…\""
-                ),
-            })
+    let admitted = crate::permissions::admit(&crate::permissions::Request {
+        env: &env,
+        script: &name,
+        text: &text,
+        actor: &session.info.actor,
+        actor_flag: args.actor.is_some(),
+        reason: session.info.reason.as_deref(),
+        dry_run: args.dry_run,
+    })
+    .and_then(|kind| {
+        if crate::permissions::needs_confirmation(&env, args.dry_run, args.yes) {
+            confirm(&env.name, &name)?;
+        }
+        Ok(kind)
     });
-    if let Some(refused) = refusal {
-        let mut record =
-            super::audit_record(&session, &name, &text, "refused", std::time::Duration::ZERO);
-        record.error = Some(refused.to_string());
-        super::write_audit(&session, &record, false);
-        return Err(refused);
-    }
-    if env.protected
-        && !args.dry_run
-        && !args.yes
-        && let Err(refused) = confirm(&env.name, &name)
-    {
-        let mut record =
-            super::audit_record(&session, &name, &text, "refused", std::time::Duration::ZERO);
-        record.error = Some(refused.to_string());
-        super::write_audit(&session, &record, false);
-        return Err(refused);
+    let kind = match admitted {
+        Ok(kind) => kind,
+        Err(refused) => {
+            super::audit_refusal(&session, &name, &text, &refused);
+            return Err(refused);
+        }
+    };
+    // A read-only script is held to it: any change it attempts is refused and audited.
+    if kind == crate::permissions::ScriptKind::ReadOnly {
+        session
+            .read_only
+            .set(Some(crate::permissions::declared(&name)));
     }
 
     let output = session.effects.output().clone();
@@ -137,11 +105,18 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
 
     let result = engine.run_ast_with_scope(&mut scope, &ast);
     let interrupt = session.effects.interrupt();
+    // A change refused by the read-only gate stops the script; it is a refusal, not an
+    // interruption.
+    let refusal = session.read_only.take_refusal();
     let failure = result.err().map(|err| {
-        let interrupted =
-            interrupt.ever() || matches!(err.unwrap_inner(), EvalAltResult::ErrorTerminated(..));
-        let diagnostic =
+        let interrupted = refusal.is_none()
+            && (interrupt.ever()
+                || matches!(err.unwrap_inner(), EvalAltResult::ErrorTerminated(..)));
+        let mut diagnostic =
             Diagnostic::from_eval(&err, &name, &session.sources).redacted(output.redactor());
+        if let Some(message) = &refusal {
+            diagnostic.message.clone_from(message);
+        }
         (diagnostic, interrupted)
     });
 
@@ -212,6 +187,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         }
     }
     let result_word = match &failure {
+        Some(_) if refusal.is_some() => "refused",
         None if args.dry_run => "dry_run",
         None => "success",
         Some((_, true)) => "aborted",

@@ -1,11 +1,20 @@
 //! Secret redaction. Every string that leaves the process (events, human output, error
 //! messages, the audit log) passes through [`Redactor::redact`] in the output layer.
+//!
+//! A secret can span lines (a PEM key, a JSON credential), while a command's output reaches
+//! the output layer one line at a time: so a multi-line secret is registered whole *and*
+//! line by line. A line shorter than [`MIN_LINE`] (`{`, `}`, `-----`) is not a secret of
+//! its own: masking it would blank unrelated output and tell a reader nothing useful.
 
 use std::borrow::Cow;
 use std::sync::RwLock;
 
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
+
+/// The shortest line of a multi-line secret that is masked on its own (after trimming
+/// surrounding whitespace).
+pub const MIN_LINE: usize = 8;
 
 /// Called with each new secret value (GitHub Actions: `::add-mask::`).
 type Hook = Box<dyn Fn(&str) + Send + Sync>;
@@ -32,10 +41,23 @@ impl Redactor {
     }
 
     /// Registers a secret value; empty values are ignored (they would match everywhere).
+    /// A value with several lines is registered whole and each line of at least
+    /// [`MIN_LINE`] characters on its own.
     pub fn add(&self, value: &str) {
         if value.is_empty() {
             return;
         }
+        if value.contains('\n') {
+            for line in value.lines().map(str::trim) {
+                if line.chars().count() >= MIN_LINE {
+                    self.add_one(line);
+                }
+            }
+        }
+        self.add_one(value);
+    }
+
+    fn add_one(&self, value: &str) {
         let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
         if !secrets.iter().any(|s| s == value) {
             // Announced before anything can print it.
@@ -99,6 +121,22 @@ mod tests {
         assert_eq!(r.redact("x abcdef y abc z"), "x *** y *** z");
         assert!(r.contains_secret("..abc.."));
         assert!(!r.contains_secret("ab"));
+    }
+
+    #[test]
+    fn a_multi_line_secret_is_masked_whole_and_line_by_line() {
+        let r = Redactor::new();
+        let key = "-----BEGIN KEY-----\n  cGxhbnRlZC1ib2R5LWxpbmU=\r\n}\n-----END KEY-----\n";
+        r.add(key);
+        // Whole, as one string (an error message, a JSON field).
+        assert_eq!(r.redact(&format!("key: {key}")), "key: ***");
+        // One line at a time, as a command's output arrives; indentation does not matter.
+        assert_eq!(r.redact("cGxhbnRlZC1ib2R5LWxpbmU="), "***");
+        assert_eq!(r.redact("-----BEGIN KEY-----"), "***");
+        // Short lines are not secrets of their own.
+        assert_eq!(r.redact("}"), "}");
+        assert_eq!(r.redact("-----"), "-----");
+        assert!(r.contains_secret("x cGxhbnRlZC1ib2R5LWxpbmU= y"));
     }
 
     #[test]

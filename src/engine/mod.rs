@@ -67,6 +67,8 @@ pub struct Session {
     pub facts: std::sync::Mutex<crate::audit::Facts>,
     /// When the session began (`run.elapsed_ms()`, deployment durations).
     pub started: std::time::Instant,
+    /// On while a read-only script runs (or an actor may only read): changes are refused.
+    pub read_only: crate::permissions::ReadOnly,
 }
 
 impl Session {

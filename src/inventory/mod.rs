@@ -338,7 +338,28 @@ fn check_secrets(
             ));
         }
     }
-    Ok(())
+    check_mail_tls(raw, invalid)
+}
+
+/// `notify.email.tls` is a known mode, and `none` only for a loopback host. A host read
+/// from an environment variable is checked when the mail is sent.
+fn check_mail_tls(
+    raw: &RawInventory,
+    invalid: &impl Fn(String, String) -> InventoryError,
+) -> Result<(), InventoryError> {
+    let Some(email) = &raw.notify.email else {
+        return Ok(());
+    };
+    let tls = email.tls.as_deref().unwrap_or("starttls");
+    let host = match &email.host {
+        Setting::Literal(h) => h.as_str(),
+        // Judged at send time; here only the mode itself.
+        Setting::Env(_) => "localhost",
+    };
+    match crate::notify::tls_problem(host, tls) {
+        Some(problem) => Err(invalid("notify.email.tls".into(), problem)),
+        None => Ok(()),
+    }
 }
 
 fn parse_duration(

@@ -31,6 +31,7 @@ fn artisan(
     if args.is_empty() {
         return Err(super::error("empty artisan command"));
     }
+    crate::permissions::guard_artisan(ctx, &args)?;
     let mut opts = opts.clone();
     let release = opts.remove("release").map(|v| v.to_string());
     let php = session

@@ -87,11 +87,21 @@ fn summary_map(s: &Summary) -> Map {
 }
 
 fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "backup::create")?;
     let session = super::session(ctx)?;
     for k in opts.keys() {
-        if !["database", "storage", "exclude", "level", "backup_dir"].contains(&k.as_str()) {
+        if ![
+            "database",
+            "storage",
+            "exclude",
+            "level",
+            "backup_dir",
+            "name",
+        ]
+        .contains(&k.as_str())
+        {
             return Err(super::error(format!(
-                "unknown backup option `{k}` (options: database, storage, exclude, level, backup_dir)"
+                "unknown backup option `{k}` (options: database, storage, exclude, level, backup_dir, name)"
             )));
         }
     }
@@ -123,6 +133,7 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
             .unwrap_or(6),
         git_ref: session.info.args.get("ref").cloned().unwrap_or_default(),
         dumped: None,
+        name: opts.get("name").map(ToString::to_string),
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     if host.0.transport != TransportKind::Local {
@@ -208,6 +219,7 @@ fn restore_into(
     opts: &Map,
     scratch: Option<String>,
 ) -> Result<String, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "backup::restore")?;
     let session = super::session(ctx)?;
     // A scratch restore is the same operation on a layout of its own: the host with its
     // deploy path moved, so nothing can reach the live `current`.
@@ -222,12 +234,16 @@ fn restore_into(
         None => host,
     };
     for k in opts.keys() {
-        if !["database", "shared", "backup_dir", "release"].contains(&k.as_str()) {
+        if !["database", "shared", "backup_dir", "release", "activate"].contains(&k.as_str()) {
             return Err(super::error(format!(
-                "unknown restore option `{k}` (options: database, shared, backup_dir, release)"
+                "unknown restore option `{k}` (options: database, shared, backup_dir, release, activate)"
             )));
         }
     }
+    let switch = opts
+        .get("activate")
+        .and_then(|v| v.as_bool().ok())
+        .unwrap_or(true);
     let database = opts
         .get("database")
         .map(|d| database(d, &session))
@@ -327,28 +343,65 @@ fn restore_into(
             })
             .map_err(|e| super::error(e.to_string()))?;
     }
-    let previous = crate::release::activate(&session.effects, &targets, &release)
-        .map_err(|e| super::error(e.message))?;
     if scratch.is_some() {
+        crate::release::activate(&session.effects, &targets, &release)
+            .map_err(|e| super::error(e.message))?;
         return Ok(release);
     }
-    for (h, before) in &previous {
-        session.record_switch(h, before, &release);
+    if !switch {
+        // The caller switches every host at once (all or nothing), e.g. `release::rollback`.
+        return Ok(release);
     }
+    // A switch that marks the release it leaves bad: a restore is a rollback.
+    let moved = crate::release::rollback(&session.effects, &targets, Some(&release))
+        .map_err(|e| super::error(e.message))?;
     session
         .facts
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .rollback = true;
-    session
-        .activations
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((
-            host.0.clone(),
-            previous.values().next().cloned().unwrap_or_default(),
-        ));
+    for (h, (before, _)) in &moved {
+        session.record_switch(h, before, &release);
+        session
+            .activations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((host.0.clone(), before.clone()));
+    }
     Ok(release)
+}
+
+fn copy(
+    ctx: &NativeCallContext,
+    from: &HostRef,
+    to: &Dynamic,
+    name: &str,
+) -> Result<Array, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    if !core::valid_name(name) {
+        return Err(super::error(format!(
+            "`{name}` is not a backup name (see backup::list)"
+        )));
+    }
+    let (targets, _) = super::exec::targets(to)?;
+    let dir = backup_dir(&session, &Map::new())?;
+    let source = Target::Host(from.0.clone());
+    let lacking: Vec<Target> = targets
+        .into_iter()
+        .filter(|t| t.name() != from.0.name)
+        .collect();
+    if lacking.is_empty() || session.effects.dry_run() {
+        return Ok(Array::new());
+    }
+    let copied = core::remote::copy(
+        &session.effects,
+        &source,
+        &lacking,
+        &dir.display().to_string(),
+        name,
+    )
+    .map_err(super::error)?;
+    Ok(copied.into_iter().map(Dynamic::from).collect())
 }
 
 /// Where a host's backups are handled: on the runner (`None`) or over SSH.
@@ -405,6 +458,7 @@ fn prune_of(
     host: Option<&HostRef>,
     opts: &Map,
 ) -> Result<Array, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "backup::prune")?;
     let session = super::session(ctx)?;
     let dir = backup_dir(&session, opts)?;
     let keep = opts
@@ -512,11 +566,26 @@ pub mod backup_api {
         super::super::located(&ctx, super::prune_of(&ctx, Some(&host), &opts))
     }
 
+    /// Brings backup `name` from host `from` to every host of `to` that lacks it (hosts
+    /// with separate disks: a rollback restores where the archive is). Returns the names
+    /// of the hosts it was copied to.
+    #[rhai_fn(return_raw)]
+    pub fn copy(
+        ctx: NativeCallContext,
+        from: HostRef,
+        to: Dynamic,
+        name: &str,
+    ) -> Result<Array, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::copy(&ctx, &from, &to, name))
+    }
+
     /// Restores a backup into a NEW release (verified first; never over a live one) and
-    /// switches to it atomically. Returns the new release's name. Options: `shared`
-    /// (also put the archived .env back), `database` (load the dump — only when asked;
-    /// on a protected environment only with --reason), `release` (the new release's name,
-    /// e.g. the one the first host's restore returned, so that every host agrees).
+    /// switches to it atomically, marking the release it leaves bad (like a rollback).
+    /// Returns the new release's name. Options: `shared` (also put the archived .env
+    /// back), `database` (load the dump — only when asked; on a protected environment
+    /// only with --reason), `release` (the new release's name, e.g. the one the first
+    /// host's restore returned, so that every host agrees), `activate` (false: restore
+    /// only, and let `release::rollback(all, name)` switch every host at once).
     #[rhai_fn(name = "restore", return_raw)]
     pub fn restore(
         ctx: NativeCallContext,

@@ -20,6 +20,7 @@ const KEYS: &[&str] = &[
     "ca_file",
     "client_cert",
     "insecure",
+    "follow_redirects",
     "rate",
     "window",
 ];
@@ -84,6 +85,9 @@ pub(crate) fn options(opts: &Map) -> Result<CheckOptions, Box<EvalAltResult>> {
             "ca_file" => o.ca_file = Some(v.to_string().into()),
             "client_cert" => o.client_cert = Some(v.to_string().into()),
             "insecure" => o.insecure = v.as_bool().map_err(|_| bad("true or false"))?,
+            "follow_redirects" => {
+                o.follow_redirects = v.as_bool().map_err(|_| bad("true or false"))?;
+            }
             "rate" | "window" => {}
             other => {
                 return Err(super::error(format!(
@@ -138,6 +142,10 @@ pub(crate) fn report_map(r: &Report) -> Map {
     m.insert(
         "address".into(),
         r.address.clone().map_or(Dynamic::UNIT, Dynamic::from),
+    );
+    m.insert(
+        "final_url".into(),
+        r.final_url.clone().map_or(Dynamic::UNIT, Dynamic::from),
     );
     if let Ok(json) = serde_json::from_str::<serde_json::Value>(&r.body)
         && let Ok(d) = rhai::serde::to_dynamic(json)
@@ -221,7 +229,8 @@ fn check_one(ctx: &NativeCallContext, url: &str, opts: &Map) -> Result<Map, Box<
 #[export_module]
 pub mod health_api {
     /// Checks one URL (a path like "/api/health" is joined to the environment's `url`).
-    /// Returns `#{ ok, status, latency_ms, body, json, error, attempts, address, url }`;
+    /// Returns `#{ ok, status, latency_ms, body, json, error, attempts, address, url,
+    /// final_url }` (`final_url`: where the answer came from, after redirects);
     /// never throws for an unhealthy answer — scripts branch on `ok`.
     #[rhai_fn(name = "check", return_raw)]
     pub fn check(ctx: NativeCallContext, url: &str) -> Result<Map, Box<EvalAltResult>> {
@@ -231,7 +240,8 @@ pub mod health_api {
     /// `health::check` with options: `expect` (status or list; default 2xx), `timeout`
     /// ("5s"), `retries`, `backoff`, `deadline`, `consecutive` (successes in a row),
     /// `max_latency` ("1s"), `json` (#{ "status": "ok", "release": name }: dotted paths),
-    /// `headers` (e.g. #{ Host: "api.example.com" }), `ca_file`, `client_cert`, `insecure`.
+    /// `headers` (e.g. #{ Host: "api.example.com" }), `ca_file`, `client_cert`, `insecure`,
+    /// `follow_redirects` (also to other hosts; same-host redirects are always followed).
     #[rhai_fn(name = "check", return_raw)]
     pub fn check_opts(
         ctx: NativeCallContext,

@@ -27,6 +27,7 @@ fn acquire(
     target: &Dynamic,
     opts: &Map,
 ) -> Result<Map, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "lock::acquire")?;
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     let mut wait = session.info.lock_wait;

@@ -21,6 +21,7 @@ fn prepare(
     target: &Dynamic,
     opts: &Map,
 ) -> Result<String, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "release::prepare")?;
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     let inv = session
@@ -105,6 +106,7 @@ fn activate(
     target: &Dynamic,
     name: &str,
 ) -> Result<Map, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "release::activate")?;
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     let previous = match core::activate(&session.effects, &targets, name) {
@@ -183,6 +185,7 @@ fn rollback(
     target: &Dynamic,
     to: Option<&str>,
 ) -> Result<Map, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "release::rollback")?;
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     match core::rollback(&session.effects, &targets, to) {
@@ -195,6 +198,7 @@ fn rollback(
 }
 
 fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
+    crate::permissions::guard(ctx, "release::undo")?;
     let session = super::session(ctx)?;
     let record: Vec<_> = std::mem::take(
         &mut *session
@@ -329,12 +333,14 @@ pub mod release_api {
         hosts: Dynamic,
         name: &str,
     ) -> Result<(), Box<EvalAltResult>> {
+        crate::permissions::guard(&ctx, "release::stage")?;
         super::on_hosts(&ctx, &hosts, |e, t| core::stage(e, t, Some(name)))
     }
 
     /// Removes `next` on every host (after a promotion or an aborted canary).
     #[rhai_fn(return_raw)]
     pub fn unstage(ctx: NativeCallContext, hosts: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        crate::permissions::guard(&ctx, "release::unstage")?;
         super::on_hosts(&ctx, &hosts, |e, t| core::stage(e, t, None))
     }
 
@@ -346,6 +352,7 @@ pub mod release_api {
         hosts: Dynamic,
         name: &str,
     ) -> Result<(), Box<EvalAltResult>> {
+        crate::permissions::guard(&ctx, "release::mark_bad")?;
         super::on_hosts(&ctx, &hosts, |e, t| core::mark_bad(e, t, name))
     }
 
@@ -419,6 +426,7 @@ pub mod release_api {
         hosts: Dynamic,
         keep: i64,
     ) -> Result<Map, Box<EvalAltResult>> {
+        crate::permissions::guard(&ctx, "release::cleanup")?;
         let session = super::super::session(&ctx)?;
         let result = super::targets(&hosts).and_then(|(targets, _)| {
             crate::release::cleanup(

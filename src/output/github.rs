@@ -69,6 +69,9 @@ fn word(o: Outcome) -> &'static str {
 
 impl Sink for GitHub {
     fn event(&self, e: &Event) {
+        // Workflow commands and the summary show what hosts print, never obey it.
+        let neutralised = super::terminal::neutralise_event(e);
+        let e = &neutralised;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match e.event {
             Kind::RunStarted => st.started = Some(e.clone()),

@@ -2,6 +2,8 @@
 //!
 //! Colours only on a terminal and never with `NO_COLOR`; a spinner for a step that runs
 //! longer than a second; command output prefixed with the host; a summary at the end.
+//! Every string of an event is neutralised (control characters shown as escapes) before
+//! it is styled, so only runbook's own colours reach the terminal.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -126,6 +128,9 @@ pub(crate) fn display_argv(argv: &[String]) -> String {
 
 impl Sink for Human {
     fn event(&self, e: &Event) {
+        // What hosts print reaches the terminal shown, never obeyed (see `terminal`).
+        let neutralised = super::terminal::neutralise_event(e);
+        let e = &neutralised;
         let s = &self.styles;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let normal = self.verbosity >= Verbosity::Normal;

@@ -7,6 +7,7 @@
 pub mod event;
 pub mod github;
 mod human;
+pub mod terminal;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -90,6 +91,8 @@ impl Sink for JsonLines {
         let Ok(line) = serde_json::to_string(event) else {
             return;
         };
+        // Control characters stay in the value, escaped: none reaches a terminal raw.
+        let line = terminal::json_safe(&line);
         let mut out = std::io::stdout().lock();
         // A closed stdout (`| head`) must not abort a deploy half-way.
         let _ = writeln!(out, "{line}");
