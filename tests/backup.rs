@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::harness::Test;
+use crate::support::mariadb::MariaDb;
 
 fn project() -> Test {
     Test::bare().file(
@@ -349,123 +350,6 @@ fn a_full_disk_leaves_no_archive_with_a_final_name_and_older_backups_intact() {
         "a temporary was left: {listing:?}"
     );
     assert!(old_intact, "the older backup was damaged");
-}
-
-/// A real MariaDB on its own data dir and unix socket, started and stopped by the test.
-struct MariaDb {
-    dir: tempfile::TempDir,
-    child: std::process::Child,
-}
-
-impl MariaDb {
-    fn start() -> Option<MariaDb> {
-        let missing = [
-            "/usr/sbin/mariadbd",
-            "/usr/bin/mariadb-install-db",
-            "/usr/bin/mysqldump",
-        ]
-        .iter()
-        .any(|p| !Path::new(p).exists());
-        if missing || nix::unistd::geteuid().as_raw() != 0 {
-            assert!(
-                std::env::var("CI").map_or(true, |v| v != "true"),
-                "MariaDB cannot start under CI=true (install mariadb-server, run as root)"
-            );
-            eprintln!("SKIPPED: MariaDB unavailable (needs mariadb-server and root)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let ok = Command::new("/usr/bin/mariadb-install-db")
-            .args([
-                "--no-defaults",
-                "--user=root",
-                "--auth-root-authentication-method=socket",
-                "--skip-test-db",
-            ])
-            .arg(format!("--datadir={}", data.display()))
-            .output()
-            .unwrap();
-        assert!(
-            ok.status.success(),
-            "mariadb-install-db: {}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        let sock = dir.path().join("mysql.sock");
-        let child = Command::new("/usr/sbin/mariadbd")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", sock.display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!(
-                "--log-error={}",
-                dir.path().join("error.log").display()
-            ))
-            .args(["--skip-networking", "--user=root"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let db = MariaDb { dir, child };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while db.try_sql("select 1").is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "MariaDB did not start: {}",
-                std::fs::read_to_string(db.dir.path().join("error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        Some(db)
-    }
-
-    fn socket(&self) -> String {
-        self.dir.path().join("mysql.sock").display().to_string()
-    }
-
-    fn run_sql(&self, q: &str) -> Result<String, String> {
-        let out = Command::new("mariadb")
-            .args([
-                "--batch",
-                "--skip-column-names",
-                "--user=root",
-                "--default-character-set=utf8mb4",
-            ])
-            .arg(format!("--socket={}", self.socket()))
-            .args(["-e", q])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn try_sql(&self, q: &str) -> Option<String> {
-        self.run_sql(q).ok()
-    }
-
-    fn sql(&self, q: &str) -> String {
-        self.run_sql(q)
-            .unwrap_or_else(|e| panic!("query failed: {q}\n{e}"))
-    }
-}
-
-impl Drop for MariaDb {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -35,7 +35,7 @@ struct ClientKey {
     path: PathBuf,
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+pub fn run(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
         Ok(())
@@ -85,7 +85,48 @@ fn client_key() -> Result<&'static ClientKey, String> {
     .map_err(Clone::clone)
 }
 
-fn why_unavailable() -> Option<String> {
+/// The deploy user's client key (created once per test process, with the user), and its
+/// public half for an `authorized_keys`.
+pub fn client_key_files() -> Result<(PathBuf, String), String> {
+    let key = client_key()?;
+    let public =
+        std::fs::read_to_string(key.path.with_extension("pub")).map_err(|e| e.to_string())?;
+    Ok((key.path.clone(), public))
+}
+
+/// A new ed25519 host key in `dir`: (private key path, "ssh-ed25519 AAAA…").
+pub fn host_key(dir: &Path, name: &str) -> Result<(PathBuf, String), String> {
+    let hkey = dir.join("host_key");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&hkey))?;
+    let public = std::fs::read_to_string(hkey.with_extension("pub")).map_err(|e| e.to_string())?;
+    let public = public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok((hkey, public))
+}
+
+/// A test host's sshd configuration: keys only, the deploy user only, many sessions.
+pub fn sshd_config(addr: &str, port: u16, host_key: &Path) -> String {
+    format!(
+        "ListenAddress {addr}:{port}\nHostKey {}\nPidFile none\nAllowUsers {USER}\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\nMaxStartups 200:30:400\nLogLevel INFO\nSubsystem sftp internal-sftp\n",
+        host_key.display()
+    )
+}
+
+/// A known_hosts line for a host key served on `addr:port`.
+pub fn known_hosts_line(addr: &str, port: u16, host_key_pub: &str) -> String {
+    if port == 22 {
+        format!("{addr} {host_key_pub}\n")
+    } else {
+        format!("[{addr}]:{port} {host_key_pub}\n")
+    }
+}
+
+pub fn why_unavailable() -> Option<String> {
     if !Path::new(SSHD).exists() {
         return Some(format!(
             "{SSHD} is missing (apt-get install -y openssh-server)"
@@ -97,7 +138,7 @@ fn why_unavailable() -> Option<String> {
     None
 }
 
-fn listening(addr: &str, port: u16) -> bool {
+pub fn listening(addr: &str, port: u16) -> bool {
     let Ok(ip) = addr.parse() else { return false };
     TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(200)).is_ok()
 }
@@ -153,17 +194,7 @@ impl Fleet {
         let i = self.hosts.len() as u16 + 1;
         let hdir = self.dir.path().join(name);
         std::fs::create_dir_all(&hdir).map_err(|e| e.to_string())?;
-        let hkey = hdir.join("host_key");
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-            .arg(&hkey))?;
-        let host_key_pub =
-            std::fs::read_to_string(hkey.with_extension("pub")).map_err(|e| e.to_string())?;
-        let host_key_pub: String = host_key_pub
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let (hkey, host_key_pub) = host_key(&hdir, name)?;
         let mut started = None;
         for port in [22, 2200 + i] {
             if listening(addr, port) {
@@ -171,14 +202,7 @@ impl Fleet {
             }
             let config = hdir.join("sshd_config");
             let log = hdir.join("sshd.log");
-            std::fs::write(
-                &config,
-                format!(
-                    "ListenAddress {addr}:{port}\nHostKey {}\nPidFile none\nAllowUsers {USER}\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\nMaxStartups 200:30:400\nLogLevel INFO\nSubsystem sftp internal-sftp\n",
-                    hkey.display()
-                ),
-            )
-            .map_err(|e| e.to_string())?;
+            std::fs::write(&config, sshd_config(addr, port, &hkey)).map_err(|e| e.to_string())?;
             let mut cmd = match netns {
                 Some(ns) => {
                     let mut c = Command::new("ip");
@@ -218,11 +242,7 @@ impl Fleet {
                 hdir.display()
             ));
         };
-        let line = if port == 22 {
-            format!("{addr} {host_key_pub}\n")
-        } else {
-            format!("[{addr}]:{port} {host_key_pub}\n")
-        };
+        let line = known_hosts_line(addr, port, &host_key_pub);
         let mut known = std::fs::read_to_string(&self.known_hosts).unwrap_or_default();
         known.push_str(&line);
         std::fs::write(&self.known_hosts, known).map_err(|e| e.to_string())?;

@@ -10,7 +10,9 @@ use crate::harness::Test;
 use crate::web::WebStack;
 
 /// A bare git repository (owned by the deploy user, as on a real git server) holding the
-/// test app at tag v1 and, with a second migration, at tag v2.
+/// test app at tag v1; v2 adds a migration; v3-flaky and v4-broken answer 5% and 100% of
+/// health checks with 500; v5-slow-migration is healthy again with a migration that takes
+/// 3 s. Each tag's `App\Build::NAME` is the tag, so the code that runs names itself.
 pub struct Repo {
     pub path: PathBuf,
 }
@@ -48,7 +50,15 @@ impl Repo {
                 .unwrap()
                 .success()
         );
+        let build = |tag: &str| {
+            std::fs::write(
+                work.join("app/Build.php"),
+                format!("<?php\n\nnamespace App;\n\n/** Which tag of the test app this code is: each tag's commit rewrites it. */\nfinal class Build\n{{\n    public const NAME = '{tag}';\n}}\n"),
+            )
+            .unwrap();
+        };
         git(&work, &["init", "-q"]);
+        build("v1");
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-qm", "v1"]);
         git(&work, &["tag", "v1"]);
@@ -57,16 +67,30 @@ impl Repo {
             "<?php\nuse Illuminate\\Database\\Migrations\\Migration;\nuse Illuminate\\Database\\Schema\\Blueprint;\nuse Illuminate\\Support\\Facades\\Schema;\nreturn new class extends Migration {\n    public function up() { Schema::create('notes', function (Blueprint $t) { $t->id(); }); }\n    public function down() { Schema::dropIfExists('notes'); }\n};\n",
         )
         .unwrap();
+        build("v2");
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-qm", "v2"]);
         git(&work, &["tag", "v2"]);
         // Releases that fail on purpose: 5% of answers (a canary to stop), then all.
         for (rate, tag) in [("5", "v3-flaky"), ("100", "v4-broken")] {
             std::fs::write(work.join("FAIL_RATE"), rate).unwrap();
+            build(tag);
             git(&work, &["add", "-A"]);
             git(&work, &["commit", "-qm", tag]);
             git(&work, &["tag", tag]);
         }
+        // Healthy again, with a migration that takes 3 s (one shared database: it must
+        // run once, and nobody may start it a second time meanwhile).
+        std::fs::remove_file(work.join("FAIL_RATE")).unwrap();
+        std::fs::write(
+            work.join("database/migrations/2026_03_01_000000_create_feature_flags_table.php"),
+            "<?php\nuse Illuminate\\Database\\Migrations\\Migration;\nuse Illuminate\\Database\\Schema\\Blueprint;\nuse Illuminate\\Support\\Facades\\Schema;\nreturn new class extends Migration {\n    public function up() { sleep(3); Schema::create('feature_flags', function (Blueprint $t) { $t->id(); $t->string('name'); }); }\n    public function down() { Schema::dropIfExists('feature_flags'); }\n};\n",
+        )
+        .unwrap();
+        build("v5-slow-migration");
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "v5-slow-migration"]);
+        git(&work, &["tag", "v5-slow-migration"]);
         let path = base.join("app.git");
         assert!(
             Command::new("git")

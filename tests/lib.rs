@@ -1,6 +1,7 @@
 //! Integration tests through the real binary. One test binary; one file per feature.
 
 mod harness;
+mod support;
 
 mod backup;
 mod check;
@@ -14,6 +15,7 @@ mod health;
 mod inventory;
 mod laravel;
 mod notify;
+mod prod;
 mod readme;
 mod receivers;
 mod run;

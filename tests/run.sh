@@ -26,6 +26,12 @@ required=(
   "tmux:tmux"
   "mount:mount"
   "ip:iproute2"
+  "/usr/bin/redis-server:redis-server"
+  "/usr/bin/supervisord:supervisor"
+  "/usr/lib/php/*/pdo_mysql.so:php-mysql"
+  "/usr/lib/php/*/redis.so:php-redis"
+  "unshare:util-linux"
+  "nsenter:util-linux"
   "python3:python3"
   "shellcheck:shellcheck"
 )

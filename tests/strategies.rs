@@ -6,9 +6,8 @@
 //! requests through the balancer during each deploy and counts what failed.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,132 +16,36 @@ use crate::fleet::{Fleet, USER};
 use crate::harness::{Output, Test};
 use crate::laravel::Repo;
 use crate::receivers::Http;
+use crate::support::balancer::Balancer;
 use crate::web::{self, WebStack};
-
-/// nginx as a load balancer in front of the web hosts: upstream `stable` (their
-/// `current`) and `next` (their `next`), chosen per request by `$runbook_pool` from the
-/// traffic file runbook writes.
-struct Balancer {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-fn id_of(flag: &str) -> u32 {
-    let out = Command::new("id").args([flag, USER]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-impl Balancer {
-    fn start(stable: &[u16], next: &[u16]) -> Result<Balancer, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let d = dir.path();
-        let servers = |ports: &[u16]| -> String {
-            ports
-                .iter()
-                .map(|p| format!("server 127.0.0.1:{p};"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let port = free_port();
-        std::fs::write(
-            d.join("nginx.conf"),
-            format!(
-                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 512; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/t-body;\n  proxy_temp_path {d}/t-proxy;\n  fastcgi_temp_path {d}/t-fcgi;\n  uwsgi_temp_path {d}/t-uwsgi;\n  scgi_temp_path {d}/t-scgi;\n  upstream stable {{ {s} }}\n  upstream next {{ {n} }}\n  include {d}/traffic.conf;\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{ proxy_pass http://$runbook_pool; proxy_set_header Host $host; }}\n  }}\n}}\n",
-                d = d.display(),
-                s = servers(stable),
-                n = servers(next),
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        std::fs::write(
-            d.join("traffic.conf"),
-            "split_clients \"$request_id\" $runbook_pool { * stable; }\n",
-        )
-        .map_err(|e| e.to_string())?;
-        Command::new("chown")
-            .args(["-R", USER])
-            .arg(d)
-            .status()
-            .map_err(|e| e.to_string())?;
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-e")
-            .arg(d.join("error.log"))
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .uid(id_of("-u"))
-            .gid(id_of("-g"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("nginx (balancer): {e}"))?;
-        let lb = Balancer { dir, port, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(lb.dir.path().join("error.log")).unwrap_or_default();
-                return Err(format!("the balancer did not come up:\n{log}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(lb)
-    }
-
-    fn nginx(&self, args: &str) -> String {
-        let d = self.dir.path().display();
-        format!(
-            "[\"/usr/sbin/nginx\", \"-e\", \"{d}/error.log\", \"-c\", \"{d}/nginx.conf\", {args}]"
-        )
-    }
-
-    fn traffic(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("traffic.conf")).unwrap_or_default()
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        web::terminate(std::slice::from_mut(&mut self.child));
-    }
-}
 
 /// One answer seen by the load generator.
 #[derive(Debug)]
-struct Hit {
-    at: Instant,
-    status: u16,
-    release: Option<String>,
+pub struct Hit {
+    pub at: Instant,
+    pub status: u16,
+    pub release: Option<String>,
 }
 
 /// Requests through the balancer, back to back on `threads` threads, until stopped
 /// (or five minutes at most).
-struct Load {
+pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Vec<Hit>>>,
 }
 
 #[derive(Default)]
-struct Tally {
-    total: usize,
+pub struct Tally {
+    pub total: usize,
     /// Non-2xx answers and requests that got no answer at all (status 0).
-    failed: usize,
-    by_status: BTreeMap<u16, usize>,
-    by_release: BTreeMap<String, usize>,
-    hits: Vec<Hit>,
+    pub failed: usize,
+    pub by_status: BTreeMap<u16, usize>,
+    pub by_release: BTreeMap<String, usize>,
+    pub hits: Vec<Hit>,
 }
 
 impl Load {
-    fn start(port: u16, threads: usize) -> Load {
+    pub fn start(port: u16, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
@@ -167,7 +70,7 @@ impl Load {
         Load { stop, threads }
     }
 
-    fn finish(self) -> Tally {
+    pub fn finish(self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         let mut t = Tally::default();
         for h in self.threads {
@@ -217,10 +120,13 @@ pub fn stack() -> Option<Stack> {
         sites.push((format!("{name}-next"), format!("{root}/next")));
     }
     let web = WebStack::start(&sites)?;
-    let stable: Vec<u16> = roots[..2].iter().map(|(n, _)| web.port(n)).collect();
-    let next: Vec<u16> = roots[..2]
+    let stable: Vec<String> = roots[..2]
         .iter()
-        .map(|(n, _)| web.port(&format!("{n}-next")))
+        .map(|(n, _)| format!("127.0.0.1:{}", web.port(n)))
+        .collect();
+    let next: Vec<String> = roots[..2]
+        .iter()
+        .map(|(n, _)| format!("127.0.0.1:{}", web.port(&format!("{n}-next"))))
         .collect();
     let lb = match Balancer::start(&stable, &next) {
         Ok(lb) => lb,
@@ -283,7 +189,7 @@ impl Stack {
             ));
         }
         let n = |i: usize| format!("\"{}\"", self.roots[i].0);
-        let d = self.lb.dir.path().display();
+        let d = self.lb.dir.display();
         format!(
             "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nrepository = \"{repo}\"\nkeep_releases = 3\n\n\
              [ssh]\nuser = \"{USER}\"\nidentity_file = \"{key}\"\nknown_hosts = \"{kh}\"\n\n\

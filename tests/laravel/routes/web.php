@@ -1,21 +1,26 @@
 <?php
 
+use App\Build;
+use App\Jobs\RecordRelease;
+use Illuminate\Http\Request;
 use Illuminate\Support\Facades\DB;
 use Illuminate\Support\Facades\Queue;
 use Illuminate\Support\Facades\Route;
 
-// What a deploy checks: which release answered, and that the database works.
+// What a deploy checks: which release answered (the resolved release directory of the
+// code that ran, and that code's build name), and that the database works.
 // A release can be made to fail on purpose (tests of canary gates and automatic
 // rollback): a FAIL_RATE file in it holds the percentage of answers that are 500.
 Route::get('/api/health', function () {
     $failRate = (int) @file_get_contents(base_path('FAIL_RATE'));
     $release = basename(realpath(base_path()));
     if ($failRate > 0 && mt_rand(1, 100) <= $failRate) {
-        return response()->json(['status' => 'failing', 'release' => $release], 500);
+        return response()->json(['status' => 'failing', 'release' => $release, 'code' => Build::NAME], 500);
     }
     return response()->json([
         'status' => 'ok',
         'release' => $release,
+        'code' => Build::NAME,
         'laravel' => app()->version(),
         'migrations' => DB::table('migrations')->count(),
     ]);
@@ -29,3 +34,11 @@ Route::get('/api/health/queue', fn () => response()->json([
     'status' => 'ok',
     'size' => Queue::size(),
 ]));
+
+// Queues a job that records which release's code processed it (App\Jobs\RecordRelease).
+Route::get('/api/queue/record', function (Request $request) {
+    $token = (string) $request->query('token', '');
+    abort_if($token === '', 422, 'token=… is required');
+    RecordRelease::dispatch($token);
+    return response()->json(['queued' => $token, 'release' => basename(realpath(base_path()))]);
+});

@@ -1,0 +1,468 @@
+//! On the production-shaped fleet (`support::prod`): separate hosts, one MariaDB, Redis
+//! queues with a supervised worker, production OPcache — through the real binary and the
+//! shipped scripts.
+
+use std::time::{Duration, Instant};
+
+use crate::support::prod::{DB_NAME, DB_PASSWORD, ProdFleet};
+
+fn took(test: &str, t0: Instant) {
+    eprintln!(
+        "{test}: {} ms from the fleet's start to the end of the test",
+        t0.elapsed().as_millis()
+    );
+}
+
+/// A new second, so that the next release gets a new name.
+fn next_second() {
+    std::thread::sleep(Duration::from_millis(1100));
+}
+
+#[test]
+fn the_fleet_is_production_shaped() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    // Separate disks: what web1 writes, no other host sees.
+    for dir in ["/var/www/app", "/var/backups/app", "/tmp", "/home/deploy"] {
+        let out = f
+            .host("web1")
+            .host
+            .exec(&["sh", "-c", &format!("echo web1 > {dir}/mine")], true);
+        assert!(out.status.success(), "{dir}: {out:?}");
+        for other in ["web2", "worker1"] {
+            let seen = f
+                .host(other)
+                .host
+                .exec(&["test", "-e", &format!("{dir}/mine")], true);
+            assert!(!seen.status.success(), "{other} sees web1's {dir}/mine");
+        }
+    }
+    // ... and one database: every host writes its name into it.
+    f.sql("create table reach (host varchar(64))");
+    let port = f.db.port.unwrap_or(0);
+    for h in &f.hosts {
+        let php = format!(
+            "$p = new PDO('mysql:host=127.0.0.1;port={port};dbname={DB_NAME}', '{DB_NAME}', '{DB_PASSWORD}'); $p->exec(\"insert into reach values ('\" . gethostname() . \"')\");"
+        );
+        let out = h.host.exec(&["php", "-r", &php], true);
+        assert!(out.status.success(), "{}: {out:?}", h.host.name);
+    }
+    assert_eq!(
+        f.sql("select host from reach order by host"),
+        "web1\nweb2\nworker1"
+    );
+    // A job queued by a web host is processed by the supervised worker on worker1.
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    // The deploy's "restart workers" went through the shared cache, in Redis.
+    let keys = f
+        .redis
+        .cli(&["-n", "1", "--scan", "--pattern", "*queue:restart*"])
+        .unwrap();
+    assert!(!keys.trim().is_empty(), "no queue:restart signal in Redis");
+    let v1 = f.current("web1");
+    let job = f.queued_job("web2", "shape").unwrap();
+    assert_eq!(
+        (job.host.as_str(), job.release.as_str(), job.code.as_str()),
+        ("worker1", v1.as_str(), "v1")
+    );
+    took("the_fleet_is_production_shaped", t0);
+}
+
+#[test]
+fn a_plain_deploy_puts_every_host_and_the_worker_on_the_new_release() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    assert!(!v1.is_empty());
+    next_second();
+    f.run("deploy", &["ref=v2", "-q"]).code(0);
+    let v2 = f.current("web1");
+    assert_ne!(v2, v1);
+    for (host, live) in f.currents() {
+        assert_eq!(live, v2, "{host}");
+    }
+    for h in ["web1", "web2"] {
+        let got = f.served(h);
+        assert_eq!(
+            (got.status, got.release.as_deref(), got.code.as_deref()),
+            (200, Some(v2.as_str()), Some("v2")),
+            "{h}"
+        );
+    }
+    let seen = f.through_balancer(6);
+    assert_eq!(seen.get(&format!("200 {v2}")), Some(&6), "{seen:?}");
+    // The worker runs the new code: a job queued after the deploy records v2.
+    let job = f.queued_job("web1", "after-v2").unwrap();
+    assert_eq!(
+        (job.release.as_str(), job.code.as_str()),
+        (v2.as_str(), "v2")
+    );
+    took(
+        "a_plain_deploy_puts_every_host_and_the_worker_on_the_new_release",
+        t0,
+    );
+}
+
+/// Every host's `current`, and what each web host and the balancer serve, all on
+/// `release`; maintenance off; no lock left.
+#[track_caller]
+fn all_on(f: &ProdFleet, release: &str) {
+    for (host, live) in f.currents() {
+        assert_eq!(live, release, "{host}'s current");
+    }
+    for h in ["web1", "web2"] {
+        let got = f.served(h);
+        assert_eq!(
+            (got.status, got.release.as_deref()),
+            (200, Some(release)),
+            "{h} serves"
+        );
+    }
+    let seen = f.through_balancer(4);
+    assert_eq!(
+        seen.get(&format!("200 {release}")),
+        Some(&4),
+        "through the balancer: {seen:?}"
+    );
+    for h in &f.hosts {
+        assert!(
+            !h.host.path("/var/www/app/.runbook/lock").exists(),
+            "a lock was left on {}",
+            h.host.name
+        );
+    }
+}
+
+/// The hosts an `artisan` verb ran on, from a `--json` run's events.
+fn artisan_hosts(out: &crate::harness::Output, verb: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = out
+        .events()
+        .iter()
+        .filter(|e| {
+            e["event"] == "command_started" && e["argv"][1] == "artisan" && e["argv"][2] == verb
+        })
+        .filter_map(|e| e["host"].as_str().map(str::to_owned))
+        .collect();
+    hosts.sort();
+    hosts
+}
+
+#[test]
+fn a_slow_migration_runs_once_on_the_shared_database() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    // Even the first deploy onto the empty shared database migrates it once.
+    let out = f.run("deploy", &["ref=v1", "--json"]);
+    out.code(0);
+    assert_eq!(artisan_hosts(&out, "migrate"), ["web1"], "v1: who migrated");
+    next_second();
+    let started = Instant::now();
+    let out = f.run("deploy", &["ref=v5-slow-migration", "--json"]);
+    let wall = started.elapsed();
+    out.code(0);
+    // No host ran into another's half-done migration ("Table … already exists").
+    let clashes: Vec<&str> = out
+        .stdout
+        .lines()
+        .chain(out.stderr.lines())
+        .filter(|l| l.contains("SQLSTATE") || l.contains("Base table or view already exists"))
+        .collect();
+    assert!(clashes.is_empty(), "{clashes:#?}");
+    // On the designated host (the first web host by default), exactly once.
+    assert_eq!(artisan_hosts(&out, "migrate"), ["web1"], "v5: who migrated");
+    assert_eq!(
+        f.sql("select count(*) from migrations where migration like '%create_feature_flags_table'"),
+        "1"
+    );
+    assert_eq!(f.sql("select count(*) from feature_flags"), "0");
+    let live = f.current("web1");
+    all_on(&f, &live);
+    assert_eq!(f.served("web2").code.as_deref(), Some("v5-slow-migration"));
+    assert!(wall >= Duration::from_secs(3), "the migration sleeps 3 s");
+    eprintln!("deploy with a 3 s migration: {} ms", wall.as_millis());
+    took("a_slow_migration_runs_once_on_the_shared_database", t0);
+}
+
+#[test]
+fn a_host_that_cannot_switch_leaves_every_host_on_the_previous_release() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    // web2's deploy root turns read-only: its release can be prepared (in releases/),
+    // but `current` cannot be replaced.
+    let root = f.path("web2", "/var/www/app");
+    let mode = |m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    mode(0o555);
+    next_second();
+    let out = f.run("deploy", &["ref=v2"]);
+    mode(0o755);
+    out.code(1).stderr_has("web2");
+    all_on(&f, &v1);
+    assert_eq!(f.served("web1").code.as_deref(), Some("v1"));
+    took(
+        "a_host_that_cannot_switch_leaves_every_host_on_the_previous_release",
+        t0,
+    );
+}
+
+#[test]
+fn hosts_with_different_release_lists_roll_back_to_one_release_or_not_at_all() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let mut names = Vec::new();
+    for tag in ["v1", "v2", "v2"] {
+        f.run("deploy", &[&format!("ref={tag}"), "-q"]).code(0);
+        names.push(f.current("web1"));
+        next_second();
+    }
+    let (r1, r2, r3) = (&names[0], &names[1], &names[2]);
+    // web2 lost the release before the live one (a disk replaced, a manual clean-up).
+    for p in [
+        format!("/var/www/app/releases/{r2}"),
+        format!("/var/www/app/.runbook/releases/{r2}.json"),
+    ] {
+        let p = f.path("web2", &p);
+        let _ = std::fs::remove_dir_all(&p);
+        let _ = std::fs::remove_file(&p);
+    }
+    let out = f.run("rollback", &["migrations=keep"]);
+    let currents: Vec<String> = f.currents().into_iter().map(|(_, c)| c).collect();
+    if out.code == 0 {
+        // One target for the whole fleet, one every host has.
+        assert!(currents.iter().all(|c| c == &currents[0]), "{currents:?}");
+        assert_ne!(&currents[0], r2, "web2 has no {r2}");
+        assert_ne!(&currents[0], r3);
+        all_on(&f, &currents[0].clone());
+    } else {
+        // Or refused before any host changed, naming the host that lacks the target.
+        out.code(1).stderr_has("web2");
+        all_on(&f, r3);
+    }
+    eprintln!("rollback across different release lists: {currents:?} (r1 {r1})");
+    took(
+        "hosts_with_different_release_lists_roll_back_to_one_release_or_not_at_all",
+        t0,
+    );
+}
+
+#[test]
+fn a_restore_from_an_archive_with_separate_backup_dirs_lands_every_host_and_the_database() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    f.sql("insert into deploy_marks (`release`) values ('before')");
+    next_second();
+    f.run("deploy", &["ref=v2", "-q"]).code(0);
+    let v2 = f.current("web1");
+    f.sql("insert into deploy_marks (`release`) values ('after')");
+    // The pre-deploy backup was taken on one host's disk; find it wherever it is.
+    let archive = f
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            std::fs::read_dir(h.host.path("/var/backups/app"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("backup-") && n.ends_with(".tar.gz"))
+        .expect("the v2 deploy made no pre-deploy backup");
+    next_second();
+    let out = f.run(
+        "rollback",
+        &[
+            &format!("archive={archive}"),
+            "database=true",
+            "migrations=restore",
+            "--json",
+        ],
+    );
+    out.code(0);
+    let restored = f.current("web1");
+    assert!(
+        restored != v1 && restored != v2,
+        "a restore makes a new release"
+    );
+    all_on(&f, &restored);
+    // v1's database: one migration, the row from before the v2 deploy only.
+    assert_eq!(f.served("web2").migrations, 1);
+    assert_eq!(
+        f.sql("select `release` from deploy_marks order by id"),
+        "before"
+    );
+    let loads = out
+        .events()
+        .iter()
+        .filter(|e| {
+            e["event"] == "command_started"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("load the mysql dump"))
+        })
+        .count();
+    assert_eq!(
+        loads, 1,
+        "the one database is loaded once, not once per host"
+    );
+    // A later plain rollback does not return to the release the restore left.
+    next_second();
+    let out = f.run("rollback", &["migrations=keep", "-q"]);
+    for (host, live) in f.currents() {
+        assert_ne!(
+            live,
+            v2,
+            "{host} went back to the release the restore left ({out:?})",
+            out = out.stderr
+        );
+    }
+    took(
+        "a_restore_from_an_archive_with_separate_backup_dirs_lands_every_host_and_the_database",
+        t0,
+    );
+}
+
+#[test]
+fn a_failing_health_check_with_only_the_environment_url_fails_the_deploy() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    // What `runbook check` accepts: an environment url, no health list, no host urls.
+    let project = f.project_with(&f.inventory_with(false, ""));
+    project
+        .run_with(&["run", "deploy", "-e", "prod", "ref=v1", "-q"])
+        .code(0);
+    let v1 = f.current("web1");
+    next_second();
+    let out = project.run_with(&["run", "deploy", "-e", "prod", "ref=v4-broken"]);
+    out.code(1);
+    assert!(!out.stderr.contains("verified"), "{}", out.stderr);
+    all_on(&f, &v1);
+    took(
+        "a_failing_health_check_with_only_the_environment_url_fails_the_deploy",
+        t0,
+    );
+}
+
+#[test]
+fn with_document_root_and_no_timestamp_checks_every_host_runs_the_new_code() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start_with(crate::support::prod::Options {
+        docroot: crate::support::web_host::DocRoot::Document,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    // Warm every php-fpm worker's caches with v1's code.
+    for _ in 0..12 {
+        for h in ["web1", "web2"] {
+            assert_eq!(f.served(h).code.as_deref(), Some("v1"));
+        }
+    }
+    next_second();
+    f.run("deploy", &["ref=v2", "-q"]).code(0);
+    let v2 = f.current("web1");
+    for _ in 0..12 {
+        for h in ["web1", "web2"] {
+            let got = f.served(h);
+            assert_eq!(
+                (got.release.as_deref(), got.code.as_deref()),
+                (Some(v2.as_str()), Some("v2")),
+                "{h} still executes old code after the switch"
+            );
+        }
+    }
+    // The control: a switch without runbook (no reload) keeps the old code running here,
+    // so the check above could fail — this fleet reproduces production's stale OPcache.
+    let link = f.path("web1", "/var/www/app/current");
+    let tmp = f.path("web1", "/var/www/app/.current.control");
+    std::os::unix::fs::symlink(format!("releases/{v1}"), &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    let stale = (0..6).any(|_| f.served("web1").code.as_deref() == Some("v2"));
+    assert!(
+        stale,
+        "with $document_root and validate_timestamps=0 a bare switch took effect at once: the fleet does not reproduce stale code"
+    );
+    took(
+        "with_document_root_and_no_timestamp_checks_every_host_runs_the_new_code",
+        t0,
+    );
+}
+
+#[test]
+fn a_queued_job_runs_the_live_release_after_a_deploy_and_after_a_rollback() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    next_second();
+    f.run("deploy", &["ref=v2", "-q"]).code(0);
+    let v2 = f.current("worker1");
+    let job = f.queued_job("web1", "after-deploy").unwrap();
+    assert_eq!(
+        (job.release.as_str(), job.code.as_str()),
+        (v2.as_str(), "v2")
+    );
+    f.run("rollback", &["migrations=keep", "-q"]).code(0);
+    all_on(&f, &v1);
+    let job = f.queued_job("web2", "after-rollback").unwrap();
+    assert_eq!(
+        (job.release.as_str(), job.code.as_str(), job.host.as_str()),
+        (v1.as_str(), "v1", "worker1")
+    );
+    took(
+        "a_queued_job_runs_the_live_release_after_a_deploy_and_after_a_rollback",
+        t0,
+    );
+}
+
+#[test]
+fn a_zero_downtime_deploy_under_load_fails_no_request_on_separate_hosts() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    next_second();
+    // The balancer is on lb1: runbook steers it there over SSH (vars.traffic).
+    let load = crate::strategies::Load::start(f.lb.port, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = f.run("zero-downtime-deploy", &["ref=v2"]);
+    let t = load.finish();
+    eprintln!(
+        "zero-downtime deploy on separate hosts: {} requests through the balancer, {} failed; by release {:?}",
+        t.total, t.failed, t.by_release
+    );
+    out.code(0);
+    let v2 = f.current("web1");
+    assert_ne!(v2, v1);
+    assert_eq!(t.failed, 0, "failed requests: {:?}", t.by_status);
+    assert!(
+        t.total > 50,
+        "too little load to prove anything: {}",
+        t.total
+    );
+    assert!(
+        t.by_release.contains_key(&v1) && t.by_release.contains_key(&v2),
+        "{:?}",
+        t.by_release
+    );
+    assert!(
+        f.lb.traffic().contains("{ * stable; }"),
+        "{}",
+        f.lb.traffic()
+    );
+    all_on(&f, &v2);
+    let job = f.queued_job("web2", "after-zero-downtime").unwrap();
+    assert_eq!(job.release, v2);
+    took(
+        "a_zero_downtime_deploy_under_load_fails_no_request_on_separate_hosts",
+        t0,
+    );
+}

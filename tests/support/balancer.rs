@@ -1,0 +1,162 @@
+//! nginx as a load balancer in front of the web hosts: upstream `stable` (their
+//! `current`) and `next` (their `next`), chosen per request by `$runbook_pool` from the
+//! traffic file runbook writes (`vars.traffic`). It runs as the deploy user, so that
+//! runbook can steer it over SSH like a real one: on this machine ([`Balancer::start`],
+//! for fleets that share its disk) or on a host of its own ([`Balancer::start_on`], for
+//! the production-shaped fleet, where each host has its own /run and PID namespace).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::support::host::{self, NsHost};
+
+pub struct Balancer {
+    pub addr: String,
+    pub port: u16,
+    /// Its files as this machine sees them.
+    pub dir: PathBuf,
+    /// The same directory as the machine nginx runs on sees it.
+    inside: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn config(inside: &Path, addr: &str, port: u16, stable: &[String], next: &[String]) -> String {
+    let servers = |s: &[String]| -> String {
+        s.iter()
+            .map(|p| format!("server {p};"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 512; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/t-body;\n  proxy_temp_path {d}/t-proxy;\n  fastcgi_temp_path {d}/t-fcgi;\n  uwsgi_temp_path {d}/t-uwsgi;\n  scgi_temp_path {d}/t-scgi;\n  upstream stable {{ {s} }}\n  upstream next {{ {n} }}\n  include {d}/traffic.conf;\n  server {{\n    listen {addr}:{port};\n    location / {{ proxy_pass http://$runbook_pool; proxy_set_header Host $host; }}\n  }}\n}}\n",
+        d = inside.display(),
+        s = servers(stable),
+        n = servers(next),
+    )
+}
+
+fn write_files(dir: &Path, text: &str) -> Result<(), String> {
+    let deploy = host::deploy_ids()?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(dir, Some(deploy.0), Some(deploy.1)).map_err(|e| e.to_string())?;
+    host::write(&dir.join("nginx.conf"), text, 0o644, Some(deploy))?;
+    host::write(
+        &dir.join("traffic.conf"),
+        "split_clients \"$request_id\" $runbook_pool { * stable; }\n",
+        0o644,
+        Some(deploy),
+    )
+}
+
+impl Balancer {
+    /// On this machine, on a free port of 127.0.0.1. `stable` and `next`: the upstream
+    /// servers, "ADDRESS:PORT" each.
+    pub fn start(stable: &[String], next: &[String]) -> Result<Balancer, String> {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = tmp.path().to_path_buf();
+        let port = crate::support::free_port_on("127.0.0.1");
+        write_files(&dir, &config(&dir, "127.0.0.1", port, stable, next))?;
+        let (uid, gid) = host::deploy_ids()?;
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("nginx (balancer): {e}"))?;
+        let lb = Balancer {
+            addr: "127.0.0.1".into(),
+            port,
+            inside: dir.clone(),
+            dir,
+            child: Some(child),
+            _tmp: Some(tmp),
+        };
+        lb.wait()?;
+        Ok(lb)
+    }
+
+    /// On host `h` (its files under the host's `/run/lb`), on a free port of 127.0.0.1
+    /// (the network is shared: load generators reach it as they reach [`Balancer::start`]'s).
+    /// nginx stops with the host.
+    pub fn start_on(
+        h: &mut NsHost,
+        stable: &[String],
+        next: &[String],
+    ) -> Result<Balancer, String> {
+        let inside = PathBuf::from("/run/lb");
+        let dir = h.path("/run/lb");
+        let port = crate::support::free_port_on("127.0.0.1");
+        // As the deploy user, who owns the files and signals the master (its pid file).
+        write_files(&dir, &config(&inside, "127.0.0.1", port, stable, next))?;
+        h.spawn(
+            &[
+                "/usr/sbin/nginx",
+                "-e",
+                "/run/lb/error.log",
+                "-c",
+                "/run/lb/nginx.conf",
+                "-g",
+                "daemon off;",
+            ],
+            true,
+        )?;
+        let lb = Balancer {
+            addr: "127.0.0.1".into(),
+            port,
+            dir,
+            inside,
+            child: None,
+            _tmp: None,
+        };
+        lb.wait()?;
+        Ok(lb)
+    }
+
+    fn wait(&self) -> Result<(), String> {
+        crate::support::wait_until(10, "the balancer to come up", || {
+            crate::fleet::listening(&self.addr, self.port)
+        })
+        .map_err(|e| {
+            let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+            format!("{e}:\n{log}")
+        })
+    }
+
+    /// The nginx command line (as an inventory list) with extra arguments `args`.
+    pub fn nginx(&self, args: &str) -> String {
+        let d = self.inside.display();
+        format!(
+            "[\"/usr/sbin/nginx\", \"-e\", \"{d}/error.log\", \"-c\", \"{d}/nginx.conf\", {args}]"
+        )
+    }
+
+    /// The traffic file, as the balancer's machine sees it (for `vars.traffic.file`).
+    pub fn traffic_file(&self) -> String {
+        self.inside.join("traffic.conf").display().to_string()
+    }
+
+    pub fn traffic(&self) -> String {
+        std::fs::read_to_string(self.dir.join("traffic.conf")).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}:{}", self.addr, self.port)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            crate::web::terminate(std::slice::from_mut(c));
+        }
+    }
+}
