@@ -466,3 +466,71 @@ fn a_zero_downtime_deploy_under_load_fails_no_request_on_separate_hosts() {
         t0,
     );
 }
+
+/// A server another tool deployed (Deployer-style `releases/1`, `current -> releases/1`,
+/// no runbook metadata): refused before anything changes, adopted, deployed over, and a
+/// rollback returns to the adopted release. Before, the first deploy's cleanup deleted
+/// the release that had been live.
+#[test]
+fn another_tools_layout_is_refused_adopted_and_kept_as_a_rollback_target() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let foreign = "set -e; cd /var/www/app; mkdir -p releases/1; \
+        git --git-dir=/srv/app.git archive v1 | tar -x -C releases/1; \
+        [ -d shared/storage ] || cp -a releases/1/storage shared/storage; \
+        rm -rf releases/1/storage; ln -s /var/www/app/shared/storage releases/1/storage; \
+        rm -f releases/1/.env; ln -s /var/www/app/shared/.env releases/1/.env; \
+        ln -sfn releases/1 current";
+    for h in &f.hosts {
+        let out = h.host.exec(&["sh", "-c", foreign], true);
+        assert!(out.status.success(), "{}: {out:?}", h.host.name);
+    }
+    let out = f.host("web1").host.exec(
+        &[
+            "sh",
+            "-c",
+            "cd /var/www/app/current && php artisan migrate --force",
+        ],
+        true,
+    );
+    assert!(out.status.success(), "{out:?}");
+    all_on(&f, "1");
+
+    let out = f.run("deploy", &["ref=v2"]);
+    out.code(1)
+        .stderr_has("runbook adopt -e ENV")
+        .stderr_has("releases 1 were not made by runbook");
+    all_on(&f, "1");
+    assert!(
+        !f.path("web1", "/var/www/app/.runbook/lock").exists()
+            && std::fs::read_dir(f.path("web1", "/var/www/app/releases"))
+                .unwrap()
+                .count()
+                == 1,
+        "the refused deploy changed something"
+    );
+
+    f.project()
+        .args(&["adopt", "-e", "prod", "--yes"])
+        .run()
+        .code(0)
+        .stderr_has("adopted 1");
+    f.run("deploy", &["ref=v2", "-q"]).code(0);
+    let v2 = f.current("web1");
+    assert_ne!(v2, "1");
+    all_on(&f, &v2);
+    for h in &f.hosts {
+        assert!(
+            h.host.path("/var/www/app/releases/1").is_dir(),
+            "{}",
+            h.host.name
+        );
+    }
+    next_second();
+    f.run("rollback", &["migrations=keep", "-q"]).code(0);
+    all_on(&f, "1");
+    took(
+        "another_tools_layout_is_refused_adopted_and_kept_as_a_rollback_target",
+        t0,
+    );
+}
