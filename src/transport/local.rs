@@ -23,7 +23,9 @@ pub async fn exec(
     interrupt: &Interrupt,
     on_line: LineSink<'_>,
 ) -> Result<Finished, ExecError> {
-    let argv = spec.program.argv_with_sudo(spec.sudo.as_deref());
+    let argv = spec
+        .program
+        .argv_with_sudo(spec.sudo.as_deref(), &spec.env_names()?);
     let Some((program, args)) = argv.split_first() else {
         return Err(ExecError::Unsupported(
             "empty command: argv has no program".into(),
@@ -106,10 +108,14 @@ pub async fn exec(
     match end {
         End::Exited(status) => {
             let status = status?;
-            Ok(Finished {
+            let f = Finished {
                 code: status.code(),
                 ..finished(out_buf, err_buf)
-            })
+            };
+            match spec.sudo_env_refusal(&f) {
+                Some(refused) => Err(refused),
+                None => Ok(f),
+            }
         }
         End::Timeout => {
             terminate(pgid).await;
