@@ -26,6 +26,7 @@ required=(
   "tmux:tmux"
   "mount:mount"
   "ip:iproute2"
+  "sudo:sudo"
 )
 
 missing=()
