@@ -224,7 +224,7 @@ pub enum LockError {
         host: String,
         path: String,
         aside: String,
-        holder: Option<Holder>,
+        holder: Option<Box<Holder>>,
     },
     #[error("cannot take the deploy lock: {0}")]
     Failed(String),
@@ -414,7 +414,7 @@ impl Locks {
                             host: name,
                             path: lock_path(t),
                             aside: second.to_owned(),
-                            holder: who,
+                            holder: who.map(Box::new),
                         });
                     }
                     (code, _) => {
