@@ -135,7 +135,11 @@ if [ "$stale" -gt 0 ]; then
   if [ "$age" -le "$stale" ]; then printf 'live\t%s\t%s\n' "$age" "$holder"; exit 4; fi
 fi
 gone=$dir/lock.unlocked.$run.$$
-mv -T "$lock" "$gone" 2>/dev/null || { printf 'failed\t%s\n' "cannot move $lock aside"; exit 5; }
+if ! mv -T "$lock" "$gone" 2>/dev/null; then
+  # Gone meanwhile (another unlock, or its run released it): nothing to remove.
+  if [ ! -e "$lock" ] && [ ! -L "$lock" ]; then echo none; exit 0; fi
+  printf 'failed\t%s\n' "cannot move $lock aside to $gone"; exit 5
+fi
 if [ "$what" = lock ] && [ "$stale" -gt 0 ] && [ "$(beat_of "$gone")" != "$beat" ]; then
   # Its run came back to life between the look and the move: leave it.
   mv -T "$gone" "$lock" 2>/dev/null
@@ -244,7 +248,13 @@ impl LockError {
 
 fn held_message(held: &[Blocked], env: Option<&str>) -> String {
     let env = env.unwrap_or("ENV");
-    let mut s = String::from("the deploy lock is held by another run:");
+    let mut s = String::from(
+        if held.iter().all(|b| matches!(b.by, Blocker::Run { .. })) {
+            "the deploy lock is held by another run:"
+        } else {
+            "the deploy lock cannot be taken:"
+        },
+    );
     let mut foreign = false;
     for b in held {
         let host = &b.host;

@@ -174,6 +174,7 @@ fn an_empty_lock_directory_is_refused_with_what_it_is_and_how_to_clear_it() {
     assert!(old.success());
     let out = t.run_with(&["run", "take", "-e", "dev"]);
     out.code(1)
+        .stderr_has("the deploy lock cannot be taken:")
         .stderr_has("is an empty directory")
         .stderr_has("runbook never replaces a lock it cannot read")
         .stderr_has("`runbook unlock -e dev`");
@@ -184,6 +185,18 @@ fn an_empty_lock_directory_is_refused_with_what_it_is_and_how_to_clear_it() {
         0,
         "the freeze was replaced"
     );
+    // `unlock --stale` cannot tell whether it is stale; a plain unlock removes it (`dev`'s
+    // two hosts share this directory: one removes it, the other finds nothing).
+    t.run_with(&["unlock", "-e", "dev", "--stale"])
+        .code(1)
+        .stderr_has("is an empty directory")
+        .stderr_has("--stale only removes the lock of a run that is known to be gone")
+        .stderr_has("the deploy lock was not removed on 2 of 2 hosts");
+    assert!(lock.is_dir());
+    t.run_with(&["unlock", "-e", "dev"])
+        .code(0)
+        .stderr_has("removed an empty directory");
+    assert!(!lock.exists());
 }
 
 /// `runbook unlock` on a protected environment needs a reason; refused or done, it is in

@@ -95,8 +95,9 @@ pub fn run(global: &Global, args: &UnlockArgs) -> Result<(), Error> {
     super::write_audit(&session, &rec, !dry_run);
     session.effects.close();
     if !refused.is_empty() {
-        return Err(Error::CheckFailed {
+        return Err(Error::NotUnlocked {
             count: refused.len(),
+            total: targets.len(),
         });
     }
     Ok(())
