@@ -20,6 +20,9 @@ impl Drop for Separate {
     fn drop(&mut self) {
         for (_, root) in &self.roots {
             let _ = std::fs::remove_dir_all(root);
+            if let Some(parent) = Path::new(root).parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
     }
 }
