@@ -195,6 +195,9 @@ pub struct UnlockArgs {
     /// Confirm removing a possibly live lock on a protected environment
     #[arg(long)]
     pub yes: bool,
+    /// Why the lock is removed (required on a protected environment; recorded)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -48,6 +48,9 @@ pub enum Error {
     #[error("{count} script(s) failed the check")]
     CheckFailed { count: usize },
 
+    #[error("the deploy lock was not removed on {count} of {total} hosts (each is named above)")]
+    NotUnlocked { count: usize, total: usize },
+
     #[error(
         "environment `{env}` is protected and this run was not confirmed\n  hint: run it from a terminal to confirm, or pass --yes (CI)"
     )]
@@ -89,7 +92,10 @@ impl Error {
     /// The process exit status for this error.
     pub fn code(&self) -> i32 {
         match self {
-            Error::Script(_) | Error::CheckFailed { .. } | Error::Declined { .. } => exit::FAILURE,
+            Error::Script(_)
+            | Error::CheckFailed { .. }
+            | Error::NotUnlocked { .. }
+            | Error::Declined { .. } => exit::FAILURE,
             Error::Interrupted { .. } => exit::INTERRUPTED,
             Error::NotAllowed { .. } => exit::NOT_ALLOWED,
             Error::Runtime(_) | Error::Message(_) => exit::FAILURE,

@@ -16,9 +16,6 @@ use crate::transport::CommandSpec;
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A lock whose heartbeat is older than this is stale (its run is gone).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
-/// Exit code of the acquire script when another run holds the lock.
-const HELD: i32 = 4;
-
 /// Who holds a lock (written to `.runbook/lock/info`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
 pub struct Holder {
@@ -32,66 +29,158 @@ pub struct Holder {
     pub started_at: String,
 }
 
+/// Exit code of the acquire script when another run holds the lock (or something that is
+/// not a runbook lock sits where the lock goes).
+const HELD: i32 = 4;
+/// Exit code when a takeover moved a lock it must not have and could not put it back.
+const DISPLACED: i32 = 7;
+
+/// Shell functions every lock script shares. The lock is only ever *published* by renaming
+/// a complete directory into place and only ever *removed* by renaming it aside first, so
+/// at `lock` there is either nothing, a whole lock, or something runbook did not make.
+const COMMON: &str = r#"dir=$1/.runbook lock=$1/.runbook/lock
+# The run id of a lock directory's holder (the first field runbook writes), or nothing.
+holder_run() { sed -n '1s/^{"run":"\([^"\\]*\)".*/\1/p' "$1/info" 2>/dev/null; }
+beat_of() { stat -c %Y "$1/heartbeat" 2>/dev/null; }
+# What sits at the lock path when it is not a lock runbook can read.
+describe() {
+  if [ -L "$lock" ]; then echo "a symbolic link, not a lock directory"
+  elif [ ! -e "$lock" ]; then echo "nothing (it was removed meanwhile)"
+  elif [ ! -d "$lock" ]; then echo "a file, not a lock directory"
+  elif [ -z "$(ls -A "$lock" 2>/dev/null)" ]; then echo "an empty directory (made by hand, e.g. to freeze deploys?)"
+  elif [ ! -r "$lock/info" ]; then echo "a directory without a readable holder file (info)"
+  elif [ -z "$(holder_run "$lock")" ]; then echo "a directory whose holder file (info) names no run"
+  else echo "the lock of run $(holder_run "$lock") without a heartbeat file"
+  fi
+}
+"#;
+
 const ACQUIRE: &str = r#"root=$1 run=$2 info=$3 stale=$4
-lock=$root/.runbook/lock
 mkdir -p "$root/.runbook" || exit 5
-# The lock appears complete or not at all: built beside it, holder inside, then renamed
-# into place (a rename onto an existing, non-empty lock fails).
-tmp=$root/.runbook/lock.new.$$
+tmp=$dir/lock.new.$run.$$ aside=$dir/lock.stale.$run.$$
+# Puts the lock built in $tmp in place only where nothing is: rename(2) refuses to replace
+# a non-empty directory, and the test before it refuses an empty one, a file or a link.
+publish() {
+  if [ -e "$lock" ] || [ -L "$lock" ]; then return 1; fi
+  mv -T "$tmp" "$lock" 2>/dev/null
+}
 rm -rf "$tmp"
 mkdir "$tmp" && printf '%s\n' "$info" > "$tmp/info" && touch "$tmp/heartbeat" || { rm -rf "$tmp"; exit 5; }
-if mv -T "$tmp" "$lock" 2>/dev/null; then echo acquired; exit 0; fi
-rm -rf "$tmp"
-holder=$(tr -d '\n' < "$lock/info" 2>/dev/null)
-case $holder in *"\"run\":\"$run\""*) echo reentrant; exit 0;; esac
-beat=$(stat -c %Y "$lock/heartbeat" 2>/dev/null || stat -c %Y "$lock" 2>/dev/null || date +%s)
-age=$(( $(date +%s) - beat ))
-if [ "$stale" -gt 0 ] && [ "$age" -gt "$stale" ]; then
-  mkdir "$tmp" && printf '%s\n' "$info" > "$tmp/info" && touch "$tmp/heartbeat" || { rm -rf "$tmp"; exit 5; }
-  if mv "$lock" "$lock.stale.$$" 2>/dev/null && mv -T "$tmp" "$lock" 2>/dev/null; then
-    rm -rf "$lock.stale.$$"
-    printf 'took-over\t%s\t%s\n' "$age" "$holder"; exit 0
+tries=0
+while :; do
+  tries=$((tries + 1))
+  if publish; then echo acquired; exit 0; fi
+  hrun=$(holder_run "$lock")
+  beat=$(beat_of "$lock")
+  if [ -z "$hrun" ] || [ -z "$beat" ]; then
+    # Removed or replaced while it was being read (it changed hands): look again, a few
+    # times; else say what is there.
+    if [ "$tries" -lt 5 ]; then
+      if [ ! -e "$lock" ] && [ ! -L "$lock" ]; then continue; fi
+      if [ -n "$(holder_run "$lock")" ] && [ -n "$(beat_of "$lock")" ]; then continue; fi
+    fi
+    rm -rf "$tmp"; printf 'foreign\t%s\n' "$(describe)"; exit 4
   fi
-fi
-rm -rf "$tmp"
-printf 'held\t%s\t%s\n' "$age" "$holder"
-exit 4
+  holder=$(tr -d '\n' < "$lock/info" 2>/dev/null)
+  if [ "$hrun" = "$run" ]; then rm -rf "$tmp"; echo reentrant; exit 0; fi
+  age=$(( $(date +%s) - beat ))
+  if [ "$stale" -gt 0 ] && [ "$age" -gt "$stale" ] && [ "$tries" -lt 5 ]; then
+    # The takeover is one rename: of all the runs that judged this lock stale, one moves
+    # it to a name only it knows; the others find nothing to move.
+    if mv -T "$lock" "$aside" 2>/dev/null; then
+      if [ "$(holder_run "$aside")" = "$hrun" ] && [ "$(beat_of "$aside")" = "$beat" ]; then
+        # It is the lock judged stale. It is gone now; publishing ours can still lose to
+        # a run that found the place empty, which then holds the lock fairly.
+        rm -rf "$aside"
+        if publish; then printf 'took-over\t%s\t%s\n' "$age" "$holder"; exit 0; fi
+        continue
+      fi
+      # Another run took it over first and this moved its fresh lock: put it back.
+      if [ ! -e "$lock" ] && [ ! -L "$lock" ] && mv -T "$aside" "$lock" 2>/dev/null; then continue; fi
+      rm -rf "$tmp"
+      printf 'displaced\t%s\t%s\n' "$aside" "$(tr -d '\n' < "$aside/info" 2>/dev/null)"; exit 7
+    fi
+    # Someone else moved it first: look again.
+    continue
+  fi
+  rm -rf "$tmp"
+  printf 'held\t%s\t%s\n' "$age" "$holder"
+  exit 4
+done
 "#;
 
 const RELEASE: &str = r#"root=$1 run=$2
-lock=$root/.runbook/lock
-holder=$(tr -d '\n' < "$lock/info" 2>/dev/null) || exit 0
-case $holder in *"\"run\":\"$run\""*) rm -rf "$lock"; echo released;; esac
+[ "$(holder_run "$lock")" = "$run" ] || exit 0
+gone=$dir/lock.released.$run.$$
+mv -T "$lock" "$gone" 2>/dev/null || exit 0
+if [ "$(holder_run "$gone")" = "$run" ]; then rm -rf "$gone"; echo released; exit 0; fi
+# Taken over between the look and the move (this run's heartbeat had stopped): not ours.
+mv -T "$gone" "$lock" 2>/dev/null || printf 'displaced\t%s\n' "$gone"
 true
 "#;
 
 const BEAT: &str = r#"root=$1 run=$2
-lock=$root/.runbook/lock
-case $(tr -d '\n' < "$lock/info" 2>/dev/null) in *"\"run\":\"$run\""*) touch "$lock/heartbeat";; esac
+[ "$(holder_run "$lock")" = "$run" ] && touch "$lock/heartbeat"
 true
 "#;
 
-const UNLOCK: &str = r#"root=$1 stale=$2
-lock=$root/.runbook/lock
-[ -d "$lock" ] || { echo none; exit 0; }
+const UNLOCK: &str = r#"root=$1 stale=$2 run=$3
+[ -e "$lock" ] || [ -L "$lock" ] || { echo none; exit 0; }
+hrun=$(holder_run "$lock")
+beat=$(beat_of "$lock")
 holder=$(tr -d '\n' < "$lock/info" 2>/dev/null)
-beat=$(stat -c %Y "$lock/heartbeat" 2>/dev/null || stat -c %Y "$lock")
-age=$(( $(date +%s) - beat ))
-if [ "$stale" -gt 0 ] && [ "$age" -le "$stale" ]; then
-  printf 'live\t%s\t%s\n' "$age" "$holder"; exit 4
+if [ -n "$hrun" ] && [ -n "$beat" ]; then age=$(( $(date +%s) - beat )); what=lock; else age=-1; what=$(describe); fi
+if [ "$stale" -gt 0 ]; then
+  if [ "$what" != lock ]; then printf 'foreign\t%s\n' "$what"; exit 4; fi
+  if [ "$age" -le "$stale" ]; then printf 'live\t%s\t%s\n' "$age" "$holder"; exit 4; fi
 fi
-rm -rf "$lock"
-printf 'removed\t%s\t%s\n' "$age" "$holder"
+gone=$dir/lock.unlocked.$run.$$
+if ! mv -T "$lock" "$gone" 2>/dev/null; then
+  # Gone meanwhile (another unlock, or its run released it): nothing to remove.
+  if [ ! -e "$lock" ] && [ ! -L "$lock" ]; then echo none; exit 0; fi
+  printf 'failed\t%s\n' "cannot move $lock aside to $gone"; exit 5
+fi
+if [ "$what" = lock ] && [ "$stale" -gt 0 ] && [ "$(beat_of "$gone")" != "$beat" ]; then
+  # Its run came back to life between the look and the move: leave it.
+  mv -T "$gone" "$lock" 2>/dev/null
+  printf 'live\t0\t%s\n' "$holder"; exit 4
+fi
+rm -rf "$gone"
+if [ "$what" = lock ]; then printf 'removed\t%s\t%s\n' "$age" "$holder"; else printf 'removed-foreign\t%s\n' "$what"; fi
 "#;
 
-fn spec(body: &str, args: &[&str]) -> CommandSpec {
-    let label = match body {
-        ACQUIRE => "lock: acquire",
-        RELEASE => "lock: release",
-        BEAT => "lock: heartbeat",
-        _ => "lock: remove",
-    };
-    let mut s = CommandSpec::script(label, body, args);
+/// runbook's own lock scripts; each runs as `sh -c COMMON+BODY sh ROOT …`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    Acquire,
+    Release,
+    Beat,
+    Unlock,
+}
+
+impl Script {
+    fn text(self) -> String {
+        let body = match self {
+            Script::Acquire => ACQUIRE,
+            Script::Release => RELEASE,
+            Script::Beat => BEAT,
+            Script::Unlock => UNLOCK,
+        };
+        format!("{COMMON}{body}")
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Script::Acquire => "lock: acquire",
+            Script::Release => "lock: release",
+            Script::Beat => "lock: heartbeat",
+            Script::Unlock => "lock: remove",
+        }
+    }
+}
+
+fn spec(script: Script, args: &[&str]) -> CommandSpec {
+    let mut s = CommandSpec::script(script.label(), &script.text(), args);
     s.quiet = true;
     s.tolerate = true;
     s
@@ -104,34 +193,109 @@ fn root(t: &Target) -> String {
     }
 }
 
+/// Where a target's lock lives (for messages).
+fn lock_path(t: &Target) -> String {
+    format!("{}/.runbook/lock", root(t))
+}
+
+/// Why one host's lock could not be taken.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    pub host: String,
+    /// The lock directory on that host.
+    pub path: String,
+    pub by: Blocker,
+}
+
+#[derive(Debug, Clone)]
+pub enum Blocker {
+    /// Another run's lock, its heartbeat `age` seconds old.
+    Run { age: u64, holder: Option<Holder> },
+    /// Something runbook did not write (an empty directory, a file, a lock without a
+    /// readable holder): described in words, never replaced on its own.
+    Foreign(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("{}", held_message(.0))]
-    Held(Vec<(String, u64, Option<Holder>)>),
+    #[error("{}", held_message(.0, None))]
+    Held(Vec<Blocked>),
+    #[error(
+        "on `{host}` taking over a stale lock moved the live lock of {} aside to {aside} and could not put it back (something else is at {path} now)\n  hint: look at both; if the moved lock's run is still going, put it back with `mv -T {aside} {path}` once {path} is gone",
+        holder.as_ref().map_or("an unknown run".to_owned(), |h| format!("{} (run {})", h.actor, h.run))
+    )]
+    Displaced {
+        host: String,
+        path: String,
+        aside: String,
+        holder: Option<Box<Holder>>,
+    },
     #[error("cannot take the deploy lock: {0}")]
     Failed(String),
     #[error("interrupted while waiting for the deploy lock")]
     Interrupted,
 }
 
-fn held_message(held: &[(String, u64, Option<Holder>)]) -> String {
-    let mut s = String::from("the deploy lock is held by another run:");
-    for (host, age, holder) in held {
-        match holder {
-            Some(h) => s.push_str(&format!(
+impl LockError {
+    /// The message, with the environment named in the commands it suggests.
+    pub fn message(&self, env: Option<&str>) -> String {
+        match self {
+            LockError::Held(held) => held_message(held, env),
+            other => other.to_string(),
+        }
+    }
+}
+
+fn held_message(held: &[Blocked], env: Option<&str>) -> String {
+    let env = env.unwrap_or("ENV");
+    let mut s = String::from(
+        if held.iter().all(|b| matches!(b.by, Blocker::Run { .. })) {
+            "the deploy lock is held by another run:"
+        } else {
+            "the deploy lock cannot be taken:"
+        },
+    );
+    let mut foreign = false;
+    for b in held {
+        let host = &b.host;
+        match &b.by {
+            Blocker::Run {
+                age,
+                holder: Some(h),
+            } => s.push_str(&format!(
                 "\n- {host}: {} on {} (pid {}), running `{}` since {}{}{}; last heartbeat {age} s ago",
                 h.actor,
                 h.machine,
                 h.pid,
                 h.script,
                 h.started_at,
-                h.reason.as_ref().map(|r| format!(", reason: {r}")).unwrap_or_default(),
-                h.ci_run.as_ref().map(|r| format!(", CI run {r}")).unwrap_or_default(),
+                h.reason
+                    .as_ref()
+                    .map(|r| format!(", reason: {r}"))
+                    .unwrap_or_default(),
+                h.ci_run
+                    .as_ref()
+                    .map(|r| format!(", CI run {r}"))
+                    .unwrap_or_default(),
             )),
-            None => s.push_str(&format!("\n- {host}: holder unknown; last heartbeat {age} s ago")),
+            Blocker::Run { age, holder: None } => s.push_str(&format!(
+                "\n- {host}: holder unknown; last heartbeat {age} s ago"
+            )),
+            Blocker::Foreign(what) => {
+                foreign = true;
+                s.push_str(&format!(
+                    "\n- {host}: {} is {what}; runbook never replaces a lock it cannot read",
+                    b.path
+                ));
+            }
         }
     }
-    s.push_str("\n  hint: wait for it with --lock-wait 10m; if that run is gone (no heartbeat for over a minute), take the lock over with `runbook unlock --stale`");
+    if held.iter().any(|b| matches!(b.by, Blocker::Run { .. })) {
+        s.push_str(&format!("\n  hint: wait for it with --lock-wait 10m; if that run is gone (no heartbeat for over a minute), remove its lock with `runbook unlock -e {env} --stale`"));
+    }
+    if foreign {
+        s.push_str(&format!("\n  hint: if nobody needs it any more, remove it with `runbook unlock -e {env}` (with --reason \"…\" on a protected environment)"));
+    }
     s
 }
 
@@ -213,7 +377,7 @@ impl Locks {
             };
             let outcomes = self.effects.run_many_with(
                 &pending,
-                &|t: &Target| spec(ACQUIRE, &[&root(t), &self.run, info, stale]),
+                &|t: &Target| spec(Script::Acquire, &[&root(t), &self.run, info, stale]),
                 &fan,
             );
             let mut held = Vec::new();
@@ -229,23 +393,43 @@ impl Locks {
                 };
                 let mut fields = r.stdout.trim_end().splitn(3, '\t');
                 let word = fields.next().unwrap_or("");
-                let age = fields.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-                let who: Option<Holder> = fields.next().and_then(|j| serde_json::from_str(j).ok());
+                let second = fields.next().unwrap_or("");
+                let third = fields.next();
+                let age = second.parse().unwrap_or(0);
+                let who: Option<Holder> = third.and_then(|j| serde_json::from_str(j).ok());
+                let name = t.name().to_owned();
                 match (r.code, word) {
-                    (_, _) if r.dry_run => done.push((t.name().to_owned(), Acquired::New)),
-                    (0, "acquired") => done.push((t.name().to_owned(), Acquired::New)),
-                    (0, "reentrant") => done.push((t.name().to_owned(), Acquired::Reentrant)),
-                    (0, "took-over") => {
-                        done.push((t.name().to_owned(), Acquired::TookOver { age, from: who }))
+                    (_, _) if r.dry_run => done.push((name, Acquired::New)),
+                    (0, "acquired") => done.push((name, Acquired::New)),
+                    (0, "reentrant") => done.push((name, Acquired::Reentrant)),
+                    (0, "took-over") => done.push((name, Acquired::TookOver { age, from: who })),
+                    (HELD, "foreign") => {
+                        held.push(Blocked {
+                            host: name,
+                            path: lock_path(t),
+                            by: Blocker::Foreign(second.to_owned()),
+                        });
+                        still.push(t.clone());
                     }
                     (HELD, _) => {
-                        held.push((t.name().to_owned(), age, who));
+                        held.push(Blocked {
+                            host: name,
+                            path: lock_path(t),
+                            by: Blocker::Run { age, holder: who },
+                        });
                         still.push(t.clone());
+                    }
+                    (DISPLACED, _) => {
+                        return Err(LockError::Displaced {
+                            host: name,
+                            path: lock_path(t),
+                            aside: second.to_owned(),
+                            holder: who.map(Box::new),
+                        });
                     }
                     (code, _) => {
                         return Err(LockError::Failed(format!(
-                            "on `{}` the lock script exited with {code}: {}",
-                            t.name(),
+                            "on `{name}` the lock script exited with {code}: {}",
                             r.stderr.trim()
                         )));
                     }
@@ -285,7 +469,7 @@ impl Locks {
                 tokio::time::sleep(HEARTBEAT).await;
                 let targets = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 for t in &targets {
-                    let mut s = spec(BEAT, &[&root(t), &run]);
+                    let mut s = spec(Script::Beat, &[&root(t), &run]);
                     s.silent = true;
                     let _ = effects.run_async(t, &s).await;
                 }
@@ -317,7 +501,7 @@ impl Locks {
         let outcomes = self.effects.run_many_with(
             &targets,
             &|t: &Target| {
-                let mut s = spec(RELEASE, &[&root(t), &self.run]);
+                let mut s = spec(Script::Release, &[&root(t), &self.run]);
                 s.shielded = true;
                 s
             },
@@ -347,10 +531,15 @@ impl Locks {
 }
 
 /// `runbook unlock`: removes a lock; with `stale`, only one whose heartbeat is older.
+/// Whatever sits at the lock path is moved aside under a name of this run's own before
+/// it is deleted, so a run that takes the lock meanwhile is never removed with it. `env`
+/// names the environment in the suggestions.
 pub fn unlock(
     effects: &Effects,
     targets: &[Target],
     stale: Option<Duration>,
+    run: &str,
+    env: &str,
 ) -> Vec<(String, Result<String, String>)> {
     let stale = stale.map_or(0, |d| d.as_secs().max(1)).to_string();
     let fan = FanOut {
@@ -359,7 +548,7 @@ pub fn unlock(
     };
     let outcomes = effects.run_many_with(
         targets,
-        &|t: &Target| spec(UNLOCK, &[&root(t), &stale]),
+        &|t: &Target| spec(Script::Unlock, &[&root(t), &stale, run]),
         &fan,
     );
     targets
@@ -367,25 +556,36 @@ pub fn unlock(
         .zip(outcomes)
         .map(|(t, o)| {
             let r = match o {
+                HostOutcome::Done(Ok(r)) if r.dry_run => Ok("would remove the lock".to_owned()),
                 HostOutcome::Done(Ok(r)) => {
                     let mut f = r.stdout.trim_end().splitn(3, '\t');
                     let word = f.next().unwrap_or("").to_owned();
-                    let age = f.next().unwrap_or("?").to_owned();
+                    let second = f.next().unwrap_or("?").to_owned();
                     let who = f
                         .next()
                         .and_then(|j| serde_json::from_str::<Holder>(j).ok())
                         .map(|h| format!("{} (run {}, `{}`)", h.actor, h.run, h.script))
                         .unwrap_or_else(|| "unknown holder".into());
+                    let path = lock_path(t);
                     match word.as_str() {
                         "none" => Ok("no lock".to_owned()),
-                        "removed" => {
-                            Ok(format!("removed the lock of {who}, heartbeat {age} s old"))
-                        }
-                        "live" => Err(format!(
-                            "the lock of {who} is live (heartbeat {age} s ago): not removed"
+                        "removed" => Ok(format!(
+                            "removed the lock of {who}, heartbeat {second} s old"
                         )),
-                        _ if r.dry_run => Ok("would remove the lock".to_owned()),
-                        _ => Err(format!("unexpected answer: {}", r.stdout.trim())),
+                        "removed-foreign" => Ok(format!("removed {second} at {path}")),
+                        "live" => Err(format!(
+                            "the lock of {who} is live (heartbeat {second} s ago): not removed"
+                        )),
+                        "foreign" => Err(format!(
+                            "{path} is {second}: not removed, --stale only removes the lock of a run that is known to be gone\n  hint: if nobody needs it any more, remove it with `runbook unlock -e {env}` (without --stale)"
+                        )),
+                        "failed" => Err(second),
+                        _ => Err(format!(
+                            "unexpected answer from the lock script (exit {:?}): {} {}",
+                            r.code,
+                            r.stdout.trim(),
+                            r.stderr.trim()
+                        )),
                     }
                 }
                 HostOutcome::Done(Err(e)) => Err(e.to_string()),
@@ -399,11 +599,12 @@ pub fn unlock(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    fn sh(body: &str, args: &[&str]) -> (i32, String) {
+    fn sh(script: Script, args: &[&str]) -> (i32, String) {
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(body)
+            .arg(script.text())
             .arg("sh")
             .args(args)
             .output()
@@ -414,69 +615,230 @@ mod tests {
         )
     }
 
+    fn holder(run: &str, actor: &str) -> String {
+        serde_json::to_string(&Holder {
+            run: run.into(),
+            actor: actor.into(),
+            ..Holder::default()
+        })
+        .unwrap()
+    }
+
+    fn age_heartbeat(lock: &Path) {
+        let old = std::process::Command::new("touch")
+            .args(["-d", "2 minutes ago"])
+            .arg(lock.join("heartbeat"))
+            .status()
+            .unwrap();
+        assert!(old.success());
+    }
+
     #[test]
     fn a_lock_is_exclusive_reentrant_and_released_only_by_its_holder() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_str().unwrap();
-        let a = serde_json::to_string(&Holder {
-            run: "run-a".into(),
-            actor: "alice".into(),
-            ..Holder::default()
-        })
-        .unwrap();
-        let b = serde_json::to_string(&Holder {
-            run: "run-b".into(),
-            ..Holder::default()
-        })
-        .unwrap();
+        let (a, b) = (holder("run-a", "alice"), holder("run-b", ""));
         assert_eq!(
-            sh(ACQUIRE, &[root, "run-a", &a, "0"]),
+            sh(Script::Acquire, &[root, "run-a", &a, "0"]),
             (0, "acquired\n".into())
         );
         assert_eq!(
-            sh(ACQUIRE, &[root, "run-a", &a, "0"]),
+            sh(Script::Acquire, &[root, "run-a", &a, "0"]),
             (0, "reentrant\n".into())
         );
-        let (code, out) = sh(ACQUIRE, &[root, "run-b", &b, "0"]);
+        let (code, out) = sh(Script::Acquire, &[root, "run-b", &b, "0"]);
         assert_eq!(code, HELD);
         assert!(out.starts_with("held\t") && out.contains("alice"), "{out}");
         // B cannot release A's lock.
-        sh(RELEASE, &[root, "run-b"]);
+        sh(Script::Release, &[root, "run-b"]);
         assert!(dir.path().join(".runbook/lock").exists());
-        assert_eq!(sh(RELEASE, &[root, "run-a"]), (0, "released\n".into()));
+        assert_eq!(
+            sh(Script::Release, &[root, "run-a"]),
+            (0, "released\n".into())
+        );
         assert!(!dir.path().join(".runbook/lock").exists());
+        // Nothing is left beside it either.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join(".runbook"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[test]
     fn only_a_stale_lock_can_be_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_str().unwrap();
-        let a = serde_json::to_string(&Holder {
-            run: "run-a".into(),
-            ..Holder::default()
-        })
-        .unwrap();
-        let b = serde_json::to_string(&Holder {
-            run: "run-b".into(),
-            ..Holder::default()
-        })
-        .unwrap();
-        sh(ACQUIRE, &[root, "run-a", &a, "0"]);
+        let (a, b) = (holder("run-a", ""), holder("run-b", ""));
+        sh(Script::Acquire, &[root, "run-a", &a, "0"]);
         assert_eq!(
-            sh(ACQUIRE, &[root, "run-b", &b, "60"]).0,
+            sh(Script::Acquire, &[root, "run-b", &b, "60"]).0,
             HELD,
             "a fresh lock is not stale"
         );
-        let old = std::process::Command::new("touch")
-            .args(["-d", "2 minutes ago"])
-            .arg(dir.path().join(".runbook/lock/heartbeat"))
-            .status()
-            .unwrap();
-        assert!(old.success());
-        let (code, out) = sh(ACQUIRE, &[root, "run-b", &b, "60"]);
+        age_heartbeat(&dir.path().join(".runbook/lock"));
+        let (code, out) = sh(Script::Acquire, &[root, "run-b", &b, "60"]);
         assert_eq!(code, 0);
         assert!(out.starts_with("took-over\t"), "{out}");
         let info = std::fs::read_to_string(dir.path().join(".runbook/lock/info")).unwrap();
         assert!(info.contains("run-b"));
+    }
+
+    /// An empty directory (a hand-made freeze), a file, a directory without a holder: each
+    /// is refused with what it is, by a plain acquire and by a takeover, and left as it was.
+    #[test]
+    fn what_runbook_did_not_write_is_never_replaced() {
+        let b = holder("run-b", "");
+        type Make = fn(&Path);
+        let cases: [(&str, Make, &str); 4] = [
+            (
+                "empty dir",
+                |l| std::fs::create_dir(l).unwrap(),
+                "an empty directory",
+            ),
+            (
+                "a file",
+                |l| std::fs::write(l, "frozen\n").unwrap(),
+                "a file, not a lock directory",
+            ),
+            (
+                "no info",
+                |l| {
+                    std::fs::create_dir(l).unwrap();
+                    std::fs::write(l.join("heartbeat"), "").unwrap();
+                },
+                "without a readable holder file",
+            ),
+            (
+                "garbage info",
+                |l| {
+                    std::fs::create_dir(l).unwrap();
+                    std::fs::write(l.join("info"), "not json\n").unwrap();
+                    std::fs::write(l.join("heartbeat"), "").unwrap();
+                },
+                "names no run",
+            ),
+        ];
+        for (name, make, says) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().to_str().unwrap();
+            let lock = dir.path().join(".runbook/lock");
+            std::fs::create_dir_all(dir.path().join(".runbook")).unwrap();
+            make(&lock);
+            if lock.is_dir() && lock.join("heartbeat").exists() {
+                age_heartbeat(&lock);
+            }
+            for stale in ["0", "60"] {
+                let (code, out) = sh(Script::Acquire, &[root, "run-b", &b, stale]);
+                assert_eq!(code, HELD, "{name} (stale {stale}): {out}");
+                assert!(
+                    out.starts_with("foreign\t") && out.contains(says),
+                    "{name} (stale {stale}): {out}"
+                );
+            }
+            let still_there = if lock.is_dir() {
+                !lock.join("info").exists()
+                    || std::fs::read_to_string(lock.join("info")).unwrap() == "not json\n"
+            } else {
+                std::fs::read_to_string(&lock).unwrap() == "frozen\n"
+            };
+            assert!(still_there, "{name}: the lock path was changed");
+            // `unlock --stale` cannot judge it either; plain `unlock` removes it.
+            let (code, out) = sh(Script::Unlock, &[root, "60", "run-u"]);
+            assert_eq!(
+                (code, out.starts_with("foreign\t")),
+                (HELD, true),
+                "{name}: {out}"
+            );
+            let (code, out) = sh(Script::Unlock, &[root, "0", "run-u"]);
+            assert_eq!(code, 0, "{name}: {out}");
+            assert!(
+                out.starts_with("removed-foreign\t") && out.contains(says),
+                "{name}: {out}"
+            );
+            assert!(!lock.exists() && !lock.is_symlink(), "{name}: not removed");
+        }
+    }
+
+    /// Two runs take over the same stale lock at the same instant (both scripts wait on
+    /// one FIFO, then race): exactly one wins, every trial, and the lock on
+    /// disk is the winner's.
+    #[test]
+    fn of_two_runs_taking_over_one_stale_lock_exactly_one_wins() {
+        let trials: usize = std::env::var("LOCK_RACE_TRIALS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(200);
+        let (a, b) = (holder("run-a", "alice"), holder("run-b", "bob"));
+        let dead = holder("run-dead", "carol");
+        // Opening a FIFO blocks until a writer opens it: both scripts start there.
+        let race = format!(": < \"$RB_GO\"\n{}", Script::Acquire.text());
+        let mut tally = std::collections::BTreeMap::new();
+        let mut first_bad = None;
+        for trial in 0..trials {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().to_str().unwrap();
+            let lock = dir.path().join(".runbook/lock");
+            std::fs::create_dir_all(&lock).unwrap();
+            std::fs::write(lock.join("info"), format!("{dead}\n")).unwrap();
+            std::fs::write(lock.join("heartbeat"), "").unwrap();
+            age_heartbeat(&lock);
+            let go = dir.path().join("go");
+            let made = std::process::Command::new("mkfifo")
+                .arg(&go)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let spawn = |run: &str, info: &str| {
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&race)
+                    .arg("sh")
+                    .args([root, run, info, "60"])
+                    .env("RB_GO", &go)
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let (pa, pb) = (spawn("run-a", &a), spawn("run-b", &b));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(std::fs::OpenOptions::new().write(true).open(&go).unwrap());
+            let outs = [
+                pa.wait_with_output().unwrap(),
+                pb.wait_with_output().unwrap(),
+            ];
+            let won: Vec<usize> = (0..2).filter(|i| outs[*i].status.success()).collect();
+            let text = |i: usize| String::from_utf8_lossy(&outs[i].stdout).into_owned();
+            let info = std::fs::read_to_string(lock.join("info")).unwrap_or_default();
+            let verdict = match won.as_slice() {
+                [_, _, ..] => "both won",
+                [] => "nobody won",
+                [w] if !info.contains(&format!("\"run\":\"{}\"", ["run-a", "run-b"][*w])) => {
+                    "the lock on disk is not the winner's"
+                }
+                [w] if !(outs[1 - w].status.code() == Some(HELD)
+                    && text(1 - w).starts_with("held\t")
+                    && text(1 - w).contains(["alice", "bob"][*w])) =>
+                {
+                    "the loser does not name the winner"
+                }
+                [_] => "exactly one won",
+            };
+            if verdict != "exactly one won" && first_bad.is_none() {
+                first_bad = Some(format!(
+                    "trial {trial}: {verdict}: {} / {}",
+                    text(0),
+                    text(1)
+                ));
+            }
+            *tally.entry(verdict).or_insert(0) += 1;
+        }
+        eprintln!("takeover race: {trials} trials: {tally:?}");
+        assert_eq!(
+            tally.get("exactly one won").copied().unwrap_or(0),
+            trials,
+            "{tally:?}; first: {}",
+            first_bad.unwrap_or_default()
+        );
     }
 }

@@ -34,6 +34,7 @@ required=(
   "nsenter:util-linux"
   "python3:python3"
   "shellcheck:shellcheck"
+  "sudo:sudo"
 )
 
 missing=()

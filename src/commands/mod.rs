@@ -288,12 +288,16 @@ pub fn os_user() -> String {
     }
 }
 
-/// A run id that sorts by time and is unique enough per machine.
+/// A run id that sorts by time and that nobody can guess or repeat: the time, the pid
+/// (to find the process), and 48 random bits — two runs on two machines in the same
+/// millisecond with the same pid still differ, and a lock's private names
+/// (`lock.stale.<run>…`) cannot be predicted.
 pub fn run_id() -> String {
     format!(
-        "{}-{:x}",
+        "{}-{:x}-{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"),
-        std::process::id()
+        std::process::id(),
+        crate::transport::random_hex(6)
     )
 }
 
@@ -318,6 +322,23 @@ pub fn parse_args(pairs: &[String]) -> Result<BTreeMap<String, String>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_ids_sort_by_time_and_differ_within_one_process() {
+        let (a, b) = (run_id(), run_id());
+        assert_ne!(
+            a, b,
+            "two run ids of one process in one millisecond are equal"
+        );
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(parts.len(), 3, "{a}");
+        assert_eq!(parts[2].len(), 12, "{a}");
+        assert!(parts[2].chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{a}"
+        );
+    }
 
     #[test]
     fn script_arguments_are_key_value_strings() {

@@ -79,13 +79,15 @@ fn acquire(
             Ok(out)
         }
         Err(LockError::Interrupted) => Err(super::interrupted()),
-        Err(e) => Err(super::error(e.to_string())),
+        Err(e) => Err(super::error(
+            e.message(session.env.as_ref().map(|e| e.name.as_str())),
+        )),
     }
 }
 
 #[export_module]
 pub mod lock_api {
-    /// Takes the deploy lock on every host (atomic `mkdir`), with who/where/why recorded
+    /// Takes the deploy lock on every host (a complete lock renamed into place), with who/where/why recorded
     /// and a heartbeat while the run lives. Re-entrant within a run; released
     /// automatically when the run ends — on success, failure or Ctrl-C. A lock held by
     /// another run fails with its holder's details (see `--lock-wait`).

@@ -23,7 +23,13 @@ pub async fn exec(
     interrupt: &Interrupt,
     on_line: LineSink<'_>,
 ) -> Result<Finished, ExecError> {
-    let argv = spec.program.argv_with_sudo(spec.sudo.as_deref());
+    // sudo resets the environment: the variables are named for it to keep.
+    let keep = if spec.sudo.is_some() {
+        spec.env_names()?
+    } else {
+        Vec::new()
+    };
+    let argv = spec.program.argv_with_sudo(spec.sudo.as_deref(), &keep);
     let Some((program, args)) = argv.split_first() else {
         return Err(ExecError::Unsupported(
             "empty command: argv has no program".into(),
@@ -106,10 +112,14 @@ pub async fn exec(
     match end {
         End::Exited(status) => {
             let status = status?;
-            Ok(Finished {
+            let f = Finished {
                 code: status.code(),
                 ..finished(out_buf, err_buf)
-            })
+            };
+            match spec.sudo_env_refusal(&f) {
+                Some(refused) => Err(refused),
+                None => Ok(f),
+            }
         }
         End::Timeout => {
             terminate(pgid).await;
@@ -198,6 +208,25 @@ mod tests {
         let err = exec(&s, &interrupt, &|_, _| {}).await.unwrap_err();
         assert!(matches!(err, ExecError::Interrupted { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    /// sudo resets the environment; `env` must still reach the command.
+    #[tokio::test]
+    async fn env_reaches_a_command_run_through_sudo() {
+        if !std::path::Path::new("/usr/bin/sudo").exists() || !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root and sudo");
+            return;
+        }
+        let mut s = spec(Program::Shell("echo \"[$RB_TEST]\"".into()));
+        s.sudo = Some(String::new());
+        s.env = vec![("RB_TEST".into(), "kept".into())];
+        let f = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap();
+        assert_eq!(
+            (f.code, f.stdout.as_str()),
+            (Some(0), "[kept]\n"),
+            "{}",
+            f.stderr
+        );
     }
 
     #[tokio::test]

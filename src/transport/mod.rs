@@ -20,7 +20,10 @@ pub enum Program {
 
 impl Program {
     /// The argument vector to execute, with `sudo -n [-u USER] --` in front when asked.
-    pub fn argv_with_sudo(&self, sudo: Option<&str>) -> Vec<String> {
+    /// `keep` names the environment variables the command is given: sudo resets the
+    /// environment, so they are named in `--preserve-env=…` (sudoers decides whether
+    /// that is allowed; see [`ExecError::SudoEnv`]).
+    pub fn argv_with_sudo(&self, sudo: Option<&str>, keep: &[String]) -> Vec<String> {
         let base = match self {
             Program::Argv(argv) => argv.clone(),
             Program::Shell(script) => vec!["sh".into(), "-c".into(), script.clone()],
@@ -29,6 +32,9 @@ impl Program {
             None => base,
             Some(user) => {
                 let mut v = vec!["sudo".to_owned(), "-n".to_owned()];
+                if !keep.is_empty() {
+                    v.push(format!("--preserve-env={}", keep.join(",")));
+                }
                 if !user.is_empty() {
                     v.push("-u".into());
                     v.push(user.to_owned());
@@ -106,6 +112,23 @@ impl CommandSpec {
     }
 }
 
+/// `bytes` random bytes from the operating system, as lower-case hex: run ids and the
+/// per-command nonce of the remote process-group marker. Falls back to the clock and
+/// pid only if the system has no random source at all.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if getrandom::fill(&mut buf).is_err() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            ^ u128::from(std::process::id()) << 64;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8;
+        }
+    }
+    hex::encode(buf)
+}
+
 /// What a finished process left behind.
 #[derive(Debug, Clone, Default)]
 pub struct Finished {
@@ -136,6 +159,51 @@ pub enum ExecError {
     Connect { message: String },
     #[error("the connection to the host was lost: {message}")]
     Disconnected { message: String, partial: Finished },
+    #[error(
+        "sudo refused to give the command its environment ({}): {detail}\n  hint: sudo resets the environment and passes variables on only where sudoers allows it: add the SETENV tag to the rule (e.g. `deploy ALL=(root) NOPASSWD:SETENV: /usr/bin/php`), or keep them with `Defaults env_keep += \"{}\"`",
+        names.join(", "),
+        names.join(" ")
+    )]
+    SudoEnv { names: Vec<String>, detail: String },
+}
+
+impl CommandSpec {
+    /// The names of the variables in `env`, checked: each must be a shell identifier
+    /// (they are exported by name on the remote side).
+    pub fn env_names(&self) -> Result<Vec<String>, ExecError> {
+        self.env
+            .iter()
+            .map(|(k, _)| {
+                let valid = !k.is_empty()
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !k.starts_with(|c: char| c.is_ascii_digit());
+                if valid {
+                    Ok(k.clone())
+                } else {
+                    Err(ExecError::Unsupported(format!(
+                        "`{k}` is not a valid environment variable name"
+                    )))
+                }
+            })
+            .collect()
+    }
+
+    /// Whether a finished command's failure is sudo refusing to keep `env`: then the
+    /// command never ran, and the error says what sudoers needs.
+    pub fn sudo_env_refusal(&self, f: &Finished) -> Option<ExecError> {
+        if self.sudo.is_none() || self.env.is_empty() || f.code != Some(1) {
+            return None;
+        }
+        let line = f.stderr.lines().find(|l| {
+            l.starts_with("sudo: ")
+                && (l.contains("not allowed to set the following environment variables")
+                    || l.contains("not allowed to preserve the environment"))
+        })?;
+        Some(ExecError::SudoEnv {
+            names: self.env.iter().map(|(k, _)| k.clone()).collect(),
+            detail: line.trim().to_owned(),
+        })
+    }
 }
 
 /// Where each output line goes while a command runs.

@@ -5,7 +5,14 @@
 //! Every remote command is sent as `exec sh -c '<inner>'`, where `<inner>` first reports
 //! its process-group id on stderr and then `exec`s the quoted argument vector. sshd puts
 //! each session in its own session and process group, so that id is what a timeout or a
-//! Ctrl-C kills on the remote side: nothing is left running there.
+//! Ctrl-C kills on the remote side: nothing is left running there. The report carries a
+//! random nonce of this command and is searched for in stderr, not assumed to come first:
+//! a login shell that prints something (a `.bashrc`, a banner) must not disable killing,
+//! and output that imitates the marker cannot name another group.
+//!
+//! `env` values never appear in the command line (which any user of the host can read in
+//! the process list, and which audit logs record): they travel on standard input, as a
+//! small prelude the remote shell reads and evaluates before it runs the command.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +35,8 @@ pub const MAX_CHANNELS: usize = 10;
 /// dead host is noticed within about ten seconds).
 const ALIVE_COUNT_MAX: u32 = 2;
 const PGID_MARKER: &str = "__runbook_pgid ";
+/// How much stderr may come before the marker (login-shell chatter) before giving up on it.
+const MARKER_SCAN: usize = 64 * 1024;
 /// How long a command may take to report its process group (a slow login shell).
 const MARKER_WAIT: Duration = Duration::from_secs(30);
 /// A master left behind by a killed runbook exits after this long without use; a live
@@ -223,33 +232,53 @@ impl SshPool {
         interrupt: &Interrupt,
         on_line: LineSink<'_>,
     ) -> Result<Finished, ExecError> {
-        let line = remote_line(spec)?;
+        let remote = remote_command(spec, &super::random_hex(8))?;
         let gate = self.conn(host).await?;
         let _channel = gate.channels.acquire().await;
         let started = Instant::now();
-        let (conn, mut child) = self.spawn(host, &line, spec.stdin.is_some()).await?;
-        if let (Some(input), Some(mut stdin)) = (spec.stdin.clone(), child.stdin().take()) {
+        let (conn, mut child) = self
+            .spawn(host, &remote.line, remote.stdin.is_some())
+            .await?;
+        if let (Some(input), Some(mut stdin)) = (remote.stdin, child.stdin().take()) {
             tokio::spawn(async move {
                 let _ = stdin.write_all(&input).await;
                 let _ = stdin.shutdown().await;
             });
         }
         let stdout = child.stdout().take();
-        // The wrapper's first stderr line is its process-group id: read it before
+        // The wrapper reports its process-group id on stderr: find that line before
         // anything else, so that a Ctrl-C or timeout a moment later can still kill it.
+        // What the login shell printed before it is passed on as the command's stderr.
         let mut err_reader = child.stderr().take().map(BufReader::new);
         let mut pgid: Option<i64> = None;
-        let mut first_line: Option<String> = None;
+        let mut early: Vec<String> = Vec::new();
         if let Some(reader) = err_reader.as_mut() {
             let wait = spec.timeout.unwrap_or(MARKER_WAIT).min(MARKER_WAIT);
-            let mut first = String::new();
-            if let Ok(Ok(n)) = tokio::time::timeout(wait, reader.read_line(&mut first)).await
-                && n > 0
-            {
-                match first.trim_end().strip_prefix(PGID_MARKER) {
-                    Some(id) => pgid = id.parse().ok(),
-                    None => first_line = Some(first),
+            let marker = remote.marker.as_str();
+            let search = async {
+                let mut seen = 0;
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => seen += n,
+                    }
+                    if let Some(at) = line.find(marker) {
+                        // A dotfile that printed without a newline shares the line.
+                        if at > 0 {
+                            early.push(format!("{}\n", &line[..at]));
+                        }
+                        return line[at + marker.len()..].trim_end().parse().ok();
+                    }
+                    early.push(line);
+                    if seen > MARKER_SCAN {
+                        return None;
+                    }
                 }
+            };
+            pgid = tokio::time::timeout(wait, search).await.ok().flatten();
+            if pgid.is_none() {
+                tracing::debug!(host = %host.name, "no process-group report: the command cannot be killed on the host");
             }
         }
         let mut out_buf = String::new();
@@ -257,11 +286,11 @@ impl SshPool {
         let quiet = spec.quiet;
         let reading = async {
             let err_pump = async {
-                if let Some(first) = &first_line {
+                for line in &early {
                     if !quiet {
-                        on_line(Stream::Stderr, first.trim_end_matches(['\n', '\r']));
+                        on_line(Stream::Stderr, line.trim_end_matches(['\n', '\r']));
                     }
-                    err_buf.push_str(first);
+                    err_buf.push_str(line);
                 }
                 pump(err_reader, Stream::Stderr, &mut err_buf, on_line, quiet).await;
             };
@@ -271,9 +300,10 @@ impl SshPool {
             );
             child.wait().await
         };
+        // Counted from the start: the time spent looking for the marker is part of it.
         let deadline = async {
             match spec.timeout {
-                Some(t) => tokio::time::sleep(t).await,
+                Some(t) => tokio::time::sleep_until((started + t).into()).await,
                 None => std::future::pending().await,
             }
         };
@@ -294,10 +324,16 @@ impl SshPool {
             duration: started.elapsed(),
         };
         match end {
-            End::Exited(Ok(status)) => Ok(Finished {
-                code: status.code(),
-                ..partial(out_buf, err_buf)
-            }),
+            End::Exited(Ok(status)) => {
+                let f = Finished {
+                    code: status.code(),
+                    ..partial(out_buf, err_buf)
+                };
+                match spec.sudo_env_refusal(&f) {
+                    Some(refused) => Err(refused),
+                    None => Ok(f),
+                }
+            }
             // The mux protocol cannot tell "killed by a signal" from "connection lost":
             // ask the master whether it is still alive.
             End::Exited(Err(openssh::Error::RemoteProcessTerminated)) => {
@@ -484,25 +520,46 @@ fn explain_connect_error(host: &Host, e: &openssh::Error) -> String {
     }
 }
 
-/// The command line sent to the remote login shell. Every value is quoted.
-pub fn remote_line(spec: &CommandSpec) -> Result<String, ExecError> {
+/// What is sent for one command.
+#[derive(Debug)]
+pub struct Remote {
+    /// The line for the remote login shell: every value quoted, no `env` value in it.
+    pub line: String,
+    /// Standard input: the environment prelude (if any), then the command's own input.
+    pub stdin: Option<Vec<u8>>,
+    /// The text just before the process-group id in the wrapper's stderr report.
+    pub marker: String,
+}
+
+/// Reads the prelude — a line count, then that many lines of `export NAME='value'` — and
+/// evaluates it. `read` takes one line at a time from a pipe, so the command's own input
+/// after the prelude is left for the command.
+const PRELUDE_READER: &str = "IFS= read -r __rb_n || exit 125; __rb_p=; while [ \"$__rb_n\" -gt 0 ]; do IFS= read -r __rb_l || exit 125; __rb_p=\"$__rb_p$__rb_l\n\"; __rb_n=$((__rb_n - 1)); done; eval \"$__rb_p\"; unset __rb_n __rb_p __rb_l; ";
+
+/// The command for the remote login shell, with `nonce` in its process-group report.
+pub fn remote_command(spec: &CommandSpec, nonce: &str) -> Result<Remote, ExecError> {
     let quote_one = |s: &str| quote::command_line(&[s.to_owned()]).map_err(ExecError::Unsupported);
-    let mut inner = format!("printf '{PGID_MARKER}%s\\n' \"$$\" >&2; ");
+    let marker = format!("{PGID_MARKER}{nonce} ");
+    let mut inner = format!("printf '%s%s\\n' {} \"$$\" >&2; ", quote_one(&marker)?);
+    let names = spec.env_names()?;
+    let stdin = if spec.env.is_empty() {
+        spec.stdin.clone()
+    } else {
+        let mut prelude = String::new();
+        for (k, v) in &spec.env {
+            prelude.push_str(&format!("export {k}={}\n", quote_one(v)?));
+        }
+        let mut bytes = format!("{}\n{prelude}", prelude.matches('\n').count()).into_bytes();
+        if let Some(input) = &spec.stdin {
+            bytes.extend_from_slice(input);
+        }
+        inner.push_str(PRELUDE_READER);
+        Some(bytes)
+    };
     if let Some(cwd) = &spec.cwd {
         inner.push_str(&format!("cd -- {} || exit 1; ", quote_one(cwd)?));
     }
-    for (k, v) in &spec.env {
-        let valid = !k.is_empty()
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !k.starts_with(|c: char| c.is_ascii_digit());
-        if !valid {
-            return Err(ExecError::Unsupported(format!(
-                "`{k}` is not a valid environment variable name"
-            )));
-        }
-        inner.push_str(&format!("export {k}={}; ", quote_one(v)?));
-    }
-    let argv = spec.program.argv_with_sudo(spec.sudo.as_deref());
+    let argv = spec.program.argv_with_sudo(spec.sudo.as_deref(), &names);
     if argv.is_empty() || matches!(&spec.program, Program::Argv(a) if a.is_empty()) {
         return Err(ExecError::Unsupported(
             "empty command: argv has no program".into(),
@@ -510,7 +567,11 @@ pub fn remote_line(spec: &CommandSpec) -> Result<String, ExecError> {
     }
     inner.push_str("exec ");
     inner.push_str(&quote::command_line(&argv).map_err(ExecError::Unsupported)?);
-    Ok(format!("exec sh -c {}", quote_one(&inner)?))
+    Ok(Remote {
+        line: format!("exec sh -c {}", quote_one(&inner)?),
+        stdin,
+        marker,
+    })
 }
 
 fn expand_home(path: &str) -> PathBuf {
@@ -524,36 +585,103 @@ fn expand_home(path: &str) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// Runs a remote command's line in a local `sh` (as the login shell would), feeding
+    /// its stdin: (exit code, stdout, stderr).
+    fn run_locally(remote: &Remote) -> (Option<i32>, String, String) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&remote.line)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(remote.stdin.as_deref().unwrap_or_default())
+            .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     #[test]
     fn the_remote_line_quotes_every_value_and_reports_the_group() {
         let mut spec = CommandSpec::new(Program::Argv(vec!["echo".into(), "a b; $(x)".into()]));
         spec.cwd = Some("/srv/my app".into());
         spec.env = vec![("APP_ENV".into(), "prod'uction".into())];
-        let line = remote_line(&spec).unwrap();
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&line)
-            .output()
-            .unwrap();
-        // Run locally, `cd` fails: the marker came first, then the refusal.
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.starts_with(PGID_MARKER), "{stderr}");
-        assert_eq!(out.status.code(), Some(1));
+        let remote = remote_command(&spec, "0123abcd").unwrap();
+        assert_eq!(remote.marker, "__runbook_pgid 0123abcd ");
+        // Run locally, `cd` fails: the marker came first, with the nonce, then the refusal.
+        let (code, _, stderr) = run_locally(&remote);
+        assert!(stderr.starts_with("__runbook_pgid 0123abcd "), "{stderr}");
+        assert_eq!(code, Some(1));
 
         spec.cwd = None;
-        let line = remote_line(&spec).unwrap();
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&line)
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "a b; $(x)\n");
+        let (code, stdout, _) = run_locally(&remote_command(&spec, "n").unwrap());
+        assert_eq!((code, stdout.as_str()), (Some(0), "a b; $(x)\n"));
+    }
+
+    /// `env` values reach the command through stdin, never through the command line;
+    /// a multi-line value arrives whole, and the command's own stdin follows untouched.
+    #[test]
+    fn env_values_travel_on_stdin_not_in_the_command_line() {
+        let secret = "s3cr3t-'quoted' $(id)\nsecond line\n";
+        let mut spec = CommandSpec::new(Program::Shell(
+            "printf '[%s]' \"$TOKEN\" \"$OTHER\"; cat".into(),
+        ));
+        spec.env = vec![
+            ("TOKEN".into(), secret.into()),
+            ("OTHER".into(), "plain".into()),
+        ];
+        spec.stdin = Some(b"the command's own input\n".to_vec());
+        let remote = remote_command(&spec, "n").unwrap();
+        assert!(
+            !remote.line.contains("s3cr3t") && !remote.line.contains("plain"),
+            "an env value is in the command line: {}",
+            remote.line
+        );
+        let (code, stdout, stderr) = run_locally(&remote);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(
+            stdout,
+            format!("[{secret}][plain]the command's own input\n")
+        );
+    }
+
+    #[test]
+    fn with_sudo_the_variables_are_named_for_sudo_to_keep() {
+        let mut spec = CommandSpec::new(Program::Argv(vec!["true".into()]));
+        spec.sudo = Some(String::new());
+        spec.env = vec![("FOO".into(), "bar".into()), ("BAZ".into(), "q".into())];
+        assert_eq!(
+            spec.program
+                .argv_with_sudo(Some(""), &spec.env_names().unwrap()),
+            ["sudo", "-n", "--preserve-env=FOO,BAZ", "--", "true"]
+        );
+        let line = remote_command(&spec, "n").unwrap().line;
+        assert!(line.contains("--preserve-env=FOO,BAZ"), "{line}");
+        assert!(!line.contains("bar"), "{line}");
+        let refused = Finished {
+            code: Some(1),
+            stderr:
+                "sudo: sorry, you are not allowed to set the following environment variables: FOO\n"
+                    .into(),
+            ..Finished::default()
+        };
+        let err = spec.sudo_env_refusal(&refused).expect("recognised");
+        assert!(err.to_string().contains("SETENV"), "{err}");
     }
 
     #[test]
     fn bad_environment_names_are_refused() {
         let mut spec = CommandSpec::new(Program::Argv(vec!["true".into()]));
         spec.env = vec![("A;rm".into(), "x".into())];
-        assert!(remote_line(&spec).is_err());
+        assert!(remote_command(&spec, "n").is_err());
     }
 }
