@@ -5,7 +5,11 @@
 //!
 //! Writing goes to a temporary name that is fsynced and renamed only when complete, so a
 //! half-written archive never carries a final name. Reading verifies every checksum
-//! against the manifest and refuses unsafe entries before anything is written.
+//! against the manifest and refuses unsafe entries before anything is written. An archive
+//! is input (a host's backups are restored on the runner): a restore must never write,
+//! chmod or touch anything outside its new directory, however an entry is spelled — so
+//! paths are normalised before any check, no entry may reach a symlink, and everything is
+//! created beneath an open handle without following links (`beneath`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
