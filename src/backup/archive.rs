@@ -5,7 +5,11 @@
 //!
 //! Writing goes to a temporary name that is fsynced and renamed only when complete, so a
 //! half-written archive never carries a final name. Reading verifies every checksum
-//! against the manifest and refuses unsafe entries before anything is written.
+//! against the manifest and refuses unsafe entries before anything is written. An archive
+//! is input (a host's backups are restored on the runner): a restore must never write,
+//! chmod or touch anything outside its new directory, however an entry is spelled — so
+//! paths are normalised before any check, no entry may reach a symlink, and everything is
+//! created beneath an open handle without following links (`beneath`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -17,6 +21,8 @@ use flate2::Compression;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
+
+mod beneath;
 
 /// The manifest's name inside the archive (always the last entry).
 pub const MANIFEST: &str = ".runbook-manifest.json";
@@ -325,28 +331,40 @@ pub fn create(
     result
 }
 
-/// Refuses paths that could write outside the target.
-fn check_path(path: &str) -> Result<(), ArchiveError> {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        return Err(ArchiveError::Unsafe {
-            path: path.into(),
-            why: "absolute path".into(),
-        });
+/// An entry's path in its one spelling: `./`, empty (`//`) and `.` components and a
+/// trailing `/` dropped, so that every check below compares like with like. Refuses an
+/// absolute path, `..`, a name that is not UTF-8 and a name of the restore directory
+/// itself.
+fn normalise(raw: &[u8]) -> Result<String, ArchiveError> {
+    let lossy = || String::from_utf8_lossy(raw).into_owned();
+    let refuse = |why: &str| ArchiveError::Unsafe {
+        path: lossy(),
+        why: why.into(),
+    };
+    let text = std::str::from_utf8(raw).map_err(|_| refuse("the name is not UTF-8"))?;
+    if text.starts_with('/') {
+        return Err(refuse("absolute path"));
     }
-    if p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(ArchiveError::Unsafe {
-            path: path.into(),
-            why: "`..` in the path".into(),
-        });
+    let mut parts = Vec::new();
+    for part in text.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(refuse("`..` in the path")),
+            p => parts.push(p),
+        }
     }
-    Ok(())
+    if parts.is_empty() {
+        return Err(refuse("it names the restore directory itself"));
+    }
+    Ok(parts.join("/"))
 }
 
-/// A relative link target that climbs out of the archive's root.
+/// A relative link target that climbs out of the archive's root. (An absolute target
+/// is kept as data — releases link their shared files by absolute path — and is never
+/// followed: no entry may pass through a link, and links are made last.)
 fn link_escapes(path: &str, target: &str) -> bool {
     if Path::new(target).is_absolute() {
-        return false; // kept as a link, never followed by the restore
+        return false;
     }
     let mut depth: i64 = Path::new(path).components().count() as i64 - 1;
     for c in Path::new(target).components() {
@@ -360,6 +378,79 @@ fn link_escapes(path: &str, target: &str) -> bool {
         }
     }
     false
+}
+
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::File => "a file",
+        Kind::Dir => "a directory",
+        Kind::Symlink => "a symlink",
+    }
+}
+
+/// What the archive has put where so far, by normalised path: an entry is refused if it
+/// repeats a path, passes through a symlink or a file, or would put a file or a link
+/// where earlier entries already needed a directory.
+#[derive(Default)]
+struct Tree {
+    kinds: BTreeMap<String, Kind>,
+    implied: std::collections::BTreeSet<String>,
+}
+
+impl Tree {
+    fn admit(&mut self, path: &str, kind: &Kind) -> Result<(), ArchiveError> {
+        let refuse = |why: String| ArchiveError::Unsafe {
+            path: path.into(),
+            why,
+        };
+        if let Some(earlier) = self.kinds.get(path) {
+            return Err(refuse(format!(
+                "the path appears twice in the archive ({}, then {}): the second could replace the first or be written through it",
+                kind_name(earlier),
+                kind_name(kind)
+            )));
+        }
+        let parents: Vec<&str> = path.match_indices('/').map(|(i, _)| &path[..i]).collect();
+        for parent in &parents {
+            match self.kinds.get(*parent) {
+                Some(Kind::Symlink) => {
+                    return Err(refuse(format!(
+                        "it would be written through the symlink `{parent}`"
+                    )));
+                }
+                Some(Kind::File) => {
+                    return Err(refuse(format!("it passes through the file `{parent}`")));
+                }
+                Some(Kind::Dir) | None => {}
+            }
+        }
+        if *kind != Kind::Dir && self.implied.contains(path) {
+            return Err(refuse(format!(
+                "the path already holds entries of the archive: {} cannot replace that directory",
+                kind_name(kind)
+            )));
+        }
+        for parent in parents {
+            self.implied.insert(parent.to_owned());
+        }
+        self.kinds.insert(path.to_owned(), kind.clone());
+        Ok(())
+    }
+}
+
+/// An error from the disk while extracting `path`: something in the way (a symlink, a
+/// file, a name already taken beneath the restore directory) is refused as unsafe.
+fn on_disk(path: &str, e: io::Error) -> ArchiveError {
+    if beneath::in_the_way(&e) {
+        ArchiveError::Unsafe {
+            path: path.into(),
+            why: format!(
+                "something on disk is in the way beneath the restore directory (a symlink, a file or an existing name: {e}); a restore never follows or replaces it"
+            ),
+        }
+    } else {
+        ArchiveError::Io(e)
+    }
 }
 
 /// Reads the whole archive: every checksum against the manifest, every entry checked
@@ -398,19 +489,42 @@ fn parse_size(v: &str) -> Option<u64> {
     n.checked_mul(1 << shift)
 }
 
+/// How large the manifest may be (`RUNBOOK_MANIFEST_LIMIT`, e.g. "256M"; default 64 MiB,
+/// room for about 250,000 entries). It is read into memory, so a larger one is refused
+/// before a byte of it is read.
+pub fn manifest_limit() -> u64 {
+    std::env::var("RUNBOOK_MANIFEST_LIMIT")
+        .ok()
+        .and_then(|v| parse_size(&v))
+        .unwrap_or(64 << 20)
+}
+
 /// Verifies and extracts in ONE pass into `dest`, a new directory that nobody serves:
 /// every entry is checked for safety before it is written and hashed as it is written;
 /// if anything is wrong — an unsafe entry, a checksum, a truncation — `dest` is removed
-/// and the error returned, so the live tree is never touched. Directory mtimes are
-/// applied last, deepest first.
+/// and the error returned, so the live tree is never touched. Nothing is written through
+/// a link: see [`beneath`]. Symlinks are made after every file and directory, then
+/// directory modes and mtimes are applied, deepest first.
 pub fn verify_into(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveError> {
-    if dest.exists() {
-        return Err(ArchiveError::Unsafe {
-            path: dest.display().to_string(),
-            why: "the restore target already exists".into(),
-        });
+    let exists = || ArchiveError::Unsafe {
+        path: dest.display().to_string(),
+        why: "the restore target already exists".into(),
+    };
+    if std::fs::symlink_metadata(dest).is_ok() {
+        return Err(exists());
     }
-    std::fs::create_dir_all(dest)?;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    // `create_dir`, not `create_dir_all`: the restore directory must be new, not a
+    // directory (or a link to one) that appeared since the check above.
+    std::fs::create_dir(dest).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            exists()
+        } else {
+            ArchiveError::Io(e)
+        }
+    })?;
     let result = check_entries(reader, Some(dest), restore_limit());
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dest);
@@ -419,37 +533,35 @@ pub fn verify_into(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
 }
 
 /// Walks every entry: safety first, then (with a `dest`) writes it while hashing, or only
-/// hashes it; finally compares everything with the manifest.
+/// hashes it; finally compares everything with the manifest. The manifest that is
+/// returned names only paths that passed [`normalise`] and [`Tree::admit`] exactly as
+/// spelled (they must equal the entries seen), so callers may join them to `dest`.
 fn check_entries(
     reader: impl Read,
     dest: Option<&Path>,
     limit: u64,
 ) -> Result<Manifest, ArchiveError> {
-    use std::os::unix::fs::PermissionsExt;
+    let out = dest
+        .map(|d| beneath::Beneath::open(d).map_err(|e| on_disk(&d.display().to_string(), e)))
+        .transpose()?;
     let mut archive = tar::Archive::new(MultiGzDecoder::new(reader));
     let mut seen: Vec<Entry> = Vec::new();
+    let mut tree = Tree::default();
     let mut manifest: Option<Manifest> = None;
-    let mut links: Vec<String> = Vec::new();
     let mut expanded = 0u64;
     let corrupt = |e: io::Error| ArchiveError::Corrupt(e.to_string());
     let mut buf = vec![0u8; 256 * 1024];
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
-        let path = entry
-            .path()
-            .map_err(corrupt)?
-            .to_string_lossy()
-            .trim_end_matches('/')
-            .to_owned();
-        check_path(&path)?;
-        if links.iter().any(|l| path.starts_with(&format!("{l}/"))) {
-            return Err(ArchiveError::Unsafe {
-                path,
-                why: "it would be written through a symlink".into(),
-            });
+        let path = normalise(&entry.path_bytes())?;
+        if manifest.is_some() {
+            return Err(ArchiveError::Corrupt(format!(
+                "`{path}` comes after the manifest, which must be the last entry"
+            )));
         }
         let header = entry.header().clone();
-        expanded = expanded.saturating_add(header.size().map_err(corrupt)?);
+        let size = header.size().map_err(corrupt)?;
+        expanded = expanded.saturating_add(size);
         if expanded > limit {
             return Err(ArchiveError::Unsafe {
                 path,
@@ -460,25 +572,43 @@ fn check_entries(
         }
         let mode = header.mode().map_err(corrupt)? & 0o7777;
         let mtime = i64::try_from(header.mtime().map_err(corrupt)?).unwrap_or(0);
-        let out = dest.map(|d| d.join(&path));
-        match header.entry_type() {
+        let comps: Vec<&str> = path.split('/').collect();
+        let entry_type = header.entry_type();
+        if path == MANIFEST {
+            if !matches!(
+                entry_type,
+                tar::EntryType::Regular | tar::EntryType::Continuous
+            ) {
+                return Err(ArchiveError::Unsafe {
+                    path,
+                    why: "the manifest must be a regular file".into(),
+                });
+            }
+            let max = manifest_limit();
+            if size > max {
+                return Err(ArchiveError::Corrupt(format!(
+                    "the manifest is {size} bytes, more than the limit of {max} bytes (RUNBOOK_MANIFEST_LIMIT): refusing to read it into memory; if this archive really lists that many files, raise RUNBOOK_MANIFEST_LIMIT"
+                )));
+            }
+            let mut json = Vec::new();
+            (&mut entry)
+                .take(max)
+                .read_to_end(&mut json)
+                .map_err(corrupt)?;
+            manifest = Some(
+                serde_json::from_slice(&json)
+                    .map_err(|e| ArchiveError::Corrupt(format!("unreadable manifest: {e}")))?,
+            );
+            continue;
+        }
+        match entry_type {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if path == MANIFEST {
-                    let mut json = Vec::new();
-                    entry.read_to_end(&mut json).map_err(corrupt)?;
-                    manifest =
-                        Some(serde_json::from_slice(&json).map_err(|e| {
-                            ArchiveError::Corrupt(format!("unreadable manifest: {e}"))
-                        })?);
-                    continue;
-                }
+                tree.admit(&path, &Kind::File)?;
                 let mut file = match &out {
-                    Some(out) => {
-                        if let Some(parent) = out.parent() {
-                            std::fs::create_dir_all(parent)?;
-                        }
-                        Some(io::BufWriter::with_capacity(256 * 1024, File::create(out)?))
-                    }
+                    Some(b) => Some(io::BufWriter::with_capacity(
+                        256 * 1024,
+                        b.create_file(&comps).map_err(|e| on_disk(&path, e))?,
+                    )),
                     None => None,
                 };
                 let mut hash = Sha256::new();
@@ -494,11 +624,9 @@ fn check_entries(
                         f.write_all(&buf[..n])?;
                     }
                 }
-                if let (Some(mut f), Some(out)) = (file, &out) {
-                    f.flush()?;
-                    drop(f);
-                    std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode))?;
-                    filetime::set_file_mtime(out, filetime::FileTime::from_unix_time(mtime, 0))?;
+                if let Some(f) = file {
+                    let f = f.into_inner().map_err(io::IntoInnerError::into_error)?;
+                    beneath::finish_file(&f, mode, mtime)?;
                 }
                 seen.push(Entry {
                     path,
@@ -511,9 +639,9 @@ fn check_entries(
                 });
             }
             tar::EntryType::Directory => {
-                if let Some(out) = &out {
-                    std::fs::create_dir_all(out)?;
-                    std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode))?;
+                tree.admit(&path, &Kind::Dir)?;
+                if let Some(b) = &out {
+                    b.create_dir(&comps).map_err(|e| on_disk(&path, e))?;
                 }
                 seen.push(Entry {
                     path,
@@ -527,25 +655,23 @@ fn check_entries(
             }
             tar::EntryType::Symlink => {
                 let target = entry
-                    .link_name()
-                    .map_err(corrupt)?
-                    .map(|t| t.to_string_lossy().into_owned())
+                    .link_name_bytes()
+                    .map(|t| String::from_utf8_lossy(&t).into_owned())
                     .unwrap_or_default();
+                if target.is_empty() {
+                    return Err(ArchiveError::Unsafe {
+                        path,
+                        why: "a symlink without a target".into(),
+                    });
+                }
                 if link_escapes(&path, &target) {
                     return Err(ArchiveError::Unsafe {
                         path,
                         why: format!("the symlink points outside the archive ({target})"),
                     });
                 }
-                if let Some(out) = &out {
-                    if let Some(parent) = out.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    std::os::unix::fs::symlink(&target, out)?;
-                    let t = filetime::FileTime::from_unix_time(mtime, 0);
-                    let _ = filetime::set_symlink_file_times(out, t, t);
-                }
-                links.push(path.clone());
+                tree.admit(&path, &Kind::Symlink)?;
+                // Made only after every file and directory (below).
                 seen.push(Entry {
                     path,
                     kind: Kind::Symlink,
@@ -576,20 +702,22 @@ fn check_entries(
         )
     })?;
     compare(&manifest, &seen)?;
-    let Some(dest) = dest else {
+    let Some(out) = out else {
         return Ok(manifest);
     };
-    let mut dirs: Vec<&Entry> = manifest
-        .entries
-        .iter()
-        .filter(|e| e.kind == Kind::Dir)
-        .collect();
+    for l in seen.iter().filter(|e| e.kind == Kind::Symlink) {
+        let comps: Vec<&str> = l.path.split('/').collect();
+        out.symlink(&comps, l.target.as_deref().unwrap_or_default())
+            .map_err(|e| on_disk(&l.path, e))?;
+        // Not every filesystem keeps a link's own mtime; the link is what matters.
+        let _ = out.finish_symlink(&comps, l.mtime);
+    }
+    let mut dirs: Vec<&Entry> = seen.iter().filter(|e| e.kind == Kind::Dir).collect();
     dirs.sort_by_key(|e| std::cmp::Reverse(e.path.matches('/').count()));
     for d in dirs {
-        filetime::set_file_mtime(
-            dest.join(&d.path),
-            filetime::FileTime::from_unix_time(d.mtime, 0),
-        )?;
+        let comps: Vec<&str> = d.path.split('/').collect();
+        out.finish_dir(&comps, d.mode, d.mtime)
+            .map_err(|e| on_disk(&d.path, e))?;
     }
     Ok(manifest)
 }
@@ -627,43 +755,16 @@ fn compare(manifest: &Manifest, seen: &[Entry]) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// Extracts a verified archive into `dest` (which must not exist yet), then applies the
-/// manifest's directory mtimes — deepest first, after every file is written.
+/// Extracts an archive already verified as `manifest` into `dest` (which must not exist
+/// yet), with every check of [`verify_into`]; refused if the archive is no longer the one
+/// that was verified.
 pub fn unpack(reader: impl Read, dest: &Path, manifest: &Manifest) -> Result<(), ArchiveError> {
-    if dest.exists() {
-        return Err(ArchiveError::Unsafe {
-            path: dest.display().to_string(),
-            why: "the restore target already exists".into(),
-        });
-    }
-    std::fs::create_dir_all(dest)?;
-    let mut archive = tar::Archive::new(MultiGzDecoder::new(reader));
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(false);
-    archive.set_unpack_xattrs(false);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        if path == MANIFEST {
-            continue;
-        }
-        check_path(&path)?;
-        entry.unpack_in(dest)?;
-    }
-    let mut dirs: Vec<&Entry> = manifest
-        .entries
-        .iter()
-        .filter(|e| e.kind == Kind::Dir)
-        .collect();
-    dirs.sort_by_key(|e| std::cmp::Reverse(e.path.matches('/').count()));
-    for d in dirs {
-        let t = filetime::FileTime::from_unix_time(d.mtime, 0);
-        filetime::set_file_mtime(dest.join(&d.path), t)?;
-    }
-    for l in manifest.entries.iter().filter(|e| e.kind == Kind::Symlink) {
-        let t = filetime::FileTime::from_unix_time(l.mtime, 0);
-        let _ = filetime::set_symlink_file_times(dest.join(&l.path), t, t);
+    let got = verify_into(reader, dest)?;
+    if got.entries != manifest.entries {
+        let _ = std::fs::remove_dir_all(dest);
+        return Err(ArchiveError::Mismatch(
+            "the archive changed since it was verified".into(),
+        ));
     }
     Ok(())
 }
@@ -671,6 +772,7 @@ pub fn unpack(reader: impl Read, dest: &Path, manifest: &Manifest) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
     use std::os::unix::fs::PermissionsExt;
 
     fn tree(root: &Path) {
@@ -846,10 +948,12 @@ mod tests {
             Err(ArchiveError::Unsafe { .. })
         ));
         assert!(
-            check_path("../x").is_err()
-                && check_path("/etc/x").is_err()
-                && check_path("a/b").is_ok()
+            normalise(b"../x").is_err()
+                && normalise(b"/etc/x").is_err()
+                && normalise(b"a/b").is_ok()
         );
+        assert_eq!(normalise(b"./a//b/./c/").unwrap(), "a/b/c");
+        assert!(normalise(b"./").is_err() && normalise(b"a/\xff").is_err());
     }
 
     #[test]
@@ -877,5 +981,333 @@ mod tests {
         assert_eq!(parse_size("2MiB"), Some(2 << 20));
         assert_eq!(parse_size("12"), Some(12));
         assert_eq!(parse_size("lots"), None);
+    }
+
+    /// One entry of a hand-made archive, its name exactly as the tar header spells it
+    /// (tar's own `set_path` would tidy `./` and `//` away).
+    enum Raw {
+        File(&'static str, &'static [u8], u32),
+        Dir(&'static str, u32),
+        Link(&'static str, String),
+    }
+
+    /// An archive of `entries` whose manifest agrees with every entry as spelled, so
+    /// that only the safety checks can refuse it.
+    fn crafted(entries: &[Raw]) -> Vec<u8> {
+        let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        let mut manifest = Manifest {
+            format: 1,
+            ..Manifest::default()
+        };
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mtime(1_600_000_000);
+            let (name, data, entry): (&str, &[u8], Entry) = match e {
+                Raw::File(name, data, mode) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(*mode);
+                    let sha = hex::encode(Sha256::digest(data));
+                    (
+                        name,
+                        data,
+                        Entry {
+                            path: String::new(),
+                            kind: Kind::File,
+                            mode: *mode,
+                            size: data.len() as u64,
+                            mtime: 1_600_000_000,
+                            sha256: Some(sha),
+                            target: None,
+                        },
+                    )
+                }
+                Raw::Dir(name, mode) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(*mode);
+                    (
+                        name,
+                        &[][..],
+                        Entry {
+                            path: String::new(),
+                            kind: Kind::Dir,
+                            mode: *mode,
+                            size: 0,
+                            mtime: 1_600_000_000,
+                            sha256: None,
+                            target: None,
+                        },
+                    )
+                }
+                Raw::Link(name, target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_mode(0o777);
+                    h.set_link_name(target).unwrap();
+                    (
+                        name,
+                        &[][..],
+                        Entry {
+                            path: String::new(),
+                            kind: Kind::Symlink,
+                            mode: 0o777,
+                            size: 0,
+                            mtime: 1_600_000_000,
+                            sha256: None,
+                            target: Some(target.clone()),
+                        },
+                    )
+                }
+            };
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+            manifest.entries.push(Entry {
+                path: name.trim_end_matches('/').to_owned(),
+                ..entry
+            });
+        }
+        let json = serde_json::to_vec(&manifest).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(json.len() as u64);
+        b.append_data(&mut h, MANIFEST, json.as_slice()).unwrap();
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// A directory around the restore target, with things worth attacking beside it:
+    /// `outside/victim` (a file) and `outside/dir` (a directory).
+    struct Sandbox {
+        root: tempfile::TempDir,
+    }
+
+    impl Sandbox {
+        fn new() -> Sandbox {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(root.path().join("outside/dir")).unwrap();
+            std::fs::write(root.path().join("outside/victim"), "original").unwrap();
+            for (p, m) in [("outside/victim", 0o644), ("outside/dir", 0o755)] {
+                std::fs::set_permissions(root.path().join(p), Permissions::from_mode(m)).unwrap();
+            }
+            Sandbox { root }
+        }
+
+        fn dest(&self) -> PathBuf {
+            self.root.path().join("restore")
+        }
+
+        /// The absolute path of something outside the restore target.
+        fn outside(&self, rel: &str) -> String {
+            self.root
+                .path()
+                .join("outside")
+                .join(rel)
+                .display()
+                .to_string()
+        }
+
+        /// Every path outside the restore target with its kind, mode, size, times,
+        /// contents and link target.
+        fn snapshot(&self) -> BTreeMap<PathBuf, String> {
+            use std::os::unix::fs::MetadataExt;
+            let mut all = BTreeMap::new();
+            for item in walkdir::WalkDir::new(self.root.path())
+                .min_depth(1)
+                .follow_links(false)
+                .into_iter()
+                .filter_entry(|e| e.path() != self.dest())
+            {
+                let item = item.unwrap();
+                let m = std::fs::symlink_metadata(item.path()).unwrap();
+                let detail = if m.is_file() {
+                    format!("{:?}", std::fs::read(item.path()).unwrap())
+                } else if m.is_symlink() {
+                    format!("-> {:?}", std::fs::read_link(item.path()).unwrap())
+                } else {
+                    String::new()
+                };
+                all.insert(
+                    item.path().to_path_buf(),
+                    format!(
+                        "{:?} mode {:o} size {} mtime {}.{} ctime {}.{} {detail}",
+                        m.file_type(),
+                        m.mode(),
+                        m.len(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        m.ctime(),
+                        m.ctime_nsec()
+                    ),
+                );
+            }
+            all
+        }
+    }
+
+    /// Restores the archive `build` makes (given the sandbox) and asserts that it was
+    /// refused as unsafe, with nothing changed outside the restore directory and the
+    /// restore directory removed; `verify` must refuse it too. Returns the reason.
+    fn refused(build: impl FnOnce(&Sandbox) -> Vec<Raw>) -> String {
+        let sb = Sandbox::new();
+        let bytes = crafted(&build(&sb));
+        let before = sb.snapshot();
+        let r = verify_into(bytes.as_slice(), &sb.dest());
+        let after = sb.snapshot();
+        assert_eq!(before, after, "written outside the restore directory");
+        assert!(!sb.dest().exists(), "the refused restore was left behind");
+        assert!(
+            matches!(verify(bytes.as_slice()), Err(ArchiveError::Unsafe { .. })),
+            "verify accepted what a restore refuses"
+        );
+        match r {
+            Err(ArchiveError::Unsafe { why, .. }) => why,
+            other => panic!("expected an unsafe entry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_at_the_path_of_an_earlier_symlink_is_refused() {
+        let why = refused(|sb| {
+            vec![
+                Raw::Dir("r", 0o755),
+                Raw::Link("r/l", sb.outside("victim")),
+                Raw::File("r/l", b"pwned", 0o644),
+            ]
+        });
+        assert!(why.contains("twice"), "{why}");
+    }
+
+    #[test]
+    fn a_leading_dot_slash_does_not_hide_a_symlink() {
+        let why = refused(|sb| {
+            vec![
+                Raw::Dir("r", 0o755),
+                Raw::Link("r/l", sb.outside("dir")),
+                Raw::File("./r/l/x", b"pwned", 0o644),
+            ]
+        });
+        assert!(why.contains("symlink `r/l`"), "{why}");
+    }
+
+    #[test]
+    fn a_double_slash_does_not_hide_a_symlink() {
+        for spelling in ["r//l/x", "r/l//x"] {
+            let why = refused(|sb| {
+                vec![
+                    Raw::Dir("r", 0o755),
+                    Raw::Link("r/l", sb.outside("dir")),
+                    Raw::File(spelling, b"pwned", 0o644),
+                ]
+            });
+            assert!(why.contains("symlink `r/l`"), "{spelling}: {why}");
+        }
+    }
+
+    #[test]
+    fn a_directory_entry_over_a_symlink_is_refused() {
+        let why = refused(|sb| {
+            vec![
+                Raw::Dir("r", 0o755),
+                Raw::Link("r/l", sb.outside("dir")),
+                Raw::Dir("r/l/", 0o777),
+            ]
+        });
+        assert!(why.contains("twice"), "{why}");
+    }
+
+    #[test]
+    fn no_mode_is_applied_through_a_symlink() {
+        // A file entry at the link's path, spelt `r/./l`: today's code truncates the
+        // victim and makes it setuid and world-writable.
+        let why = refused(|sb| {
+            vec![
+                Raw::Dir("r", 0o755),
+                Raw::Link("r/l", sb.outside("victim")),
+                Raw::File("r/./l", b"", 0o4777),
+            ]
+        });
+        assert!(why.contains("twice"), "{why}");
+    }
+
+    #[test]
+    fn an_absolute_symlink_target_is_never_written_through() {
+        let why = refused(|sb| {
+            vec![
+                Raw::Dir("r", 0o755),
+                Raw::Link("r/abs", sb.outside("")),
+                Raw::File("r/./abs/new", b"pwned", 0o644),
+            ]
+        });
+        assert!(why.contains("symlink `r/abs`"), "{why}");
+    }
+
+    #[test]
+    fn a_symlink_over_entries_already_written_is_refused() {
+        let why = refused(|sb| {
+            vec![
+                Raw::Dir("r", 0o755),
+                Raw::File("r/l/x", b"fine", 0o644),
+                Raw::Link("r/l", sb.outside("dir")),
+            ]
+        });
+        assert!(why.contains("already holds"), "{why}");
+    }
+
+    #[test]
+    fn a_symlink_on_disk_beneath_the_destination_is_not_followed() {
+        // Something planted `restore/r -> outside` (a racing process, or a reused
+        // directory): the write must not go through it.
+        let sb = Sandbox::new();
+        std::fs::create_dir(sb.dest()).unwrap();
+        std::os::unix::fs::symlink(sb.outside(""), sb.dest().join("r")).unwrap();
+        let bytes = crafted(&[Raw::File("r/new", b"pwned", 0o644)]);
+        let before = sb.snapshot();
+        let r = check_entries(bytes.as_slice(), Some(&sb.dest()), 1 << 30);
+        assert_eq!(
+            before,
+            sb.snapshot(),
+            "written outside the restore directory"
+        );
+        assert!(
+            matches!(&r, Err(ArchiveError::Unsafe { why, .. }) if why.contains("on disk")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_huge_manifest_is_refused_with_its_size() {
+        // A manifest of 64 MiB and one byte (valid JSON: unknown fields are ignored) is
+        // refused before it is read into memory. The archive is gzip members joined (as
+        // our own archives are), one 1 MiB member of spaces repeated, so that building
+        // it costs little.
+        let limit: usize = 64 << 20;
+        let head = br#"{"format":1,"created_at":"","release":"","ref":"","runbook":"","entries":[],"pad":""#;
+        let tail = br#""}"#;
+        let gz = |data: &[u8]| {
+            let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_path(MANIFEST).unwrap();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(limit as u64 + 1);
+        h.set_cksum();
+        let mut bytes = gz(&[h.as_bytes().as_slice(), head].concat());
+        let spaces = limit + 1 - head.len() - tail.len();
+        let mib = gz(&vec![b' '; 1 << 20]);
+        for _ in 0..spaces >> 20 {
+            bytes.extend_from_slice(&mib);
+        }
+        let mut rest = vec![b' '; spaces % (1 << 20)];
+        rest.extend_from_slice(tail);
+        rest.resize(rest.len() + (512 - (limit + 1) % 512) % 512 + 1024, 0);
+        bytes.extend_from_slice(&gz(&rest));
+        let r = verify(bytes.as_slice());
+        assert!(
+            matches!(&r, Err(ArchiveError::Corrupt(why)) if why.contains("67108865 bytes") && why.contains("RUNBOOK_MANIFEST_LIMIT")),
+            "{r:?}"
+        );
     }
 }
