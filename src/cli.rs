@@ -60,6 +60,8 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// Take over a server another tool deployed: its releases become rollback targets
     Adopt(AdoptArgs),
+    /// Bring the fleet back to one whole release after a run that died (lock, maintenance)
+    Recover(RecoverArgs),
     /// Query the audit log: who ran what, where, why, and how it ended
     Audit(AuditArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
@@ -210,6 +212,16 @@ pub struct AdoptArgs {
     pub yes: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// Confirm on a protected environment
+    #[arg(long)]
+    pub yes: bool,
+}
+
 pub fn dispatch(cli: Cli) -> Result<(), Error> {
     let global = &cli.global;
     match cli.command {
@@ -220,6 +232,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Repl(args) => crate::commands::repl::run(global, &args),
         Command::Unlock(args) => crate::commands::unlock::run(global, &args),
         Command::Adopt(args) => crate::commands::adopt::run(global, &args),
+        Command::Recover(args) => crate::commands::recover::run(global, &args),
         Command::Audit(args) => crate::commands::audit::run(global, &args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -149,6 +149,37 @@ rm -rf "$gone"
 if [ "$what" = lock ]; then printf 'removed\t%s\t%s\n' "$age" "$holder"; else printf 'removed-foreign\t%s\n' "$what"; fi
 "#;
 
+/// Appends a line to the run's progress record inside its lock (`lock/progress`): what a
+/// run that dies leaves for `runbook recover` to read from the hosts alone.
+const NOTE: &str = r#"root=$1 run=$2 line=$3
+[ "$(holder_run "$lock")" = "$run" ] && printf '%s\n' "$line" >> "$lock/progress"
+true
+"#;
+
+/// What a host says about the state a run left: the live release, maintenance mode, and
+/// the lock with its holder, heartbeat age and progress record.
+const STATE: &str = r#"root=$1
+cur=$(readlink "$root/current" 2>/dev/null || true); echo "current	${cur##*/}"
+if [ -e "$root/current/storage/framework/down" ]; then echo "down	yes"; else echo "down	no"; fi
+if [ -d "$lock" ] && [ -n "$(holder_run "$lock")" ]; then
+  echo "holder	$(tr -d '\n' < "$lock/info")"
+  b=$(beat_of "$lock"); [ -z "$b" ] || echo "beat	$(( $(date +%s) - b ))"
+  [ -f "$lock/progress" ] && sed 's/^/progress	/' "$lock/progress"
+fi
+for t in "$dir"/lock.new.* "$dir"/lock.stale.*; do [ -e "$t" ] && echo "temporary	${t##*/}"; done
+true
+"#;
+
+/// Removes the lock of dead run `$2` (only that run's) and its lock temporaries.
+const REMOVE_DEAD: &str = r#"root=$1 dead=$2 run=$3
+rm -rf "$dir/lock.new.$dead."* "$dir/lock.stale.$dead."*
+[ "$(holder_run "$lock")" = "$dead" ] || { echo none; exit 0; }
+gone=$dir/lock.recovered.$run.$$
+mv -T "$lock" "$gone" 2>/dev/null || { echo none; exit 0; }
+if [ "$(holder_run "$gone")" = "$dead" ]; then rm -rf "$gone"; echo removed; exit 0; fi
+mv -T "$gone" "$lock" 2>/dev/null; echo none
+"#;
+
 /// runbook's own lock scripts; each runs as `sh -c COMMON+BODY sh ROOT …`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Script {
@@ -156,6 +187,9 @@ enum Script {
     Release,
     Beat,
     Unlock,
+    Note,
+    State,
+    RemoveDead,
 }
 
 impl Script {
@@ -165,6 +199,9 @@ impl Script {
             Script::Release => RELEASE,
             Script::Beat => BEAT,
             Script::Unlock => UNLOCK,
+            Script::Note => NOTE,
+            Script::State => STATE,
+            Script::RemoveDead => REMOVE_DEAD,
         };
         format!("{COMMON}{body}")
     }
@@ -175,6 +212,9 @@ impl Script {
             Script::Release => "lock: release",
             Script::Beat => "lock: heartbeat",
             Script::Unlock => "lock: remove",
+            Script::Note => "lock: record progress",
+            Script::State => "recover: read the host's state",
+            Script::RemoveDead => "recover: remove the dead run's lock",
         }
     }
 }
@@ -519,6 +559,47 @@ impl Locks {
             .collect()
     }
 
+    /// Appends `line` to this run's progress record on each of `hosts` whose lock it
+    /// holds (best effort, shielded: a record must not be lost to a signal).
+    pub fn note(&self, hosts: &[&str], line: &str) {
+        if self.effects.dry_run() {
+            return;
+        }
+        let targets: Vec<Target> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|t| hosts.contains(&t.name()))
+            .cloned()
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let fan = FanOut {
+            fail_fast: false,
+            shielded: true,
+            ..FanOut::new()
+        };
+        let _ = self.effects.run_many_with(
+            &targets,
+            &|t: &Target| {
+                let mut s = spec(Script::Note, &[&root(t), &self.run, line]);
+                s.shielded = true;
+                s.silent = true;
+                s
+            },
+            &fan,
+        );
+    }
+
+    /// `note` on every host this run holds the lock on.
+    pub fn note_all(&self, line: &str) {
+        let names = self.held();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.note(&names, line);
+    }
+
     /// Names of the hosts this run holds the lock on.
     pub fn held(&self) -> Vec<String> {
         self.held
@@ -528,6 +609,106 @@ impl Locks {
             .map(|t| t.name().to_owned())
             .collect()
     }
+}
+
+/// What one host says about the state runs left on it (see `STATE`).
+#[derive(Debug, Clone, Default)]
+pub struct HostState {
+    pub host: String,
+    pub current: String,
+    pub down: bool,
+    pub holder: Option<Holder>,
+    /// Seconds since the holder's last heartbeat.
+    pub beat_age: Option<u64>,
+    pub progress: Vec<String>,
+    pub temporaries: Vec<String>,
+}
+
+/// Reads every target's state (`None` for a host that did not answer, with why).
+pub fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, String>> {
+    let fan = FanOut {
+        fail_fast: false,
+        ..FanOut::new()
+    };
+    let outcomes = effects.run_many_with(
+        targets,
+        &|t: &Target| spec(Script::State, &[&root(t)]),
+        &fan,
+    );
+    targets
+        .iter()
+        .zip(outcomes)
+        .map(|(t, o)| match o {
+            HostOutcome::Done(Ok(r)) => {
+                let mut st = HostState {
+                    host: t.name().to_owned(),
+                    ..HostState::default()
+                };
+                for line in r.stdout.lines() {
+                    let (k, v) = line.split_once('\t').unwrap_or((line, ""));
+                    match k {
+                        "current" => st.current = v.to_owned(),
+                        "down" => st.down = v == "yes",
+                        "holder" => st.holder = serde_json::from_str(v).ok(),
+                        "beat" => st.beat_age = v.parse().ok(),
+                        "progress" => st.progress.push(v.to_owned()),
+                        "temporary" => st.temporaries.push(v.to_owned()),
+                        _ => {}
+                    }
+                }
+                Ok(st)
+            }
+            HostOutcome::Done(Err(e)) => Err(e.to_string()),
+            HostOutcome::Skipped => Err("not reached".to_owned()),
+        })
+        .collect()
+}
+
+/// Removes dead run `dead`'s lock and lock temporaries on every target (never another
+/// run's). Returns the hosts whose lock was removed.
+pub fn remove_dead(effects: &Effects, targets: &[Target], dead: &str, run: &str) -> Vec<String> {
+    let fan = FanOut {
+        fail_fast: false,
+        shielded: true,
+        ..FanOut::new()
+    };
+    let outcomes = effects.run_many_with(
+        targets,
+        &|t: &Target| {
+            let mut s = spec(Script::RemoveDead, &[&root(t), dead, run]);
+            s.shielded = true;
+            s
+        },
+        &fan,
+    );
+    targets
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(t, o)| match o {
+            HostOutcome::Done(Ok(r)) if r.stdout.contains("removed") => Some(t.name().to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the holder's process is known to be gone: it ran on this machine and its pid
+/// no longer exists (or is another program). A holder on another machine is judged by its
+/// heartbeat alone.
+pub fn holder_is_gone(h: &Holder) -> bool {
+    let here = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    if h.machine != here || h.pid == 0 {
+        return false;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(h.pid).unwrap_or(i32::MAX));
+    if nix::sys::signal::kill(pid, None).is_err() {
+        return true;
+    }
+    // A live pid may have been reused by another program.
+    std::fs::read_to_string(format!("/proc/{}/cmdline", h.pid))
+        .map(|c| !c.contains("runbook"))
+        .unwrap_or(true)
 }
 
 /// `runbook unlock`: removes a lock; with `stale`, only one whose heartbeat is older.

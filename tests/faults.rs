@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{INVENTORY, Test};
 
-fn trials(default: usize) -> usize {
+pub fn trials(default: usize) -> usize {
     std::env::var("FAULT_TRIALS")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -18,10 +18,10 @@ fn trials(default: usize) -> usize {
 }
 
 /// A tiny deterministic generator (no dependency, reproducible from the seed printed).
-struct Lcg(u64);
+pub struct Lcg(pub u64);
 
 impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
+    pub fn next(&mut self, below: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)

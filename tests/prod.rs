@@ -534,3 +534,110 @@ fn another_tools_layout_is_refused_adopted_and_kept_as_a_rollback_target() {
         t0,
     );
 }
+
+/// SIGKILL of the runner at a random moment of a rolling deploy (no failure path, no
+/// cleanup): `runbook recover` reads what the dead run left from the hosts alone and
+/// brings every host to one whole release, maintenance off, no lock or lock temporary;
+/// the next deploy then needs no manual step.
+#[test]
+fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let n = crate::faults::trials(20);
+    let seed = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(11);
+    let mut rng = crate::faults::Lcg(seed);
+    let project = f.project();
+    project
+        .command()
+        .args(["run", "deploy", "-e", "prod", "ref=v1", "-q"])
+        .status()
+        .unwrap();
+    let took_ms = {
+        next_second();
+        let t = Instant::now();
+        let ok = project
+            .command()
+            .args(["run", "deploy", "-e", "prod", "ref=v2", "-q"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "the deploy before the trials failed");
+        t.elapsed().as_millis() as u64
+    };
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for trial in 0..n {
+        next_second();
+        let r = if trial % 2 == 0 { "ref=v1" } else { "ref=v2" };
+        let after = rng.next(took_ms);
+        let mut child = project
+            .command()
+            .args(["run", "deploy", "-e", "prod", r])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(after));
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        assert!(
+            !err.contains("lock is held"),
+            "trial {trial}: the deploy was refused by a lock left from before: {err}"
+        );
+        let rec = project.run_with(&["recover", "-e", "prod", "--yes"]);
+        rec.code(0);
+        let word = if rec.stderr.contains("died without cleaning up") {
+            "recovered"
+        } else {
+            "nothing left"
+        };
+        *outcomes.entry(word.to_owned()).or_default() += 1;
+        let live = f.current("web1");
+        all_on(&f, &live);
+        for h in &f.hosts {
+            let meta = h.host.path("/var/www/app/.runbook");
+            let left: Vec<String> = std::fs::read_dir(&meta)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with("lock"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(
+                left.is_empty(),
+                "trial {trial} (SIGKILL after {after} ms): {} still has {left:?}\n{}",
+                h.host.name,
+                rec.stderr
+            );
+            assert!(
+                h.host
+                    .path(&format!("/var/www/app/.runbook/releases/{live}.json"))
+                    .exists(),
+                "trial {trial}: {} serves an incomplete release {live}",
+                h.host.name
+            );
+        }
+    }
+    // And the next deploy simply works.
+    next_second();
+    project
+        .run_with(&["run", "deploy", "-e", "prod", "ref=v2", "-q"])
+        .code(0);
+    let audit = std::fs::read_to_string(project.path().join("audit.jsonl")).unwrap_or_default();
+    let recovered = audit.matches("\"result\":\"recovered\"").count();
+    assert_eq!(recovered, outcomes.get("recovered").copied().unwrap_or(0));
+    eprintln!(
+        "sigkill: {n} trials (seed {seed}, deploy {took_ms} ms): {outcomes:?}; every host on one complete release, maintenance off, no lock left"
+    );
+    took(
+        "after_a_sigkill_at_any_moment_recover_brings_the_fleet_back",
+        t0,
+    );
+}

@@ -77,6 +77,9 @@ pub struct Session {
 impl Session {
     /// Records that `host` moved from `before` to `after` (for the audit log).
     pub fn record_switch(&self, host: &str, before: &str, after: &str) {
+        // The host's own record, for `runbook recover` should this run die.
+        self.locks
+            .note(&[host], &format!("switched {before} {after}"));
         let mut s = self.switches.lock().unwrap_or_else(|e| e.into_inner());
         let entry = s
             .entry(host.to_owned())

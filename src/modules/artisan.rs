@@ -44,6 +44,9 @@ fn artisan(
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         m.extend(targets.iter().map(|t| t.name().to_owned()));
+        drop(m);
+        let names: Vec<&str> = targets.iter().map(Target::name).collect();
+        session.locks.note(&names, "maintenance on");
     }
     let mut opts = opts.clone();
     let release = opts.remove("release").map(|v| v.to_string());
@@ -75,6 +78,9 @@ fn artisan(
         for t in &targets {
             m.remove(t.name());
         }
+        drop(m);
+        let names: Vec<&str> = targets.iter().map(Target::name).collect();
+        session.locks.note(&names, "maintenance off");
     }
     Ok(result)
 }

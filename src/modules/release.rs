@@ -91,6 +91,7 @@ fn prepare(
         let mut facts = session.facts.lock().unwrap_or_else(|e| e.into_inner());
         facts.deploy = true;
     }
+    session.locks.note_all(&format!("prepared {name}"));
     let made = core::prepare(&session.effects, &targets, &name, &source, &settings, &meta)
         .map_err(to_rhai)?;
     session
@@ -371,6 +372,7 @@ pub mod release_api {
     pub fn verified(ctx: NativeCallContext) {
         if let Ok(session) = super::super::session(&ctx) {
             session.effects.interrupt().settle();
+            session.locks.note_all("verified");
         }
     }
 
