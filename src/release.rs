@@ -64,7 +64,13 @@ pub enum EnvFile {
     #[default]
     AsIs,
     /// Write this text (a rendered `env_template`) on every host, atomically, mode 0640.
-    Rendered(String),
+    /// `shadow`: the template's own file name when it is a `.env.*` at the release's root
+    /// — Laravel reads `.env.<APP_ENV>` instead of `.env` once APP_ENV is set (its
+    /// `config:cache` does), so that file in the release becomes a link to `shared/.env`.
+    Rendered {
+        text: String,
+        shadow: Option<String>,
+    },
     /// Refuse a host's FIRST release while `shared/.env` is missing or empty and the
     /// release brings none (a Laravel app would fail at the migrations without saying why).
     Required { env: String },
@@ -75,7 +81,9 @@ impl std::fmt::Debug for EnvFile {
         match self {
             EnvFile::AsIs => f.write_str("AsIs"),
             // The text holds secrets: never in a debug line.
-            EnvFile::Rendered(t) => write!(f, "Rendered({} bytes)", t.len()),
+            EnvFile::Rendered { text, shadow } => {
+                write!(f, "Rendered({} bytes, shadow {shadow:?})", text.len())
+            }
             EnvFile::Required { env } => write!(f, "Required({env})"),
         }
     }
@@ -495,7 +503,9 @@ fn prepare_inner(
     let meta_json = serde_json::to_string(&meta).unwrap_or_default();
     match &settings.env_file {
         EnvFile::AsIs => {}
-        EnvFile::Rendered(text) => write_env_file(effects, targets, text)?,
+        EnvFile::Rendered { text, shadow } => {
+            write_env_file(effects, targets, name, text, shadow.as_deref())?;
+        }
         EnvFile::Required { env } => require_env_file(effects, targets, name, env)?,
     }
     let dirs = settings.shared_dirs.join("\n");
@@ -527,7 +537,10 @@ pub const ENV_FILE: &str = ".env";
 /// it (never readable by others, even for a moment), the old file's group kept, mode
 /// 0640, then rename(2) — a reader sees the old file or the new one, never half of one.
 const WRITE_ENV: &str = r#"set -eu
-root=$1 f=$2
+root=$1 f=$2 name=$3 shadow=$4
+if [ -n "$shadow" ] && [ -f "$root/releases/$name/$shadow" ]; then
+  ln -sfn "$root/shared/$f" "$root/releases/$name/$shadow"
+fi
 dst=$root/shared/$f dir=$(dirname "$root/shared/$f")
 mkdir -p "$dir"
 tmp=$dir/.runbook-env.$$
@@ -551,13 +564,15 @@ exit 3
 pub fn write_env_file(
     effects: &Effects,
     targets: &[Target],
+    name: &str,
     text: &str,
+    shadow: Option<&str>,
 ) -> Result<(), ReleaseError> {
     on_all(effects, targets, |t| {
         let mut spec = script(
             format!("release: write shared/{ENV_FILE} from the template (mode 0640)"),
             WRITE_ENV,
-            &[&root(t), ENV_FILE],
+            &[&root(t), ENV_FILE, name, shadow.unwrap_or("")],
         );
         spec.stdin = Some(text.as_bytes().to_vec());
         spec
@@ -631,13 +646,27 @@ mod env_file_tests {
     fn the_env_file_is_replaced_whole_with_mode_0640_and_no_temporary_left() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_str().unwrap();
-        assert_eq!(sh(WRITE_ENV, &[root, ".env"], "A=1\n"), 0);
+        std::fs::create_dir_all(dir.path().join("releases/r1")).unwrap();
+        std::fs::write(dir.path().join("releases/r1/.env.production"), "A=${X}\n").unwrap();
+        assert_eq!(
+            sh(WRITE_ENV, &[root, ".env", "r1", ".env.production"], "A=1\n"),
+            0
+        );
+        // The template in the release is what Laravel reads with APP_ENV=production: it
+        // now leads to the rendered file.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("releases/r1/.env.production")).unwrap(),
+            "A=1\n"
+        );
         std::fs::set_permissions(
             dir.path().join("shared/.env"),
             std::fs::Permissions::from_mode(0o666),
         )
         .unwrap();
-        assert_eq!(sh(WRITE_ENV, &[root, ".env"], "A=2\nB='x y'\n"), 0);
+        assert_eq!(
+            sh(WRITE_ENV, &[root, ".env", "r1", ""], "A=2\nB='x y'\n"),
+            0
+        );
         let env = dir.path().join("shared/.env");
         assert_eq!(std::fs::read_to_string(&env).unwrap(), "A=2\nB='x y'\n");
         let mode = std::fs::metadata(&env).unwrap().permissions().mode() & 0o777;

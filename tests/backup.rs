@@ -352,13 +352,13 @@ fn a_full_disk_leaves_no_archive_with_a_final_name_and_older_backups_intact() {
 }
 
 /// A real MariaDB on its own data dir and unix socket, started and stopped by the test.
-struct MariaDb {
+pub struct MariaDb {
     dir: tempfile::TempDir,
     child: std::process::Child,
 }
 
 impl MariaDb {
-    fn start() -> Option<MariaDb> {
+    pub fn start() -> Option<MariaDb> {
         let missing = [
             "/usr/sbin/mariadbd",
             "/usr/bin/mariadb-install-db",
@@ -419,7 +419,7 @@ impl MariaDb {
         Some(db)
     }
 
-    fn socket(&self) -> String {
+    pub fn socket(&self) -> String {
         self.dir.path().join("mysql.sock").display().to_string()
     }
 
@@ -442,11 +442,11 @@ impl MariaDb {
         }
     }
 
-    fn try_sql(&self, q: &str) -> Option<String> {
+    pub fn try_sql(&self, q: &str) -> Option<String> {
         self.run_sql(q).ok()
     }
 
-    fn sql(&self, q: &str) -> String {
+    pub fn sql(&self, q: &str) -> String {
         self.run_sql(q)
             .unwrap_or_else(|e| panic!("query failed: {q}\n{e}"))
     }

@@ -7,6 +7,7 @@ mod check;
 mod ci;
 mod errors;
 mod faults;
+mod firstday;
 mod fleet;
 mod governance;
 mod health;

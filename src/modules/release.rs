@@ -48,7 +48,14 @@ fn env_file_plan(
             core::ENV_FILE
         )));
     }
-    render_template(session, template).map(|r| EnvFile::Rendered(r.text))
+    let shadow = template
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".env."));
+    render_template(session, template).map(|r| EnvFile::Rendered {
+        text: r.text,
+        shadow,
+    })
 }
 
 /// Renders a template from the process environment; each value it fills in is a secret
