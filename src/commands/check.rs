@@ -142,7 +142,7 @@ fn check_environments(inventory: &crate::inventory::Inventory) -> usize {
         let Some(template) = &env.env_template else {
             continue;
         };
-        match crate::envfile::render_file(template, &crate::envfile::from_process_env) {
+        match crate::envfile::render_file(template, crate::envfile::from_process_env) {
             Ok(_) => {}
             Err(crate::envfile::TemplateError::Missing { missing, .. }) => {
                 for m in missing {

@@ -64,7 +64,7 @@ fn render_template(
     session: &crate::engine::Session,
     template: &std::path::Path,
 ) -> Result<crate::envfile::Rendered, Box<EvalAltResult>> {
-    let rendered = crate::envfile::render_file(template, &crate::envfile::from_process_env)
+    let rendered = crate::envfile::render_file(template, crate::envfile::from_process_env)
         .map_err(|e| super::error(e.to_string()))?;
     let redactor = session.effects.output().redactor();
     for value in &rendered.values {
