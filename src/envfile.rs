@@ -362,6 +362,69 @@ mod tests {
         ));
     }
 
+    /// What Laravel reads back: Debian's phpdotenv (php-laravel-framework) parses each
+    /// rendered value into exactly the variable's value.
+    #[test]
+    fn laravels_dotenv_reads_every_rendered_value_back_exactly() {
+        let autoload = "/usr/share/php/Dotenv/autoload.php";
+        if !Path::new(autoload).exists() || !Path::new("/usr/bin/php").exists() {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true"),
+                "phpdotenv is missing under CI=true (apt-get install php-laravel-framework php-cli)"
+            );
+            eprintln!("SKIPPED: phpdotenv unavailable");
+            return;
+        }
+        let values = [
+            "plain",
+            "a b#c$d",
+            // `${W0}` names a key of the rendered file: dotenv would expand it.
+            "it's \"x\" ${W0} \\ z",
+            "${W0}",
+            "tab\there",
+            "ünï©ode ✓",
+        ];
+        let mut template = String::new();
+        let mut vars = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            template.push_str(&format!("W{i}=${{V{i}}}\nD{i}=\"pre ${{V{i}}} post\"\n"));
+            vars.push((format!("V{i}"), (*v).to_owned()));
+        }
+        let lookup = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let rendered = render(path(), &template, lookup).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(".env");
+        std::fs::write(&file, &rendered.text).unwrap();
+        let out = std::process::Command::new("/usr/bin/php")
+            .arg("-r")
+            .arg(format!(
+                "require '{autoload}'; echo json_encode(Dotenv\\Dotenv::parse(file_get_contents($argv[1])));"
+            ))
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(
+                parsed[format!("W{i}")],
+                *v,
+                "whole value {v:?} in\n{}",
+                rendered.text
+            );
+            assert_eq!(
+                parsed[format!("D{i}")],
+                format!("pre {v} post"),
+                "quoted part {v:?} in\n{}",
+                rendered.text
+            );
+        }
+    }
+
     #[test]
     fn the_files_own_keys_are_left_for_dotenv() {
         let t = "APP_NAME=shop\nVITE_APP_NAME=\"${APP_NAME}\"\nX=${UNCLOSED\nY=${lower-case}\n";

@@ -507,6 +507,17 @@ fn the_seeds_ssh_secrets_name_the_host_user_and_key_and_the_key_lives_only_for_t
     assert_eq!(mode(&dir.join("key-1")), 0o600);
     assert_eq!(std::fs::read_to_string(dir.join("key-1")).unwrap(), key);
     std::thread::sleep(Duration::from_millis(500)); // the remote sleep is running
+    // The material is in no process's argument list (runbook's, ssh's, the master's).
+    let body = key.lines().nth(1).unwrap();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(body),
+                "the key is in the argv of process {:?}",
+                entry.file_name()
+            );
+        }
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
