@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod effects;
 pub mod engine;
+pub mod envfile;
 pub mod error;
 pub mod health;
 pub mod inventory;

@@ -44,7 +44,9 @@ impl Project {
         }
         let envs = &self.inventory.envs;
         match envs.values().next() {
-            Some(only) if envs.len() == 1 && !only.protected => Ok(only.clone()),
+            Some(only) if envs.len() == 1 && !only.protected => {
+                Ok(self.inventory.env(&only.name)?)
+            }
             _ => Err(Error::NoEnv {
                 known: envs.keys().cloned().collect(),
             }),

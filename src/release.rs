@@ -53,6 +53,40 @@ pub struct Settings {
     pub writable_dirs: Vec<String>,
     /// e.g. `composer` — run as `<composer> install --no-dev …` when composer.json exists.
     pub composer: String,
+    /// What happens to `shared/.env` before the shared files are linked.
+    pub env_file: EnvFile,
+}
+
+/// What `prepare` does about `shared/.env` (see [`write_env_file`], [`require_env_file`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum EnvFile {
+    /// Leave it as the shared files make it.
+    #[default]
+    AsIs,
+    /// Write this text (a rendered `env_template`) on every host, atomically, mode 0640.
+    /// `shadow`: the template's own file name when it is a `.env.*` at the release's root
+    /// — Laravel reads `.env.<APP_ENV>` instead of `.env` once APP_ENV is set (its
+    /// `config:cache` does), so that file in the release becomes a link to `shared/.env`.
+    Rendered {
+        text: String,
+        shadow: Option<String>,
+    },
+    /// Refuse a host's FIRST release while `shared/.env` is missing or empty and the
+    /// release brings none (a Laravel app would fail at the migrations without saying why).
+    Required { env: String },
+}
+
+impl std::fmt::Debug for EnvFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnvFile::AsIs => f.write_str("AsIs"),
+            // The text holds secrets: never in a debug line.
+            EnvFile::Rendered { text, shadow } => {
+                write!(f, "Rendered({} bytes, shadow {shadow:?})", text.len())
+            }
+            EnvFile::Required { env } => write!(f, "Required({env})"),
+        }
+    }
 }
 
 /// A failure on some hosts of a set.
@@ -519,6 +553,13 @@ fn prepare_inner(
     meta.commit.clone_from(&commit);
     meta.commit_time = commit_time;
     let meta_json = serde_json::to_string(&meta).unwrap_or_default();
+    match &settings.env_file {
+        EnvFile::AsIs => {}
+        EnvFile::Rendered { text, shadow } => {
+            write_env_file(effects, targets, name, text, shadow.as_deref())?;
+        }
+        EnvFile::Required { env } => require_env_file(effects, targets, name, env)?,
+    }
     let dirs = settings.shared_dirs.join("\n");
     let files = settings.shared_files.join("\n");
     let writable = settings.writable_dirs.join("\n");
@@ -539,6 +580,174 @@ fn prepare_inner(
         )
     })?;
     Ok(meta)
+}
+
+/// The shared file a rendered template becomes.
+pub const ENV_FILE: &str = ".env";
+
+/// Replaces `shared/.env` atomically with the text on stdin: a private temporary next to
+/// it (never readable by others, even for a moment), the old file's group kept, mode
+/// 0640, then rename(2) — a reader sees the old file or the new one, never half of one.
+const WRITE_ENV: &str = r#"set -eu
+root=$1 f=$2 name=$3 shadow=$4
+if [ -n "$shadow" ] && [ -f "$root/releases/$name/$shadow" ]; then
+  ln -sfn "$root/shared/$f" "$root/releases/$name/$shadow"
+fi
+dst=$root/shared/$f dir=$(dirname "$root/shared/$f")
+mkdir -p "$dir"
+tmp=$dir/.runbook-env.$$
+trap 'rm -f "$tmp"' EXIT
+(umask 077 && cat > "$tmp")
+if [ -e "$dst" ]; then chgrp "$(stat -c %g "$dst")" "$tmp" 2>/dev/null || true; fi
+chmod 0640 "$tmp"
+mv -f "$tmp" "$dst"
+"#;
+
+/// Exits 3 when this is the host's first release and neither `shared/<f>` nor the new
+/// release's own `<f>` has content.
+const ENV_REQUIRED: &str = r#"root=$1 name=$2 f=$3
+if [ -L "$root/current" ] || [ -e "$root/current" ]; then exit 0; fi
+if [ -s "$root/shared/$f" ] || [ -s "$root/releases/$name/$f" ]; then exit 0; fi
+exit 3
+"#;
+
+/// Writes a rendered `.env` template into `shared/.env` on every target (content over
+/// stdin, never in argv). The caller has registered every value in it as a secret.
+pub fn write_env_file(
+    effects: &Effects,
+    targets: &[Target],
+    name: &str,
+    text: &str,
+    shadow: Option<&str>,
+) -> Result<(), ReleaseError> {
+    on_all(effects, targets, |t| {
+        let mut spec = script(
+            format!("release: write shared/{ENV_FILE} from the template (mode 0640)"),
+            WRITE_ENV,
+            &[&root(t), ENV_FILE, name, shadow.unwrap_or("")],
+        );
+        spec.stdin = Some(text.as_bytes().to_vec());
+        spec
+    })
+    .map(|_| ())
+}
+
+/// Refuses the first release of hosts whose `shared/.env` is missing or empty (and whose
+/// new release brings none), saying what to put where.
+pub fn require_env_file(
+    effects: &Effects,
+    targets: &[Target],
+    name: &str,
+    env: &str,
+) -> Result<(), ReleaseError> {
+    let results = on_all(effects, targets, |t| {
+        let mut spec = script(
+            format!("release: check shared/{ENV_FILE} before the first release"),
+            ENV_REQUIRED,
+            &[&root(t), name, ENV_FILE],
+        );
+        spec.quiet = true;
+        spec.tolerate = true;
+        spec
+    })?;
+    let empty: Vec<(&str, String)> = targets
+        .iter()
+        .filter(|t| results.iter().any(|r| r.host == t.name() && r.code == 3))
+        .map(|t| (t.name(), format!("{}/shared/{ENV_FILE}", root(t))))
+        .collect();
+    if empty.is_empty() {
+        return Ok(());
+    }
+    let at: Vec<String> = empty.iter().map(|(h, p)| format!("{h}: {p}")).collect();
+    Err(ReleaseError::new(format!(
+        "the first deploy needs the app's settings, but shared/{ENV_FILE} is missing or empty ({}): \
+         Laravel would fail at the migrations without them. Either put the app's .env there on \
+         each host (APP_KEY, DB_*; mode 0640, owned by the deploy user), or name a template in \
+         runbook.toml — `env_template = \".env.production\"` under [env.{env}] — whose ${{NAME}} \
+         references runbook fills in from the environment it runs in. Nothing was switched; \
+         the unfinished release is removed",
+        at.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod env_file_tests {
+    use super::{ENV_REQUIRED, WRITE_ENV};
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn sh(body: &str, args: &[&str], stdin: &str) -> i32 {
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(body)
+            .arg("sh")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait().unwrap().code().unwrap_or(-1)
+    }
+
+    #[test]
+    fn the_env_file_is_replaced_whole_with_mode_0640_and_no_temporary_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        std::fs::create_dir_all(dir.path().join("releases/r1")).unwrap();
+        std::fs::write(dir.path().join("releases/r1/.env.production"), "A=${X}\n").unwrap();
+        assert_eq!(
+            sh(WRITE_ENV, &[root, ".env", "r1", ".env.production"], "A=1\n"),
+            0
+        );
+        // The template in the release is what Laravel reads with APP_ENV=production: it
+        // now leads to the rendered file.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("releases/r1/.env.production")).unwrap(),
+            "A=1\n"
+        );
+        std::fs::set_permissions(
+            dir.path().join("shared/.env"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        assert_eq!(
+            sh(WRITE_ENV, &[root, ".env", "r1", ""], "A=2\nB='x y'\n"),
+            0
+        );
+        let env = dir.path().join("shared/.env");
+        assert_eq!(std::fs::read_to_string(&env).unwrap(), "A=2\nB='x y'\n");
+        let mode = std::fs::metadata(&env).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("shared"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [".env"], "a temporary was left behind");
+    }
+
+    #[test]
+    fn an_empty_env_file_stops_only_a_hosts_first_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+        std::fs::create_dir_all(dir.path().join("releases/r1")).unwrap();
+        assert_eq!(sh(ENV_REQUIRED, &[root, "r1", ".env"], ""), 3, "missing");
+        std::fs::write(dir.path().join("shared/.env"), "").unwrap();
+        assert_eq!(sh(ENV_REQUIRED, &[root, "r1", ".env"], ""), 3, "empty");
+        // The release brings its own .env: FINISH copies it into shared/.
+        std::fs::write(dir.path().join("releases/r1/.env"), "A=1\n").unwrap();
+        assert_eq!(sh(ENV_REQUIRED, &[root, "r1", ".env"], ""), 0);
+        std::fs::remove_file(dir.path().join("releases/r1/.env")).unwrap();
+        // Not the first release: the live app runs with what it has.
+        std::os::unix::fs::symlink("releases/r0", dir.path().join("current")).unwrap();
+        assert_eq!(sh(ENV_REQUIRED, &[root, "r1", ".env"], ""), 0);
+    }
 }
 
 fn upload_all(

@@ -8,6 +8,7 @@ mod check;
 mod ci;
 mod errors;
 mod faults;
+mod firstday;
 mod fleet;
 mod governance;
 mod hardening;

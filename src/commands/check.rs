@@ -105,6 +105,9 @@ pub fn run(global: &Global, args: &CheckArgs) -> Result<(), Error> {
         }
     }
 
+    if let Some(p) = &project {
+        failed += check_environments(&p.inventory);
+    }
     if let Some(p) = &project
         && global.verbosity() > Verbosity::Quiet
     {
@@ -121,6 +124,45 @@ pub fn run(global: &Global, args: &CheckArgs) -> Result<(), Error> {
         eprintln!("checked {checked} files: all ok");
     }
     Ok(())
+}
+
+/// What a run on each environment will need from the environment runbook runs in:
+/// settings read from variables that are not set here, and `env_template` variables.
+/// A missing variable is a warning (a lint job may not hold production's secrets); a
+/// template that cannot be read, or that could never render, is a failure (counted).
+fn check_environments(inventory: &crate::inventory::Inventory) -> usize {
+    let mut failed = 0;
+    for env in inventory.envs.values() {
+        for (key, var) in &env.unresolved {
+            eprintln!(
+                "warning: runbook.toml `{key}` reads {var}, which is not set here: a run on `{}` stops until it is (export it, or add it to the CI job's secrets)",
+                env.name
+            );
+        }
+        let Some(template) = &env.env_template else {
+            continue;
+        };
+        match crate::envfile::render_file(template, crate::envfile::from_process_env) {
+            Ok(_) => {}
+            Err(crate::envfile::TemplateError::Missing { missing, .. }) => {
+                for m in missing {
+                    eprintln!(
+                        "warning: env.{}.env_template {}:{} reads {}, which is not set here: a deploy to `{}` stops until it is",
+                        env.name,
+                        template.display(),
+                        m.line,
+                        m.name,
+                        env.name
+                    );
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: env.{}.env_template: {e}\n", env.name);
+            }
+        }
+    }
+    failed
 }
 
 /// Compiles with strict variables, then resolves every import (evaluating only module

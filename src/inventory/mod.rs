@@ -5,6 +5,7 @@
 //! file and the key. Secrets are only *named* here (`{ env = "NAME" }`); their values are
 //! read from the process environment when used, and never stored in this structure.
 
+pub mod identity;
 pub mod model;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,14 @@ pub struct Environment {
     pub max_concurrency: usize,
     pub deployers: Option<Vec<String>>,
     pub emergency_deployers: Option<Vec<String>>,
+    /// The `.env` template (`env_template`, resolved against the project root).
+    pub env_template: Option<PathBuf>,
+    /// Settings read from environment variables that are not set here:
+    /// `(inventory key, variable)`. A run on this environment is refused while any is.
+    pub unresolved: Vec<(String, String)>,
+    /// The run's private key files (`identity = { env = … }`), removed when the last
+    /// holder of this environment (the run's session) goes.
+    pub keys: Option<Arc<identity::KeyDir>>,
 }
 
 /// A host as the runtime uses it: every setting resolved from host → env → `[ssh]`.
@@ -63,6 +72,9 @@ pub struct Host {
     pub port: u16,
     pub user: Option<String>,
     pub identity_file: Option<String>,
+    /// Key material named by environment variable; written to `identity_file` (a
+    /// private temporary file) when the environment is opened for a run.
+    pub identity: Option<SecretRef>,
     pub jump_host: Option<String>,
     pub transport: TransportKind,
     pub roles: Vec<String>,
@@ -96,6 +108,16 @@ impl Inventory {
 
     /// Parses inventory text; `path` is used for messages and to resolve relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
+        Inventory::parse_with(path, text, &crate::envfile::from_process_env)
+    }
+
+    /// `parse` with `lookup` standing in for the process environment (settings written
+    /// as `{ env = "NAME" }`; an empty value counts as not set).
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Inventory, InventoryError> {
         let raw: RawInventory = toml::from_str(text).map_err(|e| InventoryError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
@@ -131,7 +153,7 @@ impl Inventory {
                     "environment names may contain only letters, digits, `_` and `-`".into(),
                 ));
             }
-            let resolved = resolve_env(&root, &raw, defaults, name, env, &invalid)?;
+            let resolved = resolve_env(&root, &raw, defaults, name, env, lookup, &invalid)?;
             envs.insert(name.clone(), Arc::new(resolved));
         }
         Ok(Inventory {
@@ -144,15 +166,36 @@ impl Inventory {
         })
     }
 
-    /// Looks up an environment, with an error that lists the ones that exist.
+    /// Opens an environment for a run (an error lists the ones that exist): refused
+    /// while a setting it reads from an environment variable is not set, and with every
+    /// `identity = { env = … }` key written to a private file for as long as the
+    /// returned environment lives.
     pub fn env(&self, name: &str) -> Result<Arc<Environment>, InventoryError> {
-        self.envs
+        let env = self
+            .envs
             .get(name)
             .cloned()
             .ok_or_else(|| InventoryError::UnknownEnv {
                 path: self.path.clone(),
                 name: name.to_owned(),
                 known: self.envs.keys().cloned().collect(),
+            })?;
+        if let Some((key, _)) = env.unresolved.first() {
+            return Err(InventoryError::Invalid {
+                path: self.path.clone(),
+                key: key.clone(),
+                message: unresolved_message(&env.unresolved),
+            });
+        }
+        if !env.hosts.iter().any(|h| h.identity.is_some()) {
+            return Ok(env);
+        }
+        identity::materialize(&env, &crate::envfile::from_process_env)
+            .map(Arc::new)
+            .map_err(|message| InventoryError::Invalid {
+                path: self.path.clone(),
+                key: format!("env.{name}.ssh.identity"),
+                message,
             })
     }
 
@@ -173,6 +216,16 @@ impl Inventory {
         }
         if let Some(pd) = &self.notify.pagerduty {
             names.push(pd.routing_key.env.clone());
+        }
+        // Private keys: masked should one ever be printed (it is never sent anywhere).
+        for env in self.envs.values() {
+            for h in &env.hosts {
+                if let Some(r) = &h.identity
+                    && !names.contains(&r.env)
+                {
+                    names.push(r.env.clone());
+                }
+            }
         }
         names
     }
@@ -419,9 +472,34 @@ fn resolve_env(
     defaults: &RawSsh,
     name: &str,
     env: &RawEnvironment,
+    lookup: &dyn Fn(&str) -> Option<String>,
     invalid: &impl Fn(String, String) -> InventoryError,
 ) -> Result<Environment, InventoryError> {
     let key = |k: &str| format!("env.{name}.{k}");
+    let mut unresolved: Vec<(String, String)> = Vec::new();
+    // A setting named by variable: its value, or "" with the gap recorded (refused when
+    // the environment is opened for a run, reported by `runbook check`).
+    let mut read = |setting_key: String, setting: &Setting| -> Option<String> {
+        match setting {
+            Setting::Literal(v) => Some(v.clone()),
+            Setting::Env(r) => {
+                let value = lookup(&r.env);
+                if value.is_none() && !unresolved.iter().any(|(k, _)| *k == setting_key) {
+                    unresolved.push((setting_key, r.env.clone()));
+                }
+                value
+            }
+        }
+    };
+    // The user and key at the most specific level that names one.
+    let env_user = env
+        .user
+        .as_ref()
+        .map(|u| (key("user"), u))
+        .or_else(|| env.ssh.user.as_ref().map(|u| (key("ssh.user"), u)))
+        .or_else(|| defaults.user.as_ref().map(|u| ("ssh.user".to_owned(), u)));
+    let env_key =
+        key_source(&env.ssh, key("ssh")).or_else(|| key_source(defaults, "ssh".to_owned()));
     let env_transport = env.transport.unwrap_or_default();
     let ssh = merge_ssh(defaults, &env.ssh);
     let ssh_options = SshOptions {
@@ -468,7 +546,12 @@ fn resolve_env(
             }
             RawHost::Table(t) => {
                 let (addr, port) = match &t.address {
-                    Some(a) => split_address(a).map_err(|m| invalid(hkey.clone(), m))?,
+                    Some(a) => match read(format!("{hkey}.address"), a) {
+                        Some(a) => {
+                            split_address(&a).map_err(|m| invalid(format!("{hkey}.address"), m))?
+                        }
+                        None => (String::new(), None),
+                    },
                     // A host written as a table must say where it is; the name alone
                     // is allowed only where the user wrote it as the address.
                     None => {
@@ -483,8 +566,15 @@ fn resolve_env(
                 (
                     addr,
                     t.port.or(port),
-                    t.user.clone(),
-                    t.identity_file.clone(),
+                    t.user.as_ref().map(|u| (format!("{hkey}.user"), u)),
+                    key_source(
+                        &RawSsh {
+                            identity: t.identity.clone(),
+                            identity_file: t.identity_file.clone(),
+                            ..RawSsh::default()
+                        },
+                        hkey.clone(),
+                    ),
                     t.transport,
                     t.jump_host.clone(),
                     t.deploy_path.clone(),
@@ -497,14 +587,24 @@ fn resolve_env(
             .filter(|(_, members)| members.contains(host_name))
             .map(|(r, _)| r.clone())
             .collect();
+        let user = user
+            .or_else(|| env_user.clone())
+            .and_then(|(k, u)| read(k, u));
+        let (identity_file, identity) = match identity.or_else(|| env_key.clone()) {
+            None => (None, None),
+            Some((_, KeySource::File(f))) => (Some(f), None),
+            Some((k, KeySource::Material(r))) => {
+                read(k, &Setting::Env(r.clone()));
+                (None, Some(r))
+            }
+        };
         hosts.push(Arc::new(Host {
             name: host_name.clone(),
             address,
             port: port.or(ssh.port).unwrap_or(22),
-            user: user
-                .or_else(|| env.user.clone())
-                .or_else(|| ssh.user.clone()),
-            identity_file: identity.or_else(|| ssh.identity_file.clone()),
+            user,
+            identity_file,
+            identity,
             jump_host: jump.or_else(|| ssh.jump_host.clone()),
             transport: transport.unwrap_or(env_transport),
             roles,
@@ -623,7 +723,49 @@ fn resolve_env(
         max_concurrency: ssh.max_concurrency.unwrap_or(32).max(1) as usize,
         deployers: env.deployers.clone(),
         emergency_deployers: env.emergency_deployers.clone(),
+        env_template: env.env_template.as_ref().map(|t| root.join(t)),
+        unresolved,
+        keys: None,
     })
+}
+
+/// Where a level of the inventory takes the SSH key from.
+#[derive(Debug, Clone)]
+enum KeySource {
+    File(String),
+    Material(SecretRef),
+}
+
+/// The key a level names (`identity` wins over `identity_file`), with its inventory key.
+fn key_source(ssh: &RawSsh, prefix: String) -> Option<(String, KeySource)> {
+    match (&ssh.identity, &ssh.identity_file) {
+        (Some(r), _) => Some((format!("{prefix}.identity"), KeySource::Material(r.clone()))),
+        (None, Some(f)) => Some((
+            format!("{prefix}.identity_file"),
+            KeySource::File(f.clone()),
+        )),
+        (None, None) => None,
+    }
+}
+
+/// Says which settings wait for which variables, and what to do.
+fn unresolved_message(unresolved: &[(String, String)]) -> String {
+    let vars: Vec<&str> = unresolved.iter().map(|(_, v)| v.as_str()).collect();
+    let mut s = if unresolved.len() == 1 {
+        format!("reads {}, which is not set here (or empty)", vars[0])
+    } else {
+        "reads variables that are not set here (or empty):".to_owned()
+    };
+    if unresolved.len() > 1 {
+        for (k, v) in unresolved {
+            s.push_str(&format!("\n  `{k}` reads {v}"));
+        }
+    }
+    s.push_str(&format!(
+        "\n  export {} where runbook runs (GitHub Actions: `env:` from the repository's secrets); nothing was changed on any host",
+        vars.join(", ")
+    ));
+    s
 }
 
 fn merge_ssh(base: &RawSsh, over: &RawSsh) -> RawSsh {
@@ -634,6 +776,7 @@ fn merge_ssh(base: &RawSsh, over: &RawSsh) -> RawSsh {
             .identity_file
             .clone()
             .or_else(|| base.identity_file.clone()),
+        identity: over.identity.clone().or_else(|| base.identity.clone()),
         known_hosts: over
             .known_hosts
             .clone()
@@ -801,6 +944,89 @@ deploy_path = "/var/www/shop"
         assert_eq!(some.hosts.len(), 9);
         assert_eq!(some.subset(None, Some((2, 2))).roles["web"], ["h02"]);
         assert!(wildcard("web*", "web12") && wildcard("*1", "web1") && !wildcard("web?", "web12"));
+    }
+
+    #[test]
+    fn address_user_and_key_may_come_from_environment_variables() {
+        let text = format!(
+            "{BASE}\n[ssh]\nuser = {{ env = \"RB_T_USER\" }}\nidentity = {{ env = \"RB_T_KEY\" }}\n[env.prod]\nhosts = {{ web1 = {{ address = {{ env = \"RB_T_HOST\" }} }}, web2 = {{ address = \"10.0.0.2\", identity_file = \"/k\" }} }}\n"
+        );
+        let set = |name: &str| match name {
+            "RB_T_USER" => Some("deploy".to_owned()),
+            "RB_T_HOST" => Some("10.9.8.7:2222".to_owned()),
+            "RB_T_KEY" => Some("-----BEGIN KEY-----\r\nabc\r\n-----END KEY-----".to_owned()),
+            _ => None,
+        };
+        let inv = Inventory::parse_with(Path::new("/p/runbook.toml"), &text, &set).unwrap();
+        let env = inv.envs["prod"].clone();
+        assert!(env.unresolved.is_empty(), "{:?}", env.unresolved);
+        let web1 = env.host("web1").unwrap();
+        assert_eq!(
+            (web1.address.as_str(), web1.port, web1.user.as_deref()),
+            ("10.9.8.7", 2222, Some("deploy"))
+        );
+        assert_eq!(
+            web1.identity.as_ref().map(|r| r.env.as_str()),
+            Some("RB_T_KEY")
+        );
+        // A host's own identity_file wins over the [ssh] key.
+        let web2 = env.host("web2").unwrap();
+        assert_eq!(
+            (web2.identity_file.as_deref(), web2.identity.is_none()),
+            (Some("/k"), true)
+        );
+        assert!(inv.secret_names().contains(&"RB_T_KEY".to_owned()));
+
+        use std::os::unix::fs::PermissionsExt;
+        let opened = identity::materialize(&env, &set).unwrap();
+        let key = opened.host("web1").unwrap().identity_file.clone().unwrap();
+        let key = std::path::PathBuf::from(key);
+        let dir = key.parent().unwrap().to_path_buf();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&key), mode(&dir)), (0o600, 0o700));
+        assert_eq!(
+            std::fs::read_to_string(&key).unwrap(),
+            "-----BEGIN KEY-----\nabc\n-----END KEY-----\n"
+        );
+        assert_eq!(
+            opened.host("web2").unwrap().identity_file.as_deref(),
+            Some("/k")
+        );
+        let copy = opened.clone();
+        drop(opened);
+        assert!(
+            key.exists(),
+            "removed while a clone of the environment still lives"
+        );
+        drop(copy);
+        assert!(!dir.exists(), "the key directory outlived the environment");
+    }
+
+    #[test]
+    fn a_variable_that_is_not_set_refuses_the_environment_naming_the_key() {
+        let text = format!(
+            "{BASE}\n[env.prod]\nuser = {{ env = \"RB_T_NOUSER\" }}\nhosts = {{ web1 = {{ address = {{ env = \"RB_T_NOHOST\" }} }} }}\n[env.stage]\nhosts = {{ s = \"10.0.0.1\" }}\n"
+        );
+        let inv = Inventory::parse_with(Path::new("/p/runbook.toml"), &text, &|_| None).unwrap();
+        assert_eq!(
+            inv.envs["prod"].unresolved,
+            [
+                (
+                    "env.prod.hosts.web1.address".to_owned(),
+                    "RB_T_NOHOST".to_owned()
+                ),
+                ("env.prod.user".to_owned(), "RB_T_NOUSER".to_owned())
+            ]
+        );
+        let err = inv.env("prod").unwrap_err().to_string();
+        assert!(
+            err.contains("`env.prod.hosts.web1.address` reads RB_T_NOHOST"),
+            "{err}"
+        );
+        assert!(err.contains("`env.prod.user` reads RB_T_NOUSER"), "{err}");
+        assert!(err.contains("export RB_T_NOHOST, RB_T_NOUSER"), "{err}");
+        // Another environment is not held up by production's secrets.
+        assert!(inv.env("stage").is_ok());
     }
 
     #[test]

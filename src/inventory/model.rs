@@ -76,9 +76,14 @@ fn default_composer() -> String {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSsh {
-    pub user: Option<String>,
+    /// Written inline, or `{ env = "PRODUCTION_SSH_USER" }`.
+    pub user: Option<Setting>,
     pub port: Option<u16>,
     pub identity_file: Option<String>,
+    /// The private key itself, from an environment variable only
+    /// (`{ env = "PRODUCTION_SSH_KEY" }`): written for the run to a file only this user
+    /// can read, removed when the run ends. Wins over `identity_file` at the same level.
+    pub identity: Option<SecretRef>,
     pub known_hosts: Option<String>,
     pub host_key_check: Option<HostKeyCheck>,
     pub connect_timeout: Option<String>,
@@ -121,9 +126,13 @@ pub struct RawEnvironment {
     #[serde(default)]
     pub protected: bool,
     pub transport: Option<TransportKind>,
-    pub user: Option<String>,
+    pub user: Option<Setting>,
     pub deploy_path: Option<String>,
     pub backup_dir: Option<String>,
+    /// A `.env` template (relative to runbook.toml, e.g. the app's `.env.production`):
+    /// each deploy renders it into `shared/.env` on every host, `${NAME}` read from the
+    /// environment runbook runs in.
+    pub env_template: Option<String>,
     pub php: Option<String>,
     pub composer: Option<String>,
     #[serde(default)]
@@ -156,10 +165,13 @@ pub enum RawHost {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHostTable {
-    pub address: Option<String>,
+    /// Written inline, or `{ env = "PRODUCTION_SSH_HOST" }` (`host` or `host:port`).
+    pub address: Option<Setting>,
     pub port: Option<u16>,
-    pub user: Option<String>,
+    pub user: Option<Setting>,
     pub identity_file: Option<String>,
+    /// The private key itself, from an environment variable (see `[ssh] identity`).
+    pub identity: Option<SecretRef>,
     pub transport: Option<TransportKind>,
     pub jump_host: Option<String>,
     /// Overrides the environment's `deploy_path` for this host.

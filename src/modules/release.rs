@@ -6,7 +6,7 @@ use rhai::{Array, Dynamic, EvalAltResult, Map};
 use super::context::HostRef;
 use super::exec::targets;
 use crate::effects::Target;
-use crate::release::{self as core, Metadata, ReleaseError, Settings, Source};
+use crate::release::{self as core, EnvFile, Metadata, ReleaseError, Settings, Source};
 
 fn to_rhai(e: ReleaseError) -> Box<EvalAltResult> {
     if e.interrupted {
@@ -14,6 +14,63 @@ fn to_rhai(e: ReleaseError) -> Box<EvalAltResult> {
     } else {
         super::error(e.message)
     }
+}
+
+/// The environment's `.env` plan: its template rendered now (every value registered as a
+/// secret before anything can print it), or — for a Laravel app without one — a check
+/// that refuses a host's first release while `shared/.env` is empty. A missing variable
+/// is an error naming it and its template line; it touches no host.
+fn env_file_plan(
+    session: &crate::engine::Session,
+    env: &crate::inventory::Environment,
+    shared_files: &[String],
+) -> Result<EnvFile, Box<EvalAltResult>> {
+    let linked = shared_files.iter().any(|f| f == core::ENV_FILE);
+    let Some(template) = &env.env_template else {
+        let laravel = env
+            .vars
+            .get("laravel")
+            .and_then(toml::Value::as_bool)
+            .unwrap_or(true);
+        return Ok(if laravel && linked {
+            EnvFile::Required {
+                env: env.name.clone(),
+            }
+        } else {
+            EnvFile::AsIs
+        });
+    };
+    if !linked {
+        return Err(super::error(format!(
+            "env.{}.env_template is set, but `{}` is not in app.shared_files: add it there so that every release links shared/{}",
+            env.name,
+            core::ENV_FILE,
+            core::ENV_FILE
+        )));
+    }
+    let shadow = template
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".env."));
+    render_template(session, template).map(|r| EnvFile::Rendered {
+        text: r.text,
+        shadow,
+    })
+}
+
+/// Renders a template from the process environment; each value it fills in is a secret
+/// of the run from this moment on.
+fn render_template(
+    session: &crate::engine::Session,
+    template: &std::path::Path,
+) -> Result<crate::envfile::Rendered, Box<EvalAltResult>> {
+    let rendered = crate::envfile::render_file(template, crate::envfile::from_process_env)
+        .map_err(|e| super::error(e.to_string()))?;
+    let redactor = session.effects.output().redactor();
+    for value in &rendered.values {
+        redactor.add(value);
+    }
+    Ok(rendered)
 }
 
 fn prepare(
@@ -74,6 +131,7 @@ fn prepare(
         shared_files: inv.app.shared_files.clone(),
         writable_dirs: inv.app.writable_dirs.clone(),
         composer: env.composer.clone(),
+        env_file: env_file_plan(&session, env, &inv.app.shared_files)?,
     };
     let meta = Metadata {
         git_ref: get("ref").unwrap_or_default(),
@@ -275,6 +333,33 @@ pub mod release_api {
         opts: Map,
     ) -> Result<String, Box<EvalAltResult>> {
         super::super::located(&ctx, super::prepare(&ctx, &hosts, &opts))
+    }
+
+    /// Renders the environment's `env_template` here, touching no host: every value
+    /// it fills in is masked in all output from now on, and a variable that is not set
+    /// stops the script, naming it and its template line. Deploys call it before the
+    /// lock; `release::prepare` writes the file into `shared/.env` (mode 0640, atomically).
+    /// Returns the variables read, or () when the environment has no template.
+    #[rhai_fn(return_raw)]
+    pub fn env_file(ctx: NativeCallContext) -> Result<Dynamic, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let r = (|| {
+            let env = session
+                .env
+                .as_ref()
+                .ok_or_else(|| super::super::error("no environment selected"))?;
+            let Some(template) = &env.env_template else {
+                return Ok(Dynamic::UNIT);
+            };
+            let rendered = super::render_template(&session, template)?;
+            Ok(rendered
+                .names
+                .into_iter()
+                .map(Dynamic::from)
+                .collect::<Array>()
+                .into())
+        })();
+        super::super::located(&ctx, r)
     }
 
     /// Switches `current` to release `name` on every host, atomically (a temporary

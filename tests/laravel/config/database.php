@@ -13,6 +13,7 @@ return [
         // The production shape: one database server shared by every host of the fleet.
         'mysql' => [
             'driver' => 'mysql',
+            'unix_socket' => env('DB_SOCKET', ''),
             'host' => env('DB_HOST', '127.0.0.1'),
             'port' => env('DB_PORT', '3306'),
             'database' => env('DB_DATABASE', 'app'),
