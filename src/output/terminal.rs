@@ -11,8 +11,10 @@
 use std::borrow::Cow;
 
 /// Whether a terminal could act on `c`: C0 except tab and newline, DEL, C1 (U+0080–U+009F).
+/// NUL is left alone: terminals ignore it, and output split on it (`printf '%s\0'`,
+/// `find -print0`) must stay data.
 fn is_control(c: char) -> bool {
-    (c.is_control() && c != '\t' && c != '\n') || ('\u{80}'..='\u{9f}').contains(&c)
+    (c.is_control() && c != '\t' && c != '\n' && c != '\0') || ('\u{80}'..='\u{9f}').contains(&c)
 }
 
 /// `text` with every control character a terminal could act on shown as a visible escape.
