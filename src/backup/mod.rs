@@ -411,6 +411,17 @@ pub fn restore(
                 "release {name} already exists: refusing to restore over it"
             )));
         }
+        // The archive's top-level parts must be what they claim: a link there would make
+        // the release (or the dump loaded) something outside the archive.
+        for part in ["release", "database", "shared"] {
+            if let Ok(m) = std::fs::symlink_metadata(staging.join(part))
+                && !m.is_dir()
+            {
+                return Err(other(format!(
+                    "the archive's `{part}` is not a directory: refusing to restore it"
+                )));
+            }
+        }
         std::fs::create_dir_all(root.join("releases"))?;
         std::fs::rename(staging.join("release"), &target)?;
         if opts.shared && staging.join("shared").exists() {
@@ -424,7 +435,17 @@ pub fn restore(
                 if let Some(parent) = dest.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
-                std::fs::copy(staging.join(&e.path), &dest)?;
+                // Never written through a link at the destination: the live shared file
+                // is replaced by a copy renamed into place.
+                let tmp = dest.with_file_name(format!(
+                    ".{}.restore",
+                    dest.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                ));
+                let _ = std::fs::remove_file(&tmp);
+                std::fs::copy(staging.join(&e.path), &tmp)?;
+                std::fs::rename(&tmp, &dest)?;
             }
         }
         if let Some(db) = &opts.database {
