@@ -590,6 +590,18 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
             !err.contains("lock is held"),
             "trial {trial}: the deploy was refused by a lock left from before: {err}"
         );
+        if f.path("web1", "/var/www/app/.runbook/lock").exists() {
+            // The dead run's lock is not waited out: a deploy says what to run, and
+            // touches nothing.
+            let before = f.currents();
+            let refused = project.run_with(&["run", "deploy", "-e", "prod", r]);
+            refused.code(1).stderr_has("runbook recover -e prod");
+            assert_eq!(
+                f.currents(),
+                before,
+                "trial {trial}: the refused deploy switched"
+            );
+        }
         let rec = project.run_with(&["recover", "-e", "prod", "--yes"]);
         rec.code(0);
         let word = if rec.stderr.contains("died without cleaning up") {

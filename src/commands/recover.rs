@@ -158,6 +158,13 @@ fn recover(
         .iter()
         .find_map(|s| s.holder.clone())
         .unwrap_or_default();
+    // Only the hosts the dead run locked: it changed nothing anywhere else (the lock comes
+    // before every change), and hosts outside its set (a balancer) have no releases.
+    let (targets, states): (Vec<Target>, Vec<HostState>) = targets
+        .into_iter()
+        .zip(states)
+        .filter(|(_, s)| s.holder.as_ref().is_some_and(|h| h.run == dead))
+        .unzip();
     out.log(
         Level::Warn,
         format!(

@@ -79,6 +79,33 @@ fn acquire(
             Ok(out)
         }
         Err(LockError::Interrupted) => Err(super::interrupted()),
+        Err(LockError::Held(blocked))
+            if !blocked.is_empty()
+                && blocked.iter().all(|b| {
+                    matches!(&b.by, crate::lock::Blocker::Run { holder: Some(h), .. }
+                        if crate::lock::holder_is_gone(h))
+                }) =>
+        {
+            // Its run is known to be gone (it ran here and its process no longer exists):
+            // what it left — a half-switched fleet, maintenance mode — is recover's to fix.
+            let env = session.env.as_ref().map_or("ENV", |e| e.name.as_str());
+            let hosts: Vec<&str> = blocked.iter().map(|b| b.host.as_str()).collect();
+            let who = match &blocked[0].by {
+                crate::lock::Blocker::Run {
+                    holder: Some(h), ..
+                } => {
+                    format!(
+                        "run {} by {} (`{}`, pid {})",
+                        h.run, h.actor, h.script, h.pid
+                    )
+                }
+                _ => "a run".to_owned(),
+            };
+            Err(super::error(format!(
+                "the deploy lock on {} is held by {who}, which died without cleaning up (its process is gone); nothing was changed\n  hint: run `runbook recover -e {env}` — it brings every host back to one whole release, lifts its maintenance mode and removes its lock",
+                hosts.join(", ")
+            )))
+        }
         Err(e) => Err(super::error(
             e.message(session.env.as_ref().map(|e| e.name.as_str())),
         )),
