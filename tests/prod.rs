@@ -690,6 +690,11 @@ fn a_rolling_deploy_under_load_answers_503_only_inside_its_maintenance_window() 
 /// web host's `preview_url`), so that a canary test stays short.
 const CANARY: &str = "canary = { window = \"2s\", checks = 1, rate = 50 }";
 
+/// For a release failing 5%: up to two measurements of 2 s at the first gate, so that a
+/// lucky first sample without a failure (0.95^100, about 0.6%) does not let it pass; the
+/// gate stops at the first measurement with a failure, so the usual run is no longer.
+const CANARY_FLAKY: &str = "canary = { window = \"4s\", checks = 2, rate = 50 }";
+
 /// The step names a `--json` run finished with `result`.
 fn steps(out: &crate::harness::Output, result: &str) -> Vec<String> {
     out.events()
@@ -763,7 +768,7 @@ fn a_canary_under_load_that_passes_its_gates_is_promoted_on_every_host() {
 fn a_canary_under_load_failing_five_percent_is_stopped_at_the_first_gate() {
     let t0 = Instant::now();
     let Some(f) = ProdFleet::start() else { return };
-    let project = || f.project_with(&f.inventory_with(true, CANARY));
+    let project = || f.project_with(&f.inventory_with(true, CANARY_FLAKY));
     project()
         .args(&["run", "deploy", "-e", "prod", "ref=v1", "-q"])
         .run()
@@ -784,6 +789,14 @@ fn a_canary_under_load_failing_five_percent_is_stopped_at_the_first_gate() {
         "canary of a 5%-failing release on separate hosts: {} requests; by status {:?}; by release {:?}",
         t.total, t.by_status, t.by_release
     );
+    for e in out.events() {
+        if let Some(m) = e["message"]
+            .as_str()
+            .filter(|m| m.starts_with("canary 10%"))
+        {
+            eprintln!("{m}");
+        }
+    }
     out.code(1);
     let failed = steps(&out, "failed");
     assert_eq!(
