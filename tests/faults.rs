@@ -449,7 +449,7 @@ fn a_full_disk_during_a_backup_or_a_release_loses_nothing() {
     let t = Test::bare()
         .file(
             "runbook.toml",
-            "[app]\nname = \"t\"\ndeploy_path = \"small/app\"\n\n[env.dev]\ntransport = \"local\"\nbackup_dir = \"tiny/backups\"\nhosts = { a = \"localhost\" }\nroles = { web = [\"a\"] }\n",
+            "[app]\nname = \"t\"\ndeploy_path = \"small/app\"\n\n[env.dev]\ntransport = \"local\"\nbackup_dir = \"tiny/backups\"\nhosts = { a = \"localhost\" }\nroles = { web = [\"a\"] }\nvars = { laravel = false }\n",
         )
         .file("build/index.html", "v1\n")
         .file("big/index.html", "v2\n")

@@ -653,3 +653,354 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
         t0,
     );
 }
+
+/// The load generator's clock (`Instant`) for the events' wall-clock timestamps (`ts`,
+/// milliseconds): both are read once here, so an event's time is comparable with a `Hit`.
+struct Clock {
+    at: Instant,
+    epoch_ms: i64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+        Clock {
+            at: Instant::now(),
+            epoch_ms,
+        }
+    }
+
+    /// When event `e` happened, on the load generator's clock.
+    #[track_caller]
+    fn of(&self, e: &serde_json::Value) -> Instant {
+        let ms = chrono::DateTime::parse_from_rfc3339(e["ts"].as_str().unwrap_or(""))
+            .unwrap_or_else(|err| panic!("an event without a readable ts ({err}): {e}"))
+            .timestamp_millis();
+        let d = Duration::from_millis((ms - self.epoch_ms).unsigned_abs());
+        if ms >= self.epoch_ms {
+            self.at + d
+        } else {
+            self.at - d
+        }
+    }
+}
+
+/// When each `php artisan VERB` of a `--json` run finished, on any host, in order: the
+/// `command_finished` that follows its `command_started` on the same host.
+fn artisan_finished(events: &[serde_json::Value], verb: &str, clock: &Clock) -> Vec<Instant> {
+    let mut open: Vec<String> = Vec::new();
+    let mut done = Vec::new();
+    for e in events {
+        let host = e["host"].as_str().unwrap_or("").to_owned();
+        match e["event"].as_str() {
+            Some("command_started") if e["argv"][1] == "artisan" && e["argv"][2] == verb => {
+                open.push(host);
+            }
+            Some("command_finished") => {
+                if let Some(i) = open.iter().position(|h| *h == host) {
+                    open.remove(i);
+                    done.push(clock.of(e));
+                }
+            }
+            _ => {}
+        }
+    }
+    done
+}
+
+/// How far a load generator's answer may lie outside the window the events show: the
+/// request was answered before runbook saw its command finish (`down` took effect while
+/// artisan was still exiting), or was in flight while `up` ran.
+const MARGIN: Duration = Duration::from_millis(300);
+
+#[test]
+fn a_rolling_deploy_under_load_answers_503_only_inside_its_maintenance_window() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    next_second();
+    let clock = Clock::now();
+    let load = crate::strategies::Load::start(f.lb.port, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = f.run("deploy", &["ref=v2", "--json"]);
+    let t = load.finish();
+    eprintln!(
+        "rolling deploy on separate hosts: {} requests through the balancer; by status {:?}; by release {:?}",
+        t.total, t.by_status, t.by_release
+    );
+    out.code(0);
+    let v2 = f.current("web1");
+    assert_ne!(v2, v1);
+    all_on(&f, &v2);
+    let events = out.events();
+    let downs = artisan_finished(&events, "down", &clock);
+    let ups = artisan_finished(&events, "up", &clock);
+    let (Some(&on), Some(&off)) = (downs.iter().min(), ups.iter().max()) else {
+        panic!(
+            "no `artisan down` or `artisan up` in the events:\n{}",
+            out.stdout
+        )
+    };
+    assert!(on < off, "maintenance off before on");
+    eprintln!(
+        "maintenance window: {} ms ({} down, {} up)",
+        (off - on).as_millis(),
+        downs.len(),
+        ups.len()
+    );
+    // Maintenance was seen, and every failed answer lies inside its window.
+    assert!(
+        t.by_status.get(&503).copied().unwrap_or(0) > 0,
+        "no request saw maintenance mode: {:?}",
+        t.by_status
+    );
+    let outside: Vec<String> = t
+        .hits
+        .iter()
+        .filter(|h| h.status != 200 && (h.at + MARGIN < on || h.at > off + MARGIN))
+        .map(|h| {
+            let (when, ms) = if h.at < on {
+                ("before maintenance on", (on - h.at).as_millis())
+            } else {
+                ("after maintenance off", (h.at - off).as_millis())
+            };
+            format!("{} {ms} ms {when}", h.status)
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{} failed answers outside the maintenance window, e.g. {:?}",
+        outside.len(),
+        &outside[..outside.len().min(8)]
+    );
+    // Around the window the site served: the old release before it, the new one after.
+    let served = |pick: &dyn Fn(&crate::strategies::Hit) -> bool| -> Vec<Option<String>> {
+        t.hits
+            .iter()
+            .filter(|h| pick(h))
+            .map(|h| h.release.clone())
+            .collect()
+    };
+    let before = served(&|h| h.at + MARGIN < on);
+    let after = served(&|h| h.at > off + MARGIN);
+    assert!(
+        !before.is_empty() && before.iter().all(|r| r.as_deref() == Some(v1.as_str())),
+        "before maintenance: {before:?}"
+    );
+    assert!(
+        after.iter().all(|r| r.as_deref() == Some(v2.as_str())),
+        "after maintenance: {after:?}"
+    );
+    let job = f.queued_job("web2", "after-rolling").unwrap();
+    assert_eq!(
+        (job.release.as_str(), job.code.as_str()),
+        (v2.as_str(), "v2")
+    );
+    took(
+        "a_rolling_deploy_under_load_answers_503_only_inside_its_maintenance_window",
+        t0,
+    );
+}
+
+/// Short canary windows (each step one measurement of 2 s, 50 probes a second of each
+/// web host's `preview_url`), so that a canary test stays short.
+const CANARY: &str = "canary = { window = \"2s\", checks = 1, rate = 50 }";
+
+/// For a release failing 5%: up to two measurements of 2 s at the first gate, so that a
+/// lucky first sample without a failure (0.95^100, about 0.6%) does not let it pass; the
+/// gate stops at the first measurement with a failure, so the usual run is no longer.
+const CANARY_FLAKY: &str = "canary = { window = \"4s\", checks = 2, rate = 50 }";
+
+/// The step names a `--json` run finished with `result`.
+fn steps(out: &crate::harness::Output, result: &str) -> Vec<String> {
+    out.events()
+        .iter()
+        .filter(|e| e["event"] == "step_finished" && e["result"] == result)
+        .map(|e| e["step"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_canary_under_load_that_passes_its_gates_is_promoted_on_every_host() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let project = || f.project_with(&f.inventory_with(true, CANARY));
+    project()
+        .args(&["run", "deploy", "-e", "prod", "ref=v1", "-q"])
+        .run()
+        .code(0);
+    let v1 = f.current("web1");
+    next_second();
+    let load = crate::strategies::Load::start(f.lb.port, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = project()
+        .args(&[
+            "run",
+            "canary",
+            "-e",
+            "prod",
+            "ref=v2",
+            "steps=10,50",
+            "--json",
+        ])
+        .run();
+    let t = load.finish();
+    eprintln!(
+        "canary on separate hosts: {} requests through the balancer; by status {:?}; by release {:?}",
+        t.total, t.by_status, t.by_release
+    );
+    out.code(0);
+    let v2 = f.current("web1");
+    assert_ne!(v2, v1);
+    let ok = steps(&out, "ok");
+    for step in ["canary at 10%", "canary at 50%", "promote", "verify"] {
+        assert!(ok.iter().any(|s| s == step), "no {step} in {ok:?}");
+    }
+    // The canary took a share of the real traffic, and no request failed.
+    assert!(
+        t.by_release.contains_key(&v1) && t.by_release.contains_key(&v2),
+        "{:?}",
+        t.by_release
+    );
+    assert_eq!(t.failed, 0, "failed requests: {:?}", t.by_status);
+    assert!(
+        f.lb.traffic().contains("{ * stable; }"),
+        "{}",
+        f.lb.traffic()
+    );
+    all_on(&f, &v2);
+    let job = f.queued_job("web1", "after-canary").unwrap();
+    assert_eq!(
+        (job.release.as_str(), job.code.as_str(), job.host.as_str()),
+        (v2.as_str(), "v2", "worker1")
+    );
+    took(
+        "a_canary_under_load_that_passes_its_gates_is_promoted_on_every_host",
+        t0,
+    );
+}
+
+#[test]
+fn a_canary_under_load_failing_five_percent_is_stopped_at_the_first_gate() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let project = || f.project_with(&f.inventory_with(true, CANARY_FLAKY));
+    project()
+        .args(&["run", "deploy", "-e", "prod", "ref=v1", "-q"])
+        .run()
+        .code(0);
+    let stable = f.current("web1");
+    next_second();
+    let clock = Clock::now();
+    let load = crate::strategies::Load::start(f.lb.port, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = project()
+        .args(&["run", "canary", "-e", "prod", "ref=v3-flaky", "--json"])
+        .run();
+    let ended = Instant::now();
+    // A moment of load after runbook exited: it must all be on stable.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = load.finish();
+    eprintln!(
+        "canary of a 5%-failing release on separate hosts: {} requests; by status {:?}; by release {:?}",
+        t.total, t.by_status, t.by_release
+    );
+    for e in out.events() {
+        if let Some(m) = e["message"]
+            .as_str()
+            .filter(|m| m.starts_with("canary 10%"))
+        {
+            eprintln!("{m}");
+        }
+    }
+    out.code(1);
+    let failed = steps(&out, "failed");
+    assert_eq!(
+        failed.first().map(String::as_str),
+        Some("canary at 10%"),
+        "{failed:?}"
+    );
+    let ok = steps(&out, "ok");
+    assert!(
+        !ok.iter()
+            .chain(&failed)
+            .any(|s| s.starts_with("canary at 25%") || s == "promote"),
+        "went past the first gate: {ok:?}"
+    );
+    assert!(
+        out.stderr.contains("canary gate failed at 10%")
+            || out.stdout.contains("canary gate failed at 10%"),
+        "{}",
+        out.stderr
+    );
+    // When the gate put every request back on stable, before runbook exited.
+    let events = out.events();
+    let back = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("all traffic is back on the stable release"))
+        })
+        .map(|e| clock.of(e))
+        .unwrap_or_else(|| panic!("no 'all traffic is back on stable' event:\n{}", out.stdout));
+    assert!(
+        back <= ended,
+        "traffic went back to stable after runbook exited"
+    );
+    let canary = f.staged("web1");
+    assert_ne!(canary, stable);
+    let on_canary: Vec<&crate::strategies::Hit> = t
+        .hits
+        .iter()
+        .filter(|h| h.release.as_deref() == Some(canary.as_str()))
+        .collect();
+    assert!(
+        !on_canary.is_empty(),
+        "the canary took none of the load: nothing to prove ({:?})",
+        t.by_release
+    );
+    let late: Vec<u128> = on_canary
+        .iter()
+        .filter(|h| h.at > back + MARGIN)
+        .map(|h| (h.at - back).as_millis())
+        .collect();
+    assert!(
+        late.is_empty(),
+        "answers from the canary after traffic went back to stable (ms after): {late:?}"
+    );
+    let after_exit: Vec<&Option<String>> = t
+        .hits
+        .iter()
+        .filter(|h| h.at > ended)
+        .map(|h| &h.release)
+        .collect();
+    assert!(
+        !after_exit.is_empty()
+            && after_exit
+                .iter()
+                .all(|r| r.as_deref() == Some(stable.as_str())),
+        "after runbook exited: {after_exit:?}"
+    );
+    // Nothing switched; the canary is marked bad on every web host.
+    assert!(
+        f.lb.traffic().contains("{ * stable; }"),
+        "{}",
+        f.lb.traffic()
+    );
+    all_on(&f, &stable);
+    for h in ["web1", "web2"] {
+        assert!(
+            f.path(h, &format!("/var/www/app/.runbook/bad/{canary}"))
+                .exists(),
+            "the canary is not marked bad on {h}"
+        );
+    }
+    took(
+        "a_canary_under_load_failing_five_percent_is_stopped_at_the_first_gate",
+        t0,
+    );
+}

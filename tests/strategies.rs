@@ -844,25 +844,51 @@ fn split_timeline(events: &[serde_json::Value]) -> (i64, i64, i64) {
     (remote, http, own)
 }
 
-/// Benchmark, not a test (`bash benches/strategies.sh`): zero-downtime deploys of the
-/// test app to two web hosts (plus the worker), wall time split into remote commands and
-/// everything else, and the time from a failed post-deploy health check to the previous
-/// release serving again.
+/// Benchmark, not a test (`bash benches/strategies.sh`) on this file's fleet (three sshd
+/// on one disk, [`stack`]): see [`bench`].
 #[test]
 #[ignore = "benchmark: bash benches/strategies.sh"]
 fn bench_zero_downtime_deploy_and_automatic_rollback() {
+    let Some(s) = stack() else { return };
+    s.first_release();
+    bench("shared-disk fleet", &|args: &[&str]| s.run(args), &|| {
+        (0..3).map(|i| s.current(i)).collect()
+    });
+}
+
+/// Benchmark, not a test (`bash benches/strategies.sh`) on the production-shaped fleet
+/// (`support::prod`: separate hosts, one MariaDB, Redis, a supervised worker, the
+/// balancer on its own host, production OPcache): see [`bench`].
+#[test]
+#[ignore = "benchmark: bash benches/strategies.sh"]
+fn bench_prod_fleet_zero_downtime_deploy_and_automatic_rollback() {
+    let Some(f) = crate::support::prod::ProdFleet::start() else {
+        return;
+    };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    bench(
+        "production-shaped fleet",
+        &|args: &[&str]| f.run(args[0], &args[1..]),
+        &|| f.currents().into_iter().map(|(_, c)| c).collect(),
+    );
+}
+
+/// RUNS (default 5) zero-downtime deploys of the test app to two web hosts (plus the
+/// worker), wall time split into remote commands, health checks in flight and runbook's
+/// own share; then RUNS rolling deploys of a release whose health check fails, timed from
+/// the failed check to every host switched back. `run(["SCRIPT", ARGS…])` runs a shipped
+/// script on `fleet`; `currents()` is every host's `current`. The first release is live.
+fn bench(fleet: &str, run: &dyn Fn(&[&str]) -> Output, currents: &dyn Fn() -> Vec<String>) {
     let runs: usize = std::env::var("RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let Some(s) = stack() else { return };
-    s.first_release();
     let (mut walls, mut remotes, mut https, mut owns) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         std::thread::sleep(Duration::from_millis(1100));
         let started = Instant::now();
-        let out = s.run(&["zero-downtime-deploy", "ref=v2", "monitor=0s", "--json"]);
+        let out = run(&["zero-downtime-deploy", "ref=v2", "monitor=0s", "--json"]);
         let wall = started.elapsed().as_millis() as i64;
         out.code(0);
         if let Ok(path) = std::env::var("BENCH_EVENTS") {
@@ -872,7 +898,7 @@ fn bench_zero_downtime_deploy_and_automatic_rollback() {
         // Process start and exit (before the first event, after the last) are runbook's.
         let own = own + (wall - remote - http - own).max(0);
         eprintln!(
-            "zero-downtime deploy: wall {wall} ms = remote commands {remote} + health checks {http} + runbook {own} ({:.1}%)",
+            "zero-downtime deploy ({fleet}): wall {wall} ms = remote commands {remote} + health checks {http} + runbook {own} ({:.1}%)",
             own as f64 * 100.0 / wall as f64
         );
         walls.push(wall);
@@ -882,9 +908,15 @@ fn bench_zero_downtime_deploy_and_automatic_rollback() {
     }
     let mut backs = Vec::new();
     for _ in 0..runs {
+        let live = currents();
         std::thread::sleep(Duration::from_millis(1100));
-        let out = s.run(&["deploy", "ref=v4-broken", "--json"]);
+        let out = run(&["deploy", "ref=v4-broken", "--json"]);
         out.code(1);
+        assert_eq!(
+            currents(),
+            live,
+            "({fleet}) not every host is back on the previous release"
+        );
         let events = out.events();
         let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
             events
@@ -893,6 +925,7 @@ fn bench_zero_downtime_deploy_and_automatic_rollback() {
                 .and_then(|e| chrono::DateTime::parse_from_rfc3339(e["ts"].as_str()?).ok())
         };
         let failed = at(&|e| e["event"] == "step_finished" && e["step"] == "verify");
+        // release::undo() switches every host back, then its warnings are logged.
         let back = at(&|e| {
             e["event"] == "warning"
                 && e["message"]
@@ -901,7 +934,11 @@ fn bench_zero_downtime_deploy_and_automatic_rollback() {
                     .contains("switched back from")
         });
         if let (Some(a), Some(b)) = (failed, back) {
-            backs.push((b - a).num_milliseconds());
+            let ms = (b - a).num_milliseconds();
+            eprintln!(
+                "failed health check ({fleet}): previous release on every host {ms} ms later"
+            );
+            backs.push(ms);
         }
     }
     let median = |v: &mut Vec<i64>| {
@@ -915,11 +952,11 @@ fn bench_zero_downtime_deploy_and_automatic_rollback() {
         median(&mut owns),
     );
     println!(
-        "RESULT zero-downtime deploy to 2 web hosts + 1 worker (medians of {runs}): wall {w} ms = remote commands {r} ms + health checks in flight {h} ms + runbook's own {o} ms ({:.1}% of the wall time)",
+        "RESULT {fleet}: zero-downtime deploy to 2 web hosts + 1 worker (medians of {runs}): wall {w} ms = remote commands {r} ms + health checks in flight {h} ms + runbook's own {o} ms ({:.1}% of the wall time)",
         o as f64 * 100.0 / w.max(1) as f64
     );
     println!(
-        "RESULT failed health check -> previous release serving (median of {}): {} ms",
+        "RESULT {fleet}: failed health check -> previous release on every host (median of {}): {} ms",
         backs.len(),
         median(&mut backs)
     );

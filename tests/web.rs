@@ -2,7 +2,6 @@
 //! host with `$realpath_root` (so a switch is visible on the next request). The pool runs
 //! as the fleet's `deploy` user. Dropping the stack stops exactly what it started.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -182,23 +181,7 @@ impl WebStack {
 
 /// A plain HTTP/1.0 GET on loopback.
 pub fn get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    crate::support::get("127.0.0.1", port, path)
 }
 
 impl Drop for WebStack {

@@ -3,27 +3,14 @@
 //! cleanup keeps; a `current` directory becomes a release behind a link while the site
 //! keeps serving. Deploys refuse such a fleet until it is adopted.
 
-use super::{SessionConfig, runtime, session};
 use crate::cli::AdoptArgs;
 use crate::cli::Global;
 use crate::effects::Target;
 use crate::error::Error;
 use crate::output::Level;
-use crate::project::Project;
 
 pub fn run(global: &Global, args: &AdoptArgs) -> Result<(), Error> {
-    let project = Project::load(global.config.as_deref())?;
-    let env = project.env(args.env.as_deref())?;
-    if env.protected && !args.yes {
-        return Err(Error::NotConfirmed {
-            env: env.name.clone(),
-        });
-    }
-    let rt = runtime()?;
-    let session = session(
-        &rt,
-        SessionConfig::for_env(&project.inventory, &env, "adopt", global.verbosity()),
-    );
+    let (_rt, session, env) = super::fleet_command(global, args.env.as_deref(), args.yes, "adopt")?;
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
     let output = session.effects.output().clone();
     let clock = std::time::Instant::now();

@@ -63,6 +63,29 @@ impl SessionConfig {
     }
 }
 
+/// What a fleet-wide command (`adopt`, `recover`) starts with: its environment — on a
+/// protected one only with `yes` — and a session on it, with the runtime it needs.
+pub(crate) fn fleet_command(
+    global: &crate::cli::Global,
+    env: Option<&str>,
+    yes: bool,
+    name: &str,
+) -> Result<(tokio::runtime::Runtime, Arc<Session>, Arc<Environment>), Error> {
+    let project = crate::project::Project::load(global.config.as_deref())?;
+    let env = project.env(env)?;
+    if env.protected && !yes {
+        return Err(Error::NotConfirmed {
+            env: env.name.clone(),
+        });
+    }
+    let rt = runtime()?;
+    let session = session(
+        &rt,
+        SessionConfig::for_env(&project.inventory, &env, name, global.verbosity()),
+    );
+    Ok((rt, session, env))
+}
+
 /// The URL of the CI run this process belongs to (GitHub Actions), if any.
 pub fn ci_run_url() -> Option<String> {
     match (

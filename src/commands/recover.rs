@@ -6,13 +6,11 @@
 
 use std::collections::BTreeSet;
 
-use super::{SessionConfig, runtime, session};
 use crate::cli::{Global, RecoverArgs};
 use crate::effects::{FanOut, HostOutcome, Target};
 use crate::error::Error;
 use crate::lock::{self, HostState};
 use crate::output::Level;
-use crate::project::Project;
 use crate::transport::CommandSpec;
 
 /// What the dead run's progress record says it did.
@@ -51,18 +49,8 @@ fn read_progress(states: &[HostState]) -> Progress {
 }
 
 pub fn run(global: &Global, args: &RecoverArgs) -> Result<(), Error> {
-    let project = Project::load(global.config.as_deref())?;
-    let env = project.env(args.env.as_deref())?;
-    if env.protected && !args.yes {
-        return Err(Error::NotConfirmed {
-            env: env.name.clone(),
-        });
-    }
-    let rt = runtime()?;
-    let session = session(
-        &rt,
-        SessionConfig::for_env(&project.inventory, &env, "recover", global.verbosity()),
-    );
+    let (_rt, session, env) =
+        super::fleet_command(global, args.env.as_deref(), args.yes, "recover")?;
     let clock = std::time::Instant::now();
     let result = recover(&session, &env);
     let word = match &result {

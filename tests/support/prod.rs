@@ -389,6 +389,11 @@ impl ProdFleet {
         self.link(host, "current")
     }
 
+    /// The release a host has staged as `next` ("" when none).
+    pub fn staged(&self, host: &str) -> String {
+        self.link(host, "next")
+    }
+
     /// `current` of every host, by name.
     pub fn currents(&self) -> Vec<(String, String)> {
         self.hosts
