@@ -226,6 +226,32 @@ fn spec(script: Script, args: &[&str]) -> CommandSpec {
     s
 }
 
+/// Runs lock script `script` on every target at once, shielded from signals (a lock's
+/// release, a progress note, a dead run's removal must not be lost to Ctrl-C).
+fn run_shielded(
+    effects: &Effects,
+    targets: &[Target],
+    script: Script,
+    args: &dyn Fn(&Target) -> Vec<String>,
+) -> Vec<HostOutcome> {
+    let fan = FanOut {
+        fail_fast: false,
+        shielded: true,
+        ..FanOut::new()
+    };
+    effects.run_many_with(
+        targets,
+        &|t: &Target| {
+            let a = args(t);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let mut s = spec(script, &a);
+            s.shielded = true;
+            s
+        },
+        &fan,
+    )
+}
+
 fn root(t: &Target) -> String {
     match t {
         Target::Host(h) => h.deploy_path.clone(),
@@ -533,20 +559,9 @@ impl Locks {
             return Vec::new();
         }
         // Shielded: a signal arriving while the run ends must not leave a lock behind.
-        let fan = FanOut {
-            fail_fast: false,
-            shielded: true,
-            ..FanOut::new()
-        };
-        let outcomes = self.effects.run_many_with(
-            &targets,
-            &|t: &Target| {
-                let mut s = spec(Script::Release, &[&root(t), &self.run]);
-                s.shielded = true;
-                s
-            },
-            &fan,
-        );
+        let outcomes = run_shielded(&self.effects, &targets, Script::Release, &|t| {
+            vec![root(t), self.run.clone()]
+        });
         targets
             .iter()
             .zip(outcomes)
@@ -667,20 +682,9 @@ pub fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, St
 /// Removes dead run `dead`'s lock and lock temporaries on every target (never another
 /// run's). Returns the hosts whose lock was removed.
 pub fn remove_dead(effects: &Effects, targets: &[Target], dead: &str, run: &str) -> Vec<String> {
-    let fan = FanOut {
-        fail_fast: false,
-        shielded: true,
-        ..FanOut::new()
-    };
-    let outcomes = effects.run_many_with(
-        targets,
-        &|t: &Target| {
-            let mut s = spec(Script::RemoveDead, &[&root(t), dead, run]);
-            s.shielded = true;
-            s
-        },
-        &fan,
-    );
+    let outcomes = run_shielded(effects, targets, Script::RemoveDead, &|t| {
+        vec![root(t), dead.to_owned(), run.to_owned()]
+    });
     targets
         .iter()
         .zip(outcomes)
