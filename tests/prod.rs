@@ -593,13 +593,15 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
         if f.path("web1", "/var/www/app/.runbook/lock").exists() {
             // The dead run's lock is not waited out: a deploy says what to run, and
             // touches nothing.
-            let before = f.currents();
+            // (The dead run's last remote commands may still be finishing on the hosts,
+            // as on a real fleet: what this deploy did is read from its own output.)
             let refused = project.run_with(&["run", "deploy", "-e", "prod", r]);
             refused.code(1).stderr_has("runbook recover -e prod");
-            assert_eq!(
-                f.currents(),
-                before,
-                "trial {trial}: the refused deploy switched"
+            assert!(
+                !refused.stderr.contains("release: switch")
+                    && !refused.stderr.contains("maintenance on"),
+                "trial {trial}: the refused deploy changed hosts:\n{}",
+                refused.stderr
             );
         }
         let rec = project.run_with(&["recover", "-e", "prod", "--yes"]);
