@@ -802,9 +802,20 @@ fn switch_all(
     goal: &str,
     build: impl Fn(&Target) -> CommandSpec,
 ) -> Result<Vec<CommandResult>, ReleaseError> {
+    // A switch is one rename per host: once it starts it runs to its end on every host
+    // (a signal then takes effect at the next step, whose failure path undoes it); a
+    // signal that arrives before it starts moves no host.
     let mut fan = FanOut::new();
     fan.fail_fast = false;
-    let outcomes = effects.run_many_with(targets, &|t: &Target| build(t), &fan);
+    let outcomes = effects.run_many_with(
+        targets,
+        &|t: &Target| {
+            let mut spec = build(t);
+            spec.shielded = true;
+            spec
+        },
+        &fan,
+    );
     let mut moved = Vec::new();
     let mut failed = Vec::new();
     for (t, outcome) in targets.iter().zip(outcomes) {
@@ -885,6 +896,19 @@ fn switch_all(
                     "could NOT be switched back to {} ({e}): run `runbook run rollback -e ENV to={}` once it is reachable",
                     display(prev),
                     display(prev)
+                )
+            }
+            None if now == goal => {
+                // Its switch reported a failure, yet it serves the new release: a later
+                // undo moves it to where the other hosts were, when they agree.
+                let mut was = previous.values();
+                if let Some(first) = was.next().filter(|f| !f.is_empty()) {
+                    if was.all(|p| p == first) {
+                        stranded.push((host.to_owned(), first.clone()));
+                    }
+                }
+                format!(
+                    "its switch failed, yet it serves {goal}: run `runbook run rollback -e ENV` once it is reachable"
                 )
             }
             None => "unchanged".to_owned(),
