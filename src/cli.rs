@@ -62,6 +62,12 @@ pub enum Command {
     Adopt(AdoptArgs),
     /// Bring the fleet back to one whole release after a run that died (lock, maintenance)
     Recover(RecoverArgs),
+    /// What is live where, who holds the lock, is anything half done (exit 1: not consistent)
+    Status(StatusArgs),
+    /// Every release: ref, commit, who, when, bad, and on which hosts it is present and live
+    Releases(StatusArgs),
+    /// The deploy lock: who holds it, and freezing deploys (`status`, `freeze`, `thaw`)
+    Lock(LockArgs),
     /// Query the audit log: who ran what, where, why, and how it ended
     Audit(AuditArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
@@ -203,6 +209,61 @@ pub struct UnlockArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    #[command(subcommand)]
+    pub action: LockAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockAction {
+    /// Who holds the deploy lock on each host, and any freeze
+    Status(StatusArgs),
+    /// Stop deploys for a while (an emergency script run with --reason still passes)
+    Freeze(FreezeArgs),
+    /// Lift a freeze before its time
+    Thaw(ThawArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FreezeArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// How long the freeze lasts (e.g. 2h, 30m; at most 30 days)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// Why deploys stop (required; shown to whoever is refused, recorded)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// Confirm on a protected environment
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ThawArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// Why the freeze ends early (required on a protected environment; recorded)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Confirm on a protected environment
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct AdoptArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
@@ -233,6 +294,9 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Unlock(args) => crate::commands::unlock::run(global, &args),
         Command::Adopt(args) => crate::commands::adopt::run(global, &args),
         Command::Recover(args) => crate::commands::recover::run(global, &args),
+        Command::Status(args) => crate::commands::status::status(global, &args),
+        Command::Releases(args) => crate::commands::status::releases(global, &args),
+        Command::Lock(args) => crate::commands::lock::run(global, &args),
         Command::Audit(args) => crate::commands::audit::run(global, &args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -22,6 +22,7 @@ pub mod project;
 pub mod quote;
 pub mod release;
 pub mod signal;
+pub mod status;
 pub mod tls;
 pub mod transport;
 

@@ -34,6 +34,50 @@ pub struct Holder {
 const HELD: i32 = 4;
 /// Exit code when a takeover moved a lock it must not have and could not put it back.
 const DISPLACED: i32 = 7;
+/// Exit code of the acquire script when deploys to the host are frozen.
+const FROZEN: i32 = 6;
+
+/// A freeze of deploys (`runbook lock freeze`), kept on each host at
+/// `.runbook/freeze`: no lock is taken while it lasts, except by an emergency script run
+/// with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+pub struct Freeze {
+    pub by: String,
+    pub reason: String,
+    /// When it was set (RFC 3339).
+    pub at: String,
+    /// When it ends by itself (unix seconds).
+    pub until: i64,
+    pub run: String,
+}
+
+impl Freeze {
+    /// Whether it still holds at unix time `now`.
+    pub fn holds(&self, now: i64) -> bool {
+        self.until > now
+    }
+
+    /// "by ALICE until 14:05 UTC (in 1h 12m): REASON".
+    pub fn describe(&self, now: i64) -> String {
+        let until = chrono::DateTime::from_timestamp(self.until, 0).map_or_else(
+            || self.until.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        );
+        let left = if self.holds(now) {
+            let secs = u64::try_from(self.until - now).unwrap_or(0);
+            format!(
+                "in {}",
+                humantime::format_duration(
+                    std::time::Duration::from_secs(secs / 60 * 60)
+                        .max(std::time::Duration::from_secs(60))
+                )
+            )
+        } else {
+            "expired".to_owned()
+        };
+        format!("by {} until {until} ({left}): {}", self.by, self.reason)
+    }
+}
 
 /// Shell functions every lock script shares. The lock is only ever *published* by renaming
 /// a complete directory into place and only ever *removed* by renaming it aside first, so
@@ -55,8 +99,14 @@ describe() {
 }
 "#;
 
-const ACQUIRE: &str = r#"root=$1 run=$2 info=$3 stale=$4
+const ACQUIRE: &str = r#"root=$1 run=$2 info=$3 stale=$4 pass=$5
 mkdir -p "$root/.runbook" || exit 5
+if [ -f "$dir/freeze" ] && [ "$pass" != 1 ]; then
+  until=$(sed -n 's/.*"until":\([0-9]*\).*/\1/p' "$dir/freeze")
+  if [ -z "$until" ] || [ "$until" -gt "$(date +%s)" ]; then
+    printf 'frozen\t%s\n' "$(tr -d '\n' < "$dir/freeze")"; exit 6
+  fi
+fi
 tmp=$dir/lock.new.$run.$$ aside=$dir/lock.stale.$run.$$
 # Puts the lock built in $tmp in place only where nothing is: rename(2) refuses to replace
 # a non-empty directory, and the test before it refuses an empty one, a file or a link.
@@ -149,6 +199,18 @@ rm -rf "$gone"
 if [ "$what" = lock ]; then printf 'removed\t%s\t%s\n' "$age" "$holder"; else printf 'removed-foreign\t%s\n' "$what"; fi
 "#;
 
+/// Freezes deploys on the host: the freeze record (`$2`) written whole, then renamed.
+const FREEZE: &str = r#"root=$1 record=$2
+mkdir -p "$dir" && printf '%s\n' "$record" > "$dir/freeze.new.$$" && mv -f "$dir/freeze.new.$$" "$dir/freeze"
+"#;
+
+/// Lifts a freeze; prints what it lifted (nothing when there was none).
+const THAW: &str = r#"root=$1
+[ -f "$dir/freeze" ] || exit 0
+tr -d '\n' < "$dir/freeze"; echo
+rm -f "$dir/freeze"
+"#;
+
 /// Appends a line to the run's progress record inside its lock (`lock/progress`): what a
 /// run that dies leaves for `runbook recover` to read from the hosts alone.
 const NOTE: &str = r#"root=$1 run=$2 line=$3
@@ -167,6 +229,7 @@ if [ -d "$lock" ] && [ -n "$(holder_run "$lock")" ]; then
   [ -f "$lock/progress" ] && sed 's/^/progress	/' "$lock/progress"
 fi
 for t in "$dir"/lock.new.* "$dir"/lock.stale.*; do [ -e "$t" ] && echo "temporary	${t##*/}"; done
+[ -f "$dir/freeze" ] && echo "freeze	$(tr -d '\n' < "$dir/freeze")"
 true
 "#;
 
@@ -190,6 +253,8 @@ enum Script {
     Note,
     State,
     RemoveDead,
+    Freeze,
+    Thaw,
 }
 
 impl Script {
@@ -202,6 +267,8 @@ impl Script {
             Script::Note => NOTE,
             Script::State => STATE,
             Script::RemoveDead => REMOVE_DEAD,
+            Script::Freeze => FREEZE,
+            Script::Thaw => THAW,
         };
         format!("{COMMON}{body}")
     }
@@ -215,6 +282,8 @@ impl Script {
             Script::Note => "lock: record progress",
             Script::State => "recover: read the host's state",
             Script::RemoveDead => "recover: remove the dead run's lock",
+            Script::Freeze => "lock: freeze deploys",
+            Script::Thaw => "lock: lift the freeze",
         }
     }
 }
@@ -298,6 +367,8 @@ pub enum LockError {
     },
     #[error("cannot take the deploy lock: {0}")]
     Failed(String),
+    #[error("{}", frozen_message(.0, None))]
+    Frozen(Vec<(String, Option<Freeze>)>),
     #[error("interrupted while waiting for the deploy lock")]
     Interrupted,
 }
@@ -307,9 +378,26 @@ impl LockError {
     pub fn message(&self, env: Option<&str>) -> String {
         match self {
             LockError::Held(held) => held_message(held, env),
+            LockError::Frozen(frozen) => frozen_message(frozen, env),
             other => other.to_string(),
         }
     }
+}
+
+fn frozen_message(frozen: &[(String, Option<Freeze>)], env: Option<&str>) -> String {
+    let env = env.unwrap_or("ENV");
+    let now = chrono::Utc::now().timestamp();
+    let mut s = String::from("deploys are frozen (nothing was changed):");
+    for (host, f) in frozen {
+        match f {
+            Some(f) => s.push_str(&format!("\n- {host}: frozen {}", f.describe(now))),
+            None => s.push_str(&format!(
+                "\n- {host}: frozen (the freeze record cannot be read)"
+            )),
+        }
+    }
+    s.push_str(&format!("\n  hint: lift it with `runbook lock thaw -e {env} --reason \"…\"`; an emergency script passes a freeze when run with --reason"));
+    s
 }
 
 fn held_message(held: &[Blocked], env: Option<&str>) -> String {
@@ -380,6 +468,8 @@ pub struct Locks {
     /// Shared with the heartbeat task, which beats for every lock held at each tick.
     held: Arc<Mutex<Vec<Target>>>,
     heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set for an emergency script run with a reason: a freeze does not stop it.
+    pass_freeze: std::sync::atomic::AtomicBool,
 }
 
 impl Locks {
@@ -389,7 +479,15 @@ impl Locks {
             run,
             held: Arc::new(Mutex::new(Vec::new())),
             heartbeat: Mutex::new(None),
+            pass_freeze: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Lets this run's locks be taken while deploys are frozen (an emergency with a
+    /// reason; the caller decides and audits).
+    pub fn pass_freeze(&self, pass: bool) {
+        self.pass_freeze
+            .store(pass, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Takes the lock on every target (re-entrant within this run). Waits up to `wait`
@@ -441,12 +539,18 @@ impl Locks {
                 fail_fast: false,
                 ..FanOut::new()
             };
+            let pass = if self.pass_freeze.load(std::sync::atomic::Ordering::SeqCst) {
+                "1"
+            } else {
+                "0"
+            };
             let outcomes = self.effects.run_many_with(
                 &pending,
-                &|t: &Target| spec(Script::Acquire, &[&root(t), &self.run, info, stale]),
+                &|t: &Target| spec(Script::Acquire, &[&root(t), &self.run, info, stale, pass]),
                 &fan,
             );
             let mut held = Vec::new();
+            let mut frozen = Vec::new();
             let mut still = Vec::new();
             for (t, o) in pending.iter().zip(outcomes) {
                 let r = match o {
@@ -469,6 +573,7 @@ impl Locks {
                     (0, "acquired") => done.push((name, Acquired::New)),
                     (0, "reentrant") => done.push((name, Acquired::Reentrant)),
                     (0, "took-over") => done.push((name, Acquired::TookOver { age, from: who })),
+                    (FROZEN, "frozen") => frozen.push((name, serde_json::from_str(second).ok())),
                     (HELD, "foreign") => {
                         held.push(Blocked {
                             host: name,
@@ -500,6 +605,10 @@ impl Locks {
                         )));
                     }
                 }
+            }
+            if !frozen.is_empty() {
+                // Locks this attempt took elsewhere are released by the run's end.
+                return Err(LockError::Frozen(frozen));
             }
             self.start_heartbeat();
             if held.is_empty() {
@@ -637,6 +746,8 @@ pub struct HostState {
     pub beat_age: Option<u64>,
     pub progress: Vec<String>,
     pub temporaries: Vec<String>,
+    /// A freeze of deploys on the host (it may have expired: see [`Freeze::holds`]).
+    pub freeze: Option<Freeze>,
 }
 
 /// Reads every target's state (`None` for a host that did not answer, with why).
@@ -668,6 +779,7 @@ pub fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, St
                         "beat" => st.beat_age = v.parse().ok(),
                         "progress" => st.progress.push(v.to_owned()),
                         "temporary" => st.temporaries.push(v.to_owned()),
+                        "freeze" => st.freeze = serde_json::from_str(v).ok(),
                         _ => {}
                     }
                 }
@@ -777,6 +889,35 @@ pub fn unlock(
                 HostOutcome::Skipped => Err("not reached".to_owned()),
             };
             (t.name().to_owned(), r)
+        })
+        .collect()
+}
+
+/// Freezes deploys on every target (`runbook lock freeze`); returns each host's outcome.
+pub fn freeze(effects: &Effects, targets: &[Target], f: &Freeze) -> Vec<Result<(), String>> {
+    let record = serde_json::to_string(f).unwrap_or_default();
+    run_shielded(effects, targets, Script::Freeze, &|t| {
+        vec![root(t), record.clone()]
+    })
+    .into_iter()
+    .map(|o| match o {
+        HostOutcome::Done(Ok(r)) if r.ok() => Ok(()),
+        HostOutcome::Done(Ok(r)) => Err(format!("exit {}: {}", r.code, r.stderr.trim())),
+        HostOutcome::Done(Err(e)) => Err(e.to_string()),
+        HostOutcome::Skipped => Err("not reached".to_owned()),
+    })
+    .collect()
+}
+
+/// Lifts the freeze on every target; returns what each host had (`None`: no freeze).
+pub fn thaw(effects: &Effects, targets: &[Target]) -> Vec<Result<Option<Freeze>, String>> {
+    run_shielded(effects, targets, Script::Thaw, &|t| vec![root(t)])
+        .into_iter()
+        .map(|o| match o {
+            HostOutcome::Done(Ok(r)) if r.ok() => Ok(serde_json::from_str(r.stdout.trim()).ok()),
+            HostOutcome::Done(Ok(r)) => Err(format!("exit {}: {}", r.code, r.stderr.trim())),
+            HostOutcome::Done(Err(e)) => Err(e.to_string()),
+            HostOutcome::Skipped => Err("not reached".to_owned()),
         })
         .collect()
 }

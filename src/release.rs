@@ -254,7 +254,12 @@ fi
 [ -d "$root/releases/$target" ] || { echo "release $target does not exist on this host" >&2; exit 3; }
 [ -e "$root/.runbook/releases/$target.json" ] || { echo "release $target is incomplete" >&2; exit 3; }
 mkdir -p "$root/.runbook/bad"
-[ -z "$cur" ] || [ "$cur" = "$target" ] || touch "$root/.runbook/bad/$cur"
+# The release left is judged bad — unless the target is newer (a host brought forward
+# to what the others serve is not a verdict on the one it was on).
+made() { sed -n 's/.*"created_at":"\([^"]*\)".*/\1/p' "$root/.runbook/releases/$1.json" 2>/dev/null; }
+newer=no
+if [ -n "$cur" ]; then a=$(made "$cur"); b=$(made "$target"); [ -n "$a" ] && [ -n "$b" ] && [ "$b" \> "$a" ] && newer=yes; fi
+[ -z "$cur" ] || [ "$cur" = "$target" ] || [ "$newer" = yes ] || touch "$root/.runbook/bad/$cur"
 rm -f "$root/.runbook/bad/$target"
 tmp=$root/.current.$target.$$
 ln -s "releases/$target" "$tmp"
@@ -902,10 +907,10 @@ fn switch_all(
                 // Its switch reported a failure, yet it serves the new release: a later
                 // undo moves it to where the other hosts were, when they agree.
                 let mut was = previous.values();
-                if let Some(first) = was.next().filter(|f| !f.is_empty()) {
-                    if was.all(|p| p == first) {
-                        stranded.push((host.to_owned(), first.clone()));
-                    }
+                if let Some(first) = was.next().filter(|f| !f.is_empty())
+                    && was.all(|p| p == first)
+                {
+                    stranded.push((host.to_owned(), first.clone()));
                 }
                 format!(
                     "its switch failed, yet it serves {goal}: run `runbook run rollback -e ENV` once it is reachable"
@@ -1032,11 +1037,17 @@ pub fn rollback_target(
 ) -> Result<String, ReleaseError> {
     let mut lists = Vec::new();
     let mut unreachable = Vec::new();
-    for t in targets {
-        match list(effects, t) {
+    for (t, listed) in targets.iter().zip(self::lists(effects, targets)) {
+        match listed {
             Ok(l) => lists.push((t.name().to_owned(), l)),
-            Err(e) if e.interrupted => return Err(e),
-            Err(e) => unreachable.push(format!("{}: {}", t.name(), e.message)),
+            Err(_) if effects.interrupt().pending() => {
+                return Err(ReleaseError {
+                    message: "interrupted".to_owned(),
+                    interrupted: true,
+                    stranded: Vec::new(),
+                });
+            }
+            Err(e) => unreachable.push(format!("{}: {e}", t.name())),
         }
     }
     if !unreachable.is_empty() {
@@ -1049,7 +1060,10 @@ pub fn rollback_target(
 }
 
 /// The decision of [`rollback_target`] on the hosts' release lists.
-fn choose_target(lists: &[(String, Vec<Listed>)], target: Option<&str>) -> Result<String, String> {
+pub fn choose_target(
+    lists: &[(String, Vec<Listed>)],
+    target: Option<&str>,
+) -> Result<String, String> {
     let usable = |l: &[Listed], name: &str| {
         l.iter()
             .any(|r| r.name == name && r.state == "complete" && !r.bad)
@@ -1201,14 +1215,42 @@ pub struct Listed {
 }
 
 pub fn list(effects: &Effects, target: &Target) -> Result<Vec<Listed>, ReleaseError> {
+    let r = effects
+        .run(target, &list_spec(target))
+        .map_err(|e| ReleaseError {
+            interrupted: e.is_interrupt(),
+            message: e.to_string(),
+            stranded: Vec::new(),
+        })?;
+    Ok(parse_list(&r.stdout))
+}
+
+/// Every target's releases at once (one round trip per host, all hosts in parallel); a
+/// host that did not answer gives why.
+pub fn lists(effects: &Effects, targets: &[Target]) -> Vec<Result<Vec<Listed>, String>> {
+    let fan = FanOut {
+        fail_fast: false,
+        ..FanOut::new()
+    };
+    effects
+        .run_many_with(targets, &list_spec, &fan)
+        .into_iter()
+        .map(|o| match o {
+            HostOutcome::Done(Ok(r)) => Ok(parse_list(&r.stdout)),
+            HostOutcome::Done(Err(e)) => Err(e.to_string()),
+            HostOutcome::Skipped => Err("not reached".to_owned()),
+        })
+        .collect()
+}
+
+fn list_spec(target: &Target) -> CommandSpec {
     let mut spec = script("release: list".into(), LIST, &[&root(target)]);
     spec.quiet = true;
-    let r = effects.run(target, &spec).map_err(|e| ReleaseError {
-        interrupted: e.is_interrupt(),
-        message: e.to_string(),
-        stranded: Vec::new(),
-    })?;
-    Ok(r.stdout
+    spec
+}
+
+fn parse_list(stdout: &str) -> Vec<Listed> {
+    stdout
         .lines()
         .filter_map(|line| {
             let mut f = line.splitn(5, '\t');
@@ -1220,7 +1262,7 @@ pub fn list(effects: &Effects, target: &Target) -> Result<Vec<Listed>, ReleaseEr
                 meta: f.next().and_then(|m| serde_json::from_str(m).ok()),
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Prunes old releases on every target; returns `host -> removed names`.

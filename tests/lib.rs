@@ -25,5 +25,6 @@ mod run;
 mod secrets;
 mod signals;
 mod ssh;
+mod status; // runbook status, releases, lock status|freeze|thaw on the production-shaped fleet
 mod strategies;
 mod web;

@@ -6,10 +6,12 @@ pub mod check;
 pub mod doc;
 pub mod hosts;
 pub mod init;
+pub mod lock;
 pub mod recover;
 pub mod repl;
 mod repl_helper;
 pub mod run;
+pub mod status;
 pub mod unlock;
 
 use std::collections::BTreeMap;
@@ -84,6 +86,23 @@ pub(crate) fn fleet_command(
         SessionConfig::for_env(&project.inventory, &env, name, global.verbosity()),
     );
     Ok((rt, session, env))
+}
+
+/// Writes `text` (and a final newline if it lacks one) to stdout; a reader that went
+/// away (`| head`) ends the output quietly.
+pub(crate) fn print(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(text.as_bytes())
+        .and_then(|()| {
+            if text.ends_with('\n') {
+                Ok(())
+            } else {
+                out.write_all(b"\n")
+            }
+        })
+        .and_then(|()| out.flush());
 }
 
 /// The URL of the CI run this process belongs to (GitHub Actions), if any.

@@ -72,6 +72,10 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
             return Err(refused);
         }
     };
+    // An emergency with a written reason passes a freeze of deploys (audited with it).
+    session.locks.pass_freeze(
+        kind == crate::permissions::ScriptKind::Emergency && session.info.reason.is_some(),
+    );
     // A read-only script is held to it: any change it attempts is refused and audited.
     if kind == crate::permissions::ScriptKind::ReadOnly {
         session
@@ -312,7 +316,7 @@ fn narrow(
 }
 
 /// Asks on the terminal before touching a protected environment.
-fn confirm(env: &str, script: &str) -> Result<(), Error> {
+pub(crate) fn confirm(env: &str, script: &str) -> Result<(), Error> {
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -1,0 +1,214 @@
+//! The on-call surface on the production-shaped fleet: `runbook status`, `runbook
+//! releases` and `runbook lock status|freeze|thaw`, through the real binary.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::prod::ProdFleet;
+
+fn json(out: &crate::harness::Output) -> serde_json::Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+#[test]
+fn status_says_what_is_live_where_and_what_to_run_when_it_is_not_one_release() {
+    let Some(f) = ProdFleet::start() else { return };
+    let p = f.project();
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    std::thread::sleep(Duration::from_millis(1100));
+    f.run("deploy", &["ref=v2", "-q"]).code(0);
+    let v2 = f.current("web1");
+
+    // Consistent: one release everywhere, php-fpm executes it, the worker runs.
+    let t0 = Instant::now();
+    let out = p.run_with(&["status", "-e", "prod"]);
+    eprintln!(
+        "status on 4 hosts: {} ms (wall, cold connections)",
+        t0.elapsed().as_millis()
+    );
+
+    out.code(0)
+        .stdout_has(&format!("all serving {v2} (ref v2"))
+        .stdout_has(&format!("rollback target: {v1}"))
+        .stdout_has("✓ consistent");
+    let s = json(p.run_with(&["status", "-e", "prod", "--json"]).code(0));
+    assert_eq!(s["consistent"], true);
+    assert_eq!(s["live"], v2.as_str());
+    for h in s["hosts"].as_array().unwrap() {
+        if h["host"] == "lb1" {
+            // The balancer gets no releases: it is shown, never judged for one.
+            assert_eq!(h["gets_releases"], false, "{h}");
+            continue;
+        }
+        assert_eq!(h["live"], v2.as_str(), "{h}");
+        assert_eq!(h["previous_good"], v1.as_str(), "{h}");
+        assert_eq!(h["maintenance"], false, "{h}");
+        assert!(h["free_bytes"].as_u64().unwrap_or(0) > 0, "{h}");
+        match h["host"].as_str() {
+            // The release php-fpm actually executes, from each web host's own answer.
+            Some("web1" | "web2") => assert_eq!(h["serves"], v2.as_str(), "{h}"),
+            Some("worker1") => assert!(h["workers"].as_u64().unwrap_or(0) >= 1, "{h}"),
+            other => panic!("unexpected host {other:?}"),
+        }
+    }
+
+    // `releases`: one row per release, where it is live and present.
+    let out = p.run_with(&["releases", "-e", "prod", "--json"]);
+    let r = json(out.code(0));
+    let rows = r["releases"].as_array().unwrap();
+    assert_eq!(rows[0]["name"], v2.as_str(), "newest first: {r}");
+    assert_eq!(rows[0]["git_ref"], "v2");
+    assert_eq!(rows[0]["live_on"].as_array().unwrap().len(), 3, "{r}");
+    assert_eq!(rows[1]["name"], v1.as_str());
+    assert!(rows[1]["live_on"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(rows[1]["present_on"].as_array().unwrap().len(), 3, "{r}");
+    p.run_with(&["releases", "-e", "prod"])
+        .code(0)
+        .stdout_has("RELEASE")
+        .stdout_has(&format!("{v2}  v2"));
+
+    // Drift: web2 alone goes back to v1 (by hand, as another tool would). Named, exit 1,
+    // with the command that makes the fleet whole — and that command works.
+    let web2 = f.path("web2", "/var/www/app");
+    let tmp = web2.join("current.tmp");
+    std::os::unix::fs::symlink(format!("releases/{v1}"), &tmp).unwrap();
+    std::fs::rename(&tmp, web2.join("current")).unwrap();
+    let out = p.run_with(&["status", "-e", "prod"]);
+    out.code(1)
+        .stdout_has(&format!(
+            "the hosts serve different releases: web1 {v2}, web2 {v1}, worker1 {v2}"
+        ))
+        .stdout_has(&format!("→ runbook run rollback -e prod to={v2}"))
+        .stderr_has("prod is not consistent: ");
+    // php-fpm on web2 executes what web2's current says: no stale-code problem there.
+    assert!(!out.stdout.contains("php-fpm executes"), "{}", out.stdout);
+    f.run("rollback", &[&format!("to={v2}"), "-q"]).code(0);
+    p.run_with(&["status", "-e", "prod"]).code(0);
+    // Bringing web2 forward to what the others serve is no verdict on v1.
+    let r = json(p.run_with(&["releases", "-e", "prod", "--json"]).code(0));
+    assert_eq!(r["releases"][1]["name"], v1.as_str());
+    assert!(
+        r["releases"][1]["bad_on"].as_array().unwrap().is_empty(),
+        "{r}"
+    );
+
+    // A run that holds the lock: a note with its holder, not a fault.
+    let holder = f.project().file(
+        "scripts/hold.rhai",
+        "lock::acquire(hosts(\"web\"));\nlog::info(\"holding\");\nsleep(30);\n",
+    );
+    let mut child = holder
+        .command()
+        .args(["run", "hold", "-e", "prod"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = f.path("web1", "/var/www/app/.runbook/lock/info");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lock.exists() {
+        assert!(Instant::now() < deadline, "the holder never took the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.run_with(&["status", "-e", "prod"])
+        .code(0)
+        .stdout_has("a run holds the deploy lock: run ")
+        .stdout_has("(`scripts/hold.rhai`)");
+    p.run_with(&["lock", "status", "-e", "prod"])
+        .code(0)
+        .stdout_has("`scripts/hold.rhai` since");
+    // Its runner dies: the lock it left is named with the command that fixes it.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    p.run_with(&["status", "-e", "prod"])
+        .code(1)
+        .stdout_has("the deploy lock on web1, web2 is left by a run that is gone")
+        .stdout_has("→ runbook recover -e prod");
+    p.run_with(&["recover", "-e", "prod"]).code(0);
+    p.run_with(&["status", "-e", "prod"]).code(0);
+}
+
+#[test]
+fn a_freeze_stops_deploys_until_thawed_and_an_emergency_with_a_reason_passes() {
+    let Some(f) = ProdFleet::start() else { return };
+    let p = f.project();
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    // A reason is required; a freeze without a TTL is refused by clap.
+    p.run_with(&[
+        "lock", "freeze", "-e", "prod", "--ttl", "2h", "--reason", " ",
+    ])
+    .code(2)
+    .stderr_has("a freeze needs a reason");
+    p.run_with(&[
+        "lock",
+        "freeze",
+        "-e",
+        "prod",
+        "--ttl",
+        "2h",
+        "--reason",
+        "Black Friday sale",
+    ])
+    .code(0);
+    for h in ["web1", "web2", "worker1"] {
+        assert!(
+            f.path(h, "/var/www/app/.runbook/freeze").exists(),
+            "{h} has no freeze record"
+        );
+    }
+    p.run_with(&["status", "-e", "prod"])
+        .code(0)
+        .stdout_has("deploys are frozen by ")
+        .stdout_has("Black Friday sale");
+    let s = json(
+        p.run_with(&["lock", "status", "-e", "prod", "--json"])
+            .code(0),
+    );
+    assert!(
+        s["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["frozen"] == true),
+        "{s}"
+    );
+
+    // A deploy is refused before any host changes, and told why and how to lift it.
+    std::thread::sleep(Duration::from_millis(1100));
+    f.run("deploy", &["ref=v2"])
+        .code(1)
+        .stderr_has("deploys are frozen (nothing was changed)")
+        .stderr_has("Black Friday sale")
+        .stderr_has("runbook lock thaw -e prod");
+    for (host, live) in f.currents() {
+        assert_eq!(live, v1, "{host}");
+    }
+    assert!(!f.path("web1", "/var/www/app/.runbook/lock").exists());
+
+    // An emergency script with its reason passes the freeze.
+    f.run(
+        "emergency-deploy",
+        &["ref=v2", "--reason", "payment outage hotfix", "-q"],
+    )
+    .code(0);
+    let v2 = f.current("web1");
+    assert_ne!(v2, v1);
+
+    // Thawed: deploys go again; both decisions are in the audit log with their reasons.
+    p.run_with(&["lock", "thaw", "-e", "prod", "--reason", "sale over"])
+        .code(0);
+    assert!(!f.path("web1", "/var/www/app/.runbook/freeze").exists());
+    std::thread::sleep(Duration::from_millis(1100));
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let audit = p
+        .run_with(&["audit", "--json", "--env", "prod"])
+        .code(0)
+        .stdout
+        .clone();
+    assert!(audit.contains("\"lock freeze\""), "{audit}");
+    assert!(audit.contains("Black Friday sale"), "{audit}");
+    assert!(audit.contains("\"lock thaw\""), "{audit}");
+    assert!(audit.contains("sale over"), "{audit}");
+}
