@@ -68,6 +68,8 @@ pub enum Command {
     Releases(StatusArgs),
     /// The deploy lock: who holds it, and freezing deploys (`status`, `freeze`, `thaw`)
     Lock(LockArgs),
+    /// Run an ad-hoc command on hosts (argv, audited; -i: one host with a terminal)
+    Exec(ExecArgs),
     /// Query the audit log: who ran what, where, why, and how it ended
     Audit(AuditArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
@@ -78,6 +80,9 @@ pub enum Command {
     Definitions(DefinitionsArgs),
     /// Scaffold runbook.toml and the standard scripts into this project (never overwrites)
     Init,
+    /// An alias from `[aliases]` in runbook.toml (`runbook tinker -e production`)
+    #[command(external_subcommand)]
+    Alias(Vec<String>),
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +214,37 @@ pub struct UnlockArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// Only hosts of this role
+    #[arg(long, conflicts_with = "hosts")]
+    pub role: Option<String>,
+    /// Only hosts whose name matches (wildcards `*`, `?`)
+    #[arg(long, value_name = "PATTERN")]
+    pub hosts: Option<String>,
+    /// With a terminal, on one host (`php artisan tinker`, a shell)
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Why (required on a protected environment; recorded)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Confirm on a protected environment
+    #[arg(long)]
+    pub yes: bool,
+    /// Say what would run, run nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Kill the command after this long
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// The program and its arguments, after `--` (each one argument, never a shell line)
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
@@ -297,6 +333,8 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Status(args) => crate::commands::status::status(global, &args),
         Command::Releases(args) => crate::commands::status::releases(global, &args),
         Command::Lock(args) => crate::commands::lock::run(global, &args),
+        Command::Exec(args) => crate::commands::exec::run(global, args, None),
+        Command::Alias(words) => crate::commands::exec::alias(global, &words),
         Command::Audit(args) => crate::commands::audit::run(global, &args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -177,6 +177,12 @@ impl Test {
     /// `runbook repl -e ENV` in a real terminal (tmux), or `None` when tmux is missing
     /// (a failure under `CI=true`).
     pub fn repl_in_terminal(&self, env: &str) -> Option<Tmux> {
+        self.in_terminal(&format!("repl -e {env}"))
+    }
+
+    /// `runbook ARGS` (a shell-quoted line) in a real terminal (tmux), or `None` when
+    /// tmux is missing (a failure under `CI=true`). The test's own variables apply.
+    pub fn in_terminal(&self, args: &str) -> Option<Tmux> {
         if Command::new("tmux").arg("-V").output().is_err() {
             assert!(
                 std::env::var("CI").map_or(true, |v| v != "true"),
@@ -185,8 +191,13 @@ impl Test {
             eprintln!("SKIPPED: tmux not installed");
             return None;
         }
+        let vars: String = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}='{}' ", v.replace('\'', "'\\''")))
+            .collect();
         let cmd = format!(
-            "cd {} && NO_COLOR=1 RUNBOOK_AUDIT_FILE={} {} repl -e {env}",
+            "cd {} && NO_COLOR=1 RUNBOOK_AUDIT_FILE={} {vars}{} {args}",
             self.path().display(),
             self.path().join("audit.jsonl").display(),
             bin().display()

@@ -212,3 +212,100 @@ fn a_freeze_stops_deploys_until_thawed_and_an_emergency_with_a_reason_passes() {
     assert!(audit.contains("\"lock thaw\""), "{audit}");
     assert!(audit.contains("sale over"), "{audit}");
 }
+
+#[test]
+fn exec_runs_on_a_role_in_the_live_release_and_an_alias_opens_tinker_in_a_terminal() {
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    let p = f.project_with(&f.inventory_with(
+        true,
+        "\n[aliases]\ntinker = { command = [\"php\", \"artisan\", \"tinker\"], interactive = true, role = \"web\" }\nversion = [\"php\", \"artisan\", \"--version\"]\n",
+    ));
+    // On a role, in the live release, each host's output under its name; an argument
+    // with spaces and quotes arrives as one argument.
+    let out = p.run_with(&[
+        "exec",
+        "-e",
+        "prod",
+        "--role",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$(hostname) $(pwd -P) $1\"",
+        "sh",
+        "it's one 'argument'",
+    ]);
+    out.code(0);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    for h in ["web1", "web2"] {
+        assert!(
+            all.contains(&format!(
+                "[{h}] {h} /var/www/app/releases/{v1} it's one 'argument'"
+            )),
+            "{all}"
+        );
+    }
+    assert!(!all.contains("[worker1]"), "{all}");
+    // By name pattern; an alias with extra arguments after `--`.
+    let out = p.run_with(&["version", "-e", "prod", "--hosts", "work*"]);
+    out.code(0);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("[worker1] Laravel Framework"), "{all}");
+    assert!(!all.contains("[web1]"), "{all}");
+    // A failure on two hosts keeps each host's own stderr in the final error.
+    p.run_with(&[
+        "exec",
+        "-e",
+        "prod",
+        "--role",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo \"broken on $(hostname)\" >&2; exit 3",
+    ])
+    .code(1)
+    .stderr_has("failed on 2 of 2 hosts")
+    .stderr_has("| broken on web1")
+    .stderr_has("| broken on web2");
+    // Every exec is in the audit log, with its command.
+    let audit = std::fs::read_to_string(p.path().join("audit.jsonl")).unwrap_or_default();
+    assert_eq!(audit.matches("\"script\":\"exec\"").count(), 2, "{audit}");
+    assert!(audit.contains("\"script\":\"exec (version)\""), "{audit}");
+
+    // `runbook tinker -e prod`: with a terminal, on the first web host, in its release.
+    let Some(t) = p.in_terminal("tinker -e prod") else {
+        return;
+    };
+    t.wait_for(&format!("Tinker stand-in for release {v1} (v1)"), 30);
+    t.wait_for(">>>", 10);
+    t.type_text("6 * 7");
+    t.press("Enter");
+    t.wait_for("= 42", 10);
+    t.type_text("exit");
+    t.press("Enter");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let audit = std::fs::read_to_string(p.path().join("audit.jsonl")).unwrap_or_default();
+        if audit.contains("exec (tinker)") {
+            assert!(
+                audit
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .contains("\"result\":\"success\""),
+                "{audit}"
+            );
+            assert!(audit.contains("\"interactive\":\"true\""), "{audit}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tinker never ended:\n{}",
+            t.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

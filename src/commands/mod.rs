@@ -4,6 +4,7 @@ pub mod adopt;
 pub mod audit;
 pub mod check;
 pub mod doc;
+pub mod exec;
 pub mod hosts;
 pub mod init;
 pub mod lock;

@@ -309,6 +309,48 @@ impl Effects {
         }
     }
 
+    /// Runs `argv` on one target in `cwd` with the user's terminal attached (`runbook
+    /// exec -i`): `php artisan tinker`, a shell. Nothing runs in a dry run. Returns the
+    /// exit status.
+    pub fn interactive(
+        &self,
+        target: &Target,
+        argv: &[String],
+        cwd: &str,
+    ) -> Result<i32, CommandError> {
+        let host = target.name().to_owned();
+        let command = crate::quote::join(argv);
+        if self.dry_run() {
+            self.output.log(
+                Level::Info,
+                format!("[{host}] would run with a terminal: {command}"),
+            );
+            return Ok(0);
+        }
+        let line = format!(
+            "cd {} 2>/dev/null || cd {}; exec {}",
+            crate::quote::join(&[format!("{cwd}/current")]),
+            crate::quote::join(&[cwd.to_owned()]),
+            command
+        );
+        let outcome = match (target.transport(), target) {
+            (TransportKind::Ssh, Target::Host(h)) => match self.ssh_pool() {
+                Ok(pool) => self.runtime.block_on(pool.interactive(h, &line)),
+                Err(e) => Err(ExecError::Unsupported(e)),
+            },
+            _ => std::process::Command::new("sh")
+                .args(["-c", &line])
+                .status()
+                .map(|s| s.code().unwrap_or(255))
+                .map_err(|e| ExecError::Unsupported(format!("cannot start sh: {e}"))),
+        };
+        outcome.map_err(|e| CommandError::Unavailable {
+            host,
+            command,
+            message: e.to_string(),
+        })
+    }
+
     /// Runs one command on one target, blocking the (script) thread until it ends.
     pub fn run(&self, target: &Target, spec: &CommandSpec) -> Result<CommandResult, CommandError> {
         self.runtime.block_on(self.run_async(target, spec))
@@ -555,7 +597,11 @@ impl Effects {
         spec: &CommandSpec,
     ) -> Result<CommandResult, CommandError> {
         let argv = spec.program.display_argv();
-        let command = crate::quote::join(&argv);
+        // runbook's own scripts are named by their label in errors: people read that.
+        let command = spec
+            .label
+            .clone()
+            .unwrap_or_else(|| crate::quote::join(&argv));
         let host = target.name().to_owned();
         let emit_events = !spec.silent;
         let mut started = Event::new(Kind::CommandStarted)

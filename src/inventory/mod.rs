@@ -30,8 +30,32 @@ pub struct Inventory {
     pub app: model::RawApp,
     pub notify: model::RawNotify,
     pub metrics: model::RawMetrics,
+    pub aliases: BTreeMap<String, model::RawAlias>,
     pub envs: BTreeMap<String, Arc<Environment>>,
 }
+
+/// runbook's own commands: an alias may not take their names.
+pub const COMMANDS: &[&str] = &[
+    "run",
+    "check",
+    "hosts",
+    "doc",
+    "repl",
+    "unlock",
+    "adopt",
+    "recover",
+    "status",
+    "releases",
+    "lock",
+    "exec",
+    "list",
+    "audit",
+    "completions",
+    "man",
+    "definitions",
+    "init",
+    "help",
+];
 
 /// One environment with every host fully resolved.
 #[derive(Debug, Clone)]
@@ -156,12 +180,36 @@ impl Inventory {
             let resolved = resolve_env(&root, &raw, defaults, name, env, lookup, &invalid)?;
             envs.insert(name.clone(), Arc::new(resolved));
         }
+        for (name, alias) in &raw.aliases {
+            let key = format!("aliases.{name}");
+            if COMMANDS.contains(&name.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "`{name}` is one of runbook's own commands: give the alias another name"
+                    ),
+                ));
+            }
+            if !is_identifier(name) {
+                return Err(invalid(
+                    key,
+                    "alias names may contain only letters, digits, `_` and `-`".into(),
+                ));
+            }
+            if alias.command().is_empty() || alias.command()[0].trim().is_empty() {
+                return Err(invalid(
+                    key,
+                    "the command is empty: give the program and its arguments, e.g. [\"php\", \"artisan\", \"tinker\"]".into(),
+                ));
+            }
+        }
         Ok(Inventory {
             path: path.to_owned(),
             root,
             app: raw.app,
             notify: raw.notify,
             metrics: raw.metrics,
+            aliases: raw.aliases,
             envs,
         })
     }

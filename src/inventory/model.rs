@@ -20,6 +20,38 @@ pub struct RawInventory {
     pub notify: RawNotify,
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// Short names for ad-hoc commands: `tinker = ["php", "artisan", "tinker"]` runs as
+    /// `runbook tinker -e production` (see `runbook exec`).
+    #[serde(default)]
+    pub aliases: BTreeMap<String, RawAlias>,
+}
+
+/// An alias: the command alone, or with how it runs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawAlias {
+    Argv(Vec<String>),
+    Full(RawAliasFull),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAliasFull {
+    pub command: Vec<String>,
+    /// With a terminal, on one host (`php artisan tinker`, a shell).
+    #[serde(default)]
+    pub interactive: bool,
+    /// Only hosts of this role.
+    pub role: Option<String>,
+}
+
+impl RawAlias {
+    pub fn command(&self) -> &[String] {
+        match self {
+            RawAlias::Argv(a) => a,
+            RawAlias::Full(f) => &f.command,
+        }
+    }
 }
 
 /// Where metrics go and come from.

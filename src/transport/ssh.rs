@@ -225,6 +225,24 @@ impl SshPool {
         Ok(path)
     }
 
+    /// Runs `line` on the host with a terminal (`ssh -t` through this run's master, so
+    /// the same host key check and credentials apply), the user's terminal attached.
+    /// Returns the remote exit status.
+    pub async fn interactive(&self, host: &Host, line: &str) -> Result<i32, ExecError> {
+        let conn = self.conn(host).await?;
+        let socket = conn.session.control_socket().to_owned();
+        let status = tokio::process::Command::new("ssh")
+            .arg("-S")
+            .arg(&socket)
+            .args(["-o", "ControlMaster=no", "-o", "LogLevel=ERROR", "-t"])
+            .arg("runbook-master")
+            .arg(line)
+            .status()
+            .await
+            .map_err(|e| ExecError::Unsupported(format!("cannot start ssh: {e}")))?;
+        Ok(status.code().unwrap_or(255))
+    }
+
     pub async fn exec(
         &self,
         host: &Host,

@@ -1,0 +1,314 @@
+//! `runbook exec -e ENV [--role R|--hosts PAT] [-i] -- CMD…`: an ad-hoc command on hosts,
+//! with the care of a script — an argument vector (never a shell line), the deployers
+//! list, a reason and a confirmation on a protected environment, secrets masked, an audit
+//! record locally and on every host — and `[aliases]` of runbook.toml on top
+//! (`runbook tinker -e production`). The command runs in the live release
+//! (`<deploy_path>/current`, else the deploy path). `-i` runs it on one host with the
+//! user's terminal attached.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use clap::Parser;
+
+use crate::cli::{ExecArgs, Global};
+use crate::effects::{FanOut, HostOutcome, Target};
+use crate::error::Error;
+use crate::inventory::model::RawAlias;
+use crate::output::Level;
+use crate::transport::CommandSpec;
+
+/// Runs the command in the live release when there is one.
+const IN_RELEASE: &str = r#"r=$1; shift
+cd "$r/current" 2>/dev/null || cd "$r" 2>/dev/null || true
+exec "$@""#;
+
+/// How an alias's own flags are read (`runbook ALIAS -e ENV [--hosts …] [-- EXTRA…]`).
+#[derive(Debug, Parser)]
+#[command(name = "runbook ALIAS", no_binary_name = true)]
+struct AliasCli {
+    #[command(flatten)]
+    args: ExecArgs,
+}
+
+/// `runbook NAME …` for a name that is not a command: an alias, or a clear error.
+pub fn alias(global: &Global, words: &[String]) -> Result<(), Error> {
+    let Some((name, rest)) = words.split_first() else {
+        return Err(Error::BadOption {
+            option: "COMMAND".into(),
+            message: "no command given: see `runbook --help`".into(),
+        });
+    };
+    let project = crate::project::Project::load(global.config.as_deref())?;
+    let Some(alias) = project.inventory.aliases.get(name).cloned() else {
+        let known: Vec<&str> = project
+            .inventory
+            .aliases
+            .keys()
+            .map(String::as_str)
+            .collect();
+        return Err(Error::BadOption {
+            option: name.clone(),
+            message: format!(
+                "no such command or alias (aliases in {}: {}); see `runbook --help`",
+                project.inventory.path.display(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        });
+    };
+    let mut args = AliasCli::try_parse_from(rest)
+        .map_err(|e| Error::BadOption {
+            option: format!("runbook {name}"),
+            message: e.to_string().trim().to_owned(),
+        })?
+        .args;
+    let mut command = alias.command().to_vec();
+    command.append(&mut args.command);
+    args.command = command;
+    if let RawAlias::Full(f) = &alias {
+        args.interactive |= f.interactive;
+        if args.role.is_none() && args.hosts.is_none() {
+            args.role.clone_from(&f.role);
+        }
+    }
+    run(global, args, Some(name))
+}
+
+pub fn run(global: &Global, args: ExecArgs, alias: Option<&str>) -> Result<(), Error> {
+    if args.command.is_empty() || args.command[0].trim().is_empty() {
+        return Err(Error::BadOption {
+            option: "COMMAND".into(),
+            message:
+                "say what to run after `--`, e.g. `runbook exec -e staging -- php artisan about`"
+                    .into(),
+        });
+    }
+    let project = crate::project::Project::load(global.config.as_deref())?;
+    let env = project.env(args.env.as_deref())?;
+    let hosts = match (&args.role, &args.hosts) {
+        (Some(role), _) => env.select(Some(role)).map_err(|message| {
+            Error::Inventory(crate::error::InventoryError::Invalid {
+                path: project.inventory.path.clone(),
+                key: format!("env.{}.roles", env.name),
+                message,
+            })
+        })?,
+        (None, pattern) => env.subset(pattern.as_deref(), None).hosts,
+    };
+    if hosts.is_empty() {
+        return Err(Error::BadOption {
+            option: "--hosts".into(),
+            message: format!(
+                "no host of `{}` matches `{}` (hosts: {})",
+                env.name,
+                args.hosts.as_deref().unwrap_or("*"),
+                env.hosts
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let reason = args.reason.clone().filter(|r| !r.trim().is_empty());
+    let label = crate::quote::join(&args.command);
+    let what = alias.map_or_else(|| "exec".to_owned(), |a| format!("exec ({a})"));
+
+    let rt = super::runtime()?;
+    let mut config =
+        super::SessionConfig::for_env(&project.inventory, &env, &what, global.verbosity());
+    config.info.reason.clone_from(&reason);
+    config.info.dry_run = args.dry_run;
+    let session = super::session(&rt, config);
+    let masked = session
+        .effects
+        .output()
+        .redactor()
+        .redact(&label)
+        .into_owned();
+    let mut record_args = BTreeMap::new();
+    record_args.insert("command".to_owned(), masked.clone());
+    if args.interactive {
+        record_args.insert("interactive".to_owned(), "true".to_owned());
+    }
+    let audit = |result: &str, error: Option<String>, on: &[String], took: std::time::Duration| {
+        let mut r = super::audit_record(&session, &what, "", result, took);
+        r.args.clone_from(&record_args);
+        r.hosts = on.to_vec();
+        r.error = error;
+        super::write_audit(&session, &r, !on.is_empty() && !args.dry_run);
+    };
+
+    // The checks of a script that changes the environment: who may, why, confirmed.
+    let admitted = crate::permissions::admit(&crate::permissions::Request {
+        env: &env,
+        script: &what,
+        text: "",
+        actor: &session.info.actor,
+        actor_flag: false,
+        reason: reason.as_deref(),
+        dry_run: args.dry_run,
+    })
+    .and_then(|_| {
+        if env.protected && reason.is_none() && !args.dry_run {
+            return Err(Error::BadOption {
+                option: "--reason".into(),
+                message: format!(
+                    "`{}` is protected: an ad-hoc command there needs a written reason, which goes into the audit log; pass --reason \"…\"",
+                    env.name
+                ),
+            });
+        }
+        if crate::permissions::needs_confirmation(&env, args.dry_run, args.yes) {
+            super::run::confirm(&env.name, &format!("`{masked}`"))?;
+        }
+        Ok(())
+    });
+    if let Err(refused) = admitted {
+        audit(
+            "refused",
+            Some(refused.to_string()),
+            &[],
+            std::time::Duration::ZERO,
+        );
+        return Err(refused);
+    }
+
+    let output = session.effects.output().clone();
+    let clock = Instant::now();
+    if args.interactive {
+        let host = &hosts[0];
+        if hosts.len() > 1 {
+            output.log(
+                Level::Info,
+                format!(
+                    "with a terminal on {} (the first of {})",
+                    host.name,
+                    hosts
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        let target = Target::Host(host.clone());
+        let result = session
+            .effects
+            .interactive(&target, &args.command, &host.deploy_path);
+        let on = vec![host.name.clone()];
+        session.effects.close();
+        return match result {
+            Ok(0) => {
+                audit(
+                    if args.dry_run { "dry_run" } else { "success" },
+                    None,
+                    &on,
+                    clock.elapsed(),
+                );
+                Ok(())
+            }
+            Ok(code) => {
+                let e = format!("`{masked}` on {} exited with code {code}", host.name);
+                audit("failed", Some(e.clone()), &on, clock.elapsed());
+                Err(Error::Message(e))
+            }
+            Err(e) => {
+                audit("failed", Some(e.to_string()), &on, clock.elapsed());
+                Err(Error::Message(
+                    output.redactor().redact(&e.to_string()).into_owned(),
+                ))
+            }
+        };
+    }
+
+    let effects = session.effects.clone();
+    crate::signal::install(
+        rt.handle(),
+        session.effects.interrupt().clone(),
+        output.clone(),
+        move || effects.kill_connections_now(),
+    );
+    let targets: Vec<Target> = hosts.iter().cloned().map(Target::Host).collect();
+    let build = |t: &Target| {
+        let root = match t {
+            Target::Host(h) => h.deploy_path.clone(),
+            Target::Local => String::new(),
+        };
+        let mut a: Vec<&str> = vec![&root];
+        a.extend(args.command.iter().map(String::as_str));
+        let mut spec = CommandSpec::script(label.clone(), IN_RELEASE, &a);
+        spec.timeout = args.timeout;
+        spec
+    };
+    let fan = FanOut {
+        fail_fast: false,
+        ..FanOut::new()
+    };
+    let outcomes = session.effects.run_many_with(&targets, &build, &fan);
+    let mut failed = Vec::new();
+    let mut interrupted = false;
+    for (t, o) in targets.iter().zip(outcomes) {
+        match o {
+            HostOutcome::Done(Ok(_)) => {}
+            HostOutcome::Done(Err(e)) => {
+                interrupted |= e.is_interrupt();
+                failed.push(format!("- {}", e.to_string().replace('\n', "\n  ")));
+            }
+            HostOutcome::Skipped => {
+                interrupted = true;
+                failed.push(format!("- {}: not run (interrupted)", t.name()));
+            }
+        }
+    }
+    let on: Vec<String> = targets.iter().map(|t| t.name().to_owned()).collect();
+    let took = clock.elapsed();
+    session.effects.close();
+    if failed.is_empty() {
+        audit(
+            if args.dry_run { "dry_run" } else { "success" },
+            None,
+            &on,
+            took,
+        );
+        output.log(
+            Level::Info,
+            format!(
+                "✓ `{masked}` {} on {} host{} ({} ms)",
+                if args.dry_run {
+                    "would run"
+                } else {
+                    "succeeded"
+                },
+                on.len(),
+                if on.len() == 1 { "" } else { "s" },
+                took.as_millis()
+            ),
+        );
+        return Ok(());
+    }
+    let message = output
+        .redactor()
+        .redact(&format!(
+            "`{masked}` failed on {} of {} hosts:\n{}",
+            failed.len(),
+            on.len(),
+            failed.join("\n")
+        ))
+        .into_owned();
+    audit(
+        if interrupted { "aborted" } else { "failed" },
+        Some(message.clone()),
+        &on,
+        took,
+    );
+    if interrupted {
+        Err(Error::Interrupted { diagnostic: None })
+    } else {
+        Err(Error::Message(message))
+    }
+}
