@@ -21,6 +21,7 @@ pub mod permissions;
 pub mod project;
 pub mod quote;
 pub mod release;
+pub mod schema_risk;
 pub mod signal;
 pub mod status;
 pub mod tls;

@@ -91,6 +91,16 @@ impl Repo {
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-qm", "v5-slow-migration"]);
         git(&work, &["tag", "v5-slow-migration"]);
+        // A destructive change: the old code still reads `feature_flags.name`.
+        std::fs::write(
+            work.join("database/migrations/2026_04_01_000000_drop_feature_flag_names.php"),
+            "<?php\nuse Illuminate\\Database\\Migrations\\Migration;\nuse Illuminate\\Database\\Schema\\Blueprint;\nuse Illuminate\\Support\\Facades\\Schema;\nreturn new class extends Migration {\n    public function up() { Schema::table('feature_flags', function (Blueprint $t) { $t->dropColumn('name'); }); }\n    public function down() { Schema::table('feature_flags', function (Blueprint $t) { $t->string('name')->default(''); }); }\n};\n",
+        )
+        .unwrap();
+        build("v6-drop-column");
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "v6-drop-column"]);
+        git(&work, &["tag", "v6-drop-column"]);
         let path = base.join("app.git");
         assert!(
             Command::new("git")

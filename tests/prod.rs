@@ -140,7 +140,13 @@ fn artisan_hosts(out: &crate::harness::Output, verb: &str) -> Vec<String> {
         .events()
         .iter()
         .filter(|e| {
-            e["event"] == "command_started" && e["argv"][1] == "artisan" && e["argv"][2] == verb
+            e["event"] == "command_started"
+                && e["argv"][1] == "artisan"
+                && e["argv"][2] == verb
+                // The migration gate's `migrate --pretend` reads the SQL; it migrates nothing.
+                && !e["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "--pretend"))
         })
         .filter_map(|e| e["host"].as_str().map(str::to_owned))
         .collect();

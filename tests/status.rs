@@ -309,3 +309,54 @@ fn exec_runs_on_a_role_in_the_live_release_and_an_alias_opens_tinker_in_a_termin
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_destructive_migration_is_refused_by_the_gate_until_allowed_with_a_reason() {
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v5-slow-migration", "-q"]).code(0);
+    let v5 = f.current("web1");
+    let has_name = || f.sql("show columns from feature_flags like 'name'");
+    assert!(has_name().contains("name"));
+    // Blue-green: the old release keeps serving against the new schema. Refused before
+    // anything migrates, naming the statement and what to do.
+    std::thread::sleep(Duration::from_millis(1100));
+    f.run("zero-downtime-deploy", &["ref=v6-drop-column"])
+        .code(1)
+        .stderr_has("make 1 change(s) the old release cannot live with")
+        .stderr_has(
+            "2026_04_01_000000_drop_feature_flag_names: alter table `feature_flags` drop `name`",
+        )
+        .stderr_has("drops a column the old code may still read and write")
+        .stderr_has("nothing was migrated or switched")
+        .stderr_has("allow_destructive=true --reason");
+    assert!(has_name().contains("name"), "the column went anyway");
+    for (host, live) in f.currents() {
+        assert_eq!(live, v5, "{host}");
+    }
+    assert!(!f.path("web1", "/var/www/app/.runbook/lock").exists());
+    // Allowed by name, but only with a reason.
+    f.run(
+        "zero-downtime-deploy",
+        &["ref=v6-drop-column", "allow_destructive=true"],
+    )
+    .code(1)
+    .stderr_has("say why with --reason");
+    assert!(has_name().contains("name"));
+    let out = f.run(
+        "zero-downtime-deploy",
+        &[
+            "ref=v6-drop-column",
+            "allow_destructive=true",
+            "--reason",
+            "drop the legacy flag names",
+        ],
+    );
+    out.code(0)
+        .stderr_has("allowed by allow_destructive=true (drop the legacy flag names)");
+    assert!(!has_name().contains("name"), "the column is still there");
+    let v6 = f.current("web1");
+    assert_ne!(v6, v5);
+    for (host, live) in f.currents() {
+        assert_eq!(live, v6, "{host}");
+    }
+}

@@ -12,6 +12,7 @@ mod lock;
 mod log;
 mod notify;
 mod release;
+mod schema;
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_static_module("audit", exported_module!(audit::audit_api).into());
     engine.register_static_module("notify", exported_module!(notify::notify_api).into());
     engine.register_static_module("metrics", exported_module!(notify::metrics_api).into());
+    engine.register_static_module("schema", exported_module!(schema::schema_api).into());
 }
 
 /// The session behind a native call.
