@@ -52,6 +52,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Show the resolved hosts of an environment
     Hosts(HostsArgs),
+    /// Every script of the project: its purpose and arguments, from its leading comment
+    List(ListArgs),
     /// Print the script API: every module and function
     Doc(DocArgs),
     /// Interactive shell with the script API and the inventory at hand
@@ -170,6 +172,13 @@ pub struct HostsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ListArgs {
+    /// JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DocArgs {
     /// Markdown instead of plain text
     #[arg(long)]
@@ -228,6 +237,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Run(args) => crate::commands::run::run(global, args),
         Command::Check(args) => crate::commands::check::run(global, &args),
         Command::Hosts(args) => crate::commands::hosts::run(global, &args),
+        Command::List(args) => crate::commands::list::run(global, &args),
         Command::Doc(args) => crate::commands::doc::run(&args),
         Command::Repl(args) => crate::commands::repl::run(global, &args),
         Command::Unlock(args) => crate::commands::unlock::run(global, &args),

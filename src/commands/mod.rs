@@ -6,6 +6,7 @@ pub mod check;
 pub mod doc;
 pub mod hosts;
 pub mod init;
+pub mod list;
 pub mod recover;
 pub mod repl;
 mod repl_helper;
