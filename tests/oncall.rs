@@ -109,3 +109,151 @@ fn list_reads_any_project_and_says_when_a_script_has_no_description() {
     assert_eq!(v[1]["name"], "plain");
     assert!(v[1]["purpose"].is_null(), "{v}");
 }
+
+/// Removes a directory tree when dropped (deploy roots on the fleet's shared disk).
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_backup_runbook_creates_lists_verifies_and_prunes_on_a_fleet() {
+    use crate::fleet::{Fleet, USER};
+    let Some(fleet) = Fleet::start(2) else { return };
+    let roots = fleet.deploy_roots("rboc");
+    let base = std::path::Path::new(&roots[0].1)
+        .parent()
+        .expect("a root has a parent")
+        .to_path_buf();
+    let _cleanup = Cleanup(base.clone());
+    let backups = base.join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    // The fleet serves one release (each host its own copy), like tests/backup.rs's layout.
+    for (name, root) in &roots {
+        let root = std::path::Path::new(root);
+        let rel = root.join("releases/20260101T000000Z");
+        std::fs::create_dir_all(rel.join("public")).unwrap();
+        std::fs::create_dir_all(root.join("shared")).unwrap();
+        std::fs::write(
+            rel.join("public/index.php"),
+            format!("<?php echo '{name}';\n"),
+        )
+        .unwrap();
+        std::fs::write(root.join("shared/.env"), "APP_KEY=base64:abc\n").unwrap();
+        std::os::unix::fs::symlink(rel.strip_prefix(root).unwrap(), root.join("current")).unwrap();
+    }
+    crate::fleet::run(
+        std::process::Command::new("chown")
+            .args(["-R", USER])
+            .arg(&base),
+    )
+    .unwrap();
+    let hosts: Vec<String> = fleet
+        .hosts
+        .iter()
+        .zip(&roots)
+        .map(|(h, (_, root))| {
+            format!(
+                "{} = {{ address = \"{}\", port = {}, deploy_path = \"{root}\" }}",
+                h.name, h.addr, h.port
+            )
+        })
+        .collect();
+    let inventory = format!(
+        "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nshared_files = [\".env\"]\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n\n[env.fleet]\nbackup_dir = \"{}\"\nhosts = {{ {} }}\nroles = {{ web = [\"web1\", \"web2\"] }}\n",
+        fleet.client_key().display(),
+        fleet.known_hosts.display(),
+        backups.display(),
+        hosts.join(", ")
+    );
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/backup.rhai"),
+    )
+    .unwrap();
+    let t = Test::bare()
+        .file("runbook.toml", &inventory)
+        .file("scripts/backup.rhai", &script);
+    let archives = || {
+        let mut v: Vec<String> = std::fs::read_dir(&backups)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tar.gz"))
+            .collect();
+        v.sort();
+        v
+    };
+
+    let none = t.run_with(&["run", "backup", "-e", "fleet"]);
+    none.code(0)
+        .stdout_has("web1: no backup")
+        .stdout_has("web2: no backup");
+
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let out = t.run_with(&["run", "backup", "-e", "fleet", "action=create"]);
+        out.code(0).stdout_has("on 2 host(s)");
+        let name = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("created "))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("the created name")
+            .to_owned();
+        let stamp = name
+            .strip_prefix("backup-")
+            .and_then(|s| s.strip_suffix(".tar.gz"))
+            .unwrap_or("");
+        assert!(
+            stamp.len() == 15
+                && stamp.as_bytes()[8] == b'-'
+                && stamp.chars().filter(char::is_ascii_digit).count() == 14,
+            "not the seed's backup-YYYYmmdd-HHMMSS.tar.gz: {name}"
+        );
+        // One name for the fleet; the test hosts share one disk, so web2 finds the archive
+        // of its release already there (separate disks: each host writes its own).
+        out.stdout_has(&format!("web1: {name}"))
+            .stdout_has(&format!("web2: {name} (backup directory shared"));
+        names.push(name);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(archives(), names, "one archive per create");
+
+    let list = t.run_with(&["run", "backup", "-e", "fleet", "action=list"]);
+    list.code(0);
+    for n in &names {
+        for h in ["web1", "web2"] {
+            assert!(
+                list.stdout
+                    .lines()
+                    .any(|l| l.starts_with(h) && l.contains(n.as_str())),
+                "{h} does not list {n}:\n{}",
+                list.stdout
+            );
+        }
+    }
+
+    let verify = t.run_with(&["run", "backup", "-e", "fleet", "action=verify"]);
+    verify
+        .code(0)
+        .stdout_has(&format!("web1: {} verifies", names[2]))
+        .stdout_has(&format!("web2: {} verifies", names[2]))
+        .stdout_has("verified on 2 host(s)");
+
+    let prune = t.run_with(&["run", "backup", "-e", "fleet", "action=prune", "keep=1"]);
+    prune.code(0).stdout_has("pruned 2 backup(s)");
+    assert_eq!(archives(), [names[2].clone()], "keep=1 keeps the newest");
+
+    // A damaged archive fails verification, naming every host that sees it.
+    let newest = backups.join(&names[2]);
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let bad = t.run_with(&["run", "backup", "-e", "fleet", "action=verify"]);
+    assert_ne!(bad.code, 0, "a truncated archive verified:\n{}", bad.stdout);
+    bad.stderr_has("2 host(s) failed verification")
+        .stderr_has(&format!("web1: {}", names[2]))
+        .stderr_has(&format!("web2: {}", names[2]));
+}
