@@ -257,3 +257,41 @@ fn the_backup_runbook_creates_lists_verifies_and_prunes_on_a_fleet() {
         .stderr_has(&format!("web1: {}", names[2]))
         .stderr_has(&format!("web2: {}", names[2]));
 }
+
+#[test]
+fn doc_and_definitions_list_functions_that_take_a_host_with_script_types() {
+    let t = Test::bare();
+    let doc = t.run_with(&["doc"]);
+    doc.code(0);
+    for needle in [
+        "backup::create(host: Host, opts: Map) -> Map",
+        "backup::restore(host: Host, name: String, opts: Map) -> String",
+        "release::current(host: Host) -> String",
+        "release::list(host: Host) -> Array",
+        "release::new_migrations(",
+        "ssh::download(host: Host,",
+    ] {
+        doc.stdout_has(needle);
+    }
+    let defs = t.path().join("defs");
+    t.run_with(&["definitions", &defs.to_string_lossy()])
+        .code(0);
+    let mut all = doc.stdout.clone();
+    for e in std::fs::read_dir(&defs).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        // Declarations only: Rhai's own doc comments may mention Rust types.
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            all.push_str(line);
+            all.push('\n');
+        }
+    }
+    for rust in ["Box<EvalAltResult>", "EvalAltResult", "HostRef", "Result<"] {
+        let hit = all.lines().find(|l| l.contains(rust));
+        assert!(hit.is_none(), "{rust} in the API reference: {hit:?}");
+    }
+    let backup = std::fs::read_to_string(defs.join("backup.d.rhai")).unwrap();
+    assert!(
+        backup.contains("fn create(host: Host, opts: Map) -> Map;"),
+        "{backup}"
+    );
+}

@@ -56,6 +56,11 @@ pub fn register_types(engine: &mut Engine) {
         .register_fn("to_debug", |h: &mut HostRef| {
             format!("host({:?})", h.0.name)
         });
+    // The indexer below returns this; named, editors' definitions show `-> Host`.
+    engine.register_type_with_name_raw(
+        std::any::type_name::<Result<HostRef, Box<EvalAltResult>>>(),
+        "Host",
+    );
     engine
         .register_type_with_name::<HostSet>("HostSet")
         .register_iterator::<HostSet>()
