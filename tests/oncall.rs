@@ -295,3 +295,49 @@ fn doc_and_definitions_list_functions_that_take_a_host_with_script_types() {
         "{backup}"
     );
 }
+
+#[test]
+fn the_repl_shows_host_sets_by_name_and_release_lists_as_a_table() {
+    let t = Test::new();
+    for r in ["20260101T000000Z", "20260102T000000Z"] {
+        std::fs::create_dir_all(t.path().join("deploy/releases").join(r)).unwrap();
+    }
+    std::os::unix::fs::symlink("releases/20260102T000000Z", t.path().join("deploy/current"))
+        .unwrap();
+    let out = t.repl(
+        "dev",
+        "hosts(\"web\")\nhost(\"a\")\n[hosts(\"one\"), 1]\nrelease::list(host(\"a\"))\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stdout.contains("runbook::"),
+        "a Rust type name in the REPL:\n{stdout}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "hosts([\"a\", \"b\"])", "{stdout}");
+    assert_eq!(lines[1], "host(\"a\")", "{stdout}");
+    assert_eq!(lines[2], "[hosts([\"a\"]), 1]", "{stdout}");
+    // One header, one row per release (oldest first), the live one marked.
+    assert!(
+        lines[3].starts_with("NAME") && lines[3].contains("LIVE"),
+        "{stdout}"
+    );
+    assert!(lines[4].starts_with("20260101T000000Z "), "{stdout}");
+    let live_col = lines[3].find("LIVE").unwrap();
+    assert!(lines[5].starts_with("20260102T000000Z "), "{stdout}");
+    assert_eq!(
+        lines[5].get(live_col..live_col + 3),
+        Some("yes"),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[4].get(live_col..live_col + 3),
+        Some("   "),
+        "{stdout}"
+    );
+}
