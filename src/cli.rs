@@ -246,19 +246,22 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Audit(args) => crate::commands::audit::run(global, &args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(args.shell, &mut cmd, "runbook", &mut std::io::stdout());
-            Ok(())
+            let mut text = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, "runbook", &mut text);
+            crate::output::stdout(&String::from_utf8_lossy(&text))
         }
         Command::Definitions(args) => crate::commands::doc::definitions(&args.dir),
         Command::Init => crate::commands::init::run(),
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
             clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
+                .render(&mut text)
                 .map_err(|e| Error::Read {
                     path: "stdout".into(),
                     source: e,
-                })
+                })?;
+            crate::output::stdout(&String::from_utf8_lossy(&text))
         }
     }
 }

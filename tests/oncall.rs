@@ -341,3 +341,74 @@ fn the_repl_shows_host_sets_by_name_and_release_lists_as_a_table() {
         "{stdout}"
     );
 }
+
+/// Runs the binary with stdout on a pipe whose reader is already gone (`| head` that
+/// exited before the first write): it must end quietly, with status 0.
+#[track_caller]
+fn into_closed_pipe(t: &Test, args: &[&str]) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = t
+        .command()
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("runbook runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "{args:?} panicked on a closed pipe:\n{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?} on a closed pipe:\n{stderr}"
+    );
+    assert!(
+        stderr.is_empty(),
+        "{args:?} said something on a closed pipe:\n{stderr}"
+    );
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // More than a pipe holds (64 KiB), so `head -1` exits while runbook still writes.
+    let hosts: Vec<String> = (0..3000)
+        .map(|i| format!("h{i:04} = \"127.1.{}.{}\"", i / 250, i % 250 + 1))
+        .collect();
+    let t = Test::bare().file(
+        "runbook.toml",
+        &format!(
+            "[app]\nname = \"t\"\ndeploy_path = \"deploy\"\n[env.big]\ntransport = \"local\"\nhosts = {{ {} }}\n",
+            hosts.join(", ")
+        ),
+    );
+    into_closed_pipe(&t, &["hosts", "-e", "big", "--json"]);
+    into_closed_pipe(&t, &["hosts", "-e", "big"]);
+    into_closed_pipe(&t, &["doc"]);
+    into_closed_pipe(&t, &["list"]);
+
+    // And through a real `| head -1`: runbook's status (pipefail) and no panic.
+    for args in [
+        &["hosts", "-e", "big", "--json"][..],
+        &["doc", "--markdown"][..],
+    ] {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg("set -o pipefail; \"$@\" | head -1")
+            .arg("bash")
+            .arg(crate::harness::bin())
+            .args(args)
+            .current_dir(t.path())
+            .output()
+            .expect("bash runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked"),
+            "{args:?} | head -1 panicked:\n{stderr}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?} | head -1:\n{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    }
+}

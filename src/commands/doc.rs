@@ -16,8 +16,7 @@ struct Entry {
 }
 
 pub fn run(args: &DocArgs) -> Result<(), Error> {
-    print!("{}", render(args.markdown)?);
-    Ok(())
+    crate::output::stdout(&render(args.markdown)?)
 }
 
 /// The engine with every module registered and no project: what the API is made of.
