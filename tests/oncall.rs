@@ -412,3 +412,83 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     }
 }
+
+/// A TCP port that accepts and then never says a word (an SSH server that hangs).
+fn silent_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_connection_that_timed_out_reports_the_time_it_took() {
+    let port = silent_port();
+    let t = Test::bare()
+        .file(
+            "runbook.toml",
+            &format!(
+                "[app]\nname = \"t\"\ndeploy_path = \"/srv/t\"\n[ssh]\nuser = \"deploy\"\nconnect_timeout = \"1s\"\nknown_hosts = \"kh\"\n[env.x]\nhosts = {{ a = \"127.0.0.1:{port}\" }}\n"
+            ),
+        )
+        .file("kh", "")
+        .file(
+            "scripts/s.rhai",
+            "try { ssh::run(host(\"a\"), [\"true\"]); } catch {}\nssh::run(host(\"a\"), [\"true\"]);\n",
+        );
+    let out = t.run_with(&["run", "s", "-e", "x"]);
+    out.code(1).stderr_has("no answer within 1s");
+    let failures: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("✗ cannot connect"))
+        .collect();
+    assert!(failures.len() >= 2, "{}", out.stderr);
+    // The first attempt waited for the timeout: its line says so (not "after 0 ms").
+    let took = failures[0]
+        .rsplit_once(" after ")
+        .map(|(_, d)| d)
+        .unwrap_or("");
+    let secs: f64 = match took.split_once(' ') {
+        Some((n, "s")) => n.parse().unwrap_or(0.0),
+        Some((n, "ms")) => n.parse::<f64>().unwrap_or(0.0) / 1000.0,
+        _ => 0.0,
+    };
+    assert!(
+        secs >= 0.9,
+        "the first attempt took {took:?}, it waited 1s:\n{}",
+        out.stderr
+    );
+    // The second command fails at once, and says why it did not wait again.
+    assert!(
+        failures[1].contains("failed earlier in this run: not tried again"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn unlock_refusing_a_live_lock_says_so_and_what_to_do() {
+    let t = Test::new();
+    let lock = t.path().join("deploy/.runbook/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(
+        lock.join("info"),
+        r#"{"run":"r1","actor":"bob","machine":"m","pid":1,"script":"scripts/deploy.rhai","reason":null,"ci_run":null,"started_at":"2026-11-27T00:00:00Z"}"#,
+    )
+    .unwrap();
+    std::fs::write(lock.join("heartbeat"), "").unwrap();
+    let out = t.run_with(&["unlock", "-e", "dev", "--stale"]);
+    out.code(1)
+        .stderr_has("is live")
+        .stderr_has("unlock refused: the deploy lock stays on 2 of 2 hosts of `dev`")
+        .stderr_has("wait for that run to end")
+        .stderr_has("`runbook unlock -e dev` (without --stale)");
+    assert!(!out.stderr.contains("failed the check"), "{}", out.stderr);
+    assert!(lock.exists());
+}

@@ -609,6 +609,7 @@ impl Effects {
                     .message(line),
             );
         };
+        let started = std::time::Instant::now();
         let outcome = match target.transport() {
             TransportKind::Local => transport::local::exec(spec, interrupt, &on_line).await,
             TransportKind::Ssh => match (self.ssh_pool(), target) {
@@ -617,7 +618,7 @@ impl Effects {
                 (Ok(_), Target::Local) => transport::local::exec(spec, interrupt, &on_line).await,
             },
         };
-        self.finish(host, argv, command, spec, outcome)
+        self.finish(host, argv, command, spec, outcome, started.elapsed())
     }
 
     fn finish(
@@ -627,6 +628,9 @@ impl Effects {
         command: String,
         spec: &CommandSpec,
         outcome: Result<Finished, ExecError>,
+        // How long the attempt took, connecting included (a failed connection has no
+        // `Finished` to tell).
+        took: Duration,
     ) -> Result<CommandResult, CommandError> {
         let emit =
             |result: Outcome, code: Option<i32>, duration: Duration, message: Option<String>| {
@@ -719,7 +723,7 @@ impl Effects {
             }
             Err(other) => {
                 let message = other.to_string();
-                emit(Outcome::Failed, None, Duration::ZERO, Some(message.clone()));
+                emit(Outcome::Failed, None, took, Some(message.clone()));
                 Err(CommandError::Unavailable {
                     host,
                     command,
