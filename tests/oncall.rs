@@ -492,3 +492,87 @@ fn unlock_refusing_a_live_lock_says_so_and_what_to_do() {
     assert!(!out.stderr.contains("failed the check"), "{}", out.stderr);
     assert!(lock.exists());
 }
+
+/// An inventory for `fleet` with a deploy path per host (`roots`), role `web` = all.
+fn fleet_inventory(
+    fleet: &crate::fleet::Fleet,
+    roots: &[(String, String)],
+    env_extra: &str,
+) -> String {
+    use crate::fleet::USER;
+    let hosts: Vec<String> = fleet
+        .hosts
+        .iter()
+        .zip(roots)
+        .map(|(h, (_, root))| {
+            format!(
+                "{} = {{ address = \"{}\", port = {}, deploy_path = \"{root}\" }}",
+                h.name, h.addr, h.port
+            )
+        })
+        .collect();
+    let names: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| format!("\"{}\"", h.name))
+        .collect();
+    format!(
+        "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nshared_files = [\".env\"]\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n\n[env.fleet]\n{env_extra}\nhosts = {{ {} }}\nroles = {{ web = [{}] }}\n",
+        fleet.client_key().display(),
+        fleet.known_hosts.display(),
+        hosts.join(", "),
+        names.join(", ")
+    )
+}
+
+#[test]
+fn a_failure_on_two_hosts_keeps_each_hosts_stderr_tail_in_the_final_error() {
+    let Some(fleet) = crate::fleet::Fleet::start(2) else {
+        return;
+    };
+    let roots = fleet.deploy_roots("rbst");
+    // Each host says something else last: web1 exits 3, web2 hangs until the timeout.
+    let script = r#"a=${SSH_CONNECTION#* * }; a=${a%% *}; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "noise $i" >&2; done; case $a in *.1) echo "SQLSTATE[HY000] only on $a" >&2; exit 3;; *) echo "No space left on device on $a" >&2; sleep 30;; esac"#;
+    let t = Test::bare()
+        .file("runbook.toml", &fleet_inventory(&fleet, &roots, ""))
+        .file(
+            "scripts/fail.rhai",
+            &format!("ssh::shell(hosts(\"web\"), {script:?}, #{{ timeout: \"2s\" }});\n"),
+        );
+    let out = t.run_with(&["run", "fail", "-e", "fleet"]);
+    out.code(1);
+    // The final error (after the live output), host by host.
+    let last = out.stderr.rfind("\nerror: ").expect("a final error");
+    let error = &out.stderr[last..];
+    let web1 = error
+        .find("- command failed on `web1`")
+        .unwrap_or_else(|| panic!("{error}"));
+    let web2 = error
+        .find("- command on `web2` timed out after 2s")
+        .unwrap_or_else(|| panic!("{error}"));
+    let (first, second) = if web1 < web2 {
+        (&error[web1..web2], &error[web2..])
+    } else {
+        (&error[web1..], &error[web2..web1])
+    };
+    let (one, two) = if web1 < web2 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let addr = |i: usize| fleet.hosts[i].addr.clone();
+    assert!(
+        one.contains("stderr (last lines):")
+            && one.contains(&format!("| SQLSTATE[HY000] only on {}", addr(0))),
+        "web1's stderr tail is missing from the final error:\n{error}"
+    );
+    assert!(
+        two.contains("stderr (last lines):")
+            && two.contains(&format!("| No space left on device on {}", addr(1))),
+        "web2's stderr tail is missing from the final error:\n{error}"
+    );
+    assert!(
+        !one.contains("| No space left") && !two.contains("| SQLSTATE"),
+        "{error}"
+    );
+}

@@ -154,19 +154,26 @@ pub enum CommandError {
         command: String,
         stderr_tail: Vec<String>,
     },
-    #[error("command on `{host}` timed out after {}: `{command}` (it was killed)", humantime::format_duration(*after))]
+    #[error("command on `{host}` timed out after {}: `{command}` (it was killed){}", humantime::format_duration(*after), tail_block(stderr_tail))]
     Timeout {
         host: String,
         command: String,
         after: Duration,
+        /// What it had written to stderr until then.
+        stderr_tail: Vec<String>,
     },
     #[error("command on `{host}` was interrupted: `{command}`")]
     Interrupted { host: String, command: String },
-    #[error("{message}\n  (while running `{command}` on `{host}`)")]
+    #[error(
+        "{message}\n  (while running `{command}` on `{host}`){}",
+        tail_block(stderr_tail)
+    )]
     Unavailable {
         host: String,
         command: String,
         message: String,
+        /// What the command had written to stderr before the host went away (if it ran).
+        stderr_tail: Vec<String>,
     },
 }
 
@@ -545,6 +552,7 @@ impl Effects {
                 host,
                 command,
                 message,
+                stderr_tail: Vec::new(),
             }),
         }
     }
@@ -702,6 +710,7 @@ impl Effects {
                     host,
                     command,
                     after,
+                    stderr_tail: stderr_tail(&partial.stderr),
                 })
             }
             Err(ExecError::Interrupted { partial }) => {
@@ -719,6 +728,7 @@ impl Effects {
                     host,
                     command,
                     message,
+                    stderr_tail: stderr_tail(&partial.stderr),
                 })
             }
             Err(other) => {
@@ -728,6 +738,7 @@ impl Effects {
                     host,
                     command,
                     message,
+                    stderr_tail: Vec::new(),
                 })
             }
         }
