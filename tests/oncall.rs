@@ -576,3 +576,57 @@ fn a_failure_on_two_hosts_keeps_each_hosts_stderr_tail_in_the_final_error() {
         "{error}"
     );
 }
+
+#[test]
+fn a_run_through_the_harness_writes_no_state_under_home() {
+    let home = tempfile::tempdir().unwrap();
+    let t = Test::new()
+        .file("scripts/hello.rhai", "print(\"hello\");")
+        .env("HOME", &home.path().to_string_lossy());
+    t.run_with(&["run", "hello", "-e", "dev"])
+        .code(0)
+        .stdout_has("hello");
+    let out = t.repl("dev", "1 + 1\n");
+    assert!(out.status.success());
+    assert!(
+        !home.path().join(".local/state").exists(),
+        "a test wrote into HOME/.local/state"
+    );
+    let audit = std::fs::read_to_string(t.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains("scripts/hello.rhai"), "{audit}");
+}
+
+#[test]
+fn an_in_process_run_keeps_its_audit_record_in_the_test_state_dir() {
+    let t = Test::new().file("scripts/in-process.rhai", "let a = 1;");
+    let script = t.path().join("scripts/in-process.rhai");
+    let log = crate::harness::process_state_dir().join("runbook/audit.jsonl");
+    let records = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("\"script\":\"scripts/in-process.rhai\"")
+            .count()
+    };
+    let before = records();
+    let code = runbook::run(
+        [
+            "runbook",
+            "-q",
+            "-c",
+            &t.path().join("runbook.toml").to_string_lossy(),
+            "run",
+            &script.to_string_lossy(),
+            "-e",
+            "dev",
+        ]
+        .map(std::ffi::OsString::from),
+    );
+    assert_eq!(code, 0);
+    // Not the user's ~/.local/state: the test process' own state directory.
+    assert_eq!(
+        records(),
+        before + 1,
+        "this run's record is not in {}",
+        log.display()
+    );
+}
