@@ -188,11 +188,9 @@ fn purpose(description: &str) -> Option<String> {
         match c {
             '(' => depth += 1,
             ')' => depth -= 1,
-            '.' | ':' | ';' if depth <= 0 => {
-                if chars.get(i + 1).is_none_or(|n| n.is_whitespace()) {
-                    end = i;
-                    break;
-                }
+            '.' | ':' | ';' if depth <= 0 && chars.get(i + 1).is_none_or(|n| n.is_whitespace()) => {
+                end = i;
+                break;
             }
             _ => {}
         }
