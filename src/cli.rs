@@ -52,6 +52,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Show the resolved hosts of an environment
     Hosts(HostsArgs),
+    /// Every script of the project: its purpose and arguments, from its leading comment
+    List(ListArgs),
     /// Print the script API: every module and function
     Doc(DocArgs),
     /// Interactive shell with the script API and the inventory at hand
@@ -175,6 +177,13 @@ pub struct HostsArgs {
     /// Only hosts of this role
     #[arg(long)]
     pub role: Option<String>,
+    /// JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
     /// JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -325,6 +334,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Run(args) => crate::commands::run::run(global, args),
         Command::Check(args) => crate::commands::check::run(global, &args),
         Command::Hosts(args) => crate::commands::hosts::run(global, &args),
+        Command::List(args) => crate::commands::list::run(global, &args),
         Command::Doc(args) => crate::commands::doc::run(&args),
         Command::Repl(args) => crate::commands::repl::run(global, &args),
         Command::Unlock(args) => crate::commands::unlock::run(global, &args),
@@ -338,19 +348,22 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Audit(args) => crate::commands::audit::run(global, &args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(args.shell, &mut cmd, "runbook", &mut std::io::stdout());
-            Ok(())
+            let mut text = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, "runbook", &mut text);
+            crate::output::stdout(&String::from_utf8_lossy(&text))
         }
         Command::Definitions(args) => crate::commands::doc::definitions(&args.dir),
         Command::Init => crate::commands::init::run(),
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
             clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
+                .render(&mut text)
                 .map_err(|e| Error::Read {
                     path: "stdout".into(),
                     source: e,
-                })
+                })?;
+            crate::output::stdout(&String::from_utf8_lossy(&text))
         }
     }
 }

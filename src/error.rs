@@ -48,8 +48,21 @@ pub enum Error {
     #[error("{count} script(s) failed the check")]
     CheckFailed { count: usize },
 
-    #[error("the deploy lock was not removed on {count} of {total} hosts (each is named above)")]
-    NotUnlocked { count: usize, total: usize },
+    #[error(
+        "unlock refused: the deploy lock stays on {count} of {total} hosts of `{env}` (why, for each, is above)\n  hint: {}",
+        if *stale {
+            format!("--stale removes only a lock whose run is gone (no heartbeat for a minute): wait for that run to end; once you know it is dead, remove the lock with `runbook unlock -e {env}` (without --stale)")
+        } else {
+            format!("fix what each host says, then run `runbook unlock -e {env}` again")
+        }
+    )]
+    NotUnlocked {
+        env: String,
+        count: usize,
+        total: usize,
+        /// `--stale` was given (a live lock is refused).
+        stale: bool,
+    },
 
     #[error(
         "environment `{env}` is protected and this run was not confirmed\n  hint: run it from a terminal to confirm, or pass --yes (CI)"

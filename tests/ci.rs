@@ -532,7 +532,7 @@ fn the_repl_keeps_the_last_result_answers_meta_commands_and_keeps_secrets_out_of
         stdout.contains("a ") && stdout.contains("local"),
         "{stdout}"
     );
-    assert!(stdout.contains("timestamp() -> string"), "{stdout}");
+    assert!(stdout.contains("timestamp() -> String"), "{stdout}");
     assert!(!stdout.contains("not reached"));
     // History sits next to the audit log (RUNBOOK_AUDIT_FILE's directory in tests).
     let history = std::fs::read_to_string(t.path().join("history")).unwrap();
@@ -560,7 +560,7 @@ fn in_a_terminal_the_repl_completes_hints_and_survives_ctrl_c() {
     term.press("Tab");
     term.wait_for("dev> ssh::shell", 10);
     term.type_text("(");
-    term.wait_for("target: any, script: string", 10);
+    term.wait_for("target: any, script: String", 10);
     // Ctrl-C clears the line; the REPL stays.
     term.press("C-c");
     term.type_text("1 + 1");

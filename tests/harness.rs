@@ -21,6 +21,26 @@ protected = true
 hosts = { p = "localhost" }
 "#;
 
+/// Where this test process keeps runbook's state (the audit log, REPL history) for
+/// anything that does not get a directory of its own: in-process `runbook::run` calls,
+/// and children spawned without [`Test::command`].
+pub fn process_state_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("state")
+}
+
+/// Before `main` (no thread exists yet, so changing the environment is sound): the
+/// whole test process — and every child it starts — keeps its state in
+/// [`process_state_dir`], never in the user's `~/.local/state/runbook`. A developer's own
+/// `RUNBOOK_AUDIT_FILE` is dropped for the same reason.
+#[ctor::ctor(unsafe)]
+fn isolate_state() {
+    // SAFETY: runs before main, single-threaded; nothing reads the environment yet.
+    unsafe {
+        std::env::set_var("XDG_STATE_HOME", process_state_dir());
+        std::env::remove_var("RUNBOOK_AUDIT_FILE");
+    }
+}
+
 pub struct Test {
     pub dir: tempfile::TempDir,
     args: Vec<String>,
@@ -85,6 +105,8 @@ impl Test {
             .env_remove("RUST_LOG")
             .env_remove("GITHUB_STEP_SUMMARY")
             .env("RUNBOOK_AUDIT_FILE", self.dir.path().join("audit.jsonl"))
+            // Any other state runbook keeps goes into this test's own directory too.
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -197,9 +219,10 @@ impl Test {
             .map(|(k, v)| format!("{k}='{}' ", v.replace('\'', "'\\''")))
             .collect();
         let cmd = format!(
-            "cd {} && NO_COLOR=1 RUNBOOK_AUDIT_FILE={} {vars}{} {args}",
+            "cd {} && NO_COLOR=1 RUNBOOK_AUDIT_FILE={} XDG_STATE_HOME={} {vars}{} {args}",
             self.path().display(),
             self.path().join("audit.jsonl").display(),
+            self.path().join("state").display(),
             bin().display()
         );
         let tmux = Tmux {

@@ -17,6 +17,8 @@ mod inventory;
 mod laravel;
 mod locks;
 mod notify;
+// The on-call surface: list, the backup runbook, doc types, REPL display, honest errors.
+mod oncall;
 mod prod;
 mod readme;
 mod receivers;

@@ -194,7 +194,7 @@ fn an_empty_lock_directory_is_refused_with_what_it_is_and_how_to_clear_it() {
         .code(1)
         .stderr_has("is an empty directory")
         .stderr_has("--stale only removes the lock of a run that is known to be gone")
-        .stderr_has("the deploy lock was not removed on 2 of 2 hosts");
+        .stderr_has("unlock refused: the deploy lock stays on 2 of 2 hosts of `dev`");
     assert!(lock.is_dir());
     t.run_with(&["unlock", "-e", "dev"])
         .code(0)

@@ -16,8 +16,7 @@ struct Entry {
 }
 
 pub fn run(args: &DocArgs) -> Result<(), Error> {
-    print!("{}", render(args.markdown)?);
-    Ok(())
+    crate::output::stdout(&render(args.markdown)?)
 }
 
 /// The engine with every module registered and no project: what the API is made of.
@@ -45,14 +44,15 @@ pub fn definitions(dir: &std::path::Path) -> Result<(), Error> {
         path: dir.to_path_buf(),
         source,
     })?;
-    engine
-        .definitions()
-        .with_headers(true)
-        .write_to_dir(dir)
-        .map_err(|source| Error::Read {
-            path: dir.to_path_buf(),
+    // Rhai writes the Rust types of native functions (`Result<Map, Box<EvalAltResult>>`,
+    // `HostRef`); an editor should show what a script sees (`Map`, `Host`).
+    for (name, text) in engine.definitions().with_headers(true).iter_files() {
+        let path = dir.join(name);
+        std::fs::write(&path, script_definitions(&text)).map_err(|source| Error::Read {
+            path: path.clone(),
             source,
         })?;
+    }
     eprintln!("wrote Rhai definitions to {}", dir.display());
     Ok(())
 }
@@ -65,52 +65,55 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     let meta: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
 
     let mut sections: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-    let collect =
-        |fns: &serde_json::Value, module: &str, sections: &mut BTreeMap<String, Vec<Entry>>| {
-            for f in fns.as_array().into_iter().flatten() {
-                let name = f["name"].as_str().unwrap_or("");
-                // Operators and property accessors are listed with their types below.
-                if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                    continue;
-                }
-                // Methods of our own types are described in the "Context" section.
-                let first_type = f["params"][0]["type"].as_str().unwrap_or("");
-                if matches!(script_type(first_type).as_str(), "Host" | "HostSet") {
-                    continue;
-                }
-                let params: Vec<String> = f["params"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| {
-                        let ty = script_type(p["type"].as_str().unwrap_or("?"));
-                        match p["name"].as_str() {
-                            Some(n) if n != "_" => format!("{n}: {ty}"),
-                            _ => ty,
-                        }
-                    })
-                    .collect();
-                let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
-                let prefix = if module.is_empty() {
-                    String::new()
-                } else {
-                    format!("{module}::")
-                };
-                let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
-                let doc = f["docComments"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c.as_str())
-                    .flat_map(|c| c.lines())
-                    .map(|l| l.trim_start_matches("///").trim().to_owned())
-                    .collect();
-                sections
-                    .entry(module.to_owned())
-                    .or_default()
-                    .push(Entry { signature, doc });
+    let collect = |fns: &serde_json::Value,
+                   module: &str,
+                   sections: &mut BTreeMap<String, Vec<Entry>>| {
+        for f in fns.as_array().into_iter().flatten() {
+            let name = f["name"].as_str().unwrap_or("");
+            // Operators and property accessors are listed with their types below.
+            if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                continue;
             }
-        };
+            // Methods of our own types (global `len(HostSet)`, `contains(HostSet, Host)`)
+            // are described in the "Context" section; a module's functions that take a
+            // host (`backup::create(host, opts)`) are listed like any other.
+            let first_type = f["params"][0]["type"].as_str().unwrap_or("");
+            if module.is_empty() && matches!(script_type(first_type).as_str(), "Host" | "HostSet") {
+                continue;
+            }
+            let params: Vec<String> = f["params"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let ty = script_type(p["type"].as_str().unwrap_or("?"));
+                    match p["name"].as_str() {
+                        Some(n) if n != "_" => format!("{n}: {ty}"),
+                        _ => ty,
+                    }
+                })
+                .collect();
+            let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
+            let prefix = if module.is_empty() {
+                String::new()
+            } else {
+                format!("{module}::")
+            };
+            let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
+            let doc = f["docComments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str())
+                .flat_map(|c| c.lines())
+                .map(|l| l.trim_start_matches("///").trim().to_owned())
+                .collect();
+            sections
+                .entry(module.to_owned())
+                .or_default()
+                .push(Entry { signature, doc });
+        }
+    };
     collect(&meta["functions"], "", &mut sections);
     if let Some(modules) = meta["modules"].as_object() {
         for (name, module) in modules {
@@ -152,7 +155,7 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     title(&mut out, "Context");
     out.push_str(
         "Constants: `args` (KEY=VALUE from the command line), `env` (name, url, is_protected, deploy_path, backup_dir, php, composer, health, roles, vars), `app` (name, repository, keep_releases, shared_dirs, shared_files, writable_dirs, root), `run` (id, script, reason, actor, dry_run).\n\
-         Types: `Host` (name, address, port, user, transport, roles, url, preview_url, deploy_path) and `HostSet` (len, names, is_empty(), indexing, `for h in set`).\n\
+         Types: `Host` (name, address, port, user, transport, roles, url, preview_url, deploy_path) and `HostSet` (len, names, is_empty(), contains(host), indexing, `for h in set`, `a + b`).\n\
          A script may define `fn on_failure(err)`: it runs after any failure or interrupt with `#{ message, location, interrupted }`.\n",
     );
     for (module, mut entries) in sections {
@@ -183,23 +186,34 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     Ok(out)
 }
 
-/// Rust type names from the engine's metadata, as a script author reads them.
+/// Rust type names from the engine's metadata, as a script author reads them: `Host`,
+/// `HostSet`, `Map`, `Array`, `String`, `int`, `float`, `bool`, `()`, `any`, `Fn`.
 fn script_type(rust: &str) -> String {
+    script_type_as(rust, "any")
+}
+
+/// [`script_type`] with the name `any` is shown as (`?` in `.d.rhai` files).
+fn script_type_as(rust: &str, any: &str) -> String {
     let t = rust.trim();
-    let t = t
+    if let Some(inner) = t
         .strip_prefix("Result<")
-        .and_then(|r| r.rsplit_once(", Box<EvalAltResult>>").map(|(ok, _)| ok))
-        .unwrap_or(t);
-    let t = t.trim_start_matches("&mut ").trim_start_matches('&');
+        .and_then(|r| r.strip_suffix('>'))
+        .and_then(|r| r.rsplit_once(','))
+        .filter(|(_, err)| err.contains("EvalAltResult"))
+        .map(|(ok, _)| ok)
+    {
+        return script_type_as(inner, any);
+    }
+    let t = t.trim_start_matches("&mut ").trim_start_matches('&').trim();
     match t {
-        "str" | "String" | "ImmutableString" | "string" => "string",
-        "i64" | "INT" => "int",
-        "f64" | "FLOAT" => "float",
+        "str" | "String" | "ImmutableString" | "string" => "String",
+        "i64" | "INT" | "int" => "int",
+        "f64" | "FLOAT" | "float" => "float",
         "bool" => "bool",
-        "Map" => "map",
-        "Array" => "array",
-        "Dynamic" => "any",
-        "FnPtr" => "Fn",
+        "Map" | "map" => "Map",
+        "Array" | "array" => "Array",
+        "Dynamic" | "?" | "RhaiResult" => any,
+        "FnPtr" | "Fn" => "Fn",
         "HostRef" | "Host" => "Host",
         "HostSet" => "HostSet",
         "()" | "" => "()",
@@ -208,12 +222,59 @@ fn script_type(rust: &str) -> String {
     .to_owned()
 }
 
+/// A `.d.rhai` file with every parameter and return type (after `: ` and `-> ` on a
+/// declaration line) as a script type; comments are left as they are.
+fn script_definitions(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with("//") {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = [": ", "-> "]
+            .iter()
+            .filter_map(|m| rest.find(m).map(|i| (i, m.len())))
+            .min()
+        {
+            let (at, len) = at;
+            out.push_str(&rest[..at + len]);
+            rest = &rest[at + len..];
+            let end = type_end(rest);
+            out.push_str(&script_type_as(&rest[..end], "?"));
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+/// Where a type written at the start of `s` ends: a `,`, `)`, `;` or `{` outside `<…>`
+/// and `(…)`, or the line's end.
+fn type_end(s: &str) -> usize {
+    let mut depth = 0i32;
+    for (i, c) in s.char_indices() {
+        match c {
+            '<' | '(' => depth += 1,
+            '>' => depth = (depth - 1).max(0),
+            ')' if depth > 0 => depth -= 1,
+            ',' | ')' | ';' | '{' | '\n' | '\r' if depth == 0 => return i,
+            _ => {}
+        }
+    }
+    s.len()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn rust_types_are_shown_as_script_types() {
-        assert_eq!(super::script_type("Result<Map, Box<EvalAltResult>>"), "map");
-        assert_eq!(super::script_type("&str"), "string");
+        assert_eq!(super::script_type("Result<Map, Box<EvalAltResult>>"), "Map");
+        assert_eq!(
+            super::script_type("Result<HostRef, Box<EvalAltResult>>"),
+            "Host"
+        );
+        assert_eq!(super::script_type("&str"), "String");
         assert_eq!(super::script_type("&mut HostSet"), "HostSet");
     }
 
@@ -222,16 +283,20 @@ mod tests {
         let text = super::render(false).unwrap();
         for needle in [
             "module ssh",
-            "ssh::run(target: any, argv: array) -> any",
+            "ssh::run(target: any, argv: Array) -> any",
+            "backup::create(host: Host, opts: Map) -> Map",
+            "release::current(host: Host) -> String",
             "module local",
             "module log",
-            "step(name: string, body: Fn)",
+            "step(name: String, body: Fn)",
             "stdlib: import \"laravel\"",
             "down(hosts)",
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
-        assert!(!text.contains("EvalAltResult"), "{text}");
+        for rust in ["EvalAltResult", "HostRef", "Result<"] {
+            assert!(!text.contains(rust), "{rust} in:\n{text}");
+        }
         assert!(!text.contains("anon$"), "{text}");
     }
 }

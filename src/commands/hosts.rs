@@ -29,8 +29,9 @@ pub fn run(global: &Global, args: &HostsArgs) -> Result<(), Error> {
             })
             .collect();
         let doc = serde_json::json!({ "env": env.name, "protected": env.protected, "hosts": rows });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-        return Ok(());
+        let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        text.push('\n');
+        return crate::output::stdout(&text);
     }
     let rows: Vec<[String; 6]> = hosts
         .iter()
@@ -62,10 +63,14 @@ pub fn run(global: &Global, args: &HostsArgs) -> Result<(), Error> {
             .to_owned()
     };
     let protected = if env.protected { " (protected)" } else { "" };
-    println!("environment {}{protected}: {} hosts", env.name, rows.len());
-    println!("{}", line(&header));
-    for row in &rows {
-        println!("{}", line(row));
+    let mut text = format!(
+        "environment {}{protected}: {} hosts\n",
+        env.name,
+        rows.len()
+    );
+    for row in std::iter::once(&header).chain(&rows) {
+        text.push_str(&line(row));
+        text.push('\n');
     }
-    Ok(())
+    crate::output::stdout(&text)
 }

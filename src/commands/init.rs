@@ -14,6 +14,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../examples/askproai/runbook.toml"),
     ),
     (
+        "scripts/backup.rhai",
+        include_str!("../../scripts/backup.rhai"),
+    ),
+    (
         "scripts/canary.rhai",
         include_str!("../../scripts/canary.rhai"),
     ),

@@ -7,6 +7,7 @@ pub mod doc;
 pub mod exec;
 pub mod hosts;
 pub mod init;
+pub mod list;
 pub mod lock;
 pub mod recover;
 pub mod repl;
@@ -89,21 +90,14 @@ pub(crate) fn fleet_command(
     Ok((rt, session, env))
 }
 
-/// Writes `text` (and a final newline if it lacks one) to stdout; a reader that went
-/// away (`| head`) ends the output quietly.
+/// Writes `text` (and a final newline if it lacks one) to stdout through
+/// [`crate::output::stdout`]: a reader that went away (`| head`) ends it quietly.
 pub(crate) fn print(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out
-        .write_all(text.as_bytes())
-        .and_then(|()| {
-            if text.ends_with('\n') {
-                Ok(())
-            } else {
-                out.write_all(b"\n")
-            }
-        })
-        .and_then(|()| out.flush());
+    let _ = if text.ends_with('\n') {
+        crate::output::stdout(text)
+    } else {
+        crate::output::stdout(&format!("{text}\n"))
+    };
 }
 
 /// The URL of the CI run this process belongs to (GitHub Actions), if any.

@@ -243,7 +243,7 @@ fn evaluate(
         Ok(v) => {
             if !v.is_unit() {
                 // A value read with secret() is shown masked, like in any other output.
-                let shown = render(&v);
+                let shown = render(engine, &v);
                 let shown = session.effects.output().redactor().redact(&shown);
                 println!("{}", neutralise(&shown));
                 scope.set_or_push("last", v);
@@ -314,6 +314,87 @@ fn open_brackets(text: &str) -> bool {
     depth > 0 || quote.is_some()
 }
 
+/// The columns a record table shows first, in this order; other keys follow by name.
+const RECORD_COLUMNS: &[&str] = &[
+    "host",
+    "name",
+    "live",
+    "state",
+    "bad",
+    "ref",
+    "commit",
+    "release",
+    "by",
+    "created_at",
+];
+
+/// An array of maps whose values are all plain (strings, numbers, booleans, `()`), as an
+/// aligned table with one column per key — `release::list(h)` is one row per release.
+fn records(v: &Dynamic) -> Option<String> {
+    let items = v.clone().try_cast::<rhai::Array>()?;
+    let maps: Vec<Map> = items
+        .into_iter()
+        .map(|i| i.try_cast::<Map>())
+        .collect::<Option<_>>()?;
+    let plain = |d: &Dynamic| {
+        d.is_string() || d.is_int() || d.is_bool() || d.is_float() || d.is_unit() || d.is_char()
+    };
+    if maps.is_empty() || !maps.iter().all(|m| !m.is_empty() && m.values().all(plain)) {
+        return None;
+    }
+    let mut keys: Vec<String> = Vec::new();
+    for m in &maps {
+        for k in m.keys() {
+            if !keys.iter().any(|x| x == k.as_str()) {
+                keys.push(k.to_string());
+            }
+        }
+    }
+    let rank = |k: &str| {
+        RECORD_COLUMNS
+            .iter()
+            .position(|c| *c == k)
+            .unwrap_or(RECORD_COLUMNS.len())
+    };
+    keys.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+    let cell = |d: Option<&Dynamic>| match d {
+        None => String::new(),
+        Some(d) if d.is_unit() => "-".to_owned(),
+        Some(d) if d.is_bool() => {
+            if d.as_bool().unwrap_or(false) {
+                "yes".to_owned()
+            } else {
+                String::new()
+            }
+        }
+        Some(d) => d.to_string().replace(['\n', '\r'], " "),
+    };
+    let mut rows: Vec<Vec<String>> = vec![keys.iter().map(|k| k.to_uppercase()).collect()];
+    for m in &maps {
+        rows.push(keys.iter().map(|k| cell(m.get(k.as_str()))).collect());
+    }
+    let mut widths = vec![0; keys.len()];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    Some(
+        rows.iter()
+            .map(|r| {
+                r.iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
 /// A command result map (`host`, `code`, `stdout` …), as the fields a table row needs.
 fn row(v: &Dynamic) -> Option<(String, i64, i64, String)> {
     let m = v.clone().try_cast::<Map>()?;
@@ -334,15 +415,28 @@ fn row(v: &Dynamic) -> Option<(String, i64, i64, String)> {
 }
 
 /// Results render for people: one row per host (host, exit code, duration, output),
-/// collapsed when every host said the same thing; anything else as Rhai shows it.
-fn render(v: &Dynamic) -> String {
+/// collapsed when every host said the same thing; a list of records (`release::list`,
+/// `backup::list`) as a table; anything else as Rhai's `to_debug` shows it (host sets by
+/// their names).
+fn render(engine: &rhai::Engine, v: &Dynamic) -> String {
     let rows: Option<Vec<_>> = match v.clone().try_cast::<rhai::Array>() {
         Some(items) if !items.is_empty() => items.iter().map(row).collect(),
         Some(_) => None,
         None => row(v).map(|r| vec![r]),
     };
     let Some(rows) = rows else {
-        return format!("{v:?}");
+        if let Some(table) = records(v) {
+            return table;
+        }
+        // Rhai's own `to_debug`, which calls the one registered for each custom type
+        // (also inside arrays and maps); Dynamic's Debug would show Rust type names.
+        return rhai::FnPtr::new("to_debug")
+            .ok()
+            .and_then(|f| {
+                f.call::<String>(engine, &rhai::AST::empty(), (v.clone(),))
+                    .ok()
+            })
+            .unwrap_or_else(|| format!("{v:?}"));
     };
     let first = &rows[0];
     if rows.len() > 1 && rows.iter().all(|r| r.1 == first.1 && r.3 == first.3) {

@@ -96,8 +96,10 @@ pub fn run(global: &Global, args: &UnlockArgs) -> Result<(), Error> {
     session.effects.close();
     if !refused.is_empty() {
         return Err(Error::NotUnlocked {
+            env: env.name.clone(),
             count: refused.len(),
             total: targets.len(),
+            stale: args.stale,
         });
     }
     Ok(())

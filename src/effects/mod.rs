@@ -154,19 +154,26 @@ pub enum CommandError {
         command: String,
         stderr_tail: Vec<String>,
     },
-    #[error("command on `{host}` timed out after {}: `{command}` (it was killed)", humantime::format_duration(*after))]
+    #[error("command on `{host}` timed out after {}: `{command}` (it was killed){}", humantime::format_duration(*after), tail_block(stderr_tail))]
     Timeout {
         host: String,
         command: String,
         after: Duration,
+        /// What it had written to stderr until then.
+        stderr_tail: Vec<String>,
     },
     #[error("command on `{host}` was interrupted: `{command}`")]
     Interrupted { host: String, command: String },
-    #[error("{message}\n  (while running `{command}` on `{host}`)")]
+    #[error(
+        "{message}\n  (while running `{command}` on `{host}`){}",
+        tail_block(stderr_tail)
+    )]
     Unavailable {
         host: String,
         command: String,
         message: String,
+        /// What the command had written to stderr before the host went away (if it ran).
+        stderr_tail: Vec<String>,
     },
 }
 
@@ -348,6 +355,7 @@ impl Effects {
             host,
             command,
             message: e.to_string(),
+            stderr_tail: Vec::new(),
         })
     }
 
@@ -587,6 +595,7 @@ impl Effects {
                 host,
                 command,
                 message,
+                stderr_tail: Vec::new(),
             }),
         }
     }
@@ -655,6 +664,7 @@ impl Effects {
                     .message(line),
             );
         };
+        let started = std::time::Instant::now();
         let outcome = match target.transport() {
             TransportKind::Local => transport::local::exec(spec, interrupt, &on_line).await,
             TransportKind::Ssh => match (self.ssh_pool(), target) {
@@ -663,7 +673,7 @@ impl Effects {
                 (Ok(_), Target::Local) => transport::local::exec(spec, interrupt, &on_line).await,
             },
         };
-        self.finish(host, argv, command, spec, outcome)
+        self.finish(host, argv, command, spec, outcome, started.elapsed())
     }
 
     fn finish(
@@ -673,6 +683,9 @@ impl Effects {
         command: String,
         spec: &CommandSpec,
         outcome: Result<Finished, ExecError>,
+        // How long the attempt took, connecting included (a failed connection has no
+        // `Finished` to tell).
+        took: Duration,
     ) -> Result<CommandResult, CommandError> {
         let emit =
             |result: Outcome, code: Option<i32>, duration: Duration, message: Option<String>| {
@@ -744,6 +757,7 @@ impl Effects {
                     host,
                     command,
                     after,
+                    stderr_tail: stderr_tail(&partial.stderr),
                 })
             }
             Err(ExecError::Interrupted { partial }) => {
@@ -761,15 +775,17 @@ impl Effects {
                     host,
                     command,
                     message,
+                    stderr_tail: stderr_tail(&partial.stderr),
                 })
             }
             Err(other) => {
                 let message = other.to_string();
-                emit(Outcome::Failed, None, Duration::ZERO, Some(message.clone()));
+                emit(Outcome::Failed, None, took, Some(message.clone()));
                 Err(CommandError::Unavailable {
                     host,
                     command,
                     message,
+                    stderr_tail: Vec::new(),
                 })
             }
         }

@@ -18,6 +18,26 @@ pub struct HostRef(pub Arc<Host>);
 #[derive(Debug, Clone, Default)]
 pub struct HostSet(pub Vec<Arc<Host>>);
 
+/// A host shows as its name (`web1`).
+impl std::fmt::Display for HostRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.name)
+    }
+}
+
+/// A set shows as its hosts' names, in order (`web1, web2`).
+impl std::fmt::Display for HostSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, h) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(&h.name)?;
+        }
+        Ok(())
+    }
+}
+
 impl IntoIterator for HostSet {
     type Item = HostRef;
     type IntoIter = std::iter::Map<std::vec::IntoIter<Arc<Host>>, fn(Arc<Host>) -> HostRef>;
@@ -52,10 +72,15 @@ pub fn register_types(engine: &mut Engine) {
                 .map(Dynamic::from)
                 .collect::<Array>()
         })
-        .register_fn("to_string", |h: &mut HostRef| h.0.name.clone())
+        .register_fn("to_string", |h: &mut HostRef| h.to_string())
         .register_fn("to_debug", |h: &mut HostRef| {
             format!("host({:?})", h.0.name)
         });
+    // The indexer below returns this; named, editors' definitions show `-> Host`.
+    engine.register_type_with_name_raw(
+        std::any::type_name::<Result<HostRef, Box<EvalAltResult>>>(),
+        "Host",
+    );
     engine
         .register_type_with_name::<HostSet>("HostSet")
         .register_iterator::<HostSet>()
@@ -81,12 +106,7 @@ pub fn register_types(engine: &mut Engine) {
                     })
             },
         )
-        .register_fn("to_string", |s: &mut HostSet| {
-            s.0.iter()
-                .map(|h| h.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+        .register_fn("to_string", |s: &mut HostSet| s.to_string())
         .register_fn("to_debug", |s: &mut HostSet| {
             let names: Vec<&str> = s.0.iter().map(|h| h.name.as_str()).collect();
             format!("hosts({names:?})")

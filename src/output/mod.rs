@@ -113,6 +113,22 @@ impl Sink for Memory {
     }
 }
 
+/// Writes a command's result (a table, a JSON document) to stdout. A reader that went
+/// away (`runbook hosts --json | head -1`) ends the output quietly: the command still
+/// succeeds, as `cat` would under an ignored SIGPIPE. SIGPIPE itself stays ignored
+/// (Rust's default): a deploy writes into pipes of its own children (ssh, tar), and one
+/// that exits early must not kill the runner half-way through a switch.
+pub fn stdout(text: &str) -> Result<(), crate::error::Error> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(crate::error::Error::Read {
+            path: "stdout".into(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Whether to colour stderr: only on a terminal, and never with `NO_COLOR` set.
 pub fn color_enabled() -> bool {
     use std::io::IsTerminal;

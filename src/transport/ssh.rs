@@ -140,17 +140,26 @@ impl SshPool {
 
     async fn conn(&self, host: &Host) -> Result<Arc<Conn>, ExecError> {
         let slot = self.slot(host);
+        let tried = std::sync::atomic::AtomicBool::new(false);
         let result = slot
             .get_or_init(|| async {
+                tried.store(true, std::sync::atomic::Ordering::SeqCst);
                 let conn = self.connect(host).await?;
                 self.opened
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Ok(Arc::new(conn))
             })
             .await;
-        result
-            .clone()
-            .map_err(|message| ExecError::Connect { message })
+        // A failure is remembered for the run: a later command on the host fails at once,
+        // and says so rather than seem to have waited again.
+        let earlier = !tried.load(std::sync::atomic::Ordering::SeqCst);
+        result.clone().map_err(|message| ExecError::Connect {
+            message: if earlier {
+                format!("{message} (it failed earlier in this run: not tried again)")
+            } else {
+                message
+            },
+        })
     }
 
     async fn connect(&self, host: &Host) -> Result<Conn, String> {
