@@ -5,6 +5,7 @@
 mod artisan;
 mod audit;
 mod backup;
+mod canary;
 pub mod context;
 mod exec;
 mod health;
@@ -35,6 +36,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_static_module("audit", exported_module!(audit::audit_api).into());
     engine.register_static_module("notify", exported_module!(notify::notify_api).into());
     engine.register_static_module("metrics", exported_module!(notify::metrics_api).into());
+    engine.register_static_module("canary", exported_module!(canary::canary_api).into());
 }
 
 /// The session behind a native call.
