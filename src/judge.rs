@@ -1237,7 +1237,7 @@ mod tests {
                 (0..rng.next() % 200)
                     .map(|_| {
                         let r = rng.next();
-                        if r % 3 == 0 {
+                        if r.is_multiple_of(3) {
                             r as u8
                         } else {
                             alphabet[(r >> 8) as usize % alphabet.len()]
