@@ -12,6 +12,7 @@ pub mod envfile;
 pub mod error;
 pub mod health;
 pub mod inventory;
+pub mod judge;
 pub mod lock;
 pub mod metrics;
 pub mod modules;

@@ -3,6 +3,7 @@
 mod harness;
 mod support;
 
+mod alerts; // the seed's Prometheus alert rules, checked and unit-tested by promtool
 mod backup;
 mod check;
 mod ci;

@@ -35,6 +35,7 @@ required=(
   "python3:python3"
   "shellcheck:shellcheck"
   "sudo:sudo"
+  "promtool:prometheus"
 )
 
 missing=()

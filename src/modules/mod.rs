@@ -5,6 +5,7 @@
 mod artisan;
 mod audit;
 mod backup;
+mod canary;
 pub mod context;
 mod exec;
 mod health;
@@ -37,6 +38,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_static_module("notify", exported_module!(notify::notify_api).into());
     engine.register_static_module("metrics", exported_module!(notify::metrics_api).into());
     engine.register_static_module("schema", exported_module!(schema::schema_api).into());
+    engine.register_static_module("canary", exported_module!(canary::canary_api).into());
 }
 
 /// The session behind a native call.
