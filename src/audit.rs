@@ -190,7 +190,13 @@ impl Sink for Collector {
                 Kind::CommandStarted | Kind::Notification | Kind::Lock
             )
         {
+            let read = e
+                .data
+                .as_ref()
+                .and_then(|d| d.get("read"))
+                .is_some_and(|v| v == &serde_json::Value::Bool(true));
             let kind = match e.event {
+                Kind::CommandStarted if read => "read",
                 Kind::CommandStarted => "command",
                 Kind::Notification => "notification",
                 _ => "lock",
@@ -204,11 +210,11 @@ impl Sink for Collector {
             if let Some(argv) = &e.argv {
                 action["argv"] = serde_json::json!(argv);
                 // A dry-run command "succeeds" with empty output: later values built on
-                // it are synthetic.
-                action["synthetic_result"] = serde_json::json!(true);
+                // it are synthetic. A read ran for real.
+                action["synthetic_result"] = serde_json::json!(!read);
             }
             if let Some(m) = &e.message {
-                action[if kind == "command" {
+                action[if kind == "command" || kind == "read" {
                     "label"
                 } else {
                     "message"

@@ -521,6 +521,9 @@ impl Locks {
         stale: &str,
         deadline: std::time::Instant,
     ) -> Result<Vec<(String, Acquired)>, LockError> {
+        if self.effects.dry_run() {
+            return self.acquire_dry(&targets);
+        }
         let mut pending = targets;
         let mut done = Vec::new();
         loop {
@@ -629,6 +632,41 @@ impl Locks {
                 return Err(LockError::Interrupted);
             }
         }
+    }
+
+    /// A dry run takes no lock: it reads each host's lock and freeze for real and says
+    /// what the run would meet — a free lock, another run's, or a freeze.
+    fn acquire_dry(&self, targets: &[Target]) -> Result<Vec<(String, Acquired)>, LockError> {
+        let now = chrono::Utc::now().timestamp();
+        let pass = self.pass_freeze.load(std::sync::atomic::Ordering::SeqCst);
+        let mut held = Vec::new();
+        let mut frozen = Vec::new();
+        for (t, st) in targets.iter().zip(states(&self.effects, targets)) {
+            let Ok(st) = st else { continue };
+            if let Some(f) = st.freeze.filter(|f| f.holds(now) && !pass) {
+                frozen.push((t.name().to_owned(), Some(f)));
+            }
+            if let Some(h) = st.holder.filter(|h| h.run != self.run) {
+                held.push(Blocked {
+                    host: t.name().to_owned(),
+                    path: lock_path(t),
+                    by: Blocker::Run {
+                        age: st.beat_age.unwrap_or(0),
+                        holder: Some(h),
+                    },
+                });
+            }
+        }
+        if !frozen.is_empty() {
+            return Err(LockError::Frozen(frozen));
+        }
+        if !held.is_empty() {
+            return Err(LockError::Held(held));
+        }
+        Ok(targets
+            .iter()
+            .map(|t| (t.name().to_owned(), Acquired::New))
+            .collect())
     }
 
     fn start_heartbeat(&self) {
@@ -758,7 +796,11 @@ pub fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, St
     };
     let outcomes = effects.run_many_with(
         targets,
-        &|t: &Target| spec(Script::State, &[&root(t)]),
+        &|t: &Target| {
+            let mut s = spec(Script::State, &[&root(t)]);
+            s.read = true;
+            s
+        },
         &fan,
     );
     targets

@@ -651,6 +651,7 @@ pub fn require_env_file(
             ENV_REQUIRED,
             &[&root(t), name, ENV_FILE],
         );
+        // Not a real read in a dry run: it looks into the release the run would have made.
         spec.quiet = true;
         spec.tolerate = true;
         spec
@@ -945,6 +946,7 @@ fn serving(effects: &Effects, targets: &[Target]) -> BTreeMap<String, String> {
         &|t: &Target| {
             let mut spec = script("release: what is live".into(), LIVE, &[&root(t)]);
             spec.quiet = true;
+            spec.read = true;
             spec.shielded = true;
             spec
         },
@@ -1144,12 +1146,10 @@ pub fn choose_target(
 /// unadopted: a `current` that is a directory, or releases runbook did not make — naming
 /// each host and the command that adopts it (`runbook adopt -e ENV`).
 pub fn check_layout(effects: &Effects, targets: &[Target]) -> Result<(), ReleaseError> {
-    if effects.dry_run() {
-        return Ok(());
-    }
     let results = on_all(effects, targets, |t| {
         let mut spec = script("release: check the layout".into(), LAYOUT, &[&root(t)]);
         spec.quiet = true;
+        spec.read = true;
         spec
     })?;
     let mut problems = Vec::new();
@@ -1246,6 +1246,7 @@ pub fn lists(effects: &Effects, targets: &[Target]) -> Vec<Result<Vec<Listed>, S
 fn list_spec(target: &Target) -> CommandSpec {
     let mut spec = script("release: list".into(), LIST, &[&root(target)]);
     spec.quiet = true;
+    spec.read = true;
     spec
 }
 
@@ -1263,6 +1264,170 @@ fn parse_list(stdout: &str) -> Vec<Listed> {
             })
         })
         .collect()
+}
+
+/// What a deploy of `git_ref` would change on one host, read for real (a dry run's plan).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HostPlan {
+    pub host: String,
+    pub live: String,
+    pub old_commit: Option<String>,
+    pub new_commit: Option<String>,
+    /// `abc1234 subject`, newest first (at most 50).
+    pub commits: Vec<String>,
+    pub commit_count: usize,
+    pub composer_lock_changed: bool,
+    /// Migration files the new commit adds.
+    pub new_migrations: Vec<String>,
+    /// Keys of the live `.env` (names only, never values).
+    pub env_keys: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Reads the commit range from the host's git mirror (fetched first: a cache, not what
+/// is served), whether composer.lock changed, the migrations added, and the `.env` keys.
+const PLAN: &str = r#"root=$1 repo=$2 ref=$3
+meta=$root/.runbook
+cur=$(readlink "$root/current" 2>/dev/null || true); cur=${cur##*/}
+echo "live	$cur"
+if [ -f "$root/shared/.env" ]; then
+  sed -n 's/^[[:space:]]*\(export[[:space:]][[:space:]]*\)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=.*/\2/p' "$root/shared/.env" | sed 's/^/envkey	/'
+fi
+old=
+[ -z "$cur" ] || old=$(sed -n 's/.*"commit":"\([0-9a-f]\{7,\}\)".*/\1/p' "$meta/releases/$cur.json" 2>/dev/null)
+if [ ! -d "$meta/repo.git" ]; then echo "note	no git mirror on this host yet: everything is new"; exit 0; fi
+$SCRATCH
+new=$(git -C "$g" rev-parse --verify --quiet "$ref^{commit}") || { echo "note	ref '$ref' does not exist in $repo"; exit 0; }
+echo "new	$new"
+[ -n "$old" ] || { echo "note	the live release has no commit (an artifact or an adopted release)"; exit 0; }
+echo "old	$old"
+git -C "$g" cat-file -e "$old^{commit}" 2>/dev/null || { echo "note	the live commit $old is not in the repository"; exit 0; }
+echo "count	$(git -C "$g" rev-list --count "$old..$new")"
+git -C "$g" log --no-merges --format='commit	%h %s' "$old..$new" | head -n 50
+git -C "$g" diff --quiet "$old" "$new" -- composer.lock || echo "composer	changed"
+git -C "$g" diff --name-only --diff-filter=A "$old" "$new" -- database/migrations | sed 's/^/migration	/'
+true
+"#;
+
+/// A scratch repository in a temporary directory that borrows the mirror's objects
+/// (`alternates`) and fetches what is new into itself: the mirror — and everything under
+/// the deploy path — stays untouched. `$g` is where to read; removed at exit.
+const SCRATCH: &str = r#"g=$(mktemp -d "${TMPDIR:-/tmp}/runbook-plan.XXXXXX") || exit 5
+trap 'rm -rf "$g"' EXIT
+git init --quiet --bare "$g" && echo "$meta/repo.git/objects" > "$g/objects/info/alternates"
+if ! git -C "$g" fetch --quiet --no-write-fetch-head --tags "$repo" '+refs/heads/*:refs/heads/*' 2>/dev/null; then
+  echo "note	could not fetch $repo: what the host fetched last is shown"
+  # Read the mirror itself from here on — and never remove it at exit.
+  rm -rf "$g"; trap - EXIT; g=$meta/repo.git
+fi"#;
+
+/// The SQL of the pending migrations of commit `$2`, without preparing a release: the
+/// code checked out into a temporary directory (removed after) beside the live release's
+/// vendor/ and the shared .env, then `php artisan migrate --pretend`.
+const PRETEND: &str = r#"root=$1 commit=$2 php=$3 repo=$4
+meta=$root/.runbook
+$SCRATCH
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/runbook-plan.XXXXXX") || exit 5
+if [ "$g" = "$meta/repo.git" ]; then trap 'rm -rf "$tmp"' EXIT; else trap 'rm -rf "$tmp" "$g"' EXIT; fi
+git -C "$g" archive --format=tar "$commit" | tar -x -C "$tmp" || exit 5
+[ -e "$tmp/vendor" ] || [ ! -e "$root/current/vendor" ] || ln -s "$root/current/vendor" "$tmp/vendor"
+[ ! -e "$root/shared/.env" ] || { rm -f "$tmp/.env"; ln -s "$root/shared/.env" "$tmp/.env"; }
+mkdir -p "$tmp/storage/framework/cache" "$tmp/storage/framework/sessions" "$tmp/storage/framework/views" "$tmp/storage/logs" "$tmp/bootstrap/cache"
+cd "$tmp" && "$php" artisan migrate --pretend --force --no-interaction 2>&1
+"#;
+
+/// Every target's plan for a deploy of `git_ref` from `repo` (read-only; runs for real in
+/// a dry run).
+pub fn plan(
+    effects: &Effects,
+    targets: &[Target],
+    repo: &str,
+    git_ref: &str,
+) -> Vec<Result<HostPlan, String>> {
+    let fan = FanOut {
+        fail_fast: false,
+        ..FanOut::new()
+    };
+    let build = |t: &Target| {
+        let mut spec = script(
+            format!("release: what a deploy of {git_ref} would change"),
+            &PLAN.replace("$SCRATCH", SCRATCH),
+            &[&root(t), repo, git_ref],
+        );
+        spec.quiet = true;
+        spec.read = true;
+        spec.tolerate = true;
+        spec
+    };
+    targets
+        .iter()
+        .zip(effects.run_many_with(targets, &build, &fan))
+        .map(|(t, o)| match o {
+            HostOutcome::Done(Ok(r)) => {
+                let mut p = HostPlan {
+                    host: t.name().to_owned(),
+                    ..HostPlan::default()
+                };
+                for line in r.stdout.lines() {
+                    let (k, v) = line.split_once('\t').unwrap_or((line, ""));
+                    match k {
+                        "live" => p.live = v.to_owned(),
+                        "old" => p.old_commit = Some(v.to_owned()),
+                        "new" => p.new_commit = Some(v.to_owned()),
+                        "count" => p.commit_count = v.parse().unwrap_or(0),
+                        "commit" => p.commits.push(v.to_owned()),
+                        "composer" => p.composer_lock_changed = true,
+                        "migration" => p.new_migrations.push(v.to_owned()),
+                        "envkey" => p.env_keys.push(v.to_owned()),
+                        "note" => p.notes.push(v.to_owned()),
+                        _ => {}
+                    }
+                }
+                if r.code != 0 {
+                    p.notes.push(format!(
+                        "the plan script exited {}: {}",
+                        r.code,
+                        r.stderr.trim()
+                    ));
+                }
+                Ok(p)
+            }
+            HostOutcome::Done(Err(e)) => Err(e.to_string()),
+            HostOutcome::Skipped => Err("not reached".to_owned()),
+        })
+        .collect()
+}
+
+/// The SQL `php artisan migrate --pretend` shows for `commit` on `target` (read-only: a
+/// temporary checkout, removed after).
+pub fn pretend_sql(
+    effects: &Effects,
+    target: &Target,
+    commit: &str,
+    php: &str,
+    repo: &str,
+) -> Result<String, String> {
+    let mut spec = script(
+        format!(
+            "release: the SQL of the pending migrations of {}",
+            &commit[..commit.len().min(12)]
+        ),
+        &PRETEND.replace("$SCRATCH", SCRATCH),
+        &[&root(target), commit, php, repo],
+    );
+    spec.quiet = true;
+    spec.read = true;
+    spec.tolerate = true;
+    let r = effects.run(target, &spec).map_err(|e| e.to_string())?;
+    if r.code == 0 {
+        Ok(r.stdout)
+    } else {
+        Err(format!(
+            "migrate --pretend exited {}: {}",
+            r.code,
+            r.stdout.trim()
+        ))
+    }
 }
 
 /// Prunes old releases on every target; returns `host -> removed names`.
@@ -1304,6 +1469,7 @@ rm -f "${TMPDIR:-/tmp}/rb-mig-to.$$" "${TMPDIR:-/tmp}/rb-mig-from.$$"
         &[&root(target), from, to],
     );
     spec.quiet = true;
+    spec.read = true;
     let r = effects
         .run(target, &spec)
         .map_err(|e| ReleaseError::new(e.to_string()))?;

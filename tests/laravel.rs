@@ -640,7 +640,7 @@ fn a_dry_run_of_the_rolling_deploy_records_the_whole_plan_and_touches_no_host() 
     };
     // The seed's order, every effect recorded.
     let order = [
-        position("lock: acquire"),
+        position("lock free: it would be taken"),
         position("release: fetch v1"),
         position("release: link shared paths"),
         position("release: switch current to"),
@@ -660,6 +660,18 @@ fn a_dry_run_of_the_rolling_deploy_records_the_whole_plan_and_touches_no_host() 
         actions
             .iter()
             .all(|a| a["kind"] != "command" || a["synthetic_result"] == true)
+    );
+    // What it read, it read for real (a first deploy: nothing live yet).
+    let reads: Vec<&str> = actions
+        .iter()
+        .filter(|a| a["kind"] == "read")
+        .filter_map(|a| a["label"].as_str())
+        .collect();
+    assert!(reads.contains(&"release: list"), "{reads:?}");
+    assert!(
+        actions
+            .iter()
+            .all(|a| a["kind"] != "read" || a["synthetic_result"] == false)
     );
     assert!(
         actions

@@ -360,3 +360,101 @@ fn a_destructive_migration_is_refused_by_the_gate_until_allowed_with_a_reason() 
         assert_eq!(live, v6, "{host}");
     }
 }
+
+/// Every path under `dir` with its type, size, mtime and link target.
+fn snapshot(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let Ok(e) = e else { continue };
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
+        let link = std::fs::read_link(e.path())
+            .map(|l| l.display().to_string())
+            .unwrap_or_default();
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        out.push(format!(
+            "{} {:?} {} {mtime} {link}",
+            e.path().strip_prefix(dir).unwrap_or(e.path()).display(),
+            m.file_type(),
+            if m.is_dir() { 0 } else { m.len() }
+        ));
+    }
+    out
+}
+
+#[test]
+fn a_dry_run_of_a_second_deploy_reads_the_fleet_and_shows_what_would_change_touching_nothing() {
+    let Some(f) = ProdFleet::start() else { return };
+    f.run("deploy", &["ref=v1", "-q"]).code(0);
+    let v1 = f.current("web1");
+    let hosts = ["web1", "web2", "worker1"];
+    let before: Vec<Vec<String>> = hosts
+        .iter()
+        .flat_map(|h| {
+            [
+                snapshot(&f.path(h, "/var/www/app")),
+                snapshot(&f.path(h, "/var/backups/app")),
+            ]
+        })
+        .collect();
+    let tables = f.sql("show tables");
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = f.run("deploy", &["ref=v5-slow-migration", "--dry-run"]);
+    out.code(0);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    // Reads were real: the fleet has a live release, so the plan holds the pre-deploy
+    // backup and maintenance mode, and says what it is replacing.
+    for needle in [
+        "pre-deploy backup",
+        "maintenance on",
+        "lock free: it would be taken",
+        "plan for web1, web2, worker1: ",
+        &format!("(live: {v1})"),
+        " v5-slow-migration",
+        " v2",
+        "composer.lock: unchanged",
+        "migrations added: database/migrations/2026_02_01_000000_create_notes_table.php, database/migrations/2026_03_01_000000_create_feature_flags_table.php",
+        "the SQL of the new migrations (migrate --pretend on web1)",
+        "create table `feature_flags`",
+        &format!("(previous: {v1})"),
+    ] {
+        assert!(all.contains(needle), "the plan lacks {needle:?}:\n{all}");
+    }
+    assert!(!all.contains("(first release)"), "{all}");
+    // ... and nothing changed anywhere: files, links, the database.
+    let after: Vec<Vec<String>> = hosts
+        .iter()
+        .flat_map(|h| {
+            [
+                snapshot(&f.path(h, "/var/www/app")),
+                snapshot(&f.path(h, "/var/backups/app")),
+            ]
+        })
+        .collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let gone: Vec<&String> = b.iter().filter(|x| !a.contains(x)).collect();
+        let new: Vec<&String> = a.iter().filter(|x| !b.contains(x)).collect();
+        assert!(
+            gone.is_empty() && new.is_empty(),
+            "{} changed in a dry run: before {gone:?}, after {new:?}",
+            hosts[i / 2]
+        );
+    }
+    assert_eq!(f.sql("show tables"), tables);
+
+    // The repository unreachable: the plan says so and reads the host's mirror, which
+    // stays whole.
+    let gone = f.project_with(&f.inventory().replace("/srv/app.git", "/srv/gone.git"));
+    let out = gone.run_with(&["run", "deploy", "-e", "prod", "ref=v2", "--dry-run"]);
+    out.code(0)
+        .stderr_has("could not fetch /srv/gone.git: what the host fetched last is shown")
+        .stderr_has(" v2");
+    let mirror = f.path("web1", "/var/www/app/.runbook/repo.git");
+    assert!(mirror.join("objects").is_dir(), "the mirror went");
+    assert_eq!(snapshot(&f.path("web1", "/var/www/app")), after[0]);
+}

@@ -619,6 +619,10 @@ impl Effects {
         if let Some(label) = &spec.label {
             started = started.message(label.clone());
         }
+        if spec.read && self.dry_run() {
+            // Runs for real: the plan is built on what it reads.
+            started = started.data("read", true);
+        }
         if spec.quiet {
             // Probes (`readlink current`, `test -e`) are detail: shown with -v only.
             started = started.level(Level::Debug);
@@ -626,7 +630,7 @@ impl Effects {
         if emit_events {
             self.output.emit(started);
         }
-        if self.dry_run() {
+        if self.dry_run() && !spec.read {
             if emit_events {
                 self.output.emit(
                     Event::new(Kind::CommandFinished)

@@ -142,8 +142,18 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
                 crate::output::Level::Info,
                 format!("would back up {} into {}", host.0.name, dir.display()),
             );
+            // The name it would get, so that a plan built on it goes on (synthetic).
+            let name = o.name.clone().unwrap_or_else(|| {
+                format!(
+                    "{}{}{}",
+                    crate::backup::PREFIX,
+                    chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+                    crate::backup::SUFFIX
+                )
+            });
             let mut m = Map::new();
             m.insert("dry_run".into(), true.into());
+            m.insert("name".into(), name.into());
             return Ok(m);
         }
         let target = Target::Host(host.0.clone());

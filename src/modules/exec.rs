@@ -12,6 +12,7 @@ use crate::transport::{CommandSpec, Program};
 
 const OPTION_KEYS: &[&str] = &[
     "cwd",
+    "read",
     "env",
     "timeout",
     "tolerate",
@@ -86,6 +87,7 @@ pub(crate) fn call(program: Program, opts: &Map) -> Result<Call, Box<EvalAltResu
             }
             "tolerate" => spec.tolerate = value.as_bool().map_err(|_| bad("true or false"))?,
             "quiet" => spec.quiet = value.as_bool().map_err(|_| bad("true or false"))?,
+            "read" => spec.read = value.as_bool().map_err(|_| bad("true or false"))?,
             "timeout" => spec.timeout = Some(duration_arg(value)?),
             "concurrency" => {
                 let n = value.as_int().map_err(|_| bad("a number"))?;
@@ -342,7 +344,8 @@ pub mod local_api {
     }
 
     /// `local::run` with options: `cwd`, `env` (map), `timeout` ("30s"), `tolerate`,
-    /// `stdin`, `quiet` (do not stream output).
+    /// `stdin`, `quiet` (do not stream output), `read` (true: it only reads, so it runs
+    /// for real in a dry run).
     #[rhai_fn(name = "run", return_raw)]
     pub fn run_opts(
         ctx: NativeCallContext,
@@ -470,7 +473,8 @@ pub mod ssh_api {
     }
 
     /// `ssh::run` with options: `cwd`, `env`, `timeout`, `tolerate`, `stdin`, `quiet`,
-    /// `concurrency` (hosts at once).
+    /// `read` (true: it only reads, so it runs for real in a dry run), `concurrency`
+    /// (hosts at once).
     #[rhai_fn(name = "run", return_raw)]
     pub fn run_opts(
         ctx: NativeCallContext,

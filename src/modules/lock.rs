@@ -56,6 +56,9 @@ fn acquire(
             let mut out = Map::new();
             for (host, how) in results {
                 let word = match &how {
+                    Acquired::New if session.effects.dry_run() => {
+                        "free: it would be taken".to_owned()
+                    }
                     Acquired::New => "acquired".to_owned(),
                     Acquired::Reentrant => "already held by this run".to_owned(),
                     Acquired::TookOver { age, from } => {

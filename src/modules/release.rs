@@ -73,6 +73,174 @@ fn render_template(
     Ok(rendered)
 }
 
+/// A dry run's plan of a deploy of `source` (see `release::plan`): read for real from
+/// the hosts, logged grouped by what the hosts share, returned as `#{ host: #{…} }`.
+fn plan(
+    ctx: &NativeCallContext,
+    target: &Dynamic,
+    source: &Map,
+    migrator: Option<&HostRef>,
+) -> Result<Map, Box<EvalAltResult>> {
+    use crate::output::Level;
+    let session = super::session(ctx)?;
+    let (targets, _) = targets(target)?;
+    let (Some(inv), Some(env)) = (session.inventory.as_ref(), session.env.as_ref()) else {
+        return Err(super::error(
+            "release::plan needs runbook.toml and an environment",
+        ));
+    };
+    let out = session.effects.output().clone();
+    let get = |k: &str| source.get(k).and_then(|v| v.clone().into_string().ok());
+    if get("artifact").is_some() {
+        out.log(
+            Level::Info,
+            "plan: an artifact is deployed as a whole (no commit range)",
+        );
+        return Ok(Map::new());
+    }
+    let Some(repo) = get("repository").or_else(|| inv.app.repository.clone()) else {
+        return Ok(Map::new());
+    };
+    let git_ref = get("ref").unwrap_or_else(|| "HEAD".into());
+    let plans = core::plan(&session.effects, &targets, &repo, &git_ref);
+    // The keys the template would write, against the live .env (names only).
+    let template_keys: Option<Vec<String>> = match &env.env_template {
+        Some(t) => Some(
+            render_template(&session, t)?
+                .text
+                .lines()
+                .filter_map(|l| {
+                    let l = l.trim_start();
+                    let l = l.strip_prefix("export ").unwrap_or(l);
+                    let (k, _) = l.split_once('=')?;
+                    let k = k.trim();
+                    (!k.is_empty() && !k.starts_with('#')).then(|| k.to_owned())
+                })
+                .collect(),
+        ),
+        None => None,
+    };
+    // Hosts that would see the same change are reported once.
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    let mut result = Map::new();
+    let mut sql_commit = None;
+    for (t, p) in targets.iter().zip(&plans) {
+        let text = match p {
+            Err(e) => format!("cannot read the plan: {e}"),
+            Ok(p) => {
+                let mut lines = Vec::new();
+                match (&p.old_commit, &p.new_commit) {
+                    (Some(o), Some(n)) => lines.push(format!(
+                        "{} commit{} {}..{} (live: {})",
+                        p.commit_count,
+                        if p.commit_count == 1 { "" } else { "s" },
+                        &o[..o.len().min(12)],
+                        &n[..n.len().min(12)],
+                        if p.live.is_empty() { "none" } else { &p.live }
+                    )),
+                    (None, Some(n)) => lines.push(format!("new code at {}", &n[..n.len().min(12)])),
+                    _ => {}
+                }
+                for c in &p.commits {
+                    lines.push(format!("  {c}"));
+                }
+                if p.new_commit.is_some() && p.old_commit.is_some() {
+                    lines.push(format!(
+                        "composer.lock: {}",
+                        if p.composer_lock_changed {
+                            "CHANGED (dependencies install anew)"
+                        } else {
+                            "unchanged"
+                        }
+                    ));
+                    lines.push(if p.new_migrations.is_empty() {
+                        "migrations: none added".to_owned()
+                    } else {
+                        format!("migrations added: {}", p.new_migrations.join(", "))
+                    });
+                }
+                if let Some(keys) = &template_keys {
+                    let live: std::collections::BTreeSet<&str> =
+                        p.env_keys.iter().map(String::as_str).collect();
+                    let want: std::collections::BTreeSet<&str> =
+                        keys.iter().map(String::as_str).collect();
+                    let added: Vec<&str> = want.difference(&live).copied().collect();
+                    let removed: Vec<&str> = live.difference(&want).copied().collect();
+                    lines.push(format!(
+                        ".env from the template: {}",
+                        match (added.is_empty(), removed.is_empty()) {
+                            (true, true) => "the same keys".to_owned(),
+                            _ => format!(
+                                "adds {}, removes {}",
+                                if added.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    added.join(", ")
+                                },
+                                if removed.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    removed.join(", ")
+                                }
+                            ),
+                        }
+                    ));
+                }
+                lines.extend(p.notes.iter().cloned());
+                if !p.new_migrations.is_empty() && sql_commit.is_none() {
+                    sql_commit.clone_from(&p.new_commit);
+                }
+                result.insert(
+                    t.name().into(),
+                    rhai::serde::to_dynamic(p).unwrap_or(Dynamic::UNIT),
+                );
+                lines.join("\n")
+            }
+        };
+        match groups.iter_mut().find(|(g, _)| *g == text) {
+            Some((_, hosts)) => hosts.push(t.name().to_owned()),
+            None => groups.push((text, vec![t.name().to_owned()])),
+        }
+    }
+    for (text, hosts) in &groups {
+        out.log(
+            Level::Info,
+            format!("plan for {}: {text}", hosts.join(", ")),
+        );
+    }
+    if let Some(commit) = sql_commit {
+        let on = migrator.map_or_else(|| targets[0].clone(), one);
+        match core::pretend_sql(&session.effects, &on, &commit, &env.php, &repo) {
+            Ok(sql) => {
+                let sql = sql.trim();
+                out.log(
+                    Level::Info,
+                    format!(
+                        "plan: the SQL of the new migrations (migrate --pretend on {}):\n{sql}",
+                        on.name()
+                    ),
+                );
+                for r in crate::schema_risk::risks(sql) {
+                    out.log(
+                        Level::Warn,
+                        format!(
+                            "plan: the migration gate would refuse `{}`: {}",
+                            r.statement,
+                            r.kind.why()
+                        ),
+                    );
+                }
+                result.insert("sql".into(), sql.to_owned().into());
+            }
+            Err(e) => out.log(
+                Level::Warn,
+                format!("plan: cannot show the migration SQL: {e}"),
+            ),
+        }
+    }
+    Ok(result)
+}
+
 fn prepare(
     ctx: &NativeCallContext,
     target: &Dynamic,
@@ -322,6 +490,32 @@ pub mod release_api {
         let mut opts = Map::new();
         opts.insert("ref".into(), git_ref.into());
         super::super::located(&ctx, super::prepare(&ctx, &hosts, &opts))
+    }
+
+    /// What a deploy of `source` (`#{ ref }` or `#{ artifact }`) would change, read for
+    /// real even in a dry run and logged: per host the commit range `old..new` with its
+    /// subjects, whether composer.lock changed, the migrations added, and the `.env` keys
+    /// the template adds or removes (names only); the new migrations' SQL (`php artisan
+    /// migrate --pretend` in a temporary checkout on the first host), with what the
+    /// migration gate would refuse. Returns `#{ host: #{…}, sql }`.
+    #[rhai_fn(name = "plan", return_raw)]
+    pub fn plan(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        source: Map,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::plan(&ctx, &hosts, &source, None))
+    }
+
+    /// `release::plan` with the migration SQL read on `migrator` (the host that migrates).
+    #[rhai_fn(name = "plan", return_raw)]
+    pub fn plan_on(
+        ctx: NativeCallContext,
+        hosts: Dynamic,
+        source: Map,
+        migrator: HostRef,
+    ) -> Result<Map, Box<EvalAltResult>> {
+        super::super::located(&ctx, super::plan(&ctx, &hosts, &source, Some(&migrator)))
     }
 
     /// `release::prepare` with options: `ref`, `repository`, or `artifact` (a directory

@@ -76,6 +76,9 @@ pub struct CommandSpec {
     pub shielded: bool,
     /// What people read instead of the argument vector (for runbook's own scripts).
     pub label: Option<String>,
+    /// Only reads (runbook's own probes, or a script command marked `read: true`): it
+    /// runs for real in a dry run, so that the plan is built on what the hosts are.
+    pub read: bool,
 }
 
 impl CommandSpec {
@@ -108,6 +111,7 @@ impl CommandSpec {
             silent: false,
             shielded: false,
             label: None,
+            read: false,
         }
     }
 }
