@@ -663,11 +663,40 @@ fn resolve_env(
         }));
     }
 
+    // Two names for one machine and one deploy path: every fan-out (a migration, a
+    // switch) would run twice on it, at the same time.
+    for (i, a) in hosts.iter().enumerate() {
+        if let Some(b) = hosts[..i].iter().find(|b| {
+            b.address == a.address
+                && b.port == a.port
+                && b.deploy_path == a.deploy_path
+                && b.transport == a.transport
+        }) {
+            return Err(invalid(
+                key(&format!("hosts.{}", a.name)),
+                format!(
+                    "`{}` and `{}` are the same host ({}:{}) with the same deploy_path ({}): a migration or a switch would run twice on it; remove one, or give each its own deploy_path",
+                    b.name, a.name, a.address, a.port, a.deploy_path
+                ),
+            ));
+        }
+    }
     for (role, members) in &env.roles {
         if role == "all" {
             return Err(invalid(
                 key("roles.all"),
                 "`all` is reserved: hosts() and hosts(\"all\") already mean every host".into(),
+            ));
+        }
+        if let Some(twice) = members
+            .iter()
+            .enumerate()
+            .find(|(i, m)| members[..*i].contains(m))
+            .map(|(_, m)| m)
+        {
+            return Err(invalid(
+                key(&format!("roles.{role}")),
+                format!("lists host `{twice}` twice: a command for the role would run on it twice"),
             ));
         }
         for member in members {
@@ -875,6 +904,35 @@ deploy_path = "/var/www/shop"
         .to_string();
         assert!(err.contains("unknown field `hots`"), "{err}");
         assert!(err.contains("/project/runbook.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_role_listing_a_host_twice_and_two_names_for_one_host_are_refused() {
+        let err = parse(&format!(
+            "{BASE}\n[env.prod]\nhosts = {{ web1 = \"10.0.0.1\" }}\nroles = {{ web = [\"web1\", \"web1\"] }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`env.prod.roles.web`: lists host `web1` twice"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{BASE}\n[env.prod]\nhosts = {{ web1 = \"10.0.0.1\", web2 = \"10.0.0.1:22\" }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "`env.prod.hosts.web2`: `web1` and `web2` are the same host (10.0.0.1:22)"
+            ),
+            "{err}"
+        );
+        // The same machine with two deploy paths, or another port, is two hosts.
+        parse(&format!(
+            "{BASE}\n[env.prod]\nhosts = {{ a = {{ address = \"10.0.0.1\", deploy_path = \"/srv/a\" }}, b = {{ address = \"10.0.0.1\", deploy_path = \"/srv/b\" }}, c = \"10.0.0.1:2222\" }}\n"
+        ))
+        .unwrap();
     }
 
     #[test]
