@@ -37,6 +37,9 @@ pub struct Facts {
     /// Why the switch could not be verified (nothing to check it against), when so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unverified: Option<String>,
+    /// The run first recovered the fleet from a run that had died holding the lock.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

@@ -21,6 +21,7 @@ pub mod output;
 pub mod permissions;
 pub mod project;
 pub mod quote;
+pub mod recovery;
 pub mod release;
 pub mod schema_risk;
 pub mod signal;

@@ -121,15 +121,31 @@ fn an_unreachable_receiver_is_reported_without_its_url() {
 }
 
 #[test]
-fn a_missing_webhook_variable_is_named() {
+fn a_missing_secret_is_a_warning_like_any_failed_notification_unless_required() {
+    let hook = "[notify.slack]\nwebhook = { env = \"RB_NOT_SET_HOOK\" }\n[notify.email]\nhost = \"127.0.0.1\"\nto = \"ops@example.org\"\npassword = { env = \"RB_NOT_SET_SMTP\" }\n";
+    // The run goes on and says which variable is missing.
     project(
-        "[notify.slack]\nwebhook = { env = \"RB_NOT_SET_HOOK\" }\n",
-        "notify::slack(#{});",
+        hook,
+        "let r = notify::slack(#{});\nprint(`ok=${r.ok} slack=${notify::configured(\"slack\")} email=${notify::configured(\"email\")}`);",
     )
     .args(&["run", "n", "-e", "dev"])
     .run()
-    .code(1)
-    .stderr_has("RB_NOT_SET_HOOK is not set (runbook.toml `notify.slack.webhook` reads it)");
+    .code(0)
+    .stderr_has("slack notification failed: not sent: RB_NOT_SET_HOOK is not set (runbook.toml `notify.slack.webhook` reads it)")
+    .stdout_has("ok=false slack=false email=false");
+    // Required: the run fails on it.
+    project(hook, "notify::slack(#{ required: true });")
+        .args(&["run", "n", "-e", "dev"])
+        .run()
+        .code(1)
+        .stderr_has("RB_NOT_SET_HOOK is not set");
+    // A dry run shows what it would send, and that the real run could not.
+    project(hook, "notify::email(#{ subject: \"deployed\" });")
+        .args(&["run", "n", "-e", "dev", "--dry-run"])
+        .run()
+        .code(0)
+        .stderr_has("email: would send mail to ops@example.org — deployed")
+        .stderr_has("email: the real run could not send it: RB_NOT_SET_SMTP is not set");
 }
 
 #[test]

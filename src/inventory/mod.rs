@@ -664,8 +664,12 @@ fn resolve_env(
     }
 
     // Two names for one machine and one deploy path: every fan-out (a migration, a
-    // switch) would run twice on it, at the same time.
+    // switch) would run twice on it, at the same time. (Local hosts are this machine by
+    // definition: a fan-out demo or test may name it twice.)
     for (i, a) in hosts.iter().enumerate() {
+        if a.transport != TransportKind::Ssh {
+            continue;
+        }
         if let Some(b) = hosts[..i].iter().find(|b| {
             b.address == a.address
                 && b.port == a.port

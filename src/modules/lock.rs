@@ -51,7 +51,48 @@ fn acquire(
     }
     let holder = holder(&session);
     let output = session.effects.output().clone();
-    match session.locks.acquire(&targets, &holder, wait, take_stale) {
+    let mut attempt = session.locks.acquire(&targets, &holder, wait, take_stale);
+    // A lock left by a run that is gone — its process on this machine no longer exists,
+    // or no heartbeat for longer than the TTL — with its progress record: this run
+    // recovers first (as `runbook recover` would), then takes the lock.
+    if let (Err(LockError::Held(blocked)), Some(env)) = (&attempt, session.env.as_ref())
+        && !blocked.is_empty()
+        && !session.effects.dry_run()
+        && blocked.iter().all(|b| {
+            matches!(&b.by, crate::lock::Blocker::Run { holder: Some(h), age }
+                if crate::lock::holder_is_gone(h) || *age > crate::lock::DEFAULT_TTL.as_secs())
+        })
+    {
+        output.log(
+            crate::output::Level::Warn,
+            format!(
+                "the deploy lock on {} was left by a run that is gone: recovering first (as `runbook recover -e {}` would)",
+                blocked
+                    .iter()
+                    .map(|b| b.host.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                env.name
+            ),
+        );
+        match crate::recovery::recover(&session.effects, env, &session.info.id) {
+            Ok(_) => {
+                session
+                    .facts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .recovered = true;
+                attempt = session.locks.acquire(&targets, &holder, wait, take_stale);
+            }
+            Err(e) => {
+                return Err(super::error(format!(
+                    "the deploy lock was left by a run that is gone, and recovering from it failed (nothing of this run was changed): {e}\n  hint: look at the hosts, then `runbook recover -e {}`",
+                    env.name
+                )));
+            }
+        }
+    }
+    match attempt {
         Ok(results) => {
             let mut out = Map::new();
             for (host, how) in results {

@@ -67,12 +67,26 @@ fn redact_json(session: &Session, value: &mut serde_json::Value, keep: &[&str]) 
     }
 }
 
-/// Sends (or, in dry-run, shows) and turns the outcome into `#{ ok, sent, error }`.
+/// A setting a channel needs: its value, or "" with why it is missing noted (the first).
+fn needed(missing: &mut Option<String>, what: Result<String, String>) -> String {
+    match what {
+        Ok(v) => v,
+        Err(e) => {
+            missing.get_or_insert(e);
+            String::new()
+        }
+    }
+}
+
+/// Sends (or, in dry-run, shows) and turns the outcome into `#{ ok, sent, error }`. A
+/// channel whose secret or setting is `missing` fails like a failed delivery: a warning
+/// (an error only when `required`), and in a dry run the plan says it would fail.
 fn deliver(
     session: &Session,
     channel: &str,
     required: bool,
     preview: String,
+    missing: Option<String>,
     send: impl std::future::Future<Output = Result<String, String>>,
 ) -> Result<Map, Box<EvalAltResult>> {
     let output = session.effects.output();
@@ -81,11 +95,21 @@ fn deliver(
         output.emit(
             Event::new(Kind::Notification).message(format!("{channel}: would send {preview}")),
         );
-        m.insert("ok".into(), true.into());
+        if let Some(why) = &missing {
+            output.log(
+                Level::Warn,
+                format!("{channel}: the real run could not send it: {why}"),
+            );
+        }
+        m.insert("ok".into(), missing.is_none().into());
         m.insert("sent".into(), false.into());
         return Ok(m);
     }
-    match block(session, send)? {
+    let outcome = match missing {
+        Some(why) => Err(format!("not sent: {why}")),
+        None => block(session, send)?,
+    };
+    match outcome {
         Ok(what) => {
             output.emit(Event::new(Kind::Notification).message(format!("{channel}: {what}")));
             m.insert("ok".into(), true.into());
@@ -133,15 +157,17 @@ fn slack(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
         .inventory
         .as_ref()
         .and_then(|i| i.notify.slack.clone());
-    let webhook = match &config {
-        Some(c) => resolve(c.webhook.resolve("notify.slack.webhook"))?,
-        None => resolve(
-            crate::inventory::SecretRef {
+    let mut missing = None;
+    let webhook = needed(
+        &mut missing,
+        match &config {
+            Some(c) => c.webhook.resolve("notify.slack.webhook"),
+            None => crate::inventory::SecretRef {
                 env: "SLACK_WEBHOOK_URL".into(),
             }
             .resolve("notify.slack"),
-        )?,
-    };
+        },
+    );
     session.effects.output().redactor().add(&webhook);
     let env_name = session
         .env
@@ -197,6 +223,7 @@ fn slack(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
         "slack",
         flag(opts, "required"),
         preview,
+        missing,
         async move {
             core::post_json(&webhook, &payload, TIMEOUT)
                 .await
@@ -221,34 +248,34 @@ fn email(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
         .as_ref()
         .and_then(|i| i.notify.email.clone())
         .ok_or_else(|| super::error("no [notify.email] in runbook.toml"))?;
-    let host = resolve(cfg.host.resolve("notify.email.host"))?;
+    let mut missing = None;
+    let host = needed(&mut missing, cfg.host.resolve("notify.email.host"));
     let port = match &cfg.port {
-        Some(p) => resolve(p.resolve("notify.email.port"))?
-            .parse::<u16>()
-            .map_err(|_| super::error("notify.email.port is not a port number"))?,
+        Some(p) => match needed(&mut missing, p.resolve("notify.email.port")) {
+            v if v.is_empty() => 587,
+            v => v
+                .parse::<u16>()
+                .map_err(|_| super::error("notify.email.port is not a port number"))?,
+        },
         None => 587,
     };
     let password = cfg
         .password
         .as_ref()
-        .map(|p| p.resolve("notify.email.password"))
-        .transpose()
-        .map_err(super::error)?;
+        .map(|p| needed(&mut missing, p.resolve("notify.email.password")));
     if let Some(p) = &password {
         session.effects.output().redactor().add(p);
     }
     let username = cfg
         .username
         .as_ref()
-        .map(|u| u.resolve("notify.email.username"))
-        .transpose()
-        .map_err(super::error)?;
+        .map(|u| needed(&mut missing, u.resolve("notify.email.username")));
     let to = match text(opts, "to") {
         Some(t) => t,
-        None => resolve(cfg.to.resolve("notify.email.to"))?,
+        None => needed(&mut missing, cfg.to.resolve("notify.email.to")),
     };
     let from = match &cfg.from {
-        Some(f) => resolve(f.resolve("notify.email.from"))?,
+        Some(f) => needed(&mut missing, f.resolve("notify.email.from")),
         None => format!("runbook@{host}"),
     };
     let smtp = Smtp {
@@ -280,6 +307,7 @@ fn email(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
         "email",
         flag(opts, "required"),
         preview,
+        missing,
         async move {
             core::send_mail(&smtp, &subject, &body)
                 .await
@@ -308,15 +336,17 @@ fn pagerduty(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResu
         .inventory
         .as_ref()
         .and_then(|i| i.notify.pagerduty.clone());
-    let key = match &cfg {
-        Some(c) => resolve(c.routing_key.resolve("notify.pagerduty.routing_key"))?,
-        None => resolve(
-            crate::inventory::SecretRef {
+    let mut missing = None;
+    let key = needed(
+        &mut missing,
+        match &cfg {
+            Some(c) => c.routing_key.resolve("notify.pagerduty.routing_key"),
+            None => crate::inventory::SecretRef {
                 env: "PAGERDUTY_ROUTING_KEY".into(),
             }
             .resolve("notify.pagerduty"),
-        )?,
-    };
+        },
+    );
     session.effects.output().redactor().add(&key);
     let url = cfg
         .as_ref()
@@ -369,6 +399,7 @@ fn pagerduty(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResu
         "pagerduty",
         flag(opts, "required"),
         preview,
+        missing,
         async move {
             core::post_json(&url, &payload, TIMEOUT)
                 .await
@@ -396,6 +427,7 @@ fn webhook(
         "webhook",
         flag(opts, "required"),
         preview,
+        None,
         async move {
             core::post_json(&url, &body, TIMEOUT)
                 .await
@@ -439,8 +471,9 @@ pub mod notify_api {
     }
 
     /// Whether a channel ("slack", "email", "pagerduty") can send: configured in
-    /// runbook.toml with its secret present in the environment, or (Slack, PagerDuty)
-    /// the default variable set. Strategies notify only where this is true.
+    /// runbook.toml with every variable it reads present in the environment (email: host,
+    /// port, user, password, from, to), or (Slack, PagerDuty) the default variable set.
+    /// Strategies notify only where this is true.
     #[rhai_fn(return_raw)]
     pub fn configured(ctx: NativeCallContext, channel: &str) -> Result<bool, Box<EvalAltResult>> {
         let session = super::super::session(&ctx)?;
@@ -455,7 +488,22 @@ pub mod notify_api {
                 Some(c) => set(&c.routing_key.env),
                 None => set("PAGERDUTY_ROUTING_KEY"),
             }),
-            "email" => Ok(notify.is_some_and(|n| n.email.is_some())),
+            "email" => Ok(notify.and_then(|n| n.email.as_ref()).is_some_and(|e| {
+                e.host.resolve("notify.email.host").is_ok()
+                    && e.to.resolve("notify.email.to").is_ok()
+                    && e.port
+                        .as_ref()
+                        .is_none_or(|p| p.resolve("notify.email.port").is_ok())
+                    && e.username
+                        .as_ref()
+                        .is_none_or(|u| u.resolve("notify.email.username").is_ok())
+                    && e.password
+                        .as_ref()
+                        .is_none_or(|p| p.resolve("notify.email.password").is_ok())
+                    && e.from
+                        .as_ref()
+                        .is_none_or(|f| f.resolve("notify.email.from").is_ok())
+            })),
             other => Err(super::super::error(format!(
                 "unknown channel `{other}` (channels: slack, email, pagerduty)"
             ))),
@@ -543,6 +591,7 @@ pub mod metrics_api {
                 "metrics",
                 super::flag(&opts, "required"),
                 preview,
+                None,
                 async move {
                     crate::metrics::push(&gateway, &m, super::TIMEOUT)
                         .await

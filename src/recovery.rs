@@ -1,0 +1,293 @@
+//! Recovery from a run that died (SIGKILL, OOM, the runner's network gone): what it left
+//! is read from the hosts alone — its lock and the progress record inside it — and the
+//! fleet brought back to one whole release: the release the dead run had verified
+//! everywhere, else the one it started from; maintenance mode it turned on lifted; its
+//! lock and lock temporaries removed. `runbook recover` and the first step of a deploy
+//! that meets a dead run's lock both use it.
+
+use std::collections::BTreeSet;
+
+use crate::effects::{Effects, FanOut, HostOutcome, Target};
+use crate::lock::{self, HostState};
+use crate::output::Level;
+use crate::transport::CommandSpec;
+
+/// What the dead run's progress record says it did.
+#[derive(Debug, Default, PartialEq)]
+struct Progress {
+    prepared: Option<String>,
+    /// The release the hosts were on before the run's first switch.
+    before: Option<String>,
+    verified: bool,
+    /// Hosts it put into maintenance mode and did not lift it from.
+    down: BTreeSet<String>,
+}
+
+fn read_progress(states: &[HostState]) -> Progress {
+    let mut p = Progress::default();
+    for st in states {
+        let mut down = false;
+        for line in &st.progress {
+            let mut words = line.split(' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some("prepared"), Some(name), _) => p.prepared = Some(name.to_owned()),
+                (Some("switched"), Some(from), Some(_)) if p.before.is_none() => {
+                    p.before = Some(from.to_owned());
+                }
+                (Some("verified"), ..) => p.verified = true,
+                (Some("maintenance"), Some("on"), _) => down = true,
+                (Some("maintenance"), Some("off"), _) => down = false,
+                _ => {}
+            }
+        }
+        if down {
+            p.down.insert(st.host.clone());
+        }
+    }
+    p
+}
+
+/// Returns whether there was anything to recover.
+pub fn recover(
+    effects: &Effects,
+    env: &crate::inventory::Environment,
+    run_id: &str,
+) -> Result<bool, String> {
+    let out = effects.output().clone();
+    let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
+    let mut states = Vec::new();
+    let mut unreachable = Vec::new();
+    for (t, st) in targets.iter().zip(lock::states(effects, &targets)) {
+        match st {
+            Ok(s) => states.push(s),
+            Err(e) => unreachable.push(format!("{}: {e}", t.name())),
+        }
+    }
+    if !unreachable.is_empty() {
+        return Err(format!(
+            "cannot recover while hosts are unreachable (nothing was changed); run `runbook recover -e {}` again when they are back:\n- {}",
+            env.name,
+            unreachable.join("\n- ")
+        ));
+    }
+    let dead: BTreeSet<String> = states
+        .iter()
+        .filter_map(|s| s.holder.as_ref().map(|h| h.run.clone()))
+        .collect();
+    let temporaries: Vec<String> = states
+        .iter()
+        .flat_map(|s| {
+            s.temporaries
+                .iter()
+                .map(move |t| format!("{}: {t}", s.host))
+        })
+        .collect();
+    if dead.is_empty() {
+        let lives: BTreeSet<&str> = states.iter().map(|s| s.current.as_str()).collect();
+        let mut msg = format!("nothing to recover on {}: no run left a lock", env.name);
+        if lives.len() > 1 {
+            msg.push_str(&format!(
+                " — but the hosts serve different releases ({}): run `runbook run rollback -e {}` or a deploy",
+                states
+                    .iter()
+                    .map(|s| format!("{} {}", s.host, display(&s.current)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                env.name
+            ));
+        }
+        out.log(Level::Info, msg);
+        for t in temporaries {
+            out.log(Level::Warn, format!("lock temporary left: {t}"));
+        }
+        return Ok(false);
+    }
+    if dead.len() > 1 {
+        return Err(format!(
+            "locks of {} different runs are on the hosts ({}): recover one environment's run at a time (`runbook unlock` the others)",
+            dead.len(),
+            dead.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let dead = dead.into_iter().next().unwrap_or_default();
+    // Never a live run: its heartbeat is fresh and its process is not known to be gone.
+    for s in &states {
+        if let (Some(h), Some(age)) = (&s.holder, s.beat_age)
+            && age <= lock::DEFAULT_TTL.as_secs()
+            && !lock::holder_is_gone(h)
+        {
+            return Err(format!(
+                "run {} by {} (`{}`, pid {} on {}) looks alive: its heartbeat on {} is {age} s old; nothing was changed (wait, or stop that run)",
+                h.run, h.actor, h.script, h.pid, h.machine, s.host
+            ));
+        }
+    }
+    let holder = states
+        .iter()
+        .find_map(|s| s.holder.clone())
+        .unwrap_or_default();
+    // Only the hosts the dead run locked: it changed nothing anywhere else (the lock comes
+    // before every change), and hosts outside its set (a balancer) have no releases.
+    let (targets, states): (Vec<Target>, Vec<HostState>) = targets
+        .into_iter()
+        .zip(states)
+        .filter(|(_, s)| s.holder.as_ref().is_some_and(|h| h.run == dead))
+        .unzip();
+    out.log(
+        Level::Warn,
+        format!(
+            "run {} by {} (`{}`, started {}{}) died without cleaning up:",
+            holder.run,
+            holder.actor,
+            holder.script,
+            holder.started_at,
+            holder
+                .ci_run
+                .as_deref()
+                .map(|u| format!(", {u}"))
+                .unwrap_or_default()
+        ),
+    );
+    let progress = read_progress(&states);
+    for s in &states {
+        out.log(
+            Level::Warn,
+            format!(
+                "  {}: on {}{}{}",
+                s.host,
+                display(&s.current),
+                if s.down { ", maintenance mode on" } else { "" },
+                if s.holder.is_some() {
+                    ", lock held"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    // One whole release: the new one where the dead run verified it everywhere, else
+    // the one it started from.
+    let target = if progress.verified {
+        progress.prepared.clone()
+    } else {
+        progress.before.clone().filter(|b| !b.is_empty())
+    };
+    if let Some(target) = &target {
+        let behind: Vec<Target> = targets
+            .iter()
+            .zip(&states)
+            .filter(|(_, s)| &s.current != target)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if !behind.is_empty() {
+            crate::release::activate(effects, &behind, target).map_err(|e| e.message)?;
+            for t in &behind {
+                out.log(Level::Info, format!("{}: switched to {target}", t.name()));
+            }
+        }
+        if !progress.verified
+            && let Some(new) = &progress.prepared
+            && new != target
+        {
+            let _ = crate::release::mark_bad(effects, &targets, new);
+            out.log(Level::Info, format!("{new} (unverified) marked bad"));
+        }
+    }
+    // Maintenance mode the dead run turned on.
+    let lift: Vec<Target> = targets
+        .iter()
+        .filter(|t| progress.down.contains(t.name()))
+        .cloned()
+        .collect();
+    if !lift.is_empty() {
+        let fan = FanOut {
+            fail_fast: false,
+            ..FanOut::new()
+        };
+        let outcomes = effects.run_many_with(
+            &lift,
+            &|t: &Target| {
+                let root = match t {
+                    Target::Host(h) => h.deploy_path.clone(),
+                    Target::Local => String::new(),
+                };
+                CommandSpec::script(
+                    "recover: maintenance off",
+                    r#"cd "$1/current" && exec "$2" artisan up"#,
+                    &[&root, &env.php],
+                )
+            },
+            &fan,
+        );
+        for (t, o) in lift.iter().zip(outcomes) {
+            match o {
+                HostOutcome::Done(Ok(_)) => {
+                    out.log(Level::Info, format!("{}: maintenance mode off", t.name()));
+                }
+                HostOutcome::Done(Err(e)) => {
+                    return Err(format!(
+                        "{}: could not lift maintenance mode: {e}",
+                        t.name()
+                    ));
+                }
+                HostOutcome::Skipped => {}
+            }
+        }
+    }
+    let removed = lock::remove_dead(effects, &targets, &dead, run_id);
+    out.log(
+        Level::Info,
+        format!(
+            "the dead run's lock removed on {}; {} serves {}",
+            if removed.is_empty() {
+                "no host".to_owned()
+            } else {
+                removed.join(", ")
+            },
+            env.name,
+            target.as_deref().map_or("what it served", display)
+        ),
+    );
+    Ok(true)
+}
+
+fn display(release: &str) -> &str {
+    if release.is_empty() {
+        "no release"
+    } else {
+        release
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(host: &str, progress: &[&str]) -> HostState {
+        HostState {
+            host: host.into(),
+            progress: progress.iter().map(|s| (*s).to_owned()).collect(),
+            ..HostState::default()
+        }
+    }
+
+    #[test]
+    fn the_progress_record_says_where_to_go_back_to() {
+        let p = read_progress(&[
+            state("web1", &["prepared r2", "maintenance on", "switched r1 r2"]),
+            state(
+                "web2",
+                &["prepared r2", "maintenance on", "maintenance off"],
+            ),
+        ]);
+        assert_eq!(p.prepared.as_deref(), Some("r2"));
+        assert_eq!(p.before.as_deref(), Some("r1"));
+        assert!(!p.verified);
+        assert_eq!(p.down.iter().collect::<Vec<_>>(), ["web1"]);
+        let p = read_progress(&[state(
+            "web1",
+            &["prepared r2", "switched r1 r2", "verified"],
+        )]);
+        assert!(p.verified);
+    }
+}
