@@ -239,3 +239,96 @@ fn a_success_rate_with_no_canary_requests_is_nan_and_never_a_pass() {
         out.stdout
     );
 }
+
+/// nginx answering 200 (503 under /fail), `$runbook_pool` from `?pool=`, logging in the
+/// balancer's format (examples/nginx/lb.conf) to `<dir>/runbook.log`.
+struct Nginx {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    fn start(dir: &std::path::Path) -> Result<Nginx, String> {
+        if let Some(why) = crate::support::missing(&[("/usr/sbin/nginx", "nginx")]) {
+            return Err(why);
+        }
+        let port = crate::support::free_port_on("127.0.0.1");
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 64; }}\nhttp {{\n\
+             client_body_temp_path {d}/t-body; proxy_temp_path {d}/t-proxy;\n\
+             fastcgi_temp_path {d}/t-fcgi; uwsgi_temp_path {d}/t-uwsgi; scgi_temp_path {d}/t-scgi;\n\
+             log_format runbook '$msec $runbook_pool $status $request_time';\n\
+             map $arg_pool $runbook_pool {{ next next; default stable; }}\n\
+             access_log {d}/runbook.log runbook;\n\
+             server {{ listen 127.0.0.1:{port};\n\
+             location /fail {{ return 503; }}\n location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| e.to_string())?;
+        let child = std::process::Command::new("/usr/sbin/nginx")
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("nginx: {e}"))?;
+        let nginx = Nginx { port, child };
+        crate::support::wait_until(10, "nginx to answer", || {
+            crate::support::get("127.0.0.1", port, "/").0 == 200
+        })?;
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        crate::web::terminate(std::slice::from_mut(&mut self.child));
+    }
+}
+
+#[test]
+fn mtail_reads_the_log_format_as_nginx_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nginx) = crate::support::available("nginx", Nginx::start(dir.path())) else {
+        return;
+    };
+    // Truncate the readiness probe's line: mtail would skip it anyway (it tails from the end).
+    std::fs::write(dir.path().join("runbook.log"), "").unwrap();
+    let Some(obs) = Observability::tailing(&dir.path().join("runbook.log")) else {
+        return;
+    };
+    for (path, n) in [("/", 20), ("/?pool=next", 5), ("/fail?pool=next", 1)] {
+        for _ in 0..n {
+            crate::support::get("127.0.0.1", nginx.port, path);
+        }
+    }
+    let p = &obs.prometheus;
+    p.wait_for("sum(askproai_http_requests_total)", SCRAPED_SECS, |v| v == 26.0)
+        .unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(dir.path().join("runbook.log")).unwrap_or_default();
+            panic!("{e}\nnginx wrote:\n{log}\nmtail exports:\n{}", obs.mtail.metrics())
+        });
+    let by: BTreeMap<String, f64> = p
+        .samples("sum by (pool, status) (askproai_http_requests_total)")
+        .unwrap()
+        .into_iter()
+        .map(|(l, v)| (format!("{} {}", l["pool"], l["status"]), v))
+        .collect();
+    let want: BTreeMap<String, f64> = [("next 200", 5.0), ("next 503", 1.0), ("stable 200", 20.0)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(by, want);
+    let timed = p
+        .by(
+            "sum by (pool) (askproai_http_request_duration_seconds_count)",
+            "pool",
+        )
+        .unwrap();
+    assert!(close(timed.get("next"), 6.0) && close(timed.get("stable"), 20.0), "{timed:?}");
+}

@@ -256,12 +256,12 @@ impl Drop for Prometheus {
 }
 
 /// Prometheus scraping a Pushgateway (job `pushgateway`, its labels honoured) and mtail
-/// (job `mtail`), each on its own port of 127.0.0.1, data in [`Observability::dir`].
+/// (job `mtail`), each on its own port of 127.0.0.1, their data in one temp dir.
 pub struct Observability {
     pub prometheus: Prometheus,
     pub pushgateway: Pushgateway,
     pub mtail: Mtail,
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Observability {
@@ -307,7 +307,7 @@ impl Observability {
             prometheus,
             pushgateway,
             mtail,
-            dir,
+            _dir: dir,
         })
     }
 
