@@ -46,9 +46,8 @@ fn the_shipped_mtail_program_compiles_and_a_broken_one_does_not() {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(mtail::program(), dir.path().join("runbook.mtail")).unwrap();
-    let log = mtail::compile_only(dir.path()).unwrap_or_else(|log| {
-        panic!("examples/mtail/runbook.mtail does not compile:\n{log}")
-    });
+    let log = mtail::compile_only(dir.path())
+        .unwrap_or_else(|log| panic!("examples/mtail/runbook.mtail does not compile:\n{log}"));
     assert!(log.contains("Loaded program runbook.mtail"), "{log}");
     // The check can fail: the same program with its action block cut short does not compile.
     let text = std::fs::read_to_string(mtail::program()).unwrap();
@@ -72,12 +71,13 @@ fn deploy_metrics_pushed_by_runbook_are_read_back_through_prometheus() {
     // The Pushgateway holds the group runbook PUT, with runbook's labels.
     let held = pg.metrics();
     assert!(
-        held.lines().any(|l| l.starts_with("runbook_deploy_duration_seconds{")
-            && l.contains("app=\"t\"")
-            && l.contains("env=\"dev\"")
-            && l.contains("job=\"runbook\"")
-            && l.contains("release=\"r1\"")
-            && l.ends_with(" 1.5")),
+        held.lines()
+            .any(|l| l.starts_with("runbook_deploy_duration_seconds{")
+                && l.contains("app=\"t\"")
+                && l.contains("env=\"dev\"")
+                && l.contains("job=\"runbook\"")
+                && l.contains("release=\"r1\"")
+                && l.ends_with(" 1.5")),
         "the Pushgateway does not hold the pushed duration:\n{held}"
     );
     obs.prometheus
@@ -94,21 +94,42 @@ fn deploy_metrics_pushed_by_runbook_are_read_back_through_prometheus() {
     );
     out.code(0);
     let got = printed(&out);
-    assert_eq!(got.get("duration").map(String::as_str), Some("1.5"), "{}", out.stdout);
-    assert_eq!(got.get("success").map(String::as_str), Some("1.0"), "{}", out.stdout);
-    let pushed_at: f64 = got.get("timestamp").and_then(|t| t.parse().ok()).unwrap_or(0.0);
+    assert_eq!(
+        got.get("duration").map(String::as_str),
+        Some("1.5"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        got.get("success").map(String::as_str),
+        Some("1.0"),
+        "{}",
+        out.stdout
+    );
+    let pushed_at: f64 = got
+        .get("timestamp")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0.0);
     let now = chrono::Utc::now().timestamp() as f64;
     assert!(
         (now - pushed_at).abs() < 120.0,
         "runbook_deploy_timestamp_seconds is {pushed_at}, now is {now}"
     );
 
-    // A PUT replaces the environment's group: r1's series goes stale in Prometheus.
+    // The next push replaces the environment's series (same group, same names): r1's go
+    // stale in Prometheus, so `runbook_deploy_success == 0` speaks of the last deploy.
     obs.prometheus
-        .wait_for("runbook_deploy_success{release=\"r2\"}", SCRAPED_SECS, |v| v == 0.0)
+        .wait_for(
+            "runbook_deploy_success{release=\"r2\"}",
+            SCRAPED_SECS,
+            |v| v == 0.0,
+        )
         .unwrap();
     obs.prometheus
-        .wait_for_value("absent(runbook_deploy_success{release=\"r1\"})", SCRAPED_SECS)
+        .wait_for_value(
+            "absent(runbook_deploy_success{release=\"r1\"})",
+            SCRAPED_SECS,
+        )
         .unwrap();
     let out = run(
         &obs,
@@ -119,11 +140,22 @@ fn deploy_metrics_pushed_by_runbook_are_read_back_through_prometheus() {
     );
     out.code(1).stderr_has("returned no series");
     let got = printed(&out);
-    assert_eq!(got.get("success").map(String::as_str), Some("0.0"), "{}", out.stdout);
-    assert_eq!(got.get("duration").map(String::as_str), Some("0.25"), "{}", out.stdout);
+    assert_eq!(
+        got.get("success").map(String::as_str),
+        Some("0.0"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        got.get("duration").map(String::as_str),
+        Some("0.25"),
+        "{}",
+        out.stdout
+    );
     // `up` has a series per scrape target (the Pushgateway and mtail): not one number.
     assert!(
-        got.get("up").is_some_and(|e| e.contains("returned 2 series")),
+        got.get("up")
+            .is_some_and(|e| e.contains("returned 2 series")),
         "{}",
         out.stdout
     );
@@ -156,11 +188,15 @@ fn mtail_turns_the_access_log_into_success_rate_and_p95_per_pool() {
     };
     obs.log(&access_log());
     obs.prometheus
-        .wait_for("sum(askproai_http_requests_total)", SCRAPED_SECS, |v| v == 302.0)
+        .wait_for("sum(askproai_http_requests_total)", SCRAPED_SECS, |v| {
+            v == 302.0
+        })
         .unwrap_or_else(|e| panic!("{e}\nmtail exports:\n{}", obs.mtail.metrics()));
     let exported = obs.mtail.metrics();
     assert!(
-        exported.contains("askproai_http_requests_total{pool=\"next\",prog=\"runbook.mtail\",status=\"503\"} 2"),
+        exported.contains(
+            "askproai_http_requests_total{pool=\"next\",prog=\"runbook.mtail\",status=\"503\"} 2"
+        ),
         "{exported}"
     );
     assert!(
@@ -204,8 +240,18 @@ fn mtail_turns_the_access_log_into_success_rate_and_p95_per_pool() {
     );
     out.code(0);
     let got = printed(&out);
-    assert_eq!(got.get("canary_success").map(String::as_str), Some("98.0"), "{}", out.stdout);
-    assert_eq!(got.get("outcome").map(String::as_str), Some("fail"), "{}", out.stdout);
+    assert_eq!(
+        got.get("canary_success").map(String::as_str),
+        Some("98.0"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        got.get("outcome").map(String::as_str),
+        Some("fail"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -231,7 +277,12 @@ fn a_success_rate_with_no_canary_requests_is_nan_and_never_a_pass() {
     );
     out.code(0);
     let got = printed(&out);
-    assert_eq!(got.get("value").map(String::as_str), Some("NaN"), "{}", out.stdout);
+    assert_eq!(
+        got.get("value").map(String::as_str),
+        Some("NaN"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(
         got.get("outcome").map(String::as_str),
         Some("inconclusive"),
@@ -308,11 +359,16 @@ fn mtail_reads_the_log_format_as_nginx_writes_it() {
         }
     }
     let p = &obs.prometheus;
-    p.wait_for("sum(askproai_http_requests_total)", SCRAPED_SECS, |v| v == 26.0)
-        .unwrap_or_else(|e| {
-            let log = std::fs::read_to_string(dir.path().join("runbook.log")).unwrap_or_default();
-            panic!("{e}\nnginx wrote:\n{log}\nmtail exports:\n{}", obs.mtail.metrics())
-        });
+    p.wait_for("sum(askproai_http_requests_total)", SCRAPED_SECS, |v| {
+        v == 26.0
+    })
+    .unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(dir.path().join("runbook.log")).unwrap_or_default();
+        panic!(
+            "{e}\nnginx wrote:\n{log}\nmtail exports:\n{}",
+            obs.mtail.metrics()
+        )
+    });
     let by: BTreeMap<String, f64> = p
         .samples("sum by (pool, status) (askproai_http_requests_total)")
         .unwrap()
@@ -330,5 +386,8 @@ fn mtail_reads_the_log_format_as_nginx_writes_it() {
             "pool",
         )
         .unwrap();
-    assert!(close(timed.get("next"), 6.0) && close(timed.get("stable"), 20.0), "{timed:?}");
+    assert!(
+        close(timed.get("next"), 6.0) && close(timed.get("stable"), 20.0),
+        "{timed:?}"
+    );
 }

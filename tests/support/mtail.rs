@@ -40,7 +40,11 @@ pub fn compile_only(progs: &Path) -> Result<String, String> {
         .output()
         .map_err(|e| format!("{BIN}: {e}"))?;
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.success() { Ok(log) } else { Err(log) }
+    if out.status.success() {
+        Ok(log)
+    } else {
+        Err(log)
+    }
 }
 
 impl Mtail {

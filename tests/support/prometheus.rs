@@ -61,7 +61,10 @@ pub fn ready(
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("{what} exited ({status}) before it was ready:\n{}", tail()));
+            return Err(format!(
+                "{what} exited ({status}) before it was ready:\n{}",
+                tail()
+            ));
         }
         if is_ready() {
             return Ok(());
@@ -132,7 +135,10 @@ impl Prometheus {
         let err = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let child = Command::new(BIN)
             .arg(format!("--config.file={}", file.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg("--storage.tsdb.retention.time=1h")
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
@@ -161,8 +167,9 @@ impl Prometheus {
     pub fn query(&self, promql: &str) -> Result<serde_json::Value, String> {
         let path = format!("/api/v1/query?query={}", encode(promql));
         let (status, body) = crate::support::get("127.0.0.1", self.port, &path);
-        serde_json::from_str(&body)
-            .map_err(|e| format!("Prometheus answered {status} to `{promql}` with no JSON ({e}): {body}"))
+        serde_json::from_str(&body).map_err(|e| {
+            format!("Prometheus answered {status} to `{promql}` with no JSON ({e}): {body}")
+        })
     }
 
     /// An instant query's samples: one per series (a scalar is one sample, no labels).
@@ -215,10 +222,10 @@ impl Prometheus {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let last = self.samples(promql);
-            if let Ok([(_, v)]) = last.as_deref() {
-                if accept(*v) {
-                    return Ok(*v);
-                }
+            if let Ok([(_, v)]) = last.as_deref()
+                && accept(*v)
+            {
+                return Ok(*v);
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -327,6 +334,7 @@ impl Observability {
             .append(true)
             .open(&self.mtail.access_log)
             .expect("the access log mtail tails");
-        f.write_all(lines.as_bytes()).expect("append to the access log");
+        f.write_all(lines.as_bytes())
+            .expect("append to the access log");
     }
 }

@@ -40,9 +40,13 @@ impl Pushgateway {
 
     /// Waits (bounded) until `/-/ready` answers 200.
     pub fn wait_ready(&mut self, secs: u64) -> Result<(), String> {
-        crate::support::prometheus::ready(&mut self.child, &self.log, secs, "the Pushgateway", || {
-            crate::support::get("127.0.0.1", self.port, "/-/ready").0 == 200
-        })
+        crate::support::prometheus::ready(
+            &mut self.child,
+            &self.log,
+            secs,
+            "the Pushgateway",
+            || crate::support::get("127.0.0.1", self.port, "/-/ready").0 == 200,
+        )
     }
 
     pub fn url(&self) -> String {
