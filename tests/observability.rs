@@ -255,7 +255,7 @@ fn mtail_turns_the_access_log_into_success_rate_and_p95_per_pool() {
 }
 
 #[test]
-fn a_success_rate_with_no_canary_requests_is_nan_and_never_a_pass() {
+fn a_success_rate_with_no_canary_requests_is_nan_and_never_a_pass_nor_is_inf() {
     let Some(obs) = Observability::start() else {
         return;
     };
@@ -272,7 +272,10 @@ fn a_success_rate_with_no_canary_requests_is_nan_and_never_a_pass() {
              print(`value=${{v}}`);\n\
              let r = canary::judge_values(#{{ canary_success: v, stable_success: 100.0 }}, #{{}});\n\
              print(`outcome=${{r.outcome}}`);\n\
-             print(`reasons=${{r.reasons}}`);"
+             print(`reasons=${{r.reasons}}`);\n\
+             let inf = metrics::query(\"100 * sum(askproai_http_requests_total{{pool=\\\"next\\\"}}) / 0\");\n\
+             print(`inf=${{inf}}`);\n\
+             print(`inf_outcome=${{canary::judge_values(#{{ canary_success: inf }}, #{{}}).outcome}}`);"
         ),
     );
     out.code(0);
@@ -285,6 +288,19 @@ fn a_success_rate_with_no_canary_requests_is_nan_and_never_a_pass() {
     );
     assert_eq!(
         got.get("outcome").map(String::as_str),
+        Some("inconclusive"),
+        "{}",
+        out.stdout
+    );
+    // x/0 answers +Inf: not a pass either.
+    assert_eq!(
+        got.get("inf").map(String::as_str),
+        Some("inf"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        got.get("inf_outcome").map(String::as_str),
         Some("inconclusive"),
         "{}",
         out.stdout
