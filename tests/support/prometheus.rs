@@ -9,7 +9,8 @@
 //! use crate::support::prometheus::Observability;
 //! // mtail tails a log of its own (`obs.mtail.access_log`) that the test writes …
 //! let Some(obs) = Observability::start() else { return };
-//! // … or a balancer's access log (`log_format runbook`, see examples/nginx/lb.conf):
+//! // … or a balancer's access log (`log_format runbook`, see examples/nginx/lb.conf),
+//! // started first so that nginx (as the deploy user) creates the file it writes:
 //! let Some(obs) = Observability::tailing(&lb.dir.join("access.log")) else { return };
 //! let toml = format!("{inventory}\n{}", obs.inventory()); // the [metrics] section
 //! let rate = obs.prometheus.wait_for_value("sum(up)", 20)?;  // bounded
