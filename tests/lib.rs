@@ -18,6 +18,7 @@ mod inventory;
 mod laravel;
 mod locks;
 mod notify;
+mod observability; // real Prometheus + Pushgateway + mtail: deploy metrics, askproai_http_* per pool, NaN
 // The on-call surface: list, the backup runbook, doc types, REPL display, honest errors.
 mod oncall;
 mod prod;

@@ -1,7 +1,7 @@
-//! Notifications and metrics against real receivers that check what arrives; secrets
-//! (webhook path, routing key, SMTP password) never appear in any output.
-
-use std::time::Duration;
+//! Notifications against real receivers that check what arrives; secrets (webhook path,
+//! routing key, SMTP password) never appear in any output. Metrics (`metrics::push`,
+//! `metrics::query`) are tested against a real Pushgateway and Prometheus in
+//! tests/observability.rs.
 
 use crate::harness::{INVENTORY, Output, Test};
 use crate::receivers::{self, Http};
@@ -243,47 +243,6 @@ fn an_smtp_server_with_an_untrusted_certificate_is_refused_as_a_warning() {
         .run();
     out.code(0).stderr_has("email notification failed");
     assert!(server.mails.lock().unwrap().is_empty());
-}
-
-#[test]
-fn metrics_are_pushed_in_the_text_format_and_queries_return_one_number() {
-    let s = Http::start(Box::new(|_, r| {
-        if r.path.starts_with("/api/v1/query") {
-            let body = if r.path.contains("up") {
-                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"99.7"]}]}}"#
-            } else {
-                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#
-            };
-            (200, body.into(), Duration::ZERO)
-        } else {
-            (200, String::new(), Duration::ZERO)
-        }
-    }));
-    let extra = format!(
-        "[metrics]\npushgateway = \"{}\"\nprometheus = \"{}\"\n",
-        s.url(""),
-        s.url("")
-    );
-    let out = project(&extra, "metrics::push(#{ release: \"r1\", success: true, duration_ms: 1500 });\nprint(metrics::query(\"sum(up)\"));\nmetrics::query(\"nothing\");")
-        .args(&["run", "n", "-e", "dev"])
-        .run();
-    out.code(1)
-        .stdout_has("99.7")
-        .stderr_has("returned no series");
-    let got = s.received();
-    let push = got.iter().find(|r| r.method == "PUT").expect("a push");
-    assert_eq!(push.path, "/metrics/job/runbook/env/dev");
-    assert!(
-        push.body.contains(
-            "runbook_deploy_duration_seconds{app=\"t\",env=\"dev\",release=\"r1\"} 1.5\n"
-        ),
-        "{}",
-        push.body
-    );
-    assert!(
-        push.body
-            .contains("runbook_deploy_success{app=\"t\",env=\"dev\",release=\"r1\"} 1\n")
-    );
 }
 
 #[test]

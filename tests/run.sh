@@ -36,6 +36,9 @@ required=(
   "shellcheck:shellcheck"
   "sudo:sudo"
   "promtool:prometheus"
+  "/usr/bin/prometheus:prometheus"
+  "/usr/bin/prometheus-pushgateway:prometheus-pushgateway"
+  "/usr/bin/mtail:mtail"
 )
 
 missing=()

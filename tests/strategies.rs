@@ -17,6 +17,7 @@ use crate::harness::{Output, Test};
 use crate::laravel::Repo;
 use crate::receivers::Http;
 use crate::support::balancer::Balancer;
+use crate::support::prometheus::Observability;
 use crate::web::{self, WebStack};
 
 /// One answer seen by the load generator.
@@ -673,25 +674,29 @@ fn a_canary_that_passes_its_gates_is_promoted_and_advisory_mode_only_reports() {
 
 #[test]
 fn a_canary_gated_by_prometheus_stops_when_the_query_says_so() {
+    // The real metrics stack first: Prometheus' first scrape overlaps the fleet's start.
+    let Some(obs) = Observability::start() else {
+        return;
+    };
     let Some(s) = stack() else { return };
     let stable = s.first_release();
-    // Prometheus' HTTP API: the canary's success rate is 97%, below the 99.5% gate.
-    let prometheus = Http::start(Box::new(|_, r| {
-        let body = if r.path.starts_with("/api/v1/query") {
-            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"97.0"]}]}}"#
-        } else {
-            r#"{"status":"error","error":"unexpected"}"#
-        };
-        (200, body.into(), Duration::ZERO)
-    }));
+    // The canary's success rate, 97% (below the 99.5% gate), as Prometheus answers it: a
+    // gauge in the Pushgateway, scraped.
+    obs.pushgateway
+        .put(
+            "canary",
+            "# TYPE canary_success_percent gauge\ncanary_success_percent 97\n",
+        )
+        .unwrap();
+    obs.prometheus
+        .wait_for_value("canary_success_percent", 30)
+        .unwrap();
+    let asked = obs.prometheus.queries_answered();
     let mut inventory = s.inventory().replace(
         "canary = { window = \"4s\", checks = 2, rate = 50 }",
         "canary = { window = \"2s\", checks = 2, query = \"canary_success_percent\" }",
     );
-    inventory.push_str(&format!(
-        "\n[metrics]\nprometheus = \"{}\"\n",
-        prometheus.url("")
-    ));
+    inventory.push_str(&format!("\n{}", obs.inventory()));
     let project = s
         .project()
         .file("runbook.toml", &inventory)
@@ -699,12 +704,10 @@ fn a_canary_gated_by_prometheus_stops_when_the_query_says_so() {
     let out = project.run();
     out.code(1)
         .stderr_has("canary gate failed at 10%: 97.0% success (Prometheus: canary_success_percent");
-    let queries = prometheus.received();
     assert!(
-        queries
-            .iter()
-            .any(|r| r.path.contains("canary_success_percent")),
-        "the gate never asked Prometheus: {queries:?}"
+        obs.prometheus.queries_answered() > asked,
+        "the gate never asked Prometheus:\n{}",
+        out.stderr
     );
     assert!(
         s.lb.traffic().contains("{ * stable; }"),

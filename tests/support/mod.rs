@@ -10,7 +10,10 @@
 pub mod balancer;
 pub mod host;
 pub mod mariadb;
+pub mod mtail; // mtail over the balancer's access log: the seed's askproai_http_* metrics
 pub mod prod;
+pub mod prometheus; // Prometheus + Pushgateway + mtail, one call: prometheus::Observability::start
+pub mod pushgateway;
 pub mod redis;
 pub mod supervisor;
 pub mod web_host;
