@@ -256,9 +256,12 @@ fi
 mkdir -p "$root/.runbook/bad"
 # The release left is judged bad — unless the target is newer (a host brought forward
 # to what the others serve is not a verdict on the one it was on).
-made() { sed -n 's/.*"created_at":"\([^"]*\)".*/\1/p' "$root/.runbook/releases/$1.json" 2>/dev/null; }
+made() { sed -n 's/.*"created_at":"\([^"]*\)".*/\1/p' "$root/.runbook/releases/$1.json" 2>/dev/null || true; }
 newer=no
-if [ -n "$cur" ]; then a=$(made "$cur"); b=$(made "$target"); [ -n "$a" ] && [ -n "$b" ] && [ "$b" \> "$a" ] && newer=yes; fi
+if [ -n "$cur" ]; then
+  a=$(made "$cur"); b=$(made "$target")
+  if [ -n "$a" ] && [ -n "$b" ] && [ "$a" != "$b" ] && [ "$(printf '%s\n%s\n' "$a" "$b" | sort | tail -n 1)" = "$b" ]; then newer=yes; fi
+fi
 [ -z "$cur" ] || [ "$cur" = "$target" ] || [ "$newer" = yes ] || touch "$root/.runbook/bad/$cur"
 rm -f "$root/.runbook/bad/$target"
 tmp=$root/.current.$target.$$

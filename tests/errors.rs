@@ -104,7 +104,7 @@ fn a_bad_option_key_lists_the_valid_ones() {
         .args(&["run", "o", "-e", "dev"])
         .run()
         .code(1)
-        .stderr_has("unknown option `tolerat` (options: cwd, env, timeout, tolerate, stdin, sudo, quiet, concurrency, batch, max_fail, fail, pause)");
+        .stderr_has("unknown option `tolerat` (options: cwd, env, timeout, tolerate, stdin, sudo, quiet, concurrency, batch, max_fail, fail, pause, read)");
 }
 
 #[test]

@@ -12,7 +12,6 @@ use crate::transport::{CommandSpec, Program};
 
 const OPTION_KEYS: &[&str] = &[
     "cwd",
-    "read",
     "env",
     "timeout",
     "tolerate",
@@ -24,6 +23,7 @@ const OPTION_KEYS: &[&str] = &[
     "max_fail",
     "fail",
     "pause",
+    "read",
 ];
 
 pub struct Call {
