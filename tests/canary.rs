@@ -521,3 +521,104 @@ fn a_cohort_stays_on_one_release_and_the_allowlist_sees_the_canary_from_the_firs
         );
     }
 }
+
+/// The traffic files `traffic::snippet` writes for `percent` and `allowlist` (a Rhai map),
+/// printed by a script (nothing connects: the snippet only reads the inventory).
+fn snippets(cases: &[(u32, &str)]) -> Vec<String> {
+    let calls: String = cases
+        .iter()
+        .map(|(p, allow)| format!("print(traffic::snippet({p}, {allow}) + \"=====\");\n"))
+        .collect();
+    let out = crate::harness::Test::bare()
+        .file(
+            "runbook.toml",
+            "[app]\nname = \"t\"\ndeploy_path = \"/var/www/app\"\n\n[env.prod]\nhosts = { lb1 = { address = \"127.0.0.1\" } }\n\n[env.prod.vars]\ntraffic = { host = \"lb1\", file = \"/etc/nginx/runbook/traffic.conf\" }\n",
+        )
+        .file("scripts/t.rhai", &format!("import \"traffic\" as traffic;\n{calls}"))
+        .args(&["run", "t", "-e", "prod", "-q"])
+        .run();
+    out.code(0);
+    out.stdout
+        .split("=====")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_example_balancer_is_valid_nginx_with_every_traffic_file_runbook_writes() {
+    let Some(()) = crate::support::available(
+        "nginx",
+        crate::support::missing(&[("/usr/sbin/nginx", "nginx")]).map_or(Ok(()), Err),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let lb = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/nginx/lb.conf"
+    ))
+    .unwrap()
+    .replace(
+        "/etc/nginx/runbook/traffic.conf",
+        &format!("{d}/traffic.conf"),
+    )
+    .replace("/var/log/nginx/runbook.log", &format!("{d}/runbook.log"))
+    .replace("listen 443 ssl http2;", "listen 127.0.0.1:9;");
+    std::fs::write(
+        dir.path().join("nginx.conf"),
+        format!("pid {d}/nginx.pid;\nevents {{}}\nhttp {{\n{lb}\n}}\n"),
+    )
+    .unwrap();
+    let cases = [
+        (0, "#{}"),
+        (10, "#{}"),
+        (25, "#{ allow_header: \"X-Canary: staff\" }"),
+        (
+            50,
+            "#{ allow_addresses: [\"10.20.0.0/16\", \"192.0.2.7\"] }",
+        ),
+        (
+            10,
+            "#{ allow_header: \"X-Canary: staff\", allow_addresses: \"192.0.2.7\" }",
+        ),
+        (100, "#{ allow_header: \"X-Canary: staff\" }"),
+    ];
+    let files = snippets(&cases);
+    assert_eq!(files.len(), cases.len(), "{files:?}");
+    for (file, case) in files.iter().zip(&cases) {
+        std::fs::write(dir.path().join("traffic.conf"), file).unwrap();
+        let t = std::process::Command::new("/usr/sbin/nginx")
+            .arg("-t")
+            .arg("-q")
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .output()
+            .unwrap();
+        assert!(
+            t.status.success(),
+            "nginx -t refused lb.conf with the traffic file of {case:?}:\n{file}\n{}",
+            String::from_utf8_lossy(&t.stderr)
+        );
+    }
+    // The allowlist only exists while a canary takes traffic.
+    assert!(
+        files[0].contains("{ * stable; }") && !files[0].contains("allow"),
+        "{}",
+        files[0]
+    );
+    assert!(
+        files[2].contains("map $http_x_canary $runbook_allow_header { default 0; \"staff\" 1; }"),
+        "{}",
+        files[2]
+    );
+    assert!(
+        files[3].contains("geo $runbook_allow_address { default 0; 10.20.0.0/16 1; 192.0.2.7 1; }"),
+        "{}",
+        files[3]
+    );
+}

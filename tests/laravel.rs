@@ -13,7 +13,8 @@ use crate::web::WebStack;
 /// test app at tag v1; v2 adds a migration; v3-flaky and v4-broken answer 5% and 100% of
 /// health checks with 500; v5-slow-migration is healthy again with a migration that takes
 /// 3 s; v7-fail-1pct fails exactly one answer in 100 on each host and v8-slow answers
-/// 200 ms slower (both v2 otherwise). Each tag's `App\Build::NAME` is the tag, so the code that runs names itself.
+/// 200 ms slower (both v2 otherwise). Each tag's `App\Build::NAME` is the tag, so the code
+/// that runs names itself.
 pub struct Repo {
     pub path: PathBuf,
 }
