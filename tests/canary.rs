@@ -622,3 +622,49 @@ fn the_example_balancer_is_valid_nginx_with_every_traffic_file_runbook_writes() 
         files[3]
     );
 }
+
+/// Benchmark (not a test): one window of 100,000 access-log lines (both pools) read over
+/// SSH from the balancer's host with `traffic::read_log` and judged by `canary::judge`,
+/// timed inside the script (so runbook's start and the SSH connection are not counted;
+/// the connection is opened by `log_position` before the first timed read).
+/// `cargo test --test integration bench_judging -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: cargo test --test integration bench_judging -- --ignored --nocapture"]
+fn bench_judging_a_window_of_100k_access_log_lines_read_over_ssh() {
+    let Some(f) = ProdFleet::start() else { return };
+    let mut log = String::with_capacity(3_000_000);
+    for i in 0..100_000u32 {
+        let pool = if i % 10 == 0 { "next" } else { "stable" };
+        let status = if i % 997 == 0 { 502 } else { 200 };
+        log.push_str(&format!(
+            "1767225600.{:03} {pool} {status} 0.{:03}\n",
+            i % 1000,
+            20 + i % 61
+        ));
+    }
+    std::fs::write(f.lb.dir.join("access.log"), &log).unwrap();
+    let script = "import \"traffic\" as traffic;\n\
+        let end = traffic::log_position();\n\
+        let from = #{ offset: 0, inode: end.inode };\n\
+        for i in 0..4 {\n\
+            let t = now_ms();\n\
+            let got = traffic::read_log(from);\n\
+            let read = now_ms() - t;\n\
+            let v = canary::judge(got.text, #{});\n\
+            print(`run ${i}: read ${read} ms, read + judge ${now_ms() - t} ms, ${v.lines.judged} lines, ${v.outcome}`);\n\
+        }\n\
+        let t = now_ms();\n\
+        let raw = ssh::run(host(context().env.vars.traffic.host), [\"cat\", context().env.vars.traffic.access_log], #{ quiet: true });\n\
+        print(`for comparison, a plain cat over ssh: ${now_ms() - t} ms, ${raw.stdout.len()} characters`);\n";
+    let out = f
+        .project_with(&inventory(&f, ""))
+        .file("scripts/bench.rhai", script)
+        .args(&["run", "bench", "-e", "prod", "-q"])
+        .run();
+    out.code(0);
+    eprintln!(
+        "100,000 access-log lines ({} bytes) over SSH:\n{}",
+        log.len(),
+        out.stdout
+    );
+}
