@@ -668,3 +668,76 @@ fn bench_judging_a_window_of_100k_access_log_lines_read_over_ssh() {
         out.stdout
     );
 }
+
+#[test]
+fn the_access_log_is_read_from_where_the_step_began_and_again_from_the_start_after_a_rotation() {
+    let Some(f) = ProdFleet::start() else { return };
+    let log = f.lb.dir.join("access.log");
+    let line = |i: u32| format!("1767225600.{i:03} next 200 0.010\n");
+    std::fs::write(&log, (0..3).map(line).collect::<String>()).unwrap();
+    let script = "import \"traffic\" as traffic;\n\
+        let got = if \"offset\" in args {\n\
+            traffic::read_log(#{ offset: parse_int(args.offset), inode: args.inode })\n\
+        } else {\n\
+            #{ text: \"\", position: traffic::log_position(), rotated: false }\n\
+        };\n\
+        print(`${got.position.offset} ${got.position.inode} ${got.rotated}`);\n\
+        print(got.text);\n";
+    let project = f
+        .project_with(&inventory(&f, ""))
+        .file("scripts/read.rhai", script);
+    // (offset, inode, rotated, text) after reading from `from`, or the position now.
+    let read = |from: Option<&(u64, String)>| -> (u64, String, bool, String) {
+        let mut args = vec![
+            "run".to_owned(),
+            "read".into(),
+            "-e".into(),
+            "prod".into(),
+            "-q".into(),
+        ];
+        if let Some((offset, inode)) = from {
+            args.push(format!("offset={offset}"));
+            args.push(format!("inode={inode}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = project.run_with(&args);
+        out.code(0);
+        let (head, text) = out.stdout.split_once('\n').unwrap_or((&out.stdout, ""));
+        let h: Vec<&str> = head.split(' ').collect();
+        assert_eq!(h.len(), 3, "{}", out.stdout);
+        (
+            h[0].parse().unwrap(),
+            h[1].to_owned(),
+            h[2] == "true",
+            text.trim_end().to_owned(),
+        )
+    };
+    let (size, inode, _, _) = read(None);
+    assert_eq!(size, std::fs::metadata(&log).unwrap().len());
+    // Two lines appended since the step began: exactly those are read.
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    file.write_all(format!("{}{}", line(3), line(4)).as_bytes())
+        .unwrap();
+    let (offset, same, rotated, text) = read(Some(&(size, inode.clone())));
+    assert_eq!((same.as_str(), rotated), (inode.as_str(), false));
+    assert_eq!(text, format!("{}{}", line(3), line(4)).trim_end());
+    assert_eq!(offset, std::fs::metadata(&log).unwrap().len());
+    // Nothing new: nothing read.
+    let (_, _, _, text) = read(Some(&(offset, inode.clone())));
+    assert_eq!(text, "");
+    // Rotated (renamed, a new file): the whole new file, flagged.
+    std::fs::rename(&log, f.lb.dir.join("access.log.1")).unwrap();
+    std::fs::write(&log, line(5)).unwrap();
+    let (after, new_inode, rotated, text) = read(Some(&(offset, inode.clone())));
+    assert!(rotated && new_inode != inode, "{new_inode} {inode}");
+    assert_eq!(
+        (after, text),
+        (line(5).len() as u64, line(5).trim_end().to_owned())
+    );
+    // Truncated in place (copytruncate) after the last read had seen it bigger: smaller
+    // than the offset, read from the start.
+    std::fs::write(&log, line(6)).unwrap();
+    let (_, _, rotated, text) = read(Some(&(after + 100, new_inode)));
+    assert!(rotated);
+    assert_eq!(text, line(6).trim_end());
+}
