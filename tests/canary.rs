@@ -348,10 +348,12 @@ fn a_cohort_stays_on_one_release_and_the_allowlist_sees_the_canary_from_the_firs
     let inv = inventory(
         &f,
         &format!(
-            "canary = {{ window = \"5s\", checks = 1, min_requests = 20, allow_header = \"X-Canary: staff\", allow_addresses = [\"{address}\"] }}"
+            "canary = {{ window = \"5s\", checks = 1, min_requests = 20, advisory = true, allow_header = \"X-Canary: staff\", allow_addresses = [\"{address}\"] }}"
         ),
     );
     let stable = stable(&f, &inv);
+    // Advisory: this test is about who lands where, so a judgement on a busy machine
+    // (a cold cache in a short window) must not end the rollout half-way.
     // 40 clients get their cookie now, before the rollout (everyone on stable).
     let mut clients: Vec<Client> = (0..40)
         .map(|_| Client {
@@ -464,7 +466,8 @@ fn a_cohort_stays_on_one_release_and_the_allowlist_sees_the_canary_from_the_firs
     for r in reports(&out) {
         eprintln!("{r}");
     }
-    out.code(0);
+    let tail: Vec<String> = messages(&out).into_iter().rev().take(8).collect();
+    assert_eq!(out.code, 0, "the rollout did not finish: {tail:#?}");
     let canary = f.current("web1");
     assert_ne!(canary, stable);
     let seen = seen.lock().unwrap().clone();
