@@ -47,7 +47,7 @@ done
 for i in $(seq 1 "$N"); do
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.4.$i/22) 2>/dev/null && break; sleep 0.05; done
 done
-chmod 644 "$W/id" "$W/known_hosts"
+chmod 644 "$W/known_hosts"
 mkdir -p "$W/p/scripts"
 {
   printf '[app]\nname = "bench"\ndeploy_path = "/unused"\nshared_files = []\n\n[ssh]\nuser = "deploy"\nidentity_file = "%s/id"\nknown_hosts = "%s/known_hosts"\n\n' "$W" "$W"

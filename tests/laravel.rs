@@ -12,7 +12,9 @@ use crate::web::WebStack;
 /// A bare git repository (owned by the deploy user, as on a real git server) holding the
 /// test app at tag v1; v2 adds a migration; v3-flaky and v4-broken answer 5% and 100% of
 /// health checks with 500; v5-slow-migration is healthy again with a migration that takes
-/// 3 s. Each tag's `App\Build::NAME` is the tag, so the code that runs names itself.
+/// 3 s; v7-fail-1pct fails exactly one answer in 100 on each host and v8-slow answers
+/// 200 ms slower (both v2 otherwise). Each tag's `App\Build::NAME` is the tag, so the code
+/// that runs names itself.
 pub struct Repo {
     pub path: PathBuf,
 }
@@ -79,6 +81,23 @@ impl Repo {
             git(&work, &["commit", "-qm", tag]);
             git(&work, &["tag", tag]);
         }
+        // Canary subjects beside v2 (no migration of their own): one answer in 100 fails
+        // on each host (v7-fail-1pct, below the 99.5% gate); every answer 200 ms slower but
+        // all successful (v8-slow).
+        git(&work, &["checkout", "-q", "-b", "canary-subjects", "v2"]);
+        for (file, value, tag) in [
+            ("FAIL_EVERY", "100", "v7-fail-1pct"),
+            ("SLOW_MS", "200", "v8-slow"),
+        ] {
+            let _ = std::fs::remove_file(work.join("FAIL_RATE"));
+            let _ = std::fs::remove_file(work.join("FAIL_EVERY"));
+            std::fs::write(work.join(file), value).unwrap();
+            build(tag);
+            git(&work, &["add", "-A"]);
+            git(&work, &["commit", "-qm", tag]);
+            git(&work, &["tag", tag]);
+        }
+        git(&work, &["checkout", "-q", "main"]);
         // Healthy again, with a migration that takes 3 s (one shared database: it must
         // run once, and nobody may start it a second time meanwhile).
         std::fs::remove_file(work.join("FAIL_RATE")).unwrap();

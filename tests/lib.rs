@@ -5,6 +5,7 @@ mod support;
 
 mod alerts; // the seed's Prometheus alert rules, checked and unit-tested by promtool
 mod backup;
+mod canary; // the canary judged on real traffic (the access log), sticky cohorts, the allowlist
 mod check;
 mod ci;
 mod errors;

@@ -703,7 +703,7 @@ fn a_canary_gated_by_prometheus_stops_when_the_query_says_so() {
         .args(&["run", "canary", "-e", "prod", "ref=v2"]);
     let out = project.run();
     out.code(1)
-        .stderr_has("canary gate failed at 10%: 97.0% success (Prometheus: canary_success_percent");
+        .stderr_has("canary gate failed at 10%: canary success 97.00% is below 99.5% (Prometheus: canary_success = canary_success_percent)");
     assert!(
         obs.prometheus.queries_answered() > asked,
         "the gate never asked Prometheus:\n{}",

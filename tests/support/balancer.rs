@@ -1,6 +1,7 @@
 //! nginx as a load balancer in front of the web hosts: upstream `stable` (their
-//! `current`) and `next` (their `next`), chosen per request by `$runbook_pool` from the
-//! traffic file runbook writes (`vars.traffic`). It runs as the deploy user, so that
+//! `current`) and `next` (their `next`), chosen by `$runbook_pool` from the traffic file
+//! runbook writes (`vars.traffic`), per sticky cohort (the `runbook_cohort` cookie it
+//! sets), with an access log in the canary judge's format (`access.log`). It runs as the deploy user, so that
 //! runbook can steer it over SSH like a real one: on this machine ([`Balancer::start`],
 //! for fleets that share its disk) or on a host of its own ([`Balancer::start_on`], for
 //! the production-shaped fleet, where each host has its own /run and PID namespace).
@@ -22,6 +23,10 @@ pub struct Balancer {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// Sticky cohorts, as in examples/nginx/lb.conf: the `runbook_cohort` cookie, or for a
+/// client without one this request's id — which the answer then sets as its cookie.
+const COHORT: &str = "  map $cookie_runbook_cohort $runbook_cohort { \"\" $request_id; default $cookie_runbook_cohort; }\n  map $cookie_runbook_cohort $runbook_cohort_cookie { \"\" \"runbook_cohort=$request_id; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax\"; default \"\"; }\n";
+
 fn config(inside: &Path, addr: &str, port: u16, stable: &[String], next: &[String]) -> String {
     let servers = |s: &[String]| -> String {
         s.iter()
@@ -30,7 +35,7 @@ fn config(inside: &Path, addr: &str, port: u16, stable: &[String], next: &[Strin
             .join(" ")
     };
     format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 512; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/t-body;\n  proxy_temp_path {d}/t-proxy;\n  fastcgi_temp_path {d}/t-fcgi;\n  uwsgi_temp_path {d}/t-uwsgi;\n  scgi_temp_path {d}/t-scgi;\n  upstream stable {{ {s} }}\n  upstream next {{ {n} }}\n  include {d}/traffic.conf;\n  server {{\n    listen {addr}:{port};\n    location / {{ proxy_pass http://$runbook_pool; proxy_set_header Host $host; }}\n  }}\n}}\n",
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 512; }}\nhttp {{\n  client_body_temp_path {d}/t-body;\n  proxy_temp_path {d}/t-proxy;\n  fastcgi_temp_path {d}/t-fcgi;\n  uwsgi_temp_path {d}/t-uwsgi;\n  scgi_temp_path {d}/t-scgi;\n  upstream stable {{ {s} }}\n  upstream next {{ {n} }}\n{COHORT}  include {d}/traffic.conf;\n  log_format runbook '$msec $runbook_pool $status $request_time';\n  access_log {d}/access.log runbook;\n  server {{\n    listen {addr}:{port};\n    location / {{ proxy_pass http://$runbook_pool; proxy_set_header Host $host; add_header Set-Cookie $runbook_cohort_cookie always; }}\n  }}\n}}\n",
         d = inside.display(),
         s = servers(stable),
         n = servers(next),
@@ -44,7 +49,7 @@ fn write_files(dir: &Path, text: &str) -> Result<(), String> {
     host::write(&dir.join("nginx.conf"), text, 0o644, Some(deploy))?;
     host::write(
         &dir.join("traffic.conf"),
-        "split_clients \"$request_id\" $runbook_pool { * stable; }\n",
+        "split_clients \"$runbook_cohort\" $runbook_pool { * stable; }\n",
         0o644,
         Some(deploy),
     )
@@ -142,6 +147,26 @@ impl Balancer {
     /// The traffic file, as the balancer's machine sees it (for `vars.traffic.file`).
     pub fn traffic_file(&self) -> String {
         self.inside.join("traffic.conf").display().to_string()
+    }
+
+    /// The access log in the judge's format (`log_format runbook`), as the balancer's
+    /// machine sees it (for `vars.traffic.access_log`).
+    pub fn access_log(&self) -> String {
+        self.inside.join("access.log").display().to_string()
+    }
+
+    /// The access log's lines, as this machine reads them.
+    pub fn access_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The traffic file, as this machine sees it.
+    pub fn traffic_file_here(&self) -> PathBuf {
+        self.dir.join("traffic.conf")
     }
 
     pub fn traffic(&self) -> String {
