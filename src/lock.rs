@@ -807,30 +807,38 @@ pub fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, St
         .iter()
         .zip(outcomes)
         .map(|(t, o)| match o {
-            HostOutcome::Done(Ok(r)) => {
-                let mut st = HostState {
-                    host: t.name().to_owned(),
-                    ..HostState::default()
-                };
-                for line in r.stdout.lines() {
-                    let (k, v) = line.split_once('\t').unwrap_or((line, ""));
-                    match k {
-                        "current" => st.current = v.to_owned(),
-                        "down" => st.down = v == "yes",
-                        "holder" => st.holder = serde_json::from_str(v).ok(),
-                        "beat" => st.beat_age = v.parse().ok(),
-                        "progress" => st.progress.push(v.to_owned()),
-                        "temporary" => st.temporaries.push(v.to_owned()),
-                        "freeze" => st.freeze = serde_json::from_str(v).ok(),
-                        _ => {}
-                    }
-                }
-                Ok(st)
-            }
+            HostOutcome::Done(Ok(r)) => Ok(parse_state(t.name(), &r.stdout)),
             HostOutcome::Done(Err(e)) => Err(e.to_string()),
             HostOutcome::Skipped => Err("not reached".to_owned()),
         })
         .collect()
+}
+
+/// The state script (`sh -c TEXT sh ROOT`), for a caller that reads more in one trip.
+pub(crate) fn state_script() -> String {
+    Script::State.text()
+}
+
+/// A host's state from what the state script printed.
+pub(crate) fn parse_state(host: &str, stdout: &str) -> HostState {
+    let mut st = HostState {
+        host: host.to_owned(),
+        ..HostState::default()
+    };
+    for line in stdout.lines() {
+        let (k, v) = line.split_once('\t').unwrap_or((line, ""));
+        match k {
+            "current" => st.current = v.to_owned(),
+            "down" => st.down = v == "yes",
+            "holder" => st.holder = serde_json::from_str(v).ok(),
+            "beat" => st.beat_age = v.parse().ok(),
+            "progress" => st.progress.push(v.to_owned()),
+            "temporary" => st.temporaries.push(v.to_owned()),
+            "freeze" => st.freeze = serde_json::from_str(v).ok(),
+            _ => {}
+        }
+    }
+    st
 }
 
 /// Removes dead run `dead`'s lock and lock temporaries on every target (never another

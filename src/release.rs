@@ -1246,6 +1246,11 @@ pub fn lists(effects: &Effects, targets: &[Target]) -> Vec<Result<Vec<Listed>, S
         .collect()
 }
 
+/// The release list script (`sh -c TEXT sh ROOT`), for a caller that reads more in one trip.
+pub(crate) fn list_script() -> &'static str {
+    LIST
+}
+
 fn list_spec(target: &Target) -> CommandSpec {
     let mut spec = script("release: list".into(), LIST, &[&root(target)]);
     spec.quiet = true;
@@ -1253,7 +1258,7 @@ fn list_spec(target: &Target) -> CommandSpec {
     spec
 }
 
-fn parse_list(stdout: &str) -> Vec<Listed> {
+pub(crate) fn parse_list(stdout: &str) -> Vec<Listed> {
     stdout
         .lines()
         .filter_map(|line| {

@@ -131,9 +131,7 @@ pub struct FleetStatus {
 pub fn read(effects: &Effects, env: &Environment) -> FleetStatus {
     let clock = std::time::Instant::now();
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
-    let states = crate::lock::states(effects, &targets);
-    let lists = crate::release::lists(effects, &targets);
-    let probes = probe(effects, env, &targets);
+    let (states, lists, probes) = read_hosts(effects, env, &targets);
     let served = health(effects, env);
     let now = chrono::Utc::now();
     let mut hosts = Vec::new();
@@ -243,7 +241,21 @@ struct Probe {
     workers: Option<u64>,
 }
 
-fn probe(effects: &Effects, env: &Environment, targets: &[Target]) -> BTreeMap<String, Probe> {
+type HostReads = (
+    Vec<Result<crate::lock::HostState, String>>,
+    Vec<Result<Vec<Listed>, String>>,
+    BTreeMap<String, Probe>,
+);
+
+/// One round trip per host, all hosts at once: the lock's state, the release list and the
+/// probe, each in its own subshell, their outputs apart by marker lines.
+fn read_hosts(effects: &Effects, env: &Environment, targets: &[Target]) -> HostReads {
+    let script = format!(
+        "( {}\n)\necho '@@runbook-list'\n( {}\n)\necho '@@runbook-probe'\n( {}\n)\n",
+        crate::lock::state_script(),
+        crate::release::list_script(),
+        PROBE
+    );
     let fan = FanOut {
         fail_fast: false,
         ..FanOut::new()
@@ -257,37 +269,59 @@ fn probe(effects: &Effects, env: &Environment, targets: &[Target]) -> BTreeMap<S
             Target::Local => (String::new(), false),
         };
         let mut spec = CommandSpec::script(
-            "status: disk and workers",
-            PROBE,
+            "status: what the host is",
+            &script,
             &[&root, &env.backup_dir, if worker { "1" } else { "0" }],
         );
         spec.quiet = true;
-        spec.tolerate = true;
+        spec.read = true;
         spec
     };
-    let mut out = BTreeMap::new();
+    let mut states = Vec::new();
+    let mut lists = Vec::new();
+    let mut probes = BTreeMap::new();
     for (t, o) in targets
         .iter()
         .zip(effects.run_many_with(targets, &build, &fan))
     {
-        let HostOutcome::Done(Ok(r)) = o else {
-            continue;
-        };
-        let mut p = Probe::default();
-        for line in r.stdout.lines() {
-            let (k, v) = line.split_once('\t').unwrap_or((line, ""));
-            let v = v.trim().parse().ok();
-            match k {
-                "free" => p.free_kb = v,
-                "release" => p.release_kb = v,
-                "backup" => p.backup_kb = v,
-                "workers" => p.workers = v,
-                _ => {}
+        match o {
+            HostOutcome::Done(Ok(r)) => {
+                let (state, rest) = r
+                    .stdout
+                    .split_once("@@runbook-list\n")
+                    .unwrap_or((&r.stdout, ""));
+                let (list, probe) = rest.split_once("@@runbook-probe\n").unwrap_or((rest, ""));
+                states.push(Ok(crate::lock::parse_state(t.name(), state)));
+                lists.push(Ok(crate::release::parse_list(list)));
+                probes.insert(t.name().to_owned(), parse_probe(probe));
+            }
+            HostOutcome::Done(Err(e)) => {
+                states.push(Err(e.to_string()));
+                lists.push(Err(e.to_string()));
+            }
+            HostOutcome::Skipped => {
+                states.push(Err("not reached".to_owned()));
+                lists.push(Err("not reached".to_owned()));
             }
         }
-        out.insert(t.name().to_owned(), p);
     }
-    out
+    (states, lists, probes)
+}
+
+fn parse_probe(stdout: &str) -> Probe {
+    let mut p = Probe::default();
+    for line in stdout.lines() {
+        let (k, v) = line.split_once('\t').unwrap_or((line, ""));
+        let v = v.trim().parse().ok();
+        match k {
+            "free" => p.free_kb = v,
+            "release" => p.release_kb = v,
+            "backup" => p.backup_kb = v,
+            "workers" => p.workers = v,
+            _ => {}
+        }
+    }
+    p
 }
 
 /// The health path whose JSON answer names the release (`vars.health_path`, else the
