@@ -302,7 +302,7 @@ mod tests {
         let doc = "ssh::run(target: any, argv: array) -> any\nssh::shell(target: any, script: string) -> any\nhosts() -> HostSet\nhosts(role: string) -> HostSet\nhost(name: string) -> Host\n    docs\n";
         let inv = crate::inventory::Inventory::parse(
             std::path::Path::new("/p/runbook.toml"),
-            "[app]\nname=\"t\"\ndeploy_path=\"/d\"\n[env.p]\nhosts = { web1 = \"h\", web2 = \"h\", db1 = \"h\" }\nroles = { web = [\"web1\", \"web2\"] }\n",
+            "[app]\nname=\"t\"\ndeploy_path=\"/d\"\n[env.p]\nhosts = { web1 = \"h1\", web2 = \"h2\", db1 = \"h3\" }\nroles = { web = [\"web1\", \"web2\"] }\n",
         )
         .unwrap();
         ReplHelper::new(
