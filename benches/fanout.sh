@@ -6,10 +6,27 @@
 #
 # Needs root; installs openssh-server, pssh and ansible when missing. Every client uses
 # the same ssh binary and OpenSSH's default key exchange, so the comparison is fair.
+#
+# LINK="20ms/100mbit" (round trip / bandwidth per direction) puts benches/linkemu.py in front
+# of every host's sshd: host i's sshd stays on 127.0.3.i, every tool connects to the proxy on
+# 127.0.5.i (known_hosts, inventories and ssh_config name those addresses), which adds half
+# the round trip each way and caps each host's link, shared by all its connections.
+# LINK="20ms" delays without a cap. Unset (the default): loopback, no emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 N=${N:-50}
+LINK=${LINK:-}
+if [ -n "$LINK" ]; then
+  [[ "$LINK" =~ ^([0-9]+(\.[0-9]+)?)ms(/([0-9]+(\.[0-9]+)?)mbit)?$ ]] ||
+    { echo "fanout.sh: LINK='$LINK' is not RTTms[/MBITmbit], e.g. LINK=20ms/100mbit" >&2; exit 2; }
+  LINK_RTT=${BASH_REMATCH[1]} LINK_MBIT=${BASH_REMATCH[4]:-0}
+  NET=127.0.5 # the address every client uses: the emulator's, in front of 127.0.3.i
+  LINK_TEXT="$LINK_RTT ms RTT ($(awk -v r="$LINK_RTT" 'BEGIN {print r / 2}') ms each way), $([ "$LINK_MBIT" = 0 ] && echo "no bandwidth cap" || echo "$LINK_MBIT Mbit/s each direction per host"), through benches/linkemu.py"
+else
+  NET=127.0.3
+  LINK_TEXT="loopback, no link emulation"
+fi
 [ "$(id -u)" = 0 ] || { echo "fanout.sh: run as root (it starts sshd processes)" >&2; exit 2; }
 need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
@@ -45,13 +62,21 @@ for i in $(seq 1 "$N"); do
   printf 'ListenAddress %s:22\nHostKey %s/key\nPidFile none\nAllowUsers deploy\nUsePAM no\nUseDNS no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPrintMotd no\nMaxStartups 200:30:400\nMaxSessions 100\nLogLevel ERROR\n' "$a" "$d" > "$d/cfg"
   /usr/sbin/sshd -D -f "$d/cfg" -E "$d/log" </dev/null >/dev/null 2>&1 &
   PIDS+=($!)
-  echo "$a $(cut -d' ' -f1,2 "$d/key.pub")" >> "$W/known_hosts"
-  echo "$a" >> "$W/hosts"
-  echo "h$i ansible_host=$a" >> "$W/inventory.ini"
+  echo "$NET.$i $(cut -d' ' -f1,2 "$d/key.pub")" >> "$W/known_hosts"
+  echo "$NET.$i" >> "$W/hosts"
+  echo "h$i ansible_host=$NET.$i" >> "$W/inventory.ini"
+  echo "$NET.$i:22=$a:22" >> "$W/maps"
 done
 for i in $(seq 1 "$N"); do
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.3.$i/22) 2>/dev/null && break; sleep 0.05; done
 done
+if [ -n "$LINK" ]; then
+  python3 benches/linkemu.py --delay-ms "$(awk -v r="$LINK_RTT" 'BEGIN {print r / 2}')" --mbit "$LINK_MBIT" \
+    --maps "$W/maps" --ready "$W/link-ready" 2>"$W/linkemu.log" &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do [ -s "$W/link-ready" ] && break; sleep 0.05; done
+  [ -s "$W/link-ready" ] || { echo "fanout.sh: the link emulator did not start:" >&2; cat "$W/linkemu.log" >&2; exit 1; }
+fi
 cat >> "$W/inventory.ini" <<INI
 [web:vars]
 ansible_user=deploy
@@ -59,14 +84,14 @@ ansible_ssh_private_key_file=$W/id
 ansible_ssh_common_args=-o UserKnownHostsFile=$W/known_hosts -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o ControlMaster=auto -o ControlPersist=60s -o ControlPath=$W/cm/a-%C
 ansible_python_interpreter=/usr/bin/python3
 INI
-printf 'Host 127.0.3.*\n  User deploy\n  IdentityFile %s/id\n  IdentitiesOnly yes\n  UserKnownHostsFile %s/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n' "$W" "$W" > "$W/ssh_config"
+printf 'Host 127.0.3.* 127.0.5.*\n  User deploy\n  IdentityFile %s/id\n  IdentitiesOnly yes\n  UserKnownHostsFile %s/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n' "$W" "$W" > "$W/ssh_config"
 
 # runbook inventory: one environment per fleet size
 {
   printf '[app]\nname = "bench"\ndeploy_path = "/home/deploy/app"\n[ssh]\nuser = "deploy"\nidentity_file = "%s/id"\nknown_hosts = "%s/known_hosts"\nmax_concurrency = 64\n' "$W" "$W"
   for n in $SIZES; do
     printf '[env.b%s]\nhosts = { ' "$n"
-    for i in $(seq 1 "$n"); do printf 'h%s = "127.0.3.%s"%s' "$i" "$i" "$([ "$i" = "$n" ] || echo ', ')"; done
+    for i in $(seq 1 "$n"); do printf 'h%s = "%s.%s"%s' "$i" "$NET" "$i" "$([ "$i" = "$n" ] || echo ', ')"; done
     printf ' }\n'
   done
 } > "$W/runbook.toml"
@@ -108,6 +133,8 @@ ansible_close() { for s in "$W"/cm/a-*; do [ -S "$s" ] && ssh -o ControlPath="$s
 ansible_cold() { ansible_close; ansible_run "$@"; }
 
 cd "$W"
+echo "Link: $LINK_TEXT."
+echo
 echo "## uptime, cold (new connections each run), median of $RUNS, seconds"
 echo
 echo "| hosts | runbook | parallel-ssh -p 50 | ansible -m raw | ansible -m command | plain ssh (1 host) |"
