@@ -561,8 +561,17 @@ fn in_a_terminal_the_repl_completes_hints_and_survives_ctrl_c() {
     term.wait_for("dev> ssh::shell", 10);
     term.type_text("(");
     term.wait_for("target: any, script: String", 10);
-    // Ctrl-C clears the line; the REPL stays.
+    // Ctrl-C clears the line; the REPL stays (and takes keys again at its new prompt).
     term.press("C-c");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while term.screen().matches("dev>").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new prompt after Ctrl-C:\n{}",
+            term.screen()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     term.type_text("1 + 1");
     term.press("Enter");
     term.wait_for("2\n", 10);
