@@ -393,15 +393,18 @@ fn a_dry_run_of_a_second_deploy_reads_the_fleet_and_shows_what_would_change_touc
     f.run("deploy", &["ref=v1", "-q"]).code(0);
     let v1 = f.current("web1");
     let hosts = ["web1", "web2", "worker1"];
-    let before: Vec<Vec<String>> = hosts
-        .iter()
-        .flat_map(|h| {
-            [
-                snapshot(&f.path(h, "/var/www/app")),
-                snapshot(&f.path(h, "/var/backups/app")),
-            ]
-        })
-        .collect();
+    let every_host = || -> Vec<Vec<String>> {
+        hosts
+            .iter()
+            .flat_map(|h| {
+                [
+                    snapshot(&f.path(h, "/var/www/app")),
+                    snapshot(&f.path(h, "/var/backups/app")),
+                ]
+            })
+            .collect()
+    };
+    let before = every_host();
     let tables = f.sql("show tables");
     std::thread::sleep(Duration::from_millis(1100));
     let out = f.run("deploy", &["ref=v5-slow-migration", "--dry-run"]);
@@ -427,15 +430,7 @@ fn a_dry_run_of_a_second_deploy_reads_the_fleet_and_shows_what_would_change_touc
     }
     assert!(!all.contains("(first release)"), "{all}");
     // ... and nothing changed anywhere: files, links, the database.
-    let after: Vec<Vec<String>> = hosts
-        .iter()
-        .flat_map(|h| {
-            [
-                snapshot(&f.path(h, "/var/www/app")),
-                snapshot(&f.path(h, "/var/backups/app")),
-            ]
-        })
-        .collect();
+    let after = every_host();
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
         let gone: Vec<&String> = b.iter().filter(|x| !a.contains(x)).collect();
         let new: Vec<&String> = a.iter().filter(|x| !b.contains(x)).collect();
