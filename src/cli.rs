@@ -326,6 +326,13 @@ pub struct RecoverArgs {
     /// Confirm on a protected environment
     #[arg(long)]
     pub yes: bool,
+    /// How long to wait for the dead run's commands still running on the hosts
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub wait: std::time::Duration,
+    /// End the dead run's commands still running after --wait (SIGTERM, then SIGKILL)
+    /// instead of refusing to recover
+    #[arg(long)]
+    pub kill: bool,
 }
 
 pub fn dispatch(cli: Cli) -> Result<(), Error> {

@@ -6,6 +6,7 @@
 //! that meets a dead run's lock both use it.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::effects::{Effects, FanOut, HostOutcome, Target};
 use crate::lock::{self, HostState};
@@ -47,11 +48,169 @@ fn read_progress(states: &[HostState]) -> Progress {
     p
 }
 
+/// How a recovery treats commands of the dead run that are still running on the hosts
+/// (its ssh masters outlive it and finish what they carry: a switch landing after the
+/// recovery switched the host back would split the fleet again).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long to wait for them to end.
+    pub wait: Duration,
+    /// End them (SIGTERM, 2 s, SIGKILL to their process groups) when the wait is over,
+    /// instead of refusing to recover.
+    pub kill: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            wait: Duration::from_secs(30),
+            kill: false,
+        }
+    }
+}
+
+/// Finds the commands a run started that are still running (their environment holds
+/// `RUNBOOK_RUN=<id>`), waits for them, and ends them if told to. A command is the
+/// leader of its process group — what sshd started for the session (its parent is
+/// sshd), or what the local transport started (in its own group, not its own session)
+/// — so a daemon a command started (which made its own session) is left alone.
+/// Prints `settled <polls>`, or `running <pid> <command>` lines and then `killed`
+/// (or exits 3 when not told to kill).
+const DEAD_COMMANDS: &str = r#"id="$1"; polls="$2"; kill="$3"
+leaders() {
+  for e in $(grep -l -a -F -e "RUNBOOK_RUN=$id" /proc/[0-9]*/environ 2>/dev/null); do
+    p=${e#/proc/}; p=${p%/environ}
+    s=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+    set -- $s
+    [ "$3" = "$p" ] || continue
+    case "$(cat "/proc/$2/comm" 2>/dev/null)" in
+      sshd*) ;;
+      *) [ "$4" != "$p" ] || continue ;;
+    esac
+    echo "$p"
+  done
+}
+i=0
+while l=$(leaders); [ -n "$l" ] && [ "$i" -lt "$polls" ]; do sleep 0.2; i=$((i+1)); done
+if [ -z "$l" ]; then echo "settled $i"; exit 0; fi
+for p in $l; do
+  printf 'running %s %s\n' "$p" "$(tr '\0\n' '  ' < "/proc/$p/cmdline" 2>/dev/null | cut -c1-200)"
+done
+[ "$kill" = 1 ] || exit 3
+for p in $l; do kill -TERM -"$p" 2>/dev/null; done
+j=0
+while [ "$j" -lt 20 ]; do
+  alive=; for p in $l; do kill -0 -"$p" 2>/dev/null && alive=1; done
+  [ -z "$alive" ] && break
+  sleep 0.1; j=$((j+1))
+done
+for p in $l; do kill -KILL -"$p" 2>/dev/null; done
+echo killed"#;
+
+/// Waits for (or ends) the dead run's commands still running on `targets`. Nothing is
+/// changed otherwise; an error says which commands still run where and what to do.
+fn settle(
+    effects: &Effects,
+    targets: &[Target],
+    dead: &str,
+    env: &str,
+    opts: &Options,
+) -> Result<(), String> {
+    let out = effects.output();
+    let polls = (opts.wait.as_millis() / 200).to_string();
+    let kill = if opts.kill { "1" } else { "0" };
+    let fan = FanOut {
+        fail_fast: false,
+        ..FanOut::new()
+    };
+    let outcomes = effects.run_many_with(
+        targets,
+        &|_| {
+            let mut spec = CommandSpec::script(
+                "recover: the dead run's commands still running",
+                DEAD_COMMANDS,
+                &[dead, &polls, kill],
+            );
+            spec.tolerate = true;
+            spec.quiet = true;
+            // Only looking (and waiting) reads; ending commands does not.
+            spec.read = !opts.kill;
+            spec
+        },
+        &fan,
+    );
+    let mut running = Vec::new();
+    for (t, o) in targets.iter().zip(outcomes) {
+        let r = match o {
+            HostOutcome::Done(Ok(r)) => r,
+            HostOutcome::Done(Err(e)) => {
+                return Err(format!(
+                    "{}: cannot look for the dead run's commands: {e}",
+                    t.name()
+                ));
+            }
+            HostOutcome::Skipped => continue,
+        };
+        let commands: Vec<&str> = r
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("running "))
+            .collect();
+        let waited = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("settled "))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        match waited {
+            Some(0) => {}
+            Some(n) => out.log(
+                Level::Info,
+                format!(
+                    "{}: waited {:.1} s for the dead run's last commands to end",
+                    t.name(),
+                    n as f64 * 0.2
+                ),
+            ),
+            None if r.stdout.lines().any(|l| l == "killed") => {
+                for c in &commands {
+                    out.log(
+                        Level::Warn,
+                        format!(
+                            "{}: ended the dead run's command still running after {}: pid {c}",
+                            t.name(),
+                            humantime::format_duration(opts.wait)
+                        ),
+                    );
+                }
+            }
+            None => running.extend(commands.iter().map(|c| format!("{}: pid {c}", t.name()))),
+        }
+    }
+    if running.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "commands of the dead run are still running after {} (nothing was changed):\n- {}\nwait for them (`runbook recover -e {env} --wait 10m`), or end them: `runbook recover -e {env} --kill`",
+        humantime::format_duration(opts.wait),
+        running.join("\n- ")
+    ))
+}
+
 /// Returns whether there was anything to recover.
 pub fn recover(
     effects: &Effects,
     env: &crate::inventory::Environment,
     run_id: &str,
+) -> Result<bool, String> {
+    recover_with(effects, env, run_id, &Options::default())
+}
+
+/// [`recover`], with `opts` for the dead run's commands still running.
+pub fn recover_with(
+    effects: &Effects,
+    env: &crate::inventory::Environment,
+    run_id: &str,
+    opts: &Options,
 ) -> Result<bool, String> {
     let out = effects.output().clone();
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
@@ -126,13 +285,6 @@ pub fn recover(
         .iter()
         .find_map(|s| s.holder.clone())
         .unwrap_or_default();
-    // Only the hosts the dead run locked: it changed nothing anywhere else (the lock comes
-    // before every change), and hosts outside its set (a balancer) have no releases.
-    let (targets, states): (Vec<Target>, Vec<HostState>) = targets
-        .into_iter()
-        .zip(states)
-        .filter(|(_, s)| s.holder.as_ref().is_some_and(|h| h.run == dead))
-        .unzip();
     out.log(
         Level::Warn,
         format!(
@@ -148,6 +300,25 @@ pub fn recover(
                 .unwrap_or_default()
         ),
     );
+    // What the dead run still has running lands before anything is judged: its last
+    // switch, or its lock's progress record, may still be on the way.
+    settle(effects, &targets, &dead, &env.name, opts)?;
+    let mut states = Vec::new();
+    for (t, st) in targets.iter().zip(lock::states(effects, &targets)) {
+        states.push(st.map_err(|e| {
+            format!(
+                "{}: cannot read the lock again (nothing was changed): {e}",
+                t.name()
+            )
+        })?);
+    }
+    // Only the hosts the dead run locked: it changed nothing anywhere else (the lock comes
+    // before every change), and hosts outside its set (a balancer) have no releases.
+    let (targets, states): (Vec<Target>, Vec<HostState>) = targets
+        .into_iter()
+        .zip(states)
+        .filter(|(_, s)| s.holder.as_ref().is_some_and(|h| h.run == dead))
+        .unzip();
     let progress = read_progress(&states);
     for s in &states {
         out.log(

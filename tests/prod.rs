@@ -596,11 +596,8 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
             !err.contains("lock is held"),
             "trial {trial}: the deploy was refused by a lock left from before: {err}"
         );
-        // The killed runner's ssh masters outlive it and finish its last remote command
-        // (a switch takes milliseconds): recovery does not wait for that yet (README,
-        // "When the runner dies": next), so the test lets it end first. Seen once in CI:
-        // a dead run's switch landing after recovery had switched the host back.
-        std::thread::sleep(Duration::from_millis(1500));
+        // No pause: the killed runner's ssh masters outlive it and finish its last remote
+        // command; recovery (here or in the next deploy) waits for it.
         let locked = f.path("web1", "/var/www/app/.runbook/lock").exists();
         let (word, said) = if locked && trial % 2 == 1 {
             // The dead run's lock is not waited out: the next deploy recovers first, as
@@ -681,6 +678,110 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
     );
     took(
         "after_a_sigkill_at_any_moment_recover_brings_the_fleet_back",
+        t0,
+    );
+}
+
+/// A runner SIGKILLed while its command runs on the hosts: its ssh masters outlive it and
+/// finish that command. `runbook recover` waits for it before it judges or changes
+/// anything (so nothing the dead run sent lands after the recovery); one that runs past
+/// `--wait` is refused with where it runs and how to end it, and `--kill` ends it.
+#[test]
+fn recover_waits_for_the_dead_runs_last_commands_or_ends_them_when_told() {
+    use std::process::Stdio;
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let script = |secs: u32, file: &str| {
+        format!(
+            r#"lock::acquire(hosts("web"));
+ssh::run(hosts("web"), ["sh", "-c", "touch /var/www/app/started-{file}; sleep {secs}; echo late >> /var/www/app/{file}"]);
+"#
+        )
+    };
+    let project = f
+        .project()
+        .file("scripts/slow.rhai", &script(3, "late1"))
+        .file("scripts/stuck.rhai", &script(41, "late2"));
+    let killed_while_running = |name: &str, file: &str| {
+        let mut child = project
+            .command()
+            .args(["run", name, "-e", "prod", "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = |h: &str| f.path(h, &format!("/var/www/app/started-{file}")).exists();
+        for _ in 0..200 {
+            if started("web1") && started("web2") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            started("web1") && started("web2"),
+            "{name} never started its command"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+
+    killed_while_running("slow", "late1");
+    let rec = project.run_with(&["recover", "-e", "prod"]);
+    rec.code(0)
+        .stderr_has("died without cleaning up")
+        .stderr_has("waited");
+    for h in ["web1", "web2"] {
+        assert!(
+            f.path(h, "/var/www/app/late1").exists(),
+            "{h}: the dead run's command had not ended when recovery returned:\n{}",
+            rec.stderr
+        );
+        assert!(
+            !f.path(h, "/var/www/app/.runbook/lock").exists(),
+            "{h}: lock left"
+        );
+    }
+
+    killed_while_running("stuck", "late2");
+    let refused = project.run_with(&["recover", "-e", "prod", "--wait", "1s"]);
+    assert_ne!(refused.code, 0, "{}", refused.stderr);
+    refused
+        .stderr_has("still running after 1s")
+        .stderr_has("late2")
+        .stderr_has("runbook recover -e prod --kill");
+    assert!(
+        f.path("web1", "/var/www/app/.runbook/lock").exists(),
+        "a refused recovery removed the lock"
+    );
+    eprintln!(
+        "recover after a SIGKILL mid-command:\n{}\nwith --wait 1s:\n{}",
+        rec.stderr, refused.stderr
+    );
+    let ended = project.run_with(&["recover", "-e", "prod", "--wait", "1s", "--kill"]);
+    ended.code(0).stderr_has("ended the dead run's command");
+    let still: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("late2") && c.contains("sleep 41"))
+        .collect();
+    assert!(
+        still.is_empty(),
+        "the dead run's command outlived --kill: {still:?}"
+    );
+    for h in ["web1", "web2"] {
+        assert!(
+            !f.path(h, "/var/www/app/late2").exists(),
+            "{h}: the killed command wrote"
+        );
+        assert!(
+            !f.path(h, "/var/www/app/.runbook/lock").exists(),
+            "{h}: lock left"
+        );
+    }
+    took(
+        "recover_waits_for_the_dead_runs_last_commands_or_ends_them_when_told",
         t0,
     );
 }

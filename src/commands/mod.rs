@@ -149,6 +149,7 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
         Interrupt::new(),
         config.info.dry_run,
         max,
+        config.info.id.clone(),
     );
     let effects = Arc::new(effects);
     Arc::new(Session {

@@ -11,7 +11,11 @@ pub fn run(global: &Global, args: &RecoverArgs) -> Result<(), Error> {
     let (_rt, session, env) =
         super::fleet_command(global, args.env.as_deref(), args.yes, "recover")?;
     let clock = std::time::Instant::now();
-    let result = crate::recovery::recover(&session.effects, &env, &session.info.id);
+    let opts = crate::recovery::Options {
+        wait: args.wait,
+        kill: args.kill,
+    };
+    let result = crate::recovery::recover_with(&session.effects, &env, &session.info.id, &opts);
     let word = match &result {
         Ok(true) => "recovered",
         Ok(false) => "success",

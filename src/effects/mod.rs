@@ -239,6 +239,10 @@ pub struct Effects {
     /// The one place dry-run is decided (the REPL's `:dry` switches it).
     dry_run: std::sync::atomic::AtomicBool,
     max_concurrency: usize,
+    /// This run's id, which every command it starts carries in its environment
+    /// (`RUNBOOK_RUN`): what a later recovery looks for on the hosts when this run died
+    /// with commands still running there.
+    run_id: String,
 }
 
 impl Effects {
@@ -248,8 +252,10 @@ impl Effects {
         interrupt: Interrupt,
         dry_run: bool,
         max_concurrency: usize,
+        run_id: String,
     ) -> Effects {
         Effects {
+            run_id,
             runtime,
             ssh: std::sync::OnceLock::new(),
             output,
@@ -262,6 +268,10 @@ impl Effects {
 
     pub fn output(&self) -> &Arc<Output> {
         &self.output
+    }
+    /// The run id every command of this run carries as `RUNBOOK_RUN`.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
     }
     pub fn interrupt(&self) -> &Interrupt {
         &self.interrupt
@@ -282,7 +292,8 @@ impl Effects {
     pub fn ssh_pool(&self) -> Result<&SshPool, String> {
         self.ssh
             .get_or_init(|| {
-                SshPool::new().map_err(|e| format!("cannot create the ssh control directory: {e}"))
+                SshPool::new(&self.run_id)
+                    .map_err(|e| format!("cannot create the ssh control directory: {e}"))
             })
             .as_ref()
             .map_err(Clone::clone)
@@ -670,11 +681,15 @@ impl Effects {
         };
         let started = std::time::Instant::now();
         let outcome = match target.transport() {
-            TransportKind::Local => transport::local::exec(spec, interrupt, &on_line).await,
+            TransportKind::Local => {
+                transport::local::exec(spec, &self.run_id, interrupt, &on_line).await
+            }
             TransportKind::Ssh => match (self.ssh_pool(), target) {
                 (Ok(pool), Target::Host(h)) => pool.exec(h, spec, interrupt, &on_line).await,
                 (Err(e), _) => Err(ExecError::Unsupported(e)),
-                (Ok(_), Target::Local) => transport::local::exec(spec, interrupt, &on_line).await,
+                (Ok(_), Target::Local) => {
+                    transport::local::exec(spec, &self.run_id, interrupt, &on_line).await
+                }
             },
         };
         self.finish(host, argv, command, spec, outcome, started.elapsed())

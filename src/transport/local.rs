@@ -20,6 +20,7 @@ const GRACE: Duration = Duration::from_secs(3);
 
 pub async fn exec(
     spec: &CommandSpec,
+    run: &str,
     interrupt: &Interrupt,
     on_line: LineSink<'_>,
 ) -> Result<Finished, ExecError> {
@@ -40,7 +41,8 @@ pub async fn exec(
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+    cmd.env(super::RUN_TAG, run)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(if spec.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -166,7 +168,7 @@ mod tests {
     #[tokio::test]
     async fn captures_both_streams_and_the_exit_code() {
         let s = spec(Program::Shell("echo out; echo err >&2; exit 3".into()));
-        let f = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap();
+        let f = exec(&s, "r1", &Interrupt::new(), &|_, _| {}).await.unwrap();
         assert_eq!(
             (f.code, f.stdout.as_str(), f.stderr.as_str()),
             (Some(3), "out\n", "err\n")
@@ -176,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn argv_is_not_interpreted_by_a_shell() {
         let s = spec(Program::Argv(vec!["echo".into(), "$HOME;".into()]));
-        let f = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap();
+        let f = exec(&s, "r1", &Interrupt::new(), &|_, _| {}).await.unwrap();
         assert_eq!(f.stdout, "$HOME;\n");
     }
 
@@ -189,7 +191,9 @@ mod tests {
             marker.display()
         )));
         s.timeout = Some(Duration::from_millis(200));
-        let err = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap_err();
+        let err = exec(&s, "r1", &Interrupt::new(), &|_, _| {})
+            .await
+            .unwrap_err();
         assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!marker.exists(), "a grandchild outlived the timeout");
@@ -205,7 +209,7 @@ mod tests {
             trigger.raise();
         });
         let start = Instant::now();
-        let err = exec(&s, &interrupt, &|_, _| {}).await.unwrap_err();
+        let err = exec(&s, "r1", &interrupt, &|_, _| {}).await.unwrap_err();
         assert!(matches!(err, ExecError::Interrupted { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
     }
@@ -220,7 +224,7 @@ mod tests {
         let mut s = spec(Program::Shell("echo \"[$RB_TEST]\"".into()));
         s.sudo = Some(String::new());
         s.env = vec![("RB_TEST".into(), "kept".into())];
-        let f = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap();
+        let f = exec(&s, "r1", &Interrupt::new(), &|_, _| {}).await.unwrap();
         assert_eq!(
             (f.code, f.stdout.as_str()),
             (Some(0), "[kept]\n"),
@@ -236,7 +240,7 @@ mod tests {
         s.stdin = Some(b"in\n".to_vec());
         s.cwd = Some(dir.path().to_string_lossy().into_owned());
         s.env = vec![("RB_TEST".into(), "v".into())];
-        let f = exec(&s, &Interrupt::new(), &|_, _| {}).await.unwrap();
+        let f = exec(&s, "r1", &Interrupt::new(), &|_, _| {}).await.unwrap();
         let canonical = dir.path().canonicalize().unwrap();
         assert_eq!(f.stdout, format!("in\n{}\nv\n", canonical.display()));
     }

@@ -55,6 +55,10 @@ impl Program {
     }
 }
 
+/// The environment variable every command of a run carries, holding the run id: a
+/// recovery finds a dead run's commands still running on a host by it.
+pub const RUN_TAG: &str = "RUNBOOK_RUN";
+
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
     pub program: Program,

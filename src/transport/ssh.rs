@@ -52,18 +52,21 @@ type Slot = Arc<OnceCell<Result<Arc<Conn>, String>>>;
 
 pub struct SshPool {
     dir: tempfile::TempDir,
+    /// `exec env RUNBOOK_RUN=<run id> `: what every remote command starts with.
+    tag: String,
     conns: Mutex<HashMap<String, Slot>>,
     opened: std::sync::atomic::AtomicUsize,
 }
 
 impl SshPool {
-    pub fn new() -> std::io::Result<SshPool> {
+    pub fn new(run: &str) -> std::io::Result<SshPool> {
         // Control sockets need a short path (sun_path is ~108 bytes).
         let dir = tempfile::Builder::new()
             .prefix("rb-ssh-")
             .tempdir_in("/tmp")?;
         Ok(SshPool {
             dir,
+            tag: tag_prefix(run),
             conns: Mutex::new(HashMap::new()),
             opened: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -259,7 +262,7 @@ impl SshPool {
         interrupt: &Interrupt,
         on_line: LineSink<'_>,
     ) -> Result<Finished, ExecError> {
-        let remote = remote_command(spec, &super::random_hex(8))?;
+        let remote = remote_command(spec, &super::random_hex(8), &self.tag)?;
         let gate = self.conn(host).await?;
         let _channel = gate.channels.acquire().await;
         let started = Instant::now();
@@ -397,7 +400,7 @@ impl SshPool {
         let script = format!(
             "{prefix}kill -TERM -{pgid} 2>/dev/null; i=0; while [ $i -lt 20 ] && {prefix}kill -0 -{pgid} 2>/dev/null; do sleep 0.1; i=$((i+1)); done; {prefix}kill -KILL -{pgid} 2>/dev/null; true"
         );
-        let line = format!("exec sh -c {}", quote::join(&[script]));
+        let line = format!("{}sh -c {}", self.tag, quote::join(&[script]));
         let run = async {
             let _ = Session::to_raw_command(conn.session.clone(), &line)
                 .stdin(Stdio::null())
@@ -418,7 +421,7 @@ impl SshPool {
     ) -> Result<(Option<i32>, Vec<u8>, String), ExecError> {
         let gate = self.conn(host).await?;
         let _channel = gate.channels.acquire().await;
-        let line = format!("exec sh -c {}", quote::join(&[script.to_owned()]));
+        let line = format!("{}sh -c {}", self.tag, quote::join(&[script.to_owned()]));
         let (_conn, mut child) = self.spawn(host, &line, stdin.is_some()).await?;
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin().take()) {
             tokio::spawn(async move {
@@ -563,8 +566,20 @@ pub struct Remote {
 /// after the prelude is left for the command.
 const PRELUDE_READER: &str = "IFS= read -r __rb_n || exit 125; __rb_p=; while [ \"$__rb_n\" -gt 0 ]; do IFS= read -r __rb_l || exit 125; __rb_p=\"$__rb_p$__rb_l\n\"; __rb_n=$((__rb_n - 1)); done; eval \"$__rb_p\"; unset __rb_n __rb_p __rb_l; ";
 
-/// The command for the remote login shell, with `nonce` in its process-group report.
-pub fn remote_command(spec: &CommandSpec, nonce: &str) -> Result<Remote, ExecError> {
+/// `exec env RUNBOOK_RUN=<run id> `: the start of every remote command line. `env` works
+/// from any login shell (sh, bash, zsh, fish, csh) and `exec`s `sh` in place, so the
+/// process-group report still names the command's own group.
+fn tag_prefix(run: &str) -> String {
+    format!(
+        "exec env {}={} ",
+        super::RUN_TAG,
+        quote::join(&[run.to_owned()])
+    )
+}
+
+/// The command for the remote login shell, with `nonce` in its process-group report and
+/// `tag` ([`tag_prefix`]) in front.
+pub fn remote_command(spec: &CommandSpec, nonce: &str, tag: &str) -> Result<Remote, ExecError> {
     let quote_one = |s: &str| quote::command_line(&[s.to_owned()]).map_err(ExecError::Unsupported);
     let marker = format!("{PGID_MARKER}{nonce} ");
     let mut inner = format!("printf '%s%s\\n' {} \"$$\" >&2; ", quote_one(&marker)?);
@@ -595,7 +610,7 @@ pub fn remote_command(spec: &CommandSpec, nonce: &str) -> Result<Remote, ExecErr
     inner.push_str("exec ");
     inner.push_str(&quote::command_line(&argv).map_err(ExecError::Unsupported)?);
     Ok(Remote {
-        line: format!("exec sh -c {}", quote_one(&inner)?),
+        line: format!("{tag}sh -c {}", quote_one(&inner)?),
         stdin,
         marker,
     })
@@ -642,7 +657,7 @@ mod tests {
         let mut spec = CommandSpec::new(Program::Argv(vec!["echo".into(), "a b; $(x)".into()]));
         spec.cwd = Some("/srv/my app".into());
         spec.env = vec![("APP_ENV".into(), "prod'uction".into())];
-        let remote = remote_command(&spec, "0123abcd").unwrap();
+        let remote = remote_command(&spec, "0123abcd", &tag_prefix("r1")).unwrap();
         assert_eq!(remote.marker, "__runbook_pgid 0123abcd ");
         // Run locally, `cd` fails: the marker came first, with the nonce, then the refusal.
         let (code, _, stderr) = run_locally(&remote);
@@ -650,8 +665,20 @@ mod tests {
         assert_eq!(code, Some(1));
 
         spec.cwd = None;
-        let (code, stdout, _) = run_locally(&remote_command(&spec, "n").unwrap());
+        let (code, stdout, _) =
+            run_locally(&remote_command(&spec, "n", &tag_prefix("r1")).unwrap());
         assert_eq!((code, stdout.as_str()), (Some(0), "a b; $(x)\n"));
+    }
+
+    /// Every command carries its run's id, which is how a recovery finds the commands of
+    /// a dead run still running on a host.
+    #[test]
+    fn every_remote_command_carries_its_run_id() {
+        let spec = CommandSpec::new(Program::Shell("printf '[%s]' \"$RUNBOOK_RUN\"".into()));
+        let remote = remote_command(&spec, "n", &tag_prefix("20261201T1-2a-3b")).unwrap();
+        let (code, stdout, stderr) = run_locally(&remote);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(stdout, "[20261201T1-2a-3b]");
     }
 
     /// `env` values reach the command through stdin, never through the command line;
@@ -667,7 +694,7 @@ mod tests {
             ("OTHER".into(), "plain".into()),
         ];
         spec.stdin = Some(b"the command's own input\n".to_vec());
-        let remote = remote_command(&spec, "n").unwrap();
+        let remote = remote_command(&spec, "n", &tag_prefix("r1")).unwrap();
         assert!(
             !remote.line.contains("s3cr3t") && !remote.line.contains("plain"),
             "an env value is in the command line: {}",
@@ -691,7 +718,7 @@ mod tests {
                 .argv_with_sudo(Some(""), &spec.env_names().unwrap()),
             ["sudo", "-n", "--preserve-env=FOO,BAZ", "--", "true"]
         );
-        let line = remote_command(&spec, "n").unwrap().line;
+        let line = remote_command(&spec, "n", &tag_prefix("r1")).unwrap().line;
         assert!(line.contains("--preserve-env=FOO,BAZ"), "{line}");
         assert!(!line.contains("bar"), "{line}");
         let refused = Finished {
@@ -709,6 +736,6 @@ mod tests {
     fn bad_environment_names_are_refused() {
         let mut spec = CommandSpec::new(Program::Argv(vec!["true".into()]));
         spec.env = vec![("A;rm".into(), "x".into())];
-        assert!(remote_command(&spec, "n").is_err());
+        assert!(remote_command(&spec, "n", &tag_prefix("r1")).is_err());
     }
 }
