@@ -691,7 +691,14 @@ impl Locks {
     }
 
     /// Releases every lock this run holds (only ever its own). Safe to call twice.
+    /// Returns the hosts whose lock was released.
     pub fn release_all(&self) -> Vec<String> {
+        self.release_all_report().0
+    }
+
+    /// [`Locks::release_all`], also returning the hosts where releasing failed (they did
+    /// not answer): this run's lock may still be there.
+    pub fn release_all_report(&self) -> (Vec<String>, Vec<String>) {
         if let Some(task) = self
             .heartbeat
             .lock()
@@ -703,22 +710,25 @@ impl Locks {
         let targets: Vec<Target> =
             std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
         if targets.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         // Shielded: a signal arriving while the run ends must not leave a lock behind.
         let outcomes = run_shielded(&self.effects, &targets, Script::Release, &|t| {
             vec![root(t), self.run.clone()]
         });
-        targets
-            .iter()
-            .zip(outcomes)
-            .filter_map(|(t, o)| match o {
+        let (mut released, mut failed) = (Vec::new(), Vec::new());
+        for (t, o) in targets.iter().zip(outcomes) {
+            match o {
                 HostOutcome::Done(Ok(r)) if r.stdout.contains("released") || r.dry_run => {
-                    Some(t.name().to_owned())
+                    released.push(t.name().to_owned());
                 }
-                _ => None,
-            })
-            .collect()
+                HostOutcome::Done(Ok(_)) => {}
+                HostOutcome::Done(Err(_)) | HostOutcome::Skipped => {
+                    failed.push(t.name().to_owned());
+                }
+            }
+        }
+        (released, failed)
     }
 
     /// Appends `line` to this run's progress record on each of `hosts` whose lock it
@@ -857,10 +867,73 @@ pub fn remove_dead(effects: &Effects, targets: &[Target], dead: &str, run: &str)
         .collect()
 }
 
-/// Whether the holder's process is known to be gone: it ran on this machine and its pid
-/// no longer exists (or is another program). A holder on another machine is judged by its
+/// Where this machine keeps the runs that ended with a lock left on a host.
+fn ended_dir() -> std::path::PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+        .join("runbook/ended")
+}
+
+/// Records that run `run` has ended although its lock stayed on `hosts` (they did not
+/// answer at its end): a later run on this machine takes that lock for what it is — the
+/// lock of a run that is gone — without waiting for its heartbeat to age. Best effort;
+/// records older than 30 days are pruned.
+pub fn record_ended(run: &str, env: &str, hosts: &[&str]) {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = ended_dir();
+    if std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .is_err()
+    {
+        return;
+    }
+    let line = format!("env {env}\nhosts {}\n", hosts.join(" "));
+    let _ = std::fs::write(dir.join(run), line);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(30 * 86_400));
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Forgets run `run`'s record of its end (its lock is gone now).
+pub fn forget_ended(run: &str) {
+    if recorded_ended(run) {
+        let _ = std::fs::remove_file(ended_dir().join(run));
+    }
+}
+
+/// Whether run `run` recorded here that it ended ([`record_ended`]).
+fn recorded_ended(run: &str) -> bool {
+    !run.is_empty()
+        && !run.contains('/')
+        && run != "."
+        && run != ".."
+        && ended_dir().join(run).is_file()
+}
+
+/// Whether the holder's process is known to be gone: it recorded on this machine that it
+/// ended with its lock left on a host, or it ran on this machine and its pid no longer
+/// exists (or is another program). A holder on another machine is judged by its
 /// heartbeat alone.
 pub fn holder_is_gone(h: &Holder) -> bool {
+    if recorded_ended(&h.run) {
+        return true;
+    }
     let here = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();

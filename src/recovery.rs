@@ -229,9 +229,12 @@ pub fn recover_with(
             unreachable.join("\n- ")
         ));
     }
+    // This run's own locks (a deploy that recovers first may have taken some hosts
+    // already) are not the dead run's.
     let dead: BTreeSet<String> = states
         .iter()
         .filter_map(|s| s.holder.as_ref().map(|h| h.run.clone()))
+        .filter(|r| r != run_id)
         .collect();
     let temporaries: Vec<String> = states
         .iter()
@@ -272,6 +275,7 @@ pub fn recover_with(
     // Never a live run: its heartbeat is fresh and its process is not known to be gone.
     for s in &states {
         if let (Some(h), Some(age)) = (&s.holder, s.beat_age)
+            && h.run == dead
             && age <= lock::DEFAULT_TTL.as_secs()
             && !lock::holder_is_gone(h)
         {
@@ -406,6 +410,9 @@ pub fn recover_with(
         }
     }
     let removed = lock::remove_dead(effects, &targets, &dead, run_id);
+    if removed.len() == targets.len() {
+        lock::forget_ended(&dead);
+    }
     out.log(
         Level::Info,
         format!(

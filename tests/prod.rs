@@ -786,6 +786,111 @@ ssh::run(hosts("web"), ["sh", "-c", "touch /var/www/app/started-{file}; sleep {s
     );
 }
 
+/// A web host that hangs mid-deploy (every process stopped) and comes back after the run
+/// gave up on it: the run says what it left there and how to fix it; once the host is
+/// back, the next deploy proceeds with no manual step and nothing of the dead run is left.
+#[test]
+fn a_host_that_hangs_mid_deploy_and_comes_back_needs_no_manual_step() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let inventory = f.inventory().replace(
+        "connect_timeout = \"5s\"\n",
+        "connect_timeout = \"5s\"\nkeepalive = \"1s\"\n",
+    );
+    let project = f.project_with(&inventory);
+    project
+        .run_with(&["run", "deploy", "-e", "prod", "ref=v1", "-q"])
+        .code(0);
+    let v1 = f.current("web1");
+    next_second();
+    let mut child = project
+        .command()
+        .args(["run", "deploy", "-e", "prod", "ref=v2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Hung once web2 is in the middle of it: locked, in maintenance mode.
+    let down = |h: &str| {
+        f.path(h, "/var/www/app/shared/storage/framework/down")
+            .exists()
+    };
+    for _ in 0..600 {
+        if down("web2") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        down("web2"),
+        "the deploy never put web2 into maintenance mode"
+    );
+    let web2 = &f.host("web2").host;
+    web2.pause();
+    let hung = Instant::now();
+    let mut exited = None;
+    for _ in 0..600 {
+        if let Ok(Some(st)) = child.try_wait() {
+            exited = Some(st);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(status) = exited else {
+        web2.resume();
+        let _ = child.kill();
+        panic!("the deploy did not give up on a hung host within 60 s");
+    };
+    let gave_up = hung.elapsed();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    web2.resume();
+    assert!(
+        !status.success(),
+        "the deploy succeeded with a hung host:\n{err}"
+    );
+    // Its last lines say what it left on the hung host, and the command that fixes it.
+    let tail: String = err.lines().rev().take(12).collect::<Vec<_>>().join("\n");
+    assert!(
+        tail.contains("web2") && tail.contains("runbook recover -e prod"),
+        "the failed run's last lines do not say what web2 was left with:\n{err}"
+    );
+    // The next deploy: no unlock, no recover by hand.
+    next_second();
+    let again = project.run_with(&["run", "deploy", "-e", "prod", "ref=v2"]);
+    again.code(0);
+    let live = f.current("web1");
+    assert_ne!(live, v1, "the next deploy did not deploy");
+    all_on(&f, &live);
+    for h in &f.hosts {
+        assert!(
+            !down(&h.host.name),
+            "{}: left in maintenance mode",
+            h.host.name
+        );
+        let meta = h.host.path("/var/www/app/.runbook");
+        let left: Vec<String> = std::fs::read_dir(&meta)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("lock"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{} still has {left:?}", h.host.name);
+    }
+    eprintln!(
+        "hung host: the deploy gave up {gave_up:?} after web2 hung; its last lines:\n{tail}\nthe next deploy:\n{}",
+        again.stderr
+    );
+    took(
+        "a_host_that_hangs_mid_deploy_and_comes_back_needs_no_manual_step",
+        t0,
+    );
+}
+
 /// The load generator's clock (`Instant`) for the events' wall-clock timestamps (`ts`,
 /// milliseconds): both are read once here, so an event's time is comparable with a `Hit`.
 struct Clock {

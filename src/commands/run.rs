@@ -128,7 +128,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     // (cleanup, a notification) is reported without the failure path switching back.
     let settled = interrupt.is_settled();
     let already_complete = settled && (interrupt.held() > 0 || matches!(&failure, Some((_, true))));
-    let failure = if already_complete && matches!(&failure, Some((_, true))) {
+    let mut failure = if already_complete && matches!(&failure, Some((_, true))) {
         None
     } else {
         failure
@@ -174,8 +174,27 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     }
 
     // Whatever happened, this run's locks go (only ever its own), then the connections.
-    for host in session.locks.release_all() {
-        output.emit(Event::new(Kind::Lock).host(&host).message("lock released"));
+    let (released, unreleased) = session.locks.release_all_report();
+    for host in &released {
+        output.emit(Event::new(Kind::Lock).host(host).message("lock released"));
+    }
+    let left = left_behind(&session, &env.name, &unreleased, failure.is_some());
+    if !left.is_empty() {
+        let lines: Vec<String> = left.iter().map(|l| format!("  - {l}")).collect();
+        let text = format!(
+            "this run could not clean up every host:\n{}",
+            lines.join("\n")
+        );
+        match failure.as_mut() {
+            // The last lines of the run: after the error, where people look.
+            Some((d, _)) => {
+                d.hint = Some(match d.hint.take() {
+                    Some(h) => format!("{h}\n{text}"),
+                    None => text,
+                });
+            }
+            None => output.log(crate::output::Level::Warn, text),
+        }
     }
     if args.dry_run {
         let plan = session.audit.plan();
@@ -277,6 +296,67 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
         }),
         Some((d, false)) => Err(Error::Script(Box::new(d))),
     }
+}
+
+/// Per host, what this run leaves that it should not have: its lock (`locked`: the
+/// release got no answer), maintenance mode it turned on and did not lift, a switch it did
+/// not undo after failing — each with the command that fixes it. A lock left behind is
+/// also recorded on this machine ([`crate::lock::record_ended`]), so the next run here
+/// knows its holder ended and recovers at once instead of waiting out the heartbeat.
+fn left_behind(
+    session: &crate::engine::Session,
+    env: &str,
+    locked: &[String],
+    failed: bool,
+) -> Vec<String> {
+    let down = session
+        .maintenance
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let switched: std::collections::BTreeMap<String, String> = if failed {
+        session
+            .switches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, (before, after))| before != after && !after.is_empty())
+            .map(|(h, (_, after))| (h.clone(), after.clone()))
+            .collect()
+    } else {
+        std::collections::BTreeMap::new()
+    };
+    let lost = session.effects.lost_hosts();
+    let mut hosts: std::collections::BTreeSet<&str> = locked.iter().map(|h| h.as_str()).collect();
+    hosts.extend(down.iter().map(String::as_str));
+    hosts.extend(switched.keys().map(String::as_str));
+    if !locked.is_empty() {
+        let names: Vec<&str> = locked.iter().map(|h| h.as_str()).collect();
+        crate::lock::record_ended(&session.info.id, env, &names);
+    }
+    hosts
+        .into_iter()
+        .map(|h| {
+            let mut what = Vec::new();
+            if down.contains(h) {
+                what.push("left in maintenance mode".to_owned());
+            }
+            if let Some(r) = switched.get(h) {
+                what.push(format!("on this run's release {r}, not switched back"));
+            }
+            if locked.iter().any(|l| l.as_str() == h) {
+                what.push("lock held".to_owned());
+            }
+            if lost.contains(h) {
+                format!(
+                    "{h}: unreachable — {}; run `runbook recover -e {env}` when it is back",
+                    what.join(", ")
+                )
+            } else {
+                format!("{h}: {}; run `runbook recover -e {env}`", what.join(", "))
+            }
+        })
+        .collect()
 }
 
 /// Applies `--hosts` and `--shard` to the environment.

@@ -243,6 +243,8 @@ pub struct Effects {
     /// (`RUNBOOK_RUN`): what a later recovery looks for on the hosts when this run died
     /// with commands still running there.
     run_id: String,
+    /// Hosts whose connection failed or was lost during the run.
+    lost: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Effects {
@@ -256,6 +258,7 @@ impl Effects {
     ) -> Effects {
         Effects {
             run_id,
+            lost: std::sync::Mutex::default(),
             runtime,
             ssh: std::sync::OnceLock::new(),
             output,
@@ -269,6 +272,11 @@ impl Effects {
     pub fn output(&self) -> &Arc<Output> {
         &self.output
     }
+    /// Hosts that could not be reached, or whose connection was lost, during this run.
+    pub fn lost_hosts(&self) -> std::collections::BTreeSet<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The run id every command of this run carries as `RUNBOOK_RUN`.
     pub fn run_id(&self) -> &str {
         &self.run_id
@@ -430,10 +438,19 @@ impl Effects {
             }
             let semaphore = tokio::sync::Semaphore::new(limit);
             let jobs = batch.iter().map(|t| async {
-                let _permit = semaphore.acquire().await;
-                if stop.load(Ordering::SeqCst) {
-                    return HostOutcome::Skipped;
-                }
+                // The first `limit` hosts start together whatever happens meanwhile (a
+                // command can end before the next host's turn is even polled); a host
+                // that waits for a slot is not started after a failure stopped the rest.
+                let _permit = match semaphore.try_acquire() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        let p = semaphore.acquire().await.ok();
+                        if stop.load(Ordering::SeqCst) {
+                            return HostOutcome::Skipped;
+                        }
+                        p
+                    }
+                };
                 let result = self.run_async(t, &build(t)).await;
                 if let Err(e) = &result {
                     let failed = failures.fetch_add(1, Ordering::SeqCst) + 1;
@@ -784,6 +801,10 @@ impl Effects {
                 Err(CommandError::Interrupted { host, command })
             }
             Err(ExecError::Disconnected { message, partial }) => {
+                self.lost
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(host.clone());
                 emit(
                     Outcome::Failed,
                     None,
@@ -798,6 +819,12 @@ impl Effects {
                 })
             }
             Err(other) => {
+                if matches!(other, ExecError::Connect { .. }) {
+                    self.lost
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(host.clone());
+                }
                 let message = other.to_string();
                 emit(Outcome::Failed, None, took, Some(message.clone()));
                 Err(CommandError::Unavailable {

@@ -3,7 +3,7 @@
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
-use super::exec::{call, fan_out, targets};
+use super::exec::{call, targets};
 use crate::effects::Target;
 use crate::transport::Program;
 
@@ -69,20 +69,22 @@ fn artisan(
         }
         spec
     };
-    let result = fan_out(&session, &targets, single, &build, &base.fan)?;
-    if maintenance == Some(false) && !session.effects.dry_run() && !base.spec.tolerate {
+    let (succeeded, result) =
+        super::exec::fan_out_report(&session, &targets, single, &build, &base.fan);
+    // Lifted where `up` succeeded, even when it failed elsewhere: those hosts serve.
+    if maintenance == Some(false) && !session.effects.dry_run() && !succeeded.is_empty() {
         let mut m = session
             .maintenance
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for t in &targets {
-            m.remove(t.name());
+        for t in &succeeded {
+            m.remove(t);
         }
         drop(m);
-        let names: Vec<&str> = targets.iter().map(Target::name).collect();
+        let names: Vec<&str> = succeeded.iter().map(String::as_str).collect();
         session.locks.note(&names, "maintenance off");
     }
-    Ok(result)
+    result
 }
 
 #[export_module]

@@ -252,6 +252,31 @@ pub(crate) fn fan_out(
     build: &dyn Fn(&Target) -> CommandSpec,
     fan: &FanOut,
 ) -> Result<Dynamic, Box<EvalAltResult>> {
+    fan_out_report(session, targets, single, build, fan).1
+}
+
+/// [`fan_out`], also returning the hosts where the command succeeded — also when the
+/// whole call fails (what succeeded somewhere still happened there).
+pub(crate) fn fan_out_report(
+    session: &crate::engine::Session,
+    targets: &[Target],
+    single: bool,
+    build: &dyn Fn(&Target) -> CommandSpec,
+    fan: &FanOut,
+) -> (Vec<String>, Result<Dynamic, Box<EvalAltResult>>) {
+    let mut succeeded = Vec::new();
+    let result = fan_out_into(session, targets, single, build, fan, &mut succeeded);
+    (succeeded, result)
+}
+
+fn fan_out_into(
+    session: &crate::engine::Session,
+    targets: &[Target],
+    single: bool,
+    build: &dyn Fn(&Target) -> CommandSpec,
+    fan: &FanOut,
+    succeeded: &mut Vec<String>,
+) -> Result<Dynamic, Box<EvalAltResult>> {
     let n = targets.len();
     let threshold = fan.threshold(n);
     let outcomes = session.effects.run_many_with(targets, build, fan);
@@ -260,7 +285,12 @@ pub(crate) fn fan_out(
     let mut skipped = Vec::new();
     for (target, outcome) in targets.iter().zip(outcomes) {
         match outcome {
-            HostOutcome::Done(Ok(r)) => results.push(result_map(&r).into()),
+            HostOutcome::Done(Ok(r)) => {
+                if r.code == 0 {
+                    succeeded.push(target.name().to_owned());
+                }
+                results.push(result_map(&r).into());
+            }
             HostOutcome::Done(Err(e)) if e.is_interrupt() => return Err(super::interrupted()),
             HostOutcome::Done(Err(e)) => {
                 results.push(failed_map(&e).into());

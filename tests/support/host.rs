@@ -284,6 +284,50 @@ impl NsHost {
             .unwrap_or_else(|e| panic!("nsenter {argv:?} on {}: {e}", self.name))
     }
 
+    /// Every process of the host (its PID namespace), as seen from this machine.
+    fn processes(&self) -> Vec<i32> {
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+        let Some(own) = ns(&self.pid1.to_string()) else {
+            return Vec::new();
+        };
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                    .filter(|p| ns(&p.to_string()).as_ref() == Some(&own))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn signal_all(&self, sig: nix::sys::signal::Signal) {
+        // Twice: a process forked while the first pass ran is caught by the second.
+        for _ in 0..2 {
+            for p in self.processes() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
+            }
+        }
+    }
+
+    /// The host hangs: every process inside it is stopped (SIGSTOP). Its TCP connections
+    /// stay up (the kernel still answers), but nothing answers on them: to a runner it is
+    /// a hung machine, noticed only by ssh keep-alives.
+    pub fn pause(&self) {
+        self.signal_all(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// The hung host goes on where it stopped.
+    pub fn resume(&self) {
+        self.signal_all(nix::sys::signal::Signal::SIGCONT);
+        // util-linux's wrappers stop themselves when their child was stopped.
+        for c in self.wrapper.iter().chain(&self.inside) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+
     /// The host goes away: its PID 1 is killed, and with it every process inside.
     pub fn stop(&mut self) {
         if self.pid1 > 0 {

@@ -41,6 +41,8 @@ impl MariaDb {
         }
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let data = dir.path().join("data");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).map_err(|e| e.to_string())?;
         let out = Command::new("/usr/bin/mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -49,6 +51,9 @@ impl MariaDb {
                 "--skip-test-db",
             ])
             .arg(format!("--datadir={}", data.display()))
+            // Its own temporary directory: two bootstraps at once (in hosts with their own
+            // PID namespaces, the same pid) must not meet in /tmp (seen in CI).
+            .arg(format!("--tmpdir={}", tmp.display()))
             .output()
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
@@ -61,6 +66,7 @@ impl MariaDb {
         let mut cmd = Command::new("/usr/sbin/mariadbd");
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", sock.display()))
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
             .arg(format!(
