@@ -27,6 +27,7 @@ pub mod schema_risk;
 pub mod signal;
 pub mod status;
 pub mod tls;
+pub mod traffic;
 pub mod transport;
 
 use std::ffi::OsString;

@@ -409,6 +409,14 @@ pub fn recover_with(
             }
         }
     }
+    // Traffic the dead run moved to the staged pool (a blue-green switch cut between its
+    // two balancer steps, a canary's share): every request back on stable.
+    if let Some(left) = crate::traffic::reset_if_left_by(effects, env, &dead, run_id)? {
+        out.log(
+            Level::Info,
+            format!("the balancer had {left}% of requests on the staged release: every request is back on stable"),
+        );
+    }
     let removed = lock::remove_dead(effects, &targets, &dead, run_id);
     if removed.len() == targets.len() {
         lock::forget_ended(&dead);

@@ -547,11 +547,32 @@ fn another_tools_layout_is_refused_adopted_and_kept_as_a_rollback_target() {
 /// the next deploy then needs no manual step.
 #[test]
 fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
+    sigkill_trials(
+        "deploy",
+        "after_a_sigkill_at_any_moment_recover_brings_the_fleet_back",
+        20,
+    );
+}
+
+/// The same for the zero-downtime (blue-green) deploy, whose switch also moves the
+/// balancer: after each trial the balancer serves the release every host has.
+#[test]
+fn after_a_sigkill_of_a_zero_downtime_deploy_recover_brings_the_fleet_back() {
+    sigkill_trials(
+        "zero-downtime-deploy",
+        "after_a_sigkill_of_a_zero_downtime_deploy_recover_brings_the_fleet_back",
+        10,
+    );
+}
+
+/// `FAULT_TRIALS` (else `default`) SIGKILLs of `script` at random moments (`FAULT_SEED`),
+/// each followed on alternate trials by `runbook recover` or simply the next deploy.
+fn sigkill_trials(script: &str, test: &str, default: usize) {
     use std::io::Read;
     use std::process::Stdio;
     let t0 = Instant::now();
     let Some(f) = ProdFleet::start() else { return };
-    let n = crate::faults::trials(20);
+    let n = crate::faults::trials(default);
     let seed = std::env::var("FAULT_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -560,7 +581,7 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
     let project = f.project();
     project
         .command()
-        .args(["run", "deploy", "-e", "prod", "ref=v1", "-q"])
+        .args(["run", script, "-e", "prod", "ref=v1", "-q"])
         .status()
         .unwrap();
     let took_ms = {
@@ -568,11 +589,11 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
         let t = Instant::now();
         let ok = project
             .command()
-            .args(["run", "deploy", "-e", "prod", "ref=v2", "-q"])
+            .args(["run", script, "-e", "prod", "ref=v2", "-q"])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "the deploy before the trials failed");
+        assert!(ok, "the {script} before the trials failed");
         t.elapsed().as_millis() as u64
     };
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
@@ -582,7 +603,7 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
         let after = rng.next(took_ms);
         let mut child = project
             .command()
-            .args(["run", "deploy", "-e", "prod", r])
+            .args(["run", script, "-e", "prod", r])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -594,17 +615,16 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
         let _ = child.stderr.take().unwrap().read_to_string(&mut err);
         assert!(
             !err.contains("lock is held"),
-            "trial {trial}: the deploy was refused by a lock left from before: {err}"
+            "trial {trial}: the {script} was refused by a lock left from before: {err}"
         );
         // No pause: the killed runner's ssh masters outlive it and finish its last remote
         // command; recovery (here or in the next deploy) waits for it.
         let locked = f.path("web1", "/var/www/app/.runbook/lock").exists();
         let (word, said) = if locked && trial % 2 == 1 {
             // The dead run's lock is not waited out: the next deploy recovers first, as
-            // `runbook recover` would, then deploys. (The dead run's last remote commands
-            // may still be finishing on the hosts, as on a real fleet.)
+            // `runbook recover` would, then deploys.
             next_second();
-            let again = project.run_with(&["run", "deploy", "-e", "prod", r]);
+            let again = project.run_with(&["run", script, "-e", "prod", r]);
             again.stderr_has("was left by a run that is gone: recovering first");
             if again.code == 0 {
                 ("recovered by the next deploy", again.stderr.clone())
@@ -629,7 +649,11 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
         };
         *outcomes.entry(word.to_owned()).or_default() += 1;
         let live = f.current("web1");
-        all_on(&f, &live);
+        let whole = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| all_on(&f, &live)));
+        assert!(
+            whole.is_ok(),
+            "trial {trial} (SIGKILL after {after} ms of {script}): not one release everywhere\nkilled run:\n{err}\nthen:\n{said}"
+        );
         for h in &f.hosts {
             let meta = h.host.path("/var/www/app/.runbook");
             let left: Vec<String> = std::fs::read_dir(&meta)
@@ -657,7 +681,7 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
     // And the next deploy simply works.
     next_second();
     project
-        .run_with(&["run", "deploy", "-e", "prod", "ref=v2", "-q"])
+        .run_with(&["run", script, "-e", "prod", "ref=v2", "-q"])
         .code(0);
     let audit = std::fs::read_to_string(project.path().join("audit.jsonl")).unwrap_or_default();
     let recovered = audit.matches("\"result\":\"recovered\"").count();
@@ -674,12 +698,9 @@ fn after_a_sigkill_at_any_moment_recover_brings_the_fleet_back() {
         "{audit}"
     );
     eprintln!(
-        "sigkill: {n} trials (seed {seed}, deploy {took_ms} ms): {outcomes:?}; every host on one complete release, maintenance off, no lock left"
+        "sigkill of {script}: {n} trials (seed {seed}, deploy {took_ms} ms): {outcomes:?}; every host on one complete release, maintenance off, no lock left"
     );
-    took(
-        "after_a_sigkill_at_any_moment_recover_brings_the_fleet_back",
-        t0,
-    );
+    took(test, t0);
 }
 
 /// A runner SIGKILLed while its command runs on the hosts: its ssh masters outlive it and
@@ -784,6 +805,67 @@ ssh::run(hosts("web"), ["sh", "-c", "touch /var/www/app/started-{file}; sleep {s
         "recover_waits_for_the_dead_runs_last_commands_or_ends_them_when_told",
         t0,
     );
+}
+
+/// A run SIGKILLed while it had moved traffic to the staged release (a canary's share, a
+/// blue-green switch cut between its two balancer steps): `runbook recover` puts every
+/// request back on stable, and says so; a split another run set is left alone.
+#[test]
+fn recover_puts_traffic_a_dead_run_moved_back_on_stable() {
+    use std::process::Stdio;
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let project = f.project().file(
+        "scripts/split.rhai",
+        r#"import "traffic" as traffic;
+lock::acquire(hosts("web"));
+release::stage(hosts("web"), release::current(hosts("web")[0]));
+traffic::set(40);
+ssh::run(hosts("web"), ["sh", "-c", "touch /var/www/app/split-set; sleep 3"]);
+"#,
+    );
+    project
+        .run_with(&["run", "deploy", "-e", "prod", "ref=v1", "-q"])
+        .code(0);
+    let live = f.current("web1");
+    let mut child = project
+        .command()
+        .args(["run", "split", "-e", "prod", "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let set = || f.path("web1", "/var/www/app/split-set").exists();
+    for _ in 0..300 {
+        if set() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(set(), "the script never moved traffic");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        f.lb.traffic().contains("40% next"),
+        "the dead run did not leave 40% on the staged pool: {}",
+        f.lb.traffic()
+    );
+    let rec = project.run_with(&["recover", "-e", "prod"]);
+    rec.code(0).stderr_has(
+        "the balancer had 40% of requests on the staged release: every request is back on stable",
+    );
+    let now = f.lb.traffic();
+    assert!(
+        now.contains("{ * stable; }"),
+        "traffic not back on stable: {now}"
+    );
+    assert!(!now.contains("next;"), "{now}");
+    all_on(&f, &live);
+    // A split this run did not leave is not touched by a later recovery.
+    let rec = project.run_with(&["recover", "-e", "prod"]);
+    rec.code(0);
+    assert_eq!(f.lb.traffic(), now);
+    took("recover_puts_traffic_a_dead_run_moved_back_on_stable", t0);
 }
 
 /// A web host that hangs mid-deploy (every process stopped) and comes back after the run
