@@ -316,6 +316,10 @@ done
 /// that is a real directory, and releases with no runbook metadata. One line each.
 const LAYOUT: &str = r#"root=$1
 if [ -d "$root/current" ] && [ ! -L "$root/current" ]; then echo "current-dir"; fi
+if [ -L "$root/current" ]; then
+  l=$(readlink "$root/current"); echo "live ${l##*/}"
+  [ -e "$root/current/" ] || echo "dangling"
+fi
 [ -d "$root/releases" ] || exit 0
 for r in $(ls -1 "$root/releases"); do
   [ -e "$root/.runbook/releases/$r.json" ] && continue
@@ -1149,6 +1153,14 @@ pub fn choose_target(
 /// unadopted: a `current` that is a directory, or releases runbook did not make — naming
 /// each host and the command that adopts it (`runbook adopt -e ENV`).
 pub fn check_layout(effects: &Effects, targets: &[Target]) -> Result<(), ReleaseError> {
+    check_fleet(effects, targets).map(drop)
+}
+
+/// [`check_layout`], also saying — as a sentence naming each host — when the hosts do
+/// not serve one release before the change (`current` on different releases, or on one
+/// that is gone). The change may go on: it brings every host to one release; the
+/// sentence says what its failure would leave.
+pub fn check_fleet(effects: &Effects, targets: &[Target]) -> Result<Option<String>, ReleaseError> {
     let results = on_all(effects, targets, |t| {
         let mut spec = script("release: check the layout".into(), LAYOUT, &[&root(t)]);
         spec.quiet = true;
@@ -1156,10 +1168,16 @@ pub fn check_layout(effects: &Effects, targets: &[Target]) -> Result<(), Release
         spec
     })?;
     let mut problems = Vec::new();
+    let mut live: Vec<(String, String)> = Vec::new();
+    let mut dangling = Vec::new();
     for r in &results {
         let mut foreign = Vec::new();
         for line in r.stdout.lines() {
-            if line == "current-dir" {
+            if let Some(name) = line.strip_prefix("live ") {
+                live.push((r.host.clone(), name.to_owned()));
+            } else if line == "dangling" {
+                dangling.push(r.host.clone());
+            } else if line == "current-dir" {
                 problems.push(format!(
                     "{}: `current` is a directory, not a link runbook can switch (another tool deployed here)",
                     r.host
@@ -1177,12 +1195,41 @@ pub fn check_layout(effects: &Effects, targets: &[Target]) -> Result<(), Release
         }
     }
     if problems.is_empty() {
-        return Ok(());
+        return Ok(drift(&live, &dangling, results.len()));
     }
     Err(ReleaseError::new(format!(
         "this fleet holds a layout another tool made; nothing was changed:\n- {}\nAdopt it first: `runbook adopt -e ENV` records those releases as rollback targets (cleanup keeps them) and turns a `current` directory into a release behind a link, while the site keeps serving.",
         problems.join("\n- ")
     )))
+}
+
+/// The sentence for a fleet that does not serve one release (see [`check_fleet`]).
+fn drift(live: &[(String, String)], dangling: &[String], hosts: usize) -> Option<String> {
+    let names: std::collections::BTreeSet<&str> = live.iter().map(|(_, r)| r.as_str()).collect();
+    // Hosts without a release yet (a host being added) are not drift: they get this one.
+    if dangling.is_empty() && names.len() <= 1 {
+        return None;
+    }
+    let each: Vec<String> = live
+        .iter()
+        .map(|(h, r)| {
+            if dangling.contains(h) {
+                format!("{h} {r} (missing: it serves nothing)")
+            } else {
+                format!("{h} {r}")
+            }
+        })
+        .collect();
+    let without = hosts - live.len();
+    Some(format!(
+        "the hosts do not serve one release before this change: {}{}. It brings every host to one release; if it fails, each host goes back to what it serves now",
+        each.join(", "),
+        if without > 0 {
+            format!(" ({without} without a release yet)")
+        } else {
+            String::new()
+        }
+    ))
 }
 
 /// Adopts another tool's layout on every target (see `ADOPT`); `by` is who adopts.

@@ -807,6 +807,52 @@ ssh::run(hosts("web"), ["sh", "-c", "touch /var/www/app/started-{file}; sleep {s
     );
 }
 
+/// A fleet that drifted (one host switched back by hand) is named host by host before a
+/// deploy changes anything, with what to run; the deploy then brings every host to one
+/// release.
+#[test]
+fn a_deploy_onto_a_drifted_fleet_says_which_host_serves_what_first() {
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let project = f.project();
+    project
+        .run_with(&["run", "deploy", "-e", "prod", "ref=v1", "-q"])
+        .code(0);
+    let r1 = f.current("web1");
+    next_second();
+    project
+        .run_with(&["run", "deploy", "-e", "prod", "ref=v2", "-q"])
+        .code(0);
+    let r2 = f.current("web1");
+    // web2 switched back by hand, as someone might during an incident.
+    let link = f.path("web2", "/var/www/app/current");
+    let target = std::fs::read_link(&link).unwrap();
+    let back = target.with_file_name(&r1);
+    let tmp = f.path("web2", "/var/www/app/current.tmp");
+    std::os::unix::fs::symlink(&back, &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    assert_eq!(f.current("web2"), r1);
+    next_second();
+    let out = project.run_with(&["run", "deploy", "-e", "prod", "ref=v1"]);
+    out.code(0).stderr_has(&format!(
+        "the hosts do not serve one release before this change: web1 {r2}, web2 {r1}, worker1 {r2}"
+    ))
+    .stderr_has("`runbook status -e prod` shows the fleet");
+    let drift = out.stderr.find("do not serve one release").unwrap();
+    let lock = out.stderr.find("▶ lock").unwrap_or(usize::MAX);
+    assert!(
+        drift < lock,
+        "the sentence came after the deploy began changing things:\n{}",
+        out.stderr
+    );
+    let live = f.current("web1");
+    all_on(&f, &live);
+    took(
+        "a_deploy_onto_a_drifted_fleet_says_which_host_serves_what_first",
+        t0,
+    );
+}
+
 /// A run SIGKILLed while it had moved traffic to the staged release (a canary's share, a
 /// blue-green switch cut between its two balancer steps): `runbook recover` puts every
 /// request back on stable, and says so; a split another run set is left alone.

@@ -639,9 +639,24 @@ pub mod release_api {
     /// Refuses, before anything changes, hosts holding a layout another tool made (a
     /// `current` that is a directory, releases without runbook's metadata), naming each
     /// and the command that adopts them (`runbook adopt -e ENV`). Strategies call it first.
+    /// When the hosts do not serve one release before the change (different `current`s,
+    /// or one pointing at a release that is gone), it says so as a warning naming each
+    /// host, with the commands that show and fix the fleet.
     #[rhai_fn(return_raw)]
     pub fn check_layout(ctx: NativeCallContext, hosts: Dynamic) -> Result<(), Box<EvalAltResult>> {
-        super::on_hosts(&ctx, &hosts, crate::release::check_layout)
+        let session = super::super::session(&ctx)?;
+        let r = targets(&hosts)
+            .and_then(|(t, _)| crate::release::check_fleet(&session.effects, &t).map_err(to_rhai));
+        if let Ok(Some(sentence)) = &r {
+            let env = session.env.as_ref().map_or("ENV", |e| e.name.as_str());
+            session.effects.output().log(
+                crate::output::Level::Warn,
+                format!(
+                    "{sentence} (`runbook status -e {env}` shows the fleet; `runbook run rollback -e {env}` brings it to one release)"
+                ),
+            );
+        }
+        super::super::located(&ctx, r.map(drop))
     }
 
     /// Says that this run's change is complete and verified on every host: from now on a
