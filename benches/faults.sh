@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FAULT_TRIALS=${FAULT_TRIALS:-100} cargo test --locked -q --test integration -- \
-  faults::two_deploys faults::signals --nocapture --test-threads=1 2>&1 |
-  grep -E '^(concurrent deploys|signals):|panicked|FAILED' || true
+  faults::two_deploys prod::signals prod::after_a_sigkill --nocapture --test-threads=1 2>&1 |
+  grep -E '^(concurrent deploys|signals|sigkill of [a-z-]*):|panicked|FAILED' || true

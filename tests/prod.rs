@@ -703,6 +703,145 @@ fn sigkill_trials(script: &str, test: &str, default: usize) {
     took(test, t0);
 }
 
+/// SIGTERM, SIGINT or SIGHUP (a dropped terminal or bastion) at a random moment of a
+/// rolling deploy on separate hosts sharing one database: after each trial every host
+/// serves one complete release, no web host answers 503, no lock is left, the audit says
+/// `aborted` (or `success` when the signal came after the end), and no command of the
+/// run is still running on any host (found by the run id every command carries).
+#[test]
+fn signals_at_random_points_of_a_deploy_leave_every_host_on_one_release() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let t0 = Instant::now();
+    let Some(f) = ProdFleet::start() else { return };
+    let n = crate::faults::trials(20);
+    let seed = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let mut rng = crate::faults::Lcg(seed);
+    let project = f.project();
+    project
+        .run_with(&["run", "deploy", "-e", "prod", "ref=v1", "-q"])
+        .code(0);
+    let took_ms = {
+        next_second();
+        let t = Instant::now();
+        project
+            .run_with(&["run", "deploy", "-e", "prod", "ref=v2", "-q"])
+            .code(0);
+        t.elapsed().as_millis() as u64
+    };
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for trial in 0..n {
+        next_second();
+        let signal = ["TERM", "INT", "HUP"][trial % 3];
+        let after = rng.next(took_ms);
+        let records = || {
+            std::fs::read_to_string(project.path().join("audit.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let before = records();
+        let r = if trial % 2 == 0 { "ref=v1" } else { "ref=v2" };
+        let mut child = project
+            .command()
+            .args(["run", "deploy", "-e", "prod", r])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(after));
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trial {trial}: runbook did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        let what = format!("trial {trial} (SIG{signal} after {after} ms)");
+        let live = f.current("web1");
+        let whole = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| all_on(&f, &live)));
+        assert!(whole.is_ok(), "{what}: not one release everywhere\n{err}");
+        for h in &f.hosts {
+            assert!(
+                h.host
+                    .path(&format!("/var/www/app/.runbook/releases/{live}.json"))
+                    .exists()
+                    && !h
+                        .host
+                        .path(&format!("/var/www/app/.runbook/preparing/{live}"))
+                        .exists(),
+                "{what}: {} serves an incomplete release {live}\n{err}",
+                h.host.name
+            );
+        }
+        let audit = std::fs::read_to_string(project.path().join("audit.jsonl")).unwrap_or_default();
+        let last: serde_json::Value = audit
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default();
+        let mut result = last["result"].as_str().unwrap_or("?").to_owned();
+        match status.code() {
+            Some(130) => assert_eq!(result, "aborted", "{what}: {last}"),
+            Some(0) => assert_eq!(result, "success", "{what}: {last}"),
+            // Before runbook installs its handlers (while it reads the project and
+            // compiles the script) a signal ends it as it would any program: it had
+            // changed nothing yet (checked above) and wrote no record.
+            None if records() == before => result = "ended before it began".to_owned(),
+            other => panic!("{what}: exit {other:?}\n{err}"),
+        }
+        *outcomes.entry(result.clone()).or_default() += 1;
+        // No command of the run outlives it, on any host.
+        let run = if result == "ended before it began" {
+            String::new()
+        } else {
+            last["run"].as_str().unwrap_or_default().to_owned()
+        };
+        let tag = format!("RUNBOOK_RUN={run}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: Vec<String> = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("environ"))
+                        .is_ok_and(|b| b.split(|c| *c == 0).any(|v| v == tag.as_bytes()))
+                })
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .collect();
+            if left.is_empty() || run.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: commands of the run left running: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!(
+        "signals: {n} trials (seed {seed}, deploy {took_ms} ms): {outcomes:?}; every host on one complete release, no 503, no lock, no command of the run left"
+    );
+    took(
+        "signals_at_random_points_of_a_deploy_leave_every_host_on_one_release",
+        t0,
+    );
+}
+
 /// A runner SIGKILLed while its command runs on the hosts: its ssh masters outlive it and
 /// finish that command. `runbook recover` waits for it before it judges or changes
 /// anything (so nothing the dead run sent lands after the recovery); one that runs past
