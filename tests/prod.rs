@@ -134,6 +134,18 @@ fn all_on(f: &ProdFleet, release: &str) {
     }
 }
 
+/// What a host's `.runbook/` holds of locks: the lock itself and its temporaries.
+fn lock_leftovers(h: &crate::support::prod::ProdHost) -> Vec<String> {
+    std::fs::read_dir(h.host.path("/var/www/app/.runbook"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("lock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The hosts an `artisan` verb ran on, from a `--json` run's events.
 fn artisan_hosts(out: &crate::harness::Output, verb: &str) -> Vec<String> {
     let mut hosts: Vec<String> = out
@@ -655,15 +667,7 @@ fn sigkill_trials(script: &str, test: &str, default: usize) {
             "trial {trial} (SIGKILL after {after} ms of {script}): not one release everywhere\nkilled run:\n{err}\nthen:\n{said}"
         );
         for h in &f.hosts {
-            let meta = h.host.path("/var/www/app/.runbook");
-            let left: Vec<String> = std::fs::read_dir(&meta)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| n.starts_with("lock"))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let left = lock_leftovers(h);
             assert!(
                 left.is_empty(),
                 "trial {trial} (SIGKILL after {after} ms): {} still has {left:?}\n{said}",
@@ -1137,15 +1141,7 @@ fn a_host_that_hangs_mid_deploy_and_comes_back_needs_no_manual_step() {
             "{}: left in maintenance mode",
             h.host.name
         );
-        let meta = h.host.path("/var/www/app/.runbook");
-        let left: Vec<String> = std::fs::read_dir(&meta)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("lock"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let left = lock_leftovers(h);
         assert!(left.is_empty(), "{} still has {left:?}", h.host.name);
     }
     eprintln!(
