@@ -17,6 +17,7 @@ pub mod lock;
 pub mod metrics;
 pub mod modules;
 pub mod notify;
+pub mod origin;
 pub mod output;
 pub mod permissions;
 pub mod project;

@@ -35,6 +35,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(Error::Runtime)
 }
 
+pub use crate::origin::{actor, ci_run_url, os_user, run_id};
+
 pub struct SessionConfig {
     pub inventory: Option<Arc<Inventory>>,
     pub env: Option<Arc<Environment>>,
@@ -98,18 +100,6 @@ pub(crate) fn print(text: &str) {
     } else {
         crate::output::stdout(&format!("{text}\n"))
     };
-}
-
-/// The URL of the CI run this process belongs to (GitHub Actions), if any.
-pub fn ci_run_url() -> Option<String> {
-    match (
-        std::env::var("GITHUB_SERVER_URL"),
-        std::env::var("GITHUB_REPOSITORY"),
-        std::env::var("GITHUB_RUN_ID"),
-    ) {
-        (Ok(s), Ok(r), Ok(id)) => Some(format!("{s}/{r}/actions/runs/{id}")),
-        _ => None,
-    }
 }
 
 /// Output with its sinks, effects, and the session a script sees.
@@ -307,39 +297,6 @@ pub(crate) fn write_audit(
     }
 }
 
-/// Who is running this: the GitHub actor inside GitHub Actions (`GITHUB_ACTIONS=true`),
-/// else the OS account of this process. `$USER`, `$LOGNAME` and a `GITHUB_ACTOR` set
-/// outside Actions are never believed: anyone can set them.
-pub fn actor() -> String {
-    let in_actions = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
-    match std::env::var("GITHUB_ACTOR") {
-        Ok(a) if in_actions && !a.trim().is_empty() => a,
-        _ => os_user(),
-    }
-}
-
-/// The OS account this process runs as (real uid → passwd), `uid N` when it has no entry.
-pub fn os_user() -> String {
-    let uid = nix::unistd::getuid();
-    match nix::unistd::User::from_uid(uid) {
-        Ok(Some(user)) => user.name,
-        _ => format!("uid {uid}"),
-    }
-}
-
-/// A run id that sorts by time and that nobody can guess or repeat: the time, the pid
-/// (to find the process), and 48 random bits — two runs on two machines in the same
-/// millisecond with the same pid still differ, and a lock's private names
-/// (`lock.stale.<run>…`) cannot be predicted.
-pub fn run_id() -> String {
-    format!(
-        "{}-{:x}-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"),
-        std::process::id(),
-        crate::transport::random_hex(6)
-    )
-}
-
 /// `KEY=VALUE` pairs into a map; keys must be identifiers.
 pub fn parse_args(pairs: &[String]) -> Result<BTreeMap<String, String>, Error> {
     let mut out = BTreeMap::new();
@@ -361,23 +318,6 @@ pub fn parse_args(pairs: &[String]) -> Result<BTreeMap<String, String>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn run_ids_sort_by_time_and_differ_within_one_process() {
-        let (a, b) = (run_id(), run_id());
-        assert_ne!(
-            a, b,
-            "two run ids of one process in one millisecond are equal"
-        );
-        let parts: Vec<&str> = a.split('-').collect();
-        assert_eq!(parts.len(), 3, "{a}");
-        assert_eq!(parts[2].len(), 12, "{a}");
-        assert!(parts[2].chars().all(|c| c.is_ascii_hexdigit()), "{a}");
-        assert!(
-            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
-            "{a}"
-        );
-    }
 
     #[test]
     fn script_arguments_are_key_value_strings() {

@@ -17,7 +17,7 @@ pub fn holder(session: &crate::engine::Session) -> Holder {
         pid: std::process::id(),
         script: session.info.script.clone(),
         reason: session.info.reason.clone(),
-        ci_run: crate::commands::ci_run_url(),
+        ci_run: crate::origin::ci_run_url(),
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
 }
