@@ -275,6 +275,13 @@ fn a_canary_step_with_no_traffic_is_held_inconclusive_then_failed_never_promoted
         .filter(|b| b.contains("is inconclusive") && b.contains("no requests"))
         .collect();
     assert_eq!(warnings.len(), 2, "{got:?}");
+    // Each says how to steer the held rollout, exactly.
+    for w in &warnings {
+        assert!(
+            w.contains("runbook rollout promote -e prod") && w.contains("runbook rollout abort -e prod"),
+            "{w}"
+        );
+    }
 }
 
 /// A browser-like client of the balancer: it keeps the `runbook_cohort` cookie the

@@ -36,7 +36,6 @@ fn open(
     env: Option<&str>,
     name: &str,
     reason: Option<&str>,
-    args: &[(&str, String)],
 ) -> Result<Opened, Error> {
     let project = crate::project::Project::load(global.config.as_deref())?;
     let env = project.env(env)?;
@@ -44,9 +43,6 @@ fn open(
     let mut config =
         super::SessionConfig::for_env(&project.inventory, &env, name, global.verbosity());
     config.info.reason = reason.map(|r| r.trim().to_owned());
-    for (k, v) in args {
-        config.info.args.insert((*k).to_owned(), v.clone());
-    }
     let session = super::session(&rt, config);
     Ok((rt, session, env))
 }
@@ -81,7 +77,7 @@ fn look(
 
 fn status(global: &Global, args: &StatusArgs) -> Result<(), Error> {
     let clock = Instant::now();
-    let (_rt, session, env) = open(global, args.env.as_deref(), "rollout status", None, &[])?;
+    let (_rt, session, env) = open(global, args.env.as_deref(), "rollout status", None)?;
     let targets = all_targets(&env);
     let (seen, unreachable) = look(&session, &targets);
     session.effects.close();
@@ -316,7 +312,7 @@ fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result
     if crate::permissions::needs_confirmation(&env_def, false, args.yes) {
         super::run::confirm(&env_def.name, &name)?;
     }
-    let (rt, session, env) = open(global, args.env.as_deref(), &name, reason, &[])?;
+    let (rt, session, env) = open(global, args.env.as_deref(), &name, reason)?;
     let targets = all_targets(&env);
     let (seen, unreachable) = look(&session, &targets);
     let out = session.effects.output().clone();
