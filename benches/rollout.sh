@@ -76,6 +76,9 @@ ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>&1 || true; t1=$(date +%
 ro=$(for _ in $(seq "$RUNS"); do ms "$RB" rollout status -e bench; done | median)
 rj=$(for _ in $(seq "$RUNS"); do ms "$RB" rollout status -e bench --json; done | median)
 st=$(for _ in $(seq "$RUNS"); do ms "$RB" status -e bench; done | median)
+ls=$(for _ in $(seq "$RUNS"); do ms "$RB" lock status -e bench; done | median)
+# The floor: one cold SSH connection running `true` (what any cold read of a host costs).
+sh1=$(for _ in $(seq "$RUNS"); do ms ssh -i "$W/id" -o UserKnownHostsFile="$W/known_hosts" -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes deploy@127.0.5.1 true; done | median)
 t0=$(date +%s%N)
 "$RB" rollout abort -e bench --reason "benchmark over" >/dev/null 2>&1
 wait "$RUNNER" || true
@@ -87,5 +90,7 @@ echo "|---|---|"
 echo "| runbook rollout status (lock + rollout state per host, one round trip) | ${ro} ms |"
 echo "| runbook rollout status --json | ${rj} ms |"
 echo "| runbook status (for comparison) | ${st} ms |"
+echo "| runbook lock status (for comparison: one round trip per host) | ${ls} ms |"
+echo "| ssh host true, cold (the floor) | ${sh1} ms |"
 echo "| rollout abort until the runner exited (obeyed, one poll) | $(((t1 - t0) / 1000000)) ms |"
 grep "ended by" "$W/runner.out"

@@ -567,7 +567,7 @@ mod tests {
             },
             state: Some(State {
                 run: "run-a".into(),
-                weight: i64::try_from(updated).unwrap(),
+                weight: updated,
                 updated_ms: updated,
                 ..State::default()
             }),

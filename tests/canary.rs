@@ -278,7 +278,8 @@ fn a_canary_step_with_no_traffic_is_held_inconclusive_then_failed_never_promoted
     // Each says how to steer the held rollout, exactly.
     for w in &warnings {
         assert!(
-            w.contains("runbook rollout promote -e prod") && w.contains("runbook rollout abort -e prod"),
+            w.contains("runbook rollout promote -e prod")
+                && w.contains("runbook rollout abort -e prod"),
             "{w}"
         );
     }

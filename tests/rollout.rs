@@ -345,8 +345,8 @@ fn a_runner_killed_at_25_percent_is_shown_dead_and_rollout_abort_restores_stable
     assert_eq!(weight(&f), 0, "{}", f.lb.traffic());
     let seen = answers(&f, 40);
     assert_eq!(
-        seen.keys().cloned().collect::<Vec<_>>(),
-        [stable.clone()],
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        [stable.as_str()],
         "{seen:?}"
     );
     for h in ["web1", "web2", "worker1"] {
@@ -406,8 +406,8 @@ fn a_promote_from_another_process_finishes_with_every_host_on_the_new_release() 
     assert_eq!(weight(&f), 0, "{}", f.lb.traffic());
     let seen = answers(&f, 40);
     assert_eq!(
-        seen.keys().cloned().collect::<Vec<_>>(),
-        [canary.clone()],
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        [canary.as_str()],
         "{seen:?}"
     );
     let all = messages(&run);
