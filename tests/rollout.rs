@@ -416,3 +416,63 @@ fn a_promote_from_another_process_finishes_with_every_host_on_the_new_release() 
     assert_eq!(code, 0, "{s}");
     assert_eq!(s["rollout"]["state"]["phase"], "promoted", "{s}");
 }
+
+#[test]
+fn a_runner_killed_at_the_first_step_is_finished_by_rollout_promote() {
+    let Some(f) = ProdFleet::start() else { return };
+    let inv = inventory(
+        &f,
+        "canary = { window = \"60s\", checks = 1, min_requests = 20 }",
+    );
+    let stable = stable(&f, &inv);
+    let project = f.project_with(&inv);
+    let mut runner = start_canary(&project, "v2", "10,50");
+    wait_for_weight(&f, 10, &mut runner, 120);
+    let until = Instant::now() + Duration::from_secs(20);
+    while status_json(&project).1["window_left_s"].is_null() {
+        assert!(Instant::now() < until, "no window began");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    runner.kill().unwrap(); // SIGKILL
+    let _ = runner.wait();
+    let canary = f.staged("web1");
+    assert_ne!(canary, stable);
+    let out = project.run_with(&[
+        "rollout",
+        "promote",
+        "-e",
+        "prod",
+        "--reason",
+        "it was fine",
+    ]);
+    out.code(0);
+    for h in ["web1", "web2", "worker1"] {
+        assert_eq!(f.current(h), canary, "{h}:\n{}", out.stderr);
+        assert!(
+            !f.path(h, "/var/www/app/.runbook/lock").exists(),
+            "a lock is left on {h}:\n{}",
+            out.stderr
+        );
+    }
+    // 0% on `next` is all on `current`, which is the canary now.
+    assert_eq!(weight(&f), 0, "{}", f.lb.traffic());
+    let seen = answers(&f, 40);
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        [canary.as_str()],
+        "{seen:?}"
+    );
+    let (code, s) = status_json(&project);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["rollout"]["state"]["phase"], "promoted", "{s}");
+    let requests = s["rollout"]["state"]["requests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        requests
+            .last()
+            .is_some_and(|r| r["action"] == "promote" && r["reason"] == "it was fine"),
+        "{s}"
+    );
+}
