@@ -110,7 +110,7 @@ fn obey(session: &crate::engine::Session, ro: &Rollout) -> Option<Action> {
     let taken = rollout::take(&session.effects, &targets);
     let mut decided = None;
     for mut r in taken {
-        if decided.is_some() || ro.with(|i| i.state.requests.iter().any(|x| x.id == r.id)) {
+        if ro.with(|i| i.state.requests.iter().any(|x| x.id == r.id)) {
             continue;
         }
         let now = rollout::now_ms();
@@ -118,6 +118,8 @@ fn obey(session: &crate::engine::Session, ro: &Rollout) -> Option<Action> {
             let s = &mut i.state;
             let left = s.window_left_s(now).unwrap_or(0);
             let said = match r.action {
+                // Taken in the same look as a promote or abort: recorded, not obeyed.
+                _ if decided.is_some() => format!("ignored: already {}", s.phase.as_str()),
                 Action::Pause if s.paused_at_ms.is_some() => "ignored: already paused".to_owned(),
                 Action::Pause => {
                     s.paused_at_ms = Some(now);
