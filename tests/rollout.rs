@@ -321,6 +321,10 @@ fn a_runner_killed_at_25_percent_is_shown_dead_and_rollout_abort_restores_stable
     assert_eq!(s["holder_alive"], false, "{s}");
     assert_eq!(s["rollout"]["locked"], true, "{s}");
     let human = project.run_with(&["rollout", "status", "-e", "prod"]);
+    eprintln!(
+        "rollout status of the dead runner:\n{}{}",
+        human.stdout, human.stderr
+    );
     assert_eq!(human.code, 1);
     assert!(
         human.stdout.contains("25% of cohorts") && human.stdout.contains("DEAD"),
@@ -341,6 +345,7 @@ fn a_runner_killed_at_25_percent_is_shown_dead_and_rollout_abort_restores_stable
         .project_with(&inv)
         .env("SLACK_WEBHOOK_URL", &slack.url("/services/T0/B0/rollout"))
         .run_with(&["rollout", "abort", "-e", "prod", "--reason", "runner died"]);
+    eprintln!("rollout abort of the dead runner:\n{}", out.stderr);
     out.code(0);
     assert_eq!(weight(&f), 0, "{}", f.lb.traffic());
     let seen = answers(&f, 40);

@@ -184,6 +184,11 @@ fn render(
             s.weight
         ));
         match s.window_left_s(now) {
+            Some(_) if !seen.alive => out.push_str(&format!(
+                "window: {} s of {} s were left when the runner last wrote (nobody counts them: it is gone)\n",
+                s.window_left_s(s.updated_ms).unwrap_or(0),
+                s.window_s
+            )),
             Some(left) if s.paused_at_ms.is_some() => out.push_str(&format!(
                 "window: paused with {left} s left of {} s (the clock is stopped until `runbook rollout resume -e {env}`)\n",
                 s.window_s
