@@ -70,6 +70,9 @@ pub enum Command {
     Releases(StatusArgs),
     /// The deploy lock: who holds it, and freezing deploys (`status`, `freeze`, `thaw`)
     Lock(LockArgs),
+    /// A running canary: see it and steer it from here (`status`, `pause`, `resume`,
+    /// `promote`, `abort`), also when the run that drives it is gone
+    Rollout(RolloutArgs),
     /// Run an ad-hoc command on hosts (argv, audited; -i: one host with a terminal)
     Exec(ExecArgs),
     /// Query the audit log: who ran what, where, why, and how it ended
@@ -296,6 +299,43 @@ pub struct FreezeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub action: RolloutAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutAction {
+    /// Step, weight, time left in the window, the last judgements (both pools), the
+    /// holder (exit 1: its runner is gone)
+    Status(StatusArgs),
+    /// Hold the current weight: the window's clock stops until `resume`
+    Pause(RolloutControlArgs),
+    /// Let a paused window run on
+    Resume(RolloutControlArgs),
+    /// Go to 100% and finish like a passed canary (also when its runner is gone)
+    Promote(RolloutControlArgs),
+    /// All traffic back on stable, the release marked bad (also when its runner is gone)
+    Abort(RolloutControlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutControlArgs {
+    /// Environment from the inventory
+    #[arg(short, long, env = "RUNBOOK_ENV")]
+    pub env: Option<String>,
+    /// Why (required on a protected environment; recorded in the audit log)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Confirm on a protected environment
+    #[arg(long)]
+    pub yes: bool,
+    /// How long to wait for a running canary to say it obeyed (e.g. 30s)
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub wait: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct ThawArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
@@ -350,6 +390,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Status(args) => crate::commands::status::status(global, &args),
         Command::Releases(args) => crate::commands::status::releases(global, &args),
         Command::Lock(args) => crate::commands::lock::run(global, &args),
+        Command::Rollout(args) => crate::commands::rollout::run(global, &args),
         Command::Exec(args) => crate::commands::exec::run(global, args, None),
         Command::Alias(words) => crate::commands::exec::alias(global, &words),
         Command::Audit(args) => crate::commands::audit::run(global, &args),

@@ -24,6 +24,7 @@ pub mod project;
 pub mod quote;
 pub mod recovery;
 pub mod release;
+pub mod rollout;
 pub mod schema_risk;
 pub mod signal;
 pub mod status;

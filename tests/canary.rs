@@ -16,7 +16,7 @@ use crate::strategies::Load;
 use crate::support::prod::ProdFleet;
 
 /// The inventory with `canary` (a line of `[env.prod.vars]`) and the balancer's access log.
-fn inventory(f: &ProdFleet, canary: &str) -> String {
+pub(crate) fn inventory(f: &ProdFleet, canary: &str) -> String {
     let file = format!("file = \"{}\"", f.lb.traffic_file());
     let inv = f.inventory_with(true, canary);
     assert!(inv.contains(&file), "the fleet's inventory changed:\n{inv}");
@@ -27,7 +27,7 @@ fn inventory(f: &ProdFleet, canary: &str) -> String {
 }
 
 /// The stable release: v1 deployed, then a new second (so the canary gets a new name).
-fn stable(f: &ProdFleet, inv: &str) -> String {
+pub(crate) fn stable(f: &ProdFleet, inv: &str) -> String {
     f.project_with(inv)
         .args(&["run", "deploy", "-e", "prod", "ref=v1", "-q"])
         .run()
@@ -275,6 +275,14 @@ fn a_canary_step_with_no_traffic_is_held_inconclusive_then_failed_never_promoted
         .filter(|b| b.contains("is inconclusive") && b.contains("no requests"))
         .collect();
     assert_eq!(warnings.len(), 2, "{got:?}");
+    // Each says how to steer the held rollout, exactly.
+    for w in &warnings {
+        assert!(
+            w.contains("runbook rollout promote -e prod")
+                && w.contains("runbook rollout abort -e prod"),
+            "{w}"
+        );
+    }
 }
 
 /// A browser-like client of the balancer: it keeps the `runbook_cohort` cookie the
@@ -324,7 +332,7 @@ impl Client {
 }
 
 /// The canary percentage in a traffic file runbook wrote.
-fn percent(traffic: &str) -> u32 {
+pub(crate) fn percent(traffic: &str) -> u32 {
     if traffic.contains("{ * stable; }") {
         return 0;
     }

@@ -26,6 +26,7 @@ mod prod;
 mod readme;
 mod receivers;
 mod remote_commands;
+mod rollout; // runbook rollout status|pause|resume|promote|abort from a second process
 mod run;
 mod secrets;
 mod signals;

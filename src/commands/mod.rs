@@ -12,6 +12,7 @@ pub mod lock;
 pub mod recover;
 pub mod repl;
 mod repl_helper;
+pub mod rollout;
 pub mod run;
 pub mod status;
 pub mod unlock;

@@ -1,13 +1,193 @@
-//! `canary::*` — the canary judge for scripts (plain core: `crate::judge`).
+//! `canary::*` — the canary judge for scripts (plain core: `crate::judge`), and the
+//! rollout's state and control requests on the hosts (plain core: `crate::rollout`).
 //!
-//! Pure functions: the script reads the access log (over SSH) or asks Prometheus, and hands
-//! the text or the numbers here. Nothing is sent, so dry-run needs no special case.
+//! The judge is pure: the script reads the access log (over SSH) or asks Prometheus, and
+//! hands the text or the numbers here. The `rollout_*` functions keep the running
+//! canary's state next to the deploy lock and obey what `runbook rollout` asks; in a dry
+//! run they write nothing.
 
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
+use std::sync::{Arc, Mutex};
+
 use super::context::duration_arg;
+use crate::effects::Target;
 use crate::judge::{self as core, Options, PoolStats, Reading, Report, Values};
+use crate::output::Level;
+use crate::rollout::{self, Action, Phase, Pool, State};
+
+/// A running rollout (`canary::rollout`): its state, and the hosts that keep it. Clones
+/// share one state.
+#[derive(Clone)]
+pub struct Rollout(Arc<Mutex<Inner>>);
+
+struct Inner {
+    state: State,
+    targets: Vec<Target>,
+    dry_run: bool,
+}
+
+pub fn register_types(engine: &mut rhai::Engine) {
+    engine
+        .register_type_with_name::<Rollout>("Rollout")
+        .register_get("weight", |r: &mut Rollout| r.with(|i| i.state.weight))
+        .register_get("phase", |r: &mut Rollout| {
+            r.with(|i| i.state.phase.as_str().to_owned())
+        })
+        .register_get("request", |r: &mut Rollout| {
+            r.with(|i| last_request(&i.state))
+        });
+}
+
+impl Rollout {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Records the state on the hosts (a host that fails is warned about, not fatal: the
+    /// rollout itself goes on, only steering it from there is lost).
+    fn save(&self, session: &crate::engine::Session) {
+        let (state, targets, dry) = self.with(|i| {
+            i.state.updated_ms = rollout::now_ms();
+            (i.state.clone(), i.targets.clone(), i.dry_run)
+        });
+        if dry {
+            return;
+        }
+        for (host, why) in rollout::write(&session.effects, &targets, &state) {
+            session.effects.output().log(
+                Level::Warn,
+                format!("{host}: could not record the rollout's state ({why}): `runbook rollout` cannot read or steer it there"),
+            );
+        }
+    }
+}
+
+/// The last promote or abort request obeyed: `#{ action, actor, reason }` or `()`.
+fn last_request(s: &State) -> Dynamic {
+    s.requests
+        .iter()
+        .rev()
+        .find(|r| matches!(r.action, Action::Promote | Action::Abort))
+        .map_or(Dynamic::UNIT, |r| {
+            let mut m = Map::new();
+            m.insert("action".into(), r.action.as_str().into());
+            m.insert("actor".into(), r.actor.clone().into());
+            m.insert(
+                "reason".into(),
+                r.reason.clone().map_or(Dynamic::UNIT, Dynamic::from),
+            );
+            m.into()
+        })
+}
+
+fn names(targets: &[Target]) -> Vec<String> {
+    targets.iter().map(|t| t.name().to_owned()).collect()
+}
+
+/// Sleeps `d`, ended early by Ctrl-C / SIGTERM.
+fn nap(session: &crate::engine::Session, d: std::time::Duration) -> Result<(), Box<EvalAltResult>> {
+    let interrupt = session.effects.interrupt();
+    let interrupted = session.effects.runtime().block_on(async {
+        tokio::select! {
+            () = tokio::time::sleep(d) => false,
+            () = interrupt.signalled() => true,
+        }
+    });
+    if interrupted || interrupt.pending() {
+        return Err(super::interrupted());
+    }
+    Ok(())
+}
+
+/// Obeys the requests taken from the hosts; returns a promote or abort, if asked.
+fn obey(session: &crate::engine::Session, ro: &Rollout) -> Option<Action> {
+    let targets = ro.with(|i| i.targets.clone());
+    let taken = rollout::take(&session.effects, &targets);
+    let mut decided = None;
+    for mut r in taken {
+        if ro.with(|i| i.state.requests.iter().any(|x| x.id == r.id)) {
+            continue;
+        }
+        let now = rollout::now_ms();
+        let (said, level) = ro.with(|i| {
+            let s = &mut i.state;
+            let left = s.window_left_s(now).unwrap_or(0);
+            let said = match r.action {
+                // Taken in the same look as a promote or abort: recorded, not obeyed.
+                _ if decided.is_some() => format!("ignored: already {}", s.phase.as_str()),
+                Action::Pause if s.paused_at_ms.is_some() => "ignored: already paused".to_owned(),
+                Action::Pause => {
+                    s.paused_at_ms = Some(now);
+                    s.phase = Phase::Paused;
+                    format!("paused at {}% with {left} s left in the window", s.weight)
+                }
+                Action::Resume => match s.paused_at_ms.take() {
+                    None => "ignored: not paused".to_owned(),
+                    Some(at) => {
+                        s.window_started_ms += now - at;
+                        s.phase = Phase::Running;
+                        format!("resumed at {}% with {left} s left in the window", s.weight)
+                    }
+                },
+                Action::Promote => {
+                    s.paused_at_ms = None;
+                    s.phase = Phase::Promoting;
+                    decided = Some(Action::Promote);
+                    format!("promoting from {}%", s.weight)
+                }
+                Action::Abort => {
+                    s.paused_at_ms = None;
+                    s.phase = Phase::Aborting;
+                    decided = Some(Action::Abort);
+                    format!("aborting at {}%", s.weight)
+                }
+            };
+            r.obeyed_at = Some(rollout::now_rfc3339());
+            r.outcome = Some(said.clone());
+            s.requests.push(r.clone());
+            let level = if said.starts_with("ignored") {
+                Level::Info
+            } else {
+                Level::Warn
+            };
+            (said, level)
+        });
+        session.effects.output().log(
+            level,
+            format!(
+                "rollout: {} asked by {}{}: {said}",
+                r.action.as_str(),
+                r.actor,
+                r.reason
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            ),
+        );
+        ro.save(session);
+    }
+    decided
+}
+
+fn pool_of(v: Option<&Dynamic>) -> Pool {
+    let Some(m) = v.and_then(|d| d.clone().try_cast::<Map>()) else {
+        return Pool::default();
+    };
+    let num = |k: &str| m.get(k).and_then(float).filter(|x| x.is_finite());
+    Pool {
+        requests: m
+            .get("requests")
+            .and_then(|d| d.as_int().ok())
+            .and_then(|n| u64::try_from(n).ok()),
+        success: num("success"),
+        p95: num("p95"),
+    }
+}
 
 const OPTIONS: &[&str] = &[
     "since",
@@ -158,6 +338,204 @@ fn report(r: &Report) -> Map {
 
 #[export_module]
 pub mod canary_api {
+    use super::{Rollout, rollout};
+
+    /// Begins recording a rollout on the hosts of `web` (the pool that keeps its state,
+    /// next to the deploy lock: `<deploy_path>/.runbook/rollout`), for `runbook rollout
+    /// status|pause|resume|promote|abort`. `all` are the hosts the run locked. Options:
+    /// `release` (the staged release), `version`, `steps` (percentages), `strategy`
+    /// ("canary"). Returns the `Rollout` the other `canary::rollout_*` functions take.
+    #[rhai_fn(return_raw)]
+    pub fn rollout(
+        ctx: NativeCallContext,
+        web: Dynamic,
+        all: Dynamic,
+        opts: Map,
+    ) -> Result<Rollout, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let (targets, _) = super::super::exec::targets(&web)?;
+        let (locked, _) = super::super::exec::targets(&all)?;
+        let text = |k: &str| opts.get(k).map(ToString::to_string).unwrap_or_default();
+        let steps = opts
+            .get("steps")
+            .and_then(|s| s.clone().try_cast::<Array>())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| d.as_int().ok())
+            .collect();
+        let holder = super::super::lock::holder(&session);
+        let state = rollout::State {
+            run: holder.run,
+            actor: holder.actor,
+            machine: holder.machine,
+            pid: holder.pid,
+            env: session
+                .env
+                .as_ref()
+                .map(|e| e.name.clone())
+                .unwrap_or_default(),
+            strategy: opts
+                .get("strategy")
+                .map_or("canary".to_owned(), ToString::to_string),
+            release: text("release"),
+            version: text("version"),
+            hosts: super::names(&targets),
+            locked: super::names(&locked),
+            steps,
+            started_at: rollout::now_rfc3339(),
+            ..rollout::State::default()
+        };
+        let ro = Rollout(std::sync::Arc::new(std::sync::Mutex::new(super::Inner {
+            state,
+            targets,
+            dry_run: session.effects.dry_run(),
+        })));
+        ro.save(&session);
+        Ok(ro)
+    }
+
+    /// Records that step `step` (1-based) now sends `weight` % of cohorts to the canary.
+    #[rhai_fn(return_raw)]
+    pub fn rollout_step(
+        ctx: NativeCallContext,
+        ro: Rollout,
+        step: i64,
+        weight: i64,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        ro.with(|i| {
+            let s = &mut i.state;
+            s.step = usize::try_from(step).unwrap_or(0);
+            s.weight = weight;
+            if matches!(s.phase, rollout::Phase::Starting) {
+                s.phase = rollout::Phase::Running;
+            }
+            s.window_s = 0;
+            s.window_started_ms = 0;
+        });
+        ro.save(&session);
+        Ok(())
+    }
+
+    /// Records that a monitor window of `seconds` begins now (`runbook rollout status`
+    /// shows the time left in it).
+    #[rhai_fn(return_raw)]
+    pub fn rollout_window(
+        ctx: NativeCallContext,
+        ro: Rollout,
+        seconds: i64,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        ro.with(|i| {
+            i.state.window_s = u64::try_from(seconds).unwrap_or(0);
+            i.state.window_started_ms = rollout::now_ms();
+            if let Some(p) = i.state.paused_at_ms.as_mut() {
+                *p = i.state.window_started_ms;
+            }
+        });
+        ro.save(&session);
+        Ok(())
+    }
+
+    /// Waits `seconds` of the window, looking for control requests every second: a
+    /// `pause` stops the clock (the wait lasts until `resume`), a `promote` or `abort`
+    /// ends the wait at once. Returns "" (the time is up), "promote" or "abort" (who
+    /// asked, and why: `ro.request`). Ctrl-C ends the wait. A dry run does not wait.
+    #[rhai_fn(return_raw)]
+    pub fn rollout_wait(
+        ctx: NativeCallContext,
+        ro: Rollout,
+        seconds: Dynamic,
+    ) -> Result<String, Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let mut left = duration_arg(&seconds)?;
+        if ro.with(|i| i.dry_run) {
+            return Ok(String::new());
+        }
+        loop {
+            let paused = ro.with(|i| i.state.paused_at_ms.is_some());
+            let tick = if paused {
+                rollout::POLL
+            } else {
+                left.min(rollout::POLL)
+            };
+            if !tick.is_zero() {
+                super::nap(&session, tick)?;
+            }
+            if !paused {
+                left = left.saturating_sub(tick);
+            }
+            if let Some(action) = super::obey(&session, &ro) {
+                return Ok(action.as_str().to_owned());
+            }
+            if left.is_zero() && ro.with(|i| i.state.paused_at_ms.is_none()) {
+                return Ok(String::new());
+            }
+        }
+    }
+
+    /// Records a window's verdict (the map `canary::judge` returns) with both pools.
+    #[rhai_fn(return_raw)]
+    pub fn rollout_judged(
+        ctx: NativeCallContext,
+        ro: Rollout,
+        verdict: Map,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let reasons = verdict
+            .get("reasons")
+            .and_then(|r| r.clone().try_cast::<Array>())
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let outcome = verdict
+            .get("outcome")
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        ro.with(|i| {
+            let j = rollout::Judgement {
+                step: i.state.step,
+                weight: i.state.weight,
+                outcome,
+                reasons,
+                canary: super::pool_of(verdict.get("canary")),
+                stable: super::pool_of(verdict.get("stable")),
+                at: rollout::now_rfc3339(),
+            };
+            i.state.judgements.push(j);
+        });
+        ro.save(&session);
+        Ok(())
+    }
+
+    /// Records how the rollout ended: "promoted", "aborted" or "failed" (requests still
+    /// pending are dropped: nothing will obey them).
+    #[rhai_fn(return_raw)]
+    pub fn rollout_end(
+        ctx: NativeCallContext,
+        ro: Rollout,
+        phase: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let session = super::super::session(&ctx)?;
+        let p = rollout::Phase::parse(phase)
+            .filter(|p| p.ended())
+            .ok_or_else(|| {
+                super::super::error(format!(
+                    "a rollout ends \"promoted\", \"aborted\" or \"failed\", not \"{phase}\""
+                ))
+            })?;
+        ro.with(|i| {
+            i.state.phase = p;
+            i.state.paused_at_ms = None;
+        });
+        ro.save(&session);
+        if !ro.with(|i| i.dry_run) {
+            rollout::clear(&session.effects, &ro.with(|i| i.targets.clone()));
+        }
+        Ok(())
+    }
+
     /// Judges one window of the balancer's access log (`log_format runbook '$msec
     /// $runbook_pool $status $request_time'`): the `next` pool (canary) against `stable`.
     /// Options: `since`/`until` (epoch seconds; lines outside are not judged),

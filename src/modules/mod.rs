@@ -25,6 +25,7 @@ pub type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
 pub fn register(engine: &mut Engine) {
     context::register_types(engine);
+    canary::register_types(engine);
     engine.register_global_module(exported_module!(context::core_api).into());
     engine.register_static_module("local", exported_module!(exec::local_api).into());
     engine.register_static_module("ssh", exported_module!(exec::ssh_api).into());

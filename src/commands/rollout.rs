@@ -1,0 +1,550 @@
+//! `runbook rollout status|pause|resume|promote|abort`: a running canary seen and steered
+//! from another terminal, a CI job or the REPL. The state and the requests live on the
+//! hosts next to the deploy lock (`crate::rollout`); a live runner obeys a request within
+//! about a second (`POLL`) and this command waits to see it obeyed. When the runner is
+//! gone (SIGKILL, a lost CI machine), `abort` and `promote` do its work here: the
+//! strategy's `take_over` (stdlib/strategies/canary.rhai) under a lock of this command's
+//! own, taken after the dead run's lock is recovered. Every request is audited.
+
+use std::time::{Duration, Instant};
+
+use crate::cli::{Global, RolloutAction, RolloutArgs, RolloutControlArgs, StatusArgs};
+use crate::effects::Target;
+use crate::engine::{self, Mode};
+use crate::error::Error;
+use crate::output::Level;
+use crate::rollout::{self, Action, Phase, Seen, State};
+
+pub fn run(global: &Global, args: &RolloutArgs) -> Result<(), Error> {
+    match &args.action {
+        RolloutAction::Status(a) => status(global, a),
+        RolloutAction::Pause(a) => control(global, a, Action::Pause),
+        RolloutAction::Resume(a) => control(global, a, Action::Resume),
+        RolloutAction::Promote(a) => control(global, a, Action::Promote),
+        RolloutAction::Abort(a) => control(global, a, Action::Abort),
+    }
+}
+
+type Opened = (
+    tokio::runtime::Runtime,
+    std::sync::Arc<crate::engine::Session>,
+    std::sync::Arc<crate::inventory::Environment>,
+);
+
+fn open(
+    global: &Global,
+    env: Option<&str>,
+    name: &str,
+    reason: Option<&str>,
+) -> Result<Opened, Error> {
+    let project = crate::project::Project::load(global.config.as_deref())?;
+    let env = project.env(env)?;
+    let rt = super::runtime()?;
+    let mut config =
+        super::SessionConfig::for_env(&project.inventory, &env, name, global.verbosity());
+    config.info.reason = reason.map(|r| r.trim().to_owned());
+    let session = super::session(&rt, config);
+    Ok((rt, session, env))
+}
+
+fn all_targets(env: &crate::inventory::Environment) -> Vec<Target> {
+    env.hosts.iter().cloned().map(Target::Host).collect()
+}
+
+fn targets_named(env: &crate::inventory::Environment, names: &[String]) -> Vec<Target> {
+    names
+        .iter()
+        .filter_map(|n| env.host(n))
+        .map(Target::Host)
+        .collect()
+}
+
+/// Every host read at once: the rollout seen, and the hosts that did not answer.
+fn look(
+    session: &crate::engine::Session,
+    targets: &[Target],
+) -> (Option<Seen>, Vec<(String, String)>) {
+    let mut views = Vec::new();
+    let mut unreachable = Vec::new();
+    for (t, v) in targets.iter().zip(rollout::read(&session.effects, targets)) {
+        match v {
+            Ok(v) => views.push(v),
+            Err(e) => unreachable.push((t.name().to_owned(), e.trim().to_owned())),
+        }
+    }
+    (rollout::judge(&views), unreachable)
+}
+
+fn status(global: &Global, args: &StatusArgs) -> Result<(), Error> {
+    let clock = Instant::now();
+    let (_rt, session, env) = open(global, args.env.as_deref(), "rollout status", None)?;
+    let targets = all_targets(&env);
+    let (seen, unreachable) = look(&session, &targets);
+    session.effects.close();
+    let took_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let now = rollout::now_ms();
+    let running = seen.as_ref().is_some_and(|s| !s.state.phase.ended());
+    let dead = seen
+        .as_ref()
+        .is_some_and(|s| !s.state.phase.ended() && !s.alive);
+    if args.json {
+        let doc = serde_json::json!({
+            "env": env.name,
+            "running": running,
+            "holder_alive": seen.as_ref().map(|s| s.alive),
+            "window_left_s": seen.as_ref().and_then(|s| s.state.window_left_s(now)),
+            "rollout": seen,
+            "unreachable": unreachable
+                .iter()
+                .map(|(h, e)| serde_json::json!({ "host": h, "error": e }))
+                .collect::<Vec<_>>(),
+            "took_ms": took_ms,
+        });
+        super::print(&serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        super::print(&render(
+            &env.name,
+            seen.as_ref(),
+            &unreachable,
+            now,
+            took_ms,
+        ));
+    }
+    if dead {
+        return Err(Error::Message(format!(
+            "the rollout on {} has no live runner: nothing steers it; finish it with `runbook rollout abort -e {}` (all traffic to stable) or `runbook rollout promote -e {}`",
+            env.name, env.name, env.name
+        )));
+    }
+    if seen.is_none() && !unreachable.is_empty() && unreachable.len() == targets.len() {
+        return Err(Error::Message(format!(
+            "no host of {} answered: the rollout state cannot be read",
+            env.name
+        )));
+    }
+    Ok(())
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("-".to_owned(), |v| format!("{v:.2}%"))
+}
+
+fn secs(x: Option<f64>) -> String {
+    x.map_or("-".to_owned(), |v| format!("{v:.3}s"))
+}
+
+fn render(
+    env: &str,
+    seen: Option<&Seen>,
+    unreachable: &[(String, String)],
+    now: i64,
+    took_ms: u64,
+) -> String {
+    let mut out = String::new();
+    let Some(seen) = seen else {
+        out.push_str(&format!("{env}: no rollout ({took_ms} ms)\n"));
+        for (h, e) in unreachable {
+            out.push_str(&format!("✗ {h} did not answer: {e}\n"));
+        }
+        return out;
+    };
+    let s = &seen.state;
+    let of = if s.steps.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " of {} ({})",
+            s.steps.len(),
+            s.steps
+                .iter()
+                .map(|p| format!("{p}%"))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        )
+    };
+    if s.phase.ended() {
+        out.push_str(&format!(
+            "{env}: no rollout running; the last one, {} {} of {} (run {}), ended {} at {}% (step {}{of})\n",
+            s.strategy,
+            s.release,
+            s.version,
+            s.run,
+            s.phase.as_str(),
+            s.weight,
+            s.step
+        ));
+    } else {
+        out.push_str(&format!(
+            "{env}: {} of {} ({}), {} — step {}{of}, {}% of cohorts on the canary\n",
+            s.strategy,
+            s.version,
+            s.release,
+            s.phase.as_str().to_uppercase(),
+            s.step,
+            s.weight
+        ));
+        match s.window_left_s(now) {
+            Some(_) if !seen.alive => out.push_str(&format!(
+                "window: {} s of {} s were left when the runner last wrote (nobody counts them: it is gone)\n",
+                s.window_left_s(s.updated_ms).unwrap_or(0),
+                s.window_s
+            )),
+            Some(left) if s.paused_at_ms.is_some() => out.push_str(&format!(
+                "window: paused with {left} s left of {} s (the clock is stopped until `runbook rollout resume -e {env}`)\n",
+                s.window_s
+            )),
+            Some(left) => {
+                out.push_str(&format!("window: {left} s left of {} s\n", s.window_s));
+            }
+            None => out.push_str("window: none running (between windows)\n"),
+        }
+    }
+    let beat = seen
+        .heartbeat_age
+        .map_or("no lock".to_owned(), |b| format!("heartbeat {b} s ago"));
+    let life = if s.phase.ended() {
+        "finished"
+    } else if seen.alive {
+        "alive"
+    } else if seen.locked {
+        "DEAD (its process is gone or its heartbeat stopped)"
+    } else {
+        "DEAD (it holds no lock any more)"
+    };
+    out.push_str(&format!(
+        "holder: run {} by {} on {} (pid {}), {beat} — {life}\n",
+        s.run, s.actor, s.machine, s.pid
+    ));
+    if s.judgements.is_empty() {
+        out.push_str("judgements: none yet\n");
+    } else {
+        out.push_str("last judgements:\n");
+        let rows: Vec<Vec<String>> = s
+            .judgements
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .flat_map(|j| {
+                let head = format!("{}% (step {})", j.weight, j.step);
+                let why = j.reasons.join("; ");
+                [
+                    vec![
+                        head,
+                        j.outcome.clone(),
+                        "canary".to_owned(),
+                        j.canary.requests.map_or("-".into(), |n| n.to_string()),
+                        pct(j.canary.success),
+                        secs(j.canary.p95),
+                        why,
+                    ],
+                    vec![
+                        String::new(),
+                        String::new(),
+                        "stable".to_owned(),
+                        j.stable.requests.map_or("-".into(), |n| n.to_string()),
+                        pct(j.stable.success),
+                        secs(j.stable.p95),
+                    ],
+                ]
+            })
+            .collect();
+        let table = super::status::table(
+            &[
+                "  STEP", "VERDICT", "POOL", "REQUESTS", "SUCCESS", "P95", "WHY",
+            ],
+            &rows
+                .into_iter()
+                .map(|mut r| {
+                    r[0] = format!("  {}", r[0]);
+                    r
+                })
+                .collect::<Vec<_>>(),
+        );
+        out.push_str(&table);
+    }
+    for r in s.requests.iter().rev().take(5).rev() {
+        out.push_str(&format!(
+            "request: {} by {}{} at {}: {}\n",
+            r.action.as_str(),
+            r.actor,
+            r.reason
+                .as_deref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default(),
+            r.at,
+            r.outcome.as_deref().unwrap_or("pending")
+        ));
+    }
+    if seen.pending > 0 {
+        out.push_str(&format!(
+            "{} request(s) not taken yet by the runner\n",
+            seen.pending
+        ));
+    }
+    for (h, e) in unreachable {
+        out.push_str(&format!("✗ {h} did not answer: {e}\n"));
+    }
+    if !s.phase.ended() {
+        if seen.alive {
+            out.push_str(&format!(
+                "steer: runbook rollout pause|resume|promote|abort -e {env} --reason \"…\"\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "✗ nothing steers this rollout: `runbook rollout abort -e {env}` puts all traffic back on stable, `runbook rollout promote -e {env}` finishes it\n"
+            ));
+        }
+    }
+    out.push_str(&format!("({took_ms} ms)\n"));
+    out
+}
+
+fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result<(), Error> {
+    let reason = args.reason.as_deref().filter(|r| !r.trim().is_empty());
+    let word = action.as_str();
+    let name = format!("rollout {word}");
+    let project = crate::project::Project::load(global.config.as_deref())?;
+    let env_def = project.env(args.env.as_deref())?;
+    if env_def.protected && reason.is_none() {
+        return Err(Error::BadOption {
+            option: "--reason".into(),
+            message: format!(
+                "`rollout {word}` on a protected environment needs a written reason (recorded): pass --reason \"…\""
+            ),
+        });
+    }
+    if crate::permissions::needs_confirmation(&env_def, false, args.yes) {
+        super::run::confirm(&env_def.name, &name)?;
+    }
+    let (rt, session, env) = open(global, args.env.as_deref(), &name, reason)?;
+    let targets = all_targets(&env);
+    let (seen, unreachable) = look(&session, &targets);
+    let out = session.effects.output().clone();
+    for (h, e) in &unreachable {
+        out.log(Level::Warn, format!("{h} did not answer: {e}"));
+    }
+    let Some(seen) = seen.filter(|s| !s.state.phase.ended()) else {
+        session.effects.close();
+        return Err(Error::Message(format!(
+            "no rollout is running on {} (nothing was asked); `runbook rollout status -e {}` shows the last one",
+            env.name, env.name
+        )));
+    };
+    let request = rollout::Request {
+        id: session.info.id.clone(),
+        action,
+        actor: session.info.actor.clone(),
+        reason: reason.map(|r| r.trim().to_owned()),
+        machine: std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+        pid: std::process::id(),
+        at: rollout::now_rfc3339(),
+        obeyed_at: None,
+        outcome: None,
+    };
+    let clock = Instant::now();
+    let result = if seen.alive {
+        ask(&session, &env, &seen, &request, args.wait)
+    } else {
+        match action {
+            Action::Pause | Action::Resume => Err(format!(
+                "the runner of this rollout (run {} by {}) is gone: nothing would obey a {word}; finish it with `runbook rollout abort -e {}` or `runbook rollout promote -e {}`",
+                seen.state.run, seen.state.actor, env.name, env.name
+            )),
+            Action::Promote | Action::Abort => {
+                take_over(&rt, &session, &env, &seen, &request).map(|()| {
+                    if action == Action::Abort {
+                        format!(
+                            "the rollout of {} is aborted: all traffic is on the stable release, {} is marked bad, the dead run's lock is gone",
+                            seen.state.version, seen.state.release
+                        )
+                    } else {
+                        format!(
+                            "the rollout of {} is promoted: every host is on {}, the lock is released",
+                            seen.state.version, seen.state.release
+                        )
+                    }
+                })
+            }
+        }
+    };
+    let mut record = super::audit_record(
+        &session,
+        &name,
+        "",
+        if result.is_ok() { "success" } else { "failed" },
+        clock.elapsed(),
+    );
+    record.hosts.clone_from(&seen.state.hosts);
+    record
+        .args
+        .insert("rollout_run".into(), seen.state.run.clone());
+    record
+        .args
+        .insert("release".into(), seen.state.release.clone());
+    if let Err(e) = &result {
+        record.error = Some(e.clone());
+    }
+    super::write_audit(&session, &record, true);
+    session.effects.close();
+    match result {
+        Ok(said) => {
+            out.log(Level::Info, format!("{}: {said}", env.name));
+            Ok(())
+        }
+        Err(e) => Err(Error::Message(e)),
+    }
+}
+
+/// A live runner: the request left on the hosts that keep the state, then watched until
+/// the runner says it obeyed it (or `wait` ends: the request stays, the runner takes it
+/// at its next window).
+fn ask(
+    session: &crate::engine::Session,
+    env: &crate::inventory::Environment,
+    seen: &Seen,
+    request: &rollout::Request,
+    wait: Duration,
+) -> Result<String, String> {
+    let on = targets_named(env, &seen.on);
+    let failed = rollout::post(&session.effects, &on, &request.clone());
+    if failed.len() == on.len() {
+        return Err(format!(
+            "the request could not be left on any host: {}",
+            failed
+                .iter()
+                .map(|(h, e)| format!("{h}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    let clock = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let (now, _) = look(session, &on);
+        if let Some(s) = now.filter(|s| s.state.run == seen.state.run)
+            && let Some(r) = s.state.requests.iter().find(|r| r.id == request.id)
+        {
+            return Ok(format!(
+                "the runner obeyed in {:.1} s: {}",
+                clock.elapsed().as_secs_f64(),
+                r.outcome.as_deref().unwrap_or("done")
+            ));
+        }
+        if clock.elapsed() >= wait {
+            return Ok(format!(
+                "asked; the runner has not taken the request within {} s (it reads requests while a window runs): `runbook rollout status -e {}` shows when it does",
+                wait.as_secs(),
+                env.name
+            ));
+        }
+    }
+}
+
+/// The runner is gone: this command finishes the rollout itself, with the strategy's
+/// `take_over`, then records how it ended in the state on the hosts.
+fn take_over(
+    rt: &tokio::runtime::Runtime,
+    session: &std::sync::Arc<crate::engine::Session>,
+    env: &crate::inventory::Environment,
+    seen: &Seen,
+    request: &rollout::Request,
+) -> Result<(), String> {
+    let s = &seen.state;
+    let word = request.action.as_str();
+    let why = format!(
+        "rollout {word} by {} after its runner (run {} by {}) died at {}%{}",
+        request.actor,
+        s.run,
+        s.actor,
+        s.weight,
+        request
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+    let output = session.effects.output().clone();
+    output.log(
+        Level::Warn,
+        format!(
+            "the run that drove this rollout ({} by {}, pid {} on {}) is gone: finishing the {word} here",
+            s.run, s.actor, s.pid, s.machine
+        ),
+    );
+    let effects = session.effects.clone();
+    crate::signal::install(
+        rt.handle(),
+        session.effects.interrupt().clone(),
+        output.clone(),
+        move || effects.kill_connections_now(),
+    );
+    let names = |v: &[String]| -> rhai::Array { v.iter().cloned().map(Into::into).collect() };
+    let mut take = rhai::Map::new();
+    take.insert("web".into(), names(&s.hosts).into());
+    let locked = if s.locked.is_empty() {
+        &s.hosts
+    } else {
+        &s.locked
+    };
+    take.insert("all".into(), names(locked).into());
+    take.insert("release".into(), s.release.clone().into());
+    take.insert("version".into(), s.version.clone().into());
+    take.insert("action".into(), word.into());
+    take.insert("why".into(), why.into());
+    // The values reach the script as a constant, never spliced into its text.
+    let text = "import \"strategies/canary\" as strategy;\n\
+        strategy::take_over(hosts(take.web), hosts(take.all), take.release, take.version, take.action, take.why);\n";
+    let name = format!("<rollout {word}>");
+    let engine = engine::build(session, Mode::Run, None);
+    let mut scope = engine::scope(session);
+    scope.push_constant("take", take);
+    let result = engine::compile(&engine, &scope, &name, text, &session.sources)
+        .map_err(|d| d.to_string())
+        .and_then(|ast| {
+            engine.run_ast_with_scope(&mut scope, &ast).map_err(|e| {
+                crate::engine::diagnostic::Diagnostic::from_eval(&e, &name, &session.sources)
+                    .redacted(output.redactor())
+                    .to_string()
+            })
+        });
+    let released = session.locks.release_all();
+    if !released.is_empty() {
+        output.log(
+            Level::Info,
+            format!("deploy lock released on {}", released.join(", ")),
+        );
+    }
+    let mut done: State = s.clone();
+    let mut r = request.clone();
+    r.obeyed_at = Some(rollout::now_rfc3339());
+    r.outcome = Some(match &result {
+        Ok(()) => format!("{word} done by `runbook rollout {word}` (the runner was gone)"),
+        Err(e) => format!("{word} failed: {}", e.lines().next().unwrap_or("")),
+    });
+    done.requests.push(r);
+    if result.is_ok() {
+        if request.action == Action::Abort {
+            done.phase = Phase::Aborted;
+            done.weight = 0;
+        } else {
+            done.phase = Phase::Promoted;
+            done.weight = 100;
+        }
+        done.paused_at_ms = None;
+    }
+    done.updated_ms = rollout::now_ms();
+    let on = targets_named(env, &s.hosts);
+    for (h, e) in rollout::write(&session.effects, &on, &done) {
+        output.log(
+            Level::Warn,
+            format!("{h}: could not record how the rollout ended: {e}"),
+        );
+    }
+    if result.is_ok() {
+        rollout::clear(&session.effects, &on);
+    }
+    result
+}
