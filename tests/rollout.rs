@@ -480,4 +480,14 @@ fn a_runner_killed_at_the_first_step_is_finished_by_rollout_promote() {
             .is_some_and(|r| r["action"] == "promote" && r["reason"] == "it was fine"),
         "{s}"
     );
+    // The promoted release is good: the recovery of the dead run's lock had marked it
+    // bad as unverified; a promote is the decision that it is not.
+    for h in ["web1", "web2", "worker1"] {
+        assert!(
+            !f.path(h, &format!("/var/www/app/.runbook/bad/{canary}"))
+                .exists(),
+            "{h}: the promoted release {canary} is still marked bad"
+        );
+    }
+    project.run_with(&["status", "-e", "prod"]).code(0);
 }
