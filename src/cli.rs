@@ -64,6 +64,8 @@ pub enum Command {
     Adopt(AdoptArgs),
     /// Bring the fleet back to one whole release after a run that died (lock, maintenance)
     Recover(RecoverArgs),
+    /// End the ssh master connections kept open by `[ssh] persist` (all, or one environment's)
+    Disconnect(DisconnectArgs),
     /// What is live where, who holds the lock, is anything half done (exit 1: not consistent)
     Status(StatusArgs),
     /// Every release: ref, commit, who, when, bad, and on which hosts it is present and live
@@ -375,6 +377,13 @@ pub struct RecoverArgs {
     pub kill: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct DisconnectArgs {
+    /// Only this environment's hosts (default: every kept connection)
+    #[arg(short, long)]
+    pub env: Option<String>,
+}
+
 pub fn dispatch(cli: Cli) -> Result<(), Error> {
     let global = &cli.global;
     match cli.command {
@@ -387,6 +396,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Unlock(args) => crate::commands::unlock::run(global, &args),
         Command::Adopt(args) => crate::commands::adopt::run(global, &args),
         Command::Recover(args) => crate::commands::recover::run(global, &args),
+        Command::Disconnect(args) => crate::commands::disconnect::run(global, &args),
         Command::Status(args) => crate::commands::status::status(global, &args),
         Command::Releases(args) => crate::commands::status::releases(global, &args),
         Command::Lock(args) => crate::commands::lock::run(global, &args),

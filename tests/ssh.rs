@@ -82,6 +82,57 @@ fn one_connection_per_host_serves_every_command_of_the_run() {
     }
 }
 
+/// `[ssh] persist`: the masters outlive the run and the next invocation reuses them (no
+/// new login); a changed inventory term (another known_hosts file) never reuses one;
+/// `runbook disconnect` ends them, and the next run logs in again.
+#[test]
+fn persisted_masters_serve_the_next_invocation_until_disconnect() {
+    let Some(fleet) = Fleet::start(2) else { return };
+    let runtime = tempfile::Builder::new()
+        .prefix("rb")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let t = Test::bare()
+        .file("runbook.toml", &fleet.inventory("persist = \"1m\"\n"))
+        .file("scripts/s.rhai", "ssh::run(hosts(\"web\"), [\"true\"]);\n")
+        .env("XDG_RUNTIME_DIR", &runtime.path().display().to_string());
+    let logins = || (0..2).map(|i| fleet.logins(i)).collect::<Vec<_>>();
+    let timed = |args: &[&str]| {
+        let t0 = std::time::Instant::now();
+        let out = t.run_with(args);
+        (out, t0.elapsed())
+    };
+    let (first, cold) = timed(&["run", "s", "-e", "fleet", "-q"]);
+    first.code(0);
+    assert_eq!(logins(), [1, 1]);
+    let (second, warm) = timed(&["run", "s", "-e", "fleet", "-q"]);
+    second.code(0);
+    assert_eq!(logins(), [1, 1], "the second run logged in again");
+    // Another known_hosts file is another term: no reuse.
+    let kh = t.path().join("kh");
+    std::fs::copy(&fleet.known_hosts, &kh).unwrap();
+    let other = fleet.inventory("persist = \"1m\"\n").replace(
+        &fleet.known_hosts.display().to_string(),
+        &kh.display().to_string(),
+    );
+    std::fs::write(t.path().join("runbook.toml"), other).unwrap();
+    t.run_with(&["run", "s", "-e", "fleet", "-q"]).code(0);
+    assert_eq!(
+        logins(),
+        [2, 2],
+        "a master made under other terms was reused"
+    );
+    t.run_with(&["disconnect"])
+        .code(0)
+        .stdout_has("4 kept ssh connections ended");
+    t.run_with(&["run", "s", "-e", "fleet", "-q"]).code(0);
+    assert_eq!(logins(), [3, 3], "disconnect left a master behind");
+    t.run_with(&["disconnect", "-e", "fleet"])
+        .code(0)
+        .stdout_has("2 kept ssh connections ended");
+    eprintln!("persist: a run on 2 hosts took {cold:?} cold, {warm:?} on the kept masters");
+}
+
 #[test]
 fn hostile_arguments_arrive_literally_on_the_remote_side() {
     let Some(fleet) = Fleet::start(1) else { return };

@@ -3,6 +3,7 @@
 pub mod adopt;
 pub mod audit;
 pub mod check;
+pub mod disconnect;
 pub mod doc;
 pub mod exec;
 pub mod hosts;

@@ -117,6 +117,8 @@ pub struct SshOptions {
     pub host_key_check: HostKeyCheck,
     pub connect_timeout: Duration,
     pub keepalive: Duration,
+    /// `[ssh] persist`: masters outlive the run by this long, reused by the next one.
+    pub persist: Option<Duration>,
     pub config_file: Option<String>,
 }
 
@@ -565,6 +567,16 @@ fn resolve_env(
             Duration::from_secs(5),
             invalid,
         )?,
+        persist: match ssh.persist.as_deref() {
+            None => None,
+            Some(v) => Some(parse_duration(
+                key("ssh.persist"),
+                Some(v),
+                Duration::ZERO,
+                invalid,
+            )?)
+            .filter(|d| !d.is_zero()),
+        },
         config_file: ssh.config_file.clone(),
     };
     if env.hosts.is_empty() {
@@ -868,6 +880,7 @@ fn merge_ssh(base: &RawSsh, over: &RawSsh) -> RawSsh {
             .clone()
             .or_else(|| base.connect_timeout.clone()),
         keepalive: over.keepalive.clone().or_else(|| base.keepalive.clone()),
+        persist: over.persist.clone().or_else(|| base.persist.clone()),
         config_file: over
             .config_file
             .clone()

@@ -120,6 +120,9 @@ pub struct RawSsh {
     pub host_key_check: Option<HostKeyCheck>,
     pub connect_timeout: Option<String>,
     pub keepalive: Option<String>,
+    /// Keep each host's master connection open this long after a command (`"10m"`), for
+    /// the next `runbook` invocation to reuse; `runbook disconnect` ends them.
+    pub persist: Option<String>,
     pub config_file: Option<String>,
     pub jump_host: Option<String>,
     pub max_concurrency: Option<u32>,

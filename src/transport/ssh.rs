@@ -46,12 +46,16 @@ const MASTER_IDLE_SECS: usize = 600;
 struct Conn {
     session: Arc<Session>,
     channels: Semaphore,
+    /// Kept open for the next invocation (`[ssh] persist`) instead of closed at the end.
+    persist: bool,
 }
 
 type Slot = Arc<OnceCell<Result<Arc<Conn>, String>>>;
 
 pub struct SshPool {
     dir: tempfile::TempDir,
+    /// Masters of an earlier invocation this pool reused (`[ssh] persist`).
+    reused: std::sync::atomic::AtomicUsize,
     /// `exec env RUNBOOK_RUN=<run id> `: what every remote command starts with.
     tag: String,
     conns: Mutex<HashMap<String, Slot>>,
@@ -66,6 +70,7 @@ impl SshPool {
             .tempdir_in("/tmp")?;
         Ok(SshPool {
             dir,
+            reused: std::sync::atomic::AtomicUsize::new(0),
             tag: tag_prefix(run),
             conns: Mutex::new(HashMap::new()),
             opened: std::sync::atomic::AtomicUsize::new(0),
@@ -75,6 +80,11 @@ impl SshPool {
     /// How many master connections this pool has opened.
     pub fn opened(&self) -> usize {
         self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many masters of an earlier invocation this pool reused.
+    pub fn reused(&self) -> usize {
+        self.reused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn slot(&self, host: &Host) -> Slot {
@@ -166,6 +176,27 @@ impl SshPool {
     }
 
     async fn connect(&self, host: &Host) -> Result<Conn, String> {
+        let persisted = match host.ssh.persist {
+            Some(idle) => match persist::dir() {
+                Ok(dir) => Some((dir, idle)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no directory for persistent masters");
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some((dir, _)) = &persisted
+            && let Some(session) = persist::resume(dir, host).await
+        {
+            self.reused
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Ok(Conn {
+                session: Arc::new(session),
+                channels: Semaphore::new(MAX_CHANNELS),
+                persist: true,
+            });
+        }
         let config = self.write_config(host).map_err(|e| {
             format!(
                 "cannot write the ssh configuration for `{}`: {e}",
@@ -180,12 +211,17 @@ impl SshPool {
             })
             .connect_timeout(host.ssh.connect_timeout)
             .server_alive_interval(host.ssh.keepalive)
-            .control_directory(self.dir.path())
-            .control_persist(
+            .config_file(&config);
+        match &persisted {
+            Some((dir, idle)) => b.control_directory(dir).control_persist(
+                std::num::NonZeroUsize::new(usize::try_from(idle.as_secs()).unwrap_or(1).max(1))
+                    .map_or(ControlPersist::Forever, ControlPersist::IdleFor),
+            ),
+            None => b.control_directory(self.dir.path()).control_persist(
                 std::num::NonZeroUsize::new(MASTER_IDLE_SECS)
                     .map_or(ControlPersist::Forever, ControlPersist::IdleFor),
-            )
-            .config_file(&config);
+            ),
+        };
         if let Some(user) = &host.user {
             b.user(user.clone());
         }
@@ -212,9 +248,13 @@ impl SshPool {
                 ));
             }
         };
+        if let Some((dir, _)) = &persisted {
+            persist::record(dir, host, session.control_socket());
+        }
         Ok(Conn {
             session: Arc::new(session),
             channels: Semaphore::new(MAX_CHANNELS),
+            persist: persisted.is_some(),
         })
     }
 
@@ -471,7 +511,12 @@ impl SshPool {
                 && let Ok(conn) = Arc::try_unwrap(conn)
                 && let Ok(session) = Arc::try_unwrap(conn.session)
             {
-                let _ = session.close().await;
+                if conn.persist {
+                    // Left running for the next invocation (its idle timeout ends it).
+                    let _ = session.detach();
+                } else {
+                    let _ = session.close().await;
+                }
             }
         }
     }
@@ -614,6 +659,122 @@ pub fn remote_command(spec: &CommandSpec, nonce: &str, tag: &str) -> Result<Remo
         stdin,
         marker,
     })
+}
+
+/// Masters kept between invocations (`[ssh] persist`): a private directory of this
+/// user (`$XDG_RUNTIME_DIR/runbook-ssh`, else `/tmp/runbook-ssh-<uid>`: socket paths must
+/// be short) holding each master's control socket and, per host, a record naming it.
+/// A record is keyed by everything that decides who is connected to what — address,
+/// port, user, key, known_hosts, host key policy, jump host, ssh config — so a changed
+/// inventory never reuses a master made under other terms.
+pub mod persist {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::path::{Path, PathBuf};
+
+    use openssh::Session;
+
+    use crate::inventory::Host;
+
+    /// The directory, created 0700; refused when it is not a real directory of this user.
+    pub fn dir() -> Result<PathBuf, String> {
+        let uid = nix::unistd::getuid().as_raw();
+        let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(d) if !d.is_empty() => PathBuf::from(d).join("runbook-ssh"),
+            _ => PathBuf::from(format!("/tmp/runbook-ssh-{uid}")),
+        };
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        let meta =
+            std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "{} is not a private directory of this user: persistent ssh masters are not used",
+                dir.display()
+            ));
+        }
+        Ok(dir)
+    }
+
+    fn key(host: &Host) -> String {
+        use sha2::Digest;
+        let terms = format!(
+            "{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
+            host.address,
+            host.port,
+            host.user,
+            host.identity_file,
+            host.ssh.known_hosts,
+            host.ssh.host_key_check,
+            host.jump_host,
+            host.ssh.config_file
+        );
+        hex::encode(&sha2::Sha256::digest(terms.as_bytes())[..12])
+    }
+
+    /// Notes where `host`'s new master listens.
+    pub fn record(dir: &Path, host: &Host, socket: &Path) {
+        let _ = std::fs::write(
+            dir.join(format!("{}.master", key(host))),
+            socket.as_os_str().as_encoded_bytes(),
+        );
+    }
+
+    /// A live master of an earlier invocation for `host`, if one is recorded and answers.
+    pub async fn resume(dir: &Path, host: &Host) -> Option<Session> {
+        let record = dir.join(format!("{}.master", key(host)));
+        let socket = PathBuf::from(std::fs::read_to_string(&record).ok()?);
+        if !socket.starts_with(dir) || !socket.exists() {
+            let _ = std::fs::remove_file(&record);
+            return None;
+        }
+        let session = Session::resume_mux(socket.into_boxed_path(), None);
+        if session.check().await.is_ok() {
+            Some(session)
+        } else {
+            let _ = std::fs::remove_file(&record);
+            None
+        }
+    }
+
+    /// Ends every recorded master (`runbook disconnect`); with `hosts`, only theirs.
+    /// Returns how many were ended.
+    pub fn disconnect(hosts: Option<&[std::sync::Arc<Host>]>) -> usize {
+        let Ok(dir) = dir() else { return 0 };
+        let wanted: Option<Vec<String>> =
+            hosts.map(|hs| hs.iter().map(|h| format!("{}.master", key(h))).collect());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut ended = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".master") || wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
+                continue;
+            }
+            if let Ok(socket) = std::fs::read_to_string(e.path())
+                && Path::new(&socket).starts_with(&dir)
+            {
+                let ok = std::process::Command::new("ssh")
+                    .arg("-S")
+                    .arg(&socket)
+                    .args(["-O", "exit", "runbook-master"])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    ended += 1;
+                }
+                if let Some(parent) = Path::new(&socket).parent()
+                    && parent != dir
+                {
+                    let _ = std::fs::remove_dir_all(parent);
+                }
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+        ended
+    }
 }
 
 fn expand_home(path: &str) -> PathBuf {
