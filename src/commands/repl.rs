@@ -3,8 +3,11 @@
 //! `last` is the last result (`_` is reserved in Rhai). Multi-line input continues while
 //! the parser reports an unexpected end of input. Meta-commands: `:help [name]`, `:hosts`,
 //! `:env NAME`, `:run SCRIPT [k=v …]`, `:dry on|off`, `:last`, `:audit`, `:save FILE`,
-//! `:quit`. Results render as one row per host, collapsed when all hosts agree; calls that
-//! change a protected environment ask `y/N` first.
+//! `:quit`. Results render as one row per host, collapsed when all hosts agree.
+//! On a protected environment a line's first change asks `y/N` (once per line) where it
+//! happens, in the effect layer ([`crate::effects::confirm`]), not from the line's text:
+//! an alias, a user function or a closure asks like a direct call; a "no" stops the line
+//! before that change, and the line stays out of the history.
 //! The rules of `runbook run` hold here too (`permissions::admit`): an actor not in the
 //! environment's `deployers` gets a read-only session (every runbook-owned change is
 //! refused and audited); `:run` checks the deployers lists, asks an emergency script's
@@ -12,8 +15,7 @@
 //! other environment's session under the same rules.
 //! Results, errors and `:last` are shown with control characters neutralised (a host's
 //! output never drives the terminal). History lives in the XDG state directory; a line
-//! that contains a secret value is never
-//! written to it. Every action is audited.
+//! that contains a secret value is never written to it. Every action is audited.
 
 use rhai::{AST, Dynamic, EvalAltResult, Map, ParseErrorType, Scope};
 use rustyline::error::ReadlineError;
@@ -103,6 +105,7 @@ fn shell(
     };
     let history = crate::audit::local_path().with_file_name("history");
     let _ = editor.load_history(&history);
+    let editor: Shared = std::sync::Arc::new(std::sync::Mutex::new(editor));
     eprintln!(
         "runbook repl on `{}`{}{} — :help, Ctrl-D to exit",
         env.name,
@@ -113,11 +116,12 @@ fn shell(
     // The successful statements, for `:save`.
     let mut saved: Vec<String> = Vec::new();
     let next = loop {
-        let line = match editor.readline(if buffer.is_empty() {
+        let read = lock(&editor).readline(if buffer.is_empty() {
             prompt.as_str()
         } else {
             "...> "
-        }) {
+        });
+        let line = match read {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => {
                 buffer.clear();
@@ -131,7 +135,7 @@ fn shell(
             Err(_) => break Next::Quit,
         };
         if buffer.is_empty() && line.trim_start().starts_with(':') {
-            let _ = editor.add_history_entry(line.trim());
+            let _ = lock(&editor).add_history_entry(line.trim());
             if let Some(file) = line.trim().strip_prefix(":save") {
                 save(file.trim(), &saved, env);
                 continue;
@@ -142,7 +146,7 @@ fn shell(
                 env,
                 &engine,
                 &mut scope,
-                &mut editor,
+                &mut lock(&editor),
                 dry,
                 project,
             ) {
@@ -167,32 +171,22 @@ fn shell(
                 continue;
             }
         };
-        if !session.effects.output().redactor().contains_secret(&buffer) {
-            let _ = editor.add_history_entry(buffer.trim_end());
-        }
         let source = std::mem::take(&mut buffer);
-        // (A read-only session refuses these calls itself: nothing to confirm.)
-        if env.protected
-            && !session.read_only.is_on()
-            && let Some(danger) = DESTRUCTIVE.iter().find(|d| source.contains(*d))
-        {
-            let answer = editor
-                .readline(&format!(
-                    "{danger} changes `{}` (protected). Go ahead? [y/N] ",
-                    env.name
-                ))
-                .unwrap_or_default();
-            if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                println!("not run");
-                continue;
-            }
-        }
         session.sources.insert("repl", &source);
         let combined = functions.merge(&ast);
+        // On a protected environment the line's first change asks (in the effect layer,
+        // whatever called it): the question goes through this editor.
+        let ask = env.protected.then(|| ask_through(&editor));
         let outcome = evaluate(
-            &session, &engine, &mut scope, &combined, "repl", &source, None,
+            &session, &engine, &mut scope, &combined, "repl", &source, None, ask,
         );
-        if outcome {
+        // A refused line is not offered again by the history (nor is a secret).
+        if outcome != Outcome::Declined
+            && !session.effects.output().redactor().contains_secret(&source)
+        {
+            let _ = lock(&editor).add_history_entry(source.trim_end());
+        }
+        if outcome == Outcome::Success {
             keep_imports(&mut engine, &source);
             saved.push(source.trim_end().to_owned());
         }
@@ -204,7 +198,7 @@ fn shell(
     if let Some(dir) = history.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let _ = editor.save_history(&history);
+    let _ = lock(&editor).save_history(&history);
     // Leaving (or switching) releases this session's locks, then closes the connections.
     session.locks.release_all();
     session.effects.close();
@@ -216,8 +210,36 @@ fn libc_eintr() -> i32 {
     nix::errno::Errno::EINTR as i32
 }
 
+/// How an action ended, as far as the line loop cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    /// A change was refused at the y/N question: nothing changed.
+    Declined,
+    Failed,
+}
+
+/// The editor, shared with the question a change asks while a line runs.
+type Shared = std::sync::Arc<std::sync::Mutex<Editor<ReplHelper, DefaultHistory>>>;
+
+fn lock(editor: &Shared) -> std::sync::MutexGuard<'_, Editor<ReplHelper, DefaultHistory>> {
+    editor.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The y/N question, put through the REPL's editor; only a yes lets the change run
+/// (no answer, end of input or Ctrl-C is a no).
+fn ask_through(editor: &Shared) -> crate::effects::confirm::Ask {
+    let editor = editor.clone();
+    Box::new(move |question| {
+        let answer = lock(&editor).readline(question).unwrap_or_default();
+        matches!(answer.trim(), "y" | "Y" | "yes")
+    })
+}
+
 /// Evaluates one action, prints its value, audits it (with the emergency `reason` of a
-/// `:run`, if any). `true` when it succeeded.
+/// `:run`, if any). With `ask`, the action's first change asks it first (one question
+/// for the whole action).
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     session: &Session,
     engine: &rhai::Engine,
@@ -226,14 +248,27 @@ fn evaluate(
     script: &str,
     source: &str,
     reason: Option<&str>,
-) -> bool {
+    ask: Option<crate::effects::confirm::Ask>,
+) -> Outcome {
     session.effects.interrupt().acknowledge();
     session.audit.reset();
     session.read_only.take_refusal();
     let clock = std::time::Instant::now();
+    let env_name = session.env.as_ref().map_or("", |e| e.name.as_str());
+    if let Some(ask) = ask {
+        session.effects.confirm().install(env_name, ask);
+    }
     let evaluated = engine.eval_ast_with_scope::<Dynamic>(scope, ast);
+    let declined = session.effects.confirm().remove();
+    let was_declined = declined.is_some();
     let refusal = session.read_only.take_refusal();
     let (result, error) = match evaluated {
+        // A change the person did not confirm: the line stopped before it.
+        _ if declined.is_some() => {
+            let message = declined.unwrap_or_default();
+            println!("{message}; nothing was changed by it");
+            ("refused", Some(message))
+        }
         // A change refused by the read-only gate (it stops the action like an interrupt).
         Err(_) if refusal.is_some() => {
             let message = refusal.unwrap_or_default();
@@ -285,7 +320,11 @@ fn evaluate(
     }
     let on_hosts = !record.hosts.is_empty() && !session.effects.dry_run();
     super::write_audit(session, &record, on_hosts);
-    result == "success"
+    match result {
+        _ if was_declined => Outcome::Declined,
+        "success" => Outcome::Success,
+        _ => Outcome::Failed,
+    }
 }
 
 /// Whether brackets are still open (outside strings and comments): keep reading lines.
@@ -468,23 +507,6 @@ fn render(engine: &rhai::Engine, v: &Dynamic) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
-
-/// Names whose calls change a live environment: on a protected one, the REPL asks first.
-const DESTRUCTIVE: &[&str] = &[
-    "release::prepare",
-    "release::activate",
-    "release::rollback",
-    "release::undo",
-    "release::stage",
-    "release::mark_bad",
-    "release::cleanup",
-    "backup::restore",
-    "backup::prune",
-    "laravel::down",
-    "laravel::up",
-    "laravel::migrate",
-    "lock::acquire",
-];
 
 /// `import "path" as alias;` lines of a successful action stay loaded for later lines.
 fn keep_imports(engine: &mut rhai::Engine, source: &str) {
@@ -746,6 +768,8 @@ fn meta(
                                     &name,
                                     &text,
                                     reason.as_deref(),
+                                    // Confirmed by its name typed above.
+                                    None,
                                 );
                             }
                         }
