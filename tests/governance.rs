@@ -561,3 +561,47 @@ fn the_repl_asks_before_the_first_change_of_a_line_whatever_calls_it() {
         "{results:?}"
     );
 }
+
+#[test]
+fn a_repl_run_records_its_arguments_in_the_audit_log_with_secrets_masked() {
+    let t = Test::bare()
+        .file(
+            "runbook.toml",
+            &format!(
+                "{}\n[notify.slack]\nwebhook = {{ env = \"RB_SLACK\" }}\n",
+                crate::harness::INVENTORY
+            ),
+        )
+        .file("scripts/say.rhai", "print(`said ${args.word}`);\n")
+        .env("RB_SLACK", "inventory-hook-secret-91")
+        .env("RB_TOKEN", "read-token-secret-92");
+    let out = t.repl(
+        "dev",
+        ":run say word=plain hook=inventory-hook-secret-91\nlet tok = secret(\"RB_TOKEN\");\n:run say word=read-token-secret-92\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("said plain") && stdout.contains("said ***"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<serde_json::Value> = audit(&t)
+        .into_iter()
+        .filter(|r| r["script"] == "scripts/say.rhai")
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    // The arguments as given, each value masked if it is a secret the session knows
+    // (an inventory secret, or one read with secret() earlier in the session).
+    assert_eq!(runs[0]["args"]["word"], "plain", "{}", runs[0]);
+    assert_eq!(runs[0]["args"]["hook"], "***", "{}", runs[0]);
+    assert_eq!(runs[1]["args"]["word"], "***", "{}", runs[1]);
+    let log = std::fs::read_to_string(t.path().join("audit.jsonl")).unwrap();
+    let history = std::fs::read_to_string(t.path().join("history")).unwrap();
+    for secret in ["inventory-hook-secret-91", "read-token-secret-92"] {
+        assert!(!log.contains(secret), "{secret} in the audit log:\n{log}");
+        assert!(
+            !history.contains(secret),
+            "{secret} in the history:\n{history}"
+        );
+    }
+}

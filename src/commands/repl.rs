@@ -135,7 +135,10 @@ fn shell(
             Err(_) => break Next::Quit,
         };
         if buffer.is_empty() && line.trim_start().starts_with(':') {
-            let _ = lock(&editor).add_history_entry(line.trim());
+            // (`:run x token=…` with a secret value stays out of the history too.)
+            if !session.effects.output().redactor().contains_secret(&line) {
+                let _ = lock(&editor).add_history_entry(line.trim());
+            }
             if let Some(file) = line.trim().strip_prefix(":save") {
                 save(file.trim(), &saved, env);
                 continue;
@@ -178,7 +181,15 @@ fn shell(
         // whatever called it): the question goes through this editor.
         let ask = env.protected.then(|| ask_through(&editor));
         let outcome = evaluate(
-            &session, &engine, &mut scope, &combined, "repl", &source, None, ask,
+            &session,
+            &engine,
+            &mut scope,
+            &combined,
+            ("repl", &source),
+            Action {
+                ask,
+                ..Action::default()
+            },
         );
         // A refused line is not offered again by the history (nor is a secret).
         if outcome != Outcome::Declined
@@ -236,20 +247,26 @@ fn ask_through(editor: &Shared) -> crate::effects::confirm::Ask {
     })
 }
 
-/// Evaluates one action, prints its value, audits it (with the emergency `reason` of a
-/// `:run`, if any). With `ask`, the action's first change asks it first (one question
-/// for the whole action).
-#[allow(clippy::too_many_arguments)]
+/// What an action brings besides its code: a `:run`'s arguments and emergency reason
+/// (audited, secrets masked), and the question its first change asks (a line on a
+/// protected environment).
+#[derive(Default)]
+struct Action<'a> {
+    reason: Option<&'a str>,
+    args: std::collections::BTreeMap<String, String>,
+    ask: Option<crate::effects::confirm::Ask>,
+}
+
+/// Evaluates one action, prints its value and audits it.
 fn evaluate(
     session: &Session,
     engine: &rhai::Engine,
     scope: &mut Scope<'static>,
     ast: &AST,
-    script: &str,
-    source: &str,
-    reason: Option<&str>,
-    ask: Option<crate::effects::confirm::Ask>,
+    (script, source): (&str, &str),
+    action: Action,
 ) -> Outcome {
+    let Action { reason, args, ask } = action;
     session.effects.interrupt().acknowledge();
     session.audit.reset();
     session.read_only.take_refusal();
@@ -296,27 +313,22 @@ fn evaluate(
             ("failed", Some(d.message))
         }
     };
-    // Every REPL action is audited like a run: the input (secrets masked) and outcome.
+    // Every REPL action is audited like a run: the input, a `:run`'s arguments and reason
+    // (secrets masked), and the outcome.
+    let redactor = session.effects.output().redactor();
     let mut record = super::audit_record(session, script, source, result, clock.elapsed());
+    for (key, value) in &args {
+        record
+            .args
+            .insert(key.clone(), redactor.redact(value).into_owned());
+    }
     record.args.insert(
         "input".into(),
-        session
-            .effects
-            .output()
-            .redactor()
-            .redact(source.trim_end())
-            .into_owned(),
+        redactor.redact(source.trim_end()).into_owned(),
     );
     record.error = error;
     if let Some(reason) = reason {
-        record.reason = Some(
-            session
-                .effects
-                .output()
-                .redactor()
-                .redact(reason)
-                .into_owned(),
-        );
+        record.reason = Some(redactor.redact(reason).into_owned());
     }
     let on_hosts = !record.hosts.is_empty() && !session.effects.dry_run();
     super::write_audit(session, &record, on_hosts);
@@ -738,8 +750,8 @@ fn meta(
                         // A fresh scope, like `runbook run`, with these arguments.
                         let mut run_scope = engine::scope(session);
                         let map: Map = args
-                            .into_iter()
-                            .map(|(k, v)| (k.into(), Dynamic::from(v)))
+                            .iter()
+                            .map(|(k, v)| (k.into(), Dynamic::from(v.clone())))
                             .collect();
                         run_scope.push_constant("args", map);
                         if let Some(reason) = &reason
@@ -765,11 +777,13 @@ fn meta(
                                     engine,
                                     &mut run_scope,
                                     &ast,
-                                    &name,
-                                    &text,
-                                    reason.as_deref(),
-                                    // Confirmed by its name typed above.
-                                    None,
+                                    (&name, &text),
+                                    // Confirmed by its name typed above: nothing asks.
+                                    Action {
+                                        reason: reason.as_deref(),
+                                        args,
+                                        ask: None,
+                                    },
                                 );
                             }
                         }
