@@ -140,7 +140,7 @@ fn shell(
                 let _ = lock(&editor).add_history_entry(line.trim());
             }
             if let Some(file) = line.trim().strip_prefix(":save") {
-                save(file.trim(), &saved, env);
+                save(file.trim(), &saved, env, &engine, &mut lock(&editor));
                 continue;
             }
             match meta(
@@ -541,11 +541,28 @@ fn keep_imports(engine: &mut rhai::Engine, source: &str) {
     }
 }
 
-/// `:save FILE`: the session's successful statements as a script to review and commit.
-fn save(file: &str, saved: &[String], env: &Environment) {
+/// `:save FILE`: the session's successful statements as a script to review and commit
+/// (one that `runbook check` accepts). An existing file is replaced only after a yes.
+fn save(
+    file: &str,
+    saved: &[String],
+    env: &Environment,
+    engine: &rhai::Engine,
+    editor: &mut Editor<ReplHelper, DefaultHistory>,
+) {
     if file.is_empty() {
         println!("usage: :save FILE (e.g. scripts/fix-queue.rhai)");
         return;
+    }
+    let path = std::path::Path::new(file);
+    if path.exists() {
+        let answer = editor
+            .readline(&format!("{file} exists. Replace it? [y/N] "))
+            .unwrap_or_default();
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("not saved: {file} is kept as it was (`:save` another name)");
+            return;
+        }
     }
     let text = format!(
         "// Saved from `runbook repl` on `{}` at {}: review before committing.\n{}\n",
@@ -553,24 +570,36 @@ fn save(file: &str, saved: &[String], env: &Environment) {
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         saved
             .iter()
-            .map(|stmt| {
-                // A REPL line may leave out the final `;`; a script may not.
-                if stmt.ends_with(';') || stmt.ends_with('}') {
-                    stmt.clone()
-                } else {
-                    format!("{stmt};")
-                }
-            })
+            .map(|stmt| terminated(engine, stmt))
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let path = std::path::Path::new(file);
+    if let Err(e) = engine.compile(&text) {
+        eprintln!("warning: the saved statements do not form a valid script ({e}): review {file}");
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
     match std::fs::write(path, text) {
         Ok(()) => println!("saved {} statements to {file}", saved.len()),
         Err(e) => eprintln!("cannot write {file}: {e}"),
+    }
+}
+
+/// A REPL statement as a script statement: a line may leave out the final `;` a script
+/// needs before the next statement (`let m = #{…}` and closures end in `}` too). The parser
+/// decides: as typed when a statement can follow it, else with a `;` — on a line of its
+/// own when the last line ends in a comment, which would swallow it.
+fn terminated(engine: &rhai::Engine, stmt: &str) -> String {
+    let stmt = stmt.trim_end();
+    let parses = |s: &str| engine.compile(format!("{s}\n0")).is_ok();
+    if parses(stmt) {
+        return stmt.to_owned();
+    }
+    if stmt.lines().last().is_some_and(|l| l.contains("//")) {
+        format!("{stmt}\n;")
+    } else {
+        format!("{stmt};")
     }
 }
 
