@@ -97,11 +97,13 @@ impl Confirm {
     }
 }
 
-/// How a command is named in the question: its first line, at most 80 characters.
+/// How a command is named in the question: its first line, at most 80 characters, with
+/// control characters neutralised (the question goes to the terminal).
 pub fn describe(command: &str, host: &str) -> String {
     let line = command.lines().next().unwrap_or("");
-    let mut short: String = line.chars().take(80).collect();
-    if short.len() < line.len() || command.lines().nth(1).is_some() {
+    let shown = crate::output::terminal::neutralise(line);
+    let mut short: String = shown.chars().take(80).collect();
+    if shown.chars().count() > 80 || command.lines().nth(1).is_some() {
         short.push('…');
     }
     format!("`{short}` on `{host}`")
@@ -137,5 +139,13 @@ mod tests {
         c.install("prod", Box::new(|_| true));
         assert!(c.check("a").is_ok() && c.check("b").is_ok());
         assert!(c.remove().is_none());
+    }
+
+    #[test]
+    fn a_command_is_named_by_its_first_line_without_control_characters() {
+        assert_eq!(describe("touch x", "p"), "`touch x` on `p`");
+        let d = describe("echo \x1b[2Jhi\nrm -rf y", "p");
+        assert!(!d.contains('\x1b') && d.ends_with("…` on `p`"), "{d}");
+        assert_eq!(describe(&"a".repeat(100), "p").chars().count(), 81 + 9);
     }
 }
