@@ -12,6 +12,9 @@
 //! passes [`guard`] first. A refused call stops the script (not catchable by `try`) and
 //! the run is audited as `refused`. The REPL uses the same gate for an actor who may not
 //! change the environment, and [`admit`] is the one decision `run` and `:run` share.
+//! The same [`guard`] asks the REPL's question on a protected environment (one y/N per
+//! line, before its first change, whatever called it); commands that are not reads ask
+//! it in the effect layer.
 //! Commands a script runs itself (`ssh::run`, `local::run`) are not judged here: a shell
 //! line cannot be told apart as reading or writing.
 
@@ -207,13 +210,17 @@ pub fn reader_only(env: &Environment, actor: &str) -> Option<(String, String)> {
 }
 
 /// Called first by every runbook-owned operation that changes a host: stops the script
-/// (an error `try` cannot catch) when the session is read-only.
+/// (an error `try` cannot catch) when the session is read-only, or when a person asked
+/// first (the REPL on a protected environment, [`crate::effects::confirm`]) said no.
+/// A dry run changes nothing, so it is not asked about.
 pub fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>> {
     let session = crate::modules::session(ctx)?;
-    session
-        .read_only
-        .check(op)
-        .map_err(|m| EvalAltResult::ErrorTerminated(m.into(), ctx.call_position()).into())
+    let stop = |m: String| EvalAltResult::ErrorTerminated(m.into(), ctx.call_position()).into();
+    session.read_only.check(op).map_err(stop)?;
+    if session.effects.dry_run() {
+        return Ok(());
+    }
+    session.effects.confirm().check(op).map_err(stop)
 }
 
 /// Artisan commands that only read (`migrate:status`, `about`, …) pass a read-only gate;

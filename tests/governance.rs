@@ -448,3 +448,160 @@ fn the_weekly_report_sends_metrics_backups_and_anomalies() {
         "{p}"
     );
 }
+
+/// The default inventory's protected `prod` (host `p`, local) with two releases, `r1` live.
+fn protected_fleet() -> Test {
+    let t = Test::new()
+        .file("deploy/releases/r1/index.php", "r1")
+        .file("deploy/releases/r2/index.php", "r2");
+    std::os::unix::fs::symlink("releases/r1", t.path().join("deploy/current")).unwrap();
+    t
+}
+
+#[test]
+fn the_repl_asks_before_the_first_change_of_a_line_whatever_calls_it() {
+    let t = protected_fleet();
+    let mark = |name: &str| t.path().join(name).display().to_string();
+    // Each change, however it is spelled, followed by the answer "n"; then two reads
+    // (no question: the next line is a line, not an answer).
+    let refused = [
+        ("lock:: acquire(hosts())", "lock::acquire"),
+        (
+            "import \"laravel\" as l; l::migrate(hosts())",
+            "artisan::run(migrate)",
+        ),
+        (
+            &format!("ssh::shell(hosts(), \"touch {}\")", mark("shelled")),
+            "`sh -c 'touch ",
+        ),
+        (
+            "artisan::run(hosts(), \"cache:clear\")",
+            "artisan::run(cache:clear)",
+        ),
+        ("release::cleanup(hosts(), 1)", "release::cleanup"),
+        ("backup::prune(#{keep: 0})", "backup::prune"),
+        ("release::activate(hosts(), \"r2\")", "release::activate"),
+        // A user function defined first (nothing asks), called later.
+        ("grab()", "lock::acquire"),
+        // `try` does not get past a refusal, nor does a later call of the line.
+        (
+            &format!(
+                "try {{ ssh::run(hosts(), [\"touch\", \"{}\"]) }} catch (e) {{ print(\"caught\") }} ssh::run(hosts(), [\"touch\", \"{}\"]);",
+                mark("tried"),
+                mark("after")
+            ),
+            "`touch ",
+        ),
+    ];
+    let mut input = String::from("fn grab() { lock::acquire(hosts()) }\n");
+    for (line, _) in &refused {
+        input.push_str(&format!("{line}\nn\n"));
+    }
+    input.push_str(&format!(
+        "release::list(host(\"p\"))\nssh::run(hosts(), [\"true\"], #{{read: true}})\nprint(\"after the reads\")\n\
+         local::run([\"touch\", \"{}\"]); local::run([\"touch\", \"{}\"]);\ny\nprint(\"one question\")\n",
+        mark("yes1"),
+        mark("yes2")
+    ));
+    let out = t.repl("prod", &input);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (line, what) in &refused {
+        assert!(
+            stdout.contains(&format!("not run: {what}")),
+            "`{line}` did not ask (or was not refused):\n{stdout}\n{stderr}"
+        );
+    }
+    assert_eq!(
+        stdout.matches("not run: ").count(),
+        refused.len(),
+        "one question per line:\n{stdout}"
+    );
+    assert!(
+        !stderr.contains("not found") && !stdout.contains("caught"),
+        "an answer was read as a line, or `try` caught the refusal:\n{stdout}\n{stderr}"
+    );
+    // Nothing changed on the host.
+    assert!(
+        !t.path().join("deploy/.runbook/lock").exists(),
+        "a lock was taken"
+    );
+    assert_eq!(
+        std::fs::read_link(t.path().join("deploy/current")).unwrap(),
+        std::path::Path::new("releases/r1")
+    );
+    assert!(t.path().join("deploy/releases/r2").exists(), "cleanup ran");
+    for m in ["shelled", "tried", "after"] {
+        assert!(!t.path().join(m).exists(), "{m} was run");
+    }
+    // Reads did not ask; a yes lets the whole line run, asked once.
+    assert!(stdout.contains("after the reads"), "{stdout}");
+    assert!(stdout.contains("one question"), "{stdout}");
+    assert!(
+        t.path().join("yes1").exists() && t.path().join("yes2").exists(),
+        "{stdout}\n{stderr}"
+    );
+    // Refused lines are not offered again by the history; the others are.
+    let history = std::fs::read_to_string(t.path().join("history")).unwrap();
+    for (line, _) in &refused {
+        assert!(
+            !history.lines().any(|h| h == *line),
+            "refused `{line}` in the history:\n{history}"
+        );
+    }
+    assert!(history.contains("release::list(host(\"p\"))"), "{history}");
+    assert!(history.contains("fn grab()"), "{history}");
+    let results: Vec<String> = audit(&t)
+        .iter()
+        .map(|r| r["result"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| *r == "refused").count(),
+        refused.len(),
+        "{results:?}"
+    );
+}
+
+#[test]
+fn a_repl_run_records_its_arguments_in_the_audit_log_with_secrets_masked() {
+    let t = Test::bare()
+        .file(
+            "runbook.toml",
+            &format!(
+                "{}\n[notify.slack]\nwebhook = {{ env = \"RB_SLACK\" }}\n",
+                crate::harness::INVENTORY
+            ),
+        )
+        .file("scripts/say.rhai", "print(`said ${args.word}`);\n")
+        .env("RB_SLACK", "inventory-hook-secret-91")
+        .env("RB_TOKEN", "read-token-secret-92");
+    let out = t.repl(
+        "dev",
+        ":run say word=plain hook=inventory-hook-secret-91\nlet tok = secret(\"RB_TOKEN\");\n:run say word=read-token-secret-92\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("said plain") && stdout.contains("said ***"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<serde_json::Value> = audit(&t)
+        .into_iter()
+        .filter(|r| r["script"] == "scripts/say.rhai")
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    // The arguments as given, each value masked if it is a secret the session knows
+    // (an inventory secret, or one read with secret() earlier in the session).
+    assert_eq!(runs[0]["args"]["word"], "plain", "{}", runs[0]);
+    assert_eq!(runs[0]["args"]["hook"], "***", "{}", runs[0]);
+    assert_eq!(runs[1]["args"]["word"], "***", "{}", runs[1]);
+    let log = std::fs::read_to_string(t.path().join("audit.jsonl")).unwrap();
+    let history = std::fs::read_to_string(t.path().join("history")).unwrap();
+    for secret in ["inventory-hook-secret-91", "read-token-secret-92"] {
+        assert!(!log.contains(secret), "{secret} in the audit log:\n{log}");
+        assert!(
+            !history.contains(secret),
+            "{secret} in the history:\n{history}"
+        );
+    }
+}

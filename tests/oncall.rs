@@ -630,3 +630,44 @@ fn an_in_process_run_keeps_its_audit_record_in_the_test_state_dir() {
         log.display()
     );
 }
+
+#[test]
+fn the_repl_saves_a_script_check_accepts_and_never_replaces_a_file_unasked() {
+    let t = Test::new();
+    // Comments, statements that end in `}` but need a `;` (a map, a closure), one that
+    // ends in a comment, and blocks that need none (a function, an `if`).
+    let session = "// look at the queue first\nlet m = #{ a: 1, b: [2, 3] }\nlet add = |x| { x + m.a }\nlet n = add.call(1) // two\nfn twice(x) {\n  // doubled\n  x * 2\n}\nif n > 1 {\n  print(twice(n))\n}\nlet done = true\n";
+    let out = t.repl("dev", &format!("{session}:save scripts/saved.rhai\n"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("saved 7 statements"), "{stdout}");
+    let saved = std::fs::read_to_string(t.path().join("scripts/saved.rhai")).unwrap();
+    let check = t.run_with(&["check", "scripts/saved.rhai"]);
+    assert_eq!(
+        check.code, 0,
+        "the saved script fails `runbook check`:\n{saved}\n--- check\n{}{}",
+        check.stdout, check.stderr
+    );
+    assert!(
+        saved.contains("// look at the queue first") && saved.contains("// doubled"),
+        "{saved}"
+    );
+    // Saving over it asks; "n" keeps the file, "y" replaces it.
+    let out = t.repl("dev", "let other = 1\n:save scripts/saved.rhai\nn\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("not saved: scripts/saved.rhai is kept"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("scripts/saved.rhai")).unwrap(),
+        saved
+    );
+    let out = t.repl("dev", "let other = 1\n:save scripts/saved.rhai\ny\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("saved 1 statements"), "{stdout}");
+    let replaced = std::fs::read_to_string(t.path().join("scripts/saved.rhai")).unwrap();
+    assert!(
+        replaced.contains("let other = 1;") && !replaced.contains("twice"),
+        "{replaced}"
+    );
+}

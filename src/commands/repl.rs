@@ -3,8 +3,11 @@
 //! `last` is the last result (`_` is reserved in Rhai). Multi-line input continues while
 //! the parser reports an unexpected end of input. Meta-commands: `:help [name]`, `:hosts`,
 //! `:env NAME`, `:run SCRIPT [k=v …]`, `:dry on|off`, `:last`, `:audit`, `:save FILE`,
-//! `:quit`. Results render as one row per host, collapsed when all hosts agree; calls that
-//! change a protected environment ask `y/N` first.
+//! `:quit`. Results render as one row per host, collapsed when all hosts agree.
+//! On a protected environment a line's first change asks `y/N` (once per line) where it
+//! happens, in the effect layer ([`crate::effects::confirm`]), not from the line's text:
+//! an alias, a user function or a closure asks like a direct call; a "no" stops the line
+//! before that change, and the line stays out of the history.
 //! The rules of `runbook run` hold here too (`permissions::admit`): an actor not in the
 //! environment's `deployers` gets a read-only session (every runbook-owned change is
 //! refused and audited); `:run` checks the deployers lists, asks an emergency script's
@@ -12,8 +15,7 @@
 //! other environment's session under the same rules.
 //! Results, errors and `:last` are shown with control characters neutralised (a host's
 //! output never drives the terminal). History lives in the XDG state directory; a line
-//! that contains a secret value is never
-//! written to it. Every action is audited.
+//! that contains a secret value is never written to it. Every action is audited.
 
 use rhai::{AST, Dynamic, EvalAltResult, Map, ParseErrorType, Scope};
 use rustyline::error::ReadlineError;
@@ -103,6 +105,7 @@ fn shell(
     };
     let history = crate::audit::local_path().with_file_name("history");
     let _ = editor.load_history(&history);
+    let editor: Shared = std::sync::Arc::new(std::sync::Mutex::new(editor));
     eprintln!(
         "runbook repl on `{}`{}{} — :help, Ctrl-D to exit",
         env.name,
@@ -113,11 +116,12 @@ fn shell(
     // The successful statements, for `:save`.
     let mut saved: Vec<String> = Vec::new();
     let next = loop {
-        let line = match editor.readline(if buffer.is_empty() {
+        let read = lock(&editor).readline(if buffer.is_empty() {
             prompt.as_str()
         } else {
             "...> "
-        }) {
+        });
+        let line = match read {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => {
                 buffer.clear();
@@ -131,9 +135,12 @@ fn shell(
             Err(_) => break Next::Quit,
         };
         if buffer.is_empty() && line.trim_start().starts_with(':') {
-            let _ = editor.add_history_entry(line.trim());
+            // (`:run x token=…` with a secret value stays out of the history too.)
+            if !session.effects.output().redactor().contains_secret(&line) {
+                let _ = lock(&editor).add_history_entry(line.trim());
+            }
             if let Some(file) = line.trim().strip_prefix(":save") {
-                save(file.trim(), &saved, env);
+                save(file.trim(), &saved, env, &engine, &mut lock(&editor));
                 continue;
             }
             match meta(
@@ -142,7 +149,7 @@ fn shell(
                 env,
                 &engine,
                 &mut scope,
-                &mut editor,
+                &mut lock(&editor),
                 dry,
                 project,
             ) {
@@ -167,32 +174,30 @@ fn shell(
                 continue;
             }
         };
-        if !session.effects.output().redactor().contains_secret(&buffer) {
-            let _ = editor.add_history_entry(buffer.trim_end());
-        }
         let source = std::mem::take(&mut buffer);
-        // (A read-only session refuses these calls itself: nothing to confirm.)
-        if env.protected
-            && !session.read_only.is_on()
-            && let Some(danger) = DESTRUCTIVE.iter().find(|d| source.contains(*d))
-        {
-            let answer = editor
-                .readline(&format!(
-                    "{danger} changes `{}` (protected). Go ahead? [y/N] ",
-                    env.name
-                ))
-                .unwrap_or_default();
-            if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                println!("not run");
-                continue;
-            }
-        }
         session.sources.insert("repl", &source);
         let combined = functions.merge(&ast);
+        // On a protected environment the line's first change asks (in the effect layer,
+        // whatever called it): the question goes through this editor.
+        let ask = env.protected.then(|| ask_through(&editor));
         let outcome = evaluate(
-            &session, &engine, &mut scope, &combined, "repl", &source, None,
+            &session,
+            &engine,
+            &mut scope,
+            &combined,
+            ("repl", &source),
+            Action {
+                ask,
+                ..Action::default()
+            },
         );
-        if outcome {
+        // A refused line is not offered again by the history (nor is a secret).
+        if outcome != Outcome::Declined
+            && !session.effects.output().redactor().contains_secret(&source)
+        {
+            let _ = lock(&editor).add_history_entry(source.trim_end());
+        }
+        if outcome == Outcome::Success {
             keep_imports(&mut engine, &source);
             saved.push(source.trim_end().to_owned());
         }
@@ -204,7 +209,7 @@ fn shell(
     if let Some(dir) = history.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let _ = editor.save_history(&history);
+    let _ = lock(&editor).save_history(&history);
     // Leaving (or switching) releases this session's locks, then closes the connections.
     session.locks.release_all();
     session.effects.close();
@@ -216,24 +221,71 @@ fn libc_eintr() -> i32 {
     nix::errno::Errno::EINTR as i32
 }
 
-/// Evaluates one action, prints its value, audits it (with the emergency `reason` of a
-/// `:run`, if any). `true` when it succeeded.
+/// How an action ended, as far as the line loop cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    /// A change was refused at the y/N question: nothing changed.
+    Declined,
+    Failed,
+}
+
+/// The editor, shared with the question a change asks while a line runs.
+type Shared = std::sync::Arc<std::sync::Mutex<Editor<ReplHelper, DefaultHistory>>>;
+
+fn lock(editor: &Shared) -> std::sync::MutexGuard<'_, Editor<ReplHelper, DefaultHistory>> {
+    editor.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The y/N question, put through the REPL's editor; only a yes lets the change run
+/// (no answer, end of input or Ctrl-C is a no).
+fn ask_through(editor: &Shared) -> crate::effects::confirm::Ask {
+    let editor = editor.clone();
+    Box::new(move |question| {
+        let answer = lock(&editor).readline(question).unwrap_or_default();
+        matches!(answer.trim(), "y" | "Y" | "yes")
+    })
+}
+
+/// What an action brings besides its code: a `:run`'s arguments and emergency reason
+/// (audited, secrets masked), and the question its first change asks (a line on a
+/// protected environment).
+#[derive(Default)]
+struct Action<'a> {
+    reason: Option<&'a str>,
+    args: std::collections::BTreeMap<String, String>,
+    ask: Option<crate::effects::confirm::Ask>,
+}
+
+/// Evaluates one action, prints its value and audits it.
 fn evaluate(
     session: &Session,
     engine: &rhai::Engine,
     scope: &mut Scope<'static>,
     ast: &AST,
-    script: &str,
-    source: &str,
-    reason: Option<&str>,
-) -> bool {
+    (script, source): (&str, &str),
+    action: Action,
+) -> Outcome {
+    let Action { reason, args, ask } = action;
     session.effects.interrupt().acknowledge();
     session.audit.reset();
     session.read_only.take_refusal();
     let clock = std::time::Instant::now();
+    let env_name = session.env.as_ref().map_or("", |e| e.name.as_str());
+    if let Some(ask) = ask {
+        session.effects.confirm().install(env_name, ask);
+    }
     let evaluated = engine.eval_ast_with_scope::<Dynamic>(scope, ast);
+    let declined = session.effects.confirm().remove();
+    let was_declined = declined.is_some();
     let refusal = session.read_only.take_refusal();
     let (result, error) = match evaluated {
+        // A change the person did not confirm: the line stopped before it.
+        _ if declined.is_some() => {
+            let message = declined.unwrap_or_default();
+            println!("{message}; nothing was changed by it");
+            ("refused", Some(message))
+        }
         // A change refused by the read-only gate (it stops the action like an interrupt).
         Err(_) if refusal.is_some() => {
             let message = refusal.unwrap_or_default();
@@ -261,31 +313,30 @@ fn evaluate(
             ("failed", Some(d.message))
         }
     };
-    // Every REPL action is audited like a run: the input (secrets masked) and outcome.
+    // Every REPL action is audited like a run: the input, a `:run`'s arguments and reason
+    // (secrets masked), and the outcome.
+    let redactor = session.effects.output().redactor();
     let mut record = super::audit_record(session, script, source, result, clock.elapsed());
+    for (key, value) in &args {
+        record
+            .args
+            .insert(key.clone(), redactor.redact(value).into_owned());
+    }
     record.args.insert(
         "input".into(),
-        session
-            .effects
-            .output()
-            .redactor()
-            .redact(source.trim_end())
-            .into_owned(),
+        redactor.redact(source.trim_end()).into_owned(),
     );
     record.error = error;
     if let Some(reason) = reason {
-        record.reason = Some(
-            session
-                .effects
-                .output()
-                .redactor()
-                .redact(reason)
-                .into_owned(),
-        );
+        record.reason = Some(redactor.redact(reason).into_owned());
     }
     let on_hosts = !record.hosts.is_empty() && !session.effects.dry_run();
     super::write_audit(session, &record, on_hosts);
-    result == "success"
+    match result {
+        _ if was_declined => Outcome::Declined,
+        "success" => Outcome::Success,
+        _ => Outcome::Failed,
+    }
 }
 
 /// Whether brackets are still open (outside strings and comments): keep reading lines.
@@ -469,23 +520,6 @@ fn render(engine: &rhai::Engine, v: &Dynamic) -> String {
         .join("\n")
 }
 
-/// Names whose calls change a live environment: on a protected one, the REPL asks first.
-const DESTRUCTIVE: &[&str] = &[
-    "release::prepare",
-    "release::activate",
-    "release::rollback",
-    "release::undo",
-    "release::stage",
-    "release::mark_bad",
-    "release::cleanup",
-    "backup::restore",
-    "backup::prune",
-    "laravel::down",
-    "laravel::up",
-    "laravel::migrate",
-    "lock::acquire",
-];
-
 /// `import "path" as alias;` lines of a successful action stay loaded for later lines.
 fn keep_imports(engine: &mut rhai::Engine, source: &str) {
     for line in source.lines() {
@@ -507,11 +541,28 @@ fn keep_imports(engine: &mut rhai::Engine, source: &str) {
     }
 }
 
-/// `:save FILE`: the session's successful statements as a script to review and commit.
-fn save(file: &str, saved: &[String], env: &Environment) {
+/// `:save FILE`: the session's successful statements as a script to review and commit
+/// (one that `runbook check` accepts). An existing file is replaced only after a yes.
+fn save(
+    file: &str,
+    saved: &[String],
+    env: &Environment,
+    engine: &rhai::Engine,
+    editor: &mut Editor<ReplHelper, DefaultHistory>,
+) {
     if file.is_empty() {
         println!("usage: :save FILE (e.g. scripts/fix-queue.rhai)");
         return;
+    }
+    let path = std::path::Path::new(file);
+    if path.exists() {
+        let answer = editor
+            .readline(&format!("{file} exists. Replace it? [y/N] "))
+            .unwrap_or_default();
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("not saved: {file} is kept as it was (`:save` another name)");
+            return;
+        }
     }
     let text = format!(
         "// Saved from `runbook repl` on `{}` at {}: review before committing.\n{}\n",
@@ -519,24 +570,36 @@ fn save(file: &str, saved: &[String], env: &Environment) {
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         saved
             .iter()
-            .map(|stmt| {
-                // A REPL line may leave out the final `;`; a script may not.
-                if stmt.ends_with(';') || stmt.ends_with('}') {
-                    stmt.clone()
-                } else {
-                    format!("{stmt};")
-                }
-            })
+            .map(|stmt| terminated(engine, stmt))
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let path = std::path::Path::new(file);
+    if let Err(e) = engine.compile(&text) {
+        eprintln!("warning: the saved statements do not form a valid script ({e}): review {file}");
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
     match std::fs::write(path, text) {
         Ok(()) => println!("saved {} statements to {file}", saved.len()),
         Err(e) => eprintln!("cannot write {file}: {e}"),
+    }
+}
+
+/// A REPL statement as a script statement: a line may leave out the final `;` a script
+/// needs before the next statement (`let m = #{…}` and closures end in `}` too). The parser
+/// decides: as typed when a statement can follow it, else with a `;` — on a line of its
+/// own when the last line ends in a comment, which would swallow it.
+fn terminated(engine: &rhai::Engine, stmt: &str) -> String {
+    let stmt = stmt.trim_end();
+    let parses = |s: &str| engine.compile(format!("{s}\n0")).is_ok();
+    if parses(stmt) {
+        return stmt.to_owned();
+    }
+    if stmt.lines().last().is_some_and(|l| l.contains("//")) {
+        format!("{stmt}\n;")
+    } else {
+        format!("{stmt};")
     }
 }
 
@@ -716,8 +779,8 @@ fn meta(
                         // A fresh scope, like `runbook run`, with these arguments.
                         let mut run_scope = engine::scope(session);
                         let map: Map = args
-                            .into_iter()
-                            .map(|(k, v)| (k.into(), Dynamic::from(v)))
+                            .iter()
+                            .map(|(k, v)| (k.into(), Dynamic::from(v.clone())))
                             .collect();
                         run_scope.push_constant("args", map);
                         if let Some(reason) = &reason
@@ -743,9 +806,13 @@ fn meta(
                                     engine,
                                     &mut run_scope,
                                     &ast,
-                                    &name,
-                                    &text,
-                                    reason.as_deref(),
+                                    (&name, &text),
+                                    // Confirmed by its name typed above: nothing asks.
+                                    Action {
+                                        reason: reason.as_deref(),
+                                        args,
+                                        ask: None,
+                                    },
                                 );
                             }
                         }

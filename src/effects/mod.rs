@@ -5,6 +5,7 @@
 //! host, command, exit code and the last lines of stderr, and fans out over hosts with a
 //! concurrency limit. Modules call [`Effects::run`] / [`Effects::run_many`] and nothing else.
 
+pub mod confirm;
 pub mod interrupt;
 pub mod redact;
 
@@ -245,6 +246,8 @@ pub struct Effects {
     run_id: String,
     /// Hosts whose connection failed or was lost during the run.
     lost: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The REPL's question before a change on a protected environment (no hook: none).
+    confirm: confirm::Confirm,
 }
 
 impl Effects {
@@ -259,6 +262,7 @@ impl Effects {
         Effects {
             run_id,
             lost: std::sync::Mutex::default(),
+            confirm: confirm::Confirm::default(),
             runtime,
             ssh: std::sync::OnceLock::new(),
             output,
@@ -271,6 +275,11 @@ impl Effects {
 
     pub fn output(&self) -> &Arc<Output> {
         &self.output
+    }
+
+    /// The hook that asks before a change (installed by the REPL for one line).
+    pub fn confirm(&self) -> &confirm::Confirm {
+        &self.confirm
     }
     /// Hosts that could not be reached, or whose connection was lost, during this run.
     pub fn lost_hosts(&self) -> std::collections::BTreeSet<String> {
@@ -588,6 +597,13 @@ impl Effects {
     ) -> Result<CommandResult, CommandError> {
         let host = target.name().to_owned();
         let command = crate::quote::join(&argv);
+        // A download only reads the host; an upload or a task changes it.
+        if !self.dry_run() && argv.first().is_none_or(|a| a != "download") {
+            let what = confirm::describe(&self.output.redactor().redact(&command), &host);
+            if self.confirm.check(&what).is_err() {
+                return Err(CommandError::Interrupted { host, command });
+            }
+        }
         self.output.emit(
             Event::new(Kind::CommandStarted)
                 .host(&host)
@@ -640,6 +656,14 @@ impl Effects {
             .clone()
             .unwrap_or_else(|| crate::quote::join(&argv));
         let host = target.name().to_owned();
+        // A change (not a read, not housekeeping, not a dry run) asks first where a hook
+        // says so (the REPL on a protected environment).
+        if !spec.read && !spec.silent && !spec.shielded && !self.dry_run() {
+            let what = confirm::describe(&self.output.redactor().redact(&command), &host);
+            if self.confirm.check(&what).is_err() {
+                return Err(CommandError::Interrupted { host, command });
+            }
+        }
         let emit_events = !spec.silent;
         let mut started = Event::new(Kind::CommandStarted)
             .host(&host)

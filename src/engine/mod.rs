@@ -126,7 +126,14 @@ pub fn build(session: &Arc<Session>, mode: Mode, script_dir: Option<&Path>) -> E
         output.log(Level::Debug, format!("{at}{s}"));
     });
     let interrupt = session.effects.interrupt().clone();
-    engine.on_progress(move |_| interrupt.pending().then(|| Dynamic::from("interrupted")));
+    // A change refused at the REPL's question stops the line too (even inside `try`).
+    let refused = session.effects.confirm().refused_flag();
+    engine.on_progress(move |_| {
+        if refused.load(std::sync::atomic::Ordering::SeqCst) {
+            return Some(Dynamic::from("not confirmed"));
+        }
+        interrupt.pending().then(|| Dynamic::from("interrupted"))
+    });
 
     let project_stdlib = session
         .inventory
