@@ -226,6 +226,16 @@ pub fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>
 /// Artisan commands that only read (`migrate:status`, `about`, …) pass a read-only gate;
 /// any other artisan command is treated as a change.
 pub fn guard_artisan(ctx: &NativeCallContext, args: &[String]) -> Result<(), Box<EvalAltResult>> {
+    let command = args.first().map_or("", String::as_str);
+    if artisan_reads(args) {
+        return Ok(());
+    }
+    guard(ctx, &format!("artisan::run({command})"))
+}
+
+/// Whether an artisan command is one known only to read: it needs no confirmation, passes
+/// a read-only gate, and runs for real in a dry run (the plan is built on what it says).
+pub fn artisan_reads(args: &[String]) -> bool {
     const READS: &[&str] = &[
         "about",
         "env",
@@ -248,11 +258,7 @@ pub fn guard_artisan(ctx: &NativeCallContext, args: &[String]) -> Result<(), Box
         "horizon:status",
         "horizon:list",
     ];
-    let command = args.first().map_or("", String::as_str);
-    if READS.contains(&command) {
-        return Ok(());
-    }
-    guard(ctx, &format!("artisan::run({command})"))
+    READS.contains(&args.first().map_or("", String::as_str))
 }
 
 #[cfg(test)]

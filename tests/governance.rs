@@ -498,7 +498,7 @@ fn the_repl_asks_before_the_first_change_of_a_line_whatever_calls_it() {
         input.push_str(&format!("{line}\nn\n"));
     }
     input.push_str(&format!(
-        "release::list(host(\"p\"))\nssh::run(hosts(), [\"true\"], #{{read: true}})\nprint(\"after the reads\")\n\
+        "release::list(host(\"p\"))\nssh::run(hosts(), [\"true\"], #{{read: true}})\ntry {{ artisan::run(host(\"p\"), \"migrate:status\") }} catch {{}}\nprint(\"after the reads\")\n\
          local::run([\"touch\", \"{}\"]); local::run([\"touch\", \"{}\"]);\ny\nprint(\"one question\")\n",
         mark("yes1"),
         mark("yes2")

@@ -32,6 +32,7 @@ fn artisan(
         return Err(super::error("empty artisan command"));
     }
     crate::permissions::guard_artisan(ctx, &args)?;
+    let reads = crate::permissions::artisan_reads(&args);
     let maintenance = match args[0].as_str() {
         "down" => Some(true),
         "up" => Some(false),
@@ -59,6 +60,7 @@ fn artisan(
     let base = call(Program::Argv(argv), &opts)?;
     let build = |t: &Target| {
         let mut spec = base.spec.clone();
+        spec.read |= reads;
         if spec.cwd.is_none()
             && let Target::Host(h) = t
         {
