@@ -1696,11 +1696,17 @@ mod tests {
         }
         std::os::unix::fs::symlink("releases/3", p.join("current")).unwrap();
         let (_, out, _) = sh(LAYOUT, &[root]);
-        assert_eq!(out, "foreign 1\nforeign 2\nforeign 3\n");
+        assert_eq!(out, "live 3\nforeign 1\nforeign 2\nforeign 3\n");
         let (code, out, err) = sh(ADOPT, &[root, "20260101T000000Z", "\"ann\""]);
         assert_eq!(code, 0, "{err}");
         assert_eq!(out, "adopted 1\nadopted 2\nadopted 3\n");
-        assert_eq!(sh(LAYOUT, &[root]).1, "");
+        assert_eq!(sh(LAYOUT, &[root]).1, "live 3\n");
+        // A `current` pointing at a release that is gone says so.
+        std::os::unix::fs::symlink("releases/9", p.join("gone")).unwrap();
+        std::fs::rename(p.join("gone"), p.join("current")).unwrap();
+        assert_eq!(sh(LAYOUT, &[root]).1, "live 9\ndangling\n");
+        std::os::unix::fs::symlink("releases/3", p.join("back")).unwrap();
+        std::fs::rename(p.join("back"), p.join("current")).unwrap();
         let meta: Metadata =
             serde_json::from_slice(&std::fs::read(p.join(".runbook/releases/3.json")).unwrap())
                 .unwrap();
@@ -1734,7 +1740,11 @@ mod tests {
             std::fs::read_to_string(dir.path().join("current/public/index.php")).unwrap(),
             "v0"
         );
-        assert_eq!(sh(LAYOUT, &[root]).1, "");
+        assert!(
+            sh(LAYOUT, &[root]).1.starts_with("live adopted-"),
+            "nothing foreign is left"
+        );
+        assert_eq!(sh(LAYOUT, &[root]).1.lines().count(), 1);
     }
 
     #[test]
