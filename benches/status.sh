@@ -77,3 +77,22 @@ echo "|---|---|"
 echo "| runbook status (lock state, release list, disk and workers probe per host; judged) | ${rb} ms |"
 echo "| parallel-ssh -p $N running readlink current, ls releases, df | ${ps} ms |"
 echo "| ratio runbook / parallel-ssh | $(awk -v a="$rb" -v b="$ps" 'BEGIN { printf "%.2f", a / b }') |"
+
+# Warm: runbook with `[ssh] persist` (its masters kept from the run before), against
+# parallel-ssh through OpenSSH's own kept masters (ControlMaster/ControlPersist), each
+# warmed by one run first.
+sed -i 's/^\[ssh\]$/[ssh]\npersist = "5m"/' runbook.toml
+export XDG_RUNTIME_DIR=$W/run; mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+"$RB" status -e bench >/dev/null 2>&1 || true
+mux="-i $W/id -o UserKnownHostsFile=$W/known_hosts -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o ControlMaster=auto -o ControlPath=$W/run/cm-%C -o ControlPersist=300"
+parallel-ssh -h "$W/hosts" -p "$N" -x "$mux" -i "$reads" >/dev/null 2>&1 || true
+rbw=$(for _ in $(seq "$RUNS"); do ms "$RB" status -e bench; done | median)
+psw=$(for _ in $(seq "$RUNS"); do ms parallel-ssh -h "$W/hosts" -p "$N" -x "$mux" -i "$reads"; done | median)
+"$RB" disconnect >/dev/null 2>&1 || true
+for h in $(cat "$W/hosts"); do ssh -o ControlPath="$W/run/cm-%C" -O exit "$h" >/dev/null 2>&1 || true; done
+echo
+echo "| $N hosts, warm (kept masters), median of $RUNS | wall |"
+echo "|---|---|"
+echo "| runbook status with \`[ssh] persist\` | ${rbw} ms |"
+echo "| parallel-ssh -p $N through ControlMaster/ControlPersist | ${psw} ms |"
+echo "| ratio runbook / parallel-ssh | $(awk -v a="$rbw" -v b="$psw" 'BEGIN { printf "%.2f", a / b }') |"

@@ -14,6 +14,7 @@ use crate::harness::Output;
 use crate::receivers::Http;
 use crate::strategies::Load;
 use crate::support::prod::ProdFleet;
+use crate::support::prometheus::Observability;
 
 /// The inventory with `canary` (a line of `[env.prod.vars]`) and the balancer's access log.
 pub(crate) fn inventory(f: &ProdFleet, canary: &str) -> String {
@@ -201,6 +202,53 @@ fn a_release_failing_one_percent_is_stopped_at_ten_percent_judged_from_the_acces
     );
     let back = all.find("all traffic is back on the stable release");
     assert!(back.is_some(), "{all}");
+}
+
+/// The same failing release judged from Prometheus: mtail tails the balancer's access
+/// log (the seed's metrics), Prometheus scrapes it, and the canary's gate asks PromQL
+/// (`vars.canary.queries`) — the real requests of the real clients, through the metrics
+/// stack instead of the log read over SSH.
+#[test]
+fn a_release_failing_one_percent_is_stopped_at_ten_percent_judged_from_prometheus() {
+    let Some(f) = ProdFleet::start() else { return };
+    let Some(obs) = Observability::tailing(&f.lb.dir.join("access.log")) else {
+        return;
+    };
+    // The next pool serves nothing but the canary (the staged checks go to each host's
+    // preview_url, not through the balancer), so its counters since mtail started are
+    // the canary's requests; production would use rate(…[window]) (README).
+    let success = r#"100 * sum(askproai_http_requests_total{pool=\"next\",status!~\"5..\"}) / sum(askproai_http_requests_total{pool=\"next\"})"#;
+    let requests = r#"sum(askproai_http_requests_total{pool=\"next\"})"#;
+    let mut inv = f.inventory_with(
+        true,
+        &format!(
+            "canary = {{ window = \"6s\", checks = 2, min_requests = 40, queries = {{ canary_success = \"{success}\", canary_requests = \"{requests}\" }} }}"
+        ),
+    );
+    inv.push_str(&format!("\n{}", obs.inventory()));
+    let stable = stable(&f, &inv);
+    let asked = obs.prometheus.queries_answered();
+    let (out, after) = under_load(&f, &inv, "v7-fail-1pct");
+    stopped_at_ten_percent(&f, &out, &stable, &after);
+    let all = messages(&out).join("\n");
+    assert!(
+        all.contains("canary gate failed at 10%: canary success") && all.contains("(Prometheus:"),
+        "not judged from Prometheus:\n{all}"
+    );
+    assert!(
+        obs.prometheus.queries_answered() > asked,
+        "the gate never asked Prometheus:\n{all}"
+    );
+    // What Prometheus had: the canary's 500s, counted by mtail from the balancer's log.
+    let failed = obs
+        .prometheus
+        .wait_for_value(
+            r#"sum(askproai_http_requests_total{pool="next",status=~"5.."})"#,
+            10,
+        )
+        .unwrap_or_default();
+    assert!(failed > 0.0, "Prometheus saw no canary 500: {failed}");
+    eprintln!("judged from Prometheus: {failed} canary 500s counted by mtail");
 }
 
 #[test]
