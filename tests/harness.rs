@@ -53,8 +53,12 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// The runbook binary the tests run: this build's, or `RUNBOOK_BIN` (benchmarks run the
+/// release build through the same harness: `RUNBOOK_BIN=target/release/runbook`).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_runbook"))
+    std::env::var_os("RUNBOOK_BIN")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_runbook")), PathBuf::from)
 }
 
 impl Test {
