@@ -33,10 +33,10 @@ pub fn run(global: &Global, args: &HostsArgs) -> Result<(), Error> {
         text.push('\n');
         return crate::output::stdout(&text);
     }
-    let rows: Vec<[String; 6]> = hosts
+    let rows: Vec<Vec<String>> = hosts
         .iter()
         .map(|h| {
-            [
+            vec![
                 h.name.clone(),
                 h.address.clone(),
                 h.port.to_string(),
@@ -46,31 +46,15 @@ pub fn run(global: &Global, args: &HostsArgs) -> Result<(), Error> {
             ]
         })
         .collect();
-    let header = ["NAME", "ADDRESS", "PORT", "USER", "TRANSPORT", "ROLES"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |row: &[String; 6]| {
-        row.iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
     let protected = if env.protected { " (protected)" } else { "" };
     let mut text = format!(
         "environment {}{protected}: {} hosts\n",
         env.name,
         rows.len()
     );
-    for row in std::iter::once(&header).chain(&rows) {
-        text.push_str(&line(row));
-        text.push('\n');
-    }
+    text.push_str(&crate::output::table(
+        &["NAME", "ADDRESS", "PORT", "USER", "TRANSPORT", "ROLES"],
+        &rows,
+    ));
     crate::output::stdout(&text)
 }

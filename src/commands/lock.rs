@@ -82,7 +82,7 @@ fn status(global: &Global, args: &StatusArgs) -> Result<(), Error> {
         let doc = serde_json::json!({ "env": env.name, "hosts": json });
         super::print(&serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        super::print(&super::status::table(
+        super::print(&crate::output::table(
             &["HOST", "LOCK HELD BY", "HEARTBEAT", "FREEZE"],
             &rows,
         ));

@@ -249,7 +249,7 @@ fn render(
                 ]
             })
             .collect();
-        let table = super::status::table(
+        let table = crate::output::table(
             &[
                 "  STEP", "VERDICT", "POOL", "REQUESTS", "SUCCESS", "P95", "WHY",
             ],

@@ -83,7 +83,7 @@ fn render(s: &FleetStatus) -> String {
         "DISK FREE",
     ];
     let rows: Vec<Vec<String>> = s.hosts.iter().map(row).collect();
-    out.push_str(&table(&header, &rows));
+    out.push_str(&crate::output::table(&header, &rows));
     if let Some(t) = &s.rollback_target {
         out.push_str(&format!("rollback target: {t}\n"));
     }
@@ -185,42 +185,6 @@ fn row(h: &HostStatus) -> Vec<String> {
         h.workers.map_or_else(dash, |w| w.to_string()),
         disk,
     ]
-}
-
-/// Columns padded to their widest cell; a short row (an unreachable host) ends early.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        // The last cell of a short row may overflow: it does not widen the column.
-        for (w, c) in widths
-            .iter_mut()
-            .zip(r)
-            .take(r.len().saturating_sub(1).max(1))
-        {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut s = String::new();
-        for (i, c) in cells.enumerate() {
-            if i > 0 {
-                s.push_str("  ");
-            }
-            s.push_str(c);
-            let pad = widths
-                .get(i)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(c.chars().count());
-            s.push_str(&" ".repeat(pad));
-        }
-        s.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(&mut header.iter().copied());
-    for r in rows {
-        out.push_str(&line(&mut r.iter().map(String::as_str)));
-    }
-    out
 }
 
 /// One release as `runbook releases` shows it.
@@ -338,7 +302,7 @@ pub fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> {
                 ]
             })
             .collect();
-        let mut out = table(
+        let mut out = crate::output::table(
             &[
                 "RELEASE",
                 "REF",

@@ -7,6 +7,7 @@
 pub mod event;
 pub mod github;
 mod human;
+mod table;
 pub mod terminal;
 
 use std::io::Write;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use event::{Event, Kind, Level, Outcome, Stream};
 pub use human::Human;
+pub use table::table;
 
 use crate::effects::redact::Redactor;
 
