@@ -86,6 +86,60 @@ pub fn local_path() -> PathBuf {
     state.join("runbook/audit.jsonl")
 }
 
+/// The records kept on `env`'s hosts (`<deploy_path>/.runbook/audit.jsonl`), read over
+/// their usual transport, and the hosts whose log could not be read.
+pub fn read_hosts(
+    effects: &crate::effects::Effects,
+    env: &crate::inventory::Environment,
+) -> (Vec<Record>, Vec<String>) {
+    use crate::effects::{FanOut, HostOutcome, Target};
+    let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
+    let build = |t: &Target| {
+        let root = match t {
+            Target::Host(h) => h.deploy_path.clone(),
+            Target::Local => String::new(),
+        };
+        let mut spec = crate::transport::CommandSpec::script(
+            "audit: read the host's log",
+            r#"cat "$1/.runbook/audit.jsonl" 2>/dev/null; true"#,
+            &[&root],
+        );
+        spec.quiet = true;
+        spec.read = true;
+        spec
+    };
+    let fan = FanOut {
+        fail_fast: false,
+        ..FanOut::new()
+    };
+    let mut out = Vec::new();
+    let mut unread = Vec::new();
+    for (t, o) in targets
+        .iter()
+        .zip(effects.run_many_with(&targets, &build, &fan))
+    {
+        match o {
+            HostOutcome::Done(Ok(r)) => out.extend(
+                r.stdout
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Record>(l).ok()),
+            ),
+            _ => unread.push(t.name().to_owned()),
+        }
+    }
+    (out, unread)
+}
+
+/// This machine's records and the hosts': one per run (a run is on this machine and on
+/// each host it touched), oldest first.
+pub fn merge(mut local: Vec<Record>, hosts: Vec<Record>) -> Vec<Record> {
+    local.extend(hosts);
+    let mut seen = std::collections::HashSet::new();
+    local.retain(|r| seen.insert(r.run.clone()));
+    local.sort_by(|a, b| a.ts.cmp(&b.ts));
+    local
+}
+
 /// The mode of the audit log: it holds REPL input and reasons, readable by its owner only.
 pub const FILE_MODE: u32 = 0o600;
 /// The mode of the directory runbook keeps it in (with the REPL history).

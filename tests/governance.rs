@@ -447,6 +447,26 @@ fn the_weekly_report_sends_metrics_backups_and_anomalies() {
             .contains("Weekly report for shop / dev"),
         "{p}"
     );
+    // A fresh runner (no local log): the host's own log tells the same week, and each
+    // run counts once though it is in both logs.
+    std::fs::create_dir_all(t.path().join("deploy/.runbook")).unwrap();
+    std::fs::write(
+        t.path().join("deploy/.runbook/audit.jsonl"),
+        format!("{log}\n"),
+    )
+    .unwrap();
+    std::fs::remove_file(t.path().join("audit.jsonl")).unwrap();
+    let out = t.run_with(&["run", "maintenance/weekly-report", "-e", "dev", "-q"]);
+    out.code(0)
+        .stdout_has("dev: 1 deploys (2 attempts), change failure rate 50.0%")
+        .stdout_has("anomalies: 1 refused or aborted runs");
+    // (That report's own run is in the local log now.)
+    std::fs::remove_file(t.path().join("audit.jsonl")).unwrap();
+    let stats = t.run_with(&["audit", "--stats", "-e", "dev"]);
+    stats
+        .code(0)
+        .stderr_has("the local audit log has no run of `dev`: reading the hosts' logs");
+    assert!(stats.stdout.contains("dev"), "{}", stats.stdout);
 }
 
 /// The default inventory's protected `prod` (host `p`, local) with two releases, `r1` live.

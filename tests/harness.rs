@@ -58,7 +58,10 @@ pub struct Output {
 pub fn bin() -> PathBuf {
     std::env::var_os("RUNBOOK_BIN")
         .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_runbook")), PathBuf::from)
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_runbook")),
+            PathBuf::from,
+        )
 }
 
 impl Test {

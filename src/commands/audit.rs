@@ -19,47 +19,12 @@ fn from_hosts(global: &Global, env_name: &str) -> Result<Vec<audit::Record>, Err
             crate::output::Verbosity::Quiet,
         ),
     );
-    let targets: Vec<crate::effects::Target> = env
-        .hosts
-        .iter()
-        .cloned()
-        .map(crate::effects::Target::Host)
-        .collect();
-    let build = |t: &crate::effects::Target| {
-        let root = match t {
-            crate::effects::Target::Host(h) => h.deploy_path.clone(),
-            crate::effects::Target::Local => String::new(),
-        };
-        let mut spec = crate::transport::CommandSpec::script(
-            "audit: read the host's log",
-            r#"cat "$1/.runbook/audit.jsonl" 2>/dev/null; true"#,
-            &[&root],
-        );
-        spec.quiet = true;
-        spec
-    };
-    let fan = crate::effects::FanOut {
-        fail_fast: false,
-        ..crate::effects::FanOut::new()
-    };
-    let mut out = Vec::new();
-    for (t, o) in targets
-        .iter()
-        .zip(session.effects.run_many_with(&targets, &build, &fan))
-    {
-        match o {
-            crate::effects::HostOutcome::Done(Ok(r)) => {
-                out.extend(
-                    r.stdout
-                        .lines()
-                        .filter_map(|l| serde_json::from_str::<audit::Record>(l).ok()),
-                );
-            }
-            _ => eprintln!("warning: could not read the audit log on `{}`", t.name()),
-        }
+    let (records, unread) = audit::read_hosts(&session.effects, &env);
+    for host in unread {
+        eprintln!("warning: could not read the audit log on `{host}`");
     }
     session.effects.close();
-    Ok(out)
+    Ok(records)
 }
 
 pub fn run(global: &Global, args: &AuditArgs) -> Result<(), Error> {
@@ -74,14 +39,17 @@ pub fn run(global: &Global, args: &AuditArgs) -> Result<(), Error> {
             message,
         })?;
     let mut all = audit::read(&path);
-    if args.from_hosts
-        && let Some(env) = &args.env
-    {
-        all.extend(from_hosts(global, env)?);
-        // The same run is on this machine and on each host it touched: keep one.
-        let mut seen = std::collections::HashSet::new();
-        all.retain(|r| seen.insert(r.run.clone()));
-        all.sort_by(|a, b| a.ts.cmp(&b.ts));
+    if let Some(env) = &args.env {
+        // A fresh CI runner has no local log: the hosts' logs tell what ran there.
+        let none_here = !all.iter().any(|r| &r.env == env);
+        if args.from_hosts || none_here {
+            if none_here && !args.from_hosts {
+                eprintln!(
+                    "note: the local audit log has no run of `{env}`: reading the hosts' logs"
+                );
+            }
+            all = audit::merge(all, from_hosts(global, env)?);
+        }
     }
     let records: Vec<audit::Record> = all
         .into_iter()
