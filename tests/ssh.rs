@@ -122,11 +122,21 @@ fn persisted_masters_serve_the_next_invocation_until_disconnect() {
         [2, 2],
         "a master made under other terms was reused"
     );
+    // A changed known_hosts file (a host key replaced there): no reuse either.
+    let mut text = std::fs::read_to_string(&kh).unwrap();
+    text.push_str("# a host key was replaced here\n");
+    std::fs::write(&kh, text).unwrap();
+    t.run_with(&["run", "s", "-e", "fleet", "-q"]).code(0);
+    assert_eq!(
+        logins(),
+        [3, 3],
+        "a master made under the old known_hosts was reused"
+    );
     t.run_with(&["disconnect"])
         .code(0)
-        .stdout_has("4 kept ssh connections ended");
+        .stdout_has("6 kept ssh connections ended");
     t.run_with(&["run", "s", "-e", "fleet", "-q"]).code(0);
-    assert_eq!(logins(), [3, 3], "disconnect left a master behind");
+    assert_eq!(logins(), [4, 4], "disconnect left a master behind");
     t.run_with(&["disconnect", "-e", "fleet"])
         .code(0)
         .stdout_has("2 kept ssh connections ended");

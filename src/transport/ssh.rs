@@ -696,8 +696,16 @@ pub mod persist {
 
     fn key(host: &Host) -> String {
         use sha2::Digest;
+        // The known_hosts file's contents, not only its name: a host key changed there
+        // (a rebuilt server) must not be met by a master made under the old one.
+        let known = host
+            .ssh
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| "~/.ssh/known_hosts".to_owned());
+        let known = std::fs::read(super::expand_home(&known)).unwrap_or_default();
         let terms = format!(
-            "{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}",
+            "{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{:?}\0{}",
             host.address,
             host.port,
             host.user,
@@ -705,7 +713,8 @@ pub mod persist {
             host.ssh.known_hosts,
             host.ssh.host_key_check,
             host.jump_host,
-            host.ssh.config_file
+            host.ssh.config_file,
+            hex::encode(sha2::Sha256::digest(&known))
         );
         hex::encode(&sha2::Sha256::digest(terms.as_bytes())[..12])
     }
