@@ -170,3 +170,12 @@ echo "- $N hosts cold: runbook / parallel-ssh = $(ratio "${R[rb$N]}" "${R[pssh$N
 echo "- $N hosts cold: ansible -m command / runbook = $(ratio "${R[cmd$N]}" "${R[rb$N]}") x (target >= 3)"
 echo "- 10-command sequence: ansible-playbook / runbook = $(ratio "$seq_an" "$seq_rb") x (target >= 10)"
 echo "- once connected: $(printf '%.2f' "$warm") ms per host per command (plain ssh over open ControlMasters: $(awk -v c="$cm" -v n="$N" 'BEGIN {printf "%.2f", c * 1000 / n}') ms)"
+
+# A second invocation within the persist window: `[ssh] persist` keeps the masters of
+# the run before; against plain ssh over the ControlMasters it keeps the same way (above).
+sed -i 's/^\[ssh\]$/[ssh]\npersist = "5m"/' "$W/runbook.toml"
+export XDG_RUNTIME_DIR=$W/run; mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+"$RB" run uptime -e "b$N" -q >/dev/null 2>&1
+pers=$(median "$RB" run uptime -e "b$N" -q)
+"$RB" disconnect >/dev/null 2>&1
+echo "- a second runbook run of uptime on $N hosts with [ssh] persist: $pers s (target <= 0.3; plain ssh over open ControlMasters: $cm s)"
