@@ -294,25 +294,31 @@ fn an_abort_from_another_process_puts_all_traffic_on_stable_within_five_seconds(
     assert_eq!(s["rollout"]["state"]["phase"], "aborted", "{s}");
 }
 
-#[test]
-fn a_runner_killed_at_25_percent_is_shown_dead_and_rollout_abort_restores_stable() {
-    let Some(f) = ProdFleet::start() else { return };
+/// A canary of v2 with `steps` whose runner is SIGKILLed once the window at `weight`
+/// began (its state is on the hosts): the stable release, the inventory and the project.
+fn killed_in_its_window(f: &ProdFleet, steps: &str, weight: u32) -> (String, String, Test) {
     let inv = inventory(
-        &f,
+        f,
         "canary = { window = \"60s\", checks = 1, min_requests = 20 }",
     );
-    let stable = stable(&f, &inv);
+    let stable = stable(f, &inv);
     let project = f.project_with(&inv);
-    let mut runner = start_canary(&project, "v2", "25,50");
-    wait_for_weight(&f, 25, &mut runner, 120);
-    // The window began (its state is on the hosts), then the runner dies without a word.
+    let mut runner = start_canary(&project, "v2", steps);
+    wait_for_weight(f, weight, &mut runner, 120);
     let until = Instant::now() + Duration::from_secs(20);
     while status_json(&project).1["window_left_s"].is_null() {
         assert!(Instant::now() < until, "no window began");
         std::thread::sleep(Duration::from_millis(200));
     }
-    runner.kill().unwrap(); // SIGKILL
+    runner.kill().unwrap(); // SIGKILL, without a word
     let _ = runner.wait();
+    (stable, inv, project)
+}
+
+#[test]
+fn a_runner_killed_at_25_percent_is_shown_dead_and_rollout_abort_restores_stable() {
+    let Some(f) = ProdFleet::start() else { return };
+    let (stable, inv, project) = killed_in_its_window(&f, "25,50", 25);
     let canary = f.staged("web1");
     assert_eq!(weight(&f), 25, "traffic stays split when the runner dies");
     let (code, s) = status_json(&project);
@@ -425,21 +431,7 @@ fn a_promote_from_another_process_finishes_with_every_host_on_the_new_release() 
 #[test]
 fn a_runner_killed_at_the_first_step_is_finished_by_rollout_promote() {
     let Some(f) = ProdFleet::start() else { return };
-    let inv = inventory(
-        &f,
-        "canary = { window = \"60s\", checks = 1, min_requests = 20 }",
-    );
-    let stable = stable(&f, &inv);
-    let project = f.project_with(&inv);
-    let mut runner = start_canary(&project, "v2", "10,50");
-    wait_for_weight(&f, 10, &mut runner, 120);
-    let until = Instant::now() + Duration::from_secs(20);
-    while status_json(&project).1["window_left_s"].is_null() {
-        assert!(Instant::now() < until, "no window began");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    runner.kill().unwrap(); // SIGKILL
-    let _ = runner.wait();
+    let (stable, _, project) = killed_in_its_window(&f, "10,50", 10);
     let canary = f.staged("web1");
     assert_ne!(canary, stable);
     let out = project.run_with(&[
