@@ -801,6 +801,13 @@ fn the_seeds_emergency_and_troubleshooting_runbooks_work_on_the_fleet() {
     let out = s.run(&["maintenance/daily-check", "sample=2s"]);
     out.code(0).stdout_has("all good");
     assert!(out.stdout.contains("0 error line(s)"), "{}", out.stdout);
+    // The day's runs, from the hosts' audit logs too (a script field that does not
+    // exist, `finished_at`, went unnoticed while the list was empty).
+    assert!(
+        out.stdout.contains("stop-everything.rhai  success  by"),
+        "{}",
+        out.stdout
+    );
     // An error in laravel.log needs a person.
     std::fs::write(
         Path::new(&s.roots[1].1).join("shared/storage/logs/laravel.log"),
