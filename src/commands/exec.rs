@@ -226,13 +226,7 @@ pub fn run(global: &Global, args: ExecArgs, alias: Option<&str>) -> Result<(), E
         };
     }
 
-    let effects = session.effects.clone();
-    crate::signal::install(
-        rt.handle(),
-        session.effects.interrupt().clone(),
-        output.clone(),
-        move || effects.kill_connections_now(),
-    );
+    super::install_signals(&rt, &session);
     let targets: Vec<Target> = hosts.iter().cloned().map(Target::Host).collect();
     let build = |t: &Target| {
         let root = match t {

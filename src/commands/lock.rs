@@ -171,30 +171,14 @@ fn thaw(global: &Global, args: &ThawArgs) -> Result<(), Error> {
     finish(&session, &env, "lock thaw", &targets, &lifted, &said)
 }
 
-type Opened = (
-    tokio::runtime::Runtime,
-    std::sync::Arc<crate::engine::Session>,
-    std::sync::Arc<crate::inventory::Environment>,
-);
-
 fn open(
     global: &Global,
     env: Option<&str>,
     yes: bool,
     name: &str,
     reason: Option<&str>,
-) -> Result<Opened, Error> {
-    let project = crate::project::Project::load(global.config.as_deref())?;
-    let env = project.env(env)?;
-    if crate::permissions::needs_confirmation(&env, false, yes) {
-        super::run::confirm(&env.name, name)?;
-    }
-    let rt = super::runtime()?;
-    let mut config =
-        super::SessionConfig::for_env(&project.inventory, &env, name, global.verbosity());
-    config.info.reason = reason.map(|r| r.trim().to_owned());
-    let session = super::session(&rt, config);
-    Ok((rt, session, env))
+) -> Result<super::Opened, Error> {
+    super::open_env(global, env, name, reason, Some(yes))
 }
 
 /// Reports each host, audits the whole (locally and on the hosts), and fails when any

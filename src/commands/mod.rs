@@ -94,6 +94,44 @@ pub(crate) fn fleet_command(
     Ok((rt, session, env))
 }
 
+/// A runtime, a session on environment `env` for command `name` (with `reason` recorded)
+/// and the environment. With `confirm: Some(yes)`, a protected environment is confirmed
+/// first (unless `yes`).
+pub(crate) type Opened = (tokio::runtime::Runtime, Arc<Session>, Arc<Environment>);
+
+pub(crate) fn open_env(
+    global: &crate::cli::Global,
+    env: Option<&str>,
+    name: &str,
+    reason: Option<&str>,
+    confirm: Option<bool>,
+) -> Result<Opened, Error> {
+    let project = crate::project::Project::load(global.config.as_deref())?;
+    let env = project.env(env)?;
+    if let Some(yes) = confirm
+        && crate::permissions::needs_confirmation(&env, false, yes)
+    {
+        run::confirm(&env.name, name)?;
+    }
+    let rt = runtime()?;
+    let mut config = SessionConfig::for_env(&project.inventory, &env, name, global.verbosity());
+    config.info.reason = reason.map(|r| r.trim().to_owned());
+    let session = session(&rt, config);
+    Ok((rt, session, env))
+}
+
+/// SIGINT, SIGTERM and SIGHUP for the session's run: the first stops the running
+/// command, the third ends every connection at once.
+pub(crate) fn install_signals(rt: &tokio::runtime::Runtime, session: &Session) {
+    let effects = session.effects.clone();
+    crate::signal::install(
+        rt.handle(),
+        session.effects.interrupt().clone(),
+        session.effects.output().clone(),
+        move || effects.kill_connections_now(),
+    );
+}
+
 /// Writes `text` (and a final newline if it lacks one) to stdout through
 /// [`crate::output::stdout`]: a reader that went away (`| head`) ends it quietly.
 pub(crate) fn print(text: &str) {

@@ -25,26 +25,13 @@ pub fn run(global: &Global, args: &RolloutArgs) -> Result<(), Error> {
     }
 }
 
-type Opened = (
-    tokio::runtime::Runtime,
-    std::sync::Arc<crate::engine::Session>,
-    std::sync::Arc<crate::inventory::Environment>,
-);
-
 fn open(
     global: &Global,
     env: Option<&str>,
     name: &str,
     reason: Option<&str>,
-) -> Result<Opened, Error> {
-    let project = crate::project::Project::load(global.config.as_deref())?;
-    let env = project.env(env)?;
-    let rt = super::runtime()?;
-    let mut config =
-        super::SessionConfig::for_env(&project.inventory, &env, name, global.verbosity());
-    config.info.reason = reason.map(|r| r.trim().to_owned());
-    let session = super::session(&rt, config);
-    Ok((rt, session, env))
+) -> Result<super::Opened, Error> {
+    super::open_env(global, env, name, reason, None)
 }
 
 fn all_targets(env: &crate::inventory::Environment) -> Vec<Target> {
@@ -474,13 +461,7 @@ fn take_over(
             s.run, s.actor, s.pid, s.machine
         ),
     );
-    let effects = session.effects.clone();
-    crate::signal::install(
-        rt.handle(),
-        session.effects.interrupt().clone(),
-        output.clone(),
-        move || effects.kill_connections_now(),
-    );
+    super::install_signals(rt, session);
     let names = |v: &[String]| -> rhai::Array { v.iter().cloned().map(Into::into).collect() };
     let mut take = rhai::Map::new();
     take.insert("web".into(), names(&s.hosts).into());

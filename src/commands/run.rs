@@ -84,13 +84,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     }
 
     let output = session.effects.output().clone();
-    let effects = session.effects.clone();
-    crate::signal::install(
-        rt.handle(),
-        session.effects.interrupt().clone(),
-        output.clone(),
-        move || effects.kill_connections_now(),
-    );
+    super::install_signals(&rt, &session);
     let mut started = Event::new(Kind::RunStarted)
         .message(format!("runbook: {name} on {}", env.name))
         .data("script", name.clone())
