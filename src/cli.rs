@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::error::Error;
 use crate::output::Verbosity;
 
 #[derive(Debug, Parser)]
@@ -382,46 +381,4 @@ pub struct DisconnectArgs {
     /// Only this environment's hosts (default: every kept connection)
     #[arg(short, long)]
     pub env: Option<String>,
-}
-
-pub fn dispatch(cli: Cli) -> Result<(), Error> {
-    let global = &cli.global;
-    match cli.command {
-        Command::Run(args) => crate::commands::run::run(global, args),
-        Command::Check(args) => crate::commands::check::run(global, &args),
-        Command::Hosts(args) => crate::commands::hosts::run(global, &args),
-        Command::List(args) => crate::commands::list::run(global, &args),
-        Command::Doc(args) => crate::commands::doc::run(&args),
-        Command::Repl(args) => crate::commands::repl::run(global, &args),
-        Command::Unlock(args) => crate::commands::unlock::run(global, &args),
-        Command::Adopt(args) => crate::commands::adopt::run(global, &args),
-        Command::Recover(args) => crate::commands::recover::run(global, &args),
-        Command::Disconnect(args) => crate::commands::disconnect::run(global, &args),
-        Command::Status(args) => crate::commands::status::status(global, &args),
-        Command::Releases(args) => crate::commands::status::releases(global, &args),
-        Command::Lock(args) => crate::commands::lock::run(global, &args),
-        Command::Rollout(args) => crate::commands::rollout::run(global, &args),
-        Command::Exec(args) => crate::commands::exec::run(global, args, None),
-        Command::Alias(words) => crate::commands::exec::alias(global, &words),
-        Command::Audit(args) => crate::commands::audit::run(global, &args),
-        Command::Completions(args) => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            let mut text = Vec::new();
-            clap_complete::generate(args.shell, &mut cmd, "runbook", &mut text);
-            crate::output::stdout(&String::from_utf8_lossy(&text))
-        }
-        Command::Definitions(args) => crate::commands::doc::definitions(&args.dir),
-        Command::Init => crate::commands::init::run(),
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            let mut text = Vec::new();
-            clap_mangen::Man::new(cmd)
-                .render(&mut text)
-                .map_err(|e| Error::Read {
-                    path: "stdout".into(),
-                    source: e,
-                })?;
-            crate::output::stdout(&String::from_utf8_lossy(&text))
-        }
-    }
 }

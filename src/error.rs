@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::engine::diagnostic::Diagnostic;
+use crate::diagnostic::Diagnostic;
+pub use crate::inventory::InventoryError;
 
 /// Documented exit codes (see README "Exit codes").
 pub mod exit {
@@ -122,31 +123,4 @@ impl Error {
             | Error::BadOption { .. } => exit::USAGE,
         }
     }
-}
-
-/// Problems with `runbook.toml`: always name the file, and the key when there is one.
-#[derive(Debug, thiserror::Error)]
-pub enum InventoryError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-
-    #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
-
-    #[error("{}: `{key}`: {message}", path.display())]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
-
-    #[error("{}: no environment `{name}` (environments: {})", path.display(), if known.is_empty() { "none defined".to_owned() } else { known.join(", ") })]
-    UnknownEnv {
-        path: PathBuf,
-        name: String,
-        known: Vec<String>,
-    },
 }

@@ -6,11 +6,13 @@ pub mod audit;
 pub mod backup;
 pub mod cli;
 pub mod commands;
+pub mod diagnostic;
 pub mod effects;
 pub mod engine;
 pub mod envfile;
 pub mod error;
 pub mod health;
+pub mod interrupt;
 pub mod inventory;
 pub mod judge;
 pub mod lock;
@@ -23,10 +25,13 @@ pub mod permissions;
 pub mod project;
 pub mod quote;
 pub mod recovery;
+pub mod redact;
 pub mod release;
 pub mod rollout;
 pub mod schema_risk;
+pub mod session;
 pub mod signal;
+pub mod sources;
 pub mod status;
 pub mod tls;
 pub mod traffic;
@@ -53,7 +58,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     init_tracing(cli.global.verbose);
-    match cli::dispatch(cli) {
+    match commands::dispatch(cli) {
         Ok(()) => error::exit::SUCCESS,
         Err(e) => {
             // An error can carry a host's stderr: shown, never obeyed by the terminal.

@@ -21,8 +21,6 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rhai::{EvalAltResult, NativeCallContext};
-
 use crate::error::Error;
 use crate::inventory::Environment;
 
@@ -207,30 +205,6 @@ pub fn reader_only(env: &Environment, actor: &str) -> Option<(String, String)> {
             ),
         )
     })
-}
-
-/// Called first by every runbook-owned operation that changes a host: stops the script
-/// (an error `try` cannot catch) when the session is read-only, or when a person asked
-/// first (the REPL on a protected environment, [`crate::effects::confirm`]) said no.
-/// A dry run changes nothing, so it is not asked about.
-pub fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>> {
-    let session = crate::modules::session(ctx)?;
-    let stop = |m: String| EvalAltResult::ErrorTerminated(m.into(), ctx.call_position()).into();
-    session.read_only.check(op).map_err(stop)?;
-    if session.effects.dry_run() {
-        return Ok(());
-    }
-    session.effects.confirm().check(op).map_err(stop)
-}
-
-/// Artisan commands that only read (`migrate:status`, `about`, …) pass a read-only gate;
-/// any other artisan command is treated as a change.
-pub fn guard_artisan(ctx: &NativeCallContext, args: &[String]) -> Result<(), Box<EvalAltResult>> {
-    let command = args.first().map_or("", String::as_str);
-    if artisan_reads(args) {
-        return Ok(());
-    }
-    guard(ctx, &format!("artisan::run({command})"))
 }
 
 /// Whether an artisan command is one known only to read: it needs no confirmation, passes

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::effects::interrupt::Interrupt;
 use crate::error::exit;
+use crate::interrupt::Interrupt;
 use crate::output::{Level, Output};
 
 /// `on_force_exit` runs before a third signal ends the process (closes SSH masters).

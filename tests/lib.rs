@@ -17,6 +17,7 @@ mod hardening;
 mod health;
 mod inventory;
 mod laravel;
+mod layers; // the crate's modules import only their own layer or below, without cycles
 mod locks;
 mod notify;
 mod observability; // real Prometheus + Pushgateway + mtail: deploy metrics, askproai_http_* per pool, NaN

@@ -172,7 +172,7 @@ fn check_script(
     scope: &Scope,
     name: &str,
     text: &str,
-    sources: &crate::engine::sources::SourceMap,
+    sources: &crate::sources::SourceMap,
 ) -> Result<(), Diagnostic> {
     engine::compile(engine, scope, name, text, sources)?;
     engine

@@ -184,7 +184,7 @@ fn open(
 /// Reports each host, audits the whole (locally and on the hosts), and fails when any
 /// host was not changed.
 fn finish(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     env: &crate::inventory::Environment,
     what: &str,
     targets: &[Target],

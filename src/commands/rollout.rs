@@ -48,7 +48,7 @@ fn targets_named(env: &crate::inventory::Environment, names: &[String]) -> Vec<T
 
 /// Every host read at once: the rollout seen, and the hosts that did not answer.
 fn look(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     targets: &[Target],
 ) -> (Option<Seen>, Vec<(String, String)>) {
     let mut views = Vec::new();
@@ -389,7 +389,7 @@ fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result
 /// the runner says it obeyed it (or `wait` ends: the request stays, the runner takes it
 /// at its next window).
 fn ask(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     env: &crate::inventory::Environment,
     seen: &Seen,
     request: &rollout::Request,
@@ -434,7 +434,7 @@ fn ask(
 /// `take_over`, then records how it ended in the state on the hosts.
 fn take_over(
     rt: &tokio::runtime::Runtime,
-    session: &std::sync::Arc<crate::engine::Session>,
+    session: &std::sync::Arc<crate::session::Session>,
     env: &crate::inventory::Environment,
     seen: &Seen,
     request: &rollout::Request,
@@ -486,7 +486,7 @@ fn take_over(
         .map_err(|d| d.to_string())
         .and_then(|ast| {
             engine.run_ast_with_scope(&mut scope, &ast).map_err(|e| {
-                crate::engine::diagnostic::Diagnostic::from_eval(&e, &name, &session.sources)
+                crate::diagnostic::Diagnostic::from_eval(&e, &name, &session.sources)
                     .redacted(output.redactor())
                     .to_string()
             })

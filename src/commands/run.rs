@@ -298,7 +298,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
 /// also recorded on this machine ([`crate::lock::record_ended`]), so the next run here
 /// knows its holder ended and recovers at once instead of waiting out the heartbeat.
 fn left_behind(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     env: &str,
     locked: &[String],
     failed: bool,

@@ -16,7 +16,7 @@ fn open(
 ) -> Result<
     (
         tokio::runtime::Runtime,
-        std::sync::Arc<crate::engine::Session>,
+        std::sync::Arc<crate::session::Session>,
         std::sync::Arc<crate::inventory::Environment>,
     ),
     Error,

@@ -3,7 +3,7 @@
 //! The REPL cannot tell from a line's text what it will do (an alias, a user function, a
 //! closure can hide any call), so it asks where changes happen: the effect layer asks
 //! before a command that is not a read, and the read-only gate
-//! ([`crate::permissions::guard`]) asks before a runbook-owned change. The question is
+//! (`modules::guard`) asks before a runbook-owned change. The question is
 //! put once per line; a "no" refuses that change and every later one of the line.
 //! Nothing asks unless a hook is installed: `run` confirms up front and never installs
 //! one; the REPL installs one for the duration of each line it evaluates.

@@ -6,8 +6,7 @@
 //! concurrency limit. Modules call [`Effects::run`] / [`Effects::run_many`] and nothing else.
 
 pub mod confirm;
-pub mod interrupt;
-pub mod redact;
+pub use crate::{interrupt, redact};
 
 use std::path::Path;
 use std::sync::Arc;

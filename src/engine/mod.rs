@@ -4,21 +4,18 @@
 //! on Ctrl-C through the progress hook, installs the module resolvers and registers every
 //! script-facing module. Nothing here is global: two sessions never share state.
 
-pub mod diagnostic;
+pub use crate::{diagnostic, sources};
 mod resolver;
-pub mod sources;
 pub mod stdlib;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection};
 use rhai::{AST, Dynamic, Engine, Map, Scope};
 
-use crate::effects::Effects;
-use crate::inventory::{Environment, Inventory};
 use crate::output::Level;
+pub use crate::session::{RunInfo, Session, SessionRef};
 pub use diagnostic::Diagnostic;
 pub use resolver::StdlibResolver;
 use sources::SourceMap;
@@ -34,63 +31,6 @@ fn max_operations() -> u64 {
         .filter(|n| *n > 0)
         .unwrap_or(MAX_OPERATIONS)
 }
-
-/// Facts about this run that scripts see as the `run` map.
-#[derive(Debug, Clone, Default)]
-pub struct RunInfo {
-    pub id: String,
-    pub script: String,
-    pub reason: Option<String>,
-    pub actor: String,
-    pub dry_run: bool,
-    pub args: BTreeMap<String, String>,
-    /// How long `lock::acquire` waits for a lock held by another run.
-    pub lock_wait: std::time::Duration,
-}
-
-/// Everything a script's host functions can reach.
-pub struct Session {
-    pub effects: Arc<Effects>,
-    pub inventory: Option<Arc<Inventory>>,
-    pub env: Option<Arc<Environment>>,
-    pub info: RunInfo,
-    pub sources: Arc<SourceMap>,
-    /// Deploy locks this run holds.
-    pub locks: crate::lock::Locks,
-    /// Hosts this run put into maintenance mode (`artisan down`) and has not lifted it
-    /// from: the only ones its failure path may lift it on.
-    pub maintenance: std::sync::Mutex<std::collections::BTreeSet<String>>,
-    /// Hosts this run switched to a new release, with the release they were on.
-    pub activations: std::sync::Mutex<Vec<(Arc<crate::inventory::Host>, String)>>,
-    /// Per host: the release before the run's first switch and after its last (audit).
-    pub switches: std::sync::Mutex<BTreeMap<String, (String, String)>>,
-    /// Steps and hosts of this run, for the audit record.
-    pub audit: crate::audit::Collector,
-    /// What kind of change this run made (for delivery metrics).
-    pub facts: std::sync::Mutex<crate::audit::Facts>,
-    /// When the session began (`run.elapsed_ms()`, deployment durations).
-    pub started: std::time::Instant,
-    /// On while a read-only script runs (or an actor may only read): changes are refused.
-    pub read_only: crate::permissions::ReadOnly,
-}
-
-impl Session {
-    /// Records that `host` moved from `before` to `after` (for the audit log).
-    pub fn record_switch(&self, host: &str, before: &str, after: &str) {
-        // The host's own record, for `runbook recover` should this run die.
-        self.locks
-            .note(&[host], &format!("switched {before} {after}"));
-        let mut s = self.switches.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = s
-            .entry(host.to_owned())
-            .or_insert_with(|| (before.to_owned(), after.to_owned()));
-        entry.1 = after.to_owned();
-    }
-}
-
-/// The session, stored as the engine's tag so plugin functions can reach it.
-#[derive(Clone)]
-pub struct SessionRef(pub Arc<Session>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -5,6 +5,7 @@
 //! file and the key. Secrets are only *named* here (`{ env = "NAME" }`); their values are
 //! read from the process environment when used, and never stored in this structure.
 
+mod error;
 pub mod identity;
 pub mod model;
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 pub use model::{HostKeyCheck, SecretRef, Setting, TransportKind};
 use model::{RawEnvironment, RawHost, RawInventory, RawSsh};
 
-use crate::error::InventoryError;
+pub use error::InventoryError;
 
 /// The file name looked for in the current directory and its parents.
 pub const FILE_NAME: &str = "runbook.toml";
@@ -459,7 +460,7 @@ fn check_mail_tls(
         // Judged at send time; here only the mode itself.
         Setting::Env(_) => "localhost",
     };
-    match crate::notify::tls_problem(host, tls) {
+    match crate::tls::tls_problem(host, tls) {
         Some(problem) => Err(invalid("notify.email.tls".into(), problem)),
         None => Ok(()),
     }

@@ -31,7 +31,7 @@ fn artisan(
     if args.is_empty() {
         return Err(super::error("empty artisan command"));
     }
-    crate::permissions::guard_artisan(ctx, &args)?;
+    crate::modules::guard_artisan(ctx, &args)?;
     let reads = crate::permissions::artisan_reads(&args);
     let maintenance = match args[0].as_str() {
         "down" => Some(true),

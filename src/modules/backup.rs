@@ -10,7 +10,10 @@ use crate::backup::{self as core, Database, Options, RestoreOptions, Summary};
 use crate::effects::Target;
 use crate::inventory::TransportKind;
 
-fn backup_dir(session: &crate::engine::Session, opts: &Map) -> Result<PathBuf, Box<EvalAltResult>> {
+fn backup_dir(
+    session: &crate::session::Session,
+    opts: &Map,
+) -> Result<PathBuf, Box<EvalAltResult>> {
     if let Some(d) = opts.get("backup_dir") {
         return Ok(PathBuf::from(d.to_string()));
     }
@@ -23,7 +26,7 @@ fn backup_dir(session: &crate::engine::Session, opts: &Map) -> Result<PathBuf, B
 
 pub(crate) fn database(
     v: &Dynamic,
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
 ) -> Result<Database, Box<EvalAltResult>> {
     let m = v
         .clone()
@@ -87,7 +90,7 @@ fn summary_map(s: &Summary) -> Map {
 }
 
 fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Box<EvalAltResult>> {
-    crate::permissions::guard(ctx, "backup::create")?;
+    crate::modules::guard(ctx, "backup::create")?;
     let session = super::session(ctx)?;
     for k in opts.keys() {
         if ![
@@ -229,7 +232,7 @@ fn restore_into(
     opts: &Map,
     scratch: Option<String>,
 ) -> Result<String, Box<EvalAltResult>> {
-    crate::permissions::guard(ctx, "backup::restore")?;
+    crate::modules::guard(ctx, "backup::restore")?;
     let session = super::session(ctx)?;
     // A scratch restore is the same operation on a layout of its own: the host with its
     // deploy path moved, so nothing can reach the live `current`.
@@ -468,7 +471,7 @@ fn prune_of(
     host: Option<&HostRef>,
     opts: &Map,
 ) -> Result<Array, Box<EvalAltResult>> {
-    crate::permissions::guard(ctx, "backup::prune")?;
+    crate::modules::guard(ctx, "backup::prune")?;
     let session = super::session(ctx)?;
     let dir = backup_dir(&session, opts)?;
     let keep = opts

@@ -50,7 +50,7 @@ impl Rollout {
 
     /// Records the state on the hosts (a host that fails is warned about, not fatal: the
     /// rollout itself goes on, only steering it from there is lost).
-    fn save(&self, session: &crate::engine::Session) {
+    fn save(&self, session: &crate::session::Session) {
         let (state, targets, dry) = self.with(|i| {
             i.state.updated_ms = rollout::now_ms();
             (i.state.clone(), i.targets.clone(), i.dry_run)
@@ -90,7 +90,10 @@ fn names(targets: &[Target]) -> Vec<String> {
 }
 
 /// Sleeps `d`, ended early by Ctrl-C / SIGTERM.
-fn nap(session: &crate::engine::Session, d: std::time::Duration) -> Result<(), Box<EvalAltResult>> {
+fn nap(
+    session: &crate::session::Session,
+    d: std::time::Duration,
+) -> Result<(), Box<EvalAltResult>> {
     let interrupt = session.effects.interrupt();
     let interrupted = session.effects.runtime().block_on(async {
         tokio::select! {
@@ -105,7 +108,7 @@ fn nap(session: &crate::engine::Session, d: std::time::Duration) -> Result<(), B
 }
 
 /// Obeys the requests taken from the hosts; returns a promote or abort, if asked.
-fn obey(session: &crate::engine::Session, ro: &Rollout) -> Option<Action> {
+fn obey(session: &crate::session::Session, ro: &Rollout) -> Option<Action> {
     let targets = ro.with(|i| i.targets.clone());
     let taken = rollout::take(&session.effects, &targets);
     let mut decided = None;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
 
-use crate::engine::Session;
 use crate::inventory::Host;
+use crate::session::Session;
 
 /// One host of the inventory.
 #[derive(Debug, Clone)]

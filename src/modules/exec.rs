@@ -246,7 +246,7 @@ fn run_on_targets(
 /// Runs a per-host command over `targets` and turns the outcomes into the script's
 /// result value, or an error naming every failed and every skipped host.
 pub(crate) fn fan_out(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     targets: &[Target],
     single: bool,
     build: &dyn Fn(&Target) -> CommandSpec,
@@ -258,7 +258,7 @@ pub(crate) fn fan_out(
 /// [`fan_out`], also returning the hosts where the command succeeded — also when the
 /// whole call fails (what succeeded somewhere still happened there).
 pub(crate) fn fan_out_report(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     targets: &[Target],
     single: bool,
     build: &dyn Fn(&Target) -> CommandSpec,
@@ -270,7 +270,7 @@ pub(crate) fn fan_out_report(
 }
 
 fn fan_out_into(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     targets: &[Target],
     single: bool,
     build: &dyn Fn(&Target) -> CommandSpec,
@@ -450,7 +450,7 @@ fn download(
 }
 
 /// Local paths in scripts are relative to the project root, like everything else.
-fn resolve_local(session: &crate::engine::Session, path: &str) -> std::path::PathBuf {
+fn resolve_local(session: &crate::session::Session, path: &str) -> std::path::PathBuf {
     let p = std::path::Path::new(path);
     match &session.inventory {
         Some(inv) if p.is_relative() => inv.root.join(p),

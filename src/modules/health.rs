@@ -102,7 +102,7 @@ pub(crate) fn options(opts: &Map) -> Result<CheckOptions, Box<EvalAltResult>> {
 
 /// `/api/health` becomes the environment's URL + path.
 pub(crate) fn absolute(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     url: &str,
 ) -> Result<String, Box<EvalAltResult>> {
     if url.starts_with('/') {
@@ -157,7 +157,7 @@ pub(crate) fn report_map(r: &Report) -> Map {
 
 /// Runs `fut` on the runtime; Ctrl-C ends it.
 pub(crate) fn block<T>(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     fut: impl std::future::Future<Output = T>,
 ) -> Result<T, Box<EvalAltResult>> {
     let interrupt = session.effects.interrupt();
@@ -169,7 +169,7 @@ pub(crate) fn block<T>(
     })
 }
 
-fn log_report(session: &crate::engine::Session, r: &Report) {
+fn log_report(session: &crate::session::Session, r: &Report) {
     let level = if r.ok { Level::Info } else { Level::Warn };
     session
         .effects

@@ -7,7 +7,7 @@ use super::exec::targets;
 use crate::lock::{Acquired, Holder, LockError};
 use crate::output::{Event, Kind};
 
-pub fn holder(session: &crate::engine::Session) -> Holder {
+pub fn holder(session: &crate::session::Session) -> Holder {
     Holder {
         run: session.info.id.clone(),
         actor: session.info.actor.clone(),
@@ -27,7 +27,7 @@ fn acquire(
     target: &Dynamic,
     opts: &Map,
 ) -> Result<Map, Box<EvalAltResult>> {
-    crate::permissions::guard(ctx, "lock::acquire")?;
+    crate::modules::guard(ctx, "lock::acquire")?;
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     let mut wait = session.info.lock_wait;

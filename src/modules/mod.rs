@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, Engine, EvalAltResult, NativeCallContext, Position, exported_module};
 
-use crate::engine::{Session, SessionRef};
+use crate::session::{Session, SessionRef};
 
 pub type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -69,4 +69,28 @@ pub fn located<T>(ctx: &NativeCallContext, result: RhaiResult<T>) -> RhaiResult<
         }
         e
     })
+}
+
+/// Called first by every runbook-owned operation that changes a host: stops the script
+/// (an error `try` cannot catch) when the session is read-only, or when a person asked
+/// first (the REPL on a protected environment, [`crate::effects::confirm`]) said no.
+/// A dry run changes nothing, so it is not asked about.
+pub fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>> {
+    let session = session(ctx)?;
+    let stop = |m: String| EvalAltResult::ErrorTerminated(m.into(), ctx.call_position()).into();
+    session.read_only.check(op).map_err(stop)?;
+    if session.effects.dry_run() {
+        return Ok(());
+    }
+    session.effects.confirm().check(op).map_err(stop)
+}
+
+/// Artisan commands that only read (`migrate:status`, `about`, …) pass a read-only gate;
+/// any other artisan command is treated as a change.
+pub fn guard_artisan(ctx: &NativeCallContext, args: &[String]) -> Result<(), Box<EvalAltResult>> {
+    let command = args.first().map_or("", String::as_str);
+    if crate::permissions::artisan_reads(args) {
+        return Ok(());
+    }
+    guard(ctx, &format!("artisan::run({command})"))
 }

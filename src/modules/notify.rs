@@ -10,9 +10,9 @@ use rhai::plugin::*;
 use rhai::{Dynamic, EvalAltResult, Map};
 
 use super::health::block;
-use crate::engine::Session;
 use crate::notify::{self as core, Deployment, PagerEvent, Smtp};
 use crate::output::{Event, Kind, Level};
+use crate::session::Session;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

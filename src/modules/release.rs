@@ -21,7 +21,7 @@ fn to_rhai(e: ReleaseError) -> Box<EvalAltResult> {
 /// that refuses a host's first release while `shared/.env` is empty. A missing variable
 /// is an error naming it and its template line; it touches no host.
 fn env_file_plan(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     env: &crate::inventory::Environment,
     shared_files: &[String],
 ) -> Result<EnvFile, Box<EvalAltResult>> {
@@ -61,7 +61,7 @@ fn env_file_plan(
 /// Renders a template from the process environment; each value it fills in is a secret
 /// of the run from this moment on.
 fn render_template(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     template: &std::path::Path,
 ) -> Result<crate::envfile::Rendered, Box<EvalAltResult>> {
     let rendered = crate::envfile::render_file(template, crate::envfile::from_process_env)
@@ -246,7 +246,7 @@ fn prepare(
     target: &Dynamic,
     opts: &Map,
 ) -> Result<String, Box<EvalAltResult>> {
-    crate::permissions::guard(ctx, "release::prepare")?;
+    crate::modules::guard(ctx, "release::prepare")?;
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     let inv = session
@@ -333,7 +333,7 @@ fn activate(
     target: &Dynamic,
     name: &str,
 ) -> Result<Map, Box<EvalAltResult>> {
-    crate::permissions::guard(ctx, "release::activate")?;
+    crate::modules::guard(ctx, "release::activate")?;
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     let previous = match core::activate(&session.effects, &targets, name) {
@@ -368,7 +368,7 @@ fn activate(
 
 /// Hosts a failed switch could not move back stay in the run's record, so that
 /// `release::undo()` (the failure path) tries them again.
-fn remember_stranded(session: &crate::engine::Session, targets: &[Target], e: &ReleaseError) {
+fn remember_stranded(session: &crate::session::Session, targets: &[Target], e: &ReleaseError) {
     let mut record = session
         .activations
         .lock()
@@ -384,7 +384,7 @@ fn remember_stranded(session: &crate::engine::Session, targets: &[Target], e: &R
 }
 
 fn switched_map(
-    session: &crate::engine::Session,
+    session: &crate::session::Session,
     m: std::collections::BTreeMap<String, (String, String)>,
 ) -> Map {
     for (host, (from, to)) in &m {
@@ -412,7 +412,7 @@ fn rollback(
     target: &Dynamic,
     to: Option<&str>,
 ) -> Result<Map, Box<EvalAltResult>> {
-    crate::permissions::guard(ctx, "release::rollback")?;
+    crate::modules::guard(ctx, "release::rollback")?;
     let session = super::session(ctx)?;
     let (targets, _) = targets(target)?;
     match core::rollback(&session.effects, &targets, to) {
@@ -425,7 +425,7 @@ fn rollback(
 }
 
 fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
-    crate::permissions::guard(ctx, "release::undo")?;
+    crate::modules::guard(ctx, "release::undo")?;
     let session = super::session(ctx)?;
     let record: Vec<_> = std::mem::take(
         &mut *session
@@ -613,14 +613,14 @@ pub mod release_api {
         hosts: Dynamic,
         name: &str,
     ) -> Result<(), Box<EvalAltResult>> {
-        crate::permissions::guard(&ctx, "release::stage")?;
+        crate::modules::guard(&ctx, "release::stage")?;
         super::on_hosts(&ctx, &hosts, |e, t| core::stage(e, t, Some(name)))
     }
 
     /// Removes `next` on every host (after a promotion or an aborted canary).
     #[rhai_fn(return_raw)]
     pub fn unstage(ctx: NativeCallContext, hosts: Dynamic) -> Result<(), Box<EvalAltResult>> {
-        crate::permissions::guard(&ctx, "release::unstage")?;
+        crate::modules::guard(&ctx, "release::unstage")?;
         super::on_hosts(&ctx, &hosts, |e, t| core::stage(e, t, None))
     }
 
@@ -632,7 +632,7 @@ pub mod release_api {
         hosts: Dynamic,
         name: &str,
     ) -> Result<(), Box<EvalAltResult>> {
-        crate::permissions::guard(&ctx, "release::mark_bad")?;
+        crate::modules::guard(&ctx, "release::mark_bad")?;
         super::on_hosts(&ctx, &hosts, |e, t| core::mark_bad(e, t, name))
     }
 
@@ -740,7 +740,7 @@ pub mod release_api {
         hosts: Dynamic,
         keep: i64,
     ) -> Result<Map, Box<EvalAltResult>> {
-        crate::permissions::guard(&ctx, "release::cleanup")?;
+        crate::modules::guard(&ctx, "release::cleanup")?;
         let session = super::super::session(&ctx)?;
         let result = super::targets(&hosts).and_then(|(targets, _)| {
             crate::release::cleanup(

@@ -17,7 +17,7 @@ pub use event::{Event, Kind, Level, Outcome, Stream};
 pub use human::Human;
 pub use table::table;
 
-use crate::effects::redact::Redactor;
+use crate::redact::Redactor;
 
 /// How much the human sink says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::{CommandSpec, ExecError, Finished, LineSink, pump};
-use crate::effects::interrupt::Interrupt;
+use crate::interrupt::Interrupt;
 use crate::output::Stream;
 
 /// How long a process group gets between SIGTERM and SIGKILL.

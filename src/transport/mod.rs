@@ -120,22 +120,7 @@ impl CommandSpec {
     }
 }
 
-/// `bytes` random bytes from the operating system, as lower-case hex: run ids and the
-/// per-command nonce of the remote process-group marker. Falls back to the clock and
-/// pid only if the system has no random source at all.
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    if getrandom::fill(&mut buf).is_err() {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-            ^ u128::from(std::process::id()) << 64;
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (seed >> ((i % 16) * 8)) as u8;
-        }
-    }
-    hex::encode(buf)
-}
+pub use crate::origin::random_hex;
 
 /// What a finished process left behind.
 #[derive(Debug, Clone, Default)]

@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::{CommandSpec, ExecError, Finished, LineSink, Program, pump};
-use crate::effects::interrupt::Interrupt;
+use crate::interrupt::Interrupt;
 use crate::inventory::{Host, HostKeyCheck};
 use crate::output::Stream;
 use crate::quote;

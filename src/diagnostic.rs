@@ -6,7 +6,7 @@ use std::fmt;
 
 use rhai::{EvalAltResult, ParseError, Position};
 
-use super::sources::SourceMap;
+use crate::sources::SourceMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -97,7 +97,7 @@ impl Diagnostic {
     }
 
     /// A copy with every secret value masked (messages and source lines alike).
-    pub fn redacted(&self, redactor: &crate::effects::redact::Redactor) -> Diagnostic {
+    pub fn redacted(&self, redactor: &crate::redact::Redactor) -> Diagnostic {
         let mut d = self.clone();
         d.message = redactor.redact(&d.message).into_owned();
         for f in &mut d.frames {
