@@ -322,26 +322,20 @@ pub enum RolloutAction {
 
 #[derive(Debug, Args)]
 pub struct RolloutControlArgs {
-    /// Environment from the inventory
-    #[arg(short, long, env = "RUNBOOK_ENV")]
-    pub env: Option<String>,
-    /// Why (required on a protected environment; recorded in the audit log)
-    #[arg(long, value_name = "TEXT")]
-    pub reason: Option<String>,
-    /// Confirm on a protected environment
-    #[arg(long)]
-    pub yes: bool,
+    #[command(flatten)]
+    pub change: ThawArgs,
     /// How long to wait for a running canary to say it obeyed (e.g. 30s)
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
     pub wait: std::time::Duration,
 }
 
+/// The environment of a change, why it is made, and the confirmation a protected one needs.
 #[derive(Debug, Args)]
 pub struct ThawArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
-    /// Why the freeze ends early (required on a protected environment; recorded)
+    /// Why (required on a protected environment; recorded in the audit log)
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
     /// Confirm on a protected environment

@@ -33,6 +33,8 @@ pub mod session;
 pub mod signal;
 pub mod sources;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod traffic;
 pub mod transport;

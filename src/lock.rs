@@ -1051,17 +1051,8 @@ mod tests {
     use std::path::Path;
 
     fn sh(script: Script, args: &[&str]) -> (i32, String) {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script.text())
-            .arg("sh")
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (code, out, _) = crate::testing::sh(&script.text(), args, "");
+        (code, out)
     }
 
     fn holder(run: &str, actor: &str) -> String {

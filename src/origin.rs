@@ -46,6 +46,23 @@ pub fn run_id() -> String {
     )
 }
 
+/// `bytes` random bytes from the operating system, as lower-case hex: run ids and the
+/// per-command nonce of the remote process-group marker. Falls back to the clock and
+/// pid only if the system has no random source at all.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if getrandom::fill(&mut buf).is_err() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            ^ u128::from(std::process::id()) << 64;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8;
+        }
+    }
+    hex::encode(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,21 +83,4 @@ mod tests {
             "{a}"
         );
     }
-}
-
-/// `bytes` random bytes from the operating system, as lower-case hex: run ids and the
-/// per-command nonce of the remote process-group marker. Falls back to the clock and
-/// pid only if the system has no random source at all.
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    if getrandom::fill(&mut buf).is_err() {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-            ^ u128::from(std::process::id()) << 64;
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (seed >> ((i % 16) * 8)) as u8;
-        }
-    }
-    hex::encode(buf)
 }

@@ -686,25 +686,10 @@ pub fn require_env_file(
 #[cfg(test)]
 mod env_file_tests {
     use super::{ENV_REQUIRED, WRITE_ENV};
-    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     fn sh(body: &str, args: &[&str], stdin: &str) -> i32 {
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(body)
-            .arg("sh")
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait().unwrap().code().unwrap_or(-1)
+        crate::testing::sh(body, args, stdin).0
     }
 
     #[test]
@@ -1535,20 +1520,8 @@ rm -f "${TMPDIR:-/tmp}/rb-mig-to.$$" "${TMPDIR:-/tmp}/rb-mig-from.$$"
 mod tests {
     use super::*;
 
-    /// Runs a release script locally with `sh`, as a host would.
     fn sh(body: &str, args: &[&str]) -> (i32, String, String) {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(body)
-            .arg("sh")
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        crate::testing::sh(body, args, "")
     }
 
     fn make_release(root: &str, name: &str) {

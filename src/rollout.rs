@@ -464,27 +464,8 @@ mod tests {
     use super::*;
 
     fn sh(body: &str, args: &[&str], stdin: &str) -> (i32, String) {
-        use std::io::Write;
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(body)
-            .arg("sh")
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (code, out, _) = crate::testing::sh(body, args, stdin);
+        (code, out)
     }
 
     fn request(id: &str, action: Action) -> Request {

@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "origin",
         "judge",
         "schema_risk",
+        "testing",
     ],
     &["inventory"],
     &["error"],

@@ -69,13 +69,7 @@ fn shell(
         eprintln!("read-only: {because}\n  hint: {hint}");
     }
     session.read_only.set(reader);
-    let effects = session.effects.clone();
-    crate::signal::install(
-        rt.handle(),
-        session.effects.interrupt().clone(),
-        session.effects.output().clone(),
-        move || effects.kill_connections_now(),
-    );
+    super::install_signals(&rt, &session);
     let mut engine = engine::build(&session, Mode::Run, Some(project.root()));
     let mut scope = engine::scope(&session);
     let mut functions = AST::empty();

@@ -288,11 +288,15 @@ fn render(
 }
 
 fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result<(), Error> {
-    let reason = args.reason.as_deref().filter(|r| !r.trim().is_empty());
+    let reason = args
+        .change
+        .reason
+        .as_deref()
+        .filter(|r| !r.trim().is_empty());
     let word = action.as_str();
     let name = format!("rollout {word}");
     let project = crate::project::Project::load(global.config.as_deref())?;
-    let env_def = project.env(args.env.as_deref())?;
+    let env_def = project.env(args.change.env.as_deref())?;
     if env_def.protected && reason.is_none() {
         return Err(Error::BadOption {
             option: "--reason".into(),
@@ -301,10 +305,10 @@ fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result
             ),
         });
     }
-    if crate::permissions::needs_confirmation(&env_def, false, args.yes) {
+    if crate::permissions::needs_confirmation(&env_def, false, args.change.yes) {
         super::run::confirm(&env_def.name, &name)?;
     }
-    let (rt, session, env) = open(global, args.env.as_deref(), &name, reason)?;
+    let (rt, session, env) = open(global, args.change.env.as_deref(), &name, reason)?;
     let targets = all_targets(&env);
     let (seen, unreachable) = look(&session, &targets);
     let out = session.effects.output().clone();
