@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::harness::Output;
 use crate::receivers::Http;
-use crate::strategies::Load;
 use crate::support::prod::ProdFleet;
 use crate::support::prometheus::Observability;
+use crate::support::stack::Load;
 
 /// The inventory with `canary` (a line of `[env.prod.vars]`) and the balancer's access log.
 pub(crate) fn inventory(f: &ProdFleet, canary: &str) -> String {

@@ -528,7 +528,7 @@ fn a_full_disk_during_a_backup_or_a_release_loses_nothing() {
 /// undoes it. Before, the failure path switched every host back and the run exited 130.
 #[test]
 fn a_signal_after_the_deploy_was_verified_leaves_it_in_place() {
-    let Some(s) = crate::strategies::stack() else {
+    let Some(s) = crate::support::stack::stack() else {
         return;
     };
     let v1 = s.first_release();

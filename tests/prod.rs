@@ -449,7 +449,7 @@ fn a_zero_downtime_deploy_under_load_fails_no_request_on_separate_hosts() {
     let v1 = f.current("web1");
     next_second();
     // The balancer is on lb1: runbook steers it there over SSH (vars.traffic).
-    let load = crate::strategies::Load::start(f.lb.port, 2);
+    let load = crate::support::stack::Load::start(f.lb.port, 2);
     std::thread::sleep(Duration::from_millis(300));
     let out = f.run("zero-downtime-deploy", &["ref=v2"]);
     let t = load.finish();
@@ -1223,7 +1223,7 @@ fn a_rolling_deploy_under_load_answers_503_only_inside_its_maintenance_window() 
     let v1 = f.current("web1");
     next_second();
     let clock = Clock::now();
-    let load = crate::strategies::Load::start(f.lb.port, 2);
+    let load = crate::support::stack::Load::start(f.lb.port, 2);
     std::thread::sleep(Duration::from_millis(300));
     let out = f.run("deploy", &["ref=v2", "--json"]);
     let t = load.finish();
@@ -1277,7 +1277,7 @@ fn a_rolling_deploy_under_load_answers_503_only_inside_its_maintenance_window() 
         &outside[..outside.len().min(8)]
     );
     // Around the window the site served: the old release before it, the new one after.
-    let served = |pick: &dyn Fn(&crate::strategies::Hit) -> bool| -> Vec<Option<String>> {
+    let served = |pick: &dyn Fn(&crate::support::stack::Hit) -> bool| -> Vec<Option<String>> {
         t.hits
             .iter()
             .filter(|h| pick(h))
@@ -1334,7 +1334,7 @@ fn a_canary_under_load_that_passes_its_gates_is_promoted_on_every_host() {
         .code(0);
     let v1 = f.current("web1");
     next_second();
-    let load = crate::strategies::Load::start(f.lb.port, 2);
+    let load = crate::support::stack::Load::start(f.lb.port, 2);
     std::thread::sleep(Duration::from_millis(300));
     let out = project()
         .args(&[
@@ -1395,7 +1395,7 @@ fn a_canary_under_load_failing_five_percent_is_stopped_at_the_first_gate() {
     let stable = f.current("web1");
     next_second();
     let clock = Clock::now();
-    let load = crate::strategies::Load::start(f.lb.port, 2);
+    let load = crate::support::stack::Load::start(f.lb.port, 2);
     std::thread::sleep(Duration::from_millis(300));
     let out = project()
         .args(&["run", "canary", "-e", "prod", "ref=v3-flaky", "--json"])
@@ -1453,7 +1453,7 @@ fn a_canary_under_load_failing_five_percent_is_stopped_at_the_first_gate() {
     );
     let canary = f.staged("web1");
     assert_ne!(canary, stable);
-    let on_canary: Vec<&crate::strategies::Hit> = t
+    let on_canary: Vec<&crate::support::stack::Hit> = t
         .hits
         .iter()
         .filter(|h| h.release.as_deref() == Some(canary.as_str()))

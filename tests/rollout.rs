@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::canary::{inventory, percent, stable};
 use crate::harness::{Output, Test};
-use crate::strategies::Load;
 use crate::support::prod::ProdFleet;
+use crate::support::stack::Load;
 
 /// The canary's traffic percentage now, from the balancer's own config.
 fn weight(f: &ProdFleet) -> u32 {

@@ -8,14 +8,19 @@
 //! ([`available`]).
 
 pub mod balancer;
+pub mod fleet; // the old shared-disk fleet: sshd hosts under one disk, for argv, quoting and netns tests
+pub mod harness; // the binary under test: Test (a temp project, its own state dir), Output assertions
 pub mod host;
 pub mod mariadb;
 pub mod mtail; // mtail over the balancer's access log: the seed's askproai_http_* metrics
 pub mod prod;
 pub mod prometheus; // Prometheus + Pushgateway + mtail, one call: prometheus::Observability::start
 pub mod pushgateway;
+pub mod receivers; // real HTTP and SMTP receivers, and Slack/PagerDuty wire-format fakes
 pub mod redis;
+pub mod stack; // the shared-disk strategies topology and the load generator
 pub mod supervisor;
+pub mod web;
 pub mod web_host;
 
 use std::io::{Read, Write};
