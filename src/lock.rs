@@ -1211,8 +1211,10 @@ mod tests {
             .unwrap_or(200);
         let (a, b) = (holder("run-a", "alice"), holder("run-b", "bob"));
         let dead = holder("run-dead", "carol");
-        // Opening a FIFO blocks until a writer opens it: both scripts start there.
-        let race = format!(": < \"$RB_GO\"\n{}", Script::Acquire.text());
+        // Both scripts wait on a FIFO for their line: the starting gun. The test holds it
+        // open for reading and writing, so a script that opens it late (a loaded machine)
+        // still finds its line instead of waiting for a writer that is gone.
+        let race = format!("read -r _ < \"$RB_GO\"\n{}", Script::Acquire.text());
         let mut tally = std::collections::BTreeMap::new();
         let mut first_bad = None;
         for trial in 0..trials {
@@ -1240,9 +1242,14 @@ mod tests {
                     .spawn()
                     .unwrap()
             };
+            let mut gun = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&go)
+                .unwrap();
             let (pa, pb) = (spawn("run-a", &a), spawn("run-b", &b));
             std::thread::sleep(std::time::Duration::from_millis(20));
-            drop(std::fs::OpenOptions::new().write(true).open(&go).unwrap());
+            std::io::Write::write_all(&mut gun, b"go\ngo\n").unwrap();
             let outs = [
                 pa.wait_with_output().unwrap(),
                 pb.wait_with_output().unwrap(),
