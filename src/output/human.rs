@@ -131,212 +131,260 @@ impl Sink for Human {
         // What hosts print reaches the terminal shown, never obeyed (see `terminal`).
         let neutralised = super::terminal::neutralise_event(e);
         let e = &neutralised;
-        let s = &self.styles;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match e.event {
+            Kind::RunStarted => self.run_started(&mut state, e),
+            Kind::StepStarted => self.step_started(&mut state, e),
+            Kind::StepFinished => self.step_finished(&mut state, e),
+            Kind::CommandStarted => self.command_started(&mut state, e),
+            Kind::Output => self.output(&mut state, e),
+            Kind::CommandFinished => self.command_finished(&mut state, e),
+            Kind::Log => self.log(&mut state, e),
+            Kind::Warning => self.warning(&mut state, e),
+            Kind::Notification | Kind::Lock => self.note(&mut state, e),
+            Kind::RunFinished => self.run_finished(&mut state, e),
+        }
+    }
+}
+
+impl Human {
+    /// `[host] `, in colour, for an event about one host.
+    fn host(&self, e: &Event) -> String {
+        e.host
+            .as_deref()
+            .map(|h| format!("{} ", self.styles.cyan.apply_to(format!("[{h}]"))))
+            .unwrap_or_default()
+    }
+
+    fn run_started(&self, state: &mut State, e: &Event) {
+        let s = &self.styles;
+        let normal = self.verbosity >= Verbosity::Normal;
+        state.dry_run = e
+            .data
+            .as_ref()
+            .and_then(|d| d.get("dry_run"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        if normal {
+            let msg = e.message.as_deref().unwrap_or("");
+            let dry = if state.dry_run {
+                format!(
+                    " {}",
+                    s.yellow.apply_to("(dry run: nothing will be executed)")
+                )
+            } else {
+                String::new()
+            };
+            self.line(state, &format!("{}{dry}", s.bold.apply_to(msg)));
+        }
+    }
+
+    fn step_started(&self, state: &mut State, e: &Event) {
+        let s = &self.styles;
+        let normal = self.verbosity >= Verbosity::Normal;
+        let name = e.step.as_deref().unwrap_or("");
+        if normal {
+            let text = format!(
+                "{}{} {}",
+                "  ".repeat(state.depth),
+                s.bold.apply_to("▶"),
+                s.bold.apply_to(name)
+            );
+            self.line(state, &text);
+        }
+        state.depth += 1;
+        self.start_spinner(state, name);
+    }
+
+    fn step_finished(&self, state: &mut State, e: &Event) {
+        let s = &self.styles;
+        let normal = self.verbosity >= Verbosity::Normal;
+        state.depth = state.depth.saturating_sub(1);
+        self.stop_spinner(state);
+        let name = e.step.clone().unwrap_or_default();
+        let ms = e.duration_ms.unwrap_or(0);
+        let result = e.result.unwrap_or(Outcome::Ok);
+        if state.depth == 0 {
+            state.steps.push((name.clone(), result, ms));
+        }
+        if normal || result == Outcome::Failed {
+            let mark = match result {
+                Outcome::Ok | Outcome::DryRun => s.green.apply_to("✓"),
+                Outcome::Skipped => s.dim.apply_to("-"),
+                Outcome::Failed | Outcome::Aborted => s.red.apply_to("✗"),
+            };
+            let text = format!(
+                "{}{mark} {name} {}",
+                "  ".repeat(state.depth),
+                s.dim
+                    .apply_to(format!("({}{})", result_word(result), fmt_ms(ms)))
+            );
+            self.line(state, &text);
+        }
+    }
+
+    fn command_started(&self, state: &mut State, e: &Event) {
+        let s = &self.styles;
         let normal = self.verbosity >= Verbosity::Normal;
         let verbose = self.verbosity >= Verbosity::Verbose;
-        let host = |e: &Event| {
-            e.host
-                .as_deref()
-                .map(|h| format!("{} ", s.cyan.apply_to(format!("[{h}]"))))
-                .unwrap_or_default()
-        };
         let indent = "  ".repeat(state.depth.max(1));
-        match e.event {
-            Kind::RunStarted => {
-                state.dry_run = e
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("dry_run"))
-                    .and_then(serde_json::Value::as_bool)
-                    .unwrap_or(false);
-                if normal {
-                    let msg = e.message.as_deref().unwrap_or("");
-                    let dry = if state.dry_run {
-                        format!(
-                            " {}",
-                            s.yellow.apply_to("(dry run: nothing will be executed)")
-                        )
-                    } else {
-                        String::new()
-                    };
-                    self.line(&state, &format!("{}{dry}", s.bold.apply_to(msg)));
-                }
-            }
-            Kind::StepStarted => {
-                let name = e.step.as_deref().unwrap_or("");
-                if normal {
-                    let text = format!(
-                        "{}{} {}",
-                        "  ".repeat(state.depth),
-                        s.bold.apply_to("▶"),
-                        s.bold.apply_to(name)
-                    );
-                    self.line(&state, &text);
-                }
-                state.depth += 1;
-                self.start_spinner(&mut state, name);
-            }
-            Kind::StepFinished => {
-                state.depth = state.depth.saturating_sub(1);
-                self.stop_spinner(&mut state);
-                let name = e.step.clone().unwrap_or_default();
-                let ms = e.duration_ms.unwrap_or(0);
-                let result = e.result.unwrap_or(Outcome::Ok);
-                if state.depth == 0 {
-                    state.steps.push((name.clone(), result, ms));
-                }
-                if normal || result == Outcome::Failed {
-                    let mark = match result {
-                        Outcome::Ok | Outcome::DryRun => s.green.apply_to("✓"),
-                        Outcome::Skipped => s.dim.apply_to("-"),
-                        Outcome::Failed | Outcome::Aborted => s.red.apply_to("✗"),
-                    };
-                    let text = format!(
-                        "{}{mark} {name} {}",
-                        "  ".repeat(state.depth),
-                        s.dim
-                            .apply_to(format!("({}{})", result_word(result), fmt_ms(ms)))
-                    );
-                    self.line(&state, &text);
-                }
-            }
-            Kind::CommandStarted => {
-                if normal && (verbose || e.level != Some(Level::Debug)) {
-                    let argv = match &e.message {
-                        Some(label) => label.clone(),
-                        None => e.argv.as_deref().map(display_argv).unwrap_or_default(),
-                    };
-                    let verb = if state.dry_run { "would run:" } else { "$" };
-                    let text = format!(
-                        "{indent}{}{} {}",
-                        host(e),
-                        s.dim.apply_to(verb),
-                        s.dim.apply_to(argv)
-                    );
-                    self.line(&state, &text);
-                }
-            }
-            Kind::Output => {
-                if normal {
-                    let text = e.message.as_deref().unwrap_or("");
-                    let text = if e.stream == Some(Stream::Stderr) {
-                        s.yellow.apply_to(text).to_string()
-                    } else {
-                        text.to_owned()
-                    };
-                    let line = format!("{indent}{}{text}", host(e));
-                    match (&e.host, self.fold) {
-                        (Some(h), true) => state.pending.entry(h.clone()).or_default().push(line),
-                        _ => self.line(&state, &line),
-                    }
-                }
-            }
-            Kind::CommandFinished => {
-                if let Some(lines) = e.host.as_ref().and_then(|h| state.pending.remove(h)) {
-                    self.line(&state, &lines.join("\n"));
-                }
-                let ms = e.duration_ms.unwrap_or(0);
-                match e.result {
-                    Some(Outcome::Failed) => {
-                        let what = e
-                            .message
-                            .clone()
-                            .unwrap_or_else(|| format!("exit code {}", e.code.unwrap_or(-1)));
-                        let text = format!(
-                            "{indent}{}{} {what} after {}",
-                            host(e),
-                            s.red.apply_to("✗"),
-                            fmt_ms(ms)
-                        );
-                        self.line(&state, &text);
-                    }
-                    Some(Outcome::Aborted) => {
-                        let text =
-                            format!("{indent}{}{} interrupted", host(e), s.red.apply_to("✗"));
-                        self.line(&state, &text);
-                    }
-                    _ if verbose => {
-                        let text = format!(
-                            "{indent}{}{}",
-                            host(e),
-                            s.dim.apply_to(format!("exit 0 ({})", fmt_ms(ms)))
-                        );
-                        self.line(&state, &text);
-                    }
-                    _ => {}
-                }
-            }
-            Kind::Log => {
-                let msg = e.message.as_deref().unwrap_or("");
-                match e.level.unwrap_or(Level::Info) {
-                    Level::Print if self.print_to_stdout => {
-                        let write = || {
-                            let mut out = std::io::stdout().lock();
-                            let _ = writeln!(out, "{msg}");
-                        };
-                        match &state.spinner {
-                            Some(bar) => bar.suspend(write),
-                            None => write(),
-                        }
-                    }
-                    Level::Print | Level::Info if normal => {
-                        self.line(&state, &format!("{indent}{msg}"));
-                    }
-                    Level::Debug if verbose => {
-                        self.line(&state, &format!("{indent}{}", s.dim.apply_to(msg)));
-                    }
-                    Level::Error => {
-                        self.line(&state, &format!("{}{msg}", s.red.apply_to("error: ")));
-                    }
-                    _ => {}
-                }
-            }
-            Kind::Warning => {
-                let msg = e.message.as_deref().unwrap_or("");
-                self.line(
-                    &state,
-                    &format!("{}{}{msg}", host(e), s.yellow.apply_to("warning: ")),
-                );
-            }
-            Kind::Notification | Kind::Lock => {
-                if normal {
-                    let msg = e.message.as_deref().unwrap_or("");
-                    self.line(&state, &format!("{indent}{}{msg}", host(e)));
-                }
-            }
-            Kind::RunFinished => {
-                let pending = std::mem::take(&mut state.pending);
-                for lines in pending.values() {
-                    self.line(&state, &lines.join("\n"));
-                }
-                if let Some(bar) = state.spinner.take() {
-                    bar.finish_and_clear();
-                }
-                let result = e.result.unwrap_or(Outcome::Ok);
-                if normal && !state.steps.is_empty() {
-                    let width = state.steps.iter().map(|(n, ..)| n.len()).max().unwrap_or(0);
-                    let mut text = String::from("\nsummary:");
-                    for (name, r, ms) in &state.steps {
-                        text.push_str(&format!(
-                            "\n  {name:<width$}  {:<8} {:>8}",
-                            r.as_str(),
-                            fmt_ms(*ms)
-                        ));
-                    }
-                    self.line(&state, &text);
-                }
-                let msg = e.message.as_deref().unwrap_or("");
-                let ms = fmt_ms(e.duration_ms.unwrap_or(0));
-                let text = match result {
-                    Outcome::Ok | Outcome::DryRun => {
-                        format!("{} {msg} ({ms})", s.green.apply_to("✓"))
-                    }
-                    _ => format!("{} {msg} ({ms})", s.red.apply_to("✗")),
-                };
-                self.line(&state, &text);
+        if normal && (verbose || e.level != Some(Level::Debug)) {
+            let argv = match &e.message {
+                Some(label) => label.clone(),
+                None => e.argv.as_deref().map(display_argv).unwrap_or_default(),
+            };
+            let verb = if state.dry_run { "would run:" } else { "$" };
+            let text = format!(
+                "{indent}{}{} {}",
+                self.host(e),
+                s.dim.apply_to(verb),
+                s.dim.apply_to(argv)
+            );
+            self.line(state, &text);
+        }
+    }
+
+    fn output(&self, state: &mut State, e: &Event) {
+        let s = &self.styles;
+        let normal = self.verbosity >= Verbosity::Normal;
+        let indent = "  ".repeat(state.depth.max(1));
+        if normal {
+            let text = e.message.as_deref().unwrap_or("");
+            let text = if e.stream == Some(Stream::Stderr) {
+                s.yellow.apply_to(text).to_string()
+            } else {
+                text.to_owned()
+            };
+            let line = format!("{indent}{}{text}", self.host(e));
+            match (&e.host, self.fold) {
+                (Some(h), true) => state.pending.entry(h.clone()).or_default().push(line),
+                _ => self.line(state, &line),
             }
         }
+    }
+
+    fn command_finished(&self, state: &mut State, e: &Event) {
+        let s = &self.styles;
+        let verbose = self.verbosity >= Verbosity::Verbose;
+        let indent = "  ".repeat(state.depth.max(1));
+        if let Some(lines) = e.host.as_ref().and_then(|h| state.pending.remove(h)) {
+            self.line(state, &lines.join("\n"));
+        }
+        let ms = e.duration_ms.unwrap_or(0);
+        match e.result {
+            Some(Outcome::Failed) => {
+                let what = e
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("exit code {}", e.code.unwrap_or(-1)));
+                let text = format!(
+                    "{indent}{}{} {what} after {}",
+                    self.host(e),
+                    s.red.apply_to("✗"),
+                    fmt_ms(ms)
+                );
+                self.line(state, &text);
+            }
+            Some(Outcome::Aborted) => {
+                let text = format!(
+                    "{indent}{}{} interrupted",
+                    self.host(e),
+                    s.red.apply_to("✗")
+                );
+                self.line(state, &text);
+            }
+            _ if verbose => {
+                let text = format!(
+                    "{indent}{}{}",
+                    self.host(e),
+                    s.dim.apply_to(format!("exit 0 ({})", fmt_ms(ms)))
+                );
+                self.line(state, &text);
+            }
+            _ => {}
+        }
+    }
+
+    fn log(&self, state: &mut State, e: &Event) {
+        let s = &self.styles;
+        let normal = self.verbosity >= Verbosity::Normal;
+        let verbose = self.verbosity >= Verbosity::Verbose;
+        let indent = "  ".repeat(state.depth.max(1));
+        let msg = e.message.as_deref().unwrap_or("");
+        match e.level.unwrap_or(Level::Info) {
+            Level::Print if self.print_to_stdout => {
+                let write = || {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{msg}");
+                };
+                match &state.spinner {
+                    Some(bar) => bar.suspend(write),
+                    None => write(),
+                }
+            }
+            Level::Print | Level::Info if normal => {
+                self.line(state, &format!("{indent}{msg}"));
+            }
+            Level::Debug if verbose => {
+                self.line(state, &format!("{indent}{}", s.dim.apply_to(msg)));
+            }
+            Level::Error => {
+                self.line(state, &format!("{}{msg}", s.red.apply_to("error: ")));
+            }
+            _ => {}
+        }
+    }
+
+    fn warning(&self, state: &mut State, e: &Event) {
+        let s = &self.styles;
+        let msg = e.message.as_deref().unwrap_or("");
+        self.line(
+            state,
+            &format!("{}{}{msg}", self.host(e), s.yellow.apply_to("warning: ")),
+        );
+    }
+
+    fn note(&self, state: &mut State, e: &Event) {
+        let normal = self.verbosity >= Verbosity::Normal;
+        let indent = "  ".repeat(state.depth.max(1));
+        if normal {
+            let msg = e.message.as_deref().unwrap_or("");
+            self.line(state, &format!("{indent}{}{msg}", self.host(e)));
+        }
+    }
+
+    fn run_finished(&self, state: &mut State, e: &Event) {
+        let s = &self.styles;
+        let normal = self.verbosity >= Verbosity::Normal;
+        let pending = std::mem::take(&mut state.pending);
+        for lines in pending.values() {
+            self.line(state, &lines.join("\n"));
+        }
+        if let Some(bar) = state.spinner.take() {
+            bar.finish_and_clear();
+        }
+        let result = e.result.unwrap_or(Outcome::Ok);
+        if normal && !state.steps.is_empty() {
+            let width = state.steps.iter().map(|(n, ..)| n.len()).max().unwrap_or(0);
+            let mut text = String::from("\nsummary:");
+            for (name, r, ms) in &state.steps {
+                text.push_str(&format!(
+                    "\n  {name:<width$}  {:<8} {:>8}",
+                    r.as_str(),
+                    fmt_ms(*ms)
+                ));
+            }
+            self.line(state, &text);
+        }
+        let msg = e.message.as_deref().unwrap_or("");
+        let ms = fmt_ms(e.duration_ms.unwrap_or(0));
+        let text = match result {
+            Outcome::Ok | Outcome::DryRun => {
+                format!("{} {msg} ({ms})", s.green.apply_to("✓"))
+            }
+            _ => format!("{} {msg} ({ms})", s.red.apply_to("✗")),
+        };
+        self.line(state, &text);
     }
 }
 
