@@ -65,55 +65,59 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     let meta: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
 
     let mut sections: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-    let collect = |fns: &serde_json::Value,
-                   module: &str,
-                   sections: &mut BTreeMap<String, Vec<Entry>>| {
-        for f in fns.as_array().into_iter().flatten() {
-            let name = f["name"].as_str().unwrap_or("");
-            // Operators and property accessors are listed with their types below.
-            if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                continue;
+    let collect =
+        |fns: &serde_json::Value, module: &str, sections: &mut BTreeMap<String, Vec<Entry>>| {
+            for f in fns.as_array().into_iter().flatten() {
+                let name = f["name"].as_str().unwrap_or("");
+                // Operators and property accessors are listed with their types below.
+                if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                    continue;
+                }
+                // Methods of our own types (global `len(HostSet)`, `contains(HostSet, Host)`)
+                // are described in the "Context" section; a module's functions that take a
+                // host (`backup::create(host, opts)`) are listed like any other.
+                let first_type = f["params"][0]["type"].as_str().unwrap_or("");
+                if module.is_empty()
+                    && matches!(
+                        script_type(first_type).as_str(),
+                        "Host" | "HostSet" | "HostError"
+                    )
+                {
+                    continue;
+                }
+                let params: Vec<String> = f["params"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        let ty = script_type(p["type"].as_str().unwrap_or("?"));
+                        match p["name"].as_str() {
+                            Some(n) if n != "_" => format!("{n}: {ty}"),
+                            _ => ty,
+                        }
+                    })
+                    .collect();
+                let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
+                let prefix = if module.is_empty() {
+                    String::new()
+                } else {
+                    format!("{module}::")
+                };
+                let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
+                let doc = f["docComments"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str())
+                    .flat_map(|c| c.lines())
+                    .map(|l| l.trim_start_matches("///").trim().to_owned())
+                    .collect();
+                sections
+                    .entry(module.to_owned())
+                    .or_default()
+                    .push(Entry { signature, doc });
             }
-            // Methods of our own types (global `len(HostSet)`, `contains(HostSet, Host)`)
-            // are described in the "Context" section; a module's functions that take a
-            // host (`backup::create(host, opts)`) are listed like any other.
-            let first_type = f["params"][0]["type"].as_str().unwrap_or("");
-            if module.is_empty() && matches!(script_type(first_type).as_str(), "Host" | "HostSet") {
-                continue;
-            }
-            let params: Vec<String> = f["params"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    let ty = script_type(p["type"].as_str().unwrap_or("?"));
-                    match p["name"].as_str() {
-                        Some(n) if n != "_" => format!("{n}: {ty}"),
-                        _ => ty,
-                    }
-                })
-                .collect();
-            let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
-            let prefix = if module.is_empty() {
-                String::new()
-            } else {
-                format!("{module}::")
-            };
-            let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
-            let doc = f["docComments"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str())
-                .flat_map(|c| c.lines())
-                .map(|l| l.trim_start_matches("///").trim().to_owned())
-                .collect();
-            sections
-                .entry(module.to_owned())
-                .or_default()
-                .push(Entry { signature, doc });
-        }
-    };
+        };
     collect(&meta["functions"], "", &mut sections);
     if let Some(modules) = meta["modules"].as_object() {
         for (name, module) in modules {
@@ -155,7 +159,7 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     title(&mut out, "Context");
     out.push_str(
         "Constants: `args` (KEY=VALUE from the command line), `env` (name, url, is_protected, deploy_path, backup_dir, php, composer, health, roles, vars), `app` (name, repository, keep_releases, shared_dirs, shared_files, writable_dirs, root), `run` (id, script, reason, actor, dry_run).\n\
-         Types: `Host` (name, address, port, user, transport, roles, url, preview_url, deploy_path) and `HostSet` (len, names, is_empty(), contains(host), indexing, `for h in set`, `a + b`).\n\
+         Types: `Host` (name, address, port, user, transport, roles, url, preview_url, deploy_path), `HostSet` (len, names, is_empty(), contains(host), indexing, `for h in set`, `a + b`) and `HostError`: what a failed command throws (`ssh::run`, `ssh::shell`, `local::run`, `artisan::run`, `ssh::upload`, `ssh::download`). In `catch (e)`: `e.host`, `e.command`, `e.code` (the exit code, `()` when it did not exit), `e.stderr` (its last lines), `e.kind` (\"exit\", \"timeout\", \"unreachable\", \"refused\", \"signal\", \"error\"), `e.message`; a fan-out that failed on several hosts gives each in `e.hosts` (`e.host` is the first) and the hosts it did not start in `e.skipped`. `\"\" + e`, `${e}` and `print(e)` give the message; secrets are masked in every field.\n\
          A script may define `fn on_failure(err)`: it runs after any failure or interrupt with `#{ message, location, interrupted }`.\n",
     );
     for (module, mut entries) in sections {

@@ -364,7 +364,8 @@ fn run_local(
 pub mod local_api {
     /// Runs a program on this machine from an argument list (no shell involved).
     /// Returns `#{ host, command, code, ok, stdout, stderr, duration_ms, dry_run }`;
-    /// a non-zero exit throws unless `#{ tolerate: true }`.
+    /// a non-zero exit throws a `HostError` (`e.code`, `e.stderr`, `e.kind` …) unless
+    /// `#{ tolerate: true }`.
     #[rhai_fn(name = "run", return_raw)]
     pub fn run(ctx: NativeCallContext, argv: Array) -> Result<Map, Box<EvalAltResult>> {
         super::run_local(&ctx, Program::Argv(super::argv_of(&argv)?), &Map::new())
@@ -486,7 +487,9 @@ pub mod ssh_api {
     /// Runs a program from an argument list on a host or on every host of a set at once
     /// (each argument quoted for the remote shell). A host returns one result map, a set
     /// an array of them. Any failure throws, naming every failed host, unless
-    /// `#{ tolerate: true }`.
+    /// `#{ tolerate: true }`: a `HostError` whose `e.host`, `e.command`, `e.code`,
+    /// `e.stderr` and `e.kind` ("exit", "timeout", "unreachable", "refused" …) are the
+    /// first failed host's, with every failed host in `e.hosts`; it prints as the message.
     #[rhai_fn(name = "run", return_raw)]
     pub fn run(
         ctx: NativeCallContext,
