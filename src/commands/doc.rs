@@ -65,59 +65,55 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     let meta: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
 
     let mut sections: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-    let collect =
-        |fns: &serde_json::Value, module: &str, sections: &mut BTreeMap<String, Vec<Entry>>| {
-            for f in fns.as_array().into_iter().flatten() {
-                let name = f["name"].as_str().unwrap_or("");
-                // Operators and property accessors are listed with their types below.
-                if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                    continue;
-                }
-                // Methods of our own types (global `len(HostSet)`, `contains(HostSet, Host)`)
-                // are described in the "Context" section; a module's functions that take a
-                // host (`backup::create(host, opts)`) are listed like any other.
-                let first_type = f["params"][0]["type"].as_str().unwrap_or("");
-                if module.is_empty()
-                    && matches!(
-                        script_type(first_type).as_str(),
-                        "Host" | "HostSet" | "HostError"
-                    )
-                {
-                    continue;
-                }
-                let params: Vec<String> = f["params"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| {
-                        let ty = script_type(p["type"].as_str().unwrap_or("?"));
-                        match p["name"].as_str() {
-                            Some(n) if n != "_" => format!("{n}: {ty}"),
-                            _ => ty,
-                        }
-                    })
-                    .collect();
-                let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
-                let prefix = if module.is_empty() {
-                    String::new()
-                } else {
-                    format!("{module}::")
-                };
-                let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
-                let doc = f["docComments"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c.as_str())
-                    .flat_map(|c| c.lines())
-                    .map(|l| l.trim_start_matches("///").trim().to_owned())
-                    .collect();
-                sections
-                    .entry(module.to_owned())
-                    .or_default()
-                    .push(Entry { signature, doc });
+    let collect = |fns: &serde_json::Value,
+                   module: &str,
+                   sections: &mut BTreeMap<String, Vec<Entry>>| {
+        for f in fns.as_array().into_iter().flatten() {
+            let name = f["name"].as_str().unwrap_or("");
+            // Operators and property accessors are listed with their types below.
+            if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                continue;
             }
-        };
+            // Methods of our own types (global `len(HostSet)`, `contains(HostSet, Host)`)
+            // are described in the "Context" section; a module's functions that take a
+            // host (`backup::create(host, opts)`) are listed like any other.
+            let first_type = f["params"][0]["type"].as_str().unwrap_or("");
+            if module.is_empty() && OWN_SCRIPT_TYPES.contains(&script_type(first_type).as_str()) {
+                continue;
+            }
+            let params: Vec<String> = f["params"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let ty = script_type(p["type"].as_str().unwrap_or("?"));
+                    match p["name"].as_str() {
+                        Some(n) if n != "_" => format!("{n}: {ty}"),
+                        _ => ty,
+                    }
+                })
+                .collect();
+            let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
+            let prefix = if module.is_empty() {
+                String::new()
+            } else {
+                format!("{module}::")
+            };
+            let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
+            let doc = f["docComments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str())
+                .flat_map(|c| c.lines())
+                .map(|l| l.trim_start_matches("///").trim().to_owned())
+                .collect();
+            sections
+                .entry(module.to_owned())
+                .or_default()
+                .push(Entry { signature, doc });
+        }
+    };
     collect(&meta["functions"], "", &mut sections);
     if let Some(modules) = meta["modules"].as_object() {
         for (name, module) in modules {
@@ -189,6 +185,9 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     }
     Ok(out)
 }
+
+/// Our own script types: their methods are described in the "Context" section.
+const OWN_SCRIPT_TYPES: &[&str] = &["Host", "HostSet", "HostError"];
 
 /// Rust type names from the engine's metadata, as a script author reads them: `Host`,
 /// `HostSet`, `Map`, `Array`, `String`, `int`, `float`, `bool`, `()`, `any`, `Fn`.
