@@ -140,6 +140,11 @@ fn leaf_message(err: &EvalAltResult) -> (String, Option<String>) {
     let plain = |s: String| (s, None);
     match err {
         EvalAltResult::ErrorRuntime(value, _) => {
+            // A command's failure (caught or not, rethrown with `throw e`) reads as the
+            // sentence it carries.
+            if let Some(e) = value.read_lock::<crate::modules::host_error::HostError>() {
+                return plain(e.message().to_owned());
+            }
             if value.is_map() {
                 let map = value.clone().cast::<rhai::Map>();
                 if let Some(m) = map.get("message") {

@@ -142,3 +142,111 @@ fn tolerate_turns_a_failure_into_a_result() {
         .code(0)
         .stdout_has("false 5");
 }
+
+// What a script's `catch (e)` reads from a command that failed on real ssh hosts: a
+// `HostError` with fields, that still prints as the sentence above.
+
+use crate::fleet::Fleet;
+
+/// Runs `script` on `fleet` (environment `fleet`, role `web` = every host), quietly.
+fn on_fleet(fleet: &Fleet, script: &str, env: &[(&str, &str)]) -> crate::harness::Output {
+    let mut t = Test::bare()
+        .file("runbook.toml", &fleet.inventory(""))
+        .file("scripts/s.rhai", script)
+        .args(&["run", "s", "-e", "fleet", "-q"]);
+    for (k, v) in env {
+        t = t.env(k, v);
+    }
+    t.run()
+}
+
+/// Prints every field of the caught error, one `name=value` line each.
+const SHOW: &str = r#"
+    print(`host=${e.host}`);
+    print(`command=${e.command}`);
+    print(`code=${e.code}`);
+    print(`kind=${e.kind}`);
+    print(`stderr=${e.stderr}`);
+    print(`hosts=${e.hosts.len()} first=${e.hosts[0].host}`);
+    print(`same=${"" + e == e.message && e.to_string() == e.message}`);
+    print(`message=${e}`);
+"#;
+
+#[test]
+fn a_catch_reads_the_failed_host_its_exit_code_and_stderr_tail() {
+    let Some(fleet) = Fleet::start(2) else { return };
+    // Only web2 fails: each host knows itself by the address it was reached on.
+    let script = format!(
+        "try {{\n    ssh::shell(hosts(\"web\"), \"case \\\"$SSH_CONNECTION\\\" in *' {} '*) echo 'SQLSTATE[HY000] gone away' >&2; exit 3;; esac\");\n    print(\"no error\");\n}} catch (e) {{{SHOW}}}\n",
+        fleet.hosts[1].addr
+    );
+    let out = on_fleet(&fleet, &script, &[]);
+    out.code(0)
+        .stdout_has("host=web2\n")
+        .stdout_has("code=3\n")
+        .stdout_has("kind=exit\n")
+        .stdout_has("stderr=SQLSTATE[HY000] gone away\n")
+        .stdout_has("hosts=1 first=web2\n")
+        .stdout_has("same=true\n")
+        .stdout_has("message=1 of 2 hosts failed:\n- command failed on `web2`: `sh -c ")
+        .stdout_has(
+            "exited with code 3\n    stderr (last lines):\n    | SQLSTATE[HY000] gone away\n",
+        );
+    assert!(out.stdout.contains("command=sh -c "), "{}", out.stdout);
+}
+
+#[test]
+fn a_catch_reads_a_timeout_as_kind_timeout() {
+    let Some(fleet) = Fleet::start(1) else { return };
+    let script = format!(
+        "try {{\n    ssh::run(host(\"web1\"), [\"sh\", \"-c\", \"echo started >&2; sleep 20\"], #{{ timeout: \"700ms\" }});\n}} catch (e) {{{SHOW}}}\n"
+    );
+    let out = on_fleet(&fleet, &script, &[]);
+    out.code(0)
+        .stdout_has("host=web1\n")
+        .stdout_has("kind=timeout\n")
+        .stdout_has("code=\n")
+        .stdout_has("stderr=started\n")
+        .stdout_has("message=command on `web1` timed out after 700ms: ");
+}
+
+#[test]
+fn a_catch_reads_a_stopped_host_as_unreachable() {
+    let Some(mut fleet) = Fleet::start(2) else {
+        return;
+    };
+    fleet.stop(1);
+    let script =
+        format!("try {{\n    ssh::run(hosts(\"web\"), [\"true\"]);\n}} catch (e) {{{SHOW}}}\n");
+    let out = on_fleet(&fleet, &script, &[]);
+    out.code(0)
+        .stdout_has("host=web2\n")
+        .stdout_has("kind=unreachable\n")
+        .stdout_has("code=\n")
+        .stdout_has("command=true\n")
+        .stdout_has("hosts=1 first=web2\n")
+        .stdout_has(&format!(
+            "message=1 of 2 hosts failed:\n- cannot connect to `web2` ({}:{}): connection refused",
+            fleet.hosts[1].addr, fleet.hosts[1].port
+        ));
+}
+
+#[test]
+fn a_secret_in_stderr_is_masked_in_the_error_a_script_catches() {
+    let Some(fleet) = Fleet::start(1) else { return };
+    // The secret reaches the host only through the environment; the host writes it to
+    // stderr. Booleans are printed: the output layer's own masking cannot hide a leak.
+    let script = r#"
+let token = secret("DEPLOY_TOKEN");
+try {
+    ssh::shell(host("web1"), "echo \"token $TOKEN was refused\" >&2; exit 1", #{ env: #{ TOKEN: token } });
+} catch (e) {
+    print(`stderr clear=${e.stderr.contains(token)} masked=${e.stderr == "token *** was refused"}`);
+    print(`message clear=${e.message.contains(token)} hosts clear=${e.hosts[0].stderr.contains(token)}`);
+}
+"#;
+    let out = on_fleet(&fleet, script, &[("DEPLOY_TOKEN", "s3cr3t-t0ken-42")]);
+    out.code(0)
+        .stdout_has("stderr clear=false masked=true\n")
+        .stdout_has("message clear=false hosts clear=false\n");
+}

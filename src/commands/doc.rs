@@ -78,7 +78,7 @@ pub fn render(markdown: bool) -> Result<String, Error> {
             // are described in the "Context" section; a module's functions that take a
             // host (`backup::create(host, opts)`) are listed like any other.
             let first_type = f["params"][0]["type"].as_str().unwrap_or("");
-            if module.is_empty() && matches!(script_type(first_type).as_str(), "Host" | "HostSet") {
+            if module.is_empty() && OWN_SCRIPT_TYPES.contains(&script_type(first_type).as_str()) {
                 continue;
             }
             let params: Vec<String> = f["params"]
@@ -155,7 +155,7 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     title(&mut out, "Context");
     out.push_str(
         "Constants: `args` (KEY=VALUE from the command line), `env` (name, url, is_protected, deploy_path, backup_dir, php, composer, health, roles, vars), `app` (name, repository, keep_releases, shared_dirs, shared_files, writable_dirs, root), `run` (id, script, reason, actor, dry_run).\n\
-         Types: `Host` (name, address, port, user, transport, roles, url, preview_url, deploy_path) and `HostSet` (len, names, is_empty(), contains(host), indexing, `for h in set`, `a + b`).\n\
+         Types: `Host` (name, address, port, user, transport, roles, url, preview_url, deploy_path), `HostSet` (len, names, is_empty(), contains(host), indexing, `for h in set`, `a + b`) and `HostError`: what a failed command throws (`ssh::run`, `ssh::shell`, `local::run`, `artisan::run`, `ssh::upload`, `ssh::download`). In `catch (e)`: `e.host`, `e.command`, `e.code` (the exit code, `()` when it did not exit), `e.stderr` (its last lines), `e.kind` (\"exit\", \"timeout\", \"unreachable\", \"refused\", \"signal\", \"error\"), `e.message`; a fan-out that failed on several hosts gives each in `e.hosts` (`e.host` is the first) and the hosts it did not start in `e.skipped`. `\"\" + e`, `${e}` and `print(e)` give the message; secrets are masked in every field.\n\
          A script may define `fn on_failure(err)`: it runs after any failure or interrupt with `#{ message, location, interrupted }`.\n",
     );
     for (module, mut entries) in sections {
@@ -185,6 +185,9 @@ pub fn render(markdown: bool) -> Result<String, Error> {
     }
     Ok(out)
 }
+
+/// Our own script types: their methods are described in the "Context" section.
+const OWN_SCRIPT_TYPES: &[&str] = &["Host", "HostSet", "HostError"];
 
 /// Rust type names from the engine's metadata, as a script author reads them: `Host`,
 /// `HostSet`, `Map`, `Array`, `String`, `int`, `float`, `bool`, `()`, `any`, `Fn`.

@@ -6,6 +6,7 @@
 //! concurrency limit. Modules call [`Effects::run`] / [`Effects::run_many`] and nothing else.
 
 pub mod confirm;
+mod failures;
 pub use crate::{interrupt, redact};
 
 use std::path::Path;
@@ -17,7 +18,8 @@ use tokio::runtime::Handle;
 use crate::inventory::{Host, TransportKind};
 use crate::output::{Event, Kind, Level, Outcome, Output};
 use crate::transport::ssh::SshPool;
-use crate::transport::{self, CommandSpec, ExecError, Finished, transfer};
+use crate::transport::{self, CommandSpec, ErrorKind, ExecError, Finished, transfer};
+pub use failures::Failures;
 use interrupt::Interrupt;
 
 /// How many stderr lines a failure message carries.
@@ -174,6 +176,8 @@ pub enum CommandError {
         message: String,
         /// What the command had written to stderr before the host went away (if it ran).
         stderr_tail: Vec<String>,
+        /// Why: the host could not be reached, sudo refused, the program could not start….
+        kind: ErrorKind,
     },
 }
 
@@ -198,6 +202,39 @@ impl CommandError {
 
     pub fn is_interrupt(&self) -> bool {
         matches!(self, CommandError::Interrupted { .. })
+    }
+
+    /// Which kind of failure this is (what a script's `e.kind` says).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CommandError::Failed { .. } => ErrorKind::Exit,
+            CommandError::Killed { .. } => ErrorKind::Signal,
+            CommandError::Timeout { .. } => ErrorKind::Timeout,
+            CommandError::Interrupted { .. } => ErrorKind::Interrupted,
+            CommandError::Unavailable { kind, .. } => *kind,
+        }
+    }
+
+    /// The command as people read it (its label for runbook's own scripts).
+    pub fn command(&self) -> &str {
+        match self {
+            CommandError::Failed { command, .. }
+            | CommandError::Killed { command, .. }
+            | CommandError::Timeout { command, .. }
+            | CommandError::Interrupted { command, .. }
+            | CommandError::Unavailable { command, .. } => command,
+        }
+    }
+
+    /// The last lines the command wrote to stderr (empty when it never ran).
+    pub fn stderr_tail(&self) -> &[String] {
+        match self {
+            CommandError::Failed { stderr_tail, .. }
+            | CommandError::Killed { stderr_tail, .. }
+            | CommandError::Timeout { stderr_tail, .. }
+            | CommandError::Unavailable { stderr_tail, .. } => stderr_tail,
+            CommandError::Interrupted { .. } => &[],
+        }
     }
 }
 
@@ -383,6 +420,7 @@ impl Effects {
             command,
             message: e.to_string(),
             stderr_tail: Vec::new(),
+            kind: e.kind(),
         })
     }
 
@@ -639,6 +677,7 @@ impl Effects {
                 command,
                 message,
                 stderr_tail: Vec::new(),
+                kind: ErrorKind::Error,
             }),
         }
     }
@@ -839,6 +878,7 @@ impl Effects {
                     command,
                     message,
                     stderr_tail: stderr_tail(&partial.stderr),
+                    kind: ErrorKind::Unreachable,
                 })
             }
             Err(other) => {
@@ -855,6 +895,7 @@ impl Effects {
                     command,
                     message,
                     stderr_tail: Vec::new(),
+                    kind: other.kind(),
                 })
             }
         }

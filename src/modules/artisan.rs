@@ -94,6 +94,7 @@ pub mod artisan_api {
     /// Runs `php artisan <command>` on a host or host set, in the live release
     /// (`<deploy_path>/current`). `command` is a string split like a shell would
     /// (`"migrate --force"`) or an array of arguments; each is quoted on the host.
+    /// A failure throws a `HostError`, as `ssh::run` does (`e.host`, `e.code` …).
     #[rhai_fn(name = "run", return_raw)]
     pub fn call(
         ctx: NativeCallContext,

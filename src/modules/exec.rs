@@ -7,7 +7,10 @@ use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
 use super::context::{HostRef, HostSet, duration_arg};
-use crate::effects::{BatchSize, CommandError, CommandResult, FanOut, HostOutcome, Target};
+use super::host_error::HostError;
+use crate::effects::{
+    BatchSize, CommandError, CommandResult, Failures, FanOut, HostOutcome, Target,
+};
 use crate::transport::{CommandSpec, Program};
 
 const OPTION_KEYS: &[&str] = &[
@@ -189,11 +192,13 @@ pub fn result_map(r: &CommandResult) -> Map {
     m
 }
 
-fn to_rhai(err: CommandError) -> Box<EvalAltResult> {
+/// A command's failure as the script's error: a [`HostError`] it can read (or the stop
+/// of an interrupt, which no `catch` sees).
+fn to_rhai(session: &crate::session::Session, err: &CommandError) -> Box<EvalAltResult> {
     if err.is_interrupt() {
         super::interrupted()
     } else {
-        super::error(err.to_string())
+        HostError::command(err, session.effects.output().redactor()).into_rhai()
     }
 }
 
@@ -303,20 +308,12 @@ fn fan_out_into(
         }
     }
     if failures.len() > threshold || (!skipped.is_empty() && !failures.is_empty()) {
-        if n == 1 && failures.len() == 1 {
-            return Err(to_rhai(failures.remove(0)));
-        }
-        let mut msg = format!("{} of {n} hosts failed:", failures.len());
-        for f in &failures {
-            msg.push_str(&format!("\n- {}", f.to_string().replace('\n', "\n  ")));
-        }
-        if !skipped.is_empty() {
-            msg.push_str(&format!(
-                "\nnot started (stopped after the failure): {}",
-                skipped.join(", ")
-            ));
-        }
-        return Err(super::error(msg));
+        let failures = Failures {
+            total: n,
+            failed: failures,
+            skipped,
+        };
+        return Err(HostError::fan_out(&failures, session.effects.output().redactor()).into_rhai());
     }
     if single {
         return Ok(results.pop().unwrap_or_default());
@@ -358,7 +355,7 @@ fn run_local(
             .effects
             .run(&Target::Local, &call.spec)
             .map(|r| result_map(&r))
-            .map_err(to_rhai)
+            .map_err(|e| to_rhai(&session, &e))
     });
     super::located(ctx, result)
 }
@@ -367,7 +364,8 @@ fn run_local(
 pub mod local_api {
     /// Runs a program on this machine from an argument list (no shell involved).
     /// Returns `#{ host, command, code, ok, stdout, stderr, duration_ms, dry_run }`;
-    /// a non-zero exit throws unless `#{ tolerate: true }`.
+    /// a non-zero exit throws a `HostError` (`e.code`, `e.stderr`, `e.kind` …) unless
+    /// `#{ tolerate: true }`.
     #[rhai_fn(name = "run", return_raw)]
     pub fn run(ctx: NativeCallContext, argv: Array) -> Result<Map, Box<EvalAltResult>> {
         super::run_local(&ctx, Program::Argv(super::argv_of(&argv)?), &Map::new())
@@ -417,11 +415,13 @@ fn upload(
         for outcome in session.effects.upload(&targets, &local, remote) {
             match outcome {
                 Ok(r) => results.push(result_map(&r).into()),
-                Err(e) => failures.push(e.to_string()),
+                Err(e) => failures.push(e),
             }
         }
         if !failures.is_empty() {
-            return Err(super::error(failures.join("\n")));
+            let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
+            let redactor = session.effects.output().redactor();
+            return Err(HostError::listed(&lines.join("\n"), &failures, &[], redactor).into_rhai());
         }
         Ok(if single {
             results.pop().unwrap_or_default()
@@ -444,7 +444,7 @@ fn download(
             .effects
             .download(&Target::Host(host.0), remote, &local)
             .map(|r| result_map(&r))
-            .map_err(to_rhai)
+            .map_err(|e| to_rhai(&session, &e))
     });
     super::located(ctx, result)
 }
@@ -487,7 +487,9 @@ pub mod ssh_api {
     /// Runs a program from an argument list on a host or on every host of a set at once
     /// (each argument quoted for the remote shell). A host returns one result map, a set
     /// an array of them. Any failure throws, naming every failed host, unless
-    /// `#{ tolerate: true }`.
+    /// `#{ tolerate: true }`: a `HostError` whose `e.host`, `e.command`, `e.code`,
+    /// `e.stderr` and `e.kind` ("exit", "timeout", "unreachable", "refused" …) are the
+    /// first failed host's, with every failed host in `e.hosts`; it prints as the message.
     #[rhai_fn(name = "run", return_raw)]
     pub fn run(
         ctx: NativeCallContext,

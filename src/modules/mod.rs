@@ -9,6 +9,7 @@ mod canary;
 pub mod context;
 mod exec;
 mod health;
+pub mod host_error;
 mod lock;
 mod log;
 mod notify;
@@ -26,6 +27,7 @@ pub type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 pub fn register(engine: &mut Engine) {
     context::register_types(engine);
     canary::register_types(engine);
+    host_error::register_type(engine);
     engine.register_global_module(exported_module!(context::core_api).into());
     engine.register_static_module("local", exported_module!(exec::local_api).into());
     engine.register_static_module("ssh", exported_module!(exec::ssh_api).into());

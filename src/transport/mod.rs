@@ -160,6 +160,55 @@ pub enum ExecError {
     SudoEnv { names: Vec<String>, detail: String },
 }
 
+/// What kind of failure ended a command, as scripts read it (`e.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// It ran and exited non-zero.
+    Exit,
+    /// It ran and was killed by a signal.
+    Signal,
+    /// It ran past its timeout and was killed.
+    Timeout,
+    /// The host could not be reached, or the connection to it was lost.
+    Unreachable,
+    /// It was not run: sudo refused it, or runbook's own gate did.
+    Refused,
+    /// Ctrl-C / SIGTERM stopped it.
+    Interrupted,
+    /// Anything else (the program could not start, a transfer failed).
+    Error,
+}
+
+impl ErrorKind {
+    /// The name scripts compare against: `"exit"`, `"timeout"`, `"unreachable"`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Exit => "exit",
+            ErrorKind::Signal => "signal",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Interrupted => "interrupted",
+            ErrorKind::Error => "error",
+        }
+    }
+}
+
+impl ExecError {
+    /// Which kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ExecError::Timeout { .. } => ErrorKind::Timeout,
+            ExecError::Interrupted { .. } => ErrorKind::Interrupted,
+            ExecError::Connect { .. } | ExecError::Disconnected { .. } => ErrorKind::Unreachable,
+            ExecError::SudoEnv { .. } => ErrorKind::Refused,
+            ExecError::Spawn { .. } | ExecError::Io(_) | ExecError::Unsupported(_) => {
+                ErrorKind::Error
+            }
+        }
+    }
+}
+
 impl CommandSpec {
     /// The names of the variables in `env`, checked: each must be a shell identifier
     /// (they are exported by name on the remote side).
