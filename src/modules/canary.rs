@@ -91,17 +91,7 @@ fn names(targets: &[Target]) -> Vec<String> {
 
 /// Sleeps `d`, ended early by Ctrl-C / SIGTERM.
 fn nap(session: &crate::engine::Session, d: std::time::Duration) -> Result<(), Box<EvalAltResult>> {
-    let interrupt = session.effects.interrupt();
-    let interrupted = session.effects.runtime().block_on(async {
-        tokio::select! {
-            () = tokio::time::sleep(d) => false,
-            () = interrupt.signalled() => true,
-        }
-    });
-    if interrupted || interrupt.pending() {
-        return Err(super::interrupted());
-    }
-    Ok(())
+    session.effects.sleep(d).map_err(|_| super::interrupted())
 }
 
 /// Obeys the requests taken from the hosts; returns a promote or abort, if asked.
