@@ -23,7 +23,9 @@ pub enum Stopped {
 }
 
 /// Blocks the calling (script) thread until `fut` is done. Must not be called from a
-/// runtime worker thread (the script runs on its own thread).
+/// runtime worker thread (the script runs on its own thread). A timer or a socket must be
+/// made *inside* `fut` (an `async` block or fn): made by the caller, outside the runtime,
+/// it panics for want of a reactor.
 pub fn block_on<F: Future>(runtime: &Handle, fut: F) -> F::Output {
     runtime.block_on(fut)
 }

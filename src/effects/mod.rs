@@ -400,9 +400,11 @@ impl Effects {
     /// Sleeps `d` on the runtime, ended early by Ctrl-C / SIGTERM (`Err`): also when a
     /// signal came just as the sleep ended.
     pub fn sleep(&self, d: Duration) -> Result<(), bridge::Stopped> {
+        // The timer is made inside the future: made here, outside the runtime, it panics.
+        let nap = async move { tokio::time::sleep(d).await };
         let slept = bridge::block_on(
             &self.runtime,
-            bridge::race(tokio::time::sleep(d), Some(&self.interrupt), None),
+            bridge::race(nap, Some(&self.interrupt), None),
         );
         if slept.is_err() || self.interrupt.pending() {
             return Err(bridge::Stopped::Interrupted);
@@ -902,6 +904,37 @@ mod tests {
         assert_eq!(f.batch_sizes(5), vec![2, 2, 1]);
         f.batches = vec![BatchSize::Count(0)];
         assert_eq!(f.batch_sizes(2), vec![1, 1]);
+    }
+
+    #[test]
+    fn sleep_runs_from_the_script_thread_and_ctrl_c_ends_it() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let output = Arc::new(Output::new("run".into(), Arc::default()));
+        let fx = Effects::new(
+            rt.handle().clone(),
+            output,
+            Interrupt::new(),
+            false,
+            1,
+            "run".into(),
+        );
+        // Not on a runtime thread, as a script is: the timer must still find its runtime.
+        assert_eq!(fx.sleep(Duration::from_millis(10)), Ok(()));
+        let raiser = fx.interrupt().clone();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            raiser.raise();
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(
+            fx.sleep(Duration::from_secs(300)),
+            Err(bridge::Stopped::Interrupted)
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
