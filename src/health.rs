@@ -21,6 +21,8 @@ const BODY_KEEP: usize = 2048;
 pub const BODY_READ: usize = 64 * 1024;
 /// Redirects followed at most.
 const MAX_REDIRECTS: usize = 5;
+/// The longest wait between two attempts (the backoff doubles up to it).
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -65,6 +67,38 @@ impl Default for CheckOptions {
             client_cert: None,
             insecure: false,
             follow_redirects: false,
+        }
+    }
+}
+
+impl CheckOptions {
+    /// The longest [`check`] can take with these options — every attempt running to its
+    /// timeout, every backoff waited, or the deadline plus the attempt in flight when it
+    /// passes — or `None` when that is beyond any sensible wait. What the effect layer
+    /// bounds the whole check by.
+    pub fn bound(&self) -> Option<Duration> {
+        let by_deadline = self.deadline.map(|d| d.saturating_add(self.timeout));
+        let attempts = self.retries.saturating_add(self.consecutive.max(1));
+        let mut total = Duration::ZERO;
+        let mut wait = self.backoff;
+        let cap = Duration::from_secs(24 * 3600);
+        let mut by_attempts = None;
+        for n in 1..=attempts {
+            total = total.saturating_add(self.timeout);
+            if n < attempts {
+                total = total.saturating_add(wait);
+                wait = (wait * 2).min(MAX_BACKOFF);
+            }
+            if total > cap {
+                break;
+            }
+            if n == attempts {
+                by_attempts = Some(total);
+            }
+        }
+        match (by_deadline, by_attempts) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -348,7 +382,7 @@ pub async fn check(client: &reqwest::Client, url: &str, opts: &CheckOptions) -> 
         };
         tokio::time::sleep(pause).await;
         if !report.ok {
-            wait = (wait * 2).min(Duration::from_secs(10));
+            wait = (wait * 2).min(MAX_BACKOFF);
         }
     }
 }
@@ -371,6 +405,11 @@ pub struct Sample {
     pub p50_ms: u64,
     pub p95_ms: u64,
     pub p99_ms: u64,
+}
+
+/// The longest [`sample`] can take: the window, then the last request's timeout.
+pub fn sample_bound(window: Duration, opts: &CheckOptions) -> Duration {
+    window.saturating_add(opts.timeout)
 }
 
 /// Sends `rate` requests per second for `window`, each judged like a check without
@@ -443,6 +482,36 @@ mod tests {
         assert!(!same_host(&u("http://a/x"), &u("http://b/x")));
         assert!(!same_host(&u("http://a:8080/x"), &u("http://a:9090/x")));
         assert!(!same_host(&u("https://a/x"), &u("http://a/x")));
+    }
+
+    #[test]
+    fn a_check_is_bounded_by_its_attempts_or_its_deadline() {
+        let s = Duration::from_secs;
+        let o = CheckOptions {
+            timeout: s(2),
+            retries: 3,
+            backoff: s(1),
+            ..CheckOptions::default()
+        };
+        // Four attempts of 2 s, waits of 1 + 2 + 4 s between them.
+        assert_eq!(o.bound(), Some(s(8 + 7)));
+        let o = CheckOptions {
+            deadline: Some(s(5)),
+            ..o
+        };
+        assert_eq!(o.bound(), Some(s(5 + 2)));
+        // `health::wait`: a million retries, bounded by the deadline only.
+        let o = CheckOptions {
+            retries: 1_000_000,
+            deadline: None,
+            ..o
+        };
+        assert_eq!(o.bound(), None);
+        let o = CheckOptions {
+            deadline: Some(s(30)),
+            ..o
+        };
+        assert_eq!(o.bound(), Some(s(32)));
     }
 
     #[test]

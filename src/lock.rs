@@ -621,14 +621,7 @@ impl Locks {
                 return Err(LockError::Held(held));
             }
             pending = still;
-            let interrupt = self.effects.interrupt().clone();
-            let interrupted = self.effects.runtime().block_on(async {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(2)) => false,
-                    () = interrupt.signalled() => true,
-                }
-            });
-            if interrupted {
+            if self.effects.sleep(Duration::from_secs(2)).is_err() {
                 return Err(LockError::Interrupted);
             }
         }

@@ -84,6 +84,24 @@ pub const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 #[error("{0}")]
 pub struct SendError(pub String);
 
+/// The pause before the one retry of a send.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// The longest [`post_json`] can take with `timeout`: two attempts and the pause between.
+pub fn post_bound(timeout: Duration) -> Duration {
+    timeout.saturating_mul(2).saturating_add(RETRY_PAUSE)
+}
+
+/// The longest [`send_mail`] can take: `smtp.timeout` bounds each step of the SMTP
+/// conversation (connect, greeting, EHLO, STARTTLS, EHLO, AUTH, MAIL, one RCPT per
+/// recipient, DATA, the message, QUIT), twice (one retry), and the pause between.
+pub fn mail_bound(smtp: &Smtp) -> Duration {
+    let steps = 10 + u32::try_from(smtp.to.len()).unwrap_or(u32::MAX);
+    smtp.timeout
+        .saturating_mul(steps.saturating_mul(2))
+        .saturating_add(RETRY_PAUSE)
+}
+
 /// POSTs JSON with a timeout and one retry (after 1 s) on a connection error or a 5xx.
 pub async fn post_json(url: &str, payload: &Value, timeout: Duration) -> Result<u16, SendError> {
     crate::tls::init();
@@ -96,7 +114,7 @@ pub async fn post_json(url: &str, payload: &Value, timeout: Duration) -> Result<
     let mut last = String::new();
     for attempt in 0..2 {
         if attempt > 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
         match client.post(url).json(payload).send().await {
             Ok(resp) if resp.status().is_success() => return Ok(resp.status().as_u16()),
@@ -212,7 +230,7 @@ pub async fn send_mail(smtp: &Smtp, subject: &str, body: &str) -> Result<(), Sen
     let mut last = String::new();
     for attempt in 0..2 {
         if attempt > 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
         match transport.send(msg.clone()).await {
             Ok(_) => return Ok(()),

@@ -106,6 +106,33 @@ impl Redactor {
         }
         out
     }
+
+    /// Masks every secret in the strings of a JSON document (a payload about to be sent):
+    /// a message never carries another channel's credential or a value read with
+    /// `secret()`. Fields named in `keep` are left alone: the channel's own credential
+    /// (PagerDuty's `routing_key`), which the receiver needs.
+    pub fn redact_json(&self, value: &mut serde_json::Value, keep: &[&str]) {
+        match value {
+            serde_json::Value::String(s) => {
+                if let Cow::Owned(masked) = self.redact(s) {
+                    *s = masked;
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for v in items {
+                    self.redact_json(v, keep);
+                }
+            }
+            serde_json::Value::Object(fields) => {
+                for (k, v) in fields.iter_mut() {
+                    if !keep.contains(&k.as_str()) {
+                        self.redact_json(v, keep);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +164,24 @@ mod tests {
         assert_eq!(r.redact("}"), "}");
         assert_eq!(r.redact("-----"), "-----");
         assert!(r.contains_secret("x cGxhbnRlZC1ib2R5LWxpbmU= y"));
+    }
+
+    #[test]
+    fn a_payload_is_masked_deep_except_the_fields_it_keeps() {
+        let r = Redactor::new();
+        r.add("s3cret-key");
+        let mut v = serde_json::json!({
+            "routing_key": "s3cret-key",
+            "payload": { "summary": "leaked s3cret-key", "list": ["s3cret-key", 1] },
+        });
+        r.redact_json(&mut v, &["routing_key"]);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "routing_key": "s3cret-key",
+                "payload": { "summary": "leaked ***", "list": ["***", 1] },
+            })
+        );
     }
 
     #[test]

@@ -363,9 +363,19 @@ fn health(effects: &Effects, env: &Environment) -> BTreeMap<String, Result<Strin
         }
     };
     let urls: Vec<String> = with_url.iter().map(|(_, u)| u.clone()).collect();
-    let reports = effects
-        .runtime()
-        .block_on(crate::health::check_all(&client, &urls, &opts));
+    let reports = match effects.http_read(
+        "health",
+        opts.bound(),
+        crate::health::check_all(&client, &urls, &opts),
+    ) {
+        Ok(reports) => reports,
+        Err(e) => {
+            return with_url
+                .into_iter()
+                .map(|(h, _)| (h, Err(e.to_string())))
+                .collect();
+        }
+    };
     with_url
         .into_iter()
         .zip(reports)

@@ -212,3 +212,48 @@ fn a_sample_measures_the_success_rate_of_real_traffic() {
     assert_eq!(r["errors"], 2);
     assert_eq!(r["success_rate"], 90.0);
 }
+
+// Pins behaviour moved from `modules/health.rs` (its own `block`) into the effect layer's
+// gate: Ctrl-C ends a health check in flight at once, not after its 60 s timeout.
+#[test]
+fn ctrl_c_ends_a_slow_health_check_at_once() {
+    let s = Http::start(Box::new(|_, _| (200, "{}".into(), Duration::from_secs(30))));
+    let t = Test::bare()
+        .file("runbook.toml", &inventory("http://127.0.0.1:1", &[]))
+        .file(
+            "scripts/n.rhai",
+            &format!(
+                "health::check(\"{}\", #{{ timeout: \"60s\" }});\nlocal::run([\"touch\", \"after\"]);",
+                s.url("/api/health")
+            ),
+        );
+    let (status, took) = receivers::interrupt_once_received(&t, &s);
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(
+        took < Duration::from_secs(5),
+        "Ctrl-C took {took:?} to end a slow health check"
+    );
+    assert!(!t.path().join("after").exists(), "the script went on");
+}
+
+// Pins what the gate must not change when it bounds a check: each attempt that times out
+// says its own timeout and reports the time it really waited (not 0, not the bound of
+// the whole check), and the check as a whole ends when its attempts are spent.
+#[test]
+fn a_check_against_a_hanging_server_reports_the_time_it_really_waited() {
+    let s = Http::start(Box::new(|_, _| (200, "{}".into(), Duration::from_secs(30))));
+    let started = std::time::Instant::now();
+    let r = check(
+        &s.url("/"),
+        r#"#{ timeout: "300ms", retries: 1, backoff: "100ms" }"#,
+    );
+    let took = started.elapsed();
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["attempts"], 2);
+    assert_eq!(r["error"], "no answer within 300 ms");
+    let latency = r["latency_ms"].as_u64().expect("latency_ms");
+    assert!((300..1500).contains(&latency), "latency_ms {latency}");
+    // Two attempts of 300 ms and the 100 ms between them, plus the run's own start.
+    assert!(took < Duration::from_secs(10), "the check took {took:?}");
+    assert_eq!(s.received().len(), 2);
+}

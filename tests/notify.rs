@@ -258,3 +258,58 @@ fn a_generic_webhook_receives_the_json_payload() {
         serde_json::json!({"event": "deployed", "release": "r1", "hosts": ["a", "b"]})
     );
 }
+
+// Pins behaviour moved from `modules/notify.rs` (its own `block`) into the effect layer's
+// gate: Ctrl-C ends a notification that hangs, instead of waiting out its 10 s timeout
+// (and the retry). It would fail if the gate raced the send without the interrupt.
+#[test]
+fn ctrl_c_ends_a_notification_to_a_receiver_that_hangs() {
+    let s = Http::start(Box::new(|_, _| {
+        (200, "ok".into(), std::time::Duration::from_secs(30))
+    }));
+    let t = project(
+        "",
+        &format!(
+            "notify::webhook(\"{}\", #{{ event: \"deployed\" }}); local::run([\"touch\", \"after\"]);",
+            s.url("/hook")
+        ),
+    );
+    let (status, took) = receivers::interrupt_once_received(&t, &s);
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "Ctrl-C took {took:?} to end a hanging webhook"
+    );
+    assert!(
+        !t.path().join("after").exists(),
+        "the script went on after Ctrl-C"
+    );
+}
+
+// Pins the dry-run rule moved from `deliver` (notify adapter) into `Effects::http_send`:
+// a send (webhook, Slack, Pushgateway push) is shown, never sent; a read (a health check)
+// still runs, as a command marked `read` does. It would fail if the gate sent in a dry
+// run, or skipped reads.
+#[test]
+fn a_dry_run_sends_no_webhook_and_pushes_no_metrics_but_still_reads() {
+    let hook = Http::fixed(200, "ok");
+    let gateway = Http::fixed(200, "");
+    let health = Http::fixed(200, r#"{"status":"ok"}"#);
+    let out = project(
+        &format!("[metrics]\npushgateway = \"{}\"\n", gateway.url("")),
+        &format!(
+            "notify::webhook(\"{}\", #{{ event: \"deployed\" }});\nmetrics::push(#{{ release: \"r9\", duration_ms: 1500 }});\nlet h = health::check(\"{}\");\nprint(`read=${{h.ok}}`);",
+            hook.url("/hook"),
+            health.url("/api/health")
+        ),
+    )
+    .args(&["run", "n", "-e", "dev", "--dry-run"])
+    .run();
+    out.code(0)
+        .stderr_has("webhook: would send {\"event\":\"deployed\"}")
+        .stderr_has("metrics: would send # TYPE runbook_deploy_duration_seconds gauge")
+        .stdout_has("read=true");
+    assert!(hook.received().is_empty(), "a dry run posted the webhook");
+    assert!(gateway.received().is_empty(), "a dry run pushed metrics");
+    assert_eq!(health.received().len(), 1, "a dry run must still read");
+}

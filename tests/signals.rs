@@ -108,5 +108,5 @@ fn ctrl_c_ends_a_sleep_at_once() {
         assert!(Instant::now() < deadline, "Ctrl-C did not end sleep()");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), Some(130), "{status:?}");
 }

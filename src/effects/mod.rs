@@ -4,9 +4,13 @@
 //! enforces timeouts, observes cancellation, turns non-zero exits into errors that name the
 //! host, command, exit code and the last lines of stderr, and fans out over hosts with a
 //! concurrency limit. Modules call [`Effects::run`] / [`Effects::run_many`] and nothing else.
+//! HTTP requests and mail pass through it too ([`Effects::http_read`], [`Effects::http_send`]
+//! in `http.rs`), and every wait for the runtime goes through the one bridge (`bridge.rs`).
 
+pub mod bridge;
 pub mod confirm;
 mod failures;
+pub mod http;
 pub use crate::{interrupt, redact};
 
 use std::path::Path;
@@ -370,9 +374,10 @@ impl Effects {
     /// Closes every connection. Called once at the end of a run, whatever its outcome.
     pub fn close(&self) {
         if let Some(Ok(pool)) = self.ssh.get() {
-            let closed = self.runtime.block_on(async {
-                tokio::time::timeout(Duration::from_secs(5), pool.close()).await
-            });
+            let closed = bridge::block_on(
+                &self.runtime,
+                bridge::race(pool.close(), None, Some(Duration::from_secs(5))),
+            );
             if closed.is_err() {
                 // A master that does not answer is ended the hard way.
                 pool.kill_masters_now();
@@ -406,7 +411,7 @@ impl Effects {
         );
         let outcome = match (target.transport(), target) {
             (TransportKind::Ssh, Target::Host(h)) => match self.ssh_pool() {
-                Ok(pool) => self.runtime.block_on(pool.interactive(h, &line)),
+                Ok(pool) => bridge::block_on(&self.runtime, pool.interactive(h, &line)),
                 Err(e) => Err(ExecError::Unsupported(e)),
             },
             _ => std::process::Command::new("sh")
@@ -426,7 +431,22 @@ impl Effects {
 
     /// Runs one command on one target, blocking the (script) thread until it ends.
     pub fn run(&self, target: &Target, spec: &CommandSpec) -> Result<CommandResult, CommandError> {
-        self.runtime.block_on(self.run_async(target, spec))
+        bridge::block_on(&self.runtime, self.run_async(target, spec))
+    }
+
+    /// Sleeps `d` on the runtime, ended early by Ctrl-C / SIGTERM (`Err`): also when a
+    /// signal came just as the sleep ended.
+    pub fn sleep(&self, d: Duration) -> Result<(), bridge::Stopped> {
+        // The timer is made inside the future: made here, outside the runtime, it panics.
+        let nap = async move { tokio::time::sleep(d).await };
+        let slept = bridge::block_on(
+            &self.runtime,
+            bridge::race(nap, Some(&self.interrupt), None),
+        );
+        if slept.is_err() || self.interrupt.pending() {
+            return Err(bridge::Stopped::Interrupted);
+        }
+        Ok(())
     }
 
     /// Runs one command on every target: batch by batch, each batch at once (at most
@@ -448,8 +468,7 @@ impl Effects {
         build: &dyn Fn(&Target) -> CommandSpec,
         fan: &FanOut,
     ) -> Vec<HostOutcome> {
-        self.runtime
-            .block_on(self.run_many_async(targets, build, fan))
+        bridge::block_on(&self.runtime, self.run_many_async(targets, build, fan))
     }
 
     async fn run_many_async(
@@ -510,10 +529,8 @@ impl Effects {
             start = end;
             let more = start < n && !stop.load(Ordering::SeqCst);
             if let (Some(pause), true) = (fan.pause, more) {
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = self.interrupt.signalled() => {}
-                }
+                // A signal ends the pause; the next batch then is not started.
+                let _ = bridge::race(tokio::time::sleep(pause), Some(&self.interrupt), None).await;
             }
         }
         outcomes
@@ -531,7 +548,7 @@ impl Effects {
             local.display().to_string(),
             remote.to_owned(),
         ];
-        self.runtime.block_on(async {
+        bridge::block_on(&self.runtime, async {
             let prepared = transfer::split(remote).and_then(|(parent, name)| {
                 let bytes = transfer::pack(local, &name)
                     .map_err(|e| format!("cannot read {}: {e}", local.display()))?;
@@ -559,6 +576,7 @@ impl Effects {
                         }
                     })
                     .await
+                    .map(|(done, _)| done)
                 }
             });
             futures::future::join_all(jobs).await
@@ -577,7 +595,7 @@ impl Effects {
             remote.to_owned(),
             local.display().to_string(),
         ];
-        self.runtime.block_on(self.transfer(target, argv, async {
+        let work = async {
             let (parent, name) = transfer::split(remote)?;
             let bytes = match target {
                 Target::Host(h) if h.transport == TransportKind::Ssh => {
@@ -606,32 +624,35 @@ impl Effects {
             transfer::unpack(&bytes, staging.path()).map_err(|e| e.to_string())?;
             std::fs::rename(staging.path().join(&name), local)
                 .map_err(|e| format!("cannot move the download to {}: {e}", local.display()))
-        }))
+        };
+        bridge::block_on(&self.runtime, self.transfer(target, argv, work)).map(|(done, _)| done)
     }
 
     /// Runs in-process work (an archive, a transfer) as one command: the same events,
-    /// dry-run ("would run", nothing done) and error shape as a process.
-    pub fn task(
+    /// dry-run ("would run", nothing done) and error shape as a process. Returns what the
+    /// work returned, or `None` in a dry run (it did not run).
+    pub fn task<T: Send + 'static>(
         &self,
         target: &Target,
         argv: Vec<String>,
-        work: impl FnOnce() -> Result<(), String> + Send + 'static,
-    ) -> Result<CommandResult, CommandError> {
-        self.runtime
-            .block_on(self.transfer(target, argv, async move {
-                tokio::task::spawn_blocking(work)
-                    .await
-                    .map_err(|e| format!("the task stopped: {e}"))?
-            }))
+        work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Result<Option<T>, CommandError> {
+        let work = async move {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| format!("the task stopped: {e}"))?
+        };
+        bridge::block_on(&self.runtime, self.transfer(target, argv, work)).map(|(_, value)| value)
     }
 
-    /// Events, dry-run and error shape shared by uploads and downloads.
-    async fn transfer(
+    /// Events, dry-run and error shape shared by uploads, downloads and tasks. The work's
+    /// value comes back beside the result (`None` in a dry run: the work did not run).
+    async fn transfer<T>(
         &self,
         target: &Target,
         argv: Vec<String>,
-        work: impl std::future::Future<Output = Result<(), String>>,
-    ) -> Result<CommandResult, CommandError> {
+        work: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<(CommandResult, Option<T>), CommandError> {
         let host = target.name().to_owned();
         let command = crate::quote::join(&argv);
         // A download only reads the host; an upload or a task changes it.
@@ -648,10 +669,10 @@ impl Effects {
         );
         let started = std::time::Instant::now();
         let dry = self.dry_run();
-        let result = if dry { Ok(()) } else { work.await };
+        let result = if dry { Ok(None) } else { work.await.map(Some) };
         let outcome = match (&result, dry) {
             (_, true) => Outcome::DryRun,
-            (Ok(()), _) => Outcome::Ok,
+            (Ok(_), _) => Outcome::Ok,
             (Err(_), _) => Outcome::Failed,
         };
         let mut e = Event::new(Kind::CommandFinished)
@@ -663,15 +684,18 @@ impl Effects {
         }
         self.output.emit(e);
         match result {
-            Ok(()) => Ok(CommandResult {
-                host,
-                argv,
-                code: 0,
-                stdout: String::new(),
-                stderr: String::new(),
-                duration: started.elapsed(),
-                dry_run: dry,
-            }),
+            Ok(value) => Ok((
+                CommandResult {
+                    host,
+                    argv,
+                    code: 0,
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    duration: started.elapsed(),
+                    dry_run: dry,
+                },
+                value,
+            )),
             Err(message) => Err(CommandError::Unavailable {
                 host,
                 command,
@@ -920,6 +944,37 @@ mod tests {
         assert_eq!(f.batch_sizes(5), vec![2, 2, 1]);
         f.batches = vec![BatchSize::Count(0)];
         assert_eq!(f.batch_sizes(2), vec![1, 1]);
+    }
+
+    #[test]
+    fn sleep_runs_from_the_script_thread_and_ctrl_c_ends_it() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let output = Arc::new(Output::new("run".into(), Arc::default()));
+        let fx = Effects::new(
+            rt.handle().clone(),
+            output,
+            Interrupt::new(),
+            false,
+            1,
+            "run".into(),
+        );
+        // Not on a runtime thread, as a script is: the timer must still find its runtime.
+        assert_eq!(fx.sleep(Duration::from_millis(10)), Ok(()));
+        let raiser = fx.interrupt().clone();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            raiser.raise();
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(
+            fx.sleep(Duration::from_secs(300)),
+            Err(bridge::Stopped::Interrupted)
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

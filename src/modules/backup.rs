@@ -179,23 +179,19 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
         );
         return Ok(summary_map(&s));
     }
-    let out = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let slot = out.clone();
     let argv = vec![
         "backup".into(),
         "create".into(),
         root.display().to_string(),
         dir.display().to_string(),
     ];
-    session
+    // `None` in a dry run: nothing was archived.
+    let summary = session
         .effects
         .task(&Target::Host(host.0.clone()), argv, move || {
-            let s = core::create(&root, &dir, &o, threads).map_err(|e| e.to_string())?;
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
-            Ok(())
+            core::create(&root, &dir, &o, threads).map_err(|e| e.to_string())
         })
         .map_err(|e| super::error(e.to_string()))?;
-    let summary = out.lock().unwrap_or_else(|e| e.into_inner()).take();
     Ok(summary
         .map(|s| {
             session.effects.output().log(

@@ -94,17 +94,7 @@ fn nap(
     session: &crate::session::Session,
     d: std::time::Duration,
 ) -> Result<(), Box<EvalAltResult>> {
-    let interrupt = session.effects.interrupt();
-    let interrupted = session.effects.runtime().block_on(async {
-        tokio::select! {
-            () = tokio::time::sleep(d) => false,
-            () = interrupt.signalled() => true,
-        }
-    });
-    if interrupted || interrupt.pending() {
-        return Err(super::interrupted());
-    }
-    Ok(())
+    session.effects.sleep(d).map_err(|_| super::interrupted())
 }
 
 /// Obeys the requests taken from the hosts; returns a promote or abort, if asked.

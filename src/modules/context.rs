@@ -272,17 +272,7 @@ fn sleep_for(ctx: &NativeCallContext, duration: &Dynamic) -> Result<(), Box<Eval
     if session.effects.dry_run() {
         return Ok(());
     }
-    let interrupt = session.effects.interrupt();
-    let interrupted = session.effects.runtime().block_on(async {
-        tokio::select! {
-            () = tokio::time::sleep(d) => false,
-            () = interrupt.signalled() => true,
-        }
-    });
-    if interrupted || interrupt.pending() {
-        return Err(super::interrupted());
-    }
-    Ok(())
+    session.effects.sleep(d).map_err(|_| super::interrupted())
 }
 
 #[export_module]

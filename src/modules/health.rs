@@ -4,6 +4,7 @@ use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
 use super::context::duration_arg;
+use crate::effects::http::HttpError;
 use crate::health::{self as core, CheckOptions, Report};
 use crate::output::Level;
 
@@ -155,18 +156,39 @@ pub(crate) fn report_map(r: &Report) -> Map {
     m
 }
 
-/// Runs `fut` on the runtime; Ctrl-C ends it.
-pub(crate) fn block<T>(
+/// Turns a stopped exchange into the script's error: Ctrl-C stops the script.
+pub(crate) fn stopped(e: HttpError) -> Box<EvalAltResult> {
+    if e.is_interrupt() {
+        super::interrupted()
+    } else {
+        super::error(e.to_string())
+    }
+}
+
+/// Checks the URLs through the effect layer (a read: it runs in a dry run too). A check
+/// the layer had to end past its bound is a failed report, like any check that failed.
+fn checks(
     session: &crate::session::Session,
-    fut: impl std::future::Future<Output = T>,
-) -> Result<T, Box<EvalAltResult>> {
-    let interrupt = session.effects.interrupt();
-    session.effects.runtime().block_on(async {
-        tokio::select! {
-            v = fut => Ok(v),
-            () = interrupt.signalled() => Err(super::interrupted()),
-        }
-    })
+    client: &reqwest::Client,
+    urls: &[String],
+    o: &CheckOptions,
+) -> Result<Vec<Report>, Box<EvalAltResult>> {
+    match session
+        .effects
+        .http_read("health", o.bound(), core::check_all(client, urls, o))
+    {
+        Ok(reports) => Ok(reports),
+        Err(HttpError::Interrupted { .. }) => Err(super::interrupted()),
+        Err(e @ HttpError::TimedOut { after, .. }) => Ok(urls
+            .iter()
+            .map(|url| Report {
+                url: url.clone(),
+                error: Some(e.to_string()),
+                latency_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                ..Report::default()
+            })
+            .collect()),
+    }
 }
 
 fn log_report(session: &crate::session::Session, r: &Report) {
@@ -189,7 +211,7 @@ fn check_many(
         .map(|u| absolute(&session, u))
         .collect::<Result<_, _>>()?;
     let client = core::client(&o).map_err(|e| super::error(e.to_string()))?;
-    let reports = block(&session, core::check_all(&client, &urls, &o))?;
+    let reports = checks(&session, &client, &urls, &o)?;
     let mut table = String::new();
     for r in &reports {
         log_report(&session, r);
@@ -221,7 +243,8 @@ fn check_one(ctx: &NativeCallContext, url: &str, opts: &Map) -> Result<Map, Box<
     let o = options(opts)?;
     let url = absolute(&session, url)?;
     let client = core::client(&o).map_err(|e| super::error(e.to_string()))?;
-    let r = block(&session, core::check(&client, &url, &o))?;
+    let reports = checks(&session, &client, std::slice::from_ref(&url), &o)?;
+    let r = reports.first().cloned().unwrap_or_default();
     log_report(&session, &r);
     Ok(report_map(&r))
 }
@@ -340,10 +363,20 @@ pub mod health_api {
             let url = super::absolute(&session, url)?;
             let client =
                 crate::health::client(&o).map_err(|e| super::super::error(e.to_string()))?;
-            let s = super::block(
-                &session,
-                crate::health::sample(&client, &url, u32::try_from(rate).unwrap_or(10), window, &o),
-            )?;
+            let s = session
+                .effects
+                .http_read(
+                    "health",
+                    Some(crate::health::sample_bound(window, &o)),
+                    crate::health::sample(
+                        &client,
+                        &url,
+                        u32::try_from(rate).unwrap_or(10),
+                        window,
+                        &o,
+                    ),
+                )
+                .map_err(super::stopped)?;
             let mut m = Map::new();
             m.insert(
                 "requests".into(),

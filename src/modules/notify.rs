@@ -9,7 +9,8 @@ use std::time::Duration;
 use rhai::plugin::*;
 use rhai::{Dynamic, EvalAltResult, Map};
 
-use super::health::block;
+use super::health::stopped;
+use crate::effects::http::HttpError;
 use crate::notify::{self as core, Deployment, PagerEvent, Smtp};
 use crate::output::{Event, Kind, Level};
 use crate::session::Session;
@@ -40,31 +41,9 @@ fn check_keys(opts: &Map, allowed: &[&str], what: &str) -> Result<(), Box<EvalAl
     Ok(())
 }
 
-/// Masks every secret value in a payload's strings: a message never carries another
-/// channel's credential or a value read with `secret()`. `keep` names the fields that
-/// are this channel's own credential (PagerDuty's `routing_key`).
+/// Masks every secret value in a payload's strings (see `Redactor::redact_json`).
 fn redact_json(session: &Session, value: &mut serde_json::Value, keep: &[&str]) {
-    let redactor = session.effects.output().redactor();
-    match value {
-        serde_json::Value::String(s) => {
-            if let std::borrow::Cow::Owned(masked) = redactor.redact(s) {
-                *s = masked;
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for v in items {
-                redact_json(session, v, keep);
-            }
-        }
-        serde_json::Value::Object(fields) => {
-            for (k, v) in fields.iter_mut() {
-                if !keep.contains(&k.as_str()) {
-                    redact_json(session, v, keep);
-                }
-            }
-        }
-        _ => {}
-    }
+    session.effects.output().redactor().redact_json(value, keep);
 }
 
 /// A setting a channel needs: its value, or "" with why it is missing noted (the first).
@@ -78,36 +57,52 @@ fn needed(missing: &mut Option<String>, what: Result<String, String>) -> String 
     }
 }
 
-/// Sends (or, in dry-run, shows) and turns the outcome into `#{ ok, sent, error }`. A
-/// channel whose secret or setting is `missing` fails like a failed delivery: a warning
-/// (an error only when `required`), and in a dry run the plan says it would fail.
+/// Sends through the effect layer (which, in a dry run, shows it instead) and turns the
+/// outcome into `#{ ok, sent, error }`. A channel whose secret or setting is `missing`
+/// fails like a failed delivery: a warning (an error only when `required`), and in a dry
+/// run the plan says it would fail. `bound`: the longest the send may take, retries
+/// included.
 fn deliver(
     session: &Session,
     channel: &str,
     required: bool,
     preview: String,
     missing: Option<String>,
+    bound: Duration,
     send: impl std::future::Future<Output = Result<String, String>>,
 ) -> Result<Map, Box<EvalAltResult>> {
     let output = session.effects.output();
     let mut m = Map::new();
-    if session.effects.dry_run() {
-        output.emit(
-            Event::new(Kind::Notification).message(format!("{channel}: would send {preview}")),
-        );
-        if let Some(why) = &missing {
-            output.log(
-                Level::Warn,
-                format!("{channel}: the real run could not send it: {why}"),
-            );
+    let why_not = missing.clone();
+    let exchange = async move {
+        match why_not {
+            Some(why) => Err(format!("not sent: {why}")),
+            None => send.await,
         }
-        m.insert("ok".into(), missing.is_none().into());
-        m.insert("sent".into(), false.into());
-        return Ok(m);
-    }
-    let outcome = match missing {
-        Some(why) => Err(format!("not sent: {why}")),
-        None => block(session, send)?,
+    };
+    let outcome = match session
+        .effects
+        .http_send(channel, &preview, Some(bound), exchange)
+    {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => {
+            // A dry run: shown, not sent.
+            if let Some(why) = &missing {
+                output.log(
+                    Level::Warn,
+                    format!("{channel}: the real run could not send it: {why}"),
+                );
+            }
+            m.insert("ok".into(), missing.is_none().into());
+            m.insert("sent".into(), false.into());
+            return Ok(m);
+        }
+        Err(HttpError::Interrupted { .. }) => return Err(super::interrupted()),
+        // Past its bound: a delivery that failed.
+        Err(HttpError::TimedOut { after, .. }) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(after)
+        )),
     };
     match outcome {
         Ok(what) => {
@@ -224,6 +219,7 @@ fn slack(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
         flag(opts, "required"),
         preview,
         missing,
+        core::post_bound(TIMEOUT),
         async move {
             core::post_json(&webhook, &payload, TIMEOUT)
                 .await
@@ -308,6 +304,7 @@ fn email(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
         flag(opts, "required"),
         preview,
         missing,
+        core::mail_bound(&smtp),
         async move {
             core::send_mail(&smtp, &subject, &body)
                 .await
@@ -400,6 +397,7 @@ fn pagerduty(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResu
         flag(opts, "required"),
         preview,
         missing,
+        core::post_bound(TIMEOUT),
         async move {
             core::post_json(&url, &payload, TIMEOUT)
                 .await
@@ -428,6 +426,7 @@ fn webhook(
         flag(opts, "required"),
         preview,
         None,
+        core::post_bound(TIMEOUT),
         async move {
             core::post_json(&url, &body, TIMEOUT)
                 .await
@@ -592,6 +591,7 @@ pub mod metrics_api {
                 super::flag(&opts, "required"),
                 preview,
                 None,
+                super::TIMEOUT,
                 async move {
                     crate::metrics::push(&gateway, &m, super::TIMEOUT)
                         .await
@@ -609,11 +609,15 @@ pub mod metrics_api {
         let result = (|| {
             let session = super::super::session(&ctx)?;
             let url = super::endpoint(&session, "prometheus")?;
-            super::block(
-                &session,
-                crate::metrics::query(&url, promql, super::TIMEOUT),
-            )?
-            .map_err(super::super::error)
+            session
+                .effects
+                .http_read(
+                    "metrics",
+                    Some(super::TIMEOUT),
+                    crate::metrics::query(&url, promql, super::TIMEOUT),
+                )
+                .map_err(super::stopped)?
+                .map_err(super::super::error)
         })();
         super::super::located(&ctx, result)
     }

@@ -292,3 +292,43 @@ fn read_line(io: &mut Box<dyn Stream>) -> std::io::Result<String> {
         .to_owned();
     Ok(s)
 }
+
+/// Starts `runbook run n -e dev` in `t`, waits until `receiver` holds a request (the
+/// exchange is in flight), sends SIGINT, and returns the exit status and how long the
+/// run took to end after the signal.
+pub fn interrupt_once_received(
+    t: &crate::harness::Test,
+    receiver: &Http,
+) -> (std::process::ExitStatus, std::time::Duration) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::time::{Duration, Instant};
+    let mut child = t
+        .command()
+        .args(["run", "n", "-e", "dev"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runbook starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.received().is_empty() {
+        if let Some(s) = child.try_wait().expect("wait") {
+            panic!("the run ended ({s}) before its request reached the receiver");
+        }
+        assert!(Instant::now() < deadline, "the request never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = i32::try_from(child.id()).expect("a pid");
+    kill(Pid::from_raw(pid), Signal::SIGINT).expect("SIGINT");
+    let signalled = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return (s, signalled.elapsed());
+        }
+        if signalled.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the run did not end within 60 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
