@@ -136,14 +136,24 @@ fn frame(
     })
 }
 
+/// How a value the script modules throw reads as a sentence (their host error type),
+/// registered by them: the diagnostics sit below the modules and cannot name their types.
+static SENTENCE: std::sync::OnceLock<fn(&rhai::Dynamic) -> Option<String>> =
+    std::sync::OnceLock::new();
+
+/// Registers how thrown values of the script modules read (once per process).
+pub fn register_sentence(f: fn(&rhai::Dynamic) -> Option<String>) {
+    let _ = SENTENCE.set(f);
+}
+
 fn leaf_message(err: &EvalAltResult) -> (String, Option<String>) {
     let plain = |s: String| (s, None);
     match err {
         EvalAltResult::ErrorRuntime(value, _) => {
             // A command's failure (caught or not, rethrown with `throw e`) reads as the
             // sentence it carries.
-            if let Some(e) = value.read_lock::<crate::modules::host_error::HostError>() {
-                return plain(e.message().to_owned());
+            if let Some(sentence) = SENTENCE.get().and_then(|f| f(value)) {
+                return plain(sentence);
             }
             if value.is_map() {
                 let map = value.clone().cast::<rhai::Map>();

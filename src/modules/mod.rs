@@ -25,6 +25,11 @@ use crate::session::{Session, SessionRef};
 pub type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
 pub fn register(engine: &mut Engine) {
+    crate::diagnostic::register_sentence(|value| {
+        value
+            .read_lock::<host_error::HostError>()
+            .map(|e| e.message().to_owned())
+    });
     context::register_types(engine);
     canary::register_types(engine);
     host_error::register_type(engine);
