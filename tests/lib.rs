@@ -33,4 +33,5 @@ mod signals;
 mod ssh;
 mod status; // runbook status, releases, lock status|freeze|thaw on the production-shaped fleet
 mod strategies;
+mod streaming; // transfers prepared once and sent at once; bounded output capture
 mod web;
