@@ -69,7 +69,11 @@ fn inventory(fleet: &Fleet, roots: &[(String, String)], extra: &str) -> String {
             )
         })
         .collect();
-    let names: Vec<String> = fleet.hosts.iter().map(|h| format!("\"{}\"", h.name)).collect();
+    let names: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| format!("\"{}\"", h.name))
+        .collect();
     format!(
         "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"5s\"\n{extra}\n[env.fleet]\nhosts = {{ {} }}\nroles = {{ web = [{}] }}\n",
         fleet.client_key().display(),
@@ -146,7 +150,9 @@ fn an_artifact_deploy_packs_once_and_sends_to_every_host_at_once() {
             "{host} does not serve the artifact"
         );
         assert_eq!(
-            std::fs::metadata(current.join("bin/tool")).map(|m| m.len()).unwrap_or(0),
+            std::fs::metadata(current.join("bin/tool"))
+                .map(|m| m.len())
+                .unwrap_or(0),
             1024 * 1024,
             "{host}: bin/tool arrived incomplete"
         );
@@ -191,12 +197,17 @@ fn a_tarball_artifact_is_sent_as_it_is_within_max_concurrency() {
     let mut starts: Vec<usize> = spans.iter().map(|s| s.1).collect();
     starts.sort_unstable();
     let first_end = spans.iter().map(|s| s.2).min().unwrap_or(0);
-    assert!(starts[1] < first_end, "the first two were not sent at once: {spans:?}");
-    assert!(starts[2] > first_end, "more than max_concurrency at once: {spans:?}");
+    assert!(
+        starts[1] < first_end,
+        "the first two were not sent at once: {spans:?}"
+    );
+    assert!(
+        starts[2] > first_end,
+        "more than max_concurrency at once: {spans:?}"
+    );
     for (host, root) in &roots {
         assert_eq!(
-            std::fs::read_to_string(Path::new(root).join("current/index.html"))
-                .unwrap_or_default(),
+            std::fs::read_to_string(Path::new(root).join("current/index.html")).unwrap_or_default(),
             "v2\n",
             "{host} does not serve the tarball"
         );

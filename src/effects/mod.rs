@@ -209,7 +209,10 @@ fn check_code(code: Option<i32>, stderr: &str) -> Result<(), String> {
             "the transfer's remote side exited with code {c}: {}",
             stderr.trim()
         )),
-        None => Err(format!("the transfer's remote side was killed: {}", stderr.trim())),
+        None => Err(format!(
+            "the transfer's remote side was killed: {}",
+            stderr.trim()
+        )),
     }
 }
 
@@ -506,12 +509,16 @@ impl Effects {
         remote: &dyn Fn(&Target) -> String,
     ) -> Vec<Result<CommandResult, CommandError>> {
         self.runtime.block_on(async {
-            let paths: Vec<Result<(String, String), String>> =
-                targets.iter().map(|t| transfer::split(&remote(t))).collect();
+            let paths: Vec<Result<(String, String), String>> = targets
+                .iter()
+                .map(|t| transfer::split(&remote(t)))
+                .collect();
             // One preparation per distinct destination name (the top-level entry of the
             // packed tree); a deploy sends one name everywhere.
-            let mut prepared: std::collections::BTreeMap<String, Result<Arc<transfer::Upload>, String>> =
-                std::collections::BTreeMap::new();
+            let mut prepared: std::collections::BTreeMap<
+                String,
+                Result<Arc<transfer::Upload>, String>,
+            > = std::collections::BTreeMap::new();
             if !self.dry_run() {
                 for (_, name) in paths.iter().flatten() {
                     if prepared.contains_key(name) {
@@ -525,7 +532,11 @@ impl Effects {
                     .map_err(|e| format!("packing stopped: {e}"))
                     .and_then(|r| r.map_err(|e| format!("cannot read {}: {e}", local.display())));
                     if let Ok(up) = &made {
-                        let how = if up.packed() { "packed once" } else { "sent as it is" };
+                        let how = if up.packed() {
+                            "packed once"
+                        } else {
+                            "sent as it is"
+                        };
                         self.output.log(
                             Level::Debug,
                             format!(
@@ -541,11 +552,7 @@ impl Effects {
             }
             let limit = tokio::sync::Semaphore::new(self.max_concurrency);
             let jobs = targets.iter().zip(&paths).map(|(t, path)| {
-                let argv = vec![
-                    "upload".to_owned(),
-                    local.display().to_string(),
-                    remote(t),
-                ];
+                let argv = vec!["upload".to_owned(), local.display().to_string(), remote(t)];
                 let (limit, prepared) = (&limit, &prepared);
                 async move {
                     let _slot = limit.acquire().await;
@@ -559,7 +566,12 @@ impl Effects {
                             Target::Host(h) if h.transport == TransportKind::Ssh => {
                                 let f = self
                                     .ssh_pool()?
-                                    .exec(h, &up.command(&parent, &name), &self.interrupt, &|_, _| {})
+                                    .exec(
+                                        h,
+                                        &up.command(&parent, &name),
+                                        &self.interrupt,
+                                        &|_, _| {},
+                                    )
                                     .await
                                     .map_err(|e| e.to_string())?;
                                 check_code(f.code, &f.stderr)

@@ -383,9 +383,7 @@ pub(crate) async fn open_input(path: Option<&Path>) -> Result<Option<tokio::fs::
 }
 
 /// Creates a command's `stdout_file` before it starts.
-pub(crate) async fn open_output(
-    path: Option<&Path>,
-) -> Result<Option<tokio::fs::File>, ExecError> {
+pub(crate) async fn open_output(path: Option<&Path>) -> Result<Option<tokio::fs::File>, ExecError> {
     match path {
         None => Ok(None),
         Some(p) => tokio::fs::File::create(p).await.map(Some).map_err(|e| {
@@ -473,14 +471,24 @@ mod tests {
         let text = cap.into_string();
         assert!(text.len() <= 64 * 1024, "kept {} bytes", text.len());
         assert!(text.ends_with("yyyyünïcode tail"), "the tail was lost");
-        assert!(*longest.lock().unwrap() <= MAX_LINE, "a piece over MAX_LINE");
+        assert!(
+            *longest.lock().unwrap() <= MAX_LINE,
+            "a piece over MAX_LINE"
+        );
         assert_eq!(*lines.lock().unwrap(), 200_000 + (1 << 20) / MAX_LINE + 1);
     }
 
     #[tokio::test]
     async fn short_output_is_kept_whole() {
         let mut cap = Capture::new();
-        pump(Some(&b"a\nb"[..]), Stream::Stdout, &mut cap, &|_, _| {}, true).await;
+        pump(
+            Some(&b"a\nb"[..]),
+            Stream::Stdout,
+            &mut cap,
+            &|_, _| {},
+            true,
+        )
+        .await;
         assert_eq!(cap.into_string(), "a\nb");
     }
 }

@@ -312,7 +312,11 @@ impl SshPool {
         let _channel = gate.channels.acquire().await;
         let started = Instant::now();
         let (conn, mut child) = self
-            .spawn(host, &remote.line, remote.stdin.is_some() || input.is_some())
+            .spawn(
+                host,
+                &remote.line,
+                remote.stdin.is_some() || input.is_some(),
+            )
             .await?;
         let stdin = child.stdin().take();
         let stdout = child.stdout().take();

@@ -25,8 +25,13 @@ pub fn pack_to_file(src: &Path, name: &str) -> std::io::Result<tempfile::NamedTe
         .prefix("runbook-upload-")
         .suffix(".tar.gz")
         .tempfile()?;
-    let out = pack_into(src, name, BufWriter::with_capacity(CHUNK, file.as_file_mut()))?;
-    out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+    let out = pack_into(
+        src,
+        name,
+        BufWriter::with_capacity(CHUNK, file.as_file_mut()),
+    )?;
+    out.into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
     Ok(file)
 }
 
