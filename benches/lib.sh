@@ -70,6 +70,11 @@ bench_fleet() { # N
   for i in $(seq 1 "$n"); do
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/$HOST_NET.$i/22") 2>/dev/null && break; sleep 0.05; done
   done
+  # An sshd that could not bind (an old one still listening there) exits: fail, do not
+  # measure against a stranger.
+  for p in "${PIDS[@]}"; do
+    kill -0 "$p" 2>/dev/null || { echo "$(basename "$0"): an sshd of the fleet exited (is $HOST_NET.* in use?):" >&2; cat "$W"/h*/log >&2; exit 1; }
+  done
   printf 'Host %s.* %s.*\n  User deploy\n  IdentityFile %s/id\n  IdentitiesOnly yes\n  UserKnownHostsFile %s/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n' "$HOST_NET" "$LINK_NET" "$W" "$W" > "$W/ssh_config"
 }
 

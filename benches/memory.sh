@@ -29,8 +29,11 @@ LINK_MIB=${LINK_MIB:-50}
 HOST_NET=127.0.8 LINK_NET=127.0.9
 . benches/lib.sh
 bench_need_root
-cargo build --release --locked -q
-RB=$PWD/target/release/runbook
+# RUNBOOK_BIN: measure that binary instead of building the release one (a dry run of the bench).
+if [ -n "${RUNBOOK_BIN:-}" ]; then RB=$(realpath "$RUNBOOK_BIN"); else
+  cargo build --release --locked -q
+  RB=$PWD/target/release/runbook
+fi
 
 # The fleet is the larger of the two parts; part one uses its first $HOSTS hosts on
 # loopback, part two its first $LINK_HOSTS through the emulator (clients pick the address).
@@ -62,11 +65,12 @@ cat > "$W/scripts/deploy.rhai" <<'RHAI'
 let web = hosts("web");
 let n = release::prepare(web, #{ artifact: args.artifact });
 release::activate(web, n);
-print(local::shell("grep VmHWM /proc/$PPID/status", #{ quiet: true }).stdout.trim());
+print(local::shell("grep VmHWM /proc/$PPID/status", #{ quiet: true }).stdout);
 RHAI
 cd "$W"
 clean_hosts() { rm -rf /home/deploy/rb-memory; }
 trap 'clean_hosts; bench_cleanup' EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT
 
 if [ "$PART" != link ]; then
   mkdir -p art/tree

@@ -239,4 +239,29 @@ mod tests {
         let canonical = dir.path().canonicalize().unwrap();
         assert_eq!(f.stdout, format!("in\n{}\nv\n", canonical.display()));
     }
+    /// A large input and output travel through files, not through memory: what `cat`
+    /// read from `stdin_file` arrives whole in `stdout_file`, after the in-memory `stdin`.
+    #[tokio::test]
+    async fn stdin_and_stdout_files_stream_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        let output = dir.path().join("out");
+        let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&input, &body).unwrap();
+        let mut s = spec(Program::Argv(vec!["cat".into()]));
+        s.stdin = Some(b"head:".to_vec());
+        s.stdin_file = Some(input.clone());
+        s.stdout_file = Some(output.clone());
+        let f = exec(&s, "r1", &Interrupt::new(), &|_, _| {}).await.unwrap();
+        assert_eq!((f.code, f.stdout.as_str()), (Some(0), ""));
+        let got = std::fs::read(&output).unwrap();
+        assert_eq!(&got[..5], b"head:");
+        assert!(got[5..] == body[..], "the streamed copy differs");
+
+        s.stdin_file = Some(dir.path().join("missing"));
+        let err = exec(&s, "r1", &Interrupt::new(), &|_, _| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
 }
