@@ -5,7 +5,7 @@
 #
 #   bash benches/memory.sh                     # both parts
 #   PART=memory bash benches/memory.sh         # or PART=link
-#   SIZE_MIB=1024 HOSTS=4 LINK=20ms/100mbit LINK_HOSTS=10 LINK_MIB=50 RUNS=5
+#   SIZE_MIB=1024 HOSTS=4 LINK=20ms/100mbit LINK_HOSTS=10 LINK_MIB=50 RUNS=5 ARTIFACTS="app.tar.gz tree" LINK_ARTIFACT=tree
 #
 # Peak memory is the runbook process's VmHWM, read from /proc/<runbook's pid>/status by
 # the last command of the deploy script itself (a local command whose parent is runbook),
@@ -82,7 +82,7 @@ if [ "$PART" != link ]; then
   echo
   echo "| artifact | wall s | runner VmHWM | target |"
   echo "|---|---:|---:|---|"
-  for a in app.tar.gz tree; do
+  for a in ${ARTIFACTS:-app.tar.gz tree}; do
     clean_hosts
     s=$(date +%s%N)
     hwm=$("$RB" run deploy -e mem -q "artifact=$W/art/$a" 2>"$W/err") || { echo "FAILED: deploy of $a" >&2; cat "$W/err" >&2; exit 1; }
@@ -104,16 +104,22 @@ if [ "$PART" != memory ]; then
   mkdir -p lart/tree
   head -c "$((LINK_MIB * 1024 * 1024))" /dev/urandom > lart/tree/blob
   printf 'APP_ENV=bench\n' > lart/tree/.env
+  python3 -c 'import sys, tarfile; t = tarfile.open(sys.argv[1], "w:gz", compresslevel=0); t.add(sys.argv[2], arcname="."); t.close()' lart/app.tar.gz lart/tree
   one() { ssh -F "$W/ssh_config" "$NET.1" 'cat > /dev/null' < lart/tree/blob; }
-  deploy() { clean_hosts; "$RB" run deploy -e link -q "artifact=$W/lart/tree"; }
+  deploy() { clean_hosts; "$RB" run deploy -e link -q "artifact=$W/lart/${LINK_ARTIFACT:-tree}"; }
+  # The same bytes to every host at once with plain ssh: what the machine and the emulator
+  # allow for $LINK_HOSTS links in parallel (a floor for any tool).
+  all() { local a; for a in $(head -n "$LINK_HOSTS" "$W/hosts"); do ssh -F "$W/ssh_config" "$a" 'cat > /dev/null' < lart/tree/blob & done; wait; }
   t_one=$(bench_median one)
+  t_all=$(bench_median all)
   t_rb=$(bench_median deploy)
   echo "## a ${LINK_MIB} MiB artifact to $LINK_HOSTS hosts, each behind its own link: $LINK_TEXT"
   echo
   echo "| what | median of $RUNS, s |"
   echo "|---|---:|"
   echo "| ssh host 'cat > /dev/null' < ${LINK_MIB} MiB, one link | $t_one |"
-  echo "| runbook deploy (prepare + activate) to $LINK_HOSTS hosts | $t_rb |"
+  echo "| plain ssh 'cat > /dev/null' to $LINK_HOSTS hosts at once | $t_all |"
+  echo "| runbook deploy (prepare + activate) of lart/${LINK_ARTIFACT:-tree} to $LINK_HOSTS hosts | $t_rb |"
   echo
-  echo "ratio: $(awk -v a="$t_rb" -v b="$t_one" 'BEGIN {printf "%.2f", a / b}') x (target <= 1.3)"
+  echo "ratio: runbook / one link = $(awk -v a="$t_rb" -v b="$t_one" 'BEGIN {printf "%.2f", a / b}') x (target <= 1.3); plain ssh to all / one link = $(awk -v a="$t_all" -v b="$t_one" 'BEGIN {printf "%.2f", a / b}') x"
 fi
