@@ -17,19 +17,10 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 N=${N:-50}
 LINK=${LINK:-}
-if [ -n "$LINK" ]; then
-  [[ "$LINK" =~ ^([0-9]+(\.[0-9]+)?)ms(/([0-9]+(\.[0-9]+)?)mbit)?$ ]] ||
-    { echo "fanout.sh: LINK='$LINK' is not RTTms[/MBITmbit], e.g. LINK=20ms/100mbit" >&2; exit 2; }
-  LINK_RTT=${BASH_REMATCH[1]} LINK_MBIT=${BASH_REMATCH[4]:-0}
-  NET=127.0.5 # the address every client uses: the emulator's, in front of 127.0.3.i
-  LINK_TEXT="$LINK_RTT ms RTT ($(awk -v r="$LINK_RTT" 'BEGIN {print r / 2}') ms each way), $([ "$LINK_MBIT" = 0 ] && echo "no bandwidth cap" || echo "$LINK_MBIT Mbit/s each direction per host"), through benches/linkemu.py"
-else
-  NET=127.0.3
-  LINK_TEXT="loopback, no link emulation"
-fi
-[ "$(id -u)" = 0 ] || { echo "fanout.sh: run as root (it starts sshd processes)" >&2; exit 2; }
+. benches/lib.sh
+bench_link "$LINK"
+bench_need_root
 need=()
-[ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v parallel-ssh >/dev/null || need+=(pssh)
 command -v ansible >/dev/null || need+=(ansible)
 if ((${#need[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; fi
@@ -37,46 +28,12 @@ cargo build --release --locked -q
 RB=$PWD/target/release/runbook
 SIZES=$(printf '%s\n' 1 10 "$N" | sort -nu | tr '\n' ' ')
 
-W=$(mktemp -d /tmp/rb-bench.XXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for s in "$W"/cm/*; do [ -S "$s" ] && ssh -o ControlPath="$s" -O exit x >/dev/null 2>&1 || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-[ -n "${KEEP:-}" ] && trap - EXIT
-
-# --- the fleet: one sshd per host on 127.0.3.i ---------------------------------------
-id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy
-usermod -p '*' deploy
-mkdir -p /run/sshd "$W/cm" ~deploy/.ssh
-ssh-keygen -q -t ed25519 -N '' -C bench -f "$W/id"
-cat "$W/id.pub" >> ~deploy/.ssh/authorized_keys
-chown -R deploy:deploy ~deploy/.ssh; chmod 700 ~deploy/.ssh; chmod 600 ~deploy/.ssh/authorized_keys
-: > "$W/known_hosts"; : > "$W/hosts"
+# --- the fleet: one sshd per host on 127.0.3.i (benches/lib.sh) ----------------------
+bench_workdir
+bench_fleet "$N"
+bench_linkemu
 printf '[web]\n' > "$W/inventory.ini"
-for i in $(seq 1 "$N"); do
-  a=127.0.3.$i; d=$W/h$i; mkdir -p "$d"
-  ssh-keygen -q -t ed25519 -N '' -f "$d/key"
-  printf 'ListenAddress %s:22\nHostKey %s/key\nPidFile none\nAllowUsers deploy\nUsePAM no\nUseDNS no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPrintMotd no\nMaxStartups 200:30:400\nMaxSessions 100\nLogLevel ERROR\n' "$a" "$d" > "$d/cfg"
-  /usr/sbin/sshd -D -f "$d/cfg" -E "$d/log" </dev/null >/dev/null 2>&1 &
-  PIDS+=($!)
-  echo "$NET.$i $(cut -d' ' -f1,2 "$d/key.pub")" >> "$W/known_hosts"
-  echo "$NET.$i" >> "$W/hosts"
-  echo "h$i ansible_host=$NET.$i" >> "$W/inventory.ini"
-  echo "$NET.$i:22=$a:22" >> "$W/maps"
-done
-for i in $(seq 1 "$N"); do
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.3.$i/22) 2>/dev/null && break; sleep 0.05; done
-done
-if [ -n "$LINK" ]; then
-  python3 benches/linkemu.py --delay-ms "$(awk -v r="$LINK_RTT" 'BEGIN {print r / 2}')" --mbit "$LINK_MBIT" \
-    --maps "$W/maps" --ready "$W/link-ready" 2>"$W/linkemu.log" &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do [ -s "$W/link-ready" ] && break; sleep 0.05; done
-  [ -s "$W/link-ready" ] || { echo "fanout.sh: the link emulator did not start:" >&2; cat "$W/linkemu.log" >&2; exit 1; }
-fi
+i=0; while read -r a; do i=$((i + 1)); echo "h$i ansible_host=$a" >> "$W/inventory.ini"; done < "$W/hosts"
 cat >> "$W/inventory.ini" <<INI
 [web:vars]
 ansible_user=deploy
@@ -84,7 +41,6 @@ ansible_ssh_private_key_file=$W/id
 ansible_ssh_common_args=-o UserKnownHostsFile=$W/known_hosts -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o ControlMaster=auto -o ControlPersist=60s -o ControlPath=$W/cm/a-%C
 ansible_python_interpreter=/usr/bin/python3
 INI
-printf 'Host 127.0.3.* 127.0.5.*\n  User deploy\n  IdentityFile %s/id\n  IdentitiesOnly yes\n  UserKnownHostsFile %s/known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n' "$W" "$W" > "$W/ssh_config"
 
 # runbook inventory: one environment per fleet size
 {
@@ -116,14 +72,7 @@ RHAI
 } > "$W/playbook.yml"
 export ANSIBLE_HOST_KEY_CHECKING=True ANSIBLE_PIPELINING=True ANSIBLE_FORKS=50 ANSIBLE_STDOUT_CALLBACK=minimal ANSIBLE_LOCALHOST_WARNING=False ANSIBLE_INVENTORY_UNPARSED_WARNING=False
 
-median() { # command... -> median seconds over $RUNS runs
-  local t=() i _s _e
-  for ((i = 0; i < RUNS; i++)); do
-    _s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >&2; return 1; }; _e=$(date +%s%N)
-    t+=($(( (_e - _s) / 1000000 )))
-  done
-  printf '%s\n' "${t[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1000}'
-}
+median() { bench_median "$@"; }
 ssh_cm_open() { local n=$1; for a in $(head -n "$n" "$W/hosts"); do ssh -F "$W/ssh_config" -o ControlMaster=yes -o ControlPath="$W/cm/p-$a" -o ControlPersist=300 -N -f "$a"; done; }
 ssh_cm_run() { local n=$1; for a in $(head -n "$n" "$W/hosts"); do ssh -F "$W/ssh_config" -o ControlPath="$W/cm/p-$a" "$a" uptime & done; wait; }
 ssh_one() { ssh -F "$W/ssh_config" "$(head -n 1 "$W/hosts")" uptime; }

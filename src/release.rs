@@ -533,13 +533,13 @@ fn prepare_inner(
                     &[&root(t), name],
                 )
             })?;
+            // Prepared once (a directory packed into one file on the runner) and sent
+            // to every host at once.
             let is_tarball = path.extension().is_some_and(|e| e == "gz" || e == "tgz");
             if is_tarball {
                 // The tarball itself travels; it is unpacked into the release on the host.
                 let remote = |t: &Target| format!("{}/.runbook/artifact-{name}.tar.gz", root(t));
-                for t in targets {
-                    upload_all(effects, std::slice::from_ref(t), path, &remote(t))?;
-                }
+                upload_all(effects, targets, path, &remote)?;
                 on_all(effects, targets, |t| {
                     script(
                         format!("release: unpack the artifact into releases/{name}"),
@@ -548,14 +548,9 @@ fn prepare_inner(
                     )
                 })?;
             } else {
-                for t in targets {
-                    upload_all(
-                        effects,
-                        std::slice::from_ref(t),
-                        path,
-                        &format!("{}/releases/{name}", root(t)),
-                    )?;
-                }
+                upload_all(effects, targets, path, &|t: &Target| {
+                    format!("{}/releases/{name}", root(t))
+                })?;
             }
             "artifact".to_owned()
         }
@@ -752,9 +747,9 @@ fn upload_all(
     effects: &Effects,
     targets: &[Target],
     local: &std::path::Path,
-    remote: &str,
+    remote: &dyn Fn(&Target) -> String,
 ) -> Result<(), ReleaseError> {
-    for r in effects.upload(targets, local, remote) {
+    for r in effects.upload_each(targets, local, remote) {
         r.map_err(|e| ReleaseError::new(e.to_string()))?;
     }
     Ok(())

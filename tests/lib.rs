@@ -32,3 +32,4 @@ mod signals; // Ctrl-C / SIGTERM: the running command dies, the failure path run
 mod ssh; // the SSH transport against real sshd processes on loopback
 mod status; // runbook status, releases, lock status|freeze|thaw on the production-shaped fleet
 mod strategies; // the shipped strategies end to end under load, on the shared-disk topology
+mod streaming; // transfers prepared once and sent at once; bounded output capture

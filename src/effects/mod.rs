@@ -245,8 +245,14 @@ impl CommandError {
 fn check_code(code: Option<i32>, stderr: &str) -> Result<(), String> {
     match code {
         Some(0) => Ok(()),
-        Some(c) => Err(format!("tar exited with code {c}: {}", stderr.trim())),
-        None => Err(format!("tar was killed: {}", stderr.trim())),
+        Some(c) => Err(format!(
+            "the transfer's remote side exited with code {c}: {}",
+            stderr.trim()
+        )),
+        None => Err(format!(
+            "the transfer's remote side was killed: {}",
+            stderr.trim()
+        )),
     }
 }
 
@@ -543,36 +549,93 @@ impl Effects {
         local: &Path,
         remote: &str,
     ) -> Vec<Result<CommandResult, CommandError>> {
-        let argv = vec![
-            "upload".to_owned(),
-            local.display().to_string(),
-            remote.to_owned(),
-        ];
+        self.upload_each(targets, local, &|_: &Target| remote.to_owned())
+    }
+
+    /// [`Effects::upload`] to a path per target. `local` is prepared ONCE (a directory
+    /// packed into one temporary file, a file sent as it is) and sent to every target at
+    /// once, at most `max_concurrency` in flight, each reading the same file through its
+    /// own bounded buffer: the runner's memory does not grow with the size or the hosts.
+    pub fn upload_each(
+        &self,
+        targets: &[Target],
+        local: &Path,
+        remote: &dyn Fn(&Target) -> String,
+    ) -> Vec<Result<CommandResult, CommandError>> {
         bridge::block_on(&self.runtime, async {
-            let prepared = transfer::split(remote).and_then(|(parent, name)| {
-                let bytes = transfer::pack(local, &name)
-                    .map_err(|e| format!("cannot read {}: {e}", local.display()))?;
-                Ok((parent, bytes))
-            });
-            let jobs = targets.iter().map(|t| {
-                let argv = argv.clone();
-                let prepared = &prepared;
+            let paths: Vec<Result<(String, String), String>> = targets
+                .iter()
+                .map(|t| transfer::split(&remote(t)))
+                .collect();
+            // One preparation per distinct destination name (the top-level entry of the
+            // packed tree); a deploy sends one name everywhere.
+            let mut prepared: std::collections::BTreeMap<
+                String,
+                Result<Arc<transfer::Upload>, String>,
+            > = std::collections::BTreeMap::new();
+            if !self.dry_run() {
+                for (_, name) in paths.iter().flatten() {
+                    if prepared.contains_key(name) {
+                        continue;
+                    }
+                    let (from, entry) = (local.to_owned(), name.clone());
+                    let made = tokio::task::spawn_blocking(move || {
+                        transfer::Upload::prepare(&from, &entry)
+                    })
+                    .await
+                    .map_err(|e| format!("packing stopped: {e}"))
+                    .and_then(|r| r.map_err(|e| format!("cannot read {}: {e}", local.display())));
+                    if let Ok(up) = &made {
+                        let how = if up.packed() {
+                            "packed once"
+                        } else {
+                            "sent as it is"
+                        };
+                        self.output.log(
+                            Level::Debug,
+                            format!(
+                                "upload: {} {how} ({} bytes) for {} host(s)",
+                                local.display(),
+                                up.len(),
+                                targets.len()
+                            ),
+                        );
+                    }
+                    prepared.insert(name.clone(), made.map(Arc::new));
+                }
+            }
+            let limit = tokio::sync::Semaphore::new(self.max_concurrency);
+            let jobs = targets.iter().zip(&paths).map(|(t, path)| {
+                let argv = vec!["upload".to_owned(), local.display().to_string(), remote(t)];
+                let (limit, prepared) = (&limit, &prepared);
                 async move {
-                    let prepared = prepared.as_ref().map_err(Clone::clone);
+                    let _slot = limit.acquire().await;
                     self.transfer(t, argv, async move {
-                        let (parent, bytes) = prepared?;
+                        let (parent, name) = path.clone()?;
+                        let up = prepared
+                            .get(&name)
+                            .cloned()
+                            .unwrap_or_else(|| Err("the upload was not prepared".to_owned()))?;
                         match t {
                             Target::Host(h) if h.transport == TransportKind::Ssh => {
-                                let line = transfer::remote_unpack(parent)?;
-                                let pool = self.ssh_pool()?;
-                                let (code, _, stderr) = pool
-                                    .exec_bytes(h, &line, Some(bytes.clone()))
+                                let f = self
+                                    .ssh_pool()?
+                                    .exec(
+                                        h,
+                                        &up.command(&parent, &name),
+                                        &self.interrupt,
+                                        &|_, _| {},
+                                    )
                                     .await
                                     .map_err(|e| e.to_string())?;
-                                check_code(code, &stderr)
+                                check_code(f.code, &f.stderr)
                             }
-                            _ => transfer::unpack(bytes, Path::new(parent))
-                                .map_err(|e| e.to_string()),
+                            _ => tokio::task::spawn_blocking(move || {
+                                up.receive_here(Path::new(&parent), &name)
+                            })
+                            .await
+                            .map_err(|e| format!("the copy stopped: {e}"))?
+                            .map_err(|e| e.to_string()),
                         }
                     })
                     .await
@@ -583,7 +646,8 @@ impl Effects {
         })
     }
 
-    /// Copies `remote` (a file or directory) from one target to `local`.
+    /// Copies `remote` (a file or directory) from one target to `local`, streamed
+    /// through a temporary archive beside `local` (never held in memory).
     pub fn download(
         &self,
         target: &Target,
@@ -597,20 +661,6 @@ impl Effects {
         ];
         let work = async {
             let (parent, name) = transfer::split(remote)?;
-            let bytes = match target {
-                Target::Host(h) if h.transport == TransportKind::Ssh => {
-                    let line = transfer::remote_pack(&parent, &name)?;
-                    let (code, bytes, stderr) = self
-                        .ssh_pool()?
-                        .exec_bytes(h, &line, None)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    check_code(code, &stderr)?;
-                    bytes
-                }
-                _ => transfer::pack(&Path::new(&parent).join(&name), &name)
-                    .map_err(|e| format!("cannot read {remote}: {e}"))?,
-            };
             // Unpack beside the destination, then move into place.
             let local_parent = local
                 .parent()
@@ -621,7 +671,26 @@ impl Effects {
                 .prefix(".runbook-download-")
                 .tempdir_in(local_parent)
                 .map_err(|e| e.to_string())?;
-            transfer::unpack(&bytes, staging.path()).map_err(|e| e.to_string())?;
+            let archive = match target {
+                Target::Host(h) if h.transport == TransportKind::Ssh => {
+                    let archive = tempfile::Builder::new()
+                        .prefix(".runbook-download-")
+                        .suffix(".tar.gz")
+                        .tempfile_in(local_parent)
+                        .map_err(|e| e.to_string())?;
+                    let spec = transfer::download_command(&parent, &name, archive.path())?;
+                    let f = self
+                        .ssh_pool()?
+                        .exec(h, &spec, &self.interrupt, &|_, _| {})
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    check_code(f.code, &f.stderr)?;
+                    archive
+                }
+                _ => transfer::pack_to_file(&Path::new(&parent).join(&name), &name)
+                    .map_err(|e| format!("cannot read {remote}: {e}"))?,
+            };
+            transfer::unpack_file(archive.path(), staging.path()).map_err(|e| e.to_string())?;
             std::fs::rename(staging.path().join(&name), local)
                 .map_err(|e| format!("cannot move the download to {}: {e}", local.display()))
         };

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::{CommandSpec, ExecError, Finished, LineSink, pump};
+use super::{
+    Capture, CommandSpec, Ended, ExecError, Finished, LineSink, feed, open_input, open_output,
+    pump, race, sink,
+};
 use crate::interrupt::Interrupt;
 use crate::output::Stream;
 
@@ -36,6 +38,8 @@ pub async fn exec(
             "empty command: argv has no program".into(),
         ));
     };
+    let input = open_input(spec.stdin_file.as_deref()).await?;
+    let output = open_output(spec.stdout_file.as_deref()).await?;
     let mut cmd = Command::new(program);
     cmd.args(args);
     if let Some(cwd) = &spec.cwd {
@@ -43,7 +47,7 @@ pub async fn exec(
     }
     cmd.env(super::RUN_TAG, run)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.stdin.is_some() {
+        .stdin(if spec.stdin.is_some() || input.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -69,68 +73,59 @@ pub async fn exec(
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
 
-    if let (Some(input), Some(mut stdin)) = (&spec.stdin, child.stdin.take()) {
-        let input = input.clone();
-        tokio::spawn(async move {
-            let _ = stdin.write_all(&input).await;
-        });
-    }
+    let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let mut out_buf = String::new();
-    let mut err_buf = String::new();
+    let mut out_buf = Capture::new();
+    let mut err_buf = Capture::new();
     let quiet = spec.quiet;
     let reading = async {
-        tokio::join!(
-            pump(stdout, Stream::Stdout, &mut out_buf, on_line, quiet),
+        let out = async {
+            match output {
+                Some(file) => sink(stdout, file).await,
+                None => {
+                    pump(stdout, Stream::Stdout, &mut out_buf, on_line, quiet).await;
+                    Ok(())
+                }
+            }
+        };
+        let ((), written, ()) = tokio::join!(
+            feed(stdin, spec.stdin.as_deref(), input),
+            out,
             pump(stderr, Stream::Stderr, &mut err_buf, on_line, quiet)
         );
-        child.wait().await
+        (child.wait().await, written)
     };
-
-    let deadline = async {
-        match spec.timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
-        }
-    };
-
-    enum End {
-        Exited(std::io::Result<std::process::ExitStatus>),
-        Timeout,
-        Interrupted,
-    }
-    let end = tokio::select! {
-        status = reading => End::Exited(status),
-        () = deadline => End::Timeout,
-        () = interrupt.signalled() => End::Interrupted,
-    };
-    let finished = |out: String, err: String| Finished {
+    let end = race(reading, spec.timeout.map(|t| started + t), interrupt).await;
+    let finished = |out: Capture, err: Capture| Finished {
         code: None,
-        stdout: out,
-        stderr: err,
+        stdout: out.into_string(),
+        stderr: err.into_string(),
         duration: started.elapsed(),
     };
     match end {
-        End::Exited(status) => {
+        Ended::Done((status, written)) => {
             let status = status?;
             let f = Finished {
                 code: status.code(),
                 ..finished(out_buf, err_buf)
             };
-            match spec.sudo_env_refusal(&f) {
-                Some(refused) => Err(refused),
-                None => Ok(f),
+            if let Some(refused) = spec.sudo_env_refusal(&f) {
+                return Err(refused);
             }
+            written.map_err(|e| {
+                ExecError::Unsupported(format!("cannot write the command's output: {e}"))
+            })?;
+            Ok(f)
         }
-        End::Timeout => {
+        Ended::Timeout => {
             terminate(pgid).await;
             Err(ExecError::Timeout {
                 after: spec.timeout.unwrap_or_default(),
                 partial: finished(out_buf, err_buf),
             })
         }
-        End::Interrupted => {
+        Ended::Interrupted => {
             terminate(pgid).await;
             Err(ExecError::Interrupted {
                 partial: finished(out_buf, err_buf),
@@ -243,5 +238,30 @@ mod tests {
         let f = exec(&s, "r1", &Interrupt::new(), &|_, _| {}).await.unwrap();
         let canonical = dir.path().canonicalize().unwrap();
         assert_eq!(f.stdout, format!("in\n{}\nv\n", canonical.display()));
+    }
+    /// A large input and output travel through files, not through memory: what `cat`
+    /// read from `stdin_file` arrives whole in `stdout_file`, after the in-memory `stdin`.
+    #[tokio::test]
+    async fn stdin_and_stdout_files_stream_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        let output = dir.path().join("out");
+        let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&input, &body).unwrap();
+        let mut s = spec(Program::Argv(vec!["cat".into()]));
+        s.stdin = Some(b"head:".to_vec());
+        s.stdin_file = Some(input.clone());
+        s.stdout_file = Some(output.clone());
+        let f = exec(&s, "r1", &Interrupt::new(), &|_, _| {}).await.unwrap();
+        assert_eq!((f.code, f.stdout.as_str()), (Some(0), ""));
+        let got = std::fs::read(&output).unwrap();
+        assert_eq!(&got[..5], b"head:");
+        assert!(got[5..] == body[..], "the streamed copy differs");
+
+        s.stdin_file = Some(dir.path().join("missing"));
+        let err = exec(&s, "r1", &Interrupt::new(), &|_, _| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 }

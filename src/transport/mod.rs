@@ -5,9 +5,13 @@ pub mod local;
 pub mod ssh;
 pub mod transfer;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
-use std::time::Duration;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::interrupt::Interrupt;
 
 /// What to execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +68,16 @@ pub struct CommandSpec {
     pub program: Program,
     pub cwd: Option<String>,
     pub env: Vec<(String, String)>,
+    /// Standard input held in memory: small text (a rendered `.env`, a JSON record).
     pub stdin: Option<Vec<u8>>,
+    /// Standard input streamed from this file after `stdin` (if both are set), through a
+    /// buffer of [`CHUNK`] bytes: an upload is never held in memory, and any number of
+    /// hosts can read the same file at once.
+    pub stdin_file: Option<PathBuf>,
+    /// Standard output written to this file (created or truncated) as it arrives,
+    /// instead of captured or shown: a download is never held in memory.
+    /// `Finished::stdout` is then empty.
+    pub stdout_file: Option<PathBuf>,
     /// Run through `sudo -n` (never prompts); `Some("")` means root.
     pub sudo: Option<String>,
     pub timeout: Option<Duration>,
@@ -108,6 +121,8 @@ impl CommandSpec {
             cwd: None,
             env: Vec::new(),
             stdin: None,
+            stdin_file: None,
+            stdout_file: None,
             sudo: None,
             timeout: None,
             tolerate: false,
@@ -251,39 +266,263 @@ impl CommandSpec {
 /// Where each output line goes while a command runs.
 pub type LineSink<'a> = &'a (dyn Fn(crate::output::Stream, &str) + Send + Sync);
 
-/// The most output kept per stream; older output is dropped (the tail matters most).
+/// The most output kept per stream (`r.stdout`, `r.stderr`): when a command prints more,
+/// the oldest output is dropped and the newest (at least half of this) is kept — the tail
+/// is what a failure message and a script's last-line parsing need. A command that prints
+/// a gigabyte costs at most this much per stream.
 pub const MAX_CAPTURE: usize = 8 * 1024 * 1024;
 
-/// Reads `reader` line by line into `buf` (keeping at most [`MAX_CAPTURE`] bytes, the
-/// newest), handing each line to `on_line` unless `quiet`.
+/// The longest line handed to the output events at once: a longer line (or output
+/// without newlines) is shown in pieces of this size. The captured text is unaffected.
+pub const MAX_LINE: usize = 8 * 1024;
+
+/// The buffer each stream of a command reads or writes through (stdin from a file,
+/// stdout to a file, output capture): a transfer costs this much per host in flight.
+pub const CHUNK: usize = 64 * 1024;
+
+/// The newest output of one stream, at most `limit` bytes (see [`MAX_CAPTURE`]).
+#[derive(Debug)]
+pub(crate) struct Capture {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl Capture {
+    pub(crate) fn new() -> Capture {
+        Capture::with_limit(MAX_CAPTURE)
+    }
+
+    pub(crate) fn with_limit(limit: usize) -> Capture {
+        Capture {
+            bytes: Vec::new(),
+            limit: limit.max(2),
+        }
+    }
+
+    pub(crate) fn push(&mut self, more: &[u8]) {
+        if more.len() >= self.limit {
+            self.bytes.clear();
+            self.bytes
+                .extend_from_slice(&more[more.len() - self.limit / 2..]);
+        } else {
+            self.bytes.extend_from_slice(more);
+        }
+        if self.bytes.len() > self.limit {
+            // Drop to half at once (amortised), then to the next line start if one is
+            // near: the kept text begins with a whole line where it can.
+            let mut cut = self.bytes.len() - self.limit / 2;
+            if let Some(nl) = self.bytes[cut..]
+                .iter()
+                .take(MAX_LINE)
+                .position(|b| *b == b'\n')
+            {
+                cut += nl + 1;
+            }
+            self.bytes.drain(..cut);
+        }
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        match String::from_utf8(self.bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+}
+
+/// Reads `reader` into `buf` (see [`Capture`]), handing each line (at most [`MAX_LINE`]
+/// bytes at a time) to `on_line` unless `quiet`. Memory stays bounded whatever the
+/// command prints, newlines or not.
 pub(crate) async fn pump(
     reader: Option<impl AsyncRead + Unpin>,
     stream: crate::output::Stream,
-    buf: &mut String,
+    buf: &mut Capture,
     on_line: LineSink<'_>,
     quiet: bool,
 ) {
     let Some(reader) = reader else { return };
-    let mut reader = BufReader::new(reader);
-    let mut line = Vec::new();
+    let mut reader = BufReader::with_capacity(CHUNK, reader);
+    let mut line: Vec<u8> = Vec::new();
+    let show = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line);
+        on_line(stream, text.trim_end_matches(['\n', '\r']));
+    };
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                if !quiet {
-                    on_line(stream, text.trim_end_matches(['\n', '\r']));
-                }
-                buf.push_str(&text);
-                if buf.len() > MAX_CAPTURE {
-                    let cut = buf.len() - MAX_CAPTURE / 2;
-                    let cut = (cut..buf.len())
-                        .find(|i| buf.is_char_boundary(*i))
-                        .unwrap_or(buf.len());
-                    buf.drain(..cut);
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(chunk) => chunk,
+        };
+        let (take, ends_line) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        buf.push(&chunk[..take]);
+        if !quiet {
+            line.extend_from_slice(&chunk[..take]);
+            if ends_line {
+                show(&line);
+                line.clear();
+            } else {
+                while line.len() > MAX_LINE {
+                    // Shown in pieces, cut where a character starts.
+                    let mut cut = MAX_LINE;
+                    while cut > 0 && line[cut] & 0xC0 == 0x80 {
+                        cut -= 1;
+                    }
+                    let cut = if cut == 0 { MAX_LINE } else { cut };
+                    show(&line[..cut]);
+                    line.drain(..cut);
                 }
             }
         }
+        reader.consume(take);
+    }
+    if !line.is_empty() {
+        show(&line);
+    }
+}
+
+/// Writes `head`, then the contents of `file`, to a command's standard input through a
+/// [`CHUNK`]-sized buffer, and closes it. A command that exits without reading it all
+/// ends the feed (broken pipe): that is not an error here, the exit status says what
+/// happened.
+pub(crate) async fn feed(
+    pipe: Option<impl AsyncWrite + Unpin>,
+    head: Option<&[u8]>,
+    file: Option<tokio::fs::File>,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let write = async {
+        if let Some(head) = head {
+            pipe.write_all(head).await?;
+        }
+        if let Some(file) = file {
+            let mut reader = BufReader::with_capacity(CHUNK, file);
+            tokio::io::copy_buf(&mut reader, &mut pipe).await?;
+        }
+        pipe.shutdown().await
+    };
+    let _: std::io::Result<()> = write.await;
+}
+
+/// Opens a command's `stdin_file` before it starts, so that a missing file is an error
+/// that names it rather than a command that read an empty input.
+pub(crate) async fn open_input(path: Option<&Path>) -> Result<Option<tokio::fs::File>, ExecError> {
+    match path {
+        None => Ok(None),
+        Some(p) => tokio::fs::File::open(p).await.map(Some).map_err(|e| {
+            ExecError::Unsupported(format!("cannot read the input file {}: {e}", p.display()))
+        }),
+    }
+}
+
+/// Creates a command's `stdout_file` before it starts.
+pub(crate) async fn open_output(path: Option<&Path>) -> Result<Option<tokio::fs::File>, ExecError> {
+    match path {
+        None => Ok(None),
+        Some(p) => tokio::fs::File::create(p).await.map(Some).map_err(|e| {
+            ExecError::Unsupported(format!("cannot write the output file {}: {e}", p.display()))
+        }),
+    }
+}
+
+/// Copies a command's stdout into `file`; a write failure (disk full) is kept for the
+/// caller and the rest of the output is drained so the command is not blocked.
+pub(crate) async fn sink(
+    reader: Option<impl AsyncRead + Unpin>,
+    file: tokio::fs::File,
+) -> std::io::Result<()> {
+    let Some(reader) = reader else { return Ok(()) };
+    let mut reader = BufReader::with_capacity(CHUNK, reader);
+    let mut out = tokio::io::BufWriter::with_capacity(CHUNK, file);
+    let copied = tokio::io::copy_buf(&mut reader, &mut out).await;
+    let flushed = match copied {
+        Ok(_) => out.flush().await,
+        Err(e) => {
+            let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+            Err(e)
+        }
+    };
+    match flushed {
+        Ok(()) => out.into_inner().sync_data().await,
+        Err(e) => Err(e),
+    }
+}
+
+/// How a command's wait ended.
+pub(crate) enum Ended<T> {
+    Done(T),
+    Timeout,
+    Interrupted,
+}
+
+/// The one race every transport runs a command under: its own end, the deadline
+/// (`None`: none), or a signal. The caller kills what is left on a timeout or signal.
+pub(crate) async fn race<T>(
+    work: impl Future<Output = T>,
+    deadline: Option<Instant>,
+    interrupt: &Interrupt,
+) -> Ended<T> {
+    let deadline = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        done = work => Ended::Done(done),
+        () = deadline => Ended::Timeout,
+        () = interrupt.signalled() => Ended::Interrupted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Stream;
+    use std::sync::Mutex;
+
+    /// A command that prints far more than the cap keeps a bounded capture that ends with
+    /// its last line, and its lines reach the events in bounded pieces.
+    #[tokio::test]
+    async fn a_flood_of_output_keeps_a_bounded_tail() {
+        let mut data = Vec::new();
+        for i in 0..200_000 {
+            data.extend_from_slice(format!("line {i:07} {}\n", "x".repeat(40)).as_bytes());
+        }
+        // And one line of a megabyte with no newline at all, at the end.
+        data.extend(std::iter::repeat_n(b'y', 1 << 20));
+        data.extend_from_slice("ünïcode tail".as_bytes());
+        let mut cap = Capture::with_limit(64 * 1024);
+        let longest = Mutex::new(0usize);
+        let lines = Mutex::new(0usize);
+        let on_line = |_: Stream, l: &str| {
+            let mut m = longest.lock().unwrap();
+            *m = (*m).max(l.len());
+            *lines.lock().unwrap() += 1;
+        };
+        pump(Some(&data[..]), Stream::Stdout, &mut cap, &on_line, false).await;
+        let text = cap.into_string();
+        assert!(text.len() <= 64 * 1024, "kept {} bytes", text.len());
+        assert!(text.ends_with("yyyyünïcode tail"), "the tail was lost");
+        assert!(
+            *longest.lock().unwrap() <= MAX_LINE,
+            "a piece over MAX_LINE"
+        );
+        assert_eq!(*lines.lock().unwrap(), 200_000 + (1 << 20) / MAX_LINE + 1);
+    }
+
+    #[tokio::test]
+    async fn short_output_is_kept_whole() {
+        let mut cap = Capture::new();
+        pump(
+            Some(&b"a\nb"[..]),
+            Stream::Stdout,
+            &mut cap,
+            &|_, _| {},
+            true,
+        )
+        .await;
+        assert_eq!(cap.into_string(), "a\nb");
     }
 }

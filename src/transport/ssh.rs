@@ -20,10 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::{CommandSpec, ExecError, Finished, LineSink, Program, pump};
+use super::{
+    Capture, CommandSpec, Ended, ExecError, Finished, LineSink, Program, feed, open_input,
+    open_output, pump, race, sink,
+};
 use crate::interrupt::Interrupt;
 use crate::inventory::{Host, HostKeyCheck};
 use crate::output::Stream;
@@ -303,25 +306,30 @@ impl SshPool {
         on_line: LineSink<'_>,
     ) -> Result<Finished, ExecError> {
         let remote = remote_command(spec, &super::random_hex(8), &self.tag)?;
+        let input = open_input(spec.stdin_file.as_deref()).await?;
+        let output = open_output(spec.stdout_file.as_deref()).await?;
         let gate = self.conn(host).await?;
         let _channel = gate.channels.acquire().await;
         let started = Instant::now();
         let (conn, mut child) = self
-            .spawn(host, &remote.line, remote.stdin.is_some())
+            .spawn(
+                host,
+                &remote.line,
+                remote.stdin.is_some() || input.is_some(),
+            )
             .await?;
-        if let (Some(input), Some(mut stdin)) = (remote.stdin, child.stdin().take()) {
-            tokio::spawn(async move {
-                let _ = stdin.write_all(&input).await;
-                let _ = stdin.shutdown().await;
-            });
-        }
+        let stdin = child.stdin().take();
         let stdout = child.stdout().take();
         // The wrapper reports its process-group id on stderr: find that line before
         // anything else, so that a Ctrl-C or timeout a moment later can still kill it.
         // What the login shell printed before it is passed on as the command's stderr.
+        // Standard input is fed meanwhile (a shell that reads it first must not stall).
         let mut err_reader = child.stderr().take().map(BufReader::new);
         let mut pgid: Option<i64> = None;
         let mut early: Vec<String> = Vec::new();
+        let feeding = feed(stdin, remote.stdin.as_deref(), input);
+        tokio::pin!(feeding);
+        let mut fed = false;
         if let Some(reader) = err_reader.as_mut() {
             let wait = spec.timeout.unwrap_or(MARKER_WAIT).min(MARKER_WAIT);
             let marker = remote.marker.as_str();
@@ -346,13 +354,22 @@ impl SshPool {
                     }
                 }
             };
+            let search = async {
+                tokio::pin!(search);
+                loop {
+                    tokio::select! {
+                        found = &mut search => return found,
+                        () = &mut feeding, if !fed => fed = true,
+                    }
+                }
+            };
             pgid = tokio::time::timeout(wait, search).await.ok().flatten();
             if pgid.is_none() {
                 tracing::debug!(host = %host.name, "no process-group report: the command cannot be killed on the host");
             }
         }
-        let mut out_buf = String::new();
-        let mut err_buf = String::new();
+        let mut out_buf = Capture::new();
+        let mut err_buf = Capture::new();
         let quiet = spec.quiet;
         let reading = async {
             let err_pump = async {
@@ -360,66 +377,65 @@ impl SshPool {
                     if !quiet {
                         on_line(Stream::Stderr, line.trim_end_matches(['\n', '\r']));
                     }
-                    err_buf.push_str(line);
+                    err_buf.push(line.as_bytes());
                 }
                 pump(err_reader, Stream::Stderr, &mut err_buf, on_line, quiet).await;
             };
-            tokio::join!(
-                pump(stdout, Stream::Stdout, &mut out_buf, on_line, quiet),
-                err_pump
-            );
-            child.wait().await
+            let out = async {
+                match output {
+                    Some(file) => sink(stdout, file).await,
+                    None => {
+                        pump(stdout, Stream::Stdout, &mut out_buf, on_line, quiet).await;
+                        Ok(())
+                    }
+                }
+            };
+            let feeding = async {
+                if !fed {
+                    feeding.await;
+                }
+            };
+            let ((), written, ()) = tokio::join!(feeding, out, err_pump);
+            (child.wait().await, written)
         };
         // Counted from the start: the time spent looking for the marker is part of it.
-        let deadline = async {
-            match spec.timeout {
-                Some(t) => tokio::time::sleep_until((started + t).into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        enum End {
-            Exited(Result<std::process::ExitStatus, openssh::Error>),
-            Timeout,
-            Interrupted,
-        }
-        let end = tokio::select! {
-            status = reading => End::Exited(status),
-            () = deadline => End::Timeout,
-            () = interrupt.signalled() => End::Interrupted,
-        };
-        let partial = |out: String, err: String| Finished {
+        let end = race(reading, spec.timeout.map(|t| started + t), interrupt).await;
+        let partial = |out: Capture, err: Capture| Finished {
             code: None,
-            stdout: out,
-            stderr: err,
+            stdout: out.into_string(),
+            stderr: err.into_string(),
             duration: started.elapsed(),
         };
         match end {
-            End::Exited(Ok(status)) => {
+            Ended::Done((Ok(status), written)) => {
                 let f = Finished {
                     code: status.code(),
                     ..partial(out_buf, err_buf)
                 };
-                match spec.sudo_env_refusal(&f) {
-                    Some(refused) => Err(refused),
-                    None => Ok(f),
+                if let Some(refused) = spec.sudo_env_refusal(&f) {
+                    return Err(refused);
                 }
+                written.map_err(|e| {
+                    ExecError::Unsupported(format!("cannot write the command's output: {e}"))
+                })?;
+                Ok(f)
             }
             // The mux protocol cannot tell "killed by a signal" from "connection lost":
             // ask the master whether it is still alive.
-            End::Exited(Err(openssh::Error::RemoteProcessTerminated)) => {
+            Ended::Done((Err(openssh::Error::RemoteProcessTerminated), _)) => {
                 match conn.session.check().await {
                     Ok(()) => Ok(partial(out_buf, err_buf)),
                     Err(e) => Err(disconnected(&e, partial(out_buf, err_buf))),
                 }
             }
-            End::Exited(Err(e)) => Err(disconnected(&e, partial(out_buf, err_buf))),
-            End::Timeout | End::Interrupted => {
+            Ended::Done((Err(e), _)) => Err(disconnected(&e, partial(out_buf, err_buf))),
+            Ended::Timeout | Ended::Interrupted => {
                 tracing::debug!(?pgid, "ending the remote process group");
                 if let Some(id) = pgid {
                     self.kill_group(&conn, id, spec.sudo.as_deref()).await;
                 }
                 let partial = partial(out_buf, err_buf);
-                if matches!(end, End::Timeout) {
+                if matches!(end, Ended::Timeout) {
                     Err(ExecError::Timeout {
                         after: spec.timeout.unwrap_or_default(),
                         partial,
@@ -450,48 +466,6 @@ impl SshPool {
                 .await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
-    }
-
-    /// Runs a shell line and returns raw stdout bytes (file transfers).
-    pub async fn exec_bytes(
-        &self,
-        host: &Host,
-        script: &str,
-        stdin: Option<Vec<u8>>,
-    ) -> Result<(Option<i32>, Vec<u8>, String), ExecError> {
-        let gate = self.conn(host).await?;
-        let _channel = gate.channels.acquire().await;
-        let line = format!("{}sh -c {}", self.tag, quote::join(&[script.to_owned()]));
-        let (_conn, mut child) = self.spawn(host, &line, stdin.is_some()).await?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin().take()) {
-            tokio::spawn(async move {
-                let _ = pipe.write_all(&input).await;
-                let _ = pipe.shutdown().await;
-            });
-        }
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let (mut so, mut se) = (child.stdout().take(), child.stderr().take());
-        let read_out = async {
-            if let Some(s) = so.as_mut() {
-                let _ = s.read_to_end(&mut out).await;
-            }
-        };
-        let read_err = async {
-            if let Some(s) = se.as_mut() {
-                let _ = s.read_to_end(&mut err).await;
-            }
-        };
-        tokio::join!(read_out, read_err);
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| disconnected(&e, Finished::default()))?;
-        Ok((
-            status.code(),
-            out,
-            String::from_utf8_lossy(&err).into_owned(),
-        ))
     }
 
     /// Closes every master connection (also called on failure and after Ctrl-C).

@@ -1,15 +1,42 @@
-//! Files and directories to and from hosts, as a gzip'd tar stream over the host's
-//! existing connection (no new TCP connection per file). Modes and symlinks survive.
+//! Files and directories to and from hosts over the host's existing connection (no new
+//! TCP connection per file), streamed through files on the runner: nothing of a transfer
+//! is held in memory. A directory travels as a gzip'd tar stream (modes and symlinks
+//! survive); a single file travels as it is (its mode kept), so an already-compressed
+//! artifact is not compressed a second time.
 
-use std::path::Path;
+use std::io::{BufReader, BufWriter, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
+use super::{CHUNK, CommandSpec, Program};
+
 /// Packs `src` (a file or a directory) as the single top-level entry `name`.
 pub fn pack(src: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let encoder = GzEncoder::new(Vec::new(), Compression::fast());
+    pack_into(src, name, Vec::new())
+}
+
+/// [`pack`] into a temporary file on the runner (removed when dropped).
+pub fn pack_to_file(src: &Path, name: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::Builder::new()
+        .prefix("runbook-upload-")
+        .suffix(".tar.gz")
+        .tempfile()?;
+    let out = pack_into(
+        src,
+        name,
+        BufWriter::with_capacity(CHUNK, file.as_file_mut()),
+    )?;
+    out.into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
+    Ok(file)
+}
+
+fn pack_into<W: std::io::Write>(src: &Path, name: &str, out: W) -> std::io::Result<W> {
+    let encoder = GzEncoder::new(out, Compression::fast());
     let mut builder = tar::Builder::new(encoder);
     builder.follow_symlinks(false);
     let meta = std::fs::symlink_metadata(src)?;
@@ -22,9 +49,9 @@ pub fn pack(src: &Path, name: &str) -> std::io::Result<Vec<u8>> {
 }
 
 /// Unpacks an archive made by [`pack`] (or `tar -cz`) into `dir`, keeping modes.
-pub fn unpack(bytes: &[u8], dir: &Path) -> std::io::Result<()> {
+pub fn unpack(archive: impl Read, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut archive = tar::Archive::new(GzDecoder::new(bytes));
+    let mut archive = tar::Archive::new(GzDecoder::new(archive));
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
     // tar's error says which file; its cause (e.g. "No space left on device") is the
@@ -37,6 +64,146 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> std::io::Result<()> {
         }
         std::io::Error::new(e.kind(), format!("{e}: {cause}"))
     })
+}
+
+/// [`unpack`] of an archive file, read through a bounded buffer.
+pub fn unpack_file(archive: &Path, dir: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(archive)?;
+    unpack(BufReader::with_capacity(CHUNK, file), dir)
+}
+
+/// Receives a file as it is on stdin: written beside the destination, given its mode
+/// (and modification time), then renamed into place, so a reader never sees half of it.
+const RECEIVE_FILE: &str = r#"set -eu
+parent=$1 name=$2 mode=$3 mtime=$4
+mkdir -p -- "$parent"
+dest=$parent/$name part=$parent/.$name.runbook-$$
+if [ -d "$dest" ]; then echo "$dest is a directory: the file was not copied over it" >&2; exit 1; fi
+trap 'rm -f -- "$part"' EXIT
+cat > "$part"
+chmod "$mode" "$part"
+touch -m -d "@$mtime" "$part" 2>/dev/null || true
+mv -f -- "$part" "$dest"
+trap - EXIT
+"#;
+
+/// Receives a directory packed by [`pack`] on stdin into its parent.
+const RECEIVE_TAR: &str = r#"mkdir -p -- "$1" && tar -xzpf - -C "$1""#;
+
+/// An upload prepared once for every host it goes to: the bytes to send are one file on
+/// the runner — the source itself when it is a single file, else the directory packed
+/// once into a temporary file — which each host reads on its own, through its own
+/// bounded buffer, at its own pace.
+#[derive(Debug)]
+pub struct Upload {
+    file: PathBuf,
+    /// The packed directory (removed when the upload is dropped).
+    packed: Option<tempfile::NamedTempFile>,
+    mode: u32,
+    mtime: i64,
+    len: u64,
+}
+
+impl Upload {
+    /// Prepares `local` to be received as `name` (the last component of every remote
+    /// path it goes to). A directory is packed here, once.
+    pub fn prepare(local: &Path, name: &str) -> std::io::Result<Upload> {
+        let meta = std::fs::metadata(local)?;
+        if meta.is_dir() {
+            let packed = pack_to_file(local, name)?;
+            let len = packed.as_file().metadata()?.len();
+            return Ok(Upload {
+                file: packed.path().to_owned(),
+                packed: Some(packed),
+                mode: 0,
+                mtime: 0,
+                len,
+            });
+        }
+        use std::os::unix::fs::MetadataExt;
+        Ok(Upload {
+            file: local.to_owned(),
+            packed: None,
+            mode: meta.permissions().mode() & 0o7777,
+            mtime: meta.mtime(),
+            len: meta.len(),
+        })
+    }
+
+    /// Whether a directory was packed (else the file travels as it is).
+    pub fn packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// The bytes that travel.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The command that receives this upload as `parent/name` on a host, its standard
+    /// input streamed from the prepared file.
+    pub fn command(&self, parent: &str, name: &str) -> CommandSpec {
+        let argv: Vec<String> = if self.packed() {
+            ["sh", "-c", RECEIVE_TAR, "sh", parent]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        } else {
+            vec![
+                "sh".into(),
+                "-c".into(),
+                RECEIVE_FILE.into(),
+                "sh".into(),
+                parent.to_owned(),
+                name.to_owned(),
+                format!("{:o}", self.mode),
+                self.mtime.to_string(),
+            ]
+        };
+        let mut spec = CommandSpec::new(Program::Argv(argv));
+        spec.stdin_file = Some(self.file.clone());
+        spec.quiet = true;
+        spec
+    }
+
+    /// Receives the upload on this machine (the local transport), in-process.
+    pub fn receive_here(&self, parent: &Path, name: &str) -> std::io::Result<()> {
+        if self.packed() {
+            return unpack_file(&self.file, parent);
+        }
+        std::fs::create_dir_all(parent)?;
+        let dest = parent.join(name);
+        if dest.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is a directory: the file was not copied over it",
+                dest.display()
+            )));
+        }
+        let part = tempfile::Builder::new()
+            .prefix(&format!(".{name}.runbook-"))
+            .tempfile_in(parent)?;
+        let mut from = std::fs::File::open(&self.file)?;
+        std::io::copy(&mut from, &mut part.as_file())?;
+        part.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(self.mode))?;
+        let mtime = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(self.mtime).unwrap_or(0));
+        part.as_file().set_modified(mtime)?;
+        part.persist(&dest).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// The command that packs `parent/name` on a host to stdout, written to `archive` here.
+pub fn download_command(parent: &str, name: &str, archive: &Path) -> Result<CommandSpec, String> {
+    let mut spec = CommandSpec::new(Program::Shell(remote_pack(parent, name)?));
+    spec.stdout_file = Some(archive.to_owned());
+    spec.quiet = true;
+    Ok(spec)
 }
 
 /// Splits a remote path into (parent directory, last component).
@@ -69,7 +236,6 @@ pub fn remote_pack(parent: &str, name: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_directory_round_trips_with_modes_and_symlinks() {
@@ -90,7 +256,7 @@ mod tests {
         std::os::unix::fs::symlink("bin/run", src.path().join("link")).unwrap();
         let bytes = pack(src.path(), "app").unwrap();
         let dst = tempfile::tempdir().unwrap();
-        unpack(&bytes, dst.path()).unwrap();
+        unpack(&bytes[..], dst.path()).unwrap();
         let mode = |p: &str| {
             std::fs::metadata(dst.path().join(p))
                 .unwrap()

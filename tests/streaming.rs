@@ -1,0 +1,218 @@
+//! Transfers and output with bounded memory: an artifact is prepared once and sent to
+//! every host at once; a command that prints without end costs a bounded capture.
+
+use std::path::Path;
+
+use crate::fleet::{Fleet, USER};
+use crate::harness::Test;
+
+/// The runner's own peak resident size, read by a command it started (`$PPID` of the
+/// shell is runbook): kB.
+const PEAK: &str = "local::shell(\"grep VmHWM /proc/$PPID/status\", #{ quiet: true }).stdout";
+
+fn kib(line: &str) -> u64 {
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in `{line}`"))
+}
+
+/// 300 MB on stdout in one line without a newline, then a last line: the captured
+/// stdout keeps the tail, and the runner's peak memory stays far below the output
+/// (before: the whole line was read into memory, twice).
+#[test]
+fn a_command_printing_far_more_than_the_cap_keeps_a_bounded_tail() {
+    let t = Test::new()
+        .file(
+            "scripts/flood.rhai",
+            &format!(
+                "let r = local::shell(\"head -c 300000000 /dev/zero | tr '\\\\0' x; printf '\\\\nthe last line\\\\n'\", #{{ quiet: true }});\n\
+                 print(`kept=${{r.stdout.len()}}`);\n\
+                 print(`tail=${{r.stdout.ends_with(\"x\\nthe last line\\n\")}}`);\n\
+                 print(`peak=${{{PEAK}}}`);\n"
+            ),
+        )
+        .args(&["run", "flood", "-e", "dev", "-q"]);
+    let out = t.run();
+    out.code(0);
+    let value = |key: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in {}", out.stdout))
+            .to_owned()
+    };
+    let kept: usize = value("kept").parse().unwrap();
+    assert!(
+        (4 * 1024 * 1024..=8 * 1024 * 1024).contains(&kept),
+        "kept {kept} bytes of stdout"
+    );
+    assert_eq!(value("tail"), "true", "the tail of stdout was lost");
+    let peak = kib(&value("peak"));
+    assert!(
+        peak < 120 * 1024,
+        "the runner peaked at {peak} kB for 300 MB of output"
+    );
+}
+
+/// An inventory for `fleet` whose hosts each have their own deploy path (they share
+/// this machine's filesystem).
+fn inventory(fleet: &Fleet, roots: &[(String, String)], extra: &str) -> String {
+    let hosts: Vec<String> = fleet
+        .hosts
+        .iter()
+        .zip(roots)
+        .map(|(h, (_, root))| {
+            format!(
+                "{} = {{ address = \"{}\", port = {}, deploy_path = \"{root}\" }}",
+                h.name, h.addr, h.port
+            )
+        })
+        .collect();
+    let names: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| format!("\"{}\"", h.name))
+        .collect();
+    format!(
+        "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"5s\"\n{extra}\n[env.fleet]\nhosts = {{ {} }}\nroles = {{ web = [{}] }}\n",
+        fleet.client_key().display(),
+        fleet.known_hosts.display(),
+        hosts.join(", "),
+        names.join(", ")
+    )
+}
+
+fn is_upload(e: &serde_json::Value) -> bool {
+    e["argv"][0] == "upload"
+}
+
+/// `(started, finished)` indexes of the upload events in `events`, per host.
+fn upload_spans(events: &[serde_json::Value]) -> Vec<(String, usize, usize)> {
+    let mut spans = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        if e["event"] == "command_started" && is_upload(e) {
+            let host = e["host"].as_str().unwrap_or_default().to_owned();
+            let end = events[i..]
+                .iter()
+                .position(|f| f["event"] == "command_finished" && f["host"] == host.as_str())
+                .map(|p| p + i)
+                .unwrap_or_else(|| panic!("the upload to {host} never finished"));
+            spans.push((host, i, end));
+        }
+    }
+    spans
+}
+
+/// A directory artifact to three hosts: packed once on the runner (one "packed once"
+/// note, one temporary file), and every host receives it at the same time — every
+/// upload starts before the first one ends. Before: packed again for each host and
+/// sent to one host after the other.
+#[test]
+fn an_artifact_deploy_packs_once_and_sends_to_every_host_at_once() {
+    let Some(fleet) = Fleet::start(3) else { return };
+    let roots = fleet.deploy_roots("stream");
+    let t = Test::bare()
+        .file("runbook.toml", &inventory(&fleet, &roots, ""))
+        .file("build/index.html", "v1\n")
+        .file("build/.env", "APP_ENV=test\n")
+        .file("build/bin/tool", &"0123456789abcdef".repeat(64 * 1024))
+        .file(
+            "scripts/d.rhai",
+            "let n = release::prepare(hosts(\"web\"), #{ artifact: \"build\" });\nrelease::activate(hosts(\"web\"), n);\n",
+        );
+    let out = t.run_with(&["run", "d", "-e", "fleet", "--json", "-v"]);
+    out.code(0);
+    let events = out.events();
+    let spans = upload_spans(&events);
+    assert_eq!(spans.len(), 3, "one upload per host: {spans:?}");
+    let first_end = spans.iter().map(|s| s.2).min().unwrap_or(0);
+    for (host, start, _) in &spans {
+        assert!(
+            *start < first_end,
+            "the upload to {host} started only after another had finished: {spans:?}"
+        );
+    }
+    let packed = events
+        .iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("upload: ") && m.contains("packed once"))
+        })
+        .count();
+    assert_eq!(packed, 1, "the artifact was not packed exactly once");
+    for (host, root) in &roots {
+        let current = Path::new(root).join("current");
+        assert_eq!(
+            std::fs::read_to_string(current.join("index.html")).unwrap_or_default(),
+            "v1\n",
+            "{host} does not serve the artifact"
+        );
+        assert_eq!(
+            std::fs::metadata(current.join("bin/tool"))
+                .map(|m| m.len())
+                .unwrap_or(0),
+            1024 * 1024,
+            "{host}: bin/tool arrived incomplete"
+        );
+    }
+    for (_, root) in &roots {
+        let _ = std::fs::remove_dir_all(Path::new(root).parent().unwrap_or(Path::new(root)));
+    }
+}
+
+/// A `.tar.gz` artifact travels as it is (not packed again) to every host at once, and
+/// `max_concurrency` bounds how many receive at the same time.
+#[test]
+fn a_tarball_artifact_is_sent_as_it_is_within_max_concurrency() {
+    let Some(fleet) = Fleet::start(3) else { return };
+    let roots = fleet.deploy_roots("stream-tgz");
+    let t = Test::bare()
+        .file("runbook.toml", &inventory(&fleet, &roots, "max_concurrency = 2\n"))
+        .file("src/index.html", "v2\n")
+        .file("src/.env", "APP_ENV=test\n")
+        .file(
+            "scripts/d.rhai",
+            "let n = release::prepare(hosts(\"web\"), #{ artifact: \"app.tar.gz\" });\nrelease::activate(hosts(\"web\"), n);\n",
+        );
+    let tar = std::process::Command::new("tar")
+        .args(["-czf", "app.tar.gz", "-C", "src", "."])
+        .current_dir(t.path())
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let out = t.run_with(&["run", "d", "-e", "fleet", "--json", "-v"]);
+    out.code(0);
+    let events = out.events();
+    let spans = upload_spans(&events);
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    // At most two in flight: the third starts after one of the first two ended.
+    let mut starts: Vec<usize> = spans.iter().map(|s| s.1).collect();
+    starts.sort_unstable();
+    let first_end = spans.iter().map(|s| s.2).min().unwrap_or(0);
+    assert!(
+        starts[1] < first_end,
+        "the first two were not sent at once: {spans:?}"
+    );
+    assert!(
+        starts[2] > first_end,
+        "more than max_concurrency at once: {spans:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("upload: ") && m.contains("sent as it is"))),
+        "the tarball was packed again"
+    );
+    for (host, root) in &roots {
+        assert_eq!(
+            std::fs::read_to_string(Path::new(root).join("current/index.html")).unwrap_or_default(),
+            "v2\n",
+            "{host} does not serve the tarball"
+        );
+    }
+    for (_, root) in &roots {
+        let _ = std::fs::remove_dir_all(Path::new(root).parent().unwrap_or(Path::new(root)));
+    }
+}
