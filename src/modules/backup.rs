@@ -66,6 +66,15 @@ pub(crate) fn database(
     }
 }
 
+/// `[backup] on_host` of the inventory (`auto` without one).
+fn on_host(session: &crate::engine::Session) -> crate::inventory::model::OnHost {
+    session
+        .inventory
+        .as_ref()
+        .map(|i| i.backup.on_host)
+        .unwrap_or_default()
+}
+
 fn summary_map(s: &Summary) -> Map {
     let mut m = Map::new();
     m.insert("name".into(), s.name.clone().into());
@@ -165,6 +174,7 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
             &o,
             db.as_ref(),
             threads,
+            on_host(&session),
         )
         .map_err(super::error)?;
         session.effects.output().log(
@@ -323,6 +333,7 @@ fn restore_into(
                     shared: ro.shared,
                     db: ro.database.as_ref(),
                     meta_json: &meta_json,
+                    mode: on_host(&session),
                 },
             )
             .map_err(super::error)?;
@@ -438,27 +449,33 @@ fn verify_of(
 ) -> Result<Map, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
     let dir = backup_dir(&session, &Map::new())?;
-    let work = tempfile::tempdir().map_err(|e| super::error(e.to_string()))?;
-    let path = match remote_target(host) {
-        None => dir.join(name),
-        Some(t) => core::remote::fetch(
-            &session.effects,
-            &t,
-            &dir.display().to_string(),
-            name,
-            work.path(),
-        )
-        .map_err(super::error)?,
+    let (release, entries) = match remote_target(host) {
+        None => {
+            let path = dir.join(name);
+            let file = std::fs::File::open(&path)
+                .map_err(|e| super::error(format!("{}: {e}", path.display())))?;
+            let m =
+                core::archive::verify(file).map_err(|e| super::error(format!("{name}: {e}")))?;
+            (m.release, m.entries.len())
+        }
+        Some(t) => {
+            let v = core::remote::verify(
+                &session.effects,
+                &t,
+                &dir.display().to_string(),
+                name,
+                on_host(&session),
+            )
+            .map_err(super::error)?;
+            (v.release, v.entries)
+        }
     };
-    let file =
-        std::fs::File::open(&path).map_err(|e| super::error(format!("{}: {e}", path.display())))?;
-    let m = core::archive::verify(file).map_err(|e| super::error(format!("{name}: {e}")))?;
     let mut out = Map::new();
     out.insert("ok".into(), true.into());
-    out.insert("release".into(), m.release.into());
+    out.insert("release".into(), release.into());
     out.insert(
         "entries".into(),
-        i64::try_from(m.entries.len()).unwrap_or(0).into(),
+        i64::try_from(entries).unwrap_or(0).into(),
     );
     Ok(out)
 }
@@ -488,6 +505,7 @@ fn prune_of(
             &dir.display().to_string(),
             keep,
             max_age,
+            on_host(&session),
         )
         .map_err(super::error)?,
     };
