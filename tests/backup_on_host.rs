@@ -133,7 +133,9 @@ impl OnHostFleet {
         let db = if with_db {
             let db = MariaDb::start_tcp()?;
             db.create_app_database("app", DB_PASSWORD)?;
-            db.run_sql("use app; create table marks (v varchar(20)); insert into marks values ('before')")?;
+            db.run_sql(
+                "use app; create table marks (v varchar(20)); insert into marks values ('before')",
+            )?;
             Some(db)
         } else {
             None
@@ -148,13 +150,19 @@ impl OnHostFleet {
                 std::process::id() % 250 + 1,
                 i + 1
             );
-            let h = NsHost::start(dir.path().join(&name), &name, &addr, &client_pub, None, ROOT)?;
+            let h = NsHost::start(
+                dir.path().join(&name),
+                &name,
+                &addr,
+                &client_pub,
+                None,
+                ROOT,
+            )?;
             let rel = h.path(&format!("{ROOT}/releases/{RELEASE}"));
             std::fs::create_dir_all(rel.join("public")).map_err(|e| e.to_string())?;
             std::fs::write(rel.join("public/index.php"), "<?php echo 'v1';\n")
                 .map_err(|e| e.to_string())?;
-            std::fs::write(rel.join("blob"), noise(BLOB, 7))
-                .map_err(|e| e.to_string())?;
+            std::fs::write(rel.join("blob"), noise(BLOB, 7)).map_err(|e| e.to_string())?;
             host::write(
                 &h.path(&format!("{ROOT}/shared/.env")),
                 "APP_KEY=base64:onhost\n",
@@ -193,9 +201,18 @@ impl OnHostFleet {
             .hosts
             .iter()
             .zip(&self.proxies)
-            .map(|(h, p)| format!("{} = {{ address = \"{}\", port = {} }}", h.name, h.addr, p.port))
+            .map(|(h, p)| {
+                format!(
+                    "{} = {{ address = \"{}\", port = {} }}",
+                    h.name, h.addr, p.port
+                )
+            })
             .collect();
-        let names: Vec<String> = self.hosts.iter().map(|h| format!("\"{}\"", h.name)).collect();
+        let names: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| format!("\"{}\"", h.name))
+            .collect();
         let port = self.db.as_ref().and_then(|d| d.port).unwrap_or(0);
         let db = format!(
             "#{{ driver: \"mysql\", name: \"app\", user: \"app\", host: \"127.0.0.1\", port: {port}, password_env: \"RB_DB_PASSWORD\" }}"
@@ -365,7 +382,10 @@ fn create_verify_prune_and_restore_on_two_hosts_move_nothing_of_the_archive() {
     assert!(f.hosts[0].path(&format!("{BACKUPS}/{second}")).exists());
     assert!(f.hosts[1].path(&format!("{BACKUPS}/{first}")).exists());
     assert!(f.hosts[1].path(&format!("{BACKUPS}/{second}")).exists());
-    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), [format!("[\"{first}\"]"), "[]".to_owned()]);
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        [format!("[\"{first}\"]"), "[]".to_owned()]
+    );
 
     // Restore `first` (the one with the database): web2 kept it; web1 gets it by hand
     // (as `backup::copy` would). web1 restores code, database and .env, web2 code only:
@@ -392,8 +412,13 @@ fn create_verify_prune_and_restore_on_two_hosts_move_nothing_of_the_archive() {
         let live = std::fs::read_link(h.path(&format!("{ROOT}/current"))).unwrap();
         assert_eq!(live, PathBuf::from(format!("releases/{}", restored[i])));
         assert_ne!(restored[i], RELEASE, "a restore makes a new release");
-        let blob = |rel: &str| std::fs::read(h.path(&format!("{ROOT}/releases/{rel}/blob"))).unwrap();
-        assert!(blob(restored[i]) == blob(RELEASE), "{}: the restored blob differs", h.name);
+        let blob =
+            |rel: &str| std::fs::read(h.path(&format!("{ROOT}/releases/{rel}/blob"))).unwrap();
+        assert!(
+            blob(restored[i]) == blob(RELEASE),
+            "{}: the restored blob differs",
+            h.name
+        );
         // Nothing is left of the staging beneath the deploy path.
         let left: Vec<String> = std::fs::read_dir(h.path(&format!("{ROOT}/.runbook")))
             .into_iter()
@@ -408,7 +433,10 @@ fn create_verify_prune_and_restore_on_two_hosts_move_nothing_of_the_archive() {
         std::fs::read_to_string(f.hosts[0].path(&format!("{ROOT}/shared/.env"))).unwrap(),
         "APP_KEY=base64:onhost\n"
     );
-    assert_eq!(db.run_sql("use app; select v from marks").unwrap().trim(), "before");
+    assert_eq!(
+        db.run_sql("use app; select v from marks").unwrap().trim(),
+        "before"
+    );
 }
 
 #[test]
@@ -429,7 +457,11 @@ fn a_foreign_or_tampered_agent_is_never_run_and_the_backup_streams_or_replaces_i
     let t = f
         .project("")
         .env("RUNBOOK_AGENT", foreign.to_str().unwrap());
-    let (out, moved) = f.run(&t, "create", &["name=backup-20260102-000000.tar.gz", "db=no"]);
+    let (out, moved) = f.run(
+        &t,
+        "create",
+        &["name=backup-20260102-000000.tar.gz", "db=no"],
+    );
     out.code(0);
     let warnings: Vec<&str> = out
         .stderr
@@ -448,7 +480,11 @@ fn a_foreign_or_tampered_agent_is_never_run_and_the_backup_streams_or_replaces_i
         moved[0]
     );
     assert!(!f.agent_dir(0).exists(), "a foreign agent was uploaded");
-    assert!(f.hosts[0].path(&format!("{BACKUPS}/backup-20260102-000000.tar.gz")).is_file());
+    assert!(
+        f.hosts[0]
+            .path(&format!("{BACKUPS}/backup-20260102-000000.tar.gz"))
+            .is_file()
+    );
 
     // `on_host = "always"` makes the same an error instead.
     let t = f
@@ -473,16 +509,27 @@ fn a_foreign_or_tampered_agent_is_never_run_and_the_backup_streams_or_replaces_i
     .unwrap();
     let (out, _) = f.run(&t, "verify", &["name=backup-20260102-000000.tar.gz"]);
     out.code(0);
-    assert_eq!(out.stdout.trim(), RELEASE, "the verify was not the real agent's");
+    assert_eq!(
+        out.stdout.trim(),
+        RELEASE,
+        "the verify was not the real agent's"
+    );
     assert!(
         !f.hosts[0].path(marker).exists(),
         "the tampered agent was executed"
     );
-    assert_eq!(std::fs::read(&cached).unwrap(), std::fs::read(&agent).unwrap());
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        std::fs::read(&agent).unwrap()
+    );
 
     // `on_host = "never"`: the old path, the archive crosses the connection.
     let t = f.project("[backup]\non_host = \"never\"\n");
     let (out, moved) = f.run(&t, "verify", &["name=backup-20260102-000000.tar.gz"]);
     out.code(0);
-    assert!(moved[0] > BLOB as u64, "never: only {} bytes moved", moved[0]);
+    assert!(
+        moved[0] > BLOB as u64,
+        "never: only {} bytes moved",
+        moved[0]
+    );
 }

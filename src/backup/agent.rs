@@ -346,7 +346,10 @@ mod tests {
     fn architectures_are_read_from_the_elf_header_and_uname_spellings_agree() {
         let me = std::env::current_exe().unwrap();
         let head = std::fs::read(&me).unwrap();
-        assert_eq!(elf_arch(&head), Some(normalise_arch(std::env::consts::ARCH)));
+        assert_eq!(
+            elf_arch(&head),
+            Some(normalise_arch(std::env::consts::ARCH))
+        );
         let mut arm = head[..64].to_vec();
         arm[18..20].copy_from_slice(&0xb7u16.to_le_bytes());
         assert_eq!(elf_arch(&arm), Some("aarch64"));

@@ -389,8 +389,7 @@ pub fn verify(
     }
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = fetch(effects, target, backup_dir, name, work.path())?;
-    let file =
-        std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let m = super::archive::verify(file).map_err(|e| format!("{name}: {e}"))?;
     Ok(Verified {
         release: m.release,

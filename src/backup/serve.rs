@@ -125,8 +125,8 @@ pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result
                 dumped: None,
                 name: r.name,
             };
-            let s = super::create(&r.root, &r.backup_dir, &opts, threads)
-                .map_err(|e| e.to_string())?;
+            let s =
+                super::create(&r.root, &r.backup_dir, &opts, threads).map_err(|e| e.to_string())?;
             answer(out, &s)
         }
         Some("verify") => {
@@ -160,8 +160,8 @@ pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result
                 shared: r.shared,
                 database: r.database,
             };
-            let m = super::restore(&r.archive, &r.root, &r.release, &ro)
-                .map_err(|e| e.to_string())?;
+            let m =
+                super::restore(&r.archive, &r.root, &r.release, &ro).map_err(|e| e.to_string())?;
             answer(
                 out,
                 &Verified {
@@ -224,16 +224,30 @@ mod tests {
         assert_eq!(s["release"], "r1");
         assert_eq!(s["files"], 1);
         let archive = backups.join("backup-20250110-120000.tar.gz");
-        let v = call(&["verify"], &serde_json::json!({ "archive": archive }).to_string()).unwrap();
+        let v = call(
+            &["verify"],
+            &serde_json::json!({ "archive": archive }).to_string(),
+        )
+        .unwrap();
         assert_eq!(v["release"], "r1");
-        let l = call(&["list"], &serde_json::json!({ "backup_dir": backups }).to_string()).unwrap();
+        let l = call(
+            &["list"],
+            &serde_json::json!({ "backup_dir": backups }).to_string(),
+        )
+        .unwrap();
         assert_eq!(l["backups"][0]["name"], "backup-20250110-120000.tar.gz");
         // Damaged: verify says so and exits with the reason.
         let mut bytes = std::fs::read(&archive).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&archive, bytes).unwrap();
-        assert!(call(&["verify"], &serde_json::json!({ "archive": archive }).to_string()).is_err());
+        assert!(
+            call(
+                &["verify"],
+                &serde_json::json!({ "archive": archive }).to_string()
+            )
+            .is_err()
+        );
         let p = call(
             &["prune"],
             &serde_json::json!({ "backup_dir": backups, "keep": 1 }).to_string(),
@@ -241,6 +255,10 @@ mod tests {
         .unwrap();
         assert_eq!(p["removed"], serde_json::json!([]));
         assert!(call(&["rm"], "{}").unwrap_err().contains("unknown command"));
-        assert!(call(&["create"], "not json").unwrap_err().contains("request"));
+        assert!(
+            call(&["create"], "not json")
+                .unwrap_err()
+                .contains("request")
+        );
     }
 }

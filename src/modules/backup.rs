@@ -473,10 +473,7 @@ fn verify_of(
     let mut out = Map::new();
     out.insert("ok".into(), true.into());
     out.insert("release".into(), release.into());
-    out.insert(
-        "entries".into(),
-        i64::try_from(entries).unwrap_or(0).into(),
-    );
+    out.insert("entries".into(), i64::try_from(entries).unwrap_or(0).into());
     Ok(out)
 }
 
@@ -520,8 +517,10 @@ pub mod backup_api {
     /// Options: `database` (#{ driver: "mysql", name, user, host, port or socket, password_env } or
     /// #{ driver: "sqlite", path }), `storage` (include shared/storage), `exclude`
     /// (paths), `level` (gzip 1-9, default 6), `backup_dir`. For a host reached over SSH
-    /// the files (and a dump made on the host) stream to runbook, which builds and
-    /// verifies the archive and stores it in the host's `backup_dir`.
+    /// the archive is built and verified on the host by `runbook-agent` (nothing of it
+    /// crosses the network); where the agent cannot run, the files stream to runbook,
+    /// which builds the archive and stores it in the host's `backup_dir`
+    /// (`[backup] on_host`).
     #[rhai_fn(name = "create", return_raw)]
     pub fn create(
         ctx: NativeCallContext,
@@ -543,7 +542,8 @@ pub mod backup_api {
         super::super::located(&ctx, super::list_of(&ctx, Some(&host)))
     }
 
-    /// Verifies a backup stored on a host: streamed to the runner, every checksum checked.
+    /// Verifies a backup stored on a host, every checksum checked: on the host by
+    /// `runbook-agent`, or streamed to the runner where the agent cannot run.
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify_host(
         ctx: NativeCallContext,
