@@ -14,8 +14,8 @@
 #   DELAY_MS=10 MBIT=100 SCALE=1 RUNS=5 bash benches/backup_remote.sh
 #   PROFILE=debug SCALE=0.05 RUNS=1 bash benches/backup_remote.sh   # a quick check
 #
-# Needs root (starts one sshd on 127.0.9.1; linkemu listens on 127.0.10.1, the counter on
-# 127.0.11.1). The "host" shares this machine's disk and cores, as every bench here does.
+# Needs root (starts one sshd on 127.0.93.1; linkemu listens on 127.0.94.1, the counter on
+# 127.0.95.1). The "host" shares this machine's disk and cores, as every bench here does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DELAY_MS=${DELAY_MS:-10}
@@ -31,7 +31,10 @@ if [ "$PROFILE" = release ]; then cargo build --release --locked -q; else cargo 
 RB=$PWD/target/$PROFILE/runbook
 [ -x "$PWD/target/$PROFILE/runbook-agent" ] || { echo "no runbook-agent next to $RB" >&2; exit 1; }
 EMU=$PWD/benches/linkemu.py
-H=127.0.9.1 L=127.0.10.1 C=127.0.11.1
+H=127.0.93.1 L=127.0.94.1 C=127.0.95.1
+for a in $H $L $C; do
+  if (exec 3<>/dev/tcp/$a/22) 2>/dev/null; then echo "backup_remote.sh: something already listens on $a:22 (another bench?)" >&2; exit 1; fi
+done
 
 W=$(mktemp -d /tmp/rb-backup-remote.XXXX)
 chmod 755 "$W"
