@@ -344,8 +344,12 @@ mod tests {
 
     #[test]
     fn architectures_are_read_from_the_elf_header_and_uname_spellings_agree() {
-        let me = std::env::current_exe().unwrap();
-        let head = std::fs::read(&me).unwrap();
+        let mut head = [0u8; 64];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open(std::env::current_exe().unwrap()).unwrap(),
+            &mut head,
+        )
+        .unwrap();
         assert_eq!(
             elf_arch(&head),
             Some(normalise_arch(std::env::consts::ARCH))
