@@ -12,4 +12,7 @@ fn main() {
     println!("cargo:rustc-env=RUNBOOK_COMMIT={commit}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs");
+    // `runbook-agent` is uploaded to SSH hosts (src/backup/agent.rs): its debug
+    // information (150 MB in a debug build) stays here. The runner keeps its own.
+    println!("cargo:rustc-link-arg-bin=runbook-agent=-Wl,--strip-debug");
 }

@@ -390,3 +390,6 @@ fn a_mariadb_database_comes_back_exactly() {
         before
     );
 }
+
+#[path = "backup_on_host.rs"]
+mod on_host;

@@ -6,8 +6,10 @@
 //! archive a small `<name>.json` summary makes `list` cheap. Archives are written under a
 //! temporary name and renamed only when complete, fsynced and read back.
 
+pub mod agent;
 pub mod archive;
 pub mod remote;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -18,7 +20,8 @@ use archive::{ArchiveError, Manifest, Source};
 pub const PREFIX: &str = "backup-";
 pub const SUFFIX: &str = ".tar.gz";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "driver", rename_all = "lowercase")]
 pub enum Database {
     /// A sqlite file, copied consistently with `sqlite3 .backup`.
     Sqlite { path: PathBuf },

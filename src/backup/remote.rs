@@ -1,6 +1,12 @@
 //! Backups of hosts reached over SSH.
 //!
-//! The mechanism: runbook is the only thing that writes or reads the archive format. The
+//! First choice: the backup stays on the host. `agent.rs` places runbook's own backup
+//! code there (`runbook-agent`) and create, verify, prune and restore run beside the data;
+//! only a request and its answer cross the connection. When the agent cannot run there
+//! (another architecture, no `sha256sum`, a failed start) or `[backup] on_host = "never"`,
+//! the streaming path below is used, with a warning.
+//!
+//! The streaming path: runbook is the only thing that writes or reads the archive format. The
 //! live release, the shared files and (when asked) a database dump made ON the host are
 //! streamed to the runner as tar over the host's existing connection; the runner builds
 //! the archive (manifest, checksums, parallel gzip), reads it back, and uploads it to the
@@ -11,8 +17,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Database, Options, Summary};
+use super::serve::{CreateRequest, PruneRequest, RestoreRequest, Verified, VerifyRequest};
+use super::{Database, Options, Summary, agent};
 use crate::effects::{Effects, Target};
+use crate::inventory::model::OnHost;
 use crate::transport::CommandSpec;
 
 fn sh(
@@ -154,7 +162,18 @@ fn live_release(effects: &Effects, target: &Target) -> Result<String, String> {
         })
 }
 
+/// What a database step is called in a label (people and tests look for it).
+fn db_words(db: Option<&Database>, verb: &str) -> String {
+    match db {
+        Some(Database::Mysql { .. }) => format!(", {verb} the mysql dump"),
+        Some(Database::Sqlite { .. }) => format!(", {verb} the sqlite database"),
+        None => String::new(),
+    }
+}
+
 /// Creates a backup of an SSH host; the archive ends up in the host's `backup_dir`.
+/// On the host by its agent when `mode` allows and the agent can run there; otherwise
+/// streamed through the runner.
 pub fn create(
     effects: &Effects,
     target: &Target,
@@ -162,8 +181,27 @@ pub fn create(
     opts: &Options,
     db: Option<&Database>,
     threads: usize,
+    mode: OnHost,
 ) -> Result<Summary, String> {
     let root = root(target);
+    if let Some(a) = agent::prepare(effects, target, mode)? {
+        let request = CreateRequest {
+            root: root.clone().into(),
+            backup_dir: backup_dir.into(),
+            shared_files: opts.shared_files.clone(),
+            include_storage: opts.include_storage,
+            exclude: opts.exclude.clone(),
+            database: db.cloned(),
+            level: opts.level,
+            git_ref: opts.git_ref.clone(),
+            name: opts.name.clone(),
+        };
+        let label = format!(
+            "backup: archive and verify on the host{} (runbook-agent)",
+            db_words(db, "with")
+        );
+        return agent::call(effects, target, &a, "create", &label, &request, false);
+    }
     let release = live_release(effects, target)?;
     let work = tempfile::Builder::new()
         .prefix("runbook-backup-")
@@ -325,6 +363,41 @@ pub fn list(effects: &Effects, target: &Target, backup_dir: &str) -> Result<Vec<
     Ok(all)
 }
 
+/// Reads a whole archive of the host and checks every checksum: on the host by its
+/// agent, or streamed to the runner and checked there.
+pub fn verify(
+    effects: &Effects,
+    target: &Target,
+    backup_dir: &str,
+    name: &str,
+    mode: OnHost,
+) -> Result<Verified, String> {
+    if let Some(a) = agent::prepare(effects, target, mode)? {
+        let request = VerifyRequest {
+            archive: Path::new(backup_dir).join(name),
+        };
+        return agent::call(
+            effects,
+            target,
+            &a,
+            "verify",
+            "backup: verify on the host (runbook-agent)",
+            &request,
+            true,
+        )
+        .map_err(|e| format!("{name}: {e}"));
+    }
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = fetch(effects, target, backup_dir, name, work.path())?;
+    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let m = super::archive::verify(file).map_err(|e| format!("{name}: {e}"))?;
+    Ok(Verified {
+        release: m.release,
+        git_ref: m.git_ref,
+        entries: m.entries.len(),
+    })
+}
+
 /// Copies an archive from the host to `dir` on the runner; returns its local path.
 pub fn fetch(
     effects: &Effects,
@@ -352,14 +425,14 @@ pub struct Restore<'a> {
     pub db: Option<&'a Database>,
     /// The release metadata to record.
     pub meta_json: &'a str,
+    /// On the host (its agent) or through the runner.
+    pub mode: OnHost,
 }
 
-/// Restores an archive of the host into a new release there.
-pub fn restore(
-    effects: &Effects,
-    target: &Target,
-    r: &Restore<'_>,
-) -> Result<super::archive::Manifest, String> {
+/// Restores an archive of the host into a new release there (not switched to): on the
+/// host by its agent (verified while extracted beneath the deploy path, the database
+/// loaded there), or through the runner.
+pub fn restore(effects: &Effects, target: &Target, r: &Restore<'_>) -> Result<Verified, String> {
     let Restore {
         backup_dir,
         name,
@@ -367,8 +440,25 @@ pub fn restore(
         shared,
         db,
         meta_json,
+        mode,
     } = *r;
     let root = root(target);
+    if let Some(a) = agent::prepare(effects, target, mode)? {
+        let request = RestoreRequest {
+            archive: Path::new(backup_dir).join(name),
+            root: root.clone().into(),
+            release: release.to_owned(),
+            shared,
+            database: db.cloned(),
+        };
+        let label = format!(
+            "restore: verify and extract into releases/{release} on the host{} (runbook-agent)",
+            db_words(db, "load")
+        );
+        let done: Verified = agent::call(effects, target, &a, "restore", &label, &request, false)?;
+        record(effects, target, &root, release, meta_json)?;
+        return Ok(done);
+    }
     let work = tempfile::Builder::new()
         .prefix("runbook-restore-")
         .tempdir()
@@ -392,14 +482,7 @@ pub fn restore(
         &local_root.join("releases").join(release),
         format!("{root}/releases/{release}"),
     )?;
-    sh(
-        effects,
-        target,
-        "restore: record the release",
-        r#"mkdir -p "$1/.runbook/releases" && cat > "$1/.runbook/releases/$2.json""#,
-        &[&root, release],
-        Some(meta_json.as_bytes().to_vec()),
-    )?;
+    record(effects, target, &root, release, meta_json)?;
     if shared {
         for e in manifest
             .entries
@@ -427,19 +510,60 @@ pub fn restore(
         );
         loaded?;
     }
-    Ok(manifest)
+    Ok(Verified {
+        release: manifest.release,
+        git_ref: manifest.git_ref,
+        entries: manifest.entries.len(),
+    })
+}
+
+/// Writes a restored release's metadata on the host.
+fn record(
+    effects: &Effects,
+    target: &Target,
+    root: &str,
+    release: &str,
+    meta_json: &str,
+) -> Result<(), String> {
+    sh(
+        effects,
+        target,
+        "restore: record the release",
+        r#"mkdir -p "$1/.runbook/releases" && cat > "$1/.runbook/releases/$2.json""#,
+        &[root, release],
+        Some(meta_json.as_bytes().to_vec()),
+    )
+    .map(drop)
 }
 
 /// Prunes a host's backups like [`super::prune`]: beyond `keep` or older than `max_age`,
-/// never the newest backup that verifies (streamed to the runner and checked), never an
-/// archive being written (only finished archives have a summary).
+/// never the newest backup that verifies (checked on the host by its agent, or streamed
+/// to the runner and checked), never an archive being written.
 pub fn prune(
     effects: &Effects,
     target: &Target,
     backup_dir: &str,
     keep: usize,
     max_age: Option<std::time::Duration>,
+    mode: OnHost,
 ) -> Result<Vec<String>, String> {
+    if let Some(a) = agent::prepare(effects, target, mode)? {
+        let request = PruneRequest {
+            backup_dir: backup_dir.into(),
+            keep,
+            max_age_s: max_age.map(|d| d.as_secs()),
+        };
+        let pruned: super::serve::Pruned = agent::call(
+            effects,
+            target,
+            &a,
+            "prune",
+            "backup: prune on the host, keeping the newest that verifies (runbook-agent)",
+            &request,
+            false,
+        )?;
+        return Ok(pruned.removed);
+    }
     let all = list(effects, target, backup_dir)?;
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let protected = all

@@ -31,6 +31,7 @@ pub struct Inventory {
     pub app: model::RawApp,
     pub notify: model::RawNotify,
     pub metrics: model::RawMetrics,
+    pub backup: model::RawBackup,
     pub aliases: BTreeMap<String, model::RawAlias>,
     pub envs: BTreeMap<String, Arc<Environment>>,
 }
@@ -212,6 +213,7 @@ impl Inventory {
             app: raw.app,
             notify: raw.notify,
             metrics: raw.metrics,
+            backup: raw.backup,
             aliases: raw.aliases,
             envs,
         })

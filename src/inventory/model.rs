@@ -20,6 +20,8 @@ pub struct RawInventory {
     pub notify: RawNotify,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub backup: RawBackup,
     /// Short names for ad-hoc commands: `tinker = ["php", "artisan", "tinker"]` runs as
     /// `runbook tinker -e production` (see `runbook exec`).
     #[serde(default)]
@@ -52,6 +54,26 @@ impl RawAlias {
             RawAlias::Full(f) => &f.command,
         }
     }
+}
+
+/// `[backup]`: how backups of SSH hosts are made.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    /// Where a backup of an SSH host is built, checked, pruned and restored.
+    #[serde(default)]
+    pub on_host: OnHost,
+}
+
+/// `auto`: on the host by runbook's agent, streaming through the runner when the agent
+/// cannot run there; `always`: on the host or fail; `never`: always streaming.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnHost {
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 /// Where metrics go and come from.

@@ -69,6 +69,15 @@ pub(crate) fn database(
     }
 }
 
+/// `[backup] on_host` of the inventory (`auto` without one).
+fn on_host(session: &crate::engine::Session) -> crate::inventory::model::OnHost {
+    session
+        .inventory
+        .as_ref()
+        .map(|i| i.backup.on_host)
+        .unwrap_or_default()
+}
+
 fn summary_map(s: &Summary) -> Map {
     let mut m = Map::new();
     m.insert("name".into(), s.name.clone().into());
@@ -168,6 +177,7 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
             &o,
             db.as_ref(),
             threads,
+            on_host(&session),
         )
         .map_err(super::error)?;
         session.effects.output().log(
@@ -322,6 +332,7 @@ fn restore_into(
                     shared: ro.shared,
                     db: ro.database.as_ref(),
                     meta_json: &meta_json,
+                    mode: on_host(&session),
                 },
             )
             .map_err(super::error)?;
@@ -437,28 +448,31 @@ fn verify_of(
 ) -> Result<Map, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
     let dir = backup_dir(&session, &Map::new())?;
-    let work = tempfile::tempdir().map_err(|e| super::error(e.to_string()))?;
-    let path = match remote_target(host) {
-        None => dir.join(name),
-        Some(t) => core::remote::fetch(
-            &session.effects,
-            &t,
-            &dir.display().to_string(),
-            name,
-            work.path(),
-        )
-        .map_err(super::error)?,
+    let (release, entries) = match remote_target(host) {
+        None => {
+            let path = dir.join(name);
+            let file = std::fs::File::open(&path)
+                .map_err(|e| super::error(format!("{}: {e}", path.display())))?;
+            let m =
+                core::archive::verify(file).map_err(|e| super::error(format!("{name}: {e}")))?;
+            (m.release, m.entries.len())
+        }
+        Some(t) => {
+            let v = core::remote::verify(
+                &session.effects,
+                &t,
+                &dir.display().to_string(),
+                name,
+                on_host(&session),
+            )
+            .map_err(super::error)?;
+            (v.release, v.entries)
+        }
     };
-    let file =
-        std::fs::File::open(&path).map_err(|e| super::error(format!("{}: {e}", path.display())))?;
-    let m = core::archive::verify(file).map_err(|e| super::error(format!("{name}: {e}")))?;
     let mut out = Map::new();
     out.insert("ok".into(), true.into());
-    out.insert("release".into(), m.release.into());
-    out.insert(
-        "entries".into(),
-        i64::try_from(m.entries.len()).unwrap_or(0).into(),
-    );
+    out.insert("release".into(), release.into());
+    out.insert("entries".into(), i64::try_from(entries).unwrap_or(0).into());
     Ok(out)
 }
 
@@ -487,6 +501,7 @@ fn prune_of(
             &dir.display().to_string(),
             keep,
             max_age,
+            on_host(&session),
         )
         .map_err(super::error)?,
     };
@@ -501,8 +516,10 @@ pub mod backup_api {
     /// Options: `database` (#{ driver: "mysql", name, user, host, port or socket, password_env } or
     /// #{ driver: "sqlite", path }), `storage` (include shared/storage), `exclude`
     /// (paths), `level` (gzip 1-9, default 6), `backup_dir`. For a host reached over SSH
-    /// the files (and a dump made on the host) stream to runbook, which builds and
-    /// verifies the archive and stores it in the host's `backup_dir`.
+    /// the archive is built and verified on the host by `runbook-agent` (nothing of it
+    /// crosses the network); where the agent cannot run, the files stream to runbook,
+    /// which builds the archive and stores it in the host's `backup_dir`
+    /// (`[backup] on_host`).
     #[rhai_fn(name = "create", return_raw)]
     pub fn create(
         ctx: NativeCallContext,
@@ -524,7 +541,8 @@ pub mod backup_api {
         super::super::located(&ctx, super::list_of(&ctx, Some(&host)))
     }
 
-    /// Verifies a backup stored on a host: streamed to the runner, every checksum checked.
+    /// Verifies a backup stored on a host, every checksum checked: on the host by
+    /// `runbook-agent`, or streamed to the runner where the agent cannot run.
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify_host(
         ctx: NativeCallContext,

@@ -1,0 +1,391 @@
+//! Backups that stay on the host: the runner places `runbook-agent` (a small second
+//! binary of this package that links only the backup code, `serve.rs`) on an SSH host
+//! and runs the backup there, over the host's existing connection.
+//!
+//! Why an agent rather than `tar` on the host: the archive must stay runbook's own format
+//! (independent gzip members, a manifest with every sha256, read back before it gets its
+//! name; restores that refuse unsafe entries and never write through a link). Rebuilding
+//! that in shell would be a second implementation of the one thing a backup must get
+//! right; the agent is the same code, so a host's archive is written and checked exactly
+//! as a local one. What crosses the link is the request (a few hundred bytes of JSON on
+//! stdin) and the answer, plus the agent itself once per host and version.
+//!
+//! The rules, each checked by `install`/`call`:
+//! - the agent is found next to the runner's own executable (`runbook-agent`), or at
+//!   `RUNBOOK_AGENT`;
+//! - it is cached as `~/.cache/runbook/agent/<sha256>` of the deploy user (directory
+//!   0700), uploaded under a temporary name whose hash is checked before it is renamed;
+//! - its architecture (read from its ELF header) must be the host's (`uname -m`);
+//! - it must start (`--version`) before it is used, and its hash is checked on the host
+//!   by the same command that runs it, every time: a cached file that was changed is
+//!   replaced, never executed;
+//! - when any of that fails, the backup streams through the runner as before
+//!   (`remote.rs`), with one warning line; `[backup] on_host = "always"` makes it an
+//!   error instead, `"never"` skips the agent.
+//!
+//! It must never splice a value into a shell line (values are positional arguments or
+//! JSON on stdin), never put a password in an argv, and never run a file whose hash it
+//! has not just checked.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::effects::{Effects, Target};
+use crate::inventory::TransportKind;
+use crate::inventory::model::OnHost;
+use crate::transport::CommandSpec;
+
+/// The agent's file name next to the runner.
+pub const FILE_NAME: &str = "runbook-agent";
+/// Where the agent is taken from instead, when set.
+pub const ENV: &str = "RUNBOOK_AGENT";
+/// The exit status of the launcher when the file on the host does not match its hash.
+const TAMPERED: i32 = 97;
+
+/// The agent on this machine: where, its hash and what it was built for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAgent {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// `uname -m` spelling, normalised (`x86_64`, `aarch64`, …).
+    pub arch: String,
+    pub size: u64,
+}
+
+/// The agent placed on a host, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAgent {
+    pub path: String,
+    pub sha256: String,
+}
+
+/// The architecture an ELF executable is for, in `uname -m` terms (normalised).
+pub fn elf_arch(head: &[u8]) -> Option<&'static str> {
+    if head.len() < 20 || &head[..4] != b"\x7fELF" {
+        return None;
+    }
+    let little = head[5] == 1;
+    let machine = if little {
+        u16::from_le_bytes([head[18], head[19]])
+    } else {
+        u16::from_be_bytes([head[18], head[19]])
+    };
+    Some(match (machine, little) {
+        (0x3e, _) => "x86_64",
+        (0xb7, _) => "aarch64",
+        (0x28, _) => "arm",
+        (0x03, _) => "x86",
+        (0xf3, _) => "riscv64",
+        (0x15, true) => "ppc64le",
+        (0x15, false) => "ppc64",
+        (0x16, _) => "s390x",
+        _ => return None,
+    })
+}
+
+/// `uname -m` in the spelling `elf_arch` uses (`arm64` is `aarch64`, `i686` is `x86`).
+pub fn normalise_arch(uname: &str) -> &str {
+    match uname.trim() {
+        "arm64" | "aarch64" => "aarch64",
+        "amd64" | "x86_64" => "x86_64",
+        "i386" | "i486" | "i586" | "i686" => "x86",
+        m if m.starts_with("armv") => "arm",
+        m => m,
+    }
+}
+
+/// Finds the agent (next to the running executable, or `RUNBOOK_AGENT`) and reads its
+/// hash and architecture.
+pub fn locate() -> Result<LocalAgent, String> {
+    let path = match std::env::var_os(ENV) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot tell where runbook runs from: {e}"))?
+            .with_file_name(FILE_NAME),
+    };
+    describe(&path)
+}
+
+/// Hash, size and architecture of the agent at `path`.
+pub fn describe(path: &Path) -> Result<LocalAgent, String> {
+    let missing = |e: std::io::Error| {
+        format!(
+            "no {FILE_NAME} at {} ({e}); it is built with runbook (`cargo build` builds both) and installed next to it",
+            path.display()
+        )
+    };
+    // A few MiB, read once per backup step: cheap next to the backup.
+    let bytes = std::fs::read(path).map_err(missing)?;
+    let arch = elf_arch(&bytes)
+        .ok_or_else(|| format!("{} is not an executable for Linux", path.display()))?;
+    Ok(LocalAgent {
+        path: path.to_owned(),
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        arch: arch.to_owned(),
+        size: bytes.len() as u64,
+    })
+}
+
+/// Reads the host: its architecture, where the agent goes, and whether a good copy is
+/// there already (its hash, then its `--version`). Changes nothing.
+const PROBE: &str = r#"echo "arch $(uname -m)"
+[ -n "${HOME:-}" ] || { echo "the deploy user has no HOME" >&2; exit 1; }
+d="$HOME/.cache/runbook/agent"; f="$d/$1"
+echo "path $f"
+if [ -f "$f" ]; then
+  s=$(sha256sum < "$f") || exit 1
+  s=${s%% *}
+  echo "sha $s"
+  if [ "$s" = "$1" ] && v=$("$f" --version 2>&1); then echo "version $v"; fi
+fi
+true"#;
+
+/// The cache directory, private to the deploy user.
+const MKDIR: &str = r#"umask 077; mkdir -p "$1" && chmod 0700 "$1""#;
+
+/// Checks the uploaded copy, then renames it into place and starts it once.
+const INSTALL: &str = r#"t=$1 f=$2 sha=$3
+s=$(sha256sum < "$t") || exit 1
+s=${s%% *}
+if [ "$s" != "$sha" ]; then rm -f "$t"; echo "the uploaded agent's sha256 is $s, not $sha" >&2; exit 1; fi
+chmod 0700 "$t" && mv -f "$t" "$f" && "$f" --version"#;
+
+/// Checks the hash of the agent and only then runs it (stdin passes through).
+const LAUNCH: &str = r#"sha=$1 f=$2; shift 2
+s=$(sha256sum < "$f") || exit 97
+s=${s%% *}
+if [ "$s" != "$sha" ]; then echo "runbook-agent at $f does not match its sha256 ($s, expected $sha): not run" >&2; exit 97; fi
+exec "$f" "$@""#;
+
+fn sh(
+    effects: &Effects,
+    target: &Target,
+    label: &str,
+    body: &str,
+    args: &[&str],
+    read: bool,
+) -> Result<String, String> {
+    let mut spec = CommandSpec::script(label, body, args);
+    spec.quiet = true;
+    spec.read = read;
+    effects
+        .run(target, &spec)
+        .map(|r| r.stdout)
+        .map_err(|e| e.to_string())
+}
+
+/// What `PROBE` said.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Probe {
+    arch: String,
+    path: String,
+    sha256: Option<String>,
+    version: Option<String>,
+}
+
+fn parse_probe(out: &str) -> Probe {
+    let mut p = Probe::default();
+    for line in out.lines() {
+        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+        match key {
+            "arch" => p.arch = value.to_owned(),
+            "path" => p.path = value.to_owned(),
+            "sha" => p.sha256 = Some(value.to_owned()),
+            "version" => p.version = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Places (when needed) and checks the agent on `target`; the reason it cannot be used
+/// otherwise.
+pub fn install(effects: &Effects, target: &Target) -> Result<HostAgent, String> {
+    let local = locate()?;
+    install_from(effects, target, &local)
+}
+
+fn install_from(
+    effects: &Effects,
+    target: &Target,
+    local: &LocalAgent,
+) -> Result<HostAgent, String> {
+    let probe = parse_probe(&sh(
+        effects,
+        target,
+        "backup: look for runbook-agent on the host",
+        PROBE,
+        &[&local.sha256],
+        true,
+    )?);
+    let host_arch = normalise_arch(&probe.arch);
+    if host_arch != local.arch {
+        return Err(format!(
+            "{FILE_NAME} is built for {}, the host is {}",
+            local.arch,
+            if probe.arch.is_empty() {
+                "of unknown architecture"
+            } else {
+                &probe.arch
+            }
+        ));
+    }
+    let (dir, _) = crate::transport::transfer::split(&probe.path)?;
+    let agent = HostAgent {
+        path: probe.path.clone(),
+        sha256: local.sha256.clone(),
+    };
+    if probe.sha256.as_deref() == Some(local.sha256.as_str())
+        && probe
+            .version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("runbook-agent "))
+    {
+        return Ok(agent);
+    }
+    sh(
+        effects,
+        target,
+        "backup: make the agent's cache directory (0700)",
+        MKDIR,
+        &[&dir],
+        false,
+    )?;
+    let part = format!(
+        "{dir}/.{}.part-{}",
+        local.sha256,
+        crate::transport::random_hex(4)
+    );
+    for r in effects.upload(std::slice::from_ref(target), &local.path, &part) {
+        r.map_err(|e| e.to_string())?;
+    }
+    let version = sh(
+        effects,
+        target,
+        "backup: check and place runbook-agent",
+        INSTALL,
+        &[&part, &probe.path, &local.sha256],
+        false,
+    )?;
+    if !version.starts_with("runbook-agent ") {
+        return Err(format!(
+            "{FILE_NAME} did not start on the host (`--version` said {:?})",
+            version.trim()
+        ));
+    }
+    Ok(agent)
+}
+
+/// The agent to use on `target` for a backup, or `None`: stream through the runner. A
+/// host reached without SSH never gets one (its backups are made by runbook itself).
+pub fn prepare(
+    effects: &Effects,
+    target: &Target,
+    mode: OnHost,
+) -> Result<Option<HostAgent>, String> {
+    let ssh = matches!(target, Target::Host(h) if h.transport == TransportKind::Ssh);
+    if mode == OnHost::Never || !ssh || effects.dry_run() {
+        return Ok(None);
+    }
+    match install(effects, target) {
+        Ok(a) => Ok(Some(a)),
+        Err(why) if mode == OnHost::Always => Err(format!(
+            "the backup cannot run on `{}` ([backup] on_host = \"always\"): {why}",
+            target.name()
+        )),
+        Err(why) => {
+            effects.output().log(
+                crate::output::Level::Warn,
+                format!(
+                    "backup of `{}` streams through the runner instead of staying on the host: {}",
+                    target.name(),
+                    why.lines().next().unwrap_or_default()
+                ),
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Runs agent `command` on the host with `request` on stdin; its JSON answer.
+pub fn call<T: serde::de::DeserializeOwned>(
+    effects: &Effects,
+    target: &Target,
+    agent: &HostAgent,
+    command: &str,
+    label: &str,
+    request: &impl serde::Serialize,
+    read: bool,
+) -> Result<T, String> {
+    let mut spec = CommandSpec::script(label, LAUNCH, &[&agent.sha256, &agent.path, command]);
+    spec.stdin = Some(serde_json::to_vec(request).map_err(|e| e.to_string())?);
+    spec.quiet = true;
+    spec.read = read;
+    let out = effects.run(target, &spec).map_err(|e| {
+        if e.code() == Some(TAMPERED) {
+            format!("{e}\n  (the agent on the host changed after it was checked; run again to replace it)")
+        } else {
+            e.to_string()
+        }
+    })?;
+    serde_json::from_str(out.stdout.trim()).map_err(|e| {
+        format!(
+            "{FILE_NAME} on `{}` answered something that is not its JSON ({e}): {:?}",
+            target.name(),
+            out.stdout.chars().take(200).collect::<String>()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn architectures_are_read_from_the_elf_header_and_uname_spellings_agree() {
+        let mut head = [0u8; 64];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open(std::env::current_exe().unwrap()).unwrap(),
+            &mut head,
+        )
+        .unwrap();
+        assert_eq!(
+            elf_arch(&head),
+            Some(normalise_arch(std::env::consts::ARCH))
+        );
+        let mut arm = head[..64].to_vec();
+        arm[18..20].copy_from_slice(&0xb7u16.to_le_bytes());
+        assert_eq!(elf_arch(&arm), Some("aarch64"));
+        assert_eq!(elf_arch(b"#!/bin/sh\necho runbook-agent\n"), None);
+        assert_eq!(normalise_arch("arm64\n"), "aarch64");
+        assert_eq!(normalise_arch("i686"), "x86");
+        assert_eq!(normalise_arch("armv7l"), "arm");
+        assert_eq!(normalise_arch("x86_64"), "x86_64");
+    }
+
+    #[test]
+    fn the_probe_is_parsed_line_by_line() {
+        let p = parse_probe(
+            "arch x86_64\npath /home/d/.cache/runbook/agent/ab\nsha ab\nversion runbook-agent 0.1.0 x86_64\n",
+        );
+        assert_eq!(p.arch, "x86_64");
+        assert_eq!(p.path, "/home/d/.cache/runbook/agent/ab");
+        assert_eq!(p.sha256.as_deref(), Some("ab"));
+        assert_eq!(p.version.as_deref(), Some("runbook-agent 0.1.0 x86_64"));
+        assert_eq!(parse_probe("arch x86_64\npath /x\n").sha256, None);
+    }
+
+    #[test]
+    fn a_script_is_described_as_no_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(FILE_NAME);
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        assert!(describe(&p).unwrap_err().contains("not an executable"));
+        assert!(
+            describe(&dir.path().join("none"))
+                .unwrap_err()
+                .contains("no runbook-agent")
+        );
+    }
+}
