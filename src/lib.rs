@@ -28,6 +28,7 @@ pub mod rollout;
 pub mod schema_risk;
 pub mod signal;
 pub mod status;
+pub mod steps;
 pub mod tls;
 pub mod traffic;
 pub mod transport;

@@ -196,6 +196,7 @@ pub fn session(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Sessi
         started: std::time::Instant::now(),
         audit,
         read_only: crate::permissions::ReadOnly::default(),
+        hooks: std::sync::Mutex::default(),
     })
 }
 

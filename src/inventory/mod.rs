@@ -5,6 +5,7 @@
 //! file and the key. Secrets are only *named* here (`{ env = "NAME" }`); their values are
 //! read from the process environment when used, and never stored in this structure.
 
+pub mod hooks;
 pub mod identity;
 pub mod model;
 
@@ -32,6 +33,8 @@ pub struct Inventory {
     pub metrics: model::RawMetrics,
     pub aliases: BTreeMap<String, model::RawAlias>,
     pub envs: BTreeMap<String, Arc<Environment>>,
+    /// `[[hooks]]` on the strategies' named steps, checked, in file order.
+    pub hooks: Vec<hooks::Hook>,
 }
 
 /// runbook's own commands: an alias may not take their names.
@@ -205,6 +208,8 @@ impl Inventory {
                 ));
             }
         }
+        let env_names: Vec<&String> = raw.env.keys().collect();
+        let hooks = hooks::resolve(&raw.hooks, &env_names).map_err(|(k, m)| invalid(k, m))?;
         Ok(Inventory {
             path: path.to_owned(),
             root,
@@ -213,6 +218,7 @@ impl Inventory {
             metrics: raw.metrics,
             aliases: raw.aliases,
             envs,
+            hooks,
         })
     }
 
