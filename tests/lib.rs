@@ -15,6 +15,7 @@ mod fleet;
 mod governance;
 mod hardening;
 mod health;
+mod hooks; // hooks on the strategies' named steps: [[hooks]] and steps::before/replace/skip, on_failure's imports
 mod inventory;
 mod laravel;
 mod locks;
