@@ -159,6 +159,8 @@ fn strategy_named(name: &str) -> RhaiResult<&'static Strategy> {
 
 #[export_module]
 pub mod steps_api {
+    use rhai::{Array, Map};
+
     /// Runs `f` before step `step` of the strategy this script runs (`runbook run SCRIPT
     /// --dry-run` and the README list the steps): `steps::before("switch", |ctx| …)`.
     /// `f` gets the step's context `#{ strategy, step, hosts, release, source }`; what it
@@ -205,7 +207,7 @@ pub mod steps_api {
     /// The names of `strategy`'s steps, in order (`"rolling"`, `"blue_green"`,
     /// `"canary"`, `"rollback"`).
     #[rhai_fn(return_raw)]
-    pub fn list(strategy: &str) -> Result<rhai::Array, Box<EvalAltResult>> {
+    pub fn list(strategy: &str) -> Result<Array, Box<EvalAltResult>> {
         let s = super::strategy_named(strategy)?;
         Ok(s.steps.iter().map(|st| Dynamic::from(st.name)).collect())
     }
@@ -214,7 +216,7 @@ pub mod steps_api {
     /// (`[[hooks]]` of this environment) and the script, checked together before the
     /// first step — `#{ STEP: #{ before: [hook], after: [hook], replace, skip } }`.
     #[rhai_fn(return_raw)]
-    pub fn hooks(ctx: NativeCallContext, strategy: &str) -> Result<rhai::Map, Box<EvalAltResult>> {
+    pub fn hooks(ctx: NativeCallContext, strategy: &str) -> Result<Map, Box<EvalAltResult>> {
         let session = super::super::session(&ctx)?;
         let s = super::strategy_named(strategy)?;
         let mut slots: std::collections::BTreeMap<&'static str, super::Slot> =
@@ -263,9 +265,9 @@ pub mod steps_api {
                 refused.join("\n")
             )));
         }
-        let mut out = rhai::Map::new();
+        let mut out = Map::new();
         for (name, slot) in slots {
-            let mut m = rhai::Map::new();
+            let mut m = Map::new();
             m.insert("before".into(), slot.before.into());
             m.insert("after".into(), slot.after.into());
             let (replace, skip) = match slot.instead {
@@ -283,7 +285,7 @@ pub mod steps_api {
     /// For the strategies' runner: refuses a step list that differs from the catalogue
     /// (`src/steps.rs`) — a project's own copy of a strategy module must keep the names.
     #[rhai_fn(return_raw)]
-    pub fn check(strategy: &str, names: rhai::Array) -> Result<(), Box<EvalAltResult>> {
+    pub fn check(strategy: &str, names: Array) -> Result<(), Box<EvalAltResult>> {
         let s = super::strategy_named(strategy)?;
         let got: Vec<String> = names.iter().map(ToString::to_string).collect();
         let want: Vec<&str> = s.steps.iter().map(|st| st.name).collect();
@@ -305,7 +307,7 @@ pub mod steps_api {
         ctx: NativeCallContext,
         module: &str,
         function: &str,
-        context: rhai::Map,
+        context: Map,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
         // Both names were checked when the inventory loaded (a path, an identifier).
         let text = format!("import \"{module}\" as hook_module;\nhook_module::{function}(hook_context)");
@@ -320,7 +322,7 @@ pub mod steps_api {
     pub fn run_hook(
         ctx: NativeCallContext,
         f: FnPtr,
-        context: rhai::Map,
+        context: Map,
         source: &str,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
         // Rhai names the caller's source for the hook's frame: the hook's own is right.
