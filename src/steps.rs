@@ -293,7 +293,10 @@ mod tests {
         let mut a = attach(Placement::After, "monitor", None);
         a.strategy = Some("rolling".into());
         let e = a.validate().unwrap_err();
-        assert!(e.contains("strategy `rolling` has no step `monitor`"), "{e}");
+        assert!(
+            e.contains("strategy `rolling` has no step `monitor`"),
+            "{e}"
+        );
         a.strategy = Some("blue_green".into());
         assert_eq!(a.validate(), Ok(()));
     }
@@ -305,7 +308,12 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("skipping it needs a reason"), "{e}");
         assert_eq!(
-            attach(Placement::Skip, "verify", Some("health is checked by the LB")).validate(),
+            attach(
+                Placement::Skip,
+                "verify",
+                Some("health is checked by the LB")
+            )
+            .validate(),
             Ok(())
         );
         assert_eq!(attach(Placement::Skip, "optimize", None).validate(), Ok(()));

@@ -10,8 +10,9 @@ use crate::harness::Test;
 /// The inventory: hosts `a` and `b` (deploy paths `da`, `db`), deploying `app/`, then
 /// `hooks` (TOML appended as is).
 fn project(hooks: &str) -> Test {
-    let deploy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/deploy.rhai"))
-        .expect("scripts/deploy.rhai");
+    let deploy =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/deploy.rhai"))
+            .expect("scripts/deploy.rhai");
     Test::bare()
         .file("app/index.html", "v1")
         .file("scripts/deploy.rhai", &deploy)
@@ -117,7 +118,10 @@ fn an_inventory_hook_replaces_one_step_and_skips_another_with_its_reason() {
         finished("instead of cleanup: sh -c 'echo kept >> ../../replaced.log'")["result"],
         "ok"
     );
-    assert!(finished("clean up old releases").is_null(), "the step itself did not run");
+    assert!(
+        finished("clean up old releases").is_null(),
+        "the step itself did not run"
+    );
 }
 
 #[test]
@@ -141,8 +145,9 @@ print(`released ${name}`);
 "#,
     );
     let out = t.run_with(&["run", "hooked", "-e", "dev"]);
-    out.code(0)
-        .stderr_has("step `verify` skipped: verified by the smoke test job (scripts/hooked.rhai:11)");
+    out.code(0).stderr_has(
+        "step `verify` skipped: verified by the smoke test job (scripts/hooked.rhai:11)",
+    );
     let name = live(&t.path().join("db"))
         .trim_start_matches("releases/")
         .to_owned();
@@ -187,12 +192,21 @@ fn an_unknown_step_or_a_safety_step_skipped_without_a_reason_is_refused_before_a
     other
         .stderr_has("the hooks on the rolling strategy's steps cannot run (nothing was changed)")
         .stderr_has("steps::after(\"monitor\") at scripts/other.rhai:2: strategy `rolling` has no step `monitor`");
-    for t in [&t, &t2, &t3] {
+    // A `call` hook naming a function its module lacks: refused when the strategy starts.
+    let t4 = project("[[hooks]]\nafter = \"verify\"\ncall = \"deploy_hooks::nope\"\n")
+        .file("stdlib/deploy_hooks.rhai", "fn warm(ctx) { }\n");
+    let missing = t4.run_with(&["run", "deploy", "-e", "dev"]);
+    assert_ne!(missing.code, 0);
+    missing.stderr_has("runbook.toml hooks[0]: call = \"deploy_hooks::nope\": the module `deploy_hooks` (stdlib/deploy_hooks.rhai) has no `fn nope(ctx)`");
+    for t in [&t, &t2, &t3, &t4] {
         for host in ["da", "db"] {
-            assert!(
-                !t.path().join(host).exists(),
-                "{host}: nothing was created on the host"
-            );
+            // (The run's audit record may be there: it read `current`.)
+            for made in ["releases", "current", "shared", ".runbook/lock"] {
+                assert!(
+                    !t.path().join(host).join(made).exists(),
+                    "{host}: {made} was created"
+                );
+            }
         }
     }
 }

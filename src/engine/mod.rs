@@ -215,8 +215,6 @@ pub fn call_on_failure(
     if let Some(source) = ast.source() {
         prelude.set_source(source);
     }
-    let options = rhai::CallFnOptions::new()
-        .eval_ast(true)
-        .rewind_scope(true);
+    let options = rhai::CallFnOptions::new().eval_ast(true).rewind_scope(true);
     engine.call_fn_with_options::<Dynamic>(options, scope, &prelude, "on_failure", (err,))
 }

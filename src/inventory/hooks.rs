@@ -57,13 +57,15 @@ pub fn resolve(raw: &[RawHook], envs: &[&String]) -> Result<Vec<Hook>, (String, 
         .enumerate()
         .map(|(i, h)| {
             let key = format!("hooks[{i}]");
-            one(h, envs).map_err(|m| (key.clone(), m)).map(|(attach, action)| Hook {
-                attach,
-                action,
-                on: h.on.clone(),
-                envs: h.env.clone(),
-                key,
-            })
+            one(h, envs)
+                .map_err(|m| (key.clone(), m))
+                .map(|(attach, action)| Hook {
+                    attach,
+                    action,
+                    on: h.on.clone(),
+                    envs: h.env.clone(),
+                    key,
+                })
         })
         .collect()
 }
@@ -75,7 +77,9 @@ fn one(h: &RawHook, envs: &[&String]) -> Result<(Attach, HookAction), String> {
         (Placement::Replace, &h.replace),
         (Placement::Skip, &h.skip),
     ];
-    let mut set = places.iter().filter_map(|(p, s)| s.as_ref().map(|s| (*p, s)));
+    let mut set = places
+        .iter()
+        .filter_map(|(p, s)| s.as_ref().map(|s| (*p, s)));
     let Some((placement, step)) = set.next() else {
         return Err(
             "say where it goes: `before`, `after`, `replace` or `skip` = \"STEP\" (the steps: `runbook run SCRIPT --dry-run` lists them, README \"Hooking a strategy's steps\")"
@@ -148,7 +152,9 @@ fn call_of(text: &str) -> Result<HookAction, String> {
     };
     let (module, function) = text.rsplit_once("::").ok_or_else(bad)?;
     let ident = |s: &str| {
-        s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     let module_ok = !module.is_empty()
@@ -234,6 +240,9 @@ mod tests {
             h.env = Some(vec!["prod".into()]);
         })
         .unwrap_err();
-        assert!(e.1.contains("names no environment (environments: production)"), "{e:?}");
+        assert!(
+            e.1.contains("names no environment (environments: production)"),
+            "{e:?}"
+        );
     }
 }

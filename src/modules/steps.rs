@@ -148,6 +148,30 @@ fn file(
     Ok(())
 }
 
+/// Refuses a `call = "module::function"` hook whose module does not load or has no
+/// public `fn function(ctx)`, before the first step rather than after the switch.
+fn check_call(ctx: &NativeCallContext, module: &str, function: &str) -> Result<(), String> {
+    let engine = ctx.engine();
+    let found = engine
+        .module_resolver()
+        .resolve(engine, None, module, rhai::Position::NONE)
+        .map_err(|e| {
+            format!("call = \"{module}::{function}\": the module `{module}` does not load: {e}")
+        })?;
+    let defined = found
+        .iter_script_fn_info()
+        .any(|(_, access, name, params, _)| {
+            name == function && params == 1 && access == rhai::FnAccess::Public
+        });
+    if defined {
+        Ok(())
+    } else {
+        Err(format!(
+            "call = \"{module}::{function}\": the module `{module}` (stdlib/{module}.rhai) has no `fn {function}(ctx)`"
+        ))
+    }
+}
+
 fn strategy_named(name: &str) -> RhaiResult<&'static Strategy> {
     crate::steps::strategy(name).ok_or_else(|| {
         super::error(format!(
@@ -167,20 +191,29 @@ pub mod steps_api {
     /// throws fails the run like any step. A step no strategy has is refused here.
     #[rhai_fn(return_raw)]
     pub fn before(ctx: NativeCallContext, step: &str, f: FnPtr) -> Result<(), Box<EvalAltResult>> {
-        super::super::located(&ctx, super::attach(&ctx, Placement::Before, step, Some(f), None))
+        super::super::located(
+            &ctx,
+            super::attach(&ctx, Placement::Before, step, Some(f), None),
+        )
     }
 
     /// Runs `f` right after step `step` (see `steps::before`).
     #[rhai_fn(return_raw)]
     pub fn after(ctx: NativeCallContext, step: &str, f: FnPtr) -> Result<(), Box<EvalAltResult>> {
-        super::super::located(&ctx, super::attach(&ctx, Placement::After, step, Some(f), None))
+        super::super::located(
+            &ctx,
+            super::attach(&ctx, Placement::After, step, Some(f), None),
+        )
     }
 
     /// Runs `f` instead of step `step` (see `steps::before`); the step that makes the
     /// release (`prepare`, `restore`) cannot be replaced.
     #[rhai_fn(return_raw)]
     pub fn replace(ctx: NativeCallContext, step: &str, f: FnPtr) -> Result<(), Box<EvalAltResult>> {
-        super::super::located(&ctx, super::attach(&ctx, Placement::Replace, step, Some(f), None))
+        super::super::located(
+            &ctx,
+            super::attach(&ctx, Placement::Replace, step, Some(f), None),
+        )
     }
 
     /// Skips step `step`. A step that keeps the fleet safe (the lock, a gate,
@@ -219,9 +252,16 @@ pub mod steps_api {
     pub fn hooks(ctx: NativeCallContext, strategy: &str) -> Result<Map, Box<EvalAltResult>> {
         let session = super::super::session(&ctx)?;
         let s = super::strategy_named(strategy)?;
-        let mut slots: std::collections::BTreeMap<&'static str, super::Slot> =
-            s.steps.iter().map(|st| (st.name, super::Slot::default())).collect();
-        let env = session.env.as_ref().map(|e| e.name.clone()).unwrap_or_default();
+        let mut slots: std::collections::BTreeMap<&'static str, super::Slot> = s
+            .steps
+            .iter()
+            .map(|st| (st.name, super::Slot::default()))
+            .collect();
+        let env = session
+            .env
+            .as_ref()
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
         let mut refused = Vec::new();
         if let Some(inv) = &session.inventory {
             for h in &inv.hooks {
@@ -229,12 +269,24 @@ pub mod steps_api {
                     continue;
                 }
                 let origin = format!("runbook.toml {}", h.key);
-                if let Err(m) = super::file(&mut slots, s, &h.attach, &origin, super::inventory_hook(h)) {
+                if let HookAction::Call { module, function } = &h.action
+                    && let Err(m) = super::check_call(&ctx, module, function)
+                {
+                    refused.push(format!("{origin}: {m}"));
+                    continue;
+                }
+                if let Err(m) =
+                    super::file(&mut slots, s, &h.attach, &origin, super::inventory_hook(h))
+                {
                     refused.push(format!("runbook.toml {}: {m}", h.key));
                 }
             }
         }
-        let script = session.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let script = session
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for h in &script {
             // A closure shows where it was attached; a named function by its name.
             let what = match &h.action {
@@ -310,10 +362,14 @@ pub mod steps_api {
         context: Map,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
         // Both names were checked when the inventory loaded (a path, an identifier).
-        let text = format!("import \"{module}\" as hook_module;\nhook_module::{function}(hook_context)");
+        let text =
+            format!("import \"{module}\" as hook_module;\nhook_module::{function}(hook_context)");
         let mut scope = rhai::Scope::new();
         scope.push("hook_context", context);
-        super::super::located(&ctx, ctx.engine().eval_with_scope::<Dynamic>(&mut scope, &text))
+        super::super::located(
+            &ctx,
+            ctx.engine().eval_with_scope::<Dynamic>(&mut scope, &text),
+        )
     }
 
     /// For the strategies' runner: calls a script's hook `f` with the step's context; an
@@ -339,11 +395,18 @@ pub mod steps_api {
 
     /// For the strategies' runner: shows step `label` as skipped, saying why.
     #[rhai_fn(return_raw)]
-    pub fn skipped(ctx: NativeCallContext, label: &str, why: &str) -> Result<(), Box<EvalAltResult>> {
+    pub fn skipped(
+        ctx: NativeCallContext,
+        label: &str,
+        why: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
         use crate::output::{Event, Kind, Outcome};
         let session = super::super::session(&ctx)?;
         let output = session.effects.output();
-        output.log(crate::output::Level::Warn, format!("step `{label}` skipped: {why}"));
+        output.log(
+            crate::output::Level::Warn,
+            format!("step `{label}` skipped: {why}"),
+        );
         output.emit(Event::new(Kind::StepStarted).step(label));
         output.emit(
             Event::new(Kind::StepFinished)
