@@ -33,6 +33,7 @@ pub mod session;
 pub mod signal;
 pub mod sources;
 pub mod status;
+pub mod steps;
 #[cfg(test)]
 mod testing;
 pub mod tls;

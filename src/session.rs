@@ -51,6 +51,8 @@ pub struct Session {
     pub started: std::time::Instant,
     /// On while a read-only script runs (or an actor may only read): changes are refused.
     pub read_only: crate::permissions::ReadOnly,
+    /// Hooks the script attached to the strategies' steps (`steps::before(…)`).
+    pub hooks: std::sync::Mutex<Vec<crate::steps::Hooked<Option<rhai::FnPtr>>>>,
 }
 
 impl Session {
@@ -157,6 +159,7 @@ pub fn open(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Session>
         started: std::time::Instant::now(),
         audit,
         read_only: crate::permissions::ReadOnly::default(),
+        hooks: std::sync::Mutex::default(),
     })
 }
 

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "judge",
         "schema_risk",
         "testing",
+        "steps",
     ],
     &["inventory"],
     &["error"],

@@ -15,6 +15,7 @@ mod firstday; // the first day on fresh servers: .env from CI secrets, the seed'
 mod governance; // who may deploy, and DORA figures from the audit log
 mod hardening; // the small holes: multi-line secrets, terminal escapes, SMTP without TLS, redirects
 mod health; // health checks against real local servers, each failure with a report to act on
+mod hooks; // hooks on the strategies' named steps: [[hooks]] and steps::before/replace/skip, on_failure's imports
 mod inventory; // inventory errors and `runbook hosts`
 mod laravel; // releases, locks and artisan on the sshd fleet with the real Laravel app
 mod layers; // the crate's modules import only their own layer or below, without cycles

@@ -155,10 +155,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
             diagnostic.location().map_or(Dynamic::UNIT, Dynamic::from),
         );
         err.insert("interrupted".into(), (*interrupted).into());
-        let options = rhai::CallFnOptions::new().eval_ast(false);
-        if let Err(e) =
-            engine.call_fn_with_options::<Dynamic>(options, &mut scope, &ast, "on_failure", (err,))
-        {
+        if let Err(e) = crate::engine::call_on_failure(&engine, &mut scope, &ast, err) {
             let d = Diagnostic::from_eval(&e, &name, &session.sources).redacted(output.redactor());
             output.log(
                 crate::output::Level::Warn,

@@ -132,3 +132,27 @@ pub fn source_name(path: &Path, root: Option<&Path>) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// Calls the script's `fn on_failure(err)` after the script failed, with the modules the
+/// script imports at its top level in reach — `on_failure` can call `rolling::recover`
+/// without importing it again. Only those `import` statements run first (the rest of the
+/// script does not run again); `scope` is the failed run's.
+pub fn call_on_failure(
+    engine: &Engine,
+    scope: &mut Scope,
+    ast: &AST,
+    err: Map,
+) -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+    let imports: Vec<rhai::Stmt> = ast
+        .statements()
+        .iter()
+        .filter(|s| matches!(s, rhai::Stmt::Import(..)))
+        .cloned()
+        .collect();
+    let mut prelude = AST::new(imports, ast.shared_lib().clone());
+    if let Some(source) = ast.source() {
+        prelude.set_source(source);
+    }
+    let options = rhai::CallFnOptions::new().eval_ast(true).rewind_scope(true);
+    engine.call_fn_with_options::<Dynamic>(options, scope, &prelude, "on_failure", (err,))
+}

@@ -6,6 +6,7 @@
 //! read from the process environment when used, and never stored in this structure.
 
 mod error;
+pub mod hooks;
 pub mod identity;
 pub mod model;
 
@@ -34,6 +35,8 @@ pub struct Inventory {
     pub backup: model::RawBackup,
     pub aliases: BTreeMap<String, model::RawAlias>,
     pub envs: BTreeMap<String, Arc<Environment>>,
+    /// `[[hooks]]` on the strategies' named steps, checked, in file order.
+    pub hooks: Vec<hooks::Hook>,
 }
 
 /// runbook's own commands: an alias may not take their names.
@@ -207,6 +210,8 @@ impl Inventory {
                 ));
             }
         }
+        let env_names: Vec<&String> = raw.env.keys().collect();
+        let hooks = hooks::resolve(&raw.hooks, &env_names).map_err(|(k, m)| invalid(k, m))?;
         Ok(Inventory {
             path: path.to_owned(),
             root,
@@ -216,6 +221,7 @@ impl Inventory {
             backup: raw.backup,
             aliases: raw.aliases,
             envs,
+            hooks,
         })
     }
 

@@ -26,6 +26,35 @@ pub struct RawInventory {
     /// `runbook tinker -e production` (see `runbook exec`).
     #[serde(default)]
     pub aliases: BTreeMap<String, RawAlias>,
+    /// Hooks on the strategies' named steps (`[[hooks]] before = "switch" …`), in order.
+    #[serde(default)]
+    pub hooks: Vec<RawHook>,
+}
+
+/// One `[[hooks]]` entry: where it attaches (exactly one of `before`, `after`, `replace`,
+/// `skip`, naming a step) and what it runs (exactly one of `run`, `artisan`, `call`;
+/// nothing for `skip`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub replace: Option<String>,
+    pub skip: Option<String>,
+    /// Only this strategy (`rolling`, `blue_green`, `canary`, `rollback`).
+    pub strategy: Option<String>,
+    /// An argv run on the step's hosts, in the new release (else the deploy path).
+    pub run: Option<Vec<String>>,
+    /// `php artisan …` on the step's hosts, in the new release (else the live one).
+    pub artisan: Option<Vec<String>>,
+    /// `module::function` of the project's `stdlib/`, called with the step's context.
+    pub call: Option<String>,
+    /// Only on the hosts of this role (of the step's hosts' environment).
+    pub on: Option<String>,
+    /// Only in these environments.
+    pub env: Option<Vec<String>>,
+    /// Why a step is skipped (required for a safety step: the lock, gates, verification).
+    pub reason: Option<String>,
 }
 
 /// An alias: the command alone, or with how it runs.

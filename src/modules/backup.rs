@@ -70,7 +70,7 @@ pub(crate) fn database(
 }
 
 /// `[backup] on_host` of the inventory (`auto` without one).
-fn on_host(session: &crate::engine::Session) -> crate::inventory::model::OnHost {
+fn on_host(session: &crate::session::Session) -> crate::inventory::model::OnHost {
     session
         .inventory
         .as_ref()

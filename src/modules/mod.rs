@@ -15,6 +15,7 @@ mod log;
 mod notify;
 mod release;
 mod schema;
+mod steps;
 
 use std::sync::Arc;
 
@@ -47,6 +48,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_static_module("metrics", exported_module!(notify::metrics_api).into());
     engine.register_static_module("schema", exported_module!(schema::schema_api).into());
     engine.register_static_module("canary", exported_module!(canary::canary_api).into());
+    engine.register_static_module("steps", exported_module!(steps::steps_api).into());
 }
 
 /// The session behind a native call.
