@@ -72,7 +72,15 @@ grep -q "window running" "$W/runner.out" || { cat "$W/runner.out"; exit 1; }
 "$RB" rollout status -e bench || { echo "rollout status failed" >&2; exit 1; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>&1 || true; t1=$(date +%s%N); echo $(((t1 - t0) / 1000000)); }
+# Wall milliseconds of one run of "$@". A run that fails stops the benchmark with its
+# output: a failure is never timed as a result.
+ms() {
+  local t0 t1 out
+  t0=$(date +%s%N)
+  out=$("$@" 2>&1) || { printf '%s: `%s` failed:\n%s\n' "$(basename "$0")" "$*" "$out" >&2; exit 1; }
+  t1=$(date +%s%N)
+  echo $(((t1 - t0) / 1000000))
+}
 ro=$(for _ in $(seq "$RUNS"); do ms "$RB" rollout status -e bench; done | median)
 rj=$(for _ in $(seq "$RUNS"); do ms "$RB" rollout status -e bench --json; done | median)
 st=$(for _ in $(seq "$RUNS"); do ms "$RB" status -e bench; done | median)

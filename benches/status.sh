@@ -66,7 +66,15 @@ sleep 1.1
 "$RB" status -e bench >/dev/null || { "$RB" status -e bench; exit 1; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>&1 || true; t1=$(date +%s%N); echo $(((t1 - t0) / 1000000)); }
+# Wall milliseconds of one run of "$@". A run that fails stops the benchmark with its
+# output: a failure is never timed as a result.
+ms() {
+  local t0 t1 out
+  t0=$(date +%s%N)
+  out=$("$@" 2>&1) || { printf '%s: `%s` failed:\n%s\n' "$(basename "$0")" "$*" "$out" >&2; exit 1; }
+  t1=$(date +%s%N)
+  echo $(((t1 - t0) / 1000000))
+}
 # The same reads per host (every host's deploy path is alike; h1's is read by each).
 reads="d=$W/h1/app; readlink \"\$d/current\"; ls -1 \"\$d/releases\"; df -Pk \"\$d\" | tail -1"
 rb=$(for _ in $(seq "$RUNS"); do ms "$RB" status -e bench; done | median)
