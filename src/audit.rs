@@ -2,6 +2,7 @@
 //! host the run touched (`<deploy_path>/.runbook/audit.jsonl`). It answers "who did what,
 //! where, why, and how did it end" after the fact; `runbook audit` queries it.
 
+use crate::sync::Locked;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -206,13 +207,13 @@ pub struct Collected {
 
 impl Collector {
     pub fn take(&self) -> (Vec<Step>, Vec<String>) {
-        let c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let c = self.0.locked();
         (c.steps.clone(), c.hosts.clone())
     }
 
     /// Starts a new record (the REPL audits each action on its own).
     pub fn reset(&self) {
-        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.0.locked();
         c.steps.clear();
         c.hosts.clear();
         c.last_output.clear();
@@ -220,26 +221,18 @@ impl Collector {
 
     /// Output lines of the latest action's commands, per host.
     pub fn last_output(&self) -> BTreeMap<String, Vec<String>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_output
-            .clone()
+        self.0.locked().last_output.clone()
     }
 
     /// The recorded plan of a dry run.
     pub fn plan(&self) -> Vec<serde_json::Value> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .plan
-            .clone()
+        self.0.locked().plan.clone()
     }
 }
 
 impl Sink for Collector {
     fn event(&self, e: &Event) {
-        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.0.locked();
         let step = c.step.last().cloned();
         if c.dry_run
             && matches!(

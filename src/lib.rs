@@ -34,6 +34,7 @@ pub mod signal;
 pub mod sources;
 pub mod status;
 pub mod steps;
+pub mod sync;
 #[cfg(test)]
 mod testing;
 pub mod tls;

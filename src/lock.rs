@@ -6,6 +6,7 @@
 //! `info` carries its own run id; a lock whose heartbeat is older than the TTL is stale
 //! and may be taken over explicitly (an audited decision, never a silent one).
 
+use crate::sync::Locked;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -531,7 +532,7 @@ impl Locks {
             // at the end of the run still removes whatever lock this run created (the
             // release only ever removes a lock whose holder is this run).
             {
-                let mut mine = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                let mut mine = self.held.locked();
                 for t in &pending {
                     if !mine.iter().any(|m| m.name() == t.name()) {
                         mine.push(t.clone());
@@ -663,7 +664,7 @@ impl Locks {
     }
 
     fn start_heartbeat(&self) {
-        let mut slot = self.heartbeat.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.heartbeat.locked();
         if slot.is_some() || self.effects.dry_run() {
             return;
         }
@@ -673,7 +674,7 @@ impl Locks {
         *slot = Some(self.effects.runtime().spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
-                let targets = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let targets = held.locked().clone();
                 for t in &targets {
                     let mut s = spec(Script::Beat, &[&root(t), &run]);
                     s.silent = true;
@@ -692,16 +693,10 @@ impl Locks {
     /// [`Locks::release_all`], also returning the hosts where releasing failed (they did
     /// not answer): this run's lock may still be there.
     pub fn release_all_report(&self) -> (Vec<String>, Vec<String>) {
-        if let Some(task) = self
-            .heartbeat
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(task) = self.heartbeat.locked().take() {
             task.abort();
         }
-        let targets: Vec<Target> =
-            std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        let targets: Vec<Target> = std::mem::take(&mut *self.held.locked());
         if targets.is_empty() {
             return (Vec::new(), Vec::new());
         }
@@ -732,8 +727,7 @@ impl Locks {
         }
         let targets: Vec<Target> = self
             .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .iter()
             .filter(|t| hosts.contains(&t.name()))
             .cloned()
@@ -768,8 +762,7 @@ impl Locks {
     /// Names of the hosts this run holds the lock on.
     pub fn held(&self) -> Vec<String> {
         self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .iter()
             .map(|t| t.name().to_owned())
             .collect()

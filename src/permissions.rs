@@ -18,6 +18,7 @@
 //! Commands a script runs itself (`ssh::run`, `local::run`) are not judged here: a shell
 //! line cannot be told apart as reading or writing.
 
+use crate::sync::Locked;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -142,7 +143,7 @@ struct Gate {
 impl ReadOnly {
     /// Turns the gate on (`Some((because, hint))`) or off; returns what it was, to restore.
     pub fn set(&self, to: Option<(String, String)>) -> Option<(String, String)> {
-        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.state.locked();
         let before = g.because.take().map(|b| (b, std::mem::take(&mut g.hint)));
         self.on.store(to.is_some(), Ordering::SeqCst);
         if let Some((because, hint)) = to {
@@ -161,7 +162,7 @@ impl ReadOnly {
         if !self.is_on() {
             return Ok(());
         }
-        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.state.locked();
         let message = format!(
             "refused: {op} changes the environment, but {}; nothing was changed\n  hint: {}",
             g.because.as_deref().unwrap_or("this session is read-only"),
@@ -173,11 +174,7 @@ impl ReadOnly {
 
     /// The first refusal since the last call (for the audit record and the error shown).
     pub fn take_refusal(&self) -> Option<String> {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .refused
-            .take()
+        self.state.locked().refused.take()
     }
 }
 

@@ -6,6 +6,7 @@
 //! line by line. A line shorter than [`MIN_LINE`] (`{`, `}`, `-----`) is not a secret of
 //! its own: masking it would blank unrelated output and tell a reader nothing useful.
 
+use crate::sync::ReadWrite;
 use std::borrow::Cow;
 use std::sync::RwLock;
 
@@ -58,7 +59,7 @@ impl Redactor {
     }
 
     fn add_one(&self, value: &str) {
-        let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
+        let mut secrets = self.secrets.write_locked();
         if !secrets.iter().any(|s| s == value) {
             // Announced before anything can print it.
             if let Some(hook) = self.hook.get() {
@@ -72,11 +73,7 @@ impl Redactor {
 
     /// Sets the callback for new secrets (once), and calls it for the ones known so far.
     pub fn set_hook(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
-        let known: Vec<String> = self
-            .secrets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let known: Vec<String> = self.secrets.read_locked().clone();
         for s in &known {
             hook(s);
         }
@@ -84,20 +81,17 @@ impl Redactor {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.secrets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        self.secrets.read_locked().is_empty()
     }
 
     /// Does `text` contain any secret value?
     pub fn contains_secret(&self, text: &str) -> bool {
-        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        let secrets = self.secrets.read_locked();
         secrets.iter().any(|s| text.contains(s.as_str()))
     }
 
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        let secrets = self.secrets.read_locked();
         let mut out = Cow::Borrowed(text);
         for secret in secrets.iter() {
             if out.contains(secret.as_str()) {

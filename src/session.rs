@@ -2,6 +2,7 @@
 //! the effects, the locks it holds and what it changed — and the audit record made of it.
 //! Below the engine and the script modules (both reach it), above the cores it holds.
 
+use crate::sync::Locked;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -61,7 +62,7 @@ impl Session {
         // The host's own record, for `runbook recover` should this run die.
         self.locks
             .note(&[host], &format!("switched {before} {after}"));
-        let mut s = self.switches.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.switches.locked();
         let entry = s
             .entry(host.to_owned())
             .or_insert_with(|| (before.to_owned(), after.to_owned()));
@@ -200,8 +201,7 @@ pub fn audit_record(
         error: None,
         releases: session
             .switches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .iter()
             .map(|(h, (b, a))| {
                 (
@@ -214,11 +214,7 @@ pub fn audit_record(
             })
             .collect(),
         duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-        facts: session
-            .facts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
+        facts: session.facts.locked().clone(),
     }
 }
 

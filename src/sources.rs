@@ -1,6 +1,7 @@
 //! The text of every script and module the engine has compiled, by source name, so that
 //! error snippets can show the line — for embedded stdlib files as well as files on disk.
 
+use crate::sync::ReadWrite;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -12,8 +13,7 @@ pub struct SourceMap {
 impl SourceMap {
     pub fn insert(&self, name: &str, text: &str) {
         self.texts
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_locked()
             .insert(name.to_owned(), Arc::from(text));
     }
 
@@ -21,12 +21,7 @@ impl SourceMap {
     /// modules beside a script) are read from disk — never any other file, so an error
     /// naming an arbitrary path cannot print its content.
     pub fn get(&self, name: &str) -> Option<Arc<str>> {
-        if let Some(t) = self
-            .texts
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(t) = self.texts.read_locked().get(name) {
             return Some(t.clone());
         }
         if !name.ends_with(".rhai") {

@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "schema_risk",
         "testing",
         "steps",
+        "sync",
     ],
     &["inventory"],
     &["error"],

@@ -17,6 +17,7 @@
 //! output never drives the terminal). History lives in the XDG state directory; a line
 //! that contains a secret value is never written to it. Every action is audited.
 
+use crate::sync::Locked;
 use rhai::{AST, Dynamic, EvalAltResult, Map, ParseErrorType, Scope};
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
@@ -228,7 +229,7 @@ enum Outcome {
 type Shared = std::sync::Arc<std::sync::Mutex<Editor<ReplHelper, DefaultHistory>>>;
 
 fn lock(editor: &Shared) -> std::sync::MutexGuard<'_, Editor<ReplHelper, DefaultHistory>> {
-    editor.lock().unwrap_or_else(|e| e.into_inner())
+    editor.locked()
 }
 
 /// The y/N question, put through the REPL's editor; only a yes lets the change run

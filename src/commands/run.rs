@@ -1,5 +1,6 @@
 //! `runbook run`: compile, confirm, execute, and always finish with a result event.
 
+use crate::sync::Locked;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
@@ -239,12 +240,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
             format!("{name} dry run finished on {}", env.name),
         ),
         None => {
-            let unverified = session
-                .facts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .unverified
-                .clone();
+            let unverified = session.facts.locked().unverified.clone();
             let mut m = format!("{name} succeeded on {}", env.name);
             if already_complete {
                 m.push_str(" — deploy was already complete when the signal arrived");
@@ -300,16 +296,11 @@ fn left_behind(
     locked: &[String],
     failed: bool,
 ) -> Vec<String> {
-    let down = session
-        .maintenance
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let down = session.maintenance.locked().clone();
     let switched: std::collections::BTreeMap<String, String> = if failed {
         session
             .switches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .iter()
             .filter(|(_, (before, after))| before != after && !after.is_empty())
             .map(|(h, (_, after))| (h.clone(), after.clone()))

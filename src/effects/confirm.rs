@@ -8,6 +8,7 @@
 //! Nothing asks unless a hook is installed: `run` confirms up front and never installs
 //! one; the REPL installs one for the duration of each line it evaluates.
 
+use crate::sync::Locked;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,7 +94,7 @@ impl Confirm {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 }
 

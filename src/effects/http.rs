@@ -97,6 +97,7 @@ mod tests {
     use super::*;
     use crate::interrupt::Interrupt;
     use crate::output::Output;
+    use crate::sync::Locked;
     use std::sync::Arc;
 
     /// Keeps the messages of the events it sees.
@@ -105,10 +106,7 @@ mod tests {
     impl crate::output::Sink for Arc<Seen> {
         fn event(&self, event: &Event) {
             if let Some(m) = &event.message {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(m.clone());
+                self.0.locked().push(m.clone());
             }
         }
     }
@@ -147,7 +145,7 @@ mod tests {
         });
         assert_eq!(r, Ok(None));
         assert!(!sent.load(std::sync::atomic::Ordering::SeqCst));
-        let seen = seen.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let seen = seen.0.locked().clone();
         assert_eq!(seen, ["slack: would send {\"token\":\"***\"}"]);
         assert_eq!(fx.http_read("health", None, async { 7 }), Ok(7));
     }

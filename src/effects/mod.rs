@@ -13,6 +13,7 @@ mod failures;
 pub mod http;
 pub use crate::{interrupt, redact};
 
+use crate::sync::Locked;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -329,7 +330,7 @@ impl Effects {
     }
     /// Hosts that could not be reached, or whose connection was lost, during this run.
     pub fn lost_hosts(&self) -> std::collections::BTreeSet<String> {
-        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lost.locked().clone()
     }
 
     /// The run id every command of this run carries as `RUNBOOK_RUN`.
@@ -956,10 +957,7 @@ impl Effects {
                 Err(CommandError::Interrupted { host, command })
             }
             Err(ExecError::Disconnected { message, partial }) => {
-                self.lost
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(host.clone());
+                self.lost.locked().insert(host.clone());
                 emit(
                     Outcome::Failed,
                     None,
@@ -976,10 +974,7 @@ impl Effects {
             }
             Err(other) => {
                 if matches!(other, ExecError::Connect { .. }) {
-                    self.lost
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(host.clone());
+                    self.lost.locked().insert(host.clone());
                 }
                 let message = other.to_string();
                 emit(Outcome::Failed, None, took, Some(message.clone()));

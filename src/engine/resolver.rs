@@ -3,6 +3,7 @@
 //! in the binary, then (through Rhai's file resolver, chained after this one) paths
 //! relative to the script.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -68,12 +69,7 @@ impl ModuleResolver for StdlibResolver {
             // Rhai accepts only "not found" or "error in module" from a resolver.
             return Err(EvalAltResult::ErrorInModule(path.to_owned(), why.into(), pos).into());
         }
-        if let Some(m) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-        {
+        if let Some(m) = self.cache.locked().get(path) {
             return Ok(m.clone());
         }
         let Some((name, text)) = self.lookup(path) else {
@@ -90,10 +86,7 @@ impl ModuleResolver for StdlibResolver {
         let mut module = Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(in_module)?;
         module.build_index();
         let module: SharedModule = module.into();
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(path.to_owned(), module.clone());
+        self.cache.locked().insert(path.to_owned(), module.clone());
         Ok(module)
     }
 }

@@ -1,5 +1,6 @@
 //! `artisan::run` — Laravel's artisan on hosts, in the live release or a given one.
 
+use crate::sync::Locked;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
@@ -40,10 +41,7 @@ fn artisan(
     };
     if maintenance == Some(true) && !session.effects.dry_run() {
         // Counted before the attempt: a host where `down` half-ran must be lifted too.
-        let mut m = session
-            .maintenance
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut m = session.maintenance.locked();
         m.extend(targets.iter().map(|t| t.name().to_owned()));
         drop(m);
         let names: Vec<&str> = targets.iter().map(Target::name).collect();
@@ -75,10 +73,7 @@ fn artisan(
         super::exec::fan_out_report(&session, &targets, single, &build, &base.fan);
     // Lifted where `up` succeeded, even when it failed elsewhere: those hosts serve.
     if maintenance == Some(false) && !session.effects.dry_run() && !succeeded.is_empty() {
-        let mut m = session
-            .maintenance
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut m = session.maintenance.locked();
         for t in &succeeded {
             m.remove(t);
         }

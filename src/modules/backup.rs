@@ -1,5 +1,6 @@
 //! `backup::*` — backups from scripts (plain core: `crate::backup`).
 
+use crate::sync::Locked;
 use std::path::PathBuf;
 
 use rhai::plugin::*;
@@ -375,17 +376,12 @@ fn restore_into(
     // A switch that marks the release it leaves bad: a restore is a rollback.
     let moved = crate::release::rollback(&session.effects, &targets, Some(&release))
         .map_err(|e| super::error(e.message))?;
-    session
-        .facts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .rollback = true;
+    session.facts.locked().rollback = true;
     for (h, (before, _)) in &moved {
         session.record_switch(h, before, &release);
         session
             .activations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .push((host.0.clone(), before.clone()));
     }
     Ok(release)

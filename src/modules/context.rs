@@ -2,6 +2,7 @@
 //! `run` maps, `step()`, `secret()`, time helpers. Hosts are opaque values that only the
 //! inventory can create, so a script cannot aim a command at an address it made up.
 
+use crate::sync::Locked;
 use std::sync::Arc;
 
 use rhai::plugin::*;
@@ -214,8 +215,7 @@ pub fn context_map(session: &Session) -> Map {
     run.insert("dry_run".into(), session.effects.dry_run().into());
     let down: rhai::Array = session
         .maintenance
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .locked()
         .iter()
         .cloned()
         .map(Dynamic::from)

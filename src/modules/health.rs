@@ -1,5 +1,6 @@
 //! `health::*` — HTTP checks, traffic samples and exec probes (plain core: `crate::health`).
 
+use crate::sync::Locked;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
@@ -326,11 +327,7 @@ pub mod health_api {
             .effects
             .output()
             .log(crate::output::Level::Warn, format!("not verified: {why}"));
-        session
-            .facts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unverified = Some(why.to_owned());
+        session.facts.locked().unverified = Some(why.to_owned());
         Ok(())
     }
 

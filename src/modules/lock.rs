@@ -1,5 +1,6 @@
 //! `lock::*` — the deploy lock from scripts (plain core: `crate::lock`).
 
+use crate::sync::Locked;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
@@ -77,11 +78,7 @@ fn acquire(
         );
         match crate::recovery::recover(&session.effects, env, &session.info.id) {
             Ok(_) => {
-                session
-                    .facts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .recovered = true;
+                session.facts.locked().recovered = true;
                 attempt = session.locks.acquire(&targets, &holder, wait, take_stale);
             }
             Err(e) => {

@@ -1,5 +1,6 @@
 //! `release::*` — the release layout from scripts (plain core: `crate::release`).
 
+use crate::sync::Locked;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
@@ -314,17 +315,13 @@ fn prepare(
     let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let name = core::choose_name(&session.effects, &targets, &now).map_err(to_rhai)?;
     {
-        let mut facts = session.facts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut facts = session.facts.locked();
         facts.deploy = true;
     }
     session.locks.note_all(&format!("prepared {name}"));
     let made = core::prepare(&session.effects, &targets, &name, &source, &settings, &meta)
         .map_err(to_rhai)?;
-    session
-        .facts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .commit_time = made.commit_time;
+    session.facts.locked().commit_time = made.commit_time;
     Ok(made.name)
 }
 
@@ -346,10 +343,7 @@ fn activate(
     for (host, before) in &previous {
         session.record_switch(host, before, name);
     }
-    let mut record = session
-        .activations
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut record = session.activations.locked();
     for t in &targets {
         if let Target::Host(h) = t
             && !record.iter().any(|(r, _)| r.name == h.name)
@@ -369,10 +363,7 @@ fn activate(
 /// Hosts a failed switch could not move back stay in the run's record, so that
 /// `release::undo()` (the failure path) tries them again.
 fn remember_stranded(session: &crate::session::Session, targets: &[Target], e: &ReleaseError) {
-    let mut record = session
-        .activations
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut record = session.activations.locked();
     for (host, previous) in &e.stranded {
         if record.iter().any(|(r, _)| &r.name == host) {
             continue;
@@ -391,11 +382,7 @@ fn switched_map(
         session.record_switch(host, from, to);
     }
     if !m.is_empty() {
-        session
-            .facts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .rollback = true;
+        session.facts.locked().rollback = true;
     }
     m.into_iter()
         .map(|(h, (from, to))| {
@@ -427,12 +414,7 @@ fn rollback(
 fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
     crate::modules::guard(ctx, "release::undo")?;
     let session = super::session(ctx)?;
-    let record: Vec<_> = std::mem::take(
-        &mut *session
-            .activations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()),
-    );
+    let record: Vec<_> = std::mem::take(&mut *session.activations.locked());
     // Every host is tried, even after one fails (a host that went away must not keep
     // the reachable ones on the new release); the failures are reported together.
     let mut out = Map::new();

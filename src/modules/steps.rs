@@ -4,6 +4,7 @@
 //! inventory's and the script's together, checked before its first step. The catalogue
 //! of steps is `crate::steps`; this adapter only converts values.
 
+use crate::sync::Locked;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, FnPtr, Map};
 
@@ -38,16 +39,12 @@ fn attach(
         (None, Some(line)) => format!("line {line}"),
         _ => "the script".to_owned(),
     };
-    session
-        .hooks
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Hooked {
-            attach,
-            action,
-            origin,
-            source,
-        });
+    session.hooks.locked().push(Hooked {
+        attach,
+        action,
+        origin,
+        source,
+    });
     Ok(())
 }
 
@@ -282,11 +279,7 @@ pub mod steps_api {
                 }
             }
         }
-        let script = session
-            .hooks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let script = session.hooks.locked().clone();
         for h in &script {
             // A closure shows where it was attached; a named function by its name.
             let what = match &h.action {

@@ -2,6 +2,7 @@
 //! with file/line/col, and a Markdown summary of the run in `$GITHUB_STEP_SUMMARY`.
 //! (Secret values are announced with `::add-mask::` by the redactor's hook.)
 
+use crate::sync::Locked;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -72,7 +73,7 @@ impl Sink for GitHub {
         // Workflow commands and the summary show what hosts print, never obey it.
         let neutralised = super::terminal::neutralise_event(e);
         let e = &neutralised;
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.locked();
         match e.event {
             Kind::RunStarted => st.started = Some(e.clone()),
             Kind::StepStarted => {

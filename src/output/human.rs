@@ -5,6 +5,7 @@
 //! Every string of an event is neutralised (control characters shown as escapes) before
 //! it is styled, so only runbook's own colours reach the terminal.
 
+use crate::sync::Locked;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,7 +132,7 @@ impl Sink for Human {
         // What hosts print reaches the terminal shown, never obeyed (see `terminal`).
         let neutralised = super::terminal::neutralise_event(e);
         let e = &neutralised;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.locked();
         match e.event {
             Kind::RunStarted => self.run_started(&mut state, e),
             Kind::StepStarted => self.step_started(&mut state, e),

@@ -10,6 +10,7 @@ mod human;
 mod table;
 pub mod terminal;
 
+use crate::sync::Locked;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -108,10 +109,7 @@ pub struct Memory(pub Arc<std::sync::Mutex<Vec<Event>>>);
 
 impl Sink for Memory {
     fn event(&self, event: &Event) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(event.clone());
+        self.0.locked().push(event.clone());
     }
 }
 

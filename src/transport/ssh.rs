@@ -14,6 +14,7 @@
 //! the process list, and which audit logs record): they travel on standard input, as a
 //! small prelude the remote shell reads and evaluates before it runs the command.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -92,8 +93,7 @@ impl SshPool {
 
     fn slot(&self, host: &Host) -> Slot {
         self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .entry(host.name.clone())
             .or_default()
             .clone()
@@ -101,10 +101,7 @@ impl SshPool {
 
     /// Forgets a host's connection so that the next command connects again.
     fn forget(&self, host: &Host) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&host.name);
+        self.conns.locked().remove(&host.name);
     }
 
     /// Spawns `line` on the host, reconnecting once if the master went away (idle
@@ -470,13 +467,7 @@ impl SshPool {
 
     /// Closes every master connection (also called on failure and after Ctrl-C).
     pub async fn close(&self) {
-        let slots: Vec<Slot> = self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let slots: Vec<Slot> = self.conns.locked().drain().map(|(_, s)| s).collect();
         for slot in slots {
             let Ok(slot) = Arc::try_unwrap(slot) else {
                 continue;
