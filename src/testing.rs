@@ -25,3 +25,12 @@ pub(crate) fn sh(body: &str, args: &[&str], stdin: &str) -> (i32, String, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A runtime with one worker, for tests of the effect layer.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}

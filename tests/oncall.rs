@@ -499,30 +499,7 @@ fn fleet_inventory(
     roots: &[(String, String)],
     env_extra: &str,
 ) -> String {
-    use crate::fleet::USER;
-    let hosts: Vec<String> = fleet
-        .hosts
-        .iter()
-        .zip(roots)
-        .map(|(h, (_, root))| {
-            format!(
-                "{} = {{ address = \"{}\", port = {}, deploy_path = \"{root}\" }}",
-                h.name, h.addr, h.port
-            )
-        })
-        .collect();
-    let names: Vec<String> = fleet
-        .hosts
-        .iter()
-        .map(|h| format!("\"{}\"", h.name))
-        .collect();
-    format!(
-        "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\nshared_files = [\".env\"]\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n\n[env.fleet]\n{env_extra}\nhosts = {{ {} }}\nroles = {{ web = [{}] }}\n",
-        fleet.client_key().display(),
-        fleet.known_hosts.display(),
-        hosts.join(", "),
-        names.join(", ")
-    )
+    crate::fleet::per_host_inventory(fleet, roots, "shared_files = [\".env\"]\n", "", env_extra)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::fleet::{Fleet, USER};
+use crate::fleet::Fleet;
 use crate::harness::Test;
 
 /// The runner's own peak resident size, read by a command it started (`$PPID` of the
@@ -56,30 +56,14 @@ fn a_command_printing_far_more_than_the_cap_keeps_a_bounded_tail() {
 }
 
 /// An inventory for `fleet` whose hosts each have their own deploy path (they share
-/// this machine's filesystem).
+/// this machine's filesystem); `extra` goes into `[ssh]`.
 fn inventory(fleet: &Fleet, roots: &[(String, String)], extra: &str) -> String {
-    let hosts: Vec<String> = fleet
-        .hosts
-        .iter()
-        .zip(roots)
-        .map(|(h, (_, root))| {
-            format!(
-                "{} = {{ address = \"{}\", port = {}, deploy_path = \"{root}\" }}",
-                h.name, h.addr, h.port
-            )
-        })
-        .collect();
-    let names: Vec<String> = fleet
-        .hosts
-        .iter()
-        .map(|h| format!("\"{}\"", h.name))
-        .collect();
-    format!(
-        "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\n\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"5s\"\n{extra}\n[env.fleet]\nhosts = {{ {} }}\nroles = {{ web = [{}] }}\n",
-        fleet.client_key().display(),
-        fleet.known_hosts.display(),
-        hosts.join(", "),
-        names.join(", ")
+    crate::fleet::per_host_inventory(
+        fleet,
+        roots,
+        "",
+        &format!("connect_timeout = \"5s\"\n{extra}"),
+        "",
     )
 }
 

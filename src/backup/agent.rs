@@ -167,12 +167,8 @@ fn sh(
     read: bool,
 ) -> Result<String, String> {
     let mut spec = CommandSpec::script(label, body, args);
-    spec.quiet = true;
     spec.read = read;
-    effects
-        .run(target, &spec)
-        .map(|r| r.stdout)
-        .map_err(|e| e.to_string())
+    super::remote::run_quiet(effects, target, spec)
 }
 
 /// What `PROBE` said.

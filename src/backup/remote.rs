@@ -33,6 +33,15 @@ fn sh(
 ) -> Result<String, String> {
     let mut spec = CommandSpec::script(label, body, args);
     spec.stdin = stdin;
+    run_quiet(effects, target, spec)
+}
+
+/// Runs `spec` on the host without echoing its output; its stdout, or the error's sentence.
+pub(super) fn run_quiet(
+    effects: &Effects,
+    target: &Target,
+    mut spec: CommandSpec,
+) -> Result<String, String> {
     spec.quiet = true;
     effects
         .run(target, &spec)

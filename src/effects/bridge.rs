@@ -63,13 +63,7 @@ pub async fn race<F: Future>(
 mod tests {
     use super::*;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a runtime")
-    }
+    use crate::testing::runtime;
 
     #[test]
     fn a_signal_ends_a_wait_at_once_even_one_that_came_first() {

@@ -127,13 +127,7 @@ mod tests {
         (fx, seen)
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a runtime")
-    }
+    use crate::testing::runtime;
 
     #[test]
     fn a_dry_run_sends_nothing_but_still_reads() {

@@ -110,13 +110,7 @@ pub async fn exec(
                 code: status.code(),
                 ..finished(out_buf, err_buf)
             };
-            if let Some(refused) = spec.sudo_env_refusal(&f) {
-                return Err(refused);
-            }
-            written.map_err(|e| {
-                ExecError::Unsupported(format!("cannot write the command's output: {e}"))
-            })?;
-            Ok(f)
+            super::completed(spec, f, written)
         }
         Ended::Timeout => {
             terminate(pgid).await;

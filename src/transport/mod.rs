@@ -456,6 +456,21 @@ pub(crate) enum Ended<T> {
     Interrupted,
 }
 
+/// A command that ran to its end: refused when sudo dropped its environment, failed when
+/// its output could not be written where it was sent (`stdout_file`), else `f`.
+pub(crate) fn completed(
+    spec: &CommandSpec,
+    f: Finished,
+    written: std::io::Result<()>,
+) -> Result<Finished, ExecError> {
+    if let Some(refused) = spec.sudo_env_refusal(&f) {
+        return Err(refused);
+    }
+    written
+        .map_err(|e| ExecError::Unsupported(format!("cannot write the command's output: {e}")))?;
+    Ok(f)
+}
+
 /// The one race every transport runs a command under: its own end, the deadline
 /// (`None`: none), or a signal. The caller kills what is left on a timeout or signal.
 pub(crate) async fn race<T>(

@@ -409,13 +409,7 @@ impl SshPool {
                     code: status.code(),
                     ..partial(out_buf, err_buf)
                 };
-                if let Some(refused) = spec.sudo_env_refusal(&f) {
-                    return Err(refused);
-                }
-                written.map_err(|e| {
-                    ExecError::Unsupported(format!("cannot write the command's output: {e}"))
-                })?;
-                Ok(f)
+                super::completed(spec, f, written)
             }
             // The mux protocol cannot tell "killed by a signal" from "connection lost":
             // ask the master whether it is still alive.

@@ -327,3 +327,37 @@ impl Drop for Fleet {
         }
     }
 }
+
+/// An inventory for `fleet` with a deploy path per host (`roots`: name and path) and role
+/// `web` = every host; `app`, `ssh` and `env` are added to those tables.
+pub fn per_host_inventory(
+    fleet: &Fleet,
+    roots: &[(String, String)],
+    app: &str,
+    ssh: &str,
+    env: &str,
+) -> String {
+    let hosts: Vec<String> = fleet
+        .hosts
+        .iter()
+        .zip(roots)
+        .map(|(h, (_, root))| {
+            format!(
+                "{} = {{ address = \"{}\", port = {}, deploy_path = \"{root}\" }}",
+                h.name, h.addr, h.port
+            )
+        })
+        .collect();
+    let names: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| format!("\"{}\"", h.name))
+        .collect();
+    format!(
+        "[app]\nname = \"t\"\ndeploy_path = \"/srv/unused\"\n{app}\n[ssh]\nuser = \"{USER}\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n{ssh}\n[env.fleet]\n{env}\nhosts = {{ {} }}\nroles = {{ web = [{}] }}\n",
+        fleet.client_key().display(),
+        fleet.known_hosts.display(),
+        hosts.join(", "),
+        names.join(", ")
+    )
+}
