@@ -9,6 +9,8 @@
 #                        # $W/hosts (one client address a line), $W/maps, $W/ssh_config
 #   bench_linkemu        # starts the emulator when LINK is set (after bench_fleet)
 #   bench_median CMD...  # median wall seconds of $RUNS runs; a failing run fails the bench
+#   ms CMD...            # wall milliseconds of one run; a failing run stops the bench
+#   median               # the median of the numbers on stdin, one a line
 
 HOST_NET=${HOST_NET:-127.0.3}
 LINK_NET=${LINK_NET:-127.0.5}
@@ -95,3 +97,16 @@ bench_median() { # command... -> median seconds over $RUNS runs
   done
   printf '%s\n' "${t[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1000}'
 }
+
+# Wall milliseconds of one run of "$@". A run that fails stops the benchmark with its
+# output: a failure is never timed as a result.
+ms() {
+  local t0 t1 out
+  t0=$(date +%s%N)
+  out=$("$@" 2>&1) || { printf '%s: `%s` failed:\n%s\n' "$(basename "$0")" "$*" "$out" >&2; exit 1; }
+  t1=$(date +%s%N)
+  echo $(((t1 - t0) / 1000000))
+}
+
+# The median of the numbers on stdin, one a line.
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-9}
 N=${N:-2}
+. benches/lib.sh # ms, median
 [ "$(id -u)" = 0 ] || { echo "rollout.sh: run as root (it starts sshd processes)" >&2; exit 2; }
 [ -x /usr/sbin/sshd ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server; }
 cargo build --release --locked -q
@@ -71,16 +72,6 @@ for _ in $(seq 1 200); do grep -q "window running" "$W/runner.out" && break; sle
 grep -q "window running" "$W/runner.out" || { cat "$W/runner.out"; exit 1; }
 "$RB" rollout status -e bench || { echo "rollout status failed" >&2; exit 1; }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# Wall milliseconds of one run of "$@". A run that fails stops the benchmark with its
-# output: a failure is never timed as a result.
-ms() {
-  local t0 t1 out
-  t0=$(date +%s%N)
-  out=$("$@" 2>&1) || { printf '%s: `%s` failed:\n%s\n' "$(basename "$0")" "$*" "$out" >&2; exit 1; }
-  t1=$(date +%s%N)
-  echo $(((t1 - t0) / 1000000))
-}
 ro=$(for _ in $(seq "$RUNS"); do ms "$RB" rollout status -e bench; done | median)
 rj=$(for _ in $(seq "$RUNS"); do ms "$RB" rollout status -e bench --json; done | median)
 st=$(for _ in $(seq "$RUNS"); do ms "$RB" status -e bench; done | median)

@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
+. benches/lib.sh # ms, median
 N=${N:-20}
 [ "$(id -u)" = 0 ] || { echo "status.sh: run as root (it starts sshd processes)" >&2; exit 2; }
 need=()
@@ -65,16 +66,6 @@ sleep 1.1
 "$RB" run release -e bench -q >/dev/null
 "$RB" status -e bench >/dev/null || { "$RB" status -e bench; exit 1; }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# Wall milliseconds of one run of "$@". A run that fails stops the benchmark with its
-# output: a failure is never timed as a result.
-ms() {
-  local t0 t1 out
-  t0=$(date +%s%N)
-  out=$("$@" 2>&1) || { printf '%s: `%s` failed:\n%s\n' "$(basename "$0")" "$*" "$out" >&2; exit 1; }
-  t1=$(date +%s%N)
-  echo $(((t1 - t0) / 1000000))
-}
 # The same reads per host (every host's deploy path is alike; h1's is read by each).
 reads="d=$W/h1/app; readlink \"\$d/current\"; ls -1 \"\$d/releases\"; df -Pk \"\$d\" | tail -1"
 rb=$(for _ in $(seq "$RUNS"); do ms "$RB" status -e bench; done | median)
