@@ -18,11 +18,11 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 
 use flate2::Compression;
-use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 mod beneath;
+mod inflate;
 
 /// The manifest's name inside the archive (always the last entry).
 pub const MANIFEST: &str = ".runbook-manifest.json";
@@ -455,7 +455,7 @@ fn on_disk(path: &str, e: io::Error) -> ArchiveError {
 
 /// Reads the whole archive: every checksum against the manifest, every entry checked
 /// for safety. Extracts nothing. Returns the manifest.
-pub fn verify(reader: impl Read) -> Result<Manifest, ArchiveError> {
+pub fn verify(reader: impl Read + Send) -> Result<Manifest, ArchiveError> {
     check_entries(reader, None, restore_limit())
 }
 
@@ -505,7 +505,7 @@ pub fn manifest_limit() -> u64 {
 /// and the error returned, so the live tree is never touched. Nothing is written through
 /// a link: see [`beneath`]. Symlinks are made after every file and directory, then
 /// directory modes and mtimes are applied, deepest first.
-pub fn verify_into(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveError> {
+pub fn verify_into(reader: impl Read + Send, dest: &Path) -> Result<Manifest, ArchiveError> {
     let exists = || ArchiveError::Unsafe {
         path: dest.display().to_string(),
         why: "the restore target already exists".into(),
@@ -537,14 +537,23 @@ pub fn verify_into(reader: impl Read, dest: &Path) -> Result<Manifest, ArchiveEr
 /// returned names only paths that passed [`normalise`] and [`Tree::admit`] exactly as
 /// spelled (they must equal the entries seen), so callers may join them to `dest`.
 fn check_entries(
-    reader: impl Read,
+    reader: impl Read + Send,
+    dest: Option<&Path>,
+    limit: u64,
+) -> Result<Manifest, ArchiveError> {
+    std::thread::scope(|s| check_inflated(inflate::beside(s, reader), dest, limit))
+}
+
+/// [`check_entries`] of the inflated tar stream.
+fn check_inflated(
+    plain: impl Read,
     dest: Option<&Path>,
     limit: u64,
 ) -> Result<Manifest, ArchiveError> {
     let out = dest
         .map(|d| beneath::Beneath::open(d).map_err(|e| on_disk(&d.display().to_string(), e)))
         .transpose()?;
-    let mut archive = tar::Archive::new(MultiGzDecoder::new(reader));
+    let mut archive = tar::Archive::new(plain);
     let mut seen: Vec<Entry> = Vec::new();
     let mut tree = Tree::default();
     let mut manifest: Option<Manifest> = None;
@@ -758,7 +767,11 @@ fn compare(manifest: &Manifest, seen: &[Entry]) -> Result<(), ArchiveError> {
 /// Extracts an archive already verified as `manifest` into `dest` (which must not exist
 /// yet), with every check of [`verify_into`]; refused if the archive is no longer the one
 /// that was verified.
-pub fn unpack(reader: impl Read, dest: &Path, manifest: &Manifest) -> Result<(), ArchiveError> {
+pub fn unpack(
+    reader: impl Read + Send,
+    dest: &Path,
+    manifest: &Manifest,
+) -> Result<(), ArchiveError> {
     let got = verify_into(reader, dest)?;
     if got.entries != manifest.entries {
         let _ = std::fs::remove_dir_all(dest);

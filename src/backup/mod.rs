@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod archive;
+pub mod host;
 pub mod remote;
 pub mod serve;
 

@@ -96,7 +96,7 @@ pub mod artisan_api {
         hosts: Dynamic,
         command: Dynamic,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::artisan(&ctx, &hosts, &command, &Map::new()))
+        crate::modules::located(&ctx, super::artisan(&ctx, &hosts, &command, &Map::new()))
     }
 
     /// `artisan::run` with options: `release` (run in that release instead of the live
@@ -108,6 +108,6 @@ pub mod artisan_api {
         command: Dynamic,
         opts: Map,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::artisan(&ctx, &hosts, &command, &opts))
+        crate::modules::located(&ctx, super::artisan(&ctx, &hosts, &command, &opts))
     }
 }

@@ -36,7 +36,7 @@ pub mod audit_api {
     pub fn records(ctx: NativeCallContext, since: &str) -> Result<Array, Box<EvalAltResult>> {
         let all = super::recent(&ctx, since)?;
         all.iter()
-            .map(|r| rhai::serde::to_dynamic(r).map_err(|e| super::super::error(e.to_string())))
+            .map(|r| rhai::serde::to_dynamic(r).map_err(|e| crate::modules::error(e.to_string())))
             .collect()
     }
 
@@ -52,7 +52,7 @@ pub mod audit_api {
         let all = super::recent(&ctx, since)?;
         crate::audit::stats(&all, window)
             .iter()
-            .map(|s| rhai::serde::to_dynamic(s).map_err(|e| super::super::error(e.to_string())))
+            .map(|s| rhai::serde::to_dynamic(s).map_err(|e| crate::modules::error(e.to_string())))
             .collect::<Result<Vec<Dynamic>, _>>()
     }
 }

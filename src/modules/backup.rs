@@ -1,4 +1,5 @@
-//! `backup::*` — backups from scripts (plain core: `crate::backup`).
+//! `backup::*` — backups from scripts: options in, maps out. Where a host's backups are
+//! made and kept is decided by the core (`crate::backup::host`).
 
 use crate::sync::Locked;
 use std::path::PathBuf;
@@ -7,9 +8,9 @@ use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
 use super::context::{HostRef, duration_arg};
-use crate::backup::{self as core, Database, Options, RestoreOptions, Summary};
+use crate::backup::host::{DatabaseFields, Place};
+use crate::backup::{Database, Options, RestoreOptions, Summary};
 use crate::effects::Target;
-use crate::inventory::TransportKind;
 
 fn backup_dir(
     session: &crate::session::Session,
@@ -25,6 +26,27 @@ fn backup_dir(
         .ok_or_else(|| super::error("no environment selected"))
 }
 
+/// The backups of `host` (`None`: the environment's backup_dir on this machine).
+fn place<'a>(
+    session: &'a crate::session::Session,
+    host: Option<&HostRef>,
+    opts: &Map,
+) -> Result<Place<'a>, Box<EvalAltResult>> {
+    let on_host = session
+        .inventory
+        .as_ref()
+        .map(|i| i.backup.on_host)
+        .unwrap_or_default();
+    Ok(Place::new(
+        &session.effects,
+        backup_dir(session, opts)?,
+        host.map(|h| h.0.clone()),
+        on_host,
+    ))
+}
+
+/// `#{ driver: "mysql", name, user, host, port or socket, password_env }` or
+/// `#{ driver: "sqlite", path }`; the password is masked in every output from here on.
 pub(crate) fn database(
     v: &Dynamic,
     session: &crate::session::Session,
@@ -34,49 +56,21 @@ pub(crate) fn database(
         .try_cast::<Map>()
         .ok_or_else(|| super::error("`database` must be a map like #{ driver: \"mysql\", name: \"app\", user: \"app\", password_env: \"DB_PASSWORD\" }"))?;
     let get = |k: &str| m.get(k).map(ToString::to_string);
-    match get("driver").as_deref() {
-        Some("sqlite") => Ok(Database::Sqlite {
-            path: get("path")
-                .ok_or_else(|| super::error("a sqlite database needs `path`"))?
-                .into(),
-        }),
-        Some("mysql") | Some("mariadb") => {
-            let password = match get("password_env") {
-                Some(var) => {
-                    let p = std::env::var(&var).map_err(|_| {
-                        super::error(format!("{var} (the database password) is not set"))
-                    })?;
-                    session.effects.output().redactor().add(&p);
-                    Some(p)
-                }
-                None => None,
-            };
-            Ok(Database::Mysql {
-                host: get("host").unwrap_or_else(|| "127.0.0.1".into()),
-                port: m
-                    .get("port")
-                    .and_then(|p| p.as_int().ok())
-                    .and_then(|p| u16::try_from(p).ok())
-                    .unwrap_or(3306),
-                socket: get("socket"),
-                user: get("user").unwrap_or_else(|| "root".into()),
-                password,
-                name: get("name").ok_or_else(|| super::error("a mysql database needs `name`"))?,
-            })
-        }
-        other => Err(super::error(format!(
-            "database driver {other:?}: use \"mysql\" or \"sqlite\""
-        ))),
+    let db = Database::from_fields(&DatabaseFields {
+        driver: get("driver"),
+        path: get("path"),
+        host: get("host"),
+        port: m.get("port").and_then(|p| p.as_int().ok()),
+        socket: get("socket"),
+        user: get("user"),
+        name: get("name"),
+        password_env: get("password_env"),
+    })
+    .map_err(super::error)?;
+    if let Some(p) = db.password() {
+        session.effects.output().redactor().add(p);
     }
-}
-
-/// `[backup] on_host` of the inventory (`auto` without one).
-fn on_host(session: &crate::session::Session) -> crate::inventory::model::OnHost {
-    session
-        .inventory
-        .as_ref()
-        .map(|i| i.backup.on_host)
-        .unwrap_or_default()
+    Ok(db)
 }
 
 fn summary_map(s: &Summary) -> Map {
@@ -99,27 +93,31 @@ fn summary_map(s: &Summary) -> Map {
     m
 }
 
+fn check_keys(opts: &Map, allowed: &[&str], what: &str) -> Result<(), Box<EvalAltResult>> {
+    match opts.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(super::error(format!(
+            "unknown {what} option `{k}` (options: {})",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Box<EvalAltResult>> {
     crate::modules::guard(ctx, "backup::create")?;
     let session = super::session(ctx)?;
-    for k in opts.keys() {
-        if ![
+    check_keys(
+        opts,
+        &[
             "database",
             "storage",
             "exclude",
             "level",
             "backup_dir",
             "name",
-        ]
-        .contains(&k.as_str())
-        {
-            return Err(super::error(format!(
-                "unknown backup option `{k}` (options: database, storage, exclude, level, backup_dir, name)"
-            )));
-        }
-    }
-    let dir = backup_dir(&session, opts)?;
-    let root = PathBuf::from(&host.0.deploy_path);
+        ],
+        "backup",
+    )?;
     let o = Options {
         shared_files: session
             .inventory
@@ -148,15 +146,15 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
         dumped: None,
         name: opts.get("name").map(ToString::to_string),
     };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    if host.0.transport != TransportKind::Local {
-        if session.effects.dry_run() {
-            session.effects.output().log(
-                crate::output::Level::Info,
-                format!("would back up {} into {}", host.0.name, dir.display()),
-            );
-            // The name it would get, so that a plan built on it goes on (synthetic).
-            let name = o.name.clone().unwrap_or_else(|| {
+    let name = o.name.clone();
+    match place(&session, Some(host), opts)?
+        .create(o)
+        .map_err(super::error)?
+    {
+        Some(s) => Ok(summary_map(&s)),
+        None => {
+            // A dry run: the name it would get, so that a plan built on it goes on.
+            let name = name.unwrap_or_else(|| {
                 format!(
                     "{}{}{}",
                     crate::backup::PREFIX,
@@ -167,58 +165,9 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
             let mut m = Map::new();
             m.insert("dry_run".into(), true.into());
             m.insert("name".into(), name.into());
-            return Ok(m);
+            Ok(m)
         }
-        let target = Target::Host(host.0.clone());
-        let db = o.database.clone();
-        let s = core::remote::create(
-            &session.effects,
-            &target,
-            &dir.display().to_string(),
-            &o,
-            db.as_ref(),
-            threads,
-            on_host(&session),
-        )
-        .map_err(super::error)?;
-        session.effects.output().log(
-            crate::output::Level::Info,
-            format!(
-                "backup {} on {} ({} files, {} bytes, release {})",
-                s.name, host.0.name, s.files, s.size, s.release
-            ),
-        );
-        return Ok(summary_map(&s));
     }
-    let argv = vec![
-        "backup".into(),
-        "create".into(),
-        root.display().to_string(),
-        dir.display().to_string(),
-    ];
-    // `None` in a dry run: nothing was archived.
-    let summary = session
-        .effects
-        .task(&Target::Host(host.0.clone()), argv, move || {
-            core::create(&root, &dir, &o, threads).map_err(|e| e.to_string())
-        })
-        .map_err(|e| super::error(e.to_string()))?;
-    Ok(summary
-        .map(|s| {
-            session.effects.output().log(
-                crate::output::Level::Info,
-                format!(
-                    "backup {} ({} files, {} bytes, release {})",
-                    s.name, s.files, s.size, s.release
-                ),
-            );
-            summary_map(&s)
-        })
-        .unwrap_or_else(|| {
-            let mut m = Map::new();
-            m.insert("dry_run".into(), true.into());
-            m
-        }))
 }
 
 fn restore(
@@ -253,13 +202,11 @@ fn restore_into(
         }
         None => host,
     };
-    for k in opts.keys() {
-        if !["database", "shared", "backup_dir", "release", "activate"].contains(&k.as_str()) {
-            return Err(super::error(format!(
-                "unknown restore option `{k}` (options: database, shared, backup_dir, release, activate)"
-            )));
-        }
-    }
+    check_keys(
+        opts,
+        &["database", "shared", "backup_dir", "release", "activate"],
+        "restore",
+    )?;
     let switch = opts
         .get("activate")
         .and_then(|v| v.as_bool().ok())
@@ -276,15 +223,8 @@ fn restore_into(
             "restoring a database on a protected environment needs a written reason: pass --reason \"…\"",
         ));
     }
-    let dir = backup_dir(&session, opts)?;
-    let archive = dir.join(name);
-    let remote = host.0.transport != TransportKind::Local;
-    if !remote && !archive.is_file() {
-        return Err(super::error(format!(
-            "no backup {} (see backup::list)",
-            archive.display()
-        )));
-    }
+    let backups = place(&session, Some(host), opts)?;
+    backups.require(name).map_err(super::error)?;
     let targets = [Target::Host(host.0.clone())];
     let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     // `release`: the name another host's restore chose, so every host agrees.
@@ -301,7 +241,6 @@ fn restore_into(
         None => crate::release::choose_name(&session.effects, &targets, &now)
             .map_err(|e| super::error(e.message))?,
     };
-    let root = PathBuf::from(&host.0.deploy_path);
     let ro = RestoreOptions {
         shared: opts
             .get("shared")
@@ -320,50 +259,9 @@ fn restore_into(
         runbook: env!("CARGO_PKG_VERSION").to_owned(),
         ..crate::release::Metadata::default()
     };
-    if remote {
-        if !session.effects.dry_run() {
-            let meta_json = serde_json::to_string(&meta).unwrap_or_default();
-            core::remote::restore(
-                &session.effects,
-                &targets[0],
-                &core::remote::Restore {
-                    backup_dir: &dir.display().to_string(),
-                    name,
-                    release: &release,
-                    shared: ro.shared,
-                    db: ro.database.as_ref(),
-                    meta_json: &meta_json,
-                    mode: on_host(&session),
-                },
-            )
-            .map_err(super::error)?;
-        }
-    } else {
-        let (rel, root2) = (release.clone(), root.clone());
-        let argv = vec![
-            "backup".into(),
-            "restore".into(),
-            archive.display().to_string(),
-            format!("releases/{release}"),
-        ];
-        session
-            .effects
-            .task(&targets[0], argv, move || {
-                let manifest =
-                    core::restore(&archive, &root2, &rel, &ro).map_err(|e| e.to_string())?;
-                let mut meta = meta;
-                meta.git_ref = manifest.git_ref.clone();
-                meta.commit = format!("restored from release {}", manifest.release);
-                let dir = root2.join(".runbook/releases");
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                std::fs::write(
-                    dir.join(format!("{rel}.json")),
-                    serde_json::to_vec(&meta).unwrap_or_default(),
-                )
-                .map_err(|e| e.to_string())
-            })
-            .map_err(|e| super::error(e.to_string()))?;
-    }
+    backups
+        .restore(name, &release, ro, meta)
+        .map_err(super::error)?;
     if scratch.is_some() {
         crate::release::activate(&session.effects, &targets, &release)
             .map_err(|e| super::error(e.message))?;
@@ -394,46 +292,18 @@ fn copy(
     name: &str,
 ) -> Result<Array, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
-    if !core::valid_name(name) {
-        return Err(super::error(format!(
-            "`{name}` is not a backup name (see backup::list)"
-        )));
-    }
     let (targets, _) = super::exec::targets(to)?;
-    let dir = backup_dir(&session, &Map::new())?;
-    let source = Target::Host(from.0.clone());
-    let lacking: Vec<Target> = targets
-        .into_iter()
-        .filter(|t| t.name() != from.0.name)
-        .collect();
-    if lacking.is_empty() || session.effects.dry_run() {
-        return Ok(Array::new());
-    }
-    let copied = core::remote::copy(
-        &session.effects,
-        &source,
-        &lacking,
-        &dir.display().to_string(),
-        name,
-    )
-    .map_err(super::error)?;
+    let copied = place(&session, Some(from), &Map::new())?
+        .copy_to(targets, name)
+        .map_err(super::error)?;
     Ok(copied.into_iter().map(Dynamic::from).collect())
-}
-
-/// Where a host's backups are handled: on the runner (`None`) or over SSH.
-fn remote_target(host: Option<&HostRef>) -> Option<Target> {
-    host.filter(|h| h.0.transport != TransportKind::Local)
-        .map(|h| Target::Host(h.0.clone()))
 }
 
 fn list_of(ctx: &NativeCallContext, host: Option<&HostRef>) -> Result<Array, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
-    let dir = backup_dir(&session, &Map::new())?;
-    let all = match remote_target(host) {
-        None => core::list(&dir).map_err(|e| super::error(e.to_string()))?,
-        Some(t) => core::remote::list(&session.effects, &t, &dir.display().to_string())
-            .map_err(super::error)?,
-    };
+    let all = place(&session, host, &Map::new())?
+        .list()
+        .map_err(super::error)?;
     Ok(all.iter().map(|s| Dynamic::from(summary_map(s))).collect())
 }
 
@@ -443,32 +313,16 @@ fn verify_of(
     name: &str,
 ) -> Result<Map, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
-    let dir = backup_dir(&session, &Map::new())?;
-    let (release, entries) = match remote_target(host) {
-        None => {
-            let path = dir.join(name);
-            let file = std::fs::File::open(&path)
-                .map_err(|e| super::error(format!("{}: {e}", path.display())))?;
-            let m =
-                core::archive::verify(file).map_err(|e| super::error(format!("{name}: {e}")))?;
-            (m.release, m.entries.len())
-        }
-        Some(t) => {
-            let v = core::remote::verify(
-                &session.effects,
-                &t,
-                &dir.display().to_string(),
-                name,
-                on_host(&session),
-            )
-            .map_err(super::error)?;
-            (v.release, v.entries)
-        }
-    };
+    let v = place(&session, host, &Map::new())?
+        .verify(name)
+        .map_err(super::error)?;
     let mut out = Map::new();
     out.insert("ok".into(), true.into());
-    out.insert("release".into(), release.into());
-    out.insert("entries".into(), i64::try_from(entries).unwrap_or(0).into());
+    out.insert("release".into(), v.release.into());
+    out.insert(
+        "entries".into(),
+        i64::try_from(v.entries).unwrap_or(0).into(),
+    );
     Ok(out)
 }
 
@@ -479,28 +333,15 @@ fn prune_of(
 ) -> Result<Array, Box<EvalAltResult>> {
     crate::modules::guard(ctx, "backup::prune")?;
     let session = super::session(ctx)?;
-    let dir = backup_dir(&session, opts)?;
     let keep = opts
         .get("keep")
         .and_then(|v| v.as_int().ok())
         .and_then(|k| usize::try_from(k).ok())
         .unwrap_or(10);
     let max_age = opts.get("max_age").map(duration_arg).transpose()?;
-    if session.effects.dry_run() {
-        return Ok(Array::new());
-    }
-    let removed = match remote_target(host) {
-        None => core::prune(&dir, keep, max_age).map_err(|e| super::error(e.to_string()))?,
-        Some(t) => core::remote::prune(
-            &session.effects,
-            &t,
-            &dir.display().to_string(),
-            keep,
-            max_age,
-            on_host(&session),
-        )
-        .map_err(super::error)?,
-    };
+    let removed = place(&session, host, opts)?
+        .prune(keep, max_age)
+        .map_err(super::error)?;
     Ok(removed.into_iter().map(Dynamic::from).collect())
 }
 
@@ -522,19 +363,19 @@ pub mod backup_api {
         host: HostRef,
         opts: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::create(&ctx, &host, &opts))
+        crate::modules::located(&ctx, super::create(&ctx, &host, &opts))
     }
 
     /// The backups of the environment, newest first: `#{ name, size, age_s, release, ref, files, database, verified }`.
     #[rhai_fn(name = "list", return_raw)]
     pub fn list(ctx: NativeCallContext) -> Result<Array, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::list_of(&ctx, None))
+        crate::modules::located(&ctx, super::list_of(&ctx, None))
     }
 
     /// The backups on a host (over SSH, or the local backup_dir), newest first.
     #[rhai_fn(name = "list", return_raw)]
     pub fn list_host(ctx: NativeCallContext, host: HostRef) -> Result<Array, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::list_of(&ctx, Some(&host)))
+        crate::modules::located(&ctx, super::list_of(&ctx, Some(&host)))
     }
 
     /// Verifies a backup stored on a host, every checksum checked: on the host by
@@ -545,21 +386,21 @@ pub mod backup_api {
         host: HostRef,
         name: &str,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::verify_of(&ctx, Some(&host), name))
+        crate::modules::located(&ctx, super::verify_of(&ctx, Some(&host), name))
     }
 
     /// Reads a whole backup and checks every checksum against its manifest; extracts
     /// nothing. Throws, saying what is wrong, when it does not verify.
     #[rhai_fn(name = "verify", return_raw)]
     pub fn verify(ctx: NativeCallContext, name: &str) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::verify_of(&ctx, None, name))
+        crate::modules::located(&ctx, super::verify_of(&ctx, None, name))
     }
 
     /// Removes old backups: beyond `keep` (default 10) or older than `max_age` ("30d");
     /// never the newest backup that verifies, never one being written.
     #[rhai_fn(name = "prune", return_raw)]
     pub fn prune(ctx: NativeCallContext, opts: Map) -> Result<Array, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::prune_of(&ctx, None, &opts))
+        crate::modules::located(&ctx, super::prune_of(&ctx, None, &opts))
     }
 
     /// Restores a backup into a scratch layout under `dir` on the host (its own
@@ -573,7 +414,7 @@ pub mod backup_api {
         dir: &str,
     ) -> Result<String, Box<EvalAltResult>> {
         let scratch = Some(dir.to_owned());
-        super::super::located(
+        crate::modules::located(
             &ctx,
             super::restore_into(&ctx, &host, name, &Map::new(), scratch),
         )
@@ -586,7 +427,7 @@ pub mod backup_api {
         host: HostRef,
         opts: Map,
     ) -> Result<Array, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::prune_of(&ctx, Some(&host), &opts))
+        crate::modules::located(&ctx, super::prune_of(&ctx, Some(&host), &opts))
     }
 
     /// Brings backup `name` from host `from` to every host of `to` that lacks it (hosts
@@ -599,7 +440,7 @@ pub mod backup_api {
         to: Dynamic,
         name: &str,
     ) -> Result<Array, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::copy(&ctx, &from, &to, name))
+        crate::modules::located(&ctx, super::copy(&ctx, &from, &to, name))
     }
 
     /// Restores a backup into a NEW release (verified first; never over a live one) and
@@ -616,6 +457,6 @@ pub mod backup_api {
         name: &str,
         opts: Map,
     ) -> Result<String, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::restore(&ctx, &host, name, &opts))
+        crate::modules::located(&ctx, super::restore(&ctx, &host, name, &opts))
     }
 }

@@ -345,9 +345,9 @@ pub mod canary_api {
         all: Dynamic,
         opts: Map,
     ) -> Result<Rollout, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
-        let (targets, _) = super::super::exec::targets(&web)?;
-        let (locked, _) = super::super::exec::targets(&all)?;
+        let session = crate::modules::session(&ctx)?;
+        let (targets, _) = crate::modules::exec::targets(&web)?;
+        let (locked, _) = crate::modules::exec::targets(&all)?;
         let text = |k: &str| opts.get(k).map(ToString::to_string).unwrap_or_default();
         let steps = opts
             .get("steps")
@@ -356,7 +356,7 @@ pub mod canary_api {
             .iter()
             .filter_map(|d| d.as_int().ok())
             .collect();
-        let holder = super::super::lock::holder(&session);
+        let holder = crate::modules::lock::holder(&session);
         let state = rollout::State {
             run: holder.run,
             actor: holder.actor,
@@ -395,7 +395,7 @@ pub mod canary_api {
         step: i64,
         weight: i64,
     ) -> Result<(), Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         ro.with(|i| {
             let s = &mut i.state;
             s.step = usize::try_from(step).unwrap_or(0);
@@ -418,7 +418,7 @@ pub mod canary_api {
         ro: Rollout,
         seconds: i64,
     ) -> Result<(), Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         ro.with(|i| {
             i.state.window_s = u64::try_from(seconds).unwrap_or(0);
             i.state.window_started_ms = rollout::now_ms();
@@ -440,7 +440,7 @@ pub mod canary_api {
         ro: Rollout,
         seconds: Dynamic,
     ) -> Result<String, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let mut left = duration_arg(&seconds)?;
         if ro.with(|i| i.dry_run) {
             return Ok(String::new());
@@ -474,7 +474,7 @@ pub mod canary_api {
         ro: Rollout,
         verdict: Map,
     ) -> Result<(), Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let reasons = verdict
             .get("reasons")
             .and_then(|r| r.clone().try_cast::<Array>())
@@ -510,11 +510,11 @@ pub mod canary_api {
         ro: Rollout,
         phase: &str,
     ) -> Result<(), Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let p = rollout::Phase::parse(phase)
             .filter(|p| p.ended())
             .ok_or_else(|| {
-                super::super::error(format!(
+                crate::modules::error(format!(
                     "a rollout ends \"promoted\", \"aborted\" or \"failed\", not \"{phase}\""
                 ))
             })?;
@@ -546,7 +546,7 @@ pub mod canary_api {
         log_text: &str,
         opts: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let o = super::super::located(&ctx, super::options(&opts))?;
+        let o = crate::modules::located(&ctx, super::options(&opts))?;
         Ok(super::report(&core::judge_log(log_text.as_bytes(), &o)))
     }
 
@@ -564,7 +564,7 @@ pub mod canary_api {
         opts: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
         let read = super::values(&values).and_then(|v| Ok((v, super::options(&opts)?)));
-        let (v, o) = super::super::located(&ctx, read)?;
+        let (v, o) = crate::modules::located(&ctx, read)?;
         Ok(super::report(&core::judge_values(&v, &o)))
     }
 }

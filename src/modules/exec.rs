@@ -1,7 +1,7 @@
-//! `local::*` and `ssh::*`: running commands. Both build a [`CommandSpec`] from an argument
-//! list (or an explicitly named raw shell script) plus an options map, and hand it to the
-//! effect layer. `ssh::run` reaches every host of a set at once; each host's transport
-//! comes from the inventory (`transport = "local"` hosts run on this machine).
+//! What `local::*`, `ssh::*` and the modules built on them (`artisan::*`, `release::*` …)
+//! share: a [`CommandSpec`] built from an argument list (or an explicitly named raw shell
+//! script) plus an options map, a host or host set as targets, and result maps. The script
+//! modules themselves are `local.rs` and `ssh.rs`.
 
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
@@ -34,7 +34,7 @@ pub struct Call {
     pub fan: FanOut,
 }
 
-fn argv_of(argv: &Array) -> Result<Vec<String>, Box<EvalAltResult>> {
+pub(super) fn argv_of(argv: &Array) -> Result<Vec<String>, Box<EvalAltResult>> {
     if argv.is_empty() {
         return Err(super::error(
             "the argument list is empty: give at least the program, e.g. [\"php\", \"artisan\", \"up\"]",
@@ -194,7 +194,7 @@ pub fn result_map(r: &CommandResult) -> Map {
 
 /// A command's failure as the script's error: a [`HostError`] it can read (or the stop
 /// of an interrupt, which no `catch` sees).
-fn to_rhai(session: &crate::session::Session, err: &CommandError) -> Box<EvalAltResult> {
+pub(super) fn to_rhai(session: &crate::session::Session, err: &CommandError) -> Box<EvalAltResult> {
     if err.is_interrupt() {
         super::interrupted()
     } else {
@@ -229,7 +229,7 @@ pub(crate) fn run_on(
     super::located(ctx, run_on_targets(ctx, target, program, opts))
 }
 
-fn run_on_targets(
+pub(super) fn run_on_targets(
     ctx: &NativeCallContext,
     target: &Dynamic,
     program: Program,
@@ -342,205 +342,4 @@ fn skipped_map(host: &str) -> Map {
     m.insert("stdout".into(), "".into());
     m.insert("stderr".into(), "".into());
     m
-}
-
-fn run_local(
-    ctx: &NativeCallContext,
-    program: Program,
-    opts: &Map,
-) -> Result<Map, Box<EvalAltResult>> {
-    let result = super::session(ctx).and_then(|session| {
-        let call = call(program, opts)?;
-        session
-            .effects
-            .run(&Target::Local, &call.spec)
-            .map(|r| result_map(&r))
-            .map_err(|e| to_rhai(&session, &e))
-    });
-    super::located(ctx, result)
-}
-
-#[export_module]
-pub mod local_api {
-    /// Runs a program on this machine from an argument list (no shell involved).
-    /// Returns `#{ host, command, code, ok, stdout, stderr, duration_ms, dry_run }`;
-    /// a non-zero exit throws a `HostError` (`e.code`, `e.stderr`, `e.kind` …) unless
-    /// `#{ tolerate: true }`.
-    #[rhai_fn(name = "run", return_raw)]
-    pub fn run(ctx: NativeCallContext, argv: Array) -> Result<Map, Box<EvalAltResult>> {
-        super::run_local(&ctx, Program::Argv(super::argv_of(&argv)?), &Map::new())
-    }
-
-    /// `local::run` with options: `cwd`, `env` (map), `timeout` ("30s"), `tolerate`,
-    /// `stdin`, `quiet` (do not stream output), `read` (true: it only reads, so it runs
-    /// for real in a dry run).
-    #[rhai_fn(name = "run", return_raw)]
-    pub fn run_opts(
-        ctx: NativeCallContext,
-        argv: Array,
-        opts: Map,
-    ) -> Result<Map, Box<EvalAltResult>> {
-        super::run_local(&ctx, Program::Argv(super::argv_of(&argv)?), &opts)
-    }
-
-    /// Runs a raw shell script on this machine (`sh -c`). Values are NOT quoted for you:
-    /// prefer `local::run` with an argument list.
-    #[rhai_fn(name = "shell", return_raw)]
-    pub fn shell(ctx: NativeCallContext, script: &str) -> Result<Map, Box<EvalAltResult>> {
-        super::run_local(&ctx, Program::Shell(script.to_owned()), &Map::new())
-    }
-
-    /// `local::shell` with options (as for `local::run`).
-    #[rhai_fn(name = "shell", return_raw)]
-    pub fn shell_opts(
-        ctx: NativeCallContext,
-        script: &str,
-        opts: Map,
-    ) -> Result<Map, Box<EvalAltResult>> {
-        super::run_local(&ctx, Program::Shell(script.to_owned()), &opts)
-    }
-}
-
-fn upload(
-    ctx: &NativeCallContext,
-    target: &Dynamic,
-    local: &str,
-    remote: &str,
-) -> Result<Dynamic, Box<EvalAltResult>> {
-    let result = super::session(ctx).and_then(|session| {
-        let (targets, single) = targets(target)?;
-        let local = resolve_local(&session, local);
-        let mut results = Array::new();
-        let mut failures = Vec::new();
-        for outcome in session.effects.upload(&targets, &local, remote) {
-            match outcome {
-                Ok(r) => results.push(result_map(&r).into()),
-                Err(e) => failures.push(e),
-            }
-        }
-        if !failures.is_empty() {
-            let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
-            let redactor = session.effects.output().redactor();
-            return Err(HostError::listed(&lines.join("\n"), &failures, &[], redactor).into_rhai());
-        }
-        Ok(if single {
-            results.pop().unwrap_or_default()
-        } else {
-            results.into()
-        })
-    });
-    super::located(ctx, result)
-}
-
-fn download(
-    ctx: &NativeCallContext,
-    host: HostRef,
-    remote: &str,
-    local: &str,
-) -> Result<Map, Box<EvalAltResult>> {
-    let result = super::session(ctx).and_then(|session| {
-        let local = resolve_local(&session, local);
-        session
-            .effects
-            .download(&Target::Host(host.0), remote, &local)
-            .map(|r| result_map(&r))
-            .map_err(|e| to_rhai(&session, &e))
-    });
-    super::located(ctx, result)
-}
-
-/// Local paths in scripts are relative to the project root, like everything else.
-fn resolve_local(session: &crate::session::Session, path: &str) -> std::path::PathBuf {
-    let p = std::path::Path::new(path);
-    match &session.inventory {
-        Some(inv) if p.is_relative() => inv.root.join(p),
-        _ => p.to_path_buf(),
-    }
-}
-
-#[export_module]
-pub mod ssh_api {
-    /// Copies a local file or directory (relative paths: from the project root) to
-    /// `remote` on a host or every host of a set, over the existing connection; modes
-    /// and symlinks are kept. A directory's contents land in `remote`.
-    #[rhai_fn(name = "upload", return_raw)]
-    pub fn upload(
-        ctx: NativeCallContext,
-        target: Dynamic,
-        local: &str,
-        remote: &str,
-    ) -> Result<Dynamic, Box<EvalAltResult>> {
-        super::upload(&ctx, &target, local, remote)
-    }
-
-    /// Copies `remote` (a file or directory) from one host to `local`.
-    #[rhai_fn(name = "download", return_raw)]
-    pub fn download(
-        ctx: NativeCallContext,
-        host: HostRef,
-        remote: &str,
-        local: &str,
-    ) -> Result<Map, Box<EvalAltResult>> {
-        super::download(&ctx, host, remote, local)
-    }
-
-    /// Runs a program from an argument list on a host or on every host of a set at once
-    /// (each argument quoted for the remote shell). A host returns one result map, a set
-    /// an array of them. Any failure throws, naming every failed host, unless
-    /// `#{ tolerate: true }`: a `HostError` whose `e.host`, `e.command`, `e.code`,
-    /// `e.stderr` and `e.kind` ("exit", "timeout", "unreachable", "refused" …) are the
-    /// first failed host's, with every failed host in `e.hosts`; it prints as the message.
-    #[rhai_fn(name = "run", return_raw)]
-    pub fn run(
-        ctx: NativeCallContext,
-        target: Dynamic,
-        argv: Array,
-    ) -> Result<Dynamic, Box<EvalAltResult>> {
-        super::run_on(
-            &ctx,
-            &target,
-            Program::Argv(super::argv_of(&argv)?),
-            &Map::new(),
-        )
-    }
-
-    /// `ssh::run` with options: `cwd`, `env`, `timeout`, `tolerate`, `stdin`, `quiet`,
-    /// `read` (true: it only reads, so it runs for real in a dry run), `concurrency`
-    /// (hosts at once).
-    #[rhai_fn(name = "run", return_raw)]
-    pub fn run_opts(
-        ctx: NativeCallContext,
-        target: Dynamic,
-        argv: Array,
-        opts: Map,
-    ) -> Result<Dynamic, Box<EvalAltResult>> {
-        super::run_on(&ctx, &target, Program::Argv(super::argv_of(&argv)?), &opts)
-    }
-
-    /// Runs a raw shell script (for pipelines) on a host or host set. Values are NOT
-    /// quoted for you: prefer `ssh::run` with an argument list.
-    #[rhai_fn(name = "shell", return_raw)]
-    pub fn shell(
-        ctx: NativeCallContext,
-        target: Dynamic,
-        script: &str,
-    ) -> Result<Dynamic, Box<EvalAltResult>> {
-        super::run_on(
-            &ctx,
-            &target,
-            Program::Shell(script.to_owned()),
-            &Map::new(),
-        )
-    }
-
-    /// `ssh::shell` with options (as for `ssh::run`).
-    #[rhai_fn(name = "shell", return_raw)]
-    pub fn shell_opts(
-        ctx: NativeCallContext,
-        target: Dynamic,
-        script: &str,
-        opts: Map,
-    ) -> Result<Dynamic, Box<EvalAltResult>> {
-        super::run_on(&ctx, &target, Program::Shell(script.to_owned()), &opts)
-    }
 }

@@ -258,7 +258,7 @@ pub mod health_api {
     /// never throws for an unhealthy answer — scripts branch on `ok`.
     #[rhai_fn(name = "check", return_raw)]
     pub fn check(ctx: NativeCallContext, url: &str) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::check_one(&ctx, url, &Map::new()))
+        crate::modules::located(&ctx, super::check_one(&ctx, url, &Map::new()))
     }
 
     /// `health::check` with options: `expect` (status or list; default 2xx), `timeout`
@@ -272,7 +272,7 @@ pub mod health_api {
         url: &str,
         opts: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::check_one(&ctx, url, &opts))
+        crate::modules::located(&ctx, super::check_one(&ctx, url, &opts))
     }
 
     /// Checks every URL at once: `#{ ok, failures, reports: [...], table }`.
@@ -283,7 +283,7 @@ pub mod health_api {
         opts: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
         let urls = urls.iter().map(ToString::to_string).collect();
-        super::super::located(&ctx, super::check_many(&ctx, urls, &opts))
+        crate::modules::located(&ctx, super::check_many(&ctx, urls, &opts))
     }
 
     /// Checks `path` on every host's own `url` (runbook.toml `hosts.NAME.url`) at once —
@@ -295,7 +295,7 @@ pub mod health_api {
         path: &str,
         opts: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        let result = super::super::exec::targets(&hosts).and_then(|(targets, _)| {
+        let result = crate::modules::exec::targets(&hosts).and_then(|(targets, _)| {
             let urls = targets
                 .iter()
                 .map(|t| match t {
@@ -304,17 +304,17 @@ pub mod health_api {
                         .as_ref()
                         .map(|u| format!("{}{path}", u.trim_end_matches('/')))
                         .ok_or_else(|| {
-                            super::super::error(format!(
+                            crate::modules::error(format!(
                                 "host `{}` has no `url` in runbook.toml",
                                 h.name
                             ))
                         }),
-                    crate::effects::Target::Local => Err(super::super::error("not a host")),
+                    crate::effects::Target::Local => Err(crate::modules::error("not a host")),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             super::check_many(&ctx, urls, &opts)
         });
-        super::super::located(&ctx, result)
+        crate::modules::located(&ctx, result)
     }
 
     /// Says out loud that a switch could not be verified and why (e.g. "no url"): a
@@ -322,7 +322,7 @@ pub mod health_api {
     /// success. Strategies call it when the inventory gives nothing to check.
     #[rhai_fn(return_raw)]
     pub fn not_verified(ctx: NativeCallContext, why: &str) -> Result<(), Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         session
             .effects
             .output()
@@ -341,7 +341,7 @@ pub mod health_api {
         let mut opts = Map::new();
         opts.insert("deadline".into(), deadline);
         opts.insert("retries".into(), 1_000_000_i64.into());
-        super::super::located(&ctx, super::check_one(&ctx, url, &opts))
+        crate::modules::located(&ctx, super::check_one(&ctx, url, &opts))
     }
 
     /// Sends `rate` requests per second for `window` ("60s") and returns
@@ -349,7 +349,7 @@ pub mod health_api {
     #[rhai_fn(name = "sample", return_raw)]
     pub fn sample(ctx: NativeCallContext, url: &str, opts: Map) -> Result<Map, Box<EvalAltResult>> {
         let result = (|| {
-            let session = super::super::session(&ctx)?;
+            let session = crate::modules::session(&ctx)?;
             let o = super::options(&opts)?;
             let rate = opts.get("rate").and_then(|r| r.as_int().ok()).unwrap_or(10);
             let window = opts
@@ -359,7 +359,7 @@ pub mod health_api {
                 .unwrap_or(std::time::Duration::from_secs(10));
             let url = super::absolute(&session, url)?;
             let client =
-                crate::health::client(&o).map_err(|e| super::super::error(e.to_string()))?;
+                crate::health::client(&o).map_err(|e| crate::modules::error(e.to_string()))?;
             let s = session
                 .effects
                 .http_read(
@@ -393,7 +393,7 @@ pub mod health_api {
             );
             Ok(m)
         })();
-        super::super::located(&ctx, result)
+        crate::modules::located(&ctx, result)
     }
 
     /// An exec probe: runs `argv` on a host or set (exit 0 = healthy) and returns
@@ -409,21 +409,25 @@ pub mod health_api {
         opts.insert("fail".into(), "continue".into());
         opts.insert("max_fail".into(), 100_i64.into());
         let argv = argv.iter().map(ToString::to_string).collect();
-        let result =
-            super::super::exec::run_on(&ctx, &hosts, crate::transport::Program::Argv(argv), &opts)
-                .map(|r| {
-                    let results = r.clone().try_cast::<Array>().unwrap_or_else(|| vec![r]);
-                    let ok = results.iter().all(|x| {
-                        x.clone()
-                            .try_cast::<Map>()
-                            .and_then(|m| m.get("ok").and_then(|o| o.as_bool().ok()))
-                            .unwrap_or(false)
-                    });
-                    let mut m = Map::new();
-                    m.insert("ok".into(), ok.into());
-                    m.insert("results".into(), results.into());
-                    m
-                });
-        super::super::located(&ctx, result)
+        let result = crate::modules::exec::run_on(
+            &ctx,
+            &hosts,
+            crate::transport::Program::Argv(argv),
+            &opts,
+        )
+        .map(|r| {
+            let results = r.clone().try_cast::<Array>().unwrap_or_else(|| vec![r]);
+            let ok = results.iter().all(|x| {
+                x.clone()
+                    .try_cast::<Map>()
+                    .and_then(|m| m.get("ok").and_then(|o| o.as_bool().ok()))
+                    .unwrap_or(false)
+            });
+            let mut m = Map::new();
+            m.insert("ok".into(), ok.into());
+            m.insert("results".into(), results.into());
+            m
+        });
+        crate::modules::located(&ctx, result)
     }
 }

@@ -161,7 +161,7 @@ pub mod lock_api {
     /// another run fails with its holder's details (see `--lock-wait`).
     #[rhai_fn(name = "acquire", return_raw)]
     pub fn acquire(ctx: NativeCallContext, hosts: Dynamic) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::acquire(&ctx, &hosts, &Map::new()))
+        crate::modules::located(&ctx, super::acquire(&ctx, &hosts, &Map::new()))
     }
 
     /// `lock::acquire` with options: `wait` ("5m": poll for a held lock), `take_stale`
@@ -172,13 +172,13 @@ pub mod lock_api {
         hosts: Dynamic,
         opts: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::acquire(&ctx, &hosts, &opts))
+        crate::modules::located(&ctx, super::acquire(&ctx, &hosts, &opts))
     }
 
     /// Releases every lock this run holds now (it would be released at the end anyway).
     #[rhai_fn(return_raw)]
     pub fn release(ctx: NativeCallContext) -> Result<Array, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let released = session.locks.release_all();
         for h in &released {
             session
@@ -192,7 +192,7 @@ pub mod lock_api {
     /// The hosts this run holds the lock on.
     #[rhai_fn(return_raw)]
     pub fn held(ctx: NativeCallContext) -> Result<Array, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         Ok(session
             .locks
             .held()

@@ -1,5 +1,5 @@
-//! `notify::*` and `metrics::*` — telling people and dashboards what happened
-//! (plain cores: `crate::notify`, `crate::metrics`).
+//! `notify::*` — telling people what happened (plain core: `crate::notify`). `metrics.rs`
+//! sends through the same [`deliver`].
 //!
 //! A failed notification is a warning event, never the reason a deploy fails — unless
 //! the call says `required: true`. In dry-run the payload is shown (redacted), not sent.
@@ -9,27 +9,30 @@ use std::time::Duration;
 use rhai::plugin::*;
 use rhai::{Dynamic, EvalAltResult, Map};
 
-use super::health::stopped;
 use crate::effects::http::HttpError;
 use crate::notify::{self as core, Deployment, PagerEvent, Smtp};
 use crate::output::{Event, Kind, Level};
 use crate::session::Session;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn text(opts: &Map, key: &str) -> Option<String> {
+pub(super) fn text(opts: &Map, key: &str) -> Option<String> {
     opts.get(key)
         .filter(|v| !v.is_unit())
         .map(ToString::to_string)
 }
 
-fn flag(opts: &Map, key: &str) -> bool {
+pub(super) fn flag(opts: &Map, key: &str) -> bool {
     opts.get(key)
         .and_then(|v| v.as_bool().ok())
         .unwrap_or(false)
 }
 
-fn check_keys(opts: &Map, allowed: &[&str], what: &str) -> Result<(), Box<EvalAltResult>> {
+pub(super) fn check_keys(
+    opts: &Map,
+    allowed: &[&str],
+    what: &str,
+) -> Result<(), Box<EvalAltResult>> {
     for k in opts.keys() {
         if !allowed.contains(&k.as_str()) {
             return Err(super::error(format!(
@@ -62,7 +65,7 @@ fn needed(missing: &mut Option<String>, what: Result<String, String>) -> String 
 /// fails like a failed delivery: a warning (an error only when `required`), and in a dry
 /// run the plan says it would fail. `bound`: the longest the send may take, retries
 /// included.
-fn deliver(
+pub(super) fn deliver(
     session: &Session,
     channel: &str,
     required: bool,
@@ -125,7 +128,7 @@ fn deliver(
     }
 }
 
-fn resolve(what: Result<String, String>) -> Result<String, Box<EvalAltResult>> {
+pub(super) fn resolve(what: Result<String, String>) -> Result<String, Box<EvalAltResult>> {
     what.map_err(super::error)
 }
 
@@ -436,27 +439,6 @@ fn webhook(
     )
 }
 
-fn endpoint(session: &Session, which: &str) -> Result<String, Box<EvalAltResult>> {
-    let m = session
-        .inventory
-        .as_ref()
-        .map(|i| i.metrics.clone())
-        .unwrap_or_default();
-    let (setting, fallback) = match which {
-        "pushgateway" => (m.pushgateway, "METRICS_ENDPOINT"),
-        _ => (m.prometheus, "PROMETHEUS_URL"),
-    };
-    match setting {
-        Some(s) => resolve(s.resolve(&format!("metrics.{which}"))),
-        None => resolve(
-            crate::inventory::SecretRef {
-                env: fallback.into(),
-            }
-            .resolve(&format!("metrics.{which}")),
-        ),
-    }
-}
-
 #[export_module]
 pub mod notify_api {
     /// Posts the seed's deployment message to Slack (webhook from `[notify.slack]`, or
@@ -466,7 +448,7 @@ pub mod notify_api {
     /// `required` (throw on failure). Returns `#{ ok, sent, error }`.
     #[rhai_fn(return_raw)]
     pub fn slack(ctx: NativeCallContext, opts: Map) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::slack(&ctx, &opts))
+        crate::modules::located(&ctx, super::slack(&ctx, &opts))
     }
 
     /// Whether a channel ("slack", "email", "pagerduty") can send: configured in
@@ -475,7 +457,7 @@ pub mod notify_api {
     /// Strategies notify only where this is true.
     #[rhai_fn(return_raw)]
     pub fn configured(ctx: NativeCallContext, channel: &str) -> Result<bool, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let notify = session.inventory.as_ref().map(|i| &i.notify);
         let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty());
         match channel {
@@ -503,7 +485,7 @@ pub mod notify_api {
                         .as_ref()
                         .is_none_or(|f| f.resolve("notify.email.from").is_ok())
             })),
-            other => Err(super::super::error(format!(
+            other => Err(crate::modules::error(format!(
                 "unknown channel `{other}` (channels: slack, email, pagerduty)"
             ))),
         }
@@ -513,7 +495,7 @@ pub mod notify_api {
     /// `subject`, `body`, `to` (overrides), `required`.
     #[rhai_fn(return_raw)]
     pub fn email(ctx: NativeCallContext, opts: Map) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::email(&ctx, &opts))
+        crate::modules::located(&ctx, super::email(&ctx, &opts))
     }
 
     /// Sends a PagerDuty Events v2 event. Options: `action` ("trigger"/"resolve"),
@@ -521,7 +503,7 @@ pub mod notify_api {
     /// (default: one per run), `details` (map), `required`.
     #[rhai_fn(return_raw)]
     pub fn pagerduty(ctx: NativeCallContext, opts: Map) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::pagerduty(&ctx, &opts))
+        crate::modules::located(&ctx, super::pagerduty(&ctx, &opts))
     }
 
     /// POSTs `payload` as JSON to `url`.
@@ -531,7 +513,7 @@ pub mod notify_api {
         url: &str,
         payload: Dynamic,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::webhook(&ctx, url, &payload, &Map::new()))
+        crate::modules::located(&ctx, super::webhook(&ctx, url, &payload, &Map::new()))
     }
 
     /// `notify::webhook` with options: `required`.
@@ -542,83 +524,6 @@ pub mod notify_api {
         payload: Dynamic,
         opts: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::webhook(&ctx, url, &payload, &opts))
-    }
-}
-
-#[export_module]
-pub mod metrics_api {
-    /// Pushes deployment metrics (duration, success, timestamp; labels app, env, release)
-    /// to the Pushgateway (`[metrics] pushgateway`, or `METRICS_ENDPOINT`). Options:
-    /// `release`, `success`, `duration_ms`, `required`.
-    #[rhai_fn(return_raw)]
-    pub fn push(ctx: NativeCallContext, opts: Map) -> Result<Map, Box<EvalAltResult>> {
-        let result = (|| {
-            let session = super::super::session(&ctx)?;
-            super::check_keys(
-                &opts,
-                &["release", "success", "duration_ms", "required"],
-                "metrics",
-            )?;
-            let gateway = super::endpoint(&session, "pushgateway")?;
-            let m = crate::metrics::DeployMetrics {
-                app: session
-                    .inventory
-                    .as_ref()
-                    .map(|i| i.app.name.clone())
-                    .unwrap_or_default(),
-                environment: session
-                    .env
-                    .as_ref()
-                    .map(|e| e.name.clone())
-                    .unwrap_or_default(),
-                release: super::text(&opts, "release").unwrap_or_default(),
-                success: opts
-                    .get("success")
-                    .and_then(|v| v.as_bool().ok())
-                    .unwrap_or(true),
-                duration_seconds: opts
-                    .get("duration_ms")
-                    .and_then(|v| v.as_int().ok())
-                    .unwrap_or(0) as f64
-                    / 1000.0,
-                timestamp_seconds: chrono::Utc::now().timestamp(),
-            };
-            let preview = crate::metrics::exposition(&m);
-            super::deliver(
-                &session,
-                "metrics",
-                super::flag(&opts, "required"),
-                preview,
-                None,
-                super::TIMEOUT,
-                async move {
-                    crate::metrics::push(&gateway, &m, super::TIMEOUT)
-                        .await
-                        .map(|()| "pushed".to_owned())
-                },
-            )
-        })();
-        super::super::located(&ctx, result)
-    }
-
-    /// An instant PromQL query against `[metrics] prometheus` (or `PROMETHEUS_URL`):
-    /// exactly one number, or an error saying why not (no series, several series).
-    #[rhai_fn(return_raw)]
-    pub fn query(ctx: NativeCallContext, promql: &str) -> Result<f64, Box<EvalAltResult>> {
-        let result = (|| {
-            let session = super::super::session(&ctx)?;
-            let url = super::endpoint(&session, "prometheus")?;
-            session
-                .effects
-                .http_read(
-                    "metrics",
-                    Some(super::TIMEOUT),
-                    crate::metrics::query(&url, promql, super::TIMEOUT),
-                )
-                .map_err(super::stopped)?
-                .map_err(super::super::error)
-        })();
-        super::super::located(&ctx, result)
+        crate::modules::located(&ctx, super::webhook(&ctx, url, &payload, &opts))
     }
 }

@@ -471,7 +471,7 @@ pub mod release_api {
     ) -> Result<String, Box<EvalAltResult>> {
         let mut opts = Map::new();
         opts.insert("ref".into(), git_ref.into());
-        super::super::located(&ctx, super::prepare(&ctx, &hosts, &opts))
+        crate::modules::located(&ctx, super::prepare(&ctx, &hosts, &opts))
     }
 
     /// What a deploy of `source` (`#{ ref }` or `#{ artifact }`) would change, read for
@@ -486,7 +486,7 @@ pub mod release_api {
         hosts: Dynamic,
         source: Map,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::plan(&ctx, &hosts, &source, None))
+        crate::modules::located(&ctx, super::plan(&ctx, &hosts, &source, None))
     }
 
     /// `release::plan` with the migration SQL read on `migrator` (the host that migrates).
@@ -497,7 +497,7 @@ pub mod release_api {
         source: Map,
         migrator: HostRef,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::plan(&ctx, &hosts, &source, Some(&migrator)))
+        crate::modules::located(&ctx, super::plan(&ctx, &hosts, &source, Some(&migrator)))
     }
 
     /// `release::prepare` with options: `ref`, `repository`, or `artifact` (a directory
@@ -508,7 +508,7 @@ pub mod release_api {
         hosts: Dynamic,
         opts: Map,
     ) -> Result<String, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::prepare(&ctx, &hosts, &opts))
+        crate::modules::located(&ctx, super::prepare(&ctx, &hosts, &opts))
     }
 
     /// Renders the environment's `env_template` here, touching no host: every value
@@ -518,12 +518,12 @@ pub mod release_api {
     /// Returns the variables read, or () when the environment has no template.
     #[rhai_fn(return_raw)]
     pub fn env_file(ctx: NativeCallContext) -> Result<Dynamic, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let r = (|| {
             let env = session
                 .env
                 .as_ref()
-                .ok_or_else(|| super::super::error("no environment selected"))?;
+                .ok_or_else(|| crate::modules::error("no environment selected"))?;
             let Some(template) = &env.env_template else {
                 return Ok(Dynamic::UNIT);
             };
@@ -535,7 +535,7 @@ pub mod release_api {
                 .collect::<Array>()
                 .into())
         })();
-        super::super::located(&ctx, r)
+        crate::modules::located(&ctx, r)
     }
 
     /// Switches `current` to release `name` on every host, atomically (a temporary
@@ -548,7 +548,7 @@ pub mod release_api {
         hosts: Dynamic,
         name: &str,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::activate(&ctx, &hosts, name))
+        crate::modules::located(&ctx, super::activate(&ctx, &hosts, name))
     }
 
     /// Switches every host back to ONE release — the newest older than the newest live
@@ -557,7 +557,7 @@ pub mod release_api {
     /// by later rollbacks. Returns `#{ host: #{ from, to } }`.
     #[rhai_fn(name = "rollback", return_raw)]
     pub fn rollback(ctx: NativeCallContext, hosts: Dynamic) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::rollback(&ctx, &hosts, None))
+        crate::modules::located(&ctx, super::rollback(&ctx, &hosts, None))
     }
 
     /// Switches every host to the named release (marking the one it leaves bad); refused
@@ -568,7 +568,7 @@ pub mod release_api {
         hosts: Dynamic,
         target: &str,
     ) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::rollback(&ctx, &hosts, Some(target)))
+        crate::modules::located(&ctx, super::rollback(&ctx, &hosts, Some(target)))
     }
 
     /// The ONE release a rollback of every host would go to: the newest release older
@@ -579,11 +579,11 @@ pub mod release_api {
         ctx: NativeCallContext,
         hosts: Dynamic,
     ) -> Result<String, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let r = super::targets(&hosts).and_then(|(t, _)| {
             crate::release::rollback_target(&session.effects, &t, None).map_err(super::to_rhai)
         });
-        super::super::located(&ctx, r)
+        crate::modules::located(&ctx, r)
     }
 
     /// Points `next` at release `name` on every host, atomically — what a preview vhost
@@ -626,7 +626,7 @@ pub mod release_api {
     /// host, with the commands that show and fix the fleet.
     #[rhai_fn(return_raw)]
     pub fn check_layout(ctx: NativeCallContext, hosts: Dynamic) -> Result<(), Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let r = targets(&hosts)
             .and_then(|(t, _)| crate::release::check_fleet(&session.effects, &t).map_err(to_rhai));
         if let Ok(Some(sentence)) = &r {
@@ -638,7 +638,7 @@ pub mod release_api {
                 ),
             );
         }
-        super::super::located(&ctx, r.map(drop))
+        crate::modules::located(&ctx, r.map(drop))
     }
 
     /// Says that this run's change is complete and verified on every host: from now on a
@@ -646,7 +646,7 @@ pub mod release_api {
     /// bookkeeping and says "deploy was already complete" — and a later failure does not
     /// run the failure path. Strategies call it right after their last verifying step.
     pub fn verified(ctx: NativeCallContext) {
-        if let Ok(session) = super::super::session(&ctx) {
+        if let Ok(session) = crate::modules::session(&ctx) {
             session.effects.interrupt().settle();
             session.locks.note_all("verified");
         }
@@ -655,16 +655,16 @@ pub mod release_api {
     /// Switches back every host this run activated a release on (for `on_failure`).
     #[rhai_fn(return_raw)]
     pub fn undo(ctx: NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
-        super::super::located(&ctx, super::undo(&ctx))
+        crate::modules::located(&ctx, super::undo(&ctx))
     }
 
     /// The release `current` points at on a host ("" before the first deploy).
     #[rhai_fn(return_raw)]
     pub fn current(ctx: NativeCallContext, host: HostRef) -> Result<String, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let list =
             crate::release::list(&session.effects, &super::one(&host)).map_err(super::to_rhai);
-        super::super::located(
+        crate::modules::located(
             &ctx,
             list.map(|l| {
                 l.into_iter()
@@ -678,10 +678,10 @@ pub mod release_api {
     /// The releases on a host, oldest first: `#{ name, state, bad, live, ref, commit, by, created_at }`.
     #[rhai_fn(return_raw)]
     pub fn list(ctx: NativeCallContext, host: HostRef) -> Result<Array, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let list =
             crate::release::list(&session.effects, &super::one(&host)).map_err(super::to_rhai);
-        super::super::located(
+        crate::modules::located(
             &ctx,
             list.map(|l| {
                 l.into_iter()
@@ -707,7 +707,7 @@ pub mod release_api {
     /// never removed; releases being prepared are left alone). Returns `#{ host: [removed] }`.
     #[rhai_fn(name = "cleanup", return_raw)]
     pub fn cleanup(ctx: NativeCallContext, hosts: Dynamic) -> Result<Map, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let keep = session
             .inventory
             .as_ref()
@@ -723,7 +723,7 @@ pub mod release_api {
         keep: i64,
     ) -> Result<Map, Box<EvalAltResult>> {
         crate::modules::guard(&ctx, "release::cleanup")?;
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let result = super::targets(&hosts).and_then(|(targets, _)| {
             crate::release::cleanup(
                 &session.effects,
@@ -732,7 +732,7 @@ pub mod release_api {
             )
             .map_err(super::to_rhai)
         });
-        super::super::located(
+        crate::modules::located(
             &ctx,
             result.map(|m| {
                 m.into_iter()
@@ -760,10 +760,10 @@ pub mod release_api {
         from: &str,
         to: &str,
     ) -> Result<Array, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let r = crate::release::new_migrations(&session.effects, &super::one(&host), from, to)
             .map_err(super::to_rhai);
-        super::super::located(&ctx, r.map(|v| v.into_iter().map(Dynamic::from).collect()))
+        crate::modules::located(&ctx, r.map(|v| v.into_iter().map(Dynamic::from).collect()))
     }
 
     /// The directory of release `name` on a host.

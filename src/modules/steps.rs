@@ -188,7 +188,7 @@ pub mod steps_api {
     /// throws fails the run like any step. A step no strategy has is refused here.
     #[rhai_fn(return_raw)]
     pub fn before(ctx: NativeCallContext, step: &str, f: FnPtr) -> Result<(), Box<EvalAltResult>> {
-        super::super::located(
+        crate::modules::located(
             &ctx,
             super::attach(&ctx, Placement::Before, step, Some(f), None),
         )
@@ -197,7 +197,7 @@ pub mod steps_api {
     /// Runs `f` right after step `step` (see `steps::before`).
     #[rhai_fn(return_raw)]
     pub fn after(ctx: NativeCallContext, step: &str, f: FnPtr) -> Result<(), Box<EvalAltResult>> {
-        super::super::located(
+        crate::modules::located(
             &ctx,
             super::attach(&ctx, Placement::After, step, Some(f), None),
         )
@@ -207,7 +207,7 @@ pub mod steps_api {
     /// release (`prepare`, `restore`) cannot be replaced.
     #[rhai_fn(return_raw)]
     pub fn replace(ctx: NativeCallContext, step: &str, f: FnPtr) -> Result<(), Box<EvalAltResult>> {
-        super::super::located(
+        crate::modules::located(
             &ctx,
             super::attach(&ctx, Placement::Replace, step, Some(f), None),
         )
@@ -218,7 +218,7 @@ pub mod steps_api {
     /// `steps::skip(step, reason)`.
     #[rhai_fn(name = "skip", return_raw)]
     pub fn skip(ctx: NativeCallContext, step: &str) -> Result<(), Box<EvalAltResult>> {
-        super::super::located(&ctx, super::attach(&ctx, Placement::Skip, step, None, None))
+        crate::modules::located(&ctx, super::attach(&ctx, Placement::Skip, step, None, None))
     }
 
     /// Skips step `step`, saying why (printed as a warning and audited with the run).
@@ -228,7 +228,7 @@ pub mod steps_api {
         step: &str,
         reason: &str,
     ) -> Result<(), Box<EvalAltResult>> {
-        super::super::located(
+        crate::modules::located(
             &ctx,
             super::attach(&ctx, Placement::Skip, step, None, Some(reason)),
         )
@@ -247,7 +247,7 @@ pub mod steps_api {
     /// first step — `#{ STEP: #{ before: [hook], after: [hook], replace, skip } }`.
     #[rhai_fn(return_raw)]
     pub fn hooks(ctx: NativeCallContext, strategy: &str) -> Result<Map, Box<EvalAltResult>> {
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let s = super::strategy_named(strategy)?;
         let mut slots: std::collections::BTreeMap<&'static str, super::Slot> = s
             .steps
@@ -304,7 +304,7 @@ pub mod steps_api {
             }
         }
         if !refused.is_empty() {
-            return Err(super::super::error(format!(
+            return Err(crate::modules::error(format!(
                 "the hooks on the {} strategy's steps cannot run (nothing was changed):\n{}",
                 s.name,
                 refused.join("\n")
@@ -335,7 +335,7 @@ pub mod steps_api {
         let got: Vec<String> = names.iter().map(ToString::to_string).collect();
         let want: Vec<&str> = s.steps.iter().map(|st| st.name).collect();
         if got != want {
-            return Err(super::super::error(format!(
+            return Err(crate::modules::error(format!(
                 "the {} strategy runs the steps {} but the catalogue (src/steps.rs) lists {}: keep them the same, so that hooks name real steps",
                 s.name,
                 got.join(" → "),
@@ -359,7 +359,7 @@ pub mod steps_api {
             format!("import \"{module}\" as hook_module;\nhook_module::{function}(hook_context)");
         let mut scope = rhai::Scope::new();
         scope.push("hook_context", context);
-        super::super::located(
+        crate::modules::located(
             &ctx,
             ctx.engine().eval_with_scope::<Dynamic>(&mut scope, &text),
         )
@@ -394,7 +394,7 @@ pub mod steps_api {
         why: &str,
     ) -> Result<(), Box<EvalAltResult>> {
         use crate::output::{Event, Kind, Outcome};
-        let session = super::super::session(&ctx)?;
+        let session = crate::modules::session(&ctx)?;
         let output = session.effects.output();
         output.log(
             crate::output::Level::Warn,
