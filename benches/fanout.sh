@@ -46,7 +46,7 @@ INI
 
 # runbook inventory: one environment per fleet size
 {
-  printf '[app]\nname = "bench"\ndeploy_path = "/home/deploy/app"\n[ssh]\nuser = "deploy"\nidentity_file = "%s/id"\nknown_hosts = "%s/known_hosts"\nmax_concurrency = %s\n' "$W" "$W" "$P"
+  printf '[app]\nname = "bench"\ndeploy_path = "/home/deploy/app"\n[ssh]\nuser = "deploy"\nidentity_file = "%s/id"\nknown_hosts = "%s/known_hosts"\nmax_concurrency = %s\nconnect_timeout = "60s"\n' "$W" "$W" "$P"
   for n in $SIZES; do
     printf '[env.b%s]\nhosts = { ' "$n"
     for i in $(seq 1 "$n"); do printf 'h%s = "%s.%s"%s' "$i" "$NET" "$i" "$([ "$i" = "$n" ] || echo ', ')"; done
@@ -76,6 +76,7 @@ export ANSIBLE_HOST_KEY_CHECKING=True ANSIBLE_PIPELINING=True ANSIBLE_FORKS=$P A
 
 median() { bench_median "$@"; }
 ssh_cm_open() { local n=$1; for a in $(head -n "$n" "$W/hosts"); do ssh -F "$W/ssh_config" -o ControlMaster=yes -o ControlPath="$W/cm/p-$a" -o ControlPersist=300 -N -f "$a"; done; }
+ssh_cm_close() { local s; for s in "$W"/cm/p-*; do [ -S "$s" ] && ssh -o ControlPath="$s" -O exit x >/dev/null 2>&1; done; return 0; }
 ssh_cm_run() { local n=$1; for a in $(head -n "$n" "$W/hosts"); do ssh -F "$W/ssh_config" -o ControlPath="$W/cm/p-$a" "$a" uptime & done; wait; }
 # Once connected, measured the same way on both sides: the wall time of 10 rounds of `true`
 # on every host over connections opened before the clock starts, per host per command.
@@ -112,6 +113,7 @@ echo "plain ssh over $N already-open ControlMasters: ${cm} s"
 seq_rb=$(median "$RB" run ten -e "b$N" -q)
 seq_an=-; [ "$ANSIBLE" = 1 ] && seq_an=$(median ansible-playbook -i "$W/inventory.ini" "$W/playbook.yml" -f "$P")
 warm=$("$RB" run warm -e "b$N" -q 2>/dev/null)
+ssh_cm_close; ssh_cm_open "$N" # fresh masters: ControlPersist may have ended during the sequences above
 cm_warm=$(ssh_cm_warm "$N")
 ratio() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; fi; }
 echo
