@@ -11,6 +11,7 @@ pub mod effects;
 pub mod engine;
 pub mod envfile;
 pub mod error;
+pub mod gzip;
 pub mod health;
 pub mod interrupt;
 pub mod inventory;

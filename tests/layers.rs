@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "testing",
         "steps",
         "sync",
+        "gzip",
     ],
     &["inventory"],
     &["error"],

@@ -13,12 +13,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 mod beneath;
@@ -26,7 +23,6 @@ mod inflate;
 
 /// The manifest's name inside the archive (always the last entry).
 pub const MANIFEST: &str = ".runbook-manifest.json";
-const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,105 +79,6 @@ pub enum ArchiveError {
     Unsafe { path: String, why: String },
 }
 
-/// Compresses a byte stream as independent gzip members on worker threads, in order.
-struct ParallelGz {
-    buf: Vec<u8>,
-    next: u64,
-    jobs: Option<mpsc::SyncSender<(u64, Vec<u8>)>>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-    writer: Option<std::thread::JoinHandle<io::Result<File>>>,
-}
-
-impl ParallelGz {
-    fn new(file: File, level: u32, threads: usize) -> ParallelGz {
-        let threads = threads.max(1);
-        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(threads * 2);
-        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
-        let (done_tx, done_rx) = mpsc::sync_channel::<(u64, io::Result<Vec<u8>>)>(threads * 4);
-        let workers = (0..threads)
-            .map(|_| {
-                let rx = job_rx.clone();
-                let tx = done_tx.clone();
-                std::thread::spawn(move || {
-                    loop {
-                        let job = rx.lock().map(|r| r.recv());
-                        let Ok(Ok((seq, data))) = job else { break };
-                        let mut enc = GzEncoder::new(
-                            Vec::with_capacity(data.len() / 3),
-                            Compression::new(level),
-                        );
-                        let out = enc.write_all(&data).and_then(|()| enc.finish());
-                        if tx.send((seq, out)).is_err() {
-                            break;
-                        }
-                    }
-                })
-            })
-            .collect();
-        drop(done_tx);
-        let writer = std::thread::spawn(move || -> io::Result<File> {
-            let mut out = BufWriter::with_capacity(CHUNK, file);
-            let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-            let mut want = 0;
-            for (seq, data) in done_rx {
-                pending.insert(seq, data?);
-                while let Some(d) = pending.remove(&want) {
-                    out.write_all(&d)?;
-                    want += 1;
-                }
-            }
-            out.into_inner().map_err(|e| e.into_error())
-        });
-        ParallelGz {
-            buf: Vec::with_capacity(CHUNK),
-            next: 0,
-            jobs: Some(job_tx),
-            workers,
-            writer: Some(writer),
-        }
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        let seq = self.next;
-        self.next += 1;
-        self.jobs
-            .as_ref()
-            .ok_or_else(|| io::Error::other("compressor closed"))?
-            .send((seq, data))
-            .map_err(|_| io::Error::other("a compression thread stopped (disk full?)"))
-    }
-
-    fn finish(mut self) -> io::Result<File> {
-        self.send()?;
-        self.jobs.take();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        self.writer
-            .take()
-            .ok_or_else(|| io::Error::other("writer gone"))?
-            .join()
-            .map_err(|_| io::Error::other("the archive writer panicked"))?
-    }
-}
-
-impl Write for ParallelGz {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A reader that hashes what passes through.
 struct Hashing<R> {
     inner: R,
@@ -223,7 +120,7 @@ pub fn create(
     let tmp = dest.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| -> Result<Manifest, ArchiveError> {
         let file = File::create(&tmp)?;
-        let gz = ParallelGz::new(file, level, threads);
+        let gz = crate::gzip::Parallel::new(file, level, threads);
         let mut tar = tar::Builder::new(gz);
         tar.follow_symlinks(false);
         let mut entries = Vec::new();
@@ -785,6 +682,9 @@ pub fn unpack(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gzip::PIECE as CHUNK;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
     use std::fs::Permissions;
     use std::os::unix::fs::PermissionsExt;
 

@@ -4,12 +4,12 @@
 //! survive); a single file travels as it is (its mode kept), so an already-compressed
 //! artifact is not compressed a second time.
 
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use flate2::Compression;
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 
 use super::{CHUNK, CommandSpec, Program};
@@ -19,25 +19,26 @@ pub fn pack(src: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     pack_into(src, name, Vec::new())
 }
 
-/// [`pack`] into a temporary file on the runner (removed when dropped).
+/// [`pack`] into a temporary file on the runner (removed when dropped), compressed on
+/// every core: the hosts wait for it before the first byte is sent.
 pub fn pack_to_file(src: &Path, name: &str) -> std::io::Result<tempfile::NamedTempFile> {
-    let mut file = tempfile::Builder::new()
+    let file = tempfile::Builder::new()
         .prefix("runbook-upload-")
         .suffix(".tar.gz")
         .tempfile()?;
-    let out = pack_into(
-        src,
-        name,
-        BufWriter::with_capacity(CHUNK, file.as_file_mut()),
-    )?;
-    out.into_inner()
-        .map_err(std::io::IntoInnerError::into_error)?;
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let gz = crate::gzip::Parallel::new(file.as_file().try_clone()?, 1, threads);
+    tar_into(src, name, gz)?.finish()?;
     Ok(file)
 }
 
 fn pack_into<W: std::io::Write>(src: &Path, name: &str, out: W) -> std::io::Result<W> {
-    let encoder = GzEncoder::new(out, Compression::fast());
-    let mut builder = tar::Builder::new(encoder);
+    tar_into(src, name, GzEncoder::new(out, Compression::fast()))?.finish()
+}
+
+/// `src` as the single top-level entry `name` of a tar stream written into `out`.
+fn tar_into<W: std::io::Write>(src: &Path, name: &str, out: W) -> std::io::Result<W> {
+    let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let meta = std::fs::symlink_metadata(src)?;
     if meta.is_dir() {
@@ -45,13 +46,14 @@ fn pack_into<W: std::io::Write>(src: &Path, name: &str, out: W) -> std::io::Resu
     } else {
         builder.append_path_with_name(src, name)?;
     }
-    builder.into_inner()?.finish()
+    builder.into_inner()
 }
 
-/// Unpacks an archive made by [`pack`] (or `tar -cz`) into `dir`, keeping modes.
+/// Unpacks an archive made by [`pack`] or [`pack_to_file`] (several gzip members) or by
+/// `tar -cz` into `dir`, keeping modes.
 pub fn unpack(archive: impl Read, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut archive = tar::Archive::new(GzDecoder::new(archive));
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(archive));
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
     // tar's error says which file; its cause (e.g. "No space left on device") is the
@@ -236,6 +238,36 @@ pub fn remote_pack(parent: &str, name: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_packed_on_every_core_unpacks_whole() {
+        // Larger than one gzip member: a reader that stops at the first member loses the rest.
+        let src = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..(3 * crate::gzip::PIECE + 4_321) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        std::fs::write(src.path().join("big"), &big).unwrap();
+        std::fs::write(src.path().join("small"), "after the big one").unwrap();
+        let packed = pack_to_file(src.path(), "r1").unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        unpack_file(packed.path(), dest.path()).unwrap();
+        assert!(std::fs::read(dest.path().join("r1/big")).unwrap() == big);
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("r1/small")).unwrap(),
+            "after the big one"
+        );
+        // and GNU tar reads it the same way
+        let gnu = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("tar")
+            .arg("-xzf")
+            .arg(packed.path())
+            .arg("-C")
+            .arg(gnu.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        assert!(std::fs::read(gnu.path().join("r1/big")).unwrap() == big);
+    }
 
     #[test]
     fn a_directory_round_trips_with_modes_and_symlinks() {
