@@ -807,18 +807,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_round_trip_keeps_contents_modes_links_and_mtimes() {
+    /// [`tree`] archived under `name/` as `b.tar.gz` in a new directory: the directory,
+    /// the archive and its manifest.
+    fn archived(name: &str) -> (tempfile::TempDir, PathBuf, Manifest) {
         let src = tempfile::tempdir().unwrap();
         tree(src.path());
         let out = tempfile::tempdir().unwrap();
         let archive = out.path().join("b.tar.gz");
         let sources = [Source {
-            name: "release".into(),
+            name: name.into(),
             path: src.path().join("app"),
             exclude: vec![],
         }];
         let m = create(&archive, &sources, Manifest::default(), 6, 2).unwrap();
+        (out, archive, m)
+    }
+
+    #[test]
+    fn a_round_trip_keeps_contents_modes_links_and_mtimes() {
+        let (out, archive, m) = archived("release");
         assert!(
             m.entries
                 .iter()
@@ -867,22 +874,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_or_a_truncation_fails_verification() {
-        let src = tempfile::tempdir().unwrap();
-        tree(src.path());
-        let out = tempfile::tempdir().unwrap();
-        let archive = out.path().join("b.tar.gz");
-        create(
-            &archive,
-            &[Source {
-                name: "r".into(),
-                path: src.path().join("app"),
-                exclude: vec![],
-            }],
-            Manifest::default(),
-            6,
-            2,
-        )
-        .unwrap();
+        let (_out, archive, _) = archived("r");
         let bytes = std::fs::read(&archive).unwrap();
         // A flip inside the first member's compressed data (past its 10-byte header).
         let mut flipped = bytes.clone();

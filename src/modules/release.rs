@@ -247,9 +247,7 @@ fn prepare(
     target: &Dynamic,
     opts: &Map,
 ) -> Result<String, Box<EvalAltResult>> {
-    crate::modules::guard(ctx, "release::prepare")?;
-    let session = super::session(ctx)?;
-    let (targets, _) = targets(target)?;
+    let (session, targets) = change(ctx, "release::prepare", target)?;
     let inv = session
         .inventory
         .as_ref()
@@ -330,9 +328,7 @@ fn activate(
     target: &Dynamic,
     name: &str,
 ) -> Result<Map, Box<EvalAltResult>> {
-    crate::modules::guard(ctx, "release::activate")?;
-    let session = super::session(ctx)?;
-    let (targets, _) = targets(target)?;
+    let (session, targets) = change(ctx, "release::activate", target)?;
     let previous = match core::activate(&session.effects, &targets, name) {
         Ok(p) => p,
         Err(e) => {
@@ -399,9 +395,7 @@ fn rollback(
     target: &Dynamic,
     to: Option<&str>,
 ) -> Result<Map, Box<EvalAltResult>> {
-    crate::modules::guard(ctx, "release::rollback")?;
-    let session = super::session(ctx)?;
-    let (targets, _) = targets(target)?;
+    let (session, targets) = change(ctx, "release::rollback", target)?;
     match core::rollback(&session.effects, &targets, to) {
         Ok(m) => Ok(switched_map(&session, m)),
         Err(e) => {
@@ -439,6 +433,19 @@ fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
             failed.join("\n")
         )))
     }
+}
+
+/// How a change to the hosts starts: the guard (`op` as people read it), then the
+/// session and the targets of `hosts` (a Host or a HostSet).
+fn change(
+    ctx: &NativeCallContext,
+    op: &str,
+    hosts: &Dynamic,
+) -> Result<(std::sync::Arc<crate::session::Session>, Vec<Target>), Box<EvalAltResult>> {
+    crate::modules::guard(ctx, op)?;
+    let session = super::session(ctx)?;
+    let (targets, _) = targets(hosts)?;
+    Ok((session, targets))
 }
 
 /// Runs a release operation on every host of `hosts` (a Host or a HostSet); its error
