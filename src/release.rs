@@ -368,6 +368,15 @@ fn script(label: String, body: &str, args: &[&str]) -> CommandSpec {
     CommandSpec::script(label, body, args)
 }
 
+/// A script that only reads the hosts: quiet, and run for real in a dry run.
+fn probe(label: String, body: &str, args: &[&str]) -> CommandSpec {
+    CommandSpec {
+        quiet: true,
+        read: true,
+        ..script(label, body, args)
+    }
+}
+
 fn root(t: &Target) -> String {
     match t {
         Target::Host(h) => h.deploy_path.clone(),
@@ -930,12 +939,9 @@ fn serving(effects: &Effects, targets: &[Target]) -> BTreeMap<String, String> {
     fan.shielded = true;
     let outcomes = effects.run_many_with(
         targets,
-        &|t: &Target| {
-            let mut spec = script("release: what is live".into(), LIVE, &[&root(t)]);
-            spec.quiet = true;
-            spec.read = true;
-            spec.shielded = true;
-            spec
+        &|t: &Target| CommandSpec {
+            shielded: true,
+            ..probe("release: what is live".into(), LIVE, &[&root(t)])
         },
         &fan,
     );
@@ -1142,10 +1148,7 @@ pub fn check_layout(effects: &Effects, targets: &[Target]) -> Result<(), Release
 /// sentence says what its failure would leave.
 pub fn check_fleet(effects: &Effects, targets: &[Target]) -> Result<Option<String>, ReleaseError> {
     let results = on_all(effects, targets, |t| {
-        let mut spec = script("release: check the layout".into(), LAYOUT, &[&root(t)]);
-        spec.quiet = true;
-        spec.read = true;
-        spec
+        probe("release: check the layout".into(), LAYOUT, &[&root(t)])
     })?;
     let mut problems = Vec::new();
     let mut live: Vec<(String, String)> = Vec::new();
@@ -1279,10 +1282,7 @@ pub(crate) fn list_script() -> &'static str {
 }
 
 fn list_spec(target: &Target) -> CommandSpec {
-    let mut spec = script("release: list".into(), LIST, &[&root(target)]);
-    spec.quiet = true;
-    spec.read = true;
-    spec
+    probe("release: list".into(), LIST, &[&root(target)])
 }
 
 pub(crate) fn parse_list(stdout: &str) -> Vec<Listed> {
@@ -1384,13 +1384,11 @@ pub fn plan(
         ..FanOut::new()
     };
     let build = |t: &Target| {
-        let mut spec = script(
+        let mut spec = probe(
             format!("release: what a deploy of {git_ref} would change"),
             &PLAN.replace("$SCRATCH", SCRATCH),
             &[&root(t), repo, git_ref],
         );
-        spec.quiet = true;
-        spec.read = true;
         spec.tolerate = true;
         spec
     };
@@ -1442,7 +1440,7 @@ pub fn pretend_sql(
     php: &str,
     repo: &str,
 ) -> Result<String, String> {
-    let mut spec = script(
+    let mut spec = probe(
         format!(
             "release: the SQL of the pending migrations of {}",
             &commit[..commit.len().min(12)]
@@ -1450,8 +1448,6 @@ pub fn pretend_sql(
         &PRETEND.replace("$SCRATCH", SCRATCH),
         &[&root(target), commit, php, repo],
     );
-    spec.quiet = true;
-    spec.read = true;
     spec.tolerate = true;
     let r = effects.run(target, &spec).map_err(|e| e.to_string())?;
     if r.code == 0 {
@@ -1498,13 +1494,11 @@ ls -1 "$root/releases/$from/database/migrations" 2>/dev/null | sort > "${TMPDIR:
 comm -23 "${TMPDIR:-/tmp}/rb-mig-to.$$" "${TMPDIR:-/tmp}/rb-mig-from.$$"
 rm -f "${TMPDIR:-/tmp}/rb-mig-to.$$" "${TMPDIR:-/tmp}/rb-mig-from.$$"
 "#;
-    let mut spec = script(
+    let spec = probe(
         format!("release: migrations in {to} but not in {from}"),
         body,
         &[&root(target), from, to],
     );
-    spec.quiet = true;
-    spec.read = true;
     let r = effects
         .run(target, &spec)
         .map_err(|e| ReleaseError::new(e.to_string()))?;
@@ -1595,26 +1589,21 @@ mod tests {
                 ("web2".to_owned(), listed(b)),
             ]
         };
-        // Same lists: the previous release.
-        assert_eq!(
-            choose_target(&fleet("r1 r2 r3*", "r1 r2 r3*"), None).unwrap(),
-            "r2"
-        );
-        // web2 never got r2: r1 is the newest both have.
-        assert_eq!(
-            choose_target(&fleet("r1 r2 r3*", "r1 r3*"), None).unwrap(),
-            "r1"
-        );
-        // r2 is bad on one host: skipped for all.
-        assert_eq!(
-            choose_target(&fleet("r1 r2! r3*", "r1 r2 r3*"), None).unwrap(),
-            "r1"
-        );
-        // A half-switched fleet: web2 still on r2 — both go to r2 (older than the newest live).
-        assert_eq!(
-            choose_target(&fleet("r1 r2 r3*", "r1 r2* r3"), None).unwrap(),
-            "r2"
-        );
+        // (web1's releases, web2's, the target)
+        for (web1, web2, expected) in [
+            // Same lists: the previous release.
+            ("r1 r2 r3*", "r1 r2 r3*", "r2"),
+            // web2 never got r2: r1 is the newest both have.
+            ("r1 r2 r3*", "r1 r3*", "r1"),
+            // r2 is bad on one host: skipped for all.
+            ("r1 r2! r3*", "r1 r2 r3*", "r1"),
+            // A half-switched fleet: web2 still on r2 — both go to r2 (older than the
+            // newest live).
+            ("r1 r2 r3*", "r1 r2* r3", "r2"),
+        ] {
+            let target = choose_target(&fleet(web1, web2), None);
+            assert_eq!(target.unwrap(), expected, "web1: {web1}, web2: {web2}");
+        }
         // Nothing in common: refused, naming what each host has.
         let err = choose_target(&fleet("r1 r3*", "r2 r3*"), None).unwrap_err();
         assert!(

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::remote::{run_quiet, sh};
 use crate::effects::{Effects, Target};
 use crate::inventory::TransportKind;
 use crate::inventory::model::OnHost;
@@ -158,19 +159,6 @@ s=${s%% *}
 if [ "$s" != "$sha" ]; then echo "runbook-agent at $f does not match its sha256 ($s, expected $sha): not run" >&2; exit 97; fi
 exec "$f" "$@""#;
 
-fn sh(
-    effects: &Effects,
-    target: &Target,
-    label: &str,
-    body: &str,
-    args: &[&str],
-    read: bool,
-) -> Result<String, String> {
-    let mut spec = CommandSpec::script(label, body, args);
-    spec.read = read;
-    super::remote::run_quiet(effects, target, spec)
-}
-
 /// What `PROBE` said.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Probe {
@@ -207,14 +195,16 @@ fn install_from(
     target: &Target,
     local: &LocalAgent,
 ) -> Result<HostAgent, String> {
-    let probe = parse_probe(&sh(
-        effects,
-        target,
-        "backup: look for runbook-agent on the host",
-        PROBE,
-        &[&local.sha256],
-        true,
-    )?);
+    // Only reads the host.
+    let look = CommandSpec {
+        read: true,
+        ..CommandSpec::script(
+            "backup: look for runbook-agent on the host",
+            PROBE,
+            &[&local.sha256],
+        )
+    };
+    let probe = parse_probe(&run_quiet(effects, target, look)?);
     let host_arch = normalise_arch(&probe.arch);
     if host_arch != local.arch {
         return Err(format!(
@@ -246,7 +236,6 @@ fn install_from(
         "backup: make the agent's cache directory (0700)",
         MKDIR,
         &[&dir],
-        false,
     )?;
     let part = format!(
         "{dir}/.{}.part-{}",
@@ -262,7 +251,6 @@ fn install_from(
         "backup: check and place runbook-agent",
         INSTALL,
         &[&part, &probe.path, &local.sha256],
-        false,
     )?;
     if !version.starts_with("runbook-agent ") {
         return Err(format!(

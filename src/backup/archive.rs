@@ -45,6 +45,41 @@ pub struct Entry {
     pub target: Option<String>,
 }
 
+impl Entry {
+    /// An entry with no contents and no target: a directory, or the start of another kind.
+    fn bare(path: String, kind: Kind, mode: u32, mtime: i64) -> Entry {
+        Entry {
+            path,
+            kind,
+            mode,
+            size: 0,
+            mtime,
+            sha256: None,
+            target: None,
+        }
+    }
+
+    pub fn dir(path: String, mode: u32, mtime: i64) -> Entry {
+        Entry::bare(path, Kind::Dir, mode, mtime)
+    }
+
+    /// A regular file of `size` bytes whose contents hash to `sha256` (hex).
+    pub fn file(path: String, mode: u32, mtime: i64, size: u64, sha256: String) -> Entry {
+        Entry {
+            size,
+            sha256: Some(sha256),
+            ..Entry::bare(path, Kind::File, mode, mtime)
+        }
+    }
+
+    pub fn symlink(path: String, mode: u32, mtime: i64, target: String) -> Entry {
+        Entry {
+            target: Some(target),
+            ..Entry::bare(path, Kind::Symlink, mode, mtime)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub format: u32,
@@ -154,29 +189,14 @@ pub fn create(
                     header.set_entry_type(tar::EntryType::Directory);
                     header.set_size(0);
                     tar.append_data(&mut header, &name, io::empty())?;
-                    entries.push(Entry {
-                        path: name,
-                        kind: Kind::Dir,
-                        mode,
-                        size: 0,
-                        mtime,
-                        sha256: None,
-                        target: None,
-                    });
+                    entries.push(Entry::dir(name, mode, mtime));
                 } else if ft.is_symlink() {
                     let target = std::fs::read_link(item.path())?;
                     header.set_entry_type(tar::EntryType::Symlink);
                     header.set_size(0);
                     tar.append_link(&mut header, &name, &target)?;
-                    entries.push(Entry {
-                        path: name,
-                        kind: Kind::Symlink,
-                        mode,
-                        size: 0,
-                        mtime,
-                        sha256: None,
-                        target: Some(target.to_string_lossy().into_owned()),
-                    });
+                    let target = target.to_string_lossy().into_owned();
+                    entries.push(Entry::symlink(name, mode, mtime, target));
                 } else if ft.is_file() {
                     let size = meta_fs.len();
                     header.set_entry_type(tar::EntryType::Regular);
@@ -186,15 +206,8 @@ pub fn create(
                         hash: Sha256::new(),
                     };
                     tar.append_data(&mut header, &name, &mut reader)?;
-                    entries.push(Entry {
-                        path: name,
-                        kind: Kind::File,
-                        mode,
-                        size,
-                        mtime,
-                        sha256: Some(hex::encode(reader.hash.finalize())),
-                        target: None,
-                    });
+                    let sha256 = hex::encode(reader.hash.finalize());
+                    entries.push(Entry::file(name, mode, mtime, size, sha256));
                 } else {
                     return Err(ArchiveError::Unsupported {
                         path: item.path().display().to_string(),
@@ -534,30 +547,15 @@ fn check_inflated(
                     let f = f.into_inner().map_err(io::IntoInnerError::into_error)?;
                     beneath::finish_file(&f, mode, mtime)?;
                 }
-                seen.push(Entry {
-                    path,
-                    kind: Kind::File,
-                    mode,
-                    size,
-                    mtime,
-                    sha256: Some(hex::encode(hash.finalize())),
-                    target: None,
-                });
+                let sha256 = hex::encode(hash.finalize());
+                seen.push(Entry::file(path, mode, mtime, size, sha256));
             }
             tar::EntryType::Directory => {
                 tree.admit(&path, &Kind::Dir)?;
                 if let Some(b) = &out {
                     b.create_dir(&comps).map_err(|e| on_disk(&path, e))?;
                 }
-                seen.push(Entry {
-                    path,
-                    kind: Kind::Dir,
-                    mode,
-                    size: 0,
-                    mtime,
-                    sha256: None,
-                    target: None,
-                });
+                seen.push(Entry::dir(path, mode, mtime));
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -578,15 +576,7 @@ fn check_inflated(
                 }
                 tree.admit(&path, &Kind::Symlink)?;
                 // Made only after every file and directory (below).
-                seen.push(Entry {
-                    path,
-                    kind: Kind::Symlink,
-                    mode,
-                    size: 0,
-                    mtime,
-                    sha256: None,
-                    target: Some(target),
-                });
+                seen.push(Entry::symlink(path, mode, mtime, target));
             }
             tar::EntryType::Link => {
                 return Err(ArchiveError::Unsafe {
@@ -717,18 +707,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_round_trip_keeps_contents_modes_links_and_mtimes() {
+    /// [`tree`] archived under `name/` as `b.tar.gz` in a new directory: the directory,
+    /// the archive and its manifest.
+    fn archived(name: &str) -> (tempfile::TempDir, PathBuf, Manifest) {
         let src = tempfile::tempdir().unwrap();
         tree(src.path());
         let out = tempfile::tempdir().unwrap();
         let archive = out.path().join("b.tar.gz");
         let sources = [Source {
-            name: "release".into(),
+            name: name.into(),
             path: src.path().join("app"),
             exclude: vec![],
         }];
         let m = create(&archive, &sources, Manifest::default(), 6, 2).unwrap();
+        (out, archive, m)
+    }
+
+    #[test]
+    fn a_round_trip_keeps_contents_modes_links_and_mtimes() {
+        let (out, archive, m) = archived("release");
         assert!(
             m.entries
                 .iter()
@@ -777,22 +774,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_or_a_truncation_fails_verification() {
-        let src = tempfile::tempdir().unwrap();
-        tree(src.path());
-        let out = tempfile::tempdir().unwrap();
-        let archive = out.path().join("b.tar.gz");
-        create(
-            &archive,
-            &[Source {
-                name: "r".into(),
-                path: src.path().join("app"),
-                exclude: vec![],
-            }],
-            Manifest::default(),
-            6,
-            2,
-        )
-        .unwrap();
+        let (_out, archive, _) = archived("r");
         let bytes = std::fs::read(&archive).unwrap();
         // A flip inside the first member's compressed data (past its 10-byte header).
         let mut flipped = bytes.clone();
@@ -800,6 +782,15 @@ mod tests {
         assert!(verify(flipped.as_slice()).is_err());
         assert!(verify(&bytes[..bytes.len() - 100]).is_err());
         assert!(verify(&bytes[..bytes.len() / 3]).is_err());
+    }
+
+    /// A tar header of `kind` and `size` bytes, mode 0644.
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h
     }
 
     fn raw_archive(build: impl FnOnce(&mut tar::Builder<GzEncoder<Vec<u8>>>)) -> Vec<u8> {
@@ -810,56 +801,32 @@ mod tests {
 
     #[test]
     fn unsafe_entries_are_refused_before_anything_is_written() {
-        let evil_link = raw_archive(|b| {
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o644);
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            b.append_link(&mut h, "release/etc", "../../../etc")
-                .unwrap();
-        });
-        let r = verify(evil_link.as_slice());
-        assert!(matches!(r, Err(ArchiveError::Unsafe { .. })), "{r:?}");
-        let through = raw_archive(|b| {
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o644);
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
+        let unsafe_entry = |bytes: Vec<u8>| {
+            let r = verify(bytes.as_slice());
+            assert!(matches!(r, Err(ArchiveError::Unsafe { .. })), "{r:?}");
+        };
+        // A symlink out of the archive, a hard link to a file outside.
+        for (kind, path, target) in [
+            (tar::EntryType::Symlink, "release/etc", "../../../etc"),
+            (tar::EntryType::Link, "release/shadow", "/etc/shadow"),
+        ] {
+            unsafe_entry(raw_archive(|b| {
+                b.append_link(&mut header(kind, 0), path, target).unwrap();
+            }));
+        }
+        // A file written through a symlink in the archive.
+        unsafe_entry(raw_archive(|b| {
+            let mut h = header(tar::EntryType::Symlink, 0);
             b.append_link(&mut h, "release/up", "/etc").unwrap();
-            let mut f = tar::Header::new_gnu();
-            f.set_mode(0o644);
-            f.set_size(1);
-            f.set_entry_type(tar::EntryType::Regular);
+            let mut f = header(tar::EntryType::Regular, 1);
             b.append_data(&mut f, "release/up/passwd", &b"x"[..])
                 .unwrap();
-        });
-        assert!(matches!(
-            verify(through.as_slice()),
-            Err(ArchiveError::Unsafe { .. })
-        ));
-        let hard = raw_archive(|b| {
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o644);
-            h.set_entry_type(tar::EntryType::Link);
-            h.set_size(0);
-            b.append_link(&mut h, "release/shadow", "/etc/shadow")
-                .unwrap();
-        });
-        assert!(matches!(
-            verify(hard.as_slice()),
-            Err(ArchiveError::Unsafe { .. })
-        ));
-        let device = raw_archive(|b| {
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o644);
-            h.set_entry_type(tar::EntryType::Char);
-            h.set_size(0);
+        }));
+        // A device.
+        unsafe_entry(raw_archive(|b| {
+            let mut h = header(tar::EntryType::Char, 0);
             b.append_data(&mut h, "release/null", io::empty()).unwrap();
-        });
-        assert!(matches!(
-            verify(device.as_slice()),
-            Err(ArchiveError::Unsafe { .. })
-        ));
+        }));
         assert!(
             normalise(b"../x").is_err()
                 && normalise(b"/etc/x").is_err()
@@ -873,10 +840,7 @@ mod tests {
     fn a_decompression_bomb_is_refused_before_the_entry_is_written() {
         // 8 MiB of zeros gzip to a few KiB; the limit is 1 MiB.
         let bomb = raw_archive(|b| {
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o644);
-            h.set_size(8 << 20);
-            h.set_entry_type(tar::EntryType::Regular);
+            let mut h = header(tar::EntryType::Regular, 8 << 20);
             b.append_data(&mut h, "release/zeros", io::repeat(0).take(8 << 20))
                 .unwrap();
         });
@@ -904,6 +868,14 @@ mod tests {
         Link(&'static str, String),
     }
 
+    impl Raw {
+        fn name(&self) -> &'static str {
+            match self {
+                Raw::File(name, ..) | Raw::Dir(name, _) | Raw::Link(name, _) => name,
+            }
+        }
+    }
+
     /// An archive of `entries` whose manifest agrees with every entry as spelled, so
     /// that only the safety checks can refuse it.
     fn crafted(entries: &[Raw]) -> Vec<u8> {
@@ -915,75 +887,38 @@ mod tests {
         for e in entries {
             let mut h = tar::Header::new_gnu();
             h.set_mtime(1_600_000_000);
+            // The manifest's path as the restore will read it.
+            let path = |name: &str| name.trim_end_matches('/').to_owned();
             let (name, data, entry): (&str, &[u8], Entry) = match e {
                 Raw::File(name, data, mode) => {
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_mode(*mode);
                     let sha = hex::encode(Sha256::digest(data));
-                    (
-                        name,
-                        data,
-                        Entry {
-                            path: String::new(),
-                            kind: Kind::File,
-                            mode: *mode,
-                            size: data.len() as u64,
-                            mtime: 1_600_000_000,
-                            sha256: Some(sha),
-                            target: None,
-                        },
-                    )
+                    let size = data.len() as u64;
+                    let entry = Entry::file(path(name), *mode, 1_600_000_000, size, sha);
+                    (name, data, entry)
                 }
                 Raw::Dir(name, mode) => {
                     h.set_entry_type(tar::EntryType::Directory);
                     h.set_mode(*mode);
-                    (
-                        name,
-                        &[][..],
-                        Entry {
-                            path: String::new(),
-                            kind: Kind::Dir,
-                            mode: *mode,
-                            size: 0,
-                            mtime: 1_600_000_000,
-                            sha256: None,
-                            target: None,
-                        },
-                    )
+                    (name, &[][..], Entry::dir(path(name), *mode, 1_600_000_000))
                 }
                 Raw::Link(name, target) => {
                     h.set_entry_type(tar::EntryType::Symlink);
                     h.set_mode(0o777);
                     h.set_link_name(target).unwrap();
-                    (
-                        name,
-                        &[][..],
-                        Entry {
-                            path: String::new(),
-                            kind: Kind::Symlink,
-                            mode: 0o777,
-                            size: 0,
-                            mtime: 1_600_000_000,
-                            sha256: None,
-                            target: Some(target.clone()),
-                        },
-                    )
+                    let entry = Entry::symlink(path(name), 0o777, 1_600_000_000, target.clone());
+                    (name, &[][..], entry)
                 }
             };
             h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
             h.set_size(data.len() as u64);
             h.set_cksum();
             b.append(&h, data).unwrap();
-            manifest.entries.push(Entry {
-                path: name.trim_end_matches('/').to_owned(),
-                ..entry
-            });
+            manifest.entries.push(entry);
         }
         let json = serde_json::to_vec(&manifest).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(json.len() as u64);
+        let mut h = header(tar::EntryType::Regular, json.len() as u64);
         b.append_data(&mut h, MANIFEST, json.as_slice()).unwrap();
         b.into_inner().unwrap().finish().unwrap()
     }
@@ -1078,80 +1013,40 @@ mod tests {
         }
     }
 
+    /// Archives of one shape, spelt many ways: a directory `r`, a symlink in it to
+    /// something beside the restore target ([`Sandbox::outside`]), then an entry that
+    /// would reach through the link. Each is refused, saying why.
     #[test]
-    fn a_file_at_the_path_of_an_earlier_symlink_is_refused() {
-        let why = refused(|sb| {
-            vec![
-                Raw::Dir("r", 0o755),
-                Raw::Link("r/l", sb.outside("victim")),
-                Raw::File("r/l", b"pwned", 0o644),
-            ]
-        });
-        assert!(why.contains("twice"), "{why}");
-    }
-
-    #[test]
-    fn a_leading_dot_slash_does_not_hide_a_symlink() {
-        let why = refused(|sb| {
-            vec![
-                Raw::Dir("r", 0o755),
-                Raw::Link("r/l", sb.outside("dir")),
-                Raw::File("./r/l/x", b"pwned", 0o644),
-            ]
-        });
-        assert!(why.contains("symlink `r/l`"), "{why}");
-    }
-
-    #[test]
-    fn a_double_slash_does_not_hide_a_symlink() {
-        for spelling in ["r//l/x", "r/l//x"] {
+    fn no_entry_is_written_through_an_earlier_symlink() {
+        // (the link, what it points at, the entry after it, what the refusal says)
+        #[rustfmt::skip]
+        let cases = [
+            // A file at the path of an earlier symlink.
+            ("r/l", "victim", Raw::File("r/l", b"pwned", 0o644), "twice"),
+            // A leading `./` or a double slash does not hide a symlink.
+            ("r/l", "dir", Raw::File("./r/l/x", b"pwned", 0o644), "symlink `r/l`"),
+            ("r/l", "dir", Raw::File("r//l/x", b"pwned", 0o644), "symlink `r/l`"),
+            ("r/l", "dir", Raw::File("r/l//x", b"pwned", 0o644), "symlink `r/l`"),
+            // A directory entry over a symlink.
+            ("r/l", "dir", Raw::Dir("r/l/", 0o777), "twice"),
+            // No mode is applied through a symlink: a file entry at the link's path, spelt
+            // `r/./l` (without the check a restore truncates the victim and makes it
+            // setuid and world-writable).
+            ("r/l", "victim", Raw::File("r/./l", b"", 0o4777), "twice"),
+            // An absolute symlink target is never written through.
+            ("r/abs", "", Raw::File("r/./abs/new", b"pwned", 0o644), "symlink `r/abs`"),
+        ];
+        for (link, outside, entry, says) in cases {
+            let spelt = entry.name();
             let why = refused(|sb| {
                 vec![
                     Raw::Dir("r", 0o755),
-                    Raw::Link("r/l", sb.outside("dir")),
-                    Raw::File(spelling, b"pwned", 0o644),
+                    Raw::Link(link, sb.outside(outside)),
+                    entry,
                 ]
             });
-            assert!(why.contains("symlink `r/l`"), "{spelling}: {why}");
+            assert!(why.contains(says), "{spelt}: {why}");
         }
-    }
-
-    #[test]
-    fn a_directory_entry_over_a_symlink_is_refused() {
-        let why = refused(|sb| {
-            vec![
-                Raw::Dir("r", 0o755),
-                Raw::Link("r/l", sb.outside("dir")),
-                Raw::Dir("r/l/", 0o777),
-            ]
-        });
-        assert!(why.contains("twice"), "{why}");
-    }
-
-    #[test]
-    fn no_mode_is_applied_through_a_symlink() {
-        // A file entry at the link's path, spelt `r/./l`: today's code truncates the
-        // victim and makes it setuid and world-writable.
-        let why = refused(|sb| {
-            vec![
-                Raw::Dir("r", 0o755),
-                Raw::Link("r/l", sb.outside("victim")),
-                Raw::File("r/./l", b"", 0o4777),
-            ]
-        });
-        assert!(why.contains("twice"), "{why}");
-    }
-
-    #[test]
-    fn an_absolute_symlink_target_is_never_written_through() {
-        let why = refused(|sb| {
-            vec![
-                Raw::Dir("r", 0o755),
-                Raw::Link("r/abs", sb.outside("")),
-                Raw::File("r/./abs/new", b"pwned", 0o644),
-            ]
-        });
-        assert!(why.contains("symlink `r/abs`"), "{why}");
     }
 
     #[test]
@@ -1201,11 +1096,8 @@ mod tests {
             e.write_all(data).unwrap();
             e.finish().unwrap()
         };
-        let mut h = tar::Header::new_gnu();
+        let mut h = header(tar::EntryType::Regular, limit as u64 + 1);
         h.set_path(MANIFEST).unwrap();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(limit as u64 + 1);
         h.set_cksum();
         let mut bytes = gz(&[h.as_bytes().as_slice(), head].concat());
         let spaces = limit + 1 - head.len() - tail.len();

@@ -189,17 +189,7 @@ impl<'a> Place<'a> {
     /// Reads a whole backup and checks every checksum against its manifest.
     pub fn verify(&self, name: &str) -> Result<Verified, String> {
         match self.remote() {
-            None => {
-                let path = self.dir.join(name);
-                let file =
-                    std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let m = super::archive::verify(file).map_err(|e| format!("{name}: {e}"))?;
-                Ok(Verified {
-                    release: m.release,
-                    git_ref: m.git_ref,
-                    entries: m.entries.len(),
-                })
-            }
+            None => Verified::check(&self.dir.join(name), name),
             Some(t) => remote::verify(self.effects, &t, &self.dir_text(), name, self.on_host),
         }
     }

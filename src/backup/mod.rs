@@ -38,7 +38,34 @@ pub enum Database {
     },
 }
 
-#[derive(Debug, Clone, Default)]
+impl Database {
+    /// The arguments that connect a mysql client (`mysql`, `mysqldump`) to this
+    /// database: the socket, or the host and port, then the user; none for sqlite. The
+    /// password is never among them (it travels in `MYSQL_PWD` or on stdin).
+    pub fn client_args(&self) -> Vec<String> {
+        let Database::Mysql {
+            host,
+            port,
+            socket,
+            user,
+            ..
+        } = self
+        else {
+            return Vec::new();
+        };
+        let mut args = match socket {
+            Some(s) => vec![format!("--socket={s}")],
+            None => vec![format!("--host={host}"), format!("--port={port}")],
+        };
+        args.push(format!("--user={user}"));
+        args
+    }
+}
+
+/// What goes into an archive. It is also the body of the agent's `create` request
+/// (`serve::CreateRequest`), so both sides read one list of fields.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Options {
     pub shared_files: Vec<String>,
     pub include_storage: bool,
@@ -46,7 +73,9 @@ pub struct Options {
     pub database: Option<Database>,
     pub level: u32,
     pub git_ref: String,
-    /// A dump already made elsewhere (on an SSH host), archived as `database/`.
+    /// A dump already made elsewhere (on an SSH host), archived as `database/`; a path on
+    /// the runner, so it never crosses to an agent.
+    #[serde(skip)]
     pub dumped: Option<PathBuf>,
     /// The archive's name (one name for the whole fleet's backups of one moment);
     /// `None`: `backup-YYYYmmdd-HHMMSS.tar.gz` for now.
@@ -131,46 +160,33 @@ pub fn dump(db: &Database, dir: &Path) -> Result<(), BackupError> {
             )),
             "sqlite3 .backup (is the sqlite3 package installed?)",
         ),
-        Database::Mysql {
-            host,
-            port,
-            socket,
-            user,
-            password,
-            name,
-        } => {
+        Database::Mysql { name, .. } => {
             let file = std::fs::File::create(dir.join("mysql.sql"))?;
-            let mut cmd = std::process::Command::new("mysqldump");
-            cmd.args([
+            let dump = [
                 "--single-transaction",
                 "--routines",
                 "--triggers",
                 "--events",
-            ]);
-            connection(&mut cmd, host, *port, socket.as_deref(), user);
+            ];
+            let mut cmd = mysql_client("mysqldump", &dump, db);
             cmd.arg("--databases").arg(name).stdout(file);
-            if let Some(p) = password {
-                cmd.env("MYSQL_PWD", p);
-            }
             run(&mut cmd, "mysqldump")
         }
     }
 }
 
-fn connection(
-    cmd: &mut std::process::Command,
-    host: &str,
-    port: u16,
-    socket: Option<&str>,
-    user: &str,
-) {
-    match socket {
-        Some(s) => cmd.arg(format!("--socket={s}")),
-        None => cmd
-            .arg(format!("--host={host}"))
-            .arg(format!("--port={port}")),
-    };
-    cmd.arg(format!("--user={user}"));
+/// `program` (`mysql`, `mysqldump`) with the arguments `first`, then those that connect
+/// it to `db`; the password in `MYSQL_PWD`.
+fn mysql_client(program: &str, first: &[&str], db: &Database) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(first).args(db.client_args());
+    if let Database::Mysql {
+        password: Some(p), ..
+    } = db
+    {
+        cmd.env("MYSQL_PWD", p);
+    }
+    cmd
 }
 
 /// Loads a dump made by [`dump`] back into the database.
@@ -183,22 +199,10 @@ pub fn load(db: &Database, dir: &Path) -> Result<(), BackupError> {
             std::fs::rename(&tmp, path)?;
             Ok(())
         }
-        Database::Mysql {
-            host,
-            port,
-            socket,
-            user,
-            password,
-            ..
-        } => {
+        Database::Mysql { .. } => {
             let file = std::fs::File::open(dir.join("mysql.sql"))?;
-            let mut cmd = std::process::Command::new("mysql");
-            connection(&mut cmd, host, *port, socket.as_deref(), user);
-            cmd.stdin(file);
-            if let Some(p) = password {
-                cmd.env("MYSQL_PWD", p);
-            }
-            run(&mut cmd, "mysql (loading the dump)")
+            let mut cmd = mysql_client("mysql", &[], db);
+            run(cmd.stdin(file), "mysql (loading the dump)")
         }
     }
 }

@@ -23,17 +23,16 @@ use crate::effects::{Effects, Target};
 use crate::inventory::model::OnHost;
 use crate::transport::CommandSpec;
 
-fn sh(
+/// Runs one of runbook's own scripts on the host without echoing its output; its stdout,
+/// or the error's sentence.
+pub(super) fn sh(
     effects: &Effects,
     target: &Target,
     label: &str,
     body: &str,
     args: &[&str],
-    stdin: Option<Vec<u8>>,
 ) -> Result<String, String> {
-    let mut spec = CommandSpec::script(label, body, args);
-    spec.stdin = stdin;
-    run_quiet(effects, target, spec)
+    run_quiet(effects, target, CommandSpec::script(label, body, args))
 }
 
 /// Runs `spec` on the host without echoing its output; its stdout, or the error's sentence.
@@ -49,6 +48,12 @@ pub(super) fn run_quiet(
         .map_err(|e| e.to_string())
 }
 
+/// Removes a temporary path on the host, as well as it can: what is left there is not
+/// worth failing the backup or restore for.
+fn discard(effects: &Effects, target: &Target, label: &str, path: &str) {
+    let _ = sh(effects, target, label, r#"rm -rf "$1""#, &[path]);
+}
+
 fn root(target: &Target) -> String {
     match target {
         Target::Host(h) => h.deploy_path.clone(),
@@ -56,105 +61,75 @@ fn root(target: &Target) -> String {
     }
 }
 
-/// Dumps the database on the host into `dir` there. Passwords travel on stdin.
-fn dump_on_host(
-    effects: &Effects,
-    target: &Target,
-    db: &Database,
-    dir: &str,
-) -> Result<(), String> {
-    match db {
-        Database::Sqlite { path } => sh(
-            effects,
-            target,
-            "backup: sqlite3 .backup on the host",
-            r#"mkdir -p "$2" && sqlite3 "$1" ".backup '$2/database.sqlite'""#,
-            &[&path.display().to_string(), dir],
-            None,
-        )
-        .map(drop),
-        Database::Mysql { name, .. } => mysql_on_host(
-            effects,
-            target,
-            "backup: mysqldump --single-transaction on the host",
-            r#"dir=$1 name=$2; shift 2
+/// A database step on the host, each way a label and a script. The sqlite script gets
+/// the database file and the directory on the host (`$1`, `$2`); the mysql script gets
+/// the directory and the database name, then (after `shift 2`) the connection
+/// arguments in `"$@"`, with the password exported from stdin.
+struct DbStep {
+    sqlite: (&'static str, &'static str),
+    mysql: (&'static str, &'static str),
+}
+
+/// Dumps the database into the directory.
+const DUMP: DbStep = DbStep {
+    sqlite: (
+        "backup: sqlite3 .backup on the host",
+        r#"mkdir -p "$2" && sqlite3 "$1" ".backup '$2/database.sqlite'""#,
+    ),
+    mysql: (
+        "backup: mysqldump --single-transaction on the host",
+        r#"dir=$1 name=$2; shift 2
 mkdir -p "$dir" && mysqldump --single-transaction --routines --triggers --events "$@" --databases "$name" > "$dir/mysql.sql""#,
-            db,
-            &[dir, name],
-        ),
-    }
-}
+    ),
+};
 
-/// Runs a mysql client `script` on the host: its own arguments first, then (after
-/// `shift`) the connection arguments in `"$@"`; the password arrives on stdin.
-fn mysql_on_host(
+/// Loads the dump in the directory back into the database.
+const LOAD: DbStep = DbStep {
+    sqlite: (
+        "restore: the sqlite database on the host",
+        r#"cp "$2/database.sqlite" "$1.restoring" && mv -f "$1.restoring" "$1""#,
+    ),
+    mysql: (
+        "restore: load the mysql dump on the host",
+        r#"dir=$1; shift 2
+mysql "$@" < "$dir/mysql.sql""#,
+    ),
+};
+
+/// Runs `step` for `db` on the host with `dir` there. Passwords travel on stdin.
+fn db_on_host(
     effects: &Effects,
     target: &Target,
-    label: &str,
-    script: &str,
-    db: &Database,
-    first: &[&str],
-) -> Result<(), String> {
-    let Database::Mysql {
-        host,
-        port,
-        socket,
-        user,
-        password,
-        ..
-    } = db
-    else {
-        return Err("not a mysql database".into());
-    };
-    let mut args: Vec<String> = first.iter().map(|a| (*a).to_owned()).collect();
-    match socket {
-        Some(s) => args.push(format!("--socket={s}")),
-        None => {
-            args.push(format!("--host={host}"));
-            args.push(format!("--port={port}"));
-        }
-    }
-    args.push(format!("--user={user}"));
-    let body = format!(
-        "IFS= read -r MYSQL_PWD || true; if [ -n \"$MYSQL_PWD\" ]; then export MYSQL_PWD; else unset MYSQL_PWD; fi\n{script}"
-    );
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    sh(
-        effects,
-        target,
-        label,
-        &body,
-        &refs,
-        Some(format!("{}\n", password.clone().unwrap_or_default()).into_bytes()),
-    )
-    .map(drop)
-}
-
-fn load_on_host(
-    effects: &Effects,
-    target: &Target,
+    step: &DbStep,
     db: &Database,
     dir: &str,
 ) -> Result<(), String> {
     match db {
-        Database::Sqlite { path } => sh(
-            effects,
-            target,
-            "restore: the sqlite database on the host",
-            r#"cp "$2/database.sqlite" "$1.restoring" && mv -f "$1.restoring" "$1""#,
-            &[&path.display().to_string(), dir],
-            None,
-        )
-        .map(drop),
-        Database::Mysql { .. } => mysql_on_host(
-            effects,
-            target,
-            "restore: load the mysql dump on the host",
-            r#"dir=$1; shift 1
-mysql "$@" < "$dir/mysql.sql""#,
-            db,
-            &[dir],
-        ),
+        Database::Sqlite { path } => {
+            let (label, body) = step.sqlite;
+            sh(
+                effects,
+                target,
+                label,
+                body,
+                &[&path.display().to_string(), dir],
+            )
+            .map(drop)
+        }
+        Database::Mysql { name, password, .. } => {
+            let (label, script) = step.mysql;
+            let body = format!(
+                "IFS= read -r MYSQL_PWD || true; if [ -n \"$MYSQL_PWD\" ]; then export MYSQL_PWD; else unset MYSQL_PWD; fi\n{script}"
+            );
+            let mut args = vec![dir.to_owned(), name.clone()];
+            args.extend(db.client_args());
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let spec = CommandSpec {
+                stdin: Some(format!("{}\n", password.clone().unwrap_or_default()).into_bytes()),
+                ..CommandSpec::script(label, &body, &refs)
+            };
+            run_quiet(effects, target, spec).map(drop)
+        }
     }
 }
 
@@ -197,13 +172,10 @@ pub fn create(
         let request = CreateRequest {
             root: root.clone().into(),
             backup_dir: backup_dir.into(),
-            shared_files: opts.shared_files.clone(),
-            include_storage: opts.include_storage,
-            exclude: opts.exclude.clone(),
-            database: db.cloned(),
-            level: opts.level,
-            git_ref: opts.git_ref.clone(),
-            name: opts.name.clone(),
+            options: Options {
+                database: db.cloned(),
+                ..opts.clone()
+            },
         };
         let label = format!(
             "backup: archive and verify on the host{} (runbook-agent)",
@@ -236,7 +208,6 @@ pub fn create(
             "backup: look for a shared file",
             r#"[ -e "$1" ] && echo yes || true"#,
             &[&format!("{root}/shared/{f}")],
-            None,
         )?;
         if present.trim() == "yes" {
             let local = local_root.join("shared").join(f);
@@ -256,15 +227,13 @@ pub fn create(
     local_opts.database = None;
     if let Some(db) = db {
         let remote_dump = format!("{backup_dir}/.runbook-dump-{}", std::process::id());
-        let dumped = dump_on_host(effects, target, db, &remote_dump)
+        let dumped = db_on_host(effects, target, &DUMP, db, &remote_dump)
             .and_then(|()| dl(remote_dump.clone(), work.path().join("dump")));
-        let _ = sh(
+        discard(
             effects,
             target,
             "backup: remove the temporary dump",
-            r#"rm -rf "$1""#,
-            &[&remote_dump],
-            None,
+            &remote_dump,
         );
         dumped?;
         local_opts.dumped = Some(work.path().join("dump"));
@@ -291,7 +260,6 @@ pub fn create(
         "backup: move the verified archive into place",
         PLACE,
         &[&part, backup_dir, &summary.name, &part_json],
-        None,
     )?;
     Ok(summary)
 }
@@ -330,7 +298,6 @@ pub fn copy(
             "backup: make the backup directory",
             r#"mkdir -p "$1""#,
             &[backup_dir],
-            None,
         )?;
     }
     for (local, remote) in [
@@ -348,7 +315,6 @@ pub fn copy(
             "backup: move the copied archive into place",
             PLACE,
             &[&part, backup_dir, name, &part_json],
-            None,
         )?;
     }
     Ok(to.iter().map(|t| t.name().to_owned()).collect())
@@ -362,7 +328,6 @@ pub fn list(effects: &Effects, target: &Target, backup_dir: &str) -> Result<Vec<
         "backup: list",
         r#"for f in "$1"/backup-*.tar.gz.json; do [ -f "$f" ] && tr -d '\n' < "$f" && echo; done; true"#,
         &[backup_dir],
-        None,
     )?;
     let mut all: Vec<Summary> = out
         .lines()
@@ -398,13 +363,7 @@ pub fn verify(
     }
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = fetch(effects, target, backup_dir, name, work.path())?;
-    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let m = super::archive::verify(file).map_err(|e| format!("{name}: {e}"))?;
-    Ok(Verified {
-        release: m.release,
-        git_ref: m.git_ref,
-        entries: m.entries.len(),
-    })
+    Verified::check(&path, name)
 }
 
 /// Copies an archive from the host to `dir` on the runner; returns its local path.
@@ -508,22 +467,16 @@ pub fn restore(effects: &Effects, target: &Target, r: &Restore<'_>) -> Result<Ve
     if let Some(db) = db {
         let remote_dump = format!("{backup_dir}/.runbook-restore-{}", std::process::id());
         let loaded = up(&work.path().join("dump"), remote_dump.clone())
-            .and_then(|()| load_on_host(effects, target, db, &remote_dump));
-        let _ = sh(
+            .and_then(|()| db_on_host(effects, target, &LOAD, db, &remote_dump));
+        discard(
             effects,
             target,
             "restore: remove the temporary dump",
-            r#"rm -rf "$1""#,
-            &[&remote_dump],
-            None,
+            &remote_dump,
         );
         loaded?;
     }
-    Ok(Verified {
-        release: manifest.release,
-        git_ref: manifest.git_ref,
-        entries: manifest.entries.len(),
-    })
+    Ok(manifest.into())
 }
 
 /// Writes a restored release's metadata on the host.
@@ -534,15 +487,15 @@ fn record(
     release: &str,
     meta_json: &str,
 ) -> Result<(), String> {
-    sh(
-        effects,
-        target,
-        "restore: record the release",
-        r#"mkdir -p "$1/.runbook/releases" && cat > "$1/.runbook/releases/$2.json""#,
-        &[root, release],
-        Some(meta_json.as_bytes().to_vec()),
-    )
-    .map(drop)
+    let spec = CommandSpec {
+        stdin: Some(meta_json.as_bytes().to_vec()),
+        ..CommandSpec::script(
+            "restore: record the release",
+            r#"mkdir -p "$1/.runbook/releases" && cat > "$1/.runbook/releases/$2.json""#,
+            &[root, release],
+        )
+    };
+    run_quiet(effects, target, spec).map(drop)
 }
 
 /// Prunes a host's backups like [`super::prune`]: beyond `keep` or older than `max_age`,
@@ -601,7 +554,6 @@ pub fn prune(
                 "backup: remove an old backup",
                 r#"rm -f "$1/$2" "$1/$2.json""#,
                 &[backup_dir, &s.name],
-                None,
             )?;
             removed.push(s.name.clone());
         }

@@ -14,8 +14,9 @@
 //! the request names: no network, no shell, nothing outside the paths it was given.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::archive::Manifest;
 use super::{Database, Options, RestoreOptions, Summary};
 
 /// `backup::create` on the host.
@@ -24,13 +25,9 @@ use super::{Database, Options, RestoreOptions, Summary};
 pub struct CreateRequest {
     pub root: PathBuf,
     pub backup_dir: PathBuf,
-    pub shared_files: Vec<String>,
-    pub include_storage: bool,
-    pub exclude: Vec<String>,
-    pub database: Option<Database>,
-    pub level: u32,
-    pub git_ref: String,
-    pub name: Option<String>,
+    /// What to archive, its fields beside `root` in the JSON.
+    #[serde(flatten)]
+    pub options: Options,
 }
 
 /// One archive to read through.
@@ -46,6 +43,26 @@ pub struct Verified {
     pub release: String,
     pub git_ref: String,
     pub entries: usize,
+}
+
+impl Verified {
+    /// Reads the archive at `path` through, checking every checksum against its
+    /// manifest; an error names the file, or the backup `name` when the archive is bad.
+    pub fn check(path: &Path, name: &str) -> Result<Verified, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let m = super::archive::verify(file).map_err(|e| format!("{name}: {e}"))?;
+        Ok(m.into())
+    }
+}
+
+impl From<Manifest> for Verified {
+    fn from(m: Manifest) -> Verified {
+        Verified {
+            release: m.release,
+            git_ref: m.git_ref,
+            entries: m.entries.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -115,18 +132,8 @@ pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result
         Some("--version") => writeln!(out, "{}", version_line()).map_err(|e| e.to_string()),
         Some("create") => {
             let r: CreateRequest = request(input)?;
-            let opts = Options {
-                shared_files: r.shared_files,
-                include_storage: r.include_storage,
-                exclude: r.exclude,
-                database: r.database,
-                level: r.level,
-                git_ref: r.git_ref,
-                dumped: None,
-                name: r.name,
-            };
-            let s =
-                super::create(&r.root, &r.backup_dir, &opts, threads).map_err(|e| e.to_string())?;
+            let s = super::create(&r.root, &r.backup_dir, &r.options, threads)
+                .map_err(|e| e.to_string())?;
             answer(out, &s)
         }
         Some("verify") => {
@@ -134,14 +141,7 @@ pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result
             let file = std::fs::File::open(&r.archive)
                 .map_err(|e| format!("{}: {e}", r.archive.display()))?;
             let m = super::archive::verify(file).map_err(|e| e.to_string())?;
-            answer(
-                out,
-                &Verified {
-                    release: m.release,
-                    git_ref: m.git_ref,
-                    entries: m.entries.len(),
-                },
-            )
+            answer(out, &Verified::from(m))
         }
         Some("prune") => {
             let r: PruneRequest = request(input)?;
@@ -162,14 +162,7 @@ pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result
             };
             let m =
                 super::restore(&r.archive, &r.root, &r.release, &ro).map_err(|e| e.to_string())?;
-            answer(
-                out,
-                &Verified {
-                    release: m.release,
-                    git_ref: m.git_ref,
-                    entries: m.entries.len(),
-                },
-            )
+            answer(out, &Verified::from(m))
         }
         Some("list") => {
             let r: ListRequest = request(input)?;

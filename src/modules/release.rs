@@ -247,9 +247,7 @@ fn prepare(
     target: &Dynamic,
     opts: &Map,
 ) -> Result<String, Box<EvalAltResult>> {
-    crate::modules::guard(ctx, "release::prepare")?;
-    let session = super::session(ctx)?;
-    let (targets, _) = targets(target)?;
+    let (session, targets) = change(ctx, "release::prepare", target)?;
     let inv = session
         .inventory
         .as_ref()
@@ -330,9 +328,7 @@ fn activate(
     target: &Dynamic,
     name: &str,
 ) -> Result<Map, Box<EvalAltResult>> {
-    crate::modules::guard(ctx, "release::activate")?;
-    let session = super::session(ctx)?;
-    let (targets, _) = targets(target)?;
+    let (session, targets) = change(ctx, "release::activate", target)?;
     let previous = match core::activate(&session.effects, &targets, name) {
         Ok(p) => p,
         Err(e) => {
@@ -399,9 +395,7 @@ fn rollback(
     target: &Dynamic,
     to: Option<&str>,
 ) -> Result<Map, Box<EvalAltResult>> {
-    crate::modules::guard(ctx, "release::rollback")?;
-    let session = super::session(ctx)?;
-    let (targets, _) = targets(target)?;
+    let (session, targets) = change(ctx, "release::rollback", target)?;
     match core::rollback(&session.effects, &targets, to) {
         Ok(m) => Ok(switched_map(&session, m)),
         Err(e) => {
@@ -441,14 +435,39 @@ fn undo(ctx: &NativeCallContext) -> Result<Map, Box<EvalAltResult>> {
     }
 }
 
-/// Runs a release operation on every host of `hosts` (a Host or a HostSet).
-fn on_hosts(
+/// How a change to the hosts starts: the guard (`op` as people read it), then the
+/// session and the targets of `hosts` (a Host or a HostSet).
+fn change(
+    ctx: &NativeCallContext,
+    op: &str,
+    hosts: &Dynamic,
+) -> Result<(std::sync::Arc<crate::session::Session>, Vec<Target>), Box<EvalAltResult>> {
+    crate::modules::guard(ctx, op)?;
+    let session = super::session(ctx)?;
+    let (targets, _) = targets(hosts)?;
+    Ok((session, targets))
+}
+
+/// Runs a release operation on every host of `hosts` (a Host or a HostSet); its error
+/// located at the script's call.
+fn on_hosts<T>(
     ctx: &NativeCallContext,
     hosts: &Dynamic,
-    op: impl FnOnce(&crate::effects::Effects, &[Target]) -> Result<(), ReleaseError>,
-) -> Result<(), Box<EvalAltResult>> {
+    op: impl FnOnce(&crate::effects::Effects, &[Target]) -> Result<T, ReleaseError>,
+) -> Result<T, Box<EvalAltResult>> {
     let session = super::session(ctx)?;
     let r = targets(hosts).and_then(|(t, _)| op(&session.effects, &t).map_err(to_rhai));
+    super::located(ctx, r)
+}
+
+/// Runs a release operation on one host; its error located at the script's call.
+fn on_host<T>(
+    ctx: &NativeCallContext,
+    host: &HostRef,
+    op: impl FnOnce(&crate::effects::Effects, &Target) -> Result<T, ReleaseError>,
+) -> Result<T, Box<EvalAltResult>> {
+    let session = super::session(ctx)?;
+    let r = op(&session.effects, &one(host)).map_err(to_rhai);
     super::located(ctx, r)
 }
 
@@ -579,11 +598,7 @@ pub mod release_api {
         ctx: NativeCallContext,
         hosts: Dynamic,
     ) -> Result<String, Box<EvalAltResult>> {
-        let session = crate::modules::session(&ctx)?;
-        let r = super::targets(&hosts).and_then(|(t, _)| {
-            crate::release::rollback_target(&session.effects, &t, None).map_err(super::to_rhai)
-        });
-        crate::modules::located(&ctx, r)
+        super::on_hosts(&ctx, &hosts, |e, t| core::rollback_target(e, t, None))
     }
 
     /// Points `next` at release `name` on every host, atomically — what a preview vhost
@@ -626,10 +641,9 @@ pub mod release_api {
     /// host, with the commands that show and fix the fleet.
     #[rhai_fn(return_raw)]
     pub fn check_layout(ctx: NativeCallContext, hosts: Dynamic) -> Result<(), Box<EvalAltResult>> {
-        let session = crate::modules::session(&ctx)?;
-        let r = targets(&hosts)
-            .and_then(|(t, _)| crate::release::check_fleet(&session.effects, &t).map_err(to_rhai));
-        if let Ok(Some(sentence)) = &r {
+        let fleet = super::on_hosts(&ctx, &hosts, core::check_fleet)?;
+        if let Some(sentence) = fleet {
+            let session = crate::modules::session(&ctx)?;
             let env = session.env.as_ref().map_or("ENV", |e| e.name.as_str());
             session.effects.output().log(
                 crate::output::Level::Warn,
@@ -638,7 +652,7 @@ pub mod release_api {
                 ),
             );
         }
-        crate::modules::located(&ctx, r.map(drop))
+        Ok(())
     }
 
     /// Says that this run's change is complete and verified on every host: from now on a
@@ -661,46 +675,34 @@ pub mod release_api {
     /// The release `current` points at on a host ("" before the first deploy).
     #[rhai_fn(return_raw)]
     pub fn current(ctx: NativeCallContext, host: HostRef) -> Result<String, Box<EvalAltResult>> {
-        let session = crate::modules::session(&ctx)?;
-        let list =
-            crate::release::list(&session.effects, &super::one(&host)).map_err(super::to_rhai);
-        crate::modules::located(
-            &ctx,
-            list.map(|l| {
-                l.into_iter()
-                    .find(|r| r.live)
-                    .map(|r| r.name)
-                    .unwrap_or_default()
-            }),
-        )
+        let list = super::on_host(&ctx, &host, core::list)?;
+        Ok(list
+            .into_iter()
+            .find(|r| r.live)
+            .map(|r| r.name)
+            .unwrap_or_default())
     }
 
     /// The releases on a host, oldest first: `#{ name, state, bad, live, ref, commit, by, created_at }`.
     #[rhai_fn(return_raw)]
     pub fn list(ctx: NativeCallContext, host: HostRef) -> Result<Array, Box<EvalAltResult>> {
-        let session = crate::modules::session(&ctx)?;
-        let list =
-            crate::release::list(&session.effects, &super::one(&host)).map_err(super::to_rhai);
-        crate::modules::located(
-            &ctx,
-            list.map(|l| {
-                l.into_iter()
-                    .map(|r| {
-                        let mut m = Map::new();
-                        m.insert("name".into(), r.name.into());
-                        m.insert("state".into(), r.state.into());
-                        m.insert("bad".into(), r.bad.into());
-                        m.insert("live".into(), r.live.into());
-                        let meta = r.meta.unwrap_or_default();
-                        m.insert("ref".into(), meta.git_ref.into());
-                        m.insert("commit".into(), meta.commit.into());
-                        m.insert("by".into(), meta.by.into());
-                        m.insert("created_at".into(), meta.created_at.into());
-                        Dynamic::from(m)
-                    })
-                    .collect()
-            }),
-        )
+        let list = super::on_host(&ctx, &host, core::list)?;
+        Ok(list
+            .into_iter()
+            .map(|r| {
+                let mut m = Map::new();
+                m.insert("name".into(), r.name.into());
+                m.insert("state".into(), r.state.into());
+                m.insert("bad".into(), r.bad.into());
+                m.insert("live".into(), r.live.into());
+                let meta = r.meta.unwrap_or_default();
+                m.insert("ref".into(), meta.git_ref.into());
+                m.insert("commit".into(), meta.commit.into());
+                m.insert("by".into(), meta.by.into());
+                m.insert("created_at".into(), meta.created_at.into());
+                Dynamic::from(m)
+            })
+            .collect())
     }
 
     /// Removes old releases, keeping `app.keep_releases` (the live one counts and is
@@ -723,32 +725,15 @@ pub mod release_api {
         keep: i64,
     ) -> Result<Map, Box<EvalAltResult>> {
         crate::modules::guard(&ctx, "release::cleanup")?;
-        let session = crate::modules::session(&ctx)?;
-        let result = super::targets(&hosts).and_then(|(targets, _)| {
-            crate::release::cleanup(
-                &session.effects,
-                &targets,
-                usize::try_from(keep).unwrap_or(1),
-            )
-            .map_err(super::to_rhai)
-        });
-        crate::modules::located(
-            &ctx,
-            result.map(|m| {
-                m.into_iter()
-                    .map(|(h, removed)| {
-                        (
-                            h.into(),
-                            removed
-                                .into_iter()
-                                .map(Dynamic::from)
-                                .collect::<Array>()
-                                .into(),
-                        )
-                    })
-                    .collect()
-            }),
-        )
+        let keep = usize::try_from(keep).unwrap_or(1);
+        let removed = super::on_hosts(&ctx, &hosts, |e, t| core::cleanup(e, t, keep))?;
+        Ok(removed
+            .into_iter()
+            .map(|(h, removed)| {
+                let removed: Array = removed.into_iter().map(Dynamic::from).collect();
+                (h.into(), removed.into())
+            })
+            .collect())
     }
 
     /// Migration files in release `to` that release `from` lacks, on one host — whether
@@ -760,10 +745,8 @@ pub mod release_api {
         from: &str,
         to: &str,
     ) -> Result<Array, Box<EvalAltResult>> {
-        let session = crate::modules::session(&ctx)?;
-        let r = crate::release::new_migrations(&session.effects, &super::one(&host), from, to)
-            .map_err(super::to_rhai);
-        crate::modules::located(&ctx, r.map(|v| v.into_iter().map(Dynamic::from).collect()))
+        let files = super::on_host(&ctx, &host, |e, t| core::new_migrations(e, t, from, to))?;
+        Ok(files.into_iter().map(Dynamic::from).collect())
     }
 
     /// The directory of release `name` on a host.

@@ -12,7 +12,7 @@ use tokio::process::Command;
 
 use super::{
     Capture, CommandSpec, Ended, ExecError, Finished, LineSink, feed, open_input, open_output,
-    pump, race, sink,
+    pump, race,
 };
 use crate::interrupt::Interrupt;
 use crate::output::Stream;
@@ -80,15 +80,7 @@ pub async fn exec(
     let mut err_buf = Capture::new();
     let quiet = spec.quiet;
     let reading = async {
-        let out = async {
-            match output {
-                Some(file) => sink(stdout, file).await,
-                None => {
-                    pump(stdout, Stream::Stdout, &mut out_buf, on_line, quiet).await;
-                    Ok(())
-                }
-            }
-        };
+        let out = super::stdout(stdout, output, &mut out_buf, on_line, quiet);
         let ((), written, ()) = tokio::join!(
             feed(stdin, spec.stdin.as_deref(), input),
             out,
@@ -97,12 +89,7 @@ pub async fn exec(
         (child.wait().await, written)
     };
     let end = race(reading, spec.timeout.map(|t| started + t), interrupt).await;
-    let finished = |out: Capture, err: Capture| Finished {
-        code: None,
-        stdout: out.into_string(),
-        stderr: err.into_string(),
-        duration: started.elapsed(),
-    };
+    let finished = |out, err| super::partial(out, err, started);
     match end {
         Ended::Done((status, written)) => {
             let status = status?;

@@ -449,6 +449,35 @@ pub(crate) async fn sink(
     }
 }
 
+/// A command's standard output: written to `file` when the spec names one ([`sink`]),
+/// otherwise captured into `buf` and shown line by line unless `quiet` ([`pump`]).
+pub(crate) async fn stdout(
+    reader: Option<impl AsyncRead + Unpin>,
+    file: Option<tokio::fs::File>,
+    buf: &mut Capture,
+    on_line: LineSink<'_>,
+    quiet: bool,
+) -> std::io::Result<()> {
+    match file {
+        Some(file) => sink(reader, file).await,
+        None => {
+            pump(reader, crate::output::Stream::Stdout, buf, on_line, quiet).await;
+            Ok(())
+        }
+    }
+}
+
+/// What a command that was cut short (or whose exit code is filled in after) left:
+/// its output so far and its time since `started`.
+pub(crate) fn partial(out: Capture, err: Capture, started: std::time::Instant) -> Finished {
+    Finished {
+        code: None,
+        stdout: out.into_string(),
+        stderr: err.into_string(),
+        duration: started.elapsed(),
+    }
+}
+
 /// How a command's wait ended.
 pub(crate) enum Ended<T> {
     Done(T),

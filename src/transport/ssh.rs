@@ -26,7 +26,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use super::{
     Capture, CommandSpec, Ended, ExecError, Finished, LineSink, Program, feed, open_input,
-    open_output, pump, race, sink,
+    open_output, pump, race,
 };
 use crate::interrupt::Interrupt;
 use crate::inventory::{Host, HostKeyCheck};
@@ -378,15 +378,7 @@ impl SshPool {
                 }
                 pump(err_reader, Stream::Stderr, &mut err_buf, on_line, quiet).await;
             };
-            let out = async {
-                match output {
-                    Some(file) => sink(stdout, file).await,
-                    None => {
-                        pump(stdout, Stream::Stdout, &mut out_buf, on_line, quiet).await;
-                        Ok(())
-                    }
-                }
-            };
+            let out = super::stdout(stdout, output, &mut out_buf, on_line, quiet);
             let feeding = async {
                 if !fed {
                     feeding.await;
@@ -397,12 +389,7 @@ impl SshPool {
         };
         // Counted from the start: the time spent looking for the marker is part of it.
         let end = race(reading, spec.timeout.map(|t| started + t), interrupt).await;
-        let partial = |out: Capture, err: Capture| Finished {
-            code: None,
-            stdout: out.into_string(),
-            stderr: err.into_string(),
-            duration: started.elapsed(),
-        };
+        let partial = |out, err| super::partial(out, err, started);
         match end {
             Ended::Done((Ok(status), written)) => {
                 let f = Finished {
