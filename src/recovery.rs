@@ -214,9 +214,46 @@ pub fn recover_with(
 ) -> Result<bool, String> {
     let out = effects.output().clone();
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
+    let states = states_of_all(effects, &targets, &env.name)?;
+    let Some(dead) = dead_run(&states, run_id, &env.name, &out)? else {
+        return Ok(false);
+    };
+    announce_dead(&states, &out);
+    // What the dead run still has running lands before anything is judged: its last
+    // switch, or its lock's progress record, may still be on the way.
+    settle(effects, &targets, &dead, &env.name, opts)?;
+    let (targets, states) = locked_by(effects, targets, &dead)?;
+    let progress = read_progress(&states);
+    for s in &states {
+        out.log(Level::Warn, format!("  {}", state_line(s)));
+    }
+    let target = whole_release(&progress);
+    if let Some(target) = &target {
+        bring_back(effects, &targets, &states, &progress, target)?;
+    }
+    lift_maintenance(effects, env, &targets, &progress.down)?;
+    // Traffic the dead run moved to the staged pool (a blue-green switch cut between its
+    // two balancer steps, a canary's share): every request back on stable.
+    if let Some(left) = crate::traffic::reset_if_left_by(effects, env, &dead, run_id)? {
+        out.log(
+            Level::Info,
+            format!("the balancer had {left}% of requests on the staged release: every request is back on stable"),
+        );
+    }
+    remove_lock(effects, env, &targets, &dead, run_id, target.as_deref());
+    Ok(true)
+}
+
+/// The lock state of every host; one unreachable host stops the recovery before it
+/// changes anything.
+fn states_of_all(
+    effects: &Effects,
+    targets: &[Target],
+    env: &str,
+) -> Result<Vec<HostState>, String> {
     let mut states = Vec::new();
     let mut unreachable = Vec::new();
-    for (t, st) in targets.iter().zip(lock::states(effects, &targets)) {
+    for (t, st) in targets.iter().zip(lock::states(effects, targets)) {
         match st {
             Ok(s) => states.push(s),
             Err(e) => unreachable.push(format!("{}: {e}", t.name())),
@@ -224,11 +261,21 @@ pub fn recover_with(
     }
     if !unreachable.is_empty() {
         return Err(format!(
-            "cannot recover while hosts are unreachable (nothing was changed); run `runbook recover -e {}` again when they are back:\n- {}",
-            env.name,
+            "cannot recover while hosts are unreachable (nothing was changed); run `runbook recover -e {env}` again when they are back:\n- {}",
             unreachable.join("\n- ")
         ));
     }
+    Ok(states)
+}
+
+/// The one dead run whose lock is on the hosts: `None` (said so) when there is none;
+/// an error when several runs left locks or the run looks alive.
+fn dead_run(
+    states: &[HostState],
+    run_id: &str,
+    env: &str,
+    out: &crate::output::Output,
+) -> Result<Option<String>, String> {
     // This run's own locks (a deploy that recovers first may have taken some hosts
     // already) are not the dead run's.
     let dead: BTreeSet<String> = states
@@ -236,33 +283,9 @@ pub fn recover_with(
         .filter_map(|s| s.holder.as_ref().map(|h| h.run.clone()))
         .filter(|r| r != run_id)
         .collect();
-    let temporaries: Vec<String> = states
-        .iter()
-        .flat_map(|s| {
-            s.temporaries
-                .iter()
-                .map(move |t| format!("{}: {t}", s.host))
-        })
-        .collect();
     if dead.is_empty() {
-        let lives: BTreeSet<&str> = states.iter().map(|s| s.current.as_str()).collect();
-        let mut msg = format!("nothing to recover on {}: no run left a lock", env.name);
-        if lives.len() > 1 {
-            msg.push_str(&format!(
-                " — but the hosts serve different releases ({}): run `runbook run rollback -e {}` or a deploy",
-                states
-                    .iter()
-                    .map(|s| format!("{} {}", s.host, display(&s.current)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                env.name
-            ));
-        }
-        out.log(Level::Info, msg);
-        for t in temporaries {
-            out.log(Level::Warn, format!("lock temporary left: {t}"));
-        }
-        return Ok(false);
+        nothing_to_recover(states, env, out);
+        return Ok(None);
     }
     if dead.len() > 1 {
         return Err(format!(
@@ -272,8 +295,42 @@ pub fn recover_with(
         ));
     }
     let dead = dead.into_iter().next().unwrap_or_default();
-    // Never a live run: its heartbeat is fresh and its process is not known to be gone.
-    for s in &states {
+    refuse_if_alive(states, &dead)?;
+    Ok(Some(dead))
+}
+
+/// No run left a lock: says so, and what is still odd (hosts on different releases,
+/// lock temporaries left).
+fn nothing_to_recover(states: &[HostState], env: &str, out: &crate::output::Output) {
+    let temporaries: Vec<String> = states
+        .iter()
+        .flat_map(|s| {
+            s.temporaries
+                .iter()
+                .map(move |t| format!("{}: {t}", s.host))
+        })
+        .collect();
+    let lives: BTreeSet<&str> = states.iter().map(|s| s.current.as_str()).collect();
+    let mut msg = format!("nothing to recover on {env}: no run left a lock");
+    if lives.len() > 1 {
+        msg.push_str(&format!(
+            " — but the hosts serve different releases ({}): run `runbook run rollback -e {env}` or a deploy",
+            states
+                .iter()
+                .map(|s| format!("{} {}", s.host, display(&s.current)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
+    out.log(Level::Info, msg);
+    for t in temporaries {
+        out.log(Level::Warn, format!("lock temporary left: {t}"));
+    }
+}
+
+/// Never a live run: its heartbeat is fresh and its process is not known to be gone.
+fn refuse_if_alive(states: &[HostState], dead: &str) -> Result<(), String> {
+    for s in states {
         if let (Some(h), Some(age)) = (&s.holder, s.beat_age)
             && h.run == dead
             && age <= lock::DEFAULT_TTL.as_secs()
@@ -285,6 +342,11 @@ pub fn recover_with(
             ));
         }
     }
+    Ok(())
+}
+
+/// Says which run died without cleaning up: who, what, when, and its CI run.
+fn announce_dead(states: &[HostState], out: &crate::output::Output) {
     let holder = states
         .iter()
         .find_map(|s| s.holder.clone())
@@ -304,9 +366,16 @@ pub fn recover_with(
                 .unwrap_or_default()
         ),
     );
-    // What the dead run still has running lands before anything is judged: its last
-    // switch, or its lock's progress record, may still be on the way.
-    settle(effects, &targets, &dead, &env.name, opts)?;
+}
+
+/// The hosts the dead run locked, with their state read again (after its commands
+/// settled): it changed nothing anywhere else (the lock comes before every change), and
+/// hosts outside its set (a balancer) have no releases.
+fn locked_by(
+    effects: &Effects,
+    targets: Vec<Target>,
+    dead: &str,
+) -> Result<(Vec<Target>, Vec<HostState>), String> {
     let mut states = Vec::new();
     for (t, st) in targets.iter().zip(lock::states(effects, &targets)) {
         states.push(st.map_err(|e| {
@@ -316,112 +385,137 @@ pub fn recover_with(
             )
         })?);
     }
-    // Only the hosts the dead run locked: it changed nothing anywhere else (the lock comes
-    // before every change), and hosts outside its set (a balancer) have no releases.
-    let (targets, states): (Vec<Target>, Vec<HostState>) = targets
+    Ok(targets
         .into_iter()
         .zip(states)
         .filter(|(_, s)| s.holder.as_ref().is_some_and(|h| h.run == dead))
-        .unzip();
-    let progress = read_progress(&states);
-    for s in &states {
-        out.log(
-            Level::Warn,
-            format!(
-                "  {}: on {}{}{}",
-                s.host,
-                display(&s.current),
-                if s.down { ", maintenance mode on" } else { "" },
-                if s.holder.is_some() {
-                    ", lock held"
-                } else {
-                    ""
-                }
-            ),
-        );
-    }
-    // One whole release: the new one where the dead run verified it everywhere, else
-    // the one it started from.
-    let target = if progress.verified {
+        .unzip())
+}
+
+/// One host as the dead run left it: its release, maintenance mode, lock.
+fn state_line(s: &HostState) -> String {
+    format!(
+        "{}: on {}{}{}",
+        s.host,
+        display(&s.current),
+        if s.down { ", maintenance mode on" } else { "" },
+        if s.holder.is_some() {
+            ", lock held"
+        } else {
+            ""
+        }
+    )
+}
+
+/// One whole release: the new one where the dead run verified it everywhere, else the
+/// one it started from (none when it switched nothing).
+fn whole_release(progress: &Progress) -> Option<String> {
+    if progress.verified {
         progress.prepared.clone()
     } else {
         progress.before.clone().filter(|b| !b.is_empty())
-    };
-    if let Some(target) = &target {
-        let behind: Vec<Target> = targets
-            .iter()
-            .zip(&states)
-            .filter(|(_, s)| &s.current != target)
-            .map(|(t, _)| t.clone())
-            .collect();
-        if !behind.is_empty() {
-            crate::release::activate(effects, &behind, target).map_err(|e| e.message)?;
-            for t in &behind {
-                out.log(Level::Info, format!("{}: switched to {target}", t.name()));
-            }
-        }
-        if !progress.verified
-            && let Some(new) = &progress.prepared
-            && new != target
-        {
-            let _ = crate::release::mark_bad(effects, &targets, new);
-            out.log(Level::Info, format!("{new} (unverified) marked bad"));
+    }
+}
+
+/// Switches the hosts not on `target` to it; a new release the dead run did not verify
+/// is marked bad.
+fn bring_back(
+    effects: &Effects,
+    targets: &[Target],
+    states: &[HostState],
+    progress: &Progress,
+    target: &str,
+) -> Result<(), String> {
+    let out = effects.output();
+    let behind: Vec<Target> = targets
+        .iter()
+        .zip(states)
+        .filter(|(_, s)| s.current != target)
+        .map(|(t, _)| t.clone())
+        .collect();
+    if !behind.is_empty() {
+        crate::release::activate(effects, &behind, target).map_err(|e| e.message)?;
+        for t in &behind {
+            out.log(Level::Info, format!("{}: switched to {target}", t.name()));
         }
     }
-    // Maintenance mode the dead run turned on.
+    if !progress.verified
+        && let Some(new) = &progress.prepared
+        && new != target
+    {
+        let _ = crate::release::mark_bad(effects, targets, new);
+        out.log(Level::Info, format!("{new} (unverified) marked bad"));
+    }
+    Ok(())
+}
+
+/// Lifts maintenance mode the dead run turned on (the hosts in `down`).
+fn lift_maintenance(
+    effects: &Effects,
+    env: &crate::inventory::Environment,
+    targets: &[Target],
+    down: &BTreeSet<String>,
+) -> Result<(), String> {
+    let out = effects.output();
     let lift: Vec<Target> = targets
         .iter()
-        .filter(|t| progress.down.contains(t.name()))
+        .filter(|t| down.contains(t.name()))
         .cloned()
         .collect();
-    if !lift.is_empty() {
-        let fan = FanOut {
-            fail_fast: false,
-            ..FanOut::new()
-        };
-        let outcomes = effects.run_many_with(
-            &lift,
-            &|t: &Target| {
-                let root = match t {
-                    Target::Host(h) => h.deploy_path.clone(),
-                    Target::Local => String::new(),
-                };
-                CommandSpec::script(
-                    "recover: maintenance off",
-                    r#"cd "$1/current" && exec "$2" artisan up"#,
-                    &[&root, &env.php],
-                )
-            },
-            &fan,
-        );
-        for (t, o) in lift.iter().zip(outcomes) {
-            match o {
-                HostOutcome::Done(Ok(_)) => {
-                    out.log(Level::Info, format!("{}: maintenance mode off", t.name()));
-                }
-                HostOutcome::Done(Err(e)) => {
-                    return Err(format!(
-                        "{}: could not lift maintenance mode: {e}",
-                        t.name()
-                    ));
-                }
-                HostOutcome::Skipped => {}
+    if lift.is_empty() {
+        return Ok(());
+    }
+    let fan = FanOut {
+        fail_fast: false,
+        ..FanOut::new()
+    };
+    let outcomes = effects.run_many_with(
+        &lift,
+        &|t: &Target| {
+            let root = match t {
+                Target::Host(h) => h.deploy_path.clone(),
+                Target::Local => String::new(),
+            };
+            CommandSpec::script(
+                "recover: maintenance off",
+                r#"cd "$1/current" && exec "$2" artisan up"#,
+                &[&root, &env.php],
+            )
+        },
+        &fan,
+    );
+    for (t, o) in lift.iter().zip(outcomes) {
+        match o {
+            HostOutcome::Done(Ok(_)) => {
+                out.log(Level::Info, format!("{}: maintenance mode off", t.name()));
             }
+            HostOutcome::Done(Err(e)) => {
+                return Err(format!(
+                    "{}: could not lift maintenance mode: {e}",
+                    t.name()
+                ));
+            }
+            HostOutcome::Skipped => {}
         }
     }
-    // Traffic the dead run moved to the staged pool (a blue-green switch cut between its
-    // two balancer steps, a canary's share): every request back on stable.
-    if let Some(left) = crate::traffic::reset_if_left_by(effects, env, &dead, run_id)? {
-        out.log(
-            Level::Info,
-            format!("the balancer had {left}% of requests on the staged release: every request is back on stable"),
-        );
-    }
-    let removed = lock::remove_dead(effects, &targets, &dead, run_id);
+    Ok(())
+}
+
+/// Removes the dead run's lock (and forgets it ended here once it is gone everywhere),
+/// and says what the environment serves now.
+fn remove_lock(
+    effects: &Effects,
+    env: &crate::inventory::Environment,
+    targets: &[Target],
+    dead: &str,
+    run_id: &str,
+    target: Option<&str>,
+) {
+    let removed = lock::remove_dead(effects, targets, dead, run_id);
     if removed.len() == targets.len() {
-        lock::forget_ended(&dead);
+        lock::forget_ended(dead);
     }
-    out.log(
+    effects.output().log(
         Level::Info,
         format!(
             "the dead run's lock removed on {}; {} serves {}",
@@ -431,10 +525,9 @@ pub fn recover_with(
                 removed.join(", ")
             },
             env.name,
-            target.as_deref().map_or("what it served", display)
+            target.map_or("what it served", display)
         ),
     );
-    Ok(true)
 }
 
 fn display(release: &str) -> &str {

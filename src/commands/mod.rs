@@ -142,6 +142,41 @@ pub(crate) fn install_signals(rt: &tokio::runtime::Runtime, session: &Session) {
     );
 }
 
+/// Whether a run may start, decided before any connection is made: who may
+/// ([`crate::permissions::admit`]), then the command's own `check`, then on a protected
+/// environment the terminal's confirmation, asked to run `shown`. A refusal is handed to
+/// `audit_refused` before it is returned.
+pub(crate) fn admit(
+    request: &crate::permissions::Request,
+    yes: bool,
+    shown: &str,
+    check: impl FnOnce() -> Result<(), Error>,
+    audit_refused: impl FnOnce(&Error),
+) -> Result<crate::permissions::ScriptKind, Error> {
+    let admitted = crate::permissions::admit(request).and_then(|kind| {
+        check()?;
+        if crate::permissions::needs_confirmation(request.env, request.dry_run, yes) {
+            run::confirm(&request.env.name, shown)?;
+        }
+        Ok(kind)
+    });
+    if let Err(refused) = &admitted {
+        audit_refused(refused);
+    }
+    admitted
+}
+
+/// The audit log's word for how a run that was let start ended: `failed` is `None` for a
+/// success, else whether the failure was an interruption.
+pub(crate) fn audit_result(dry_run: bool, failed: Option<bool>) -> &'static str {
+    match failed {
+        None if dry_run => "dry_run",
+        None => "success",
+        Some(true) => "aborted",
+        Some(false) => "failed",
+    }
+}
+
 /// Writes `text` (and a final newline if it lacks one) to stdout through
 /// [`crate::output::stdout`]: a reader that went away (`| head`) ends it quietly.
 pub(crate) fn print(text: &str) {

@@ -138,16 +138,13 @@ fn shell(
                 save(file.trim(), &saved, env, &engine, &mut lock(&editor));
                 continue;
             }
-            match meta(
-                &line,
-                &session,
+            let context = Shell {
+                session: &session,
                 env,
-                &engine,
-                &mut scope,
-                &mut lock(&editor),
-                dry,
+                engine: &engine,
                 project,
-            ) {
+            };
+            match meta(&line, &context, &mut scope, &mut lock(&editor), dry) {
                 Some(next) => break next,
                 None => continue,
             }
@@ -647,201 +644,270 @@ fn admit_run(
     Ok((kind, reason))
 }
 
+/// What a meta-command works on: the environment's session, its engine, the project.
+struct Shell<'a> {
+    session: &'a Session,
+    env: &'a Environment,
+    engine: &'a rhai::Engine,
+    project: &'a Project,
+}
+
 /// Runs a meta-command; `Some` ends this environment's loop.
-#[allow(clippy::too_many_arguments)]
 fn meta(
     line: &str,
-    session: &Session,
-    env: &Environment,
-    engine: &rhai::Engine,
+    shell: &Shell,
     scope: &mut Scope<'static>,
     editor: &mut Editor<ReplHelper, DefaultHistory>,
     dry: &mut bool,
-    project: &Project,
 ) -> Option<Next> {
     let mut words = line.split_whitespace();
     let command = words.next().unwrap_or("");
     let rest: Vec<&str> = words.collect();
     match command {
         ":quit" | ":q" | ":exit" => return Some(Next::Quit),
-        ":hosts" => {
-            for h in &env.hosts {
-                println!(
-                    "{:<16} {:<24} {:<6} {:<10} {}",
-                    h.name,
-                    format!("{}:{}", h.address, h.port),
-                    h.transport.as_str(),
-                    h.user.as_deref().unwrap_or("-"),
-                    h.roles.join(",")
-                );
-            }
-        }
-        ":audit" => {
-            let all = crate::audit::read(&crate::audit::local_path());
-            for r in all.iter().rev().take(10).rev() {
-                println!("{} {} {} {} {}", r.ts, r.env, r.actor, r.script, r.result);
-            }
-        }
-        ":last" => {
-            let last = session.audit.last_output();
-            if last.is_empty() {
-                println!("the last action ran no command with output");
-            }
-            for (host, lines) in last {
-                for l in lines {
-                    let l = session.effects.output().redactor().redact(&l).into_owned();
-                    println!("[{host}] {}", neutralise(&l));
-                }
-            }
-        }
-        ":dry" => match rest.first().copied() {
-            Some("on" | "off") => {
-                *dry = rest[0] == "on";
-                session.effects.set_dry_run(*dry);
-                // Scripts read `run.dry_run`: shadow the constant with the new value.
-                if let Some(run) = crate::modules::context::context_map(session).get("run") {
-                    scope.push_constant("run", run.clone());
-                }
-                println!(
-                    "dry run {}",
-                    if *dry {
-                        "on: nothing will be executed"
-                    } else {
-                        "off"
-                    }
-                );
-            }
-            _ => println!(
-                "dry run is {}; `:dry on` or `:dry off`",
-                if *dry { "on" } else { "off" }
-            ),
-        },
-        ":env" => match rest.first() {
-            None => println!(
-                "environments: {}",
-                project
-                    .inventory
-                    .envs
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Some(name) => match project.inventory.env(name) {
-                Err(e) => eprintln!("{e}"),
-                Ok(target) if target.protected => {
-                    let answer = editor
-                        .readline(&format!("`{name}` is protected. Type its name to switch: "))
-                        .unwrap_or_default();
-                    if answer.trim() == *name {
-                        return Some(Next::Switch((*name).to_owned()));
-                    }
-                    println!("not switched");
-                }
-                Ok(_) => return Some(Next::Switch((*name).to_owned())),
-            },
-        },
+        ":hosts" => show_hosts(shell.env),
+        ":audit" => show_audit(),
+        ":last" => show_last(shell.session),
+        ":dry" => set_dry(shell.session, scope, dry, rest.first().copied()),
+        ":env" => return switch_env(shell.project, editor, rest.first().copied()),
         ":run" => match rest.split_first() {
             None => println!(
                 "usage: :run SCRIPT [KEY=VALUE …] (scripts: {})",
-                project.script_names().join(", ")
+                shell.project.script_names().join(", ")
             ),
-            Some((script, pairs)) => {
-                let pairs: Vec<String> = pairs.iter().map(|p| (*p).to_owned()).collect();
-                let prepared = project.resolve_script(script).and_then(|path| {
-                    let args = parse_args(&pairs)?;
-                    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    Ok((path, args, text))
-                });
-                match prepared {
-                    Err(e) => eprintln!("error: {e}"),
-                    Ok((path, args, text)) => {
-                        let name = engine::source_name(&path, Some(project.root()));
-                        // The checks of `runbook run`: who may, an emergency's reason, and
-                        // a protected environment's confirmation.
-                        let (kind, reason) =
-                            match admit_run(session, env, &name, &text, editor, *dry) {
-                                Ok(admitted) => admitted,
-                                Err(refused) => {
-                                    eprintln!("error: {refused}");
-                                    super::audit_refusal(session, &name, &text, &refused);
-                                    return None;
-                                }
-                            };
-                        // A fresh scope, like `runbook run`, with these arguments.
-                        let mut run_scope = engine::scope(session);
-                        let map: Map = args
-                            .iter()
-                            .map(|(k, v)| (k.into(), Dynamic::from(v.clone())))
-                            .collect();
-                        run_scope.push_constant("args", map);
-                        if let Some(reason) = &reason
-                            && let Some(run) =
-                                crate::modules::context::context_map(session).get("run")
-                            && let Some(mut run) = run.clone().try_cast::<Map>()
-                        {
-                            run.insert("reason".into(), reason.clone().into());
-                            run_scope.push_constant("run", run);
-                        }
-                        // A read-only script is held to it for as long as it runs.
-                        let before =
-                            (kind == crate::permissions::ScriptKind::ReadOnly).then(|| {
-                                session
-                                    .read_only
-                                    .set(Some(crate::permissions::declared(&name)))
-                            });
-                        match engine::compile(engine, &run_scope, &name, &text, &session.sources) {
-                            Err(d) => eprintln!("{d}"),
-                            Ok(ast) => {
-                                evaluate(
-                                    session,
-                                    engine,
-                                    &mut run_scope,
-                                    &ast,
-                                    (&name, &text),
-                                    // Confirmed by its name typed above: nothing asks.
-                                    Action {
-                                        reason: reason.as_deref(),
-                                        args,
-                                        ask: None,
-                                    },
-                                );
-                            }
-                        }
-                        if let Some(before) = before {
-                            session.read_only.set(before);
-                        }
-                    }
-                }
-            }
+            Some((script, pairs)) => run_script(shell, editor, *dry, script, pairs),
         },
-        ":help" => match super::doc::render(false) {
-            Ok(text) => match rest.first() {
-                None => println!("{META_HELP}"),
-                Some(t) => {
-                    let mut shown = false;
-                    let mut lines = text.lines().peekable();
-                    while let Some(l) = lines.next() {
-                        if !l.starts_with(' ') && l.contains(t) {
-                            println!("{l}");
-                            while let Some(d) = lines.peek().filter(|d| d.starts_with("    ")) {
-                                println!("{d}");
-                                lines.next();
-                            }
-                            shown = true;
-                        }
-                    }
-                    if !shown {
-                        println!("nothing matches `{t}`");
-                    }
-                }
-            },
-            Err(e) => eprintln!("{e}"),
-        },
+        ":help" => help(rest.first().copied()),
         other => eprintln!("unknown meta-command `{other}`\n{META_HELP}"),
     }
     None
+}
+
+/// `:hosts`: one line per host with its address, transport, user and roles.
+fn show_hosts(env: &Environment) {
+    for h in &env.hosts {
+        println!(
+            "{:<16} {:<24} {:<6} {:<10} {}",
+            h.name,
+            format!("{}:{}", h.address, h.port),
+            h.transport.as_str(),
+            h.user.as_deref().unwrap_or("-"),
+            h.roles.join(",")
+        );
+    }
+}
+
+/// `:audit`: the last ten records of this machine's audit log.
+fn show_audit() {
+    let all = crate::audit::read(&crate::audit::local_path());
+    for r in all.iter().rev().take(10).rev() {
+        println!("{} {} {} {} {}", r.ts, r.env, r.actor, r.script, r.result);
+    }
+}
+
+/// `:last`: the last action's output per host, secrets masked, control characters
+/// neutralised.
+fn show_last(session: &Session) {
+    let last = session.audit.last_output();
+    if last.is_empty() {
+        println!("the last action ran no command with output");
+    }
+    for (host, lines) in last {
+        for l in lines {
+            let l = session.effects.output().redactor().redact(&l).into_owned();
+            println!("[{host}] {}", neutralise(&l));
+        }
+    }
+}
+
+/// `:dry on|off` turns dry run on or off (and `run.dry_run` with it); else says which.
+fn set_dry(session: &Session, scope: &mut Scope<'static>, dry: &mut bool, to: Option<&str>) {
+    let Some(to @ ("on" | "off")) = to else {
+        println!(
+            "dry run is {}; `:dry on` or `:dry off`",
+            if *dry { "on" } else { "off" }
+        );
+        return;
+    };
+    *dry = to == "on";
+    session.effects.set_dry_run(*dry);
+    // Scripts read `run.dry_run`: shadow the constant with the new value.
+    if let Some(run) = crate::modules::context::context_map(session).get("run") {
+        scope.push_constant("run", run.clone());
+    }
+    println!(
+        "dry run {}",
+        if *dry {
+            "on: nothing will be executed"
+        } else {
+            "off"
+        }
+    );
+}
+
+/// `:env NAME` switches to that environment (a protected one only with its name typed);
+/// `:env` alone lists them.
+fn switch_env(
+    project: &Project,
+    editor: &mut Editor<ReplHelper, DefaultHistory>,
+    name: Option<&str>,
+) -> Option<Next> {
+    let Some(name) = name else {
+        println!(
+            "environments: {}",
+            project
+                .inventory
+                .envs
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return None;
+    };
+    match project.inventory.env(name) {
+        Err(e) => eprintln!("{e}"),
+        Ok(target) if target.protected => {
+            let answer = editor
+                .readline(&format!("`{name}` is protected. Type its name to switch: "))
+                .unwrap_or_default();
+            if answer.trim() == name {
+                return Some(Next::Switch(name.to_owned()));
+            }
+            println!("not switched");
+        }
+        Ok(_) => return Some(Next::Switch(name.to_owned())),
+    }
+    None
+}
+
+/// `:run SCRIPT k=v …`: the script with the checks of `runbook run`, in a fresh scope
+/// with these arguments; errors are printed, the REPL goes on.
+fn run_script(
+    shell: &Shell,
+    editor: &mut Editor<ReplHelper, DefaultHistory>,
+    dry: bool,
+    script: &str,
+    pairs: &[&str],
+) {
+    let Shell {
+        session,
+        env,
+        engine,
+        project,
+    } = *shell;
+    let (path, args, text) = match read_script(project, script, pairs) {
+        Ok(read) => read,
+        Err(e) => return eprintln!("error: {e}"),
+    };
+    let name = engine::source_name(&path, Some(project.root()));
+    // The checks of `runbook run`: who may, an emergency's reason, and a protected
+    // environment's confirmation.
+    let (kind, reason) = match admit_run(session, env, &name, &text, editor, dry) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            eprintln!("error: {refused}");
+            super::audit_refusal(session, &name, &text, &refused);
+            return;
+        }
+    };
+    let mut run_scope = script_scope(session, &args, reason.as_deref());
+    // A read-only script is held to it for as long as it runs.
+    let before = (kind == crate::permissions::ScriptKind::ReadOnly).then(|| {
+        session
+            .read_only
+            .set(Some(crate::permissions::declared(&name)))
+    });
+    match engine::compile(engine, &run_scope, &name, &text, &session.sources) {
+        Err(d) => eprintln!("{d}"),
+        Ok(ast) => {
+            evaluate(
+                session,
+                engine,
+                &mut run_scope,
+                &ast,
+                (&name, &text),
+                // Confirmed by its name typed above: nothing asks.
+                Action {
+                    reason: reason.as_deref(),
+                    args,
+                    ask: None,
+                },
+            );
+        }
+    }
+    if let Some(before) = before {
+        session.read_only.set(before);
+    }
+}
+
+/// The script `:run` names, its `k=v` arguments and its text.
+fn read_script(
+    project: &Project,
+    script: &str,
+    pairs: &[&str],
+) -> Result<
+    (
+        std::path::PathBuf,
+        std::collections::BTreeMap<String, String>,
+        String,
+    ),
+    Error,
+> {
+    let pairs: Vec<String> = pairs.iter().map(|p| (*p).to_owned()).collect();
+    let path = project.resolve_script(script)?;
+    let args = parse_args(&pairs)?;
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((path, args, text))
+}
+
+/// A fresh scope, like `runbook run`, with `args` and the emergency's `reason` in `run`.
+fn script_scope(
+    session: &Session,
+    args: &std::collections::BTreeMap<String, String>,
+    reason: Option<&str>,
+) -> Scope<'static> {
+    let mut run_scope = engine::scope(session);
+    let map: Map = args
+        .iter()
+        .map(|(k, v)| (k.into(), Dynamic::from(v.clone())))
+        .collect();
+    run_scope.push_constant("args", map);
+    if let Some(reason) = reason
+        && let Some(run) = crate::modules::context::context_map(session).get("run")
+        && let Some(mut run) = run.clone().try_cast::<Map>()
+    {
+        run.insert("reason".into(), reason.to_owned().into());
+        run_scope.push_constant("run", run);
+    }
+    run_scope
+}
+
+/// `:help`: the meta-commands, or with a word the API entries whose line contains it.
+fn help(word: Option<&str>) {
+    let text = match super::doc::render(false) {
+        Ok(text) => text,
+        Err(e) => return eprintln!("{e}"),
+    };
+    let Some(t) = word else {
+        return println!("{META_HELP}");
+    };
+    let mut shown = false;
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        if !l.starts_with(' ') && l.contains(t) {
+            println!("{l}");
+            while let Some(d) = lines.peek().filter(|d| d.starts_with("    ")) {
+                println!("{d}");
+                lines.next();
+            }
+            shown = true;
+        }
+    }
+    if !shown {
+        println!("nothing matches `{t}`");
+    }
 }

@@ -525,6 +525,8 @@ fn parse_port(whole: &str, port: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("`{whole}`: `{port}` is not a port number (1-65535)"))
 }
 
+/// One environment of the inventory, resolved: its hosts with every setting they inherit,
+/// its roles, paths and variables — or the first setting that is wrong, with its key.
 fn resolve_env(
     root: &Path,
     raw: &RawInventory,
@@ -534,277 +536,45 @@ fn resolve_env(
     lookup: &dyn Fn(&str) -> Option<String>,
     invalid: &impl Fn(String, String) -> InventoryError,
 ) -> Result<Environment, InventoryError> {
-    let key = |k: &str| format!("env.{name}.{k}");
-    let mut unresolved: Vec<(String, String)> = Vec::new();
-    // A setting named by variable: its value, or "" with the gap recorded (refused when
-    // the environment is opened for a run, reported by `runbook check`).
-    let mut read = |setting_key: String, setting: &Setting| -> Option<String> {
-        match setting {
-            Setting::Literal(v) => Some(v.clone()),
-            Setting::Env(r) => {
-                let value = lookup(&r.env);
-                if value.is_none() && !unresolved.iter().any(|(k, _)| *k == setting_key) {
-                    unresolved.push((setting_key, r.env.clone()));
-                }
-                value
-            }
-        }
+    let mut r = EnvResolver {
+        root,
+        raw,
+        name,
+        env,
+        lookup,
+        invalid,
+        unresolved: Vec::new(),
     };
-    // The user and key at the most specific level that names one.
-    let env_user = env
-        .user
-        .as_ref()
-        .map(|u| (key("user"), u))
-        .or_else(|| env.ssh.user.as_ref().map(|u| (key("ssh.user"), u)))
-        .or_else(|| defaults.user.as_ref().map(|u| ("ssh.user".to_owned(), u)));
-    let env_key =
-        key_source(&env.ssh, key("ssh")).or_else(|| key_source(defaults, "ssh".to_owned()));
-    let env_transport = env.transport.unwrap_or_default();
     let ssh = merge_ssh(defaults, &env.ssh);
-    let ssh_options = SshOptions {
-        known_hosts: ssh.known_hosts.clone(),
-        host_key_check: ssh.host_key_check.unwrap_or(HostKeyCheck::Strict),
-        connect_timeout: parse_duration(
-            key("ssh.connect_timeout"),
-            ssh.connect_timeout.as_deref(),
-            Duration::from_secs(10),
-            invalid,
-        )?,
-        keepalive: parse_duration(
-            key("ssh.keepalive"),
-            ssh.keepalive.as_deref(),
-            Duration::from_secs(5),
-            invalid,
-        )?,
-        persist: match ssh.persist.as_deref() {
-            None => None,
-            Some(v) => Some(parse_duration(
-                key("ssh.persist"),
-                Some(v),
-                Duration::ZERO,
-                invalid,
-            )?)
-            .filter(|d| !d.is_zero()),
-        },
-        config_file: ssh.config_file.clone(),
+    let inherited = Inherited {
+        user: env
+            .user
+            .as_ref()
+            .map(|u| (r.key("user"), u))
+            .or_else(|| env.ssh.user.as_ref().map(|u| (r.key("ssh.user"), u)))
+            .or_else(|| defaults.user.as_ref().map(|u| ("ssh.user".to_owned(), u))),
+        key: key_source(&env.ssh, r.key("ssh")).or_else(|| key_source(defaults, "ssh".to_owned())),
+        transport: env.transport.unwrap_or_default(),
+        ssh_options: r.ssh_options(&ssh)?,
+        ssh: &ssh,
     };
     if env.hosts.is_empty() {
         return Err(invalid(
-            key("hosts"),
+            r.key("hosts"),
             "an environment needs at least one host, e.g. hosts = { web1 = \"10.0.0.11\" }".into(),
         ));
     }
-
     let mut hosts = Vec::new();
     for (host_name, spec) in &env.hosts {
-        let hkey = key(&format!("hosts.{host_name}"));
-        if !is_identifier(host_name) {
-            return Err(invalid(
-                hkey,
-                "host names may contain only letters, digits, `_` and `-`".into(),
-            ));
-        }
-        let (host_url, preview_url) = match spec {
-            RawHost::Table(t) => (t.url.clone(), t.preview_url.clone()),
-            RawHost::Address(_) => (None, None),
-        };
-        let (address, port, user, identity, transport, jump, host_path) = match spec {
-            RawHost::Address(a) => {
-                let (addr, port) = split_address(a).map_err(|m| invalid(hkey.clone(), m))?;
-                (addr, port, None, None, None, None, None)
-            }
-            RawHost::Table(t) => {
-                let (addr, port) = match &t.address {
-                    Some(a) => match read(format!("{hkey}.address"), a) {
-                        Some(a) => {
-                            split_address(&a).map_err(|m| invalid(format!("{hkey}.address"), m))?
-                        }
-                        None => (String::new(), None),
-                    },
-                    // A host written as a table must say where it is; the name alone
-                    // is allowed only where the user wrote it as the address.
-                    None => {
-                        return Err(invalid(
-                            hkey,
-                            format!(
-                                "no address: add address = \"…\" (an IP, a DNS name, or an ~/.ssh/config alias such as \"{host_name}\")"
-                            ),
-                        ));
-                    }
-                };
-                (
-                    addr,
-                    t.port.or(port),
-                    t.user.as_ref().map(|u| (format!("{hkey}.user"), u)),
-                    key_source(
-                        &RawSsh {
-                            identity: t.identity.clone(),
-                            identity_file: t.identity_file.clone(),
-                            ..RawSsh::default()
-                        },
-                        hkey.clone(),
-                    ),
-                    t.transport,
-                    t.jump_host.clone(),
-                    t.deploy_path.clone(),
-                )
-            }
-        };
-        let roles = env
-            .roles
-            .iter()
-            .filter(|(_, members)| members.contains(host_name))
-            .map(|(r, _)| r.clone())
-            .collect();
-        let user = user
-            .or_else(|| env_user.clone())
-            .and_then(|(k, u)| read(k, u));
-        let (identity_file, identity) = match identity.or_else(|| env_key.clone()) {
-            None => (None, None),
-            Some((_, KeySource::File(f))) => (Some(f), None),
-            Some((k, KeySource::Material(r))) => {
-                read(k, &Setting::Env(r.clone()));
-                (None, Some(r))
-            }
-        };
-        hosts.push(Arc::new(Host {
-            name: host_name.clone(),
-            address,
-            port: port.or(ssh.port).unwrap_or(22),
-            user,
-            identity_file,
-            identity,
-            jump_host: jump.or_else(|| ssh.jump_host.clone()),
-            transport: transport.unwrap_or(env_transport),
-            roles,
-            deploy_path: host_path.unwrap_or_default(),
-            url: host_url,
-            preview_url,
-            ssh: ssh_options.clone(),
-        }));
+        hosts.push(Arc::new(r.host(host_name, spec, &inherited)?));
     }
-
-    // Two names for one machine and one deploy path: every fan-out (a migration, a
-    // switch) would run twice on it, at the same time. (Local hosts are this machine by
-    // definition: a fan-out demo or test may name it twice.)
-    for (i, a) in hosts.iter().enumerate() {
-        if a.transport != TransportKind::Ssh {
-            continue;
-        }
-        if let Some(b) = hosts[..i].iter().find(|b| {
-            b.address == a.address
-                && b.port == a.port
-                && b.deploy_path == a.deploy_path
-                && b.transport == a.transport
-        }) {
-            return Err(invalid(
-                key(&format!("hosts.{}", a.name)),
-                format!(
-                    "`{}` and `{}` are the same host ({}:{}) with the same deploy_path ({}): a migration or a switch would run twice on it; remove one, or give each its own deploy_path",
-                    b.name, a.name, a.address, a.port, a.deploy_path
-                ),
-            ));
-        }
-    }
-    for (role, members) in &env.roles {
-        if role == "all" {
-            return Err(invalid(
-                key("roles.all"),
-                "`all` is reserved: hosts() and hosts(\"all\") already mean every host".into(),
-            ));
-        }
-        if let Some(twice) = members
-            .iter()
-            .enumerate()
-            .find(|(i, m)| members[..*i].contains(m))
-            .map(|(_, m)| m)
-        {
-            return Err(invalid(
-                key(&format!("roles.{role}")),
-                format!("lists host `{twice}` twice: a command for the role would run on it twice"),
-            ));
-        }
-        for member in members {
-            if !env.hosts.contains_key(member) {
-                let known: Vec<&str> = env.hosts.keys().map(String::as_str).collect();
-                return Err(invalid(
-                    key(&format!("roles.{role}")),
-                    format!(
-                        "host `{member}` is not defined in env.{name}.hosts (defined: {})",
-                        known.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-
-    let migrate_on = match &env.migrate_on {
-        None => None,
-        Some(m) if env.hosts.contains_key(m) => Some(m.clone()),
-        Some(m) => match env.roles.get(m).and_then(|r| r.first()) {
-            Some(first) => Some(first.clone()),
-            None => {
-                let known: Vec<&str> = env
-                    .hosts
-                    .keys()
-                    .chain(env.roles.keys())
-                    .map(String::as_str)
-                    .collect();
-                return Err(invalid(
-                    key("migrate_on"),
-                    format!(
-                        "`{m}` is neither a host nor a role with hosts (known: {}); name the host that runs the migrations",
-                        known.join(", ")
-                    ),
-                ));
-            }
-        },
-    };
-
-    let deploy_path = env
-        .deploy_path
-        .clone()
-        .unwrap_or_else(|| raw.app.deploy_path.clone());
+    r.check_no_twins(&hosts)?;
+    r.check_roles()?;
+    let migrate_on = r.migrate_on()?;
     let any_ssh = hosts.iter().any(|h| h.transport == TransportKind::Ssh);
-    let deploy_path = if Path::new(&deploy_path).is_absolute() {
-        deploy_path
-    } else if any_ssh {
-        return Err(invalid(
-            if env.deploy_path.is_some() {
-                key("deploy_path")
-            } else {
-                "app.deploy_path".into()
-            },
-            format!("`{deploy_path}` must be an absolute path for SSH hosts"),
-        ));
-    } else {
-        root.join(&deploy_path).to_string_lossy().into_owned()
-    };
-    for host in &mut hosts {
-        let h = Arc::make_mut(host);
-        h.deploy_path = if h.deploy_path.is_empty() {
-            deploy_path.clone()
-        } else if Path::new(&h.deploy_path).is_absolute() {
-            h.deploy_path.clone()
-        } else if h.transport == TransportKind::Local {
-            root.join(&h.deploy_path).to_string_lossy().into_owned()
-        } else {
-            return Err(invalid(
-                key(&format!("hosts.{}.deploy_path", h.name)),
-                format!("`{}` must be an absolute path for SSH hosts", h.deploy_path),
-            ));
-        };
-    }
-    let backup_dir = env
-        .backup_dir
-        .clone()
-        .or_else(|| raw.app.backup_dir.clone())
-        .unwrap_or_else(|| format!("/var/backups/{}", raw.app.name));
-    let backup_dir = if Path::new(&backup_dir).is_absolute() || any_ssh {
-        backup_dir
-    } else {
-        root.join(&backup_dir).to_string_lossy().into_owned()
-    };
+    let deploy_path = r.deploy_path(any_ssh)?;
+    r.place_hosts(&mut hosts, &deploy_path)?;
+    let backup_dir = r.backup_dir(any_ssh);
 
     Ok(Environment {
         name: name.to_owned(),
@@ -826,9 +596,377 @@ fn resolve_env(
         deployers: env.deployers.clone(),
         emergency_deployers: env.emergency_deployers.clone(),
         env_template: env.env_template.as_ref().map(|t| root.join(t)),
-        unresolved,
+        unresolved: r.unresolved,
         keys: None,
     })
+}
+
+/// What a host takes from its environment (and `[ssh]`) when its own entry is silent.
+struct Inherited<'a> {
+    /// The user at the most specific level that names one, with its key.
+    user: Option<(String, &'a Setting)>,
+    /// The key at the most specific level that names one, with its key.
+    key: Option<(String, KeySource)>,
+    transport: TransportKind,
+    /// `[ssh]` with the environment's `ssh` over it.
+    ssh: &'a RawSsh,
+    ssh_options: SshOptions,
+}
+
+/// What a host's own entry says (a bare address says only where it is).
+struct Written<'a> {
+    address: String,
+    port: Option<u16>,
+    user: Option<(String, &'a Setting)>,
+    identity: Option<(String, KeySource)>,
+    transport: Option<TransportKind>,
+    jump_host: Option<String>,
+    deploy_path: Option<String>,
+    url: Option<String>,
+    preview_url: Option<String>,
+}
+
+/// Resolves one environment: its keys for errors, and the settings named by variables
+/// that are not set (recorded, not refused: a run refuses them, `runbook check` reports them).
+struct EnvResolver<'a, I> {
+    root: &'a Path,
+    raw: &'a RawInventory,
+    name: &'a str,
+    env: &'a RawEnvironment,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    invalid: &'a I,
+    unresolved: Vec<(String, String)>,
+}
+
+impl<'a, I: Fn(String, String) -> InventoryError> EnvResolver<'a, I> {
+    /// The inventory key of this environment's setting `k`.
+    fn key(&self, k: &str) -> String {
+        format!("env.{}.{k}", self.name)
+    }
+
+    /// A setting named by variable: its value, or `None` with the gap recorded.
+    fn read(&mut self, setting_key: String, setting: &Setting) -> Option<String> {
+        match setting {
+            Setting::Literal(v) => Some(v.clone()),
+            Setting::Env(r) => {
+                let value = (self.lookup)(&r.env);
+                if value.is_none() && !self.unresolved.iter().any(|(k, _)| *k == setting_key) {
+                    self.unresolved.push((setting_key, r.env.clone()));
+                }
+                value
+            }
+        }
+    }
+
+    /// The SSH options every host of the environment shares, its durations parsed.
+    fn ssh_options(&self, ssh: &RawSsh) -> Result<SshOptions, InventoryError> {
+        Ok(SshOptions {
+            known_hosts: ssh.known_hosts.clone(),
+            host_key_check: ssh.host_key_check.unwrap_or(HostKeyCheck::Strict),
+            connect_timeout: parse_duration(
+                self.key("ssh.connect_timeout"),
+                ssh.connect_timeout.as_deref(),
+                Duration::from_secs(10),
+                self.invalid,
+            )?,
+            keepalive: parse_duration(
+                self.key("ssh.keepalive"),
+                ssh.keepalive.as_deref(),
+                Duration::from_secs(5),
+                self.invalid,
+            )?,
+            persist: match ssh.persist.as_deref() {
+                None => None,
+                Some(v) => Some(parse_duration(
+                    self.key("ssh.persist"),
+                    Some(v),
+                    Duration::ZERO,
+                    self.invalid,
+                )?)
+                .filter(|d| !d.is_zero()),
+            },
+            config_file: ssh.config_file.clone(),
+        })
+    }
+
+    /// Host `host_name` with what its entry says over what it inherits (its deploy path
+    /// is placed later, once the environment's is known).
+    fn host(
+        &mut self,
+        host_name: &str,
+        spec: &'a RawHost,
+        inherited: &Inherited<'a>,
+    ) -> Result<Host, InventoryError> {
+        let hkey = self.key(&format!("hosts.{host_name}"));
+        if !is_identifier(host_name) {
+            return Err((self.invalid)(
+                hkey,
+                "host names may contain only letters, digits, `_` and `-`".into(),
+            ));
+        }
+        let written = self.written(host_name, spec, hkey)?;
+        let roles = self
+            .env
+            .roles
+            .iter()
+            .filter(|(_, members)| members.iter().any(|m| m == host_name))
+            .map(|(r, _)| r.clone())
+            .collect();
+        let user = written
+            .user
+            .or_else(|| inherited.user.clone())
+            .and_then(|(k, u)| self.read(k, u));
+        let (identity_file, identity) = match written.identity.or_else(|| inherited.key.clone()) {
+            None => (None, None),
+            Some((_, KeySource::File(f))) => (Some(f), None),
+            Some((k, KeySource::Material(r))) => {
+                self.read(k, &Setting::Env(r.clone()));
+                (None, Some(r))
+            }
+        };
+        Ok(Host {
+            name: host_name.to_owned(),
+            address: written.address,
+            port: written.port.or(inherited.ssh.port).unwrap_or(22),
+            user,
+            identity_file,
+            identity,
+            jump_host: written
+                .jump_host
+                .or_else(|| inherited.ssh.jump_host.clone()),
+            transport: written.transport.unwrap_or(inherited.transport),
+            roles,
+            deploy_path: written.deploy_path.unwrap_or_default(),
+            url: written.url,
+            preview_url: written.preview_url,
+            ssh: inherited.ssh_options.clone(),
+        })
+    }
+
+    /// What the entry of host `host_name` (key `hkey`) says: an address, or a table that
+    /// must name one.
+    fn written(
+        &mut self,
+        host_name: &str,
+        spec: &'a RawHost,
+        hkey: String,
+    ) -> Result<Written<'a>, InventoryError> {
+        let t = match spec {
+            RawHost::Address(a) => {
+                let (address, port) = split_address(a).map_err(|m| (self.invalid)(hkey, m))?;
+                return Ok(Written {
+                    address,
+                    port,
+                    user: None,
+                    identity: None,
+                    transport: None,
+                    jump_host: None,
+                    deploy_path: None,
+                    url: None,
+                    preview_url: None,
+                });
+            }
+            RawHost::Table(t) => t,
+        };
+        let (address, port) = match &t.address {
+            Some(a) => match self.read(format!("{hkey}.address"), a) {
+                Some(a) => {
+                    split_address(&a).map_err(|m| (self.invalid)(format!("{hkey}.address"), m))?
+                }
+                None => (String::new(), None),
+            },
+            // A host written as a table must say where it is; the name alone
+            // is allowed only where the user wrote it as the address.
+            None => {
+                return Err((self.invalid)(
+                    hkey,
+                    format!(
+                        "no address: add address = \"…\" (an IP, a DNS name, or an ~/.ssh/config alias such as \"{host_name}\")"
+                    ),
+                ));
+            }
+        };
+        Ok(Written {
+            address,
+            port: t.port.or(port),
+            user: t.user.as_ref().map(|u| (format!("{hkey}.user"), u)),
+            identity: key_source(
+                &RawSsh {
+                    identity: t.identity.clone(),
+                    identity_file: t.identity_file.clone(),
+                    ..RawSsh::default()
+                },
+                hkey.clone(),
+            ),
+            transport: t.transport,
+            jump_host: t.jump_host.clone(),
+            deploy_path: t.deploy_path.clone(),
+            url: t.url.clone(),
+            preview_url: t.preview_url.clone(),
+        })
+    }
+
+    /// Two names for one machine and one deploy path: every fan-out (a migration, a
+    /// switch) would run twice on it, at the same time. (Local hosts are this machine by
+    /// definition: a fan-out demo or test may name it twice.)
+    fn check_no_twins(&self, hosts: &[Arc<Host>]) -> Result<(), InventoryError> {
+        for (i, a) in hosts.iter().enumerate() {
+            if a.transport != TransportKind::Ssh {
+                continue;
+            }
+            if let Some(b) = hosts[..i].iter().find(|b| {
+                b.address == a.address
+                    && b.port == a.port
+                    && b.deploy_path == a.deploy_path
+                    && b.transport == a.transport
+            }) {
+                return Err((self.invalid)(
+                    self.key(&format!("hosts.{}", a.name)),
+                    format!(
+                        "`{}` and `{}` are the same host ({}:{}) with the same deploy_path ({}): a migration or a switch would run twice on it; remove one, or give each its own deploy_path",
+                        b.name, a.name, a.address, a.port, a.deploy_path
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each role has a name other than `all` and lists defined hosts, each once.
+    fn check_roles(&self) -> Result<(), InventoryError> {
+        let env = self.env;
+        for (role, members) in &env.roles {
+            if role == "all" {
+                return Err((self.invalid)(
+                    self.key("roles.all"),
+                    "`all` is reserved: hosts() and hosts(\"all\") already mean every host".into(),
+                ));
+            }
+            if let Some(twice) = members
+                .iter()
+                .enumerate()
+                .find(|(i, m)| members[..*i].contains(m))
+                .map(|(_, m)| m)
+            {
+                return Err((self.invalid)(
+                    self.key(&format!("roles.{role}")),
+                    format!(
+                        "lists host `{twice}` twice: a command for the role would run on it twice"
+                    ),
+                ));
+            }
+            for member in members {
+                if !env.hosts.contains_key(member) {
+                    let known: Vec<&str> = env.hosts.keys().map(String::as_str).collect();
+                    return Err((self.invalid)(
+                        self.key(&format!("roles.{role}")),
+                        format!(
+                            "host `{member}` is not defined in env.{}.hosts (defined: {})",
+                            self.name,
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The host that runs the migrations: `migrate_on` names it, or a role whose first
+    /// host it is.
+    fn migrate_on(&self) -> Result<Option<String>, InventoryError> {
+        let env = self.env;
+        Ok(match &env.migrate_on {
+            None => None,
+            Some(m) if env.hosts.contains_key(m) => Some(m.clone()),
+            Some(m) => match env.roles.get(m).and_then(|r| r.first()) {
+                Some(first) => Some(first.clone()),
+                None => {
+                    let known: Vec<&str> = env
+                        .hosts
+                        .keys()
+                        .chain(env.roles.keys())
+                        .map(String::as_str)
+                        .collect();
+                    return Err((self.invalid)(
+                        self.key("migrate_on"),
+                        format!(
+                            "`{m}` is neither a host nor a role with hosts (known: {}); name the host that runs the migrations",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            },
+        })
+    }
+
+    /// The environment's deploy path (else the app's): absolute for SSH hosts, relative
+    /// to the project for local ones.
+    fn deploy_path(&self, any_ssh: bool) -> Result<String, InventoryError> {
+        let deploy_path = self
+            .env
+            .deploy_path
+            .clone()
+            .unwrap_or_else(|| self.raw.app.deploy_path.clone());
+        if Path::new(&deploy_path).is_absolute() {
+            Ok(deploy_path)
+        } else if any_ssh {
+            Err((self.invalid)(
+                if self.env.deploy_path.is_some() {
+                    self.key("deploy_path")
+                } else {
+                    "app.deploy_path".into()
+                },
+                format!("`{deploy_path}` must be an absolute path for SSH hosts"),
+            ))
+        } else {
+            Ok(self.root.join(&deploy_path).to_string_lossy().into_owned())
+        }
+    }
+
+    /// Each host's deploy path: its own (absolute over SSH, relative to the project for a
+    /// local host), else the environment's `deploy_path`.
+    fn place_hosts(
+        &self,
+        hosts: &mut [Arc<Host>],
+        deploy_path: &str,
+    ) -> Result<(), InventoryError> {
+        for host in hosts {
+            let h = Arc::make_mut(host);
+            h.deploy_path = if h.deploy_path.is_empty() {
+                deploy_path.to_owned()
+            } else if Path::new(&h.deploy_path).is_absolute() {
+                h.deploy_path.clone()
+            } else if h.transport == TransportKind::Local {
+                self.root
+                    .join(&h.deploy_path)
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                return Err((self.invalid)(
+                    self.key(&format!("hosts.{}.deploy_path", h.name)),
+                    format!("`{}` must be an absolute path for SSH hosts", h.deploy_path),
+                ));
+            };
+        }
+        Ok(())
+    }
+
+    /// Where backups go: the environment's, the app's, else `/var/backups/<app>`; relative
+    /// to the project only when every host is local.
+    fn backup_dir(&self, any_ssh: bool) -> String {
+        let backup_dir = self
+            .env
+            .backup_dir
+            .clone()
+            .or_else(|| self.raw.app.backup_dir.clone())
+            .unwrap_or_else(|| format!("/var/backups/{}", self.raw.app.name));
+        if Path::new(&backup_dir).is_absolute() || any_ssh {
+            backup_dir
+        } else {
+            self.root.join(&backup_dir).to_string_lossy().into_owned()
+        }
+    }
 }
 
 /// Where a level of the inventory takes the SSH key from.
