@@ -95,7 +95,11 @@ pub fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>
     if session.effects.dry_run() {
         return Ok(());
     }
-    session.effects.confirm().check(op).map_err(stop)
+    session
+        .effects
+        .confirm()
+        .check(op)
+        .map_err(|e| stop(e.to_string()))
 }
 
 /// Artisan commands that only read (`migrate:status`, `about`, …) pass a read-only gate;
