@@ -10,6 +10,7 @@
 pub mod bridge;
 pub mod confirm;
 mod failures;
+mod host_error;
 pub mod http;
 mod transfer_error;
 pub use crate::{interrupt, redact};
@@ -26,6 +27,7 @@ use crate::output::{Event, Kind, Level, Outcome, Output};
 use crate::transport::ssh::{NoControlDir, SshPool};
 use crate::transport::{self, CommandSpec, ErrorKind, ExecError, Finished, transfer};
 pub use failures::Failures;
+pub use host_error::HostError;
 use interrupt::Interrupt;
 pub use transfer_error::TransferError;
 
