@@ -10,7 +10,7 @@ use crate::sync::Locked;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::effects::{Effects, FanOut, HostOutcome, Target};
+use crate::effects::{Effects, FanOut, HostError, HostOutcome, Target};
 use crate::transport::CommandSpec;
 
 /// How often a held lock's heartbeat is refreshed.
@@ -372,6 +372,42 @@ pub enum LockError {
     Frozen(Vec<(String, Option<Freeze>)>),
     #[error("interrupted while waiting for the deploy lock")]
     Interrupted,
+}
+
+/// Why `runbook unlock` left the lock on a host.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotUnlocked {
+    #[error("the lock of {holder} is live (heartbeat {age} s ago): not removed")]
+    Live {
+        /// Whose lock, as people read it (`actor (run id, `script`)`).
+        holder: String,
+        /// The heartbeat's age in seconds, as the host reported it.
+        age: String,
+    },
+    #[error(
+        "{path} is {what}: not removed, --stale only removes the lock of a run that is known to be gone\n  hint: if nobody needs it any more, remove it with `runbook unlock -e {env}` (without --stale)"
+    )]
+    Foreign {
+        path: String,
+        /// What is there instead of a lock of runbook's, as the host described it.
+        what: String,
+        env: String,
+    },
+    /// The lock script's own words.
+    #[error("{reason}")]
+    Failed { reason: String },
+    #[error(
+        "unexpected answer from the lock script (exit {code:?}): {} {}",
+        stdout.trim(),
+        stderr.trim()
+    )]
+    Unexpected {
+        code: i32,
+        stdout: String,
+        stderr: String,
+    },
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
 
 impl LockError {
@@ -785,7 +821,7 @@ pub struct HostState {
 }
 
 /// Reads every target's state (`None` for a host that did not answer, with why).
-pub fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, String>> {
+pub fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, HostError>> {
     let fan = FanOut {
         fail_fast: false,
         ..FanOut::new()
@@ -802,11 +838,7 @@ pub fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, St
     targets
         .iter()
         .zip(outcomes)
-        .map(|(t, o)| match o {
-            HostOutcome::Done(Ok(r)) => Ok(parse_state(t.name(), &r.stdout)),
-            HostOutcome::Done(Err(e)) => Err(e.to_string()),
-            HostOutcome::Skipped => Err("not reached".to_owned()),
-        })
+        .map(|(t, o)| o.result().map(|r| parse_state(t.name(), &r.stdout)))
         .collect()
 }
 
@@ -946,7 +978,7 @@ pub fn unlock(
     stale: Option<Duration>,
     run: &str,
     env: &str,
-) -> Vec<(String, Result<String, String>)> {
+) -> Vec<(String, Result<String, NotUnlocked>)> {
     let stale = stale.map_or(0, |d| d.as_secs().max(1)).to_string();
     let fan = FanOut {
         fail_fast: false,
@@ -979,23 +1011,25 @@ pub fn unlock(
                             "removed the lock of {who}, heartbeat {second} s old"
                         )),
                         "removed-foreign" => Ok(format!("removed {second} at {path}")),
-                        "live" => Err(format!(
-                            "the lock of {who} is live (heartbeat {second} s ago): not removed"
-                        )),
-                        "foreign" => Err(format!(
-                            "{path} is {second}: not removed, --stale only removes the lock of a run that is known to be gone\n  hint: if nobody needs it any more, remove it with `runbook unlock -e {env}` (without --stale)"
-                        )),
-                        "failed" => Err(second),
-                        _ => Err(format!(
-                            "unexpected answer from the lock script (exit {:?}): {} {}",
-                            r.code,
-                            r.stdout.trim(),
-                            r.stderr.trim()
-                        )),
+                        "live" => Err(NotUnlocked::Live {
+                            holder: who,
+                            age: second,
+                        }),
+                        "foreign" => Err(NotUnlocked::Foreign {
+                            path,
+                            what: second,
+                            env: env.to_owned(),
+                        }),
+                        "failed" => Err(NotUnlocked::Failed { reason: second }),
+                        _ => Err(NotUnlocked::Unexpected {
+                            code: r.code,
+                            stdout: r.stdout,
+                            stderr: r.stderr,
+                        }),
                     }
                 }
-                HostOutcome::Done(Err(e)) => Err(e.to_string()),
-                HostOutcome::Skipped => Err("not reached".to_owned()),
+                HostOutcome::Done(Err(e)) => Err(NotUnlocked::Host(e.into())),
+                HostOutcome::Skipped => Err(NotUnlocked::Host(HostError::NotReached)),
             };
             (t.name().to_owned(), r)
         })
@@ -1003,30 +1037,23 @@ pub fn unlock(
 }
 
 /// Freezes deploys on every target (`runbook lock freeze`); returns each host's outcome.
-pub fn freeze(effects: &Effects, targets: &[Target], f: &Freeze) -> Vec<Result<(), String>> {
+pub fn freeze(effects: &Effects, targets: &[Target], f: &Freeze) -> Vec<Result<(), HostError>> {
     let record = serde_json::to_string(f).unwrap_or_default();
     run_shielded(effects, targets, Script::Freeze, &|t| {
         vec![root(t), record.clone()]
     })
     .into_iter()
-    .map(|o| match o {
-        HostOutcome::Done(Ok(r)) if r.ok() => Ok(()),
-        HostOutcome::Done(Ok(r)) => Err(format!("exit {}: {}", r.code, r.stderr.trim())),
-        HostOutcome::Done(Err(e)) => Err(e.to_string()),
-        HostOutcome::Skipped => Err("not reached".to_owned()),
-    })
+    .map(|o| o.success().map(drop))
     .collect()
 }
 
 /// Lifts the freeze on every target; returns what each host had (`None`: no freeze).
-pub fn thaw(effects: &Effects, targets: &[Target]) -> Vec<Result<Option<Freeze>, String>> {
+pub fn thaw(effects: &Effects, targets: &[Target]) -> Vec<Result<Option<Freeze>, HostError>> {
     run_shielded(effects, targets, Script::Thaw, &|t| vec![root(t)])
         .into_iter()
-        .map(|o| match o {
-            HostOutcome::Done(Ok(r)) if r.ok() => Ok(serde_json::from_str(r.stdout.trim()).ok()),
-            HostOutcome::Done(Ok(r)) => Err(format!("exit {}: {}", r.code, r.stderr.trim())),
-            HostOutcome::Done(Err(e)) => Err(e.to_string()),
-            HostOutcome::Skipped => Err("not reached".to_owned()),
+        .map(|o| {
+            o.success()
+                .map(|r| serde_json::from_str(r.stdout.trim()).ok())
         })
         .collect()
 }

@@ -14,6 +14,46 @@ pub struct DeployMetrics {
     pub timestamp_seconds: i64,
 }
 
+/// Why a push or a query did not give its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The HTTP client could not be built (the TLS setup).
+    #[error("{0}")]
+    Client(reqwest::Error),
+    #[error("cannot reach the Pushgateway: {0}")]
+    PushgatewayUnreachable(reqwest::Error),
+    #[error("the Pushgateway answered {0}")]
+    PushRefused(reqwest::StatusCode),
+    #[error("cannot reach Prometheus: {0}")]
+    PrometheusUnreachable(reqwest::Error),
+    #[error("Prometheus answered {status} with no JSON: {source}")]
+    NotJson {
+        status: reqwest::StatusCode,
+        source: reqwest::Error,
+    },
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
+}
+
+/// Why a `/api/v1/query` answer is not exactly one number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("query `{promql}` failed: {reason}")]
+    Failed { promql: String, reason: String },
+    #[error("query `{promql}` returned a value that is not a number")]
+    NotANumber { promql: String },
+    #[error("query `{promql}` returned no series (no traffic yet, or a wrong metric name?)")]
+    NoSeries { promql: String },
+    #[error("query `{promql}` returned {count} series; aggregate it (e.g. sum(...)) to one number")]
+    ManySeries { promql: String, count: usize },
+    #[error("query `{promql}` returned a {result_type:?}, expected a scalar or one series")]
+    WrongType {
+        promql: String,
+        /// The answer's `resultType` (`matrix`, `string`), if it has one.
+        result_type: Option<String>,
+    },
+}
+
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -37,7 +77,7 @@ pub fn exposition(m: &DeployMetrics) -> String {
 }
 
 /// PUTs the metrics to `<gateway>/metrics/job/runbook/env/<env>` (replacing that group).
-pub async fn push(gateway: &str, m: &DeployMetrics, timeout: Duration) -> Result<(), String> {
+pub async fn push(gateway: &str, m: &DeployMetrics, timeout: Duration) -> Result<(), MetricsError> {
     crate::tls::init();
     let url = format!(
         "{}/metrics/job/runbook/env/{}",
@@ -47,74 +87,72 @@ pub async fn push(gateway: &str, m: &DeployMetrics, timeout: Duration) -> Result
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(MetricsError::Client)?;
     let resp = client
         .put(&url)
         .header("Content-Type", "text/plain; version=0.0.4")
         .body(exposition(m))
         .send()
         .await
-        .map_err(|e| format!("cannot reach the Pushgateway: {e}"))?;
+        .map_err(MetricsError::PushgatewayUnreachable)?;
     if resp.status().is_success() {
         Ok(())
     } else {
-        Err(format!("the Pushgateway answered {}", resp.status()))
+        Err(MetricsError::PushRefused(resp.status()))
     }
 }
 
 /// An instant query; exactly one number, or an error that says why not.
-pub async fn query(prometheus: &str, promql: &str, timeout: Duration) -> Result<f64, String> {
+pub async fn query(prometheus: &str, promql: &str, timeout: Duration) -> Result<f64, MetricsError> {
     crate::tls::init();
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(MetricsError::Client)?;
     let url = format!("{}/api/v1/query", prometheus.trim_end_matches('/'));
     let resp = client
         .get(&url)
         .query(&[("query", promql)])
         .send()
         .await
-        .map_err(|e| format!("cannot reach Prometheus: {e}"))?;
+        .map_err(MetricsError::PrometheusUnreachable)?;
     let status = resp.status();
     let doc: serde_json::Value = resp
         .json()
         .await
-        .map_err(|e| format!("Prometheus answered {status} with no JSON: {e}"))?;
-    value_of(&doc, promql)
+        .map_err(|source| MetricsError::NotJson { status, source })?;
+    Ok(value_of(&doc, promql)?)
 }
 
 /// Extracts the single number from a `/api/v1/query` answer.
-pub fn value_of(doc: &serde_json::Value, promql: &str) -> Result<f64, String> {
+pub fn value_of(doc: &serde_json::Value, promql: &str) -> Result<f64, AnswerError> {
+    let promql = promql.to_owned();
     if doc["status"] != "success" {
-        return Err(format!(
-            "query `{promql}` failed: {}",
-            doc["error"].as_str().unwrap_or("unknown error")
-        ));
+        return Err(AnswerError::Failed {
+            promql,
+            reason: doc["error"].as_str().unwrap_or("unknown error").to_owned(),
+        });
     }
     let data = &doc["data"];
-    let number = |v: &serde_json::Value| {
+    let number = |v: &serde_json::Value, promql: String| {
         v[1].as_str()
             .and_then(|s| s.parse::<f64>().ok())
-            .ok_or_else(|| format!("query `{promql}` returned a value that is not a number"))
+            .ok_or(AnswerError::NotANumber { promql })
     };
     match data["resultType"].as_str() {
-        Some("scalar") => number(&data["result"]),
+        Some("scalar") => number(&data["result"], promql),
         Some("vector") => {
             let result = data["result"].as_array().cloned().unwrap_or_default();
             match result.len() {
-                0 => Err(format!(
-                    "query `{promql}` returned no series (no traffic yet, or a wrong metric name?)"
-                )),
-                1 => number(&result[0]["value"]),
-                n => Err(format!(
-                    "query `{promql}` returned {n} series; aggregate it (e.g. sum(...)) to one number"
-                )),
+                0 => Err(AnswerError::NoSeries { promql }),
+                1 => number(&result[0]["value"], promql),
+                count => Err(AnswerError::ManySeries { promql, count }),
             }
         }
-        other => Err(format!(
-            "query `{promql}` returned a {other:?}, expected a scalar or one series"
-        )),
+        other => Err(AnswerError::WrongType {
+            promql,
+            result_type: other.map(str::to_owned),
+        }),
     }
 }
 
@@ -128,9 +166,19 @@ mod tests {
         assert_eq!(value_of(&one, "q"), Ok(99.7));
         let none =
             serde_json::json!({"status":"success","data":{"resultType":"vector","result":[]}});
-        assert!(value_of(&none, "q").unwrap_err().contains("no series"));
+        assert!(
+            value_of(&none, "q")
+                .unwrap_err()
+                .to_string()
+                .contains("no series")
+        );
         let two = serde_json::json!({"status":"success","data":{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}});
-        assert!(value_of(&two, "q").unwrap_err().contains("2 series"));
+        assert!(
+            value_of(&two, "q")
+                .unwrap_err()
+                .to_string()
+                .contains("2 series")
+        );
     }
 
     #[test]

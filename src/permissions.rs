@@ -140,6 +140,21 @@ struct Gate {
     refused: Option<String>,
 }
 
+/// A change refused by the read-only gate. One variant on purpose: callers only stop on
+/// it and say it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refused: {op} changes the environment, but {because}; nothing was changed\n  hint: {hint}"
+)]
+pub struct Refused {
+    /// The operation that would have changed something (`lock::acquire`).
+    pub op: String,
+    /// Why the session is read-only.
+    pub because: String,
+    /// What to do instead.
+    pub hint: String,
+}
+
 impl ReadOnly {
     /// Turns the gate on (`Some((because, hint))`) or off; returns what it was, to restore.
     pub fn set(&self, to: Option<(String, String)>) -> Option<(String, String)> {
@@ -157,19 +172,22 @@ impl ReadOnly {
         self.on.load(Ordering::SeqCst)
     }
 
-    /// `Err(message)` when `op` would change something while the gate is on.
-    pub fn check(&self, op: &str) -> Result<(), String> {
+    /// `Err` when `op` would change something while the gate is on.
+    pub fn check(&self, op: &str) -> Result<(), Refused> {
         if !self.is_on() {
             return Ok(());
         }
         let mut g = self.state.locked();
-        let message = format!(
-            "refused: {op} changes the environment, but {}; nothing was changed\n  hint: {}",
-            g.because.as_deref().unwrap_or("this session is read-only"),
-            g.hint
-        );
-        g.refused.get_or_insert_with(|| message.clone());
-        Err(message)
+        let refused = Refused {
+            op: op.to_owned(),
+            because: g
+                .because
+                .clone()
+                .unwrap_or_else(|| "this session is read-only".to_owned()),
+            hint: g.hint.clone(),
+        };
+        g.refused.get_or_insert_with(|| refused.to_string());
+        Err(refused)
     }
 
     /// The first refusal since the last call (for the audit record and the error shown).
@@ -259,7 +277,7 @@ mod tests {
         let gate = ReadOnly::default();
         assert!(gate.check("release::activate").is_ok());
         assert!(gate.set(Some(declared("scripts/look.rhai"))).is_none());
-        let err = gate.check("release::activate").unwrap_err();
+        let err = gate.check("release::activate").unwrap_err().to_string();
         assert!(
             err.contains("release::activate changes the environment")
                 && err.contains("scripts/look.rhai declares"),

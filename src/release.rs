@@ -15,7 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::effects::{CommandError, CommandResult, Effects, FanOut, HostOutcome, Target};
+use crate::effects::{
+    CommandError, CommandResult, Effects, FanOut, HostError, HostOutcome, Target,
+};
 use crate::transport::CommandSpec;
 
 /// Facts recorded with each release (`.runbook/releases/<name>.json`).
@@ -98,6 +100,62 @@ pub struct ReleaseError {
     /// Hosts a failed switch moved and could not move back: `(host, the release it was
     /// on before)`, so that a later undo tries them again.
     pub stranded: Vec<(String, String)>,
+}
+
+/// Why a host that had switched was not switched back (said in the switch's error).
+#[derive(Debug, thiserror::Error)]
+enum NotBack {
+    #[error(transparent)]
+    Failed(CommandError),
+    #[error("not attempted")]
+    NotAttempted,
+}
+
+/// Why no release can be rolled back to: the decision of [`choose_target`] on the hosts'
+/// release lists, naming what each host lacks or has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoRollbackTarget {
+    #[error(
+        "release {name} is not complete on every host: missing on {}; nothing was changed (see `release::list`, or pick a release every host has)",
+        missing.join(", ")
+    )]
+    Incomplete { name: String, missing: Vec<String> },
+    #[error("nothing is live on any host: there is no release to roll back from")]
+    NothingLive,
+    #[error(
+        "no release older than {live} is complete and good on every host; nothing was changed. What each host has:{}\nPick one with to=NAME after copying it where it is missing, or restore a backup (archive=NAME).",
+        has_lines(good)
+    )]
+    NoneInCommon {
+        /// The newest live release.
+        live: String,
+        /// Per host, its complete good releases older than `live`.
+        good: Vec<(String, Vec<String>)>,
+    },
+}
+
+fn has_lines(good: &[(String, Vec<String>)]) -> String {
+    good.iter()
+        .map(|(host, names)| {
+            format!(
+                "\n  {host}: {}",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })
+        .collect()
+}
+
+/// Why the SQL of the pending migrations cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum PretendError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("migrate --pretend exited {code}: {}", output.trim())]
+    Exit { code: i32, output: String },
 }
 
 impl ReleaseError {
@@ -834,7 +892,7 @@ fn switch_all(
         .iter()
         .any(|(_, e)| e.as_ref().is_some_and(CommandError::is_interrupt));
     // Back, host by host where they moved (each to where it was).
-    let mut back: Vec<(String, String, Result<(), String>)> = Vec::new();
+    let mut back: Vec<(String, String, Result<(), NotBack>)> = Vec::new();
     let mut fan = FanOut::new();
     fan.fail_fast = false;
     fan.shielded = true;
@@ -861,8 +919,8 @@ fn switch_all(
         let prev = previous.get(t.name()).cloned().unwrap_or_default();
         let result = match outcome {
             HostOutcome::Done(Ok(_)) => Ok(()),
-            HostOutcome::Done(Err(e)) => Err(e.to_string()),
-            HostOutcome::Skipped => Err("not attempted".to_owned()),
+            HostOutcome::Done(Err(e)) => Err(NotBack::Failed(e)),
+            HostOutcome::Skipped => Err(NotBack::NotAttempted),
         };
         back.push((t.name().to_owned(), prev, result));
     }
@@ -1051,14 +1109,14 @@ pub fn rollback_target(
             unreachable.join("\n- ")
         )));
     }
-    choose_target(&lists, target).map_err(ReleaseError::new)
+    choose_target(&lists, target).map_err(|e| ReleaseError::new(e.to_string()))
 }
 
 /// The decision of [`rollback_target`] on the hosts' release lists.
 pub fn choose_target(
     lists: &[(String, Vec<Listed>)],
     target: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, NoRollbackTarget> {
     let usable = |l: &[Listed], name: &str| {
         l.iter()
             .any(|r| r.name == name && r.state == "complete" && !r.bad)
@@ -1066,18 +1124,18 @@ pub fn choose_target(
     let complete =
         |l: &[Listed], name: &str| l.iter().any(|r| r.name == name && r.state == "complete");
     if let Some(name) = target {
-        let lacking: Vec<&str> = lists
+        let missing: Vec<String> = lists
             .iter()
             .filter(|(_, l)| !complete(l, name))
-            .map(|(h, _)| h.as_str())
+            .map(|(h, _)| h.clone())
             .collect();
-        if lacking.is_empty() {
+        if missing.is_empty() {
             return Ok(name.to_owned());
         }
-        return Err(format!(
-            "release {name} is not complete on every host: missing on {}; nothing was changed (see `release::list`, or pick a release every host has)",
-            lacking.join(", ")
-        ));
+        return Err(NoRollbackTarget::Incomplete {
+            name: name.to_owned(),
+            missing,
+        });
     }
     // Releases are ordered by when they were made (their metadata), then by name: an
     // adopted release named `3` is older than runbook's `20261201T…`.
@@ -1095,9 +1153,7 @@ pub fn choose_target(
         .iter()
         .filter_map(|(_, l)| l.iter().find(|r| r.live).map(|r| r.name.clone()))
         .max_by_key(|n| key(n))
-        .ok_or_else(|| {
-            "nothing is live on any host: there is no release to roll back from".to_owned()
-        })?;
+        .ok_or(NoRollbackTarget::NothingLive)?;
     let live_key = key(&newest_live);
     let mut names: Vec<&str> = lists
         .iter()
@@ -1113,26 +1169,21 @@ pub fn choose_target(
     {
         return Ok((*name).to_owned());
     }
-    let mut message = format!(
-        "no release older than {newest_live} is complete and good on every host; nothing was changed. What each host has:"
-    );
-    for (host, l) in lists {
-        let good: Vec<&str> = l
-            .iter()
-            .filter(|r| r.state == "complete" && !r.bad && key(&r.name) < live_key)
-            .map(|r| r.name.as_str())
-            .collect();
-        message.push_str(&format!(
-            "\n  {host}: {}",
-            if good.is_empty() {
-                "none".to_owned()
-            } else {
-                good.join(", ")
-            }
-        ));
-    }
-    message.push_str("\nPick one with to=NAME after copying it where it is missing, or restore a backup (archive=NAME).");
-    Err(message)
+    let good = lists
+        .iter()
+        .map(|(host, l)| {
+            let names = l
+                .iter()
+                .filter(|r| r.state == "complete" && !r.bad && key(&r.name) < live_key)
+                .map(|r| r.name.clone())
+                .collect();
+            (host.clone(), names)
+        })
+        .collect();
+    Err(NoRollbackTarget::NoneInCommon {
+        live: newest_live,
+        good,
+    })
 }
 
 /// Refuses, before anything changes, a fleet where another tool's layout is still
@@ -1378,7 +1429,7 @@ pub fn plan(
     targets: &[Target],
     repo: &str,
     git_ref: &str,
-) -> Vec<Result<HostPlan, String>> {
+) -> Vec<Result<HostPlan, HostError>> {
     let fan = FanOut {
         fail_fast: false,
         ..FanOut::new()
@@ -1395,8 +1446,8 @@ pub fn plan(
     targets
         .iter()
         .zip(effects.run_many_with(targets, &build, &fan))
-        .map(|(t, o)| match o {
-            HostOutcome::Done(Ok(r)) => {
+        .map(|(t, o)| {
+            o.result().map(|r| {
                 let mut p = HostPlan {
                     host: t.name().to_owned(),
                     ..HostPlan::default()
@@ -1423,10 +1474,8 @@ pub fn plan(
                         r.stderr.trim()
                     ));
                 }
-                Ok(p)
-            }
-            HostOutcome::Done(Err(e)) => Err(e.to_string()),
-            HostOutcome::Skipped => Err("not reached".to_owned()),
+                p
+            })
         })
         .collect()
 }
@@ -1439,7 +1488,7 @@ pub fn pretend_sql(
     commit: &str,
     php: &str,
     repo: &str,
-) -> Result<String, String> {
+) -> Result<String, PretendError> {
     let mut spec = probe(
         format!(
             "release: the SQL of the pending migrations of {}",
@@ -1449,15 +1498,14 @@ pub fn pretend_sql(
         &[&root(target), commit, php, repo],
     );
     spec.tolerate = true;
-    let r = effects.run(target, &spec).map_err(|e| e.to_string())?;
+    let r = effects.run(target, &spec)?;
     if r.code == 0 {
         Ok(r.stdout)
     } else {
-        Err(format!(
-            "migrate --pretend exited {}: {}",
-            r.code,
-            r.stdout.trim()
-        ))
+        Err(PretendError::Exit {
+            code: r.code,
+            output: r.stdout,
+        })
     }
 }
 
@@ -1605,14 +1653,18 @@ mod tests {
             assert_eq!(target.unwrap(), expected, "web1: {web1}, web2: {web2}");
         }
         // Nothing in common: refused, naming what each host has.
-        let err = choose_target(&fleet("r1 r3*", "r2 r3*"), None).unwrap_err();
+        let err = choose_target(&fleet("r1 r3*", "r2 r3*"), None)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("web1: r1") && err.contains("web2: r2"),
             "{err}"
         );
         assert!(err.contains("nothing was changed"), "{err}");
         // A named target must be complete on every host.
-        let err = choose_target(&fleet("r1 r2 r3*", "r1 r2? r3*"), Some("r2")).unwrap_err();
+        let err = choose_target(&fleet("r1 r2 r3*", "r1 r2? r3*"), Some("r2"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing on web2"), "{err}");
         assert_eq!(
             choose_target(&fleet("r1 r2 r3*", "r1 r2 r3*"), Some("r1")).unwrap(),
@@ -1621,6 +1673,7 @@ mod tests {
         assert!(
             choose_target(&fleet("r1", "r1"), None)
                 .unwrap_err()
+                .to_string()
                 .contains("nothing is live")
         );
     }

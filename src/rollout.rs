@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::effects::{Effects, FanOut, HostOutcome, Target};
+use crate::effects::{Effects, FanOut, HostError, HostOutcome, Target};
 use crate::transport::CommandSpec;
 
 /// How often a running canary looks for control requests while a window runs.
@@ -259,13 +259,8 @@ fn fan() -> FanOut {
     }
 }
 
-fn outcome_ok(o: &HostOutcome) -> Result<String, String> {
-    match o {
-        HostOutcome::Done(Ok(r)) if r.ok() || r.dry_run => Ok(r.stdout.clone()),
-        HostOutcome::Done(Ok(r)) => Err(format!("exit {}: {}", r.code, r.stderr.trim())),
-        HostOutcome::Done(Err(e)) => Err(e.to_string()),
-        HostOutcome::Skipped => Err("not reached".to_owned()),
-    }
+fn outcome_ok(o: &HostOutcome) -> Result<String, HostError> {
+    o.success().map(|r| r.stdout.clone())
 }
 
 /// Writes `state` on every target (shielded: a state must not be half-told to a signal).
@@ -294,7 +289,11 @@ fn failures(targets: &[Target], outcomes: &[HostOutcome]) -> Vec<(String, String
     targets
         .iter()
         .zip(outcomes)
-        .filter_map(|(t, o)| outcome_ok(o).err().map(|e| (t.name().to_owned(), e)))
+        .filter_map(|(t, o)| {
+            outcome_ok(o)
+                .err()
+                .map(|e| (t.name().to_owned(), e.to_string()))
+        })
         .collect()
 }
 
@@ -366,7 +365,7 @@ pub struct HostView {
 
 /// Reads every target in one round trip each, all at once: the lock's state and the
 /// rollout state. `Err` for a host that did not answer.
-pub fn read(effects: &Effects, targets: &[Target]) -> Vec<Result<HostView, String>> {
+pub fn read(effects: &Effects, targets: &[Target]) -> Vec<Result<HostView, HostError>> {
     let script = format!(
         "( {}\n)\necho '{MARK_STATE}'\ncat \"$1/.runbook/rollout\" 2>/dev/null; echo\necho '{MARK_PENDING}'\nls \"$1/.runbook/rollout.requests\" 2>/dev/null | grep -c '\\.json$'\ntrue\n",
         crate::lock::state_script()

@@ -9,11 +9,12 @@
 //! health request per host with a `url`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::effects::{Effects, FanOut, HostOutcome, Target};
+use crate::effects::{Effects, FanOut, HostError, Target};
 use crate::inventory::Environment;
 use crate::lock::Freeze;
 use crate::release::Listed;
@@ -155,7 +156,7 @@ pub fn read(effects: &Effects, env: &Environment) -> FleetStatus {
         };
         match (&states[i], &lists[i]) {
             (Err(e), _) | (_, Err(e)) => {
-                st.unreachable = Some(e.trim().to_owned());
+                st.unreachable = Some(e.to_string().trim().to_owned());
                 hosts.push(st);
                 continue;
             }
@@ -208,7 +209,7 @@ pub fn read(effects: &Effects, env: &Environment) -> FleetStatus {
         }
         match served.get(&h.name) {
             Some(Ok(release)) => st.serves = Some(release.clone()),
-            Some(Err(note)) => st.serves_note = Some(note.clone()),
+            Some(Err(note)) => st.serves_note = Some(note.to_string()),
             None => st.serves_note = Some("no url in the inventory".to_owned()),
         }
         hosts.push(st);
@@ -242,8 +243,8 @@ struct Probe {
 }
 
 type HostReads = (
-    Vec<Result<crate::lock::HostState, String>>,
-    Vec<Result<Vec<Listed>, String>>,
+    Vec<Result<crate::lock::HostState, HostError>>,
+    Vec<Result<Vec<Listed>, HostError>>,
     BTreeMap<String, Probe>,
 );
 
@@ -284,8 +285,8 @@ fn read_hosts(effects: &Effects, env: &Environment, targets: &[Target]) -> HostR
         .iter()
         .zip(effects.run_many_with(targets, &build, &fan))
     {
-        match o {
-            HostOutcome::Done(Ok(r)) => {
+        match o.result() {
+            Ok(r) => {
                 let (state, rest) = r
                     .stdout
                     .split_once("@@runbook-list\n")
@@ -295,13 +296,9 @@ fn read_hosts(effects: &Effects, env: &Environment, targets: &[Target]) -> HostR
                 lists.push(Ok(crate::release::parse_list(list)));
                 probes.insert(t.name().to_owned(), parse_probe(probe));
             }
-            HostOutcome::Done(Err(e)) => {
-                states.push(Err(e.to_string()));
-                lists.push(Err(e.to_string()));
-            }
-            HostOutcome::Skipped => {
-                states.push(Err("not reached".to_owned()));
-                lists.push(Err("not reached".to_owned()));
+            Err(why) => {
+                states.push(Err(why.clone()));
+                lists.push(Err(why));
             }
         }
     }
@@ -334,8 +331,22 @@ fn health_path(env: &Environment) -> String {
         .to_owned()
 }
 
+/// Why the release a host serves is unknown (a note in the status, not a failure).
+#[derive(Debug, Clone, thiserror::Error)]
+enum NotServed {
+    #[error("cannot ask: {0}")]
+    CannotAsk(Arc<crate::health::ClientError>),
+    #[error(transparent)]
+    Http(crate::effects::http::HttpError),
+    #[error("{url} answers without a `release` field")]
+    NoReleaseField { url: String },
+    /// The health check failed; `line` is its report.
+    #[error("{url}: {line}")]
+    Failed { url: String, line: String },
+}
+
 /// Per host with a `url`: the release its health answer names, or why that is unknown.
-fn health(effects: &Effects, env: &Environment) -> BTreeMap<String, Result<String, String>> {
+fn health(effects: &Effects, env: &Environment) -> BTreeMap<String, Result<String, NotServed>> {
     let path = health_path(env);
     let with_url: Vec<(String, String)> = env
         .hosts
@@ -356,9 +367,10 @@ fn health(effects: &Effects, env: &Environment) -> BTreeMap<String, Result<Strin
     let client = match crate::health::client(&opts) {
         Ok(c) => c,
         Err(e) => {
+            let e = Arc::new(e);
             return with_url
                 .into_iter()
-                .map(|(h, _)| (h, Err(format!("cannot ask: {e}"))))
+                .map(|(h, _)| (h, Err(NotServed::CannotAsk(e.clone()))))
                 .collect();
         }
     };
@@ -372,7 +384,7 @@ fn health(effects: &Effects, env: &Environment) -> BTreeMap<String, Result<Strin
         Err(e) => {
             return with_url
                 .into_iter()
-                .map(|(h, _)| (h, Err(e.to_string())))
+                .map(|(h, _)| (h, Err(NotServed::Http(e.clone()))))
                 .collect();
         }
     };
@@ -385,8 +397,11 @@ fn health(effects: &Effects, env: &Environment) -> BTreeMap<String, Result<Strin
                 .and_then(|j| j.get("release").and_then(|v| v.as_str()).map(str::to_owned));
             let answer = match (r.ok, release) {
                 (true, Some(rel)) => Ok(rel),
-                (true, None) => Err(format!("{url} answers without a `release` field")),
-                (false, _) => Err(format!("{url}: {}", r.line())),
+                (true, None) => Err(NotServed::NoReleaseField { url }),
+                (false, _) => Err(NotServed::Failed {
+                    url,
+                    line: r.line(),
+                }),
             };
             (host, answer)
         })

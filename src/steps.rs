@@ -204,6 +204,51 @@ pub fn catalogue() -> String {
         .join("\n")
 }
 
+/// Why a hook cannot be attached. The message names the steps there are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    #[error("no strategy `{name}` (strategies: {})", strategy_names())]
+    NoStrategy { name: String },
+    #[error(
+        "strategy `{}` has no step `{step}`; its steps are:\n  {}: {}",
+        strategy.name,
+        strategy.name,
+        strategy.names()
+    )]
+    NotInStrategy {
+        strategy: &'static Strategy,
+        /// The step named (control characters removed).
+        step: String,
+    },
+    #[error("no strategy has a step `{step}`; the steps are:\n{}", catalogue())]
+    NoSuchStep { step: String },
+    #[error(
+        "step `{}` cannot be {}: {}",
+        step.name,
+        if *skip { "skipped" } else { "replaced" },
+        step.fixed.unwrap_or_default()
+    )]
+    Fixed {
+        step: Step,
+        /// Skipped (else replaced).
+        skip: bool,
+    },
+    #[error(
+        "step `{}` keeps the fleet safe: skipping it needs a reason (`reason = \"…\"` in runbook.toml, `steps::skip(\"{}\", \"why\")` in a script); it is printed and audited with the run",
+        step.name,
+        step.name
+    )]
+    NeedsReason { step: Step },
+}
+
+fn strategy_names() -> String {
+    STRATEGIES
+        .iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Attach {
     /// The strategies this hook applies to (`strategy`, or each that has the step).
     pub fn strategies(&self) -> Vec<&'static Strategy> {
@@ -217,49 +262,30 @@ impl Attach {
     /// Refuses a hook that names no step, a step its strategy lacks, a replacement or
     /// skip of a step that cannot go, or a skipped safety step without a reason. The
     /// message names the steps there are.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), HookError> {
         if let Some(name) = &self.strategy
             && strategy(name).is_none()
         {
-            let known: Vec<&str> = STRATEGIES.iter().map(|s| s.name).collect();
-            return Err(format!(
-                "no strategy `{name}` (strategies: {})",
-                known.join(", ")
-            ));
+            return Err(HookError::NoStrategy { name: name.clone() });
         }
         let found = self.strategies();
         let Some(first) = found.first() else {
-            let name: String = self.step.chars().filter(|c| !c.is_control()).collect();
+            let step: String = self.step.chars().filter(|c| !c.is_control()).collect();
             return Err(match self.strategy.as_deref().and_then(strategy) {
-                Some(s) => format!(
-                    "strategy `{}` has no step `{name}`; its steps are:\n  {}: {}",
-                    s.name,
-                    s.name,
-                    s.names()
-                ),
-                None => format!(
-                    "no strategy has a step `{name}`; the steps are:\n{}",
-                    catalogue()
-                ),
+                Some(strategy) => HookError::NotInStrategy { strategy, step },
+                None => HookError::NoSuchStep { step },
             });
         };
         let step = first.step(&self.step).copied().unwrap_or(PREPARE);
         let reason = self.reason.as_deref().map(str::trim).unwrap_or("");
         match self.placement {
-            Placement::Replace | Placement::Skip if step.fixed.is_some() => Err(format!(
-                "step `{}` cannot be {}: {}",
-                step.name,
-                if self.placement == Placement::Skip {
-                    "skipped"
-                } else {
-                    "replaced"
-                },
-                step.fixed.unwrap_or_default()
-            )),
-            Placement::Skip if step.safety && reason.is_empty() => Err(format!(
-                "step `{}` keeps the fleet safe: skipping it needs a reason (`reason = \"…\"` in runbook.toml, `steps::skip(\"{}\", \"why\")` in a script); it is printed and audited with the run",
-                step.name, step.name
-            )),
+            Placement::Replace | Placement::Skip if step.fixed.is_some() => Err(HookError::Fixed {
+                step,
+                skip: self.placement == Placement::Skip,
+            }),
+            Placement::Skip if step.safety && reason.is_empty() => {
+                Err(HookError::NeedsReason { step })
+            }
             _ => Ok(()),
         }
     }
@@ -282,7 +308,8 @@ mod tests {
     fn an_unknown_step_is_refused_with_every_strategys_steps() {
         let e = attach(Placement::Before, "swtich", None)
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("no strategy has a step `swtich`"), "{e}");
         assert!(e.contains("rolling: lock → backup → maintenance-on"), "{e}");
         assert!(e.contains("rollback: lock → verify-backup"), "{e}");
@@ -292,7 +319,7 @@ mod tests {
     fn a_step_of_another_strategy_is_refused_for_the_named_one() {
         let mut a = attach(Placement::After, "monitor", None);
         a.strategy = Some("rolling".into());
-        let e = a.validate().unwrap_err();
+        let e = a.validate().unwrap_err().to_string();
         assert!(
             e.contains("strategy `rolling` has no step `monitor`"),
             "{e}"
@@ -305,7 +332,8 @@ mod tests {
     fn a_safety_step_is_skipped_only_with_a_reason_and_prepare_never() {
         let e = attach(Placement::Skip, "verify", Some("  "))
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("skipping it needs a reason"), "{e}");
         assert_eq!(
             attach(
@@ -319,7 +347,8 @@ mod tests {
         assert_eq!(attach(Placement::Skip, "optimize", None).validate(), Ok(()));
         let e = attach(Placement::Replace, "prepare", None)
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot be replaced"), "{e}");
     }
 }

@@ -30,9 +30,18 @@ pub struct Split {
     pub percent: u32,
 }
 
+/// Why `vars.traffic` names no balancer that can be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BalancerError {
+    #[error("vars.traffic of `{env}` needs `host` and `file`")]
+    Incomplete { env: String },
+    #[error("vars.traffic.host `{host}` is not a host of `{env}`")]
+    UnknownHost { host: String, env: String },
+}
+
 /// The environment's balancer, when `vars.traffic` names one (`Err` when it is
 /// incomplete or names no host of the environment).
-pub fn balancer(env: &Environment) -> Option<Result<Balancer, String>> {
+pub fn balancer(env: &Environment) -> Option<Result<Balancer, BalancerError>> {
     let t = env.vars.get("traffic")?;
     let text = |k: &str| t.get(k).and_then(toml::Value::as_str).map(str::to_owned);
     let argv = |k: &str, default: &[&str]| -> Vec<String> {
@@ -47,16 +56,15 @@ pub fn balancer(env: &Environment) -> Option<Result<Balancer, String>> {
             .unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
     };
     let (Some(name), Some(file)) = (text("host"), text("file")) else {
-        return Some(Err(format!(
-            "vars.traffic of `{}` needs `host` and `file`",
-            env.name
-        )));
+        return Some(Err(BalancerError::Incomplete {
+            env: env.name.clone(),
+        }));
     };
     let Some(host) = env.hosts.iter().find(|h| h.name == name) else {
-        return Some(Err(format!(
-            "vars.traffic.host `{name}` is not a host of `{}`",
-            env.name
-        )));
+        return Some(Err(BalancerError::UnknownHost {
+            host: name,
+            env: env.name.clone(),
+        }));
     };
     Some(Ok(Balancer {
         host: host.clone(),
@@ -103,7 +111,7 @@ pub fn reset_if_left_by(
     let Some(lb) = balancer(env) else {
         return Ok(None);
     };
-    let lb = lb?;
+    let lb = lb.map_err(|e| e.to_string())?;
     let target = Target::Host(lb.host.clone());
     let name = lb.host.name.clone();
     let mut read = CommandSpec::script(

@@ -217,7 +217,7 @@ fn install_from(
             }
         ));
     }
-    let (dir, _) = crate::transport::transfer::split(&probe.path)?;
+    let (dir, _) = crate::transport::transfer::split(&probe.path).map_err(|e| e.to_string())?;
     let agent = HostAgent {
         path: probe.path.clone(),
         sha256: local.sha256.clone(),

@@ -69,6 +69,7 @@ fn status(global: &Global, args: &StatusArgs) -> Result<(), Error> {
                 }));
             }
             Err(e) => {
+                let e = e.to_string();
                 unreachable += 1;
                 rows.push(vec![
                     t.name().to_owned(),
@@ -137,7 +138,7 @@ fn freeze(global: &Global, args: &FreezeArgs) -> Result<(), Error> {
         &targets,
         &results
             .iter()
-            .map(|r| r.clone().map(|()| true))
+            .map(|r| r.clone().map(|()| true).map_err(|e| e.to_string()))
             .collect::<Vec<_>>(),
         &format!("deploys frozen {}", f.describe(now.timestamp())),
     )
@@ -158,7 +159,7 @@ fn thaw(global: &Global, args: &ThawArgs) -> Result<(), Error> {
     let now = chrono::Utc::now().timestamp();
     let lifted: Vec<Result<bool, String>> = results
         .iter()
-        .map(|r| r.clone().map(|f| f.is_some()))
+        .map(|r| r.as_ref().map(Option::is_some).map_err(ToString::to_string))
         .collect();
     let was = results
         .iter()

@@ -56,7 +56,7 @@ fn look(
     for (t, v) in targets.iter().zip(rollout::read(&session.effects, targets)) {
         match v {
             Ok(v) => views.push(v),
-            Err(e) => unreachable.push((t.name().to_owned(), e.trim().to_owned())),
+            Err(e) => unreachable.push((t.name().to_owned(), e.to_string().trim().to_owned())),
         }
     }
     (rollout::judge(&views), unreachable)

@@ -64,7 +64,7 @@ pub fn run(global: &Global, args: &UnlockArgs) -> Result<(), Error> {
     );
     let mut done = Vec::new();
     for (host, result) in results {
-        match result {
+        match result.map_err(|e| e.to_string()) {
             Ok(what) => {
                 output.emit(Event::new(Kind::Lock).host(&host).message(what.clone()));
                 done.push((host, what));

@@ -65,10 +65,10 @@ impl Confirm {
         self.refused.clone()
     }
 
-    /// `Err(message)` when `what` (a change about to happen) is not to happen: the
-    /// person said no now or earlier in this line. `Ok` without a hook. The question is
-    /// asked under the lock, so hosts of a fan-out wait for the one answer.
-    pub fn check(&self, what: &str) -> Result<(), String> {
+    /// `Err` when `what` (a change about to happen) is not to happen: the person said no
+    /// now or earlier in this line. `Ok` without a hook. The question is asked under the
+    /// lock, so hosts of a fan-out wait for the one answer.
+    pub fn check(&self, what: &str) -> Result<(), NotConfirmed> {
         let mut s = self.lock();
         let State {
             ask,
@@ -87,15 +87,29 @@ impl Confirm {
         if yes {
             return Ok(());
         }
-        let message = format!("not run: {what} changes `{env}` and was not confirmed");
-        refusal.get_or_insert_with(|| message.clone());
+        let refused = NotConfirmed {
+            what: what.to_owned(),
+            env: env.clone(),
+        };
+        refusal.get_or_insert_with(|| refused.to_string());
         self.refused.store(true, Ordering::SeqCst);
-        Err(message)
+        Err(refused)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.locked()
     }
+}
+
+/// A change the person did not confirm. One variant on purpose: callers only stop on it
+/// and say it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not run: {what} changes `{env}` and was not confirmed")]
+pub struct NotConfirmed {
+    /// The change, as the question named it.
+    pub what: String,
+    /// The protected environment.
+    pub env: String,
 }
 
 /// How a command is named in the question: its first line, at most 80 characters, with

@@ -10,7 +10,9 @@
 pub mod bridge;
 pub mod confirm;
 mod failures;
+mod host_error;
 pub mod http;
+mod transfer_error;
 pub use crate::{interrupt, redact};
 
 use crate::sync::Locked;
@@ -22,10 +24,12 @@ use tokio::runtime::Handle;
 
 use crate::inventory::{Host, TransportKind};
 use crate::output::{Event, Kind, Level, Outcome, Output};
-use crate::transport::ssh::SshPool;
+use crate::transport::ssh::{NoControlDir, SshPool};
 use crate::transport::{self, CommandSpec, ErrorKind, ExecError, Finished, transfer};
 pub use failures::Failures;
+pub use host_error::HostError;
 use interrupt::Interrupt;
+pub use transfer_error::TransferError;
 
 /// How many stderr lines a failure message carries.
 const STDERR_TAIL_LINES: usize = 8;
@@ -243,17 +247,14 @@ impl CommandError {
     }
 }
 
-fn check_code(code: Option<i32>, stderr: &str) -> Result<(), String> {
-    match code {
+fn check_code(f: Finished) -> Result<(), TransferError> {
+    match f.code {
         Some(0) => Ok(()),
-        Some(c) => Err(format!(
-            "the transfer's remote side exited with code {c}: {}",
-            stderr.trim()
-        )),
-        None => Err(format!(
-            "the transfer's remote side was killed: {}",
-            stderr.trim()
-        )),
+        Some(code) => Err(TransferError::RemoteExit {
+            code,
+            stderr: f.stderr,
+        }),
+        None => Err(TransferError::RemoteKilled { stderr: f.stderr }),
     }
 }
 
@@ -279,7 +280,7 @@ fn stderr_tail(stderr: &str) -> Vec<String> {
 
 pub struct Effects {
     runtime: Handle,
-    ssh: std::sync::OnceLock<Result<SshPool, String>>,
+    ssh: std::sync::OnceLock<Result<SshPool, NoControlDir>>,
     output: Arc<Output>,
     interrupt: Interrupt,
     /// Never raised: what shielded housekeeping commands watch instead of `interrupt`.
@@ -353,12 +354,9 @@ impl Effects {
     }
 
     /// The SSH connection pool, created on first use.
-    pub fn ssh_pool(&self) -> Result<&SshPool, String> {
+    pub fn ssh_pool(&self) -> Result<&SshPool, NoControlDir> {
         self.ssh
-            .get_or_init(|| {
-                SshPool::new(&self.run_id)
-                    .map_err(|e| format!("cannot create the ssh control directory: {e}"))
-            })
+            .get_or_init(|| SshPool::new(&self.run_id))
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -419,7 +417,7 @@ impl Effects {
         let outcome = match (target.transport(), target) {
             (TransportKind::Ssh, Target::Host(h)) => match self.ssh_pool() {
                 Ok(pool) => bridge::block_on(&self.runtime, pool.interactive(h, &line)),
-                Err(e) => Err(ExecError::Unsupported(e)),
+                Err(e) => Err(e.into()),
             },
             _ => std::process::Command::new("sh")
                 .args(["-c", &line])
@@ -564,7 +562,7 @@ impl Effects {
         remote: &dyn Fn(&Target) -> String,
     ) -> Vec<Result<CommandResult, CommandError>> {
         bridge::block_on(&self.runtime, async {
-            let paths: Vec<Result<(String, String), String>> = targets
+            let paths: Vec<Result<(String, String), transfer::NoName>> = targets
                 .iter()
                 .map(|t| transfer::split(&remote(t)))
                 .collect();
@@ -572,7 +570,7 @@ impl Effects {
             // packed tree); a deploy sends one name everywhere.
             let mut prepared: std::collections::BTreeMap<
                 String,
-                Result<Arc<transfer::Upload>, String>,
+                Result<Arc<transfer::Upload>, Arc<TransferError>>,
             > = std::collections::BTreeMap::new();
             if !self.dry_run() {
                 for (_, name) in paths.iter().flatten() {
@@ -584,8 +582,13 @@ impl Effects {
                         transfer::Upload::prepare(&from, &entry)
                     })
                     .await
-                    .map_err(|e| format!("packing stopped: {e}"))
-                    .and_then(|r| r.map_err(|e| format!("cannot read {}: {e}", local.display())));
+                    .map_err(TransferError::PackingStopped)
+                    .and_then(|r| {
+                        r.map_err(|source| TransferError::Read {
+                            path: local.to_owned(),
+                            source,
+                        })
+                    });
                     if let Ok(up) = &made {
                         let how = if up.packed() {
                             "packed once"
@@ -602,7 +605,7 @@ impl Effects {
                             ),
                         );
                     }
-                    prepared.insert(name.clone(), made.map(Arc::new));
+                    prepared.insert(name.clone(), made.map(Arc::new).map_err(Arc::new));
                 }
             }
             let limit = tokio::sync::Semaphore::new(self.max_concurrency);
@@ -613,10 +616,11 @@ impl Effects {
                     let _slot = limit.acquire().await;
                     self.transfer(t, argv, async move {
                         let (parent, name) = path.clone()?;
-                        let up = prepared
-                            .get(&name)
-                            .cloned()
-                            .unwrap_or_else(|| Err("the upload was not prepared".to_owned()))?;
+                        let up = match prepared.get(&name) {
+                            Some(Ok(up)) => up.clone(),
+                            Some(Err(e)) => return Err(TransferError::Prepared(e.clone())),
+                            None => return Err(TransferError::NotPrepared),
+                        };
                         match t {
                             Target::Host(h) if h.transport == TransportKind::Ssh => {
                                 let f = self
@@ -627,16 +631,15 @@ impl Effects {
                                         &self.interrupt,
                                         &|_, _| {},
                                     )
-                                    .await
-                                    .map_err(|e| e.to_string())?;
-                                check_code(f.code, &f.stderr)
+                                    .await?;
+                                check_code(f)
                             }
                             _ => tokio::task::spawn_blocking(move || {
                                 up.receive_here(Path::new(&parent), &name)
                             })
                             .await
-                            .map_err(|e| format!("the copy stopped: {e}"))?
-                            .map_err(|e| e.to_string()),
+                            .map_err(TransferError::CopyStopped)?
+                            .map_err(TransferError::Local),
                         }
                     })
                     .await
@@ -667,50 +670,63 @@ impl Effects {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            std::fs::create_dir_all(local_parent).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(local_parent).map_err(TransferError::Local)?;
             let staging = tempfile::Builder::new()
                 .prefix(".runbook-download-")
                 .tempdir_in(local_parent)
-                .map_err(|e| e.to_string())?;
+                .map_err(TransferError::Local)?;
             let archive = match target {
                 Target::Host(h) if h.transport == TransportKind::Ssh => {
                     let archive = tempfile::Builder::new()
                         .prefix(".runbook-download-")
                         .suffix(".tar.gz")
                         .tempfile_in(local_parent)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(TransferError::Local)?;
                     let spec = transfer::download_command(&parent, &name, archive.path())?;
                     let f = self
                         .ssh_pool()?
                         .exec(h, &spec, &self.interrupt, &|_, _| {})
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    check_code(f.code, &f.stderr)?;
+                        .await?;
+                    check_code(f)?;
                     archive
                 }
-                _ => transfer::pack_to_file(&Path::new(&parent).join(&name), &name)
-                    .map_err(|e| format!("cannot read {remote}: {e}"))?,
+                _ => transfer::pack_to_file(&Path::new(&parent).join(&name), &name).map_err(
+                    |source| TransferError::Read {
+                        path: remote.into(),
+                        source,
+                    },
+                )?,
             };
-            transfer::unpack_file(archive.path(), staging.path()).map_err(|e| e.to_string())?;
-            std::fs::rename(staging.path().join(&name), local)
-                .map_err(|e| format!("cannot move the download to {}: {e}", local.display()))
+            transfer::unpack_file(archive.path(), staging.path()).map_err(TransferError::Local)?;
+            std::fs::rename(staging.path().join(&name), local).map_err(|source| {
+                TransferError::Move {
+                    path: local.to_owned(),
+                    source,
+                }
+            })
         };
         bridge::block_on(&self.runtime, self.transfer(target, argv, work)).map(|(done, _)| done)
     }
 
     /// Runs in-process work (an archive, a transfer) as one command: the same events,
     /// dry-run ("would run", nothing done) and error shape as a process. Returns what the
-    /// work returned, or `None` in a dry run (it did not run).
-    pub fn task<T: Send + 'static>(
+    /// work returned, or `None` in a dry run (it did not run). The work's error is its
+    /// core's own (a message will do): the failure says it as it is, after the host.
+    pub fn task<T, E>(
         &self,
         target: &Target,
         argv: Vec<String>,
-        work: impl FnOnce() -> Result<T, String> + Send + 'static,
-    ) -> Result<Option<T>, CommandError> {
+        work: impl FnOnce() -> Result<T, E> + Send + 'static,
+    ) -> Result<Option<T>, CommandError>
+    where
+        T: Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
         let work = async move {
             tokio::task::spawn_blocking(work)
                 .await
-                .map_err(|e| format!("the task stopped: {e}"))?
+                .map_err(TransferError::TaskStopped)?
+                .map_err(|e| TransferError::Task(e.into()))
         };
         bridge::block_on(&self.runtime, self.transfer(target, argv, work)).map(|(_, value)| value)
     }
@@ -721,7 +737,7 @@ impl Effects {
         &self,
         target: &Target,
         argv: Vec<String>,
-        work: impl std::future::Future<Output = Result<T, String>>,
+        work: impl std::future::Future<Output = Result<T, TransferError>>,
     ) -> Result<(CommandResult, Option<T>), CommandError> {
         let host = target.name().to_owned();
         let command = crate::quote::join(&argv);
@@ -750,7 +766,7 @@ impl Effects {
             .result(outcome)
             .duration(started.elapsed());
         if let Err(m) = &result {
-            e = e.message(m.clone());
+            e = e.message(m.to_string());
         }
         self.output.emit(e);
         match result {
@@ -766,10 +782,10 @@ impl Effects {
                 },
                 value,
             )),
-            Err(message) => Err(CommandError::Unavailable {
+            Err(failure) => Err(CommandError::Unavailable {
                 host,
                 command,
-                message,
+                message: failure.to_string(),
                 stderr_tail: Vec::new(),
                 kind: ErrorKind::Error,
             }),
@@ -859,7 +875,7 @@ impl Effects {
             }
             TransportKind::Ssh => match (self.ssh_pool(), target) {
                 (Ok(pool), Target::Host(h)) => pool.exec(h, spec, interrupt, &on_line).await,
-                (Err(e), _) => Err(ExecError::Unsupported(e)),
+                (Err(e), _) => Err(e.into()),
                 (Ok(_), Target::Local) => {
                     transport::local::exec(spec, &self.run_id, interrupt, &on_line).await
                 }

@@ -98,7 +98,7 @@ fn one(h: &RawHook, envs: &[&String]) -> Result<(Attach, HookAction), String> {
         strategy: h.strategy.clone(),
         reason: h.reason.clone(),
     };
-    attach.validate()?;
+    attach.validate().map_err(|e| e.to_string())?;
     if let Some(list) = &h.env {
         for e in list {
             if !envs.contains(&e) {

@@ -80,6 +80,7 @@ pub mod metrics_api {
                     crate::metrics::push(&gateway, &m, super::TIMEOUT)
                         .await
                         .map(|()| "pushed".to_owned())
+                        .map_err(|e| e.to_string())
                 },
             )
         })();

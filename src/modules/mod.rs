@@ -64,8 +64,8 @@ pub fn session(ctx: &NativeCallContext) -> RhaiResult<Arc<Session>> {
 }
 
 /// A runtime error carrying a message; Rhai fills in the call position.
-pub fn error(message: impl Into<String>) -> Box<EvalAltResult> {
-    EvalAltResult::ErrorRuntime(Dynamic::from(message.into()), Position::NONE).into()
+pub fn error(message: impl std::fmt::Display) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(Dynamic::from(message.to_string()), Position::NONE).into()
 }
 
 /// The error that stops a script on Ctrl-C / SIGTERM.
@@ -91,11 +91,18 @@ pub fn located<T>(ctx: &NativeCallContext, result: RhaiResult<T>) -> RhaiResult<
 pub fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>> {
     let session = session(ctx)?;
     let stop = |m: String| EvalAltResult::ErrorTerminated(m.into(), ctx.call_position()).into();
-    session.read_only.check(op).map_err(stop)?;
+    session
+        .read_only
+        .check(op)
+        .map_err(|e| stop(e.to_string()))?;
     if session.effects.dry_run() {
         return Ok(());
     }
-    session.effects.confirm().check(op).map_err(stop)
+    session
+        .effects
+        .confirm()
+        .check(op)
+        .map_err(|e| stop(e.to_string()))
 }
 
 /// Artisan commands that only read (`migrate:status`, `about`, …) pass a read-only gate;

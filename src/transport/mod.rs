@@ -163,8 +163,19 @@ pub enum ExecError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Unsupported(String),
-    #[error("{message}")]
-    Connect { message: String },
+    #[error(
+        "{source}{}",
+        if *earlier { " (it failed earlier in this run: not tried again)" } else { "" }
+    )]
+    Connect {
+        source: ssh::ConnectError,
+        /// The connection failed earlier in this run and was not tried again.
+        earlier: bool,
+    },
+    #[error(transparent)]
+    NoControlDir(#[from] ssh::NoControlDir),
+    #[error(transparent)]
+    Quote(#[from] crate::quote::NulByte),
     #[error("the connection to the host was lost: {message}")]
     Disconnected { message: String, partial: Finished },
     #[error(
@@ -217,9 +228,11 @@ impl ExecError {
             ExecError::Interrupted { .. } => ErrorKind::Interrupted,
             ExecError::Connect { .. } | ExecError::Disconnected { .. } => ErrorKind::Unreachable,
             ExecError::SudoEnv { .. } => ErrorKind::Refused,
-            ExecError::Spawn { .. } | ExecError::Io(_) | ExecError::Unsupported(_) => {
-                ErrorKind::Error
-            }
+            ExecError::Spawn { .. }
+            | ExecError::Io(_)
+            | ExecError::Unsupported(_)
+            | ExecError::NoControlDir(_)
+            | ExecError::Quote(_) => ErrorKind::Error,
         }
     }
 }

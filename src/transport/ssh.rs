@@ -54,7 +54,99 @@ struct Conn {
     persist: bool,
 }
 
-type Slot = Arc<OnceCell<Result<Arc<Conn>, String>>>;
+type Slot = Arc<OnceCell<Result<Arc<Conn>, ConnectError>>>;
+
+/// Which host a connection was for, as messages name it: `` `web1` (10.0.0.5:22) ``.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub address: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    fn of(host: &Host) -> Endpoint {
+        Endpoint {
+            host: host.name.clone(),
+            address: host.address.clone(),
+            port: host.port,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` ({}:{})", self.host, self.address, self.port)
+    }
+}
+
+/// Why no master connection to a host could be opened. Cloned: a failure is remembered
+/// for the run and given to every later command on that host.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot write the ssh configuration for `{host}`: {source}")]
+    Config {
+        host: String,
+        source: Arc<std::io::Error>,
+    },
+    #[error(
+        "cannot connect to {at}: no answer within {}",
+        humantime::format_duration(*after)
+    )]
+    NoAnswer { at: Endpoint, after: Duration },
+    #[error(
+        "cannot connect to {at}: its host key CHANGED ({detail})\n  hint: the server was reinstalled or someone is intercepting the connection; find out which before you remove the old key from {known} (ssh-keygen -f {known} -R {})",
+        at.address
+    )]
+    HostKeyChanged {
+        at: Endpoint,
+        known: String,
+        detail: String,
+    },
+    #[error(
+        "cannot connect to {at}: its host key is not in {known} ({detail})\n  hint: verify the host's key and add it (ssh-keyscan -p {} {} >> {known}), or set host_key_check = \"accept-new\" for this environment",
+        at.port,
+        at.address
+    )]
+    HostKeyUnknown {
+        at: Endpoint,
+        known: String,
+        detail: String,
+    },
+    #[error(
+        "cannot connect to {at}: connection refused — is sshd running and listening on port {}?",
+        at.port
+    )]
+    Refused { at: Endpoint },
+    #[error(
+        "cannot connect to {at}: authentication failed as `{}` ({detail})\n  hint: check identity_file and that its public key is in the user's authorized_keys",
+        user.as_deref().unwrap_or("(ssh default user)")
+    )]
+    Auth {
+        at: Endpoint,
+        user: Option<String>,
+        detail: String,
+    },
+    #[error(
+        "cannot connect to {at}: no answer within {} ({detail})",
+        humantime::format_duration(*after)
+    )]
+    TimedOut {
+        at: Endpoint,
+        after: Duration,
+        detail: String,
+    },
+    #[error("cannot connect to {at}: {detail}")]
+    Other { at: Endpoint, detail: String },
+}
+
+/// The pool's private directory for control sockets could not be made. One variant on
+/// purpose: no caller branches on it, it tells the person why ssh cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot create the ssh control directory: {source}")]
+pub struct NoControlDir {
+    source: Arc<std::io::Error>,
+}
 
 pub struct SshPool {
     dir: tempfile::TempDir,
@@ -67,11 +159,14 @@ pub struct SshPool {
 }
 
 impl SshPool {
-    pub fn new(run: &str) -> std::io::Result<SshPool> {
+    pub fn new(run: &str) -> Result<SshPool, NoControlDir> {
         // Control sockets need a short path (sun_path is ~108 bytes).
         let dir = tempfile::Builder::new()
             .prefix("rb-ssh-")
-            .tempdir_in("/tmp")?;
+            .tempdir_in("/tmp")
+            .map_err(|e| NoControlDir {
+                source: Arc::new(e),
+            })?;
         Ok(SshPool {
             dir,
             reused: std::sync::atomic::AtomicUsize::new(0),
@@ -166,16 +261,12 @@ impl SshPool {
         // A failure is remembered for the run: a later command on the host fails at once,
         // and says so rather than seem to have waited again.
         let earlier = !tried.load(std::sync::atomic::Ordering::SeqCst);
-        result.clone().map_err(|message| ExecError::Connect {
-            message: if earlier {
-                format!("{message} (it failed earlier in this run: not tried again)")
-            } else {
-                message
-            },
-        })
+        result
+            .clone()
+            .map_err(|source| ExecError::Connect { source, earlier })
     }
 
-    async fn connect(&self, host: &Host) -> Result<Conn, String> {
+    async fn connect(&self, host: &Host) -> Result<Conn, ConnectError> {
         let persisted = match host.ssh.persist {
             Some(idle) => match persist::dir() {
                 Ok(dir) => Some((dir, idle)),
@@ -197,11 +288,9 @@ impl SshPool {
                 persist: true,
             });
         }
-        let config = self.write_config(host).map_err(|e| {
-            format!(
-                "cannot write the ssh configuration for `{}`: {e}",
-                host.name
-            )
+        let config = self.write_config(host).map_err(|e| ConnectError::Config {
+            host: host.name.clone(),
+            source: Arc::new(e),
         })?;
         let mut b = SessionBuilder::default();
         b.port(host.port)
@@ -239,13 +328,10 @@ impl SshPool {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(explain_connect_error(host, &e)),
             Err(_) => {
-                return Err(format!(
-                    "cannot connect to `{}` ({}:{}): no answer within {}",
-                    host.name,
-                    host.address,
-                    host.port,
-                    humantime::format_duration(deadline)
-                ));
+                return Err(ConnectError::NoAnswer {
+                    at: Endpoint::of(host),
+                    after: deadline,
+                });
             }
         };
         if let Some((dir, _)) = &persisted {
@@ -490,7 +576,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Turns ssh's connect failure into a sentence that says what to do.
-fn explain_connect_error(host: &Host, e: &openssh::Error) -> String {
+fn explain_connect_error(host: &Host, e: &openssh::Error) -> ConnectError {
     let full = error_chain(e);
     let lower = full.to_lowercase();
     // ssh's banners are long; the last meaningful line says what happened.
@@ -504,40 +590,41 @@ fn explain_connect_error(host: &Host, e: &openssh::Error) -> String {
         .trim_end_matches(')')
         .trim_start_matches("failed to connect to the remote host: ")
         .to_owned();
-    let at = format!("`{}` ({}:{})", host.name, host.address, host.port);
-    let known = host
-        .ssh
-        .known_hosts
-        .clone()
-        .unwrap_or_else(|| "~/.ssh/known_hosts".into());
+    let at = Endpoint::of(host);
+    let known = || {
+        host.ssh
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| "~/.ssh/known_hosts".into())
+    };
     if lower.contains("identification has changed") {
-        format!(
-            "cannot connect to {at}: its host key CHANGED ({detail})\n  hint: the server was reinstalled or someone is intercepting the connection; find out which before you remove the old key from {known} (ssh-keygen -f {known} -R {addr})",
-            addr = host.address
-        )
+        ConnectError::HostKeyChanged {
+            at,
+            known: known(),
+            detail,
+        }
     } else if lower.contains("host key verification failed") || lower.contains("host key for") {
-        format!(
-            "cannot connect to {at}: its host key is not in {known} ({detail})\n  hint: verify the host's key and add it (ssh-keyscan -p {port} {addr} >> {known}), or set host_key_check = \"accept-new\" for this environment",
-            port = host.port,
-            addr = host.address
-        )
+        ConnectError::HostKeyUnknown {
+            at,
+            known: known(),
+            detail,
+        }
     } else if lower.contains("connection refused") {
-        format!(
-            "cannot connect to {at}: connection refused — is sshd running and listening on port {}?",
-            host.port
-        )
+        ConnectError::Refused { at }
     } else if lower.contains("permission denied") {
-        format!(
-            "cannot connect to {at}: authentication failed as `{}` ({detail})\n  hint: check identity_file and that its public key is in the user's authorized_keys",
-            host.user.as_deref().unwrap_or("(ssh default user)")
-        )
+        ConnectError::Auth {
+            at,
+            user: host.user.clone(),
+            detail,
+        }
     } else if lower.contains("timed out") {
-        format!(
-            "cannot connect to {at}: no answer within {} ({detail})",
-            humantime::format_duration(host.ssh.connect_timeout)
-        )
+        ConnectError::TimedOut {
+            at,
+            after: host.ssh.connect_timeout,
+            detail,
+        }
     } else {
-        format!("cannot connect to {at}: {detail}")
+        ConnectError::Other { at, detail }
     }
 }
 
@@ -571,7 +658,7 @@ fn tag_prefix(run: &str) -> String {
 /// The command for the remote login shell, with `nonce` in its process-group report and
 /// `tag` ([`tag_prefix`]) in front.
 pub fn remote_command(spec: &CommandSpec, nonce: &str, tag: &str) -> Result<Remote, ExecError> {
-    let quote_one = |s: &str| quote::command_line(&[s.to_owned()]).map_err(ExecError::Unsupported);
+    let quote_one = |s: &str| quote::command_line(&[s.to_owned()]);
     let marker = format!("{PGID_MARKER}{nonce} ");
     let mut inner = format!("printf '%s%s\\n' {} \"$$\" >&2; ", quote_one(&marker)?);
     let names = spec.env_names()?;
@@ -599,7 +686,7 @@ pub fn remote_command(spec: &CommandSpec, nonce: &str, tag: &str) -> Result<Remo
         ));
     }
     inner.push_str("exec ");
-    inner.push_str(&quote::command_line(&argv).map_err(ExecError::Unsupported)?);
+    inner.push_str(&quote::command_line(&argv)?);
     Ok(Remote {
         line: format!("{tag}sh -c {}", quote_one(&inner)?),
         stdin,
@@ -621,21 +708,36 @@ pub mod persist {
 
     use crate::inventory::Host;
 
+    /// Why persistent masters are not used this time (only logged: runbook then opens
+    /// masters of its own).
+    #[derive(Debug, thiserror::Error)]
+    pub enum DirError {
+        #[error("{}: {source}", dir.display())]
+        Unreadable {
+            dir: PathBuf,
+            source: std::io::Error,
+        },
+        #[error(
+            "{} is not a private directory of this user: persistent ssh masters are not used",
+            dir.display()
+        )]
+        NotPrivate { dir: PathBuf },
+    }
+
     /// The directory, created 0700; refused when it is not a real directory of this user.
-    pub fn dir() -> Result<PathBuf, String> {
+    pub fn dir() -> Result<PathBuf, DirError> {
         let uid = nix::unistd::getuid().as_raw();
         let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
             Some(d) if !d.is_empty() => PathBuf::from(d).join("runbook-ssh"),
             _ => PathBuf::from(format!("/tmp/runbook-ssh-{uid}")),
         };
         let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
-        let meta =
-            std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let meta = match std::fs::symlink_metadata(&dir) {
+            Ok(meta) => meta,
+            Err(source) => return Err(DirError::Unreadable { dir, source }),
+        };
         if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
-            return Err(format!(
-                "{} is not a private directory of this user: persistent ssh masters are not used",
-                dir.display()
-            ));
+            return Err(DirError::NotPrivate { dir });
         }
         Ok(dir)
     }

@@ -13,6 +13,7 @@ use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 
 use super::{CHUNK, CommandSpec, Program};
+use crate::quote::NulByte;
 
 /// Packs `src` (a file or a directory) as the single top-level entry `name`.
 pub fn pack(src: &Path, name: &str) -> std::io::Result<Vec<u8>> {
@@ -201,15 +202,23 @@ impl Upload {
 }
 
 /// The command that packs `parent/name` on a host to stdout, written to `archive` here.
-pub fn download_command(parent: &str, name: &str, archive: &Path) -> Result<CommandSpec, String> {
+pub fn download_command(parent: &str, name: &str, archive: &Path) -> Result<CommandSpec, NulByte> {
     let mut spec = CommandSpec::new(Program::Shell(remote_pack(parent, name)?));
     spec.stdout_file = Some(archive.to_owned());
     spec.quiet = true;
     Ok(spec)
 }
 
+/// A remote path with no last component to copy (`/`, `.`, `a/..`). One variant on
+/// purpose: no caller branches on it, it tells the person which path to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{path}` does not name a file or directory")]
+pub struct NoName {
+    pub path: String,
+}
+
 /// Splits a remote path into (parent directory, last component).
-pub fn split(path: &str) -> Result<(String, String), String> {
+pub fn split(path: &str) -> Result<(String, String), NoName> {
     let trimmed = path.trim_end_matches('/');
     let (parent, name) = match trimmed.rsplit_once('/') {
         Some(("", name)) => ("/".to_owned(), name.to_owned()),
@@ -217,19 +226,21 @@ pub fn split(path: &str) -> Result<(String, String), String> {
         None => (".".to_owned(), trimmed.to_owned()),
     };
     if name.is_empty() || name == "." || name == ".." {
-        return Err(format!("`{path}` does not name a file or directory"));
+        return Err(NoName {
+            path: path.to_owned(),
+        });
     }
     Ok((parent, name))
 }
 
 /// The shell line that unpacks stdin into `parent` on a host.
-pub fn remote_unpack(parent: &str) -> Result<String, String> {
+pub fn remote_unpack(parent: &str) -> Result<String, NulByte> {
     let p = crate::quote::command_line(&[parent.to_owned()])?;
     Ok(format!("mkdir -p -- {p} && tar -xzpf - -C {p}"))
 }
 
 /// The shell line that packs `parent/name` to stdout on a host.
-pub fn remote_pack(parent: &str, name: &str) -> Result<String, String> {
+pub fn remote_pack(parent: &str, name: &str) -> Result<String, NulByte> {
     let p = crate::quote::command_line(&[parent.to_owned()])?;
     let n = crate::quote::command_line(&[name.to_owned()])?;
     Ok(format!("tar -czf - -C {p} -- {n}"))
@@ -309,6 +320,9 @@ mod tests {
         assert_eq!(split("/srv/app/").unwrap(), ("/srv".into(), "app".into()));
         assert_eq!(split("/x").unwrap(), ("/".into(), "x".into()));
         assert_eq!(split("rel").unwrap(), (".".into(), "rel".into()));
-        assert!(split("/").is_err());
+        assert_eq!(
+            split("/").unwrap_err().to_string(),
+            "`/` does not name a file or directory"
+        );
     }
 }
