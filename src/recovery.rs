@@ -227,7 +227,7 @@ pub fn recover_with(
     for s in &states {
         out.log(Level::Warn, format!("  {}", state_line(s)));
     }
-    let target = whole_release(&progress);
+    let target = whole_release(&progress, &states);
     if let Some(target) = &target {
         bring_back(effects, &targets, &states, &progress, target)?;
     }
@@ -409,12 +409,23 @@ fn state_line(s: &HostState) -> String {
 
 /// One whole release: the new one where the dead run verified it everywhere, else the
 /// one it started from (none when it switched nothing).
-fn whole_release(progress: &Progress) -> Option<String> {
+fn whole_release(progress: &Progress, states: &[HostState]) -> Option<String> {
     if progress.verified {
-        progress.prepared.clone()
-    } else {
-        progress.before.clone().filter(|b| !b.is_empty())
+        return progress.prepared.clone();
     }
+    if let Some(before) = progress.before.clone().filter(|b| !b.is_empty()) {
+        return Some(before);
+    }
+    // Killed inside the switch, after some hosts moved and before any switch was noted:
+    // a host not on the new release was not switched by the run (a switch is one
+    // rename), so it is on the release the run started from — when they all agree.
+    let new = progress.prepared.as_ref()?;
+    let mut others = states
+        .iter()
+        .map(|s| &s.current)
+        .filter(|c| *c != new && !c.is_empty());
+    let first = others.next()?;
+    others.all(|c| c == first).then(|| first.clone())
 }
 
 /// Switches the hosts not on `target` to it; a new release the dead run did not verify
@@ -568,5 +579,27 @@ mod tests {
             &["prepared r2", "switched r1 r2", "verified"],
         )]);
         assert!(p.verified);
+    }
+
+    #[test]
+    fn killed_inside_the_switch_before_any_note_the_unswitched_hosts_say_where_to_go_back_to() {
+        let on = |host: &str, current: &str| HostState {
+            current: current.into(),
+            ..state(host, &["prepared r2", "maintenance on"])
+        };
+        // web1 and web2 switched, worker1 not yet, no `switched` noted anywhere.
+        let states = [on("web1", "r2"), on("web2", "r2"), on("worker1", "r1")];
+        let p = read_progress(&states);
+        assert_eq!(p.before, None);
+        assert_eq!(whole_release(&p, &states).as_deref(), Some("r1"));
+        // Hosts that were already split before the run: no guess.
+        let split = [on("web1", "r2"), on("web2", "r0"), on("worker1", "r1")];
+        assert_eq!(whole_release(&read_progress(&split), &split), None);
+        // Nothing switched yet: nothing to bring back.
+        let none = [on("web1", "r1"), on("web2", "r1")];
+        assert_eq!(
+            whole_release(&read_progress(&none), &none).as_deref(),
+            Some("r1")
+        );
     }
 }
