@@ -11,21 +11,21 @@ use std::sync::{Arc, Mutex};
 use crate::output::{Event, Kind, Outcome, Sink};
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Step {
+pub(crate) struct Step {
     pub name: String,
     pub result: String,
     pub duration_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Switch {
+pub(crate) struct Switch {
     pub before: String,
     pub after: String,
 }
 
 /// What kind of change a run made: the input of the delivery metrics.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// A new release was prepared (the run is a deployment).
     #[serde(default)]
     pub deploy: bool,
@@ -44,7 +44,7 @@ pub struct Facts {
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     pub ts: String,
     pub run: String,
     pub actor: String,
@@ -76,7 +76,7 @@ pub struct Record {
 }
 
 /// Where the local audit log lives: `RUNBOOK_AUDIT_FILE`, else the XDG state directory.
-pub fn local_path() -> PathBuf {
+pub(crate) fn local_path() -> PathBuf {
     if let Some(p) = std::env::var_os("RUNBOOK_AUDIT_FILE") {
         return PathBuf::from(p);
     }
@@ -89,7 +89,7 @@ pub fn local_path() -> PathBuf {
 
 /// The records kept on `env`'s hosts (`<deploy_path>/.runbook/audit.jsonl`), read over
 /// their usual transport, and the hosts whose log could not be read.
-pub fn read_hosts(
+pub(crate) fn read_hosts(
     effects: &crate::effects::Effects,
     env: &crate::inventory::Environment,
 ) -> (Vec<Record>, Vec<String>) {
@@ -133,7 +133,7 @@ pub fn read_hosts(
 
 /// This machine's records and the hosts': one per run (a run is on this machine and on
 /// each host it touched), oldest first.
-pub fn merge(mut local: Vec<Record>, hosts: Vec<Record>) -> Vec<Record> {
+pub(crate) fn merge(mut local: Vec<Record>, hosts: Vec<Record>) -> Vec<Record> {
     local.extend(hosts);
     let mut seen = std::collections::HashSet::new();
     local.retain(|r| seen.insert(r.run.clone()));
@@ -142,9 +142,9 @@ pub fn merge(mut local: Vec<Record>, hosts: Vec<Record>) -> Vec<Record> {
 }
 
 /// The mode of the audit log: it holds REPL input and reasons, readable by its owner only.
-pub const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 /// The mode of the directory runbook keeps it in (with the REPL history).
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 
 /// Appends one line (a single `write` of a whole line, so concurrent runs interleave by line).
 ///
@@ -152,7 +152,7 @@ pub const DIR_MODE: u32 = 0o700;
 /// be created are 0700, and runbook's own directory (the default location) is set to 0700
 /// even when it exists. A directory named by `RUNBOOK_AUDIT_FILE` that already exists is
 /// the user's (it may be a project directory) and keeps its mode.
-pub fn append(path: &std::path::Path, record: &Record) -> std::io::Result<()> {
+pub(crate) fn append(path: &std::path::Path, record: &Record) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
@@ -180,7 +180,7 @@ pub fn append(path: &std::path::Path, record: &Record) -> std::io::Result<()> {
 }
 
 /// Every record of a log, oldest first; unreadable lines are skipped.
-pub fn read(path: &std::path::Path) -> Vec<Record> {
+pub(crate) fn read(path: &std::path::Path) -> Vec<Record> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -190,10 +190,10 @@ pub fn read(path: &std::path::Path) -> Vec<Record> {
 
 /// Collects what the audit record needs from the run's events.
 #[derive(Default, Clone)]
-pub struct Collector(Arc<Mutex<Collected>>);
+pub(crate) struct Collector(Arc<Mutex<Collected>>);
 
 #[derive(Default)]
-pub struct Collected {
+pub(crate) struct Collected {
     pub steps: Vec<Step>,
     pub hosts: Vec<String>,
     /// In a dry run: every effect, in order (the recorded plan).
@@ -206,13 +206,13 @@ pub struct Collected {
 }
 
 impl Collector {
-    pub fn take(&self) -> (Vec<Step>, Vec<String>) {
+    pub(crate) fn take(&self) -> (Vec<Step>, Vec<String>) {
         let c = self.0.locked();
         (c.steps.clone(), c.hosts.clone())
     }
 
     /// Starts a new record (the REPL audits each action on its own).
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         let mut c = self.0.locked();
         c.steps.clear();
         c.hosts.clear();
@@ -220,12 +220,12 @@ impl Collector {
     }
 
     /// Output lines of the latest action's commands, per host.
-    pub fn last_output(&self) -> BTreeMap<String, Vec<String>> {
+    pub(crate) fn last_output(&self) -> BTreeMap<String, Vec<String>> {
         self.0.locked().last_output.clone()
     }
 
     /// The recorded plan of a dry run.
-    pub fn plan(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn plan(&self) -> Vec<serde_json::Value> {
         self.0.locked().plan.clone()
     }
 }
@@ -318,7 +318,7 @@ impl Sink for Collector {
 }
 
 /// Parses `2d`, `12h`, `30m` (or any humantime duration).
-pub fn since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+pub(crate) fn since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration ({e}), e.g. 2d, 12h"))?;
     let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
@@ -360,7 +360,7 @@ mod tests {
 
 /// Delivery metrics (DORA) of one environment over a window.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct EnvStats {
+pub(crate) struct EnvStats {
     pub env: String,
     /// Deployment attempts (a release was prepared), successful or not.
     pub deploys: usize,
@@ -389,7 +389,7 @@ fn epoch(ts: &str) -> Option<i64> {
 
 /// Computes the metrics per environment from audit records, over `window_days` (or the
 /// span of the records).
-pub fn stats(records: &[Record], window_days: Option<f64>) -> Vec<EnvStats> {
+pub(crate) fn stats(records: &[Record], window_days: Option<f64>) -> Vec<EnvStats> {
     use chrono::Datelike;
     let mut by_env: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
     for r in records

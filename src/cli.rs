@@ -13,7 +13,7 @@ use crate::output::Verbosity;
     about = "Deployment runbooks as Rhai scripts: run, check, and operate a fleet",
     propagate_version = true
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub global: Global,
     #[command(subcommand)]
@@ -21,7 +21,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
-pub struct Global {
+pub(crate) struct Global {
     /// Inventory file (default: runbook.toml in this directory or a parent)
     #[arg(short, long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -34,7 +34,7 @@ pub struct Global {
 }
 
 impl Global {
-    pub fn verbosity(&self) -> Verbosity {
+    pub(crate) fn verbosity(&self) -> Verbosity {
         match (self.quiet, self.verbose) {
             (true, _) => Verbosity::Quiet,
             (false, 0) => Verbosity::Normal,
@@ -44,7 +44,7 @@ impl Global {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run a script against an environment
     Run(RunArgs),
     /// Compile scripts and validate the inventory; touches no host
@@ -92,13 +92,13 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct DefinitionsArgs {
+pub(crate) struct DefinitionsArgs {
     /// Directory to write into
     pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// Only this environment
     #[arg(short, long)]
     pub env: Option<String>,
@@ -124,12 +124,12 @@ pub struct AuditArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// A script path, or a name resolved as scripts/<name>.rhai
     pub script: String,
     /// Script arguments as KEY=VALUE (reach the script as the map `args`)
@@ -168,13 +168,13 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// Scripts to check (default: every script in scripts/ and the stdlib)
     pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
-pub struct HostsArgs {
+pub(crate) struct HostsArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
@@ -187,21 +187,21 @@ pub struct HostsArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// JSON instead of a table
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct DocArgs {
+pub(crate) struct DocArgs {
     /// Markdown instead of plain text
     #[arg(long)]
     pub markdown: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct ReplArgs {
+pub(crate) struct ReplArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
@@ -211,7 +211,7 @@ pub struct ReplArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct UnlockArgs {
+pub(crate) struct UnlockArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
@@ -227,7 +227,7 @@ pub struct UnlockArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ExecArgs {
+pub(crate) struct ExecArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
@@ -258,7 +258,7 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
@@ -268,13 +268,13 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct LockArgs {
+pub(crate) struct LockArgs {
     #[command(subcommand)]
     pub action: LockAction,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum LockAction {
+pub(crate) enum LockAction {
     /// Who holds the deploy lock on each host, and any freeze
     Status(StatusArgs),
     /// Stop deploys for a while (an emergency script run with --reason still passes)
@@ -284,7 +284,7 @@ pub enum LockAction {
 }
 
 #[derive(Debug, Args)]
-pub struct FreezeArgs {
+pub(crate) struct FreezeArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
@@ -300,13 +300,13 @@ pub struct FreezeArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct RolloutArgs {
+pub(crate) struct RolloutArgs {
     #[command(subcommand)]
     pub action: RolloutAction,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum RolloutAction {
+pub(crate) enum RolloutAction {
     /// Step, weight, time left in the window, the last judgements (both pools), the
     /// holder (exit 1: its runner is gone)
     Status(StatusArgs),
@@ -321,7 +321,7 @@ pub enum RolloutAction {
 }
 
 #[derive(Debug, Args)]
-pub struct RolloutControlArgs {
+pub(crate) struct RolloutControlArgs {
     #[command(flatten)]
     pub change: ThawArgs,
     /// How long to wait for a running canary to say it obeyed (e.g. 30s)
@@ -331,7 +331,7 @@ pub struct RolloutControlArgs {
 
 /// The environment of a change, why it is made, and the confirmation a protected one needs.
 #[derive(Debug, Args)]
-pub struct ThawArgs {
+pub(crate) struct ThawArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
@@ -344,7 +344,7 @@ pub struct ThawArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct AdoptArgs {
+pub(crate) struct AdoptArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
@@ -354,7 +354,7 @@ pub struct AdoptArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct RecoverArgs {
+pub(crate) struct RecoverArgs {
     /// Environment from the inventory
     #[arg(short, long, env = "RUNBOOK_ENV")]
     pub env: Option<String>,
@@ -371,7 +371,7 @@ pub struct RecoverArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DisconnectArgs {
+pub(crate) struct DisconnectArgs {
     /// Only this environment's hosts (default: every kept connection)
     #[arg(short, long)]
     pub env: Option<String>,

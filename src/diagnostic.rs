@@ -142,7 +142,7 @@ static SENTENCE: std::sync::OnceLock<fn(&rhai::Dynamic) -> Option<String>> =
     std::sync::OnceLock::new();
 
 /// Registers how thrown values of the script modules read (once per process).
-pub fn register_sentence(f: fn(&rhai::Dynamic) -> Option<String>) {
+pub(crate) fn register_sentence(f: fn(&rhai::Dynamic) -> Option<String>) {
     let _ = SENTENCE.set(f);
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// A rendered template: the text for `shared/.env` and the values filled in.
 #[derive(Debug)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     pub text: String,
     /// Every value taken from the environment (secrets: mask them all).
     pub values: Vec<String>,
@@ -24,7 +24,7 @@ pub struct Rendered {
 
 /// A `${NAME}` that cannot be filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missing {
+pub(crate) struct Missing {
     /// 1-based line of the template.
     pub line: usize,
     pub name: String,
@@ -33,7 +33,7 @@ pub struct Missing {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TemplateError {
+pub(crate) enum TemplateError {
     #[error("cannot read the .env template {} (env_template in runbook.toml): {source}", path.display())]
     Read {
         path: PathBuf,
@@ -83,7 +83,7 @@ fn missing_message(path: &Path, missing: &[Missing]) -> String {
 }
 
 /// Reads and renders the template at `path`.
-pub fn render_file(
+pub(crate) fn render_file(
     path: &Path,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Rendered, TemplateError> {
@@ -96,7 +96,7 @@ pub fn render_file(
 
 /// The process environment as a lookup: an unset or empty variable is missing (a
 /// GitHub secret that does not exist expands to the empty string).
-pub fn from_process_env(name: &str) -> Option<String> {
+pub(crate) fn from_process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
@@ -110,7 +110,7 @@ enum Quoting {
 
 /// Renders `template` (read from `path`, named in messages); every missing variable is
 /// reported at once, each with its line.
-pub fn render(
+pub(crate) fn render(
     path: &Path,
     template: &str,
     lookup: impl Fn(&str) -> Option<String>,

@@ -4,15 +4,15 @@
 use std::path::PathBuf;
 
 use crate::diagnostic::Diagnostic;
-pub use crate::inventory::InventoryError;
+pub(crate) use crate::inventory::InventoryError;
 
 /// Documented exit codes (see README "Exit codes").
-pub mod exit {
-    pub const SUCCESS: i32 = 0;
-    pub const FAILURE: i32 = 1;
-    pub const USAGE: i32 = 2;
-    pub const NOT_ALLOWED: i32 = 3;
-    pub const INTERRUPTED: i32 = 130;
+pub(crate) mod exit {
+    pub(crate) const SUCCESS: i32 = 0;
+    pub(crate) const FAILURE: i32 = 1;
+    pub(crate) const USAGE: i32 = 2;
+    pub(crate) const NOT_ALLOWED: i32 = 3;
+    pub(crate) const INTERRUPTED: i32 = 130;
 }
 
 #[derive(Debug, thiserror::Error)]

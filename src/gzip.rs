@@ -13,10 +13,10 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 
 /// The uncompressed size of one member.
-pub const PIECE: usize = 1 << 20;
+pub(crate) const PIECE: usize = 1 << 20;
 
 /// A writer that compresses in parallel into `W`; [`Parallel::finish`] gives `W` back.
-pub struct Parallel<W: Write + Send + 'static> {
+pub(crate) struct Parallel<W: Write + Send + 'static> {
     buf: Vec<u8>,
     next: u64,
     jobs: Option<mpsc::SyncSender<(u64, Vec<u8>)>>,
@@ -26,7 +26,7 @@ pub struct Parallel<W: Write + Send + 'static> {
 
 impl<W: Write + Send + 'static> Parallel<W> {
     /// `level`: gzip 1–9; `threads`: compression workers (at least one).
-    pub fn new(out: W, level: u32, threads: usize) -> Parallel<W> {
+    pub(crate) fn new(out: W, level: u32, threads: usize) -> Parallel<W> {
         let threads = threads.max(1);
         let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(threads * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -90,7 +90,7 @@ impl<W: Write + Send + 'static> Parallel<W> {
 
     /// Compresses what is left, waits for every worker and returns the writer, or the
     /// first error writing to it.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.send()?;
         self.jobs.take();
         for w in self.workers.drain(..) {

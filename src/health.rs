@@ -18,14 +18,14 @@ use serde_json::Value;
 const BODY_KEEP: usize = 2048;
 /// How much of a body is read at most (for the report and the `json` predicates); the
 /// rest is never downloaded.
-pub const BODY_READ: usize = 64 * 1024;
+pub(crate) const BODY_READ: usize = 64 * 1024;
 /// Redirects followed at most.
 const MAX_REDIRECTS: usize = 5;
 /// The longest wait between two attempts (the backoff doubles up to it).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
-pub struct CheckOptions {
+pub(crate) struct CheckOptions {
     /// Accepted statuses; empty means any 2xx.
     pub expect: Vec<u16>,
     pub timeout: Duration,
@@ -76,12 +76,12 @@ impl CheckOptions {
     /// timeout, every backoff waited, or the deadline plus the attempt in flight when it
     /// passes — or `None` when that is beyond any sensible wait. What the effect layer
     /// bounds the whole check by.
-    pub fn bound(&self) -> Option<Duration> {
+    pub(crate) fn bound(&self) -> Option<Duration> {
         let by_deadline = self.deadline.map(|d| d.saturating_add(self.timeout));
         let attempts = self.retries.saturating_add(self.consecutive.max(1));
         let mut total = Duration::ZERO;
         let mut wait = self.backoff;
-        let cap = Duration::from_secs(24 * 3600);
+        let cap = Duration::from_hours(24);
         let mut by_attempts = None;
         for n in 1..=attempts {
             total = total.saturating_add(self.timeout);
@@ -105,7 +105,7 @@ impl CheckOptions {
 
 /// The outcome of checking one URL.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub url: String,
     pub ok: bool,
     pub status: Option<u16>,
@@ -120,7 +120,7 @@ pub struct Report {
 
 impl Report {
     /// One line for a status table.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let status = self
             .status
             .map_or_else(|| "---".to_owned(), |s| s.to_string());
@@ -141,10 +141,10 @@ impl Report {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ClientError(String);
+pub(crate) struct ClientError(String);
 
 /// Builds an HTTP client for these options (rustls; custom CA and client certificate).
-pub fn client(opts: &CheckOptions) -> Result<reqwest::Client, ClientError> {
+pub(crate) fn client(opts: &CheckOptions) -> Result<reqwest::Client, ClientError> {
     crate::tls::init();
     let mut b = reqwest::Client::builder()
         .timeout(opts.timeout)
@@ -326,7 +326,7 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
 }
 
 /// Checks the body's JSON against `expected` (dotted paths); `None` when it matches.
-pub fn json_problem(body: &str, expected: &[(String, Value)]) -> Option<String> {
+pub(crate) fn json_problem(body: &str, expected: &[(String, Value)]) -> Option<String> {
     if expected.is_empty() {
         return None;
     }
@@ -346,7 +346,7 @@ pub fn json_problem(body: &str, expected: &[(String, Value)]) -> Option<String> 
 
 /// Retries with backoff until `consecutive` successes in a row, the attempts run out,
 /// or the deadline passes. Returns the last report (with the attempt count).
-pub async fn check(client: &reqwest::Client, url: &str, opts: &CheckOptions) -> Report {
+pub(crate) async fn check(client: &reqwest::Client, url: &str, opts: &CheckOptions) -> Report {
     let started = Instant::now();
     let mut wait = opts.backoff;
     let mut attempts = 0;
@@ -388,7 +388,7 @@ pub async fn check(client: &reqwest::Client, url: &str, opts: &CheckOptions) -> 
 }
 
 /// Checks every URL at once.
-pub async fn check_all(
+pub(crate) async fn check_all(
     client: &reqwest::Client,
     urls: &[String],
     opts: &CheckOptions,
@@ -398,7 +398,7 @@ pub async fn check_all(
 
 /// Traffic measured over a window: what a canary gate looks at.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub requests: u64,
     pub errors: u64,
     pub success_rate: f64,
@@ -408,13 +408,13 @@ pub struct Sample {
 }
 
 /// The longest [`sample`] can take: the window, then the last request's timeout.
-pub fn sample_bound(window: Duration, opts: &CheckOptions) -> Duration {
+pub(crate) fn sample_bound(window: Duration, opts: &CheckOptions) -> Duration {
     window.saturating_add(opts.timeout)
 }
 
 /// Sends `rate` requests per second for `window`, each judged like a check without
 /// retries, and summarises them.
-pub async fn sample(
+pub(crate) async fn sample(
     client: &reqwest::Client,
     url: &str,
     rate: u32,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
-pub struct Interrupt {
+pub(crate) struct Interrupt {
     tx: Arc<watch::Sender<u32>>,
     /// Signals at or below this count have already been handled by the script.
     baseline: Arc<AtomicU32>,
@@ -29,7 +29,7 @@ impl Default for Interrupt {
 }
 
 impl Interrupt {
-    pub fn new() -> Interrupt {
+    pub(crate) fn new() -> Interrupt {
         let (tx, _rx) = watch::channel(0);
         Interrupt {
             tx: Arc::new(tx),
@@ -42,17 +42,17 @@ impl Interrupt {
     /// The run's change is complete and verified everywhere: from now on the first
     /// signal is held back (the run finishes its bookkeeping), and even a raised one
     /// must not undo the change.
-    pub fn settle(&self) {
+    pub(crate) fn settle(&self) {
         self.settled.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_settled(&self) -> bool {
+    pub(crate) fn is_settled(&self) -> bool {
         self.settled.load(Ordering::SeqCst)
     }
 
     /// Holds back a signal that arrived once settled, when it is the first: returns
     /// whether it was held (else it should be raised).
-    pub fn hold(&self) -> bool {
+    pub(crate) fn hold(&self) -> bool {
         self.is_settled()
             && self
                 .held
@@ -61,42 +61,42 @@ impl Interrupt {
     }
 
     /// How many signals were held back.
-    pub fn held(&self) -> u32 {
+    pub(crate) fn held(&self) -> u32 {
         self.held.load(Ordering::SeqCst)
     }
 
     /// Records one signal.
-    pub fn raise(&self) {
+    pub(crate) fn raise(&self) {
         self.tx.send_modify(|n| *n += 1);
     }
 
-    pub fn count(&self) -> u32 {
+    pub(crate) fn count(&self) -> u32 {
         *self.tx.borrow()
     }
 
     /// Has a signal arrived that the script has not yet handled?
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.count() > self.baseline.load(Ordering::SeqCst)
     }
 
     /// Was any signal received during this run?
-    pub fn ever(&self) -> bool {
+    pub(crate) fn ever(&self) -> bool {
         self.count() > 0
     }
 
     /// Marks every signal so far as handled (the failure path is about to run).
-    pub fn acknowledge(&self) {
+    pub(crate) fn acknowledge(&self) {
         self.baseline.store(self.count(), Ordering::SeqCst);
     }
 
     /// Resolves as soon as there is a signal the script has not handled yet — at once if
     /// one already arrived (a signal between two checks is never lost).
-    pub async fn signalled(&self) {
+    pub(crate) async fn signalled(&self) {
         self.after(self.baseline.load(Ordering::SeqCst)).await;
     }
 
     /// Resolves when a signal arrives after `since` (a value of [`Interrupt::count`]).
-    pub async fn after(&self, since: u32) {
+    pub(crate) async fn after(&self, since: u32) {
         let mut rx = self.tx.subscribe();
         // The sender lives as long as `self`, so `wait_for` only ends on a new signal.
         let _ = rx.wait_for(|n| *n > since).await;

@@ -50,14 +50,9 @@
 
 use std::fmt;
 
-/// The pool name of the canary in the access log (`$runbook_pool`).
-pub const CANARY_POOL: &str = "next";
-/// The pool name of the current release in the access log.
-pub const STABLE_POOL: &str = "stable";
-
 /// The thresholds of a judgement. Percentages are in percent (99.5), times in seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Options {
+pub(crate) struct Options {
     /// Judge only lines at or after this time (epoch seconds, `$msec`).
     pub since: Option<f64>,
     /// Judge only lines before this time.
@@ -102,7 +97,7 @@ impl Default for Options {
 /// An option outside its range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("canary judge option `{name}` must be {expected}, got {value}")]
-pub struct InvalidOption {
+pub(crate) struct InvalidOption {
     pub name: &'static str,
     pub value: f64,
     pub expected: &'static str,
@@ -110,7 +105,7 @@ pub struct InvalidOption {
 
 impl Options {
     /// Checks every threshold is a number in its range (a `NaN` threshold would pass all).
-    pub fn validate(&self) -> Result<(), InvalidOption> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidOption> {
         let checks: [(&'static str, f64, bool, &'static str); 9] = [
             (
                 "success_rate",
@@ -182,7 +177,7 @@ impl Options {
 
 /// Which pool a number belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pool {
+pub(crate) enum Pool {
     Canary,
     Stable,
 }
@@ -198,7 +193,7 @@ impl fmt::Display for Pool {
 
 /// The verdict on one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Pass,
     Fail,
     /// Not measurable (no data, too little, `NaN`/`Inf`): never a pass.
@@ -206,7 +201,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Pass => "pass",
             Outcome::Fail => "fail",
@@ -224,7 +219,7 @@ impl fmt::Display for Outcome {
 /// Why a window is not a pass. [`Reason::fails`] says whether it fails the window or only
 /// makes it inconclusive.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// A number the judgement needs has no series (a query answered nothing).
     Missing { what: &'static str },
     /// A number is `NaN` or `±Inf` (Prometheus' 0/0 or x/0).
@@ -263,7 +258,7 @@ pub enum Reason {
 
 impl Reason {
     /// True when the reason fails the window; false when it makes it inconclusive.
-    pub fn fails(&self) -> bool {
+    pub(crate) fn fails(&self) -> bool {
         !matches!(
             self,
             Reason::Missing { .. } | Reason::NotFinite { .. } | Reason::TooFewRequests { .. }
@@ -344,7 +339,7 @@ impl fmt::Display for Reason {
 
 /// One pool's numbers in a window. `NaN` means "not known" (no requests, or not asked).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PoolStats {
+pub(crate) struct PoolStats {
     pub requests: Option<u64>,
     pub errors: Option<u64>,
     /// Percent of requests that did not answer 5xx.
@@ -368,7 +363,7 @@ impl Default for PoolStats {
 
 /// What the parser did with the access log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Lines {
+pub(crate) struct Lines {
     /// Lines of either pool inside the window.
     pub judged: u64,
     /// Lines that do not have the format (skipped).
@@ -381,7 +376,7 @@ pub struct Lines {
 
 /// The Mann–Whitney U test of canary against stable request times.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RankTest {
+pub(crate) struct RankTest {
     /// U of the canary sample (pairs where the canary is slower, ties counted half).
     pub u: f64,
     /// Standardised U (tie- and continuity-corrected).
@@ -394,7 +389,7 @@ pub struct RankTest {
 
 /// The judgement of one window, both pools side by side.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Report {
+pub(crate) struct Report {
     pub outcome: Outcome,
     /// Empty on a pass.
     pub reasons: Vec<Reason>,
@@ -527,7 +522,7 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 
 /// One request of the access log.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Line<'a> {
+pub(crate) struct Line<'a> {
     pub msec: f64,
     pub pool: &'a [u8],
     pub status: u16,
@@ -543,7 +538,7 @@ fn float(field: &[u8]) -> Option<f64> {
 }
 
 /// Parses one line of the [module's format](self); `None` when it does not have it.
-pub fn parse_line(line: &[u8]) -> Option<Line<'_>> {
+pub(crate) fn parse_line(line: &[u8]) -> Option<Line<'_>> {
     let mut fields = line
         .split(|b| *b == b' ' || *b == b'\t')
         .filter(|f| !f.is_empty());
@@ -566,7 +561,7 @@ pub fn parse_line(line: &[u8]) -> Option<Line<'_>> {
 
 /// Both pools of one window, read from the access log.
 #[derive(Debug, Clone, Default)]
-pub struct Window {
+pub(crate) struct Window {
     canary: Sample,
     stable: Sample,
     lines: Lines,
@@ -574,7 +569,7 @@ pub struct Window {
 
 impl Window {
     /// Reads `text` (the access log, any bytes), keeping lines in `[since, until)`.
-    pub fn parse(text: &[u8], since: Option<f64>, until: Option<f64>) -> Window {
+    pub(crate) fn parse(text: &[u8], since: Option<f64>, until: Option<f64>) -> Window {
         let mut w = Window::default();
         for line in text.split(|b| *b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -613,7 +608,7 @@ fn upper_tail(z: f64) -> f64 {
 /// One-sided Mann–Whitney U test that `canary` is slower than `stable` (both sorted
 /// ascending, non-empty): ranks by merging the two sorted samples, average ranks for ties,
 /// the normal approximation with the tie correction and a continuity correction.
-pub fn mann_whitney(canary: &[f64], stable: &[f64]) -> RankTest {
+pub(crate) fn mann_whitney(canary: &[f64], stable: &[f64]) -> RankTest {
     let (n1, n2) = (canary.len(), stable.len());
     let (mut i, mut j) = (0, 0);
     let (mut rank_sum, mut ties, mut done) = (0.0_f64, 0.0_f64, 0usize);
@@ -634,7 +629,7 @@ pub fn mann_whitney(canary: &[f64], stable: &[f64]) -> RankTest {
         }
         let (a, t) = ((i - a0) as f64, (i - a0 + j - b0) as f64);
         // Ranks done+1 ..= done+t share their average.
-        rank_sum += a * (done as f64 + (t + 1.0) / 2.0);
+        rank_sum += a * (done as f64 + f64::midpoint(t, 1.0));
         ties += t * t * t - t;
         done += i - a0 + j - b0;
     }
@@ -696,13 +691,13 @@ fn absolute(canary: &PoolStats, o: &Options, reasons: &mut Vec<Reason>) {
 }
 
 /// Judges one window of the access log (see the [module docs](self)).
-pub fn judge_log(text: &[u8], o: &Options) -> Report {
+pub(crate) fn judge_log(text: &[u8], o: &Options) -> Report {
     let mut w = Window::parse(text, o.since, o.until);
     judge_window(&mut w, o)
 }
 
 /// Judges a parsed window.
-pub fn judge_window(w: &mut Window, o: &Options) -> Report {
+pub(crate) fn judge_window(w: &mut Window, o: &Options) -> Report {
     let (canary, stable) = (w.canary.stats(), w.stable.stats());
     let (nc, ns) = (w.canary.times.len() as u64, w.stable.times.len() as u64);
     let mut reasons = Vec::new();
@@ -753,7 +748,7 @@ pub fn judge_window(w: &mut Window, o: &Options) -> Report {
 
 /// One number from Prometheus.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub enum Reading {
+pub(crate) enum Reading {
     /// Not configured: its gate is not checked.
     #[default]
     NotAsked,
@@ -766,7 +761,7 @@ pub enum Reading {
 /// The numbers of one window from PromQL answers. Success in percent, latency in seconds.
 /// `canary_success` is required; the others are checked when asked.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Values {
+pub(crate) struct Values {
     pub canary_success: Reading,
     pub stable_success: Reading,
     pub canary_p95: Reading,
@@ -779,7 +774,7 @@ pub struct Values {
 
 /// Judges a window from numbers (see the [module docs](self)): any asked number that is
 /// missing, `NaN` or `±Inf` makes the window inconclusive, never a pass.
-pub fn judge_values(v: &Values, o: &Options) -> Report {
+pub(crate) fn judge_values(v: &Values, o: &Options) -> Report {
     let mut unmeasurable = Vec::new();
     let mut read = |what: &'static str, r: Reading, required: bool| -> Option<f64> {
         match r {
@@ -1247,7 +1242,7 @@ mod tests {
             } else {
                 // A valid log with a few bytes flipped, cut or duplicated.
                 let mut b = seed.clone();
-                for _ in 0..1 + rng.next() % 8 {
+                for _ in 0..=(rng.next() % 8) {
                     let at = rng.next() as usize % b.len();
                     match rng.next() % 3 {
                         0 => b[at] = rng.next() as u8,

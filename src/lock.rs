@@ -14,12 +14,12 @@ use crate::effects::{Effects, FanOut, HostError, HostOutcome, Target};
 use crate::transport::CommandSpec;
 
 /// How often a held lock's heartbeat is refreshed.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A lock whose heartbeat is older than this is stale (its run is gone).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_mins(1);
 /// Who holds a lock (written to `.runbook/lock/info`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
-pub struct Holder {
+pub(crate) struct Holder {
     pub run: String,
     pub actor: String,
     pub machine: String,
@@ -42,7 +42,7 @@ const FROZEN: i32 = 6;
 /// `.runbook/freeze`: no lock is taken while it lasts, except by an emergency script run
 /// with a reason.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-pub struct Freeze {
+pub(crate) struct Freeze {
     pub by: String,
     pub reason: String,
     /// When it was set (RFC 3339).
@@ -54,12 +54,12 @@ pub struct Freeze {
 
 impl Freeze {
     /// Whether it still holds at unix time `now`.
-    pub fn holds(&self, now: i64) -> bool {
+    pub(crate) fn holds(&self, now: i64) -> bool {
         self.until > now
     }
 
     /// "by ALICE until 14:05 UTC (in 1h 12m): REASON".
-    pub fn describe(&self, now: i64) -> String {
+    pub(crate) fn describe(&self, now: i64) -> String {
         let until = chrono::DateTime::from_timestamp(self.until, 0).map_or_else(
             || self.until.to_string(),
             |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
@@ -70,7 +70,7 @@ impl Freeze {
                 "in {}",
                 humantime::format_duration(
                     std::time::Duration::from_secs(secs / 60 * 60)
-                        .max(std::time::Duration::from_secs(60))
+                        .max(std::time::Duration::from_mins(1))
                 )
             )
         } else {
@@ -336,7 +336,7 @@ fn lock_path(t: &Target) -> String {
 
 /// Why one host's lock could not be taken.
 #[derive(Debug, Clone)]
-pub struct Blocked {
+pub(crate) struct Blocked {
     pub host: String,
     /// The lock directory on that host.
     pub path: String,
@@ -344,7 +344,7 @@ pub struct Blocked {
 }
 
 #[derive(Debug, Clone)]
-pub enum Blocker {
+pub(crate) enum Blocker {
     /// Another run's lock, its heartbeat `age` seconds old.
     Run { age: u64, holder: Option<Holder> },
     /// Something runbook did not write (an empty directory, a file, a lock without a
@@ -353,7 +353,7 @@ pub enum Blocker {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
+pub(crate) enum LockError {
     #[error("{}", held_message(.0, None))]
     Held(Vec<Blocked>),
     #[error(
@@ -376,7 +376,7 @@ pub enum LockError {
 
 /// Why `runbook unlock` left the lock on a host.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum NotUnlocked {
+pub(crate) enum NotUnlocked {
     #[error("the lock of {holder} is live (heartbeat {age} s ago): not removed")]
     Live {
         /// Whose lock, as people read it (`actor (run id, `script`)`).
@@ -412,7 +412,7 @@ pub enum NotUnlocked {
 
 impl LockError {
     /// The message, with the environment named in the commands it suggests.
-    pub fn message(&self, env: Option<&str>) -> String {
+    pub(crate) fn message(&self, env: Option<&str>) -> String {
         match self {
             LockError::Held(held) => held_message(held, env),
             LockError::Frozen(frozen) => frozen_message(frozen, env),
@@ -492,14 +492,14 @@ fn held_message(held: &[Blocked], env: Option<&str>) -> String {
 
 /// What one host said when asked for the lock.
 #[derive(Debug, Clone)]
-pub enum Acquired {
+pub(crate) enum Acquired {
     New,
     Reentrant,
     TookOver { age: u64, from: Option<Holder> },
 }
 
 /// Locks held by this run, refreshed by a heartbeat and released at the end.
-pub struct Locks {
+pub(crate) struct Locks {
     effects: Arc<Effects>,
     run: String,
     /// Shared with the heartbeat task, which beats for every lock held at each tick.
@@ -510,7 +510,7 @@ pub struct Locks {
 }
 
 impl Locks {
-    pub fn new(effects: Arc<Effects>, run: String) -> Locks {
+    pub(crate) fn new(effects: Arc<Effects>, run: String) -> Locks {
         Locks {
             effects,
             run,
@@ -522,14 +522,14 @@ impl Locks {
 
     /// Lets this run's locks be taken while deploys are frozen (an emergency with a
     /// reason; the caller decides and audits).
-    pub fn pass_freeze(&self, pass: bool) {
+    pub(crate) fn pass_freeze(&self, pass: bool) {
         self.pass_freeze
             .store(pass, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Takes the lock on every target (re-entrant within this run). Waits up to `wait`
     /// for another run to finish; takes over a lock older than `take_stale` if given.
-    pub fn acquire(
+    pub(crate) fn acquire(
         &self,
         targets: &[Target],
         holder: &Holder,
@@ -722,13 +722,13 @@ impl Locks {
 
     /// Releases every lock this run holds (only ever its own). Safe to call twice.
     /// Returns the hosts whose lock was released.
-    pub fn release_all(&self) -> Vec<String> {
+    pub(crate) fn release_all(&self) -> Vec<String> {
         self.release_all_report().0
     }
 
     /// [`Locks::release_all`], also returning the hosts where releasing failed (they did
     /// not answer): this run's lock may still be there.
-    pub fn release_all_report(&self) -> (Vec<String>, Vec<String>) {
+    pub(crate) fn release_all_report(&self) -> (Vec<String>, Vec<String>) {
         if let Some(task) = self.heartbeat.locked().take() {
             task.abort();
         }
@@ -757,7 +757,7 @@ impl Locks {
 
     /// Appends `line` to this run's progress record on each of `hosts` whose lock it
     /// holds (best effort, shielded: a record must not be lost to a signal).
-    pub fn note(&self, hosts: &[&str], line: &str) {
+    pub(crate) fn note(&self, hosts: &[&str], line: &str) {
         if self.effects.dry_run() {
             return;
         }
@@ -789,14 +789,14 @@ impl Locks {
     }
 
     /// `note` on every host this run holds the lock on.
-    pub fn note_all(&self, line: &str) {
+    pub(crate) fn note_all(&self, line: &str) {
         let names = self.held();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         self.note(&names, line);
     }
 
     /// Names of the hosts this run holds the lock on.
-    pub fn held(&self) -> Vec<String> {
+    pub(crate) fn held(&self) -> Vec<String> {
         self.held
             .locked()
             .iter()
@@ -807,7 +807,7 @@ impl Locks {
 
 /// What one host says about the state runs left on it (see `STATE`).
 #[derive(Debug, Clone, Default)]
-pub struct HostState {
+pub(crate) struct HostState {
     pub host: String,
     pub current: String,
     pub down: bool,
@@ -821,7 +821,7 @@ pub struct HostState {
 }
 
 /// Reads every target's state (`None` for a host that did not answer, with why).
-pub fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, HostError>> {
+pub(crate) fn states(effects: &Effects, targets: &[Target]) -> Vec<Result<HostState, HostError>> {
     let fan = FanOut {
         fail_fast: false,
         ..FanOut::new()
@@ -871,7 +871,12 @@ pub(crate) fn parse_state(host: &str, stdout: &str) -> HostState {
 
 /// Removes dead run `dead`'s lock and lock temporaries on every target (never another
 /// run's). Returns the hosts whose lock was removed.
-pub fn remove_dead(effects: &Effects, targets: &[Target], dead: &str, run: &str) -> Vec<String> {
+pub(crate) fn remove_dead(
+    effects: &Effects,
+    targets: &[Target],
+    dead: &str,
+    run: &str,
+) -> Vec<String> {
     let outcomes = run_shielded(effects, targets, Script::RemoveDead, &|t| {
         vec![root(t), dead.to_owned(), run.to_owned()]
     });
@@ -900,7 +905,7 @@ fn ended_dir() -> std::path::PathBuf {
 /// answer at its end): a later run on this machine takes that lock for what it is — the
 /// lock of a run that is gone — without waiting for its heartbeat to age. Best effort;
 /// records older than 30 days are pruned.
-pub fn record_ended(run: &str, env: &str, hosts: &[&str]) {
+pub(crate) fn record_ended(run: &str, env: &str, hosts: &[&str]) {
     use std::os::unix::fs::DirBuilderExt;
     let dir = ended_dir();
     if std::fs::DirBuilder::new()
@@ -920,7 +925,7 @@ pub fn record_ended(run: &str, env: &str, hosts: &[&str]) {
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|m| m.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(30 * 86_400));
+                .is_some_and(|age| age > Duration::from_hours(720));
             if old {
                 let _ = std::fs::remove_file(e.path());
             }
@@ -929,7 +934,7 @@ pub fn record_ended(run: &str, env: &str, hosts: &[&str]) {
 }
 
 /// Forgets run `run`'s record of its end (its lock is gone now).
-pub fn forget_ended(run: &str) {
+pub(crate) fn forget_ended(run: &str) {
     if recorded_ended(run) {
         let _ = std::fs::remove_file(ended_dir().join(run));
     }
@@ -948,7 +953,7 @@ fn recorded_ended(run: &str) -> bool {
 /// ended with its lock left on a host, or it ran on this machine and its pid no longer
 /// exists (or is another program). A holder on another machine is judged by its
 /// heartbeat alone.
-pub fn holder_is_gone(h: &Holder) -> bool {
+pub(crate) fn holder_is_gone(h: &Holder) -> bool {
     if recorded_ended(&h.run) {
         return true;
     }
@@ -964,15 +969,14 @@ pub fn holder_is_gone(h: &Holder) -> bool {
     }
     // A live pid may have been reused by another program.
     std::fs::read_to_string(format!("/proc/{}/cmdline", h.pid))
-        .map(|c| !c.contains("runbook"))
-        .unwrap_or(true)
+        .map_or(true, |c| !c.contains("runbook"))
 }
 
 /// `runbook unlock`: removes a lock; with `stale`, only one whose heartbeat is older.
 /// Whatever sits at the lock path is moved aside under a name of this run's own before
 /// it is deleted, so a run that takes the lock meanwhile is never removed with it. `env`
 /// names the environment in the suggestions.
-pub fn unlock(
+pub(crate) fn unlock(
     effects: &Effects,
     targets: &[Target],
     stale: Option<Duration>,
@@ -1002,8 +1006,10 @@ pub fn unlock(
                     let who = f
                         .next()
                         .and_then(|j| serde_json::from_str::<Holder>(j).ok())
-                        .map(|h| format!("{} (run {}, `{}`)", h.actor, h.run, h.script))
-                        .unwrap_or_else(|| "unknown holder".into());
+                        .map_or_else(
+                            || "unknown holder".into(),
+                            |h| format!("{} (run {}, `{}`)", h.actor, h.run, h.script),
+                        );
                     let path = lock_path(t);
                     match word.as_str() {
                         "none" => Ok("no lock".to_owned()),
@@ -1037,7 +1043,11 @@ pub fn unlock(
 }
 
 /// Freezes deploys on every target (`runbook lock freeze`); returns each host's outcome.
-pub fn freeze(effects: &Effects, targets: &[Target], f: &Freeze) -> Vec<Result<(), HostError>> {
+pub(crate) fn freeze(
+    effects: &Effects,
+    targets: &[Target],
+    f: &Freeze,
+) -> Vec<Result<(), HostError>> {
     let record = serde_json::to_string(f).unwrap_or_default();
     run_shielded(effects, targets, Script::Freeze, &|t| {
         vec![root(t), record.clone()]
@@ -1048,7 +1058,10 @@ pub fn freeze(effects: &Effects, targets: &[Target], f: &Freeze) -> Vec<Result<(
 }
 
 /// Lifts the freeze on every target; returns what each host had (`None`: no freeze).
-pub fn thaw(effects: &Effects, targets: &[Target]) -> Vec<Result<Option<Freeze>, HostError>> {
+pub(crate) fn thaw(
+    effects: &Effects,
+    targets: &[Target],
+) -> Vec<Result<Option<Freeze>, HostError>> {
     run_shielded(effects, targets, Script::Thaw, &|t| vec![root(t)])
         .into_iter()
         .map(|o| {

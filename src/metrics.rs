@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// One deployment, as metrics.
 #[derive(Debug, Clone, Default)]
-pub struct DeployMetrics {
+pub(crate) struct DeployMetrics {
     pub app: String,
     pub environment: String,
     pub release: String,
@@ -16,7 +16,7 @@ pub struct DeployMetrics {
 
 /// Why a push or a query did not give its answer.
 #[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
+pub(crate) enum MetricsError {
     /// The HTTP client could not be built (the TLS setup).
     #[error("{0}")]
     Client(reqwest::Error),
@@ -37,7 +37,7 @@ pub enum MetricsError {
 
 /// Why a `/api/v1/query` answer is not exactly one number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AnswerError {
+pub(crate) enum AnswerError {
     #[error("query `{promql}` failed: {reason}")]
     Failed { promql: String, reason: String },
     #[error("query `{promql}` returned a value that is not a number")]
@@ -61,7 +61,7 @@ fn label(v: &str) -> String {
 }
 
 /// The Prometheus text exposition format for a deployment.
-pub fn exposition(m: &DeployMetrics) -> String {
+pub(crate) fn exposition(m: &DeployMetrics) -> String {
     let labels = format!(
         "app=\"{}\",env=\"{}\",release=\"{}\"",
         label(&m.app),
@@ -77,7 +77,11 @@ pub fn exposition(m: &DeployMetrics) -> String {
 }
 
 /// PUTs the metrics to `<gateway>/metrics/job/runbook/env/<env>` (replacing that group).
-pub async fn push(gateway: &str, m: &DeployMetrics, timeout: Duration) -> Result<(), MetricsError> {
+pub(crate) async fn push(
+    gateway: &str,
+    m: &DeployMetrics,
+    timeout: Duration,
+) -> Result<(), MetricsError> {
     crate::tls::init();
     let url = format!(
         "{}/metrics/job/runbook/env/{}",
@@ -103,7 +107,11 @@ pub async fn push(gateway: &str, m: &DeployMetrics, timeout: Duration) -> Result
 }
 
 /// An instant query; exactly one number, or an error that says why not.
-pub async fn query(prometheus: &str, promql: &str, timeout: Duration) -> Result<f64, MetricsError> {
+pub(crate) async fn query(
+    prometheus: &str,
+    promql: &str,
+    timeout: Duration,
+) -> Result<f64, MetricsError> {
     crate::tls::init();
     let client = reqwest::Client::builder()
         .timeout(timeout)
@@ -125,7 +133,7 @@ pub async fn query(prometheus: &str, promql: &str, timeout: Duration) -> Result<
 }
 
 /// Extracts the single number from a `/api/v1/query` answer.
-pub fn value_of(doc: &serde_json::Value, promql: &str) -> Result<f64, AnswerError> {
+pub(crate) fn value_of(doc: &serde_json::Value, promql: &str) -> Result<f64, AnswerError> {
     let promql = promql.to_owned();
     if doc["status"] != "success" {
         return Err(AnswerError::Failed {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 /// The seed's deployment message.
 #[derive(Debug, Clone, Default)]
-pub struct Deployment {
+pub(crate) struct Deployment {
     pub success: bool,
     pub title: String,
     pub version: String,
@@ -22,7 +22,7 @@ pub struct Deployment {
 }
 
 /// The Slack incoming-webhook payload (legacy attachments, as in the seed's template).
-pub fn slack_payload(d: &Deployment) -> Value {
+pub(crate) fn slack_payload(d: &Deployment) -> Value {
     let mut fields = vec![
         json!({"title": "Version", "value": d.version, "short": true}),
         json!({"title": "Environment", "value": d.environment, "short": true}),
@@ -48,7 +48,7 @@ pub fn slack_payload(d: &Deployment) -> Value {
 
 /// A PagerDuty Events API v2 event.
 #[derive(Debug, Clone, Default)]
-pub struct PagerEvent {
+pub(crate) struct PagerEvent {
     pub routing_key: String,
     /// `trigger` or `resolve`.
     pub action: String,
@@ -60,7 +60,7 @@ pub struct PagerEvent {
     pub details: Value,
 }
 
-pub fn pagerduty_payload(e: &PagerEvent) -> Value {
+pub(crate) fn pagerduty_payload(e: &PagerEvent) -> Value {
     let mut p = json!({
         "routing_key": e.routing_key,
         "event_action": e.action,
@@ -78,24 +78,24 @@ pub fn pagerduty_payload(e: &PagerEvent) -> Value {
 }
 
 /// The real Events API endpoint; `[notify.pagerduty] url` overrides it (tests).
-pub const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+pub(crate) const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct SendError(pub String);
+pub(crate) struct SendError(pub String);
 
 /// The pause before the one retry of a send.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// The longest [`post_json`] can take with `timeout`: two attempts and the pause between.
-pub fn post_bound(timeout: Duration) -> Duration {
+pub(crate) fn post_bound(timeout: Duration) -> Duration {
     timeout.saturating_mul(2).saturating_add(RETRY_PAUSE)
 }
 
 /// The longest [`send_mail`] can take: `smtp.timeout` bounds each step of the SMTP
 /// conversation (connect, greeting, EHLO, STARTTLS, EHLO, AUTH, MAIL, one RCPT per
 /// recipient, DATA, the message, QUIT), twice (one retry), and the pause between.
-pub fn mail_bound(smtp: &Smtp) -> Duration {
+pub(crate) fn mail_bound(smtp: &Smtp) -> Duration {
     let steps = 10 + u32::try_from(smtp.to.len()).unwrap_or(u32::MAX);
     smtp.timeout
         .saturating_mul(steps.saturating_mul(2))
@@ -103,7 +103,11 @@ pub fn mail_bound(smtp: &Smtp) -> Duration {
 }
 
 /// POSTs JSON with a timeout and one retry (after 1 s) on a connection error or a 5xx.
-pub async fn post_json(url: &str, payload: &Value, timeout: Duration) -> Result<u16, SendError> {
+pub(crate) async fn post_json(
+    url: &str,
+    payload: &Value,
+    timeout: Duration,
+) -> Result<u16, SendError> {
     crate::tls::init();
     let client = reqwest::Client::builder()
         .timeout(timeout)
@@ -161,11 +165,11 @@ fn without_url(e: &reqwest::Error) -> String {
     }
 }
 
-pub use crate::tls::{TLS_MODES, is_loopback, tls_problem};
+pub(crate) use crate::tls::tls_problem;
 
 /// SMTP settings, resolved from the inventory and the environment.
 #[derive(Debug, Clone, Default)]
-pub struct Smtp {
+pub(crate) struct Smtp {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
@@ -179,7 +183,7 @@ pub struct Smtp {
 }
 
 /// Sends a plain-text mail.
-pub async fn send_mail(smtp: &Smtp, subject: &str, body: &str) -> Result<(), SendError> {
+pub(crate) async fn send_mail(smtp: &Smtp, subject: &str, body: &str) -> Result<(), SendError> {
     use lettre::message::Mailbox;
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -246,6 +250,7 @@ pub async fn send_mail(smtp: &Smtp, subject: &str, body: &str) -> Result<(), Sen
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::is_loopback;
 
     #[test]
     fn only_loopback_hosts_may_go_without_tls() {

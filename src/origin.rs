@@ -2,7 +2,7 @@
 //! session, the audit records and the lock holders all take them from here.
 
 /// The URL of the CI run this process belongs to (GitHub Actions), if any.
-pub fn ci_run_url() -> Option<String> {
+pub(crate) fn ci_run_url() -> Option<String> {
     match (
         std::env::var("GITHUB_SERVER_URL"),
         std::env::var("GITHUB_REPOSITORY"),
@@ -16,7 +16,7 @@ pub fn ci_run_url() -> Option<String> {
 /// Who is running this: the GitHub actor inside GitHub Actions (`GITHUB_ACTIONS=true`),
 /// else the OS account of this process. `$USER`, `$LOGNAME` and a `GITHUB_ACTOR` set
 /// outside Actions are never believed: anyone can set them.
-pub fn actor() -> String {
+pub(crate) fn actor() -> String {
     let in_actions = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
     match std::env::var("GITHUB_ACTOR") {
         Ok(a) if in_actions && !a.trim().is_empty() => a,
@@ -25,7 +25,7 @@ pub fn actor() -> String {
 }
 
 /// The OS account this process runs as (real uid → passwd), `uid N` when it has no entry.
-pub fn os_user() -> String {
+pub(crate) fn os_user() -> String {
     let uid = nix::unistd::getuid();
     match nix::unistd::User::from_uid(uid) {
         Ok(Some(user)) => user.name,
@@ -37,7 +37,7 @@ pub fn os_user() -> String {
 /// (to find the process), and 48 random bits — two runs on two machines in the same
 /// millisecond with the same pid still differ, and a lock's private names
 /// (`lock.stale.<run>…`) cannot be predicted.
-pub fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     format!(
         "{}-{:x}-{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"),
@@ -49,7 +49,7 @@ pub fn run_id() -> String {
 /// `bytes` random bytes from the operating system, as lower-case hex: run ids and the
 /// per-command nonce of the remote process-group marker. Falls back to the clock and
 /// pid only if the system has no random source at all.
-pub fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     if getrandom::fill(&mut buf).is_err() {
         let seed = std::time::SystemTime::now()

@@ -26,14 +26,14 @@ use crate::error::Error;
 use crate::inventory::Environment;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScriptKind {
+pub(crate) enum ScriptKind {
     ReadOnly,
     Change,
     Emergency,
 }
 
 /// What a script says about itself in its leading comment lines.
-pub fn kind_of(text: &str) -> ScriptKind {
+pub(crate) fn kind_of(text: &str) -> ScriptKind {
     for line in text
         .lines()
         .take_while(|l| l.trim_start().starts_with("//") || l.trim().is_empty())
@@ -49,7 +49,7 @@ pub fn kind_of(text: &str) -> ScriptKind {
 }
 
 /// `Err(allowed)` when `actor` may not run a script of `kind` on `env`.
-pub fn check(env: &Environment, kind: ScriptKind, actor: &str) -> Result<(), Vec<String>> {
+pub(crate) fn check(env: &Environment, kind: ScriptKind, actor: &str) -> Result<(), Vec<String>> {
     let list = match kind {
         ScriptKind::ReadOnly => return Ok(()),
         ScriptKind::Change => env.deployers.as_ref(),
@@ -63,7 +63,7 @@ pub fn check(env: &Environment, kind: ScriptKind, actor: &str) -> Result<(), Vec
 }
 
 /// What `run` and the REPL's `:run` ask before a script may start.
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     pub env: &'a Environment,
     /// The script's name as shown (`scripts/deploy.rhai`).
     pub script: &'a str,
@@ -78,7 +78,7 @@ pub struct Request<'a> {
 
 /// The one permission decision: who may run this script here, and whether an emergency
 /// has its written reason. Returns the script's kind; confirmation is asked afterwards.
-pub fn admit(r: &Request) -> Result<ScriptKind, Error> {
+pub(crate) fn admit(r: &Request) -> Result<ScriptKind, Error> {
     if r.actor_flag && r.env.protected {
         return Err(Error::BadOption {
             option: "--actor".into(),
@@ -119,14 +119,14 @@ pub fn admit(r: &Request) -> Result<ScriptKind, Error> {
 }
 
 /// Whether a run must be confirmed by a person first (protected, not a dry run, no `--yes`).
-pub fn needs_confirmation(env: &Environment, dry_run: bool, yes: bool) -> bool {
+pub(crate) fn needs_confirmation(env: &Environment, dry_run: bool, yes: bool) -> bool {
     env.protected && !dry_run && !yes
 }
 
 /// The session's read-only gate: off, or on with the reason it is on (the script's
 /// declaration, or an actor who may only read). The first refusal is kept for the audit.
 #[derive(Debug, Default)]
-pub struct ReadOnly {
+pub(crate) struct ReadOnly {
     on: AtomicBool,
     state: Mutex<Gate>,
 }
@@ -146,7 +146,7 @@ struct Gate {
 #[error(
     "refused: {op} changes the environment, but {because}; nothing was changed\n  hint: {hint}"
 )]
-pub struct Refused {
+pub(crate) struct Refused {
     /// The operation that would have changed something (`lock::acquire`).
     pub op: String,
     /// Why the session is read-only.
@@ -157,7 +157,7 @@ pub struct Refused {
 
 impl ReadOnly {
     /// Turns the gate on (`Some((because, hint))`) or off; returns what it was, to restore.
-    pub fn set(&self, to: Option<(String, String)>) -> Option<(String, String)> {
+    pub(crate) fn set(&self, to: Option<(String, String)>) -> Option<(String, String)> {
         let mut g = self.state.locked();
         let before = g.because.take().map(|b| (b, std::mem::take(&mut g.hint)));
         self.on.store(to.is_some(), Ordering::SeqCst);
@@ -168,12 +168,12 @@ impl ReadOnly {
         before
     }
 
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.on.load(Ordering::SeqCst)
     }
 
     /// `Err` when `op` would change something while the gate is on.
-    pub fn check(&self, op: &str) -> Result<(), Refused> {
+    pub(crate) fn check(&self, op: &str) -> Result<(), Refused> {
         if !self.is_on() {
             return Ok(());
         }
@@ -191,13 +191,13 @@ impl ReadOnly {
     }
 
     /// The first refusal since the last call (for the audit record and the error shown).
-    pub fn take_refusal(&self) -> Option<String> {
+    pub(crate) fn take_refusal(&self) -> Option<String> {
         self.state.locked().refused.take()
     }
 }
 
 /// The gate for a script that declared itself read-only.
-pub fn declared(script: &str) -> (String, String) {
+pub(crate) fn declared(script: &str) -> (String, String) {
     (
         format!("{script} declares `// runbook: read-only`"),
         "drop the call, or remove the `// runbook: read-only` line so the script is checked as a change (deployers, confirmation)".into(),
@@ -206,7 +206,7 @@ pub fn declared(script: &str) -> (String, String) {
 
 /// The gate for an actor who may not change `env` (not in its `deployers`): they may still
 /// look (read-only scripts, a read-only REPL), as under `run`. `None` when they may change it.
-pub fn reader_only(env: &Environment, actor: &str) -> Option<(String, String)> {
+pub(crate) fn reader_only(env: &Environment, actor: &str) -> Option<(String, String)> {
     check(env, ScriptKind::Change, actor).err().map(|allowed| {
         (
             format!(
@@ -224,7 +224,7 @@ pub fn reader_only(env: &Environment, actor: &str) -> Option<(String, String)> {
 
 /// Whether an artisan command is one known only to read: it needs no confirmation, passes
 /// a read-only gate, and runs for real in a dry run (the plan is built on what it says).
-pub fn artisan_reads(args: &[String]) -> bool {
+pub(crate) fn artisan_reads(args: &[String]) -> bool {
     const READS: &[&str] = &[
         "about",
         "env",

@@ -6,39 +6,38 @@ use std::sync::Arc;
 use crate::error::Error;
 use crate::inventory::{self, Environment, Inventory};
 
-pub struct Project {
+pub(crate) struct Project {
     pub inventory: Arc<Inventory>,
 }
 
 impl Project {
     /// Loads `--config`, or discovers `runbook.toml` from the current directory upwards.
-    pub fn load(config: Option<&Path>) -> Result<Project, Error> {
-        let path = match config {
-            Some(p) => p.to_path_buf(),
-            None => {
-                let cwd = std::env::current_dir().map_err(|source| Error::Read {
-                    path: PathBuf::from("."),
-                    source,
-                })?;
-                inventory::discover(&cwd).ok_or(Error::NoConfig { dir: cwd })?
-            }
+    pub(crate) fn load(config: Option<&Path>) -> Result<Project, Error> {
+        let path = if let Some(p) = config {
+            p.to_path_buf()
+        } else {
+            let cwd = std::env::current_dir().map_err(|source| Error::Read {
+                path: PathBuf::from("."),
+                source,
+            })?;
+            inventory::discover(&cwd).ok_or(Error::NoConfig { dir: cwd })?
         };
         Ok(Project {
             inventory: Arc::new(Inventory::load(&path)?),
         })
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.inventory.root
     }
 
-    pub fn scripts_dir(&self) -> PathBuf {
+    pub(crate) fn scripts_dir(&self) -> PathBuf {
         self.root().join("scripts")
     }
 
     /// The environment named by `--env`/`RUNBOOK_ENV`; with none given, the only one when
     /// the inventory has exactly one and it is not protected.
-    pub fn env(&self, name: Option<&str>) -> Result<Arc<Environment>, Error> {
+    pub(crate) fn env(&self, name: Option<&str>) -> Result<Arc<Environment>, Error> {
         if let Some(name) = name {
             return Ok(self.inventory.env(name)?);
         }
@@ -54,7 +53,7 @@ impl Project {
     }
 
     /// A script path as given, or `scripts/<name>.rhai`.
-    pub fn resolve_script(&self, script: &str) -> Result<PathBuf, Error> {
+    pub(crate) fn resolve_script(&self, script: &str) -> Result<PathBuf, Error> {
         let as_path = Path::new(script);
         if as_path.is_file() {
             return Ok(as_path.to_path_buf());
@@ -71,7 +70,7 @@ impl Project {
     }
 
     /// Names of the scripts under `scripts/` (recursively), e.g. `deploy`, `ops/restart`.
-    pub fn script_names(&self) -> Vec<String> {
+    pub(crate) fn script_names(&self) -> Vec<String> {
         let dir = self.scripts_dir();
         let mut names: Vec<String> = rhai_files(&dir)
             .iter()
@@ -84,7 +83,7 @@ impl Project {
 }
 
 /// Every `.rhai` file under `dir`, sorted.
-pub fn rhai_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn rhai_files(dir: &Path) -> Vec<PathBuf> {
     walkdir::WalkDir::new(dir)
         .sort_by_file_name()
         .into_iter()

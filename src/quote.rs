@@ -5,17 +5,17 @@
 /// caller branches on it, it is a message for the person who passed the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("an argument contains a NUL byte, which cannot be passed to a shell")]
-pub struct NulByte;
+pub(crate) struct NulByte;
 
 /// Quotes each argument for a POSIX shell and joins them with spaces.
 ///
 /// Fails only for a NUL byte, which no shell argument can carry.
-pub fn command_line(argv: &[String]) -> Result<String, NulByte> {
+pub(crate) fn command_line(argv: &[String]) -> Result<String, NulByte> {
     shlex::try_join(argv.iter().map(String::as_str)).map_err(|_| NulByte)
 }
 
 /// The command for display: quoted like [`command_line`], never failing.
-pub fn join(argv: &[String]) -> String {
+pub(crate) fn join(argv: &[String]) -> String {
     argv.iter()
         .map(|a| match shlex::try_quote(a) {
             Ok(q) => q.into_owned(),

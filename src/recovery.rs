@@ -52,7 +52,7 @@ fn read_progress(states: &[HostState]) -> Progress {
 /// (its ssh masters outlive it and finish what they carry: a switch landing after the
 /// recovery switched the host back would split the fleet again).
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// How long to wait for them to end.
     pub wait: Duration,
     /// End them (SIGTERM, 2 s, SIGKILL to their process groups) when the wait is over,
@@ -197,7 +197,7 @@ fn settle(
 }
 
 /// Returns whether there was anything to recover.
-pub fn recover(
+pub(crate) fn recover(
     effects: &Effects,
     env: &crate::inventory::Environment,
     run_id: &str,
@@ -206,7 +206,7 @@ pub fn recover(
 }
 
 /// [`recover`], with `opts` for the dead run's commands still running.
-pub fn recover_with(
+pub(crate) fn recover_with(
     effects: &Effects,
     env: &crate::inventory::Environment,
     run_id: &str,

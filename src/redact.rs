@@ -11,11 +11,11 @@ use std::borrow::Cow;
 use std::sync::RwLock;
 
 /// What a secret is replaced with.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// The shortest line of a multi-line secret that is masked on its own (after trimming
 /// surrounding whitespace).
-pub const MIN_LINE: usize = 8;
+pub(crate) const MIN_LINE: usize = 8;
 
 /// Called with each new secret value (GitHub Actions: `::add-mask::`).
 type Hook = Box<dyn Fn(&str) + Send + Sync>;
@@ -31,7 +31,7 @@ impl std::fmt::Debug for Redactor {
         write!(
             f,
             "Redactor({} secrets)",
-            self.secrets.read().map(|s| s.len()).unwrap_or(0)
+            self.secrets.read().map_or(0, |s| s.len())
         )
     }
 }

@@ -22,7 +22,7 @@ use crate::transport::CommandSpec;
 
 /// Facts recorded with each release (`.runbook/releases/<name>.json`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
-pub struct Metadata {
+pub(crate) struct Metadata {
     pub name: String,
     #[serde(rename = "ref")]
     pub git_ref: String,
@@ -40,7 +40,7 @@ pub struct Metadata {
 
 /// Where a release's code comes from.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// A ref of the repository, fetched into a bare mirror on each host.
     Git { repository: String, git_ref: String },
     /// A directory or `.tar.gz` built where runbook runs, uploaded to each host.
@@ -49,7 +49,7 @@ pub enum Source {
 
 /// What `prepare` needs besides the source.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub shared_dirs: Vec<String>,
     pub shared_files: Vec<String>,
     pub writable_dirs: Vec<String>,
@@ -61,7 +61,7 @@ pub struct Settings {
 
 /// What `prepare` does about `shared/.env` (see [`write_env_file`], [`require_env_file`]).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub enum EnvFile {
+pub(crate) enum EnvFile {
     /// Leave it as the shared files make it.
     #[default]
     AsIs,
@@ -94,7 +94,7 @@ impl std::fmt::Debug for EnvFile {
 /// A failure on some hosts of a set.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct ReleaseError {
+pub(crate) struct ReleaseError {
     pub message: String,
     pub interrupted: bool,
     /// Hosts a failed switch moved and could not move back: `(host, the release it was
@@ -114,7 +114,7 @@ enum NotBack {
 /// Why no release can be rolled back to: the decision of [`choose_target`] on the hosts'
 /// release lists, naming what each host lacks or has.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NoRollbackTarget {
+pub(crate) enum NoRollbackTarget {
     #[error(
         "release {name} is not complete on every host: missing on {}; nothing was changed (see `release::list`, or pick a release every host has)",
         missing.join(", ")
@@ -151,7 +151,7 @@ fn has_lines(good: &[(String, Vec<String>)]) -> String {
 
 /// Why the SQL of the pending migrations cannot be shown.
 #[derive(Debug, thiserror::Error)]
-pub enum PretendError {
+pub(crate) enum PretendError {
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error("migrate --pretend exited {code}: {}", output.trim())]
@@ -483,7 +483,7 @@ fn collect(
 }
 
 /// Whether `name` can be a release directory: no path separators, no leading dot or dash.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with(['.', '-'])
         && name
@@ -493,7 +493,7 @@ pub fn valid_name(name: &str) -> bool {
 
 /// A release name that sorts by time: `20261127T013300Z`, with `-2`, `-3` … when the
 /// second is taken on any host.
-pub fn choose_name(
+pub(crate) fn choose_name(
     effects: &Effects,
     targets: &[Target],
     now: &str,
@@ -527,7 +527,7 @@ pub fn choose_name(
 
 /// Creates a new release on every target; on any failure, removes it everywhere and
 /// leaves `current` untouched.
-pub fn prepare(
+pub(crate) fn prepare(
     effects: &Effects,
     targets: &[Target],
     name: &str,
@@ -657,7 +657,7 @@ fn prepare_inner(
 }
 
 /// The shared file a rendered template becomes.
-pub const ENV_FILE: &str = ".env";
+pub(crate) const ENV_FILE: &str = ".env";
 
 /// Replaces `shared/.env` atomically with the text on stdin: a private temporary next to
 /// it (never readable by others, even for a moment), the old file's group kept, mode
@@ -687,7 +687,7 @@ exit 3
 
 /// Writes a rendered `.env` template into `shared/.env` on every target (content over
 /// stdin, never in argv). The caller has registered every value in it as a secret.
-pub fn write_env_file(
+pub(crate) fn write_env_file(
     effects: &Effects,
     targets: &[Target],
     name: &str,
@@ -708,7 +708,7 @@ pub fn write_env_file(
 
 /// Refuses the first release of hosts whose `shared/.env` is missing or empty (and whose
 /// new release brings none), saying what to put where.
-pub fn require_env_file(
+pub(crate) fn require_env_file(
     effects: &Effects,
     targets: &[Target],
     name: &str,
@@ -825,7 +825,7 @@ fn upload_all(
 /// Points `current` at `name` on every target, all or nothing: when any host fails to
 /// switch, every host that did is switched back before the error, which says what each
 /// host serves now. Returns the release each host was on.
-pub fn activate(
+pub(crate) fn activate(
     effects: &Effects,
     targets: &[Target],
     name: &str,
@@ -1013,7 +1013,7 @@ fn serving(effects: &Effects, targets: &[Target]) -> BTreeMap<String, String> {
 }
 
 /// Points `next` at `name` on every target (`None`: removes `next`).
-pub fn stage(
+pub(crate) fn stage(
     effects: &Effects,
     targets: &[Target],
     name: Option<&str>,
@@ -1029,7 +1029,11 @@ pub fn stage(
 }
 
 /// Marks release `name` bad on every target, so no rollback picks it.
-pub fn mark_bad(effects: &Effects, targets: &[Target], name: &str) -> Result<(), ReleaseError> {
+pub(crate) fn mark_bad(
+    effects: &Effects,
+    targets: &[Target],
+    name: &str,
+) -> Result<(), ReleaseError> {
     on_all(effects, targets, |t| {
         script(
             format!("release: mark {name} bad"),
@@ -1044,7 +1048,7 @@ pub fn mark_bad(effects: &Effects, targets: &[Target], name: &str) -> Result<(),
 /// newest live one that is complete and good on every host — checked on every host
 /// before any host changes, then all or nothing; the release each host leaves is marked
 /// bad. Returns `host -> (from, to)`.
-pub fn rollback(
+pub(crate) fn rollback(
     effects: &Effects,
     targets: &[Target],
     target: Option<&str>,
@@ -1083,7 +1087,7 @@ pub fn rollback(
 
 /// The one release every target can be rolled back to (see [`rollback`]), read from
 /// every host's release list; refuses, naming the hosts that lack it.
-pub fn rollback_target(
+pub(crate) fn rollback_target(
     effects: &Effects,
     targets: &[Target],
     target: Option<&str>,
@@ -1113,7 +1117,7 @@ pub fn rollback_target(
 }
 
 /// The decision of [`rollback_target`] on the hosts' release lists.
-pub fn choose_target(
+pub(crate) fn choose_target(
     lists: &[(String, Vec<Listed>)],
     target: Option<&str>,
 ) -> Result<String, NoRollbackTarget> {
@@ -1186,18 +1190,14 @@ pub fn choose_target(
     })
 }
 
-/// Refuses, before anything changes, a fleet where another tool's layout is still
-/// unadopted: a `current` that is a directory, or releases runbook did not make — naming
-/// each host and the command that adopts it (`runbook adopt -e ENV`).
-pub fn check_layout(effects: &Effects, targets: &[Target]) -> Result<(), ReleaseError> {
-    check_fleet(effects, targets).map(drop)
-}
-
 /// [`check_layout`], also saying — as a sentence naming each host — when the hosts do
 /// not serve one release before the change (`current` on different releases, or on one
 /// that is gone). The change may go on: it brings every host to one release; the
 /// sentence says what its failure would leave.
-pub fn check_fleet(effects: &Effects, targets: &[Target]) -> Result<Option<String>, ReleaseError> {
+pub(crate) fn check_fleet(
+    effects: &Effects,
+    targets: &[Target],
+) -> Result<Option<String>, ReleaseError> {
     let results = on_all(effects, targets, |t| {
         probe("release: check the layout".into(), LAYOUT, &[&root(t)])
     })?;
@@ -1268,7 +1268,7 @@ fn drift(live: &[(String, String)], dangling: &[String], hosts: usize) -> Option
 
 /// Adopts another tool's layout on every target (see `ADOPT`); `by` is who adopts.
 /// Returns `host -> what was done` (lines like `adopted 3`, `current adopted-…`).
-pub fn adopt(
+pub(crate) fn adopt(
     effects: &Effects,
     targets: &[Target],
     by: &str,
@@ -1290,7 +1290,7 @@ pub fn adopt(
 
 /// One release as seen on one host.
 #[derive(Debug, Clone)]
-pub struct Listed {
+pub(crate) struct Listed {
     pub name: String,
     pub state: String,
     pub bad: bool,
@@ -1298,7 +1298,7 @@ pub struct Listed {
     pub meta: Option<Metadata>,
 }
 
-pub fn list(effects: &Effects, target: &Target) -> Result<Vec<Listed>, ReleaseError> {
+pub(crate) fn list(effects: &Effects, target: &Target) -> Result<Vec<Listed>, ReleaseError> {
     let r = effects
         .run(target, &list_spec(target))
         .map_err(|e| ReleaseError {
@@ -1311,7 +1311,7 @@ pub fn list(effects: &Effects, target: &Target) -> Result<Vec<Listed>, ReleaseEr
 
 /// Every target's releases at once (one round trip per host, all hosts in parallel); a
 /// host that did not answer gives why.
-pub fn lists(effects: &Effects, targets: &[Target]) -> Vec<Result<Vec<Listed>, String>> {
+pub(crate) fn lists(effects: &Effects, targets: &[Target]) -> Vec<Result<Vec<Listed>, String>> {
     let fan = FanOut {
         fail_fast: false,
         ..FanOut::new()
@@ -1354,7 +1354,7 @@ pub(crate) fn parse_list(stdout: &str) -> Vec<Listed> {
 
 /// What a deploy of `git_ref` would change on one host, read for real (a dry run's plan).
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct HostPlan {
+pub(crate) struct HostPlan {
     pub host: String,
     pub live: String,
     pub old_commit: Option<String>,
@@ -1424,7 +1424,7 @@ cd "$tmp" && "$php" artisan migrate --pretend --force --no-interaction 2>&1
 
 /// Every target's plan for a deploy of `git_ref` from `repo` (read-only; runs for real in
 /// a dry run).
-pub fn plan(
+pub(crate) fn plan(
     effects: &Effects,
     targets: &[Target],
     repo: &str,
@@ -1482,7 +1482,7 @@ pub fn plan(
 
 /// The SQL `php artisan migrate --pretend` shows for `commit` on `target` (read-only: a
 /// temporary checkout, removed after).
-pub fn pretend_sql(
+pub(crate) fn pretend_sql(
     effects: &Effects,
     target: &Target,
     commit: &str,
@@ -1510,7 +1510,7 @@ pub fn pretend_sql(
 }
 
 /// Prunes old releases on every target; returns `host -> removed names`.
-pub fn cleanup(
+pub(crate) fn cleanup(
     effects: &Effects,
     targets: &[Target],
     keep: usize,
@@ -1530,7 +1530,7 @@ pub fn cleanup(
 }
 
 /// Migration files present in release `to` but not in `from` on one host.
-pub fn new_migrations(
+pub(crate) fn new_migrations(
     effects: &Effects,
     target: &Target,
     from: &str,

@@ -20,12 +20,12 @@ use crate::effects::{Effects, FanOut, HostError, HostOutcome, Target};
 use crate::transport::CommandSpec;
 
 /// How often a running canary looks for control requests while a window runs.
-pub const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Locked and preparing; no traffic on the canary yet.
     #[default]
     Starting,
@@ -43,11 +43,11 @@ pub enum Phase {
 
 impl Phase {
     /// Whether the rollout is over (nothing to steer).
-    pub fn ended(self) -> bool {
+    pub(crate) fn ended(self) -> bool {
         matches!(self, Phase::Promoted | Phase::Aborted | Phase::Failed)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
             Phase::Running => "running",
@@ -60,7 +60,7 @@ impl Phase {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Phase> {
+    pub(crate) fn parse(s: &str) -> Option<Phase> {
         [
             Phase::Starting,
             Phase::Running,
@@ -78,7 +78,7 @@ impl Phase {
 
 /// One pool's numbers in a judgement (`None`: not measured, NaN or infinite).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Pool {
+pub(crate) struct Pool {
     pub requests: Option<u64>,
     /// Percent of non-5xx answers.
     pub success: Option<f64>,
@@ -88,7 +88,7 @@ pub struct Pool {
 
 /// One window's verdict, as the canary judge gave it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Judgement {
+pub(crate) struct Judgement {
     /// Step number (1-based) and its weight.
     pub step: usize,
     pub weight: i64,
@@ -104,7 +104,7 @@ pub struct Judgement {
 /// What another process asks of a running rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     Pause,
     Resume,
     Promote,
@@ -112,7 +112,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Pause => "pause",
             Action::Resume => "resume",
@@ -124,7 +124,7 @@ impl Action {
 
 /// A control request, and (once obeyed) when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
+pub(crate) struct Request {
     /// Unique and sorting by time (a run id of the requesting process).
     pub id: String,
     pub action: Action,
@@ -144,7 +144,7 @@ pub struct Request {
 
 /// The state of a rollout, as the runner keeps it on the hosts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     /// The holder: the run that drives the rollout.
     pub run: String,
     pub actor: String,
@@ -182,7 +182,7 @@ pub struct State {
 
 impl State {
     /// Seconds left in the current window at `now_ms` (held while paused).
-    pub fn window_left_s(&self, now_ms: i64) -> Option<u64> {
+    pub(crate) fn window_left_s(&self, now_ms: i64) -> Option<u64> {
         if self.window_s == 0 || self.window_started_ms == 0 || self.phase.ended() {
             return None;
         }
@@ -190,18 +190,13 @@ impl State {
         let gone = u64::try_from((at - self.window_started_ms).max(0)).unwrap_or(0) / 1000;
         Some(self.window_s.saturating_sub(gone))
     }
-
-    /// The last judgement, if any.
-    pub fn last(&self) -> Option<&Judgement> {
-        self.judgements.last()
-    }
 }
 
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
@@ -265,7 +260,7 @@ fn outcome_ok(o: &HostOutcome) -> Result<String, HostError> {
 
 /// Writes `state` on every target (shielded: a state must not be half-told to a signal).
 /// Returns the hosts where it failed, with why.
-pub fn write(effects: &Effects, targets: &[Target], state: &State) -> Vec<(String, String)> {
+pub(crate) fn write(effects: &Effects, targets: &[Target], state: &State) -> Vec<(String, String)> {
     let json = serde_json::to_string(state).unwrap_or_default();
     let fan = FanOut {
         shielded: true,
@@ -298,7 +293,11 @@ fn failures(targets: &[Target], outcomes: &[HostOutcome]) -> Vec<(String, String
 }
 
 /// Leaves `request` on every target. Returns the hosts where it failed, with why.
-pub fn post(effects: &Effects, targets: &[Target], request: &Request) -> Vec<(String, String)> {
+pub(crate) fn post(
+    effects: &Effects,
+    targets: &[Target],
+    request: &Request,
+) -> Vec<(String, String)> {
     let json = serde_json::to_string(request).unwrap_or_default();
     let outcomes = effects.run_many_with(
         targets,
@@ -319,7 +318,7 @@ pub fn post(effects: &Effects, targets: &[Target], request: &Request) -> Vec<(St
 /// Takes the pending requests from every target, oldest first, each once (the same
 /// request left on several hosts counts once). Hosts that do not answer are skipped: the
 /// next poll asks again.
-pub fn take(effects: &Effects, targets: &[Target]) -> Vec<Request> {
+pub(crate) fn take(effects: &Effects, targets: &[Target]) -> Vec<Request> {
     let outcomes = effects.run_many_with(
         targets,
         &|t: &Target| {
@@ -345,7 +344,7 @@ pub fn take(effects: &Effects, targets: &[Target]) -> Vec<Request> {
 }
 
 /// Removes pending requests on every target (best effort).
-pub fn clear(effects: &Effects, targets: &[Target]) {
+pub(crate) fn clear(effects: &Effects, targets: &[Target]) {
     let _ = effects.run_many_with(
         targets,
         &|t: &Target| spec("rollout: drop pending requests", CLEAR, &[&root(t)]),
@@ -355,7 +354,7 @@ pub fn clear(effects: &Effects, targets: &[Target]) {
 
 /// What one host says: its lock (holder, heartbeat) and the rollout state on it.
 #[derive(Debug, Clone)]
-pub struct HostView {
+pub(crate) struct HostView {
     pub host: String,
     pub lock: crate::lock::HostState,
     pub state: Option<State>,
@@ -365,7 +364,7 @@ pub struct HostView {
 
 /// Reads every target in one round trip each, all at once: the lock's state and the
 /// rollout state. `Err` for a host that did not answer.
-pub fn read(effects: &Effects, targets: &[Target]) -> Vec<Result<HostView, HostError>> {
+pub(crate) fn read(effects: &Effects, targets: &[Target]) -> Vec<Result<HostView, HostError>> {
     let script = format!(
         "( {}\n)\necho '{MARK_STATE}'\ncat \"$1/.runbook/rollout\" 2>/dev/null; echo\necho '{MARK_PENDING}'\nls \"$1/.runbook/rollout.requests\" 2>/dev/null | grep -c '\\.json$'\ntrue\n",
         crate::lock::state_script()
@@ -404,7 +403,7 @@ fn parse_view(host: &str, out: &str) -> HostView {
 /// The rollout as the fleet tells it: the newest state any host holds, and whether the
 /// run that drives it is alive.
 #[derive(Debug, Clone, Serialize)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub state: State,
     /// The hosts that answered with this state.
     pub on: Vec<String>,
@@ -419,7 +418,7 @@ pub struct Seen {
 }
 
 /// The newest rollout state among `views` (by `updated_ms`), judged alive or dead.
-pub fn judge(views: &[HostView]) -> Option<Seen> {
+pub(crate) fn judge(views: &[HostView]) -> Option<Seen> {
     let newest = views
         .iter()
         .filter_map(|v| v.state.as_ref())

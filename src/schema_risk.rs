@@ -13,7 +13,7 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RiskKind {
+pub(crate) enum RiskKind {
     DropTable,
     RenameTable,
     DropColumn,
@@ -26,7 +26,7 @@ pub enum RiskKind {
 
 impl RiskKind {
     /// What the old code meets, in a few words.
-    pub fn why(self) -> &'static str {
+    pub(crate) fn why(self) -> &'static str {
         match self {
             RiskKind::DropTable => "drops a table the old code may still read and write",
             RiskKind::RenameTable => "renames a table: the old code still uses the old name",
@@ -43,7 +43,7 @@ impl RiskKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Risk {
+pub(crate) struct Risk {
     pub kind: RiskKind,
     /// The migration the statement belongs to, when the output names it.
     pub migration: Option<String>,
@@ -54,7 +54,7 @@ pub struct Risk {
 
 /// Every risk in `pretend`, the output of `php artisan migrate --pretend` (one
 /// `Migration: statement` per line) or plain SQL statements (one per line or `;`).
-pub fn risks(pretend: &str) -> Vec<Risk> {
+pub(crate) fn risks(pretend: &str) -> Vec<Risk> {
     let mut out = Vec::new();
     for line in pretend.lines() {
         let line = line.trim();
@@ -398,8 +398,8 @@ mod tests {
             let mut s = String::new();
             for _ in 0..(seed % 60) {
                 seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 s.push(alphabet[(seed >> 33) as usize % alphabet.len()]);
             }
             let _ = risks(&s);

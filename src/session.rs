@@ -17,7 +17,7 @@ use crate::sources::SourceMap;
 
 /// Facts about this run that scripts see as the `run` map.
 #[derive(Debug, Clone, Default)]
-pub struct RunInfo {
+pub(crate) struct RunInfo {
     pub id: String,
     pub script: String,
     pub reason: Option<String>,
@@ -29,7 +29,7 @@ pub struct RunInfo {
 }
 
 /// Everything a script's host functions can reach.
-pub struct Session {
+pub(crate) struct Session {
     pub effects: Arc<Effects>,
     pub inventory: Option<Arc<Inventory>>,
     pub env: Option<Arc<Environment>>,
@@ -58,7 +58,7 @@ pub struct Session {
 
 impl Session {
     /// Records that `host` moved from `before` to `after` (for the audit log).
-    pub fn record_switch(&self, host: &str, before: &str, after: &str) {
+    pub(crate) fn record_switch(&self, host: &str, before: &str, after: &str) {
         // The host's own record, for `runbook recover` should this run die.
         self.locks
             .note(&[host], &format!("switched {before} {after}"));
@@ -72,9 +72,9 @@ impl Session {
 
 /// The session, stored as the engine's tag so plugin functions can reach it.
 #[derive(Clone)]
-pub struct SessionRef(pub Arc<Session>);
+pub(crate) struct SessionRef(pub Arc<Session>);
 
-pub struct SessionConfig {
+pub(crate) struct SessionConfig {
     pub inventory: Option<Arc<Inventory>>,
     pub env: Option<Arc<Environment>>,
     pub info: RunInfo,
@@ -85,7 +85,7 @@ pub struct SessionConfig {
 impl SessionConfig {
     /// A session on `env` for `script` (a script name, or the command's own name), by
     /// the current actor, with a fresh run id and every other setting at its default.
-    pub fn for_env(
+    pub(crate) fn for_env(
         inventory: &Arc<Inventory>,
         env: &Arc<Environment>,
         script: &str,
@@ -107,7 +107,7 @@ impl SessionConfig {
 }
 
 /// Output with its sinks, effects, and the session a script sees.
-pub fn open(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Session> {
+pub(crate) fn open(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Session> {
     let redactor = Arc::new(Redactor::new());
     if let Some(inv) = &config.inventory {
         // Every secret the inventory names is masked from the start, even if a script
@@ -165,7 +165,7 @@ pub fn open(rt: &tokio::runtime::Runtime, config: SessionConfig) -> Arc<Session>
 }
 
 /// The audit record of this run (secrets redacted).
-pub fn audit_record(
+pub(crate) fn audit_record(
     session: &Session,
     script: &str,
     text: &str,
@@ -220,14 +220,14 @@ pub fn audit_record(
 
 /// Audits a run refused before it started (permissions, reason, confirmation): locally only,
 /// since no host was touched.
-pub fn audit_refusal(session: &Session, script: &str, text: &str, refused: &Error) {
+pub(crate) fn audit_refusal(session: &Session, script: &str, text: &str, refused: &Error) {
     let mut record = audit_record(session, script, text, "refused", std::time::Duration::ZERO);
     record.error = Some(refused.to_string());
     write_audit(session, &record, false);
 }
 
 /// Appends the record locally and (unless `local_only`) on every host the run touched.
-pub fn write_audit(session: &Session, record: &crate::audit::Record, on_hosts: bool) {
+pub(crate) fn write_audit(session: &Session, record: &crate::audit::Record, on_hosts: bool) {
     let output = session.effects.output();
     let mut record = record.clone();
     if let Some(e) = &record.error {

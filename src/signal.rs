@@ -16,7 +16,7 @@ use crate::interrupt::Interrupt;
 use crate::output::{Level, Output};
 
 /// `on_force_exit` runs before a third signal ends the process (closes SSH masters).
-pub fn install(
+pub(crate) fn install(
     runtime: &Handle,
     interrupt: Interrupt,
     output: Arc<Output>,

@@ -24,7 +24,10 @@ impl SourceMap {
         if let Some(t) = self.texts.read_locked().get(name) {
             return Some(t.clone());
         }
-        if !name.ends_with(".rhai") {
+        if std::path::Path::new(name)
+            .extension()
+            .is_none_or(|e| e != "rhai")
+        {
             return None;
         }
         std::fs::read_to_string(name).ok().map(Arc::from)

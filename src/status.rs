@@ -52,7 +52,7 @@ const WORKER_ROLES: [&str; 3] = ["worker", "workers", "queue"];
 
 /// The deploy lock as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct LockView {
+pub(crate) struct LockView {
     pub run: String,
     pub actor: String,
     pub machine: String,
@@ -69,7 +69,7 @@ pub struct LockView {
 
 /// One host, as it is.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct HostStatus {
+pub(crate) struct HostStatus {
     pub host: String,
     pub roles: Vec<String>,
     /// Whether releases are deployed to this host (a web or worker host, not the
@@ -108,13 +108,13 @@ pub struct HostStatus {
 /// Something that keeps the fleet from being one whole, healthy release, with the
 /// command that fixes it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub what: String,
     pub fix: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct FleetStatus {
+pub(crate) struct FleetStatus {
     pub env: String,
     pub hosts: Vec<HostStatus>,
     /// The release every host serves, when they agree.
@@ -129,7 +129,7 @@ pub struct FleetStatus {
 }
 
 /// Reads every host of `env` and judges the whole.
-pub fn read(effects: &Effects, env: &Environment) -> FleetStatus {
+pub(crate) fn read(effects: &Effects, env: &Environment) -> FleetStatus {
     let clock = std::time::Instant::now();
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
     let (states, lists, probes) = read_hosts(effects, env, &targets);
@@ -596,7 +596,7 @@ fn display(release: &str) -> &str {
 }
 
 /// "1.4 GiB", "120 MiB", "900 KiB".
-pub fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const K: f64 = 1024.0;
     #[allow(clippy::cast_precision_loss)]
     let f = n as f64;
@@ -610,7 +610,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// "45 s", "12 min", "3 h", "2 d".
-pub fn age(secs: i64) -> String {
+pub(crate) fn age(secs: i64) -> String {
     match secs {
         s if s < 90 => format!("{} s", s.max(0)),
         s if s < 90 * 60 => format!("{} min", s / 60),

@@ -9,7 +9,7 @@
 
 /// One step of a strategy, as hooks name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
+pub(crate) struct Step {
     /// What hooks call it (`switch`).
     pub name: &'static str,
     /// A step that keeps the fleet safe (the lock, a gate, verification, lifting
@@ -21,7 +21,7 @@ pub struct Step {
 
 /// A shipped strategy and its steps, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Strategy {
+pub(crate) struct Strategy {
     pub name: &'static str,
     pub steps: &'static [Step],
 }
@@ -57,7 +57,7 @@ const PREPARE: Step = fixed(
 
 /// Every shipped strategy's steps. The runner checks its list against this one, so the
 /// catalogue cannot drift from the modules.
-pub const STRATEGIES: &[Strategy] = &[
+pub(crate) const STRATEGIES: &[Strategy] = &[
     Strategy {
         name: "rolling",
         steps: &[
@@ -136,17 +136,17 @@ pub const STRATEGIES: &[Strategy] = &[
 ];
 
 /// The strategy called `name`.
-pub fn strategy(name: &str) -> Option<&'static Strategy> {
+pub(crate) fn strategy(name: &str) -> Option<&'static Strategy> {
     STRATEGIES.iter().find(|s| s.name == name)
 }
 
 impl Strategy {
-    pub fn step(&self, name: &str) -> Option<&'static Step> {
+    pub(crate) fn step(&self, name: &str) -> Option<&'static Step> {
         self.steps.iter().find(|s| s.name == name)
     }
 
     /// `lock → backup → …`: the names in order.
-    pub fn names(&self) -> String {
+    pub(crate) fn names(&self) -> String {
         let names: Vec<&str> = self.steps.iter().map(|s| s.name).collect();
         names.join(" → ")
     }
@@ -154,7 +154,7 @@ impl Strategy {
 
 /// Where a hook goes relative to its step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
+pub(crate) enum Placement {
     Before,
     After,
     Replace,
@@ -162,7 +162,7 @@ pub enum Placement {
 }
 
 impl Placement {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Placement::Before => "before",
             Placement::After => "after",
@@ -174,7 +174,7 @@ impl Placement {
 
 /// Where a hook attaches: which step, how, and (for a skip) why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attach {
+pub(crate) struct Attach {
     pub placement: Placement,
     pub step: String,
     /// Only this strategy; `None`: every strategy that has the step.
@@ -186,7 +186,7 @@ pub struct Attach {
 /// A hook a script attached (`steps::before(…)`): where, what (`A`: the script's
 /// function; nothing for a skip), and the line that attached it.
 #[derive(Debug, Clone)]
-pub struct Hooked<A> {
+pub(crate) struct Hooked<A> {
     pub attach: Attach,
     pub action: A,
     /// `scripts/deploy.rhai:4`.
@@ -196,7 +196,7 @@ pub struct Hooked<A> {
 }
 
 /// Every strategy's steps, one line each, for an error message.
-pub fn catalogue() -> String {
+pub(crate) fn catalogue() -> String {
     STRATEGIES
         .iter()
         .map(|s| format!("  {}: {}", s.name, s.names()))
@@ -206,7 +206,7 @@ pub fn catalogue() -> String {
 
 /// Why a hook cannot be attached. The message names the steps there are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HookError {
+pub(crate) enum HookError {
     #[error("no strategy `{name}` (strategies: {})", strategy_names())]
     NoStrategy { name: String },
     #[error(
@@ -251,7 +251,7 @@ fn strategy_names() -> String {
 
 impl Attach {
     /// The strategies this hook applies to (`strategy`, or each that has the step).
-    pub fn strategies(&self) -> Vec<&'static Strategy> {
+    pub(crate) fn strategies(&self) -> Vec<&'static Strategy> {
         STRATEGIES
             .iter()
             .filter(|s| self.strategy.as_deref().is_none_or(|n| n == s.name))
@@ -262,7 +262,7 @@ impl Attach {
     /// Refuses a hook that names no step, a step its strategy lacks, a replacement or
     /// skip of a step that cannot go, or a skipped safety step without a reason. The
     /// message names the steps there are.
-    pub fn validate(&self) -> Result<(), HookError> {
+    pub(crate) fn validate(&self) -> Result<(), HookError> {
         if let Some(name) = &self.strategy
             && strategy(name).is_none()
         {
@@ -277,7 +277,7 @@ impl Attach {
             });
         };
         let step = first.step(&self.step).copied().unwrap_or(PREPARE);
-        let reason = self.reason.as_deref().map(str::trim).unwrap_or("");
+        let reason = self.reason.as_deref().map_or("", str::trim);
         match self.placement {
             Placement::Replace | Placement::Skip if step.fixed.is_some() => Err(HookError::Fixed {
                 step,

@@ -4,7 +4,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `Mutex::lock` that takes a poisoned lock over instead of failing.
-pub trait Locked<T> {
+pub(crate) trait Locked<T> {
     fn locked(&self) -> MutexGuard<'_, T>;
 }
 
@@ -15,7 +15,7 @@ impl<T> Locked<T> for Mutex<T> {
 }
 
 /// `RwLock::read` / `write` that take a poisoned lock over instead of failing.
-pub trait ReadWrite<T> {
+pub(crate) trait ReadWrite<T> {
     fn read_locked(&self) -> RwLockReadGuard<'_, T>;
     fn write_locked(&self) -> RwLockWriteGuard<'_, T>;
 }

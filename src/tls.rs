@@ -2,7 +2,7 @@
 //! installed once per process.
 
 /// Installs the process-wide rustls crypto provider (idempotent).
-pub fn init() {
+pub(crate) fn init() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -10,12 +10,12 @@ pub fn init() {
 }
 
 /// The values `notify.email.tls` may take.
-pub const TLS_MODES: &[&str] = &["starttls", "tls", "none"];
+pub(crate) const TLS_MODES: &[&str] = &["starttls", "tls", "none"];
 
 /// Whether `host` is this machine: `localhost`, 127.0.0.0/8 or ::1 (also `[::1]` and
 /// ::ffff:127.x.x.x). The only hosts a mail may be sent to without TLS (`tls = "none"`):
 /// anywhere else the password and the mail would cross the network in clear.
-pub fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     let host = host.trim().trim_end_matches('.');
     if host.eq_ignore_ascii_case("localhost") {
         return true;
@@ -29,7 +29,7 @@ pub fn is_loopback(host: &str) -> bool {
 }
 
 /// Why these TLS settings may not be used, if they may not (`None`: they may).
-pub fn tls_problem(host: &str, tls: &str) -> Option<String> {
+pub(crate) fn tls_problem(host: &str, tls: &str) -> Option<String> {
     if !TLS_MODES.contains(&tls) {
         return Some(format!(
             "`{tls}` is not a TLS mode (one of: {})",

@@ -16,7 +16,7 @@ use crate::inventory::{Environment, Host};
 use crate::transport::{CommandSpec, Program};
 
 /// The balancer host and how its traffic file is written, tested and loaded.
-pub struct Balancer {
+pub(crate) struct Balancer {
     pub host: Arc<Host>,
     pub file: String,
     test: Vec<String>,
@@ -25,14 +25,14 @@ pub struct Balancer {
 
 /// What the first line of a traffic file says.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Split {
+pub(crate) struct Split {
     pub run: String,
     pub percent: u32,
 }
 
 /// Why `vars.traffic` names no balancer that can be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BalancerError {
+pub(crate) enum BalancerError {
     #[error("vars.traffic of `{env}` needs `host` and `file`")]
     Incomplete { env: String },
     #[error("vars.traffic.host `{host}` is not a host of `{env}`")]
@@ -41,19 +41,19 @@ pub enum BalancerError {
 
 /// The environment's balancer, when `vars.traffic` names one (`Err` when it is
 /// incomplete or names no host of the environment).
-pub fn balancer(env: &Environment) -> Option<Result<Balancer, BalancerError>> {
+pub(crate) fn balancer(env: &Environment) -> Option<Result<Balancer, BalancerError>> {
     let t = env.vars.get("traffic")?;
     let text = |k: &str| t.get(k).and_then(toml::Value::as_str).map(str::to_owned);
     let argv = |k: &str, default: &[&str]| -> Vec<String> {
-        t.get(k)
-            .and_then(toml::Value::as_array)
-            .map(|a| {
+        t.get(k).and_then(toml::Value::as_array).map_or_else(
+            || default.iter().map(|s| (*s).to_owned()).collect(),
+            |a| {
                 a.iter()
                     .filter_map(toml::Value::as_str)
                     .map(str::to_owned)
                     .collect()
-            })
-            .unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
+            },
+        )
     };
     let (Some(name), Some(file)) = (text("host"), text("file")) else {
         return Some(Err(BalancerError::Incomplete {
@@ -75,7 +75,7 @@ pub fn balancer(env: &Environment) -> Option<Result<Balancer, BalancerError>> {
 }
 
 /// Reads the first line of a traffic file.
-pub fn parse(text: &str) -> Option<Split> {
+pub(crate) fn parse(text: &str) -> Option<Split> {
     let line = text.lines().next()?;
     let rest = line.strip_prefix("# written by runbook (run ")?;
     let (run, rest) = rest.split_once("): ")?;
@@ -94,7 +94,7 @@ fn cohort_key(text: &str) -> Option<&str> {
 }
 
 /// Every request on the stable pool, written by run `run`.
-pub fn stable_text(key: &str, run: &str) -> String {
+pub(crate) fn stable_text(key: &str, run: &str) -> String {
     format!(
         "# written by runbook (run {run}): 0% of cohorts to the staged release\nsplit_clients \"{key}\" $runbook_pool {{ * stable; }}\n"
     )
@@ -102,7 +102,7 @@ pub fn stable_text(key: &str, run: &str) -> String {
 
 /// Puts every request back on stable if run `dead` set the split last and left traffic
 /// on the staged pool. Returns the share it had left there (`None`: nothing to do).
-pub fn reset_if_left_by(
+pub(crate) fn reset_if_left_by(
     effects: &Effects,
     env: &Environment,
     dead: &str,

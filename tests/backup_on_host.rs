@@ -68,9 +68,8 @@ impl Counter {
                 let Ok(server) = TcpStream::connect((target.as_str(), target_port)) else {
                     continue;
                 };
-                let (c2, s2) = match (client.try_clone(), server.try_clone()) {
-                    (Ok(c), Ok(s)) => (c, s),
-                    _ => continue,
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
                 };
                 let (up, down) = (b.clone(), b.clone());
                 std::thread::spawn(move || pipe(client, server, &up));

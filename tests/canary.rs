@@ -453,15 +453,11 @@ fn a_cohort_stays_on_one_release_and_the_allowlist_sees_the_canary_from_the_firs
                 cookie: Some("staff-cohort".into()),
                 header: Some("X-Canary: staff"),
             };
-            let read = || {
-                std::fs::read_to_string(&traffic)
-                    .map(|t| percent(&t))
-                    .unwrap_or(u32::MAX)
-            };
+            let read = || std::fs::read_to_string(&traffic).map_or(u32::MAX, |t| percent(&t));
             let mut last = (read(), Instant::now());
             // 0 before the rollout, 1 while a step runs, 2 once it is back at 0 (promoted).
             let mut phase = 0;
-            let until = Instant::now() + Duration::from_secs(120);
+            let until = Instant::now() + Duration::from_mins(2);
             while !stop.load(Ordering::Relaxed) && Instant::now() < until {
                 let p = read();
                 if p != last.0 {

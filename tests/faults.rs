@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{INVENTORY, Test};
 
-pub fn trials(default: usize) -> usize {
+pub(crate) fn trials(default: usize) -> usize {
     std::env::var("FAULT_TRIALS")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -18,14 +18,14 @@ pub fn trials(default: usize) -> usize {
 }
 
 /// A tiny deterministic generator (no dependency, reproducible from the seed printed).
-pub struct Lcg(pub u64);
+pub(crate) struct Lcg(pub u64);
 
 impl Lcg {
-    pub fn next(&mut self, below: u64) -> u64 {
+    pub(crate) fn next(&mut self, below: u64) -> u64 {
         self.0 = self
             .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % below.max(1)
     }
 }
@@ -350,7 +350,7 @@ fn silent_server() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        let until = Instant::now() + Duration::from_secs(60);
+        let until = Instant::now() + Duration::from_mins(1);
         let _ = l.set_nonblocking(true);
         let mut held = Vec::new();
         while Instant::now() < until {
@@ -777,7 +777,7 @@ fn a_host_lost_mid_deploy_is_noticed_the_others_switch_back_and_unlock() {
     std::thread::sleep(Duration::from_millis(500));
     let cut = Instant::now();
     ns.cut();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     let status = loop {
         while let Ok(l) = rx.try_recv() {
             lines.push(l);

@@ -44,7 +44,7 @@ ssh::run(hosts("one"), ["sh", "-c", "printf 'key: %s\n' \"$1\" >&2; exit 3", "sh
         // Lines too short to be a secret of their own are left alone.
         let all = format!("{}{}", out.stdout, out.stderr);
         assert!(
-            all.contains("{") && all.contains("-----"),
+            all.contains('{') && all.contains("-----"),
             "short lines were masked too:\n{all}"
         );
     }
@@ -303,7 +303,7 @@ fn max_rss(mut cmd: std::process::Command) -> (i32, u64) {
     // SAFETY: an all-zero rusage is valid; wait4 fills it for the child we started.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `pid` is our own child, not waited for elsewhere.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let r = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
     assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
     let _ = reader.join();
     let code = if libc::WIFEXITED(status) {

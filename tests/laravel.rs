@@ -15,11 +15,11 @@ use crate::web::WebStack;
 /// 3 s; v7-fail-1pct fails exactly one answer in 100 on each host and v8-slow answers
 /// 200 ms slower (both v2 otherwise). Each tag's `App\Build::NAME` is the tag, so the code
 /// that runs names itself.
-pub struct Repo {
+pub(crate) struct Repo {
     pub path: PathBuf,
 }
 
-pub fn git(dir: &Path, args: &[&str]) {
+pub(crate) fn git(dir: &Path, args: &[&str]) {
     let ok = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -40,7 +40,7 @@ pub fn git(dir: &Path, args: &[&str]) {
 }
 
 impl Repo {
-    pub fn create(base: &Path) -> Repo {
+    pub(crate) fn create(base: &Path) -> Repo {
         let work = base.join("work");
         let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/laravel");
         assert!(

@@ -450,10 +450,7 @@ fn a_connection_that_timed_out_reports_the_time_it_took() {
         .collect();
     assert!(failures.len() >= 2, "{}", out.stderr);
     // The first attempt waited for the timeout: its line says so (not "after 0 ms").
-    let took = failures[0]
-        .rsplit_once(" after ")
-        .map(|(_, d)| d)
-        .unwrap_or("");
+    let took = failures[0].rsplit_once(" after ").map_or("", |(_, d)| d);
     let secs: f64 = match took.split_once(' ') {
         Some((n, "s")) => n.parse().unwrap_or(0.0),
         Some((n, "ms")) => n.parse::<f64>().unwrap_or(0.0) / 1000.0,

@@ -761,7 +761,7 @@ fn signals_at_random_points_of_a_deploy_leave_every_host_on_one_release() {
             .arg(format!("-{signal}"))
             .arg(child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         let status = loop {
             if let Some(st) = child.try_wait().unwrap() {
                 break st;
@@ -1182,7 +1182,7 @@ impl Clock {
         if ms >= self.epoch_ms {
             self.at + d
         } else {
-            self.at - d
+            self.at.checked_sub(d).unwrap()
         }
     }
 }
@@ -1445,8 +1445,10 @@ fn a_canary_under_load_failing_five_percent_is_stopped_at_the_first_gate() {
                 .as_str()
                 .is_some_and(|m| m.contains("all traffic is back on the stable release"))
         })
-        .map(|e| clock.of(e))
-        .unwrap_or_else(|| panic!("no 'all traffic is back on stable' event:\n{}", out.stdout));
+        .map_or_else(
+            || panic!("no 'all traffic is back on stable' event:\n{}", out.stdout),
+            |e| clock.of(e),
+        );
     assert!(
         back <= ended,
         "traffic went back to stable after runbook exited"

@@ -7,7 +7,7 @@ fn a_script_name_resolves_under_scripts_and_receives_its_arguments() {
     Test::new()
         .file(
             "scripts/hello.rhai",
-            r#"print(`${env.vars.greeting} ${args.ref} ${args.skip_tests}`);"#,
+            r"print(`${env.vars.greeting} ${args.ref} ${args.skip_tests}`);",
         )
         .args(&["run", "hello", "-e", "dev", "ref=v1.2.3", "skip_tests=true"])
         .run()

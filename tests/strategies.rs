@@ -548,8 +548,7 @@ fn the_seeds_emergency_and_troubleshooting_runbooks_work_on_the_fleet() {
 fn split_timeline(events: &[serde_json::Value]) -> (i64, i64, i64) {
     let ts = |e: &serde_json::Value| {
         chrono::DateTime::parse_from_rfc3339(e["ts"].as_str().unwrap_or(""))
-            .map(|t| t.timestamp_millis())
-            .unwrap_or(0)
+            .map_or(0, |t| t.timestamp_millis())
     };
     let (mut remote, mut http, mut own) = (0, 0, 0);
     let mut running = 0usize;

@@ -80,8 +80,7 @@ fn upload_spans(events: &[serde_json::Value]) -> Vec<(String, usize, usize)> {
             let end = events[i..]
                 .iter()
                 .position(|f| f["event"] == "command_finished" && f["host"] == host.as_str())
-                .map(|p| p + i)
-                .unwrap_or_else(|| panic!("the upload to {host} never finished"));
+                .map_or_else(|| panic!("the upload to {host} never finished"), |p| p + i);
             spans.push((host, i, end));
         }
     }
@@ -134,9 +133,7 @@ fn an_artifact_deploy_packs_once_and_sends_to_every_host_at_once() {
             "{host} does not serve the artifact"
         );
         assert_eq!(
-            std::fs::metadata(current.join("bin/tool"))
-                .map(|m| m.len())
-                .unwrap_or(0),
+            std::fs::metadata(current.join("bin/tool")).map_or(0, |m| m.len()),
             1024 * 1024,
             "{host}: bin/tool arrived incomplete"
         );

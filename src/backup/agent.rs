@@ -38,15 +38,15 @@ use crate::inventory::model::OnHost;
 use crate::transport::CommandSpec;
 
 /// The agent's file name next to the runner.
-pub const FILE_NAME: &str = "runbook-agent";
+pub(crate) const FILE_NAME: &str = "runbook-agent";
 /// Where the agent is taken from instead, when set.
-pub const ENV: &str = "RUNBOOK_AGENT";
+pub(crate) const ENV: &str = "RUNBOOK_AGENT";
 /// The exit status of the launcher when the file on the host does not match its hash.
 const TAMPERED: i32 = 97;
 
 /// The agent on this machine: where, its hash and what it was built for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalAgent {
+pub(crate) struct LocalAgent {
     pub path: PathBuf,
     pub sha256: String,
     /// `uname -m` spelling, normalised (`x86_64`, `aarch64`, …).
@@ -56,13 +56,13 @@ pub struct LocalAgent {
 
 /// The agent placed on a host, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostAgent {
+pub(crate) struct HostAgent {
     pub path: String,
     pub sha256: String,
 }
 
 /// The architecture an ELF executable is for, in `uname -m` terms (normalised).
-pub fn elf_arch(head: &[u8]) -> Option<&'static str> {
+pub(crate) fn elf_arch(head: &[u8]) -> Option<&'static str> {
     if head.len() < 20 || &head[..4] != b"\x7fELF" {
         return None;
     }
@@ -86,7 +86,7 @@ pub fn elf_arch(head: &[u8]) -> Option<&'static str> {
 }
 
 /// `uname -m` in the spelling `elf_arch` uses (`arm64` is `aarch64`, `i686` is `x86`).
-pub fn normalise_arch(uname: &str) -> &str {
+pub(crate) fn normalise_arch(uname: &str) -> &str {
     match uname.trim() {
         "arm64" | "aarch64" => "aarch64",
         "amd64" | "x86_64" => "x86_64",
@@ -98,7 +98,7 @@ pub fn normalise_arch(uname: &str) -> &str {
 
 /// Finds the agent (next to the running executable, or `RUNBOOK_AGENT`) and reads its
 /// hash and architecture.
-pub fn locate() -> Result<LocalAgent, String> {
+pub(crate) fn locate() -> Result<LocalAgent, String> {
     let path = match std::env::var_os(ENV) {
         Some(p) => PathBuf::from(p),
         None => std::env::current_exe()
@@ -109,7 +109,7 @@ pub fn locate() -> Result<LocalAgent, String> {
 }
 
 /// Hash, size and architecture of the agent at `path`.
-pub fn describe(path: &Path) -> Result<LocalAgent, String> {
+pub(crate) fn describe(path: &Path) -> Result<LocalAgent, String> {
     let missing = |e: std::io::Error| {
         format!(
             "no {FILE_NAME} at {} ({e}); it is built with runbook (`cargo build` builds both) and installed next to it",
@@ -185,7 +185,7 @@ fn parse_probe(out: &str) -> Probe {
 
 /// Places (when needed) and checks the agent on `target`; the reason it cannot be used
 /// otherwise.
-pub fn install(effects: &Effects, target: &Target) -> Result<HostAgent, String> {
+pub(crate) fn install(effects: &Effects, target: &Target) -> Result<HostAgent, String> {
     let local = locate()?;
     install_from(effects, target, &local)
 }
@@ -263,7 +263,7 @@ fn install_from(
 
 /// The agent to use on `target` for a backup, or `None`: stream through the runner. A
 /// host reached without SSH never gets one (its backups are made by runbook itself).
-pub fn prepare(
+pub(crate) fn prepare(
     effects: &Effects,
     target: &Target,
     mode: OnHost,
@@ -293,7 +293,7 @@ pub fn prepare(
 }
 
 /// Runs agent `command` on the host with `request` on stdin; its JSON answer.
-pub fn call<T: serde::de::DeserializeOwned>(
+pub(crate) fn call<T: serde::de::DeserializeOwned>(
     effects: &Effects,
     target: &Target,
     agent: &HostAgent,

@@ -22,7 +22,7 @@ mod beneath;
 mod inflate;
 
 /// The manifest's name inside the archive (always the last entry).
-pub const MANIFEST: &str = ".runbook-manifest.json";
+pub(crate) const MANIFEST: &str = ".runbook-manifest.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,7 +93,7 @@ pub struct Manifest {
 
 /// A tree to put in the archive under `name/`.
 #[derive(Debug, Clone)]
-pub struct Source {
+pub(crate) struct Source {
     pub name: String,
     pub path: PathBuf,
     /// Relative paths (or prefixes) under `path` to leave out.
@@ -140,7 +140,7 @@ fn excluded(rel: &str, exclude: &[String]) -> bool {
 }
 
 /// Writes the archive to `dest` (via a temporary name), returning its manifest.
-pub fn create(
+pub(crate) fn create(
     dest: &Path,
     sources: &[Source],
     mut meta: Manifest,
@@ -365,14 +365,14 @@ fn on_disk(path: &str, e: io::Error) -> ArchiveError {
 
 /// Reads the whole archive: every checksum against the manifest, every entry checked
 /// for safety. Extracts nothing. Returns the manifest.
-pub fn verify(reader: impl Read + Send) -> Result<Manifest, ArchiveError> {
+pub(crate) fn verify(reader: impl Read + Send) -> Result<Manifest, ArchiveError> {
     check_entries(reader, None, restore_limit())
 }
 
 /// How many bytes an archive may expand to (`RUNBOOK_RESTORE_LIMIT`, e.g. "500G";
 /// default 64 GiB): a tiny archive that expands past it (a gzip bomb) is refused at the
 /// first entry that would cross the line, before that entry is written.
-pub fn restore_limit() -> u64 {
+pub(crate) fn restore_limit() -> u64 {
     std::env::var("RUNBOOK_RESTORE_LIMIT")
         .ok()
         .and_then(|v| parse_size(&v))
@@ -402,7 +402,7 @@ fn parse_size(v: &str) -> Option<u64> {
 /// How large the manifest may be (`RUNBOOK_MANIFEST_LIMIT`, e.g. "256M"; default 64 MiB,
 /// room for about 250,000 entries). It is read into memory, so a larger one is refused
 /// before a byte of it is read.
-pub fn manifest_limit() -> u64 {
+pub(crate) fn manifest_limit() -> u64 {
     std::env::var("RUNBOOK_MANIFEST_LIMIT")
         .ok()
         .and_then(|v| parse_size(&v))
@@ -415,7 +415,7 @@ pub fn manifest_limit() -> u64 {
 /// and the error returned, so the live tree is never touched. Nothing is written through
 /// a link: see [`beneath`]. Symlinks are made after every file and directory, then
 /// directory modes and mtimes are applied, deepest first.
-pub fn verify_into(reader: impl Read + Send, dest: &Path) -> Result<Manifest, ArchiveError> {
+pub(crate) fn verify_into(reader: impl Read + Send, dest: &Path) -> Result<Manifest, ArchiveError> {
     let exists = || ArchiveError::Unsafe {
         path: dest.display().to_string(),
         why: "the restore target already exists".into(),
@@ -651,10 +651,11 @@ fn compare(manifest: &Manifest, seen: &[Entry]) -> Result<(), ArchiveError> {
     Ok(())
 }
 
+#[cfg(test)]
 /// Extracts an archive already verified as `manifest` into `dest` (which must not exist
 /// yet), with every check of [`verify_into`]; refused if the archive is no longer the one
 /// that was verified.
-pub fn unpack(
+pub(crate) fn unpack(
     reader: impl Read + Send,
     dest: &Path,
     manifest: &Manifest,

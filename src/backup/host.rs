@@ -79,7 +79,7 @@ impl Database {
 }
 
 /// The backups of one host (or of the environment's own `backup_dir` on this machine).
-pub struct Place<'a> {
+pub(crate) struct Place<'a> {
     effects: &'a Effects,
     dir: PathBuf,
     host: Option<Arc<Host>>,
@@ -88,7 +88,7 @@ pub struct Place<'a> {
 
 impl<'a> Place<'a> {
     /// `host`: whose backups; `None`: the environment's `backup_dir` on this machine.
-    pub fn new(
+    pub(crate) fn new(
         effects: &'a Effects,
         dir: PathBuf,
         host: Option<Arc<Host>>,
@@ -122,9 +122,9 @@ impl<'a> Place<'a> {
 
     /// Backs up the host's live release (and what `o` asks for) into the backup dir.
     /// `None` in a dry run: nothing was archived.
-    pub fn create(&self, o: Options) -> Result<Option<Summary>, String> {
+    pub(crate) fn create(&self, o: Options) -> Result<Option<Summary>, String> {
         let host = self.host("backup::create")?;
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         if let Some(target) = self.remote() {
             if self.effects.dry_run() {
                 self.effects.output().log(
@@ -179,7 +179,7 @@ impl<'a> Place<'a> {
     }
 
     /// The backups, newest first.
-    pub fn list(&self) -> Result<Vec<Summary>, String> {
+    pub(crate) fn list(&self) -> Result<Vec<Summary>, String> {
         match self.remote() {
             None => super::list(&self.dir).map_err(|e| e.to_string()),
             Some(t) => remote::list(self.effects, &t, &self.dir_text()),
@@ -187,7 +187,7 @@ impl<'a> Place<'a> {
     }
 
     /// Reads a whole backup and checks every checksum against its manifest.
-    pub fn verify(&self, name: &str) -> Result<Verified, String> {
+    pub(crate) fn verify(&self, name: &str) -> Result<Verified, String> {
         match self.remote() {
             None => Verified::check(&self.dir.join(name), name),
             Some(t) => remote::verify(self.effects, &t, &self.dir_text(), name, self.on_host),
@@ -196,7 +196,11 @@ impl<'a> Place<'a> {
 
     /// Removes backups beyond `keep` or older than `max_age`; never the newest one that
     /// verifies. Nothing in a dry run.
-    pub fn prune(&self, keep: usize, max_age: Option<Duration>) -> Result<Vec<String>, String> {
+    pub(crate) fn prune(
+        &self,
+        keep: usize,
+        max_age: Option<Duration>,
+    ) -> Result<Vec<String>, String> {
         if self.effects.dry_run() {
             return Ok(Vec::new());
         }
@@ -215,7 +219,7 @@ impl<'a> Place<'a> {
 
     /// Fails, saying where to look, when a backup kept on this machine does not exist (an
     /// SSH host's archive is checked there, by the restore itself).
-    pub fn require(&self, name: &str) -> Result<(), String> {
+    pub(crate) fn require(&self, name: &str) -> Result<(), String> {
         let archive = self.dir.join(name);
         if self.remote().is_none() && !archive.is_file() {
             return Err(format!(
@@ -228,7 +232,7 @@ impl<'a> Place<'a> {
 
     /// Restores backup `name` into the new release `release` (not switched to) and records
     /// `meta` for it. Nothing in a dry run.
-    pub fn restore(
+    pub(crate) fn restore(
         &self,
         name: &str,
         release: &str,
@@ -276,7 +280,7 @@ impl<'a> Place<'a> {
 
     /// Brings backup `name` from this place's host to every one of `to` that lacks it;
     /// returns the names of the hosts it was copied to. Nothing in a dry run.
-    pub fn copy_to(&self, to: Vec<Target>, name: &str) -> Result<Vec<String>, String> {
+    pub(crate) fn copy_to(&self, to: Vec<Target>, name: &str) -> Result<Vec<String>, String> {
         let from = self.host("backup::copy")?;
         if !super::valid_name(name) {
             return Err(format!("`{name}` is not a backup name (see backup::list)"));

@@ -6,10 +6,10 @@
 //! archive a small `<name>.json` summary makes `list` cheap. Archives are written under a
 //! temporary name and renamed only when complete, fsynced and read back.
 
-pub mod agent;
-pub mod archive;
-pub mod host;
-pub mod remote;
+pub(crate) mod agent;
+pub(crate) mod archive;
+pub(crate) mod host;
+pub(crate) mod remote;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
@@ -339,7 +339,7 @@ pub fn list(dir: &Path) -> Result<Vec<Summary>, BackupError> {
             .and_then(|b| serde_json::from_slice::<Summary>(&b).ok())
             .unwrap_or_else(|| Summary {
                 name: name.clone(),
-                size: e.metadata().map(|m| m.len()).unwrap_or(0),
+                size: e.metadata().map_or(0, |m| m.len()),
                 ..Summary::default()
             });
         out.push(summary);

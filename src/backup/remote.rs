@@ -158,7 +158,7 @@ fn db_words(db: Option<&Database>, verb: &str) -> String {
 /// Creates a backup of an SSH host; the archive ends up in the host's `backup_dir`.
 /// On the host by its agent when `mode` allows and the agent can run there; otherwise
 /// streamed through the runner.
-pub fn create(
+pub(crate) fn create(
     effects: &Effects,
     target: &Target,
     backup_dir: &str,
@@ -272,7 +272,7 @@ mv -T "$1" "$2/$3" && mv -T "$4" "$2/$3.json" && sync"#;
 /// (separate disks: a rollback needs the archive where it restores), through the
 /// runner, under temporary names, moved into place only whole. Returns the hosts
 /// it was copied to.
-pub fn copy(
+pub(crate) fn copy(
     effects: &Effects,
     from: &Target,
     to: &[Target],
@@ -321,7 +321,11 @@ pub fn copy(
 }
 
 /// The backups on a host, newest first.
-pub fn list(effects: &Effects, target: &Target, backup_dir: &str) -> Result<Vec<Summary>, String> {
+pub(crate) fn list(
+    effects: &Effects,
+    target: &Target,
+    backup_dir: &str,
+) -> Result<Vec<Summary>, String> {
     let out = sh(
         effects,
         target,
@@ -339,7 +343,7 @@ pub fn list(effects: &Effects, target: &Target, backup_dir: &str) -> Result<Vec<
 
 /// Reads a whole archive of the host and checks every checksum: on the host by its
 /// agent, or streamed to the runner and checked there.
-pub fn verify(
+pub(crate) fn verify(
     effects: &Effects,
     target: &Target,
     backup_dir: &str,
@@ -367,7 +371,7 @@ pub fn verify(
 }
 
 /// Copies an archive from the host to `dir` on the runner; returns its local path.
-pub fn fetch(
+pub(crate) fn fetch(
     effects: &Effects,
     target: &Target,
     backup_dir: &str,
@@ -382,7 +386,7 @@ pub fn fetch(
 }
 
 /// What to restore from which archive of a host.
-pub struct Restore<'a> {
+pub(crate) struct Restore<'a> {
     pub backup_dir: &'a str,
     /// The archive's file name.
     pub name: &'a str,
@@ -400,7 +404,11 @@ pub struct Restore<'a> {
 /// Restores an archive of the host into a new release there (not switched to): on the
 /// host by its agent (verified while extracted beneath the deploy path, the database
 /// loaded there), or through the runner.
-pub fn restore(effects: &Effects, target: &Target, r: &Restore<'_>) -> Result<Verified, String> {
+pub(crate) fn restore(
+    effects: &Effects,
+    target: &Target,
+    r: &Restore<'_>,
+) -> Result<Verified, String> {
     let Restore {
         backup_dir,
         name,
@@ -501,7 +509,7 @@ fn record(
 /// Prunes a host's backups like [`super::prune`]: beyond `keep` or older than `max_age`,
 /// never the newest backup that verifies (checked on the host by its agent, or streamed
 /// to the runner and checked), never an archive being written.
-pub fn prune(
+pub(crate) fn prune(
     effects: &Effects,
     target: &Target,
     backup_dir: &str,

@@ -127,7 +127,7 @@ fn answer<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<(), Str
 /// Runs one agent command: `args` without the program name, the request on `input`,
 /// the answer on `out`. Returns the exit status.
 pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result<(), String> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     match args.first().map(String::as_str) {
         Some("--version") => writeln!(out, "{}", version_line()).map_err(|e| e.to_string()),
         Some("create") => {

@@ -9,7 +9,7 @@ use crate::effects::Target;
 use crate::error::Error;
 use crate::output::Level;
 
-pub fn run(global: &Global, args: &AdoptArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &AdoptArgs) -> Result<(), Error> {
     let (_rt, session, env) = super::fleet_command(global, args.env.as_deref(), args.yes, "adopt")?;
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
     let output = session.effects.output().clone();

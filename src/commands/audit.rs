@@ -27,7 +27,7 @@ fn from_hosts(global: &Global, env_name: &str) -> Result<Vec<audit::Record>, Err
     Ok(records)
 }
 
-pub fn run(global: &Global, args: &AuditArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &AuditArgs) -> Result<(), Error> {
     let path = audit::local_path();
     let since = args
         .since

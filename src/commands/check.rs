@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::output::Verbosity;
 use crate::project::{Project, rhai_files};
 
-pub fn run(global: &Global, args: &CheckArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &CheckArgs) -> Result<(), Error> {
     // With explicit paths an inventory is optional; without, it names the scripts.
     let project = match Project::load(global.config.as_deref()) {
         Ok(p) => Some(p),

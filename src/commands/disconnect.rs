@@ -6,7 +6,7 @@ use crate::error::Error;
 
 /// `runbook disconnect`: ends the master connections `[ssh] persist` kept open, every one
 /// or those of one environment's hosts.
-pub fn run(global: &Global, args: &DisconnectArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &DisconnectArgs) -> Result<(), Error> {
     let hosts = match &args.env {
         Some(name) => {
             let project = crate::project::Project::load(global.config.as_deref())?;

@@ -15,7 +15,7 @@ struct Entry {
     doc: Vec<String>,
 }
 
-pub fn run(args: &DocArgs) -> Result<(), Error> {
+pub(crate) fn run(args: &DocArgs) -> Result<(), Error> {
     crate::output::stdout(&render(args.markdown)?)
 }
 
@@ -38,7 +38,7 @@ fn api_engine() -> Result<(tokio::runtime::Runtime, rhai::Engine), Error> {
 }
 
 /// `runbook definitions DIR`: Rhai's own `.d.rhai` files for every registered module.
-pub fn definitions(dir: &std::path::Path) -> Result<(), Error> {
+pub(crate) fn definitions(dir: &std::path::Path) -> Result<(), Error> {
     let (_rt, engine) = api_engine()?;
     std::fs::create_dir_all(dir).map_err(|source| Error::Read {
         path: dir.to_path_buf(),
@@ -57,7 +57,7 @@ pub fn definitions(dir: &std::path::Path) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn render(markdown: bool) -> Result<String, Error> {
+pub(crate) fn render(markdown: bool) -> Result<String, Error> {
     let (_rt, engine) = api_engine()?;
     let json = engine
         .gen_fn_metadata_to_json(false)

@@ -34,7 +34,7 @@ struct AliasCli {
 }
 
 /// `runbook NAME …` for a name that is not a command: an alias, or a clear error.
-pub fn alias(global: &Global, words: &[String]) -> Result<(), Error> {
+pub(crate) fn alias(global: &Global, words: &[String]) -> Result<(), Error> {
     let Some((name, rest)) = words.split_first() else {
         return Err(Error::BadOption {
             option: "COMMAND".into(),
@@ -80,7 +80,7 @@ pub fn alias(global: &Global, words: &[String]) -> Result<(), Error> {
     run(global, args, Some(name))
 }
 
-pub fn run(global: &Global, args: ExecArgs, alias: Option<&str>) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: ExecArgs, alias: Option<&str>) -> Result<(), Error> {
     require_command(&args.command)?;
     let project = crate::project::Project::load(global.config.as_deref())?;
     let env = project.env(args.env.as_deref())?;

@@ -4,7 +4,7 @@ use crate::cli::{Global, HostsArgs};
 use crate::error::Error;
 use crate::project::Project;
 
-pub fn run(global: &Global, args: &HostsArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &HostsArgs) -> Result<(), Error> {
     let project = Project::load(global.config.as_deref())?;
     let env = project.env(args.env.as_deref())?;
     let hosts = env.select(args.role.as_deref()).map_err(|message| {

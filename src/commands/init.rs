@@ -83,7 +83,7 @@ const FILES: &[(&str, &str)] = &[
     ),
 ];
 
-pub fn run() -> Result<(), Error> {
+pub(crate) fn run() -> Result<(), Error> {
     let dir = std::env::current_dir().map_err(|source| Error::Read {
         path: ".".into(),
         source,

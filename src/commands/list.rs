@@ -16,7 +16,7 @@ use crate::project::{Project, rhai_files};
 
 /// What a script says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ScriptDoc {
+pub(crate) struct ScriptDoc {
     /// As `runbook run` takes it: `deploy`, `emergency/stop-everything`.
     pub name: String,
     /// `change`, `read-only` or `emergency`.
@@ -31,7 +31,7 @@ pub struct ScriptDoc {
     pub usage: Vec<String>,
 }
 
-pub fn run(global: &Global, args: &ListArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &ListArgs) -> Result<(), Error> {
     let project = Project::load(global.config.as_deref())?;
     let dir = project.scripts_dir();
     let mut docs = Vec::new();
@@ -104,7 +104,7 @@ fn table(docs: &[ScriptDoc], dir: &Path) -> String {
 }
 
 /// Reads the leading `//` / `//!` comment block of a script.
-pub fn describe(name: &str, text: &str) -> ScriptDoc {
+pub(crate) fn describe(name: &str, text: &str) -> ScriptDoc {
     let block: Vec<&str> = text
         .lines()
         .map(str::trim_start)

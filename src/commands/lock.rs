@@ -11,9 +11,9 @@ use crate::error::Error;
 use crate::output::Level;
 
 /// The longest freeze: one that outlives a month was forgotten, not decided.
-const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+const MAX_TTL: std::time::Duration = std::time::Duration::from_hours(720);
 
-pub fn run(global: &Global, args: &LockArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &LockArgs) -> Result<(), Error> {
     match &args.action {
         LockAction::Status(a) => status(global, a),
         LockAction::Freeze(a) => freeze(global, a),

@@ -1,22 +1,22 @@
 //! One file per CLI command; shared set-up (runtime, output, session) lives here.
 
-pub mod adopt;
-pub mod audit;
-pub mod check;
-pub mod disconnect;
-pub mod doc;
-pub mod exec;
-pub mod hosts;
-pub mod init;
-pub mod list;
-pub mod lock;
-pub mod recover;
-pub mod repl;
+pub(crate) mod adopt;
+pub(crate) mod audit;
+pub(crate) mod check;
+pub(crate) mod disconnect;
+pub(crate) mod doc;
+pub(crate) mod exec;
+pub(crate) mod hosts;
+pub(crate) mod init;
+pub(crate) mod list;
+pub(crate) mod lock;
+pub(crate) mod recover;
+pub(crate) mod repl;
 mod repl_helper;
-pub mod rollout;
-pub mod run;
-pub mod status;
-pub mod unlock;
+pub(crate) mod rollout;
+pub(crate) mod run;
+pub(crate) mod status;
+pub(crate) mod unlock;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::inventory::Environment;
 use crate::session::Session;
 
 /// Runs the command `cli` names.
-pub fn dispatch(cli: crate::cli::Cli) -> Result<(), Error> {
+pub(crate) fn dispatch(cli: crate::cli::Cli) -> Result<(), Error> {
     let global = &cli.global;
     match cli.command {
         crate::cli::Command::Run(args) => run::run(global, args),
@@ -68,7 +68,7 @@ pub fn dispatch(cli: crate::cli::Cli) -> Result<(), Error> {
     }
 }
 
-pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,8 +76,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(Error::Runtime)
 }
 
-pub use crate::origin::{actor, ci_run_url, os_user, run_id};
-pub use crate::session::{
+pub(crate) use crate::origin::{actor, run_id};
+pub(crate) use crate::session::{
     SessionConfig, audit_record, audit_refusal, open as session, write_audit,
 };
 
@@ -188,7 +188,7 @@ pub(crate) fn print(text: &str) {
 }
 
 /// `KEY=VALUE` pairs into a map; keys must be identifiers.
-pub fn parse_args(pairs: &[String]) -> Result<BTreeMap<String, String>, Error> {
+pub(crate) fn parse_args(pairs: &[String]) -> Result<BTreeMap<String, String>, Error> {
     let mut out = BTreeMap::new();
     for pair in pairs {
         let Some((k, v)) = pair.split_once('=') else {

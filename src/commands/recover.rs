@@ -7,7 +7,7 @@
 use crate::cli::{Global, RecoverArgs};
 use crate::error::Error;
 
-pub fn run(global: &Global, args: &RecoverArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &RecoverArgs) -> Result<(), Error> {
     let (_rt, session, env) =
         super::fleet_command(global, args.env.as_deref(), args.yes, "recover")?;
     let clock = std::time::Instant::now();

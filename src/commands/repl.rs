@@ -40,7 +40,7 @@ enum Next {
     Switch(String),
 }
 
-pub fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
     let project = Project::load(global.config.as_deref())?;
     let mut env_name = args.env.clone();
     let mut dry = args.dry_run;
@@ -377,7 +377,7 @@ fn records(v: &Dynamic) -> Option<String> {
     let items = v.clone().try_cast::<rhai::Array>()?;
     let maps: Vec<Map> = items
         .into_iter()
-        .map(|i| i.try_cast::<Map>())
+        .map(rhai::Dynamic::try_cast::<Map>)
         .collect::<Option<_>>()?;
     let plain = |d: &Dynamic| {
         d.is_string() || d.is_int() || d.is_bool() || d.is_float() || d.is_unit() || d.is_char()

@@ -12,7 +12,7 @@ use rustyline::highlight::{CmdKind, Highlighter};
 use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 
-pub struct ReplHelper {
+pub(super) struct ReplHelper {
     /// `name(params) -> type` per callable name (`ssh::run`, `hosts`, …).
     signatures: Vec<(String, String)>,
     hosts: Vec<String>,
@@ -69,7 +69,7 @@ const KEYWORDS: &[&str] = &[
 ];
 
 impl ReplHelper {
-    pub fn new(
+    pub(super) fn new(
         doc: &str,
         env: &crate::inventory::Environment,
         scripts: Vec<String>,

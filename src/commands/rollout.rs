@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::output::Level;
 use crate::rollout::{self, Action, Phase, Seen, State};
 
-pub fn run(global: &Global, args: &RolloutArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &RolloutArgs) -> Result<(), Error> {
     match &args.action {
         RolloutAction::Status(a) => status(global, a),
         RolloutAction::Pause(a) => control(global, a, Action::Pause),

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::output::{Event, Kind, Outcome};
 use crate::project::Project;
 
-pub fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: RunArgs) -> Result<(), Error> {
     let project = Project::load(global.config.as_deref())?;
     let env = project.env(args.env.as_deref())?;
     let env = narrow(&env, args.hosts.as_deref(), args.shard.as_deref())?;
@@ -486,11 +486,12 @@ fn left_behind(
         std::collections::BTreeMap::new()
     };
     let lost = session.effects.lost_hosts();
-    let mut hosts: std::collections::BTreeSet<&str> = locked.iter().map(|h| h.as_str()).collect();
+    let mut hosts: std::collections::BTreeSet<&str> =
+        locked.iter().map(std::string::String::as_str).collect();
     hosts.extend(down.iter().map(String::as_str));
     hosts.extend(switched.keys().map(String::as_str));
     if !locked.is_empty() {
-        let names: Vec<&str> = locked.iter().map(|h| h.as_str()).collect();
+        let names: Vec<&str> = locked.iter().map(std::string::String::as_str).collect();
         crate::lock::record_ended(&session.info.id, env, &names);
     }
     hosts

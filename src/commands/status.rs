@@ -31,7 +31,7 @@ fn open(
     Ok((rt, session, env))
 }
 
-pub fn status(global: &Global, args: &StatusArgs) -> Result<(), Error> {
+pub(crate) fn status(global: &Global, args: &StatusArgs) -> Result<(), Error> {
     let (_rt, session, env) = open(global, args.env.as_deref(), "status")?;
     let s = crate::status::read(&session.effects, &env);
     session.effects.close();
@@ -201,7 +201,7 @@ struct ReleaseRow {
     live_on: Vec<String>,
 }
 
-pub fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> {
+pub(crate) fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> {
     let (_rt, session, env) = open(global, args.env.as_deref(), "releases")?;
     let targets: Vec<crate::effects::Target> = env
         .hosts

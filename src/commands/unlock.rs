@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::output::{Event, Kind, Level};
 use crate::project::Project;
 
-pub fn run(global: &Global, args: &UnlockArgs) -> Result<(), Error> {
+pub(crate) fn run(global: &Global, args: &UnlockArgs) -> Result<(), Error> {
     let project = Project::load(global.config.as_deref())?;
     let env = project.env(args.env.as_deref())?;
     let rt = runtime()?;

@@ -15,7 +15,7 @@ use super::interrupt::Interrupt;
 
 /// Why a [`race`] ended before its future did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stopped {
+pub(crate) enum Stopped {
     /// Ctrl-C / SIGTERM that the script has not handled yet.
     Interrupted,
     /// The bound passed; `after` is how long it really waited (measured, not the bound).
@@ -26,13 +26,13 @@ pub enum Stopped {
 /// runtime worker thread (the script runs on its own thread). A timer or a socket must be
 /// made *inside* `fut` (an `async` block or fn): made by the caller, outside the runtime,
 /// it panics for want of a reactor.
-pub fn block_on<F: Future>(runtime: &Handle, fut: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(runtime: &Handle, fut: F) -> F::Output {
     runtime.block_on(fut)
 }
 
 /// Runs `fut` until it ends, a signal arrives on `interrupt` (one already pending ends it
 /// at once: a signal between two checks is never lost), or `timeout` passes.
-pub async fn race<F: Future>(
+pub(crate) async fn race<F: Future>(
     fut: F,
     interrupt: Option<&Interrupt>,
     timeout: Option<Duration>,

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Puts the question (`"… changes `prod` (protected). Go ahead? [y/N] "`) to a person;
 /// `true` only for a yes.
-pub type Ask = Box<dyn FnMut(&str) -> bool + Send>;
+pub(crate) type Ask = Box<dyn FnMut(&str) -> bool + Send>;
 
 #[derive(Default)]
-pub struct Confirm {
+pub(crate) struct Confirm {
     state: Mutex<State>,
     /// Set on a "no": the engine's progress hook stops the line at its next step.
     refused: Arc<AtomicBool>,
@@ -37,7 +37,7 @@ struct State {
 
 impl Confirm {
     /// From now on (until [`Confirm::remove`]) the first change asks `ask` about `env`.
-    pub fn install(&self, env: &str, ask: Ask) {
+    pub(crate) fn install(&self, env: &str, ask: Ask) {
         let mut s = self.lock();
         *s = State {
             ask: Some(ask),
@@ -49,26 +49,27 @@ impl Confirm {
     }
 
     /// Removes the hook; returns what was refused, if anything was.
-    pub fn remove(&self) -> Option<String> {
+    pub(crate) fn remove(&self) -> Option<String> {
         let refusal = std::mem::take(&mut *self.lock()).refusal;
         self.refused.store(false, Ordering::SeqCst);
         refusal
     }
 
+    #[cfg(test)]
     /// Whether a change was refused since the hook was installed.
-    pub fn refused(&self) -> bool {
+    pub(crate) fn refused(&self) -> bool {
         self.refused.load(Ordering::SeqCst)
     }
 
     /// The flag [`Confirm::refused`] reads, for a hook that outlives a borrow.
-    pub fn refused_flag(&self) -> Arc<AtomicBool> {
+    pub(crate) fn refused_flag(&self) -> Arc<AtomicBool> {
         self.refused.clone()
     }
 
     /// `Err` when `what` (a change about to happen) is not to happen: the person said no
     /// now or earlier in this line. `Ok` without a hook. The question is asked under the
     /// lock, so hosts of a fan-out wait for the one answer.
-    pub fn check(&self, what: &str) -> Result<(), NotConfirmed> {
+    pub(crate) fn check(&self, what: &str) -> Result<(), NotConfirmed> {
         let mut s = self.lock();
         let State {
             ask,
@@ -105,7 +106,7 @@ impl Confirm {
 /// and say it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not run: {what} changes `{env}` and was not confirmed")]
-pub struct NotConfirmed {
+pub(crate) struct NotConfirmed {
     /// The change, as the question named it.
     pub what: String,
     /// The protected environment.
@@ -114,7 +115,7 @@ pub struct NotConfirmed {
 
 /// How a command is named in the question: its first line, at most 80 characters, with
 /// control characters neutralised (the question goes to the terminal).
-pub fn describe(command: &str, host: &str) -> String {
+pub(crate) fn describe(command: &str, host: &str) -> String {
     let line = command.lines().next().unwrap_or("");
     let shown = crate::output::terminal::neutralise(line);
     let mut short: String = shown.chars().take(80).collect();

@@ -9,7 +9,7 @@ use super::CommandError;
 
 /// Failed (and not started) hosts of one fan-out, in the order of the set.
 #[derive(Debug, Clone)]
-pub struct Failures {
+pub(crate) struct Failures {
     /// How many hosts the command was for.
     pub total: usize,
     /// Never empty: a fan-out with no failed host is not an error.

@@ -5,7 +5,7 @@
 use super::{CommandError, CommandResult, HostOutcome};
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum HostError {
+pub(crate) enum HostError {
     /// The command did not run to a success: see [`CommandError`].
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -19,7 +19,7 @@ pub enum HostError {
 
 impl HostOutcome {
     /// What the host answered, or why it did not.
-    pub fn result(&self) -> Result<&CommandResult, HostError> {
+    pub(crate) fn result(&self) -> Result<&CommandResult, HostError> {
         match self {
             HostOutcome::Done(Ok(r)) => Ok(r),
             HostOutcome::Done(Err(e)) => Err(HostError::Command(e.clone())),
@@ -29,7 +29,7 @@ impl HostOutcome {
 
     /// [`HostOutcome::result`], a non-zero exit counted as a failure too (a dry run's
     /// synthetic result is a success).
-    pub fn success(&self) -> Result<&CommandResult, HostError> {
+    pub(crate) fn success(&self) -> Result<&CommandResult, HostError> {
         let r = self.result()?;
         if r.ok() || r.dry_run {
             Ok(r)

@@ -21,11 +21,11 @@ use crate::output::{Event, Kind};
 
 /// How long past its stated bound an exchange may run before the gate ends it: a core's
 /// own, finer timeout (per attempt) fires first and says more.
-pub const GRACE: Duration = Duration::from_secs(1);
+pub(crate) const GRACE: Duration = Duration::from_secs(1);
 
 /// An exchange that did not end by itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     #[error("{channel}: interrupted")]
     Interrupted { channel: String },
     /// `after` is the time it really ran, measured here.
@@ -34,7 +34,7 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    pub fn is_interrupt(&self) -> bool {
+    pub(crate) fn is_interrupt(&self) -> bool {
         matches!(self, HttpError::Interrupted { .. })
     }
 }
@@ -43,7 +43,7 @@ impl Effects {
     /// A request that only reads (a health check, a query): it runs in a dry run too.
     /// `bound` is the longest the exchange may take, retries included (`None`: as long as
     /// it takes; the core's own timeouts still apply).
-    pub fn http_read<F: Future>(
+    pub(crate) fn http_read<F: Future>(
         &self,
         channel: &str,
         bound: Option<Duration>,
@@ -54,7 +54,7 @@ impl Effects {
 
     /// A request that changes something elsewhere (a notification, a push). In a dry run
     /// it is shown — `preview`, redacted — and not sent: `Ok(None)`.
-    pub fn http_send<F: Future>(
+    pub(crate) fn http_send<F: Future>(
         &self,
         channel: &str,
         preview: &str,

@@ -7,13 +7,13 @@
 //! HTTP requests and mail pass through it too ([`Effects::http_read`], [`Effects::http_send`]
 //! in `http.rs`), and every wait for the runtime goes through the one bridge (`bridge.rs`).
 
-pub mod bridge;
-pub mod confirm;
+pub(crate) mod bridge;
+pub(crate) mod confirm;
 mod failures;
 mod host_error;
-pub mod http;
+pub(crate) mod http;
 mod transfer_error;
-pub use crate::{interrupt, redact};
+pub(crate) use crate::interrupt;
 
 use crate::sync::Locked;
 use std::path::Path;
@@ -26,23 +26,23 @@ use crate::inventory::{Host, TransportKind};
 use crate::output::{Event, Kind, Level, Outcome, Output};
 use crate::transport::ssh::{NoControlDir, SshPool};
 use crate::transport::{self, CommandSpec, ErrorKind, ExecError, Finished, transfer};
-pub use failures::Failures;
-pub use host_error::HostError;
+pub(crate) use failures::Failures;
+pub(crate) use host_error::HostError;
 use interrupt::Interrupt;
-pub use transfer_error::TransferError;
+pub(crate) use transfer_error::TransferError;
 
 /// How many stderr lines a failure message carries.
 const STDERR_TAIL_LINES: usize = 8;
 
 /// Where a command runs: this machine, or a host of the inventory.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub(crate) enum Target {
     Local,
     Host(Arc<Host>),
 }
 
 impl Target {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Target::Local => "local",
             Target::Host(h) => &h.name,
@@ -59,7 +59,7 @@ impl Target {
 
 /// How a command fans out over a host set.
 #[derive(Debug, Clone, Default)]
-pub struct FanOut {
+pub(crate) struct FanOut {
     /// Hosts in flight at once (default: the inventory's `max_concurrency`).
     pub concurrency: Option<usize>,
     /// Rolling batches; the last size repeats. Empty: one batch of every host.
@@ -75,13 +75,13 @@ pub struct FanOut {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum BatchSize {
+pub(crate) enum BatchSize {
     Count(usize),
     Percent(f64),
 }
 
 impl FanOut {
-    pub fn new() -> FanOut {
+    pub(crate) fn new() -> FanOut {
         FanOut {
             fail_fast: true,
             ..FanOut::default()
@@ -89,12 +89,12 @@ impl FanOut {
     }
 
     /// How many failed hosts are tolerated out of `n`.
-    pub fn threshold(&self, n: usize) -> usize {
+    pub(crate) fn threshold(&self, n: usize) -> usize {
         ((self.max_fail_percent / 100.0) * n as f64).floor() as usize
     }
 
     /// The batch sizes for `n` hosts: each at least 1, the last size repeating.
-    pub fn batch_sizes(&self, n: usize) -> Vec<usize> {
+    pub(crate) fn batch_sizes(&self, n: usize) -> Vec<usize> {
         if self.batches.is_empty() || n == 0 {
             return vec![n];
         }
@@ -120,7 +120,7 @@ impl FanOut {
 
 /// What happened on one host of a fan-out.
 #[derive(Debug)]
-pub enum HostOutcome {
+pub(crate) enum HostOutcome {
     Done(Result<CommandResult, CommandError>),
     /// Not started: an earlier failure stopped the rollout, or Ctrl-C.
     Skipped,
@@ -128,7 +128,7 @@ pub enum HostOutcome {
 
 /// A command that ran (or, in dry-run, would have run).
 #[derive(Debug, Clone)]
-pub struct CommandResult {
+pub(crate) struct CommandResult {
     pub host: String,
     pub argv: Vec<String>,
     pub code: i32,
@@ -139,13 +139,13 @@ pub struct CommandResult {
 }
 
 impl CommandResult {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.code == 0
     }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     #[error(
         "command failed on `{host}`: `{command}` exited with code {code}{}",
         tail_block(stderr_tail)
@@ -191,7 +191,7 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    pub fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &str {
         match self {
             CommandError::Failed { host, .. }
             | CommandError::Killed { host, .. }
@@ -202,19 +202,19 @@ impl CommandError {
     }
 
     /// The exit code, when the command ran to an exit.
-    pub fn code(&self) -> Option<i32> {
+    pub(crate) fn code(&self) -> Option<i32> {
         match self {
             CommandError::Failed { code, .. } => Some(*code),
             _ => None,
         }
     }
 
-    pub fn is_interrupt(&self) -> bool {
+    pub(crate) fn is_interrupt(&self) -> bool {
         matches!(self, CommandError::Interrupted { .. })
     }
 
     /// Which kind of failure this is (what a script's `e.kind` says).
-    pub fn kind(&self) -> ErrorKind {
+    pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             CommandError::Failed { .. } => ErrorKind::Exit,
             CommandError::Killed { .. } => ErrorKind::Signal,
@@ -225,7 +225,7 @@ impl CommandError {
     }
 
     /// The command as people read it (its label for runbook's own scripts).
-    pub fn command(&self) -> &str {
+    pub(crate) fn command(&self) -> &str {
         match self {
             CommandError::Failed { command, .. }
             | CommandError::Killed { command, .. }
@@ -236,7 +236,7 @@ impl CommandError {
     }
 
     /// The last lines the command wrote to stderr (empty when it never ran).
-    pub fn stderr_tail(&self) -> &[String] {
+    pub(crate) fn stderr_tail(&self) -> &[String] {
         match self {
             CommandError::Failed { stderr_tail, .. }
             | CommandError::Killed { stderr_tail, .. }
@@ -278,7 +278,7 @@ fn stderr_tail(stderr: &str) -> Vec<String> {
         .collect()
 }
 
-pub struct Effects {
+pub(crate) struct Effects {
     runtime: Handle,
     ssh: std::sync::OnceLock<Result<SshPool, NoControlDir>>,
     output: Arc<Output>,
@@ -299,7 +299,7 @@ pub struct Effects {
 }
 
 impl Effects {
-    pub fn new(
+    pub(crate) fn new(
         runtime: Handle,
         output: Arc<Output>,
         interrupt: Interrupt,
@@ -321,63 +321,51 @@ impl Effects {
         }
     }
 
-    pub fn output(&self) -> &Arc<Output> {
+    pub(crate) fn output(&self) -> &Arc<Output> {
         &self.output
     }
 
     /// The hook that asks before a change (installed by the REPL for one line).
-    pub fn confirm(&self) -> &confirm::Confirm {
+    pub(crate) fn confirm(&self) -> &confirm::Confirm {
         &self.confirm
     }
     /// Hosts that could not be reached, or whose connection was lost, during this run.
-    pub fn lost_hosts(&self) -> std::collections::BTreeSet<String> {
+    pub(crate) fn lost_hosts(&self) -> std::collections::BTreeSet<String> {
         self.lost.locked().clone()
     }
 
-    /// The run id every command of this run carries as `RUNBOOK_RUN`.
-    pub fn run_id(&self) -> &str {
-        &self.run_id
-    }
-    pub fn interrupt(&self) -> &Interrupt {
+    pub(crate) fn interrupt(&self) -> &Interrupt {
         &self.interrupt
     }
-    pub fn dry_run(&self) -> bool {
+    pub(crate) fn dry_run(&self) -> bool {
         self.dry_run.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Turns dry-run on or off for everything that follows.
-    pub fn set_dry_run(&self, on: bool) {
+    pub(crate) fn set_dry_run(&self, on: bool) {
         self.dry_run.store(on, std::sync::atomic::Ordering::SeqCst);
     }
-    pub fn runtime(&self) -> &Handle {
+    pub(crate) fn runtime(&self) -> &Handle {
         &self.runtime
     }
 
     /// The SSH connection pool, created on first use.
-    pub fn ssh_pool(&self) -> Result<&SshPool, NoControlDir> {
+    pub(crate) fn ssh_pool(&self) -> Result<&SshPool, NoControlDir> {
         self.ssh
             .get_or_init(|| SshPool::new(&self.run_id))
             .as_ref()
             .map_err(Clone::clone)
     }
 
-    /// Master connections opened so far (each host is connected to at most once).
-    pub fn ssh_connections(&self) -> usize {
-        self.ssh
-            .get()
-            .and_then(|p| p.as_ref().ok())
-            .map_or(0, SshPool::opened)
-    }
-
     /// Ends every SSH master immediately, without the async runtime (forced exit).
-    pub fn kill_connections_now(&self) {
+    pub(crate) fn kill_connections_now(&self) {
         if let Some(Ok(pool)) = self.ssh.get() {
             pool.kill_masters_now();
         }
     }
 
     /// Closes every connection. Called once at the end of a run, whatever its outcome.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         if let Some(Ok(pool)) = self.ssh.get() {
             let closed = bridge::block_on(
                 &self.runtime,
@@ -393,7 +381,7 @@ impl Effects {
     /// Runs `argv` on one target in `cwd` with the user's terminal attached (`runbook
     /// exec -i`): `php artisan tinker`, a shell. Nothing runs in a dry run. Returns the
     /// exit status.
-    pub fn interactive(
+    pub(crate) fn interactive(
         &self,
         target: &Target,
         argv: &[String],
@@ -435,13 +423,17 @@ impl Effects {
     }
 
     /// Runs one command on one target, blocking the (script) thread until it ends.
-    pub fn run(&self, target: &Target, spec: &CommandSpec) -> Result<CommandResult, CommandError> {
+    pub(crate) fn run(
+        &self,
+        target: &Target,
+        spec: &CommandSpec,
+    ) -> Result<CommandResult, CommandError> {
         bridge::block_on(&self.runtime, self.run_async(target, spec))
     }
 
     /// Sleeps `d` on the runtime, ended early by Ctrl-C / SIGTERM (`Err`): also when a
     /// signal came just as the sleep ended.
-    pub fn sleep(&self, d: Duration) -> Result<(), bridge::Stopped> {
+    pub(crate) fn sleep(&self, d: Duration) -> Result<(), bridge::Stopped> {
         // The timer is made inside the future: made here, outside the runtime, it panics.
         let nap = async move { tokio::time::sleep(d).await };
         let slept = bridge::block_on(
@@ -454,20 +446,8 @@ impl Effects {
         Ok(())
     }
 
-    /// Runs one command on every target: batch by batch, each batch at once (at most
-    /// `concurrency` hosts in flight), stopping per the failure policy. Returns one
-    /// outcome per target, in the order given.
-    pub fn run_many(
-        &self,
-        targets: &[Target],
-        spec: &CommandSpec,
-        fan: &FanOut,
-    ) -> Vec<HostOutcome> {
-        self.run_many_with(targets, &|_: &Target| spec.clone(), fan)
-    }
-
     /// [`Effects::run_many`] with a command built per target (paths differ per host).
-    pub fn run_many_with(
+    pub(crate) fn run_many_with(
         &self,
         targets: &[Target],
         build: &dyn Fn(&Target) -> CommandSpec,
@@ -511,15 +491,14 @@ impl Effects {
                 // The first `limit` hosts start together whatever happens meanwhile (a
                 // command can end before the next host's turn is even polled); a host
                 // that waits for a slot is not started after a failure stopped the rest.
-                let _permit = match semaphore.try_acquire() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        let p = semaphore.acquire().await.ok();
-                        if stop.load(Ordering::SeqCst) {
-                            return HostOutcome::Skipped;
-                        }
-                        p
+                let _permit = if let Ok(p) = semaphore.try_acquire() {
+                    Some(p)
+                } else {
+                    let p = semaphore.acquire().await.ok();
+                    if stop.load(Ordering::SeqCst) {
+                        return HostOutcome::Skipped;
                     }
+                    p
                 };
                 let result = self.run_async(t, &build(t)).await;
                 if let Err(e) = &result {
@@ -542,7 +521,7 @@ impl Effects {
     }
 
     /// Copies a local file or directory to `remote` on every target (modes kept).
-    pub fn upload(
+    pub(crate) fn upload(
         &self,
         targets: &[Target],
         local: &Path,
@@ -555,7 +534,7 @@ impl Effects {
     /// packed into one temporary file, a file sent as it is) and sent to every target at
     /// once, at most `max_concurrency` in flight, each reading the same file through its
     /// own bounded buffer: the runner's memory does not grow with the size or the hosts.
-    pub fn upload_each(
+    pub(crate) fn upload_each(
         &self,
         targets: &[Target],
         local: &Path,
@@ -652,7 +631,7 @@ impl Effects {
 
     /// Copies `remote` (a file or directory) from one target to `local`, streamed
     /// through a temporary archive beside `local` (never held in memory).
-    pub fn download(
+    pub(crate) fn download(
         &self,
         target: &Target,
         remote: &str,
@@ -712,7 +691,7 @@ impl Effects {
     /// dry-run ("would run", nothing done) and error shape as a process. Returns what the
     /// work returned, or `None` in a dry run (it did not run). The work's error is its
     /// core's own (a message will do): the failure says it as it is, after the host.
-    pub fn task<T, E>(
+    pub(crate) fn task<T, E>(
         &self,
         target: &Target,
         argv: Vec<String>,
@@ -792,7 +771,7 @@ impl Effects {
         }
     }
 
-    pub async fn run_async(
+    pub(crate) async fn run_async(
         &self,
         target: &Target,
         spec: &CommandSpec,
@@ -1051,7 +1030,7 @@ mod tests {
         });
         let started = std::time::Instant::now();
         assert_eq!(
-            fx.sleep(Duration::from_secs(300)),
+            fx.sleep(Duration::from_mins(5)),
             Err(bridge::Stopped::Interrupted)
         );
         assert!(started.elapsed() < Duration::from_secs(10));

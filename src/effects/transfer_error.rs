@@ -13,7 +13,7 @@ use crate::transport::ssh::NoControlDir;
 use crate::transport::transfer::NoName;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TransferError {
+pub(crate) enum TransferError {
     /// The remote path has no last component to copy.
     #[error(transparent)]
     Path(#[from] NoName),

@@ -4,9 +4,9 @@
 //! on Ctrl-C through the progress hook, installs the module resolvers and registers every
 //! script-facing module. Nothing here is global: two sessions never share state.
 
-pub use crate::{diagnostic, sources};
+use crate::{diagnostic, sources};
 mod resolver;
-pub mod stdlib;
+pub(crate) mod stdlib;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,14 +15,14 @@ use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection};
 use rhai::{AST, Dynamic, Engine, Map, Scope};
 
 use crate::output::Level;
-pub use crate::session::{RunInfo, Session, SessionRef};
-pub use diagnostic::Diagnostic;
-pub use resolver::StdlibResolver;
+pub(crate) use crate::session::{RunInfo, Session, SessionRef};
+pub(crate) use diagnostic::Diagnostic;
+pub(crate) use resolver::StdlibResolver;
 use sources::SourceMap;
 
 /// Operations a script may perform before it is stopped as a runaway; the environment
 /// variable `RUNBOOK_MAX_OPERATIONS` overrides it (README "Limits").
-pub const MAX_OPERATIONS: u64 = 50_000_000;
+pub(crate) const MAX_OPERATIONS: u64 = 50_000_000;
 
 fn max_operations() -> u64 {
     std::env::var("RUNBOOK_MAX_OPERATIONS")
@@ -33,13 +33,13 @@ fn max_operations() -> u64 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Run,
     /// Compile only, with strict variables.
     Check,
 }
 
-pub fn build(session: &Arc<Session>, mode: Mode, script_dir: Option<&Path>) -> Engine {
+pub(crate) fn build(session: &Arc<Session>, mode: Mode, script_dir: Option<&Path>) -> Engine {
     let mut engine = Engine::new();
     engine
         .set_max_operations(max_operations())
@@ -94,7 +94,7 @@ pub fn build(session: &Arc<Session>, mode: Mode, script_dir: Option<&Path>) -> E
 }
 
 /// The constants every script sees: `args`, `env`, `app`, `run`.
-pub fn scope(session: &Session) -> Scope<'static> {
+pub(crate) fn scope(session: &Session) -> Scope<'static> {
     let mut scope = Scope::new();
     let context = crate::modules::context::context_map(session);
     for key in ["args", "env", "app", "run"] {
@@ -108,7 +108,7 @@ pub fn scope(session: &Session) -> Scope<'static> {
 }
 
 /// Compiles a script file, recording its text for error snippets.
-pub fn compile(
+pub(crate) fn compile(
     engine: &Engine,
     scope: &Scope,
     name: &str,
@@ -124,11 +124,10 @@ pub fn compile(
 }
 
 /// The name a script is shown under: relative to the project root when inside it.
-pub fn source_name(path: &Path, root: Option<&Path>) -> String {
+pub(crate) fn source_name(path: &Path, root: Option<&Path>) -> String {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     root.and_then(|r| abs.strip_prefix(r).ok())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(path))
+        .map_or_else(|| PathBuf::from(path), Path::to_path_buf)
         .to_string_lossy()
         .into_owned()
 }
@@ -137,7 +136,7 @@ pub fn source_name(path: &Path, root: Option<&Path>) -> String {
 /// script imports at its top level in reach — `on_failure` can call `rolling::recover`
 /// without importing it again. Only those `import` statements run first (the rest of the
 /// script does not run again); `scope` is the failed run's.
-pub fn call_on_failure(
+pub(crate) fn call_on_failure(
     engine: &Engine,
     scope: &mut Scope,
     ast: &AST,

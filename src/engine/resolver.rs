@@ -15,14 +15,14 @@ type SharedModule = Arc<Module>;
 use super::sources::SourceMap;
 use super::stdlib;
 
-pub struct StdlibResolver {
+pub(crate) struct StdlibResolver {
     project_stdlib: Option<PathBuf>,
     sources: Arc<SourceMap>,
     cache: Mutex<HashMap<String, SharedModule>>,
 }
 
 impl StdlibResolver {
-    pub fn new(project_stdlib: Option<PathBuf>, sources: Arc<SourceMap>) -> StdlibResolver {
+    pub(crate) fn new(project_stdlib: Option<PathBuf>, sources: Arc<SourceMap>) -> StdlibResolver {
         StdlibResolver {
             project_stdlib,
             sources,
@@ -31,7 +31,7 @@ impl StdlibResolver {
     }
 
     /// The source name and text of a module, project override first.
-    pub fn lookup(&self, path: &str) -> Option<(String, String)> {
+    pub(crate) fn lookup(&self, path: &str) -> Option<(String, String)> {
         let key = path.trim_end_matches(".rhai");
         let name = format!("stdlib/{key}.rhai");
         if let Some(dir) = &self.project_stdlib {

@@ -1,7 +1,7 @@
 //! The stdlib `.rhai` files, embedded so that one binary is enough on a server.
 
 /// `(module path, source)`; the module path is what scripts write in `import "…"`.
-pub const FILES: &[(&str, &str)] = &[
+pub(crate) const FILES: &[(&str, &str)] = &[
     ("laravel", include_str!("../../stdlib/laravel.rhai")),
     ("traffic", include_str!("../../stdlib/traffic.rhai")),
     (
@@ -26,7 +26,7 @@ pub const FILES: &[(&str, &str)] = &[
     ),
 ];
 
-pub fn get(path: &str) -> Option<&'static str> {
+pub(crate) fn get(path: &str) -> Option<&'static str> {
     FILES.iter().find(|(p, _)| *p == path).map(|(_, s)| *s)
 }
 

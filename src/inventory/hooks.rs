@@ -7,7 +7,7 @@ use crate::steps::{Attach, Placement};
 
 /// What a hook of the inventory runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookAction {
+pub(crate) enum HookAction {
     /// An argv on the step's hosts.
     Run(Vec<String>),
     /// `php artisan …` on the step's hosts.
@@ -20,7 +20,7 @@ pub enum HookAction {
 
 /// One checked `[[hooks]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hook {
+pub(crate) struct Hook {
     pub attach: Attach,
     pub action: HookAction,
     /// Only on the hosts of this role.
@@ -33,14 +33,14 @@ pub struct Hook {
 
 impl Hook {
     /// Whether the hook applies to a run on environment `env`.
-    pub fn applies_to(&self, env: &str) -> bool {
+    pub(crate) fn applies_to(&self, env: &str) -> bool {
         self.envs
             .as_ref()
             .is_none_or(|e| e.iter().any(|n| n == env))
     }
 
     /// What it runs, for the step's label: `php artisan route:cache`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.action {
             HookAction::Run(argv) => crate::quote::join(argv),
             HookAction::Artisan(args) => format!("php artisan {}", crate::quote::join(args)),
@@ -52,7 +52,7 @@ impl Hook {
 
 /// Reads `hooks`, refusing (with the key and what to write) anything that would not run.
 /// `envs` are the inventory's environments.
-pub fn resolve(raw: &[RawHook], envs: &[&String]) -> Result<Vec<Hook>, (String, String)> {
+pub(crate) fn resolve(raw: &[RawHook], envs: &[&String]) -> Result<Vec<Hook>, (String, String)> {
     raw.iter()
         .enumerate()
         .map(|(i, h)| {

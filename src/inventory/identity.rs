@@ -12,19 +12,19 @@ use super::Environment;
 
 /// The run's private key directory; removed (with every key in it) on drop.
 #[derive(Debug)]
-pub struct KeyDir {
+pub(crate) struct KeyDir {
     dir: tempfile::TempDir,
 }
 
 impl KeyDir {
-    pub fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         self.dir.path()
     }
 }
 
 /// `env` with every `identity` key written to a private file and set as the host's
 /// `identity_file`. The error names the variable (its value never appears).
-pub fn materialize(
+pub(crate) fn materialize(
     env: &Environment,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Environment, String> {
@@ -42,22 +42,21 @@ pub fn materialize(
         let Some(r) = host.identity.clone() else {
             continue;
         };
-        let path = match written.iter().find(|(v, _)| *v == r.env) {
-            Some((_, p)) => p.clone(),
-            None => {
-                let material = lookup(&r.env).ok_or_else(|| {
-                    format!(
-                        "{} is not set here (or empty): export the private key there (GitHub Actions: `env:` from the repository's secrets)",
-                        r.env
-                    )
-                })?;
-                let path = keys.path().join(format!("key-{}", written.len() + 1));
-                write_key(&path, &material)
-                    .map_err(|e| format!("cannot write the key from {}: {e}", r.env))?;
-                let p = path.to_string_lossy().into_owned();
-                written.push((r.env.clone(), p.clone()));
-                p
-            }
+        let path = if let Some((_, p)) = written.iter().find(|(v, _)| *v == r.env) {
+            p.clone()
+        } else {
+            let material = lookup(&r.env).ok_or_else(|| {
+                format!(
+                    "{} is not set here (or empty): export the private key there (GitHub Actions: `env:` from the repository's secrets)",
+                    r.env
+                )
+            })?;
+            let path = keys.path().join(format!("key-{}", written.len() + 1));
+            write_key(&path, &material)
+                .map_err(|e| format!("cannot write the key from {}: {e}", r.env))?;
+            let p = path.to_string_lossy().into_owned();
+            written.push((r.env.clone(), p.clone()));
+            p
         };
         Arc::make_mut(host).identity_file = Some(path);
     }

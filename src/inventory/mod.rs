@@ -6,25 +6,25 @@
 //! read from the process environment when used, and never stored in this structure.
 
 mod error;
-pub mod hooks;
-pub mod identity;
-pub mod model;
+pub(crate) mod hooks;
+pub(crate) mod identity;
+pub(crate) mod model;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use model::{HostKeyCheck, SecretRef, Setting, TransportKind};
+pub(crate) use model::{HostKeyCheck, SecretRef, Setting, TransportKind};
 use model::{RawEnvironment, RawHost, RawInventory, RawSsh};
 
-pub use error::InventoryError;
+pub(crate) use error::InventoryError;
 
 /// The file name looked for in the current directory and its parents.
-pub const FILE_NAME: &str = "runbook.toml";
+pub(crate) const FILE_NAME: &str = "runbook.toml";
 
 #[derive(Debug)]
-pub struct Inventory {
+pub(crate) struct Inventory {
     /// The file this was read from.
     pub path: PathBuf,
     /// The directory holding the file: the project root.
@@ -40,7 +40,7 @@ pub struct Inventory {
 }
 
 /// runbook's own commands: an alias may not take their names.
-pub const COMMANDS: &[&str] = &[
+pub(crate) const COMMANDS: &[&str] = &[
     "run",
     "check",
     "hosts",
@@ -64,7 +64,7 @@ pub const COMMANDS: &[&str] = &[
 
 /// One environment with every host fully resolved.
 #[derive(Debug, Clone)]
-pub struct Environment {
+pub(crate) struct Environment {
     pub name: String,
     pub url: Option<String>,
     pub protected: bool,
@@ -95,7 +95,7 @@ pub struct Environment {
 
 /// A host as the runtime uses it: every setting resolved from host → env → `[ssh]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Host {
+pub(crate) struct Host {
     pub name: String,
     pub address: String,
     pub port: u16,
@@ -117,7 +117,7 @@ pub struct Host {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshOptions {
+pub(crate) struct SshOptions {
     pub known_hosts: Option<String>,
     pub host_key_check: HostKeyCheck,
     pub connect_timeout: Duration,
@@ -129,7 +129,7 @@ pub struct SshOptions {
 
 impl Inventory {
     /// Reads and validates an inventory file.
-    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+    pub(crate) fn load(path: &Path) -> Result<Inventory, InventoryError> {
         let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
             path: path.to_owned(),
             source,
@@ -138,13 +138,13 @@ impl Inventory {
     }
 
     /// Parses inventory text; `path` is used for messages and to resolve relative paths.
-    pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
         Inventory::parse_with(path, text, &crate::envfile::from_process_env)
     }
 
     /// `parse` with `lookup` standing in for the process environment (settings written
     /// as `{ env = "NAME" }`; an empty value counts as not set).
-    pub fn parse_with(
+    pub(crate) fn parse_with(
         path: &Path,
         text: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
@@ -229,7 +229,7 @@ impl Inventory {
     /// while a setting it reads from an environment variable is not set, and with every
     /// `identity = { env = … }` key written to a private file for as long as the
     /// returned environment lives.
-    pub fn env(&self, name: &str) -> Result<Arc<Environment>, InventoryError> {
+    pub(crate) fn env(&self, name: &str) -> Result<Arc<Environment>, InventoryError> {
         let env = self
             .envs
             .get(name)
@@ -260,7 +260,7 @@ impl Inventory {
 
     /// Every environment-variable name the file refers to for a secret (credentials:
     /// masked in all output from the start of a run). Hosts and addresses are not secret.
-    pub fn secret_names(&self) -> Vec<String> {
+    pub(crate) fn secret_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         if let Some(slack) = &self.notify.slack {
             names.push(slack.webhook.env.clone());
@@ -292,7 +292,7 @@ impl Inventory {
 
 impl Setting {
     /// The value: written inline, or read from the named environment variable now.
-    pub fn resolve(&self, key: &str) -> Result<String, String> {
+    pub(crate) fn resolve(&self, key: &str) -> Result<String, String> {
         match self {
             Setting::Literal(v) => Ok(v.clone()),
             Setting::Env(r) => r.resolve(key),
@@ -302,7 +302,7 @@ impl Setting {
 
 impl SecretRef {
     /// Reads the variable; the error names it and the inventory key that wants it.
-    pub fn resolve(&self, key: &str) -> Result<String, String> {
+    pub(crate) fn resolve(&self, key: &str) -> Result<String, String> {
         std::env::var(&self.env)
             .ok()
             .filter(|v| !v.is_empty())
@@ -317,7 +317,7 @@ impl SecretRef {
 
 impl Environment {
     /// The hosts of a role (or all hosts for `None`), in a stable order.
-    pub fn select(&self, role: Option<&str>) -> Result<Vec<Arc<Host>>, String> {
+    pub(crate) fn select(&self, role: Option<&str>) -> Result<Vec<Arc<Host>>, String> {
         match role {
             None | Some("all") => Ok(self.hosts.clone()),
             Some(role) => {
@@ -341,14 +341,18 @@ impl Environment {
         }
     }
 
-    pub fn host(&self, name: &str) -> Option<Arc<Host>> {
+    pub(crate) fn host(&self, name: &str) -> Option<Arc<Host>> {
         self.hosts.iter().find(|h| h.name == name).cloned()
     }
 
     /// The environment narrowed to hosts matching `pattern` (wildcards `*`, `?`) and to
     /// shard `index` of `count` (1-based) of the remaining hosts in name order — so a CI
     /// matrix of `count` jobs covers every host exactly once.
-    pub fn subset(&self, pattern: Option<&str>, shard: Option<(usize, usize)>) -> Environment {
+    pub(crate) fn subset(
+        &self,
+        pattern: Option<&str>,
+        shard: Option<(usize, usize)>,
+    ) -> Environment {
         let mut hosts: Vec<Arc<Host>> = self
             .hosts
             .iter()
@@ -381,7 +385,7 @@ impl Environment {
 }
 
 /// Shell-style wildcard match: `*` any run, `?` one character.
-pub fn wildcard(pattern: &str, text: &str) -> bool {
+pub(crate) fn wildcard(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {
@@ -879,9 +883,10 @@ impl<'a, I: Fn(String, String) -> InventoryError> EnvResolver<'a, I> {
         Ok(match &env.migrate_on {
             None => None,
             Some(m) if env.hosts.contains_key(m) => Some(m.clone()),
-            Some(m) => match env.roles.get(m).and_then(|r| r.first()) {
-                Some(first) => Some(first.clone()),
-                None => {
+            Some(m) => {
+                if let Some(first) = env.roles.get(m).and_then(|r| r.first()) {
+                    Some(first.clone())
+                } else {
                     let known: Vec<&str> = env
                         .hosts
                         .keys()
@@ -896,7 +901,7 @@ impl<'a, I: Fn(String, String) -> InventoryError> EnvResolver<'a, I> {
                         ),
                     ));
                 }
-            },
+            }
         })
     }
 
@@ -1038,7 +1043,7 @@ fn merge_ssh(base: &RawSsh, over: &RawSsh) -> RawSsh {
 }
 
 /// Looks for `runbook.toml` in `start` and its parents.
-pub fn discover(start: &Path) -> Option<PathBuf> {
+pub(crate) fn discover(start: &Path) -> Option<PathBuf> {
     start
         .ancestors()
         .map(|dir| dir.join(FILE_NAME))

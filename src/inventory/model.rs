@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawInventory {
+pub(crate) struct RawInventory {
     pub app: RawApp,
     #[serde(default)]
     pub ssh: RawSsh,
@@ -36,7 +36,7 @@ pub struct RawInventory {
 /// nothing for `skip`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHook {
+pub(crate) struct RawHook {
     pub before: Option<String>,
     pub after: Option<String>,
     pub replace: Option<String>,
@@ -60,14 +60,14 @@ pub struct RawHook {
 /// An alias: the command alone, or with how it runs.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
-pub enum RawAlias {
+pub(crate) enum RawAlias {
     Argv(Vec<String>),
     Full(RawAliasFull),
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAliasFull {
+pub(crate) struct RawAliasFull {
     pub command: Vec<String>,
     /// With a terminal, on one host (`php artisan tinker`, a shell).
     #[serde(default)]
@@ -77,7 +77,7 @@ pub struct RawAliasFull {
 }
 
 impl RawAlias {
-    pub fn command(&self) -> &[String] {
+    pub(crate) fn command(&self) -> &[String] {
         match self {
             RawAlias::Argv(a) => a,
             RawAlias::Full(f) => &f.command,
@@ -88,7 +88,7 @@ impl RawAlias {
 /// `[backup]`: how backups of SSH hosts are made.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBackup {
+pub(crate) struct RawBackup {
     /// Where a backup of an SSH host is built, checked, pruned and restored.
     #[serde(default)]
     pub on_host: OnHost,
@@ -98,7 +98,7 @@ pub struct RawBackup {
 /// cannot run there; `always`: on the host or fail; `never`: always streaming.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum OnHost {
+pub(crate) enum OnHost {
     #[default]
     Auto,
     Always,
@@ -108,7 +108,7 @@ pub enum OnHost {
 /// Where metrics go and come from.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMetrics {
+pub(crate) struct RawMetrics {
     /// Pushgateway base URL (e.g. `{ env = "METRICS_ENDPOINT" }`).
     pub pushgateway: Option<Setting>,
     /// Prometheus HTTP API base URL, for `metrics::query`.
@@ -117,7 +117,7 @@ pub struct RawMetrics {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawApp {
+pub(crate) struct RawApp {
     pub name: String,
     pub deploy_path: String,
     pub repository: Option<String>,
@@ -158,7 +158,7 @@ fn default_composer() -> String {
 /// SSH settings; `[ssh]` holds the defaults, an environment or a host may override any.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSsh {
+pub(crate) struct RawSsh {
     /// Written inline, or `{ env = "PRODUCTION_SSH_USER" }`.
     pub user: Option<Setting>,
     pub port: Option<u16>,
@@ -182,7 +182,7 @@ pub struct RawSsh {
 /// How unknown host keys are treated. There is deliberately no "off".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum HostKeyCheck {
+pub(crate) enum HostKeyCheck {
     Strict,
     AcceptNew,
 }
@@ -190,14 +190,14 @@ pub enum HostKeyCheck {
 /// How commands reach a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TransportKind {
+pub(crate) enum TransportKind {
     #[default]
     Ssh,
     Local,
 }
 
 impl TransportKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TransportKind::Ssh => "ssh",
             TransportKind::Local => "local",
@@ -207,7 +207,7 @@ impl TransportKind {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEnvironment {
+pub(crate) struct RawEnvironment {
     pub url: Option<String>,
     #[serde(default)]
     pub protected: bool,
@@ -243,14 +243,14 @@ pub struct RawEnvironment {
 /// A host is either `"10.0.0.11"` / `"10.0.0.11:2222"` or a table.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
-pub enum RawHost {
+pub(crate) enum RawHost {
     Address(String),
     Table(RawHostTable),
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHostTable {
+pub(crate) struct RawHostTable {
     /// Written inline, or `{ env = "PRODUCTION_SSH_HOST" }` (`host` or `host:port`).
     pub address: Option<Setting>,
     pub port: Option<u16>,
@@ -272,7 +272,7 @@ pub struct RawHostTable {
 /// A value that may be written inline or named by environment variable.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
-pub enum Setting {
+pub(crate) enum Setting {
     Literal(String),
     Env(SecretRef),
 }
@@ -280,13 +280,13 @@ pub enum Setting {
 /// A secret: only ever named by environment variable, never written in the file.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct SecretRef {
+pub(crate) struct SecretRef {
     pub env: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawNotify {
+pub(crate) struct RawNotify {
     pub slack: Option<RawSlack>,
     pub email: Option<RawEmail>,
     pub pagerduty: Option<RawPagerDuty>,
@@ -294,14 +294,14 @@ pub struct RawNotify {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSlack {
+pub(crate) struct RawSlack {
     pub webhook: SecretRef,
     pub channel: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEmail {
+pub(crate) struct RawEmail {
     pub host: Setting,
     pub port: Option<Setting>,
     pub username: Option<Setting>,
@@ -316,7 +316,7 @@ pub struct RawEmail {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPagerDuty {
+pub(crate) struct RawPagerDuty {
     pub routing_key: SecretRef,
     pub url: Option<String>,
 }

@@ -85,6 +85,7 @@ fn artisan(
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod artisan_api {
     /// Runs `php artisan <command>` on a host or host set, in the live release
     /// (`<deploy_path>/current`). `command` is a string split like a shell would

@@ -29,6 +29,7 @@ fn recent(
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod audit_api {
     /// The audit records of the last `since` ("7d"), oldest first, as maps: this
     /// machine's log and the environment's hosts' logs, one record per run.

@@ -147,26 +147,25 @@ fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Bo
         name: opts.get("name").map(ToString::to_string),
     };
     let name = o.name.clone();
-    match place(&session, Some(host), opts)?
+    if let Some(s) = place(&session, Some(host), opts)?
         .create(o)
         .map_err(super::error)?
     {
-        Some(s) => Ok(summary_map(&s)),
-        None => {
-            // A dry run: the name it would get, so that a plan built on it goes on.
-            let name = name.unwrap_or_else(|| {
-                format!(
-                    "{}{}{}",
-                    crate::backup::PREFIX,
-                    chrono::Utc::now().format("%Y%m%d-%H%M%S"),
-                    crate::backup::SUFFIX
-                )
-            });
-            let mut m = Map::new();
-            m.insert("dry_run".into(), true.into());
-            m.insert("name".into(), name.into());
-            Ok(m)
-        }
+        Ok(summary_map(&s))
+    } else {
+        // A dry run: the name it would get, so that a plan built on it goes on.
+        let name = name.unwrap_or_else(|| {
+            format!(
+                "{}{}{}",
+                crate::backup::PREFIX,
+                chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+                crate::backup::SUFFIX
+            )
+        });
+        let mut m = Map::new();
+        m.insert("dry_run".into(), true.into());
+        m.insert("name".into(), name.into());
+        Ok(m)
     }
 }
 
@@ -346,6 +345,7 @@ fn prune_of(
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod backup_api {
     /// Backs up the live release (resolved), the shared files and, when asked, the
     /// database into `backup_dir` as `backup-YYYYmmdd-HHMMSS.tar.gz` with a sha256

@@ -20,7 +20,7 @@ use crate::rollout::{self, Action, Phase, Pool, State};
 /// A running rollout (`canary::rollout`): its state, and the hosts that keep it. Clones
 /// share one state.
 #[derive(Clone)]
-pub struct Rollout(Arc<Mutex<Inner>>);
+pub(super) struct Rollout(Arc<Mutex<Inner>>);
 
 struct Inner {
     state: State,
@@ -28,7 +28,7 @@ struct Inner {
     dry_run: bool,
 }
 
-pub fn register_types(engine: &mut rhai::Engine) {
+pub(super) fn register_types(engine: &mut rhai::Engine) {
     engine
         .register_type_with_name::<Rollout>("Rollout")
         .register_get("weight", |r: &mut Rollout| r.with(|i| i.state.weight))
@@ -330,6 +330,7 @@ fn report(r: &Report) -> Map {
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod canary_api {
     use super::{Rollout, rollout};
 

@@ -13,11 +13,11 @@ use crate::session::Session;
 
 /// One host of the inventory.
 #[derive(Debug, Clone)]
-pub struct HostRef(pub Arc<Host>);
+pub(crate) struct HostRef(pub Arc<Host>);
 
 /// An ordered set of hosts (a role, or all hosts of the environment).
 #[derive(Debug, Clone, Default)]
-pub struct HostSet(pub Vec<Arc<Host>>);
+pub(crate) struct HostSet(pub Vec<Arc<Host>>);
 
 /// A host shows as its name (`web1`).
 impl std::fmt::Display for HostRef {
@@ -47,7 +47,7 @@ impl IntoIterator for HostSet {
     }
 }
 
-pub fn register_types(engine: &mut Engine) {
+pub(crate) fn register_types(engine: &mut Engine) {
     engine
         .register_type_with_name::<HostRef>("Host")
         .register_get("name", |h: &mut HostRef| h.0.name.clone())
@@ -128,7 +128,7 @@ pub fn register_types(engine: &mut Engine) {
 }
 
 /// The `env`, `app`, `args` and `run` maps, as one map keyed by those names.
-pub fn context_map(session: &Session) -> Map {
+pub(crate) fn context_map(session: &Session) -> Map {
     let mut out = Map::new();
     let args: Map = session
         .info
@@ -218,7 +218,7 @@ fn strings(v: &[String]) -> Dynamic {
 }
 
 /// Parses `"5s"`, `"500ms"`, `2` (seconds) or `0.5` (seconds).
-pub fn duration_arg(value: &Dynamic) -> Result<std::time::Duration, Box<EvalAltResult>> {
+pub(crate) fn duration_arg(value: &Dynamic) -> Result<std::time::Duration, Box<EvalAltResult>> {
     if let Ok(i) = value.as_int() {
         return u64::try_from(i)
             .map(std::time::Duration::from_secs)

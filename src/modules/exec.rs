@@ -29,7 +29,7 @@ const OPTION_KEYS: &[&str] = &[
     "read",
 ];
 
-pub struct Call {
+pub(super) struct Call {
     pub spec: CommandSpec,
     pub fan: FanOut,
 }
@@ -173,7 +173,7 @@ fn percent(v: &Dynamic) -> Option<f64> {
     s.trim().strip_suffix('%').unwrap_or(&s).trim().parse().ok()
 }
 
-pub fn result_map(r: &CommandResult) -> Map {
+pub(super) fn result_map(r: &CommandResult) -> Map {
     let mut m = Map::new();
     m.insert("host".into(), r.host.clone().into());
     m.insert("command".into(), crate::quote::join(&r.argv).into());

@@ -41,6 +41,7 @@ fn sleep_for(ctx: &NativeCallContext, duration: &Dynamic) -> Result<(), Box<Eval
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod core_api {
     use crate::output::{Event, Kind, Outcome};
     use rhai::FnPtr;

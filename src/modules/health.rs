@@ -61,7 +61,7 @@ pub(crate) fn options(opts: &Map) -> Result<CheckOptions, Box<EvalAltResult>> {
             "consecutive" => {
                 o.consecutive = count(v)
                     .filter(|n| *n > 0)
-                    .ok_or_else(|| bad("a positive number"))?
+                    .ok_or_else(|| bad("a positive number"))?;
             }
             "json" => {
                 let m = v
@@ -251,6 +251,7 @@ fn check_one(ctx: &NativeCallContext, url: &str, opts: &Map) -> Result<Map, Box<
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod health_api {
     /// Checks one URL (a path like "/api/health" is joined to the environment's `url`).
     /// Returns `#{ ok, status, latency_ms, body, json, error, attempts, address, url,

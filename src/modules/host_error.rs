@@ -14,7 +14,7 @@ use crate::redact::Redactor;
 
 /// The value a script catches when a command failed on one or more hosts.
 #[derive(Debug, Clone)]
-pub struct HostError {
+pub(crate) struct HostError {
     /// The whole sentence, as the run's error would print it (masked).
     message: String,
     /// Each failed host, in the order of the host set. Never empty.
@@ -49,7 +49,7 @@ impl Failure {
 
 impl HostError {
     /// One host's failure.
-    pub fn command(e: &CommandError, redactor: &Redactor) -> HostError {
+    pub(crate) fn command(e: &CommandError, redactor: &Redactor) -> HostError {
         let one = Failure::of(e, redactor);
         HostError {
             message: one.message.clone(),
@@ -60,12 +60,12 @@ impl HostError {
 
     /// A fan-out's failures: `e.host` and the other single-host fields are the first
     /// failed host's; `e.hosts` lists them all.
-    pub fn fan_out(f: &Failures, redactor: &Redactor) -> HostError {
+    pub(crate) fn fan_out(f: &Failures, redactor: &Redactor) -> HostError {
         HostError::listed(&f.to_string(), &f.failed, &f.skipped, redactor)
     }
 
     /// Failures under a sentence of the caller's own (an upload names each host's line).
-    pub fn listed(
+    pub(crate) fn listed(
         message: &str,
         failed: &[CommandError],
         skipped: &[String],
@@ -82,12 +82,12 @@ impl HostError {
     }
 
     /// The sentence a script sees when it prints the error.
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         &self.message
     }
 
     /// The error a native function returns: a value `catch (e)` receives as it is.
-    pub fn into_rhai(self) -> Box<EvalAltResult> {
+    pub(crate) fn into_rhai(self) -> Box<EvalAltResult> {
         EvalAltResult::ErrorRuntime(Dynamic::from(self), Position::NONE).into()
     }
 
@@ -102,7 +102,7 @@ impl HostError {
 }
 
 /// Registers `HostError` with its getters and its string forms.
-pub fn register_type(engine: &mut Engine) {
+pub(crate) fn register_type(engine: &mut Engine) {
     engine
         .register_type_with_name::<HostError>("HostError")
         .register_get("message", |e: &mut HostError| e.message.clone())
@@ -154,8 +154,7 @@ mod tests {
         scope.push("e", e);
         engine
             .eval_with_scope::<Dynamic>(&mut scope, script)
-            .map(|v| v.to_string())
-            .unwrap_or_else(|err| format!("error: {err}"))
+            .map_or_else(|err| format!("error: {err}"), |v| v.to_string())
     }
 
     fn failed(host: &str, code: i32, stderr: &str) -> CommandError {

@@ -25,6 +25,7 @@ fn run_local(
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod local_api {
     /// Runs a program on this machine from an argument list (no shell involved).
     /// Returns `#{ host, command, code, ok, stdout, stderr, duration_ms, dry_run }`;

@@ -8,13 +8,12 @@ use super::exec::targets;
 use crate::lock::{Acquired, Holder, LockError};
 use crate::output::{Event, Kind};
 
-pub fn holder(session: &crate::session::Session) -> Holder {
+pub(super) fn holder(session: &crate::session::Session) -> Holder {
     Holder {
         run: session.info.id.clone(),
         actor: session.info.actor.clone(),
         machine: std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into()),
+            .map_or_else(|_| "unknown".into(), |h| h.trim().to_owned()),
         pid: std::process::id(),
         script: session.info.script.clone(),
         reason: session.info.reason.clone(),
@@ -154,6 +153,7 @@ fn acquire(
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod lock_api {
     /// Takes the deploy lock on every host (a complete lock renamed into place), with who/where/why recorded
     /// and a heartbeat while the run lives. Re-entrant within a run; released

@@ -10,6 +10,7 @@ fn emit(ctx: &NativeCallContext, level: Level, message: &str) -> Result<(), Box<
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod log_api {
     use crate::output::Level;
 

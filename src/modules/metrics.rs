@@ -31,6 +31,7 @@ fn endpoint(session: &Session, which: &str) -> Result<String, Box<EvalAltResult>
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod metrics_api {
     /// Pushes deployment metrics (duration, success, timestamp; labels app, env, release)
     /// to the Pushgateway (`[metrics] pushgateway`, or `METRICS_ENDPOINT`). Options:

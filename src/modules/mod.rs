@@ -6,11 +6,11 @@ mod artisan;
 mod audit;
 mod backup;
 mod canary;
-pub mod context;
+pub(crate) mod context;
 mod exec;
 mod globals;
 mod health;
-pub mod host_error;
+pub(crate) mod host_error;
 mod local;
 mod lock;
 mod log;
@@ -27,9 +27,9 @@ use rhai::{Dynamic, Engine, EvalAltResult, NativeCallContext, Position, exported
 
 use crate::session::{Session, SessionRef};
 
-pub type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+pub(crate) type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
-pub fn register(engine: &mut Engine) {
+pub(crate) fn register(engine: &mut Engine) {
     crate::diagnostic::register_sentence(|value| {
         value
             .read_lock::<host_error::HostError>()
@@ -56,7 +56,7 @@ pub fn register(engine: &mut Engine) {
 }
 
 /// The session behind a native call.
-pub fn session(ctx: &NativeCallContext) -> RhaiResult<Arc<Session>> {
+pub(crate) fn session(ctx: &NativeCallContext) -> RhaiResult<Arc<Session>> {
     ctx.tag()
         .and_then(|t| t.clone().try_cast::<SessionRef>())
         .map(|s| s.0)
@@ -64,18 +64,18 @@ pub fn session(ctx: &NativeCallContext) -> RhaiResult<Arc<Session>> {
 }
 
 /// A runtime error carrying a message; Rhai fills in the call position.
-pub fn error(message: impl std::fmt::Display) -> Box<EvalAltResult> {
+pub(crate) fn error(message: impl std::fmt::Display) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(Dynamic::from(message.to_string()), Position::NONE).into()
 }
 
 /// The error that stops a script on Ctrl-C / SIGTERM.
-pub fn interrupted() -> Box<EvalAltResult> {
+pub(crate) fn interrupted() -> Box<EvalAltResult> {
     EvalAltResult::ErrorTerminated(Dynamic::from("interrupted"), Position::NONE).into()
 }
 
 /// Gives an error raised by a native function the position of the call, when Rhai did not
 /// (it does not for namespaced calls such as `ssh::run`), so the error shows the line.
-pub fn located<T>(ctx: &NativeCallContext, result: RhaiResult<T>) -> RhaiResult<T> {
+pub(crate) fn located<T>(ctx: &NativeCallContext, result: RhaiResult<T>) -> RhaiResult<T> {
     result.map_err(|mut e| {
         if e.position().is_none() {
             e.set_position(ctx.call_position());
@@ -88,7 +88,7 @@ pub fn located<T>(ctx: &NativeCallContext, result: RhaiResult<T>) -> RhaiResult<
 /// (an error `try` cannot catch) when the session is read-only, or when a person asked
 /// first (the REPL on a protected environment, [`crate::effects::confirm`]) said no.
 /// A dry run changes nothing, so it is not asked about.
-pub fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>> {
+pub(crate) fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>> {
     let session = session(ctx)?;
     let stop = |m: String| EvalAltResult::ErrorTerminated(m.into(), ctx.call_position()).into();
     session
@@ -107,7 +107,10 @@ pub fn guard(ctx: &NativeCallContext, op: &str) -> Result<(), Box<EvalAltResult>
 
 /// Artisan commands that only read (`migrate:status`, `about`, …) pass a read-only gate;
 /// any other artisan command is treated as a change.
-pub fn guard_artisan(ctx: &NativeCallContext, args: &[String]) -> Result<(), Box<EvalAltResult>> {
+pub(crate) fn guard_artisan(
+    ctx: &NativeCallContext,
+    args: &[String],
+) -> Result<(), Box<EvalAltResult>> {
     let command = args.first().map_or("", String::as_str);
     if crate::permissions::artisan_reads(args) {
         return Ok(());

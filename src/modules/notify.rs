@@ -440,6 +440,7 @@ fn webhook(
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod notify_api {
     /// Posts the seed's deployment message to Slack (webhook from `[notify.slack]`, or
     /// `SLACK_WEBHOOK_URL`). Options: `status` ("success"/"failure") or `success`,

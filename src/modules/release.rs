@@ -476,6 +476,7 @@ fn one(host: &HostRef) -> Target {
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod release_api {
     /// Creates a new release from git `ref` of `app.repository` on every host (a bare
     /// mirror under `.runbook/repo.git`, then `git archive`; no clone per deploy), links
@@ -713,7 +714,7 @@ pub mod release_api {
         let keep = session
             .inventory
             .as_ref()
-            .map_or(5, |i| i.app.keep_releases as i64);
+            .map_or(5, |i| i64::from(i.app.keep_releases));
         cleanup_keep(ctx, hosts, keep)
     }
 

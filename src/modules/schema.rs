@@ -4,6 +4,7 @@
 use rhai::plugin::*;
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod schema_api {
     use rhai::{Array, Dynamic, Map};
 

@@ -69,6 +69,7 @@ fn resolve_local(session: &crate::session::Session, path: &str) -> std::path::Pa
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod ssh_api {
     /// Copies a local file or directory (relative paths: from the project root) to
     /// `remote` on a host or every host of a set, over the existing connection; modes

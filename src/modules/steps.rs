@@ -179,6 +179,7 @@ fn strategy_named(name: &str) -> RhaiResult<&'static Strategy> {
 }
 
 #[export_module]
+#[allow(unreachable_pub, reason = "rhai exports only pub functions")]
 pub mod steps_api {
     use rhai::{Array, Map};
 

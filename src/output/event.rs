@@ -7,7 +7,7 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     RunStarted,
     StepStarted,
     CommandStarted,
@@ -23,7 +23,7 @@ pub enum Kind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     Failed,
     Skipped,
@@ -32,7 +32,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Failed => "failed",
@@ -45,14 +45,14 @@ impl Outcome {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Stream {
+pub(crate) enum Stream {
     Stdout,
     Stderr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Level {
+pub(crate) enum Level {
     /// `print()` from a script: the script's own output.
     Print,
     Debug,
@@ -64,7 +64,7 @@ pub enum Level {
 /// One event. Built with [`Event::new`] and the `with_*` setters; `ts` and `run` are
 /// filled in by the output layer.
 #[derive(Debug, Clone, Serialize)]
-pub struct Event {
+pub(crate) struct Event {
     pub ts: String,
     pub run: String,
     pub event: Kind,
@@ -92,7 +92,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(event: Kind) -> Event {
+    pub(crate) fn new(event: Kind) -> Event {
         Event {
             ts: String::new(),
             run: String::new(),
@@ -110,43 +110,43 @@ impl Event {
         }
     }
 
-    pub fn step(mut self, step: impl Into<String>) -> Self {
+    pub(crate) fn step(mut self, step: impl Into<String>) -> Self {
         self.step = Some(step.into());
         self
     }
-    pub fn host(mut self, host: impl Into<String>) -> Self {
+    pub(crate) fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
         self
     }
-    pub fn argv(mut self, argv: Vec<String>) -> Self {
+    pub(crate) fn argv(mut self, argv: Vec<String>) -> Self {
         self.argv = Some(argv);
         self
     }
-    pub fn stream(mut self, stream: Stream) -> Self {
+    pub(crate) fn stream(mut self, stream: Stream) -> Self {
         self.stream = Some(stream);
         self
     }
-    pub fn level(mut self, level: Level) -> Self {
+    pub(crate) fn level(mut self, level: Level) -> Self {
         self.level = Some(level);
         self
     }
-    pub fn code(mut self, code: i32) -> Self {
+    pub(crate) fn code(mut self, code: i32) -> Self {
         self.code = Some(code);
         self
     }
-    pub fn duration(mut self, d: std::time::Duration) -> Self {
+    pub(crate) fn duration(mut self, d: std::time::Duration) -> Self {
         self.duration_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self
     }
-    pub fn result(mut self, r: Outcome) -> Self {
+    pub(crate) fn result(mut self, r: Outcome) -> Self {
         self.result = Some(r);
         self
     }
-    pub fn message(mut self, m: impl Into<String>) -> Self {
+    pub(crate) fn message(mut self, m: impl Into<String>) -> Self {
         self.message = Some(m.into());
         self
     }
-    pub fn data(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+    pub(crate) fn data(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
         self.data
             .get_or_insert_with(serde_json::Map::new)
             .insert(key.to_owned(), value.into());
@@ -154,7 +154,7 @@ impl Event {
     }
 
     /// Applies `f` to every string the event carries (used for redaction).
-    pub fn map_strings(&mut self, f: &dyn Fn(&str) -> Option<String>) {
+    pub(crate) fn map_strings(&mut self, f: &dyn Fn(&str) -> Option<String>) {
         let apply = |s: &mut String| {
             if let Some(new) = f(s) {
                 *s = new;

@@ -16,13 +16,13 @@ struct State {
     started: Option<Event>,
 }
 
-pub struct GitHub {
+pub(crate) struct GitHub {
     summary_file: Option<std::path::PathBuf>,
     state: Mutex<State>,
 }
 
 impl GitHub {
-    pub fn new() -> GitHub {
+    pub(crate) fn new() -> GitHub {
         GitHub {
             summary_file: std::env::var_os("GITHUB_STEP_SUMMARY").map(Into::into),
             state: Mutex::new(State::default()),
@@ -54,7 +54,7 @@ fn command(line: &str) {
 }
 
 /// Announces a secret to the runner so it masks it in the whole log.
-pub fn add_mask(value: &str) {
+pub(crate) fn add_mask(value: &str) {
     command(&format!("::add-mask::{}", escape_data(value)));
 }
 

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Event, Kind, Level, Outcome, Sink, Stream, Verbosity};
 
-pub struct Human {
+pub(crate) struct Human {
     verbosity: Verbosity,
     /// `print()` goes to stdout unless stdout carries JSON.
     print_to_stdout: bool,
@@ -47,7 +47,7 @@ struct State {
 }
 
 impl Human {
-    pub fn new(verbosity: Verbosity, color: bool, print_to_stdout: bool) -> Human {
+    pub(crate) fn new(verbosity: Verbosity, color: bool, print_to_stdout: bool) -> Human {
         let style = |s: Style| s.force_styling(color);
         Human {
             verbosity,

@@ -4,42 +4,43 @@
 //! time and run id, redacts every secret value, and hands the event to each sink (human
 //! text on the terminal, JSON lines on stdout, later the audit log).
 
-pub mod event;
-pub mod github;
+pub(crate) mod event;
+pub(crate) mod github;
 mod human;
 mod table;
-pub mod terminal;
+pub(crate) mod terminal;
 
+#[cfg(test)]
 use crate::sync::Locked;
 use std::io::Write;
 use std::sync::Arc;
 
-pub use event::{Event, Kind, Level, Outcome, Stream};
-pub use human::Human;
-pub use table::table;
+pub(crate) use event::{Event, Kind, Level, Outcome, Stream};
+pub(crate) use human::Human;
+pub(crate) use table::table;
 
 use crate::redact::Redactor;
 
 /// How much the human sink says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verbosity {
+pub(crate) enum Verbosity {
     Quiet,
     Normal,
     Verbose,
 }
 
-pub trait Sink: Send + Sync {
+pub(crate) trait Sink: Send + Sync {
     fn event(&self, event: &Event);
 }
 
-pub struct Output {
+pub(crate) struct Output {
     run_id: String,
     redactor: Arc<Redactor>,
     sinks: Vec<Box<dyn Sink>>,
 }
 
 impl Output {
-    pub fn new(run_id: String, redactor: Arc<Redactor>) -> Output {
+    pub(crate) fn new(run_id: String, redactor: Arc<Redactor>) -> Output {
         Output {
             run_id,
             redactor,
@@ -47,20 +48,16 @@ impl Output {
         }
     }
 
-    pub fn with_sink(mut self, sink: impl Sink + 'static) -> Output {
+    pub(crate) fn with_sink(mut self, sink: impl Sink + 'static) -> Output {
         self.sinks.push(Box::new(sink));
         self
     }
 
-    pub fn run_id(&self) -> &str {
-        &self.run_id
-    }
-
-    pub fn redactor(&self) -> &Arc<Redactor> {
+    pub(crate) fn redactor(&self) -> &Arc<Redactor> {
         &self.redactor
     }
 
-    pub fn emit(&self, mut event: Event) {
+    pub(crate) fn emit(&self, mut event: Event) {
         event.ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         event.run.clone_from(&self.run_id);
         if !self.redactor.is_empty() {
@@ -76,7 +73,7 @@ impl Output {
     }
 
     /// A script's `print`, a log line, a warning.
-    pub fn log(&self, level: Level, message: impl Into<String>) {
+    pub(crate) fn log(&self, level: Level, message: impl Into<String>) {
         let kind = if level == Level::Warn {
             Kind::Warning
         } else {
@@ -87,7 +84,7 @@ impl Output {
 }
 
 /// One JSON object per line on stdout.
-pub struct JsonLines;
+pub(crate) struct JsonLines;
 
 impl Sink for JsonLines {
     fn event(&self, event: &Event) {
@@ -103,10 +100,12 @@ impl Sink for JsonLines {
     }
 }
 
+#[cfg(test)]
 /// Keeps every event in memory (tests, summaries built after the fact).
 #[derive(Default, Clone)]
-pub struct Memory(pub Arc<std::sync::Mutex<Vec<Event>>>);
+pub(crate) struct Memory(pub Arc<std::sync::Mutex<Vec<Event>>>);
 
+#[cfg(test)]
 impl Sink for Memory {
     fn event(&self, event: &Event) {
         self.0.locked().push(event.clone());
@@ -118,7 +117,7 @@ impl Sink for Memory {
 /// succeeds, as `cat` would under an ignored SIGPIPE. SIGPIPE itself stays ignored
 /// (Rust's default): a deploy writes into pipes of its own children (ssh, tar), and one
 /// that exits early must not kill the runner half-way through a switch.
-pub fn stdout(text: &str) -> Result<(), crate::error::Error> {
+pub(crate) fn stdout(text: &str) -> Result<(), crate::error::Error> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(crate::error::Error::Read {
@@ -130,7 +129,7 @@ pub fn stdout(text: &str) -> Result<(), crate::error::Error> {
 }
 
 /// Whether to colour stderr: only on a terminal, and never with `NO_COLOR` set.
-pub fn color_enabled() -> bool {
+pub(crate) fn color_enabled() -> bool {
     use std::io::IsTerminal;
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }

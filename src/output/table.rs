@@ -2,7 +2,7 @@
 //! `lock status`, `rollout status`).
 
 /// Columns padded to their widest cell; a short row (an unreachable host) ends early.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         // The last cell of a short row may overflow: it does not widen the column.

@@ -18,7 +18,7 @@ fn is_control(c: char) -> bool {
 }
 
 /// `text` with every control character a terminal could act on shown as a visible escape.
-pub fn neutralise(text: &str) -> Cow<'_, str> {
+pub(crate) fn neutralise(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_control) {
         return Cow::Borrowed(text);
     }
@@ -36,7 +36,7 @@ pub fn neutralise(text: &str) -> Cow<'_, str> {
 }
 
 /// A copy of `event` with every string it carries neutralised (what a terminal sink shows).
-pub fn neutralise_event(event: &super::Event) -> super::Event {
+pub(crate) fn neutralise_event(event: &super::Event) -> super::Event {
     let mut e = event.clone();
     e.map_strings(&|s| match neutralise(s) {
         Cow::Owned(new) => Some(new),
@@ -47,7 +47,7 @@ pub fn neutralise_event(event: &super::Event) -> super::Event {
 
 /// A serialized JSON text with DEL and C1 characters written as `\u` escapes too (serde
 /// escapes C0 itself). They can only occur inside strings, so the value is unchanged.
-pub fn json_safe(json: &str) -> Cow<'_, str> {
+pub(crate) fn json_safe(json: &str) -> Cow<'_, str> {
     let needs = |c: char| c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c);
     if !json.chars().any(needs) {
         return Cow::Borrowed(json);

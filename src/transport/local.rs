@@ -20,7 +20,7 @@ use crate::output::Stream;
 /// How long a process group gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
 
-pub async fn exec(
+pub(crate) async fn exec(
     spec: &CommandSpec,
     run: &str,
     interrupt: &Interrupt,

@@ -1,9 +1,9 @@
 //! How a command reaches a host. A transport only executes; it knows nothing of dry-run,
 //! events or policy, which live in the effect layer (`effects`).
 
-pub mod local;
-pub mod ssh;
-pub mod transfer;
+pub(crate) mod local;
+pub(crate) mod ssh;
+pub(crate) mod transfer;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -15,7 +15,7 @@ use crate::interrupt::Interrupt;
 
 /// What to execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Program {
+pub(crate) enum Program {
     /// An argument vector: no shell is involved locally; remotely every argument is quoted.
     Argv(Vec<String>),
     /// An explicit shell script (`sh -c`), for pipelines. The caller chose the risk.
@@ -27,7 +27,7 @@ impl Program {
     /// `keep` names the environment variables the command is given: sudo resets the
     /// environment, so they are named in `--preserve-env=…` (sudoers decides whether
     /// that is allowed; see [`ExecError::SudoEnv`]).
-    pub fn argv_with_sudo(&self, sudo: Option<&str>, keep: &[String]) -> Vec<String> {
+    pub(crate) fn argv_with_sudo(&self, sudo: Option<&str>, keep: &[String]) -> Vec<String> {
         let base = match self {
             Program::Argv(argv) => argv.clone(),
             Program::Shell(script) => vec!["sh".into(), "-c".into(), script.clone()],
@@ -51,7 +51,7 @@ impl Program {
     }
 
     /// The words shown in events and error messages.
-    pub fn display_argv(&self) -> Vec<String> {
+    pub(crate) fn display_argv(&self) -> Vec<String> {
         match self {
             Program::Argv(argv) => argv.clone(),
             Program::Shell(script) => vec!["sh".into(), "-c".into(), script.clone()],
@@ -61,10 +61,10 @@ impl Program {
 
 /// The environment variable every command of a run carries, holding the run id: a
 /// recovery finds a dead run's commands still running on a host by it.
-pub const RUN_TAG: &str = "RUNBOOK_RUN";
+pub(crate) const RUN_TAG: &str = "RUNBOOK_RUN";
 
 #[derive(Debug, Clone)]
-pub struct CommandSpec {
+pub(crate) struct CommandSpec {
     pub program: Program,
     pub cwd: Option<String>,
     pub env: Vec<(String, String)>,
@@ -102,7 +102,7 @@ impl CommandSpec {
     /// One of runbook's own fixed shell scripts: values reach it only as positional
     /// arguments (`sh -c BODY sh "$1" "$2" …`), never spliced into the text; people read
     /// `label` instead of the script.
-    pub fn script(label: impl Into<String>, body: &str, args: &[&str]) -> CommandSpec {
+    pub(crate) fn script(label: impl Into<String>, body: &str, args: &[&str]) -> CommandSpec {
         let mut argv = vec![
             "sh".to_owned(),
             "-c".to_owned(),
@@ -115,7 +115,7 @@ impl CommandSpec {
         spec
     }
 
-    pub fn new(program: Program) -> CommandSpec {
+    pub(crate) fn new(program: Program) -> CommandSpec {
         CommandSpec {
             program,
             cwd: None,
@@ -135,11 +135,11 @@ impl CommandSpec {
     }
 }
 
-pub use crate::origin::random_hex;
+pub(crate) use crate::origin::random_hex;
 
 /// What a finished process left behind.
 #[derive(Debug, Clone, Default)]
-pub struct Finished {
+pub(crate) struct Finished {
     /// Exit code; `None` when the process was ended by a signal.
     pub code: Option<i32>,
     pub stdout: String,
@@ -149,7 +149,7 @@ pub struct Finished {
 
 /// Why a command did not finish.
 #[derive(Debug, thiserror::Error)]
-pub enum ExecError {
+pub(crate) enum ExecError {
     #[error("cannot start `{program}`: {source}")]
     Spawn {
         program: String,
@@ -188,7 +188,7 @@ pub enum ExecError {
 
 /// What kind of failure ended a command, as scripts read it (`e.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// It ran and exited non-zero.
     Exit,
     /// It ran and was killed by a signal.
@@ -207,7 +207,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The name scripts compare against: `"exit"`, `"timeout"`, `"unreachable"`, ….
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Exit => "exit",
             ErrorKind::Signal => "signal",
@@ -222,7 +222,7 @@ impl ErrorKind {
 
 impl ExecError {
     /// Which kind of failure this is.
-    pub fn kind(&self) -> ErrorKind {
+    pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             ExecError::Timeout { .. } => ErrorKind::Timeout,
             ExecError::Interrupted { .. } => ErrorKind::Interrupted,
@@ -240,7 +240,7 @@ impl ExecError {
 impl CommandSpec {
     /// The names of the variables in `env`, checked: each must be a shell identifier
     /// (they are exported by name on the remote side).
-    pub fn env_names(&self) -> Result<Vec<String>, ExecError> {
+    pub(crate) fn env_names(&self) -> Result<Vec<String>, ExecError> {
         self.env
             .iter()
             .map(|(k, _)| {
@@ -260,7 +260,7 @@ impl CommandSpec {
 
     /// Whether a finished command's failure is sudo refusing to keep `env`: then the
     /// command never ran, and the error says what sudoers needs.
-    pub fn sudo_env_refusal(&self, f: &Finished) -> Option<ExecError> {
+    pub(crate) fn sudo_env_refusal(&self, f: &Finished) -> Option<ExecError> {
         if self.sudo.is_none() || self.env.is_empty() || f.code != Some(1) {
             return None;
         }
@@ -277,21 +277,21 @@ impl CommandSpec {
 }
 
 /// Where each output line goes while a command runs.
-pub type LineSink<'a> = &'a (dyn Fn(crate::output::Stream, &str) + Send + Sync);
+pub(crate) type LineSink<'a> = &'a (dyn Fn(crate::output::Stream, &str) + Send + Sync);
 
 /// The most output kept per stream (`r.stdout`, `r.stderr`): when a command prints more,
 /// the oldest output is dropped and the newest (at least half of this) is kept — the tail
 /// is what a failure message and a script's last-line parsing need. A command that prints
 /// a gigabyte costs at most this much per stream.
-pub const MAX_CAPTURE: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_CAPTURE: usize = 8 * 1024 * 1024;
 
 /// The longest line handed to the output events at once: a longer line (or output
 /// without newlines) is shown in pieces of this size. The captured text is unaffected.
-pub const MAX_LINE: usize = 8 * 1024;
+pub(crate) const MAX_LINE: usize = 8 * 1024;
 
 /// The buffer each stream of a command reads or writes through (stdin from a file,
 /// stdout to a file, output capture): a transfer costs this much per host in flight.
-pub const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// The newest output of one stream, at most `limit` bytes (see [`MAX_CAPTURE`]).
 #[derive(Debug)]
@@ -471,12 +471,11 @@ pub(crate) async fn stdout(
     on_line: LineSink<'_>,
     quiet: bool,
 ) -> std::io::Result<()> {
-    match file {
-        Some(file) => sink(reader, file).await,
-        None => {
-            pump(reader, crate::output::Stream::Stdout, buf, on_line, quiet).await;
-            Ok(())
-        }
+    if let Some(file) = file {
+        sink(reader, file).await
+    } else {
+        pump(reader, crate::output::Stream::Stdout, buf, on_line, quiet).await;
+        Ok(())
     }
 }
 

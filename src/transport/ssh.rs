@@ -34,7 +34,7 @@ use crate::output::Stream;
 use crate::quote;
 
 /// sshd's default `MaxSessions`: channels one connection may carry at once.
-pub const MAX_CHANNELS: usize = 10;
+pub(crate) const MAX_CHANNELS: usize = 10;
 /// Keep-alive probes missed before a host counts as dead (with `keepalive = "5s"`, a
 /// dead host is noticed within about ten seconds).
 const ALIVE_COUNT_MAX: u32 = 2;
@@ -58,7 +58,7 @@ type Slot = Arc<OnceCell<Result<Arc<Conn>, ConnectError>>>;
 
 /// Which host a connection was for, as messages name it: `` `web1` (10.0.0.5:22) ``.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub host: String,
     pub address: String,
     pub port: u16,
@@ -83,7 +83,7 @@ impl std::fmt::Display for Endpoint {
 /// Why no master connection to a host could be opened. Cloned: a failure is remembered
 /// for the run and given to every later command on that host.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("cannot write the ssh configuration for `{host}`: {source}")]
     Config {
         host: String,
@@ -144,11 +144,11 @@ pub enum ConnectError {
 /// purpose: no caller branches on it, it tells the person why ssh cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot create the ssh control directory: {source}")]
-pub struct NoControlDir {
+pub(crate) struct NoControlDir {
     source: Arc<std::io::Error>,
 }
 
-pub struct SshPool {
+pub(crate) struct SshPool {
     dir: tempfile::TempDir,
     /// Masters of an earlier invocation this pool reused (`[ssh] persist`).
     reused: std::sync::atomic::AtomicUsize,
@@ -159,7 +159,7 @@ pub struct SshPool {
 }
 
 impl SshPool {
-    pub fn new(run: &str) -> Result<SshPool, NoControlDir> {
+    pub(crate) fn new(run: &str) -> Result<SshPool, NoControlDir> {
         // Control sockets need a short path (sun_path is ~108 bytes).
         let dir = tempfile::Builder::new()
             .prefix("rb-ssh-")
@@ -174,16 +174,6 @@ impl SshPool {
             conns: Mutex::new(HashMap::new()),
             opened: std::sync::atomic::AtomicUsize::new(0),
         })
-    }
-
-    /// How many master connections this pool has opened.
-    pub fn opened(&self) -> usize {
-        self.opened.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// How many masters of an earlier invocation this pool reused.
-    pub fn reused(&self) -> usize {
-        self.reused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn slot(&self, host: &Host) -> Slot {
@@ -227,7 +217,7 @@ impl SshPool {
     }
 
     /// Ends every master at once, without the runtime (a forced exit on a third Ctrl-C).
-    pub fn kill_masters_now(&self) {
+    pub(crate) fn kill_masters_now(&self) {
         let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
             return;
         };
@@ -366,7 +356,7 @@ impl SshPool {
     /// Runs `line` on the host with a terminal (`ssh -t` through this run's master, so
     /// the same host key check and credentials apply), the user's terminal attached.
     /// Returns the remote exit status.
-    pub async fn interactive(&self, host: &Host, line: &str) -> Result<i32, ExecError> {
+    pub(crate) async fn interactive(&self, host: &Host, line: &str) -> Result<i32, ExecError> {
         let conn = self.conn(host).await?;
         let socket = conn.session.control_socket().to_owned();
         let status = tokio::process::Command::new("ssh")
@@ -381,7 +371,7 @@ impl SshPool {
         Ok(status.code().unwrap_or(255))
     }
 
-    pub async fn exec(
+    pub(crate) async fn exec(
         &self,
         host: &Host,
         spec: &CommandSpec,
@@ -533,7 +523,7 @@ impl SshPool {
     }
 
     /// Closes every master connection (also called on failure and after Ctrl-C).
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let slots: Vec<Slot> = self.conns.locked().drain().map(|(_, s)| s).collect();
         for slot in slots {
             let Ok(slot) = Arc::try_unwrap(slot) else {
@@ -630,7 +620,7 @@ fn explain_connect_error(host: &Host, e: &openssh::Error) -> ConnectError {
 
 /// What is sent for one command.
 #[derive(Debug)]
-pub struct Remote {
+pub(crate) struct Remote {
     /// The line for the remote login shell: every value quoted, no `env` value in it.
     pub line: String,
     /// Standard input: the environment prelude (if any), then the command's own input.
@@ -657,7 +647,11 @@ fn tag_prefix(run: &str) -> String {
 
 /// The command for the remote login shell, with `nonce` in its process-group report and
 /// `tag` ([`tag_prefix`]) in front.
-pub fn remote_command(spec: &CommandSpec, nonce: &str, tag: &str) -> Result<Remote, ExecError> {
+pub(crate) fn remote_command(
+    spec: &CommandSpec,
+    nonce: &str,
+    tag: &str,
+) -> Result<Remote, ExecError> {
     let quote_one = |s: &str| quote::command_line(&[s.to_owned()]);
     let marker = format!("{PGID_MARKER}{nonce} ");
     let mut inner = format!("printf '%s%s\\n' {} \"$$\" >&2; ", quote_one(&marker)?);
@@ -700,7 +694,7 @@ pub fn remote_command(spec: &CommandSpec, nonce: &str, tag: &str) -> Result<Remo
 /// A record is keyed by everything that decides who is connected to what — address,
 /// port, user, key, known_hosts, host key policy, jump host, ssh config — so a changed
 /// inventory never reuses a master made under other terms.
-pub mod persist {
+pub(crate) mod persist {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     use std::path::{Path, PathBuf};
 
@@ -711,7 +705,7 @@ pub mod persist {
     /// Why persistent masters are not used this time (only logged: runbook then opens
     /// masters of its own).
     #[derive(Debug, thiserror::Error)]
-    pub enum DirError {
+    pub(crate) enum DirError {
         #[error("{}: {source}", dir.display())]
         Unreadable {
             dir: PathBuf,
@@ -725,7 +719,7 @@ pub mod persist {
     }
 
     /// The directory, created 0700; refused when it is not a real directory of this user.
-    pub fn dir() -> Result<PathBuf, DirError> {
+    pub(crate) fn dir() -> Result<PathBuf, DirError> {
         let uid = nix::unistd::getuid().as_raw();
         let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
             Some(d) if !d.is_empty() => PathBuf::from(d).join("runbook-ssh"),
@@ -768,7 +762,7 @@ pub mod persist {
     }
 
     /// Notes where `host`'s new master listens.
-    pub fn record(dir: &Path, host: &Host, socket: &Path) {
+    pub(crate) fn record(dir: &Path, host: &Host, socket: &Path) {
         let _ = std::fs::write(
             dir.join(format!("{}.master", key(host))),
             socket.as_os_str().as_encoded_bytes(),
@@ -776,7 +770,7 @@ pub mod persist {
     }
 
     /// A live master of an earlier invocation for `host`, if one is recorded and answers.
-    pub async fn resume(dir: &Path, host: &Host) -> Option<Session> {
+    pub(crate) async fn resume(dir: &Path, host: &Host) -> Option<Session> {
         let record = dir.join(format!("{}.master", key(host)));
         let socket = PathBuf::from(std::fs::read_to_string(&record).ok()?);
         if !socket.starts_with(dir) || !socket.exists() {
@@ -794,7 +788,7 @@ pub mod persist {
 
     /// Ends every recorded master (`runbook disconnect`); with `hosts`, only theirs.
     /// Returns how many were ended.
-    pub fn disconnect(hosts: Option<&[std::sync::Arc<Host>]>) -> usize {
+    pub(crate) fn disconnect(hosts: Option<&[std::sync::Arc<Host>]>) -> usize {
         let Ok(dir) = dir() else { return 0 };
         let wanted: Option<Vec<String>> =
             hosts.map(|hs| hs.iter().map(|h| format!("{}.master", key(h))).collect());

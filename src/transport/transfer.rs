@@ -8,21 +8,24 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+#[cfg(test)]
 use flate2::Compression;
 use flate2::read::MultiGzDecoder;
+#[cfg(test)]
 use flate2::write::GzEncoder;
 
 use super::{CHUNK, CommandSpec, Program};
 use crate::quote::NulByte;
 
+#[cfg(test)]
 /// Packs `src` (a file or a directory) as the single top-level entry `name`.
-pub fn pack(src: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+pub(crate) fn pack(src: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     pack_into(src, name, Vec::new())
 }
 
 /// [`pack`] into a temporary file on the runner (removed when dropped), compressed on
 /// every core: the hosts wait for it before the first byte is sent.
-pub fn pack_to_file(src: &Path, name: &str) -> std::io::Result<tempfile::NamedTempFile> {
+pub(crate) fn pack_to_file(src: &Path, name: &str) -> std::io::Result<tempfile::NamedTempFile> {
     let file = tempfile::Builder::new()
         .prefix("runbook-upload-")
         .suffix(".tar.gz")
@@ -33,6 +36,7 @@ pub fn pack_to_file(src: &Path, name: &str) -> std::io::Result<tempfile::NamedTe
     Ok(file)
 }
 
+#[cfg(test)]
 fn pack_into<W: std::io::Write>(src: &Path, name: &str, out: W) -> std::io::Result<W> {
     tar_into(src, name, GzEncoder::new(out, Compression::fast()))?.finish()
 }
@@ -52,7 +56,7 @@ fn tar_into<W: std::io::Write>(src: &Path, name: &str, out: W) -> std::io::Resul
 
 /// Unpacks an archive made by [`pack`] or [`pack_to_file`] (several gzip members) or by
 /// `tar -cz` into `dir`, keeping modes.
-pub fn unpack(archive: impl Read, dir: &Path) -> std::io::Result<()> {
+pub(crate) fn unpack(archive: impl Read, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut archive = tar::Archive::new(MultiGzDecoder::new(archive));
     archive.set_preserve_permissions(true);
@@ -70,7 +74,7 @@ pub fn unpack(archive: impl Read, dir: &Path) -> std::io::Result<()> {
 }
 
 /// [`unpack`] of an archive file, read through a bounded buffer.
-pub fn unpack_file(archive: &Path, dir: &Path) -> std::io::Result<()> {
+pub(crate) fn unpack_file(archive: &Path, dir: &Path) -> std::io::Result<()> {
     let file = std::fs::File::open(archive)?;
     unpack(BufReader::with_capacity(CHUNK, file), dir)
 }
@@ -98,7 +102,7 @@ const RECEIVE_TAR: &str = r#"mkdir -p -- "$1" && tar -xzpf - -C "$1""#;
 /// once into a temporary file — which each host reads on its own, through its own
 /// bounded buffer, at its own pace.
 #[derive(Debug)]
-pub struct Upload {
+pub(crate) struct Upload {
     file: PathBuf,
     /// The packed directory (removed when the upload is dropped).
     packed: Option<tempfile::NamedTempFile>,
@@ -110,7 +114,7 @@ pub struct Upload {
 impl Upload {
     /// Prepares `local` to be received as `name` (the last component of every remote
     /// path it goes to). A directory is packed here, once.
-    pub fn prepare(local: &Path, name: &str) -> std::io::Result<Upload> {
+    pub(crate) fn prepare(local: &Path, name: &str) -> std::io::Result<Upload> {
         let meta = std::fs::metadata(local)?;
         if meta.is_dir() {
             let packed = pack_to_file(local, name)?;
@@ -134,22 +138,18 @@ impl Upload {
     }
 
     /// Whether a directory was packed (else the file travels as it is).
-    pub fn packed(&self) -> bool {
+    pub(crate) fn packed(&self) -> bool {
         self.packed.is_some()
     }
 
     /// The bytes that travel.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The command that receives this upload as `parent/name` on a host, its standard
     /// input streamed from the prepared file.
-    pub fn command(&self, parent: &str, name: &str) -> CommandSpec {
+    pub(crate) fn command(&self, parent: &str, name: &str) -> CommandSpec {
         let argv: Vec<String> = if self.packed() {
             ["sh", "-c", RECEIVE_TAR, "sh", parent]
                 .iter()
@@ -174,7 +174,7 @@ impl Upload {
     }
 
     /// Receives the upload on this machine (the local transport), in-process.
-    pub fn receive_here(&self, parent: &Path, name: &str) -> std::io::Result<()> {
+    pub(crate) fn receive_here(&self, parent: &Path, name: &str) -> std::io::Result<()> {
         if self.packed() {
             return unpack_file(&self.file, parent);
         }
@@ -202,7 +202,11 @@ impl Upload {
 }
 
 /// The command that packs `parent/name` on a host to stdout, written to `archive` here.
-pub fn download_command(parent: &str, name: &str, archive: &Path) -> Result<CommandSpec, NulByte> {
+pub(crate) fn download_command(
+    parent: &str,
+    name: &str,
+    archive: &Path,
+) -> Result<CommandSpec, NulByte> {
     let mut spec = CommandSpec::new(Program::Shell(remote_pack(parent, name)?));
     spec.stdout_file = Some(archive.to_owned());
     spec.quiet = true;
@@ -213,12 +217,12 @@ pub fn download_command(parent: &str, name: &str, archive: &Path) -> Result<Comm
 /// purpose: no caller branches on it, it tells the person which path to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{path}` does not name a file or directory")]
-pub struct NoName {
+pub(crate) struct NoName {
     pub path: String,
 }
 
 /// Splits a remote path into (parent directory, last component).
-pub fn split(path: &str) -> Result<(String, String), NoName> {
+pub(crate) fn split(path: &str) -> Result<(String, String), NoName> {
     let trimmed = path.trim_end_matches('/');
     let (parent, name) = match trimmed.rsplit_once('/') {
         Some(("", name)) => ("/".to_owned(), name.to_owned()),
@@ -233,14 +237,8 @@ pub fn split(path: &str) -> Result<(String, String), NoName> {
     Ok((parent, name))
 }
 
-/// The shell line that unpacks stdin into `parent` on a host.
-pub fn remote_unpack(parent: &str) -> Result<String, NulByte> {
-    let p = crate::quote::command_line(&[parent.to_owned()])?;
-    Ok(format!("mkdir -p -- {p} && tar -xzpf - -C {p}"))
-}
-
 /// The shell line that packs `parent/name` to stdout on a host.
-pub fn remote_pack(parent: &str, name: &str) -> Result<String, NulByte> {
+pub(crate) fn remote_pack(parent: &str, name: &str) -> Result<String, NulByte> {
     let p = crate::quote::command_line(&[parent.to_owned()])?;
     let n = crate::quote::command_line(&[name.to_owned()])?;
     Ok(format!("tar -czf - -C {p} -- {n}"))

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 
 use crate::support::host::{self, NsHost};
 
-pub struct Balancer {
+pub(crate) struct Balancer {
     pub addr: String,
     pub port: u16,
     /// Its files as this machine sees them.
@@ -58,7 +58,7 @@ fn write_files(dir: &Path, text: &str) -> Result<(), String> {
 impl Balancer {
     /// On this machine, on a free port of 127.0.0.1. `stable` and `next`: the upstream
     /// servers, "ADDRESS:PORT" each.
-    pub fn start(stable: &[String], next: &[String]) -> Result<Balancer, String> {
+    pub(crate) fn start(stable: &[String], next: &[String]) -> Result<Balancer, String> {
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
         let dir = tmp.path().to_path_buf();
         let port = crate::support::free_port_on("127.0.0.1");
@@ -92,7 +92,7 @@ impl Balancer {
     /// On host `h` (its files under the host's `/run/lb`), on a free port of 127.0.0.1
     /// (the network is shared: load generators reach it as they reach [`Balancer::start`]'s).
     /// nginx stops with the host.
-    pub fn start_on(
+    pub(crate) fn start_on(
         h: &mut NsHost,
         stable: &[String],
         next: &[String],
@@ -137,7 +137,7 @@ impl Balancer {
     }
 
     /// The nginx command line (as an inventory list) with extra arguments `args`.
-    pub fn nginx(&self, args: &str) -> String {
+    pub(crate) fn nginx(&self, args: &str) -> String {
         let d = self.inside.display();
         format!(
             "[\"/usr/sbin/nginx\", \"-e\", \"{d}/error.log\", \"-c\", \"{d}/nginx.conf\", {args}]"
@@ -145,18 +145,18 @@ impl Balancer {
     }
 
     /// The traffic file, as the balancer's machine sees it (for `vars.traffic.file`).
-    pub fn traffic_file(&self) -> String {
+    pub(crate) fn traffic_file(&self) -> String {
         self.inside.join("traffic.conf").display().to_string()
     }
 
     /// The access log in the judge's format (`log_format runbook`), as the balancer's
     /// machine sees it (for `vars.traffic.access_log`).
-    pub fn access_log(&self) -> String {
+    pub(crate) fn access_log(&self) -> String {
         self.inside.join("access.log").display().to_string()
     }
 
     /// The access log's lines, as this machine reads them.
-    pub fn access_lines(&self) -> Vec<String> {
+    pub(crate) fn access_lines(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("access.log"))
             .unwrap_or_default()
             .lines()
@@ -165,15 +165,15 @@ impl Balancer {
     }
 
     /// The traffic file, as this machine sees it.
-    pub fn traffic_file_here(&self) -> PathBuf {
+    pub(crate) fn traffic_file_here(&self) -> PathBuf {
         self.dir.join("traffic.conf")
     }
 
-    pub fn traffic(&self) -> String {
+    pub(crate) fn traffic(&self) -> String {
         std::fs::read_to_string(self.dir.join("traffic.conf")).unwrap_or_default()
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}:{}", self.addr, self.port)
     }
 }

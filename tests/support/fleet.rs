@@ -13,9 +13,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const SSHD: &str = "/usr/sbin/sshd";
-pub const USER: &str = "deploy";
+pub(crate) const USER: &str = "deploy";
 
-pub struct FleetHost {
+pub(crate) struct FleetHost {
     pub name: String,
     pub addr: String,
     pub port: u16,
@@ -23,7 +23,7 @@ pub struct FleetHost {
     pub host_key_pub: String,
 }
 
-pub struct Fleet {
+pub(crate) struct Fleet {
     pub dir: tempfile::TempDir,
     pub hosts: Vec<FleetHost>,
     pub known_hosts: PathBuf,
@@ -35,7 +35,7 @@ struct ClientKey {
     path: PathBuf,
 }
 
-pub fn run(cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
         Ok(())
@@ -58,8 +58,7 @@ fn client_key() -> Result<&'static ClientKey, String> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
+            .map_or(true, |s| !s.success())
         {
             run(Command::new("useradd").args(["-m", "-s", "/bin/bash", USER]))?;
         }
@@ -87,7 +86,7 @@ fn client_key() -> Result<&'static ClientKey, String> {
 
 /// The deploy user's client key (created once per test process, with the user), and its
 /// public half for an `authorized_keys`.
-pub fn client_key_files() -> Result<(PathBuf, String), String> {
+pub(crate) fn client_key_files() -> Result<(PathBuf, String), String> {
     let key = client_key()?;
     let public =
         std::fs::read_to_string(key.path.with_extension("pub")).map_err(|e| e.to_string())?;
@@ -95,7 +94,7 @@ pub fn client_key_files() -> Result<(PathBuf, String), String> {
 }
 
 /// A new ed25519 host key in `dir`: (private key path, "ssh-ed25519 AAAA…").
-pub fn host_key(dir: &Path, name: &str) -> Result<(PathBuf, String), String> {
+pub(crate) fn host_key(dir: &Path, name: &str) -> Result<(PathBuf, String), String> {
     let hkey = dir.join("host_key");
     run(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
@@ -110,7 +109,7 @@ pub fn host_key(dir: &Path, name: &str) -> Result<(PathBuf, String), String> {
 }
 
 /// A test host's sshd configuration: keys only, the deploy user only, many sessions.
-pub fn sshd_config(addr: &str, port: u16, host_key: &Path) -> String {
+pub(crate) fn sshd_config(addr: &str, port: u16, host_key: &Path) -> String {
     format!(
         "ListenAddress {addr}:{port}\nHostKey {}\nPidFile none\nAllowUsers {USER}\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\nMaxStartups 200:30:400\nLogLevel INFO\nSubsystem sftp internal-sftp\n",
         host_key.display()
@@ -118,7 +117,7 @@ pub fn sshd_config(addr: &str, port: u16, host_key: &Path) -> String {
 }
 
 /// A known_hosts line for a host key served on `addr:port`.
-pub fn known_hosts_line(addr: &str, port: u16, host_key_pub: &str) -> String {
+pub(crate) fn known_hosts_line(addr: &str, port: u16, host_key_pub: &str) -> String {
     if port == 22 {
         format!("{addr} {host_key_pub}\n")
     } else {
@@ -126,7 +125,7 @@ pub fn known_hosts_line(addr: &str, port: u16, host_key_pub: &str) -> String {
     }
 }
 
-pub fn why_unavailable() -> Option<String> {
+pub(crate) fn why_unavailable() -> Option<String> {
     if !Path::new(SSHD).exists() {
         return Some(format!(
             "{SSHD} is missing (apt-get install -y openssh-server)"
@@ -138,7 +137,7 @@ pub fn why_unavailable() -> Option<String> {
     None
 }
 
-pub fn listening(addr: &str, port: u16) -> bool {
+pub(crate) fn listening(addr: &str, port: u16) -> bool {
     let Ok(ip) = addr.parse() else { return false };
     TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(200)).is_ok()
 }
@@ -146,9 +145,11 @@ pub fn listening(addr: &str, port: u16) -> bool {
 impl Fleet {
     /// Starts `n` hosts, or returns `None` (with a message) where sshd cannot run here.
     /// Under `CI=true` a fleet that cannot start fails the test instead.
-    pub fn start(n: usize) -> Option<Fleet> {
+    pub(crate) fn start(n: usize) -> Option<Fleet> {
         static SERIAL: Mutex<()> = Mutex::new(());
-        let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let result = why_unavailable().map_or_else(|| Fleet::try_start(n), Err);
         match result {
             Ok(f) => Some(f),
@@ -190,7 +191,12 @@ impl Fleet {
 
     /// Starts one more host: its own host key and sshd on `addr` (port 22, else 2200+),
     /// inside network namespace `netns` when given, and adds it to known_hosts.
-    pub fn add_host(&mut self, name: &str, addr: &str, netns: Option<&str>) -> Result<(), String> {
+    pub(crate) fn add_host(
+        &mut self,
+        name: &str,
+        addr: &str,
+        netns: Option<&str>,
+    ) -> Result<(), String> {
         let i = self.hosts.len() as u16 + 1;
         let hdir = self.dir.path().join(name);
         std::fs::create_dir_all(&hdir).map_err(|e| e.to_string())?;
@@ -259,7 +265,7 @@ impl Fleet {
 
     /// A deploy path per host under the deploy user's home, unique to this fleet:
     /// `(host name, /home/deploy/<prefix>-<pid>-<address>/<host>)`.
-    pub fn deploy_roots(&self, prefix: &str) -> Vec<(String, String)> {
+    pub(crate) fn deploy_roots(&self, prefix: &str) -> Vec<(String, String)> {
         let tag = format!(
             "{}-{}",
             std::process::id(),
@@ -276,12 +282,12 @@ impl Fleet {
             .collect()
     }
 
-    pub fn client_key(&self) -> PathBuf {
+    pub(crate) fn client_key(&self) -> PathBuf {
         client_key().map(|k| k.path.clone()).unwrap_or_default()
     }
 
     /// A `runbook.toml` for this fleet: environment `fleet`, role `web` = every host.
-    pub fn inventory(&self, extra: &str) -> String {
+    pub(crate) fn inventory(&self, extra: &str) -> String {
         let hosts: Vec<String> = self
             .hosts
             .iter()
@@ -302,7 +308,7 @@ impl Fleet {
     }
 
     /// Stops one host's sshd (a host that went away).
-    pub fn stop(&mut self, index: usize) {
+    pub(crate) fn stop(&mut self, index: usize) {
         if let Some(mut child) = self.children[index].take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -310,7 +316,7 @@ impl Fleet {
     }
 
     /// How many logins a host has accepted (each is one TCP connection).
-    pub fn logins(&self, index: usize) -> usize {
+    pub(crate) fn logins(&self, index: usize) -> usize {
         std::fs::read_to_string(&self.hosts[index].log)
             .unwrap_or_default()
             .matches("Accepted publickey")
@@ -330,7 +336,7 @@ impl Drop for Fleet {
 
 /// An inventory for `fleet` with a deploy path per host (`roots`: name and path) and role
 /// `web` = every host; `app`, `ssh` and `env` are added to those tables.
-pub fn per_host_inventory(
+pub(crate) fn per_host_inventory(
     fleet: &Fleet,
     roots: &[(String, String)],
     app: &str,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub const INVENTORY: &str = r#"
+pub(crate) const INVENTORY: &str = r#"
 [app]
 name = "t"
 deploy_path = "deploy"
@@ -24,7 +24,7 @@ hosts = { p = "localhost" }
 /// Where this test process keeps runbook's state (the audit log, REPL history) for
 /// anything that does not get a directory of its own: in-process `runbook::run` calls,
 /// and children spawned without [`Test::command`].
-pub fn process_state_dir() -> PathBuf {
+pub(crate) fn process_state_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("state")
 }
 
@@ -41,13 +41,13 @@ fn isolate_state() {
     }
 }
 
-pub struct Test {
+pub(crate) struct Test {
     pub dir: tempfile::TempDir,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
 
-pub struct Output {
+pub(crate) struct Output {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -55,7 +55,7 @@ pub struct Output {
 
 /// The runbook binary the tests run: this build's, or `RUNBOOK_BIN` (benchmarks run the
 /// release build through the same harness: `RUNBOOK_BIN=target/release/runbook`).
-pub fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     std::env::var_os("RUNBOOK_BIN")
         .filter(|p| !p.is_empty())
         .map_or_else(
@@ -66,12 +66,12 @@ pub fn bin() -> PathBuf {
 
 impl Test {
     /// A project with the default inventory.
-    pub fn new() -> Test {
+    pub(crate) fn new() -> Test {
         Test::bare().file("runbook.toml", INVENTORY)
     }
 
     /// An empty directory.
-    pub fn bare() -> Test {
+    pub(crate) fn bare() -> Test {
         Test {
             dir: tempfile::tempdir().expect("tempdir"),
             args: Vec::new(),
@@ -79,11 +79,11 @@ impl Test {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn file(self, rel: &str, content: &str) -> Test {
+    pub(crate) fn file(self, rel: &str, content: &str) -> Test {
         let path = self.dir.path().join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("mkdir");
@@ -92,17 +92,17 @@ impl Test {
         self
     }
 
-    pub fn args(mut self, args: &[&str]) -> Test {
+    pub(crate) fn args(mut self, args: &[&str]) -> Test {
         self.args.extend(args.iter().map(|s| (*s).to_owned()));
         self
     }
 
-    pub fn env(mut self, k: &str, v: &str) -> Test {
+    pub(crate) fn env(mut self, k: &str, v: &str) -> Test {
         self.env.push((k.to_owned(), v.to_owned()));
         self
     }
 
-    pub fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut cmd = Command::new(bin());
         cmd.current_dir(self.dir.path())
             .args(&self.args)
@@ -122,7 +122,7 @@ impl Test {
     }
 
     /// Runs with extra arguments, keeping the builder for more runs.
-    pub fn run_with(&self, args: &[&str]) -> Output {
+    pub(crate) fn run_with(&self, args: &[&str]) -> Output {
         let mut cmd = self.command();
         cmd.args(args);
         let out = cmd.output().expect("runbook runs");
@@ -133,7 +133,7 @@ impl Test {
         }
     }
 
-    pub fn run(&self) -> Output {
+    pub(crate) fn run(&self) -> Output {
         let out = self.command().output().expect("runbook runs");
         Output {
             code: out.status.code().unwrap_or(-1),
@@ -145,7 +145,7 @@ impl Test {
 
 impl Output {
     #[track_caller]
-    pub fn code(&self, expected: i32) -> &Output {
+    pub(crate) fn code(&self, expected: i32) -> &Output {
         assert_eq!(
             self.code, expected,
             "exit code\n--- stdout\n{}\n--- stderr\n{}",
@@ -155,7 +155,7 @@ impl Output {
     }
 
     #[track_caller]
-    pub fn stderr_has(&self, needle: &str) -> &Output {
+    pub(crate) fn stderr_has(&self, needle: &str) -> &Output {
         assert!(
             self.stderr.contains(needle),
             "stderr lacks {needle:?}\n--- stderr\n{}",
@@ -165,7 +165,7 @@ impl Output {
     }
 
     #[track_caller]
-    pub fn stdout_has(&self, needle: &str) -> &Output {
+    pub(crate) fn stdout_has(&self, needle: &str) -> &Output {
         assert!(
             self.stdout.contains(needle),
             "stdout lacks {needle:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -177,7 +177,7 @@ impl Output {
 
     /// The JSON events of a `--json` run, each line parsed.
     #[track_caller]
-    pub fn events(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn events(&self) -> Vec<serde_json::Value> {
         self.stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -187,7 +187,7 @@ impl Output {
 
 impl Test {
     /// Runs `runbook repl -e ENV` with `input` on stdin (no terminal) to its end.
-    pub fn repl(&self, env: &str, input: &str) -> std::process::Output {
+    pub(crate) fn repl(&self, env: &str, input: &str) -> std::process::Output {
         use std::io::Write;
         let mut child = self
             .command()
@@ -205,13 +205,13 @@ impl Test {
 
     /// `runbook repl -e ENV` in a real terminal (tmux), or `None` when tmux is missing
     /// (a failure under `CI=true`).
-    pub fn repl_in_terminal(&self, env: &str) -> Option<Tmux> {
+    pub(crate) fn repl_in_terminal(&self, env: &str) -> Option<Tmux> {
         self.in_terminal(&format!("repl -e {env}"))
     }
 
     /// `runbook ARGS` (a shell-quoted line) in a real terminal (tmux), or `None` when
     /// tmux is missing (a failure under `CI=true`). The test's own variables apply.
-    pub fn in_terminal(&self, args: &str) -> Option<Tmux> {
+    pub(crate) fn in_terminal(&self, args: &str) -> Option<Tmux> {
         if Command::new("tmux").arg("-V").output().is_err() {
             assert!(
                 std::env::var("CI").map_or(true, |v| v != "true"),
@@ -253,7 +253,7 @@ impl Test {
 }
 
 /// A program in a tmux pane: keys in, screen out.
-pub struct Tmux {
+pub(crate) struct Tmux {
     socket: PathBuf,
     session: String,
 }
@@ -269,16 +269,16 @@ impl Tmux {
     }
 
     /// Types text literally (no key names, `;` is not a tmux separator).
-    pub fn type_text(&self, text: &str) {
+    pub(crate) fn type_text(&self, text: &str) {
         self.run(&["send-keys", "-l", "-t", &self.session, text]);
     }
 
     /// Presses keys by name: `Enter`, `Tab`, `C-c`, `C-d`.
-    pub fn press(&self, key: &str) {
+    pub(crate) fn press(&self, key: &str) {
         self.run(&["send-keys", "-t", &self.session, key]);
     }
 
-    pub fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         String::from_utf8_lossy(
             &self
                 .run(&["capture-pane", "-p", "-t", &self.session])
@@ -289,7 +289,7 @@ impl Tmux {
 
     /// Waits (bounded) until `needle` is on the screen.
     #[track_caller]
-    pub fn wait_for(&self, needle: &str, secs: u64) {
+    pub(crate) fn wait_for(&self, needle: &str, secs: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
             let s = self.screen();
@@ -306,7 +306,7 @@ impl Tmux {
 
     /// Waits (bounded) until the program in the pane has exited.
     #[track_caller]
-    pub fn wait_exit(&self, secs: u64) {
+    pub(crate) fn wait_exit(&self, secs: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         while self
             .run(&["has-session", "-t", &self.session])

@@ -20,7 +20,7 @@ use crate::fleet::{self, USER};
 
 /// (backing directory under the host's root, where the host sees it). `/tmp` comes last:
 /// the backing directories themselves live under this machine's `/tmp`.
-pub const MOUNTS: &[(&str, &str)] = &[
+pub(crate) const MOUNTS: &[(&str, &str)] = &[
     ("www", "/var/www"),
     ("backups", "/var/backups"),
     ("home", "/home"),
@@ -43,7 +43,7 @@ mount --bind "$root/tmp" /tmp
 exec /usr/sbin/sshd -D -f /run/ssh/sshd_config -E /var/log/sshd.log
 "#;
 
-pub struct NsHost {
+pub(crate) struct NsHost {
     pub name: String,
     pub addr: String,
     pub port: u16,
@@ -57,7 +57,7 @@ pub struct NsHost {
 }
 
 /// The deploy user's uid and gid.
-pub fn deploy_ids() -> Result<(u32, u32), String> {
+pub(crate) fn deploy_ids() -> Result<(u32, u32), String> {
     let id = |flag: &str| -> Result<u32, String> {
         let out = Command::new("id")
             .args([flag, USER])
@@ -82,7 +82,12 @@ fn mkdir(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), String
 }
 
 /// Writes `text` to `path`, owned by `owner` when given.
-pub fn write(path: &Path, text: &str, mode: u32, owner: Option<(u32, u32)>) -> Result<(), String> {
+pub(crate) fn write(
+    path: &Path,
+    text: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
@@ -95,7 +100,7 @@ pub fn write(path: &Path, text: &str, mode: u32, owner: Option<(u32, u32)>) -> R
     Ok(())
 }
 
-pub fn why_unavailable() -> Option<String> {
+pub(crate) fn why_unavailable() -> Option<String> {
     fleet::why_unavailable().or_else(|| {
         crate::support::missing(&[
             ("/usr/bin/unshare", "util-linux"),
@@ -108,7 +113,7 @@ impl NsHost {
     /// Starts host `name` on `addr` with its own disk under `root` (created here), the
     /// deploy user's `authorized_keys` holding `client_pub`, a `~/.gitconfig` that trusts
     /// `safe_dir`, and `srv` (read-only, e.g. the git server's repositories) as `/srv`.
-    pub fn start(
+    pub(crate) fn start(
         root: PathBuf,
         name: &str,
         addr: &str,
@@ -233,7 +238,7 @@ impl NsHost {
 
     /// Where this machine sees what the host sees at `inside` (an absolute path under
     /// one of the host's own mounts).
-    pub fn path(&self, inside: &str) -> PathBuf {
+    pub(crate) fn path(&self, inside: &str) -> PathBuf {
         for (dir, at) in MOUNTS {
             if let Some(rest) = inside.strip_prefix(at)
                 && (rest.is_empty() || rest.starts_with('/'))
@@ -261,7 +266,7 @@ impl NsHost {
 
     /// Starts a server inside the host (as the deploy user or as root); it is stopped
     /// with the host.
-    pub fn spawn(&mut self, argv: &[&str], as_deploy: bool) -> Result<(), String> {
+    pub(crate) fn spawn(&mut self, argv: &[&str], as_deploy: bool) -> Result<(), String> {
         let child = self
             .nsenter(as_deploy)
             .args(argv)
@@ -276,7 +281,7 @@ impl NsHost {
     }
 
     /// Runs a command inside the host to its end.
-    pub fn exec(&self, argv: &[&str], as_deploy: bool) -> Output {
+    pub(crate) fn exec(&self, argv: &[&str], as_deploy: bool) -> Output {
         self.nsenter(as_deploy)
             .args(argv)
             .stdin(Stdio::null())
@@ -312,12 +317,12 @@ impl NsHost {
     /// The host hangs: every process inside it is stopped (SIGSTOP). Its TCP connections
     /// stay up (the kernel still answers), but nothing answers on them: to a runner it is
     /// a hung machine, noticed only by ssh keep-alives.
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         self.signal_all(nix::sys::signal::Signal::SIGSTOP);
     }
 
     /// The hung host goes on where it stopped.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.signal_all(nix::sys::signal::Signal::SIGCONT);
         // util-linux's wrappers stop themselves when their child was stopped.
         for c in self.wrapper.iter().chain(&self.inside) {
@@ -329,7 +334,7 @@ impl NsHost {
     }
 
     /// The host goes away: its PID 1 is killed, and with it every process inside.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if self.pid1 > 0 {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.pid1),

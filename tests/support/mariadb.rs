@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct MariaDb {
+pub(crate) struct MariaDb {
     pub dir: tempfile::TempDir,
     /// The TCP port on 127.0.0.1, when listening there.
     pub port: Option<u16>,
@@ -26,12 +26,12 @@ fn why_unavailable() -> Option<String> {
 impl MariaDb {
     /// On a unix socket only (no networking); `None` (skipped) where it cannot run,
     /// a failure under `CI=true`.
-    pub fn start() -> Option<MariaDb> {
+    pub(crate) fn start() -> Option<MariaDb> {
         crate::support::available("MariaDB", MariaDb::try_start(None))
     }
 
     /// Also on a free port of 127.0.0.1.
-    pub fn start_tcp() -> Result<MariaDb, String> {
+    pub(crate) fn start_tcp() -> Result<MariaDb, String> {
         MariaDb::try_start(Some(crate::support::free_port_on("127.0.0.1")))
     }
 
@@ -88,7 +88,7 @@ impl MariaDb {
             .spawn()
             .map_err(|e| format!("mariadbd: {e}"))?;
         let db = MariaDb { dir, port, child };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         while db.try_sql("select 1").is_none() {
             if Instant::now() > deadline {
                 return Err(format!(
@@ -101,20 +101,20 @@ impl MariaDb {
         Ok(db)
     }
 
-    pub fn socket(&self) -> String {
+    pub(crate) fn socket(&self) -> String {
         self.dir.path().join("mysql.sock").display().to_string()
     }
 
     /// Creates database `name` and user `name`@127.0.0.1 identified by `password`, with
     /// every right on it.
-    pub fn create_app_database(&self, name: &str, password: &str) -> Result<(), String> {
+    pub(crate) fn create_app_database(&self, name: &str, password: &str) -> Result<(), String> {
         self.run_sql(&format!(
             "create database `{name}` character set utf8mb4; create user '{name}'@'127.0.0.1' identified by '{password}'; grant all on `{name}`.* to '{name}'@'127.0.0.1';"
         ))
         .map(|_| ())
     }
 
-    pub fn run_sql(&self, q: &str) -> Result<String, String> {
+    pub(crate) fn run_sql(&self, q: &str) -> Result<String, String> {
         let out = Command::new("mariadb")
             .args([
                 "--batch",
@@ -133,12 +133,12 @@ impl MariaDb {
         }
     }
 
-    pub fn try_sql(&self, q: &str) -> Option<String> {
+    pub(crate) fn try_sql(&self, q: &str) -> Option<String> {
         self.run_sql(q).ok()
     }
 
     #[track_caller]
-    pub fn sql(&self, q: &str) -> String {
+    pub(crate) fn sql(&self, q: &str) -> String {
         self.run_sql(q)
             .unwrap_or_else(|e| panic!("query failed: {q}\n{e}"))
     }

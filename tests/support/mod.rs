@@ -7,21 +7,21 @@
 //! skips its test with a message — under `CI=true` it fails the test instead
 //! ([`available`]).
 
-pub mod balancer;
-pub mod fleet; // the old shared-disk fleet: sshd hosts under one disk, for argv, quoting and netns tests
-pub mod harness; // the binary under test: Test (a temp project, its own state dir), Output assertions
-pub mod host;
-pub mod mariadb;
-pub mod mtail; // mtail over the balancer's access log: the seed's askproai_http_* metrics
-pub mod prod;
-pub mod prometheus; // Prometheus + Pushgateway + mtail, one call: prometheus::Observability::start
-pub mod pushgateway;
-pub mod receivers; // real HTTP and SMTP receivers, and Slack/PagerDuty wire-format fakes
-pub mod redis;
-pub mod stack; // the shared-disk strategies topology and the load generator
-pub mod supervisor;
-pub mod web;
-pub mod web_host;
+pub(crate) mod balancer;
+pub(crate) mod fleet; // the old shared-disk fleet: sshd hosts under one disk, for argv, quoting and netns tests
+pub(crate) mod harness; // the binary under test: Test (a temp project, its own state dir), Output assertions
+pub(crate) mod host;
+pub(crate) mod mariadb;
+pub(crate) mod mtail; // mtail over the balancer's access log: the seed's askproai_http_* metrics
+pub(crate) mod prod;
+pub(crate) mod prometheus; // Prometheus + Pushgateway + mtail, one call: prometheus::Observability::start
+pub(crate) mod pushgateway;
+pub(crate) mod receivers; // real HTTP and SMTP receivers, and Slack/PagerDuty wire-format fakes
+pub(crate) mod redis;
+pub(crate) mod stack; // the shared-disk strategies topology and the load generator
+pub(crate) mod supervisor;
+pub(crate) mod web;
+pub(crate) mod web_host;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 /// `Some(part)` when it started; else `None` with a SKIPPED message, or a panic under
 /// `CI=true` (a part that cannot start there must fail the tests, not hide them).
-pub fn available<T>(what: &str, started: Result<T, String>) -> Option<T> {
+pub(crate) fn available<T>(what: &str, started: Result<T, String>) -> Option<T> {
     match started {
         Ok(t) => Some(t),
         Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
@@ -43,7 +43,7 @@ pub fn available<T>(what: &str, started: Result<T, String>) -> Option<T> {
 }
 
 /// The first of `paths` that is missing, as "missing PACKAGE" — `None` when all exist.
-pub fn missing(paths: &[(&str, &str)]) -> Option<String> {
+pub(crate) fn missing(paths: &[(&str, &str)]) -> Option<String> {
     let gone: Vec<&str> = paths
         .iter()
         .filter(|(p, _)| !std::path::Path::new(p).exists())
@@ -59,15 +59,14 @@ pub fn missing(paths: &[(&str, &str)]) -> Option<String> {
 }
 
 /// A port nobody listens on at `addr` right now.
-pub fn free_port_on(addr: &str) -> u16 {
+pub(crate) fn free_port_on(addr: &str) -> u16 {
     std::net::TcpListener::bind((addr, 0))
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+        .map_or(0, |a| a.port())
 }
 
 /// A plain HTTP/1.0 GET: (status, body); status 0 when nothing answered.
-pub fn get(addr: &str, port: u16, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: &str, port: u16, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect((addr, port)) else {
         return (0, String::new());
     };
@@ -88,7 +87,11 @@ pub fn get(addr: &str, port: u16, path: &str) -> (u16, String) {
 }
 
 /// Waits (bounded) until `ready` holds; `Err(what)` after `secs`.
-pub fn wait_until(secs: u64, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+pub(crate) fn wait_until(
+    secs: u64,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     while !ready() {
         if std::time::Instant::now() > deadline {

@@ -13,14 +13,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-pub const BIN: &str = "/usr/bin/mtail";
+pub(crate) const BIN: &str = "/usr/bin/mtail";
 
 /// The shipped program.
-pub fn program() -> PathBuf {
+pub(crate) fn program() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mtail/runbook.mtail")
 }
 
-pub struct Mtail {
+pub(crate) struct Mtail {
     pub port: u16,
     /// The access log it tails.
     pub access_log: PathBuf,
@@ -30,7 +30,7 @@ pub struct Mtail {
 
 /// `mtail --compile_only` over the programs in `progs` (a directory): `Ok(its log)` when
 /// they compile, `Err(its log)` when not.
-pub fn compile_only(progs: &Path) -> Result<String, String> {
+pub(crate) fn compile_only(progs: &Path) -> Result<String, String> {
     let out = Command::new(BIN)
         .args(["--compile_only", "--logtostderr", "--address", "127.0.0.1"])
         .args(["--port", "0", "--progs"])
@@ -50,7 +50,7 @@ pub fn compile_only(progs: &Path) -> Result<String, String> {
 impl Mtail {
     /// Starts it over `access_log` (created empty when missing), the program copied into
     /// `dir`, without waiting; see [`Mtail::wait_ready`].
-    pub fn spawn(dir: &Path, access_log: &Path) -> Result<Mtail, String> {
+    pub(crate) fn spawn(dir: &Path, access_log: &Path) -> Result<Mtail, String> {
         let progs = dir.join("mtail-progs");
         std::fs::create_dir_all(&progs).map_err(|e| e.to_string())?;
         std::fs::copy(program(), progs.join("runbook.mtail"))
@@ -82,7 +82,7 @@ impl Mtail {
     }
 
     /// Waits (bounded) until it serves `/metrics` and tails the access log.
-    pub fn wait_ready(&mut self, secs: u64) -> Result<(), String> {
+    pub(crate) fn wait_ready(&mut self, secs: u64) -> Result<(), String> {
         let tailing = format!("Tailing {}", self.access_log.display());
         let log = self.log.clone();
         let port = self.port;
@@ -93,7 +93,7 @@ impl Mtail {
     }
 
     /// What it exports now, in the Prometheus text format.
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         crate::support::get("127.0.0.1", self.port, "/metrics").1
     }
 }

@@ -25,14 +25,14 @@ use crate::support::web_host::{self, DocRoot, Ports};
 use crate::support::{self as support, supervisor};
 
 /// Where the app lives on every host, as in production.
-pub const DEPLOY_PATH: &str = "/var/www/app";
+pub(crate) const DEPLOY_PATH: &str = "/var/www/app";
 /// The app's database and its user (password: [`DB_PASSWORD`], in `RB_DB_PASSWORD` for
 /// runbook's backups).
-pub const DB_NAME: &str = "app";
-pub const DB_PASSWORD: &str = "app-test-Secret-7";
+pub(crate) const DB_NAME: &str = "app";
+pub(crate) const DB_PASSWORD: &str = "app-test-Secret-7";
 
 /// The shipped scripts every fleet project carries.
-pub const SCRIPTS: &[&str] = &[
+pub(crate) const SCRIPTS: &[&str] = &[
     "deploy",
     "zero-downtime-deploy",
     "canary",
@@ -43,7 +43,7 @@ pub const SCRIPTS: &[&str] = &[
 ];
 
 #[derive(Clone, Copy, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     pub web: usize,
     pub workers: usize,
     pub docroot: DocRoot,
@@ -59,18 +59,18 @@ impl Default for Options {
     }
 }
 
-pub struct ProdHost {
+pub(crate) struct ProdHost {
     pub host: NsHost,
     /// nginx's ports, on a web host.
     pub web: Option<Ports>,
 }
 
 impl ProdHost {
-    pub fn url(&self) -> Option<String> {
+    pub(crate) fn url(&self) -> Option<String> {
         self.web
             .map(|p| format!("http://{}:{}", self.host.addr, p.current))
     }
-    pub fn preview_url(&self) -> Option<String> {
+    pub(crate) fn preview_url(&self) -> Option<String> {
         self.web
             .map(|p| format!("http://{}:{}", self.host.addr, p.next))
     }
@@ -78,7 +78,7 @@ impl ProdHost {
 
 /// What a web host's `/api/health` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
+pub(crate) struct Health {
     pub status: u16,
     pub release: Option<String>,
     pub code: Option<String>,
@@ -99,13 +99,13 @@ impl Health {
 
 /// One row of `job_runs`: which code processed a queued job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobRun {
+pub(crate) struct JobRun {
     pub release: String,
     pub code: String,
     pub host: String,
 }
 
-pub struct ProdFleet {
+pub(crate) struct ProdFleet {
     /// Web hosts first (web1, web2, …), then worker hosts (worker1, …).
     pub hosts: Vec<ProdHost>,
     /// nginx in front of the web hosts, on a host of its own (`lb1`), steered by runbook
@@ -143,11 +143,11 @@ fn why_unavailable() -> Option<String> {
 
 impl ProdFleet {
     /// The default fleet: 2 web hosts, 1 worker host, `$realpath_root`.
-    pub fn start() -> Option<ProdFleet> {
+    pub(crate) fn start() -> Option<ProdFleet> {
         ProdFleet::start_with(Options::default())
     }
 
-    pub fn start_with(options: Options) -> Option<ProdFleet> {
+    pub(crate) fn start_with(options: Options) -> Option<ProdFleet> {
         let started = why_unavailable().map_or_else(|| ProdFleet::try_start(options), Err);
         support::available("the production-shaped fleet", started)
     }
@@ -281,7 +281,7 @@ impl ProdFleet {
         Ok(fleet)
     }
 
-    pub fn host(&self, name: &str) -> &ProdHost {
+    pub(crate) fn host(&self, name: &str) -> &ProdHost {
         self.hosts
             .iter()
             .find(|h| h.host.name == name)
@@ -291,7 +291,7 @@ impl ProdFleet {
     /// The inventory: environment `prod` with the balancer as its `url`; with
     /// `host_urls`, each web host's own `url` and `preview_url`; roles web and worker.
     /// `vars` are more lines for `[env.prod.vars]`.
-    pub fn inventory_with(&self, host_urls: bool, vars: &str) -> String {
+    pub(crate) fn inventory_with(&self, host_urls: bool, vars: &str) -> String {
         let hosts: Vec<String> = self
             .hosts
             .iter()
@@ -343,12 +343,12 @@ impl ProdFleet {
     }
 
     /// The inventory with each web host's urls.
-    pub fn inventory(&self) -> String {
+    pub(crate) fn inventory(&self) -> String {
         self.inventory_with(true, "")
     }
 
     /// A project with `inventory` and the shipped scripts.
-    pub fn project_with(&self, inventory: &str) -> Test {
+    pub(crate) fn project_with(&self, inventory: &str) -> Test {
         let mut t = Test::bare()
             .file("runbook.toml", inventory)
             .env("RB_DB_PASSWORD", DB_PASSWORD);
@@ -361,19 +361,19 @@ impl ProdFleet {
         t
     }
 
-    pub fn project(&self) -> Test {
+    pub(crate) fn project(&self) -> Test {
         self.project_with(&self.inventory())
     }
 
     /// `runbook run SCRIPT -e prod ARGS…` with the default inventory.
-    pub fn run(&self, script: &str, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, script: &str, args: &[&str]) -> Output {
         let mut full = vec!["run", script, "-e", "prod"];
         full.extend_from_slice(args);
         self.project().args(&full).run()
     }
 
     /// Where this machine sees a host's path (see `NsHost::path`).
-    pub fn path(&self, host: &str, inside: &str) -> PathBuf {
+    pub(crate) fn path(&self, host: &str, inside: &str) -> PathBuf {
         self.host(host).host.path(inside)
     }
 
@@ -385,17 +385,17 @@ impl ProdFleet {
     }
 
     /// The release a host's `current` points at ("" when none).
-    pub fn current(&self, host: &str) -> String {
+    pub(crate) fn current(&self, host: &str) -> String {
         self.link(host, "current")
     }
 
     /// The release a host has staged as `next` ("" when none).
-    pub fn staged(&self, host: &str) -> String {
+    pub(crate) fn staged(&self, host: &str) -> String {
         self.link(host, "next")
     }
 
     /// `current` of every host, by name.
-    pub fn currents(&self) -> Vec<(String, String)> {
+    pub(crate) fn currents(&self) -> Vec<(String, String)> {
         self.hosts
             .iter()
             .map(|h| (h.host.name.clone(), self.current(&h.host.name)))
@@ -403,7 +403,7 @@ impl ProdFleet {
     }
 
     /// What a web host's own nginx answers on `/api/health`.
-    pub fn served(&self, host: &str) -> Health {
+    pub(crate) fn served(&self, host: &str) -> Health {
         let h = self.host(host);
         let port = h.web.map_or(0, |p| p.current);
         let (status, body) = support::get(&h.host.addr, port, "/api/health");
@@ -411,7 +411,7 @@ impl ProdFleet {
     }
 
     /// `n` answers through the balancer, counted by "STATUS RELEASE".
-    pub fn through_balancer(&self, n: usize) -> std::collections::BTreeMap<String, usize> {
+    pub(crate) fn through_balancer(&self, n: usize) -> std::collections::BTreeMap<String, usize> {
         let mut seen = std::collections::BTreeMap::new();
         for _ in 0..n {
             let (status, body) = support::get(&self.lb.addr, self.lb.port, "/api/health");
@@ -425,7 +425,7 @@ impl ProdFleet {
 
     /// A query on the app's database (as root, over the socket).
     #[track_caller]
-    pub fn sql(&self, q: &str) -> String {
+    pub(crate) fn sql(&self, q: &str) -> String {
         self.db
             .sql(&format!("use `{DB_NAME}`; {q}"))
             .trim()
@@ -434,7 +434,7 @@ impl ProdFleet {
 
     /// Queues `App\Jobs\RecordRelease` through web host `via` and waits (bounded) until
     /// a worker has processed it: which release's code did.
-    pub fn queued_job(&self, via: &str, token: &str) -> Result<JobRun, String> {
+    pub(crate) fn queued_job(&self, via: &str, token: &str) -> Result<JobRun, String> {
         let h = self.host(via);
         let port = h.web.map_or(0, |p| p.current);
         let (status, body) = support::get(

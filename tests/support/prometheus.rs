@@ -32,13 +32,13 @@ use std::time::{Duration, Instant};
 use crate::support::mtail::{self, Mtail};
 use crate::support::pushgateway::{self, Pushgateway};
 
-pub const BIN: &str = "/usr/bin/prometheus";
+pub(crate) const BIN: &str = "/usr/bin/prometheus";
 
 /// Seconds any daemon of the stack may take to answer its readiness check.
 const READY_SECS: u64 = 20;
 
 /// Why the stack cannot start here (a missing package), or `None`.
-pub fn why_unavailable() -> Option<String> {
+pub(crate) fn why_unavailable() -> Option<String> {
     crate::support::missing(&[
         (BIN, "prometheus"),
         (pushgateway::BIN, "prometheus-pushgateway"),
@@ -47,7 +47,7 @@ pub fn why_unavailable() -> Option<String> {
 }
 
 /// Waits (bounded) until `is_ready`; fails early, with the daemon's log, when it exits.
-pub fn ready(
+pub(crate) fn ready(
     child: &mut Child,
     log: &Path,
     secs: u64,
@@ -79,16 +79,16 @@ pub fn ready(
 
 /// A scrape job: its name, the port on 127.0.0.1, and whether the target's own `job` and
 /// `instance` labels win (a Pushgateway's, so pushed groups keep theirs).
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     pub job: &'a str,
     pub port: u16,
     pub honor_labels: bool,
 }
 
 /// One sample of an instant vector: its labels and value.
-pub type Sample = (BTreeMap<String, String>, f64);
+pub(crate) type Sample = (BTreeMap<String, String>, f64);
 
-pub struct Prometheus {
+pub(crate) struct Prometheus {
     pub port: u16,
     log: PathBuf,
     child: Child,
@@ -128,7 +128,7 @@ fn number(v: &serde_json::Value) -> Result<f64, String> {
 impl Prometheus {
     /// Starts it scraping `targets` every second, its TSDB (1 h retention) and log in
     /// `dir`, without waiting; see [`Prometheus::wait_ready`].
-    pub fn spawn(dir: &Path, targets: &[Target]) -> Result<Prometheus, String> {
+    pub(crate) fn spawn(dir: &Path, targets: &[Target]) -> Result<Prometheus, String> {
         let file = dir.join("prometheus.yml");
         std::fs::write(&file, config(targets)).map_err(|e| e.to_string())?;
         let port = crate::support::free_port_on("127.0.0.1");
@@ -153,19 +153,19 @@ impl Prometheus {
     }
 
     /// Waits (bounded) until `/-/ready` answers 200 (its first scrape comes later).
-    pub fn wait_ready(&mut self, secs: u64) -> Result<(), String> {
+    pub(crate) fn wait_ready(&mut self, secs: u64) -> Result<(), String> {
         let port = self.port;
         ready(&mut self.child, &self.log, secs, "Prometheus", || {
             crate::support::get("127.0.0.1", port, "/-/ready").0 == 200
         })
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// An instant query's answer, as Prometheus sent it.
-    pub fn query(&self, promql: &str) -> Result<serde_json::Value, String> {
+    pub(crate) fn query(&self, promql: &str) -> Result<serde_json::Value, String> {
         let path = format!("/api/v1/query?query={}", encode(promql));
         let (status, body) = crate::support::get("127.0.0.1", self.port, &path);
         serde_json::from_str(&body).map_err(|e| {
@@ -174,7 +174,7 @@ impl Prometheus {
     }
 
     /// An instant query's samples: one per series (a scalar is one sample, no labels).
-    pub fn samples(&self, promql: &str) -> Result<Vec<Sample>, String> {
+    pub(crate) fn samples(&self, promql: &str) -> Result<Vec<Sample>, String> {
         let doc = self.query(promql)?;
         if doc["status"] != "success" {
             return Err(format!("`{promql}` failed: {doc}"));
@@ -204,7 +204,7 @@ impl Prometheus {
     }
 
     /// The samples by the value of label `by` (e.g. `pool`).
-    pub fn by(&self, promql: &str, by: &str) -> Result<BTreeMap<String, f64>, String> {
+    pub(crate) fn by(&self, promql: &str, by: &str) -> Result<BTreeMap<String, f64>, String> {
         Ok(self
             .samples(promql)?
             .into_iter()
@@ -214,7 +214,7 @@ impl Prometheus {
 
     /// Waits (bounded) until `promql` answers exactly one sample for which `accept` holds
     /// (`NaN` included, when `accept` takes it); returns it.
-    pub fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         promql: &str,
         secs: u64,
@@ -238,13 +238,13 @@ impl Prometheus {
     }
 
     /// Waits (bounded) until `promql` answers exactly one sample, whatever its value.
-    pub fn wait_for_value(&self, promql: &str, secs: u64) -> Result<f64, String> {
+    pub(crate) fn wait_for_value(&self, promql: &str, secs: u64) -> Result<f64, String> {
         self.wait_for(promql, secs, |_| true)
     }
 
     /// Prometheus' own count of instant queries answered (`/api/v1/query`), from its
     /// `/metrics`: proof that someone (runbook) asked.
-    pub fn queries_answered(&self) -> u64 {
+    pub(crate) fn queries_answered(&self) -> u64 {
         let (_, text) = crate::support::get("127.0.0.1", self.port, "/metrics");
         text.lines()
             .filter(|l| {
@@ -265,7 +265,7 @@ impl Drop for Prometheus {
 
 /// Prometheus scraping a Pushgateway (job `pushgateway`, its labels honoured) and mtail
 /// (job `mtail`), each on its own port of 127.0.0.1, their data in one temp dir.
-pub struct Observability {
+pub(crate) struct Observability {
     pub prometheus: Prometheus,
     pub pushgateway: Pushgateway,
     pub mtail: Mtail,
@@ -275,19 +275,19 @@ pub struct Observability {
 impl Observability {
     /// The stack, mtail tailing `<dir>/access.log` (the test writes it); `None` (skipped)
     /// where a package is missing — a panic under `CI=true`.
-    pub fn start() -> Option<Observability> {
+    pub(crate) fn start() -> Option<Observability> {
         let started = why_unavailable().map_or_else(|| Observability::try_start(None), Err);
         crate::support::available("Prometheus, the Pushgateway and mtail", started)
     }
 
     /// The stack, mtail tailing `access_log` (a balancer's, `log_format runbook`).
-    pub fn tailing(access_log: &Path) -> Option<Observability> {
+    pub(crate) fn tailing(access_log: &Path) -> Option<Observability> {
         let started =
             why_unavailable().map_or_else(|| Observability::try_start(Some(access_log)), Err);
         crate::support::available("Prometheus, the Pushgateway and mtail", started)
     }
 
-    pub fn try_start(access_log: Option<&Path>) -> Result<Observability, String> {
+    pub(crate) fn try_start(access_log: Option<&Path>) -> Result<Observability, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let log = access_log.map_or_else(|| dir.path().join("access.log"), Path::to_path_buf);
         // All three start at once; the waits below overlap their start-up.
@@ -320,7 +320,7 @@ impl Observability {
     }
 
     /// The `[metrics]` section of a runbook.toml that points runbook at this stack.
-    pub fn inventory(&self) -> String {
+    pub(crate) fn inventory(&self) -> String {
         format!(
             "[metrics]\npushgateway = \"{}\"\nprometheus = \"{}\"\n",
             self.pushgateway.url(),
@@ -329,7 +329,7 @@ impl Observability {
     }
 
     /// Appends `lines` to the access log mtail tails.
-    pub fn log(&self, lines: &str) {
+    pub(crate) fn log(&self, lines: &str) {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
             .append(true)

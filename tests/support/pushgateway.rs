@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub const BIN: &str = "/usr/bin/prometheus-pushgateway";
+pub(crate) const BIN: &str = "/usr/bin/prometheus-pushgateway";
 
-pub struct Pushgateway {
+pub(crate) struct Pushgateway {
     pub port: u16,
     log: PathBuf,
     child: Child,
@@ -21,7 +21,7 @@ pub struct Pushgateway {
 
 impl Pushgateway {
     /// Starts it (its log in `dir`) without waiting; see [`Pushgateway::wait_ready`].
-    pub fn spawn(dir: &Path) -> Result<Pushgateway, String> {
+    pub(crate) fn spawn(dir: &Path) -> Result<Pushgateway, String> {
         let port = crate::support::free_port_on("127.0.0.1");
         let log = dir.join("pushgateway.log");
         let err = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -39,7 +39,7 @@ impl Pushgateway {
     }
 
     /// Waits (bounded) until `/-/ready` answers 200.
-    pub fn wait_ready(&mut self, secs: u64) -> Result<(), String> {
+    pub(crate) fn wait_ready(&mut self, secs: u64) -> Result<(), String> {
         crate::support::prometheus::ready(
             &mut self.child,
             &self.log,
@@ -49,13 +49,13 @@ impl Pushgateway {
         )
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// PUTs `text` (the Prometheus text format) as the group `/metrics/job/<job>`,
     /// replacing it — how a test sets a metric Prometheus will scrape from here.
-    pub fn put(&self, job: &str, text: &str) -> Result<(), String> {
+    pub(crate) fn put(&self, job: &str, text: &str) -> Result<(), String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
         write!(
@@ -73,7 +73,7 @@ impl Pushgateway {
     }
 
     /// Everything it holds, in the text format (`GET /metrics`).
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         crate::support::get("127.0.0.1", self.port, "/metrics").1
     }
 }

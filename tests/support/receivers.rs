@@ -10,16 +10,16 @@ use std::time::Duration;
 
 /// One request as it arrived.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub(crate) struct Received {
     pub method: String,
     pub path: String,
     pub body: String,
 }
 
 /// What the receiver answers to the n-th request (0-based).
-pub type Responder = Box<dyn Fn(usize, &Received) -> (u16, String, Duration) + Send + Sync>;
+pub(crate) type Responder = Box<dyn Fn(usize, &Received) -> (u16, String, Duration) + Send + Sync>;
 
-pub struct Http {
+pub(crate) struct Http {
     pub port: u16,
     pub got: Arc<Mutex<Vec<Received>>>,
     server: Arc<tiny_http::Server>,
@@ -27,9 +27,9 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn start(respond: Responder) -> Http {
+    pub(crate) fn start(respond: Responder) -> Http {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
-        let port = server.server_addr().to_ip().map(|a| a.port()).unwrap_or(0);
+        let port = server.server_addr().to_ip().map_or(0, |a| a.port());
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let (s, g) = (server.clone(), got.clone());
         let thread = std::thread::spawn(move || {
@@ -71,16 +71,16 @@ impl Http {
     }
 
     /// Always the same answer.
-    pub fn fixed(status: u16, body: &str) -> Http {
+    pub(crate) fn fixed(status: u16, body: &str) -> Http {
         let body = body.to_owned();
         Http::start(Box::new(move |_, _| (status, body.clone(), Duration::ZERO)))
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    pub fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 }
@@ -95,7 +95,7 @@ impl Drop for Http {
 }
 
 /// A CA and a leaf certificate for 127.0.0.1, written as PEM files.
-pub struct Certs {
+pub(crate) struct Certs {
     /// Keeps the PEM files alive.
     _dir: tempfile::TempDir,
     pub ca: PathBuf,
@@ -103,7 +103,7 @@ pub struct Certs {
     pub key_der: Vec<u8>,
 }
 
-pub fn certs() -> Certs {
+pub(crate) fn certs() -> Certs {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -141,7 +141,7 @@ fn server_config(c: &Certs) -> Arc<rustls::ServerConfig> {
 }
 
 /// An HTTPS server whose certificate is signed by a CA only the test knows.
-pub fn untrusted_tls_server(c: &Certs) -> u16 {
+pub(crate) fn untrusted_tls_server(c: &Certs) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let config = server_config(c);
@@ -166,7 +166,7 @@ pub fn untrusted_tls_server(c: &Certs) -> u16 {
 }
 
 /// A server that accepts connections and closes them without a word.
-pub fn closing_server() -> u16 {
+pub(crate) fn closing_server() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -178,14 +178,14 @@ pub fn closing_server() -> u16 {
 }
 
 /// A port nothing listens on.
-pub fn closed_port() -> u16 {
+pub(crate) fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
 /// One mail as the SMTP server received it.
 #[derive(Debug, Clone, Default)]
-pub struct Mail {
+pub(crate) struct Mail {
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
@@ -193,7 +193,7 @@ pub struct Mail {
     pub auth: Option<String>,
 }
 
-pub struct Smtp {
+pub(crate) struct Smtp {
     pub port: u16,
     pub mails: Arc<Mutex<Vec<Mail>>>,
 }
@@ -202,7 +202,7 @@ trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
 
 /// An SMTP server that offers STARTTLS (with `certs`) and AUTH PLAIN.
-pub fn smtp(c: &Certs) -> Smtp {
+pub(crate) fn smtp(c: &Certs) -> Smtp {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let mails: Arc<Mutex<Vec<Mail>>> = Arc::default();
@@ -296,7 +296,7 @@ fn read_line(io: &mut Box<dyn Stream>) -> std::io::Result<String> {
 /// Starts `runbook run n -e dev` in `t`, waits until `receiver` holds a request (the
 /// exchange is in flight), sends SIGINT, and returns the exit status and how long the
 /// run took to end after the signal.
-pub fn interrupt_once_received(
+pub(crate) fn interrupt_once_received(
     t: &crate::harness::Test,
     receiver: &Http,
 ) -> (std::process::ExitStatus, std::time::Duration) {
@@ -325,7 +325,7 @@ pub fn interrupt_once_received(
         if let Some(s) = child.try_wait().expect("wait") {
             return (s, signalled.elapsed());
         }
-        if signalled.elapsed() > Duration::from_secs(60) {
+        if signalled.elapsed() > Duration::from_mins(1) {
             let _ = child.kill();
             panic!("the run did not end within 60 s of Ctrl-C");
         }

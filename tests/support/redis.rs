@@ -3,14 +3,14 @@
 
 use std::process::{Child, Command, Stdio};
 
-pub struct Redis {
+pub(crate) struct Redis {
     pub dir: tempfile::TempDir,
     pub port: u16,
     child: Child,
 }
 
 impl Redis {
-    pub fn start() -> Result<Redis, String> {
+    pub(crate) fn start() -> Result<Redis, String> {
         if let Some(why) = crate::support::missing(&[
             ("/usr/bin/redis-server", "redis-server"),
             ("/usr/bin/redis-cli", "redis-tools"),
@@ -44,7 +44,7 @@ impl Redis {
     }
 
     /// `redis-cli` against this server.
-    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn cli(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new("/usr/bin/redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)

@@ -20,7 +20,7 @@ use crate::web::{self, WebStack};
 
 /// One answer seen by the load generator.
 #[derive(Debug)]
-pub struct Hit {
+pub(crate) struct Hit {
     pub at: Instant,
     pub status: u16,
     pub release: Option<String>,
@@ -28,13 +28,13 @@ pub struct Hit {
 
 /// Requests through the balancer, back to back on `threads` threads, until stopped
 /// (or five minutes at most).
-pub struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Vec<Hit>>>,
 }
 
 #[derive(Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub total: usize,
     /// Non-2xx answers and requests that got no answer at all (status 0).
     pub failed: usize,
@@ -44,13 +44,13 @@ pub struct Tally {
 }
 
 impl Load {
-    pub fn start(port: u16, threads: usize) -> Load {
+    pub(crate) fn start(port: u16, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
-                    let until = Instant::now() + Duration::from_secs(300);
+                    let until = Instant::now() + Duration::from_mins(5);
                     let mut hits = Vec::new();
                     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
                         let (status, body) = web::get(port, "/api/health");
@@ -69,7 +69,7 @@ impl Load {
         Load { stop, threads }
     }
 
-    pub fn finish(self) -> Tally {
+    pub(crate) fn finish(self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         let mut t = Tally::default();
         for h in self.threads {
@@ -89,7 +89,7 @@ impl Load {
     }
 }
 
-pub struct Stack {
+pub(crate) struct Stack {
     pub fleet: Fleet,
     pub web: WebStack,
     pub lb: Balancer,
@@ -110,7 +110,7 @@ impl Drop for Stack {
     }
 }
 
-pub fn stack() -> Option<Stack> {
+pub(crate) fn stack() -> Option<Stack> {
     let fleet = Fleet::start(3)?;
     let roots = fleet.deploy_roots("rbs");
     let mut sites = Vec::new();
@@ -163,14 +163,14 @@ const SCRIPTS: &[&str] = &[
 ];
 
 impl Stack {
-    pub fn backups(&self) -> PathBuf {
+    pub(crate) fn backups(&self) -> PathBuf {
         Path::new(&self.roots[0].1)
             .parent()
             .map(|p| p.join("backups"))
             .unwrap_or_default()
     }
 
-    pub fn inventory(&self) -> String {
+    pub(crate) fn inventory(&self) -> String {
         let mut hosts = Vec::new();
         for (i, (h, (_, root))) in self.fleet.hosts.iter().zip(&self.roots).enumerate() {
             let urls = if i < 2 {
@@ -213,7 +213,7 @@ impl Stack {
         )
     }
 
-    pub fn project(&self) -> Test {
+    pub(crate) fn project(&self) -> Test {
         let mut t = Test::bare().file("runbook.toml", &self.inventory());
         for s in SCRIPTS {
             let text =
@@ -224,25 +224,25 @@ impl Stack {
         t
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let mut full = vec!["run"];
         full.extend_from_slice(args);
         full.extend_from_slice(&["-e", "prod"]);
         self.project().args(&full).run()
     }
 
-    pub fn link(&self, i: usize, name: &str) -> String {
+    pub(crate) fn link(&self, i: usize, name: &str) -> String {
         std::fs::read_link(Path::new(&self.roots[i].1).join(name))
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .unwrap_or_default()
     }
 
-    pub fn current(&self, i: usize) -> String {
+    pub(crate) fn current(&self, i: usize) -> String {
         self.link(i, "current")
     }
 
     /// (status, release, migrations) as a web host's own nginx serves it.
-    pub fn served(&self, i: usize) -> (u16, Option<String>, i64) {
+    pub(crate) fn served(&self, i: usize) -> (u16, Option<String>, i64) {
         let (status, body) = self.web.get(&self.roots[i].0, "/api/health");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         (
@@ -253,7 +253,7 @@ impl Stack {
     }
 
     /// The releases `n` requests through the balancer were answered by.
-    pub fn through_balancer(&self, n: usize) -> BTreeMap<String, usize> {
+    pub(crate) fn through_balancer(&self, n: usize) -> BTreeMap<String, usize> {
         let mut seen = BTreeMap::new();
         for _ in 0..n {
             let (status, body) = web::get(self.lb.port, "/api/health");
@@ -264,19 +264,19 @@ impl Stack {
         seen
     }
 
-    pub fn is_bad(&self, i: usize, release: &str) -> bool {
+    pub(crate) fn is_bad(&self, i: usize, release: &str) -> bool {
         Path::new(&self.roots[i].1)
             .join(format!(".runbook/bad/{release}"))
             .exists()
     }
 
-    pub fn locked(&self) -> bool {
+    pub(crate) fn locked(&self) -> bool {
         self.roots
             .iter()
             .any(|(_, r)| Path::new(r).join(".runbook/lock").exists())
     }
 
-    pub fn sqlite(&self, i: usize, sql: &str) -> String {
+    pub(crate) fn sqlite(&self, i: usize, sql: &str) -> String {
         let db = format!("{}/shared/storage/database.sqlite", self.roots[i].1);
         let out = Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
         assert!(out.status.success(), "sqlite3 {sql}: {out:?}");
@@ -285,7 +285,7 @@ impl Stack {
 
     /// The first release: v1 through the rolling deploy, then a new second so the next
     /// release gets a new name.
-    pub fn first_release(&self) -> String {
+    pub(crate) fn first_release(&self) -> String {
         self.run(&["deploy", "ref=v1", "-q"]).code(0);
         let v1 = self.current(0);
         assert!(!v1.is_empty());

@@ -9,9 +9,9 @@ use crate::support::host::{self, NsHost};
 
 /// The worker's command. Until the first release is live there is nothing to run: the
 /// wrapper waits for it, then becomes the worker (supervisord watches the php process).
-pub const WORKER: &str = "until [ -e /var/www/app/current/artisan ]; do sleep 0.2; done; exec php /var/www/app/current/artisan queue:work redis --sleep=1 --tries=1";
+pub(crate) const WORKER: &str = "until [ -e /var/www/app/current/artisan ]; do sleep 0.2; done; exec php /var/www/app/current/artisan queue:work redis --sleep=1 --tries=1";
 
-pub fn start(h: &mut NsHost) -> Result<(), String> {
+pub(crate) fn start(h: &mut NsHost) -> Result<(), String> {
     if let Some(why) = crate::support::missing(&[("/usr/bin/supervisord", "supervisor")]) {
         return Err(why);
     }
@@ -50,7 +50,7 @@ pub fn start(h: &mut NsHost) -> Result<(), String> {
 }
 
 /// `supervisorctl status queue` on the host, e.g. "queue  RUNNING  pid 42, uptime 0:00:03".
-pub fn status(h: &NsHost) -> String {
+pub(crate) fn status(h: &NsHost) -> String {
     let out = h.exec(
         &[
             "/usr/bin/supervisorctl",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct WebStack {
+pub(crate) struct WebStack {
     pub dir: tempfile::TempDir,
     /// host name -> port nginx serves its `current/public` on
     pub ports: Vec<(String, u16)>,
@@ -29,14 +29,13 @@ fn php_fpm() -> Option<PathBuf> {
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+        .map_or(0, |a| a.port())
 }
 
 impl WebStack {
     /// `sites`: (site name, the link it serves, e.g. `<deploy_path>/current`). `None` (with a message) when nginx, php-fpm or
     /// Debian's Laravel are missing — a failure under `CI=true`.
-    pub fn start(sites: &[(String, String)]) -> Option<WebStack> {
+    pub(crate) fn start(sites: &[(String, String)]) -> Option<WebStack> {
         let missing = [
             ("/usr/sbin/nginx", "nginx"),
             (
@@ -166,7 +165,7 @@ impl WebStack {
         Ok(stack)
     }
 
-    pub fn port(&self, host: &str) -> u16 {
+    pub(crate) fn port(&self, host: &str) -> u16 {
         self.ports
             .iter()
             .find(|(n, _)| n == host)
@@ -174,13 +173,13 @@ impl WebStack {
     }
 
     /// `GET path` on a host's site: (status, body).
-    pub fn get(&self, host: &str, path: &str) -> (u16, String) {
+    pub(crate) fn get(&self, host: &str, path: &str) -> (u16, String) {
         get(self.port(host), path)
     }
 }
 
 /// A plain HTTP/1.0 GET on loopback.
-pub fn get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn get(port: u16, path: &str) -> (u16, String) {
     crate::support::get("127.0.0.1", port, path)
 }
 
@@ -192,7 +191,7 @@ impl Drop for WebStack {
 
 /// Stops server processes: SIGTERM lets masters stop their workers too; SIGKILL only if
 /// they hang for five seconds.
-pub fn terminate(children: &mut [Child]) {
+pub(crate) fn terminate(children: &mut [Child]) {
     for c in children.iter() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(c.id() as i32),

@@ -12,7 +12,7 @@ use crate::support::host::{self, NsHost};
 
 /// How nginx hands the script path to php-fpm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DocRoot {
+pub(crate) enum DocRoot {
     /// `$realpath_root`: the resolved release directory — each release has new paths.
     Realpath,
     /// `$document_root`: the `current` symlink path — the common setup in which
@@ -22,12 +22,12 @@ pub enum DocRoot {
 
 /// A graceful php-fpm reload as the deploy user (USR2 to the master: new workers, empty
 /// OPcache), as an inventory list for `vars.php_fpm_reload`.
-pub const PHP_FPM_RELOAD: &str =
+pub(crate) const PHP_FPM_RELOAD: &str =
     r#"["sh", "-c", "kill -USR2 \"$(cat /run/php-fpm/php-fpm.pid)\""]"#;
 
 /// The ports a web host's nginx serves `current` (url) and `next` (preview_url) on.
 #[derive(Clone, Copy, Debug)]
-pub struct Ports {
+pub(crate) struct Ports {
     pub current: u16,
     pub next: u16,
 }
@@ -44,7 +44,7 @@ fn php_fpm() -> Option<std::path::PathBuf> {
         })
 }
 
-pub fn why_unavailable() -> Option<String> {
+pub(crate) fn why_unavailable() -> Option<String> {
     crate::support::missing(&[
         ("/usr/sbin/nginx", "nginx"),
         (
@@ -74,7 +74,7 @@ fn server(addr: &str, port: u16, link: &str, docroot: DocRoot) -> String {
     )
 }
 
-pub fn start(h: &mut NsHost, docroot: DocRoot) -> Result<Ports, String> {
+pub(crate) fn start(h: &mut NsHost, docroot: DocRoot) -> Result<Ports, String> {
     let fpm = php_fpm().ok_or("missing php-fpm")?;
     let deploy = host::deploy_ids()?;
     for dir in ["/run/php-fpm", "/var/log/php-fpm", "/run/nginx"] {

@@ -149,8 +149,7 @@ mod tests {
         });
         assert!(
             r.is_err(),
-            "read {:?} bytes of a corrupt stream without an error",
-            r
+            "read {r:?} bytes of a corrupt stream without an error"
         );
     }
 
