@@ -420,6 +420,9 @@ fn whole_release(progress: &Progress, states: &[HostState]) -> Option<String> {
     // a host not on the new release was not switched by the run (a switch is one
     // rename), so it is on the release the run started from — when they all agree.
     let new = progress.prepared.as_ref()?;
+    if !states.iter().any(|s| &s.current == new) {
+        return None; // it switched nothing
+    }
     let mut others = states
         .iter()
         .map(|s| &s.current)
@@ -595,11 +598,9 @@ mod tests {
         // Hosts that were already split before the run: no guess.
         let split = [on("web1", "r2"), on("web2", "r0"), on("worker1", "r1")];
         assert_eq!(whole_release(&read_progress(&split), &split), None);
-        // Nothing switched yet: nothing to bring back.
+        // Nothing switched yet (a staged canary, say): nothing to bring back, nothing
+        // marked bad.
         let none = [on("web1", "r1"), on("web2", "r1")];
-        assert_eq!(
-            whole_release(&read_progress(&none), &none).as_deref(),
-            Some("r1")
-        );
+        assert_eq!(whole_release(&read_progress(&none), &none), None);
     }
 }
