@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
+use super::check_keys;
 use super::context::{HostRef, duration_arg};
 use crate::backup::host::{DatabaseFields, Place};
 use crate::backup::{Database, Options, RestoreOptions, Summary};
@@ -91,16 +92,6 @@ fn summary_map(s: &Summary) -> Map {
         m.insert("age_s".into(), age.into());
     }
     m
-}
-
-fn check_keys(opts: &Map, allowed: &[&str], what: &str) -> Result<(), Box<EvalAltResult>> {
-    match opts.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(super::error(format!(
-            "unknown {what} option `{k}` (options: {})",
-            allowed.join(", ")
-        ))),
-        None => Ok(()),
-    }
 }
 
 fn create(ctx: &NativeCallContext, host: &HostRef, opts: &Map) -> Result<Map, Box<EvalAltResult>> {

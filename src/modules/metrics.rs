@@ -5,8 +5,9 @@
 use rhai::plugin::*;
 use rhai::{EvalAltResult, Map};
 
+use super::check_keys;
 use super::health::stopped;
-use super::notify::{TIMEOUT, check_keys, deliver, flag, resolve, text};
+use super::notify::{TIMEOUT, deliver, flag, resolve, text};
 use crate::session::Session;
 
 fn endpoint(session: &Session, which: &str) -> Result<String, Box<EvalAltResult>> {

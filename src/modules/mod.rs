@@ -68,6 +68,21 @@ pub(crate) fn error(message: impl std::fmt::Display) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(Dynamic::from(message.to_string()), Position::NONE).into()
 }
 
+/// Refuses an options map with a key outside `allowed`, naming the ones there are.
+pub(crate) fn check_keys(
+    opts: &rhai::Map,
+    allowed: &[&str],
+    what: &str,
+) -> Result<(), Box<EvalAltResult>> {
+    match opts.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(error(format!(
+            "unknown {what} option `{k}` (options: {})",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The error that stops a script on Ctrl-C / SIGTERM.
 pub(crate) fn interrupted() -> Box<EvalAltResult> {
     EvalAltResult::ErrorTerminated(Dynamic::from("interrupted"), Position::NONE).into()

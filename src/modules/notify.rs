@@ -9,6 +9,7 @@ use std::time::Duration;
 use rhai::plugin::*;
 use rhai::{Dynamic, EvalAltResult, Map};
 
+use super::check_keys;
 use crate::effects::http::HttpError;
 use crate::notify::{self as core, Deployment, PagerEvent, Smtp};
 use crate::output::{Event, Kind, Level};
@@ -26,22 +27,6 @@ pub(super) fn flag(opts: &Map, key: &str) -> bool {
     opts.get(key)
         .and_then(|v| v.as_bool().ok())
         .unwrap_or(false)
-}
-
-pub(super) fn check_keys(
-    opts: &Map,
-    allowed: &[&str],
-    what: &str,
-) -> Result<(), Box<EvalAltResult>> {
-    for k in opts.keys() {
-        if !allowed.contains(&k.as_str()) {
-            return Err(super::error(format!(
-                "unknown {what} option `{k}` (options: {})",
-                allowed.join(", ")
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Masks every secret value in a payload's strings (see `Redactor::redact_json`).
