@@ -3,17 +3,76 @@
 //! Any gzip reader (GNU tar, `gzip -d`, flate2's `MultiGzDecoder`) reads the result as
 //! one stream. Used for backups (`backup::archive`) and for directories packed for an
 //! upload (`transport::transfer`). What is in flight is bounded: a few pieces per thread.
+//!
+//! Each member's header carries its own compressed length in an extra subfield (`RB`,
+//! RFC 1952 section 2.3.1.1; readers that do not know it skip it), so a reader can cut
+//! the stream into members without inflating it and inflate them on every core too
+//! (`backup::archive::inflate`). [`indexed_len`] reads that length back.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
+use flate2::{Compression, GzBuilder};
 
 /// The uncompressed size of one member.
 pub(crate) const PIECE: usize = 1 << 20;
+
+/// The fixed part of a gzip header (RFC 1952 2.3): magic, method, flags, mtime, xfl, os.
+pub(crate) const FIXED: usize = 10;
+/// The header of a member this module writes: the fixed part, XLEN, and one subfield
+/// (`R`, `B`, LEN = 4, the member's whole length in bytes, little-endian).
+pub(crate) const HEADER: usize = FIXED + 2 + 8;
+const FEXTRA: u8 = 0x04;
+const SUBFIELD: [u8; 4] = [b'R', b'B', 4, 0];
+
+/// The length of the whole member (header, deflate data and trailer) that `header`, its
+/// first [`HEADER`] bytes, starts, when this module wrote it; `None` for any other gzip
+/// member (another tool's, or an older runbook's), which a reader then inflates in order.
+pub(crate) fn indexed_len(header: &[u8]) -> Option<usize> {
+    let ours = header.len() >= HEADER
+        && header[..3] == [0x1f, 0x8b, 8]
+        && header[3] == FEXTRA
+        && header[FIXED..FIXED + 2] == [8, 0]
+        && header[FIXED + 2..FIXED + 6] == SUBFIELD;
+    if !ours {
+        return None;
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&header[FIXED + 6..HEADER]);
+    usize::try_from(u32::from_le_bytes(len)).ok()
+}
+
+/// `data` as one gzip member whose header records the member's length.
+fn member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut enc = GzBuilder::new()
+        .extra([
+            SUBFIELD[0],
+            SUBFIELD[1],
+            SUBFIELD[2],
+            SUBFIELD[3],
+            0,
+            0,
+            0,
+            0,
+        ])
+        .write(
+            Vec::with_capacity(data.len() / 3 + HEADER),
+            Compression::new(level),
+        );
+    enc.write_all(data)?;
+    let mut out = enc.finish()?;
+    let len = u32::try_from(out.len())
+        .map_err(|_| io::Error::other("a gzip member over 4 GiB"))?
+        .to_le_bytes();
+    // The header is written first and has no header CRC, so its bytes can be set now.
+    match out.get_mut(FIXED + 6..HEADER) {
+        Some(at) => at.copy_from_slice(&len),
+        None => return Err(io::Error::other("gzip header shorter than expected")),
+    }
+    Ok(out)
+}
 
 /// A writer that compresses in parallel into `W`; [`Parallel::finish`] gives `W` back.
 pub(crate) struct Parallel<W: Write + Send + 'static> {
@@ -39,12 +98,7 @@ impl<W: Write + Send + 'static> Parallel<W> {
                     loop {
                         let job = rx.lock().map(|r| r.recv());
                         let Ok(Ok((seq, data))) = job else { break };
-                        let mut enc = GzEncoder::new(
-                            Vec::with_capacity(data.len() / 3),
-                            Compression::new(level),
-                        );
-                        let out = enc.write_all(&data).and_then(|()| enc.finish());
-                        if tx.send((seq, out)).is_err() {
+                        if tx.send((seq, member(&data, level))).is_err() {
                             break;
                         }
                     }
@@ -105,12 +159,15 @@ impl<W: Write + Send + 'static> Parallel<W> {
 }
 
 impl<W: Write + Send + 'static> Write for Parallel<W> {
+    /// Takes at most what fills the current piece, so that every member holds exactly
+    /// `PIECE` bytes (the last fewer) and a reader can bound what one member inflates to.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        let n = data.len().min(PIECE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() >= PIECE {
             self.send()?;
         }
-        Ok(data.len())
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -131,6 +188,15 @@ mod tests {
             gz.write_all(piece).unwrap();
         }
         let packed = gz.finish().unwrap();
+        // Every member records its own length, and the lengths tile the stream exactly.
+        let mut at = 0;
+        let mut members = 0;
+        while at < packed.len() {
+            let len = super::indexed_len(&packed[at..]).expect("a member without its length");
+            at += len;
+            members += 1;
+        }
+        assert_eq!((at, members), (packed.len(), 4));
         let mut back = Vec::new();
         flate2::read::MultiGzDecoder::new(packed.as_slice())
             .read_to_end(&mut back)
