@@ -261,7 +261,9 @@ pub(crate) fn write_audit(session: &Session, record: &crate::audit::Record, on_h
         };
         let mut spec = crate::transport::CommandSpec::script(
             "audit: record this run on the host",
-            r#"umask 077; mkdir -p "$1/.runbook" && cat >> "$1/.runbook/audit.jsonl" && chmod 600 "$1/.runbook/audit.jsonl""#,
+            // One process once the directory is there (the shell becomes `cat`); the
+            // umask makes a new log 0600 and its directory 0700.
+            r#"umask 077; d=$1/.runbook; [ -d "$d" ] || mkdir -p "$d" || exit 1; exec cat >> "$d/audit.jsonl""#,
             &[&root],
         );
         spec.stdin = Some(line.clone().into_bytes());
