@@ -14,7 +14,7 @@ use std::io::{self, BufWriter, Write};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use flate2::{Compression, GzBuilder};
+use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
 /// The uncompressed size of one member.
 pub(crate) const PIECE: usize = 1 << 20;
@@ -44,34 +44,104 @@ pub(crate) fn indexed_len(header: &[u8]) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(len)).ok()
 }
 
-/// `data` as one gzip member whose header records the member's length.
+/// `data` as one gzip member whose header records the member's length. Each `BLOCK` of
+/// it that looks incompressible (compressed or random bytes: images, archives, keys) is
+/// stored rather than deflated, which costs nothing to undo and saves the time deflate
+/// spends failing to shrink it.
 fn member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut enc = GzBuilder::new()
-        .extra([
-            SUBFIELD[0],
-            SUBFIELD[1],
-            SUBFIELD[2],
-            SUBFIELD[3],
-            0,
-            0,
-            0,
-            0,
-        ])
-        .write(
-            Vec::with_capacity(data.len() / 3 + HEADER),
-            Compression::new(level),
-        );
-    enc.write_all(data)?;
-    let mut out = enc.finish()?;
+    let mut out = Vec::with_capacity(data.len() / 3 + HEADER + 8 + SPARE);
+    out.extend_from_slice(&[0x1f, 0x8b, 8, FEXTRA, 0, 0, 0, 0, 0, 3, 8, 0]);
+    out.extend_from_slice(&SUBFIELD);
+    out.extend_from_slice(&[0; 4]); // the length, set below
+    let mut deflate = Compress::new(Compression::new(level), false);
+    let mut stored = false;
+    let mut crc = Crc::new();
+    for block in data.chunks(BLOCK) {
+        crc.update(block);
+        let store = looks_incompressible(block);
+        if store != stored {
+            reserve(&mut out);
+            let to = if store {
+                Compression::none()
+            } else {
+                Compression::new(level)
+            };
+            // Can only fail for want of output space (reserved above); the block is then
+            // compressed at the level in force, which is still correct.
+            if deflate.set_level(to).is_ok() {
+                stored = store;
+            }
+        }
+        deflate_all(&mut deflate, block, &mut out, FlushCompress::None)?;
+    }
+    deflate_all(&mut deflate, &[], &mut out, FlushCompress::Finish)?;
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&crc.amount().to_le_bytes());
     let len = u32::try_from(out.len())
         .map_err(|_| io::Error::other("a gzip member over 4 GiB"))?
         .to_le_bytes();
-    // The header is written first and has no header CRC, so its bytes can be set now.
-    match out.get_mut(FIXED + 6..HEADER) {
-        Some(at) => at.copy_from_slice(&len),
-        None => return Err(io::Error::other("gzip header shorter than expected")),
-    }
+    out[FIXED + 6..HEADER].copy_from_slice(&len);
     Ok(out)
+}
+
+/// How much of a piece is judged at a time, stored or deflated.
+const BLOCK: usize = 64 * 1024;
+/// Free output space kept for deflate (a level change flushes what is pending).
+const SPARE: usize = 2 * BLOCK + 1024;
+
+fn reserve(out: &mut Vec<u8>) {
+    if out.capacity() - out.len() < SPARE {
+        out.reserve(SPARE);
+    }
+}
+
+/// Feeds all of `input` (and with `Finish`, ends the stream) into `out`.
+fn deflate_all(
+    deflate: &mut Compress,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+    flush: FlushCompress,
+) -> io::Result<()> {
+    loop {
+        reserve(out);
+        let (before, wrote) = (deflate.total_in(), out.len());
+        let status = deflate
+            .compress_vec(input, out, flush)
+            .map_err(io::Error::other)?;
+        let used = usize::try_from(deflate.total_in() - before).unwrap_or(input.len());
+        if used == 0 && out.len() == wrote && status != Status::StreamEnd {
+            return Err(io::Error::other("deflate made no progress"));
+        }
+        input = input.get(used..).unwrap_or_default();
+        let finishing = matches!(flush, FlushCompress::Finish);
+        match status {
+            Status::StreamEnd => return Ok(()),
+            Status::Ok | Status::BufError if input.is_empty() && !finishing => return Ok(()),
+            Status::Ok | Status::BufError => {}
+        }
+    }
+}
+
+/// True when the bytes' order-0 entropy is so near 8 bits per byte that deflate would
+/// not shrink them: compressed, encrypted or random data. Text and code are far below.
+fn looks_incompressible(block: &[u8]) -> bool {
+    if block.len() < 4096 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for &b in block {
+        counts[usize::from(b)] += 1;
+    }
+    let n = f64::from(u32::try_from(block.len()).unwrap_or(u32::MAX));
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    bits > 7.8
 }
 
 /// A writer that compresses in parallel into `W`; [`Parallel::finish`] gives `W` back.
@@ -177,6 +247,55 @@ impl<W: Write + Send + 'static> Write for Parallel<W> {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
+
+    fn inflate(member: &[u8]) -> Vec<u8> {
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(member)
+            .read_to_end(&mut back)
+            .unwrap();
+        back
+    }
+
+    #[test]
+    fn random_blocks_are_stored_and_text_is_deflated_in_one_member() {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut noise = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        };
+        let random: Vec<u8> = (0..super::PIECE / 8).flat_map(|_| noise()).collect();
+        let text: Vec<u8> = (0..super::PIECE / 40)
+            .flat_map(|i| format!("    return $this->user->order(${});\n", i % 977).into_bytes())
+            .take(super::PIECE)
+            .collect();
+        let r = super::member(&random, 6).unwrap();
+        let t = super::member(&text, 6).unwrap();
+        // Stored: the input plus a few bytes per 64 KiB block; deflated: a fraction.
+        assert!(
+            r.len() < random.len() + 1024,
+            "random: {} of {}",
+            r.len(),
+            random.len()
+        );
+        assert!(
+            t.len() < text.len() / 4,
+            "text: {} of {}",
+            t.len(),
+            text.len()
+        );
+        assert_eq!(super::indexed_len(&r), Some(r.len()));
+        assert!(inflate(&r) == random && inflate(&t) == text);
+        // Both kinds in one member, switching more than once.
+        let mut mixed = text[..200_000].to_vec();
+        mixed.extend_from_slice(&random[..300_000]);
+        mixed.extend_from_slice(&text[..300_000]);
+        mixed.extend_from_slice(&random[..5_000]);
+        let m = super::member(&mixed, 1).unwrap();
+        assert!(m.len() < 300_000 + 100_000 + 10_000, "mixed: {}", m.len());
+        assert!(inflate(&m) == mixed);
+    }
 
     #[test]
     fn any_gzip_reader_reads_the_members_back_as_one_stream_in_order() {
