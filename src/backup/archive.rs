@@ -1,6 +1,7 @@
 //! The backup archive format: a tar stream compressed as independent gzip members (1 MiB
-//! chunks, compressed in parallel — any gzip reader, GNU tar included, reads it as one
-//! stream), ending with `.runbook-manifest.json`: every entry's path, kind, size, mode,
+//! chunks, compressed in parallel, each recording its length so that reading inflates in
+//! parallel too: `crate::gzip`, `inflate` — any gzip reader, GNU tar included, reads it as
+//! one stream), ending with `.runbook-manifest.json`: every entry's path, kind, size, mode,
 //! mtime, link target and sha256.
 //!
 //! Writing goes to a temporary name that is fsynced and renamed only when complete, so a
