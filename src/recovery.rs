@@ -18,7 +18,10 @@ use crate::transport::CommandSpec;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RecoveryError {
     #[error("{host}: cannot look for the dead run's commands: {source}")]
-    Look { host: String, source: CommandError },
+    Look {
+        host: String,
+        source: Box<CommandError>,
+    },
     #[error(
         "commands of the dead run are still running after {} (nothing was changed):{}\nwait for them (`runbook recover -e {env} --wait 10m`), or end them: `runbook recover -e {env} --kill`",
         humantime::format_duration(*waited),
@@ -54,12 +57,18 @@ pub(crate) enum RecoveryError {
         age: u64,
     },
     #[error("{host}: cannot read the lock again (nothing was changed): {source}")]
-    Reread { host: String, source: HostError },
+    Reread {
+        host: String,
+        source: Box<HostError>,
+    },
     /// Switching the hosts back failed.
     #[error(transparent)]
     Switch(#[from] crate::release::ReleaseError),
     #[error("{host}: could not lift maintenance mode: {source}")]
-    Maintenance { host: String, source: CommandError },
+    Maintenance {
+        host: String,
+        source: Box<CommandError>,
+    },
     /// Putting traffic back on stable failed (the traffic core's own message).
     #[error("{0}")]
     Traffic(String),
@@ -198,7 +207,7 @@ fn settle(
             HostOutcome::Done(Err(e)) => {
                 return Err(RecoveryError::Look {
                     host: t.name().to_owned(),
-                    source: e,
+                    source: Box::new(e),
                 });
             }
             HostOutcome::Skipped => continue,
@@ -437,7 +446,7 @@ fn locked_by(
     for (t, st) in targets.iter().zip(lock::states(effects, &targets)) {
         states.push(st.map_err(|e| RecoveryError::Reread {
             host: t.name().to_owned(),
-            source: e,
+            source: Box::new(e),
         })?);
     }
     Ok(targets
@@ -561,7 +570,7 @@ fn lift_maintenance(
             HostOutcome::Done(Err(e)) => {
                 return Err(RecoveryError::Maintenance {
                     host: t.name().to_owned(),
-                    source: e,
+                    source: Box::new(e),
                 });
             }
             HostOutcome::Skipped => {}

@@ -73,7 +73,7 @@ pub(crate) enum AgentError {
     },
     /// A step of placing it (or of the backup around it) failed on the host.
     #[error(transparent)]
-    Command(#[from] CommandError),
+    Command(Box<CommandError>),
     #[error(transparent)]
     Path(#[from] NoName),
     #[error("{} did not start on the host (`--version` said {said:?})", FILE_NAME)]
@@ -85,7 +85,7 @@ pub(crate) enum AgentError {
     #[error(
         "{source}\n  (the agent on the host changed after it was checked; run again to replace it)"
     )]
-    Tampered { source: CommandError },
+    Tampered { source: Box<CommandError> },
     #[error(
         "{} on `{host}` answered something that is not its JSON ({source}): {answer:?}",
         FILE_NAME
@@ -96,6 +96,12 @@ pub(crate) enum AgentError {
         /// The first 200 characters of what it said.
         answer: String,
     },
+}
+
+impl From<CommandError> for AgentError {
+    fn from(e: CommandError) -> AgentError {
+        AgentError::Command(Box::new(e))
+    }
 }
 
 /// The agent on this machine: where, its hash and what it was built for.
@@ -355,9 +361,11 @@ pub(crate) fn call<T: serde::de::DeserializeOwned>(
     spec.read = read;
     let out = effects.run(target, &spec).map_err(|e| {
         if e.code() == Some(TAMPERED) {
-            AgentError::Tampered { source: e }
+            AgentError::Tampered {
+                source: Box::new(e),
+            }
         } else {
-            AgentError::Command(e)
+            AgentError::from(e)
         }
     })?;
     serde_json::from_str(out.stdout.trim()).map_err(|source| AgentError::BadAnswer {

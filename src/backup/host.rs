@@ -66,12 +66,18 @@ pub(crate) enum PlaceError {
     Check(#[from] ServeError),
     /// The in-process work, run as one command.
     #[error(transparent)]
-    Task(#[from] CommandError),
+    Task(Box<CommandError>),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The release's metadata could not be encoded.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+}
+
+impl From<CommandError> for PlaceError {
+    fn from(e: CommandError) -> PlaceError {
+        PlaceError::Task(Box::new(e))
+    }
 }
 
 impl Database {

@@ -32,7 +32,7 @@ use crate::transport::CommandSpec;
 pub(crate) enum RemoteError {
     /// A command on the host, a download or an upload.
     #[error(transparent)]
-    Command(#[from] CommandError),
+    Command(Box<CommandError>),
     #[error(transparent)]
     Agent(#[from] AgentError),
     /// The host's releases could not be read.
@@ -52,6 +52,12 @@ pub(crate) enum RemoteError {
     /// The agent's verify of backup `name` failed.
     #[error("{name}: {source}")]
     Verify { name: String, source: AgentError },
+}
+
+impl From<CommandError> for RemoteError {
+    fn from(e: CommandError) -> RemoteError {
+        RemoteError::Command(Box::new(e))
+    }
 }
 
 /// Runs one of runbook's own scripts on the host without echoing its output; its stdout,
