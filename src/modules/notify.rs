@@ -11,6 +11,7 @@ use rhai::{Dynamic, EvalAltResult, Map};
 
 use super::check_keys;
 use crate::effects::http::HttpError;
+use crate::inventory::NotSet;
 use crate::notify::{self as core, Deployment, PagerEvent, Smtp};
 use crate::output::{Event, Kind, Level};
 use crate::session::Session;
@@ -35,7 +36,7 @@ fn redact_json(session: &Session, value: &mut serde_json::Value, keep: &[&str]) 
 }
 
 /// A setting a channel needs: its value, or "" with why it is missing noted (the first).
-fn needed(missing: &mut Option<String>, what: Result<String, String>) -> String {
+fn needed(missing: &mut Option<NotSet>, what: Result<String, NotSet>) -> String {
     match what {
         Ok(v) => v,
         Err(e) => {
@@ -55,7 +56,7 @@ pub(super) fn deliver(
     channel: &str,
     required: bool,
     preview: String,
-    missing: Option<String>,
+    missing: Option<NotSet>,
     bound: Duration,
     send: impl std::future::Future<Output = Result<String, String>>,
 ) -> Result<Map, Box<EvalAltResult>> {
@@ -113,7 +114,7 @@ pub(super) fn deliver(
     }
 }
 
-pub(super) fn resolve(what: Result<String, String>) -> Result<String, Box<EvalAltResult>> {
+pub(super) fn resolve(what: Result<String, NotSet>) -> Result<String, Box<EvalAltResult>> {
     what.map_err(super::error)
 }
 
