@@ -325,23 +325,31 @@ impl SecretRef {
     }
 }
 
+/// A role the environment does not define.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "environment `{env}` has no role `{role}` (roles: {})",
+    if known.is_empty() { "none defined".to_owned() } else { known.join(", ") }
+)]
+pub(crate) struct NoRole {
+    pub env: String,
+    pub role: String,
+    /// The roles it has.
+    pub known: Vec<String>,
+}
+
 impl Environment {
     /// The hosts of a role (or all hosts for `None`), in a stable order.
-    pub(crate) fn select(&self, role: Option<&str>) -> Result<Vec<Arc<Host>>, String> {
+    pub(crate) fn select(&self, role: Option<&str>) -> Result<Vec<Arc<Host>>, NoRole> {
         match role {
             None | Some("all") => Ok(self.hosts.clone()),
             Some(role) => {
                 let Some(names) = self.roles.get(role) else {
-                    let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
-                    return Err(format!(
-                        "environment `{}` has no role `{role}` (roles: {})",
-                        self.name,
-                        if known.is_empty() {
-                            "none defined".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
-                    ));
+                    return Err(NoRole {
+                        env: self.name.clone(),
+                        role: role.to_owned(),
+                        known: self.roles.keys().cloned().collect(),
+                    });
                 };
                 Ok(names
                     .iter()
