@@ -8,10 +8,71 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::effects::{Effects, FanOut, HostOutcome, Target};
-use crate::lock::{self, HostState};
+use crate::effects::{CommandError, Effects, FanOut, HostError, HostOutcome, Target};
+use crate::lock::{self, Holder, HostState};
 use crate::output::Level;
 use crate::transport::CommandSpec;
+
+/// Why a recovery stopped; every message says whether something was changed and what to
+/// do next.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecoveryError {
+    #[error("{host}: cannot look for the dead run's commands: {source}")]
+    Look {
+        host: String,
+        source: Box<CommandError>,
+    },
+    #[error(
+        "commands of the dead run are still running after {} (nothing was changed):{}\nwait for them (`runbook recover -e {env} --wait 10m`), or end them: `runbook recover -e {env} --kill`",
+        humantime::format_duration(*waited),
+        running.iter().map(|(host, c)| format!("\n- {host}: pid {c}")).collect::<String>()
+    )]
+    StillRunning {
+        env: String,
+        waited: Duration,
+        /// `(host, "<pid> <command>")`, one a command.
+        running: Vec<(String, String)>,
+    },
+    #[error(
+        "cannot recover while hosts are unreachable (nothing was changed); run `runbook recover -e {env}` again when they are back:{}",
+        unreachable.iter().map(|(host, e)| format!("\n- {host}: {e}")).collect::<String>()
+    )]
+    Unreachable {
+        env: String,
+        unreachable: Vec<(String, HostError)>,
+    },
+    #[error(
+        "locks of {} different runs are on the hosts ({}): recover one environment's run at a time (`runbook unlock` the others)",
+        runs.len(),
+        runs.join(", ")
+    )]
+    SeveralRuns { runs: Vec<String> },
+    #[error(
+        "run {} by {} (`{}`, pid {} on {}) looks alive: its heartbeat on {host} is {age} s old; nothing was changed (wait, or stop that run)",
+        holder.run, holder.actor, holder.script, holder.pid, holder.machine
+    )]
+    Alive {
+        holder: Box<Holder>,
+        host: String,
+        age: u64,
+    },
+    #[error("{host}: cannot read the lock again (nothing was changed): {source}")]
+    Reread {
+        host: String,
+        source: Box<HostError>,
+    },
+    /// Switching the hosts back failed.
+    #[error(transparent)]
+    Switch(#[from] crate::release::ReleaseError),
+    #[error("{host}: could not lift maintenance mode: {source}")]
+    Maintenance {
+        host: String,
+        source: Box<CommandError>,
+    },
+    /// Putting traffic back on stable failed (the traffic core's own message).
+    #[error("{0}")]
+    Traffic(String),
+}
 
 /// What the dead run's progress record says it did.
 #[derive(Debug, Default, PartialEq)]
@@ -115,7 +176,7 @@ fn settle(
     dead: &str,
     env: &str,
     opts: &Options,
-) -> Result<(), String> {
+) -> Result<(), RecoveryError> {
     let out = effects.output();
     let polls = (opts.wait.as_millis() / 200).to_string();
     let kill = if opts.kill { "1" } else { "0" };
@@ -144,10 +205,10 @@ fn settle(
         let r = match o {
             HostOutcome::Done(Ok(r)) => r,
             HostOutcome::Done(Err(e)) => {
-                return Err(format!(
-                    "{}: cannot look for the dead run's commands: {e}",
-                    t.name()
-                ));
+                return Err(RecoveryError::Look {
+                    host: t.name().to_owned(),
+                    source: Box::new(e),
+                });
             }
             HostOutcome::Skipped => continue,
         };
@@ -183,17 +244,21 @@ fn settle(
                     );
                 }
             }
-            None => running.extend(commands.iter().map(|c| format!("{}: pid {c}", t.name()))),
+            None => running.extend(
+                commands
+                    .iter()
+                    .map(|c| (t.name().to_owned(), (*c).to_owned())),
+            ),
         }
     }
     if running.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "commands of the dead run are still running after {} (nothing was changed):\n- {}\nwait for them (`runbook recover -e {env} --wait 10m`), or end them: `runbook recover -e {env} --kill`",
-        humantime::format_duration(opts.wait),
-        running.join("\n- ")
-    ))
+    Err(RecoveryError::StillRunning {
+        env: env.to_owned(),
+        waited: opts.wait,
+        running,
+    })
 }
 
 /// Returns whether there was anything to recover.
@@ -201,7 +266,7 @@ pub(crate) fn recover(
     effects: &Effects,
     env: &crate::inventory::Environment,
     run_id: &str,
-) -> Result<bool, String> {
+) -> Result<bool, RecoveryError> {
     recover_with(effects, env, run_id, &Options::default())
 }
 
@@ -211,7 +276,7 @@ pub(crate) fn recover_with(
     env: &crate::inventory::Environment,
     run_id: &str,
     opts: &Options,
-) -> Result<bool, String> {
+) -> Result<bool, RecoveryError> {
     let out = effects.output().clone();
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
     let states = states_of_all(effects, &targets, &env.name)?;
@@ -234,7 +299,9 @@ pub(crate) fn recover_with(
     lift_maintenance(effects, env, &targets, &progress.down)?;
     // Traffic the dead run moved to the staged pool (a blue-green switch cut between its
     // two balancer steps, a canary's share): every request back on stable.
-    if let Some(left) = crate::traffic::reset_if_left_by(effects, env, &dead, run_id)? {
+    if let Some(left) = crate::traffic::reset_if_left_by(effects, env, &dead, run_id)
+        .map_err(RecoveryError::Traffic)?
+    {
         out.log(
             Level::Info,
             format!("the balancer had {left}% of requests on the staged release: every request is back on stable"),
@@ -250,20 +317,20 @@ fn states_of_all(
     effects: &Effects,
     targets: &[Target],
     env: &str,
-) -> Result<Vec<HostState>, String> {
+) -> Result<Vec<HostState>, RecoveryError> {
     let mut states = Vec::new();
     let mut unreachable = Vec::new();
     for (t, st) in targets.iter().zip(lock::states(effects, targets)) {
         match st {
             Ok(s) => states.push(s),
-            Err(e) => unreachable.push(format!("{}: {e}", t.name())),
+            Err(e) => unreachable.push((t.name().to_owned(), e)),
         }
     }
     if !unreachable.is_empty() {
-        return Err(format!(
-            "cannot recover while hosts are unreachable (nothing was changed); run `runbook recover -e {env}` again when they are back:\n- {}",
-            unreachable.join("\n- ")
-        ));
+        return Err(RecoveryError::Unreachable {
+            env: env.to_owned(),
+            unreachable,
+        });
     }
     Ok(states)
 }
@@ -275,7 +342,7 @@ fn dead_run(
     run_id: &str,
     env: &str,
     out: &crate::output::Output,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, RecoveryError> {
     // This run's own locks (a deploy that recovers first may have taken some hosts
     // already) are not the dead run's.
     let dead: BTreeSet<String> = states
@@ -288,11 +355,9 @@ fn dead_run(
         return Ok(None);
     }
     if dead.len() > 1 {
-        return Err(format!(
-            "locks of {} different runs are on the hosts ({}): recover one environment's run at a time (`runbook unlock` the others)",
-            dead.len(),
-            dead.iter().cloned().collect::<Vec<_>>().join(", ")
-        ));
+        return Err(RecoveryError::SeveralRuns {
+            runs: dead.into_iter().collect(),
+        });
     }
     let dead = dead.into_iter().next().unwrap_or_default();
     refuse_if_alive(states, &dead)?;
@@ -329,17 +394,18 @@ fn nothing_to_recover(states: &[HostState], env: &str, out: &crate::output::Outp
 }
 
 /// Never a live run: its heartbeat is fresh and its process is not known to be gone.
-fn refuse_if_alive(states: &[HostState], dead: &str) -> Result<(), String> {
+fn refuse_if_alive(states: &[HostState], dead: &str) -> Result<(), RecoveryError> {
     for s in states {
         if let (Some(h), Some(age)) = (&s.holder, s.beat_age)
             && h.run == dead
             && age <= lock::DEFAULT_TTL.as_secs()
             && !lock::holder_is_gone(h)
         {
-            return Err(format!(
-                "run {} by {} (`{}`, pid {} on {}) looks alive: its heartbeat on {} is {age} s old; nothing was changed (wait, or stop that run)",
-                h.run, h.actor, h.script, h.pid, h.machine, s.host
-            ));
+            return Err(RecoveryError::Alive {
+                holder: Box::new(h.clone()),
+                host: s.host.clone(),
+                age,
+            });
         }
     }
     Ok(())
@@ -375,14 +441,12 @@ fn locked_by(
     effects: &Effects,
     targets: Vec<Target>,
     dead: &str,
-) -> Result<(Vec<Target>, Vec<HostState>), String> {
+) -> Result<(Vec<Target>, Vec<HostState>), RecoveryError> {
     let mut states = Vec::new();
     for (t, st) in targets.iter().zip(lock::states(effects, &targets)) {
-        states.push(st.map_err(|e| {
-            format!(
-                "{}: cannot read the lock again (nothing was changed): {e}",
-                t.name()
-            )
+        states.push(st.map_err(|e| RecoveryError::Reread {
+            host: t.name().to_owned(),
+            source: Box::new(e),
         })?);
     }
     Ok(targets
@@ -439,7 +503,7 @@ fn bring_back(
     states: &[HostState],
     progress: &Progress,
     target: &str,
-) -> Result<(), String> {
+) -> Result<(), RecoveryError> {
     let out = effects.output();
     let behind: Vec<Target> = targets
         .iter()
@@ -448,7 +512,7 @@ fn bring_back(
         .map(|(t, _)| t.clone())
         .collect();
     if !behind.is_empty() {
-        crate::release::activate(effects, &behind, target).map_err(|e| e.message)?;
+        crate::release::activate(effects, &behind, target)?;
         for t in &behind {
             out.log(Level::Info, format!("{}: switched to {target}", t.name()));
         }
@@ -469,7 +533,7 @@ fn lift_maintenance(
     env: &crate::inventory::Environment,
     targets: &[Target],
     down: &BTreeSet<String>,
-) -> Result<(), String> {
+) -> Result<(), RecoveryError> {
     let out = effects.output();
     let lift: Vec<Target> = targets
         .iter()
@@ -504,10 +568,10 @@ fn lift_maintenance(
                 out.log(Level::Info, format!("{}: maintenance mode off", t.name()));
             }
             HostOutcome::Done(Err(e)) => {
-                return Err(format!(
-                    "{}: could not lift maintenance mode: {e}",
-                    t.name()
-                ));
+                return Err(RecoveryError::Maintenance {
+                    host: t.name().to_owned(),
+                    source: Box::new(e),
+                });
             }
             HostOutcome::Skipped => {}
         }

@@ -1311,7 +1311,7 @@ pub(crate) fn list(effects: &Effects, target: &Target) -> Result<Vec<Listed>, Re
 
 /// Every target's releases at once (one round trip per host, all hosts in parallel); a
 /// host that did not answer gives why.
-pub(crate) fn lists(effects: &Effects, targets: &[Target]) -> Vec<Result<Vec<Listed>, String>> {
+pub(crate) fn lists(effects: &Effects, targets: &[Target]) -> Vec<Result<Vec<Listed>, HostError>> {
     let fan = FanOut {
         fail_fast: false,
         ..FanOut::new()
@@ -1319,11 +1319,7 @@ pub(crate) fn lists(effects: &Effects, targets: &[Target]) -> Vec<Result<Vec<Lis
     effects
         .run_many_with(targets, &list_spec, &fan)
         .into_iter()
-        .map(|o| match o {
-            HostOutcome::Done(Ok(r)) => Ok(parse_list(&r.stdout)),
-            HostOutcome::Done(Err(e)) => Err(e.to_string()),
-            HostOutcome::Skipped => Err("not reached".to_owned()),
-        })
+        .map(|o| o.result().map(|r| parse_list(&r.stdout)))
         .collect()
 }
 

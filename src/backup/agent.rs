@@ -32,10 +32,11 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::remote::{run_quiet, sh};
-use crate::effects::{Effects, Target};
+use crate::effects::{CommandError, Effects, Target};
 use crate::inventory::TransportKind;
 use crate::inventory::model::OnHost;
 use crate::transport::CommandSpec;
+use crate::transport::transfer::NoName;
 
 /// The agent's file name next to the runner.
 pub(crate) const FILE_NAME: &str = "runbook-agent";
@@ -43,6 +44,65 @@ pub(crate) const FILE_NAME: &str = "runbook-agent";
 pub(crate) const ENV: &str = "RUNBOOK_AGENT";
 /// The exit status of the launcher when the file on the host does not match its hash.
 const TAMPERED: i32 = 97;
+
+/// Why the agent cannot be used on a host (or on none: it is not beside the runner).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AgentError {
+    #[error("cannot tell where runbook runs from: {0}")]
+    NoExe(std::io::Error),
+    #[error(
+        "no {} at {} ({source}); it is built with runbook (`cargo build` builds both) and installed next to it",
+        FILE_NAME,
+        path.display()
+    )]
+    Missing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not an executable for Linux", path.display())]
+    NotLinux { path: PathBuf },
+    #[error(
+        "{} is built for {agent}, the host is {}",
+        FILE_NAME,
+        if host.is_empty() { "of unknown architecture" } else { host }
+    )]
+    WrongArch {
+        agent: String,
+        /// `uname -m` of the host (empty: it did not say).
+        host: String,
+    },
+    /// A step of placing it (or of the backup around it) failed on the host.
+    #[error(transparent)]
+    Command(Box<CommandError>),
+    #[error(transparent)]
+    Path(#[from] NoName),
+    #[error("{} did not start on the host (`--version` said {said:?})", FILE_NAME)]
+    NoStart { said: String },
+    #[error("the backup cannot run on `{host}` ([backup] on_host = \"always\"): {why}")]
+    Required { host: String, why: Box<AgentError> },
+    #[error(transparent)]
+    Encode(serde_json::Error),
+    #[error(
+        "{source}\n  (the agent on the host changed after it was checked; run again to replace it)"
+    )]
+    Tampered { source: Box<CommandError> },
+    #[error(
+        "{} on `{host}` answered something that is not its JSON ({source}): {answer:?}",
+        FILE_NAME
+    )]
+    BadAnswer {
+        host: String,
+        source: serde_json::Error,
+        /// The first 200 characters of what it said.
+        answer: String,
+    },
+}
+
+impl From<CommandError> for AgentError {
+    fn from(e: CommandError) -> AgentError {
+        AgentError::Command(Box::new(e))
+    }
+}
 
 /// The agent on this machine: where, its hash and what it was built for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,28 +158,27 @@ pub(crate) fn normalise_arch(uname: &str) -> &str {
 
 /// Finds the agent (next to the running executable, or `RUNBOOK_AGENT`) and reads its
 /// hash and architecture.
-pub(crate) fn locate() -> Result<LocalAgent, String> {
+pub(crate) fn locate() -> Result<LocalAgent, AgentError> {
     let path = match std::env::var_os(ENV) {
         Some(p) => PathBuf::from(p),
         None => std::env::current_exe()
-            .map_err(|e| format!("cannot tell where runbook runs from: {e}"))?
+            .map_err(AgentError::NoExe)?
             .with_file_name(FILE_NAME),
     };
     describe(&path)
 }
 
 /// Hash, size and architecture of the agent at `path`.
-pub(crate) fn describe(path: &Path) -> Result<LocalAgent, String> {
-    let missing = |e: std::io::Error| {
-        format!(
-            "no {FILE_NAME} at {} ({e}); it is built with runbook (`cargo build` builds both) and installed next to it",
-            path.display()
-        )
+pub(crate) fn describe(path: &Path) -> Result<LocalAgent, AgentError> {
+    let missing = |source| AgentError::Missing {
+        path: path.to_owned(),
+        source,
     };
     // A few MiB, read once per backup step: cheap next to the backup.
     let bytes = std::fs::read(path).map_err(missing)?;
-    let arch = elf_arch(&bytes)
-        .ok_or_else(|| format!("{} is not an executable for Linux", path.display()))?;
+    let arch = elf_arch(&bytes).ok_or_else(|| AgentError::NotLinux {
+        path: path.to_owned(),
+    })?;
     Ok(LocalAgent {
         path: path.to_owned(),
         sha256: hex::encode(Sha256::digest(&bytes)),
@@ -185,7 +244,7 @@ fn parse_probe(out: &str) -> Probe {
 
 /// Places (when needed) and checks the agent on `target`; the reason it cannot be used
 /// otherwise.
-pub(crate) fn install(effects: &Effects, target: &Target) -> Result<HostAgent, String> {
+pub(crate) fn install(effects: &Effects, target: &Target) -> Result<HostAgent, AgentError> {
     let local = locate()?;
     install_from(effects, target, &local)
 }
@@ -194,7 +253,7 @@ fn install_from(
     effects: &Effects,
     target: &Target,
     local: &LocalAgent,
-) -> Result<HostAgent, String> {
+) -> Result<HostAgent, AgentError> {
     // Only reads the host.
     let look = CommandSpec {
         read: true,
@@ -207,17 +266,12 @@ fn install_from(
     let probe = parse_probe(&run_quiet(effects, target, look)?);
     let host_arch = normalise_arch(&probe.arch);
     if host_arch != local.arch {
-        return Err(format!(
-            "{FILE_NAME} is built for {}, the host is {}",
-            local.arch,
-            if probe.arch.is_empty() {
-                "of unknown architecture"
-            } else {
-                &probe.arch
-            }
-        ));
+        return Err(AgentError::WrongArch {
+            agent: local.arch.clone(),
+            host: probe.arch,
+        });
     }
-    let (dir, _) = crate::transport::transfer::split(&probe.path).map_err(|e| e.to_string())?;
+    let (dir, _) = crate::transport::transfer::split(&probe.path)?;
     let agent = HostAgent {
         path: probe.path.clone(),
         sha256: local.sha256.clone(),
@@ -243,7 +297,7 @@ fn install_from(
         crate::transport::random_hex(4)
     );
     for r in effects.upload(std::slice::from_ref(target), &local.path, &part) {
-        r.map_err(|e| e.to_string())?;
+        r?;
     }
     let version = sh(
         effects,
@@ -253,10 +307,9 @@ fn install_from(
         &[&part, &probe.path, &local.sha256],
     )?;
     if !version.starts_with("runbook-agent ") {
-        return Err(format!(
-            "{FILE_NAME} did not start on the host (`--version` said {:?})",
-            version.trim()
-        ));
+        return Err(AgentError::NoStart {
+            said: version.trim().to_owned(),
+        });
     }
     Ok(agent)
 }
@@ -267,24 +320,24 @@ pub(crate) fn prepare(
     effects: &Effects,
     target: &Target,
     mode: OnHost,
-) -> Result<Option<HostAgent>, String> {
+) -> Result<Option<HostAgent>, AgentError> {
     let ssh = matches!(target, Target::Host(h) if h.transport == TransportKind::Ssh);
     if mode == OnHost::Never || !ssh || effects.dry_run() {
         return Ok(None);
     }
     match install(effects, target) {
         Ok(a) => Ok(Some(a)),
-        Err(why) if mode == OnHost::Always => Err(format!(
-            "the backup cannot run on `{}` ([backup] on_host = \"always\"): {why}",
-            target.name()
-        )),
+        Err(why) if mode == OnHost::Always => Err(AgentError::Required {
+            host: target.name().to_owned(),
+            why: Box::new(why),
+        }),
         Err(why) => {
             effects.output().log(
                 crate::output::Level::Warn,
                 format!(
                     "backup of `{}` streams through the runner instead of staying on the host: {}",
                     target.name(),
-                    why.lines().next().unwrap_or_default()
+                    why.to_string().lines().next().unwrap_or_default()
                 ),
             );
             Ok(None)
@@ -301,24 +354,24 @@ pub(crate) fn call<T: serde::de::DeserializeOwned>(
     label: &str,
     request: &impl serde::Serialize,
     read: bool,
-) -> Result<T, String> {
+) -> Result<T, AgentError> {
     let mut spec = CommandSpec::script(label, LAUNCH, &[&agent.sha256, &agent.path, command]);
-    spec.stdin = Some(serde_json::to_vec(request).map_err(|e| e.to_string())?);
+    spec.stdin = Some(serde_json::to_vec(request).map_err(AgentError::Encode)?);
     spec.quiet = true;
     spec.read = read;
     let out = effects.run(target, &spec).map_err(|e| {
         if e.code() == Some(TAMPERED) {
-            format!("{e}\n  (the agent on the host changed after it was checked; run again to replace it)")
+            AgentError::Tampered {
+                source: Box::new(e),
+            }
         } else {
-            e.to_string()
+            AgentError::from(e)
         }
     })?;
-    serde_json::from_str(out.stdout.trim()).map_err(|e| {
-        format!(
-            "{FILE_NAME} on `{}` answered something that is not its JSON ({e}): {:?}",
-            target.name(),
-            out.stdout.chars().take(200).collect::<String>()
-        )
+    serde_json::from_str(out.stdout.trim()).map_err(|source| AgentError::BadAnswer {
+        host: target.name().to_owned(),
+        source,
+        answer: out.stdout.chars().take(200).collect(),
     })
 }
 
@@ -365,10 +418,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(FILE_NAME);
         std::fs::write(&p, "#!/bin/sh\n").unwrap();
-        assert!(describe(&p).unwrap_err().contains("not an executable"));
+        assert!(
+            describe(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("not an executable")
+        );
         assert!(
             describe(&dir.path().join("none"))
                 .unwrap_err()
+                .to_string()
                 .contains("no runbook-agent")
         );
     }

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::serve::Verified;
-use super::{Database, Options, RestoreOptions, Summary, remote};
-use crate::effects::{Effects, Target};
+use super::remote::RemoteError;
+use super::serve::{ServeError, Verified};
+use super::{BackupError, Database, Options, RestoreOptions, Summary, remote};
+use crate::effects::{CommandError, Effects, Target};
 use crate::inventory::model::OnHost;
 use crate::inventory::{Host, TransportKind};
 use crate::output::Level;
@@ -31,24 +32,68 @@ pub struct DatabaseFields {
     pub password_env: Option<String>,
 }
 
+/// Why a database named by a script or an inventory cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("a sqlite database needs `path`")]
+    NoPath,
+    #[error("a mysql database needs `name`")]
+    NoName,
+    #[error("{var} (the database password) is not set")]
+    NoPassword { var: String },
+    #[error("database driver {driver:?}: use \"mysql\" or \"sqlite\"")]
+    Driver { driver: Option<String> },
+}
+
+/// Why the backups of a host (or of this machine) could not be made, read or moved.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlaceError {
+    /// `what` (a script function) was called without a host.
+    #[error("{what} needs a host")]
+    NoHost { what: &'static str },
+    #[error("no backup {} (see backup::list)", archive.display())]
+    NoBackup { archive: PathBuf },
+    #[error("`{name}` is not a backup name (see backup::list)")]
+    NotAName { name: String },
+    /// On an SSH host.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// On this machine.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// Checking an archive on this machine.
+    #[error(transparent)]
+    Check(#[from] ServeError),
+    /// The in-process work, run as one command.
+    #[error(transparent)]
+    Task(Box<CommandError>),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The release's metadata could not be encoded.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<CommandError> for PlaceError {
+    fn from(e: CommandError) -> PlaceError {
+        PlaceError::Task(Box::new(e))
+    }
+}
+
 impl Database {
     /// The database `f` names, its password read from the environment variable it names;
     /// an error says which field is missing or which variable is not set. MySQL defaults:
     /// 127.0.0.1:3306, user root.
-    pub fn from_fields(f: &DatabaseFields) -> Result<Database, String> {
+    pub fn from_fields(f: &DatabaseFields) -> Result<Database, DatabaseError> {
         match f.driver.as_deref() {
             Some("sqlite") => Ok(Database::Sqlite {
-                path: f
-                    .path
-                    .clone()
-                    .ok_or("a sqlite database needs `path`")?
-                    .into(),
+                path: f.path.clone().ok_or(DatabaseError::NoPath)?.into(),
             }),
             Some("mysql" | "mariadb") => {
                 let password = match &f.password_env {
                     Some(var) => Some(
                         std::env::var(var)
-                            .map_err(|_| format!("{var} (the database password) is not set"))?,
+                            .map_err(|_| DatabaseError::NoPassword { var: var.clone() })?,
                     ),
                     None => None,
                 };
@@ -58,12 +103,12 @@ impl Database {
                     socket: f.socket.clone(),
                     user: f.user.clone().unwrap_or_else(|| "root".into()),
                     password,
-                    name: f.name.clone().ok_or("a mysql database needs `name`")?,
+                    name: f.name.clone().ok_or(DatabaseError::NoName)?,
                 })
             }
-            other => Err(format!(
-                "database driver {other:?}: use \"mysql\" or \"sqlite\""
-            )),
+            other => Err(DatabaseError::Driver {
+                driver: other.map(str::to_owned),
+            }),
         }
     }
 
@@ -114,15 +159,13 @@ impl<'a> Place<'a> {
         self.dir.display().to_string()
     }
 
-    fn host(&self, what: &str) -> Result<Arc<Host>, String> {
-        self.host
-            .clone()
-            .ok_or_else(|| format!("{what} needs a host"))
+    fn host(&self, what: &'static str) -> Result<Arc<Host>, PlaceError> {
+        self.host.clone().ok_or(PlaceError::NoHost { what })
     }
 
     /// Backs up the host's live release (and what `o` asks for) into the backup dir.
     /// `None` in a dry run: nothing was archived.
-    pub(crate) fn create(&self, o: Options) -> Result<Option<Summary>, String> {
+    pub(crate) fn create(&self, o: Options) -> Result<Option<Summary>, PlaceError> {
         let host = self.host("backup::create")?;
         let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         if let Some(target) = self.remote() {
@@ -160,12 +203,9 @@ impl<'a> Place<'a> {
             root.display().to_string(),
             self.dir_text(),
         ];
-        let summary = self
-            .effects
-            .task(&Target::Host(host), argv, move || {
-                super::create(&root, &dir, &o, threads).map_err(|e| e.to_string())
-            })
-            .map_err(|e| e.to_string())?;
+        let summary = self.effects.task(&Target::Host(host), argv, move || {
+            super::create(&root, &dir, &o, threads)
+        })?;
         if let Some(s) = &summary {
             self.effects.output().log(
                 Level::Info,
@@ -179,19 +219,19 @@ impl<'a> Place<'a> {
     }
 
     /// The backups, newest first.
-    pub(crate) fn list(&self) -> Result<Vec<Summary>, String> {
-        match self.remote() {
-            None => super::list(&self.dir).map_err(|e| e.to_string()),
-            Some(t) => remote::list(self.effects, &t, &self.dir_text()),
-        }
+    pub(crate) fn list(&self) -> Result<Vec<Summary>, PlaceError> {
+        Ok(match self.remote() {
+            None => super::list(&self.dir)?,
+            Some(t) => remote::list(self.effects, &t, &self.dir_text())?,
+        })
     }
 
     /// Reads a whole backup and checks every checksum against its manifest.
-    pub(crate) fn verify(&self, name: &str) -> Result<Verified, String> {
-        match self.remote() {
-            None => Verified::check(&self.dir.join(name), name),
-            Some(t) => remote::verify(self.effects, &t, &self.dir_text(), name, self.on_host),
-        }
+    pub(crate) fn verify(&self, name: &str) -> Result<Verified, PlaceError> {
+        Ok(match self.remote() {
+            None => Verified::check(&self.dir.join(name), name)?,
+            Some(t) => remote::verify(self.effects, &t, &self.dir_text(), name, self.on_host)?,
+        })
     }
 
     /// Removes backups beyond `keep` or older than `max_age`; never the newest one that
@@ -200,12 +240,12 @@ impl<'a> Place<'a> {
         &self,
         keep: usize,
         max_age: Option<Duration>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, PlaceError> {
         if self.effects.dry_run() {
             return Ok(Vec::new());
         }
-        match self.remote() {
-            None => super::prune(&self.dir, keep, max_age).map_err(|e| e.to_string()),
+        Ok(match self.remote() {
+            None => super::prune(&self.dir, keep, max_age)?,
             Some(t) => remote::prune(
                 self.effects,
                 &t,
@@ -213,19 +253,16 @@ impl<'a> Place<'a> {
                 keep,
                 max_age,
                 self.on_host,
-            ),
-        }
+            )?,
+        })
     }
 
     /// Fails, saying where to look, when a backup kept on this machine does not exist (an
     /// SSH host's archive is checked there, by the restore itself).
-    pub(crate) fn require(&self, name: &str) -> Result<(), String> {
+    pub(crate) fn require(&self, name: &str) -> Result<(), PlaceError> {
         let archive = self.dir.join(name);
         if self.remote().is_none() && !archive.is_file() {
-            return Err(format!(
-                "no backup {} (see backup::list)",
-                archive.display()
-            ));
+            return Err(PlaceError::NoBackup { archive });
         }
         Ok(())
     }
@@ -238,15 +275,15 @@ impl<'a> Place<'a> {
         release: &str,
         ro: RestoreOptions,
         meta: Metadata,
-    ) -> Result<(), String> {
+    ) -> Result<(), PlaceError> {
         let host = self.host("backup::restore")?;
         let target = Target::Host(host.clone());
         if self.remote().is_some() {
             if self.effects.dry_run() {
                 return Ok(());
             }
-            let meta_json = serde_json::to_string(&meta).map_err(|e| e.to_string())?;
-            return remote::restore(
+            let meta_json = serde_json::to_string(&meta)?;
+            remote::restore(
                 self.effects,
                 &target,
                 &remote::Restore {
@@ -258,8 +295,8 @@ impl<'a> Place<'a> {
                     meta_json: &meta_json,
                     mode: self.on_host,
                 },
-            )
-            .map(drop);
+            )?;
+            return Ok(());
         }
         let archive = self.dir.join(name);
         let root = PathBuf::from(&host.deploy_path);
@@ -270,32 +307,32 @@ impl<'a> Place<'a> {
             archive.display().to_string(),
             format!("releases/{release}"),
         ];
-        self.effects
-            .task(&target, argv, move || {
-                restore_here(&archive, &root, &rel, &ro, meta)
-            })
-            .map(drop)
-            .map_err(|e| e.to_string())
+        self.effects.task(&target, argv, move || {
+            restore_here(&archive, &root, &rel, &ro, meta)
+        })?;
+        Ok(())
     }
 
     /// Brings backup `name` from this place's host to every one of `to` that lacks it;
     /// returns the names of the hosts it was copied to. Nothing in a dry run.
-    pub(crate) fn copy_to(&self, to: Vec<Target>, name: &str) -> Result<Vec<String>, String> {
+    pub(crate) fn copy_to(&self, to: Vec<Target>, name: &str) -> Result<Vec<String>, PlaceError> {
         let from = self.host("backup::copy")?;
         if !super::valid_name(name) {
-            return Err(format!("`{name}` is not a backup name (see backup::list)"));
+            return Err(PlaceError::NotAName {
+                name: name.to_owned(),
+            });
         }
         let lacking: Vec<Target> = to.into_iter().filter(|t| t.name() != from.name).collect();
         if lacking.is_empty() || self.effects.dry_run() {
             return Ok(Vec::new());
         }
-        remote::copy(
+        Ok(remote::copy(
             self.effects,
             &Target::Host(from),
             &lacking,
             &self.dir_text(),
             name,
-        )
+        )?)
     }
 }
 
@@ -307,12 +344,13 @@ fn restore_here(
     release: &str,
     ro: &RestoreOptions,
     mut meta: Metadata,
-) -> Result<(), String> {
-    let manifest = super::restore(archive, root, release, ro).map_err(|e| e.to_string())?;
+) -> Result<(), PlaceError> {
+    let manifest = super::restore(archive, root, release, ro)?;
     meta.git_ref.clone_from(&manifest.git_ref);
     meta.commit = format!("restored from release {}", manifest.release);
     let dir = root.join(".runbook/releases");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let json = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join(format!("{release}.json")), json).map_err(|e| e.to_string())
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::to_vec(&meta)?;
+    std::fs::write(dir.join(format!("{release}.json")), json)?;
+    Ok(())
 }

@@ -17,11 +17,48 @@
 
 use std::path::{Path, PathBuf};
 
-use super::serve::{CreateRequest, PruneRequest, RestoreRequest, Verified, VerifyRequest};
-use super::{Database, Options, Summary, agent};
-use crate::effects::{Effects, Target};
+use super::agent::AgentError;
+use super::serve::{
+    CreateRequest, PruneRequest, RestoreRequest, ServeError, Verified, VerifyRequest,
+};
+use super::{BackupError, Database, Options, Summary, agent};
+use crate::effects::{CommandError, Effects, Target};
 use crate::inventory::model::OnHost;
+use crate::release::ReleaseError;
 use crate::transport::CommandSpec;
+
+/// Why a backup of an SSH host (made, checked, pruned, restored or copied there) failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RemoteError {
+    /// A command on the host, a download or an upload.
+    #[error(transparent)]
+    Command(Box<CommandError>),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The host's releases could not be read.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error("nothing is deployed on `{host}` (no current release)")]
+    NothingDeployed { host: String },
+    /// The work directory on the runner.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Building or restoring the archive on the runner.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// Checking the archive on the runner.
+    #[error(transparent)]
+    Check(#[from] ServeError),
+    /// The agent's verify of backup `name` failed.
+    #[error("{name}: {source}")]
+    Verify { name: String, source: AgentError },
+}
+
+impl From<CommandError> for RemoteError {
+    fn from(e: CommandError) -> RemoteError {
+        RemoteError::Command(Box::new(e))
+    }
+}
 
 /// Runs one of runbook's own scripts on the host without echoing its output; its stdout,
 /// or the error's sentence.
@@ -31,7 +68,7 @@ pub(super) fn sh(
     label: &str,
     body: &str,
     args: &[&str],
-) -> Result<String, String> {
+) -> Result<String, CommandError> {
     run_quiet(effects, target, CommandSpec::script(label, body, args))
 }
 
@@ -40,12 +77,9 @@ pub(super) fn run_quiet(
     effects: &Effects,
     target: &Target,
     mut spec: CommandSpec,
-) -> Result<String, String> {
+) -> Result<String, CommandError> {
     spec.quiet = true;
-    effects
-        .run(target, &spec)
-        .map(|r| r.stdout)
-        .map_err(|e| e.to_string())
+    effects.run(target, &spec).map(|r| r.stdout)
 }
 
 /// Removes a temporary path on the host, as well as it can: what is left there is not
@@ -103,7 +137,7 @@ fn db_on_host(
     step: &DbStep,
     db: &Database,
     dir: &str,
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     match db {
         Database::Sqlite { path } => {
             let (label, body) = step.sqlite;
@@ -133,16 +167,13 @@ fn db_on_host(
     }
 }
 
-fn live_release(effects: &Effects, target: &Target) -> Result<String, String> {
-    let list = crate::release::list(effects, target).map_err(|e| e.message)?;
+fn live_release(effects: &Effects, target: &Target) -> Result<String, RemoteError> {
+    let list = crate::release::list(effects, target)?;
     list.into_iter()
         .find(|r| r.live)
         .map(|r| r.name)
-        .ok_or_else(|| {
-            format!(
-                "nothing is deployed on `{}` (no current release)",
-                target.name()
-            )
+        .ok_or_else(|| RemoteError::NothingDeployed {
+            host: target.name().to_owned(),
         })
 }
 
@@ -166,7 +197,7 @@ pub(crate) fn create(
     db: Option<&Database>,
     threads: usize,
     mode: OnHost,
-) -> Result<Summary, String> {
+) -> Result<Summary, RemoteError> {
     let root = root(target);
     if let Some(a) = agent::prepare(effects, target, mode)? {
         let request = CreateRequest {
@@ -181,22 +212,18 @@ pub(crate) fn create(
             "backup: archive and verify on the host{} (runbook-agent)",
             db_words(db, "with")
         );
-        return agent::call(effects, target, &a, "create", &label, &request, false);
+        return Ok(agent::call(
+            effects, target, &a, "create", &label, &request, false,
+        )?);
     }
     let release = live_release(effects, target)?;
     let work = tempfile::Builder::new()
         .prefix("runbook-backup-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+        .tempdir()?;
     let local_root = work.path().join("deploy");
-    let dl = |remote: String, local: PathBuf| {
-        effects
-            .download(target, &remote, &local)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
-    std::fs::create_dir_all(local_root.join("releases")).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(local_root.join("shared")).map_err(|e| e.to_string())?;
+    let dl = |remote: String, local: PathBuf| effects.download(target, &remote, &local).map(drop);
+    std::fs::create_dir_all(local_root.join("releases"))?;
+    std::fs::create_dir_all(local_root.join("shared"))?;
     dl(
         format!("{root}/releases/{release}"),
         local_root.join("releases").join(&release),
@@ -212,7 +239,7 @@ pub(crate) fn create(
         if present.trim() == "yes" {
             let local = local_root.join("shared").join(f);
             if let Some(p) = local.parent() {
-                std::fs::create_dir_all(p).map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(p)?;
             }
             dl(format!("{root}/shared/{f}"), local)?;
         }
@@ -238,11 +265,9 @@ pub(crate) fn create(
         dumped?;
         local_opts.dumped = Some(work.path().join("dump"));
     }
-    std::os::unix::fs::symlink(format!("releases/{release}"), local_root.join("current"))
-        .map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(format!("releases/{release}"), local_root.join("current"))?;
     let out = work.path().join("out");
-    let summary =
-        super::create(&local_root, &out, &local_opts, threads).map_err(|e| e.to_string())?;
+    let summary = super::create(&local_root, &out, &local_opts, threads)?;
     // Upload under temporary names, then rename both into place on the host.
     let part = format!("{backup_dir}/.{}.part", summary.name);
     let part_json = format!("{backup_dir}/.{}.json.part", summary.name);
@@ -251,7 +276,7 @@ pub(crate) fn create(
         (out.join(format!("{}.json", summary.name)), &part_json),
     ] {
         for r in effects.upload(std::slice::from_ref(target), &local, remote) {
-            r.map_err(|e| e.to_string())?;
+            r?;
         }
     }
     sh(
@@ -278,16 +303,13 @@ pub(crate) fn copy(
     to: &[Target],
     backup_dir: &str,
     name: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, RemoteError> {
     let work = tempfile::Builder::new()
         .prefix("runbook-backup-copy-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+        .tempdir()?;
     let json = format!("{name}.json");
     for n in [name, json.as_str()] {
-        effects
-            .download(from, &format!("{backup_dir}/{n}"), &work.path().join(n))
-            .map_err(|e| e.to_string())?;
+        effects.download(from, &format!("{backup_dir}/{n}"), &work.path().join(n))?;
     }
     let part = format!("{backup_dir}/.{name}.part");
     let part_json = format!("{backup_dir}/.{name}.json.part");
@@ -305,7 +327,7 @@ pub(crate) fn copy(
         (work.path().join(&json), &part_json),
     ] {
         for r in effects.upload(to, &local, remote) {
-            r.map_err(|e| e.to_string())?;
+            r?;
         }
     }
     for t in to {
@@ -325,7 +347,7 @@ pub(crate) fn list(
     effects: &Effects,
     target: &Target,
     backup_dir: &str,
-) -> Result<Vec<Summary>, String> {
+) -> Result<Vec<Summary>, RemoteError> {
     let out = sh(
         effects,
         target,
@@ -349,7 +371,7 @@ pub(crate) fn verify(
     backup_dir: &str,
     name: &str,
     mode: OnHost,
-) -> Result<Verified, String> {
+) -> Result<Verified, RemoteError> {
     if let Some(a) = agent::prepare(effects, target, mode)? {
         let request = VerifyRequest {
             archive: Path::new(backup_dir).join(name),
@@ -363,11 +385,14 @@ pub(crate) fn verify(
             &request,
             true,
         )
-        .map_err(|e| format!("{name}: {e}"));
+        .map_err(|source| RemoteError::Verify {
+            name: name.to_owned(),
+            source,
+        });
     }
-    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let work = tempfile::tempdir()?;
     let path = fetch(effects, target, backup_dir, name, work.path())?;
-    Verified::check(&path, name)
+    Ok(Verified::check(&path, name)?)
 }
 
 /// Copies an archive from the host to `dir` on the runner; returns its local path.
@@ -377,11 +402,9 @@ pub(crate) fn fetch(
     backup_dir: &str,
     name: &str,
     dir: &Path,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, CommandError> {
     let local = dir.join(name);
-    effects
-        .download(target, &format!("{backup_dir}/{name}"), &local)
-        .map_err(|e| e.to_string())?;
+    effects.download(target, &format!("{backup_dir}/{name}"), &local)?;
     Ok(local)
 }
 
@@ -408,7 +431,7 @@ pub(crate) fn restore(
     effects: &Effects,
     target: &Target,
     r: &Restore<'_>,
-) -> Result<Verified, String> {
+) -> Result<Verified, RemoteError> {
     let Restore {
         backup_dir,
         name,
@@ -437,8 +460,7 @@ pub(crate) fn restore(
     }
     let work = tempfile::Builder::new()
         .prefix("runbook-restore-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+        .tempdir()?;
     let archive = fetch(effects, target, backup_dir, name, work.path())?;
     let local_root = work.path().join("deploy");
     let ro = super::RestoreOptions {
@@ -446,11 +468,10 @@ pub(crate) fn restore(
         database: None,
         keep_dump: db.map(|_| work.path().join("dump")),
     };
-    let manifest =
-        super::restore(&archive, &local_root, release, &ro).map_err(|e| e.to_string())?;
-    let up = |local: &Path, remote: String| -> Result<(), String> {
+    let manifest = super::restore(&archive, &local_root, release, &ro)?;
+    let up = |local: &Path, remote: String| -> Result<(), CommandError> {
         for r in effects.upload(std::slice::from_ref(target), local, &remote) {
-            r.map_err(|e| e.to_string())?;
+            r?;
         }
         Ok(())
     };
@@ -494,7 +515,7 @@ fn record(
     root: &str,
     release: &str,
     meta_json: &str,
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     let spec = CommandSpec {
         stdin: Some(meta_json.as_bytes().to_vec()),
         ..CommandSpec::script(
@@ -516,7 +537,7 @@ pub(crate) fn prune(
     keep: usize,
     max_age: Option<std::time::Duration>,
     mode: OnHost,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, RemoteError> {
     if let Some(a) = agent::prepare(effects, target, mode)? {
         let request = PruneRequest {
             backup_dir: backup_dir.into(),
@@ -535,7 +556,7 @@ pub(crate) fn prune(
         return Ok(pruned.removed);
     }
     let all = list(effects, target, backup_dir)?;
-    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let work = tempfile::tempdir()?;
     let protected = all
         .iter()
         .find(|s| {

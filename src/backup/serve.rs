@@ -16,8 +16,42 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::archive::Manifest;
-use super::{Database, Options, RestoreOptions, Summary};
+use super::archive::{ArchiveError, Manifest};
+use super::{BackupError, Database, Options, RestoreOptions, Summary};
+
+/// Why the agent (or a check of an archive on this machine) failed: one line on stderr.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The archive cannot be opened.
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Backup `name` is not whole (a checksum, the manifest, the gzip stream).
+    #[error("{name}: {source}")]
+    Damaged { name: String, source: ArchiveError },
+    #[error("cannot read the request on stdin: {0}")]
+    ReadRequest(std::io::Error),
+    #[error(
+        "the request on stdin is not what this agent understands ({0}): is the runner the same runbook version?"
+    )]
+    BadRequest(serde_json::Error),
+    /// The answer could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    /// The answer could not be written.
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(
+        "runbook-agent: unknown command {command:?} (create, verify, prune, restore, list, --version); it is started by runbook, not by hand"
+    )]
+    UnknownCommand { command: Option<String> },
+}
 
 /// `backup::create` on the host.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -48,9 +82,15 @@ pub struct Verified {
 impl Verified {
     /// Reads the archive at `path` through, checking every checksum against its
     /// manifest; an error names the file, or the backup `name` when the archive is bad.
-    pub fn check(path: &Path, name: &str) -> Result<Verified, String> {
-        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let m = super::archive::verify(file).map_err(|e| format!("{name}: {e}"))?;
+    pub fn check(path: &Path, name: &str) -> Result<Verified, ServeError> {
+        let file = std::fs::File::open(path).map_err(|source| ServeError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let m = super::archive::verify(file).map_err(|source| ServeError::Damaged {
+            name: name.to_owned(),
+            source,
+        })?;
         Ok(m.into())
     }
 }
@@ -108,39 +148,38 @@ pub fn version_line() -> String {
     )
 }
 
-fn request<T: serde::de::DeserializeOwned>(input: &mut dyn Read) -> Result<T, String> {
+fn request<T: serde::de::DeserializeOwned>(input: &mut dyn Read) -> Result<T, ServeError> {
     let mut text = Vec::new();
     input
         .read_to_end(&mut text)
-        .map_err(|e| format!("cannot read the request on stdin: {e}"))?;
-    serde_json::from_slice(&text).map_err(|e| {
-        format!("the request on stdin is not what this agent understands ({e}): is the runner the same runbook version?")
-    })
+        .map_err(ServeError::ReadRequest)?;
+    serde_json::from_slice(&text).map_err(ServeError::BadRequest)
 }
 
-fn answer<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<(), String> {
-    serde_json::to_writer(&mut *out, value)
-        .map_err(|e| e.to_string())
-        .and_then(|()| writeln!(out).map_err(|e| e.to_string()))
+fn answer<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<(), ServeError> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 /// Runs one agent command: `args` without the program name, the request on `input`,
 /// the answer on `out`. Returns the exit status.
-pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result<(), String> {
+pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result<(), ServeError> {
     let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     match args.first().map(String::as_str) {
-        Some("--version") => writeln!(out, "{}", version_line()).map_err(|e| e.to_string()),
+        Some("--version") => Ok(writeln!(out, "{}", version_line())?),
         Some("create") => {
             let r: CreateRequest = request(input)?;
-            let s = super::create(&r.root, &r.backup_dir, &r.options, threads)
-                .map_err(|e| e.to_string())?;
+            let s = super::create(&r.root, &r.backup_dir, &r.options, threads)?;
             answer(out, &s)
         }
         Some("verify") => {
             let r: VerifyRequest = request(input)?;
-            let file = std::fs::File::open(&r.archive)
-                .map_err(|e| format!("{}: {e}", r.archive.display()))?;
-            let m = super::archive::verify(file).map_err(|e| e.to_string())?;
+            let file = std::fs::File::open(&r.archive).map_err(|source| ServeError::Open {
+                path: r.archive.clone(),
+                source,
+            })?;
+            let m = super::archive::verify(file)?;
             answer(out, &Verified::from(m))
         }
         Some("prune") => {
@@ -149,8 +188,7 @@ pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result
                 &r.backup_dir,
                 r.keep,
                 r.max_age_s.map(std::time::Duration::from_secs),
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             answer(out, &Pruned { removed })
         }
         Some("restore") => {
@@ -160,18 +198,17 @@ pub fn run(args: &[String], input: &mut dyn Read, out: &mut dyn Write) -> Result
                 shared: r.shared,
                 database: r.database,
             };
-            let m =
-                super::restore(&r.archive, &r.root, &r.release, &ro).map_err(|e| e.to_string())?;
+            let m = super::restore(&r.archive, &r.root, &r.release, &ro)?;
             answer(out, &Verified::from(m))
         }
         Some("list") => {
             let r: ListRequest = request(input)?;
-            let backups = super::list(&r.backup_dir).map_err(|e| e.to_string())?;
+            let backups = super::list(&r.backup_dir)?;
             answer(out, &Listed { backups })
         }
-        other => Err(format!(
-            "runbook-agent: unknown command {other:?} (create, verify, prune, restore, list, --version); it is started by runbook, not by hand"
-        )),
+        other => Err(ServeError::UnknownCommand {
+            command: other.map(str::to_owned),
+        }),
     }
 }
 
@@ -194,11 +231,11 @@ pub fn main(args: impl Iterator<Item = String>) -> i32 {
 mod tests {
     use super::*;
 
-    fn call(args: &[&str], input: &str) -> Result<serde_json::Value, String> {
+    fn call(args: &[&str], input: &str) -> Result<serde_json::Value, ServeError> {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let mut out = Vec::new();
         run(&args, &mut input.as_bytes(), &mut out)?;
-        serde_json::from_slice(&out).map_err(|e| e.to_string())
+        Ok(serde_json::from_slice(&out)?)
     }
 
     #[test]
@@ -247,10 +284,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p["removed"], serde_json::json!([]));
-        assert!(call(&["rm"], "{}").unwrap_err().contains("unknown command"));
+        assert!(
+            call(&["rm"], "{}")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown command")
+        );
         assert!(
             call(&["create"], "not json")
                 .unwrap_err()
+                .to_string()
                 .contains("request")
         );
     }

@@ -160,11 +160,11 @@ fn select_hosts(
     args: &ExecArgs,
 ) -> Result<Vec<Arc<Host>>, Error> {
     let hosts = match (&args.role, &args.hosts) {
-        (Some(role), _) => env.select(Some(role)).map_err(|message| {
+        (Some(role), _) => env.select(Some(role)).map_err(|e| {
             Error::Inventory(crate::error::InventoryError::Invalid {
                 path: project.inventory.path.clone(),
                 key: format!("env.{}.roles", env.name),
-                message,
+                message: e.to_string(),
             })
         })?,
         (None, pattern) => env.subset(pattern.as_deref(), None).hosts,

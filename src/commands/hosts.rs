@@ -7,11 +7,11 @@ use crate::project::Project;
 pub(crate) fn run(global: &Global, args: &HostsArgs) -> Result<(), Error> {
     let project = Project::load(global.config.as_deref())?;
     let env = project.env(args.env.as_deref())?;
-    let hosts = env.select(args.role.as_deref()).map_err(|message| {
+    let hosts = env.select(args.role.as_deref()).map_err(|e| {
         Error::Inventory(crate::error::InventoryError::Invalid {
             path: project.inventory.path.clone(),
             key: format!("env.{}.roles", env.name),
-            message,
+            message: e.to_string(),
         })
     })?;
     if args.json {

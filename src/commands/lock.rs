@@ -6,7 +6,7 @@
 //! (locally and on every host).
 
 use crate::cli::{FreezeArgs, Global, LockAction, LockArgs, StatusArgs, ThawArgs};
-use crate::effects::Target;
+use crate::effects::{HostError, Target};
 use crate::error::Error;
 use crate::output::Level;
 
@@ -138,7 +138,7 @@ fn freeze(global: &Global, args: &FreezeArgs) -> Result<(), Error> {
         &targets,
         &results
             .iter()
-            .map(|r| r.clone().map(|()| true).map_err(|e| e.to_string()))
+            .map(|r| r.clone().map(|()| true))
             .collect::<Vec<_>>(),
         &format!("deploys frozen {}", f.describe(now.timestamp())),
     )
@@ -157,9 +157,9 @@ fn thaw(global: &Global, args: &ThawArgs) -> Result<(), Error> {
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
     let results = crate::lock::thaw(&session.effects, &targets);
     let now = chrono::Utc::now().timestamp();
-    let lifted: Vec<Result<bool, String>> = results
+    let lifted: Vec<Result<bool, HostError>> = results
         .iter()
-        .map(|r| r.as_ref().map(Option::is_some).map_err(ToString::to_string))
+        .map(|r| r.as_ref().map(Option::is_some).map_err(Clone::clone))
         .collect();
     let was = results
         .iter()
@@ -189,7 +189,7 @@ fn finish(
     env: &crate::inventory::Environment,
     what: &str,
     targets: &[Target],
-    results: &[Result<bool, String>],
+    results: &[Result<bool, HostError>],
     said: &str,
 ) -> Result<(), Error> {
     let out = session.effects.output().clone();
@@ -198,7 +198,7 @@ fn finish(
         if let Err(e) = r {
             out.log(
                 Level::Error,
-                format!("{}: {what} failed: {}", t.name(), e.trim()),
+                format!("{}: {what} failed: {}", t.name(), e.to_string().trim()),
             );
             failed.push(t.name().to_owned());
         }

@@ -23,9 +23,9 @@ pub(crate) fn run(global: &Global, args: &RecoverArgs) -> Result<(), Error> {
     };
     let mut record = super::audit_record(&session, "recover", "", word, clock.elapsed());
     if let Err(e) = &result {
-        record.error = Some(e.clone());
+        record.error = Some(e.to_string());
     }
     super::write_audit(&session, &record, true);
     session.effects.close();
-    result.map(drop).map_err(Error::Message)
+    result.map(drop).map_err(|e| Error::Message(e.to_string()))
 }

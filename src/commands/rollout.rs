@@ -15,6 +15,31 @@ use crate::error::Error;
 use crate::output::Level;
 use crate::rollout::{self, Action, Phase, Seen, State};
 
+/// Why `runbook rollout pause|resume|promote|abort` did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+enum ControlError {
+    #[error(
+        "the request could not be left on any host: {}",
+        failed.iter().map(|(h, e)| format!("{h}: {e}")).collect::<Vec<_>>().join("; ")
+    )]
+    NotLeft {
+        /// `(host, why)`, one a host.
+        failed: Vec<(String, String)>,
+    },
+    #[error(
+        "the runner of this rollout (run {run} by {actor}) is gone: nothing would obey a {word}; finish it with `runbook rollout abort -e {env}` or `runbook rollout promote -e {env}`"
+    )]
+    RunnerGone {
+        run: String,
+        actor: String,
+        word: &'static str,
+        env: String,
+    },
+    /// The strategy's `take_over` did not compile or failed (its diagnostic, redacted).
+    #[error("{0}")]
+    TakeOver(Box<crate::diagnostic::Diagnostic>),
+}
+
 pub(crate) fn run(global: &Global, args: &RolloutArgs) -> Result<(), Error> {
     match &args.action {
         RolloutAction::Status(a) => status(global, a),
@@ -340,10 +365,12 @@ fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result
         ask(&session, &env, &seen, &request, args.wait)
     } else {
         match action {
-            Action::Pause | Action::Resume => Err(format!(
-                "the runner of this rollout (run {} by {}) is gone: nothing would obey a {word}; finish it with `runbook rollout abort -e {}` or `runbook rollout promote -e {}`",
-                seen.state.run, seen.state.actor, env.name, env.name
-            )),
+            Action::Pause | Action::Resume => Err(ControlError::RunnerGone {
+                run: seen.state.run.clone(),
+                actor: seen.state.actor.clone(),
+                word,
+                env: env.name.clone(),
+            }),
             Action::Promote | Action::Abort => {
                 take_over(&rt, &session, &env, &seen, &request).map(|()| {
                     if action == Action::Abort {
@@ -376,7 +403,7 @@ fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result
         .args
         .insert("release".into(), seen.state.release.clone());
     if let Err(e) = &result {
-        record.error = Some(e.clone());
+        record.error = Some(e.to_string());
     }
     super::write_audit(&session, &record, true);
     session.effects.close();
@@ -385,7 +412,7 @@ fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result
             out.log(Level::Info, format!("{}: {said}", env.name));
             Ok(())
         }
-        Err(e) => Err(Error::Message(e)),
+        Err(e) => Err(Error::Message(e.to_string())),
     }
 }
 
@@ -398,18 +425,11 @@ fn ask(
     seen: &Seen,
     request: &rollout::Request,
     wait: Duration,
-) -> Result<String, String> {
+) -> Result<String, ControlError> {
     let on = targets_named(env, &seen.on);
     let failed = rollout::post(&session.effects, &on, &request.clone());
     if failed.len() == on.len() {
-        return Err(format!(
-            "the request could not be left on any host: {}",
-            failed
-                .iter()
-                .map(|(h, e)| format!("{h}: {e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
+        return Err(ControlError::NotLeft { failed });
     }
     let clock = Instant::now();
     loop {
@@ -442,7 +462,7 @@ fn take_over(
     env: &crate::inventory::Environment,
     seen: &Seen,
     request: &rollout::Request,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let s = &seen.state;
     let word = request.action.as_str();
     let why = format!(
@@ -487,14 +507,13 @@ fn take_over(
     let mut scope = engine::scope(session);
     scope.push_constant("take", take);
     let result = engine::compile(&engine, &scope, &name, text, &session.sources)
-        .map_err(|d| d.to_string())
         .and_then(|ast| {
             engine.run_ast_with_scope(&mut scope, &ast).map_err(|e| {
                 crate::diagnostic::Diagnostic::from_eval(&e, &name, &session.sources)
                     .redacted(output.redactor())
-                    .to_string()
             })
-        });
+        })
+        .map_err(|d| ControlError::TakeOver(Box::new(d)));
     let released = session.locks.release_all();
     if !released.is_empty() {
         output.log(
@@ -507,7 +526,10 @@ fn take_over(
     r.obeyed_at = Some(rollout::now_rfc3339());
     r.outcome = Some(match &result {
         Ok(()) => format!("{word} done by `runbook rollout {word}` (the runner was gone)"),
-        Err(e) => format!("{word} failed: {}", e.lines().next().unwrap_or("")),
+        Err(e) => format!(
+            "{word} failed: {}",
+            e.to_string().lines().next().unwrap_or("")
+        ),
     });
     done.requests.push(r);
     if result.is_ok() {

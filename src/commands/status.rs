@@ -218,7 +218,7 @@ pub(crate) fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> 
         let l = match l {
             Ok(l) => l,
             Err(e) => {
-                unreachable.push(format!("{host}: {}", e.trim()));
+                unreachable.push(format!("{host}: {}", e.to_string().trim()));
                 continue;
             }
         };

@@ -5,6 +5,45 @@
 use super::model::RawHook;
 use crate::steps::{Attach, Placement};
 
+/// Why a `[[hooks]]` entry would not run, and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadHook {
+    #[error(
+        "say where it goes: `before`, `after`, `replace` or `skip` = \"STEP\" (the steps: `runbook run SCRIPT --dry-run` lists them, README \"Hooking a strategy's steps\")"
+    )]
+    NoPlace,
+    #[error(
+        "give one of `before`, `after`, `replace`, `skip` per hook (write two hooks for two places)"
+    )]
+    TwoPlaces,
+    /// The step or strategy it names.
+    #[error(transparent)]
+    Attach(#[from] crate::steps::HookError),
+    #[error("env = [\"{env}\"] names no environment (environments: {})", known.join(", "))]
+    UnknownEnv { env: String, known: Vec<String> },
+    #[error(
+        "`run` is empty: give the program and its arguments, e.g. [\"npm\", \"run\", \"build\"]"
+    )]
+    EmptyRun,
+    #[error("`artisan` is empty: give the command and its arguments, e.g. [\"route:cache\"]")]
+    EmptyArtisan,
+    #[error(
+        "call = \"{}\" is not `module::function` (a function of the project's stdlib/MODULE.rhai, e.g. \"deploy_hooks::warm_cache\")",
+        text.escape_debug()
+    )]
+    BadCall { text: String },
+    #[error(
+        "a skipped step runs nothing: drop `run`/`artisan`/`call`, or write `replace` to run something instead"
+    )]
+    SkipRuns,
+    #[error(
+        "say what it runs: `run = [\"program\", \"arg\"]`, `artisan = [\"command\"]` or `call = \"module::function\"` (before/after/replace `{step}`)"
+    )]
+    NoAction { step: String },
+    #[error("give one of `run`, `artisan`, `call` per hook")]
+    TwoActions,
+}
+
 /// What a hook of the inventory runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HookAction {
@@ -52,7 +91,7 @@ impl Hook {
 
 /// Reads `hooks`, refusing (with the key and what to write) anything that would not run.
 /// `envs` are the inventory's environments.
-pub(crate) fn resolve(raw: &[RawHook], envs: &[&String]) -> Result<Vec<Hook>, (String, String)> {
+pub(crate) fn resolve(raw: &[RawHook], envs: &[&String]) -> Result<Vec<Hook>, (String, BadHook)> {
     raw.iter()
         .enumerate()
         .map(|(i, h)| {
@@ -70,7 +109,7 @@ pub(crate) fn resolve(raw: &[RawHook], envs: &[&String]) -> Result<Vec<Hook>, (S
         .collect()
 }
 
-fn one(h: &RawHook, envs: &[&String]) -> Result<(Attach, HookAction), String> {
+fn one(h: &RawHook, envs: &[&String]) -> Result<(Attach, HookAction), BadHook> {
     let places = [
         (Placement::Before, &h.before),
         (Placement::After, &h.after),
@@ -81,16 +120,10 @@ fn one(h: &RawHook, envs: &[&String]) -> Result<(Attach, HookAction), String> {
         .iter()
         .filter_map(|(p, s)| s.as_ref().map(|s| (*p, s)));
     let Some((placement, step)) = set.next() else {
-        return Err(
-            "say where it goes: `before`, `after`, `replace` or `skip` = \"STEP\" (the steps: `runbook run SCRIPT --dry-run` lists them, README \"Hooking a strategy's steps\")"
-                .into(),
-        );
+        return Err(BadHook::NoPlace);
     };
     if set.next().is_some() {
-        return Err(
-            "give one of `before`, `after`, `replace`, `skip` per hook (write two hooks for two places)"
-                .into(),
-        );
+        return Err(BadHook::TwoPlaces);
     }
     let attach = Attach {
         placement,
@@ -98,31 +131,27 @@ fn one(h: &RawHook, envs: &[&String]) -> Result<(Attach, HookAction), String> {
         strategy: h.strategy.clone(),
         reason: h.reason.clone(),
     };
-    attach.validate().map_err(|e| e.to_string())?;
+    attach.validate()?;
     if let Some(list) = &h.env {
         for e in list {
             if !envs.contains(&e) {
-                let known: Vec<&str> = envs.iter().map(|s| s.as_str()).collect();
-                return Err(format!(
-                    "env = [\"{e}\"] names no environment (environments: {})",
-                    known.join(", ")
-                ));
+                return Err(BadHook::UnknownEnv {
+                    env: e.clone(),
+                    known: envs.iter().map(|s| (*s).clone()).collect(),
+                });
             }
         }
     }
     let mut actions = Vec::new();
     if let Some(argv) = &h.run {
         if argv.first().is_none_or(|p| p.trim().is_empty()) {
-            return Err("`run` is empty: give the program and its arguments, e.g. [\"npm\", \"run\", \"build\"]".into());
+            return Err(BadHook::EmptyRun);
         }
         actions.push(HookAction::Run(argv.clone()));
     }
     if let Some(args) = &h.artisan {
         if args.first().is_none_or(|p| p.trim().is_empty()) {
-            return Err(
-                "`artisan` is empty: give the command and its arguments, e.g. [\"route:cache\"]"
-                    .into(),
-            );
+            return Err(BadHook::EmptyArtisan);
         }
         actions.push(HookAction::Artisan(args.clone()));
     }
@@ -131,24 +160,17 @@ fn one(h: &RawHook, envs: &[&String]) -> Result<(Attach, HookAction), String> {
     }
     match (placement, actions.len()) {
         (Placement::Skip, 0) => Ok((attach, HookAction::Skip)),
-        (Placement::Skip, _) => Err(
-            "a skipped step runs nothing: drop `run`/`artisan`/`call`, or write `replace` to run something instead".into(),
-        ),
-        (_, 0) => Err(format!(
-            "say what it runs: `run = [\"program\", \"arg\"]`, `artisan = [\"command\"]` or `call = \"module::function\"` (before/after/replace `{step}`)"
-        )),
+        (Placement::Skip, _) => Err(BadHook::SkipRuns),
+        (_, 0) => Err(BadHook::NoAction { step: step.clone() }),
         (_, 1) => Ok((attach, actions.remove(0))),
-        _ => Err("give one of `run`, `artisan`, `call` per hook".into()),
+        _ => Err(BadHook::TwoActions),
     }
 }
 
 /// `module::function`, or `dir/module::function`, of the project's `stdlib/`.
-fn call_of(text: &str) -> Result<HookAction, String> {
-    let bad = || {
-        format!(
-            "call = \"{}\" is not `module::function` (a function of the project's stdlib/MODULE.rhai, e.g. \"deploy_hooks::warm_cache\")",
-            text.escape_debug()
-        )
+fn call_of(text: &str) -> Result<HookAction, BadHook> {
+    let bad = || BadHook::BadCall {
+        text: text.to_owned(),
     };
     let (module, function) = text.rsplit_once("::").ok_or_else(bad)?;
     let ident = |s: &str| {
@@ -182,7 +204,7 @@ mod tests {
         let mut h = RawHook::default();
         f(&mut h);
         let prod = "production".to_owned();
-        resolve(&[h], &[&prod])
+        resolve(&[h], &[&prod]).map_err(|(key, e)| (key, e.to_string()))
     }
 
     #[test]

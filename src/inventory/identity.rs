@@ -10,6 +10,19 @@ use std::sync::Arc;
 
 use super::Environment;
 
+/// Why a key from an environment variable could not be made a file for `ssh -i`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error("cannot create a private directory for the SSH key: {0}")]
+    Dir(std::io::Error),
+    #[error(
+        "{var} is not set here (or empty): export the private key there (GitHub Actions: `env:` from the repository's secrets)"
+    )]
+    NotSet { var: String },
+    #[error("cannot write the key from {var}: {source}")]
+    Write { var: String, source: std::io::Error },
+}
+
 /// The run's private key directory; removed (with every key in it) on drop.
 #[derive(Debug)]
 pub(crate) struct KeyDir {
@@ -27,14 +40,14 @@ impl KeyDir {
 pub(crate) fn materialize(
     env: &Environment,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Environment, String> {
+) -> Result<Environment, KeyError> {
     use std::os::unix::fs::PermissionsExt;
     // 0700 from the moment it exists (tempfile's default follows the umask: 0755).
     let dir = tempfile::Builder::new()
         .prefix("rb-key-")
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
-        .map_err(|e| format!("cannot create a private directory for the SSH key: {e}"))?;
+        .map_err(KeyError::Dir)?;
     let keys = Arc::new(KeyDir { dir });
     let mut written: Vec<(String, String)> = Vec::new();
     let mut out = env.clone();
@@ -45,15 +58,12 @@ pub(crate) fn materialize(
         let path = if let Some((_, p)) = written.iter().find(|(v, _)| *v == r.env) {
             p.clone()
         } else {
-            let material = lookup(&r.env).ok_or_else(|| {
-                format!(
-                    "{} is not set here (or empty): export the private key there (GitHub Actions: `env:` from the repository's secrets)",
-                    r.env
-                )
-            })?;
+            let material = lookup(&r.env).ok_or_else(|| KeyError::NotSet { var: r.env.clone() })?;
             let path = keys.path().join(format!("key-{}", written.len() + 1));
-            write_key(&path, &material)
-                .map_err(|e| format!("cannot write the key from {}: {e}", r.env))?;
+            write_key(&path, &material).map_err(|source| KeyError::Write {
+                var: r.env.clone(),
+                source,
+            })?;
             let p = path.to_string_lossy().into_owned();
             written.push((r.env.clone(), p.clone()));
             p

@@ -211,7 +211,8 @@ impl Inventory {
             }
         }
         let env_names: Vec<&String> = raw.env.keys().collect();
-        let hooks = hooks::resolve(&raw.hooks, &env_names).map_err(|(k, m)| invalid(k, m))?;
+        let hooks =
+            hooks::resolve(&raw.hooks, &env_names).map_err(|(k, e)| invalid(k, e.to_string()))?;
         Ok(Inventory {
             path: path.to_owned(),
             root,
@@ -251,10 +252,10 @@ impl Inventory {
         }
         identity::materialize(&env, &crate::envfile::from_process_env)
             .map(Arc::new)
-            .map_err(|message| InventoryError::Invalid {
+            .map_err(|e| InventoryError::Invalid {
                 path: self.path.clone(),
                 key: format!("env.{name}.ssh.identity"),
-                message,
+                message: e.to_string(),
             })
     }
 
@@ -290,9 +291,20 @@ impl Inventory {
     }
 }
 
+/// A secret's environment variable is not set (or empty) where the run needs it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{var} is not set (runbook.toml `{key}` reads it): export it, or add it to the CI job's secrets"
+)]
+pub(crate) struct NotSet {
+    pub var: String,
+    /// The inventory key that reads it.
+    pub key: String,
+}
+
 impl Setting {
     /// The value: written inline, or read from the named environment variable now.
-    pub(crate) fn resolve(&self, key: &str) -> Result<String, String> {
+    pub(crate) fn resolve(&self, key: &str) -> Result<String, NotSet> {
         match self {
             Setting::Literal(v) => Ok(v.clone()),
             Setting::Env(r) => r.resolve(key),
@@ -302,36 +314,42 @@ impl Setting {
 
 impl SecretRef {
     /// Reads the variable; the error names it and the inventory key that wants it.
-    pub(crate) fn resolve(&self, key: &str) -> Result<String, String> {
+    pub(crate) fn resolve(&self, key: &str) -> Result<String, NotSet> {
         std::env::var(&self.env)
             .ok()
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                format!(
-                    "{} is not set (runbook.toml `{key}` reads it): export it, or add it to the CI job's secrets",
-                    self.env
-                )
+            .ok_or_else(|| NotSet {
+                var: self.env.clone(),
+                key: key.to_owned(),
             })
     }
 }
 
+/// A role the environment does not define.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "environment `{env}` has no role `{role}` (roles: {})",
+    if known.is_empty() { "none defined".to_owned() } else { known.join(", ") }
+)]
+pub(crate) struct NoRole {
+    pub env: String,
+    pub role: String,
+    /// The roles it has.
+    pub known: Vec<String>,
+}
+
 impl Environment {
     /// The hosts of a role (or all hosts for `None`), in a stable order.
-    pub(crate) fn select(&self, role: Option<&str>) -> Result<Vec<Arc<Host>>, String> {
+    pub(crate) fn select(&self, role: Option<&str>) -> Result<Vec<Arc<Host>>, NoRole> {
         match role {
             None | Some("all") => Ok(self.hosts.clone()),
             Some(role) => {
                 let Some(names) = self.roles.get(role) else {
-                    let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
-                    return Err(format!(
-                        "environment `{}` has no role `{role}` (roles: {})",
-                        self.name,
-                        if known.is_empty() {
-                            "none defined".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
-                    ));
+                    return Err(NoRole {
+                        env: self.name.clone(),
+                        role: role.to_owned(),
+                        known: self.roles.keys().cloned().collect(),
+                    });
                 };
                 Ok(names
                     .iter()
@@ -495,20 +513,37 @@ fn parse_duration(
     }
 }
 
+/// Why a host's address cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum AddressError {
+    #[error("the address is empty")]
+    Empty,
+    #[error("`{address}`: missing `]` after an IPv6 address")]
+    NoBracket { address: String },
+    #[error("`{address}`: unexpected text after `]`")]
+    AfterBracket { address: String },
+    #[error("`{address}`: `{port}` is not a port number (1-65535)")]
+    Port { address: String, port: String },
+}
+
 /// Splits `host`, `host:port`, `[v6]:port` into address and optional port.
-fn split_address(s: &str) -> Result<(String, Option<u16>), String> {
+fn split_address(s: &str) -> Result<(String, Option<u16>), AddressError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("the address is empty".into());
+        return Err(AddressError::Empty);
     }
     if let Some(rest) = s.strip_prefix('[') {
         let Some((addr, tail)) = rest.split_once(']') else {
-            return Err(format!("`{s}`: missing `]` after an IPv6 address"));
+            return Err(AddressError::NoBracket {
+                address: s.to_owned(),
+            });
         };
         return match tail.strip_prefix(':') {
             None if tail.is_empty() => Ok((addr.to_owned(), None)),
             Some(port) => parse_port(s, port).map(|p| (addr.to_owned(), Some(p))),
-            None => Err(format!("`{s}`: unexpected text after `]`")),
+            None => Err(AddressError::AfterBracket {
+                address: s.to_owned(),
+            }),
         };
     }
     match s.matches(':').count() {
@@ -522,11 +557,14 @@ fn split_address(s: &str) -> Result<(String, Option<u16>), String> {
     }
 }
 
-fn parse_port(whole: &str, port: &str) -> Result<u16, String> {
+fn parse_port(whole: &str, port: &str) -> Result<u16, AddressError> {
     port.parse::<u16>()
         .ok()
         .filter(|p| *p > 0)
-        .ok_or_else(|| format!("`{whole}`: `{port}` is not a port number (1-65535)"))
+        .ok_or_else(|| AddressError::Port {
+            address: whole.to_owned(),
+            port: port.to_owned(),
+        })
 }
 
 /// One environment of the inventory, resolved: its hosts with every setting they inherit,
@@ -757,7 +795,8 @@ impl<'a, I: Fn(String, String) -> InventoryError> EnvResolver<'a, I> {
     ) -> Result<Written<'a>, InventoryError> {
         let t = match spec {
             RawHost::Address(a) => {
-                let (address, port) = split_address(a).map_err(|m| (self.invalid)(hkey, m))?;
+                let (address, port) =
+                    split_address(a).map_err(|e| (self.invalid)(hkey, e.to_string()))?;
                 return Ok(Written {
                     address,
                     port,
@@ -774,9 +813,8 @@ impl<'a, I: Fn(String, String) -> InventoryError> EnvResolver<'a, I> {
         };
         let (address, port) = match &t.address {
             Some(a) => match self.read(format!("{hkey}.address"), a) {
-                Some(a) => {
-                    split_address(&a).map_err(|m| (self.invalid)(format!("{hkey}.address"), m))?
-                }
+                Some(a) => split_address(&a)
+                    .map_err(|e| (self.invalid)(format!("{hkey}.address"), e.to_string()))?,
                 None => (String::new(), None),
             },
             // A host written as a table must say where it is; the name alone

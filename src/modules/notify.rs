@@ -11,6 +11,7 @@ use rhai::{Dynamic, EvalAltResult, Map};
 
 use super::check_keys;
 use crate::effects::http::HttpError;
+use crate::inventory::NotSet;
 use crate::notify::{self as core, Deployment, PagerEvent, Smtp};
 use crate::output::{Event, Kind, Level};
 use crate::session::Session;
@@ -34,8 +35,22 @@ fn redact_json(session: &Session, value: &mut serde_json::Value, keep: &[&str]) 
     session.effects.output().redactor().redact_json(value, keep);
 }
 
+/// Why a notification was not delivered (said as `<channel> notification failed: …`).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Undelivered {
+    /// A secret or setting of the channel is missing.
+    #[error("not sent: {0}")]
+    NotSent(NotSet),
+    /// Past the send's bound, retries included.
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    /// The channel's own error (HTTP, SMTP, the gateway).
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// A setting a channel needs: its value, or "" with why it is missing noted (the first).
-fn needed(missing: &mut Option<String>, what: Result<String, String>) -> String {
+fn needed(missing: &mut Option<NotSet>, what: Result<String, NotSet>) -> String {
     match what {
         Ok(v) => v,
         Err(e) => {
@@ -55,17 +70,19 @@ pub(super) fn deliver(
     channel: &str,
     required: bool,
     preview: String,
-    missing: Option<String>,
+    missing: Option<NotSet>,
     bound: Duration,
-    send: impl std::future::Future<Output = Result<String, String>>,
+    send: impl std::future::Future<
+        Output = Result<String, impl Into<Box<dyn std::error::Error + Send + Sync>>>,
+    >,
 ) -> Result<Map, Box<EvalAltResult>> {
     let output = session.effects.output();
     let mut m = Map::new();
     let why_not = missing.clone();
     let exchange = async move {
         match why_not {
-            Some(why) => Err(format!("not sent: {why}")),
-            None => send.await,
+            Some(why) => Err(Undelivered::NotSent(why)),
+            None => send.await.map_err(|e| Undelivered::Failed(e.into())),
         }
     };
     let outcome = match session
@@ -87,10 +104,7 @@ pub(super) fn deliver(
         }
         Err(HttpError::Interrupted { .. }) => return Err(super::interrupted()),
         // Past its bound: a delivery that failed.
-        Err(HttpError::TimedOut { after, .. }) => Err(format!(
-            "no answer within {}",
-            humantime::format_duration(after)
-        )),
+        Err(HttpError::TimedOut { after, .. }) => Err(Undelivered::TimedOut(after)),
     };
     match outcome {
         Ok(what) => {
@@ -113,7 +127,7 @@ pub(super) fn deliver(
     }
 }
 
-pub(super) fn resolve(what: Result<String, String>) -> Result<String, Box<EvalAltResult>> {
+pub(super) fn resolve(what: Result<String, NotSet>) -> Result<String, Box<EvalAltResult>> {
     what.map_err(super::error)
 }
 
@@ -212,7 +226,6 @@ fn slack(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
             core::post_json(&webhook, &payload, TIMEOUT)
                 .await
                 .map(|s| format!("delivered ({s})"))
-                .map_err(|e| e.0)
         },
     )
 }
@@ -297,7 +310,6 @@ fn email(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResult>>
             core::send_mail(&smtp, &subject, &body)
                 .await
                 .map(|()| format!("mail sent to {}", smtp.to.join(", ")))
-                .map_err(|e| e.0)
         },
     )
 }
@@ -390,7 +402,6 @@ fn pagerduty(ctx: &NativeCallContext, opts: &Map) -> Result<Map, Box<EvalAltResu
             core::post_json(&url, &payload, TIMEOUT)
                 .await
                 .map(|s| format!("event accepted ({s})"))
-                .map_err(|e| e.0)
         },
     )
 }
@@ -419,7 +430,6 @@ fn webhook(
             core::post_json(&url, &body, TIMEOUT)
                 .await
                 .map(|s| format!("delivered ({s})"))
-                .map_err(|e| e.0)
         },
     )
 }

@@ -103,6 +103,30 @@ fn strings(list: &[String]) -> Array {
     list.iter().cloned().map(Dynamic::from).collect()
 }
 
+/// Why a hook cannot go on a strategy's step (said after where the hook was written).
+#[derive(Debug, thiserror::Error)]
+enum HookRefused {
+    #[error("strategy `{strategy}` has no step `{step}`; its steps are:\n  {strategy}: {steps}")]
+    NoStep {
+        strategy: String,
+        step: String,
+        /// The strategy's step names, in order.
+        steps: String,
+    },
+    #[error("step `{step}` is already replaced or skipped by {first}: keep one of them")]
+    Taken { step: String, first: String },
+    #[error("call = \"{module}::{function}\": the module `{module}` does not load: {source}")]
+    NoModule {
+        module: String,
+        function: String,
+        source: Box<EvalAltResult>,
+    },
+    #[error(
+        "call = \"{module}::{function}\": the module `{module}` (stdlib/{module}.rhai) has no `fn {function}(ctx)`"
+    )]
+    NoFunction { module: String, function: String },
+}
+
 /// The hooks on one step.
 #[derive(Default)]
 struct Slot {
@@ -119,25 +143,23 @@ fn file(
     attach: &Attach,
     origin: &str,
     hook: Map,
-) -> Result<(), String> {
+) -> Result<(), HookRefused> {
     let Some(slot) = slots.get_mut(attach.step.as_str()) else {
-        return Err(format!(
-            "strategy `{}` has no step `{}`; its steps are:\n  {}: {}",
-            strategy.name,
-            attach.step,
-            strategy.name,
-            strategy.names()
-        ));
+        return Err(HookRefused::NoStep {
+            strategy: strategy.name.to_owned(),
+            step: attach.step.clone(),
+            steps: strategy.names(),
+        });
     };
     match attach.placement {
         Placement::Before => slot.before.push(hook.into()),
         Placement::After => slot.after.push(hook.into()),
         Placement::Replace | Placement::Skip => {
             if let Some((_, _, first)) = &slot.instead {
-                return Err(format!(
-                    "step `{}` is already replaced or skipped by {first}: keep one of them",
-                    attach.step
-                ));
+                return Err(HookRefused::Taken {
+                    step: attach.step.clone(),
+                    first: first.clone(),
+                });
             }
             slot.instead = Some((attach.placement, hook, origin.to_owned()));
         }
@@ -147,13 +169,15 @@ fn file(
 
 /// Refuses a `call = "module::function"` hook whose module does not load or has no
 /// public `fn function(ctx)`, before the first step rather than after the switch.
-fn check_call(ctx: &NativeCallContext, module: &str, function: &str) -> Result<(), String> {
+fn check_call(ctx: &NativeCallContext, module: &str, function: &str) -> Result<(), HookRefused> {
     let engine = ctx.engine();
     let found = engine
         .module_resolver()
         .resolve(engine, None, module, rhai::Position::NONE)
-        .map_err(|e| {
-            format!("call = \"{module}::{function}\": the module `{module}` does not load: {e}")
+        .map_err(|source| HookRefused::NoModule {
+            module: module.to_owned(),
+            function: function.to_owned(),
+            source,
         })?;
     let defined = found
         .iter_script_fn_info()
@@ -163,9 +187,10 @@ fn check_call(ctx: &NativeCallContext, module: &str, function: &str) -> Result<(
     if defined {
         Ok(())
     } else {
-        Err(format!(
-            "call = \"{module}::{function}\": the module `{module}` (stdlib/{module}.rhai) has no `fn {function}(ctx)`"
-        ))
+        Err(HookRefused::NoFunction {
+            module: module.to_owned(),
+            function: function.to_owned(),
+        })
     }
 }
 
