@@ -10,6 +10,7 @@
 //! (`VITE_APP_NAME="${APP_NAME}"`) is left for Laravel's own dotenv expansion.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// A rendered template: the text for `shared/.env` and the values filled in.
@@ -68,17 +69,19 @@ fn missing_message(path: &Path, missing: &[Missing]) -> String {
         }
     );
     for m in missing {
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             "\n  {}:{}: {}",
             path.display(),
             m.line,
             m.text.trim_end()
-        ));
+        );
     }
-    s.push_str(&format!(
+    let _ = write!(
+        s,
         "\nexport {} where runbook runs (in GitHub Actions: `env:` from the repository's secrets); nothing was changed on any host",
         names.join(", ")
-    ));
+    );
     s
 }
 
@@ -387,7 +390,7 @@ mod tests {
         let mut template = String::new();
         let mut vars = Vec::new();
         for (i, v) in values.iter().enumerate() {
-            template.push_str(&format!("W{i}=${{V{i}}}\nD{i}=\"pre ${{V{i}}} post\"\n"));
+            let _ = writeln!(template, "W{i}=${{V{i}}}\nD{i}=\"pre ${{V{i}}} post\"");
             vars.push((format!("V{i}"), (*v).to_owned()));
         }
         let lookup = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());

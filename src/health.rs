@@ -9,6 +9,7 @@
 //! where the answer came from. A body is streamed and only its start is kept
 //! ([`BODY_READ`]): a huge answer costs no memory.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -130,10 +131,10 @@ impl Report {
             self.latency_ms, self.url
         );
         if let Some(end) = self.final_url.as_ref().filter(|u| **u != self.url) {
-            s.push_str(&format!("  (answered by {end})"));
+            let _ = write!(s, "  (answered by {end})");
         }
         if let Some(e) = &self.error {
-            s.push_str(&format!("  ({e})"));
+            let _ = write!(s, "  ({e})");
         }
         s
     }

@@ -14,6 +14,7 @@
 //! (`mv -T`), never `rm` + `ln`, so a request sees either the old or the new release.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use crate::effects::{
     CommandError, CommandResult, Effects, FanOut, HostError, HostOutcome, Target,
@@ -473,7 +474,7 @@ fn collect(
     let interrupted = failed.iter().any(CommandError::is_interrupt);
     let mut message = format!("{} of {} hosts failed:", failed.len().max(1), targets.len());
     for f in &failed {
-        message.push_str(&format!("\n- {}", f.to_string().replace('\n', "\n  ")));
+        let _ = write!(message, "\n- {}", f.to_string().replace('\n', "\n  "));
     }
     Err(ReleaseError {
         message,
@@ -939,7 +940,7 @@ fn switch_all(
         let why = e
             .as_ref()
             .map_or_else(|| "not attempted".to_owned(), ToString::to_string);
-        message.push_str(&format!("\n- {host}: {}", why.replace('\n', "\n  ")));
+        let _ = write!(message, "\n- {host}: {}", why.replace('\n', "\n  "));
     }
     message.push_str("\nnow serving:");
     let mut stranded = Vec::new();
@@ -973,7 +974,7 @@ fn switch_all(
             }
             None => "unchanged".to_owned(),
         };
-        message.push_str(&format!("\n  {host}: {} ({note})", display(now)));
+        let _ = write!(message, "\n  {host}: {} ({note})", display(now));
     }
     Err(ReleaseError {
         message,

@@ -4,6 +4,7 @@
 //! sticky cohorts (the `runbook_cohort` cookie the balancer sets) with an allowlist.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,7 +226,7 @@ fn a_release_failing_one_percent_is_stopped_at_ten_percent_judged_from_prometheu
             "canary = {{ window = \"6s\", checks = 2, min_requests = 40, queries = {{ canary_success = \"{success}\", canary_requests = \"{requests}\" }} }}"
         ),
     );
-    inv.push_str(&format!("\n{}", obs.inventory()));
+    let _ = write!(inv, "\n{}", obs.inventory());
     let stable = stable(&f, &inv);
     let asked = obs.prometheus.queries_answered();
     let (out, after) = under_load(&f, &inv, "v7-fail-1pct");
@@ -349,10 +350,10 @@ impl Client {
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
         let mut req = "GET /api/health HTTP/1.0\r\nHost: 127.0.0.1\r\n".to_owned();
         if let Some(c) = &self.cookie {
-            req.push_str(&format!("Cookie: runbook_cohort={c}\r\n"));
+            let _ = writeln!(req, "Cookie: runbook_cohort={c}\r");
         }
         if let Some(h) = self.header {
-            req.push_str(&format!("{h}\r\n"));
+            let _ = writeln!(req, "{h}\r");
         }
         req.push_str("\r\n");
         let _ = s.write_all(req.as_bytes());
@@ -720,11 +721,12 @@ fn bench_judging_a_window_of_100k_access_log_lines_read_over_ssh() {
     for i in 0..100_000u32 {
         let pool = if i % 10 == 0 { "next" } else { "stable" };
         let status = if i % 997 == 0 { 502 } else { 200 };
-        log.push_str(&format!(
-            "1767225600.{:03} {pool} {status} 0.{:03}\n",
+        let _ = writeln!(
+            log,
+            "1767225600.{:03} {pool} {status} 0.{:03}",
             i % 1000,
             20 + i % 61
-        ));
+        );
     }
     std::fs::write(f.lb.dir.join("access.log"), &log).unwrap();
     let script = "import \"traffic\" as traffic;\n\

@@ -9,6 +9,7 @@
 //! about 6–8 s (Prometheus' first scrape comes at its scrape manager's first 5 s tick).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use crate::harness::{INVENTORY, Output, Test};
 use crate::support::mtail;
@@ -168,7 +169,7 @@ fn access_log() -> String {
     let mut log = String::new();
     let mut line = |n: usize, rest: &str| {
         for i in 0..n {
-            log.push_str(&format!("1767225600.{i:03} {rest}\n"));
+            let _ = writeln!(log, "1767225600.{i:03} {rest}");
         }
     };
     line(200, "stable 200 0.020");

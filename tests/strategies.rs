@@ -2,6 +2,7 @@
 //! (`support::stack`): a load generator sends requests through the balancer during each
 //! deploy and counts what failed.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -418,7 +419,7 @@ fn a_canary_gated_by_prometheus_stops_when_the_query_says_so() {
         "canary = { window = \"4s\", checks = 2, rate = 50 }",
         "canary = { window = \"2s\", checks = 2, query = \"canary_success_percent\" }",
     );
-    inventory.push_str(&format!("\n{}", obs.inventory()));
+    let _ = write!(inventory, "\n{}", obs.inventory());
     let project = s
         .project()
         .file("runbook.toml", &inventory)

@@ -22,6 +22,7 @@ use rhai::{AST, Dynamic, EvalAltResult, Map, ParseErrorType, Scope};
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 use rustyline::{Config, Editor};
+use std::fmt::Write as _;
 
 use super::repl_helper::ReplHelper;
 use super::{SessionConfig, parse_args, runtime, session};
@@ -504,7 +505,7 @@ fn render(engine: &rhai::Engine, v: &Dynamic) -> String {
                 lines.next().unwrap_or("")
             );
             for l in lines {
-                s.push_str(&format!("\n{:<width$}  {:>21}{l}", "", ""));
+                let _ = write!(s, "\n{:<width$}  {:>21}{l}", "", "");
             }
             s
         })

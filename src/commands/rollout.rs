@@ -6,6 +6,7 @@
 //! strategy's `take_over` (stdlib/strategies/canary.rhai) under a lock of this command's
 //! own, taken after the dead run's lock is recovered. Every request is audited.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::cli::{Global, RolloutAction, RolloutArgs, RolloutControlArgs, StatusArgs};
@@ -129,9 +130,9 @@ fn render(
 ) -> String {
     let mut out = String::new();
     let Some(seen) = seen else {
-        out.push_str(&format!("{env}: no rollout ({took_ms} ms)\n"));
+        let _ = writeln!(out, "{env}: no rollout ({took_ms} ms)");
         for (h, e) in unreachable {
-            out.push_str(&format!("✗ {h} did not answer: {e}\n"));
+            let _ = writeln!(out, "✗ {h} did not answer: {e}");
         }
         return out;
     };
@@ -150,8 +151,9 @@ fn render(
         )
     };
     if s.phase.ended() {
-        out.push_str(&format!(
-            "{env}: no rollout running; the last one, {} {} of {} (run {}), ended {} at {}% (step {}{of})\n",
+        let _ = writeln!(
+            out,
+            "{env}: no rollout running; the last one, {} {} of {} (run {}), ended {} at {}% (step {}{of})",
             s.strategy,
             s.release,
             s.version,
@@ -159,29 +161,36 @@ fn render(
             s.phase.as_str(),
             s.weight,
             s.step
-        ));
+        );
     } else {
-        out.push_str(&format!(
-            "{env}: {} of {} ({}), {} — step {}{of}, {}% of cohorts on the canary\n",
+        let _ = writeln!(
+            out,
+            "{env}: {} of {} ({}), {} — step {}{of}, {}% of cohorts on the canary",
             s.strategy,
             s.version,
             s.release,
             s.phase.as_str().to_uppercase(),
             s.step,
             s.weight
-        ));
+        );
         match s.window_left_s(now) {
-            Some(_) if !seen.alive => out.push_str(&format!(
-                "window: {} s of {} s were left when the runner last wrote (nobody counts them: it is gone)\n",
-                s.window_left_s(s.updated_ms).unwrap_or(0),
-                s.window_s
-            )),
-            Some(left) if s.paused_at_ms.is_some() => out.push_str(&format!(
-                "window: paused with {left} s left of {} s (the clock is stopped until `runbook rollout resume -e {env}`)\n",
-                s.window_s
-            )),
+            Some(_) if !seen.alive => {
+                let _ = writeln!(
+                    out,
+                    "window: {} s of {} s were left when the runner last wrote (nobody counts them: it is gone)",
+                    s.window_left_s(s.updated_ms).unwrap_or(0),
+                    s.window_s
+                );
+            }
+            Some(left) if s.paused_at_ms.is_some() => {
+                let _ = writeln!(
+                    out,
+                    "window: paused with {left} s left of {} s (the clock is stopped until `runbook rollout resume -e {env}`)",
+                    s.window_s
+                );
+            }
             Some(left) => {
-                out.push_str(&format!("window: {left} s left of {} s\n", s.window_s));
+                let _ = writeln!(out, "window: {left} s left of {} s", s.window_s);
             }
             None => out.push_str("window: none running (between windows)\n"),
         }
@@ -198,10 +207,11 @@ fn render(
     } else {
         "DEAD (it holds no lock any more)"
     };
-    out.push_str(&format!(
-        "holder: run {} by {} on {} (pid {}), {beat} — {life}\n",
+    let _ = writeln!(
+        out,
+        "holder: run {} by {} on {} (pid {}), {beat} — {life}",
         s.run, s.actor, s.machine, s.pid
-    ));
+    );
     if s.judgements.is_empty() {
         out.push_str("judgements: none yet\n");
     } else {
@@ -251,8 +261,9 @@ fn render(
         out.push_str(&table);
     }
     for r in s.requests.iter().rev().take(5).rev() {
-        out.push_str(&format!(
-            "request: {} by {}{} at {}: {}\n",
+        let _ = writeln!(
+            out,
+            "request: {} by {}{} at {}: {}",
             r.action.as_str(),
             r.actor,
             r.reason
@@ -261,29 +272,32 @@ fn render(
                 .unwrap_or_default(),
             r.at,
             r.outcome.as_deref().unwrap_or("pending")
-        ));
+        );
     }
     if seen.pending > 0 {
-        out.push_str(&format!(
-            "{} request(s) not taken yet by the runner\n",
+        let _ = writeln!(
+            out,
+            "{} request(s) not taken yet by the runner",
             seen.pending
-        ));
+        );
     }
     for (h, e) in unreachable {
-        out.push_str(&format!("✗ {h} did not answer: {e}\n"));
+        let _ = writeln!(out, "✗ {h} did not answer: {e}");
     }
     if !s.phase.ended() {
         if seen.alive {
-            out.push_str(&format!(
-                "steer: runbook rollout pause|resume|promote|abort -e {env} --reason \"…\"\n"
-            ));
+            let _ = writeln!(
+                out,
+                "steer: runbook rollout pause|resume|promote|abort -e {env} --reason \"…\""
+            );
         } else {
-            out.push_str(&format!(
-                "✗ nothing steers this rollout: `runbook rollout abort -e {env}` puts all traffic back on stable, `runbook rollout promote -e {env}` finishes it\n"
-            ));
+            let _ = writeln!(
+                out,
+                "✗ nothing steers this rollout: `runbook rollout abort -e {env}` puts all traffic back on stable, `runbook rollout promote -e {env}` finishes it"
+            );
         }
     }
-    out.push_str(&format!("({took_ms} ms)\n"));
+    let _ = writeln!(out, "({took_ms} ms)");
     out
 }
 

@@ -3,6 +3,7 @@
 //! 3 a.m., answered from the hosts alone. Both only read.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use crate::cli::{Global, StatusArgs};
 use crate::error::Error;
@@ -85,23 +86,24 @@ fn render(s: &FleetStatus) -> String {
     let rows: Vec<Vec<String>> = s.hosts.iter().map(row).collect();
     out.push_str(&crate::output::table(&header, &rows));
     if let Some(t) = &s.rollback_target {
-        out.push_str(&format!("rollback target: {t}\n"));
+        let _ = writeln!(out, "rollback target: {t}");
     }
     for note in &s.notes {
-        out.push_str(&format!("· {note}\n"));
+        let _ = writeln!(out, "· {note}");
     }
     if s.consistent {
-        out.push_str(&format!("✓ consistent ({} ms)\n", s.took_ms));
+        let _ = writeln!(out, "✓ consistent ({} ms)", s.took_ms);
     } else {
         for p in &s.problems {
-            out.push_str(&format!("✗ {}\n    → {}\n", p.what, p.fix));
+            let _ = writeln!(out, "✗ {}\n    → {}", p.what, p.fix);
         }
-        out.push_str(&format!(
-            "✗ not consistent: {} problem{} ({} ms)\n",
+        let _ = writeln!(
+            out,
+            "✗ not consistent: {} problem{} ({} ms)",
             s.problems.len(),
             if s.problems.len() == 1 { "" } else { "s" },
             s.took_ms
-        ));
+        );
     }
     out
 }
@@ -282,7 +284,7 @@ pub(crate) fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> 
             .map(|r| {
                 let mut present = hosts(&r.present_on);
                 if !r.incomplete_on.is_empty() {
-                    present.push_str(&format!(" (incomplete: {})", r.incomplete_on.join(", ")));
+                    let _ = write!(present, " (incomplete: {})", r.incomplete_on.join(", "));
                 }
                 vec![
                     r.name.clone(),
@@ -316,7 +318,7 @@ pub(crate) fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> 
             &table_rows,
         );
         for u in &unreachable {
-            out.push_str(&format!("✗ did not answer: {u}\n"));
+            let _ = writeln!(out, "✗ did not answer: {u}");
         }
         super::print(&out);
     }

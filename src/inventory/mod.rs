@@ -11,6 +11,7 @@ pub(crate) mod identity;
 pub(crate) mod model;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1003,13 +1004,14 @@ fn unresolved_message(unresolved: &[(String, String)]) -> String {
     };
     if unresolved.len() > 1 {
         for (k, v) in unresolved {
-            s.push_str(&format!("\n  `{k}` reads {v}"));
+            let _ = write!(s, "\n  `{k}` reads {v}");
         }
     }
-    s.push_str(&format!(
+    let _ = write!(
+        s,
         "\n  export {} where runbook runs (GitHub Actions: `env:` from the repository's secrets); nothing was changed on any host",
         vars.join(", ")
-    ));
+    );
     s
 }
 

@@ -6,6 +6,7 @@
 //! it is styled, so only runbook's own colours reach the terminal.
 
 use crate::sync::Locked;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -369,11 +370,12 @@ impl Human {
             let width = state.steps.iter().map(|(n, ..)| n.len()).max().unwrap_or(0);
             let mut text = String::from("\nsummary:");
             for (name, r, ms) in &state.steps {
-                text.push_str(&format!(
+                let _ = write!(
+                    text,
                     "\n  {name:<width$}  {:<8} {:>8}",
                     r.as_str(),
                     fmt_ms(*ms)
-                ));
+                );
             }
             self.line(state, &text);
         }

@@ -16,6 +16,7 @@
 
 use crate::sync::Locked;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -341,13 +342,13 @@ impl SshPool {
         if let Some(home) = std::env::var_os("HOME") {
             let user = Path::new(&home).join(".ssh/config");
             if user.is_file() {
-                text.push_str(&format!("Include \"{}\"\n", user.display()));
+                let _ = writeln!(text, "Include \"{}\"", user.display());
             }
         }
         if let Some(extra) = &host.ssh.config_file {
-            text.push_str(&format!("Include \"{}\"\n", expand_home(extra).display()));
+            let _ = writeln!(text, "Include \"{}\"", expand_home(extra).display());
         }
-        text.push_str(&format!("ServerAliveCountMax {ALIVE_COUNT_MAX}\n"));
+        let _ = writeln!(text, "ServerAliveCountMax {ALIVE_COUNT_MAX}");
         let path = self.dir.path().join(format!("config-{}", host.name));
         std::fs::write(&path, text)?;
         Ok(path)
@@ -661,7 +662,7 @@ pub(crate) fn remote_command(
     } else {
         let mut prelude = String::new();
         for (k, v) in &spec.env {
-            prelude.push_str(&format!("export {k}={}\n", quote_one(v)?));
+            let _ = writeln!(prelude, "export {k}={}", quote_one(v)?);
         }
         let mut bytes = format!("{}\n{prelude}", prelude.matches('\n').count()).into_bytes();
         if let Some(input) = &spec.stdin {
@@ -671,7 +672,7 @@ pub(crate) fn remote_command(
         Some(bytes)
     };
     if let Some(cwd) = &spec.cwd {
-        inner.push_str(&format!("cd -- {} || exit 1; ", quote_one(cwd)?));
+        let _ = write!(inner, "cd -- {} || exit 1; ", quote_one(cwd)?);
     }
     let argv = spec.program.argv_with_sudo(spec.sudo.as_deref(), &names);
     if argv.is_empty() || matches!(&spec.program, Program::Argv(a) if a.is_empty()) {

@@ -25,6 +25,7 @@
 //! message ([`crate::support::available`]).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,10 +100,11 @@ fn config(targets: &[Target]) -> String {
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
     );
     for t in targets {
-        yml.push_str(&format!(
-            "  - job_name: {}\n    honor_labels: {}\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        let _ = writeln!(
+            yml,
+            "  - job_name: {}\n    honor_labels: {}\n    static_configs:\n      - targets: ['127.0.0.1:{}']",
             t.job, t.honor_labels, t.port
-        ));
+        );
     }
     yml
 }
