@@ -236,7 +236,7 @@ impl Sink for Collector {
         let step = c.step.last().cloned();
         if c.dry_run
             && matches!(
-                e.event,
+                e.kind,
                 Kind::CommandStarted | Kind::Notification | Kind::Lock
             )
         {
@@ -245,7 +245,7 @@ impl Sink for Collector {
                 .as_ref()
                 .and_then(|d| d.get("read"))
                 .is_some_and(|v| v == &serde_json::Value::Bool(true));
-            let kind = match e.event {
+            let kind = match e.kind {
                 Kind::CommandStarted if read => "read",
                 Kind::CommandStarted => "command",
                 Kind::Notification => "notification",
@@ -272,7 +272,7 @@ impl Sink for Collector {
             }
             c.plan.push(action);
         }
-        if e.event == Kind::Output
+        if e.kind == Kind::Output
             && let (Some(h), Some(m)) = (&e.host, &e.message)
         {
             let lines = c.last_output.entry(h.clone()).or_default();
@@ -280,7 +280,7 @@ impl Sink for Collector {
                 lines.push(m.clone());
             }
         }
-        match e.event {
+        match e.kind {
             Kind::RunStarted => {
                 c.dry_run = e
                     .data
@@ -474,6 +474,10 @@ pub(crate) fn stats(records: &[Record], window_days: Option<f64>) -> Vec<EnvStat
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::float_cmp,
+    reason = "known answers: the values are exact by construction"
+)]
 mod stats_tests {
     use super::*;
 

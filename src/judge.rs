@@ -613,30 +613,32 @@ pub(crate) fn mann_whitney(canary: &[f64], stable: &[f64]) -> RankTest {
     let (mut i, mut j) = (0, 0);
     let (mut rank_sum, mut ties, mut done) = (0.0_f64, 0.0_f64, 0usize);
     while i < n1 || j < n2 {
-        let v = match (canary.get(i), stable.get(j)) {
+        let low = match (canary.get(i), stable.get(j)) {
             (Some(a), Some(b)) => a.min(*b),
             (Some(a), None) => *a,
             (None, Some(b)) => *b,
             (None, None) => break,
         };
+        // Both samples are sorted and `low` is the smaller head, so `<=` takes exactly the
+        // values equal to it: the tie.
         let a0 = i;
-        while i < n1 && canary[i] == v {
+        while i < n1 && canary[i] <= low {
             i += 1;
         }
         let b0 = j;
-        while j < n2 && stable[j] == v {
+        while j < n2 && stable[j] <= low {
             j += 1;
         }
-        let (a, t) = ((i - a0) as f64, (i - a0 + j - b0) as f64);
-        // Ranks done+1 ..= done+t share their average.
-        rank_sum += a * (done as f64 + f64::midpoint(t, 1.0));
-        ties += t * t * t - t;
+        let (in_canary, tie_size) = ((i - a0) as f64, (i - a0 + j - b0) as f64);
+        // Ranks done+1 ..= done+tie_size share their average.
+        rank_sum += in_canary * (done as f64 + f64::midpoint(tie_size, 1.0));
+        ties += tie_size * tie_size * tie_size - tie_size;
         done += i - a0 + j - b0;
     }
-    let (n1f, n2f, n) = (n1 as f64, n2 as f64, (n1 + n2) as f64);
+    let (n1f, n2f, total) = (n1 as f64, n2 as f64, (n1 + n2) as f64);
     let u = rank_sum - n1f * (n1f + 1.0) / 2.0;
     let mean = n1f * n2f / 2.0;
-    let variance = n1f * n2f / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    let variance = n1f * n2f / 12.0 * ((total + 1.0) - ties / (total * (total - 1.0)));
     let effect = u / (n1f * n2f);
     if variance.is_nan() || variance <= 0.0 {
         // Every request took the same time: nothing to rank.
@@ -887,6 +889,10 @@ pub(crate) fn judge_values(v: &Values, o: &Options) -> Report {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::float_cmp,
+    reason = "known answers: the values are exact by construction"
+)]
 mod tests {
     use std::fmt::Write;
 

@@ -68,8 +68,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         Err(e) => {
             // An error can carry a host's stderr: shown, never obeyed by the terminal.
             let text = match &e {
-                Error::Script(d) => d.to_string(),
-                Error::Interrupted {
+                Error::Script(d)
+                | Error::Interrupted {
                     diagnostic: Some(d),
                 } => d.to_string(),
                 other => format!("error: {other}"),

@@ -872,7 +872,7 @@ pub(crate) fn parse_state(host: &str, stdout: &str) -> HostState {
     for line in stdout.lines() {
         let (k, v) = line.split_once('\t').unwrap_or((line, ""));
         match k {
-            "current" => st.current = v.to_owned(),
+            "current" => v.clone_into(&mut st.current),
             "down" => st.down = v == "yes",
             "holder" => st.holder = serde_json::from_str(v).ok(),
             "beat" => st.beat_age = v.parse().ok(),
@@ -1170,8 +1170,8 @@ mod tests {
     /// is refused with what it is, by a plain acquire and by a takeover, and left as it was.
     #[test]
     fn what_runbook_did_not_write_is_never_replaced() {
-        let b = holder("run-b", "");
         type Make = fn(&Path);
+        let b = holder("run-b", "");
         let cases: [(&str, Make, &str); 4] = [
             (
                 "empty dir",

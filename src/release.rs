@@ -136,18 +136,15 @@ pub(crate) enum NoRollbackTarget {
 }
 
 fn has_lines(good: &[(String, Vec<String>)]) -> String {
-    good.iter()
-        .map(|(host, names)| {
-            format!(
-                "\n  {host}: {}",
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
-            )
-        })
-        .collect()
+    good.iter().fold(String::new(), |mut out, (host, names)| {
+        let names = if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        };
+        let _ = write!(out, "\n  {host}: {names}");
+        out
+    })
 }
 
 /// Why the SQL of the pending migrations cannot be shown.
@@ -624,7 +621,7 @@ fn prepare_inner(
         }
     };
     let mut meta = meta.clone();
-    meta.name = name.to_owned();
+    name.clone_into(&mut meta.name);
     meta.commit.clone_from(&commit);
     meta.commit_time = commit_time;
     let meta_json = serde_json::to_string(&meta).unwrap_or_default();
@@ -1456,7 +1453,7 @@ pub(crate) fn plan(
                 for line in r.stdout.lines() {
                     let (k, v) = line.split_once('\t').unwrap_or((line, ""));
                     match k {
-                        "live" => p.live = v.to_owned(),
+                        "live" => v.clone_into(&mut p.live),
                         "old" => p.old_commit = Some(v.to_owned()),
                         "new" => p.new_commit = Some(v.to_owned()),
                         "count" => p.commit_count = v.parse().unwrap_or(0),

@@ -132,7 +132,7 @@ pub(crate) struct FleetStatus {
 pub(crate) fn read(effects: &Effects, env: &Environment) -> FleetStatus {
     let clock = std::time::Instant::now();
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
-    let (states, lists, probes) = read_hosts(effects, env, &targets);
+    let (lock_states, lists, probes) = read_hosts(effects, env, &targets);
     let served = health(effects, env);
     let now = chrono::Utc::now();
     let mut hosts = Vec::new();
@@ -154,17 +154,17 @@ pub(crate) fn read(effects: &Effects, env: &Environment) -> FleetStatus {
             gets_releases,
             ..HostStatus::default()
         };
-        match (&states[i], &lists[i]) {
+        match (&lock_states[i], &lists[i]) {
             (Err(e), _) | (_, Err(e)) => {
                 st.unreachable = Some(e.to_string().trim().to_owned());
                 hosts.push(st);
                 continue;
             }
             (Ok(lock), Ok(list)) => {
-                st.live = lock.current.clone();
+                st.live.clone_from(&lock.current);
                 st.maintenance = lock.down;
-                st.freeze = lock.freeze.clone();
-                st.lock_temporaries = lock.temporaries.clone();
+                st.freeze.clone_from(&lock.freeze);
+                st.lock_temporaries.clone_from(&lock.temporaries);
                 st.lock = lock.holder.as_ref().map(|holder| LockView {
                     run: holder.run.clone(),
                     actor: holder.actor.clone(),

@@ -3,6 +3,11 @@
 //! byte where each step began), load from real HTTP clients through the balancer, and
 //! sticky cohorts (the `runbook_cohort` cookie the balancer sets) with an allowlist.
 
+#![expect(
+    clippy::float_cmp,
+    reason = "known answers: request counts and rates that are exact by construction"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -610,10 +615,10 @@ fn a_cohort_stays_on_one_release_and_the_allowlist_sees_the_canary_from_the_firs
 /// The traffic files `traffic::snippet` writes for `percent` and `allowlist` (a Rhai map),
 /// printed by a script (nothing connects: the snippet only reads the inventory).
 fn snippets(cases: &[(u32, &str)]) -> Vec<String> {
-    let calls: String = cases
-        .iter()
-        .map(|(p, allow)| format!("print(traffic::snippet({p}, {allow}) + \"=====\");\n"))
-        .collect();
+    let calls = cases.iter().fold(String::new(), |mut out, (p, allow)| {
+        let _ = writeln!(out, "print(traffic::snippet({p}, {allow}) + \"=====\");");
+        out
+    });
     let out = crate::harness::Test::bare()
         .file(
             "runbook.toml",

@@ -8,6 +8,11 @@
 //! Each test starts its own stack ([`Observability::start`]); they run in parallel, each
 //! about 6–8 s (Prometheus' first scrape comes at its scrape manager's first 5 s tick).
 
+#![expect(
+    clippy::float_cmp,
+    reason = "known answers: request counts and rates that are exact by construction"
+)]
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 

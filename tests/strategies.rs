@@ -473,13 +473,14 @@ fn a_batched_rolling_deploy_stops_at_the_first_failing_batch() {
         1,
         "the first batch was switched once"
     );
-    let switched = switches(web2);
-    assert_eq!(switched, 0, "{web2} was switched");
+    let on_web2 = switches(web2);
+    assert_eq!(on_web2, 0, "{web2} was switched");
     assert!(!s.locked());
 }
 
 #[test]
 fn the_seeds_emergency_and_troubleshooting_runbooks_work_on_the_fleet() {
+    use std::os::unix::fs::PermissionsExt;
     let Some(s) = stack() else { return };
     let v1 = s.first_release();
     // Stop everything: the site answers 503 (maintenance), the queue is told to stop.
@@ -511,7 +512,6 @@ fn the_seeds_emergency_and_troubleshooting_runbooks_work_on_the_fleet() {
         .status()
         .unwrap();
     s.run(&["troubleshoot/fix-permissions", "-q"]).code(0);
-    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&storage).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755);
     s.run(&["troubleshoot/restart-queue"])

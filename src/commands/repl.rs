@@ -123,11 +123,11 @@ fn shell(
                 buffer.clear();
                 continue;
             }
-            Err(ReadlineError::Eof) => break Next::Quit,
             // A Ctrl-C that reached the process as a signal (the terminal was not in raw
             // mode) can interrupt the read itself: that is not a request to leave.
             Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(ReadlineError::Errno(e)) if e as i32 == libc_eintr() => continue,
+            // Ctrl-D (end of input), or a terminal that cannot be read any more.
             Err(_) => break Next::Quit,
         };
         if buffer.is_empty() && line.trim_start().starts_with(':') {
@@ -343,7 +343,6 @@ fn open_brackets(text: &str) -> bool {
                 chars.next();
             }
             (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
             (None, '"' | '`' | '\'') => quote = Some(c),
             (None, '/') if chars.peek() == Some(&'/') => {
                 while chars.peek().is_some_and(|c| *c != '\n') {
@@ -352,6 +351,7 @@ fn open_brackets(text: &str) -> bool {
             }
             (None, '(' | '[' | '{') => depth += 1,
             (None, ')' | ']' | '}') => depth -= 1,
+            // Inside a quote nothing counts but its closing mark; outside, other characters.
             _ => {}
         }
     }

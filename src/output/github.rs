@@ -75,7 +75,7 @@ impl Sink for GitHub {
         let neutralised = super::terminal::neutralise_event(e);
         let e = &neutralised;
         let mut st = self.state.locked();
-        match e.event {
+        match e.kind {
             Kind::RunStarted => st.started = Some(e.clone()),
             Kind::StepStarted => {
                 if st.depth == 0 {

@@ -67,7 +67,7 @@ impl Human {
         }
     }
 
-    fn line(&self, state: &State, text: &str) {
+    fn line(state: &State, text: &str) {
         let write = || {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{text}");
@@ -104,7 +104,7 @@ impl Human {
         state.spinner = Some(bar);
     }
 
-    fn stop_spinner(&self, state: &mut State) {
+    fn stop_spinner(state: &mut State) {
         if state.depth == 0
             && let Some(bar) = state.spinner.take()
         {
@@ -134,7 +134,7 @@ impl Sink for Human {
         let neutralised = super::terminal::neutralise_event(e);
         let e = &neutralised;
         let mut state = self.state.locked();
-        match e.event {
+        match e.kind {
             Kind::RunStarted => self.run_started(&mut state, e),
             Kind::StepStarted => self.step_started(&mut state, e),
             Kind::StepFinished => self.step_finished(&mut state, e),
@@ -177,7 +177,7 @@ impl Human {
             } else {
                 String::new()
             };
-            self.line(state, &format!("{}{dry}", s.bold.apply_to(msg)));
+            Self::line(state, &format!("{}{dry}", s.bold.apply_to(msg)));
         }
     }
 
@@ -192,7 +192,7 @@ impl Human {
                 s.bold.apply_to("▶"),
                 s.bold.apply_to(name)
             );
-            self.line(state, &text);
+            Self::line(state, &text);
         }
         state.depth += 1;
         self.start_spinner(state, name);
@@ -202,7 +202,7 @@ impl Human {
         let s = &self.styles;
         let normal = self.verbosity >= Verbosity::Normal;
         state.depth = state.depth.saturating_sub(1);
-        self.stop_spinner(state);
+        Self::stop_spinner(state);
         let name = e.step.clone().unwrap_or_default();
         let ms = e.duration_ms.unwrap_or(0);
         let result = e.result.unwrap_or(Outcome::Ok);
@@ -221,7 +221,7 @@ impl Human {
                 s.dim
                     .apply_to(format!("({}{})", result_word(result), fmt_ms(ms)))
             );
-            self.line(state, &text);
+            Self::line(state, &text);
         }
     }
 
@@ -242,7 +242,7 @@ impl Human {
                 s.dim.apply_to(verb),
                 s.dim.apply_to(argv)
             );
-            self.line(state, &text);
+            Self::line(state, &text);
         }
     }
 
@@ -260,7 +260,7 @@ impl Human {
             let line = format!("{indent}{}{text}", self.host(e));
             match (&e.host, self.fold) {
                 (Some(h), true) => state.pending.entry(h.clone()).or_default().push(line),
-                _ => self.line(state, &line),
+                _ => Self::line(state, &line),
             }
         }
     }
@@ -270,7 +270,7 @@ impl Human {
         let verbose = self.verbosity >= Verbosity::Verbose;
         let indent = "  ".repeat(state.depth.max(1));
         if let Some(lines) = e.host.as_ref().and_then(|h| state.pending.remove(h)) {
-            self.line(state, &lines.join("\n"));
+            Self::line(state, &lines.join("\n"));
         }
         let ms = e.duration_ms.unwrap_or(0);
         match e.result {
@@ -285,7 +285,7 @@ impl Human {
                     s.red.apply_to("✗"),
                     fmt_ms(ms)
                 );
-                self.line(state, &text);
+                Self::line(state, &text);
             }
             Some(Outcome::Aborted) => {
                 let text = format!(
@@ -293,7 +293,7 @@ impl Human {
                     self.host(e),
                     s.red.apply_to("✗")
                 );
-                self.line(state, &text);
+                Self::line(state, &text);
             }
             _ if verbose => {
                 let text = format!(
@@ -301,7 +301,7 @@ impl Human {
                     self.host(e),
                     s.dim.apply_to(format!("exit 0 ({})", fmt_ms(ms)))
                 );
-                self.line(state, &text);
+                Self::line(state, &text);
             }
             _ => {}
         }
@@ -325,13 +325,13 @@ impl Human {
                 }
             }
             Level::Print | Level::Info if normal => {
-                self.line(state, &format!("{indent}{msg}"));
+                Self::line(state, &format!("{indent}{msg}"));
             }
             Level::Debug if verbose => {
-                self.line(state, &format!("{indent}{}", s.dim.apply_to(msg)));
+                Self::line(state, &format!("{indent}{}", s.dim.apply_to(msg)));
             }
             Level::Error => {
-                self.line(state, &format!("{}{msg}", s.red.apply_to("error: ")));
+                Self::line(state, &format!("{}{msg}", s.red.apply_to("error: ")));
             }
             _ => {}
         }
@@ -340,7 +340,7 @@ impl Human {
     fn warning(&self, state: &mut State, e: &Event) {
         let s = &self.styles;
         let msg = e.message.as_deref().unwrap_or("");
-        self.line(
+        Self::line(
             state,
             &format!("{}{}{msg}", self.host(e), s.yellow.apply_to("warning: ")),
         );
@@ -351,7 +351,7 @@ impl Human {
         let indent = "  ".repeat(state.depth.max(1));
         if normal {
             let msg = e.message.as_deref().unwrap_or("");
-            self.line(state, &format!("{indent}{}{msg}", self.host(e)));
+            Self::line(state, &format!("{indent}{}{msg}", self.host(e)));
         }
     }
 
@@ -360,7 +360,7 @@ impl Human {
         let normal = self.verbosity >= Verbosity::Normal;
         let pending = std::mem::take(&mut state.pending);
         for lines in pending.values() {
-            self.line(state, &lines.join("\n"));
+            Self::line(state, &lines.join("\n"));
         }
         if let Some(bar) = state.spinner.take() {
             bar.finish_and_clear();
@@ -377,7 +377,7 @@ impl Human {
                     fmt_ms(*ms)
                 );
             }
-            self.line(state, &text);
+            Self::line(state, &text);
         }
         let msg = e.message.as_deref().unwrap_or("");
         let ms = fmt_ms(e.duration_ms.unwrap_or(0));
@@ -387,7 +387,7 @@ impl Human {
             }
             _ => format!("{} {msg} ({ms})", s.red.apply_to("✗")),
         };
-        self.line(state, &text);
+        Self::line(state, &text);
     }
 }
 

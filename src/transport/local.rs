@@ -32,8 +32,8 @@ pub(crate) async fn exec(
     } else {
         Vec::new()
     };
-    let argv = spec.program.argv_with_sudo(spec.sudo.as_deref(), &keep);
-    let Some((program, args)) = argv.split_first() else {
+    let words = spec.program.argv_with_sudo(spec.sudo.as_deref(), &keep);
+    let Some((program, args)) = words.split_first() else {
         return Err(ExecError::Unsupported(
             "empty command: argv has no program".into(),
         ));

@@ -115,6 +115,7 @@ impl Upload {
     /// Prepares `local` to be received as `name` (the last component of every remote
     /// path it goes to). A directory is packed here, once.
     pub(crate) fn prepare(local: &Path, name: &str) -> std::io::Result<Upload> {
+        use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(local)?;
         if meta.is_dir() {
             let packed = pack_to_file(local, name)?;
@@ -127,7 +128,6 @@ impl Upload {
                 len,
             });
         }
-        use std::os::unix::fs::MetadataExt;
         Ok(Upload {
             file: local.to_owned(),
             packed: None,

@@ -282,6 +282,10 @@ impl Fleet {
             .collect()
     }
 
+    #[expect(
+        clippy::unused_self,
+        reason = "the key is shared by every fleet; asked of the fleet that uses it"
+    )]
     pub(crate) fn client_key(&self) -> PathBuf {
         client_key().map(|k| k.path.clone()).unwrap_or_default()
     }

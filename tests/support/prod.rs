@@ -348,6 +348,10 @@ impl ProdFleet {
     }
 
     /// A project with `inventory` and the shipped scripts.
+    #[expect(
+        clippy::unused_self,
+        reason = "a method beside `project` and `run`, which read the topology"
+    )]
     pub(crate) fn project_with(&self, inventory: &str) -> Test {
         let mut t = Test::bare()
             .file("runbook.toml", inventory)
