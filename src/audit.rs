@@ -2,6 +2,7 @@
 //! host the run touched (`<deploy_path>/.runbook/audit.jsonl`). It answers "who did what,
 //! where, why, and how did it end" after the fact; `runbook audit` queries it.
 
+use crate::num::ToF64;
 use crate::sync::Locked;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -443,7 +444,7 @@ pub(crate) fn stats(records: &[Record], window_days: Option<f64>) -> Vec<EnvStat
         }
         if s.deploys > 0 {
             s.change_failure_rate =
-                ((s.failed + s.rolled_back) as f64 * 1000.0 / s.deploys as f64).round() / 10.0;
+                ((s.failed + s.rolled_back).to_f64() * 1000.0 / s.deploys.to_f64()).round() / 10.0;
         }
         lead_times.sort_unstable();
         if !lead_times.is_empty() {
@@ -460,14 +461,16 @@ pub(crate) fn stats(records: &[Record], window_days: Option<f64>) -> Vec<EnvStat
             })
             .collect();
         if !restores.is_empty() {
-            s.time_to_restore_mean_s = Some(restores.iter().sum::<i64>() / restores.len() as i64);
+            s.time_to_restore_mean_s = Some(
+                restores.iter().sum::<i64>() / i64::try_from(restores.len()).unwrap_or(i64::MAX),
+            );
         }
         let days = window_days.unwrap_or_else(|| {
             let first = rs.first().and_then(|r| epoch(&r.ts)).unwrap_or(0);
             let last = rs.last().and_then(|r| epoch(&r.ts)).unwrap_or(0);
-            ((last - first) as f64 / 86400.0).max(7.0)
+            ((last - first).to_f64() / 86400.0).max(7.0)
         });
-        s.per_week = (s.successful as f64 * 7.0 / days * 100.0).round() / 100.0;
+        s.per_week = (s.successful.to_f64() * 7.0 / days * 100.0).round() / 100.0;
         out.push(s);
     }
     out

@@ -48,6 +48,7 @@
 //! From numbers ([`judge_values`]) the latency comparison is a ratio of quantiles
 //! ([`Options::latency_ratio`], 1.5×), since there is no distribution to rank.
 
+use crate::num::ToF64;
 use std::fmt;
 
 /// The thresholds of a judgement. Percentages are in percent (99.5), times in seconds.
@@ -506,7 +507,7 @@ impl Sample {
             ..PoolStats::default()
         };
         if n > 0 {
-            s.success = 100.0 * (n - self.errors) as f64 / n as f64;
+            s.success = 100.0 * (n - self.errors).to_f64() / n.to_f64();
             s.p95 = quantile(&self.times, 0.95);
             s.p99 = quantile(&self.times, 0.99);
         }
@@ -516,7 +517,7 @@ impl Sample {
 
 /// Nearest-rank quantile of sorted, non-empty `v`.
 fn quantile(v: &[f64], q: f64) -> f64 {
-    let rank = (q * v.len() as f64).ceil() as usize;
+    let rank = crate::num::saturating_usize((q * v.len().to_f64()).ceil());
     v[rank.clamp(1, v.len()) - 1]
 }
 
@@ -629,13 +630,13 @@ pub(crate) fn mann_whitney(canary: &[f64], stable: &[f64]) -> RankTest {
         while j < n2 && stable[j] <= low {
             j += 1;
         }
-        let (in_canary, tie_size) = ((i - a0) as f64, (i - a0 + j - b0) as f64);
+        let (in_canary, tie_size) = ((i - a0).to_f64(), (i - a0 + j - b0).to_f64());
         // Ranks done+1 ..= done+tie_size share their average.
-        rank_sum += in_canary * (done as f64 + f64::midpoint(tie_size, 1.0));
+        rank_sum += in_canary * (done.to_f64() + f64::midpoint(tie_size, 1.0));
         ties += tie_size * tie_size * tie_size - tie_size;
         done += i - a0 + j - b0;
     }
-    let (n1f, n2f, total) = (n1 as f64, n2 as f64, (n1 + n2) as f64);
+    let (n1f, n2f, total) = (n1.to_f64(), n2.to_f64(), (n1 + n2).to_f64());
     let u = rank_sum - n1f * (n1f + 1.0) / 2.0;
     let mean = n1f * n2f / 2.0;
     let variance = n1f * n2f / 12.0 * ((total + 1.0) - ties / (total * (total - 1.0)));
@@ -722,8 +723,8 @@ pub(crate) fn judge_window(w: &mut Window, o: &Options) -> Report {
             min: o.min_requests.max(1),
         });
     } else {
-        let (ec, es) = (w.canary.errors as f64, w.stable.errors as f64);
-        let p = errors_exceed((ec, nc as f64), (es, ns as f64), o.error_margin / 100.0);
+        let (ec, es) = (w.canary.errors.to_f64(), w.stable.errors.to_f64());
+        let p = errors_exceed((ec, nc.to_f64()), (es, ns.to_f64()), o.error_margin / 100.0);
         if p < o.alpha {
             reasons.push(Reason::ErrorsWorse {
                 canary: 100.0 - canary.success,
@@ -808,7 +809,7 @@ pub(crate) fn judge_values(v: &Values, o: &Options) -> Report {
         Reading::Value(x) => x,
         _ => f64::NAN,
     };
-    let count = |n: Option<f64>| n.map(|n| n.max(0.0).round() as u64);
+    let count = |n: Option<f64>| n.map(|n| crate::num::saturating_u64(n.max(0.0).round()));
     let canary = PoolStats {
         requests: count(cn),
         errors: None,
@@ -901,6 +902,11 @@ mod tests {
     /// SplitMix64: deterministic pseudo-random numbers for the tests.
     struct Rng(u64);
 
+    /// `x` reduced to an index below `len`.
+    fn below(x: u64, len: usize) -> usize {
+        usize::try_from(x % len as u64).expect("less than a usize")
+    }
+
     impl Rng {
         fn next(&mut self) -> u64 {
             self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -910,7 +916,7 @@ mod tests {
             z ^ (z >> 31)
         }
         fn unit(&mut self) -> f64 {
-            ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+            ((self.next() >> 11).to_f64() + 0.5) / (1u64 << 53).to_f64()
         }
         /// A log-normal request time around `median` seconds, milliseconds like nginx.
         fn latency(&mut self, median: f64) -> f64 {
@@ -1239,9 +1245,9 @@ mod tests {
                     .map(|_| {
                         let r = rng.next();
                         if r.is_multiple_of(3) {
-                            r as u8
+                            r.to_le_bytes()[0]
                         } else {
-                            alphabet[(r >> 8) as usize % alphabet.len()]
+                            alphabet[below(r >> 8, alphabet.len())]
                         }
                     })
                     .collect()
@@ -1249,11 +1255,11 @@ mod tests {
                 // A valid log with a few bytes flipped, cut or duplicated.
                 let mut b = seed.clone();
                 for _ in 0..=(rng.next() % 8) {
-                    let at = rng.next() as usize % b.len();
+                    let at = below(rng.next(), b.len());
                     match rng.next() % 3 {
-                        0 => b[at] = rng.next() as u8,
+                        0 => b[at] = rng.next().to_le_bytes()[0],
                         1 => b.truncate(at.max(1)),
-                        _ => b.insert(at, alphabet[rng.next() as usize % alphabet.len()]),
+                        _ => b.insert(at, alphabet[below(rng.next(), alphabet.len())]),
                     }
                 }
                 b

@@ -20,6 +20,7 @@ pub(crate) mod lock;
 pub(crate) mod metrics;
 pub(crate) mod modules;
 pub(crate) mod notify;
+pub(crate) mod num;
 pub(crate) mod origin;
 pub(crate) mod output;
 pub(crate) mod permissions;

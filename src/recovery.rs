@@ -169,7 +169,7 @@ fn settle(
                 format!(
                     "{}: waited {:.1} s for the dead run's last commands to end",
                     t.name(),
-                    n as f64 * 0.2
+                    crate::num::ToF64::to_f64(n) * 0.2
                 ),
             ),
             None if r.stdout.lines().any(|l| l == "killed") => {

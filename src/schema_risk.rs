@@ -400,7 +400,10 @@ mod tests {
                 seed = seed
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1_442_695_040_888_963_407);
-                s.push(alphabet[(seed >> 33) as usize % alphabet.len()]);
+                s.push(
+                    alphabet
+                        [usize::try_from((seed >> 33) % alphabet.len() as u64).expect("an index")],
+                );
             }
             let _ = risks(&s);
             let _ = risks(&format!("alter table {s}"));

@@ -466,7 +466,9 @@ impl Drop for SmallFs {
 /// `len` bytes that do not compress.
 fn noise(len: usize) -> Vec<u8> {
     let mut g = Lcg(42);
-    (0..len).map(|_| g.next(256) as u8).collect()
+    (0..len)
+        .map(|_| u8::try_from(g.next(256)).expect("below 256"))
+        .collect()
 }
 
 #[test]

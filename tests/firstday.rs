@@ -519,7 +519,7 @@ fn the_seeds_ssh_secrets_name_the_host_user_and_key_and_the_key_lives_only_for_t
         }
     }
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

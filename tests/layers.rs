@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
         "steps",
         "sync",
         "gzip",
+        "num",
     ],
     &["inventory"],
     &["error"],

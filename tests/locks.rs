@@ -152,7 +152,7 @@ fn a_run_refused_on_one_host_gives_back_the_hosts_it_had_taken() {
     );
     assert!(s.lock(1).exists(), "the holder's lock on web2 was touched");
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();

@@ -116,7 +116,10 @@ fn deploy_metrics_pushed_by_runbook_are_read_back_through_prometheus() {
         .get("timestamp")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0.0);
-    let now = chrono::Utc::now().timestamp() as f64;
+    let now = f64::from(
+        u32::try_from(chrono::Utc::now().timestamp())
+            .expect("seconds since 1970 fit in u32 until 2106"),
+    );
     assert!(
         (now - pushed_at).abs() < 120.0,
         "runbook_deploy_timestamp_seconds is {pushed_at}, now is {now}"

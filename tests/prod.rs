@@ -606,7 +606,7 @@ fn sigkill_trials(script: &str, test: &str, default: usize) {
             .unwrap()
             .success();
         assert!(ok, "the {script} before the trials failed");
-        t.elapsed().as_millis() as u64
+        u64::try_from(t.elapsed().as_millis()).expect("a trial's milliseconds fit in u64")
     };
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for trial in 0..n {
@@ -734,7 +734,7 @@ fn signals_at_random_points_of_a_deploy_leave_every_host_on_one_release() {
         project
             .run_with(&["run", "deploy", "-e", "prod", "ref=v2", "-q"])
             .code(0);
-        t.elapsed().as_millis() as u64
+        u64::try_from(t.elapsed().as_millis()).expect("a trial's milliseconds fit in u64")
     };
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for trial in 0..n {

@@ -621,7 +621,7 @@ fn bench(fleet: &str, run: &dyn Fn(&[&str]) -> Output, currents: &dyn Fn() -> Ve
         std::thread::sleep(Duration::from_millis(1100));
         let started = Instant::now();
         let out = run(&["zero-downtime-deploy", "ref=v2", "monitor=0s", "--json"]);
-        let wall = started.elapsed().as_millis() as i64;
+        let wall = i64::try_from(started.elapsed().as_millis()).expect("milliseconds fit in i64");
         out.code(0);
         if let Ok(path) = std::env::var("BENCH_EVENTS") {
             let _ = std::fs::write(path, &out.stdout); // for a closer look at the timeline
@@ -631,7 +631,7 @@ fn bench(fleet: &str, run: &dyn Fn(&[&str]) -> Output, currents: &dyn Fn() -> Ve
         let own = own + (wall - remote - http - own).max(0);
         eprintln!(
             "zero-downtime deploy ({fleet}): wall {wall} ms = remote commands {remote} + health checks {http} + runbook {own} ({:.1}%)",
-            own as f64 * 100.0 / wall as f64
+            percent_of(own, wall)
         );
         walls.push(wall);
         remotes.push(remote);
@@ -685,11 +685,20 @@ fn bench(fleet: &str, run: &dyn Fn(&[&str]) -> Output, currents: &dyn Fn() -> Ve
     );
     println!(
         "RESULT {fleet}: zero-downtime deploy to 2 web hosts + 1 worker (medians of {runs}): wall {w} ms = remote commands {r} ms + health checks in flight {h} ms + runbook's own {o} ms ({:.1}% of the wall time)",
-        o as f64 * 100.0 / w.max(1) as f64
+        percent_of(o, w.max(1))
     );
     println!(
         "RESULT {fleet}: failed health check -> previous release on every host (median of {}): {} ms",
         backs.len(),
         median(&mut backs)
     );
+}
+
+/// `part` as a percentage of `whole` (milliseconds of a test run).
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "milliseconds of a test run, exact in an f64"
+)]
+fn percent_of(part: i64, whole: i64) -> f64 {
+    part as f64 * 100.0 / whole as f64
 }

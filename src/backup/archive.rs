@@ -276,7 +276,7 @@ fn link_escapes(path: &str, target: &str) -> bool {
     if Path::new(target).is_absolute() {
         return false;
     }
-    let mut depth: i64 = Path::new(path).components().count() as i64 - 1;
+    let mut depth = i64::try_from(Path::new(path).components().count()).unwrap_or(i64::MAX) - 1;
     for c in Path::new(target).components() {
         match c {
             Component::ParentDir => depth -= 1,

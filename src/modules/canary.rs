@@ -6,6 +6,7 @@
 //! canary's state next to the deploy lock and obey what `runbook rollout` asks; in a dry
 //! run they write nothing.
 
+use crate::num::ToF64;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 use std::sync::{Arc, Mutex};
@@ -208,7 +209,7 @@ const VALUES: &[&str] = &[
 fn float(v: &Dynamic) -> Option<f64> {
     v.as_float()
         .ok()
-        .or_else(|| v.as_int().ok().map(|i| i as f64))
+        .or_else(|| v.as_int().ok().map(ToF64::to_f64))
 }
 
 fn options(opts: &Map) -> Result<Options, Box<EvalAltResult>> {

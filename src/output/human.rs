@@ -5,6 +5,7 @@
 //! Every string of an event is neutralised (control characters shown as escapes) before
 //! it is styled, so only runbook's own colours reach the terminal.
 
+use crate::num::ToF64;
 use crate::sync::Locked;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -117,7 +118,7 @@ fn fmt_ms(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms} ms")
     } else if ms < 60_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
+        format!("{:.1} s", ms.to_f64() / 1000.0)
     } else {
         format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000)
     }

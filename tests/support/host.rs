@@ -327,7 +327,7 @@ impl NsHost {
         // util-linux's wrappers stop themselves when their child was stopped.
         for c in self.wrapper.iter().chain(&self.inside) {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::unistd::Pid::from_raw(c.id().cast_signed()),
                 nix::sys::signal::Signal::SIGCONT,
             );
         }
@@ -347,7 +347,7 @@ impl NsHost {
         all.append(&mut self.inside);
         for c in &all {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::unistd::Pid::from_raw(c.id().cast_signed()),
                 nix::sys::signal::Signal::SIGCONT,
             );
         }

@@ -246,6 +246,11 @@ impl Prometheus {
 
     /// Prometheus' own count of instant queries answered (`/api/v1/query`), from its
     /// `/metrics`: proof that someone (runbook) asked.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "Prometheus writes its counters as floats: a whole, non-negative count"
+    )]
     pub(crate) fn queries_answered(&self) -> u64 {
         let (_, text) = crate::support::get("127.0.0.1", self.port, "/metrics");
         text.lines()

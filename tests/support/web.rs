@@ -196,7 +196,7 @@ impl Drop for WebStack {
 pub(crate) fn terminate(children: &mut [Child]) {
     for c in children.iter() {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::unistd::Pid::from_raw(c.id().cast_signed()),
             nix::sys::signal::Signal::SIGTERM,
         );
     }
