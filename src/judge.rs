@@ -775,6 +775,34 @@ pub(crate) struct Values {
     pub stable_requests: Reading,
 }
 
+/// The canary's error rate against stable's, from success percentages and (when known)
+/// request counts: a one-sided test with counts, the plain margin without.
+fn errors_worse(
+    (cs, cn): (f64, Option<f64>),
+    (ss, sn): (f64, Option<f64>),
+    o: &Options,
+) -> Option<Reason> {
+    let (ec, es) = ((100.0 - cs) / 100.0, (100.0 - ss) / 100.0);
+    let p_value = match (cn, sn) {
+        (Some(cn), Some(sn)) if cn > 0.0 && sn > 0.0 => Some(errors_exceed(
+            (ec * cn, cn),
+            (es * sn, sn),
+            o.error_margin / 100.0,
+        )),
+        _ => None,
+    };
+    let worse = match p_value {
+        Some(p) => p < o.alpha,
+        None => ec - es > o.error_margin / 100.0 + 1e-12,
+    };
+    worse.then_some(Reason::ErrorsWorse {
+        canary: 100.0 - cs,
+        stable: 100.0 - ss,
+        margin: o.error_margin,
+        p_value,
+    })
+}
+
 /// Judges a window from numbers (see the [module docs](self)): any asked number that is
 /// missing, `NaN` or `±Inf` makes the window inconclusive, never a pass.
 pub(crate) fn judge_values(v: &Values, o: &Options) -> Report {
@@ -851,27 +879,7 @@ pub(crate) fn judge_values(v: &Values, o: &Options) -> Report {
     }
     if stable_few.is_none() {
         if let (Some(cs), Some(ss)) = (cs, ss) {
-            let (ec, es) = ((100.0 - cs) / 100.0, (100.0 - ss) / 100.0);
-            let p_value = match (cn, sn) {
-                (Some(cn), Some(sn)) if cn > 0.0 && sn > 0.0 => Some(errors_exceed(
-                    (ec * cn, cn),
-                    (es * sn, sn),
-                    o.error_margin / 100.0,
-                )),
-                _ => None,
-            };
-            let worse = match p_value {
-                Some(p) => p < o.alpha,
-                None => ec - es > o.error_margin / 100.0 + 1e-12,
-            };
-            if worse {
-                reasons.push(Reason::ErrorsWorse {
-                    canary: 100.0 - cs,
-                    stable: 100.0 - ss,
-                    margin: o.error_margin,
-                    p_value,
-                });
-            }
+            reasons.extend(errors_worse((cs, cn), (ss, sn), o));
         }
         for (q, c, s) in [(95, c95, s95), (99, c99, s99)] {
             if let (Some(c), Some(s)) = (c, s)

@@ -189,6 +189,12 @@ fn classify(statement: &str) -> Vec<(RiskKind, String)> {
     if !s(&["alter", "table"]) {
         return Vec::new();
     }
+    alter_table(&w)
+}
+
+/// The risks in the clauses of an `alter table` statement, split into words.
+fn alter_table(w: &[String]) -> Vec<(RiskKind, String)> {
+    let at = |i: usize| w.get(i).map_or("", String::as_str);
     let mut i = 2;
     if at(i) == "only" || (at(i) == "if" && at(i + 1) == "exists") {
         i += if at(i) == "only" { 1 } else { 2 };

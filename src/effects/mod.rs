@@ -908,20 +908,7 @@ impl Effects {
                     f.code.is_none().then(|| "killed by a signal".to_owned()),
                 );
                 if failed && !spec.tolerate {
-                    let stderr_tail = stderr_tail(&f.stderr);
-                    return Err(match f.code {
-                        Some(code) => CommandError::Failed {
-                            host,
-                            command,
-                            code,
-                            stderr_tail,
-                        },
-                        None => CommandError::Killed {
-                            host,
-                            command,
-                            stderr_tail,
-                        },
-                    });
+                    return Err(failure(host, command, &f));
                 }
                 Ok(CommandResult {
                     host,
@@ -985,6 +972,24 @@ impl Effects {
                 })
             }
         }
+    }
+}
+
+/// The error of a command that exited non-zero, or was killed, where that is not tolerated.
+fn failure(host: String, command: String, f: &Finished) -> CommandError {
+    let stderr_tail = stderr_tail(&f.stderr);
+    match f.code {
+        Some(code) => CommandError::Failed {
+            host,
+            command,
+            code,
+            stderr_tail,
+        },
+        None => CommandError::Killed {
+            host,
+            command,
+            stderr_tail,
+        },
     }
 }
 

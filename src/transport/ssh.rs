@@ -159,6 +159,46 @@ pub(crate) struct SshPool {
     opened: std::sync::atomic::AtomicUsize,
 }
 
+/// Reads stderr up to the wrapper's report of its process-group id and returns the id;
+/// what came before it goes to `early`. Standard input is fed meanwhile (`fed` says
+/// whether that finished), so a login shell that reads it first does not stall.
+async fn find_pgid<F: std::future::Future<Output = ()>>(
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    marker: &str,
+    early: &mut Vec<String>,
+    mut feeding: std::pin::Pin<&mut F>,
+    fed: &mut bool,
+) -> Option<i64> {
+    let search = async {
+        let mut seen = 0;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => seen += n,
+            }
+            if let Some(at) = line.find(marker) {
+                // A dotfile that printed without a newline shares the line.
+                if at > 0 {
+                    early.push(format!("{}\n", &line[..at]));
+                }
+                return line[at + marker.len()..].trim_end().parse().ok();
+            }
+            early.push(line);
+            if seen > MARKER_SCAN {
+                return None;
+            }
+        }
+    };
+    tokio::pin!(search);
+    loop {
+        tokio::select! {
+            found = &mut search => return found,
+            () = &mut feeding, if !*fed => *fed = true,
+        }
+    }
+}
+
 impl SshPool {
     pub(crate) fn new(run: &str) -> Result<SshPool, NoControlDir> {
         // Control sockets need a short path (sun_path is ~108 bytes).
@@ -406,37 +446,13 @@ impl SshPool {
         let mut fed = false;
         if let Some(reader) = err_reader.as_mut() {
             let wait = spec.timeout.unwrap_or(MARKER_WAIT).min(MARKER_WAIT);
-            let marker = remote.marker.as_str();
-            let search = async {
-                let mut seen = 0;
-                loop {
-                    let mut line = String::new();
-                    match reader.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return None,
-                        Ok(n) => seen += n,
-                    }
-                    if let Some(at) = line.find(marker) {
-                        // A dotfile that printed without a newline shares the line.
-                        if at > 0 {
-                            early.push(format!("{}\n", &line[..at]));
-                        }
-                        return line[at + marker.len()..].trim_end().parse().ok();
-                    }
-                    early.push(line);
-                    if seen > MARKER_SCAN {
-                        return None;
-                    }
-                }
-            };
-            let search = async {
-                tokio::pin!(search);
-                loop {
-                    tokio::select! {
-                        found = &mut search => return found,
-                        () = &mut feeding, if !fed => fed = true,
-                    }
-                }
-            };
+            let search = find_pgid(
+                reader,
+                &remote.marker,
+                &mut early,
+                feeding.as_mut(),
+                &mut fed,
+            );
             pgid = tokio::time::timeout(wait, search).await.ok().flatten();
             if pgid.is_none() {
                 tracing::debug!(host = %host.name, "no process-group report: the command cannot be killed on the host");
