@@ -54,27 +54,12 @@ pub(crate) fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
     }
 }
 
-/// The REPL on one environment.
-fn shell(
-    global: &Global,
+/// The line editor with its helper (completion, hints, colours) and history, the
+/// variables the helper completes, the prompt, and where the history is kept.
+fn open_editor(
+    env: &Environment,
     project: &Project,
-    env: &std::sync::Arc<Environment>,
-    dry: &mut bool,
-) -> Result<Next, Error> {
-    let rt = runtime()?;
-    let mut config = SessionConfig::for_env(&project.inventory, env, "repl", global.verbosity());
-    config.info.dry_run = *dry;
-    let session = session(&rt, config);
-    // The rules of `run`: an actor who may not change this environment may only read it.
-    let reader = crate::permissions::reader_only(env, &session.info.actor);
-    if let Some((because, hint)) = &reader {
-        eprintln!("read-only: {because}\n  hint: {hint}");
-    }
-    session.read_only.set(reader);
-    super::install_signals(&rt, &session);
-    let mut engine = engine::build(&session, Mode::Run, Some(project.root()));
-    let mut scope = engine::scope(&session);
-    let mut functions = AST::empty();
+) -> Result<(Shared, Variables, String, std::path::PathBuf), Error> {
     let config = Config::builder()
         .auto_add_history(false)
         .completion_type(rustyline::CompletionType::List)
@@ -102,6 +87,58 @@ fn shell(
     let history = crate::audit::local_path().with_file_name("history");
     let _ = editor.load_history(&history);
     let editor: Shared = std::sync::Arc::new(std::sync::Mutex::new(editor));
+    Ok((editor, variables, prompt, history))
+}
+
+/// The buffer compiled, or `None` to read on: it is incomplete (an open bracket, the
+/// end of input too early), or it does not parse (shown, and the buffer emptied).
+fn compile_buffer(
+    engine: &rhai::Engine,
+    scope: &Scope,
+    buffer: &mut String,
+    session: &Session,
+) -> Option<AST> {
+    match engine.compile_with_scope(scope, buffer.as_str()) {
+        Ok(ast) => Some(ast),
+        Err(e)
+            if matches!(e.err_type(), ParseErrorType::UnexpectedEOF) || open_brackets(buffer) =>
+        {
+            None
+        }
+        Err(e) => {
+            session.sources.insert("repl", buffer);
+            eprintln!("{}", Diagnostic::from_parse(&e, "repl", &session.sources));
+            buffer.clear();
+            None
+        }
+    }
+}
+
+/// What the helper completes as variable names, kept up to date after each line.
+type Variables = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// The REPL on one environment.
+fn shell(
+    global: &Global,
+    project: &Project,
+    env: &std::sync::Arc<Environment>,
+    dry: &mut bool,
+) -> Result<Next, Error> {
+    let rt = runtime()?;
+    let mut config = SessionConfig::for_env(&project.inventory, env, "repl", global.verbosity());
+    config.info.dry_run = *dry;
+    let session = session(&rt, config);
+    // The rules of `run`: an actor who may not change this environment may only read it.
+    let reader = crate::permissions::reader_only(env, &session.info.actor);
+    if let Some((because, hint)) = &reader {
+        eprintln!("read-only: {because}\n  hint: {hint}");
+    }
+    session.read_only.set(reader);
+    super::install_signals(&rt, &session);
+    let mut engine = engine::build(&session, Mode::Run, Some(project.root()));
+    let mut scope = engine::scope(&session);
+    let mut functions = AST::empty();
+    let (editor, variables, prompt, history) = open_editor(env, project)?;
     eprintln!(
         "runbook repl on `{}`{}{} — :help, Ctrl-D to exit",
         env.name,
@@ -152,20 +189,8 @@ fn shell(
         }
         buffer.push_str(&line);
         buffer.push('\n');
-        let ast = match engine.compile_with_scope(&scope, &buffer) {
-            Ok(ast) => ast,
-            Err(e)
-                if matches!(e.err_type(), ParseErrorType::UnexpectedEOF)
-                    || open_brackets(&buffer) =>
-            {
-                continue;
-            }
-            Err(e) => {
-                session.sources.insert("repl", &buffer);
-                eprintln!("{}", Diagnostic::from_parse(&e, "repl", &session.sources));
-                buffer.clear();
-                continue;
-            }
+        let Some(ast) = compile_buffer(&engine, &scope, &mut buffer, &session) else {
+            continue;
         };
         let source = std::mem::take(&mut buffer);
         session.sources.insert("repl", &source);

@@ -121,35 +121,9 @@ fn secs(x: Option<f64>) -> String {
     x.map_or("-".to_owned(), |v| format!("{v:.3}s"))
 }
 
-fn render(
-    env: &str,
-    seen: Option<&Seen>,
-    unreachable: &[(String, String)],
-    now: i64,
-    took_ms: u64,
-) -> String {
-    let mut out = String::new();
-    let Some(seen) = seen else {
-        let _ = writeln!(out, "{env}: no rollout ({took_ms} ms)");
-        for (h, e) in unreachable {
-            let _ = writeln!(out, "✗ {h} did not answer: {e}");
-        }
-        return out;
-    };
+/// The rollout's phase, step and weight, and (while it runs) its judging window.
+fn phase_and_window(out: &mut String, env: &str, seen: &Seen, of: &str, now: i64) {
     let s = &seen.state;
-    let of = if s.steps.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " of {} ({})",
-            s.steps.len(),
-            s.steps
-                .iter()
-                .map(|p| format!("{p}%"))
-                .collect::<Vec<_>>()
-                .join(" → ")
-        )
-    };
     if s.phase.ended() {
         let _ = writeln!(
             out,
@@ -195,23 +169,10 @@ fn render(
             None => out.push_str("window: none running (between windows)\n"),
         }
     }
-    let beat = seen
-        .heartbeat_age
-        .map_or("no lock".to_owned(), |b| format!("heartbeat {b} s ago"));
-    let life = if s.phase.ended() {
-        "finished"
-    } else if seen.alive {
-        "alive"
-    } else if seen.locked {
-        "DEAD (its process is gone or its heartbeat stopped)"
-    } else {
-        "DEAD (it holds no lock any more)"
-    };
-    let _ = writeln!(
-        out,
-        "holder: run {} by {} on {} (pid {}), {beat} — {life}",
-        s.run, s.actor, s.machine, s.pid
-    );
+}
+
+/// The last five judgements as a table, canary and stable row by row.
+fn judgements(out: &mut String, s: &State) {
     if s.judgements.is_empty() {
         out.push_str("judgements: none yet\n");
     } else {
@@ -260,6 +221,56 @@ fn render(
         );
         out.push_str(&table);
     }
+}
+
+fn render(
+    env: &str,
+    seen: Option<&Seen>,
+    unreachable: &[(String, String)],
+    now: i64,
+    took_ms: u64,
+) -> String {
+    let mut out = String::new();
+    let Some(seen) = seen else {
+        let _ = writeln!(out, "{env}: no rollout ({took_ms} ms)");
+        for (h, e) in unreachable {
+            let _ = writeln!(out, "✗ {h} did not answer: {e}");
+        }
+        return out;
+    };
+    let s = &seen.state;
+    let of = if s.steps.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " of {} ({})",
+            s.steps.len(),
+            s.steps
+                .iter()
+                .map(|p| format!("{p}%"))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        )
+    };
+    phase_and_window(&mut out, env, seen, &of, now);
+    let beat = seen
+        .heartbeat_age
+        .map_or("no lock".to_owned(), |b| format!("heartbeat {b} s ago"));
+    let life = if s.phase.ended() {
+        "finished"
+    } else if seen.alive {
+        "alive"
+    } else if seen.locked {
+        "DEAD (its process is gone or its heartbeat stopped)"
+    } else {
+        "DEAD (it holds no lock any more)"
+    };
+    let _ = writeln!(
+        out,
+        "holder: run {} by {} on {} (pid {}), {beat} — {life}",
+        s.run, s.actor, s.machine, s.pid
+    );
+    judgements(&mut out, s);
     for r in s.requests.iter().rev().take(5).rev() {
         let _ = writeln!(
             out,

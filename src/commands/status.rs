@@ -203,6 +203,62 @@ struct ReleaseRow {
     live_on: Vec<String>,
 }
 
+/// `runbook status releases` as a table: one row per release, the hosts that did not
+/// answer below it; "all" when every host that answered (`reached`) is meant.
+fn releases_table(rows: &[ReleaseRow], unreachable: &[String], reached: usize) -> String {
+    let hosts = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else if v.len() == reached && reached > 1 {
+            "all".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut present = hosts(&r.present_on);
+            if !r.incomplete_on.is_empty() {
+                let _ = write!(present, " (incomplete: {})", r.incomplete_on.join(", "));
+            }
+            vec![
+                r.name.clone(),
+                r.git_ref.clone().unwrap_or_else(|| "-".into()),
+                r.commit
+                    .as_deref()
+                    .map_or("-".into(), |c| c.chars().take(12).collect()),
+                r.by.clone().unwrap_or_else(|| "-".into()),
+                r.created_at.clone().unwrap_or_else(|| "(adopted)".into()),
+                if r.bad_on.is_empty() {
+                    "-".into()
+                } else {
+                    format!("BAD on {}", hosts(&r.bad_on))
+                },
+                hosts(&r.live_on),
+                present,
+            ]
+        })
+        .collect();
+    let mut out = crate::output::table(
+        &[
+            "RELEASE",
+            "REF",
+            "COMMIT",
+            "BY",
+            "CREATED",
+            "BAD",
+            "LIVE ON",
+            "PRESENT ON",
+        ],
+        &table_rows,
+    );
+    for u in unreachable {
+        let _ = writeln!(out, "✗ did not answer: {u}");
+    }
+    out
+}
+
 pub(crate) fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> {
     let (_rt, session, env) = open(global, args.env.as_deref(), "releases")?;
     let targets: Vec<crate::effects::Target> = env
@@ -270,57 +326,7 @@ pub(crate) fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> 
         });
         super::print(&serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        let hosts = |v: &[String]| {
-            if v.is_empty() {
-                "-".to_owned()
-            } else if v.len() == reached && reached > 1 {
-                "all".to_owned()
-            } else {
-                v.join(",")
-            }
-        };
-        let table_rows: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                let mut present = hosts(&r.present_on);
-                if !r.incomplete_on.is_empty() {
-                    let _ = write!(present, " (incomplete: {})", r.incomplete_on.join(", "));
-                }
-                vec![
-                    r.name.clone(),
-                    r.git_ref.clone().unwrap_or_else(|| "-".into()),
-                    r.commit
-                        .as_deref()
-                        .map_or("-".into(), |c| c.chars().take(12).collect()),
-                    r.by.clone().unwrap_or_else(|| "-".into()),
-                    r.created_at.clone().unwrap_or_else(|| "(adopted)".into()),
-                    if r.bad_on.is_empty() {
-                        "-".into()
-                    } else {
-                        format!("BAD on {}", hosts(&r.bad_on))
-                    },
-                    hosts(&r.live_on),
-                    present,
-                ]
-            })
-            .collect();
-        let mut out = crate::output::table(
-            &[
-                "RELEASE",
-                "REF",
-                "COMMIT",
-                "BY",
-                "CREATED",
-                "BAD",
-                "LIVE ON",
-                "PRESENT ON",
-            ],
-            &table_rows,
-        );
-        for u in &unreachable {
-            let _ = writeln!(out, "✗ did not answer: {u}");
-        }
-        super::print(&out);
+        super::print(&releases_table(&rows, &unreachable, reached));
     }
     if unreachable.is_empty() {
         Ok(())
