@@ -852,6 +852,50 @@ fn was_on(r: &CommandResult) -> String {
         .to_owned()
 }
 
+/// Switches every host in `moved` back to where it was; per host its name, that release
+/// and whether it went back; and where each host was.
+fn switch_back(
+    effects: &Effects,
+    moved: &[(&Target, CommandResult)],
+) -> (Vec<SwitchedBack>, BTreeMap<String, String>) {
+    let mut back: Vec<SwitchedBack> = Vec::new();
+    let mut fan = FanOut::new();
+    fan.fail_fast = false;
+    fan.shielded = true;
+    let movers: Vec<Target> = moved.iter().map(|(t, _)| (*t).clone()).collect();
+    let previous: BTreeMap<String, String> = moved
+        .iter()
+        .map(|(t, r)| (t.name().to_owned(), was_on(r)))
+        .collect();
+    let outcomes = effects.run_many_with(
+        &movers,
+        &|t: &Target| {
+            let prev = previous.get(t.name()).cloned().unwrap_or_default();
+            let mut spec = script(
+                format!("release: switch back to {}", display(&prev)),
+                SWITCH_BACK,
+                &[&root(t), &prev],
+            );
+            spec.shielded = true;
+            spec
+        },
+        &fan,
+    );
+    for (t, outcome) in movers.iter().zip(outcomes) {
+        let prev = previous.get(t.name()).cloned().unwrap_or_default();
+        let result = match outcome {
+            HostOutcome::Done(Ok(_)) => Ok(()),
+            HostOutcome::Done(Err(e)) => Err(NotBack::Failed(e)),
+            HostOutcome::Skipped => Err(NotBack::NotAttempted),
+        };
+        back.push((t.name().to_owned(), prev, result));
+    }
+    (back, previous)
+}
+
+/// A host that had switched: its name, the release it was on, whether it went back.
+type SwitchedBack = (String, String, Result<(), NotBack>);
+
 /// Runs a switch on every target; if any host fails, switches back (shielded from
 /// signals, like a lock release) every host that moved, then reports each host's state.
 fn switch_all(
@@ -890,38 +934,7 @@ fn switch_all(
         .iter()
         .any(|(_, e)| e.as_ref().is_some_and(CommandError::is_interrupt));
     // Back, host by host where they moved (each to where it was).
-    let mut back: Vec<(String, String, Result<(), NotBack>)> = Vec::new();
-    let mut fan = FanOut::new();
-    fan.fail_fast = false;
-    fan.shielded = true;
-    let movers: Vec<Target> = moved.iter().map(|(t, _)| (*t).clone()).collect();
-    let previous: BTreeMap<String, String> = moved
-        .iter()
-        .map(|(t, r)| (t.name().to_owned(), was_on(r)))
-        .collect();
-    let outcomes = effects.run_many_with(
-        &movers,
-        &|t: &Target| {
-            let prev = previous.get(t.name()).cloned().unwrap_or_default();
-            let mut spec = script(
-                format!("release: switch back to {}", display(&prev)),
-                SWITCH_BACK,
-                &[&root(t), &prev],
-            );
-            spec.shielded = true;
-            spec
-        },
-        &fan,
-    );
-    for (t, outcome) in movers.iter().zip(outcomes) {
-        let prev = previous.get(t.name()).cloned().unwrap_or_default();
-        let result = match outcome {
-            HostOutcome::Done(Ok(_)) => Ok(()),
-            HostOutcome::Done(Err(e)) => Err(NotBack::Failed(e)),
-            HostOutcome::Skipped => Err(NotBack::NotAttempted),
-        };
-        back.push((t.name().to_owned(), prev, result));
-    }
+    let (back, previous) = switch_back(effects, &moved);
     let serving = serving(effects, targets);
     let mut message = format!(
         "switching to {goal} failed on {} of {} hosts; {}:",
