@@ -307,6 +307,10 @@ fn small(moved: &[u64], what: &str) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn create_verify_prune_and_restore_on_two_hosts_move_nothing_of_the_archive() {
     let Some(f) = OnHostFleet::start(2, true) else {
         return;

@@ -404,6 +404,10 @@ pub(crate) fn percent(traffic: &str) -> u32 {
 type Seen = BTreeMap<usize, BTreeMap<u32, BTreeSet<String>>>;
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn a_cohort_stays_on_one_release_and_the_allowlist_sees_the_canary_from_the_first_step() {
     let Some(f) = ProdFleet::start() else { return };
     let address = "127.0.0.77";

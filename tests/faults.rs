@@ -691,6 +691,10 @@ impl Drop for Netns {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn a_host_lost_mid_deploy_is_noticed_the_others_switch_back_and_unlock() {
     let Some(mut fleet) = crate::fleet::Fleet::start(1) else {
         return;

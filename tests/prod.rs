@@ -579,6 +579,10 @@ fn after_a_sigkill_of_a_zero_downtime_deploy_recover_brings_the_fleet_back() {
 
 /// `FAULT_TRIALS` (else `default`) SIGKILLs of `script` at random moments (`FAULT_SEED`),
 /// each followed on alternate trials by `runbook recover` or simply the next deploy.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn sigkill_trials(script: &str, test: &str, default: usize) {
     use std::io::Read;
     use std::process::Stdio;
@@ -713,6 +717,10 @@ fn sigkill_trials(script: &str, test: &str, default: usize) {
 /// `aborted` (or `success` when the signal came after the end), and no command of the
 /// run is still running on any host (found by the run id every command carries).
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn signals_at_random_points_of_a_deploy_leave_every_host_on_one_release() {
     use std::io::Read;
     use std::process::{Command, Stdio};
@@ -1384,6 +1392,10 @@ fn a_canary_under_load_that_passes_its_gates_is_promoted_on_every_host() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn a_canary_under_load_failing_five_percent_is_stopped_at_the_first_gate() {
     let t0 = Instant::now();
     let Some(f) = ProdFleet::start() else { return };
