@@ -2,6 +2,7 @@
 //! host the run touched (`<deploy_path>/.runbook/audit.jsonl`). It answers "who did what,
 //! where, why, and how did it end" after the fact; `runbook audit` queries it.
 
+use crate::num::ToF64;
 use crate::sync::Locked;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -236,7 +237,7 @@ impl Sink for Collector {
         let step = c.step.last().cloned();
         if c.dry_run
             && matches!(
-                e.event,
+                e.kind,
                 Kind::CommandStarted | Kind::Notification | Kind::Lock
             )
         {
@@ -245,7 +246,7 @@ impl Sink for Collector {
                 .as_ref()
                 .and_then(|d| d.get("read"))
                 .is_some_and(|v| v == &serde_json::Value::Bool(true));
-            let kind = match e.event {
+            let kind = match e.kind {
                 Kind::CommandStarted if read => "read",
                 Kind::CommandStarted => "command",
                 Kind::Notification => "notification",
@@ -272,7 +273,7 @@ impl Sink for Collector {
             }
             c.plan.push(action);
         }
-        if e.event == Kind::Output
+        if e.kind == Kind::Output
             && let (Some(h), Some(m)) = (&e.host, &e.message)
         {
             let lines = c.last_output.entry(h.clone()).or_default();
@@ -280,7 +281,7 @@ impl Sink for Collector {
                 lines.push(m.clone());
             }
         }
-        match e.event {
+        match e.kind {
             Kind::RunStarted => {
                 c.dry_run = e
                     .data
@@ -443,7 +444,7 @@ pub(crate) fn stats(records: &[Record], window_days: Option<f64>) -> Vec<EnvStat
         }
         if s.deploys > 0 {
             s.change_failure_rate =
-                ((s.failed + s.rolled_back) as f64 * 1000.0 / s.deploys as f64).round() / 10.0;
+                ((s.failed + s.rolled_back).to_f64() * 1000.0 / s.deploys.to_f64()).round() / 10.0;
         }
         lead_times.sort_unstable();
         if !lead_times.is_empty() {
@@ -460,20 +461,26 @@ pub(crate) fn stats(records: &[Record], window_days: Option<f64>) -> Vec<EnvStat
             })
             .collect();
         if !restores.is_empty() {
-            s.time_to_restore_mean_s = Some(restores.iter().sum::<i64>() / restores.len() as i64);
+            s.time_to_restore_mean_s = Some(
+                restores.iter().sum::<i64>() / i64::try_from(restores.len()).unwrap_or(i64::MAX),
+            );
         }
         let days = window_days.unwrap_or_else(|| {
             let first = rs.first().and_then(|r| epoch(&r.ts)).unwrap_or(0);
             let last = rs.last().and_then(|r| epoch(&r.ts)).unwrap_or(0);
-            ((last - first) as f64 / 86400.0).max(7.0)
+            ((last - first).to_f64() / 86400.0).max(7.0)
         });
-        s.per_week = (s.successful as f64 * 7.0 / days * 100.0).round() / 100.0;
+        s.per_week = (s.successful.to_f64() * 7.0 / days * 100.0).round() / 100.0;
         out.push(s);
     }
     out
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::float_cmp,
+    reason = "known answers: the values are exact by construction"
+)]
 mod stats_tests {
     use super::*;
 

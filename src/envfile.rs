@@ -10,6 +10,7 @@
 //! (`VITE_APP_NAME="${APP_NAME}"`) is left for Laravel's own dotenv expansion.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// A rendered template: the text for `shared/.env` and the values filled in.
@@ -68,17 +69,19 @@ fn missing_message(path: &Path, missing: &[Missing]) -> String {
         }
     );
     for m in missing {
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             "\n  {}:{}: {}",
             path.display(),
             m.line,
             m.text.trim_end()
-        ));
+        );
     }
-    s.push_str(&format!(
+    let _ = write!(
+        s,
         "\nexport {} where runbook runs (in GitHub Actions: `env:` from the repository's secrets); nothing was changed on any host",
         names.join(", ")
-    ));
+    );
     s
 }
 
@@ -171,38 +174,12 @@ pub(crate) fn render(
                 });
                 continue;
             };
-            let unsafe_value = |why: &str| TemplateError::Unsafe {
+            let piece = piece(&v, whole, quoting).map_err(|why| TemplateError::Unsafe {
                 path: path.to_owned(),
                 line: number,
                 name: name.to_owned(),
                 why: why.to_owned(),
-            };
-            if v.contains(['\n', '\r']) {
-                return Err(unsafe_value(
-                    "it spans several lines, which a .env line cannot hold",
-                ));
-            }
-            let piece = if whole {
-                quote_whole(&v)
-            } else {
-                match quoting {
-                    Quoting::Double => v
-                        .replace('\\', "\\\\")
-                        .replace('"', "\\\"")
-                        .replace('$', "\\$"),
-                    Quoting::Single if v.contains('\'') => {
-                        return Err(unsafe_value(
-                            "it contains a `'` inside a '…' value; write the value in \"…\" instead",
-                        ));
-                    }
-                    Quoting::None if needs_quoting(&v) => {
-                        return Err(unsafe_value(
-                            "it contains a space, `#`, a quote, `$` or `\\`, which an unquoted value cannot hold; put the value in \"…\"",
-                        ));
-                    }
-                    _ => v.clone(),
-                }
-            };
+            })?;
             rendered.push_str(&piece);
             if !names.iter().any(|n| n == name) {
                 names.push(name.to_owned());
@@ -250,6 +227,30 @@ fn reference_at(s: &str, start: usize) -> Option<(&str, usize)> {
     let close = inner.find('}')?;
     let name = &inner[..close];
     is_name(name).then_some((name, start + 2 + close + 1))
+}
+
+/// `v` as it is written into its line, quoted as the line quotes it; else why it cannot be
+/// written there safely.
+fn piece(v: &str, whole: bool, quoting: Quoting) -> Result<String, &'static str> {
+    if v.contains(['\n', '\r']) {
+        return Err("it spans several lines, which a .env line cannot hold");
+    }
+    if whole {
+        return Ok(quote_whole(v));
+    }
+    match quoting {
+        Quoting::Double => Ok(v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('$', "\\$")),
+        Quoting::Single if v.contains('\'') => {
+            Err("it contains a `'` inside a '…' value; write the value in \"…\" instead")
+        }
+        Quoting::None if needs_quoting(v) => Err(
+            "it contains a space, `#`, a quote, `$` or `\\`, which an unquoted value cannot hold; put the value in \"…\"",
+        ),
+        _ => Ok(v.to_owned()),
+    }
 }
 
 fn needs_quoting(v: &str) -> bool {
@@ -387,7 +388,7 @@ mod tests {
         let mut template = String::new();
         let mut vars = Vec::new();
         for (i, v) in values.iter().enumerate() {
-            template.push_str(&format!("W{i}=${{V{i}}}\nD{i}=\"pre ${{V{i}}} post\"\n"));
+            let _ = writeln!(template, "W{i}=${{V{i}}}\nD{i}=\"pre ${{V{i}}} post\"");
             vars.push((format!("V{i}"), (*v).to_owned()));
         }
         let lookup = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());

@@ -109,10 +109,11 @@ impl Error {
             Error::Script(_)
             | Error::CheckFailed { .. }
             | Error::NotUnlocked { .. }
-            | Error::Declined { .. } => exit::FAILURE,
+            | Error::Declined { .. }
+            | Error::Runtime(_)
+            | Error::Message(_) => exit::FAILURE,
             Error::Interrupted { .. } => exit::INTERRUPTED,
             Error::NotAllowed { .. } => exit::NOT_ALLOWED,
-            Error::Runtime(_) | Error::Message(_) => exit::FAILURE,
             Error::Inventory(_)
             | Error::NoConfig { .. }
             | Error::NoEnv { .. }

@@ -299,8 +299,9 @@ mod tests {
 
     #[test]
     fn any_gzip_reader_reads_the_members_back_as_one_stream_in_order() {
-        let data: Vec<u8> = (0..(3 * super::PIECE + 12_345) as u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        let len = u32::try_from(3 * super::PIECE + 12_345).expect("a test size");
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
             .collect();
         let mut gz = super::Parallel::new(Vec::new(), 1, 3);
         for piece in data.chunks(70_001) {

@@ -9,6 +9,8 @@
 //! where the answer came from. A body is streamed and only its start is kept
 //! ([`BODY_READ`]): a huge answer costs no memory.
 
+use crate::num::ToF64;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -130,10 +132,10 @@ impl Report {
             self.latency_ms, self.url
         );
         if let Some(end) = self.final_url.as_ref().filter(|u| **u != self.url) {
-            s.push_str(&format!("  (answered by {end})"));
+            let _ = write!(s, "  (answered by {end})");
         }
         if let Some(e) = &self.error {
-            s.push_str(&format!("  ({e})"));
+            let _ = write!(s, "  ({e})");
         }
         s
     }
@@ -422,7 +424,8 @@ pub(crate) async fn sample(
     opts: &CheckOptions,
 ) -> Sample {
     let rate = rate.clamp(1, 1000);
-    let total = (window.as_secs_f64() * f64::from(rate)).ceil().max(1.0) as u64;
+    let total =
+        crate::num::saturating_u64((window.as_secs_f64() * f64::from(rate)).ceil().max(1.0));
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let mut ticker = tokio::time::interval(interval);
     let mut inflight = Vec::new();
@@ -453,7 +456,8 @@ pub(crate) async fn sample(
         if latencies.is_empty() {
             return 0;
         }
-        let idx = ((p / 100.0) * (latencies.len() as f64 - 1.0)).round() as usize;
+        let idx =
+            crate::num::saturating_usize(((p / 100.0) * (latencies.len().to_f64() - 1.0)).round());
         latencies[idx.min(latencies.len() - 1)]
     };
     Sample {
@@ -462,7 +466,7 @@ pub(crate) async fn sample(
         success_rate: if total == 0 {
             0.0
         } else {
-            (total - errors) as f64 * 100.0 / total as f64
+            (total - errors).to_f64() * 100.0 / total.to_f64()
         },
         p50_ms: pct(50.0),
         p95_ms: pct(95.0),

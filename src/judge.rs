@@ -48,6 +48,7 @@
 //! From numbers ([`judge_values`]) the latency comparison is a ratio of quantiles
 //! ([`Options::latency_ratio`], 1.5×), since there is no distribution to rank.
 
+use crate::num::ToF64;
 use std::fmt;
 
 /// The thresholds of a judgement. Percentages are in percent (99.5), times in seconds.
@@ -506,7 +507,7 @@ impl Sample {
             ..PoolStats::default()
         };
         if n > 0 {
-            s.success = 100.0 * (n - self.errors) as f64 / n as f64;
+            s.success = 100.0 * (n - self.errors).to_f64() / n.to_f64();
             s.p95 = quantile(&self.times, 0.95);
             s.p99 = quantile(&self.times, 0.99);
         }
@@ -516,7 +517,7 @@ impl Sample {
 
 /// Nearest-rank quantile of sorted, non-empty `v`.
 fn quantile(v: &[f64], q: f64) -> f64 {
-    let rank = (q * v.len() as f64).ceil() as usize;
+    let rank = crate::num::saturating_usize((q * v.len().to_f64()).ceil());
     v[rank.clamp(1, v.len()) - 1]
 }
 
@@ -613,30 +614,32 @@ pub(crate) fn mann_whitney(canary: &[f64], stable: &[f64]) -> RankTest {
     let (mut i, mut j) = (0, 0);
     let (mut rank_sum, mut ties, mut done) = (0.0_f64, 0.0_f64, 0usize);
     while i < n1 || j < n2 {
-        let v = match (canary.get(i), stable.get(j)) {
+        let low = match (canary.get(i), stable.get(j)) {
             (Some(a), Some(b)) => a.min(*b),
             (Some(a), None) => *a,
             (None, Some(b)) => *b,
             (None, None) => break,
         };
+        // Both samples are sorted and `low` is the smaller head, so `<=` takes exactly the
+        // values equal to it: the tie.
         let a0 = i;
-        while i < n1 && canary[i] == v {
+        while i < n1 && canary[i] <= low {
             i += 1;
         }
         let b0 = j;
-        while j < n2 && stable[j] == v {
+        while j < n2 && stable[j] <= low {
             j += 1;
         }
-        let (a, t) = ((i - a0) as f64, (i - a0 + j - b0) as f64);
-        // Ranks done+1 ..= done+t share their average.
-        rank_sum += a * (done as f64 + f64::midpoint(t, 1.0));
-        ties += t * t * t - t;
+        let (in_canary, tie_size) = ((i - a0).to_f64(), (i - a0 + j - b0).to_f64());
+        // Ranks done+1 ..= done+tie_size share their average.
+        rank_sum += in_canary * (done.to_f64() + f64::midpoint(tie_size, 1.0));
+        ties += tie_size * tie_size * tie_size - tie_size;
         done += i - a0 + j - b0;
     }
-    let (n1f, n2f, n) = (n1 as f64, n2 as f64, (n1 + n2) as f64);
+    let (n1f, n2f, total) = (n1.to_f64(), n2.to_f64(), (n1 + n2).to_f64());
     let u = rank_sum - n1f * (n1f + 1.0) / 2.0;
     let mean = n1f * n2f / 2.0;
-    let variance = n1f * n2f / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    let variance = n1f * n2f / 12.0 * ((total + 1.0) - ties / (total * (total - 1.0)));
     let effect = u / (n1f * n2f);
     if variance.is_nan() || variance <= 0.0 {
         // Every request took the same time: nothing to rank.
@@ -720,8 +723,8 @@ pub(crate) fn judge_window(w: &mut Window, o: &Options) -> Report {
             min: o.min_requests.max(1),
         });
     } else {
-        let (ec, es) = (w.canary.errors as f64, w.stable.errors as f64);
-        let p = errors_exceed((ec, nc as f64), (es, ns as f64), o.error_margin / 100.0);
+        let (ec, es) = (w.canary.errors.to_f64(), w.stable.errors.to_f64());
+        let p = errors_exceed((ec, nc.to_f64()), (es, ns.to_f64()), o.error_margin / 100.0);
         if p < o.alpha {
             reasons.push(Reason::ErrorsWorse {
                 canary: 100.0 - canary.success,
@@ -772,6 +775,34 @@ pub(crate) struct Values {
     pub stable_requests: Reading,
 }
 
+/// The canary's error rate against stable's, from success percentages and (when known)
+/// request counts: a one-sided test with counts, the plain margin without.
+fn errors_worse(
+    (cs, cn): (f64, Option<f64>),
+    (ss, sn): (f64, Option<f64>),
+    o: &Options,
+) -> Option<Reason> {
+    let (ec, es) = ((100.0 - cs) / 100.0, (100.0 - ss) / 100.0);
+    let p_value = match (cn, sn) {
+        (Some(cn), Some(sn)) if cn > 0.0 && sn > 0.0 => Some(errors_exceed(
+            (ec * cn, cn),
+            (es * sn, sn),
+            o.error_margin / 100.0,
+        )),
+        _ => None,
+    };
+    let worse = match p_value {
+        Some(p) => p < o.alpha,
+        None => ec - es > o.error_margin / 100.0 + 1e-12,
+    };
+    worse.then_some(Reason::ErrorsWorse {
+        canary: 100.0 - cs,
+        stable: 100.0 - ss,
+        margin: o.error_margin,
+        p_value,
+    })
+}
+
 /// Judges a window from numbers (see the [module docs](self)): any asked number that is
 /// missing, `NaN` or `±Inf` makes the window inconclusive, never a pass.
 pub(crate) fn judge_values(v: &Values, o: &Options) -> Report {
@@ -806,7 +837,7 @@ pub(crate) fn judge_values(v: &Values, o: &Options) -> Report {
         Reading::Value(x) => x,
         _ => f64::NAN,
     };
-    let count = |n: Option<f64>| n.map(|n| n.max(0.0).round() as u64);
+    let count = |n: Option<f64>| n.map(|n| crate::num::saturating_u64(n.max(0.0).round()));
     let canary = PoolStats {
         requests: count(cn),
         errors: None,
@@ -848,27 +879,7 @@ pub(crate) fn judge_values(v: &Values, o: &Options) -> Report {
     }
     if stable_few.is_none() {
         if let (Some(cs), Some(ss)) = (cs, ss) {
-            let (ec, es) = ((100.0 - cs) / 100.0, (100.0 - ss) / 100.0);
-            let p_value = match (cn, sn) {
-                (Some(cn), Some(sn)) if cn > 0.0 && sn > 0.0 => Some(errors_exceed(
-                    (ec * cn, cn),
-                    (es * sn, sn),
-                    o.error_margin / 100.0,
-                )),
-                _ => None,
-            };
-            let worse = match p_value {
-                Some(p) => p < o.alpha,
-                None => ec - es > o.error_margin / 100.0 + 1e-12,
-            };
-            if worse {
-                reasons.push(Reason::ErrorsWorse {
-                    canary: 100.0 - cs,
-                    stable: 100.0 - ss,
-                    margin: o.error_margin,
-                    p_value,
-                });
-            }
+            reasons.extend(errors_worse((cs, cn), (ss, sn), o));
         }
         for (q, c, s) in [(95, c95, s95), (99, c99, s99)] {
             if let (Some(c), Some(s)) = (c, s)
@@ -887,6 +898,10 @@ pub(crate) fn judge_values(v: &Values, o: &Options) -> Report {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::float_cmp,
+    reason = "known answers: the values are exact by construction"
+)]
 mod tests {
     use std::fmt::Write;
 
@@ -894,6 +909,11 @@ mod tests {
 
     /// SplitMix64: deterministic pseudo-random numbers for the tests.
     struct Rng(u64);
+
+    /// `x` reduced to an index below `len`.
+    fn below(x: u64, len: usize) -> usize {
+        usize::try_from(x % len as u64).expect("less than a usize")
+    }
 
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -904,7 +924,7 @@ mod tests {
             z ^ (z >> 31)
         }
         fn unit(&mut self) -> f64 {
-            ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+            ((self.next() >> 11).to_f64() + 0.5) / (1u64 << 53).to_f64()
         }
         /// A log-normal request time around `median` seconds, milliseconds like nginx.
         fn latency(&mut self, median: f64) -> f64 {
@@ -1233,9 +1253,9 @@ mod tests {
                     .map(|_| {
                         let r = rng.next();
                         if r.is_multiple_of(3) {
-                            r as u8
+                            r.to_le_bytes()[0]
                         } else {
-                            alphabet[(r >> 8) as usize % alphabet.len()]
+                            alphabet[below(r >> 8, alphabet.len())]
                         }
                     })
                     .collect()
@@ -1243,11 +1263,11 @@ mod tests {
                 // A valid log with a few bytes flipped, cut or duplicated.
                 let mut b = seed.clone();
                 for _ in 0..=(rng.next() % 8) {
-                    let at = rng.next() as usize % b.len();
+                    let at = below(rng.next(), b.len());
                     match rng.next() % 3 {
-                        0 => b[at] = rng.next() as u8,
+                        0 => b[at] = rng.next().to_le_bytes()[0],
                         1 => b.truncate(at.max(1)),
-                        _ => b.insert(at, alphabet[rng.next() as usize % alphabet.len()]),
+                        _ => b.insert(at, alphabet[below(rng.next(), alphabet.len())]),
                     }
                 }
                 b

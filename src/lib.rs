@@ -20,6 +20,7 @@ pub(crate) mod lock;
 pub(crate) mod metrics;
 pub(crate) mod modules;
 pub(crate) mod notify;
+pub(crate) mod num;
 pub(crate) mod origin;
 pub(crate) mod output;
 pub(crate) mod permissions;
@@ -68,8 +69,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         Err(e) => {
             // An error can carry a host's stderr: shown, never obeyed by the terminal.
             let text = match &e {
-                Error::Script(d) => d.to_string(),
-                Error::Interrupted {
+                Error::Script(d)
+                | Error::Interrupted {
                     diagnostic: Some(d),
                 } => d.to_string(),
                 other => format!("error: {other}"),

@@ -7,6 +7,7 @@
 //! and may be taken over explicitly (an audited decision, never a silent one).
 
 use crate::sync::Locked;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -427,13 +428,18 @@ fn frozen_message(frozen: &[(String, Option<Freeze>)], env: Option<&str>) -> Str
     let mut s = String::from("deploys are frozen (nothing was changed):");
     for (host, f) in frozen {
         match f {
-            Some(f) => s.push_str(&format!("\n- {host}: frozen {}", f.describe(now))),
-            None => s.push_str(&format!(
-                "\n- {host}: frozen (the freeze record cannot be read)"
-            )),
+            Some(f) => {
+                let _ = write!(s, "\n- {host}: frozen {}", f.describe(now));
+            }
+            None => {
+                let _ = write!(s, "\n- {host}: frozen (the freeze record cannot be read)");
+            }
         }
     }
-    s.push_str(&format!("\n  hint: lift it with `runbook lock thaw -e {env} --reason \"…\"`; an emergency script passes a freeze when run with --reason"));
+    let _ = write!(
+        s,
+        "\n  hint: lift it with `runbook lock thaw -e {env} --reason \"…\"`; an emergency script passes a freeze when run with --reason"
+    );
     s
 }
 
@@ -453,39 +459,49 @@ fn held_message(held: &[Blocked], env: Option<&str>) -> String {
             Blocker::Run {
                 age,
                 holder: Some(h),
-            } => s.push_str(&format!(
-                "\n- {host}: {} on {} (pid {}), running `{}` since {}{}{}; last heartbeat {age} s ago",
-                h.actor,
-                h.machine,
-                h.pid,
-                h.script,
-                h.started_at,
-                h.reason
-                    .as_ref()
-                    .map(|r| format!(", reason: {r}"))
-                    .unwrap_or_default(),
-                h.ci_run
-                    .as_ref()
-                    .map(|r| format!(", CI run {r}"))
-                    .unwrap_or_default(),
-            )),
-            Blocker::Run { age, holder: None } => s.push_str(&format!(
-                "\n- {host}: holder unknown; last heartbeat {age} s ago"
-            )),
+            } => {
+                let _ = write!(
+                    s,
+                    "\n- {host}: {} on {} (pid {}), running `{}` since {}{}{}; last heartbeat {age} s ago",
+                    h.actor,
+                    h.machine,
+                    h.pid,
+                    h.script,
+                    h.started_at,
+                    h.reason
+                        .as_ref()
+                        .map(|r| format!(", reason: {r}"))
+                        .unwrap_or_default(),
+                    h.ci_run
+                        .as_ref()
+                        .map(|r| format!(", CI run {r}"))
+                        .unwrap_or_default(),
+                );
+            }
+            Blocker::Run { age, holder: None } => {
+                let _ = write!(s, "\n- {host}: holder unknown; last heartbeat {age} s ago");
+            }
             Blocker::Foreign(what) => {
                 foreign = true;
-                s.push_str(&format!(
+                let _ = write!(
+                    s,
                     "\n- {host}: {} is {what}; runbook never replaces a lock it cannot read",
                     b.path
-                ));
+                );
             }
         }
     }
     if held.iter().any(|b| matches!(b.by, Blocker::Run { .. })) {
-        s.push_str(&format!("\n  hint: wait for it with --lock-wait 10m; if that run is gone (no heartbeat for over a minute), remove its lock with `runbook unlock -e {env} --stale`"));
+        let _ = write!(
+            s,
+            "\n  hint: wait for it with --lock-wait 10m; if that run is gone (no heartbeat for over a minute), remove its lock with `runbook unlock -e {env} --stale`"
+        );
     }
     if foreign {
-        s.push_str(&format!("\n  hint: if nobody needs it any more, remove it with `runbook unlock -e {env}` (with --reason \"…\" on a protected environment)"));
+        let _ = write!(
+            s,
+            "\n  hint: if nobody needs it any more, remove it with `runbook unlock -e {env}` (with --reason \"…\" on a protected environment)"
+        );
     }
     s
 }
@@ -856,7 +872,7 @@ pub(crate) fn parse_state(host: &str, stdout: &str) -> HostState {
     for line in stdout.lines() {
         let (k, v) = line.split_once('\t').unwrap_or((line, ""));
         match k {
-            "current" => st.current = v.to_owned(),
+            "current" => v.clone_into(&mut st.current),
             "down" => st.down = v == "yes",
             "holder" => st.holder = serde_json::from_str(v).ok(),
             "beat" => st.beat_age = v.parse().ok(),
@@ -1154,8 +1170,8 @@ mod tests {
     /// is refused with what it is, by a plain acquire and by a takeover, and left as it was.
     #[test]
     fn what_runbook_did_not_write_is_never_replaced() {
-        let b = holder("run-b", "");
         type Make = fn(&Path);
+        let b = holder("run-b", "");
         let cases: [(&str, Make, &str); 4] = [
             (
                 "empty dir",

@@ -57,7 +57,8 @@ pub(crate) fn random_hex(bytes: usize) -> String {
             .map_or(0, |d| d.as_nanos())
             ^ u128::from(std::process::id()) << 64;
         for (i, b) in buf.iter_mut().enumerate() {
-            *b = (seed >> ((i % 16) * 8)) as u8;
+            // The low byte of the shifted seed.
+            *b = (seed >> ((i % 16) * 8)).to_le_bytes()[0];
         }
     }
     hex::encode(buf)

@@ -6,6 +6,7 @@
 //! that meets a dead run's lock both use it.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::effects::{CommandError, Effects, FanOut, HostError, HostOutcome, Target};
@@ -229,7 +230,7 @@ fn settle(
                 format!(
                     "{}: waited {:.1} s for the dead run's last commands to end",
                     t.name(),
-                    n as f64 * 0.2
+                    crate::num::ToF64::to_f64(n) * 0.2
                 ),
             ),
             None if r.stdout.lines().any(|l| l == "killed") => {
@@ -378,14 +379,15 @@ fn nothing_to_recover(states: &[HostState], env: &str, out: &crate::output::Outp
     let lives: BTreeSet<&str> = states.iter().map(|s| s.current.as_str()).collect();
     let mut msg = format!("nothing to recover on {env}: no run left a lock");
     if lives.len() > 1 {
-        msg.push_str(&format!(
+        let _ = write!(
+            msg,
             " — but the hosts serve different releases ({}): run `runbook run rollback -e {env}` or a deploy",
             states
                 .iter()
                 .map(|s| format!("{} {}", s.host, display(&s.current)))
                 .collect::<Vec<_>>()
                 .join(", "),
-        ));
+        );
     }
     out.log(Level::Info, msg);
     for t in temporaries {

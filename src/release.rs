@@ -14,6 +14,7 @@
 //! (`mv -T`), never `rm` + `ln`, so a request sees either the old or the new release.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use crate::effects::{
     CommandError, CommandResult, Effects, FanOut, HostError, HostOutcome, Target,
@@ -135,18 +136,15 @@ pub(crate) enum NoRollbackTarget {
 }
 
 fn has_lines(good: &[(String, Vec<String>)]) -> String {
-    good.iter()
-        .map(|(host, names)| {
-            format!(
-                "\n  {host}: {}",
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
-            )
-        })
-        .collect()
+    good.iter().fold(String::new(), |mut out, (host, names)| {
+        let names = if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        };
+        let _ = write!(out, "\n  {host}: {names}");
+        out
+    })
 }
 
 /// Why the SQL of the pending migrations cannot be shown.
@@ -473,7 +471,7 @@ fn collect(
     let interrupted = failed.iter().any(CommandError::is_interrupt);
     let mut message = format!("{} of {} hosts failed:", failed.len().max(1), targets.len());
     for f in &failed {
-        message.push_str(&format!("\n- {}", f.to_string().replace('\n', "\n  ")));
+        let _ = write!(message, "\n- {}", f.to_string().replace('\n', "\n  "));
     }
     Err(ReleaseError {
         message,
@@ -623,7 +621,7 @@ fn prepare_inner(
         }
     };
     let mut meta = meta.clone();
-    meta.name = name.to_owned();
+    name.clone_into(&mut meta.name);
     meta.commit.clone_from(&commit);
     meta.commit_time = commit_time;
     let meta_json = serde_json::to_string(&meta).unwrap_or_default();
@@ -854,6 +852,50 @@ fn was_on(r: &CommandResult) -> String {
         .to_owned()
 }
 
+/// Switches every host in `moved` back to where it was; per host its name, that release
+/// and whether it went back; and where each host was.
+fn switch_back(
+    effects: &Effects,
+    moved: &[(&Target, CommandResult)],
+) -> (Vec<SwitchedBack>, BTreeMap<String, String>) {
+    let mut back: Vec<SwitchedBack> = Vec::new();
+    let mut fan = FanOut::new();
+    fan.fail_fast = false;
+    fan.shielded = true;
+    let movers: Vec<Target> = moved.iter().map(|(t, _)| (*t).clone()).collect();
+    let previous: BTreeMap<String, String> = moved
+        .iter()
+        .map(|(t, r)| (t.name().to_owned(), was_on(r)))
+        .collect();
+    let outcomes = effects.run_many_with(
+        &movers,
+        &|t: &Target| {
+            let prev = previous.get(t.name()).cloned().unwrap_or_default();
+            let mut spec = script(
+                format!("release: switch back to {}", display(&prev)),
+                SWITCH_BACK,
+                &[&root(t), &prev],
+            );
+            spec.shielded = true;
+            spec
+        },
+        &fan,
+    );
+    for (t, outcome) in movers.iter().zip(outcomes) {
+        let prev = previous.get(t.name()).cloned().unwrap_or_default();
+        let result = match outcome {
+            HostOutcome::Done(Ok(_)) => Ok(()),
+            HostOutcome::Done(Err(e)) => Err(NotBack::Failed(e)),
+            HostOutcome::Skipped => Err(NotBack::NotAttempted),
+        };
+        back.push((t.name().to_owned(), prev, result));
+    }
+    (back, previous)
+}
+
+/// A host that had switched: its name, the release it was on, whether it went back.
+type SwitchedBack = (String, String, Result<(), NotBack>);
+
 /// Runs a switch on every target; if any host fails, switches back (shielded from
 /// signals, like a lock release) every host that moved, then reports each host's state.
 fn switch_all(
@@ -892,38 +934,7 @@ fn switch_all(
         .iter()
         .any(|(_, e)| e.as_ref().is_some_and(CommandError::is_interrupt));
     // Back, host by host where they moved (each to where it was).
-    let mut back: Vec<(String, String, Result<(), NotBack>)> = Vec::new();
-    let mut fan = FanOut::new();
-    fan.fail_fast = false;
-    fan.shielded = true;
-    let movers: Vec<Target> = moved.iter().map(|(t, _)| (*t).clone()).collect();
-    let previous: BTreeMap<String, String> = moved
-        .iter()
-        .map(|(t, r)| (t.name().to_owned(), was_on(r)))
-        .collect();
-    let outcomes = effects.run_many_with(
-        &movers,
-        &|t: &Target| {
-            let prev = previous.get(t.name()).cloned().unwrap_or_default();
-            let mut spec = script(
-                format!("release: switch back to {}", display(&prev)),
-                SWITCH_BACK,
-                &[&root(t), &prev],
-            );
-            spec.shielded = true;
-            spec
-        },
-        &fan,
-    );
-    for (t, outcome) in movers.iter().zip(outcomes) {
-        let prev = previous.get(t.name()).cloned().unwrap_or_default();
-        let result = match outcome {
-            HostOutcome::Done(Ok(_)) => Ok(()),
-            HostOutcome::Done(Err(e)) => Err(NotBack::Failed(e)),
-            HostOutcome::Skipped => Err(NotBack::NotAttempted),
-        };
-        back.push((t.name().to_owned(), prev, result));
-    }
+    let (back, previous) = switch_back(effects, &moved);
     let serving = serving(effects, targets);
     let mut message = format!(
         "switching to {goal} failed on {} of {} hosts; {}:",
@@ -939,7 +950,7 @@ fn switch_all(
         let why = e
             .as_ref()
             .map_or_else(|| "not attempted".to_owned(), ToString::to_string);
-        message.push_str(&format!("\n- {host}: {}", why.replace('\n', "\n  ")));
+        let _ = write!(message, "\n- {host}: {}", why.replace('\n', "\n  "));
     }
     message.push_str("\nnow serving:");
     let mut stranded = Vec::new();
@@ -973,7 +984,7 @@ fn switch_all(
             }
             None => "unchanged".to_owned(),
         };
-        message.push_str(&format!("\n  {host}: {} ({note})", display(now)));
+        let _ = write!(message, "\n  {host}: {} ({note})", display(now));
     }
     Err(ReleaseError {
         message,
@@ -1451,7 +1462,7 @@ pub(crate) fn plan(
                 for line in r.stdout.lines() {
                     let (k, v) = line.split_once('\t').unwrap_or((line, ""));
                     match k {
-                        "live" => p.live = v.to_owned(),
+                        "live" => v.clone_into(&mut p.live),
                         "old" => p.old_commit = Some(v.to_owned()),
                         "new" => p.new_commit = Some(v.to_owned()),
                         "count" => p.commit_count = v.parse().unwrap_or(0),

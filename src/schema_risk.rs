@@ -189,6 +189,12 @@ fn classify(statement: &str) -> Vec<(RiskKind, String)> {
     if !s(&["alter", "table"]) {
         return Vec::new();
     }
+    alter_table(&w)
+}
+
+/// The risks in the clauses of an `alter table` statement, split into words.
+fn alter_table(w: &[String]) -> Vec<(RiskKind, String)> {
+    let at = |i: usize| w.get(i).map_or("", String::as_str);
     let mut i = 2;
     if at(i) == "only" || (at(i) == "if" && at(i + 1) == "exists") {
         i += if at(i) == "only" { 1 } else { 2 };
@@ -400,7 +406,10 @@ mod tests {
                 seed = seed
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1_442_695_040_888_963_407);
-                s.push(alphabet[(seed >> 33) as usize % alphabet.len()]);
+                s.push(
+                    alphabet
+                        [usize::try_from((seed >> 33) % alphabet.len() as u64).expect("an index")],
+                );
             }
             let _ = risks(&s);
             let _ = risks(&format!("alter table {s}"));

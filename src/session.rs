@@ -66,7 +66,7 @@ impl Session {
         let entry = s
             .entry(host.to_owned())
             .or_insert_with(|| (before.to_owned(), after.to_owned()));
-        entry.1 = after.to_owned();
+        after.clone_into(&mut entry.1);
     }
 }
 

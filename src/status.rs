@@ -8,6 +8,7 @@
 //! state, the release list, a probe of disk and workers), every host at once, plus one
 //! health request per host with a `url`.
 
+use crate::num::ToF64;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,7 +133,7 @@ pub(crate) struct FleetStatus {
 pub(crate) fn read(effects: &Effects, env: &Environment) -> FleetStatus {
     let clock = std::time::Instant::now();
     let targets: Vec<Target> = env.hosts.iter().cloned().map(Target::Host).collect();
-    let (states, lists, probes) = read_hosts(effects, env, &targets);
+    let (lock_states, lists, probes) = read_hosts(effects, env, &targets);
     let served = health(effects, env);
     let now = chrono::Utc::now();
     let mut hosts = Vec::new();
@@ -154,44 +155,14 @@ pub(crate) fn read(effects: &Effects, env: &Environment) -> FleetStatus {
             gets_releases,
             ..HostStatus::default()
         };
-        match (&states[i], &lists[i]) {
+        match (&lock_states[i], &lists[i]) {
             (Err(e), _) | (_, Err(e)) => {
                 st.unreachable = Some(e.to_string().trim().to_owned());
                 hosts.push(st);
                 continue;
             }
             (Ok(lock), Ok(list)) => {
-                st.live = lock.current.clone();
-                st.maintenance = lock.down;
-                st.freeze = lock.freeze.clone();
-                st.lock_temporaries = lock.temporaries.clone();
-                st.lock = lock.holder.as_ref().map(|holder| LockView {
-                    run: holder.run.clone(),
-                    actor: holder.actor.clone(),
-                    machine: holder.machine.clone(),
-                    pid: holder.pid,
-                    script: holder.script.clone(),
-                    started_at: holder.started_at.clone(),
-                    reason: holder.reason.clone(),
-                    heartbeat_age: lock.beat_age,
-                    dead: lock
-                        .beat_age
-                        .is_some_and(|a| a > crate::lock::DEFAULT_TTL.as_secs())
-                        || crate::lock::holder_is_gone(holder),
-                });
-                st.releases = list.iter().filter(|r| r.state == "complete").count();
-                if let Some(r) = list.iter().find(|r| r.live) {
-                    st.live_bad = r.bad;
-                    if let Some(m) = &r.meta {
-                        st.live_ref = Some(m.git_ref.clone()).filter(|s| !s.is_empty());
-                        st.live_commit = Some(m.commit.clone()).filter(|s| !s.is_empty());
-                        st.live_by = Some(m.by.clone()).filter(|s| !s.is_empty());
-                        st.live_created_at = Some(m.created_at.clone());
-                        st.live_age_s = chrono::DateTime::parse_from_rfc3339(&m.created_at)
-                            .ok()
-                            .map(|at| (now - at.with_timezone(&chrono::Utc)).num_seconds());
-                    }
-                }
+                read_lock_and_list(&mut st, lock, list, now);
                 let own = [(h.name.clone(), list.clone())];
                 st.previous_good = crate::release::choose_target(&own, None).ok();
                 if gets_releases {
@@ -232,6 +203,46 @@ pub(crate) fn read(effects: &Effects, env: &Environment) -> FleetStatus {
     judge(&mut status, &all_lists, now.timestamp());
     status.took_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     status
+}
+
+/// What a reachable host's lock state and release list say about it.
+fn read_lock_and_list(
+    st: &mut HostStatus,
+    lock: &crate::lock::HostState,
+    list: &[Listed],
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    st.live.clone_from(&lock.current);
+    st.maintenance = lock.down;
+    st.freeze.clone_from(&lock.freeze);
+    st.lock_temporaries.clone_from(&lock.temporaries);
+    st.lock = lock.holder.as_ref().map(|holder| LockView {
+        run: holder.run.clone(),
+        actor: holder.actor.clone(),
+        machine: holder.machine.clone(),
+        pid: holder.pid,
+        script: holder.script.clone(),
+        started_at: holder.started_at.clone(),
+        reason: holder.reason.clone(),
+        heartbeat_age: lock.beat_age,
+        dead: lock
+            .beat_age
+            .is_some_and(|a| a > crate::lock::DEFAULT_TTL.as_secs())
+            || crate::lock::holder_is_gone(holder),
+    });
+    st.releases = list.iter().filter(|r| r.state == "complete").count();
+    if let Some(r) = list.iter().find(|r| r.live) {
+        st.live_bad = r.bad;
+        if let Some(m) = &r.meta {
+            st.live_ref = Some(m.git_ref.clone()).filter(|s| !s.is_empty());
+            st.live_commit = Some(m.commit.clone()).filter(|s| !s.is_empty());
+            st.live_by = Some(m.by.clone()).filter(|s| !s.is_empty());
+            st.live_created_at = Some(m.created_at.clone());
+            st.live_age_s = chrono::DateTime::parse_from_rfc3339(&m.created_at)
+                .ok()
+                .map(|at| (now - at.with_timezone(&chrono::Utc)).num_seconds());
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -412,119 +423,171 @@ fn health(effects: &Effects, env: &Environment) -> BTreeMap<String, Result<Strin
 /// with the command that fixes it.
 fn judge(s: &mut FleetStatus, lists: &[(String, Vec<Listed>)], now: i64) {
     let env = s.env.clone();
-    let mut problems = Vec::new();
-    let mut notes = Vec::new();
+    let mut found = Findings::default();
     let reachable: Vec<&HostStatus> = s
         .hosts
         .iter()
         .filter(|h| h.unreachable.is_none() && h.gets_releases)
         .collect();
-    for h in s.hosts.iter().filter(|h| h.unreachable.is_some()) {
-        problems.push(Problem {
-            what: format!(
-                "{} did not answer: {}",
-                h.host,
-                h.unreachable.as_deref().unwrap_or("")
-            ),
-            fix: format!(
-                "check the host and its SSH access (`runbook hosts -e {env}` lists the addresses), then `runbook status -e {env}` again"
-            ),
-        });
-    }
-    // A run in progress explains what it is doing; a dead one is recover's to fix.
-    let live_locks: BTreeSet<String> = reachable
-        .iter()
-        .filter_map(|h| h.lock.as_ref().filter(|l| !l.dead))
-        .map(|l| {
-            format!(
-                "run {} by {} (`{}`) since {}",
-                l.run, l.actor, l.script, l.started_at
-            )
-        })
-        .collect();
-    for l in &live_locks {
-        notes.push(format!("a run holds the deploy lock: {l}"));
-    }
-    // Grouped by the dead run: one problem, every host it left locked.
-    let mut dead: BTreeMap<String, (String, u64, Vec<&str>)> = BTreeMap::new();
+    found.unreachable(&s.hosts, &env);
+    let locks = found.locks(&reachable, &env);
+    let live = found.one_release(&reachable, lists, &env, locks.busy);
     for h in &reachable {
-        if let Some(l) = h.lock.as_ref().filter(|l| l.dead) {
-            let entry = dead.entry(l.run.clone()).or_insert_with(|| {
-                (
-                    format!(
-                        "run {} by {} (`{}`, on {} pid {})",
-                        l.run, l.actor, l.script, l.machine, l.pid
-                    ),
-                    0,
-                    Vec::new(),
-                )
+        found.host(h, &env, &locks);
+    }
+    found.freezes(&reachable, now);
+    if let Some(live) = live {
+        s.live = Some(live);
+    }
+    s.consistent = found.problems.is_empty();
+    s.problems = found.problems;
+    s.notes = found.notes;
+}
+
+/// What the judgement found so far, in the order it looked.
+#[derive(Default)]
+struct Findings {
+    problems: Vec<Problem>,
+    notes: Vec<String>,
+}
+
+/// The deploy locks the reachable hosts hold.
+struct Locks {
+    /// A live run holds a lock: a deploy is in progress.
+    busy: bool,
+    /// A run that is gone left a lock behind.
+    any_dead: bool,
+}
+
+impl Findings {
+    fn unreachable(&mut self, hosts: &[HostStatus], env: &str) {
+        for h in hosts.iter().filter(|h| h.unreachable.is_some()) {
+            self.problems.push(Problem {
+                what: format!(
+                    "{} did not answer: {}",
+                    h.host,
+                    h.unreachable.as_deref().unwrap_or("")
+                ),
+                fix: format!(
+                    "check the host and its SSH access (`runbook hosts -e {env}` lists the addresses), then `runbook status -e {env}` again"
+                ),
             });
-            entry.1 = entry.1.max(l.heartbeat_age.unwrap_or(0));
-            entry.2.push(&h.host);
         }
     }
-    for (who, beat, hosts) in dead.values() {
-        problems.push(Problem {
-            what: format!(
-                "the deploy lock on {} is left by a run that is gone: {who}, last heartbeat {beat} s ago",
-                hosts.join(", ")
-            ),
-            fix: format!("runbook recover -e {env}"),
-        });
+
+    /// A run in progress explains what it is doing; a dead one is recover's to fix.
+    fn locks(&mut self, reachable: &[&HostStatus], env: &str) -> Locks {
+        let live_locks: BTreeSet<String> = reachable
+            .iter()
+            .filter_map(|h| h.lock.as_ref().filter(|l| !l.dead))
+            .map(|l| {
+                format!(
+                    "run {} by {} (`{}`) since {}",
+                    l.run, l.actor, l.script, l.started_at
+                )
+            })
+            .collect();
+        for l in &live_locks {
+            self.notes.push(format!("a run holds the deploy lock: {l}"));
+        }
+        // Grouped by the dead run: one problem, every host it left locked.
+        let mut dead: BTreeMap<String, (String, u64, Vec<&str>)> = BTreeMap::new();
+        for h in reachable {
+            if let Some(l) = h.lock.as_ref().filter(|l| l.dead) {
+                let entry = dead.entry(l.run.clone()).or_insert_with(|| {
+                    (
+                        format!(
+                            "run {} by {} (`{}`, on {} pid {})",
+                            l.run, l.actor, l.script, l.machine, l.pid
+                        ),
+                        0,
+                        Vec::new(),
+                    )
+                });
+                entry.1 = entry.1.max(l.heartbeat_age.unwrap_or(0));
+                entry.2.push(&h.host);
+            }
+        }
+        for (who, beat, hosts) in dead.values() {
+            self.problems.push(Problem {
+                what: format!(
+                    "the deploy lock on {} is left by a run that is gone: {who}, last heartbeat {beat} s ago",
+                    hosts.join(", ")
+                ),
+                fix: format!("runbook recover -e {env}"),
+            });
+        }
+        Locks {
+            busy: !live_locks.is_empty(),
+            any_dead: !dead.is_empty(),
+        }
     }
-    let busy = !live_locks.is_empty();
-    // One release everywhere.
-    let lives: BTreeSet<&str> = reachable.iter().map(|h| h.live.as_str()).collect();
-    if lives.len() == 1 {
-        let only = lives.iter().next().copied().unwrap_or("");
-        if only.is_empty() {
+
+    /// One release everywhere: the release every host serves, if they agree on one.
+    fn one_release(
+        &mut self,
+        reachable: &[&HostStatus],
+        lists: &[(String, Vec<Listed>)],
+        env: &str,
+        busy: bool,
+    ) -> Option<String> {
+        let lives: BTreeSet<&str> = reachable.iter().map(|h| h.live.as_str()).collect();
+        if lives.len() == 1 {
+            let only = lives.iter().next().copied().unwrap_or("");
+            if !only.is_empty() {
+                return Some(only.to_owned());
+            }
             if !reachable.is_empty() {
-                notes.push(
+                self.notes.push(
                     "no release is live on any host yet (a first deploy makes one)".to_owned(),
                 );
             }
-        } else {
-            s.live = Some(only.to_owned());
+        } else if lives.len() > 1 {
+            let who: Vec<String> = reachable
+                .iter()
+                .map(|h| format!("{} {}", h.host, display(&h.live)))
+                .collect();
+            // The newest release that is live somewhere and complete on every host.
+            let whole = lives
+                .iter()
+                .filter(|n| !n.is_empty())
+                .filter(|n| {
+                    lists
+                        .iter()
+                        .all(|(_, l)| l.iter().any(|r| &r.name == *n && r.state == "complete"))
+                })
+                .max()
+                .copied();
+            let fix = if busy {
+                "a deploy is in progress (see the lock): wait for it to end, then look again"
+                    .to_owned()
+            } else if let Some(w) = whole {
+                format!("runbook run rollback -e {env} to={w}   (or deploy again)")
+            } else {
+                format!(
+                    "runbook run deploy -e {env} ref=…   (no live release is complete on every host)"
+                )
+            };
+            self.problems.push(Problem {
+                what: format!("the hosts serve different releases: {}", who.join(", ")),
+                fix,
+            });
         }
-    } else if lives.len() > 1 {
-        let who: Vec<String> = reachable
-            .iter()
-            .map(|h| format!("{} {}", h.host, display(&h.live)))
-            .collect();
-        // The newest release that is live somewhere and complete on every host.
-        let whole = lives
-            .iter()
-            .filter(|n| !n.is_empty())
-            .filter(|n| {
-                lists
-                    .iter()
-                    .all(|(_, l)| l.iter().any(|r| &r.name == *n && r.state == "complete"))
-            })
-            .max()
-            .copied();
-        let fix = if busy {
-            "a deploy is in progress (see the lock): wait for it to end, then look again".to_owned()
-        } else if let Some(w) = whole {
-            format!("runbook run rollback -e {env} to={w}   (or deploy again)")
-        } else {
-            format!(
-                "runbook run deploy -e {env} ref=…   (no live release is complete on every host)"
-            )
-        };
-        problems.push(Problem {
-            what: format!("the hosts serve different releases: {}", who.join(", ")),
-            fix,
-        });
+        None
     }
-    for h in &reachable {
+
+    /// One host's own problems: a bad release, maintenance left on, stale PHP code, no
+    /// workers, a full disk; and its lock temporaries as notes.
+    fn host(&mut self, h: &HostStatus, env: &str, locks: &Locks) {
+        let busy = locks.busy;
         if !h.live.is_empty() && h.live_bad && !busy {
-            problems.push(Problem {
+            self.problems.push(Problem {
                 what: format!("{} serves {}, which is marked bad", h.host, h.live),
                 fix: format!("runbook run rollback -e {env}   (or deploy a fixed release)"),
             });
         }
-        if h.maintenance && h.lock.as_ref().is_none_or(|l| l.dead) && dead.is_empty() {
-            problems.push(Problem {
+        if h.maintenance && h.lock.as_ref().is_none_or(|l| l.dead) && !locks.any_dead {
+            self.problems.push(Problem {
                 what: format!(
                     "{} is in maintenance mode and no run holds its lock",
                     h.host
@@ -536,7 +599,7 @@ fn judge(s: &mut FleetStatus, lists: &[(String, Vec<Listed>)], now: i64) {
             && serves != &h.live
             && !busy
         {
-            problems.push(Problem {
+            self.problems.push(Problem {
                     what: format!(
                         "{}: php-fpm executes {serves} while current is {} (OPcache with nginx passing $document_root)",
                         h.host, h.live
@@ -548,7 +611,7 @@ fn judge(s: &mut FleetStatus, lists: &[(String, Vec<Listed>)], now: i64) {
                 });
         }
         if h.workers == Some(0) && !h.live.is_empty() {
-            problems.push(Problem {
+            self.problems.push(Problem {
                 what: format!("{}: no queue worker is running", h.host),
                 fix: format!("runbook run troubleshoot/restart-queue -e {env}"),
             });
@@ -556,7 +619,7 @@ fn judge(s: &mut FleetStatus, lists: &[(String, Vec<Listed>)], now: i64) {
         if let (Some(free), Some(need)) = (h.free_bytes, h.need_bytes)
             && free < need
         {
-            problems.push(Problem {
+            self.problems.push(Problem {
                     what: format!(
                         "{}: {} free, one more release and one backup need about {}",
                         h.host,
@@ -570,21 +633,22 @@ fn judge(s: &mut FleetStatus, lists: &[(String, Vec<Listed>)], now: i64) {
                 });
         }
         for t in &h.lock_temporaries {
-            notes.push(format!("{}: a lock temporary is left: {t}", h.host));
+            self.notes
+                .push(format!("{}: a lock temporary is left: {t}", h.host));
         }
     }
-    // A freeze is a fact, not a fault.
-    let freezes: BTreeSet<String> = reachable
-        .iter()
-        .filter_map(|h| h.freeze.as_ref())
-        .map(|f| f.describe(now))
-        .collect();
-    for f in freezes {
-        notes.push(format!("deploys are frozen {f}"));
+
+    /// A freeze is a fact, not a fault.
+    fn freezes(&mut self, reachable: &[&HostStatus], now: i64) {
+        let freezes: BTreeSet<String> = reachable
+            .iter()
+            .filter_map(|h| h.freeze.as_ref())
+            .map(|f| f.describe(now))
+            .collect();
+        for f in freezes {
+            self.notes.push(format!("deploys are frozen {f}"));
+        }
     }
-    s.consistent = problems.is_empty();
-    s.problems = problems;
-    s.notes = notes;
 }
 
 fn display(release: &str) -> &str {
@@ -598,8 +662,7 @@ fn display(release: &str) -> &str {
 /// "1.4 GiB", "120 MiB", "900 KiB".
 pub(crate) fn bytes(n: u64) -> String {
     const K: f64 = 1024.0;
-    #[allow(clippy::cast_precision_loss)]
-    let f = n as f64;
+    let f = n.to_f64();
     if f >= K * K * K {
         format!("{:.1} GiB", f / (K * K * K))
     } else if f >= K * K {

@@ -141,11 +141,11 @@ pub(crate) fn reset_if_left_by(
     effects
         .run(&target, &write)
         .map_err(|e| format!("{name}: cannot write the traffic file: {e}"))?;
-    let mut test = CommandSpec::new(Program::Argv(lb.test.clone()));
-    test.tolerate = true;
-    test.quiet = true;
+    let mut check_config = CommandSpec::new(Program::Argv(lb.test.clone()));
+    check_config.tolerate = true;
+    check_config.quiet = true;
     let checked = effects
-        .run(&target, &test)
+        .run(&target, &check_config)
         .map_err(|e| format!("{name}: cannot test the balancer's configuration: {e}"))?;
     if checked.code != 0 {
         let back = CommandSpec::script(

@@ -303,7 +303,7 @@ fn a_full_disk_leaves_no_archive_with_a_final_name_and_older_backups_intact() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        *b = x as u8;
+        *b = x.to_le_bytes()[0];
     }
     let dir = t.path().join("backups");
     std::fs::create_dir_all(&dir).unwrap();

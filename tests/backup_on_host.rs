@@ -113,7 +113,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x >> 24) as u8
+            (x >> 24).to_le_bytes()[0]
         })
         .collect()
 }
@@ -307,6 +307,10 @@ fn small(moved: &[u64], what: &str) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn create_verify_prune_and_restore_on_two_hosts_move_nothing_of_the_archive() {
     let Some(f) = OnHostFleet::start(2, true) else {
         return;

@@ -3,7 +3,13 @@
 //! byte where each step began), load from real HTTP clients through the balancer, and
 //! sticky cohorts (the `runbook_cohort` cookie the balancer sets) with an allowlist.
 
+#![expect(
+    clippy::float_cmp,
+    reason = "known answers: request counts and rates that are exact by construction"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,7 +231,7 @@ fn a_release_failing_one_percent_is_stopped_at_ten_percent_judged_from_prometheu
             "canary = {{ window = \"6s\", checks = 2, min_requests = 40, queries = {{ canary_success = \"{success}\", canary_requests = \"{requests}\" }} }}"
         ),
     );
-    inv.push_str(&format!("\n{}", obs.inventory()));
+    let _ = write!(inv, "\n{}", obs.inventory());
     let stable = stable(&f, &inv);
     let asked = obs.prometheus.queries_answered();
     let (out, after) = under_load(&f, &inv, "v7-fail-1pct");
@@ -349,10 +355,10 @@ impl Client {
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
         let mut req = "GET /api/health HTTP/1.0\r\nHost: 127.0.0.1\r\n".to_owned();
         if let Some(c) = &self.cookie {
-            req.push_str(&format!("Cookie: runbook_cohort={c}\r\n"));
+            let _ = writeln!(req, "Cookie: runbook_cohort={c}\r");
         }
         if let Some(h) = self.header {
-            req.push_str(&format!("{h}\r\n"));
+            let _ = writeln!(req, "{h}\r");
         }
         req.push_str("\r\n");
         let _ = s.write_all(req.as_bytes());
@@ -398,6 +404,10 @@ pub(crate) fn percent(traffic: &str) -> u32 {
 type Seen = BTreeMap<usize, BTreeMap<u32, BTreeSet<String>>>;
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn a_cohort_stays_on_one_release_and_the_allowlist_sees_the_canary_from_the_first_step() {
     let Some(f) = ProdFleet::start() else { return };
     let address = "127.0.0.77";
@@ -609,10 +619,10 @@ fn a_cohort_stays_on_one_release_and_the_allowlist_sees_the_canary_from_the_firs
 /// The traffic files `traffic::snippet` writes for `percent` and `allowlist` (a Rhai map),
 /// printed by a script (nothing connects: the snippet only reads the inventory).
 fn snippets(cases: &[(u32, &str)]) -> Vec<String> {
-    let calls: String = cases
-        .iter()
-        .map(|(p, allow)| format!("print(traffic::snippet({p}, {allow}) + \"=====\");\n"))
-        .collect();
+    let calls = cases.iter().fold(String::new(), |mut out, (p, allow)| {
+        let _ = writeln!(out, "print(traffic::snippet({p}, {allow}) + \"=====\");");
+        out
+    });
     let out = crate::harness::Test::bare()
         .file(
             "runbook.toml",
@@ -720,11 +730,12 @@ fn bench_judging_a_window_of_100k_access_log_lines_read_over_ssh() {
     for i in 0..100_000u32 {
         let pool = if i % 10 == 0 { "next" } else { "stable" };
         let status = if i % 997 == 0 { 502 } else { 200 };
-        log.push_str(&format!(
-            "1767225600.{:03} {pool} {status} 0.{:03}\n",
+        let _ = writeln!(
+            log,
+            "1767225600.{:03} {pool} {status} 0.{:03}",
             i % 1000,
             20 + i % 61
-        ));
+        );
     }
     std::fs::write(f.lb.dir.join("access.log"), &log).unwrap();
     let script = "import \"traffic\" as traffic;\n\

@@ -466,7 +466,9 @@ impl Drop for SmallFs {
 /// `len` bytes that do not compress.
 fn noise(len: usize) -> Vec<u8> {
     let mut g = Lcg(42);
-    (0..len).map(|_| g.next(256) as u8).collect()
+    (0..len)
+        .map(|_| u8::try_from(g.next(256)).expect("below 256"))
+        .collect()
 }
 
 #[test]
@@ -689,6 +691,10 @@ impl Drop for Netns {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn a_host_lost_mid_deploy_is_noticed_the_others_switch_back_and_unlock() {
     let Some(mut fleet) = crate::fleet::Fleet::start(1) else {
         return;

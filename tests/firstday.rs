@@ -193,6 +193,10 @@ fn mode(p: &Path) -> u32 {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn a_fresh_fleet_deploys_with_env_from_a_template_against_mariadb_and_the_secret_stays_masked() {
     let Some(day) = first_day(2) else { return };
     let Some(db) = MariaDb::start() else { return };
@@ -405,6 +409,10 @@ fn key_dir(tmp: &Path) -> Option<PathBuf> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn the_seeds_ssh_secrets_name_the_host_user_and_key_and_the_key_lives_only_for_the_run() {
     let Some(fleet) = Fleet::start(1) else { return };
     let h = &fleet.hosts[0];
@@ -519,7 +527,7 @@ fn the_seeds_ssh_secrets_name_the_host_user_and_key_and_the_key_lives_only_for_t
         }
     }
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

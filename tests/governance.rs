@@ -1,6 +1,7 @@
 //! Who may deploy, and how well we deploy (DORA figures from the audit log).
 
 use crate::harness::Test;
+use std::fmt::Write as _;
 
 const INVENTORY: &str = r#"
 [app]
@@ -515,14 +516,15 @@ fn the_repl_asks_before_the_first_change_of_a_line_whatever_calls_it() {
     ];
     let mut input = String::from("fn grab() { lock::acquire(hosts()) }\n");
     for (line, _) in &refused {
-        input.push_str(&format!("{line}\nn\n"));
+        let _ = writeln!(input, "{line}\nn");
     }
-    input.push_str(&format!(
+    let _ = write!(
+        input,
         "release::list(host(\"p\"))\nssh::run(hosts(), [\"true\"], #{{read: true}})\ntry {{ artisan::run(host(\"p\"), \"migrate:status\") }} catch {{}}\nprint(\"after the reads\")\n\
          local::run([\"touch\", \"{}\"]); local::run([\"touch\", \"{}\"]);\ny\nprint(\"one question\")\n",
         mark("yes1"),
         mark("yes2")
-    ));
+    );
     let out = t.repl("prod", &input);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -191,7 +191,7 @@ fn smtp_without_tls_is_refused_for_a_host_that_is_not_loopback() {
 /// An HTTP server on a loopback address, answering with `respond`.
 struct Server {
     port: u16,
-    server: Arc<tiny_http::Server>,
+    http: Arc<tiny_http::Server>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -214,7 +214,7 @@ impl Server {
         });
         Server {
             port,
-            server,
+            http: server,
             thread: Some(thread),
         }
     }
@@ -222,7 +222,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.server.unblock();
+        self.http.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

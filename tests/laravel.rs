@@ -488,7 +488,7 @@ fn a_second_run_is_refused_while_the_lock_is_held_and_sigterm_releases_it() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

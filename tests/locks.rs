@@ -78,8 +78,8 @@ fn two_runs_on_two_hosts_with_their_own_locks_never_both_proceed() {
     let Some(s) = Separate::start(2) else { return };
     assert_ne!(s.roots[0].1, s.roots[1].1);
     let t = s.project("lock::acquire(hosts(\"web\"));\nprint(\"proceeded\");\nsleep(0.3);\n");
-    let n = 10;
-    for trial in 0..n {
+    let trials = 10;
+    for trial in 0..trials {
         let spawn = || {
             t.command()
                 .args(["run", "s", "-e", "fleet", "-q"])
@@ -115,7 +115,7 @@ fn two_runs_on_two_hosts_with_their_own_locks_never_both_proceed() {
             );
         }
     }
-    eprintln!("two hosts, separate locks: {n} trials, exactly one run proceeded each time");
+    eprintln!("two hosts, separate locks: {trials} trials, exactly one run proceeded each time");
 }
 
 /// A run holding only the second host; another run wants both: it wins the first host
@@ -152,7 +152,7 @@ fn a_run_refused_on_one_host_gives_back_the_hosts_it_had_taken() {
     );
     assert!(s.lock(1).exists(), "the holder's lock on web2 was touched");
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();

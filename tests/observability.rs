@@ -8,7 +8,13 @@
 //! Each test starts its own stack ([`Observability::start`]); they run in parallel, each
 //! about 6–8 s (Prometheus' first scrape comes at its scrape manager's first 5 s tick).
 
+#![expect(
+    clippy::float_cmp,
+    reason = "known answers: request counts and rates that are exact by construction"
+)]
+
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use crate::harness::{INVENTORY, Output, Test};
 use crate::support::mtail;
@@ -110,7 +116,10 @@ fn deploy_metrics_pushed_by_runbook_are_read_back_through_prometheus() {
         .get("timestamp")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0.0);
-    let now = chrono::Utc::now().timestamp() as f64;
+    let now = f64::from(
+        u32::try_from(chrono::Utc::now().timestamp())
+            .expect("seconds since 1970 fit in u32 until 2106"),
+    );
     assert!(
         (now - pushed_at).abs() < 120.0,
         "runbook_deploy_timestamp_seconds is {pushed_at}, now is {now}"
@@ -168,7 +177,7 @@ fn access_log() -> String {
     let mut log = String::new();
     let mut line = |n: usize, rest: &str| {
         for i in 0..n {
-            log.push_str(&format!("1767225600.{i:03} {rest}\n"));
+            let _ = writeln!(log, "1767225600.{i:03} {rest}");
         }
     };
     line(200, "stable 200 0.020");

@@ -120,6 +120,10 @@ impl Drop for Cleanup {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn the_backup_runbook_creates_lists_verifies_and_prunes_on_a_fleet() {
     use crate::fleet::{Fleet, USER};
     let Some(fleet) = Fleet::start(2) else { return };

@@ -579,6 +579,10 @@ fn after_a_sigkill_of_a_zero_downtime_deploy_recover_brings_the_fleet_back() {
 
 /// `FAULT_TRIALS` (else `default`) SIGKILLs of `script` at random moments (`FAULT_SEED`),
 /// each followed on alternate trials by `runbook recover` or simply the next deploy.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn sigkill_trials(script: &str, test: &str, default: usize) {
     use std::io::Read;
     use std::process::Stdio;
@@ -606,7 +610,7 @@ fn sigkill_trials(script: &str, test: &str, default: usize) {
             .unwrap()
             .success();
         assert!(ok, "the {script} before the trials failed");
-        t.elapsed().as_millis() as u64
+        u64::try_from(t.elapsed().as_millis()).expect("a trial's milliseconds fit in u64")
     };
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for trial in 0..n {
@@ -713,6 +717,10 @@ fn sigkill_trials(script: &str, test: &str, default: usize) {
 /// `aborted` (or `success` when the signal came after the end), and no command of the
 /// run is still running on any host (found by the run id every command carries).
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn signals_at_random_points_of_a_deploy_leave_every_host_on_one_release() {
     use std::io::Read;
     use std::process::{Command, Stdio};
@@ -734,7 +742,7 @@ fn signals_at_random_points_of_a_deploy_leave_every_host_on_one_release() {
         project
             .run_with(&["run", "deploy", "-e", "prod", "ref=v2", "-q"])
             .code(0);
-        t.elapsed().as_millis() as u64
+        u64::try_from(t.elapsed().as_millis()).expect("a trial's milliseconds fit in u64")
     };
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for trial in 0..n {
@@ -1384,6 +1392,10 @@ fn a_canary_under_load_that_passes_its_gates_is_promoted_on_every_host() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario end to end on one fleet, read top to bottom"
+)]
 fn a_canary_under_load_failing_five_percent_is_stopped_at_the_first_gate() {
     let t0 = Instant::now();
     let Some(f) = ProdFleet::start() else { return };

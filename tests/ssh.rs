@@ -312,7 +312,7 @@ fn ctrl_c_kills_the_remote_command_and_exits_130() {
         std::thread::sleep(Duration::from_millis(50));
     }
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();

@@ -2,6 +2,7 @@
 //! (`support::stack`): a load generator sends requests through the balancer during each
 //! deploy and counts what failed.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -418,7 +419,7 @@ fn a_canary_gated_by_prometheus_stops_when_the_query_says_so() {
         "canary = { window = \"4s\", checks = 2, rate = 50 }",
         "canary = { window = \"2s\", checks = 2, query = \"canary_success_percent\" }",
     );
-    inventory.push_str(&format!("\n{}", obs.inventory()));
+    let _ = write!(inventory, "\n{}", obs.inventory());
     let project = s
         .project()
         .file("runbook.toml", &inventory)
@@ -472,13 +473,14 @@ fn a_batched_rolling_deploy_stops_at_the_first_failing_batch() {
         1,
         "the first batch was switched once"
     );
-    let switched = switches(web2);
-    assert_eq!(switched, 0, "{web2} was switched");
+    let on_web2 = switches(web2);
+    assert_eq!(on_web2, 0, "{web2} was switched");
     assert!(!s.locked());
 }
 
 #[test]
 fn the_seeds_emergency_and_troubleshooting_runbooks_work_on_the_fleet() {
+    use std::os::unix::fs::PermissionsExt;
     let Some(s) = stack() else { return };
     let v1 = s.first_release();
     // Stop everything: the site answers 503 (maintenance), the queue is told to stop.
@@ -510,7 +512,6 @@ fn the_seeds_emergency_and_troubleshooting_runbooks_work_on_the_fleet() {
         .status()
         .unwrap();
     s.run(&["troubleshoot/fix-permissions", "-q"]).code(0);
-    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&storage).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755);
     s.run(&["troubleshoot/restart-queue"])
@@ -620,7 +621,7 @@ fn bench(fleet: &str, run: &dyn Fn(&[&str]) -> Output, currents: &dyn Fn() -> Ve
         std::thread::sleep(Duration::from_millis(1100));
         let started = Instant::now();
         let out = run(&["zero-downtime-deploy", "ref=v2", "monitor=0s", "--json"]);
-        let wall = started.elapsed().as_millis() as i64;
+        let wall = i64::try_from(started.elapsed().as_millis()).expect("milliseconds fit in i64");
         out.code(0);
         if let Ok(path) = std::env::var("BENCH_EVENTS") {
             let _ = std::fs::write(path, &out.stdout); // for a closer look at the timeline
@@ -630,7 +631,7 @@ fn bench(fleet: &str, run: &dyn Fn(&[&str]) -> Output, currents: &dyn Fn() -> Ve
         let own = own + (wall - remote - http - own).max(0);
         eprintln!(
             "zero-downtime deploy ({fleet}): wall {wall} ms = remote commands {remote} + health checks {http} + runbook {own} ({:.1}%)",
-            own as f64 * 100.0 / wall as f64
+            percent_of(own, wall)
         );
         walls.push(wall);
         remotes.push(remote);
@@ -684,11 +685,20 @@ fn bench(fleet: &str, run: &dyn Fn(&[&str]) -> Output, currents: &dyn Fn() -> Ve
     );
     println!(
         "RESULT {fleet}: zero-downtime deploy to 2 web hosts + 1 worker (medians of {runs}): wall {w} ms = remote commands {r} ms + health checks in flight {h} ms + runbook's own {o} ms ({:.1}% of the wall time)",
-        o as f64 * 100.0 / w.max(1) as f64
+        percent_of(o, w.max(1))
     );
     println!(
         "RESULT {fleet}: failed health check -> previous release on every host (median of {}): {} ms",
         backs.len(),
         median(&mut backs)
     );
+}
+
+/// `part` as a percentage of `whole` (milliseconds of a test run).
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "milliseconds of a test run, exact in an f64"
+)]
+fn percent_of(part: i64, whole: i64) -> f64 {
+    part as f64 * 100.0 / whole as f64
 }

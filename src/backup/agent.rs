@@ -232,8 +232,8 @@ fn parse_probe(out: &str) -> Probe {
     for line in out.lines() {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
         match key {
-            "arch" => p.arch = value.to_owned(),
-            "path" => p.path = value.to_owned(),
+            "arch" => value.clone_into(&mut p.arch),
+            "path" => value.clone_into(&mut p.path),
             "sha" => p.sha256 = Some(value.to_owned()),
             "version" => p.version = Some(value.to_owned()),
             _ => {}

@@ -277,7 +277,7 @@ fn link_escapes(path: &str, target: &str) -> bool {
     if Path::new(target).is_absolute() {
         return false;
     }
-    let mut depth: i64 = Path::new(path).components().count() as i64 - 1;
+    let mut depth = i64::try_from(Path::new(path).components().count()).unwrap_or(i64::MAX) - 1;
     for c in Path::new(target).components() {
         match c {
             Component::ParentDir => depth -= 1,
@@ -495,60 +495,17 @@ fn check_inflated(
         let comps: Vec<&str> = path.split('/').collect();
         let entry_type = header.entry_type();
         if path == MANIFEST {
-            if !matches!(
-                entry_type,
-                tar::EntryType::Regular | tar::EntryType::Continuous
-            ) {
-                return Err(ArchiveError::Unsafe {
-                    path,
-                    why: "the manifest must be a regular file".into(),
-                });
-            }
-            let max = manifest_limit();
-            if size > max {
-                return Err(ArchiveError::Corrupt(format!(
-                    "the manifest is {size} bytes, more than the limit of {max} bytes (RUNBOOK_MANIFEST_LIMIT): refusing to read it into memory; if this archive really lists that many files, raise RUNBOOK_MANIFEST_LIMIT"
-                )));
-            }
-            let mut json = Vec::new();
-            (&mut entry)
-                .take(max)
-                .read_to_end(&mut json)
-                .map_err(corrupt)?;
-            manifest = Some(
-                serde_json::from_slice(&json)
-                    .map_err(|e| ArchiveError::Corrupt(format!("unreadable manifest: {e}")))?,
-            );
+            manifest = Some(read_manifest(&mut entry, path, entry_type, size)?);
             continue;
         }
         match entry_type {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 tree.admit(&path, &Kind::File)?;
-                let mut file = match &out {
-                    Some(b) => Some(io::BufWriter::with_capacity(
-                        256 * 1024,
-                        b.create_file(&comps).map_err(|e| on_disk(&path, e))?,
-                    )),
+                let file = match &out {
+                    Some(b) => Some(b.create_file(&comps).map_err(|e| on_disk(&path, e))?),
                     None => None,
                 };
-                let mut hash = Sha256::new();
-                let mut size = 0u64;
-                loop {
-                    let n = entry.read(&mut buf).map_err(corrupt)?;
-                    if n == 0 {
-                        break;
-                    }
-                    size += n as u64;
-                    hash.update(&buf[..n]);
-                    if let Some(f) = file.as_mut() {
-                        f.write_all(&buf[..n])?;
-                    }
-                }
-                if let Some(f) = file {
-                    let f = f.into_inner().map_err(io::IntoInnerError::into_error)?;
-                    beneath::finish_file(&f, mode, mtime)?;
-                }
-                let sha256 = hex::encode(hash.finalize());
+                let (size, sha256) = copy_hashing(&mut entry, file, &mut buf, mode, mtime)?;
                 seen.push(Entry::file(path, mode, mtime, size, sha256));
             }
             tar::EntryType::Directory => {
@@ -563,17 +520,8 @@ fn check_inflated(
                     .link_name_bytes()
                     .map(|t| String::from_utf8_lossy(&t).into_owned())
                     .unwrap_or_default();
-                if target.is_empty() {
-                    return Err(ArchiveError::Unsafe {
-                        path,
-                        why: "a symlink without a target".into(),
-                    });
-                }
-                if link_escapes(&path, &target) {
-                    return Err(ArchiveError::Unsafe {
-                        path,
-                        why: format!("the symlink points outside the archive ({target})"),
-                    });
+                if let Some(why) = link_refused(&path, &target) {
+                    return Err(ArchiveError::Unsafe { path, why });
                 }
                 tree.admit(&path, &Kind::Symlink)?;
                 // Made only after every file and directory (below).
@@ -599,9 +547,15 @@ fn check_inflated(
         )
     })?;
     compare(&manifest, &seen)?;
-    let Some(out) = out else {
-        return Ok(manifest);
-    };
+    if let Some(out) = out {
+        make_links_and_dirs(&out, &seen)?;
+    }
+    Ok(manifest)
+}
+
+/// After every file: the symlinks, then each directory's mode and mtime, deepest first
+/// (writing into a directory changes its mtime).
+fn make_links_and_dirs(out: &beneath::Beneath, seen: &[Entry]) -> Result<(), ArchiveError> {
     for l in seen.iter().filter(|e| e.kind == Kind::Symlink) {
         let comps: Vec<&str> = l.path.split('/').collect();
         out.symlink(&comps, l.target.as_deref().unwrap_or_default())
@@ -616,7 +570,81 @@ fn check_inflated(
         out.finish_dir(&comps, d.mode, d.mtime)
             .map_err(|e| on_disk(&d.path, e))?;
     }
-    Ok(manifest)
+    Ok(())
+}
+
+/// The manifest entry, read into memory up to [`manifest_limit`].
+fn read_manifest(
+    entry: &mut impl Read,
+    path: String,
+    entry_type: tar::EntryType,
+    size: u64,
+) -> Result<Manifest, ArchiveError> {
+    if !matches!(
+        entry_type,
+        tar::EntryType::Regular | tar::EntryType::Continuous
+    ) {
+        return Err(ArchiveError::Unsafe {
+            path,
+            why: "the manifest must be a regular file".into(),
+        });
+    }
+    let max = manifest_limit();
+    if size > max {
+        return Err(ArchiveError::Corrupt(format!(
+            "the manifest is {size} bytes, more than the limit of {max} bytes (RUNBOOK_MANIFEST_LIMIT): refusing to read it into memory; if this archive really lists that many files, raise RUNBOOK_MANIFEST_LIMIT"
+        )));
+    }
+    let mut json = Vec::new();
+    entry
+        .take(max)
+        .read_to_end(&mut json)
+        .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+    serde_json::from_slice(&json)
+        .map_err(|e| ArchiveError::Corrupt(format!("unreadable manifest: {e}")))
+}
+
+/// Reads a file entry through `buf` while hashing it, writing it to `file` when there is
+/// one (then given its mode and mtime); its size and SHA-256.
+fn copy_hashing(
+    entry: &mut impl Read,
+    file: Option<File>,
+    buf: &mut [u8],
+    mode: u32,
+    mtime: i64,
+) -> Result<(u64, String), ArchiveError> {
+    let mut file = file.map(|f| io::BufWriter::with_capacity(256 * 1024, f));
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let n = entry
+            .read(buf)
+            .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hash.update(&buf[..n]);
+        if let Some(f) = file.as_mut() {
+            f.write_all(&buf[..n])?;
+        }
+    }
+    if let Some(f) = file {
+        let f = f.into_inner().map_err(io::IntoInnerError::into_error)?;
+        beneath::finish_file(&f, mode, mtime)?;
+    }
+    Ok((size, hex::encode(hash.finalize())))
+}
+
+/// Why a symlink entry with this target is refused, if it is.
+fn link_refused(path: &str, target: &str) -> Option<String> {
+    if target.is_empty() {
+        return Some("a symlink without a target".into());
+    }
+    if link_escapes(path, target) {
+        return Some(format!("the symlink points outside the archive ({target})"));
+    }
+    None
 }
 
 fn compare(manifest: &Manifest, seen: &[Entry]) -> Result<(), ArchiveError> {

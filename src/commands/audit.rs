@@ -66,43 +66,7 @@ pub(crate) fn run(global: &Global, args: &AuditArgs) -> Result<(), Error> {
             .as_deref()
             .and_then(|s| humantime::parse_duration(s).ok())
             .map(|d| d.as_secs_f64() / 86400.0);
-        let stats = audit::stats(&records, window);
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&stats).unwrap_or_default()
-            );
-            return Ok(());
-        }
-        println!(
-            "{:<14} {:>7} {:>4} {:>6} {:>11} {:>13} {:>14} {:>16} {:>9}",
-            "env",
-            "deploys",
-            "ok",
-            "failed",
-            "rolled back",
-            "failure rate",
-            "lead time",
-            "time to restore",
-            "per week"
-        );
-        for s in &stats {
-            println!(
-                "{:<14} {:>7} {:>4} {:>6} {:>11} {:>12.1}% {:>14} {:>16} {:>9.2}",
-                s.env,
-                s.deploys,
-                s.successful,
-                s.failed,
-                s.rolled_back,
-                s.change_failure_rate,
-                s.lead_time_median_s.map_or("-".to_owned(), human),
-                s.time_to_restore_mean_s.map_or("-".to_owned(), human),
-                s.per_week
-            );
-            for (week, (ok, failures)) in &s.weeks {
-                println!("  {week}: {ok} deployed, {failures} failed or rolled back");
-            }
-        }
+        print_stats(&audit::stats(&records, window), args.json);
         return Ok(());
     }
     if args.json {
@@ -133,6 +97,46 @@ pub(crate) fn run(global: &Global, args: &AuditArgs) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// `runbook audit --stats`: per environment, the deploy metrics as a table or JSON.
+fn print_stats(stats: &[audit::EnvStats], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(stats).unwrap_or_default()
+        );
+        return;
+    }
+    println!(
+        "{:<14} {:>7} {:>4} {:>6} {:>11} {:>13} {:>14} {:>16} {:>9}",
+        "env",
+        "deploys",
+        "ok",
+        "failed",
+        "rolled back",
+        "failure rate",
+        "lead time",
+        "time to restore",
+        "per week"
+    );
+    for s in stats {
+        println!(
+            "{:<14} {:>7} {:>4} {:>6} {:>11} {:>12.1}% {:>14} {:>16} {:>9.2}",
+            s.env,
+            s.deploys,
+            s.successful,
+            s.failed,
+            s.rolled_back,
+            s.change_failure_rate,
+            s.lead_time_median_s.map_or("-".to_owned(), human),
+            s.time_to_restore_mean_s.map_or("-".to_owned(), human),
+            s.per_week
+        );
+        for (week, (ok, failures)) in &s.weeks {
+            println!("  {week}: {ok} deployed, {failures} failed or rolled back");
+        }
+    }
 }
 
 /// `3725` → `1h 02m`.

@@ -80,21 +80,7 @@ pub(crate) fn run(global: &Global, args: &CheckArgs) -> Result<(), Error> {
             root.as_ref().map(|r| r.join("stdlib")),
             session.sources.clone(),
         );
-        let mut modules: Vec<String> = engine::stdlib::FILES
-            .iter()
-            .map(|(p, _)| (*p).to_owned())
-            .collect();
-        if let Some(root) = &root {
-            let dir = root.join("stdlib");
-            for file in rhai_files(&dir) {
-                if let Ok(rel) = file.strip_prefix(&dir) {
-                    modules.push(rel.with_extension("").to_string_lossy().into_owned());
-                }
-            }
-        }
-        modules.sort();
-        modules.dedup();
-        for module in modules {
+        for module in stdlib_modules(root.as_deref()) {
             let Some((name, text)) = resolver.lookup(&module) else {
                 continue;
             };
@@ -124,6 +110,25 @@ pub(crate) fn run(global: &Global, args: &CheckArgs) -> Result<(), Error> {
         eprintln!("checked {checked} files: all ok");
     }
     Ok(())
+}
+
+/// The stdlib modules to check: the shipped ones and the project's own `stdlib/`.
+fn stdlib_modules(root: Option<&std::path::Path>) -> Vec<String> {
+    let mut modules: Vec<String> = engine::stdlib::FILES
+        .iter()
+        .map(|(p, _)| (*p).to_owned())
+        .collect();
+    if let Some(root) = root {
+        let dir = root.join("stdlib");
+        for file in rhai_files(&dir) {
+            if let Ok(rel) = file.strip_prefix(&dir) {
+                modules.push(rel.with_extension("").to_string_lossy().into_owned());
+            }
+        }
+    }
+    modules.sort();
+    modules.dedup();
+    modules
 }
 
 /// What a run on each environment will need from the environment runbook runs in:

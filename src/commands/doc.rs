@@ -57,6 +57,56 @@ pub(crate) fn definitions(dir: &std::path::Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// The script functions in Rhai's metadata `fns` of `module` ("" for the global ones),
+/// each with its signature and doc lines, into `sections`.
+fn collect(fns: &serde_json::Value, module: &str, sections: &mut BTreeMap<String, Vec<Entry>>) {
+    for f in fns.as_array().into_iter().flatten() {
+        let name = f["name"].as_str().unwrap_or("");
+        // Operators and property accessors are listed with their types below.
+        if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            continue;
+        }
+        // Methods of our own types (global `len(HostSet)`, `contains(HostSet, Host)`)
+        // are described in the "Context" section; a module's functions that take a
+        // host (`backup::create(host, opts)`) are listed like any other.
+        let first_type = f["params"][0]["type"].as_str().unwrap_or("");
+        if module.is_empty() && OWN_SCRIPT_TYPES.contains(&script_type(first_type).as_str()) {
+            continue;
+        }
+        let params: Vec<String> = f["params"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let ty = script_type(p["type"].as_str().unwrap_or("?"));
+                match p["name"].as_str() {
+                    Some(n) if n != "_" => format!("{n}: {ty}"),
+                    _ => ty,
+                }
+            })
+            .collect();
+        let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
+        let prefix = if module.is_empty() {
+            String::new()
+        } else {
+            format!("{module}::")
+        };
+        let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
+        let doc = f["docComments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str())
+            .flat_map(|c| c.lines())
+            .map(|l| l.trim_start_matches("///").trim().to_owned())
+            .collect();
+        sections
+            .entry(module.to_owned())
+            .or_default()
+            .push(Entry { signature, doc });
+    }
+}
+
 pub(crate) fn render(markdown: bool) -> Result<String, Error> {
     let (_rt, engine) = api_engine()?;
     let json = engine
@@ -65,55 +115,6 @@ pub(crate) fn render(markdown: bool) -> Result<String, Error> {
     let meta: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
 
     let mut sections: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-    let collect = |fns: &serde_json::Value,
-                   module: &str,
-                   sections: &mut BTreeMap<String, Vec<Entry>>| {
-        for f in fns.as_array().into_iter().flatten() {
-            let name = f["name"].as_str().unwrap_or("");
-            // Operators and property accessors are listed with their types below.
-            if name.contains('$') || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                continue;
-            }
-            // Methods of our own types (global `len(HostSet)`, `contains(HostSet, Host)`)
-            // are described in the "Context" section; a module's functions that take a
-            // host (`backup::create(host, opts)`) are listed like any other.
-            let first_type = f["params"][0]["type"].as_str().unwrap_or("");
-            if module.is_empty() && OWN_SCRIPT_TYPES.contains(&script_type(first_type).as_str()) {
-                continue;
-            }
-            let params: Vec<String> = f["params"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    let ty = script_type(p["type"].as_str().unwrap_or("?"));
-                    match p["name"].as_str() {
-                        Some(n) if n != "_" => format!("{n}: {ty}"),
-                        _ => ty,
-                    }
-                })
-                .collect();
-            let ret = script_type(f["returnType"].as_str().unwrap_or("()"));
-            let prefix = if module.is_empty() {
-                String::new()
-            } else {
-                format!("{module}::")
-            };
-            let signature = format!("{prefix}{name}({}) -> {ret}", params.join(", "));
-            let doc = f["docComments"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str())
-                .flat_map(|c| c.lines())
-                .map(|l| l.trim_start_matches("///").trim().to_owned())
-                .collect();
-            sections
-                .entry(module.to_owned())
-                .or_default()
-                .push(Entry { signature, doc });
-        }
-    };
     collect(&meta["functions"], "", &mut sections);
     if let Some(modules) = meta["modules"].as_object() {
         for (name, module) in modules {

@@ -22,6 +22,7 @@ use rhai::{AST, Dynamic, EvalAltResult, Map, ParseErrorType, Scope};
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 use rustyline::{Config, Editor};
+use std::fmt::Write as _;
 
 use super::repl_helper::ReplHelper;
 use super::{SessionConfig, parse_args, runtime, session};
@@ -53,27 +54,12 @@ pub(crate) fn run(global: &Global, args: &ReplArgs) -> Result<(), Error> {
     }
 }
 
-/// The REPL on one environment.
-fn shell(
-    global: &Global,
+/// The line editor with its helper (completion, hints, colours) and history, the
+/// variables the helper completes, the prompt, and where the history is kept.
+fn open_editor(
+    env: &Environment,
     project: &Project,
-    env: &std::sync::Arc<Environment>,
-    dry: &mut bool,
-) -> Result<Next, Error> {
-    let rt = runtime()?;
-    let mut config = SessionConfig::for_env(&project.inventory, env, "repl", global.verbosity());
-    config.info.dry_run = *dry;
-    let session = session(&rt, config);
-    // The rules of `run`: an actor who may not change this environment may only read it.
-    let reader = crate::permissions::reader_only(env, &session.info.actor);
-    if let Some((because, hint)) = &reader {
-        eprintln!("read-only: {because}\n  hint: {hint}");
-    }
-    session.read_only.set(reader);
-    super::install_signals(&rt, &session);
-    let mut engine = engine::build(&session, Mode::Run, Some(project.root()));
-    let mut scope = engine::scope(&session);
-    let mut functions = AST::empty();
+) -> Result<(Shared, Variables, String, std::path::PathBuf), Error> {
     let config = Config::builder()
         .auto_add_history(false)
         .completion_type(rustyline::CompletionType::List)
@@ -101,6 +87,58 @@ fn shell(
     let history = crate::audit::local_path().with_file_name("history");
     let _ = editor.load_history(&history);
     let editor: Shared = std::sync::Arc::new(std::sync::Mutex::new(editor));
+    Ok((editor, variables, prompt, history))
+}
+
+/// The buffer compiled, or `None` to read on: it is incomplete (an open bracket, the
+/// end of input too early), or it does not parse (shown, and the buffer emptied).
+fn compile_buffer(
+    engine: &rhai::Engine,
+    scope: &Scope,
+    buffer: &mut String,
+    session: &Session,
+) -> Option<AST> {
+    match engine.compile_with_scope(scope, buffer.as_str()) {
+        Ok(ast) => Some(ast),
+        Err(e)
+            if matches!(e.err_type(), ParseErrorType::UnexpectedEOF) || open_brackets(buffer) =>
+        {
+            None
+        }
+        Err(e) => {
+            session.sources.insert("repl", buffer);
+            eprintln!("{}", Diagnostic::from_parse(&e, "repl", &session.sources));
+            buffer.clear();
+            None
+        }
+    }
+}
+
+/// What the helper completes as variable names, kept up to date after each line.
+type Variables = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// The REPL on one environment.
+fn shell(
+    global: &Global,
+    project: &Project,
+    env: &std::sync::Arc<Environment>,
+    dry: &mut bool,
+) -> Result<Next, Error> {
+    let rt = runtime()?;
+    let mut config = SessionConfig::for_env(&project.inventory, env, "repl", global.verbosity());
+    config.info.dry_run = *dry;
+    let session = session(&rt, config);
+    // The rules of `run`: an actor who may not change this environment may only read it.
+    let reader = crate::permissions::reader_only(env, &session.info.actor);
+    if let Some((because, hint)) = &reader {
+        eprintln!("read-only: {because}\n  hint: {hint}");
+    }
+    session.read_only.set(reader);
+    super::install_signals(&rt, &session);
+    let mut engine = engine::build(&session, Mode::Run, Some(project.root()));
+    let mut scope = engine::scope(&session);
+    let mut functions = AST::empty();
+    let (editor, variables, prompt, history) = open_editor(env, project)?;
     eprintln!(
         "runbook repl on `{}`{}{} — :help, Ctrl-D to exit",
         env.name,
@@ -122,11 +160,11 @@ fn shell(
                 buffer.clear();
                 continue;
             }
-            Err(ReadlineError::Eof) => break Next::Quit,
             // A Ctrl-C that reached the process as a signal (the terminal was not in raw
             // mode) can interrupt the read itself: that is not a request to leave.
             Err(ReadlineError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(ReadlineError::Errno(e)) if e as i32 == libc_eintr() => continue,
+            // Ctrl-D (end of input), or a terminal that cannot be read any more.
             Err(_) => break Next::Quit,
         };
         if buffer.is_empty() && line.trim_start().starts_with(':') {
@@ -151,20 +189,8 @@ fn shell(
         }
         buffer.push_str(&line);
         buffer.push('\n');
-        let ast = match engine.compile_with_scope(&scope, &buffer) {
-            Ok(ast) => ast,
-            Err(e)
-                if matches!(e.err_type(), ParseErrorType::UnexpectedEOF)
-                    || open_brackets(&buffer) =>
-            {
-                continue;
-            }
-            Err(e) => {
-                session.sources.insert("repl", &buffer);
-                eprintln!("{}", Diagnostic::from_parse(&e, "repl", &session.sources));
-                buffer.clear();
-                continue;
-            }
+        let Some(ast) = compile_buffer(&engine, &scope, &mut buffer, &session) else {
+            continue;
         };
         let source = std::mem::take(&mut buffer);
         session.sources.insert("repl", &source);
@@ -342,7 +368,6 @@ fn open_brackets(text: &str) -> bool {
                 chars.next();
             }
             (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
             (None, '"' | '`' | '\'') => quote = Some(c),
             (None, '/') if chars.peek() == Some(&'/') => {
                 while chars.peek().is_some_and(|c| *c != '\n') {
@@ -351,6 +376,7 @@ fn open_brackets(text: &str) -> bool {
             }
             (None, '(' | '[' | '{') => depth += 1,
             (None, ')' | ']' | '}') => depth -= 1,
+            // Inside a quote nothing counts but its closing mark; outside, other characters.
             _ => {}
         }
     }
@@ -504,7 +530,7 @@ fn render(engine: &rhai::Engine, v: &Dynamic) -> String {
                 lines.next().unwrap_or("")
             );
             for l in lines {
-                s.push_str(&format!("\n{:<width$}  {:>21}{l}", "", ""));
+                let _ = write!(s, "\n{:<width$}  {:>21}{l}", "", "");
             }
             s
         })

@@ -4,6 +4,7 @@
 //! numbers) — colours only on a terminal and never with `NO_COLOR`.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use rustyline::Context;
@@ -242,7 +243,7 @@ impl Highlighter for ReplHelper {
                         break;
                     }
                 }
-                out.push_str(&format!("\x1b[32m{}\x1b[0m", &line[i..end]));
+                let _ = write!(out, "\x1b[32m{}\x1b[0m", &line[i..end]);
             } else if c.is_ascii_digit() {
                 let mut end = i + 1;
                 while let Some((j, d)) = chars.peek() {
@@ -253,7 +254,7 @@ impl Highlighter for ReplHelper {
                         break;
                     }
                 }
-                out.push_str(&format!("\x1b[36m{}\x1b[0m", &line[i..end]));
+                let _ = write!(out, "\x1b[36m{}\x1b[0m", &line[i..end]);
             } else if c.is_alphabetic() || c == '_' {
                 let mut end = i + c.len_utf8();
                 while let Some((j, d)) = chars.peek() {
@@ -266,7 +267,7 @@ impl Highlighter for ReplHelper {
                 }
                 let word = &line[i..end];
                 if KEYWORDS.contains(&word) {
-                    out.push_str(&format!("\x1b[1;35m{word}\x1b[0m"));
+                    let _ = write!(out, "\x1b[1;35m{word}\x1b[0m");
                 } else {
                     out.push_str(word);
                 }

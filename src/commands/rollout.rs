@@ -6,6 +6,7 @@
 //! strategy's `take_over` (stdlib/strategies/canary.rhai) under a lock of this command's
 //! own, taken after the dead run's lock is recovered. Every request is audited.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::cli::{Global, RolloutAction, RolloutArgs, RolloutControlArgs, StatusArgs};
@@ -145,38 +146,13 @@ fn secs(x: Option<f64>) -> String {
     x.map_or("-".to_owned(), |v| format!("{v:.3}s"))
 }
 
-fn render(
-    env: &str,
-    seen: Option<&Seen>,
-    unreachable: &[(String, String)],
-    now: i64,
-    took_ms: u64,
-) -> String {
-    let mut out = String::new();
-    let Some(seen) = seen else {
-        out.push_str(&format!("{env}: no rollout ({took_ms} ms)\n"));
-        for (h, e) in unreachable {
-            out.push_str(&format!("✗ {h} did not answer: {e}\n"));
-        }
-        return out;
-    };
+/// The rollout's phase, step and weight, and (while it runs) its judging window.
+fn phase_and_window(out: &mut String, env: &str, seen: &Seen, of: &str, now: i64) {
     let s = &seen.state;
-    let of = if s.steps.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " of {} ({})",
-            s.steps.len(),
-            s.steps
-                .iter()
-                .map(|p| format!("{p}%"))
-                .collect::<Vec<_>>()
-                .join(" → ")
-        )
-    };
     if s.phase.ended() {
-        out.push_str(&format!(
-            "{env}: no rollout running; the last one, {} {} of {} (run {}), ended {} at {}% (step {}{of})\n",
+        let _ = writeln!(
+            out,
+            "{env}: no rollout running; the last one, {} {} of {} (run {}), ended {} at {}% (step {}{of})",
             s.strategy,
             s.release,
             s.version,
@@ -184,49 +160,44 @@ fn render(
             s.phase.as_str(),
             s.weight,
             s.step
-        ));
+        );
     } else {
-        out.push_str(&format!(
-            "{env}: {} of {} ({}), {} — step {}{of}, {}% of cohorts on the canary\n",
+        let _ = writeln!(
+            out,
+            "{env}: {} of {} ({}), {} — step {}{of}, {}% of cohorts on the canary",
             s.strategy,
             s.version,
             s.release,
             s.phase.as_str().to_uppercase(),
             s.step,
             s.weight
-        ));
+        );
         match s.window_left_s(now) {
-            Some(_) if !seen.alive => out.push_str(&format!(
-                "window: {} s of {} s were left when the runner last wrote (nobody counts them: it is gone)\n",
-                s.window_left_s(s.updated_ms).unwrap_or(0),
-                s.window_s
-            )),
-            Some(left) if s.paused_at_ms.is_some() => out.push_str(&format!(
-                "window: paused with {left} s left of {} s (the clock is stopped until `runbook rollout resume -e {env}`)\n",
-                s.window_s
-            )),
+            Some(_) if !seen.alive => {
+                let _ = writeln!(
+                    out,
+                    "window: {} s of {} s were left when the runner last wrote (nobody counts them: it is gone)",
+                    s.window_left_s(s.updated_ms).unwrap_or(0),
+                    s.window_s
+                );
+            }
+            Some(left) if s.paused_at_ms.is_some() => {
+                let _ = writeln!(
+                    out,
+                    "window: paused with {left} s left of {} s (the clock is stopped until `runbook rollout resume -e {env}`)",
+                    s.window_s
+                );
+            }
             Some(left) => {
-                out.push_str(&format!("window: {left} s left of {} s\n", s.window_s));
+                let _ = writeln!(out, "window: {left} s left of {} s", s.window_s);
             }
             None => out.push_str("window: none running (between windows)\n"),
         }
     }
-    let beat = seen
-        .heartbeat_age
-        .map_or("no lock".to_owned(), |b| format!("heartbeat {b} s ago"));
-    let life = if s.phase.ended() {
-        "finished"
-    } else if seen.alive {
-        "alive"
-    } else if seen.locked {
-        "DEAD (its process is gone or its heartbeat stopped)"
-    } else {
-        "DEAD (it holds no lock any more)"
-    };
-    out.push_str(&format!(
-        "holder: run {} by {} on {} (pid {}), {beat} — {life}\n",
-        s.run, s.actor, s.machine, s.pid
-    ));
+}
+
+/// The last five judgements as a table, canary and stable row by row.
+fn judgements(out: &mut String, s: &State) {
     if s.judgements.is_empty() {
         out.push_str("judgements: none yet\n");
     } else {
@@ -275,9 +246,60 @@ fn render(
         );
         out.push_str(&table);
     }
+}
+
+fn render(
+    env: &str,
+    seen: Option<&Seen>,
+    unreachable: &[(String, String)],
+    now: i64,
+    took_ms: u64,
+) -> String {
+    let mut out = String::new();
+    let Some(seen) = seen else {
+        let _ = writeln!(out, "{env}: no rollout ({took_ms} ms)");
+        for (h, e) in unreachable {
+            let _ = writeln!(out, "✗ {h} did not answer: {e}");
+        }
+        return out;
+    };
+    let s = &seen.state;
+    let of = if s.steps.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " of {} ({})",
+            s.steps.len(),
+            s.steps
+                .iter()
+                .map(|p| format!("{p}%"))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        )
+    };
+    phase_and_window(&mut out, env, seen, &of, now);
+    let beat = seen
+        .heartbeat_age
+        .map_or("no lock".to_owned(), |b| format!("heartbeat {b} s ago"));
+    let life = if s.phase.ended() {
+        "finished"
+    } else if seen.alive {
+        "alive"
+    } else if seen.locked {
+        "DEAD (its process is gone or its heartbeat stopped)"
+    } else {
+        "DEAD (it holds no lock any more)"
+    };
+    let _ = writeln!(
+        out,
+        "holder: run {} by {} on {} (pid {}), {beat} — {life}",
+        s.run, s.actor, s.machine, s.pid
+    );
+    judgements(&mut out, s);
     for r in s.requests.iter().rev().take(5).rev() {
-        out.push_str(&format!(
-            "request: {} by {}{} at {}: {}\n",
+        let _ = writeln!(
+            out,
+            "request: {} by {}{} at {}: {}",
             r.action.as_str(),
             r.actor,
             r.reason
@@ -286,29 +308,32 @@ fn render(
                 .unwrap_or_default(),
             r.at,
             r.outcome.as_deref().unwrap_or("pending")
-        ));
+        );
     }
     if seen.pending > 0 {
-        out.push_str(&format!(
-            "{} request(s) not taken yet by the runner\n",
+        let _ = writeln!(
+            out,
+            "{} request(s) not taken yet by the runner",
             seen.pending
-        ));
+        );
     }
     for (h, e) in unreachable {
-        out.push_str(&format!("✗ {h} did not answer: {e}\n"));
+        let _ = writeln!(out, "✗ {h} did not answer: {e}");
     }
     if !s.phase.ended() {
         if seen.alive {
-            out.push_str(&format!(
-                "steer: runbook rollout pause|resume|promote|abort -e {env} --reason \"…\"\n"
-            ));
+            let _ = writeln!(
+                out,
+                "steer: runbook rollout pause|resume|promote|abort -e {env} --reason \"…\""
+            );
         } else {
-            out.push_str(&format!(
-                "✗ nothing steers this rollout: `runbook rollout abort -e {env}` puts all traffic back on stable, `runbook rollout promote -e {env}` finishes it\n"
-            ));
+            let _ = writeln!(
+                out,
+                "✗ nothing steers this rollout: `runbook rollout abort -e {env}` puts all traffic back on stable, `runbook rollout promote -e {env}` finishes it"
+            );
         }
     }
-    out.push_str(&format!("({took_ms} ms)\n"));
+    let _ = writeln!(out, "({took_ms} ms)");
     out
 }
 

@@ -1,6 +1,7 @@
 //! `runbook run`: compile, confirm, execute, and always finish with a result event.
 
 use crate::sync::Locked;
+use std::fmt::Write as _;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
@@ -430,7 +431,7 @@ fn finished_event(
                 m.push_str(" — deploy was already complete when the signal arrived");
             }
             if let Some(why) = unverified {
-                m.push_str(&format!(" — not verified: {why}"));
+                let _ = write!(m, " — not verified: {why}");
             }
             (Outcome::Ok, m)
         }

@@ -3,6 +3,7 @@
 //! 3 a.m., answered from the hosts alone. Both only read.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use crate::cli::{Global, StatusArgs};
 use crate::error::Error;
@@ -85,23 +86,24 @@ fn render(s: &FleetStatus) -> String {
     let rows: Vec<Vec<String>> = s.hosts.iter().map(row).collect();
     out.push_str(&crate::output::table(&header, &rows));
     if let Some(t) = &s.rollback_target {
-        out.push_str(&format!("rollback target: {t}\n"));
+        let _ = writeln!(out, "rollback target: {t}");
     }
     for note in &s.notes {
-        out.push_str(&format!("· {note}\n"));
+        let _ = writeln!(out, "· {note}");
     }
     if s.consistent {
-        out.push_str(&format!("✓ consistent ({} ms)\n", s.took_ms));
+        let _ = writeln!(out, "✓ consistent ({} ms)", s.took_ms);
     } else {
         for p in &s.problems {
-            out.push_str(&format!("✗ {}\n    → {}\n", p.what, p.fix));
+            let _ = writeln!(out, "✗ {}\n    → {}", p.what, p.fix);
         }
-        out.push_str(&format!(
-            "✗ not consistent: {} problem{} ({} ms)\n",
+        let _ = writeln!(
+            out,
+            "✗ not consistent: {} problem{} ({} ms)",
             s.problems.len(),
             if s.problems.len() == 1 { "" } else { "s" },
             s.took_ms
-        ));
+        );
     }
     out
 }
@@ -201,6 +203,62 @@ struct ReleaseRow {
     live_on: Vec<String>,
 }
 
+/// `runbook status releases` as a table: one row per release, the hosts that did not
+/// answer below it; "all" when every host that answered (`reached`) is meant.
+fn releases_table(rows: &[ReleaseRow], unreachable: &[String], reached: usize) -> String {
+    let hosts = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else if v.len() == reached && reached > 1 {
+            "all".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut present = hosts(&r.present_on);
+            if !r.incomplete_on.is_empty() {
+                let _ = write!(present, " (incomplete: {})", r.incomplete_on.join(", "));
+            }
+            vec![
+                r.name.clone(),
+                r.git_ref.clone().unwrap_or_else(|| "-".into()),
+                r.commit
+                    .as_deref()
+                    .map_or("-".into(), |c| c.chars().take(12).collect()),
+                r.by.clone().unwrap_or_else(|| "-".into()),
+                r.created_at.clone().unwrap_or_else(|| "(adopted)".into()),
+                if r.bad_on.is_empty() {
+                    "-".into()
+                } else {
+                    format!("BAD on {}", hosts(&r.bad_on))
+                },
+                hosts(&r.live_on),
+                present,
+            ]
+        })
+        .collect();
+    let mut out = crate::output::table(
+        &[
+            "RELEASE",
+            "REF",
+            "COMMIT",
+            "BY",
+            "CREATED",
+            "BAD",
+            "LIVE ON",
+            "PRESENT ON",
+        ],
+        &table_rows,
+    );
+    for u in unreachable {
+        let _ = writeln!(out, "✗ did not answer: {u}");
+    }
+    out
+}
+
 pub(crate) fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> {
     let (_rt, session, env) = open(global, args.env.as_deref(), "releases")?;
     let targets: Vec<crate::effects::Target> = env
@@ -268,57 +326,7 @@ pub(crate) fn releases(global: &Global, args: &StatusArgs) -> Result<(), Error> 
         });
         super::print(&serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        let hosts = |v: &[String]| {
-            if v.is_empty() {
-                "-".to_owned()
-            } else if v.len() == reached && reached > 1 {
-                "all".to_owned()
-            } else {
-                v.join(",")
-            }
-        };
-        let table_rows: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                let mut present = hosts(&r.present_on);
-                if !r.incomplete_on.is_empty() {
-                    present.push_str(&format!(" (incomplete: {})", r.incomplete_on.join(", ")));
-                }
-                vec![
-                    r.name.clone(),
-                    r.git_ref.clone().unwrap_or_else(|| "-".into()),
-                    r.commit
-                        .as_deref()
-                        .map_or("-".into(), |c| c.chars().take(12).collect()),
-                    r.by.clone().unwrap_or_else(|| "-".into()),
-                    r.created_at.clone().unwrap_or_else(|| "(adopted)".into()),
-                    if r.bad_on.is_empty() {
-                        "-".into()
-                    } else {
-                        format!("BAD on {}", hosts(&r.bad_on))
-                    },
-                    hosts(&r.live_on),
-                    present,
-                ]
-            })
-            .collect();
-        let mut out = crate::output::table(
-            &[
-                "RELEASE",
-                "REF",
-                "COMMIT",
-                "BY",
-                "CREATED",
-                "BAD",
-                "LIVE ON",
-                "PRESENT ON",
-            ],
-            &table_rows,
-        );
-        for u in &unreachable {
-            out.push_str(&format!("✗ did not answer: {u}\n"));
-        }
-        super::print(&out);
+        super::print(&releases_table(&rows, &unreachable, reached));
     }
     if unreachable.is_empty() {
         Ok(())

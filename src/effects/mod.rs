@@ -15,6 +15,7 @@ pub(crate) mod http;
 mod transfer_error;
 pub(crate) use crate::interrupt;
 
+use crate::num::ToF64;
 use crate::sync::Locked;
 use std::path::Path;
 use std::sync::Arc;
@@ -90,7 +91,7 @@ impl FanOut {
 
     /// How many failed hosts are tolerated out of `n`.
     pub(crate) fn threshold(&self, n: usize) -> usize {
-        ((self.max_fail_percent / 100.0) * n as f64).floor() as usize
+        crate::num::saturating_usize(((self.max_fail_percent / 100.0) * n.to_f64()).floor())
     }
 
     /// The batch sizes for `n` hosts: each at least 1, the last size repeating.
@@ -100,7 +101,9 @@ impl FanOut {
         }
         let size_of = |b: &BatchSize| match *b {
             BatchSize::Count(c) => c.max(1),
-            BatchSize::Percent(p) => ((p / 100.0 * n as f64).ceil() as usize).max(1),
+            BatchSize::Percent(p) => {
+                crate::num::saturating_usize((p / 100.0 * n.to_f64()).ceil()).max(1)
+            }
         };
         let mut sizes = Vec::new();
         let mut left = n;
@@ -905,20 +908,7 @@ impl Effects {
                     f.code.is_none().then(|| "killed by a signal".to_owned()),
                 );
                 if failed && !spec.tolerate {
-                    let stderr_tail = stderr_tail(&f.stderr);
-                    return Err(match f.code {
-                        Some(code) => CommandError::Failed {
-                            host,
-                            command,
-                            code,
-                            stderr_tail,
-                        },
-                        None => CommandError::Killed {
-                            host,
-                            command,
-                            stderr_tail,
-                        },
-                    });
+                    return Err(failure(host, command, &f));
                 }
                 Ok(CommandResult {
                     host,
@@ -982,6 +972,24 @@ impl Effects {
                 })
             }
         }
+    }
+}
+
+/// The error of a command that exited non-zero, or was killed, where that is not tolerated.
+fn failure(host: String, command: String, f: &Finished) -> CommandError {
+    let stderr_tail = stderr_tail(&f.stderr);
+    match f.code {
+        Some(code) => CommandError::Failed {
+            host,
+            command,
+            code,
+            stderr_tail,
+        },
+        None => CommandError::Killed {
+            host,
+            command,
+            stderr_tail,
+        },
     }
 }
 

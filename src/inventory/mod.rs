@@ -11,6 +11,7 @@ pub(crate) mod identity;
 pub(crate) mod model;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +105,10 @@ pub(crate) struct Host {
     /// Key material named by environment variable; written to `identity_file` (a
     /// private temporary file) when the environment is opened for a run.
     pub identity: Option<SecretRef>,
+    #[expect(
+        clippy::struct_field_names,
+        reason = "the inventory's own key, `jump_host` (ssh's ProxyJump)"
+    )]
     pub jump_host: Option<String>,
     pub transport: TransportKind,
     pub roles: Vec<String>,
@@ -547,12 +552,11 @@ fn split_address(s: &str) -> Result<(String, Option<u16>), AddressError> {
         };
     }
     match s.matches(':').count() {
-        0 => Ok((s.to_owned(), None)),
         1 => {
             let (addr, port) = s.split_once(':').unwrap_or((s, ""));
             parse_port(s, port).map(|p| (addr.to_owned(), Some(p)))
         }
-        // A bare IPv6 address without a port.
+        // No port, or a bare IPv6 address without one.
         _ => Ok((s.to_owned(), None)),
     }
 }
@@ -1041,13 +1045,14 @@ fn unresolved_message(unresolved: &[(String, String)]) -> String {
     };
     if unresolved.len() > 1 {
         for (k, v) in unresolved {
-            s.push_str(&format!("\n  `{k}` reads {v}"));
+            let _ = write!(s, "\n  `{k}` reads {v}");
         }
     }
-    s.push_str(&format!(
+    let _ = write!(
+        s,
         "\n  export {} where runbook runs (GitHub Actions: `env:` from the repository's secrets); nothing was changed on any host",
         vars.join(", ")
-    ));
+    );
     s
 }
 
@@ -1261,6 +1266,7 @@ deploy_path = "/var/www/shop"
 
     #[test]
     fn address_user_and_key_may_come_from_environment_variables() {
+        use std::os::unix::fs::PermissionsExt;
         let text = format!(
             "{BASE}\n[ssh]\nuser = {{ env = \"RB_T_USER\" }}\nidentity = {{ env = \"RB_T_KEY\" }}\n[env.prod]\nhosts = {{ web1 = {{ address = {{ env = \"RB_T_HOST\" }} }}, web2 = {{ address = \"10.0.0.2\", identity_file = \"/k\" }} }}\n"
         );
@@ -1290,7 +1296,6 @@ deploy_path = "/var/www/shop"
         );
         assert!(inv.secret_names().contains(&"RB_T_KEY".to_owned()));
 
-        use std::os::unix::fs::PermissionsExt;
         let opened = identity::materialize(&env, &set).unwrap();
         let key = opened.host("web1").unwrap().identity_file.clone().unwrap();
         let key = std::path::PathBuf::from(key);

@@ -53,9 +53,9 @@ fn artisan(
         .env
         .as_ref()
         .map_or_else(|| "php".to_owned(), |e| e.php.clone());
-    let mut argv = vec![php, "artisan".to_owned()];
-    argv.extend(args);
-    let base = call(Program::Argv(argv), &opts)?;
+    let mut command_line = vec![php, "artisan".to_owned()];
+    command_line.extend(args);
+    let base = call(Program::Argv(command_line), &opts)?;
     let build = |t: &Target| {
         let mut spec = base.spec.clone();
         spec.read |= reads;

@@ -6,9 +6,9 @@
 //! canary's state next to the deploy lock and obey what `runbook rollout` asks; in a dry
 //! run they write nothing.
 
+use crate::num::ToF64;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
-
 use std::sync::{Arc, Mutex};
 
 use super::context::duration_arg;
@@ -209,7 +209,7 @@ const VALUES: &[&str] = &[
 fn float(v: &Dynamic) -> Option<f64> {
     v.as_float()
         .ok()
-        .or_else(|| v.as_int().ok().map(|i| i as f64))
+        .or_else(|| v.as_int().ok().map(ToF64::to_f64))
 }
 
 fn options(opts: &Map) -> Result<Options, Box<EvalAltResult>> {
@@ -573,6 +573,7 @@ pub mod canary_api {
 #[cfg(test)]
 mod tests {
     use rhai::{Engine, Map, exported_module};
+    use std::fmt::Write as _;
 
     fn engine() -> Engine {
         let mut e = Engine::new();
@@ -584,9 +585,10 @@ mod tests {
     fn a_script_judging_a_log_gets_the_map() {
         let mut script = String::from("let log = `");
         for i in 0..200 {
-            script.push_str(&format!(
-                "1000.{i:03} next 200 0.010\n1000.{i:03} stable 200 0.010\n"
-            ));
+            let _ = writeln!(
+                script,
+                "1000.{i:03} next 200 0.010\n1000.{i:03} stable 200 0.010"
+            );
         }
         script.push_str("1000.500 next 503 0.002\nnot a line\n`;\n");
         script.push_str("canary::judge(log, #{ since: 1000, p95: \"500ms\" })");

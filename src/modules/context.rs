@@ -85,8 +85,12 @@ pub(crate) fn register_types(engine: &mut Engine) {
     engine
         .register_type_with_name::<HostSet>("HostSet")
         .register_iterator::<HostSet>()
-        .register_get("len", |s: &mut HostSet| s.0.len() as i64)
-        .register_fn("len", |s: &mut HostSet| s.0.len() as i64)
+        .register_get("len", |s: &mut HostSet| {
+            i64::try_from(s.0.len()).unwrap_or(i64::MAX)
+        })
+        .register_fn("len", |s: &mut HostSet| {
+            i64::try_from(s.0.len()).unwrap_or(i64::MAX)
+        })
         .register_fn("is_empty", |s: &mut HostSet| s.0.is_empty())
         .register_get("names", |s: &mut HostSet| {
             s.0.iter()

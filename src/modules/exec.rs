@@ -3,6 +3,7 @@
 //! script) plus an options map, a host or host set as targets, and result maps. The script
 //! modules themselves are `local.rs` and `ssh.rs`.
 
+use crate::num::ToF64;
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 
@@ -164,7 +165,7 @@ fn batch_size(v: &Dynamic) -> Option<BatchSize> {
 /// `"25%"`, `25` or `2.5` as a percentage.
 fn percent(v: &Dynamic) -> Option<f64> {
     if let Ok(n) = v.as_int() {
-        return Some(n as f64);
+        return Some(n.to_f64());
     }
     if let Ok(f) = v.as_float() {
         return Some(f);

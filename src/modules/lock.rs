@@ -22,15 +22,13 @@ pub(super) fn holder(session: &crate::session::Session) -> Holder {
     }
 }
 
-fn acquire(
-    ctx: &NativeCallContext,
-    target: &Dynamic,
+/// `lock::acquire`'s options: how long to wait (the run's `--lock-wait` unless given)
+/// and from what heartbeat age a lock is taken over.
+fn acquire_options(
     opts: &Map,
-) -> Result<Map, Box<EvalAltResult>> {
-    crate::modules::guard(ctx, "lock::acquire")?;
-    let session = super::session(ctx)?;
-    let (targets, _) = targets(target)?;
-    let mut wait = session.info.lock_wait;
+    default_wait: std::time::Duration,
+) -> Result<(std::time::Duration, Option<std::time::Duration>), Box<EvalAltResult>> {
+    let mut wait = default_wait;
     let mut take_stale = None;
     for (k, v) in opts {
         match k.as_str() {
@@ -49,6 +47,18 @@ fn acquire(
             }
         }
     }
+    Ok((wait, take_stale))
+}
+
+fn acquire(
+    ctx: &NativeCallContext,
+    target: &Dynamic,
+    opts: &Map,
+) -> Result<Map, Box<EvalAltResult>> {
+    crate::modules::guard(ctx, "lock::acquire")?;
+    let session = super::session(ctx)?;
+    let (targets, _) = targets(target)?;
+    let (wait, take_stale) = acquire_options(opts, session.info.lock_wait)?;
     let holder = holder(&session);
     let output = session.effects.output().clone();
     let mut attempt = session.locks.acquire(&targets, &holder, wait, take_stale);

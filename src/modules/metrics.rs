@@ -2,6 +2,7 @@
 //! PromQL queries (plain core: `crate::metrics`). A failed push is a warning, as for
 //! `notify::*`, unless the call says `required: true`.
 
+use crate::num::ToF64;
 use rhai::plugin::*;
 use rhai::{EvalAltResult, Map};
 
@@ -66,7 +67,8 @@ pub mod metrics_api {
                 duration_seconds: opts
                     .get("duration_ms")
                     .and_then(|v| v.as_int().ok())
-                    .unwrap_or(0) as f64
+                    .unwrap_or(0)
+                    .to_f64()
                     / 1000.0,
                 timestamp_seconds: chrono::Utc::now().timestamp(),
             };

@@ -74,6 +74,70 @@ fn render_template(
     Ok(rendered)
 }
 
+/// What a dry run says of one host's plan: the commit range, the commits,
+/// composer.lock, the migrations added, the .env keys the template changes, the notes.
+fn plan_lines(p: &core::HostPlan, template_keys: Option<&[String]>) -> Vec<String> {
+    let mut lines = Vec::new();
+    match (&p.old_commit, &p.new_commit) {
+        (Some(o), Some(n)) => lines.push(format!(
+            "{} commit{} {}..{} (live: {})",
+            p.commit_count,
+            if p.commit_count == 1 { "" } else { "s" },
+            &o[..o.len().min(12)],
+            &n[..n.len().min(12)],
+            if p.live.is_empty() { "none" } else { &p.live }
+        )),
+        (None, Some(n)) => lines.push(format!("new code at {}", &n[..n.len().min(12)])),
+        _ => {}
+    }
+    for c in &p.commits {
+        lines.push(format!("  {c}"));
+    }
+    if p.new_commit.is_some() && p.old_commit.is_some() {
+        lines.push(format!(
+            "composer.lock: {}",
+            if p.composer_lock_changed {
+                "CHANGED (dependencies install anew)"
+            } else {
+                "unchanged"
+            }
+        ));
+        lines.push(if p.new_migrations.is_empty() {
+            "migrations: none added".to_owned()
+        } else {
+            format!("migrations added: {}", p.new_migrations.join(", "))
+        });
+    }
+    if let Some(keys) = template_keys {
+        let live: std::collections::BTreeSet<&str> =
+            p.env_keys.iter().map(String::as_str).collect();
+        let want: std::collections::BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+        let added: Vec<&str> = want.difference(&live).copied().collect();
+        let removed: Vec<&str> = live.difference(&want).copied().collect();
+        lines.push(format!(
+            ".env from the template: {}",
+            match (added.is_empty(), removed.is_empty()) {
+                (true, true) => "the same keys".to_owned(),
+                _ => format!(
+                    "adds {}, removes {}",
+                    if added.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        added.join(", ")
+                    },
+                    if removed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        removed.join(", ")
+                    }
+                ),
+            }
+        ));
+    }
+    lines.extend(p.notes.iter().cloned());
+    lines
+}
+
 /// A dry run's plan of a deploy of `source` (see `release::plan`): read for real from
 /// the hosts, logged grouped by what the hosts share, returned as `#{ host: #{…} }`.
 fn plan(
@@ -129,65 +193,7 @@ fn plan(
         let text = match p {
             Err(e) => format!("cannot read the plan: {e}"),
             Ok(p) => {
-                let mut lines = Vec::new();
-                match (&p.old_commit, &p.new_commit) {
-                    (Some(o), Some(n)) => lines.push(format!(
-                        "{} commit{} {}..{} (live: {})",
-                        p.commit_count,
-                        if p.commit_count == 1 { "" } else { "s" },
-                        &o[..o.len().min(12)],
-                        &n[..n.len().min(12)],
-                        if p.live.is_empty() { "none" } else { &p.live }
-                    )),
-                    (None, Some(n)) => lines.push(format!("new code at {}", &n[..n.len().min(12)])),
-                    _ => {}
-                }
-                for c in &p.commits {
-                    lines.push(format!("  {c}"));
-                }
-                if p.new_commit.is_some() && p.old_commit.is_some() {
-                    lines.push(format!(
-                        "composer.lock: {}",
-                        if p.composer_lock_changed {
-                            "CHANGED (dependencies install anew)"
-                        } else {
-                            "unchanged"
-                        }
-                    ));
-                    lines.push(if p.new_migrations.is_empty() {
-                        "migrations: none added".to_owned()
-                    } else {
-                        format!("migrations added: {}", p.new_migrations.join(", "))
-                    });
-                }
-                if let Some(keys) = &template_keys {
-                    let live: std::collections::BTreeSet<&str> =
-                        p.env_keys.iter().map(String::as_str).collect();
-                    let want: std::collections::BTreeSet<&str> =
-                        keys.iter().map(String::as_str).collect();
-                    let added: Vec<&str> = want.difference(&live).copied().collect();
-                    let removed: Vec<&str> = live.difference(&want).copied().collect();
-                    lines.push(format!(
-                        ".env from the template: {}",
-                        match (added.is_empty(), removed.is_empty()) {
-                            (true, true) => "the same keys".to_owned(),
-                            _ => format!(
-                                "adds {}, removes {}",
-                                if added.is_empty() {
-                                    "none".to_owned()
-                                } else {
-                                    added.join(", ")
-                                },
-                                if removed.is_empty() {
-                                    "none".to_owned()
-                                } else {
-                                    removed.join(", ")
-                                }
-                            ),
-                        }
-                    ));
-                }
-                lines.extend(p.notes.iter().cloned());
+                let lines = plan_lines(p, template_keys.as_deref());
                 if !p.new_migrations.is_empty() && sql_commit.is_none() {
                     sql_commit.clone_from(&p.new_commit);
                 }

@@ -67,7 +67,9 @@ pub(crate) enum Level {
 pub(crate) struct Event {
     pub ts: String,
     pub run: String,
-    pub event: Kind,
+    /// What happened; the JSON line's `event` key.
+    #[serde(rename = "event")]
+    pub kind: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,11 +94,11 @@ pub(crate) struct Event {
 }
 
 impl Event {
-    pub(crate) fn new(event: Kind) -> Event {
+    pub(crate) fn new(kind: Kind) -> Event {
         Event {
             ts: String::new(),
             run: String::new(),
-            event,
+            kind,
             step: None,
             host: None,
             argv: None,

@@ -3,6 +3,7 @@
 //! (Secret values are announced with `::add-mask::` by the redactor's hook.)
 
 use crate::sync::Locked;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -74,7 +75,7 @@ impl Sink for GitHub {
         let neutralised = super::terminal::neutralise_event(e);
         let e = &neutralised;
         let mut st = self.state.locked();
-        match e.event {
+        match e.kind {
             Kind::RunStarted => st.started = Some(e.clone()),
             Kind::StepStarted => {
                 if st.depth == 0 {
@@ -187,10 +188,10 @@ fn summary(st: &State, finished: &Event) -> String {
             .iter()
             .map(|(k, v)| format!("`{k}={}`", v.as_str().unwrap_or("")))
             .collect();
-        s.push_str(&format!("| arguments | {} |\n", list.join(" ")));
+        let _ = writeln!(s, "| arguments | {} |", list.join(" "));
     }
     if !get("reason").is_empty() {
-        s.push_str(&format!("| reason | {} |\n", get("reason")));
+        let _ = writeln!(s, "| reason | {} |", get("reason"));
     }
     if let Some(live) = finished
         .data
@@ -202,18 +203,18 @@ fn summary(st: &State, finished: &Event) -> String {
             .iter()
             .map(|(h, r)| format!("{h}: `{}`", r.as_str().unwrap_or("")))
             .collect();
-        s.push_str(&format!("| release now live | {} |\n", list.join(", ")));
+        let _ = writeln!(s, "| release now live | {} |", list.join(", "));
     }
     if !st.steps.is_empty() {
         s.push_str("\n| step | result | duration |\n|---|---|---:|\n");
         for (name, r, ms) in &st.steps {
-            s.push_str(&format!("| {name} | {} | {ms} ms |\n", word(*r)));
+            let _ = writeln!(s, "| {name} | {} | {ms} ms |", word(*r));
         }
     }
     if !st.hosts.is_empty() {
         s.push_str("\n| host | commands ok | failed |\n|---|---:|---:|\n");
         for (h, (ok, failed)) in &st.hosts {
-            s.push_str(&format!("| {h} | {ok} | {failed} |\n"));
+            let _ = writeln!(s, "| {h} | {ok} | {failed} |");
         }
     }
     if let Some(err) = finished
@@ -222,7 +223,7 @@ fn summary(st: &State, finished: &Event) -> String {
         .and_then(|d| d.get("error"))
         .and_then(|v| v.as_str())
     {
-        s.push_str(&format!("\n```text\n{err}\n```\n"));
+        let _ = writeln!(s, "\n```text\n{err}\n```");
     }
     s.push('\n');
     s

@@ -5,7 +5,9 @@
 //! Every string of an event is neutralised (control characters shown as escapes) before
 //! it is styled, so only runbook's own colours reach the terminal.
 
+use crate::num::ToF64;
 use crate::sync::Locked;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,7 +68,7 @@ impl Human {
         }
     }
 
-    fn line(&self, state: &State, text: &str) {
+    fn line(state: &State, text: &str) {
         let write = || {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{text}");
@@ -103,7 +105,7 @@ impl Human {
         state.spinner = Some(bar);
     }
 
-    fn stop_spinner(&self, state: &mut State) {
+    fn stop_spinner(state: &mut State) {
         if state.depth == 0
             && let Some(bar) = state.spinner.take()
         {
@@ -116,7 +118,7 @@ fn fmt_ms(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms} ms")
     } else if ms < 60_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
+        format!("{:.1} s", ms.to_f64() / 1000.0)
     } else {
         format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000)
     }
@@ -133,7 +135,7 @@ impl Sink for Human {
         let neutralised = super::terminal::neutralise_event(e);
         let e = &neutralised;
         let mut state = self.state.locked();
-        match e.event {
+        match e.kind {
             Kind::RunStarted => self.run_started(&mut state, e),
             Kind::StepStarted => self.step_started(&mut state, e),
             Kind::StepFinished => self.step_finished(&mut state, e),
@@ -176,7 +178,7 @@ impl Human {
             } else {
                 String::new()
             };
-            self.line(state, &format!("{}{dry}", s.bold.apply_to(msg)));
+            Self::line(state, &format!("{}{dry}", s.bold.apply_to(msg)));
         }
     }
 
@@ -191,7 +193,7 @@ impl Human {
                 s.bold.apply_to("▶"),
                 s.bold.apply_to(name)
             );
-            self.line(state, &text);
+            Self::line(state, &text);
         }
         state.depth += 1;
         self.start_spinner(state, name);
@@ -201,7 +203,7 @@ impl Human {
         let s = &self.styles;
         let normal = self.verbosity >= Verbosity::Normal;
         state.depth = state.depth.saturating_sub(1);
-        self.stop_spinner(state);
+        Self::stop_spinner(state);
         let name = e.step.clone().unwrap_or_default();
         let ms = e.duration_ms.unwrap_or(0);
         let result = e.result.unwrap_or(Outcome::Ok);
@@ -220,7 +222,7 @@ impl Human {
                 s.dim
                     .apply_to(format!("({}{})", result_word(result), fmt_ms(ms)))
             );
-            self.line(state, &text);
+            Self::line(state, &text);
         }
     }
 
@@ -241,7 +243,7 @@ impl Human {
                 s.dim.apply_to(verb),
                 s.dim.apply_to(argv)
             );
-            self.line(state, &text);
+            Self::line(state, &text);
         }
     }
 
@@ -259,7 +261,7 @@ impl Human {
             let line = format!("{indent}{}{text}", self.host(e));
             match (&e.host, self.fold) {
                 (Some(h), true) => state.pending.entry(h.clone()).or_default().push(line),
-                _ => self.line(state, &line),
+                _ => Self::line(state, &line),
             }
         }
     }
@@ -269,7 +271,7 @@ impl Human {
         let verbose = self.verbosity >= Verbosity::Verbose;
         let indent = "  ".repeat(state.depth.max(1));
         if let Some(lines) = e.host.as_ref().and_then(|h| state.pending.remove(h)) {
-            self.line(state, &lines.join("\n"));
+            Self::line(state, &lines.join("\n"));
         }
         let ms = e.duration_ms.unwrap_or(0);
         match e.result {
@@ -284,7 +286,7 @@ impl Human {
                     s.red.apply_to("✗"),
                     fmt_ms(ms)
                 );
-                self.line(state, &text);
+                Self::line(state, &text);
             }
             Some(Outcome::Aborted) => {
                 let text = format!(
@@ -292,7 +294,7 @@ impl Human {
                     self.host(e),
                     s.red.apply_to("✗")
                 );
-                self.line(state, &text);
+                Self::line(state, &text);
             }
             _ if verbose => {
                 let text = format!(
@@ -300,7 +302,7 @@ impl Human {
                     self.host(e),
                     s.dim.apply_to(format!("exit 0 ({})", fmt_ms(ms)))
                 );
-                self.line(state, &text);
+                Self::line(state, &text);
             }
             _ => {}
         }
@@ -324,13 +326,13 @@ impl Human {
                 }
             }
             Level::Print | Level::Info if normal => {
-                self.line(state, &format!("{indent}{msg}"));
+                Self::line(state, &format!("{indent}{msg}"));
             }
             Level::Debug if verbose => {
-                self.line(state, &format!("{indent}{}", s.dim.apply_to(msg)));
+                Self::line(state, &format!("{indent}{}", s.dim.apply_to(msg)));
             }
             Level::Error => {
-                self.line(state, &format!("{}{msg}", s.red.apply_to("error: ")));
+                Self::line(state, &format!("{}{msg}", s.red.apply_to("error: ")));
             }
             _ => {}
         }
@@ -339,7 +341,7 @@ impl Human {
     fn warning(&self, state: &mut State, e: &Event) {
         let s = &self.styles;
         let msg = e.message.as_deref().unwrap_or("");
-        self.line(
+        Self::line(
             state,
             &format!("{}{}{msg}", self.host(e), s.yellow.apply_to("warning: ")),
         );
@@ -350,7 +352,7 @@ impl Human {
         let indent = "  ".repeat(state.depth.max(1));
         if normal {
             let msg = e.message.as_deref().unwrap_or("");
-            self.line(state, &format!("{indent}{}{msg}", self.host(e)));
+            Self::line(state, &format!("{indent}{}{msg}", self.host(e)));
         }
     }
 
@@ -359,7 +361,7 @@ impl Human {
         let normal = self.verbosity >= Verbosity::Normal;
         let pending = std::mem::take(&mut state.pending);
         for lines in pending.values() {
-            self.line(state, &lines.join("\n"));
+            Self::line(state, &lines.join("\n"));
         }
         if let Some(bar) = state.spinner.take() {
             bar.finish_and_clear();
@@ -369,13 +371,14 @@ impl Human {
             let width = state.steps.iter().map(|(n, ..)| n.len()).max().unwrap_or(0);
             let mut text = String::from("\nsummary:");
             for (name, r, ms) in &state.steps {
-                text.push_str(&format!(
+                let _ = write!(
+                    text,
                     "\n  {name:<width$}  {:<8} {:>8}",
                     r.as_str(),
                     fmt_ms(*ms)
-                ));
+                );
             }
-            self.line(state, &text);
+            Self::line(state, &text);
         }
         let msg = e.message.as_deref().unwrap_or("");
         let ms = fmt_ms(e.duration_ms.unwrap_or(0));
@@ -385,7 +388,7 @@ impl Human {
             }
             _ => format!("{} {msg} ({ms})", s.red.apply_to("✗")),
         };
-        self.line(state, &text);
+        Self::line(state, &text);
     }
 }
 

@@ -9,6 +9,7 @@
 //! the ones serde leaves raw: DEL and the C1 range).
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 /// Whether a terminal could act on `c`: C0 except tab and newline, DEL, C1 (U+0080–U+009F).
 /// NUL is left alone: terminals ignore it, and output split on it (`printf '%s\0'`,
@@ -27,7 +28,7 @@ pub(crate) fn neutralise(text: &str) -> Cow<'_, str> {
         match c {
             '\r' => out.push_str("\\r"),
             c if is_control(c) && u32::from(c) < 0x100 => {
-                out.push_str(&format!("\\x{:02x}", u32::from(c)));
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
             }
             c => out.push(c),
         }
@@ -55,7 +56,7 @@ pub(crate) fn json_safe(json: &str) -> Cow<'_, str> {
     let mut out = String::with_capacity(json.len() + 16);
     for c in json.chars() {
         if needs(c) {
-            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
         } else {
             out.push(c);
         }

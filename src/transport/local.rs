@@ -32,8 +32,8 @@ pub(crate) async fn exec(
     } else {
         Vec::new()
     };
-    let argv = spec.program.argv_with_sudo(spec.sudo.as_deref(), &keep);
-    let Some((program, args)) = argv.split_first() else {
+    let words = spec.program.argv_with_sudo(spec.sudo.as_deref(), &keep);
+    let Some((program, args)) = words.split_first() else {
         return Err(ExecError::Unsupported(
             "empty command: argv has no program".into(),
         ));
@@ -227,7 +227,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in");
         let output = dir.path().join("out");
-        let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let body: Vec<u8> = (0..3 * 1024 * 1024u32)
+            .map(|i| (i % 251).to_le_bytes()[0])
+            .collect();
         std::fs::write(&input, &body).unwrap();
         let mut s = spec(Program::Argv(vec!["cat".into()]));
         s.stdin = Some(b"head:".to_vec());

@@ -64,6 +64,10 @@ impl Program {
 pub(crate) const RUN_TAG: &str = "RUNBOOK_RUN";
 
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches of one command (tolerate, quiet, silent, shielded, read), each set by its own caller"
+)]
 pub(crate) struct CommandSpec {
     pub program: Program,
     pub cwd: Option<String>,
@@ -103,14 +107,14 @@ impl CommandSpec {
     /// arguments (`sh -c BODY sh "$1" "$2" …`), never spliced into the text; people read
     /// `label` instead of the script.
     pub(crate) fn script(label: impl Into<String>, body: &str, args: &[&str]) -> CommandSpec {
-        let mut argv = vec![
+        let mut words = vec![
             "sh".to_owned(),
             "-c".to_owned(),
             body.to_owned(),
             "sh".to_owned(),
         ];
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        let mut spec = CommandSpec::new(Program::Argv(argv));
+        words.extend(args.iter().map(|a| (*a).to_owned()));
+        let mut spec = CommandSpec::new(Program::Argv(words));
         spec.label = Some(label.into());
         spec
     }

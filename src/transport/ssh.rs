@@ -16,6 +16,7 @@
 
 use crate::sync::Locked;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -156,6 +157,46 @@ pub(crate) struct SshPool {
     tag: String,
     conns: Mutex<HashMap<String, Slot>>,
     opened: std::sync::atomic::AtomicUsize,
+}
+
+/// Reads stderr up to the wrapper's report of its process-group id and returns the id;
+/// what came before it goes to `early`. Standard input is fed meanwhile (`fed` says
+/// whether that finished), so a login shell that reads it first does not stall.
+async fn find_pgid<F: std::future::Future<Output = ()>>(
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    marker: &str,
+    early: &mut Vec<String>,
+    mut feeding: std::pin::Pin<&mut F>,
+    fed: &mut bool,
+) -> Option<i64> {
+    let search = async {
+        let mut seen = 0;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => seen += n,
+            }
+            if let Some(at) = line.find(marker) {
+                // A dotfile that printed without a newline shares the line.
+                if at > 0 {
+                    early.push(format!("{}\n", &line[..at]));
+                }
+                return line[at + marker.len()..].trim_end().parse().ok();
+            }
+            early.push(line);
+            if seen > MARKER_SCAN {
+                return None;
+            }
+        }
+    };
+    tokio::pin!(search);
+    loop {
+        tokio::select! {
+            found = &mut search => return found,
+            () = &mut feeding, if !*fed => *fed = true,
+        }
+    }
 }
 
 impl SshPool {
@@ -341,13 +382,13 @@ impl SshPool {
         if let Some(home) = std::env::var_os("HOME") {
             let user = Path::new(&home).join(".ssh/config");
             if user.is_file() {
-                text.push_str(&format!("Include \"{}\"\n", user.display()));
+                let _ = writeln!(text, "Include \"{}\"", user.display());
             }
         }
         if let Some(extra) = &host.ssh.config_file {
-            text.push_str(&format!("Include \"{}\"\n", expand_home(extra).display()));
+            let _ = writeln!(text, "Include \"{}\"", expand_home(extra).display());
         }
-        text.push_str(&format!("ServerAliveCountMax {ALIVE_COUNT_MAX}\n"));
+        let _ = writeln!(text, "ServerAliveCountMax {ALIVE_COUNT_MAX}");
         let path = self.dir.path().join(format!("config-{}", host.name));
         std::fs::write(&path, text)?;
         Ok(path)
@@ -405,37 +446,13 @@ impl SshPool {
         let mut fed = false;
         if let Some(reader) = err_reader.as_mut() {
             let wait = spec.timeout.unwrap_or(MARKER_WAIT).min(MARKER_WAIT);
-            let marker = remote.marker.as_str();
-            let search = async {
-                let mut seen = 0;
-                loop {
-                    let mut line = String::new();
-                    match reader.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return None,
-                        Ok(n) => seen += n,
-                    }
-                    if let Some(at) = line.find(marker) {
-                        // A dotfile that printed without a newline shares the line.
-                        if at > 0 {
-                            early.push(format!("{}\n", &line[..at]));
-                        }
-                        return line[at + marker.len()..].trim_end().parse().ok();
-                    }
-                    early.push(line);
-                    if seen > MARKER_SCAN {
-                        return None;
-                    }
-                }
-            };
-            let search = async {
-                tokio::pin!(search);
-                loop {
-                    tokio::select! {
-                        found = &mut search => return found,
-                        () = &mut feeding, if !fed => fed = true,
-                    }
-                }
-            };
+            let search = find_pgid(
+                reader,
+                &remote.marker,
+                &mut early,
+                feeding.as_mut(),
+                &mut fed,
+            );
             pgid = tokio::time::timeout(wait, search).await.ok().flatten();
             if pgid.is_none() {
                 tracing::debug!(host = %host.name, "no process-group report: the command cannot be killed on the host");
@@ -662,7 +679,7 @@ pub(crate) fn remote_command(
     } else {
         let mut prelude = String::new();
         for (k, v) in &spec.env {
-            prelude.push_str(&format!("export {k}={}\n", quote_one(v)?));
+            let _ = writeln!(prelude, "export {k}={}", quote_one(v)?);
         }
         let mut bytes = format!("{}\n{prelude}", prelude.matches('\n').count()).into_bytes();
         if let Some(input) = &spec.stdin {
@@ -672,7 +689,7 @@ pub(crate) fn remote_command(
         Some(bytes)
     };
     if let Some(cwd) = &spec.cwd {
-        inner.push_str(&format!("cd -- {} || exit 1; ", quote_one(cwd)?));
+        let _ = write!(inner, "cd -- {} || exit 1; ", quote_one(cwd)?);
     }
     let argv = spec.program.argv_with_sudo(spec.sudo.as_deref(), &names);
     if argv.is_empty() || matches!(&spec.program, Program::Argv(a) if a.is_empty()) {

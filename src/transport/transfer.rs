@@ -115,6 +115,7 @@ impl Upload {
     /// Prepares `local` to be received as `name` (the last component of every remote
     /// path it goes to). A directory is packed here, once.
     pub(crate) fn prepare(local: &Path, name: &str) -> std::io::Result<Upload> {
+        use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(local)?;
         if meta.is_dir() {
             let packed = pack_to_file(local, name)?;
@@ -127,7 +128,6 @@ impl Upload {
                 len,
             });
         }
-        use std::os::unix::fs::MetadataExt;
         Ok(Upload {
             file: local.to_owned(),
             packed: None,
@@ -252,8 +252,9 @@ mod tests {
     fn a_directory_packed_on_every_core_unpacks_whole() {
         // Larger than one gzip member: a reader that stops at the first member loses the rest.
         let src = tempfile::tempdir().unwrap();
-        let big: Vec<u8> = (0..(3 * crate::gzip::PIECE + 4_321) as u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        let len = u32::try_from(3 * crate::gzip::PIECE + 4_321).expect("a test size");
+        let big: Vec<u8> = (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11).to_le_bytes()[0])
             .collect();
         std::fs::write(src.path().join("big"), &big).unwrap();
         std::fs::write(src.path().join("small"), "after the big one").unwrap();

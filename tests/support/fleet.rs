@@ -197,7 +197,7 @@ impl Fleet {
         addr: &str,
         netns: Option<&str>,
     ) -> Result<(), String> {
-        let i = self.hosts.len() as u16 + 1;
+        let i = u16::try_from(self.hosts.len()).map_err(|e| e.to_string())? + 1;
         let hdir = self.dir.path().join(name);
         std::fs::create_dir_all(&hdir).map_err(|e| e.to_string())?;
         let (hkey, host_key_pub) = host_key(&hdir, name)?;
@@ -282,6 +282,10 @@ impl Fleet {
             .collect()
     }
 
+    #[expect(
+        clippy::unused_self,
+        reason = "the key is shared by every fleet; asked of the fleet that uses it"
+    )]
     pub(crate) fn client_key(&self) -> PathBuf {
         client_key().map(|k| k.path.clone()).unwrap_or_default()
     }

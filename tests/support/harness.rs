@@ -1,6 +1,7 @@
 //! A small builder that runs the real `runbook` binary in a temporary project and
 //! captures what it did (in the style of just's `Test`).
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -220,11 +221,10 @@ impl Test {
             eprintln!("SKIPPED: tmux not installed");
             return None;
         }
-        let vars: String = self
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}='{}' ", v.replace('\'', "'\\''")))
-            .collect();
+        let vars = self.env.iter().fold(String::new(), |mut out, (k, v)| {
+            let _ = write!(out, "{k}='{}' ", v.replace('\'', "'\\''"));
+            out
+        });
         let cmd = format!(
             "cd {} && NO_COLOR=1 RUNBOOK_AUDIT_FILE={} XDG_STATE_HOME={} {vars}{} {args}",
             self.path().display(),

@@ -109,6 +109,39 @@ pub(crate) fn why_unavailable() -> Option<String> {
     })
 }
 
+/// The host's own disk under `root`: the mount points, the deploy and backup
+/// directories, and the deploy user's home with `authorized_keys` and `~/.gitconfig`.
+fn prepare_disk(root: &Path, client_pub: &str, safe_dir: &str) -> Result<(), String> {
+    let deploy = deploy_ids()?;
+    mkdir(root, 0o700, None)?;
+    for (dir, _) in MOUNTS {
+        mkdir(
+            &root.join(dir),
+            if *dir == "tmp" { 0o1777 } else { 0o755 },
+            None,
+        )?;
+    }
+    mkdir(&root.join("www/app"), 0o755, Some(deploy))?;
+    mkdir(&root.join("backups/app"), 0o750, Some(deploy))?;
+    mkdir(&root.join("run/sshd"), 0o755, None)?;
+    let home = root.join("home").join(USER);
+    mkdir(&home.join(".ssh"), 0o700, Some(deploy))?;
+    std::os::unix::fs::chown(&home, Some(deploy.0), Some(deploy.1)).map_err(|e| e.to_string())?;
+    write(
+        &home.join(".ssh/authorized_keys"),
+        client_pub,
+        0o600,
+        Some(deploy),
+    )?;
+    write(
+        &home.join(".gitconfig"),
+        &format!("[safe]\n\tdirectory = {safe_dir}\n"),
+        0o644,
+        Some(deploy),
+    )?;
+    Ok(())
+}
+
 impl NsHost {
     /// Starts host `name` on `addr` with its own disk under `root` (created here), the
     /// deploy user's `authorized_keys` holding `client_pub`, a `~/.gitconfig` that trusts
@@ -121,34 +154,7 @@ impl NsHost {
         srv: Option<&Path>,
         safe_dir: &str,
     ) -> Result<NsHost, String> {
-        let deploy = deploy_ids()?;
-        mkdir(&root, 0o700, None)?;
-        for (dir, _) in MOUNTS {
-            mkdir(
-                &root.join(dir),
-                if *dir == "tmp" { 0o1777 } else { 0o755 },
-                None,
-            )?;
-        }
-        mkdir(&root.join("www/app"), 0o755, Some(deploy))?;
-        mkdir(&root.join("backups/app"), 0o750, Some(deploy))?;
-        mkdir(&root.join("run/sshd"), 0o755, None)?;
-        let home = root.join("home").join(USER);
-        mkdir(&home.join(".ssh"), 0o700, Some(deploy))?;
-        std::os::unix::fs::chown(&home, Some(deploy.0), Some(deploy.1))
-            .map_err(|e| e.to_string())?;
-        write(
-            &home.join(".ssh/authorized_keys"),
-            client_pub,
-            0o600,
-            Some(deploy),
-        )?;
-        write(
-            &home.join(".gitconfig"),
-            &format!("[safe]\n\tdirectory = {safe_dir}\n"),
-            0o644,
-            Some(deploy),
-        )?;
+        prepare_disk(&root, client_pub, safe_dir)?;
         let ssh_dir = root.join("run/ssh");
         mkdir(&ssh_dir, 0o700, None)?;
         let (_, host_key_pub) = fleet::host_key(&ssh_dir, name)?;
@@ -327,7 +333,7 @@ impl NsHost {
         // util-linux's wrappers stop themselves when their child was stopped.
         for c in self.wrapper.iter().chain(&self.inside) {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::unistd::Pid::from_raw(c.id().cast_signed()),
                 nix::sys::signal::Signal::SIGCONT,
             );
         }
@@ -347,7 +353,7 @@ impl NsHost {
         all.append(&mut self.inside);
         for c in &all {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::unistd::Pid::from_raw(c.id().cast_signed()),
                 nix::sys::signal::Signal::SIGCONT,
             );
         }

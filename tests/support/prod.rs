@@ -10,7 +10,7 @@
 //! `ProdFleet::start` starts the parts in parallel where they do not depend on each
 //! other; dropping the fleet stops exactly what it started and removes its directories.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -141,6 +141,44 @@ fn why_unavailable() -> Option<String> {
         })
 }
 
+/// Every app host's `shared/.env`: MariaDB on `db_port`, Redis on `redis_port`.
+fn write_shared_env(
+    hosts: &[ProdHost],
+    db_port: impl std::fmt::Display,
+    redis_port: impl std::fmt::Display,
+) -> Result<(), String> {
+    let deploy = host::deploy_ids()?;
+    for h in hosts {
+        let shared = h.host.path(&format!("{DEPLOY_PATH}/shared"));
+        std::fs::create_dir_all(&shared).map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(&shared, Some(deploy.0), Some(deploy.1))
+            .map_err(|e| e.to_string())?;
+        host::write(
+            &shared.join(".env"),
+            &format!(
+                "APP_NAME=runbook-test-app\nAPP_ENV=production\nAPP_DEBUG=false\nLOG_CHANNEL=single\n\
+                 DB_CONNECTION=mysql\nDB_HOST=127.0.0.1\nDB_PORT={db_port}\nDB_DATABASE={DB_NAME}\nDB_USERNAME={DB_NAME}\nDB_PASSWORD={DB_PASSWORD}\n\
+                 QUEUE_CONNECTION=redis\nCACHE_DRIVER=redis\nREDIS_CLIENT=phpredis\nREDIS_HOST=127.0.0.1\nREDIS_PORT={redis_port}\n"
+            ),
+            0o640,
+            Some(deploy),
+        )?;
+    }
+    Ok(())
+}
+
+/// `known_hosts` with every host's key and the balancer's.
+fn write_known_hosts(path: &Path, hosts: &[ProdHost], lb_host: &NsHost) -> Result<(), String> {
+    let known: String = hosts
+        .iter()
+        .map(|h| &h.host)
+        .chain([lb_host])
+        .map(|h| fleet::known_hosts_line(&h.addr, h.port, &h.host_key_pub))
+        .collect();
+    std::fs::write(path, known).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 impl ProdFleet {
     /// The default fleet: 2 web hosts, 1 worker host, `$realpath_root`.
     pub(crate) fn start() -> Option<ProdFleet> {
@@ -223,24 +261,7 @@ impl ProdFleet {
         let (db, redis, repo, mut hosts) = (db?, redis?, repo?, hosts?);
         let mut lb_host = hosts.pop().ok_or("no balancer host")?.host;
         let port = db.port.unwrap_or(3306);
-        let deploy = host::deploy_ids()?;
-        for h in &hosts {
-            let shared = h.host.path(&format!("{DEPLOY_PATH}/shared"));
-            std::fs::create_dir_all(&shared).map_err(|e| e.to_string())?;
-            std::os::unix::fs::chown(&shared, Some(deploy.0), Some(deploy.1))
-                .map_err(|e| e.to_string())?;
-            host::write(
-                &shared.join(".env"),
-                &format!(
-                    "APP_NAME=runbook-test-app\nAPP_ENV=production\nAPP_DEBUG=false\nLOG_CHANNEL=single\n\
-                     DB_CONNECTION=mysql\nDB_HOST=127.0.0.1\nDB_PORT={port}\nDB_DATABASE={DB_NAME}\nDB_USERNAME={DB_NAME}\nDB_PASSWORD={DB_PASSWORD}\n\
-                     QUEUE_CONNECTION=redis\nCACHE_DRIVER=redis\nREDIS_CLIENT=phpredis\nREDIS_HOST=127.0.0.1\nREDIS_PORT={}\n",
-                    redis.port
-                ),
-                0o640,
-                Some(deploy),
-            )?;
-        }
+        write_shared_env(&hosts, port, redis.port)?;
         let upstreams = |next: bool| -> Vec<String> {
             hosts
                 .iter()
@@ -253,13 +274,7 @@ impl ProdFleet {
         };
         let lb = Balancer::start_on(&mut lb_host, &upstreams(false), &upstreams(true))?;
         let known_hosts = dir.path().join("known_hosts");
-        let known: String = hosts
-            .iter()
-            .map(|h| &h.host)
-            .chain([&lb_host])
-            .map(|h| fleet::known_hosts_line(&h.addr, h.port, &h.host_key_pub))
-            .collect();
-        std::fs::write(&known_hosts, known).map_err(|e| e.to_string())?;
+        write_known_hosts(&known_hosts, &hosts, &lb_host)?;
         let fleet = ProdFleet {
             hosts,
             lb,
@@ -348,6 +363,10 @@ impl ProdFleet {
     }
 
     /// A project with `inventory` and the shipped scripts.
+    #[expect(
+        clippy::unused_self,
+        reason = "a method beside `project` and `run`, which read the topology"
+    )]
     pub(crate) fn project_with(&self, inventory: &str) -> Test {
         let mut t = Test::bare()
             .file("runbook.toml", inventory)

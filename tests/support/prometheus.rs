@@ -25,6 +25,7 @@
 //! message ([`crate::support::available`]).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,10 +100,11 @@ fn config(targets: &[Target]) -> String {
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
     );
     for t in targets {
-        yml.push_str(&format!(
-            "  - job_name: {}\n    honor_labels: {}\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        let _ = writeln!(
+            yml,
+            "  - job_name: {}\n    honor_labels: {}\n    static_configs:\n      - targets: ['127.0.0.1:{}']",
             t.job, t.honor_labels, t.port
-        ));
+        );
     }
     yml
 }
@@ -244,6 +246,11 @@ impl Prometheus {
 
     /// Prometheus' own count of instant queries answered (`/api/v1/query`), from its
     /// `/metrics`: proof that someone (runbook) asked.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "Prometheus writes its counters as floats: a whole, non-negative count"
+    )]
     pub(crate) fn queries_answered(&self) -> u64 {
         let (_, text) = crate::support::get("127.0.0.1", self.port, "/metrics");
         text.lines()

@@ -248,7 +248,7 @@ fn session(
             mail.auth = line.split_whitespace().nth(2).map(str::to_owned);
             io.write_all(b"235 ok\r\n")?;
         } else if upper.starts_with("MAIL FROM:") {
-            mail.from = line[10..].trim().to_owned();
+            line[10..].trim().clone_into(&mut mail.from);
             io.write_all(b"250 ok\r\n")?;
         } else if upper.starts_with("RCPT TO:") {
             mail.to.push(line[8..].trim().to_owned());

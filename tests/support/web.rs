@@ -2,6 +2,7 @@
 //! host with `$realpath_root` (so a switch is visible on the next request). The pool runs
 //! as the fleet's `deploy` user. Dropping the stack stops exactly what it started.
 
+use std::fmt::Write as _;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -94,10 +95,11 @@ impl WebStack {
         let mut ports = Vec::new();
         for (name, root) in sites {
             let port = free_port();
-            servers.push_str(&format!(
-                "  server {{\n    listen 127.0.0.1:{port};\n    root {root}/public;\n    index index.php;\n    location / {{ try_files $uri /index.php?$query_string; }}\n    location ~ \\.php$ {{\n      include /etc/nginx/fastcgi_params;\n      fastcgi_pass unix:{sock};\n      fastcgi_param SCRIPT_FILENAME $realpath_root$fastcgi_script_name;\n      fastcgi_param DOCUMENT_ROOT $realpath_root;\n    }}\n  }}\n",
+            let _ = writeln!(
+                servers,
+                "  server {{\n    listen 127.0.0.1:{port};\n    root {root}/public;\n    index index.php;\n    location / {{ try_files $uri /index.php?$query_string; }}\n    location ~ \\.php$ {{\n      include /etc/nginx/fastcgi_params;\n      fastcgi_pass unix:{sock};\n      fastcgi_param SCRIPT_FILENAME $realpath_root$fastcgi_script_name;\n      fastcgi_param DOCUMENT_ROOT $realpath_root;\n    }}\n  }}",
                 sock = sock.display()
-            ));
+            );
             ports.push((name.clone(), port));
         }
         let tmp = d.join("tmp");
@@ -194,7 +196,7 @@ impl Drop for WebStack {
 pub(crate) fn terminate(children: &mut [Child]) {
     for c in children.iter() {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::unistd::Pid::from_raw(c.id().cast_signed()),
             nix::sys::signal::Signal::SIGTERM,
         );
     }

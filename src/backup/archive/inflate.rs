@@ -245,8 +245,10 @@ mod tests {
 
     #[test]
     fn gives_back_every_byte_of_several_members_in_order() {
-        let a: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let b: Vec<u8> = (0..300_001u32).map(|i| (i % 13) as u8).collect();
+        let a: Vec<u8> = (0..700_000u32)
+            .map(|i| (i * 7 % 251).to_le_bytes()[0])
+            .collect();
+        let b: Vec<u8> = (0..300_001u32).map(|i| (i % 13).to_le_bytes()[0]).collect();
         let mut stream = gz(&a);
         stream.extend(gz(&b));
         let mut got = Vec::new();
@@ -267,7 +269,9 @@ mod tests {
 
     #[test]
     fn a_corrupt_stream_is_an_error_not_a_short_read() {
-        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 31 % 256) as u8).collect();
+        let data: Vec<u8> = (0..2_000_000u32)
+            .map(|i| (i * 31 % 256).to_le_bytes()[0])
+            .collect();
         let mut stream = gz(&data);
         let mid = stream.len() / 2;
         stream[mid] ^= 0xff;
