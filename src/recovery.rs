@@ -26,7 +26,7 @@ pub(crate) enum RecoveryError {
     #[error(
         "commands of the dead run are still running after {} (nothing was changed):{}\nwait for them (`runbook recover -e {env} --wait 10m`), or end them: `runbook recover -e {env} --kill`",
         humantime::format_duration(*waited),
-        running.iter().map(|(host, c)| format!("\n- {host}: pid {c}")).collect::<String>()
+        bullets(running, "pid ")
     )]
     StillRunning {
         env: String,
@@ -36,7 +36,7 @@ pub(crate) enum RecoveryError {
     },
     #[error(
         "cannot recover while hosts are unreachable (nothing was changed); run `runbook recover -e {env}` again when they are back:{}",
-        unreachable.iter().map(|(host, e)| format!("\n- {host}: {e}")).collect::<String>()
+        bullets(unreachable, "")
     )]
     Unreachable {
         env: String,
@@ -73,6 +73,14 @@ pub(crate) enum RecoveryError {
     /// Putting traffic back on stable failed (the traffic core's own message).
     #[error("{0}")]
     Traffic(String),
+}
+
+/// `\n- host: <what>` for each pair, in order.
+fn bullets<T: std::fmt::Display>(items: &[(String, T)], what: &str) -> String {
+    items.iter().fold(String::new(), |mut out, (host, x)| {
+        let _ = write!(out, "\n- {host}: {what}{x}");
+        out
+    })
 }
 
 /// What the dead run's progress record says it did.

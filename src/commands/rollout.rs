@@ -413,12 +413,31 @@ fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result
             }
         }
     };
+    audit_control(&session, &name, &seen, &result, clock.elapsed());
+    session.effects.close();
+    match result {
+        Ok(said) => {
+            out.log(Level::Info, format!("{}: {said}", env.name));
+            Ok(())
+        }
+        Err(e) => Err(Error::Message(e.to_string())),
+    }
+}
+
+/// The audit record of a control request, locally and on the hosts that keep the state.
+fn audit_control(
+    session: &crate::session::Session,
+    name: &str,
+    seen: &Seen,
+    result: &Result<String, ControlError>,
+    took: std::time::Duration,
+) {
     let mut record = super::audit_record(
-        &session,
-        &name,
+        session,
+        name,
         "",
         if result.is_ok() { "success" } else { "failed" },
-        clock.elapsed(),
+        took,
     );
     record.hosts.clone_from(&seen.state.hosts);
     record
@@ -430,15 +449,7 @@ fn control(global: &Global, args: &RolloutControlArgs, action: Action) -> Result
     if let Err(e) = &result {
         record.error = Some(e.to_string());
     }
-    super::write_audit(&session, &record, true);
-    session.effects.close();
-    match result {
-        Ok(said) => {
-            out.log(Level::Info, format!("{}: {said}", env.name));
-            Ok(())
-        }
-        Err(e) => Err(Error::Message(e.to_string())),
-    }
+    super::write_audit(session, &record, true);
 }
 
 /// A live runner: the request left on the hosts that keep the state, then watched until

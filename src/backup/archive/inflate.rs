@@ -301,8 +301,8 @@ mod tests {
     }
 
     fn sample(n: usize) -> Vec<u8> {
-        (0..n as u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8 % 61)
+        (0..n)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11).to_le_bytes()[0] % 61)
             .collect()
     }
 
@@ -341,8 +341,14 @@ mod tests {
         let mut flipped = good.clone();
         flipped[first + first / 2] ^= 0x55;
         let cases = [
-            ("length one short", with_len(first as u32 - 1)),
-            ("length one long", with_len(first as u32 + 1)),
+            (
+                "length one short",
+                with_len(u32::try_from(first - 1).unwrap()),
+            ),
+            (
+                "length one long",
+                with_len(u32::try_from(first + 1).unwrap()),
+            ),
             ("length huge", with_len(u32::MAX)),
             ("length inside the header", with_len(3)),
             (
@@ -373,7 +379,7 @@ mod tests {
             e.write_all(&zeros).unwrap();
             e.finish().unwrap();
         }
-        let len = bomb.len() as u32;
+        let len = u32::try_from(bomb.len()).unwrap();
         let at = crate::gzip::HEADER - 4;
         bomb[at..at + 4].copy_from_slice(&len.to_le_bytes());
         let err = read_all(&bomb).unwrap_err();
