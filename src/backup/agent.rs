@@ -10,7 +10,7 @@
 //! as a local one. What crosses the link is the request (a few hundred bytes of JSON on
 //! stdin) and the answer, plus the agent itself once per host and version.
 //!
-//! The rules, each checked by `install`/`call`:
+//! The rules, each checked by `install_from`/`call`:
 //! - the agent is found next to the runner's own executable (`runbook-agent`), or at
 //!   `RUNBOOK_AGENT`;
 //! - it is cached as `~/.cache/runbook/agent/<sha256>` of the deploy user (directory
@@ -121,6 +121,14 @@ pub(crate) struct HostAgent {
     pub sha256: String,
 }
 
+/// The agent a backup step will use on one host: this machine's copy, and whether the
+/// step may fall back to streaming when it cannot run there.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    local: LocalAgent,
+    mode: OnHost,
+}
+
 /// The architecture an ELF executable is for, in `uname -m` terms (normalised).
 pub(crate) fn elf_arch(head: &[u8]) -> Option<&'static str> {
     if head.len() < 20 || &head[..4] != b"\x7fELF" {
@@ -211,12 +219,26 @@ s=${s%% *}
 if [ "$s" != "$sha" ]; then rm -f "$t"; echo "the uploaded agent's sha256 is $s, not $sha" >&2; exit 1; fi
 chmod 0700 "$t" && mv -f "$t" "$f" && "$f" --version"#;
 
-/// Checks the hash of the agent and only then runs it (stdin passes through).
+/// Checks the hash of the agent and only then runs it (stdin passes through). With an
+/// empty path (the first try of a backup step, before anything was probed) it looks in
+/// the cache, and a copy that is missing or changed there is not an error but [`ABSENT`]:
+/// the runner then places the agent and calls again with the path it placed, where a
+/// mismatch is [`TAMPERED`] (changed between placing and running).
 const LAUNCH: &str = r#"sha=$1 f=$2; shift 2
+if [ -z "$f" ]; then
+  [ -n "${HOME:-}" ] || { echo __runbook_agent_absent; exit 0; }
+  f=$HOME/.cache/runbook/agent/$sha
+  s=$(sha256sum < "$f" 2>/dev/null) || { echo __runbook_agent_absent; exit 0; }
+  [ "${s%% *}" = "$sha" ] || { echo __runbook_agent_absent; exit 0; }
+  exec "$f" "$@"
+fi
 s=$(sha256sum < "$f") || exit 97
 s=${s%% *}
 if [ "$s" != "$sha" ]; then echo "runbook-agent at $f does not match its sha256 ($s, expected $sha): not run" >&2; exit 97; fi
 exec "$f" "$@""#;
+
+/// What [`LAUNCH`] says when the cache has no good copy to run.
+const ABSENT: &str = "__runbook_agent_absent";
 
 /// What `PROBE` said.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -244,11 +266,6 @@ fn parse_probe(out: &str) -> Probe {
 
 /// Places (when needed) and checks the agent on `target`; the reason it cannot be used
 /// otherwise.
-pub(crate) fn install(effects: &Effects, target: &Target) -> Result<HostAgent, AgentError> {
-    let local = locate()?;
-    install_from(effects, target, &local)
-}
-
 fn install_from(
     effects: &Effects,
     target: &Target,
@@ -316,63 +333,103 @@ fn install_from(
 
 /// The agent to use on `target` for a backup, or `None`: stream through the runner. A
 /// host reached without SSH never gets one (its backups are made by runbook itself).
+/// Touches no host: [`call`] finds out whether the host has it.
 pub(crate) fn prepare(
     effects: &Effects,
     target: &Target,
     mode: OnHost,
-) -> Result<Option<HostAgent>, AgentError> {
+) -> Result<Option<Planned>, AgentError> {
     let ssh = matches!(target, Target::Host(h) if h.transport == TransportKind::Ssh);
     if mode == OnHost::Never || !ssh || effects.dry_run() {
         return Ok(None);
     }
-    match install(effects, target) {
-        Ok(a) => Ok(Some(a)),
-        Err(why) if mode == OnHost::Always => Err(AgentError::Required {
-            host: target.name().to_owned(),
-            why: Box::new(why),
-        }),
-        Err(why) => {
-            effects.output().log(
-                crate::output::Level::Warn,
-                format!(
-                    "backup of `{}` streams through the runner instead of staying on the host: {}",
-                    target.name(),
-                    why.to_string().lines().next().unwrap_or_default()
-                ),
-            );
-            Ok(None)
-        }
+    match located() {
+        Ok(local) => Ok(Some(Planned { local, mode })),
+        Err(why) => cannot_run(effects, target, mode, why),
     }
 }
 
-/// Runs agent `command` on the host with `request` on stdin; its JSON answer.
+/// [`locate`], once per process: a few MiB read and hashed, the same for every host.
+fn located() -> Result<LocalAgent, AgentError> {
+    static LOCAL: std::sync::OnceLock<LocalAgent> = std::sync::OnceLock::new();
+    if let Some(local) = LOCAL.get() {
+        return Ok(local.clone());
+    }
+    let local = locate()?;
+    Ok(LOCAL.get_or_init(|| local).clone())
+}
+
+/// The agent cannot be used on `target`: an error with `on_host = "always"`, else one
+/// warning and `None` (the step streams through the runner).
+fn cannot_run<T>(
+    effects: &Effects,
+    target: &Target,
+    mode: OnHost,
+    why: AgentError,
+) -> Result<Option<T>, AgentError> {
+    if mode == OnHost::Always {
+        return Err(AgentError::Required {
+            host: target.name().to_owned(),
+            why: Box::new(why),
+        });
+    }
+    effects.output().log(
+        crate::output::Level::Warn,
+        format!(
+            "backup of `{}` streams through the runner instead of staying on the host: {}",
+            target.name(),
+            why.to_string().lines().next().unwrap_or_default()
+        ),
+    );
+    Ok(None)
+}
+
+/// Runs agent `command` on the host with `request` on stdin; its JSON answer, or `None`
+/// when the agent cannot run there and the step is to stream instead (warned).
+///
+/// One session when the host has the agent already (the usual case): the launcher checks
+/// the cached copy's hash and runs it. Only when it is missing or changed is the host
+/// probed (architecture, cache directory), the agent placed, and the call made again.
 pub(crate) fn call<T: serde::de::DeserializeOwned>(
     effects: &Effects,
     target: &Target,
-    agent: &HostAgent,
+    plan: &Planned,
     command: &str,
     label: &str,
     request: &impl serde::Serialize,
     read: bool,
-) -> Result<T, AgentError> {
-    let mut spec = CommandSpec::script(label, LAUNCH, &[&agent.sha256, &agent.path, command]);
-    spec.stdin = Some(serde_json::to_vec(request).map_err(AgentError::Encode)?);
-    spec.quiet = true;
-    spec.read = read;
-    let out = effects.run(target, &spec).map_err(|e| {
-        if e.code() == Some(TAMPERED) {
-            AgentError::Tampered {
-                source: Box::new(e),
+) -> Result<Option<T>, AgentError> {
+    let stdin = serde_json::to_vec(request).map_err(AgentError::Encode)?;
+    let launch = |path: &str| {
+        let mut spec = CommandSpec::script(label, LAUNCH, &[&plan.local.sha256, path, command]);
+        spec.stdin = Some(stdin.clone());
+        spec.quiet = true;
+        spec.read = read;
+        effects.run(target, &spec).map_err(|e| {
+            if e.code() == Some(TAMPERED) {
+                AgentError::Tampered {
+                    source: Box::new(e),
+                }
+            } else {
+                AgentError::from(e)
             }
-        } else {
-            AgentError::from(e)
-        }
-    })?;
-    serde_json::from_str(out.stdout.trim()).map_err(|source| AgentError::BadAnswer {
-        host: target.name().to_owned(),
-        source,
-        answer: out.stdout.chars().take(200).collect(),
-    })
+        })
+    };
+    let mut out = launch("")?;
+    if out.stdout.trim() == ABSENT {
+        let placed = match install_from(effects, target, &plan.local) {
+            Ok(placed) => placed,
+            Err(why) => return cannot_run(effects, target, plan.mode, why),
+        };
+        out = launch(&placed.path)?;
+    }
+    serde_json::from_str(out.stdout.trim())
+        .map(Some)
+        .map_err(|source| AgentError::BadAnswer {
+            host: target.name().to_owned(),
+            source,
+            answer: out.stdout.chars().take(200).collect(),
+        })
 }
 
 #[cfg(test)]

@@ -212,9 +212,9 @@ pub(crate) fn create(
             "backup: archive and verify on the host{} (runbook-agent)",
             db_words(db, "with")
         );
-        return Ok(agent::call(
-            effects, target, &a, "create", &label, &request, false,
-        )?);
+        if let Some(done) = agent::call(effects, target, &a, "create", &label, &request, false)? {
+            return Ok(done);
+        }
     }
     let release = live_release(effects, target)?;
     let work = tempfile::Builder::new()
@@ -376,7 +376,7 @@ pub(crate) fn verify(
         let request = VerifyRequest {
             archive: Path::new(backup_dir).join(name),
         };
-        return agent::call(
+        let verified = agent::call(
             effects,
             target,
             &a,
@@ -388,7 +388,10 @@ pub(crate) fn verify(
         .map_err(|source| RemoteError::Verify {
             name: name.to_owned(),
             source,
-        });
+        })?;
+        if let Some(v) = verified {
+            return Ok(v);
+        }
     }
     let work = tempfile::tempdir()?;
     let path = fetch(effects, target, backup_dir, name, work.path())?;
@@ -454,9 +457,12 @@ pub(crate) fn restore(
             "restore: verify and extract into releases/{release} on the host{} (runbook-agent)",
             db_words(db, "load")
         );
-        let done: Verified = agent::call(effects, target, &a, "restore", &label, &request, false)?;
-        record(effects, target, &root, release, meta_json)?;
-        return Ok(done);
+        let done: Option<Verified> =
+            agent::call(effects, target, &a, "restore", &label, &request, false)?;
+        if let Some(done) = done {
+            record(effects, target, &root, release, meta_json)?;
+            return Ok(done);
+        }
     }
     let work = tempfile::Builder::new()
         .prefix("runbook-restore-")
@@ -544,7 +550,7 @@ pub(crate) fn prune(
             keep,
             max_age_s: max_age.map(|d| d.as_secs()),
         };
-        let pruned: super::serve::Pruned = agent::call(
+        let pruned: Option<super::serve::Pruned> = agent::call(
             effects,
             target,
             &a,
@@ -553,7 +559,9 @@ pub(crate) fn prune(
             &request,
             false,
         )?;
-        return Ok(pruned.removed);
+        if let Some(pruned) = pruned {
+            return Ok(pruned.removed);
+        }
     }
     let all = list(effects, target, backup_dir)?;
     let work = tempfile::tempdir()?;
