@@ -44,11 +44,12 @@ pub(crate) fn indexed_len(header: &[u8]) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(len)).ok()
 }
 
-/// `data` as one gzip member whose header records the member's length. Each `BLOCK` of
-/// it that looks incompressible (compressed or random bytes: images, archives, keys) is
-/// stored rather than deflated, which costs nothing to undo and saves the time deflate
-/// spends failing to shrink it.
-fn member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+/// `data` as one gzip member whose header records the member's length. With `store`, each
+/// [`BLOCK`] of it that looks incompressible (compressed or random bytes: images, archives,
+/// keys) is stored rather than deflated, which costs nothing to undo and saves the time
+/// deflate spends failing to shrink it — at the price of a little size (each switch ends a
+/// deflate block: about 1% on the benchmark tree), so uploads use it and backups do not.
+fn member(data: &[u8], level: u32, store: bool) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() / 3 + HEADER + 8 + SPARE);
     out.extend_from_slice(&[0x1f, 0x8b, 8, FEXTRA, 0, 0, 0, 0, 0, 3, 8, 0]);
     out.extend_from_slice(&SUBFIELD);
@@ -58,7 +59,7 @@ fn member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
     let mut crc = Crc::new();
     for block in data.chunks(BLOCK) {
         crc.update(block);
-        let store = looks_incompressible(block);
+        let store = store && looks_incompressible(block);
         if store != stored {
             reserve(&mut out);
             let to = if store {
@@ -85,7 +86,7 @@ fn member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
 }
 
 /// How much of a piece is judged at a time, stored or deflated.
-const BLOCK: usize = 64 * 1024;
+const BLOCK: usize = 16 * 1024;
 /// Free output space kept for deflate (a level change flushes what is pending).
 const SPARE: usize = 2 * BLOCK + 1024;
 
@@ -124,6 +125,8 @@ fn deflate_all(
 
 /// True when the bytes' order-0 entropy is so near 8 bits per byte that deflate would
 /// not shrink them: compressed, encrypted or random data. Text and code are far below.
+/// A block with more zero bytes than random data has (1 in 256) holds something deflate
+/// does shrink — in a tar stream, the headers and padding between files — and is deflated.
 fn looks_incompressible(block: &[u8]) -> bool {
     if block.len() < 4096 {
         return false;
@@ -131,6 +134,9 @@ fn looks_incompressible(block: &[u8]) -> bool {
     let mut counts = [0u32; 256];
     for &b in block {
         counts[usize::from(b)] += 1;
+    }
+    if usize::try_from(counts[0]).unwrap_or(usize::MAX) > block.len() / 100 {
+        return false;
     }
     let n = f64::from(u32::try_from(block.len()).unwrap_or(u32::MAX));
     let bits: f64 = counts
@@ -154,8 +160,9 @@ pub(crate) struct Parallel<W: Write + Send + 'static> {
 }
 
 impl<W: Write + Send + 'static> Parallel<W> {
-    /// `level`: gzip 1–9; `threads`: compression workers (at least one).
-    pub(crate) fn new(out: W, level: u32, threads: usize) -> Parallel<W> {
+    /// `level`: gzip 1–9; `threads`: compression workers (at least one); `store`: store
+    /// the blocks that look incompressible (see [`member`]).
+    pub(crate) fn new(out: W, level: u32, threads: usize, store: bool) -> Parallel<W> {
         let threads = threads.max(1);
         let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(threads * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -168,7 +175,7 @@ impl<W: Write + Send + 'static> Parallel<W> {
                     loop {
                         let job = rx.lock().map(|r| r.recv());
                         let Ok(Ok((seq, data))) = job else { break };
-                        if tx.send((seq, member(&data, level))).is_err() {
+                        if tx.send((seq, member(&data, level, store))).is_err() {
                             break;
                         }
                     }
@@ -270,9 +277,9 @@ mod tests {
             .flat_map(|i| format!("    return $this->user->order(${});\n", i % 977).into_bytes())
             .take(super::PIECE)
             .collect();
-        let r = super::member(&random, 6).unwrap();
-        let t = super::member(&text, 6).unwrap();
-        // Stored: the input plus a few bytes per 64 KiB block; deflated: a fraction.
+        let r = super::member(&random, 6, true).unwrap();
+        let t = super::member(&text, 6, true).unwrap();
+        // Stored: the input plus a few bytes per block; deflated: a fraction.
         assert!(
             r.len() < random.len() + 1024,
             "random: {} of {}",
@@ -292,7 +299,7 @@ mod tests {
         mixed.extend_from_slice(&random[..300_000]);
         mixed.extend_from_slice(&text[..300_000]);
         mixed.extend_from_slice(&random[..5_000]);
-        let m = super::member(&mixed, 1).unwrap();
+        let m = super::member(&mixed, 1, true).unwrap();
         assert!(m.len() < 300_000 + 100_000 + 10_000, "mixed: {}", m.len());
         assert!(inflate(&m) == mixed);
     }
@@ -303,7 +310,7 @@ mod tests {
         let data: Vec<u8> = (0..len)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
             .collect();
-        let mut gz = super::Parallel::new(Vec::new(), 1, 3);
+        let mut gz = super::Parallel::new(Vec::new(), 1, 3, true);
         for piece in data.chunks(70_001) {
             gz.write_all(piece).unwrap();
         }

@@ -156,7 +156,7 @@ pub(crate) fn create(
     let tmp = dest.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| -> Result<Manifest, ArchiveError> {
         let file = File::create(&tmp)?;
-        let gz = crate::gzip::Parallel::new(file, level, threads);
+        let gz = crate::gzip::Parallel::new(file, level, threads, false);
         let mut tar = tar::Builder::new(gz);
         tar.follow_symlinks(false);
         let mut entries = Vec::new();

@@ -31,7 +31,7 @@ pub(crate) fn pack_to_file(src: &Path, name: &str) -> std::io::Result<tempfile::
         .suffix(".tar.gz")
         .tempfile()?;
     let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    let gz = crate::gzip::Parallel::new(file.as_file().try_clone()?, 1, threads);
+    let gz = crate::gzip::Parallel::new(file.as_file().try_clone()?, 1, threads, true);
     tar_into(src, name, gz)?.finish()?;
     Ok(file)
 }

@@ -288,7 +288,7 @@ mod tests {
 
     /// What `crate::gzip::Parallel` writes: members that carry their length.
     fn indexed(data: &[u8]) -> Vec<u8> {
-        let mut gz = crate::gzip::Parallel::new(Vec::new(), 1, 2);
+        let mut gz = crate::gzip::Parallel::new(Vec::new(), 1, 2, false);
         gz.write_all(data).unwrap();
         gz.finish().unwrap()
     }
