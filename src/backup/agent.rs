@@ -114,13 +114,6 @@ pub(crate) struct LocalAgent {
     pub size: u64,
 }
 
-/// The agent placed on a host, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HostAgent {
-    pub path: String,
-    pub sha256: String,
-}
-
 /// The agent a backup step will use on one host: this machine's copy, and whether the
 /// step may fall back to streaming when it cannot run there.
 #[derive(Debug, Clone)]
@@ -224,17 +217,18 @@ chmod 0700 "$t" && mv -f "$t" "$f" && "$f" --version"#;
 /// the cache, and a copy that is missing or changed there is not an error but [`ABSENT`]:
 /// the runner then places the agent and calls again with the path it placed, where a
 /// mismatch is [`TAMPERED`] (changed between placing and running).
-const LAUNCH: &str = r#"sha=$1 f=$2; shift 2
+const LAUNCH: &str = r#"sha=$1 f=$2 first=; shift 2
 if [ -z "$f" ]; then
+  first=1
   [ -n "${HOME:-}" ] || { echo __runbook_agent_absent; exit 0; }
   f=$HOME/.cache/runbook/agent/$sha
-  s=$(sha256sum < "$f" 2>/dev/null) || { echo __runbook_agent_absent; exit 0; }
-  [ "${s%% *}" = "$sha" ] || { echo __runbook_agent_absent; exit 0; }
-  exec "$f" "$@"
 fi
-s=$(sha256sum < "$f") || exit 97
+s=$(sha256sum 2>/dev/null < "$f") || s=
 s=${s%% *}
-if [ "$s" != "$sha" ]; then echo "runbook-agent at $f does not match its sha256 ($s, expected $sha): not run" >&2; exit 97; fi
+if [ "$s" != "$sha" ]; then
+  [ -z "$first" ] || { echo __runbook_agent_absent; exit 0; }
+  echo "runbook-agent at $f does not match its sha256 (${s:-unreadable}, expected $sha): not run" >&2; exit 97
+fi
 exec "$f" "$@""#;
 
 /// What [`LAUNCH`] says when the cache has no good copy to run.
@@ -264,13 +258,13 @@ fn parse_probe(out: &str) -> Probe {
     p
 }
 
-/// Places (when needed) and checks the agent on `target`; the reason it cannot be used
-/// otherwise.
+/// Places (when needed) and checks the agent on `target`: its path there, or the reason
+/// it cannot be used.
 fn install_from(
     effects: &Effects,
     target: &Target,
     local: &LocalAgent,
-) -> Result<HostAgent, AgentError> {
+) -> Result<String, AgentError> {
     // Only reads the host.
     let look = CommandSpec {
         read: true,
@@ -289,17 +283,13 @@ fn install_from(
         });
     }
     let (dir, _) = crate::transport::transfer::split(&probe.path)?;
-    let agent = HostAgent {
-        path: probe.path.clone(),
-        sha256: local.sha256.clone(),
-    };
     if probe.sha256.as_deref() == Some(local.sha256.as_str())
         && probe
             .version
             .as_deref()
             .is_some_and(|v| v.starts_with("runbook-agent "))
     {
-        return Ok(agent);
+        return Ok(probe.path);
     }
     sh(
         effects,
@@ -328,7 +318,7 @@ fn install_from(
             said: version.trim().to_owned(),
         });
     }
-    Ok(agent)
+    Ok(probe.path)
 }
 
 /// The agent to use on `target` for a backup, or `None`: stream through the runner. A
@@ -421,7 +411,7 @@ pub(crate) fn call<T: serde::de::DeserializeOwned>(
             Ok(placed) => placed,
             Err(why) => return cannot_run(effects, target, plan.mode, why),
         };
-        out = launch(&placed.path)?;
+        out = launch(&placed)?;
     }
     serde_json::from_str(out.stdout.trim())
         .map(Some)
