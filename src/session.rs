@@ -270,6 +270,7 @@ pub(crate) fn write_audit(session: &Session, record: &crate::audit::Record, on_h
         spec.quiet = true;
         spec.tolerate = true;
         spec.shielded = true;
+        spec.inline = true;
         spec
     };
     let fan = crate::effects::FanOut {

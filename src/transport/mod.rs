@@ -100,6 +100,11 @@ pub(crate) struct CommandSpec {
     /// Only reads (runbook's own probes, or a script command marked `read: true`): it
     /// runs for real in a dry run, so that the plan is built on what the hosts are.
     pub read: bool,
+    /// One of runbook's own [`CommandSpec::script`]s that an SSH host runs in the
+    /// command's wrapper shell (`set -- ARGS; BODY`) instead of `exec sh -c BODY sh ARGS`:
+    /// one process less. Only for short scripts that start nothing a recovery must find
+    /// (the run id is then in the shell's variables, not in its `/proc` environment).
+    pub inline: bool,
 }
 
 impl CommandSpec {
@@ -135,6 +140,7 @@ impl CommandSpec {
             shielded: false,
             label: None,
             read: false,
+            inline: false,
         }
     }
 }

@@ -2,13 +2,18 @@
 //! native mux), opened on first use, reused by every command of the run, and closed
 //! explicitly at the end.
 //!
-//! Every remote command is sent as `exec sh -c '<inner>'`, where `<inner>` first reports
-//! its process-group id on stderr and then `exec`s the quoted argument vector. sshd puts
-//! each session in its own session and process group, so that id is what a timeout or a
+//! Every remote command is a small POSIX script, `<inner>`, that first reports its
+//! process-group id on stderr and then `exec`s the quoted argument vector. sshd puts each
+//! session in its own session and process group, so that id is what a timeout or a
 //! Ctrl-C kills on the remote side: nothing is left running there. The report carries a
 //! random nonce of this command and is searched for in stderr, not assumed to come first:
 //! a login shell that prints something (a `.bashrc`, a banner) must not disable killing,
 //! and output that imitates the marker cannot name another group.
+//!
+//! The first commands on a connection are sent as `exec sh -c '<inner>'`, which works
+//! whatever the login shell is (fish, tcsh). The report also names the login shell
+//! (`$SHELL`); once it is a POSIX one (bash, dash, ksh, sh), later commands give
+//! `<inner>` to it directly: one shell less to start per command.
 //!
 //! `env` values never appear in the command line (which any user of the host can read in
 //! the process list, and which audit logs record): they travel on standard input, as a
@@ -51,8 +56,27 @@ const MASTER_IDLE_SECS: usize = 600;
 struct Conn {
     session: Arc<Session>,
     channels: Semaphore,
-    /// Kept open for the next invocation (`[ssh] persist`) instead of closed at the end.
-    persist: bool,
+    /// The login shell reads POSIX sh: commands skip the `exec sh -c` hop.
+    posix_login: std::sync::atomic::AtomicBool,
+    /// Kept open for the next invocation (`[ssh] persist`) instead of closed at the end:
+    /// the directory of persistent masters.
+    persist: Option<PathBuf>,
+}
+
+impl Conn {
+    /// Takes in what a command's wrapper reported: its process group is returned, and a
+    /// POSIX login shell is remembered (for this run and, kept, for the next).
+    fn learn(&self, host: &Host, report: &Report) -> i64 {
+        if posix_login_shell(&report.shell)
+            && !self
+                .posix_login
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            && let Some(dir) = &self.persist
+        {
+            persist::note_posix_login(dir, host);
+        }
+        report.pgid
+    }
 }
 
 type Slot = Arc<OnceCell<Result<Arc<Conn>, ConnectError>>>;
@@ -159,16 +183,46 @@ pub(crate) struct SshPool {
     opened: std::sync::atomic::AtomicUsize,
 }
 
-/// Reads stderr up to the wrapper's report of its process-group id and returns the id;
-/// what came before it goes to `early`. Standard input is fed meanwhile (`fed` says
-/// whether that finished), so a login shell that reads it first does not stall.
-async fn find_pgid<F: std::future::Future<Output = ()>>(
+/// What a command's wrapper reports before it runs the command.
+#[derive(Debug, PartialEq, Eq)]
+struct Report {
+    /// Its process group: what a timeout or Ctrl-C ends.
+    pgid: i64,
+    /// The login shell's name (`$SHELL` without its directory), empty when unset.
+    shell: String,
+}
+
+impl Report {
+    /// The text after the marker: `<pgid> <shell>`.
+    fn parse(rest: &str) -> Option<Report> {
+        let mut words = rest.split_whitespace();
+        let pgid = words.next()?.parse().ok()?;
+        Some(Report {
+            pgid,
+            shell: words.next().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+/// Login shells that run the wrapper's POSIX script as `sh` would. Others (fish, csh,
+/// zsh, a shell not known here) keep the `exec sh -c` hop.
+fn posix_login_shell(name: &str) -> bool {
+    matches!(
+        name,
+        "sh" | "bash" | "dash" | "ksh" | "mksh" | "ksh93" | "ash"
+    )
+}
+
+/// Reads stderr up to the wrapper's report of its process-group id and returns it; what
+/// came before it goes to `early`. Standard input is fed meanwhile (`fed` says whether
+/// that finished), so a login shell that reads it first does not stall.
+async fn find_report<F: std::future::Future<Output = ()>>(
     reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
     marker: &str,
     early: &mut Vec<String>,
     mut feeding: std::pin::Pin<&mut F>,
     fed: &mut bool,
-) -> Option<i64> {
+) -> Option<Report> {
     let search = async {
         let mut seen = 0;
         loop {
@@ -182,7 +236,7 @@ async fn find_pgid<F: std::future::Future<Output = ()>>(
                 if at > 0 {
                     early.push(format!("{}\n", &line[..at]));
                 }
-                return line[at + marker.len()..].trim_end().parse().ok();
+                return Report::parse(&line[at + marker.len()..]);
             }
             early.push(line);
             if seen > MARKER_SCAN {
@@ -309,14 +363,15 @@ impl SshPool {
             None => None,
         };
         if let Some((dir, _)) = &persisted
-            && let Some(session) = persist::resume(dir, host).await
+            && let Some((session, posix)) = persist::resume(dir, host).await
         {
             self.reused
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             return Ok(Conn {
                 session: Arc::new(session),
                 channels: Semaphore::new(MAX_CHANNELS),
-                persist: true,
+                posix_login: std::sync::atomic::AtomicBool::new(posix),
+                persist: Some(dir.clone()),
             });
         }
         let config = self.write_config(host).map_err(|e| ConnectError::Config {
@@ -371,7 +426,8 @@ impl SshPool {
         Ok(Conn {
             session: Arc::new(session),
             channels: Semaphore::new(MAX_CHANNELS),
-            persist: persisted.is_some(),
+            posix_login: std::sync::atomic::AtomicBool::new(false),
+            persist: persisted.map(|(dir, _)| dir),
         })
     }
 
@@ -419,11 +475,12 @@ impl SshPool {
         interrupt: &Interrupt,
         on_line: LineSink<'_>,
     ) -> Result<Finished, ExecError> {
-        let remote = remote_command(spec, &super::random_hex(8), &self.tag)?;
         let input = open_input(spec.stdin_file.as_deref()).await?;
         let output = open_output(spec.stdout_file.as_deref()).await?;
         let gate = self.conn(host).await?;
         let _channel = gate.channels.acquire().await;
+        let direct = gate.posix_login.load(std::sync::atomic::Ordering::Relaxed);
+        let remote = remote_command(spec, &super::random_hex(8), &self.tag, direct)?;
         let started = Instant::now();
         let (conn, mut child) = self
             .spawn(
@@ -446,14 +503,15 @@ impl SshPool {
         let mut fed = false;
         if let Some(reader) = err_reader.as_mut() {
             let wait = spec.timeout.unwrap_or(MARKER_WAIT).min(MARKER_WAIT);
-            let search = find_pgid(
+            let search = find_report(
                 reader,
                 &remote.marker,
                 &mut early,
                 feeding.as_mut(),
                 &mut fed,
             );
-            pgid = tokio::time::timeout(wait, search).await.ok().flatten();
+            let report = tokio::time::timeout(wait, search).await.ok().flatten();
+            pgid = report.map(|r| conn.learn(host, &r));
             if pgid.is_none() {
                 tracing::debug!(host = %host.name, "no process-group report: the command cannot be killed on the host");
             }
@@ -550,7 +608,7 @@ impl SshPool {
                 && let Ok(conn) = Arc::try_unwrap(conn)
                 && let Ok(session) = Arc::try_unwrap(conn.session)
             {
-                if conn.persist {
+                if conn.persist.is_some() {
                     // Left running for the next invocation (its idle timeout ends it).
                     let _ = session.detach();
                 } else {
@@ -664,15 +722,20 @@ fn tag_prefix(run: &str) -> String {
 }
 
 /// The command for the remote login shell, with `nonce` in its process-group report and
-/// `tag` ([`tag_prefix`]) in front.
+/// `tag` ([`tag_prefix`]) in front. `direct`: the login shell is a POSIX one
+/// ([`posix_login_shell`]) and runs the script itself, without `exec sh -c`.
 pub(crate) fn remote_command(
     spec: &CommandSpec,
     nonce: &str,
     tag: &str,
+    direct: bool,
 ) -> Result<Remote, ExecError> {
     let quote_one = |s: &str| quote::command_line(&[s.to_owned()]);
     let marker = format!("{PGID_MARKER}{nonce} ");
-    let mut inner = format!("{tag}printf '%s%s\\n' {} \"$$\" >&2; ", quote_one(&marker)?);
+    let mut inner = format!(
+        "{tag}printf '%s%s %s\\n' {} \"$$\" \"${{SHELL##*/}}\" >&2; ",
+        quote_one(&marker)?
+    );
     let names = spec.env_names()?;
     let stdin = if spec.env.is_empty() {
         spec.stdin.clone()
@@ -697,13 +760,44 @@ pub(crate) fn remote_command(
             "empty command: argv has no program".into(),
         ));
     }
-    inner.push_str("exec ");
-    inner.push_str(&quote::command_line(&argv)?);
+    if let Some((body, values)) = inline_script(spec) {
+        inner.push_str("set --");
+        if !values.is_empty() {
+            inner.push(' ');
+            inner.push_str(&quote::command_line(values)?);
+        }
+        inner.push_str("; ");
+        inner.push_str(body);
+    } else {
+        inner.push_str("exec ");
+        inner.push_str(&quote::command_line(&argv)?);
+    }
+    let line = if direct {
+        inner
+    } else {
+        format!("exec sh -c {}", quote_one(&inner)?)
+    };
     Ok(Remote {
-        line: format!("exec sh -c {}", quote_one(&inner)?),
+        line,
         stdin,
         marker,
     })
+}
+
+/// The body and arguments of a [`CommandSpec::inline`] script (`sh -c BODY sh ARGS…`)
+/// the wrapper runs itself; `None` for everything else, and under sudo.
+fn inline_script(spec: &CommandSpec) -> Option<(&str, &[String])> {
+    if !spec.inline || spec.sudo.is_some() {
+        return None;
+    }
+    match &spec.program {
+        Program::Argv(words)
+            if words.len() >= 4 && words[0] == "sh" && words[1] == "-c" && words[3] == "sh" =>
+        {
+            Some((&words[2], &words[4..]))
+        }
+        _ => None,
+    }
 }
 
 /// Masters kept between invocations (`[ssh] persist`): a private directory of this
@@ -779,27 +873,46 @@ pub(crate) mod persist {
         hex::encode(&sha2::Sha256::digest(terms.as_bytes())[..12])
     }
 
-    /// Notes where `host`'s new master listens.
+    /// Notes where `host`'s new master listens. What was learnt over an older master
+    /// (its login shell) is forgotten.
     pub(crate) fn record(dir: &Path, host: &Host, socket: &Path) {
+        let key = key(host);
+        let _ = std::fs::remove_file(dir.join(format!("{key}.posix")));
         let _ = std::fs::write(
-            dir.join(format!("{}.master", key(host))),
+            dir.join(format!("{key}.master")),
             socket.as_os_str().as_encoded_bytes(),
         );
     }
 
-    /// A live master of an earlier invocation for `host`, if one is recorded and answers.
-    pub(crate) async fn resume(dir: &Path, host: &Host) -> Option<Session> {
-        let record = dir.join(format!("{}.master", key(host)));
-        let socket = PathBuf::from(std::fs::read_to_string(&record).ok()?);
-        if !socket.starts_with(dir) || !socket.exists() {
+    /// Notes that `host`'s login shell is a POSIX one, for the invocations that reuse
+    /// its master: their commands skip the `exec sh -c` hop from the first.
+    pub(crate) fn note_posix_login(dir: &Path, host: &Host) {
+        let _ = std::fs::write(dir.join(format!("{}.posix", key(host))), b"");
+    }
+
+    /// A live master of an earlier invocation for `host`, if one is recorded and
+    /// answers, and whether its login shell is known to be a POSIX one.
+    pub(crate) async fn resume(dir: &Path, host: &Host) -> Option<(Session, bool)> {
+        let key = key(host);
+        let record = dir.join(format!("{key}.master"));
+        let posix = dir.join(format!("{key}.posix"));
+        let forget = || {
             let _ = std::fs::remove_file(&record);
+            let _ = std::fs::remove_file(&posix);
+        };
+        let Ok(socket) = std::fs::read_to_string(&record).map(PathBuf::from) else {
+            let _ = std::fs::remove_file(&posix);
+            return None;
+        };
+        if !socket.starts_with(dir) || !socket.exists() {
+            forget();
             return None;
         }
         let session = Session::resume_mux(socket.into_boxed_path(), None);
         if session.check().await.is_ok() {
-            Some(session)
+            Some((session, posix.exists()))
         } else {
-            let _ = std::fs::remove_file(&record);
+            forget();
             None
         }
     }
@@ -841,6 +954,7 @@ pub(crate) mod persist {
                 }
             }
             let _ = std::fs::remove_file(e.path());
+            let _ = std::fs::remove_file(e.path().with_extension("posix"));
         }
         ended
     }
@@ -857,11 +971,32 @@ fn expand_home(path: &str) -> PathBuf {
 mod tests {
     use super::*;
 
-    /// Runs a remote command's line in a local `sh` (as the login shell would), feeding
-    /// its stdin: (exit code, stdout, stderr).
-    fn run_locally(remote: &Remote) -> (Option<i32>, String, String) {
+    /// The login shells a line is tried in, by mode: the wrapped line in shells that are
+    /// not POSIX too (as far as they are installed here); the direct one in POSIX ones.
+    fn shells(direct: bool) -> Vec<&'static str> {
+        let all: &[&str] = if direct {
+            &["sh", "bash", "dash"]
+        } else {
+            &["sh", "bash", "dash", "zsh", "fish"]
+        };
+        all.iter()
+            .copied()
+            .filter(|s| {
+                std::process::Command::new("sh")
+                    .args(["-c", &format!("command -v {s}")])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|st| st.success())
+            })
+            .collect()
+    }
+
+    /// Runs a remote command's line in a local `shell` (as the login shell would, with
+    /// `$SHELL` naming it), feeding its stdin: (exit code, stdout, stderr).
+    fn run_in(remote: &Remote, shell: &str) -> (Option<i32>, String, String) {
         use std::io::Write;
-        let mut child = std::process::Command::new("sh")
+        let mut child = std::process::Command::new(shell)
+            .env("SHELL", format!("/bin/{shell}"))
             .arg("-c")
             .arg(&remote.line)
             .stdin(std::process::Stdio::piped())
@@ -884,20 +1019,94 @@ mod tests {
 
     #[test]
     fn the_remote_line_quotes_every_value_and_reports_the_group() {
-        let mut spec = CommandSpec::new(Program::Argv(vec!["echo".into(), "a b; $(x)".into()]));
-        spec.cwd = Some("/srv/my app".into());
-        spec.env = vec![("APP_ENV".into(), "prod'uction".into())];
-        let remote = remote_command(&spec, "0123abcd", &tag_prefix("r1")).unwrap();
-        assert_eq!(remote.marker, "__runbook_pgid 0123abcd ");
-        // Run locally, `cd` fails: the marker came first, with the nonce, then the refusal.
-        let (code, _, stderr) = run_locally(&remote);
-        assert!(stderr.starts_with("__runbook_pgid 0123abcd "), "{stderr}");
-        assert_eq!(code, Some(1));
+        for direct in [false, true] {
+            for shell in shells(direct) {
+                let mut spec =
+                    CommandSpec::new(Program::Argv(vec!["echo".into(), "a b; $(x)".into()]));
+                spec.cwd = Some("/srv/my app".into());
+                spec.env = vec![("APP_ENV".into(), "prod'uction".into())];
+                let remote = remote_command(&spec, "0123abcd", &tag_prefix("r1"), direct).unwrap();
+                assert_eq!(remote.marker, "__runbook_pgid 0123abcd ");
+                assert_eq!(remote.line.starts_with("exec sh -c "), !direct);
+                // `cd` fails: the marker came first, with the nonce, the group and the login
+                // shell's name, then the refusal.
+                let (code, _, stderr) = run_in(&remote, shell);
+                let report = stderr
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("__runbook_pgid 0123abcd "))
+                    .and_then(Report::parse)
+                    .unwrap_or_else(|| panic!("{shell}, direct {direct}: {stderr}"));
+                assert!(report.pgid > 1, "{report:?}");
+                assert_eq!(report.shell, shell);
+                assert_eq!(code, Some(1), "{shell}, direct {direct}");
 
-        spec.cwd = None;
-        let (code, stdout, _) =
-            run_locally(&remote_command(&spec, "n", &tag_prefix("r1")).unwrap());
-        assert_eq!((code, stdout.as_str()), (Some(0), "a b; $(x)\n"));
+                spec.cwd = None;
+                let remote = remote_command(&spec, "n", &tag_prefix("r1"), direct).unwrap();
+                let (code, stdout, stderr) = run_in(&remote, shell);
+                assert_eq!(
+                    (code, stdout.as_str()),
+                    (Some(0), "a b; $(x)\n"),
+                    "{shell}, direct {direct}: {stderr}"
+                );
+            }
+        }
+    }
+
+    /// An inline script runs in the wrapper itself, its values still only positional
+    /// arguments; under sudo (or not marked inline) it is `exec`ed as before.
+    #[test]
+    fn an_inline_script_runs_in_the_wrapper_with_its_arguments() {
+        let body = r#"printf '[%s]' "$#" "$1" "$2" "$RUNBOOK_RUN"; exit 3"#;
+        let mut spec = CommandSpec::script("probe", body, &["/srv/my app", "it's $(x)"]);
+        spec.inline = true;
+        for direct in [false, true] {
+            for shell in shells(direct) {
+                let remote = remote_command(&spec, "n", &tag_prefix("r1"), direct).unwrap();
+                assert!(
+                    !remote.line.contains("exec sh -c 'printf"),
+                    "{}",
+                    remote.line
+                );
+                let (code, stdout, stderr) = run_in(&remote, shell);
+                assert_eq!(code, Some(3), "{shell}, direct {direct}: {stderr}");
+                assert_eq!(stdout, "[2][/srv/my app][it's $(x)][r1]", "{shell}");
+            }
+        }
+        // No arguments: `$#` is 0, not the wrapper's own.
+        let mut bare = CommandSpec::script("probe", r#"printf '%s' "$#""#, &[]);
+        bare.inline = true;
+        let (_, stdout, _) = run_in(&remote_command(&bare, "n", "", true).unwrap(), "sh");
+        assert_eq!(stdout, "0");
+        spec.sudo = Some(String::new());
+        let line = remote_command(&spec, "n", &tag_prefix("r1"), true)
+            .unwrap()
+            .line;
+        assert!(line.contains("exec sudo -n"), "{line}");
+    }
+
+    /// Only a POSIX login shell is given the script directly; a report without a shell
+    /// (an unset `$SHELL`) keeps the hop.
+    #[test]
+    fn the_hop_is_skipped_only_for_posix_login_shells() {
+        for name in ["bash", "dash", "sh", "ksh"] {
+            assert!(posix_login_shell(name), "{name}");
+        }
+        for name in ["fish", "tcsh", "csh", "zsh", "nologin", "", "bash;x"] {
+            assert!(!posix_login_shell(name), "{name}");
+        }
+        assert_eq!(
+            Report::parse("4242 bash\n"),
+            Some(Report {
+                pgid: 4242,
+                shell: "bash".into()
+            })
+        );
+        assert_eq!(
+            Report::parse("4242 \n").map(|r| r.shell),
+            Some(String::new())
+        );
+        assert_eq!(Report::parse("x bash"), None);
     }
 
     /// Every command carries its run's id, which is how a recovery finds the commands of
@@ -911,10 +1120,15 @@ mod tests {
             "-c".into(),
             "tr '\\0' '\\n' < /proc/$$/environ | grep '^RUNBOOK_RUN='".into(),
         ]));
-        let remote = remote_command(&spec, "n", &tag_prefix("20261201T1-2a-3b")).unwrap();
-        let (code, stdout, stderr) = run_locally(&remote);
-        assert_eq!(code, Some(0), "{stderr}");
-        assert_eq!(stdout, "RUNBOOK_RUN=20261201T1-2a-3b\n");
+        for direct in [false, true] {
+            for shell in shells(direct) {
+                let remote =
+                    remote_command(&spec, "n", &tag_prefix("20261201T1-2a-3b"), direct).unwrap();
+                let (code, stdout, stderr) = run_in(&remote, shell);
+                assert_eq!(code, Some(0), "{shell}, direct {direct}: {stderr}");
+                assert_eq!(stdout, "RUNBOOK_RUN=20261201T1-2a-3b\n", "{shell}");
+            }
+        }
     }
 
     /// `env` values reach the command through stdin, never through the command line;
@@ -930,18 +1144,23 @@ mod tests {
             ("OTHER".into(), "plain".into()),
         ];
         spec.stdin = Some(b"the command's own input\n".to_vec());
-        let remote = remote_command(&spec, "n", &tag_prefix("r1")).unwrap();
-        assert!(
-            !remote.line.contains("s3cr3t") && !remote.line.contains("plain"),
-            "an env value is in the command line: {}",
-            remote.line
-        );
-        let (code, stdout, stderr) = run_locally(&remote);
-        assert_eq!(code, Some(0), "{stderr}");
-        assert_eq!(
-            stdout,
-            format!("[{secret}][plain]the command's own input\n")
-        );
+        for direct in [false, true] {
+            for shell in shells(direct) {
+                let remote = remote_command(&spec, "n", &tag_prefix("r1"), direct).unwrap();
+                assert!(
+                    !remote.line.contains("s3cr3t") && !remote.line.contains("plain"),
+                    "an env value is in the command line: {}",
+                    remote.line
+                );
+                let (code, stdout, stderr) = run_in(&remote, shell);
+                assert_eq!(code, Some(0), "{shell}, direct {direct}: {stderr}");
+                assert_eq!(
+                    stdout,
+                    format!("[{secret}][plain]the command's own input\n"),
+                    "{shell}, direct {direct}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -954,7 +1173,9 @@ mod tests {
                 .argv_with_sudo(Some(""), &spec.env_names().unwrap()),
             ["sudo", "-n", "--preserve-env=FOO,BAZ", "--", "true"]
         );
-        let line = remote_command(&spec, "n", &tag_prefix("r1")).unwrap().line;
+        let line = remote_command(&spec, "n", &tag_prefix("r1"), false)
+            .unwrap()
+            .line;
         assert!(line.contains("--preserve-env=FOO,BAZ"), "{line}");
         assert!(!line.contains("bar"), "{line}");
         let refused = Finished {
@@ -972,6 +1193,6 @@ mod tests {
     fn bad_environment_names_are_refused() {
         let mut spec = CommandSpec::new(Program::Argv(vec!["true".into()]));
         spec.env = vec![("A;rm".into(), "x".into())];
-        assert!(remote_command(&spec, "n", &tag_prefix("r1")).is_err());
+        assert!(remote_command(&spec, "n", &tag_prefix("r1"), true).is_err());
     }
 }
