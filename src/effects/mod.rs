@@ -572,8 +572,10 @@ impl Effects {
                         })
                     });
                     if let Ok(up) = &made {
-                        let how = if up.packed() {
-                            "packed once"
+                        let how = if up.compressed() {
+                            "packed once, gzip'd"
+                        } else if up.packed() {
+                            "packed once, plain tar (compression saved under a tenth)"
                         } else {
                             "sent as it is"
                         };
@@ -672,12 +674,14 @@ impl Effects {
                     check_code(f)?;
                     archive
                 }
-                _ => transfer::pack_to_file(&Path::new(&parent).join(&name), &name).map_err(
-                    |source| TransferError::Read {
-                        path: remote.into(),
-                        source,
-                    },
-                )?,
+                _ => {
+                    transfer::pack_to_file(&Path::new(&parent).join(&name), &name)
+                        .map_err(|source| TransferError::Read {
+                            path: remote.into(),
+                            source,
+                        })?
+                        .0
+                }
             };
             transfer::unpack_file(archive.path(), staging.path()).map_err(TransferError::Local)?;
             std::fs::rename(staging.path().join(&name), local).map_err(|source| {

@@ -24,16 +24,63 @@ pub(crate) fn pack(src: &Path, name: &str) -> std::io::Result<Vec<u8>> {
 }
 
 /// [`pack`] into a temporary file on the runner (removed when dropped), compressed on
-/// every core: the hosts wait for it before the first byte is sent.
-pub(crate) fn pack_to_file(src: &Path, name: &str) -> std::io::Result<tempfile::NamedTempFile> {
+/// every core: the hosts wait for it before the first byte is sent. When compression
+/// saves less than a tenth ([`WORTH_COMPRESSING`]: media, already-compressed files),
+/// the directory is packed again as a plain tar, which each host then unpacks without
+/// gunzip (whose checksum and copy would be the only work it does on such data).
+/// Returns the file and whether it is compressed.
+pub(crate) fn pack_to_file(
+    src: &Path,
+    name: &str,
+) -> std::io::Result<(tempfile::NamedTempFile, bool)> {
     let file = tempfile::Builder::new()
         .prefix("runbook-upload-")
         .suffix(".tar.gz")
         .tempfile()?;
     let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let gz = crate::gzip::Parallel::new(file.as_file().try_clone()?, 1, threads, true);
-    tar_into(src, name, gz)?.finish()?;
-    Ok(file)
+    let counted = tar_into(
+        src,
+        name,
+        Counted {
+            inner: gz,
+            bytes: 0,
+        },
+    )?;
+    let raw = counted.bytes;
+    counted.inner.finish()?;
+    let packed = file.as_file().metadata()?.len();
+    if packed.saturating_mul(WORTH_COMPRESSING.1) < raw.saturating_mul(WORTH_COMPRESSING.0) {
+        return Ok((file, true));
+    }
+    let plain = tempfile::Builder::new()
+        .prefix("runbook-upload-")
+        .suffix(".tar")
+        .tempfile()?;
+    let out = std::io::BufWriter::with_capacity(CHUNK, plain.as_file().try_clone()?);
+    std::io::Write::flush(&mut tar_into(src, name, out)?)?;
+    Ok((plain, false))
+}
+
+/// Compressed size / tar size below which an upload travels compressed (9/10).
+const WORTH_COMPRESSING: (u64, u64) = (9, 10);
+
+/// A writer that counts what passes through it.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[cfg(test)]
@@ -57,8 +104,13 @@ fn tar_into<W: std::io::Write>(src: &Path, name: &str, out: W) -> std::io::Resul
 /// Unpacks an archive made by [`pack`] or [`pack_to_file`] (several gzip members) or by
 /// `tar -cz` into `dir`, keeping modes.
 pub(crate) fn unpack(archive: impl Read, dir: &Path) -> std::io::Result<()> {
+    extract(MultiGzDecoder::new(archive), dir)
+}
+
+/// Unpacks a tar stream into `dir`, keeping modes.
+fn extract(tar: impl Read, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut archive = tar::Archive::new(MultiGzDecoder::new(archive));
+    let mut archive = tar::Archive::new(tar);
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
     // tar's error says which file; its cause (e.g. "No space left on device") is the
@@ -73,10 +125,16 @@ pub(crate) fn unpack(archive: impl Read, dir: &Path) -> std::io::Result<()> {
     })
 }
 
-/// [`unpack`] of an archive file, read through a bounded buffer.
+/// [`unpack`] of an archive file, read through a bounded buffer; a plain tar (no gzip
+/// magic) is unpacked as it is.
 pub(crate) fn unpack_file(archive: &Path, dir: &Path) -> std::io::Result<()> {
-    let file = std::fs::File::open(archive)?;
-    unpack(BufReader::with_capacity(CHUNK, file), dir)
+    use std::io::BufRead;
+    let mut file = BufReader::with_capacity(CHUNK, std::fs::File::open(archive)?);
+    if file.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
+        unpack(file, dir)
+    } else {
+        extract(file, dir)
+    }
 }
 
 /// Receives a file as it is on stdin: written beside the destination, given its mode
@@ -96,6 +154,8 @@ trap - EXIT
 
 /// Receives a directory packed by [`pack`] on stdin into its parent.
 const RECEIVE_TAR: &str = r#"mkdir -p -- "$1" && tar -xzpf - -C "$1""#;
+/// [`RECEIVE_TAR`] of a plain tar ([`pack_to_file`] when compression did not pay).
+const RECEIVE_PLAIN_TAR: &str = r#"mkdir -p -- "$1" && tar -xpf - -C "$1""#;
 
 /// An upload prepared once for every host it goes to: the bytes to send are one file on
 /// the runner — the source itself when it is a single file, else the directory packed
@@ -106,6 +166,8 @@ pub(crate) struct Upload {
     file: PathBuf,
     /// The packed directory (removed when the upload is dropped).
     packed: Option<tempfile::NamedTempFile>,
+    /// The packed directory is gzip'd (else a plain tar).
+    compressed: bool,
     mode: u32,
     mtime: i64,
     len: u64,
@@ -118,11 +180,12 @@ impl Upload {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(local)?;
         if meta.is_dir() {
-            let packed = pack_to_file(local, name)?;
+            let (packed, compressed) = pack_to_file(local, name)?;
             let len = packed.as_file().metadata()?.len();
             return Ok(Upload {
                 file: packed.path().to_owned(),
                 packed: Some(packed),
+                compressed,
                 mode: 0,
                 mtime: 0,
                 len,
@@ -131,10 +194,16 @@ impl Upload {
         Ok(Upload {
             file: local.to_owned(),
             packed: None,
+            compressed: false,
             mode: meta.permissions().mode() & 0o7777,
             mtime: meta.mtime(),
             len: meta.len(),
         })
+    }
+
+    /// Whether the packed directory is gzip'd (compression saved a tenth or more).
+    pub(crate) fn compressed(&self) -> bool {
+        self.compressed
     }
 
     /// Whether a directory was packed (else the file travels as it is).
@@ -151,7 +220,12 @@ impl Upload {
     /// input streamed from the prepared file.
     pub(crate) fn command(&self, parent: &str, name: &str) -> CommandSpec {
         let argv: Vec<String> = if self.packed() {
-            ["sh", "-c", RECEIVE_TAR, "sh", parent]
+            let receive = if self.compressed {
+                RECEIVE_TAR
+            } else {
+                RECEIVE_PLAIN_TAR
+            };
+            ["sh", "-c", receive, "sh", parent]
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect()
@@ -258,7 +332,8 @@ mod tests {
             .collect();
         std::fs::write(src.path().join("big"), &big).unwrap();
         std::fs::write(src.path().join("small"), "after the big one").unwrap();
-        let packed = pack_to_file(src.path(), "r1").unwrap();
+        let (packed, compressed) = pack_to_file(src.path(), "r1").unwrap();
+        assert!(compressed, "the bytes repeat: compression pays");
         let dest = tempfile::tempdir().unwrap();
         unpack_file(packed.path(), dest.path()).unwrap();
         assert!(std::fs::read(dest.path().join("r1/big")).unwrap() == big);
@@ -277,6 +352,40 @@ mod tests {
             .unwrap();
         assert!(ok.success());
         assert!(std::fs::read(gnu.path().join("r1/big")).unwrap() == big);
+    }
+
+    /// Data compression cannot shrink travels as a plain tar, which this machine's
+    /// unpacking and GNU tar's `RECEIVE_PLAIN_TAR` both read; the upload says which.
+    #[test]
+    fn an_incompressible_directory_travels_as_a_plain_tar() {
+        use std::io::Read as _;
+        let src = tempfile::tempdir().unwrap();
+        let mut noise = vec![0u8; 3 * crate::gzip::PIECE];
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut noise)
+            .unwrap();
+        std::fs::write(src.path().join("media.bin"), &noise).unwrap();
+        std::fs::write(src.path().join(".env"), "APP_ENV=x\n").unwrap();
+        let up = Upload::prepare(src.path(), "r1").unwrap();
+        assert!(up.packed() && !up.compressed);
+        let raw = noise.len() as u64;
+        assert!(up.len() > raw && up.len() < raw + 64 * 1024, "{}", up.len());
+        let here = tempfile::tempdir().unwrap();
+        up.receive_here(here.path(), "r1").unwrap();
+        assert!(std::fs::read(here.path().join("r1/media.bin")).unwrap() == noise);
+        let spec = up.command(&here.path().join("gnu").to_string_lossy(), "r1");
+        let Program::Argv(argv) = &spec.program else {
+            panic!("an argv")
+        };
+        assert_eq!(argv[2], RECEIVE_PLAIN_TAR);
+        let ok = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::fs::File::open(&up.file).unwrap())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        assert!(std::fs::read(here.path().join("gnu/r1/media.bin")).unwrap() == noise);
     }
 
     #[test]
