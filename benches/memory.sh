@@ -110,8 +110,13 @@ if [ "$PART" != memory ]; then
   # The same bytes to every host at once with plain ssh: what the machine and the emulator
   # allow for $LINK_HOSTS links in parallel (a floor for any tool).
   all() { local a; for a in $(head -n "$LINK_HOSTS" "$W/hosts"); do ssh -F "$W/ssh_config" "$a" 'cat > /dev/null' < lart/tree/blob & done; wait; }
+  # The same work as the deploy with plain ssh: the directory packed once (tar, no
+  # compression: the data is random), sent to every host at once and unpacked there.
+  tar -cf lart/tree.tar -C lart tree
+  all_tar() { local a i=0; for a in $(head -n "$LINK_HOSTS" "$W/hosts"); do i=$((i + 1)); ssh -F "$W/ssh_config" "$a" "rm -rf /home/deploy/rb-memory/tar/$i && mkdir -p /home/deploy/rb-memory/tar/$i && tar -xf - -C /home/deploy/rb-memory/tar/$i" < lart/tree.tar & done; wait; }
   t_one=$(bench_median one)
   t_all=$(bench_median all)
+  t_tar=$(bench_median all_tar)
   t_rb=$(bench_median deploy)
   echo "## a ${LINK_MIB} MiB artifact to $LINK_HOSTS hosts, each behind its own link: $LINK_TEXT"
   echo
@@ -119,7 +124,9 @@ if [ "$PART" != memory ]; then
   echo "|---|---:|"
   echo "| ssh host 'cat > /dev/null' < ${LINK_MIB} MiB, one link | $t_one |"
   echo "| plain ssh 'cat > /dev/null' to $LINK_HOSTS hosts at once | $t_all |"
+  echo "| plain ssh 'tar -xf -' of the same tree to $LINK_HOSTS hosts at once | $t_tar |"
   echo "| runbook deploy (prepare + activate) of lart/${LINK_ARTIFACT:-tree} to $LINK_HOSTS hosts | $t_rb |"
   echo
-  echo "ratio: runbook / one link = $(awk -v a="$t_rb" -v b="$t_one" 'BEGIN {printf "%.2f", a / b}') x (target <= 1.3); plain ssh to all / one link = $(awk -v a="$t_all" -v b="$t_one" 'BEGIN {printf "%.2f", a / b}') x"
+  r() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+  echo "ratio: runbook / one link = $(r "$t_rb" "$t_one") x (target <= 1.3); plain ssh to all / one link = $(r "$t_all" "$t_one") x; plain ssh + tar to all / one link = $(r "$t_tar" "$t_one") x; runbook / plain ssh + tar = $(r "$t_rb" "$t_tar") x"
 fi
