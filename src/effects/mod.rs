@@ -674,14 +674,13 @@ impl Effects {
                     check_code(f)?;
                     archive
                 }
-                _ => {
-                    transfer::pack_to_file(&Path::new(&parent).join(&name), &name)
-                        .map_err(|source| TransferError::Read {
-                            path: remote.into(),
-                            source,
-                        })?
-                        .0
-                }
+                // Unpacked right here: compressing it would be work undone at once.
+                _ => transfer::tar_to_file(&Path::new(&parent).join(&name), &name).map_err(
+                    |source| TransferError::Read {
+                        path: remote.into(),
+                        source,
+                    },
+                )?,
             };
             transfer::unpack_file(archive.path(), staging.path()).map_err(TransferError::Local)?;
             std::fs::rename(staging.path().join(&name), local).map_err(|source| {

@@ -901,7 +901,7 @@ pub(crate) mod persist {
             let _ = std::fs::remove_file(&posix);
         };
         let Ok(socket) = std::fs::read_to_string(&record).map(PathBuf::from) else {
-            let _ = std::fs::remove_file(&posix);
+            forget();
             return None;
         };
         if !socket.starts_with(dir) || !socket.exists() {

@@ -53,13 +53,19 @@ pub(crate) fn pack_to_file(
     if packed.saturating_mul(WORTH_COMPRESSING.1) < raw.saturating_mul(WORTH_COMPRESSING.0) {
         return Ok((file, true));
     }
+    Ok((tar_to_file(src, name)?, false))
+}
+
+/// `src` as the single entry `name` of a plain tar in a temporary file on the runner
+/// (removed when dropped).
+pub(crate) fn tar_to_file(src: &Path, name: &str) -> std::io::Result<tempfile::NamedTempFile> {
     let plain = tempfile::Builder::new()
         .prefix("runbook-upload-")
         .suffix(".tar")
         .tempfile()?;
     let out = std::io::BufWriter::with_capacity(CHUNK, plain.as_file().try_clone()?);
     std::io::Write::flush(&mut tar_into(src, name, out)?)?;
-    Ok((plain, false))
+    Ok(plain)
 }
 
 /// Compressed size / tar size below which an upload travels compressed (9/10).
