@@ -172,7 +172,10 @@ meta=$root/.runbook rel=$root/releases/$name
 mkdir -p "$root/releases" "$root/shared" "$meta/preparing" "$meta/bad" "$meta/releases"
 touch "$meta/preparing/$name"
 if [ -d "$meta/repo.git" ]; then
-  git -C "$meta/repo.git" remote set-url origin "$repo"
+  # config is rewritten only when the URL changed: a run stopped while git writes it
+  # leaves config.lock behind, and every later fetch on the host would fail on it.
+  [ "$(git -C "$meta/repo.git" config --get remote.origin.url || true)" = "$repo" ] ||
+    git -C "$meta/repo.git" remote set-url origin "$repo"
   git -C "$meta/repo.git" fetch --quiet --prune --tags origin '+refs/heads/*:refs/heads/*'
 else
   git clone --quiet --mirror "$repo" "$meta/repo.git"
