@@ -142,8 +142,10 @@ impl Default for Options {
 /// Finds the commands a run started that are still running (their environment holds
 /// `RUNBOOK_RUN=<id>`), waits for them, and ends them if told to. A command is the
 /// leader of its process group — what sshd started for the session (its parent is
-/// sshd), or what the local transport started (in its own group, not its own session)
-/// — so a daemon a command started (which made its own session) is left alone.
+/// sshd), what the connection's served shell started (its parent's command line names
+/// `runbook-served`), or what the local transport started (in its
+/// own group, not its own session) — so a daemon a command started (which made its own
+/// session) is left alone.
 /// Prints `settled <polls>`, or `running <pid> <command>` lines and then `killed`
 /// (or exits 3 when not told to kill).
 const DEAD_COMMANDS: &str = r#"id="$1"; polls="$2"; kill="$3"
@@ -155,7 +157,8 @@ leaders() {
     [ "$3" = "$p" ] || continue
     case "$(cat "/proc/$2/comm" 2>/dev/null)" in
       sshd*) ;;
-      *) [ "$4" != "$p" ] || continue ;;
+      *) tr '\0' '\n' < "/proc/$2/cmdline" 2>/dev/null | grep -qx runbook-served ||
+           [ "$4" != "$p" ] || continue ;;
     esac
     echo "$p"
   done

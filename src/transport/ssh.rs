@@ -39,6 +39,8 @@ use crate::inventory::{Host, HostKeyCheck};
 use crate::output::Stream;
 use crate::quote;
 
+mod served;
+
 /// sshd's default `MaxSessions`: channels one connection may carry at once.
 pub(crate) const MAX_CHANNELS: usize = 10;
 /// Keep-alive probes missed before a host counts as dead (with `keepalive = "5s"`, a
@@ -61,6 +63,27 @@ struct Conn {
     /// Kept open for the next invocation (`[ssh] persist`) instead of closed at the end:
     /// the directory of persistent masters.
     persist: Option<PathBuf>,
+    /// The shell that starts this connection's commands ([`served`]), once started;
+    /// locked while it runs one.
+    served: tokio::sync::Mutex<Option<ServedShell>>,
+    /// The host cannot serve (no `setsid`, a shell that would not start it): every
+    /// command gets a session of its own.
+    served_off: std::sync::atomic::AtomicBool,
+}
+
+/// A running [`served::SERVER`] and its streams (they end when `child` is dropped).
+struct ServedShell {
+    stdin: openssh::ChildStdin,
+    out: BufReader<openssh::ChildStdout>,
+    err: BufReader<openssh::ChildStderr>,
+    greeted: bool,
+    _child: openssh::Child<Arc<Session>>,
+}
+
+/// Whether the served shell can carry `spec`: no streamed input or output file (a
+/// transfer gets a channel of its own), no sudo (its group is killed through sudo).
+fn served_eligible(spec: &CommandSpec) -> bool {
+    spec.stdin_file.is_none() && spec.stdout_file.is_none() && spec.sudo.is_none()
 }
 
 impl Conn {
@@ -369,9 +392,11 @@ impl SshPool {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             return Ok(Conn {
                 session: Arc::new(session),
-                channels: Semaphore::new(MAX_CHANNELS),
+                channels: Semaphore::new(MAX_CHANNELS - 1),
                 posix_login: std::sync::atomic::AtomicBool::new(posix),
                 persist: Some(dir.clone()),
+                served: tokio::sync::Mutex::new(None),
+                served_off: std::sync::atomic::AtomicBool::new(false),
             });
         }
         let config = self.write_config(host).map_err(|e| ConnectError::Config {
@@ -425,9 +450,12 @@ impl SshPool {
         }
         Ok(Conn {
             session: Arc::new(session),
-            channels: Semaphore::new(MAX_CHANNELS),
+            // One channel is the served shell's.
+            channels: Semaphore::new(MAX_CHANNELS - 1),
             posix_login: std::sync::atomic::AtomicBool::new(false),
             persist: persisted.map(|(dir, _)| dir),
+            served: tokio::sync::Mutex::new(None),
+            served_off: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -478,6 +506,12 @@ impl SshPool {
         let input = open_input(spec.stdin_file.as_deref()).await?;
         let output = open_output(spec.stdout_file.as_deref()).await?;
         let gate = self.conn(host).await?;
+        if input.is_none()
+            && output.is_none()
+            && let Some(done) = self.try_served(host, &gate, spec, interrupt, on_line).await
+        {
+            return done;
+        }
         let _channel = gate.channels.acquire().await;
         let direct = gate.posix_login.load(std::sync::atomic::Ordering::Relaxed);
         let remote = remote_command(spec, &super::random_hex(8), &self.tag, direct)?;
@@ -576,6 +610,186 @@ impl SshPool {
         }
     }
 
+    /// Starts the connection's served shell; `None` when even its session cannot start.
+    async fn start_served(&self, conn: &Conn) -> Option<ServedShell> {
+        let line = format!(
+            "exec sh -c {} {}",
+            quote::join(&[served::SERVER.to_owned()]),
+            served::SERVED_NAME
+        );
+        let mut child = Session::to_raw_command(conn.session.clone(), &line)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .await
+            .ok()?;
+        Some(ServedShell {
+            stdin: child.stdin().take()?,
+            out: BufReader::new(child.stdout().take()?),
+            err: BufReader::new(child.stderr().take()?),
+            greeted: false,
+            _child: child,
+        })
+    }
+
+    /// Runs `spec` through the connection's served shell when it can carry it and is
+    /// free; `None`: it did not run.
+    async fn try_served(
+        &self,
+        host: &Host,
+        conn: &Conn,
+        spec: &CommandSpec,
+        interrupt: &Interrupt,
+        on_line: LineSink<'_>,
+    ) -> Option<Result<Finished, ExecError>> {
+        if !served_eligible(spec) || conn.served_off.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let mut shell = conn.served.try_lock().ok()?;
+        self.exec_served(host, conn, &mut shell, spec, interrupt, on_line)
+            .await
+    }
+
+    /// Sends `request` to the connection's served shell, starting it first if need be
+    /// and, the first time, reading its greeting. `Err(true)`: this host cannot serve;
+    /// `Err(false)`: this shell is gone. Either way the command did not run.
+    async fn served_send(
+        &self,
+        host: &Host,
+        conn: &Conn,
+        slot: &mut Option<ServedShell>,
+        request: &[u8],
+    ) -> Result<(), bool> {
+        if slot.is_none() {
+            *slot = Some(self.start_served(conn).await.ok_or(true)?);
+        }
+        let shell = slot.as_mut().ok_or(false)?;
+        served::send(&mut shell.stdin, request)
+            .await
+            .map_err(|_| false)?;
+        if !shell.greeted {
+            let greeted = tokio::time::timeout(MARKER_WAIT, served::greeted(&mut shell.out)).await;
+            if greeted != Ok(true) {
+                tracing::debug!(host = %host.name, "no served shell here: a session per command");
+                return Err(true);
+            }
+            shell.greeted = true;
+        }
+        Ok(())
+    }
+
+    /// Runs `spec` through the connection's served shell (starting it first if need be).
+    /// `None`: it did not run there — the caller gives it a session of its own.
+    async fn exec_served(
+        &self,
+        host: &Host,
+        conn: &Conn,
+        slot: &mut Option<ServedShell>,
+        spec: &CommandSpec,
+        interrupt: &Interrupt,
+        on_line: LineSink<'_>,
+    ) -> Option<Result<Finished, ExecError>> {
+        let remote = match remote_command(spec, &super::random_hex(8), &self.tag, true) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        if remote.stdin.as_deref().is_some_and(|i| !served::carries(i)) {
+            return None;
+        }
+        let give_up = |slot: &mut Option<ServedShell>, off: bool| {
+            *slot = None;
+            if off {
+                conn.served_off
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        let nonce = super::random_hex(16);
+        let started = Instant::now();
+        let request = served::request(&remote.line, remote.stdin.as_deref(), &nonce);
+        if let Err(off) = self.served_send(host, conn, slot, &request).await {
+            give_up(slot, off);
+            return None;
+        }
+        let shell = slot.as_mut()?;
+        let mut early = Vec::new();
+        let report = match served_report(shell, spec, &remote.marker, &nonce, &mut early).await {
+            Ok(report) => report,
+            Err(None) => {
+                // The shell ended before the command started: nothing ran.
+                give_up(slot, false);
+                return None;
+            }
+            Err(Some(e)) => {
+                give_up(slot, false);
+                return Some(Err(e(super::partial(
+                    Capture::new(),
+                    Capture::new(),
+                    started,
+                ))));
+            }
+        };
+        let pgid = report
+            .as_deref()
+            .and_then(Report::parse)
+            .map(|r| conn.learn(host, &r));
+        let mut out_buf = Capture::new();
+        let mut err_buf = Capture::new();
+        let quiet = spec.quiet;
+        let reading = served::read_to_end(
+            &mut shell.out,
+            report.is_some().then_some(&mut shell.err),
+            &early,
+            &nonce,
+            (&mut out_buf, &mut err_buf),
+            on_line,
+            quiet,
+        );
+        let end = race(reading, spec.timeout.map(|t| started + t), interrupt).await;
+        let partial = |out, err| super::partial(out, err, started);
+        Some(match end {
+            Ended::Done(Ok(code)) => {
+                let f = Finished {
+                    code: code.parse().ok(),
+                    ..partial(out_buf, err_buf)
+                };
+                super::completed(spec, f, Ok(()))
+            }
+            Ended::Done(Err(served::Lost::NotStarted)) => {
+                give_up(slot, false);
+                return None;
+            }
+            Ended::Done(Err(served::Lost::Midway)) => {
+                give_up(slot, false);
+                let partial = partial(out_buf, err_buf);
+                match conn.session.check().await {
+                    Err(e) => Err(disconnected(&e, partial)),
+                    Ok(()) => Err(ExecError::Disconnected {
+                        message: "the shell that ran the command on the host ended before it did"
+                            .into(),
+                        partial,
+                    }),
+                }
+            }
+            Ended::Timeout | Ended::Interrupted => {
+                // The shell is still inside this command: it is not used again.
+                give_up(slot, false);
+                if let Some(id) = pgid {
+                    self.kill_group(conn, id, None).await;
+                }
+                let partial = partial(out_buf, err_buf);
+                if matches!(end, Ended::Timeout) {
+                    Err(ExecError::Timeout {
+                        after: spec.timeout.unwrap_or_default(),
+                        partial,
+                    })
+                } else {
+                    Err(ExecError::Interrupted { partial })
+                }
+            }
+        })
+    }
+
     /// Ends a remote process group: SIGTERM, a grace second, then SIGKILL.
     async fn kill_group(&self, conn: &Conn, pgid: i64, sudo: Option<&str>) {
         if pgid <= 1 {
@@ -604,10 +818,15 @@ impl SshPool {
             let Ok(slot) = Arc::try_unwrap(slot) else {
                 continue;
             };
-            if let Some(Ok(conn)) = slot.into_inner()
-                && let Ok(conn) = Arc::try_unwrap(conn)
-                && let Ok(session) = Arc::try_unwrap(conn.session)
-            {
+            let Some(Ok(conn)) = slot.into_inner() else {
+                continue;
+            };
+            let Ok(mut conn) = Arc::try_unwrap(conn) else {
+                continue;
+            };
+            // The served shell holds the session too; ending its input ends it.
+            drop(conn.served.get_mut().take());
+            if let Ok(session) = Arc::try_unwrap(conn.session) {
                 if conn.persist.is_some() {
                     // Left running for the next invocation (its idle timeout ends it).
                     let _ = session.detach();
@@ -615,6 +834,42 @@ impl SshPool {
                     let _ = session.close().await;
                 }
             }
+        }
+    }
+}
+
+/// A served command's report (the text after its marker; `None` when it ended without
+/// one), read before the wait can be cut short, as for a session: a Ctrl-C a moment after
+/// the start must still find the group to kill. `Err(None)`: the shell ended before the
+/// command started; `Err(Some(_))`: no report in time (the error, given the output).
+async fn served_report(
+    shell: &mut ServedShell,
+    spec: &CommandSpec,
+    marker: &str,
+    nonce: &str,
+    early: &mut Vec<u8>,
+) -> Result<Option<String>, Option<Box<dyn FnOnce(Finished) -> ExecError + Send>>> {
+    let wait = spec.timeout.unwrap_or(MARKER_WAIT).min(MARKER_WAIT);
+    match tokio::time::timeout(
+        wait,
+        served::find_report(&mut shell.err, marker, nonce, early),
+    )
+    .await
+    {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(_)) => Err(None),
+        Err(_) => {
+            let timeout = spec.timeout.filter(|after| *after <= wait);
+            Err(Some(Box::new(move |partial| match timeout {
+                Some(after) => ExecError::Timeout { after, partial },
+                None => ExecError::Disconnected {
+                    message: format!(
+                        "the command did not start on the host within {}s",
+                        wait.as_secs()
+                    ),
+                    partial,
+                },
+            })))
         }
     }
 }
