@@ -322,6 +322,13 @@ impl Capture {
         }
     }
 
+    /// Takes off one trailing newline, if the kept text ends with one.
+    pub(crate) fn pop_newline(&mut self) {
+        if self.bytes.last() == Some(&b'\n') {
+            self.bytes.pop();
+        }
+    }
+
     pub(crate) fn push(&mut self, more: &[u8]) {
         if more.len() >= self.limit {
             self.bytes.clear();

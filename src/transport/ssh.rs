@@ -652,7 +652,7 @@ impl SshPool {
     }
 
     /// Sends `request` to the connection's served shell, starting it first if need be
-    /// and, the first time, reading its greeting. `Err(true)`: this host cannot serve;
+    /// and, the first time, waiting for its greeting. `Err(true)`: this host cannot serve;
     /// `Err(false)`: this shell is gone. Either way the command did not run.
     async fn served_send(
         &self,
@@ -665,9 +665,8 @@ impl SshPool {
             *slot = Some(self.start_served(conn).await.ok_or(true)?);
         }
         let shell = slot.as_mut().ok_or(false)?;
-        served::send(&mut shell.stdin, request)
-            .await
-            .map_err(|_| false)?;
+        // Nothing is sent before the greeting: a login dotfile that reads standard input
+        // must not eat (part of) a request.
         if !shell.greeted {
             let greeted = tokio::time::timeout(MARKER_WAIT, served::greeted(&mut shell.out)).await;
             if greeted != Ok(true) {
@@ -676,7 +675,9 @@ impl SshPool {
             }
             shell.greeted = true;
         }
-        Ok(())
+        served::send(&mut shell.stdin, request)
+            .await
+            .map_err(|_| false)
     }
 
     /// Runs `spec` through the connection's served shell (starting it first if need be).
@@ -690,7 +691,7 @@ impl SshPool {
         interrupt: &Interrupt,
         on_line: LineSink<'_>,
     ) -> Option<Result<Finished, ExecError>> {
-        let remote = match remote_command(spec, &super::random_hex(8), &self.tag, true) {
+        let remote = match served_command(spec, &super::random_hex(8), &self.tag) {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
@@ -775,7 +776,7 @@ impl SshPool {
                 // The shell is still inside this command: it is not used again.
                 give_up(slot, false);
                 if let Some(id) = pgid {
-                    self.kill_group(conn, id, None).await;
+                    self.kill(conn, id, None, true).await;
                 }
                 let partial = partial(out_buf, err_buf);
                 if matches!(end, Ended::Timeout) {
@@ -792,12 +793,30 @@ impl SshPool {
 
     /// Ends a remote process group: SIGTERM, a grace second, then SIGKILL.
     async fn kill_group(&self, conn: &Conn, pgid: i64, sudo: Option<&str>) {
+        self.kill(conn, pgid, sudo, false).await;
+    }
+
+    /// [`Self::kill_group`]; `or_pid`: a served command, whose group may not be made yet
+    /// (the report comes just before `setsid`): then the process itself is ended.
+    async fn kill(&self, conn: &Conn, pgid: i64, sudo: Option<&str>, or_pid: bool) {
         if pgid <= 1 {
             return;
         }
         let prefix = if sudo.is_some() { "sudo -n " } else { "" };
+        let target = |signal: &str| {
+            if or_pid {
+                format!(
+                    "{{ {prefix}kill -{signal} -{pgid} || {prefix}kill -{signal} {pgid}; }} 2>/dev/null"
+                )
+            } else {
+                format!("{prefix}kill -{signal} -{pgid} 2>/dev/null")
+            }
+        };
         let script = format!(
-            "{prefix}kill -TERM -{pgid} 2>/dev/null; i=0; while [ $i -lt 20 ] && {prefix}kill -0 -{pgid} 2>/dev/null; do sleep 0.1; i=$((i+1)); done; {prefix}kill -KILL -{pgid} 2>/dev/null; true"
+            "{}; i=0; while [ $i -lt 20 ] && {}; do sleep 0.1; i=$((i+1)); done; {}; true",
+            target("TERM"),
+            target("0"),
+            target("KILL")
         );
         let line = format!("{}sh -c {}", self.tag, quote::join(&[script]));
         let run = async {
@@ -985,10 +1004,50 @@ pub(crate) fn remote_command(
     tag: &str,
     direct: bool,
 ) -> Result<Remote, ExecError> {
+    wrapper(
+        spec,
+        nonce,
+        tag,
+        if direct { Shape::Direct } else { Shape::Hop },
+    )
+}
+
+/// The wrapper for the connection's served shell ([`served`]), which runs it in a
+/// subshell of its own: the subshell reads its pid from `/proc/self/stat` (`$$` would
+/// be the served shell's) and `exec`s the command through `setsid`, which makes that pid
+/// the leader of a new session and group, as sshd would. An inline script runs in the
+/// subshell itself.
+pub(crate) fn served_command(
+    spec: &CommandSpec,
+    nonce: &str,
+    tag: &str,
+) -> Result<Remote, ExecError> {
+    wrapper(spec, nonce, tag, Shape::Served)
+}
+
+/// Who runs a command's wrapper.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// A login shell that may not be POSIX: `exec sh -c WRAPPER`.
+    Hop,
+    /// A POSIX login shell, given the wrapper itself.
+    Direct,
+    /// The connection's served shell, in a subshell.
+    Served,
+}
+
+fn wrapper(spec: &CommandSpec, nonce: &str, tag: &str, shape: Shape) -> Result<Remote, ExecError> {
     let quote_one = |s: &str| quote::command_line(&[s.to_owned()]);
     let marker = format!("{PGID_MARKER}{nonce} ");
+    let (own_pid, pid) = match shape {
+        Shape::Served => (
+            "read -r __rb_p __rb_x < /proc/self/stat || exit 125; ",
+            "$__rb_p",
+        ),
+        Shape::Hop | Shape::Direct => ("", "$$"),
+    };
     let mut inner = format!(
-        "{tag}printf '%s%s %s\\n' {} \"$$\" \"${{SHELL##*/}}\" >&2; ",
+        "{tag}{own_pid}printf '%s%s %s\\n' {} \"{pid}\" \"${{SHELL##*/}}\" >&2; ",
         quote_one(&marker)?
     );
     let names = spec.env_names()?;
@@ -1024,13 +1083,17 @@ pub(crate) fn remote_command(
         inner.push_str("; ");
         inner.push_str(body);
     } else {
-        inner.push_str("exec ");
+        inner.push_str(if shape == Shape::Served {
+            "exec setsid "
+        } else {
+            "exec "
+        });
         inner.push_str(&quote::command_line(&argv)?);
     }
-    let line = if direct {
-        inner
-    } else {
+    let line = if shape == Shape::Hop {
         format!("exec sh -c {}", quote_one(&inner)?)
+    } else {
+        inner
     };
     Ok(Remote {
         line,

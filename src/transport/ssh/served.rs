@@ -8,13 +8,14 @@
 //! a command that comes while it is busy (or one it cannot carry: see
 //! [`super::served_eligible`]) gets a session of its own as before.
 //!
-//! A request is the command's wrapper script (the same text a session would run, which
-//! reports its process group and carries the run id) and, optionally, its standard input
-//! as a value. The shell starts it as `setsid sh -c WRAPPER`: in a session and process
-//! group of its own, as sshd would, so a timeout or Ctrl-C still kills exactly that group,
-//! and a recovery still finds a dead run's commands (their parent is a shell whose command
-//! line names [`SERVED_NAME`]). Values reach the shell only inside its standard input,
-//! quoted: nothing of a request appears in any process's command line.
+//! A request is the command's wrapper script ([`super::served_command`]: it reports its
+//! process group and carries the run id) and, optionally, its standard input as a value.
+//! The shell runs the wrapper in a subshell, which `exec`s the command through `setsid`:
+//! in a session and process group of its own, as sshd would, so a timeout or Ctrl-C
+//! still kills exactly that group, and a recovery still finds a dead run's commands
+//! (their parent is a shell whose command line names [`SERVED_NAME`]). Values reach the
+//! shell only inside its standard input, quoted: nothing of a request appears in any
+//! process's command line.
 //!
 //! After the command, the shell writes a newline and `ID CODE` on standard output and a
 //! newline and `ID` on standard error, `ID` being the request's random nonce. The reader
@@ -40,7 +41,7 @@ pub(crate) const MAX_INPUT: usize = 256 * 1024;
 
 /// The serving loop. A request: a line count, that many lines of shell text setting
 /// `__rb_s` (the wrapper) and maybe `__rb_i` (standard input), then a line with the nonce.
-pub(crate) const SERVER: &str = r#"command -v setsid >/dev/null 2>&1 || { echo 'runbook-served unable'; exit 0; }
+pub(crate) const SERVER: &str = r#"{ command -v setsid && [ -r /proc/self/stat ]; } >/dev/null 2>&1 || { echo 'runbook-served unable'; exit 0; }
 echo 'runbook-served ready'
 while IFS= read -r __rb_n; do
   __rb_r=
@@ -50,9 +51,9 @@ while IFS= read -r __rb_n; do
   unset __rb_i
   eval "$__rb_r"
   if [ -n "${__rb_i+x}" ]; then
-    printf '%s' "$__rb_i" | setsid sh -c "$__rb_s" sh
+    printf '%s' "$__rb_i" | ( eval "$__rb_s" )
   else
-    setsid sh -c "$__rb_s" sh </dev/null
+    ( eval "$__rb_s" ) </dev/null
   fi
   __rb_c=$?
   printf '\n%s %s\n' "$__rb_id" "$__rb_c"
@@ -175,7 +176,8 @@ pub(crate) async fn find_report(
 }
 
 /// Reads one command's stream up to its end line (`NONCE` then `tail`), into `buf` and, a
-/// line at a time, to `on_line`. Returns what followed the nonce on the end line.
+/// line at a time as each arrives, to `on_line`. Returns what followed the nonce on the
+/// end line.
 pub(crate) async fn pump_until(
     reader: &mut (impl AsyncBufRead + Unpin),
     nonce: &str,
@@ -190,17 +192,16 @@ pub(crate) async fn pump_until(
             on_line(stream, text.trim_end_matches(['\n', '\r']));
         }
     };
-    // The last whole line is held back: its newline may be the one the shell added.
-    let mut held: Option<Vec<u8>> = None;
+    // An empty line is shown only once another line follows: it may be the newline the
+    // shell wrote before the end line. Bytes go to `buf` at once (a timeout keeps them),
+    // and the shell's newline is taken off at the end.
+    let mut empty_held = false;
     let mut line: Vec<u8> = Vec::new();
     loop {
         let chunk = match reader.fill_buf().await {
             Ok([]) | Err(_) => {
-                for part in held.iter().chain(std::iter::once(&line)) {
-                    if !part.is_empty() {
-                        buf.push(part);
-                        show(part);
-                    }
+                if !line.is_empty() {
+                    show(&line);
                 }
                 return Err(Lost::Midway);
             }
@@ -214,24 +215,23 @@ pub(crate) async fn pump_until(
         reader.consume(take);
         if ends_line {
             if let Some(rest) = end_line(&line, nonce) {
-                if let Some(last) = held.as_ref().and_then(|l| l.strip_suffix(b"\n"))
-                    && !last.is_empty()
-                {
-                    buf.push(last);
-                    show(last);
-                }
+                buf.pop_newline();
                 return Ok(rest);
             }
-            if let Some(previous) = held.replace(std::mem::take(&mut line)) {
-                buf.push(&previous);
-                show(&previous);
+            if std::mem::take(&mut empty_held) {
+                show(b"");
             }
+            buf.push(&line);
+            if line == b"\n" {
+                empty_held = true;
+            } else {
+                show(&line);
+            }
+            line.clear();
         } else if line.len() > MAX_LINE {
-            // A long line is passed on in pieces, cut where a character starts; a piece
-            // is never the held line, so the shell's newline is still found.
-            if let Some(previous) = held.take() {
-                buf.push(&previous);
-                show(&previous);
+            // A long line is passed on in pieces, cut where a character starts.
+            if std::mem::take(&mut empty_held) {
+                show(b"");
             }
             let mut cut = MAX_LINE;
             while cut > 0 && line[cut] & 0xC0 == 0x80 {
@@ -294,7 +294,7 @@ fn end_line(line: &[u8], nonce: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::ssh::{PGID_MARKER, Report, remote_command, tag_prefix};
+    use crate::transport::ssh::{PGID_MARKER, Report, served_command, tag_prefix};
     use crate::transport::{CommandSpec, Program};
     use std::process::Stdio;
     use tokio::io::BufReader;
@@ -334,7 +334,7 @@ mod tests {
     }
 
     async fn run(shell: &mut Shell, spec: &CommandSpec) -> Ran {
-        let remote = remote_command(spec, "n0nce", &tag_prefix("run-1"), true).expect("a line");
+        let remote = served_command(spec, "n0nce", &tag_prefix("run-1")).expect("a line");
         let nonce = crate::transport::random_hex(16);
         send(
             &mut shell.stdin,
@@ -442,6 +442,42 @@ mod tests {
         assert!(shown.contains(&(Stream::Stdout, "three")));
         assert!(shown.contains(&(Stream::Stderr, "two")));
         assert_eq!(shown.len(), 3, "{shown:?}");
+        // Empty lines of the command's own are shown; the shell's newline is not.
+        let ran = run(&mut shell, &script("printf 'a\\n\\n'")).await;
+        let shown: Vec<&str> = ran.lines.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(shown, ["a", ""]);
+        assert_eq!(ran.out, "a\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_line_is_shown_and_kept_while_the_command_still_runs() {
+        let mut shell = start("sh");
+        assert!(greeted(&mut shell.out).await);
+        let nonce = crate::transport::random_hex(16);
+        let wrapper = "echo first; echo warn >&2; sleep 5";
+        send(&mut shell.stdin, &request(wrapper, None, &nonce))
+            .await
+            .expect("sent");
+        let lines = std::sync::Mutex::new(Vec::new());
+        let sink = |_: Stream, l: &str| lines.lock().expect("lines").push(l.to_owned());
+        let mut out = Capture::new();
+        let mut err = Capture::new();
+        let reading = read_to_end(
+            &mut shell.out,
+            Some(&mut shell.err),
+            b"",
+            &nonce,
+            (&mut out, &mut err),
+            &sink,
+            false,
+        );
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(700), reading).await;
+        assert!(cut.is_err(), "the command still runs");
+        let mut shown = lines.into_inner().expect("lines");
+        shown.sort();
+        assert_eq!(shown, ["first", "warn"]);
+        assert_eq!(out.into_string(), "first\n");
+        assert_eq!(err.into_string(), "warn\n");
     }
 
     #[tokio::test]
@@ -539,10 +575,11 @@ mod tests {
             .spawn()
             .expect("sh");
         let mut stdin = child.stdin.take().expect("stdin");
-        let wrapper = format!("echo > {}", marker.display());
-        let _ = send(&mut stdin, &request(&wrapper, None, "n")).await;
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         assert!(!greeted(&mut out).await);
+        // Sent anyway: the shell has ended without reading it.
+        let wrapper = format!("echo > {}", marker.display());
+        let _ = send(&mut stdin, &request(&wrapper, None, "n")).await;
         let _ = child.wait().await;
         assert!(!marker.exists());
     }
