@@ -76,8 +76,35 @@ struct ServedShell {
     stdin: openssh::ChildStdin,
     out: BufReader<openssh::ChildStdout>,
     err: BufReader<openssh::ChildStderr>,
-    greeted: bool,
+    /// The word that opens its first request ([`served::SERVER`]); `None` once sent.
+    opening: Option<String>,
     _child: openssh::Child<Arc<Session>>,
+}
+
+/// Why a command was not sent to the served shell.
+enum NotSent {
+    /// This shell is gone; nothing ran.
+    Gone,
+    /// This host cannot serve (no `setsid`, no `/proc`, no session); nothing ran.
+    CannotServe,
+    /// The shell's greeting did not come in time: the command may still run.
+    Unclear,
+}
+
+/// What a request that never reached a serving shell becomes: `None` runs the command in a
+/// session of its own, as nothing of it ran.
+fn unsent(why: &NotSent, started: Instant) -> Option<Result<Finished, ExecError>> {
+    match why {
+        NotSent::Gone | NotSent::CannotServe => None,
+        NotSent::Unclear => Some(Err(ExecError::Disconnected {
+            message: format!(
+                "the login shell on the host printed more than 64 KiB or did not start within \
+                 {} s: the command was sent to it and may still run there",
+                MARKER_WAIT.as_secs()
+            ),
+            partial: super::partial(Capture::new(), Capture::new(), started),
+        })),
+    }
 }
 
 /// Whether the served shell can carry `spec`: no streamed input or output file (a
@@ -612,8 +639,9 @@ impl SshPool {
 
     /// Starts the connection's served shell; `None` when even its session cannot start.
     async fn start_served(&self, conn: &Conn) -> Option<ServedShell> {
+        let opening = super::random_hex(16);
         let line = format!(
-            "exec sh -c {} {}",
+            "exec sh -c {} {} {opening}",
             quote::join(&[served::SERVER.to_owned()]),
             served::SERVED_NAME
         );
@@ -628,7 +656,7 @@ impl SshPool {
             stdin: child.stdin().take()?,
             out: BufReader::new(child.stdout().take()?),
             err: BufReader::new(child.stderr().take()?),
-            greeted: false,
+            opening: Some(opening),
             _child: child,
         })
     }
@@ -651,33 +679,41 @@ impl SshPool {
             .await
     }
 
-    /// Sends `request` to the connection's served shell, starting it first if need be
-    /// and, the first time, waiting for its greeting. `Err(true)`: this host cannot serve;
-    /// `Err(false)`: this shell is gone. Either way the command did not run.
+    /// Sends `request` to the connection's served shell, starting it first if need be.
+    /// The first request goes at once, behind the shell's opening word, and then its
+    /// greeting is awaited: no round trip waits for it.
     async fn served_send(
         &self,
         host: &Host,
         conn: &Conn,
         slot: &mut Option<ServedShell>,
         request: &[u8],
-    ) -> Result<(), bool> {
+    ) -> Result<(), NotSent> {
         if slot.is_none() {
-            *slot = Some(self.start_served(conn).await.ok_or(true)?);
+            *slot = Some(self.start_served(conn).await.ok_or(NotSent::CannotServe)?);
         }
-        let shell = slot.as_mut().ok_or(false)?;
-        // Nothing is sent before the greeting: a login dotfile that reads standard input
-        // must not eat (part of) a request.
-        if !shell.greeted {
-            let greeted = tokio::time::timeout(MARKER_WAIT, served::greeted(&mut shell.out)).await;
-            if greeted != Ok(true) {
-                tracing::debug!(host = %host.name, "no served shell here: a session per command");
-                return Err(true);
-            }
-            shell.greeted = true;
-        }
-        served::send(&mut shell.stdin, request)
+        let shell = slot.as_mut().ok_or(NotSent::Gone)?;
+        let Some(word) = shell.opening.take() else {
+            return served::send(&mut shell.stdin, request)
+                .await
+                .map_err(|_| NotSent::Gone);
+        };
+        // A shell that cannot serve exits without reading it; one whose output ends
+        // before the greeting never came to read it either.
+        if served::send(&mut shell.stdin, &served::opening(&word, request))
             .await
-            .map_err(|_| false)
+            .is_err()
+        {
+            return Err(NotSent::CannotServe);
+        }
+        match tokio::time::timeout(MARKER_WAIT, served::greeted(&mut shell.out)).await {
+            Ok(served::Greeting::Ready) => Ok(()),
+            Ok(served::Greeting::Unable) => {
+                tracing::debug!(host = %host.name, "no served shell here: a session per command");
+                Err(NotSent::CannotServe)
+            }
+            Ok(served::Greeting::Unclear) | Err(_) => Err(NotSent::Unclear),
+        }
     }
 
     /// Runs `spec` through the connection's served shell (starting it first if need be).
@@ -708,9 +744,9 @@ impl SshPool {
         let nonce = super::random_hex(16);
         let started = Instant::now();
         let request = served::request(&remote.line, remote.stdin.as_deref(), &nonce);
-        if let Err(off) = self.served_send(host, conn, slot, &request).await {
-            give_up(slot, off);
-            return None;
+        if let Err(why) = self.served_send(host, conn, slot, &request).await {
+            give_up(slot, !matches!(why, NotSent::Gone));
+            return unsent(&why, started);
         }
         let shell = slot.as_mut()?;
         let mut early = Vec::new();

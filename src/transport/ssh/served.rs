@@ -39,10 +39,16 @@ const UNABLE: &str = "runbook-served unable";
 /// sent to the shell: the command gets a session of its own.
 pub(crate) const MAX_INPUT: usize = 256 * 1024;
 
-/// The serving loop. A request: a line count, that many lines of shell text setting
-/// `__rb_s` (the wrapper) and maybe `__rb_i` (standard input), then a line with the nonce.
+/// The serving loop, started as `sh -c SERVER runbook-served OPENING`. It reads nothing
+/// as a request before a line that is exactly `OPENING` (a random word of this shell's):
+/// the first request goes with that line at once, without waiting a round trip for the
+/// greeting, and whatever a login dotfile may have read of it leaves the rest unrun.
+/// A request: a line count, that many lines of shell text setting `__rb_s` (the wrapper)
+/// and maybe `__rb_i` (standard input), then a line with the nonce.
 pub(crate) const SERVER: &str = r#"{ command -v setsid && [ -r /proc/self/stat ]; } >/dev/null 2>&1 || { echo 'runbook-served unable'; exit 0; }
 echo 'runbook-served ready'
+while :; do IFS= read -r __rb_l || exit 0; [ "$__rb_l" = "$1" ] && break; done
+set --
 while IFS= read -r __rb_n; do
   __rb_r=
   while [ "$__rb_n" -gt 0 ]; do IFS= read -r __rb_l || exit 0; __rb_r="$__rb_r$__rb_l
@@ -101,6 +107,24 @@ fn single_quoted(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(b'\'');
 }
 
+/// The first request with the opening line before it (see [`SERVER`]).
+pub(crate) fn opening(word: &str, request: &[u8]) -> Vec<u8> {
+    let mut out = format!("{word}\n").into_bytes();
+    out.extend_from_slice(request);
+    out
+}
+
+/// What the shell said before its first request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Greeting {
+    /// It serves.
+    Ready,
+    /// It cannot (no `setsid` or `/proc`) or ended first: it has run nothing.
+    Unable,
+    /// Too much came before the greeting: the shell may still read what was sent.
+    Unclear,
+}
+
 /// Why a served command gave no whole answer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Lost {
@@ -110,20 +134,21 @@ pub(crate) enum Lost {
     Midway,
 }
 
-/// Reads up to the greeting (a login shell's dotfiles may print first). `Ok(false)`: the
-/// shell cannot serve here.
-pub(crate) async fn greeted(out: &mut (impl AsyncBufRead + Unpin)) -> bool {
-    let mut seen = 0;
+/// Reads up to the greeting (a login shell's dotfiles may print first).
+pub(crate) async fn greeted(out: &mut (impl AsyncBufRead + Unpin)) -> Greeting {
+    let mut budget = tokio::io::AsyncReadExt::take(out, 64 * 1024);
     loop {
-        let mut line = String::new();
-        match out.read_line(&mut line).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => seen += n,
+        let mut line = Vec::new();
+        match budget.read_until(b'\n', &mut line).await {
+            Ok(0) if budget.limit() == 0 => return Greeting::Unclear,
+            // Its output ended before the greeting, which comes before any request.
+            Ok(0) => return Greeting::Unable,
+            Err(_) => return Greeting::Unclear,
+            Ok(_) => {}
         }
-        match line.trim_end() {
-            READY => return true,
-            UNABLE => return false,
-            _ if seen > 64 * 1024 => return false,
+        match String::from_utf8_lossy(&line).trim_end() {
+            READY => return Greeting::Ready,
+            UNABLE => return Greeting::Unable,
             _ => {}
         }
     }
@@ -307,10 +332,21 @@ mod tests {
         child: tokio::process::Child,
     }
 
-    /// The serving loop under `shell`, as sshd's login shell would start it.
-    fn start(shell: &str) -> Shell {
+    const WORD: &str = "0pen1ng";
+
+    /// The serving loop under `shell`, as sshd's login shell would start it, its opening
+    /// word sent (as a connection sends it with the first request, before the greeting).
+    async fn start(shell: &str) -> Shell {
+        let mut s = spawn(shell);
+        send(&mut s.stdin, format!("{WORD}\n").as_bytes())
+            .await
+            .expect("sent");
+        s
+    }
+
+    fn spawn(shell: &str) -> Shell {
         let mut child = Command::new(shell)
-            .args(["-c", SERVER, SERVED_NAME])
+            .args(["-c", SERVER, SERVED_NAME, WORD])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -401,8 +437,12 @@ mod tests {
     #[tokio::test]
     async fn commands_in_a_row_get_exactly_their_own_output_and_exit_code() {
         for sh in shells() {
-            let mut shell = start(sh);
-            assert!(greeted(&mut shell.out).await, "{sh}: greets");
+            let mut shell = start(sh).await;
+            assert_eq!(
+                greeted(&mut shell.out).await,
+                Greeting::Ready,
+                "{sh}: greets"
+            );
             let cases: &[(&str, &str, &str, &str)] = &[
                 ("printf 'a\\nb\\n'", "0", "a\nb\n", ""),
                 ("printf 'no newline'", "0", "no newline", ""),
@@ -434,8 +474,8 @@ mod tests {
 
     #[tokio::test]
     async fn lines_are_shown_as_they_were_written_without_the_shells_newline() {
-        let mut shell = start("sh");
-        assert!(greeted(&mut shell.out).await);
+        let mut shell = start("sh").await;
+        assert_eq!(greeted(&mut shell.out).await, Greeting::Ready);
         let ran = run(&mut shell, &script("echo one; echo two >&2; printf three")).await;
         let shown: Vec<(Stream, &str)> = ran.lines.iter().map(|(s, l)| (*s, l.as_str())).collect();
         assert!(shown.contains(&(Stream::Stdout, "one")));
@@ -451,8 +491,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_line_is_shown_and_kept_while_the_command_still_runs() {
-        let mut shell = start("sh");
-        assert!(greeted(&mut shell.out).await);
+        let mut shell = start("sh").await;
+        assert_eq!(greeted(&mut shell.out).await, Greeting::Ready);
         let nonce = crate::transport::random_hex(16);
         let wrapper = "echo first; echo warn >&2; sleep 5";
         send(&mut shell.stdin, &request(wrapper, None, &nonce))
@@ -483,8 +523,8 @@ mod tests {
     #[tokio::test]
     async fn input_environment_and_directory_reach_the_command() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut shell = start("sh");
-        assert!(greeted(&mut shell.out).await);
+        let mut shell = start("sh").await;
+        assert_eq!(greeted(&mut shell.out).await, Greeting::Ready);
         let mut spec = script("printf '%s|%s|' \"$SECRET\" \"$(pwd)\"; cat");
         spec.env = vec![("SECRET".into(), "a 'quoted'\nmulti-line $value".into())];
         spec.stdin = Some(b"line 1\nit's \"here\"\n\ttab\x01\xff".to_vec());
@@ -503,8 +543,8 @@ mod tests {
 
     #[tokio::test]
     async fn every_command_leads_a_group_of_its_own_with_the_run_id() {
-        let mut shell = start("sh");
-        assert!(greeted(&mut shell.out).await);
+        let mut shell = start("sh").await;
+        assert_eq!(greeted(&mut shell.out).await, Greeting::Ready);
         let server = i64::from(shell.child.id().expect("pid"));
         let ran = run(
             &mut shell,
@@ -532,8 +572,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrapper_that_fails_before_its_report_still_ends_the_request() {
-        let mut shell = start("sh");
-        assert!(greeted(&mut shell.out).await);
+        let mut shell = start("sh").await;
+        assert_eq!(greeted(&mut shell.out).await, Greeting::Ready);
         let nonce = crate::transport::random_hex(16);
         send(
             &mut shell.stdin,
@@ -567,7 +607,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let marker = dir.path().join("ran");
         let mut child = Command::new("/bin/sh")
-            .args(["-c", SERVER, SERVED_NAME])
+            .args(["-c", SERVER, SERVED_NAME, WORD])
             .env("PATH", dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -576,12 +616,48 @@ mod tests {
             .expect("sh");
         let mut stdin = child.stdin.take().expect("stdin");
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        assert!(!greeted(&mut out).await);
-        // Sent anyway: the shell has ended without reading it.
+        // Sent at once, as the first request is: the shell ends without reading it.
         let wrapper = format!("echo > {}", marker.display());
-        let _ = send(&mut stdin, &request(&wrapper, None, "n")).await;
+        let _ = send(&mut stdin, &opening(WORD, &request(&wrapper, None, "n"))).await;
+        assert_eq!(greeted(&mut out).await, Greeting::Unable);
         let _ = child.wait().await;
         assert!(!marker.exists());
+    }
+
+    #[tokio::test]
+    async fn nothing_before_the_opening_word_is_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        let mut shell = spawn("sh");
+        // What a login dotfile would leave of a request it read a line of: the rest is
+        // text, not a request.
+        let eaten = request(&format!("echo > {}", marker.display()), None, "n1");
+        let cut = eaten.iter().position(|b| *b == b'\n').expect("a line") + 1;
+        send(&mut shell.stdin, &eaten[cut..]).await.expect("sent");
+        // And a whole request without the word before it.
+        send(&mut shell.stdin, &eaten).await.expect("sent");
+        send(&mut shell.stdin, b"0pen1ng-not-quite\n")
+            .await
+            .expect("sent");
+        send(&mut shell.stdin, format!("{WORD}\n").as_bytes())
+            .await
+            .expect("sent");
+        assert_eq!(greeted(&mut shell.out).await, Greeting::Ready);
+        let ran = run(&mut shell, &script("echo served")).await;
+        assert_eq!(ran.out, "served\n");
+        assert!(!marker.exists(), "the text before the opening word ran");
+    }
+
+    #[tokio::test]
+    async fn a_flood_before_the_greeting_is_unclear_not_unable() {
+        let mut flood = b"x\n".to_vec();
+        flood.resize(70 * 1024, b'y');
+        let mut out = BufReader::new(&flood[..]);
+        assert_eq!(greeted(&mut out).await, Greeting::Unclear);
+        let mut out = BufReader::new(&b"motd\nrunbook-served ready\n"[..]);
+        assert_eq!(greeted(&mut out).await, Greeting::Ready);
+        let mut out = BufReader::new(&b"motd\n"[..]);
+        assert_eq!(greeted(&mut out).await, Greeting::Unable);
     }
 
     #[test]
