@@ -594,31 +594,31 @@ fn prepare_inner(
             commits.into_iter().next().unwrap_or_default()
         }
         Source::Artifact { path } => {
-            on_all(effects, targets, |t| {
+            // Prepared once (a directory packed into one file on the runner, while the
+            // hosts connect) and sent to every host at once; each host goes from one step
+            // to the next on its own, the slowest host holds up no other.
+            let start = |t: &Target| {
                 script(
                     format!("release: create releases/{name}"),
                     ARTIFACT_START,
                     &[&root(t), name],
                 )
-            })?;
-            // Prepared once (a directory packed into one file on the runner) and sent
-            // to every host at once.
+            };
             let is_tarball = path.extension().is_some_and(|e| e == "gz" || e == "tgz");
             if is_tarball {
                 // The tarball itself travels; it is unpacked into the release on the host.
                 let remote = |t: &Target| format!("{}/.runbook/artifact-{name}.tar.gz", root(t));
-                upload_all(effects, targets, path, &remote)?;
-                on_all(effects, targets, |t| {
+                let unpack = |t: &Target| {
                     script(
                         format!("release: unpack the artifact into releases/{name}"),
                         ARTIFACT_UNPACK,
                         &[&root(t), name, &remote(t)],
                     )
-                })?;
+                };
+                upload_all(effects, targets, path, &remote, &start, Some(&unpack))?;
             } else {
-                upload_all(effects, targets, path, &|t: &Target| {
-                    format!("{}/releases/{name}", root(t))
-                })?;
+                let remote = |t: &Target| format!("{}/releases/{name}", root(t));
+                upload_all(effects, targets, path, &remote, &start, None)?;
             }
             "artifact".to_owned()
         }
@@ -816,11 +816,12 @@ fn upload_all(
     targets: &[Target],
     local: &std::path::Path,
     remote: &dyn Fn(&Target) -> String,
+    first: &dyn Fn(&Target) -> CommandSpec,
+    then: Option<&dyn Fn(&Target) -> CommandSpec>,
 ) -> Result<(), ReleaseError> {
-    for r in effects.upload_each(targets, local, remote) {
-        r.map_err(|e| ReleaseError::new(e.to_string()))?;
-    }
-    Ok(())
+    let results = effects.upload_each_between(targets, Some(first), local, remote, then);
+    let outcomes = results.into_iter().map(HostOutcome::Done).collect();
+    collect(targets, outcomes).map(|_| ())
 }
 
 /// Points `current` at `name` on every target, all or nothing: when any host fails to

@@ -197,3 +197,142 @@ fn a_tarball_artifact_is_sent_as_it_is_within_max_concurrency() {
         let _ = std::fs::remove_dir_all(Path::new(root).parent().unwrap_or(Path::new(root)));
     }
 }
+
+/// A TCP proxy on `addr`, port chosen here, to `to`, that passes the client's bytes on at
+/// about `rate` bytes a second (a host behind a slow link); the answers go back at once.
+/// At most `max` connections.
+fn slow_link(addr: &str, to: (String, u16), rate: u32, max: usize) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    const CHUNK: usize = 4096; // bytes per pause
+    let pause = std::time::Duration::from_secs(4096) / rate;
+    let listener = TcpListener::bind((addr, 0)).expect("bind the slow link");
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    std::thread::spawn(move || {
+        for client in listener.incoming().take(max).flatten() {
+            let Ok(server) = TcpStream::connect((to.0.as_str(), to.1)) else {
+                continue;
+            };
+            let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            let (mut client, mut server) = (client, server);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; CHUNK];
+                while let Ok(n @ 1..) = client.read(&mut buf) {
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                }
+                let _ = server.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// The index of the `command_finished` event of the first command on `host` whose
+/// `command_started` satisfies `is`.
+fn finished(
+    events: &[serde_json::Value],
+    host: &str,
+    is: impl Fn(&serde_json::Value) -> bool,
+) -> usize {
+    let start = events
+        .iter()
+        .position(|e| e["event"] == "command_started" && e["host"] == host && is(e))
+        .unwrap_or_else(|| panic!("no such command on {host}"));
+    events[start..]
+        .iter()
+        .position(|e| e["event"] == "command_finished" && e["host"] == host)
+        .map_or_else(
+            || panic!("a command on {host} never finished"),
+            |p| p + start,
+        )
+}
+
+/// Each host goes from its upload to unpacking it on its own: web3 sits behind a slow
+/// link (about 96 KiB/s towards it) and receives a 384 KiB tarball for seconds, while web1
+/// and web2 have theirs unpacked before web3's upload is even done. Before, every host's
+/// unpacking waited for the slowest host's upload. A whole release on every host at the end.
+#[test]
+fn a_slow_host_holds_up_no_other_hosts_next_step() {
+    let Some(mut fleet) = Fleet::start(3) else {
+        return;
+    };
+    let slow = &fleet.hosts[2];
+    let port = slow_link(&slow.addr, (slow.addr.clone(), slow.port), 96 * 1024, 8);
+    let line = crate::fleet::known_hosts_line(&slow.addr, port, &slow.host_key_pub);
+    let mut known = std::fs::read_to_string(&fleet.known_hosts).unwrap_or_default();
+    known.push_str(&line);
+    std::fs::write(&fleet.known_hosts, known).unwrap();
+    fleet.hosts[2].port = port;
+    let roots = fleet.deploy_roots("stream-slow");
+    let toml =
+        crate::fleet::per_host_inventory(&fleet, &roots, "", "connect_timeout = \"30s\"", "");
+    // Random bytes: the tarball is as big as its content.
+    let noise: String = {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..384 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x % 90) as u8)
+            })
+            .collect()
+    };
+    let t = Test::bare()
+        .file("runbook.toml", &toml)
+        .file("src/index.html", "v3\n")
+        .file("src/.env", "APP_ENV=test\n")
+        .file("src/noise.txt", &noise)
+        .file(
+            "scripts/d.rhai",
+            "let n = release::prepare(hosts(\"web\"), #{ artifact: \"app.tar.gz\" });\nrelease::activate(hosts(\"web\"), n);\n",
+        );
+    let tar = std::process::Command::new("tar")
+        .args(["-czf", "app.tar.gz", "-C", "src", "."])
+        .current_dir(t.path())
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let out = t.run_with(&["run", "d", "-e", "fleet", "--json", "-v"]);
+    out.code(0);
+    let events = out.events();
+    let slow_name = fleet.hosts[2].name.as_str();
+    let slow_sent = finished(&events, slow_name, is_upload);
+    for h in &fleet.hosts[..2] {
+        let unpacked = finished(&events, &h.name, |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("release: unpack the artifact"))
+        });
+        assert!(
+            unpacked < slow_sent,
+            "{} unpacked its artifact only after {slow_name}'s upload was done",
+            h.name
+        );
+    }
+    for (host, root) in &roots {
+        let current = Path::new(root).join("current");
+        assert_eq!(
+            std::fs::read_to_string(current.join("index.html")).unwrap_or_default(),
+            "v3\n",
+            "{host} does not serve the artifact"
+        );
+        assert_eq!(
+            std::fs::read_to_string(current.join("noise.txt")).unwrap_or_default(),
+            noise,
+            "{host}: noise.txt arrived incomplete"
+        );
+    }
+    for (_, root) in &roots {
+        let _ = std::fs::remove_dir_all(Path::new(root).parent().unwrap_or(Path::new(root)));
+    }
+}

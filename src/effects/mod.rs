@@ -543,16 +543,35 @@ impl Effects {
         local: &Path,
         remote: &dyn Fn(&Target) -> String,
     ) -> Vec<Result<CommandResult, CommandError>> {
+        self.upload_each_between(targets, None, local, remote, None)
+    }
+
+    /// [`Effects::upload_each`], each host's upload between `first` and `then` on that
+    /// host (a release directory made; the artifact unpacked): every host goes on to its
+    /// next step as soon as ITS previous one is done, not when the slowest host's is, and
+    /// the packing runs while the hosts connect. A host whose step fails goes no further;
+    /// its result is that failure, else the last step's.
+    pub(crate) fn upload_each_between(
+        &self,
+        targets: &[Target],
+        first: Option<&dyn Fn(&Target) -> CommandSpec>,
+        local: &Path,
+        remote: &dyn Fn(&Target) -> String,
+        then: Option<&dyn Fn(&Target) -> CommandSpec>,
+    ) -> Vec<Result<CommandResult, CommandError>> {
+        use futures::FutureExt;
+        type Prepared = Result<Arc<transfer::Upload>, Arc<TransferError>>;
         bridge::block_on(&self.runtime, async {
             let paths: Vec<Result<(String, String), transfer::NoName>> = targets
                 .iter()
                 .map(|t| transfer::split(&remote(t)))
                 .collect();
             // One preparation per distinct destination name (the top-level entry of the
-            // packed tree); a deploy sends one name everywhere.
+            // packed tree); a deploy sends one name everywhere. Started now, awaited by
+            // each host when it is ready for it.
             let mut prepared: std::collections::BTreeMap<
                 String,
-                Result<Arc<transfer::Upload>, Arc<TransferError>>,
+                futures::future::Shared<futures::future::BoxFuture<'_, Prepared>>,
             > = std::collections::BTreeMap::new();
             if !self.dry_run() {
                 for (_, name) in paths.iter().flatten() {
@@ -560,36 +579,26 @@ impl Effects {
                         continue;
                     }
                     let (from, entry) = (local.to_owned(), name.clone());
-                    let made = tokio::task::spawn_blocking(move || {
+                    let packing = tokio::task::spawn_blocking(move || {
                         transfer::Upload::prepare(&from, &entry)
-                    })
-                    .await
-                    .map_err(TransferError::PackingStopped)
-                    .and_then(|r| {
-                        r.map_err(|source| TransferError::Read {
-                            path: local.to_owned(),
-                            source,
-                        })
                     });
-                    if let Ok(up) = &made {
-                        let how = if up.compressed() {
-                            "packed once, gzip'd"
-                        } else if up.packed() {
-                            "packed once, plain tar (compression saved under a tenth)"
-                        } else {
-                            "sent as it is"
-                        };
-                        self.output.log(
-                            Level::Debug,
-                            format!(
-                                "upload: {} {how} ({} bytes) for {} host(s)",
-                                local.display(),
-                                up.len(),
-                                targets.len()
-                            ),
-                        );
-                    }
-                    prepared.insert(name.clone(), made.map(Arc::new).map_err(Arc::new));
+                    let hosts = targets.len();
+                    let made = async move {
+                        let made = packing
+                            .await
+                            .map_err(TransferError::PackingStopped)
+                            .and_then(|r| {
+                                r.map_err(|source| TransferError::Read {
+                                    path: local.to_owned(),
+                                    source,
+                                })
+                            });
+                        if let Ok(up) = &made {
+                            self.log_prepared(local, up, hosts);
+                        }
+                        made.map(Arc::new).map_err(Arc::new)
+                    };
+                    prepared.insert(name.clone(), made.boxed().shared());
                 }
             }
             let limit = tokio::sync::Semaphore::new(self.max_concurrency);
@@ -598,40 +607,67 @@ impl Effects {
                 let (limit, prepared) = (&limit, &prepared);
                 async move {
                     let _slot = limit.acquire().await;
-                    self.transfer(t, argv, async move {
-                        let (parent, name) = path.clone()?;
-                        let up = match prepared.get(&name) {
-                            Some(Ok(up)) => up.clone(),
-                            Some(Err(e)) => return Err(TransferError::Prepared(e.clone())),
-                            None => return Err(TransferError::NotPrepared),
-                        };
-                        match t {
-                            Target::Host(h) if h.transport == TransportKind::Ssh => {
-                                let f = self
-                                    .ssh_pool()?
-                                    .exec(
-                                        h,
-                                        &up.command(&parent, &name),
-                                        &self.interrupt,
-                                        &|_, _| {},
-                                    )
-                                    .await?;
-                                check_code(f)
+                    if let Some(first) = first {
+                        self.run_async(t, &first(t)).await?;
+                    }
+                    let sent = self
+                        .transfer(t, argv, async move {
+                            let (parent, name) = path.clone()?;
+                            let up = match prepared.get(&name) {
+                                Some(made) => {
+                                    made.clone().await.map_err(TransferError::Prepared)?
+                                }
+                                None => return Err(TransferError::NotPrepared),
+                            };
+                            match t {
+                                Target::Host(h) if h.transport == TransportKind::Ssh => {
+                                    let f = self
+                                        .ssh_pool()?
+                                        .exec(
+                                            h,
+                                            &up.command(&parent, &name),
+                                            &self.interrupt,
+                                            &|_, _| {},
+                                        )
+                                        .await?;
+                                    check_code(f)
+                                }
+                                _ => tokio::task::spawn_blocking(move || {
+                                    up.receive_here(Path::new(&parent), &name)
+                                })
+                                .await
+                                .map_err(TransferError::CopyStopped)?
+                                .map_err(TransferError::Local),
                             }
-                            _ => tokio::task::spawn_blocking(move || {
-                                up.receive_here(Path::new(&parent), &name)
-                            })
-                            .await
-                            .map_err(TransferError::CopyStopped)?
-                            .map_err(TransferError::Local),
-                        }
-                    })
-                    .await
-                    .map(|(done, _)| done)
+                        })
+                        .await
+                        .map(|(done, _)| done)?;
+                    match then {
+                        Some(then) => self.run_async(t, &then(t)).await,
+                        None => Ok(sent),
+                    }
                 }
             });
             futures::future::join_all(jobs).await
         })
+    }
+
+    fn log_prepared(&self, local: &Path, up: &transfer::Upload, hosts: usize) {
+        let how = if up.compressed() {
+            "packed once, gzip'd"
+        } else if up.packed() {
+            "packed once, plain tar (compression saved under a tenth)"
+        } else {
+            "sent as it is"
+        };
+        self.output.log(
+            Level::Debug,
+            format!(
+                "upload: {} {how} ({} bytes) for {hosts} host(s)",
+                local.display(),
+                up.len(),
+            ),
+        );
     }
 
     /// Copies `remote` (a file or directory) from one target to `local`, streamed
