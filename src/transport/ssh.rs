@@ -340,13 +340,22 @@ impl SshPool {
         &self,
         host: &Host,
         line: &str,
-        stdin: bool,
+        stdin: &Input,
     ) -> Result<(Arc<Conn>, openssh::Child<Arc<Session>>), ExecError> {
         let mut attempt = 0;
         loop {
             let conn = self.conn(host).await?;
             let mut cmd = Session::to_raw_command(conn.session.clone(), line);
-            cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            let input = match stdin {
+                Input::Null => Stdio::null(),
+                Input::Piped => Stdio::piped(),
+                // ssh (its master, through the control socket) reads the file itself:
+                // no copy through this process and a pipe.
+                Input::File(f) => Stdio::from(f.try_clone().map_err(|e| {
+                    ExecError::Unsupported(format!("cannot pass the input file to ssh: {e}"))
+                })?),
+            };
+            cmd.stdin(input)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             match cmd.spawn().await {
@@ -543,13 +552,13 @@ impl SshPool {
         let direct = gate.posix_login.load(std::sync::atomic::Ordering::Relaxed);
         let remote = remote_command(spec, &super::random_hex(8), &self.tag, direct)?;
         let started = Instant::now();
-        let (conn, mut child) = self
-            .spawn(
-                host,
-                &remote.line,
-                remote.stdin.is_some() || input.is_some(),
-            )
-            .await?;
+        // A file alone is given to ssh as its standard input; a prelude before it is fed.
+        let (stdin_kind, input) = match (remote.stdin.is_some(), input) {
+            (false, Some(file)) => (Input::File(file.into_std().await), None),
+            (true, input) => (Input::Piped, input),
+            (false, None) => (Input::Null, None),
+        };
+        let (conn, mut child) = self.spawn(host, &remote.line, &stdin_kind).await?;
         let stdin = child.stdin().take();
         let stdout = child.stdout().take();
         // The wrapper reports its process-group id on stderr: find that line before
@@ -1001,6 +1010,15 @@ fn explain_connect_error(host: &Host, e: &openssh::Error) -> ConnectError {
     } else {
         ConnectError::Other { at, detail }
     }
+}
+
+/// A command's standard input as ssh gets it.
+enum Input {
+    Null,
+    /// Fed by runbook: a prelude, then the command's own input.
+    Piped,
+    /// The command's input file, read by ssh itself.
+    File(std::fs::File),
 }
 
 /// What is sent for one command.
