@@ -226,6 +226,17 @@ pub(crate) fn audit_refusal(session: &Session, script: &str, text: &str, refused
     write_audit(session, &record, false);
 }
 
+/// Appends the run's record (one JSON line on standard input) to the host's audit log
+/// with the shell's own `read` and `printf`: no process is started once the directory is
+/// there. dash writes a line this short in one `write`, so with O_APPEND two runs'
+/// records never interleave.
+const APPEND_BUILTIN: &str = r#"umask 077; d=$1/.runbook; [ -d "$d" ] || mkdir -p "$d" || exit 1; IFS= read -r l || exit 1; printf '%s\n' "$l" >> "$d/audit.jsonl""#;
+/// The longest record (with its newline) [`APPEND_BUILTIN`] takes: well within dash's
+/// 8 KiB output buffer.
+const APPEND_BUILTIN_MAX: usize = 4096;
+/// A longer record: `cat` writes it whole in one `write`.
+const APPEND_CAT: &str = r#"umask 077; d=$1/.runbook; [ -d "$d" ] || mkdir -p "$d" || exit 1; exec cat >> "$d/audit.jsonl""#;
+
 /// Appends the record locally and (unless `local_only`) on every host the run touched.
 pub(crate) fn write_audit(session: &Session, record: &crate::audit::Record, on_hosts: bool) {
     let output = session.effects.output();
@@ -261,9 +272,12 @@ pub(crate) fn write_audit(session: &Session, record: &crate::audit::Record, on_h
         };
         let mut spec = crate::transport::CommandSpec::script(
             "audit: record this run on the host",
-            // One process once the directory is there (the shell becomes `cat`); the
-            // umask makes a new log 0600 and its directory 0700.
-            r#"umask 077; d=$1/.runbook; [ -d "$d" ] || mkdir -p "$d" || exit 1; exec cat >> "$d/audit.jsonl""#,
+            // The umask makes a new log 0600 and its directory 0700.
+            if line.len() <= APPEND_BUILTIN_MAX {
+                APPEND_BUILTIN
+            } else {
+                APPEND_CAT
+            },
             &[&root],
         );
         spec.stdin = Some(line.clone().into_bytes());
@@ -288,5 +302,63 @@ pub(crate) fn write_audit(session: &Session, record: &crate::audit::Record, on_h
                 format!("{}: could not append to the host's audit log", t.name()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod audit_append_tests {
+    use super::{APPEND_BUILTIN, APPEND_BUILTIN_MAX, APPEND_CAT};
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn append(shell: &str, body: &str, root: &str, line: &str) -> i32 {
+        let mut child = std::process::Command::new(shell)
+            .args(["-c", body, "sh", root])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the shell");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(line.as_bytes()).expect("write the record");
+        }
+        child.wait().expect("wait").code().unwrap_or(-1)
+    }
+
+    /// Either script, in dash and in bash (the served shell and a login shell), appends
+    /// the record byte for byte — backslashes, quotes, leading blanks, `%` kept — to a
+    /// new 0600 log in a new 0700 directory, after what was there.
+    #[test]
+    fn a_record_is_appended_whole_whatever_it_holds() {
+        let tricky = r#"  {"reason":"it's \"down\" \\ 100% \t $HOME `id`"}"#;
+        let long = format!("{{\"hosts\":\"{}\"}}", "h".repeat(APPEND_BUILTIN_MAX));
+        for shell in ["dash", "bash"] {
+            for (body, record) in [(APPEND_BUILTIN, tricky), (APPEND_CAT, long.as_str())] {
+                let dir = tempfile::tempdir().unwrap();
+                let root = dir.path().to_str().unwrap();
+                let first = format!("{record}\n");
+                assert_eq!(append(shell, body, root, &first), 0, "{shell}");
+                assert_eq!(append(shell, body, root, "{\"second\":1}\n"), 0, "{shell}");
+                let log = dir.path().join(".runbook/audit.jsonl");
+                assert_eq!(
+                    std::fs::read_to_string(&log).unwrap(),
+                    format!("{first}{{\"second\":1}}\n"),
+                    "{shell}"
+                );
+                let mode = |p: &std::path::Path| {
+                    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+                };
+                assert_eq!(mode(&log), 0o600, "{shell}");
+                assert_eq!(mode(&dir.path().join(".runbook")), 0o700, "{shell}");
+            }
+        }
+    }
+
+    /// No record at all (a cut input) appends nothing and fails, so the run warns.
+    #[test]
+    fn an_empty_input_appends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        assert_ne!(append("dash", APPEND_BUILTIN, root, ""), 0);
+        let log = dir.path().join(".runbook/audit.jsonl");
+        assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty());
     }
 }
