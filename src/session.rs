@@ -329,9 +329,9 @@ mod audit_append_tests {
     #[test]
     fn a_record_is_appended_whole_whatever_it_holds() {
         let tricky = r#"  {"reason":"it's \"down\" \\ 100% \t $HOME `id`"}"#;
-        let long = format!("{{\"hosts\":\"{}\"}}", "h".repeat(APPEND_BUILTIN_MAX));
+        let big = format!("{{\"hosts\":\"{}\"}}", "h".repeat(APPEND_BUILTIN_MAX));
         for shell in ["dash", "bash"] {
-            for (body, record) in [(APPEND_BUILTIN, tricky), (APPEND_CAT, long.as_str())] {
+            for (body, record) in [(APPEND_BUILTIN, tricky), (APPEND_CAT, big.as_str())] {
                 let dir = tempfile::tempdir().unwrap();
                 let root = dir.path().to_str().unwrap();
                 let first = format!("{record}\n");
