@@ -646,14 +646,19 @@ impl SshPool {
         }
     }
 
-    /// Starts the connection's served shell; `None` when even its session cannot start.
-    async fn start_served(&self, conn: &Conn) -> Option<ServedShell> {
+    /// Starts the connection's served shell, with `first` (a wrapper and its nonce) as
+    /// its arguments when given; `None` when even its session cannot start.
+    async fn start_served(&self, conn: &Conn, first: Option<(&str, &str)>) -> Option<ServedShell> {
         let opening = super::random_hex(16);
-        let line = format!(
+        let mut line = format!(
             "exec sh -c {} {} {opening}",
             quote::join(&[served::SERVER.to_owned()]),
             served::SERVED_NAME
         );
+        if let Some((wrapper, nonce)) = first {
+            line.push(' ');
+            line.push_str(&quote::join(&[wrapper.to_owned(), nonce.to_owned()]));
+        }
         let mut child = Session::to_raw_command(conn.session.clone(), &line)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -697,9 +702,16 @@ impl SshPool {
         conn: &Conn,
         slot: &mut Option<ServedShell>,
         request: &[u8],
+        first: Option<(&str, &str)>,
     ) -> Result<(), NotSent> {
+        let mut in_arguments = false;
         if slot.is_none() {
-            *slot = Some(self.start_served(conn).await.ok_or(NotSent::CannotServe)?);
+            *slot = Some(
+                self.start_served(conn, first)
+                    .await
+                    .ok_or(NotSent::CannotServe)?,
+            );
+            in_arguments = first.is_some();
         }
         let shell = slot.as_mut().ok_or(NotSent::Gone)?;
         let Some(word) = shell.opening.take() else {
@@ -707,12 +719,16 @@ impl SshPool {
                 .await
                 .map_err(|_| NotSent::Gone);
         };
-        // A shell that cannot serve exits without reading it; one whose output ends
-        // before the greeting never came to read it either.
-        if served::send(&mut shell.stdin, &served::opening(&word, request))
+        if in_arguments {
+            // The first command runs after the greeting whether or not the word arrives:
+            // the greeting alone says whether it ran.
+            let _ = served::send(&mut shell.stdin, format!("{word}\n").as_bytes()).await;
+        } else if served::send(&mut shell.stdin, &served::opening(&word, request))
             .await
             .is_err()
         {
+            // A shell that cannot serve exits without reading it; one whose output ends
+            // before the greeting never came to read it either.
             return Err(NotSent::CannotServe);
         }
         match tokio::time::timeout(MARKER_WAIT, served::greeted(&mut shell.out)).await {
@@ -753,7 +769,10 @@ impl SshPool {
         let nonce = super::random_hex(16);
         let started = Instant::now();
         let request = served::request(&remote.line, remote.stdin.as_deref(), &nonce);
-        if let Err(why) = self.served_send(host, conn, slot, &request).await {
+        // Used only if this request starts the shell.
+        let first = (remote.stdin.is_none() && remote.line.len() <= served::MAX_ARGUMENT)
+            .then_some((remote.line.as_str(), nonce.as_str()));
+        if let Err(why) = self.served_send(host, conn, slot, &request, first).await {
             give_up(slot, !matches!(why, NotSent::Gone));
             return unsent(&why, started);
         }

@@ -35,6 +35,10 @@ const READY: &str = "runbook-served ready";
 /// What it prints instead when it cannot; it then exits without reading a request.
 const UNABLE: &str = "runbook-served unable";
 
+/// The longest wrapper sent as the shell's argument (see [`SERVER`]); a longer one is the
+/// first request on its standard input.
+pub(crate) const MAX_ARGUMENT: usize = 16 * 1024;
+
 /// Standard input larger than this, or holding a NUL byte (a shell value cannot), is not
 /// sent to the shell: the command gets a session of its own.
 pub(crate) const MAX_INPUT: usize = 256 * 1024;
@@ -45,8 +49,21 @@ pub(crate) const MAX_INPUT: usize = 256 * 1024;
 /// greeting, and whatever a login dotfile may have read of it leaves the rest unrun.
 /// A request: a line count, that many lines of shell text setting `__rb_s` (the wrapper)
 /// and maybe `__rb_i` (standard input), then a line with the nonce.
+///
+/// The run's first command on the connection, when it has no standard input (and so no
+/// environment values: those travel only there), rides in the arguments instead:
+/// `sh -c SERVER runbook-served OPENING WRAPPER NONCE`, run right after the greeting.
+/// sshd opens a session's input only once the shell is started, so a first request on
+/// standard input would wait a round trip more. Such a command line is what a session of
+/// its own would have shown in `ps` anyway.
 pub(crate) const SERVER: &str = r#"{ command -v setsid && [ -r /proc/self/stat ]; } >/dev/null 2>&1 || { echo 'runbook-served unable'; exit 0; }
 echo 'runbook-served ready'
+if [ "$#" -ge 3 ]; then
+  ( __rb_s=$2; set --; eval "$__rb_s" ) </dev/null
+  __rb_c=$?
+  printf '\n%s %s\n' "$3" "$__rb_c"
+  printf '\n%s\n' "$3" >&2
+fi
 while :; do IFS= read -r __rb_l || exit 0; [ "$__rb_l" = "$1" ] && break; done
 set --
 while IFS= read -r __rb_n; do
@@ -621,6 +638,112 @@ mod tests {
         let _ = send(&mut stdin, &opening(WORD, &request(&wrapper, None, "n"))).await;
         assert_eq!(greeted(&mut out).await, Greeting::Unable);
         let _ = child.wait().await;
+        assert!(!marker.exists());
+    }
+
+    /// The serving loop under `shell` with `spec` as its first command in its arguments
+    /// (no input): the shell, and that command's nonce and marker.
+    fn spawn_with_first(
+        shell: &str,
+        spec: &CommandSpec,
+        path: Option<&std::path::Path>,
+    ) -> (Shell, String, String) {
+        let remote = served_command(spec, "f1rst", &tag_prefix("run-1")).expect("a line");
+        assert!(remote.stdin.is_none());
+        let nonce = crate::transport::random_hex(16);
+        let mut cmd = Command::new(shell);
+        cmd.args(["-c", SERVER, SERVED_NAME, WORD, &remote.line, &nonce])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(p) = path {
+            cmd.env("PATH", p);
+        }
+        let mut child = cmd.spawn().expect("a shell starts");
+        let s = Shell {
+            stdin: child.stdin.take().expect("stdin"),
+            out: BufReader::new(child.stdout.take().expect("stdout")),
+            err: BufReader::new(child.stderr.take().expect("stderr")),
+            child,
+        };
+        (s, nonce, remote.marker)
+    }
+
+    /// The first command rides in the shell's arguments: it runs after the greeting,
+    /// before the opening word has even been sent, with no arguments of the loop's and
+    /// an empty input (the loop's own is not its), and leads a group of its own; the
+    /// next command then comes on standard input behind the word as usual.
+    #[tokio::test]
+    async fn the_first_command_can_ride_in_the_shells_arguments() {
+        for sh in shells() {
+            let first = script("echo \"args=$#\"; cat; echo err >&2; exit 4");
+            let (mut shell, nonce, marker) = spawn_with_first(sh, &first, None);
+            assert_eq!(greeted(&mut shell.out).await, Greeting::Ready, "{sh}");
+            let mut early = Vec::new();
+            let started = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                find_report(&mut shell.err, &marker, &nonce, &mut early),
+            );
+            let report = started
+                .await
+                .unwrap_or_else(|_| panic!("{sh}: the first command did not run"))
+                .expect("the first command started");
+            let pgid = report.as_deref().and_then(Report::parse).map(|r| r.pgid);
+            assert!(pgid.is_some_and(|g| g > 0), "{sh}: no group reported");
+            let mut out = Capture::new();
+            let mut err = Capture::new();
+            let sink = |_: Stream, _: &str| {};
+            let code = pump_until(
+                &mut shell.out,
+                &nonce,
+                Stream::Stdout,
+                &mut out,
+                &sink,
+                true,
+            )
+            .await
+            .expect("stdout ends");
+            pump_until(
+                &mut shell.err,
+                &nonce,
+                Stream::Stderr,
+                &mut err,
+                &sink,
+                true,
+            )
+            .await
+            .expect("stderr ends");
+            assert_eq!(
+                (
+                    code.as_str(),
+                    out.into_string().as_str(),
+                    err.into_string().as_str()
+                ),
+                ("4", "args=0\n", "err\n"),
+                "{sh}"
+            );
+            send(&mut shell.stdin, format!("{WORD}\n").as_bytes())
+                .await
+                .expect("sent");
+            let ran = run(&mut shell, &script("echo second")).await;
+            assert_eq!(
+                (ran.code.as_str(), ran.out.as_str()),
+                ("0", "second\n"),
+                "{sh}"
+            );
+        }
+    }
+
+    /// A shell that cannot serve runs no first command from its arguments either.
+    #[tokio::test]
+    async fn without_setsid_the_first_command_in_the_arguments_is_not_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        let first = script(&format!("echo > {}", marker.display()));
+        let (mut shell, _, _) = spawn_with_first("/bin/sh", &first, Some(dir.path()));
+        assert_eq!(greeted(&mut shell.out).await, Greeting::Unable);
+        let _ = shell.child.wait().await;
         assert!(!marker.exists());
     }
 
