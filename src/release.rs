@@ -595,8 +595,8 @@ fn prepare_inner(
         }
         Source::Artifact { path } => {
             // Prepared once (a directory packed into one file on the runner, while the
-            // hosts connect) and sent to every host at once; each host goes from one step
-            // to the next on its own, the slowest host holds up no other.
+            // hosts make their release directories) and sent to every host at once; each
+            // host goes from one step to the next on its own, the slowest holds up no other.
             let start = |t: &Target| {
                 script(
                     format!("release: create releases/{name}"),

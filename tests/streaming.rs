@@ -67,6 +67,30 @@ fn inventory(fleet: &Fleet, roots: &[(String, String)], extra: &str) -> String {
     )
 }
 
+/// A script that prepares `artifact` on the web hosts and switches them to it.
+fn deploy_script(artifact: &str) -> String {
+    format!(
+        "let n = release::prepare(hosts(\"web\"), #{{ artifact: \"{artifact}\" }});\nrelease::activate(hosts(\"web\"), n);\n"
+    )
+}
+
+/// `app.tar.gz` of the test's `src/`, beside it.
+fn pack_tarball(t: &Test) {
+    let tar = std::process::Command::new("tar")
+        .args(["-czf", "app.tar.gz", "-C", "src", "."])
+        .current_dir(t.path())
+        .status()
+        .unwrap();
+    assert!(tar.success());
+}
+
+/// Removes the hosts' deploy roots (each under a directory of its own).
+fn remove_roots(roots: &[(String, String)]) {
+    for (_, root) in roots {
+        let _ = std::fs::remove_dir_all(Path::new(root).parent().unwrap_or(Path::new(root)));
+    }
+}
+
 fn is_upload(e: &serde_json::Value) -> bool {
     e["argv"][0] == "upload"
 }
@@ -77,10 +101,7 @@ fn upload_spans(events: &[serde_json::Value]) -> Vec<(String, usize, usize)> {
     for (i, e) in events.iter().enumerate() {
         if e["event"] == "command_started" && is_upload(e) {
             let host = e["host"].as_str().unwrap_or_default().to_owned();
-            let end = events[i..]
-                .iter()
-                .position(|f| f["event"] == "command_finished" && f["host"] == host.as_str())
-                .map_or_else(|| panic!("the upload to {host} never finished"), |p| p + i);
+            let end = finish_of(events, i, &host);
             spans.push((host, i, end));
         }
     }
@@ -100,10 +121,7 @@ fn an_artifact_deploy_packs_once_and_sends_to_every_host_at_once() {
         .file("build/index.html", "v1\n")
         .file("build/.env", "APP_ENV=test\n")
         .file("build/bin/tool", &"0123456789abcdef".repeat(64 * 1024))
-        .file(
-            "scripts/d.rhai",
-            "let n = release::prepare(hosts(\"web\"), #{ artifact: \"build\" });\nrelease::activate(hosts(\"web\"), n);\n",
-        );
+        .file("scripts/d.rhai", &deploy_script("build"));
     let out = t.run_with(&["run", "d", "-e", "fleet", "--json", "-v"]);
     out.code(0);
     let events = out.events();
@@ -138,9 +156,7 @@ fn an_artifact_deploy_packs_once_and_sends_to_every_host_at_once() {
             "{host}: bin/tool arrived incomplete"
         );
     }
-    for (_, root) in &roots {
-        let _ = std::fs::remove_dir_all(Path::new(root).parent().unwrap_or(Path::new(root)));
-    }
+    remove_roots(&roots);
 }
 
 /// A `.tar.gz` artifact travels as it is (not packed again) to every host at once, and
@@ -150,19 +166,14 @@ fn a_tarball_artifact_is_sent_as_it_is_within_max_concurrency() {
     let Some(fleet) = Fleet::start(3) else { return };
     let roots = fleet.deploy_roots("stream-tgz");
     let t = Test::bare()
-        .file("runbook.toml", &inventory(&fleet, &roots, "max_concurrency = 2\n"))
+        .file(
+            "runbook.toml",
+            &inventory(&fleet, &roots, "max_concurrency = 2\n"),
+        )
         .file("src/index.html", "v2\n")
         .file("src/.env", "APP_ENV=test\n")
-        .file(
-            "scripts/d.rhai",
-            "let n = release::prepare(hosts(\"web\"), #{ artifact: \"app.tar.gz\" });\nrelease::activate(hosts(\"web\"), n);\n",
-        );
-    let tar = std::process::Command::new("tar")
-        .args(["-czf", "app.tar.gz", "-C", "src", "."])
-        .current_dir(t.path())
-        .status()
-        .unwrap();
-    assert!(tar.success());
+        .file("scripts/d.rhai", &deploy_script("app.tar.gz"));
+    pack_tarball(&t);
     let out = t.run_with(&["run", "d", "-e", "fleet", "--json", "-v"]);
     out.code(0);
     let events = out.events();
@@ -193,9 +204,7 @@ fn a_tarball_artifact_is_sent_as_it_is_within_max_concurrency() {
             "{host} does not serve the tarball"
         );
     }
-    for (_, root) in &roots {
-        let _ = std::fs::remove_dir_all(Path::new(root).parent().unwrap_or(Path::new(root)));
-    }
+    remove_roots(&roots);
 }
 
 /// A TCP proxy on `addr`, port chosen here, to `to`, that passes the client's bytes on at
@@ -247,6 +256,11 @@ fn finished(
         .iter()
         .position(|e| e["event"] == "command_started" && e["host"] == host && is(e))
         .unwrap_or_else(|| panic!("no such command on {host}"));
+    finish_of(events, start, host)
+}
+
+/// The index of the first `command_finished` event on `host` from `start` on.
+fn finish_of(events: &[serde_json::Value], start: usize, host: &str) -> usize {
     events[start..]
         .iter()
         .position(|e| e["event"] == "command_finished" && e["host"] == host)
@@ -292,16 +306,8 @@ fn a_slow_host_holds_up_no_other_hosts_next_step() {
         .file("src/index.html", "v3\n")
         .file("src/.env", "APP_ENV=test\n")
         .file("src/noise.txt", &noise)
-        .file(
-            "scripts/d.rhai",
-            "let n = release::prepare(hosts(\"web\"), #{ artifact: \"app.tar.gz\" });\nrelease::activate(hosts(\"web\"), n);\n",
-        );
-    let tar = std::process::Command::new("tar")
-        .args(["-czf", "app.tar.gz", "-C", "src", "."])
-        .current_dir(t.path())
-        .status()
-        .unwrap();
-    assert!(tar.success());
+        .file("scripts/d.rhai", &deploy_script("app.tar.gz"));
+    pack_tarball(&t);
     let out = t.run_with(&["run", "d", "-e", "fleet", "--json", "-v"]);
     out.code(0);
     let events = out.events();
@@ -332,7 +338,5 @@ fn a_slow_host_holds_up_no_other_hosts_next_step() {
             "{host}: noise.txt arrived incomplete"
         );
     }
-    for (_, root) in &roots {
-        let _ = std::fs::remove_dir_all(Path::new(root).parent().unwrap_or(Path::new(root)));
-    }
+    remove_roots(&roots);
 }

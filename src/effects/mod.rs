@@ -549,8 +549,8 @@ impl Effects {
     /// [`Effects::upload_each`], each host's upload between `first` and `then` on that
     /// host (a release directory made; the artifact unpacked): every host goes on to its
     /// next step as soon as ITS previous one is done, not when the slowest host's is, and
-    /// the packing runs while the hosts connect. A host whose step fails goes no further;
-    /// its result is that failure, else the last step's.
+    /// the packing runs while `first` does. A host whose step fails goes no further; its
+    /// result is that failure, else the last step's.
     pub(crate) fn upload_each_between(
         &self,
         targets: &[Target],

@@ -362,14 +362,23 @@ mod tests {
     }
 
     fn spawn(shell: &str) -> Shell {
-        let mut child = Command::new(shell)
-            .args(["-c", SERVER, SERVED_NAME, WORD])
+        spawn_with(shell, &[], None)
+    }
+
+    /// The serving loop under `shell` with `extra` after its opening word, `PATH` set to
+    /// `path` when given.
+    fn spawn_with(shell: &str, extra: &[&str], path: Option<&std::path::Path>) -> Shell {
+        let mut cmd = Command::new(shell);
+        cmd.args(["-c", SERVER, SERVED_NAME, WORD])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("a shell starts");
+            .kill_on_drop(true);
+        if let Some(p) = path {
+            cmd.env("PATH", p);
+        }
+        let mut child = cmd.spawn().expect("a shell starts");
         Shell {
             stdin: child.stdin.take().expect("stdin"),
             out: BufReader::new(child.stdout.take().expect("stdout")),
@@ -651,22 +660,7 @@ mod tests {
         let remote = served_command(spec, "f1rst", &tag_prefix("run-1")).expect("a line");
         assert!(remote.stdin.is_none());
         let nonce = crate::transport::random_hex(16);
-        let mut cmd = Command::new(shell);
-        cmd.args(["-c", SERVER, SERVED_NAME, WORD, &remote.line, &nonce])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(p) = path {
-            cmd.env("PATH", p);
-        }
-        let mut child = cmd.spawn().expect("a shell starts");
-        let s = Shell {
-            stdin: child.stdin.take().expect("stdin"),
-            out: BufReader::new(child.stdout.take().expect("stdout")),
-            err: BufReader::new(child.stderr.take().expect("stderr")),
-            child,
-        };
+        let s = spawn_with(shell, &[&remote.line, &nonce], path);
         (s, nonce, remote.marker)
     }
 
