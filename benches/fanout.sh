@@ -82,6 +82,7 @@ ssh_cm_run() { local n=$1; for a in $(head -n "$n" "$W/hosts"); do ssh -F "$W/ss
 # on every host over connections opened before the clock starts, per host per command.
 ssh_cm_warm() { local n=$1 t0 r; t0=$(date +%s%N); for r in $(seq 1 10); do for a in $(head -n "$n" "$W/hosts"); do ssh -F "$W/ssh_config" -o ControlPath="$W/cm/p-$a" "$a" true & done; wait; done; awk -v t="$(($(date +%s%N) - t0))" -v n="$n" 'BEGIN {printf "%.2f", t / 1e6 / 10 / n}'; }
 ssh_one() { ssh -F "$W/ssh_config" "$(head -n 1 "$W/hosts")" uptime; }
+rb_cold() { "$RB" run uptime -e "b$1" -q; }
 pssh_run() { local n=$1; head -n "$n" "$W/hosts" > "$W/hosts.$n"; parallel-ssh -p "$P" -h "$W/hosts.$n" -x "-F $W/ssh_config" -t 60 uptime; }
 ansible_run() { local n=$1 m=$2; ansible "web[0:$((n - 1))]" -i "$W/inventory.ini" -m "$m" -a uptime -f "$P"; }
 ansible_close() { for s in "$W"/cm/a-*; do [ -S "$s" ] && ssh -o ControlPath="$s" -O exit x >/dev/null 2>&1 || true; done; }
@@ -92,12 +93,14 @@ echo "Link: $LINK_TEXT."
 echo
 echo "## uptime, cold (new connections each run), median of $RUNS, seconds"
 echo
+echo "runbook and parallel-ssh take turns, run by run; the other columns follow them."
+echo
 echo "| hosts | runbook | parallel-ssh -p $P | ansible -m raw | ansible -m command | plain ssh (1 host) |"
 echo "|---:|---:|---:|---:|---:|---:|"
 declare -A R
 for n in $SIZES; do
-  R[rb$n]=$(median "$RB" run uptime -e "b$n" -q)
-  R[pssh$n]=$(median pssh_run "$n")
+  pair=$(bench_pair rb_cold pssh_run "$n")
+  R[rb$n]=${pair% *}; R[pssh$n]=${pair#* }
   R[raw$n]=-; R[cmd$n]=-
   if [ "$ANSIBLE" = 1 ]; then
     R[raw$n]=$(median ansible_cold "$n" raw)
@@ -106,6 +109,18 @@ for n in $SIZES; do
   one=""; [ "$n" = 1 ] && one=$(median ssh_one)
   echo "| $n | ${R[rb$n]} | ${R[pssh$n]} | ${R[raw$n]} | ${R[cmd$n]} | $one |"
 done
+# What a cold host costs the machine (every process: the clients, the hosts' sshd and
+# shells, the emulator), from /proc/stat: the cold rows are bound by it, not by waiting.
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+cpu_per_host() { # CMD... -> milliseconds of CPU per host of $N, median of 3
+  local i b0 v=()
+  for i in 1 2 3; do b0=$(busy); "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >&2; return 1; }; v+=($(( ($(busy) - b0) * 1000 / $(getconf CLK_TCK) / N ))); done
+  printf '%s\n' "${v[@]}" | sort -n | sed -n 2p
+}
+cpu_rb=$(cpu_per_host rb_cold "$N")
+cpu_pssh=$(cpu_per_host pssh_run "$N")
+echo
+echo "CPU of the whole machine per cold host ($N hosts, median of 3): runbook $cpu_rb ms, parallel-ssh $cpu_pssh ms"
 ssh_cm_open "$N"
 cm=$(median ssh_cm_run "$N")
 echo
@@ -115,7 +130,7 @@ seq_an=-; [ "$ANSIBLE" = 1 ] && seq_an=$(median ansible-playbook -i "$W/inventor
 warm=$("$RB" run warm -e "b$N" -q 2>/dev/null)
 ssh_cm_close; ssh_cm_open "$N" # fresh masters: ControlPersist may have ended during the sequences above
 cm_warm=$(ssh_cm_warm "$N")
-ratio() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; fi; }
+ratio() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; fi; }
 echo
 echo "## deploy-shaped: 10 commands one after another on $N hosts"
 echo

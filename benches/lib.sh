@@ -9,6 +9,7 @@
 #                        # $W/hosts (one client address a line), $W/maps, $W/ssh_config
 #   bench_linkemu        # starts the emulator when LINK is set (after bench_fleet)
 #   bench_median CMD...  # median wall seconds of $RUNS runs; a failing run fails the bench
+#   bench_pair A B ARGS... # "MEDIAN_A MEDIAN_B": A ARGS and B ARGS taken in turns, $RUNS each
 #   ms CMD...            # wall milliseconds of one run; a failing run stops the bench
 #   median               # the median of the numbers on stdin, one a line
 
@@ -95,8 +96,24 @@ bench_median() { # command... -> median seconds over $RUNS runs
     _s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >&2; return 1; }; _e=$(date +%s%N)
     t+=($(( (_e - _s) / 1000000 )))
   done
-  printf '%s\n' "${t[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1000}'
+  printf '%s\n' "${t[@]}" | median_s
 }
+
+# The medians of two commands run in turns (A, B, A, B, ...), $RUNS runs each, as
+# "MEDIAN_A MEDIAN_B" in seconds: a slow minute of the machine weighs on both sides of
+# the ratio alike. A failing run fails the bench.
+bench_pair() { # A B ARGS...
+  local a=$1 b=$2 i _s _e ta=() tb=()
+  shift 2
+  for ((i = 0; i < RUNS; i++)); do
+    _s=$(date +%s%N); "$a" "$@" >/dev/null 2>&1 || { echo "FAILED: $a $*" >&2; return 1; }; _e=$(date +%s%N)
+    ta+=($(( (_e - _s) / 1000000 )))
+    _s=$(date +%s%N); "$b" "$@" >/dev/null 2>&1 || { echo "FAILED: $b $*" >&2; return 1; }; _e=$(date +%s%N)
+    tb+=($(( (_e - _s) / 1000000 )))
+  done
+  printf '%s %s\n' "$(printf '%s\n' "${ta[@]}" | median_s)" "$(printf '%s\n' "${tb[@]}" | median_s)"
+}
+median_s() { sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1000}'; }
 
 # Wall milliseconds of one run of "$@". A run that fails stops the benchmark with its
 # output: a failure is never timed as a result.
