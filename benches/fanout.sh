@@ -112,15 +112,18 @@ done
 # What a cold host costs the machine (every process: the clients, the hosts' sshd and
 # shells, the emulator), from /proc/stat: the cold rows are bound by it, not by waiting.
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
-cpu_per_host() { # CMD... -> milliseconds of CPU per host of $N, median of 3
-  local i b0 v=()
-  for i in 1 2 3; do b0=$(busy); "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >&2; return 1; }; v+=($(( ($(busy) - b0) * 1000 / $(getconf CLK_TCK) / N ))); done
-  printf '%s\n' "${v[@]}" | sort -n | sed -n 2p
+cpu_ms() { # CMD... -> milliseconds of CPU per host of $N for one run
+  local b0
+  b0=$(busy); "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >&2; return 1; }
+  echo $(( ($(busy) - b0) * 1000 / $(getconf CLK_TCK) / N ))
 }
-cpu_rb=$(cpu_per_host rb_cold "$N")
-cpu_pssh=$(cpu_per_host pssh_run "$N")
+# In turns, as the cold rows: runbook, parallel-ssh, runbook, ...; medians of 3 each.
+cr=(); cp=()
+for _ in 1 2 3; do cr+=("$(cpu_ms rb_cold "$N")"); cp+=("$(cpu_ms pssh_run "$N")"); done
+cpu_rb=$(printf '%s\n' "${cr[@]}" | sort -n | sed -n 2p)
+cpu_pssh=$(printf '%s\n' "${cp[@]}" | sort -n | sed -n 2p)
 echo
-echo "CPU of the whole machine per cold host ($N hosts, median of 3): runbook $cpu_rb ms, parallel-ssh $cpu_pssh ms"
+echo "CPU of the whole machine per cold host ($N hosts, in turns, median of 3): runbook $cpu_rb ms, parallel-ssh $cpu_pssh ms"
 ssh_cm_open "$N"
 cm=$(median ssh_cm_run "$N")
 echo
