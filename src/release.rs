@@ -60,7 +60,7 @@ pub(crate) struct Settings {
     pub env_file: EnvFile,
 }
 
-/// What `prepare` does about `shared/.env` (see [`write_env_file`], [`require_env_file`]).
+/// What `prepare` does about `shared/.env` (see [`write_env_spec`], [`refused_for_env`]).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub(crate) enum EnvFile {
     /// Leave it as the shared files make it.
@@ -190,8 +190,9 @@ echo "$commit $(git -C "$meta/repo.git" show -s --format=%ct "$commit")"
 const ARTIFACT_START: &str = r#"set -eu
 root=$1 name=$2
 meta=$root/.runbook
-mkdir -p "$root/releases" "$root/shared" "$meta/preparing" "$meta/bad" "$meta/releases"
-touch "$meta/preparing/$name"
+[ -d "$root/releases" ] && [ -d "$root/shared" ] && [ -d "$meta/preparing" ] && [ -d "$meta/bad" ] && [ -d "$meta/releases" ] ||
+  mkdir -p "$root/releases" "$root/shared" "$meta/preparing" "$meta/bad" "$meta/releases"
+: > "$meta/preparing/$name"
 mkdir "$root/releases/$name"
 "#;
 
@@ -202,35 +203,53 @@ rm -f "$archive"
 "#;
 
 /// Links shared paths, makes dirs writable, runs composer, records metadata; the release
-/// is complete (a rollback target) only once its metadata exists.
+/// is complete (a rollback target) only once its metadata exists. With `$9` (a shared
+/// file's name, `.env`), it first refuses a host's first release when that file is
+/// missing or empty both in `shared/` and in the release: [`ENV_MISSING`] on standard
+/// error, exit 3, nothing changed. The shell's builtins wherever a program is not needed
+/// (`${p%/*}` for `dirname`, here-documents for pipes, a test before `mkdir` and `rm`):
+/// each program costs the host a fork and an exec, per host, per deploy.
 const FINISH: &str = r#"set -eu
-root=$1 name=$2 dirs=$3 files=$4 writable=$5 composer=$6 meta_json=$7 commit=$8
+root=$1 name=$2 dirs=$3 files=$4 writable=$5 composer=$6 meta_json=$7 commit=$8 required=${9-}
 rel=$root/releases/$name shared=$root/shared
-printf '%s\n' "$dirs" | while IFS= read -r d; do
+if [ -n "$required" ] && [ ! -L "$root/current" ] && [ ! -e "$root/current" ] &&
+  [ ! -s "$shared/$required" ] && [ ! -s "$rel/$required" ]; then
+  echo "runbook: shared/$required is missing or empty before the first release" >&2
+  exit 3
+fi
+# Makes the directory above $1 (a path with a slash), the one dirname would print.
+up() { u=$1; while [ "${u%/}" != "$u" ]; do u=${u%/}; done; u=${u%/*}; [ -d "$u" ] || mkdir -p "$u"; }
+while IFS= read -r d; do
   [ -n "$d" ] || continue
   if [ ! -e "$shared/$d" ]; then
-    mkdir -p "$(dirname "$shared/$d")"
+    up "$shared/$d"
     if [ -d "$rel/$d" ]; then cp -a "$rel/$d" "$shared/$d"; else mkdir -p "$shared/$d"; fi
   fi
-  rm -rf "$rel/$d"
-  mkdir -p "$(dirname "$rel/$d")"
+  if [ -e "$rel/$d" ] || [ -L "$rel/$d" ]; then rm -rf "$rel/$d"; fi
+  up "$rel/$d"
   ln -s "$shared/$d" "$rel/$d"
-done
-printf '%s\n' "$files" | while IFS= read -r f; do
+done <<__rb_end
+$dirs
+__rb_end
+while IFS= read -r f; do
   [ -n "$f" ] || continue
   if [ ! -e "$shared/$f" ]; then
-    mkdir -p "$(dirname "$shared/$f")"
+    up "$shared/$f"
     if [ -f "$rel/$f" ]; then cp -a "$rel/$f" "$shared/$f"; else : > "$shared/$f"; fi
   fi
-  rm -f "$rel/$f"
-  mkdir -p "$(dirname "$rel/$f")"
+  if [ -e "$rel/$f" ] || [ -L "$rel/$f" ]; then rm -f "$rel/$f"; fi
+  up "$rel/$f"
   ln -s "$shared/$f" "$rel/$f"
-done
-printf '%s\n' "$writable" | while IFS= read -r w; do
+done <<__rb_end
+$files
+__rb_end
+while IFS= read -r w; do
   [ -n "$w" ] || continue
-  mkdir -p "$rel/$w"
+  [ -d "$rel/$w" ] || mkdir -p "$rel/$w"
   chmod -R u+rwX,g+rwX "$rel/$w/"
-done
+done <<__rb_end
+$writable
+__rb_end
 if [ -f "$rel/composer.json" ] && [ -n "$composer" ]; then
   if command -v "${composer%% *}" >/dev/null 2>&1; then
     (cd "$rel" && $composer install --no-dev --optimize-autoloader --no-interaction --no-progress)
@@ -242,6 +261,10 @@ printf '%s\n' "$commit" > "$rel/REVISION"
 printf '%s\n' "$meta_json" > "$root/.runbook/releases/$name.json"
 rm -f "$root/.runbook/preparing/$name"
 "#;
+
+/// What [`FINISH`] writes on standard error (with exit 3) when it refuses a first
+/// release for want of the app's settings.
+const ENV_MISSING: &str = "is missing or empty before the first release";
 
 const ABANDON: &str = r#"root=$1 name=$2
 rm -rf "$root/releases/$name" "$root/.runbook/releases/$name.json"
@@ -558,8 +581,7 @@ fn prepare_inner(
     settings: &Settings,
     meta: &Metadata,
 ) -> Result<Metadata, ReleaseError> {
-    let mut commit_time = None;
-    let commit = match source {
+    let (commit, commit_time) = match source {
         Source::Git {
             repository,
             git_ref,
@@ -581,7 +603,7 @@ fn prepare_inner(
                     )
                 })
                 .collect();
-            commit_time = lines.first().and_then(|(_, t)| *t);
+            let commit_time = lines.first().and_then(|(_, t)| *t);
             let commits: Vec<String> = lines.into_iter().map(|(c, _)| c).collect();
             if let Some(first) = commits.first()
                 && commits.iter().any(|c| c != first)
@@ -591,70 +613,140 @@ fn prepare_inner(
                     commits.join(", ")
                 )));
             }
-            commits.into_iter().next().unwrap_or_default()
+            (commits.into_iter().next().unwrap_or_default(), commit_time)
         }
         Source::Artifact { path } => {
-            // Prepared once (a directory packed into one file on the runner, while the
-            // hosts make their release directories) and sent to every host at once; each
-            // host goes from one step to the next on its own, the slowest holds up no other.
-            let start = |t: &Target| {
-                script(
-                    format!("release: create releases/{name}"),
-                    ARTIFACT_START,
-                    &[&root(t), name],
-                )
-            };
-            let is_tarball = path.extension().is_some_and(|e| e == "gz" || e == "tgz");
-            if is_tarball {
-                // The tarball itself travels; it is unpacked into the release on the host.
-                let remote = |t: &Target| format!("{}/.runbook/artifact-{name}.tar.gz", root(t));
-                let unpack = |t: &Target| {
-                    script(
-                        format!("release: unpack the artifact into releases/{name}"),
-                        ARTIFACT_UNPACK,
-                        &[&root(t), name, &remote(t)],
-                    )
-                };
-                upload_all(effects, targets, path, &remote, &start, Some(&unpack))?;
-            } else {
-                let remote = |t: &Target| format!("{}/releases/{name}", root(t));
-                upload_all(effects, targets, path, &remote, &start, None)?;
-            }
-            "artifact".to_owned()
+            return prepare_artifact(effects, targets, name, path, settings, meta);
         }
     };
+    let meta = finished_meta(meta, name, &commit, commit_time);
+    let meta_json = serde_json::to_string(&meta).unwrap_or_default();
+    if let EnvFile::Rendered { text, shadow } = &settings.env_file {
+        on_all(effects, targets, |t| {
+            write_env_spec(t, name, text, shadow.as_deref())
+        })?;
+    }
+    let mut fan = FanOut::new();
+    fan.fail_fast = false;
+    let outcomes = effects.run_many_with(
+        targets,
+        &|t: &Target| finish_spec(t, name, settings, &meta_json, &commit),
+        &fan,
+    );
+    let results: Vec<Result<CommandResult, CommandError>> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            HostOutcome::Done(r) => Some(r.clone()),
+            HostOutcome::Skipped => None,
+        })
+        .collect();
+    if let Some(refused) = refused_for_env(targets, &results, &settings.env_file) {
+        return Err(refused);
+    }
+    collect(targets, outcomes)?;
+    Ok(meta)
+}
+
+/// [`prepare_inner`] of an artifact (a directory or a `.tar.gz`).
+fn prepare_artifact(
+    effects: &Effects,
+    targets: &[Target],
+    name: &str,
+    path: &std::path::Path,
+    settings: &Settings,
+    meta: &Metadata,
+) -> Result<Metadata, ReleaseError> {
+    // Prepared once (a directory packed into one file on the runner, while the
+    // hosts make their release directories) and sent to every host at once; each
+    // host goes from one step to the next on its own, the slowest holds up no other.
+    let start = |t: &Target| {
+        script(
+            format!("release: create releases/{name}"),
+            ARTIFACT_START,
+            &[&root(t), name],
+        )
+    };
+    // The release is finished on each host right after ITS upload (the metadata
+    // of an artifact is known before any host is touched).
+    let meta = finished_meta(meta, name, "artifact", None);
+    let meta_json = serde_json::to_string(&meta).unwrap_or_default();
+    let rendered = match &settings.env_file {
+        EnvFile::Rendered { text, shadow } => Some((text.as_str(), shadow.as_deref())),
+        EnvFile::AsIs | EnvFile::Required { .. } => None,
+    };
+    let write_env = |t: &Target| {
+        let (text, shadow) = rendered.unwrap_or_default();
+        write_env_spec(t, name, text, shadow)
+    };
+    let finish = |t: &Target| finish_spec(t, name, settings, &meta_json, "artifact");
+    let mut then: Vec<&dyn Fn(&Target) -> CommandSpec> = Vec::new();
+    let is_tarball = path.extension().is_some_and(|e| e == "gz" || e == "tgz");
+    // The tarball itself travels; it is unpacked into the release on the host.
+    let tarball = |t: &Target| format!("{}/.runbook/artifact-{name}.tar.gz", root(t));
+    let unpack = |t: &Target| {
+        script(
+            format!("release: unpack the artifact into releases/{name}"),
+            ARTIFACT_UNPACK,
+            &[&root(t), name, &tarball(t)],
+        )
+    };
+    if is_tarball {
+        then.push(&unpack);
+    }
+    if rendered.is_some() {
+        then.push(&write_env);
+    }
+    then.push(&finish);
+    let directory = |t: &Target| format!("{}/releases/{name}", root(t));
+    let remote: &dyn Fn(&Target) -> String = if is_tarball { &tarball } else { &directory };
+    let results = effects.upload_each_between(targets, Some(&start), path, remote, &then);
+    if let Some(refused) = refused_for_env(targets, &results, &settings.env_file) {
+        return Err(refused);
+    }
+    collect(
+        targets,
+        results.into_iter().map(HostOutcome::Done).collect(),
+    )?;
+    Ok(meta)
+}
+
+/// `meta` for the release `name` made from `commit`.
+fn finished_meta(meta: &Metadata, name: &str, commit: &str, commit_time: Option<i64>) -> Metadata {
     let mut meta = meta.clone();
     name.clone_into(&mut meta.name);
-    meta.commit.clone_from(&commit);
+    commit.clone_into(&mut meta.commit);
     meta.commit_time = commit_time;
-    let meta_json = serde_json::to_string(&meta).unwrap_or_default();
-    match &settings.env_file {
-        EnvFile::AsIs => {}
-        EnvFile::Rendered { text, shadow } => {
-            write_env_file(effects, targets, name, text, shadow.as_deref())?;
-        }
-        EnvFile::Required { env } => require_env_file(effects, targets, name, env)?,
-    }
-    let dirs = settings.shared_dirs.join("\n");
-    let files = settings.shared_files.join("\n");
-    let writable = settings.writable_dirs.join("\n");
-    on_all(effects, targets, |t| {
-        script(
-            format!("release: link shared paths, dependencies, metadata of {name}"),
-            FINISH,
-            &[
-                &root(t),
-                name,
-                &dirs,
-                &files,
-                &writable,
-                &settings.composer,
-                &meta_json,
-                &commit,
-            ],
-        )
-    })?;
-    Ok(meta)
+    meta
+}
+
+/// The last step of a release on `t`: [`FINISH`], which also refuses a first release
+/// without the app's settings when `settings` require them.
+fn finish_spec(
+    t: &Target,
+    name: &str,
+    settings: &Settings,
+    meta_json: &str,
+    commit: &str,
+) -> CommandSpec {
+    let required = match settings.env_file {
+        EnvFile::Required { .. } => ENV_FILE,
+        EnvFile::AsIs | EnvFile::Rendered { .. } => "",
+    };
+    script(
+        format!("release: link shared paths, dependencies, metadata of {name}"),
+        FINISH,
+        &[
+            &root(t),
+            name,
+            &settings.shared_dirs.join("\n"),
+            &settings.shared_files.join("\n"),
+            &settings.writable_dirs.join("\n"),
+            &settings.composer,
+            meta_json,
+            commit,
+            required,
+        ],
+    )
 }
 
 /// The shared file a rendered template becomes.
@@ -678,77 +770,60 @@ chmod 0640 "$tmp"
 mv -f "$tmp" "$dst"
 "#;
 
-/// Exits 3 when this is the host's first release and neither `shared/<f>` nor the new
-/// release's own `<f>` has content.
-const ENV_REQUIRED: &str = r#"root=$1 name=$2 f=$3
-if [ -L "$root/current" ] || [ -e "$root/current" ]; then exit 0; fi
-if [ -s "$root/shared/$f" ] || [ -s "$root/releases/$name/$f" ]; then exit 0; fi
-exit 3
-"#;
-
-/// Writes a rendered `.env` template into `shared/.env` on every target (content over
-/// stdin, never in argv). The caller has registered every value in it as a secret.
-pub(crate) fn write_env_file(
-    effects: &Effects,
-    targets: &[Target],
-    name: &str,
-    text: &str,
-    shadow: Option<&str>,
-) -> Result<(), ReleaseError> {
-    on_all(effects, targets, |t| {
-        let mut spec = script(
-            format!("release: write shared/{ENV_FILE} from the template (mode 0640)"),
-            WRITE_ENV,
-            &[&root(t), ENV_FILE, name, shadow.unwrap_or("")],
-        );
-        spec.stdin = Some(text.as_bytes().to_vec());
-        spec
-    })
-    .map(|_| ())
+/// Writes a rendered `.env` template into `shared/.env` on `t` (content over stdin,
+/// never in argv). The caller has registered every value in it as a secret.
+fn write_env_spec(t: &Target, name: &str, text: &str, shadow: Option<&str>) -> CommandSpec {
+    let mut spec = script(
+        format!("release: write shared/{ENV_FILE} from the template (mode 0640)"),
+        WRITE_ENV,
+        &[&root(t), ENV_FILE, name, shadow.unwrap_or("")],
+    );
+    spec.stdin = Some(text.as_bytes().to_vec());
+    spec
 }
 
-/// Refuses the first release of hosts whose `shared/.env` is missing or empty (and whose
-/// new release brings none), saying what to put where.
-pub(crate) fn require_env_file(
-    effects: &Effects,
+/// The refusal of a first release whose hosts have no `shared/.env` with content (nor
+/// a release that brings one), saying what to put where, when [`FINISH`] refused so on
+/// any host.
+fn refused_for_env(
     targets: &[Target],
-    name: &str,
-    env: &str,
-) -> Result<(), ReleaseError> {
-    let results = on_all(effects, targets, |t| {
-        let mut spec = script(
-            format!("release: check shared/{ENV_FILE} before the first release"),
-            ENV_REQUIRED,
-            &[&root(t), name, ENV_FILE],
-        );
-        // Not a real read in a dry run: it looks into the release the run would have made.
-        spec.quiet = true;
-        spec.tolerate = true;
-        spec
-    })?;
-    let empty: Vec<(&str, String)> = targets
+    results: &[Result<CommandResult, CommandError>],
+    env_file: &EnvFile,
+) -> Option<ReleaseError> {
+    let EnvFile::Required { env } = env_file else {
+        return None;
+    };
+    let empty: Vec<String> = results
         .iter()
-        .filter(|t| results.iter().any(|r| r.host == t.name() && r.code == 3))
-        .map(|t| (t.name(), format!("{}/shared/{ENV_FILE}", root(t))))
+        .filter_map(|r| match r {
+            Err(CommandError::Failed {
+                host,
+                code: 3,
+                stderr_tail,
+                ..
+            }) if stderr_tail.iter().any(|l| l.contains(ENV_MISSING)) => Some(host),
+            _ => None,
+        })
+        .filter_map(|host| targets.iter().find(|t| t.name() == host))
+        .map(|t| format!("{}: {}/shared/{ENV_FILE}", t.name(), root(t)))
         .collect();
     if empty.is_empty() {
-        return Ok(());
+        return None;
     }
-    let at: Vec<String> = empty.iter().map(|(h, p)| format!("{h}: {p}")).collect();
-    Err(ReleaseError::new(format!(
+    Some(ReleaseError::new(format!(
         "the first deploy needs the app's settings, but shared/{ENV_FILE} is missing or empty ({}): \
          Laravel would fail at the migrations without them. Either put the app's .env there on \
          each host (APP_KEY, DB_*; mode 0640, owned by the deploy user), or name a template in \
          runbook.toml — `env_template = \".env.production\"` under [env.{env}] — whose ${{NAME}} \
          references runbook fills in from the environment it runs in. Nothing was switched; \
          the unfinished release is removed",
-        at.join(", ")
+        empty.join(", ")
     )))
 }
 
 #[cfg(test)]
 mod env_file_tests {
-    use super::{ENV_REQUIRED, WRITE_ENV};
+    use super::{ENV_MISSING, FINISH, WRITE_ENV};
     use std::os::unix::fs::PermissionsExt;
 
     fn sh(body: &str, args: &[&str], stdin: &str) -> i32 {
@@ -797,31 +872,53 @@ mod env_file_tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_str().unwrap();
         std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".runbook/releases")).unwrap();
         std::fs::create_dir_all(dir.path().join("releases/r1")).unwrap();
-        assert_eq!(sh(ENV_REQUIRED, &[root, "r1", ".env"], ""), 3, "missing");
+        let finish = || {
+            crate::testing::sh(
+                FINISH,
+                &[
+                    root, "r1", "storage", ".env", "storage", "", "{}", "c", ".env",
+                ],
+                "",
+            )
+        };
+        let refused = |what: &str| {
+            let (code, _, err) = finish();
+            assert_eq!(code, 3, "{what}: {err}");
+            assert!(err.contains(ENV_MISSING), "{what}: {err}");
+            // Refused before anything changed: nothing linked, no metadata.
+            assert!(!dir.path().join("releases/r1/storage").exists(), "{what}");
+            assert!(
+                !dir.path().join(".runbook/releases/r1.json").exists(),
+                "{what}"
+            );
+        };
+        refused("missing");
         std::fs::write(dir.path().join("shared/.env"), "").unwrap();
-        assert_eq!(sh(ENV_REQUIRED, &[root, "r1", ".env"], ""), 3, "empty");
+        refused("empty");
         // The release brings its own .env: FINISH copies it into shared/.
+        std::fs::remove_file(dir.path().join("shared/.env")).unwrap();
         std::fs::write(dir.path().join("releases/r1/.env"), "A=1\n").unwrap();
-        assert_eq!(sh(ENV_REQUIRED, &[root, "r1", ".env"], ""), 0);
-        std::fs::remove_file(dir.path().join("releases/r1/.env")).unwrap();
+        let (code, _, err) = finish();
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("shared/.env")).unwrap(),
+            "A=1\n"
+        );
         // Not the first release: the live app runs with what it has.
-        std::os::unix::fs::symlink("releases/r0", dir.path().join("current")).unwrap();
-        assert_eq!(sh(ENV_REQUIRED, &[root, "r1", ".env"], ""), 0);
+        std::fs::create_dir_all(dir.path().join("releases/r2")).unwrap();
+        std::fs::write(dir.path().join("shared/.env"), "").unwrap();
+        std::os::unix::fs::symlink("releases/r1", dir.path().join("current")).unwrap();
+        let (code, _, err) = crate::testing::sh(
+            FINISH,
+            &[
+                root, "r2", "storage", ".env", "storage", "", "{}", "c", ".env",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
     }
-}
-
-fn upload_all(
-    effects: &Effects,
-    targets: &[Target],
-    local: &std::path::Path,
-    remote: &dyn Fn(&Target) -> String,
-    first: &dyn Fn(&Target) -> CommandSpec,
-    then: Option<&dyn Fn(&Target) -> CommandSpec>,
-) -> Result<(), ReleaseError> {
-    let results = effects.upload_each_between(targets, Some(first), local, remote, then);
-    let outcomes = results.into_iter().map(HostOutcome::Done).collect();
-    collect(targets, outcomes).map(|_| ())
 }
 
 /// Points `current` at `name` on every target, all or nothing: when any host fails to

@@ -324,6 +324,17 @@ fn a_slow_host_holds_up_no_other_hosts_next_step() {
             "{} unpacked its artifact only after {slow_name}'s upload was done",
             h.name
         );
+        // The release is finished on the host right after its own upload, too.
+        let linked = finished(&events, &h.name, |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("release: link shared paths"))
+        });
+        assert!(
+            linked < slow_sent,
+            "{}'s release was finished only after {slow_name}'s upload was done",
+            h.name
+        );
     }
     for (host, root) in &roots {
         let current = Path::new(root).join("current");
@@ -336,6 +347,50 @@ fn a_slow_host_holds_up_no_other_hosts_next_step() {
             std::fs::read_to_string(current.join("noise.txt")).unwrap_or_default(),
             noise,
             "{host}: noise.txt arrived incomplete"
+        );
+    }
+    remove_roots(&roots);
+}
+
+/// The first artifact deploy of a Laravel app that brings no `.env`, to hosts that have
+/// none in `shared/`: refused on every host with the sentence that says what to put
+/// where, after the upload (the check is part of finishing the release), and nothing is
+/// left: no release, no metadata, no `current`.
+#[test]
+fn a_first_artifact_without_the_apps_settings_is_refused_and_leaves_nothing() {
+    let Some(fleet) = Fleet::start(2) else { return };
+    let roots = fleet.deploy_roots("stream-noenv");
+    let t = Test::bare()
+        .file("runbook.toml", &inventory(&fleet, &roots, ""))
+        .file("build/index.html", "v1\n")
+        .file("scripts/d.rhai", &deploy_script("build"));
+    let out = t.run_with(&["run", "d", "-e", "fleet"]);
+    out.code(1).stderr_has(
+        "the first deploy needs the app's settings, but shared/.env is missing or empty",
+    );
+    for (host, root) in &roots {
+        out.stderr_has(&format!("{host}: {root}/shared/.env"));
+        let root = Path::new(root);
+        assert!(!root.join("current").exists(), "{host} was switched");
+        let left: Vec<_> = std::fs::read_dir(root.join("releases"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{host} kept a release: {left:?}");
+        let meta: Vec<_> = std::fs::read_dir(root.join(".runbook/releases"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(meta.is_empty(), "{host} kept release metadata: {meta:?}");
+    }
+    // With the settings in place on each host, the same deploy goes through.
+    for (_, root) in &roots {
+        std::fs::write(Path::new(root).join("shared/.env"), "APP_ENV=test\n").unwrap();
+    }
+    t.run_with(&["run", "d", "-e", "fleet", "-q"]).code(0);
+    for (host, root) in &roots {
+        assert_eq!(
+            std::fs::read_to_string(Path::new(root).join("current/index.html")).unwrap_or_default(),
+            "v1\n",
+            "{host} does not serve the artifact"
         );
     }
     remove_roots(&roots);

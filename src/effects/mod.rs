@@ -543,21 +543,22 @@ impl Effects {
         local: &Path,
         remote: &dyn Fn(&Target) -> String,
     ) -> Vec<Result<CommandResult, CommandError>> {
-        self.upload_each_between(targets, None, local, remote, None)
+        self.upload_each_between(targets, None, local, remote, &[])
     }
 
-    /// [`Effects::upload_each`], each host's upload between `first` and `then` on that
-    /// host (a release directory made; the artifact unpacked): every host goes on to its
-    /// next step as soon as ITS previous one is done, not when the slowest host's is, and
-    /// the packing runs while `first` does. A host whose step fails goes no further; its
-    /// result is that failure, else the last step's.
+    /// [`Effects::upload_each`], each host's upload between `first` and the steps of
+    /// `then`, in order, on that host (a release directory made; the artifact unpacked,
+    /// the release finished): every host goes on to its next step as soon as ITS previous
+    /// one is done, not when the slowest host's is, and the packing runs while `first`
+    /// does. A host whose step fails (or, tolerated, exits non-zero) goes no further; its
+    /// result is that step's, else the last step's.
     pub(crate) fn upload_each_between(
         &self,
         targets: &[Target],
         first: Option<&dyn Fn(&Target) -> CommandSpec>,
         local: &Path,
         remote: &dyn Fn(&Target) -> String,
-        then: Option<&dyn Fn(&Target) -> CommandSpec>,
+        then: &[&dyn Fn(&Target) -> CommandSpec],
     ) -> Vec<Result<CommandResult, CommandError>> {
         use futures::FutureExt;
         type Prepared = Result<Arc<transfer::Upload>, Arc<TransferError>>;
@@ -642,10 +643,14 @@ impl Effects {
                         })
                         .await
                         .map(|(done, _)| done)?;
-                    match then {
-                        Some(then) => self.run_async(t, &then(t)).await,
-                        None => Ok(sent),
+                    let mut last = sent;
+                    for step in then {
+                        last = self.run_async(t, &step(t)).await?;
+                        if !last.ok() {
+                            break;
+                        }
                     }
+                    Ok(last)
                 }
             });
             futures::future::join_all(jobs).await
