@@ -10,6 +10,7 @@
 #   bench_linkemu        # starts the emulator when LINK is set (after bench_fleet)
 #   bench_median CMD...  # median wall seconds of $RUNS runs; a failing run fails the bench
 #   bench_pair A B ARGS... # "MEDIAN_A MEDIAN_B": A ARGS and B ARGS taken in turns, $RUNS each
+#   bench_turns A B ...    # "MEDIAN_A MEDIAN_B ...": in turns, BENCH_SETUP (untimed) before each run
 #   ms CMD...            # wall milliseconds of one run; a failing run stops the bench
 #   median               # the median of the numbers on stdin, one a line
 
@@ -112,6 +113,28 @@ bench_pair() { # A B ARGS...
     tb+=($(( (_e - _s) / 1000000 )))
   done
   printf '%s %s\n' "$(printf '%s\n' "${ta[@]}" | median_s)" "$(printf '%s\n' "${tb[@]}" | median_s)"
+}
+# The medians of commands run in turns (A, B, C, A, B, C, ...), $RUNS runs each, as
+# "MEDIAN_A MEDIAN_B ..." in seconds. BENCH_SETUP, when set, is a command run before
+# every timed run and not timed (a cleanup that is no tool's work). A failing run fails
+# the bench. Output of the runs goes to /dev/null: nothing a run leaves behind holds
+# the caller's $(…) open.
+bench_turns() { # A B ...
+  local i c _s _e n=$# t=() out=()
+  for ((i = 0; i < RUNS; i++)); do
+    for ((c = 1; c <= n; c++)); do
+      if [ -n "${BENCH_SETUP:-}" ]; then
+        $BENCH_SETUP >/dev/null 2>&1 || { echo "FAILED: $BENCH_SETUP" >&2; return 1; }
+      fi
+      _s=$(date +%s%N); "${!c}" >/dev/null 2>&1 || { echo "FAILED: ${!c}" >&2; return 1; }; _e=$(date +%s%N)
+      t[c]+="$(((_e - _s) / 1000000)) "
+    done
+  done
+  for ((c = 1; c <= n; c++)); do
+    # shellcheck disable=SC2086 # one number a word
+    out+=("$(printf '%s\n' ${t[c]} | median_s)")
+  done
+  echo "${out[*]}"
 }
 median_s() { sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1000}'; }
 

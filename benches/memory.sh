@@ -16,7 +16,8 @@
 # The link part: a runbook deploy (release::prepare + activate of a directory artifact:
 # connect, pack once, upload to all hosts at once, unpack, link, switch) on LINK_HOSTS
 # hosts, each behind its own emulated link, against `ssh host 'cat > /dev/null' < file`
-# (a new connection each run) over one such link. Same proxy, same ssh, medians of $RUNS.
+# (a new connection each run) over one such link. Same proxy, same ssh, medians of $RUNS,
+# every command in turns; what the hosts hold from the run before is removed untimed.
 # Needs root (starts sshd processes on 127.0.8.i; the proxy listens on 127.0.9.i).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,21 +107,22 @@ if [ "$PART" != memory ]; then
   printf 'APP_ENV=bench\n' > lart/tree/.env
   python3 -c 'import sys, tarfile; t = tarfile.open(sys.argv[1], "w:gz", compresslevel=0); t.add(sys.argv[2], arcname="."); t.close()' lart/app.tar.gz lart/tree
   one() { ssh -F "$W/ssh_config" "$NET.1" 'cat > /dev/null' < lart/tree/blob; }
-  deploy() { clean_hosts; "$RB" run deploy -e link -q "artifact=$W/lart/${LINK_ARTIFACT:-tree}"; }
+  deploy() { "$RB" run deploy -e link -q "artifact=$W/lart/${LINK_ARTIFACT:-tree}"; }
   # The same bytes to every host at once with plain ssh: what the machine and the emulator
   # allow for $LINK_HOSTS links in parallel (a floor for any tool).
   all() { local a; for a in $(head -n "$LINK_HOSTS" "$W/hosts"); do ssh -F "$W/ssh_config" "$a" 'cat > /dev/null' < lart/tree/blob & done; wait; }
   # The same work as the deploy with plain ssh: the directory packed once (tar, no
   # compression: the data is random), sent to every host at once and unpacked there.
   tar -cf lart/tree.tar -C lart tree
-  all_tar() { local a i=0; for a in $(head -n "$LINK_HOSTS" "$W/hosts"); do i=$((i + 1)); ssh -F "$W/ssh_config" "$a" "rm -rf /home/deploy/rb-memory/tar/$i && mkdir -p /home/deploy/rb-memory/tar/$i && tar -xf - -C /home/deploy/rb-memory/tar/$i" < lart/tree.tar & done; wait; }
-  t_one=$(bench_median one)
-  t_all=$(bench_median all)
-  t_tar=$(bench_median all_tar)
-  t_rb=$(bench_median deploy)
+  all_tar() { local a i=0; for a in $(head -n "$LINK_HOSTS" "$W/hosts"); do i=$((i + 1)); ssh -F "$W/ssh_config" "$a" "mkdir -p /home/deploy/rb-memory/tar/$i && tar -xf - -C /home/deploy/rb-memory/tar/$i" < lart/tree.tar & done; wait; }
+  # In turns (one, all, all_tar, deploy, one, ...): a slow minute of the machine weighs on
+  # every column alike. What the hosts hold from the run before is removed between runs,
+  # untimed: deleting it is no tool's work.
+  turns=$(BENCH_SETUP=clean_hosts bench_turns one all all_tar deploy)
+  read -r t_one t_all t_tar t_rb <<<"$turns"
   echo "## a ${LINK_MIB} MiB artifact to $LINK_HOSTS hosts, each behind its own link: $LINK_TEXT"
   echo
-  echo "| what | median of $RUNS, s |"
+  echo "| what (in turns) | median of $RUNS, s |"
   echo "|---|---:|"
   echo "| ssh host 'cat > /dev/null' < ${LINK_MIB} MiB, one link | $t_one |"
   echo "| plain ssh 'cat > /dev/null' to $LINK_HOSTS hosts at once | $t_all |"
