@@ -36,10 +36,36 @@ fn wait_for_weight(f: &ProdFleet, p: u32, runner: &mut Child, secs: u64) -> Inst
     }
 }
 
+/// A canary runner in the background, killed (and reaped) if it is still running when
+/// dropped: a test that fails midway leaves no `runbook run canary` behind.
+struct Runner(Child);
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Runner {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Runner {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// The canary of `tag`, started in the background with `--json` output to files.
-fn start_canary(project: &Test, tag: &str, steps: &str) -> Child {
+fn start_canary(project: &Test, tag: &str, steps: &str) -> Runner {
     let dir = project.path();
-    project
+    let child = project
         .command()
         .args([
             "run",
@@ -54,11 +80,12 @@ fn start_canary(project: &Test, tag: &str, steps: &str) -> Child {
         .stderr(std::fs::File::create(dir.join("runner.err")).unwrap())
         .stdin(Stdio::null())
         .spawn()
-        .expect("runbook starts")
+        .expect("runbook starts");
+    Runner(child)
 }
 
 /// How the background canary ended: its exit code and output.
-fn finish(project: &Test, mut runner: Child, secs: u64) -> Output {
+fn finish(project: &Test, mut runner: Runner, secs: u64) -> Output {
     let until = Instant::now() + Duration::from_secs(secs);
     let code = loop {
         if let Ok(Some(s)) = runner.try_wait() {
